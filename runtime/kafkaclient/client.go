@@ -1,0 +1,199 @@
+// Package kafkaclient is the narrow seam between the runtime and a Kafka client
+// library. The gateway, the worker and generated code only ever talk to these
+// interfaces; package confluent implements them on confluent-kafka-go
+// (librdkafka), and other implementations can be added without touching the
+// rest of the runtime.
+//
+// Implementations must be safe for concurrent use where a method says so, and
+// must never log raw lines to stderr: they report through log/slog.
+package kafkaclient
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Header is one Kafka record header. Names may repeat; order is kept.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Record is one Kafka record, produced or consumed.
+//
+// A nil Value is a tombstone (a null record), which the wire format uses as the
+// end-of-stream marker; an empty non-nil Value is an empty message.
+type Record struct {
+	Topic string
+	// Partition to produce to; AnyPartition (-1) lets the client pick one from
+	// the key with Kafka's Java-compatible murmur2 partitioner. Filled in by
+	// the client on delivery and on consumption.
+	Partition int32
+	// Offset is filled in on delivery and on consumption.
+	Offset  int64
+	Key     []byte
+	Value   []byte
+	Headers []Header
+	// Timestamp is the record's create time. Zero on produce means "now".
+	Timestamp time.Time
+}
+
+// AnyPartition asks Produce to choose the partition from the record key.
+const AnyPartition int32 = -1
+
+// Acks is the producer acknowledgement level of a produce.
+type Acks int8
+
+const (
+	// AcksAll waits for all in-sync replicas (acks=-1). The default.
+	AcksAll Acks = iota
+	// AcksLeader waits for the partition leader only (acks=1).
+	AcksLeader
+	// AcksNone does not wait for the broker (acks=0): delivery is reported as
+	// soon as the record is sent.
+	AcksNone
+)
+
+// String returns the librdkafka spelling of a.
+func (a Acks) String() string {
+	switch a {
+	case AcksLeader:
+		return "1"
+	case AcksNone:
+		return "0"
+	default:
+		return "all"
+	}
+}
+
+// TopicPartition names one partition of a topic.
+type TopicPartition struct {
+	Topic     string
+	Partition int32
+}
+
+// TopicPartitionOffset is a partition with an offset: the next offset to read
+// (for Assign) or to commit (for Commit).
+type TopicPartitionOffset struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+}
+
+// TopicSpec describes a topic to create.
+type TopicSpec struct {
+	Name       string
+	Partitions int32
+	// ReplicationFactor; 0 or -1 uses the broker's default.
+	ReplicationFactor int16
+	// Config holds topic configuration entries such as "max.message.bytes".
+	Config map[string]string
+}
+
+// OffsetSpec selects which offsets Offsets looks up.
+type OffsetSpec int8
+
+const (
+	// Earliest is the first retained offset of each partition.
+	Earliest OffsetSpec = iota
+	// Latest is the high watermark: the offset the next produced record gets.
+	Latest
+)
+
+// ErrClosed is returned by calls made after Close.
+var ErrClosed = errors.New("kafkaclient: closed")
+
+// Client is one connection to a Kafka cluster: a producer shared by every
+// caller, plus factories for readers and group readers, plus topic admin.
+// All methods are safe for concurrent use.
+type Client interface {
+	// Produce enqueues r and returns at once; done is called exactly once,
+	// on a goroutine owned by the client, with the delivered record (its
+	// Partition and Offset filled in) or the error that failed it. done must
+	// not block for long. Records with the same key and acks keep their
+	// order. Produce never blocks on the network; when the client's queue is
+	// full it reports the error through done.
+	Produce(r *Record, acks Acks, done func(*Record, error))
+	// Flush waits until every record produced before the call was delivered
+	// or failed, or until ctx ends.
+	Flush(ctx context.Context) error
+
+	// NewReader returns a reader of explicitly assigned partitions, with no
+	// consumer group.
+	NewReader(cfg ReaderConfig) (Reader, error)
+	// NewGroupReader returns a member of a consumer group.
+	NewGroupReader(cfg GroupConfig) (GroupReader, error)
+
+	// CreateTopics creates the topics that do not exist yet; a topic that
+	// already exists is not an error.
+	CreateTopics(ctx context.Context, topics []TopicSpec) error
+	// Partitions lists the partition ids of topic. A topic that does not exist
+	// is an error wrapping ErrUnknownTopic.
+	Partitions(ctx context.Context, topic string) ([]int32, error)
+	// Offsets looks up the earliest or latest offset of each given partition.
+	Offsets(ctx context.Context, topic string, partitions []int32, which OffsetSpec) (map[int32]int64, error)
+
+	// Close flushes (bounded by a short timeout) and releases everything. Readers
+	// created from the client must be closed first.
+	Close() error
+}
+
+// ErrUnknownTopic reports a topic the cluster does not have.
+var ErrUnknownTopic = errors.New("kafkaclient: unknown topic")
+
+// ReaderConfig configures a Reader.
+type ReaderConfig struct {
+	// ReadCommitted reads only committed transactional records.
+	ReadCommitted bool
+}
+
+// Reader reads explicitly assigned partitions from explicit offsets.
+// Poll must be called from one goroutine at a time; Assign may be called from
+// any goroutine; Close must be called once, after the last Poll returned.
+type Reader interface {
+	// Assign adds partitions to read, each from its given offset (never a
+	// logical offset: look the offsets up with Client.Offsets). Assigning a
+	// partition again moves it to the new offset.
+	Assign(parts []TopicPartitionOffset) error
+	// Poll blocks until at least one record is available, ctx ends (returning
+	// ctx.Err()) or the reader is closed. The returned slice and records are
+	// owned by the caller.
+	Poll(ctx context.Context) ([]*Record, error)
+	// Close releases the reader.
+	Close() error
+}
+
+// GroupConfig configures a GroupReader.
+type GroupConfig struct {
+	// GroupID is the consumer group to join. Required.
+	GroupID string
+	// Topics to subscribe to. Required.
+	Topics []string
+	// OnAssigned is called from inside Poll when partitions are assigned to
+	// this member, before any of their records is returned. May be nil.
+	OnAssigned func(parts []TopicPartition)
+	// OnRevoked is called from inside Poll when partitions are taken away
+	// (rebalance or Close), while their offsets can still be committed. It
+	// should finish or abandon the work of those partitions and commit. lost
+	// reports that the partitions were lost (the member was fenced) and a
+	// commit would fail. May be nil.
+	OnRevoked func(parts []TopicPartition, lost bool)
+	// ReadCommitted reads only committed transactional records.
+	ReadCommitted bool
+}
+
+// GroupReader is one member of a consumer group. Poll and Close must be
+// called from one goroutine; Commit may be called from any goroutine.
+// Offsets are never committed automatically.
+type GroupReader interface {
+	// Poll blocks until at least one record is available, ctx ends or the
+	// reader is closed. Rebalance callbacks run inside Poll.
+	Poll(ctx context.Context) ([]*Record, error)
+	// Commit commits the given offsets (each the next offset to read)
+	// synchronously.
+	Commit(ctx context.Context, offsets []TopicPartitionOffset) error
+	// Close revokes (calling OnRevoked), leaves the group and releases the
+	// reader.
+	Close() error
+}

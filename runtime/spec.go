@@ -1,0 +1,152 @@
+package runtime
+
+import (
+	"fmt"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// SupportPackageIsVersion1 is referenced by generated code so that a runtime
+// too old or too new for the generated code fails at compile time.
+const SupportPackageIsVersion1 = true
+
+// MethodKind is the gRPC shape of a method, as declared in the proto.
+type MethodKind int8
+
+const (
+	// KindUnary is one request, one response.
+	KindUnary MethodKind = iota
+	// KindServerStream is one request, a stream of responses.
+	KindServerStream
+	// KindClientStream is a stream of requests, one response.
+	KindClientStream
+	// KindBidiStream is a stream each way.
+	KindBidiStream
+)
+
+// String returns the kind in lower case, e.g. "server streaming".
+func (k MethodKind) String() string {
+	switch k {
+	case KindUnary:
+		return "unary"
+	case KindServerStream:
+		return "server streaming"
+	case KindClientStream:
+		return "client streaming"
+	case KindBidiStream:
+		return "bidi streaming"
+	}
+	return fmt.Sprintf("MethodKind(%d)", int8(k))
+}
+
+// clientStreams reports whether the caller sends a stream.
+func (k MethodKind) clientStreams() bool { return k == KindClientStream || k == KindBidiStream }
+
+// serverStreams reports whether the method answers with a stream.
+func (k MethodKind) serverStreams() bool { return k == KindServerStream || k == KindBidiStream }
+
+// Acks is the producer acknowledgement level for a method's request records.
+type Acks = kafkaclient.Acks
+
+// Acknowledgement levels; see kafkaclient.
+const (
+	AcksAll    = kafkaclient.AcksAll
+	AcksLeader = kafkaclient.AcksLeader
+	AcksNone   = kafkaclient.AcksNone
+)
+
+// Header is a static header name and value, such as a route override.
+type Header struct {
+	Name  string
+	Value string
+}
+
+// MetadataMatch is one condition of a route: the gRPC request metadata Name
+// (lower case) has a value equal to Value; an empty Value matches any value as
+// long as the name is present.
+type MetadataMatch struct {
+	Name  string
+	Value string
+}
+
+// Route is where a call's request records go and where its replies come from.
+// Generated code fills these from the proto options; they must not be changed
+// after the gateway or worker started using them.
+type Route struct {
+	// When lists the conditions on request metadata that must all hold for
+	// the route to be chosen. Empty on a method's default route.
+	When []MetadataMatch
+	// Topic receives the request records. Required.
+	Topic string
+	// ReplyTopic carries the replies. Empty when Oneway.
+	ReplyTopic string
+	// Key is the static record key; empty uses the correlation id.
+	Key string
+	// Overrides are static headers written first on every request record and
+	// hashed into the correlation id, in order.
+	Overrides []Header
+	// Acks is the acknowledgement level of request records. Default AcksAll.
+	Acks Acks
+	// Oneway methods have no reply topic: the gateway answers with an empty
+	// message once Kafka acknowledged the request records.
+	Oneway bool
+}
+
+// FetchFilter selects records of a fetched topic: every condition given must
+// hold (all-of). A nil Key places no condition on the key.
+type FetchFilter struct {
+	Key     *string
+	Headers []Header
+}
+
+// FetchSpec describes a fetch (fanout) method.
+type FetchSpec struct {
+	// Topic whose records are streamed to every caller.
+	Topic string
+	// Filters: a record is delivered when any filter matches (any-of); no
+	// filters deliver everything.
+	Filters []FetchFilter
+	// EventIDField is the unknown field number carrying the event id.
+	// Default 32767.
+	EventIDField int32
+	// ResumeMetadata is the request metadata name carrying the last event id.
+	// Default "last-message-id".
+	ResumeMetadata string
+}
+
+// MethodSpec is everything the runtime needs to relay or serve one method.
+// Generated code declares one per annotated method.
+type MethodSpec struct {
+	// Service is the fully-qualified service name, e.g. "example.echo.v1.EchoService".
+	Service string
+	// Method is the bare method name, e.g. "EchoUnary".
+	Method string
+	// Kind is the method's gRPC shape.
+	Kind MethodKind
+	// Routes are tried in order; the first whose When all hold is used. The
+	// last route normally has no conditions (the method's default).
+	Routes []Route
+	// Fetch is set for fetch methods; Routes is then empty.
+	Fetch *FetchSpec
+}
+
+// FullMethod returns "/service/method", the gRPC method path.
+func (m *MethodSpec) FullMethod() string { return "/" + m.Service + "/" + m.Method }
+
+// ServiceSpec lists the annotated methods of one service.
+type ServiceSpec struct {
+	// Name is the fully-qualified service name.
+	Name string
+	// Methods of the service that travel over Kafka, in proto order.
+	Methods []*MethodSpec
+}
+
+// Method returns the spec of the named method, or nil.
+func (s *ServiceSpec) Method(name string) *MethodSpec {
+	for _, m := range s.Methods {
+		if m.Method == name {
+			return m
+		}
+	}
+	return nil
+}
