@@ -108,7 +108,8 @@ var ErrClosed = errors.New("kafkaclient: closed")
 // caller, plus factories for readers and group readers, plus topic admin.
 // All methods are safe for concurrent use.
 type Client interface {
-	// Produce enqueues r and returns at once; done is called exactly once,
+	// Produce enqueues r and returns at once; the caller must not modify r or
+	// its slices afterwards (records of one call may share a Headers slice); done is called exactly once,
 	// on a goroutine owned by the client, with the delivered record (its
 	// Partition and Offset filled in) or the error that failed it. done must
 	// not block for long. Records with the same key and acks keep their
@@ -181,6 +182,10 @@ type GroupConfig struct {
 	OnRevoked func(parts []TopicPartition, lost bool)
 	// ReadCommitted reads only committed transactional records.
 	ReadCommitted bool
+	// StartAtLatest makes a partition that has no committed offset start at
+	// its end. By default such a partition starts at its earliest retained
+	// offset, so that requests sent before the group first joined are served.
+	StartAtLatest bool
 }
 
 // GroupReader is one member of a consumer group. Poll and Close must be

@@ -1,0 +1,141 @@
+package runtime
+
+import (
+	"container/heap"
+	"context"
+	"time"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// partTrack follows one assigned partition: which calls started at which
+// offsets are unfinished, so that the committed offset never passes the
+// first record of a call whose replies are not acknowledged yet.
+type partTrack struct {
+	next      int64         // offset after the last record read; -1 before any
+	open      offsetHeap    // first offsets of calls not finished
+	closed    map[int64]int // finished first offsets still in open
+	committed int64
+}
+
+func newPartTrack() *partTrack {
+	return &partTrack{next: -1, closed: map[int64]int{}, committed: -1}
+}
+
+func (p *partTrack) seen(off int64) {
+	if off+1 > p.next {
+		p.next = off + 1
+	}
+}
+
+func (p *partTrack) begin(off int64)  { heap.Push(&p.open, off) }
+func (p *partTrack) finish(off int64) { p.closed[off]++ }
+
+// point is the offset it is safe to commit: the first offset of the oldest
+// unfinished call, or the next offset to read when none is unfinished.
+func (p *partTrack) point() int64 {
+	for len(p.open) > 0 && p.closed[p.open[0]] > 0 {
+		off := heap.Pop(&p.open).(int64)
+		if p.closed[off]--; p.closed[off] == 0 {
+			delete(p.closed, off)
+		}
+	}
+	if len(p.open) > 0 {
+		return p.open[0]
+	}
+	return p.next
+}
+
+type offsetHeap []int64
+
+func (h offsetHeap) Len() int           { return len(h) }
+func (h offsetHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h offsetHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *offsetHeap) Push(x any)        { *h = append(*h, x.(int64)) }
+func (h *offsetHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// committer commits the worker's safe offsets after calls finish, at most
+// once per commit interval.
+type committer struct {
+	w      *Worker
+	gr     kafkaclient.GroupReader
+	signal chan struct{}
+	quit   chan struct{}
+	done   chan struct{}
+}
+
+func newCommitter(w *Worker, gr kafkaclient.GroupReader) *committer {
+	return &committer{w: w, gr: gr, signal: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+// poke asks for a commit soon; never blocks.
+func (c *committer) poke() {
+	select {
+	case c.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (c *committer) run() {
+	defer close(c.done)
+	for {
+		select {
+		case <-c.quit:
+			return
+		case <-c.signal:
+		}
+		c.commitNow(nil)
+		t := time.NewTimer(c.w.cfg.commitInterval)
+		select {
+		case <-c.quit:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// stop ends the background loop and commits one last time.
+func (c *committer) stop() {
+	close(c.quit)
+	<-c.done
+	c.commitNow(nil)
+}
+
+// commitNow commits the safe offset of every partition in only (all when
+// nil) that moved since the last commit.
+func (c *committer) commitNow(only map[kafkaclient.TopicPartition]bool) {
+	w := c.w
+	w.mu.Lock()
+	var offs []kafkaclient.TopicPartitionOffset
+	var tracks []*partTrack
+	for tp, pt := range w.parts {
+		if only != nil && !only[tp] {
+			continue
+		}
+		if p := pt.point(); p > pt.committed && p >= 0 {
+			offs = append(offs, kafkaclient.TopicPartitionOffset{Topic: tp.Topic, Partition: tp.Partition, Offset: p})
+			tracks = append(tracks, pt)
+		}
+	}
+	w.mu.Unlock()
+	if len(offs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.gr.Commit(ctx, offs); err != nil {
+		w.cfg.logger.Warn("kafkarpc: committing offsets", "group", w.cfg.groupID, "error", err)
+		return
+	}
+	w.mu.Lock()
+	for i, pt := range tracks {
+		pt.committed = max(pt.committed, offs[i].Offset)
+	}
+	w.mu.Unlock()
+}

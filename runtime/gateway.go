@@ -1,0 +1,331 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// Gateway relays gRPC calls through Kafka: it produces each call's request
+// messages to the method's request topic and streams the correlated replies
+// back from the reply topic. Generated ...KafkaGateway types call it; it does
+// not need to know a method's kind to relay it.
+//
+// A Gateway is safe for concurrent use. It reads each reply topic with one
+// reader, shared by every call, started by AddService before any request is
+// produced.
+type Gateway struct {
+	client kafkaclient.Client
+	cfg    gatewayConfig
+	filter metadataFilter
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu      sync.Mutex // guards routers and preps writes
+	routers map[string]*replyRouter
+	preps   atomic.Pointer[map[*MethodSpec]*methodPrep]
+	wg      sync.WaitGroup
+}
+
+// NewGateway returns a Gateway producing and reading through client, which
+// stays owned by the caller (close it after the Gateway).
+func NewGateway(client kafkaclient.Client, opts ...GatewayOption) *Gateway {
+	cfg := defaultGatewayConfig()
+	for _, o := range opts {
+		o.applyGateway(&cfg)
+	}
+	g := &Gateway{
+		client:  client,
+		cfg:     cfg,
+		filter:  newMetadataFilter(cfg.denied),
+		routers: map[string]*replyRouter{},
+	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	empty := map[*MethodSpec]*methodPrep{}
+	g.preps.Store(&empty)
+	return g
+}
+
+// routePrep is what the gateway computes once per route.
+type routePrep struct {
+	route  *Route
+	hash   string               // "-" + md5 hex of the route, for correlation ids
+	fixed  []kafkaclient.Header // overrides, service, method and, unless oneway, reply-to
+	key    []byte               // static key, or nil for the correlation id
+	router *replyRouter         // nil when oneway
+}
+
+type methodPrep struct {
+	routes []routePrep
+}
+
+// AddService prepares the gateway for spec's methods: it precomputes each
+// route's headers and starts one reader per reply topic, positioned at the
+// topic's end offsets, before any call of the service is relayed. Calling it
+// again for the same spec does nothing. The reply topics must exist.
+func (g *Gateway) AddService(spec *ServiceSpec) error {
+	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.setupTimeout)
+	defer cancel()
+	for _, m := range spec.Methods {
+		if _, err := g.prepare(ctx, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// prepare returns m's precomputed routes, computing them on first use.
+func (g *Gateway) prepare(ctx context.Context, m *MethodSpec) (*methodPrep, error) {
+	if p := (*g.preps.Load())[m]; p != nil {
+		return p, nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	old := *g.preps.Load()
+	if p := old[m]; p != nil {
+		return p, nil
+	}
+	if g.ctx.Err() != nil {
+		return nil, status.Error(codes.Unavailable, "gateway is closed")
+	}
+	p := &methodPrep{routes: make([]routePrep, len(m.Routes))}
+	names := &g.cfg.names
+	for i := range m.Routes {
+		r := &m.Routes[i]
+		rp := routePrep{route: r}
+		for _, o := range r.Overrides {
+			rp.fixed = append(rp.fixed, kafkaclient.Header{Key: o.Name, Value: []byte(o.Value)})
+		}
+		rp.fixed = append(rp.fixed,
+			kafkaclient.Header{Key: names.Service, Value: []byte(m.Service)},
+			kafkaclient.Header{Key: names.Method, Value: []byte(m.Method)})
+		if r.Key != "" {
+			rp.key = []byte(r.Key)
+		}
+		if !r.Oneway {
+			rp.fixed = append(rp.fixed, kafkaclient.Header{Key: names.ReplyTo, Value: []byte(r.ReplyTopic)})
+			rp.hash = routeHash(*names, m.Service, m.Method, r.ReplyTopic, r.Overrides)
+			rt, err := g.routerLocked(ctx, r.ReplyTopic)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", m.FullMethod(), err)
+			}
+			rp.router = rt
+		}
+		p.routes[i] = rp
+	}
+	next := make(map[*MethodSpec]*methodPrep, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[m] = p
+	g.preps.Store(&next)
+	return p, nil
+}
+
+// routerLocked returns the reply router of topic, starting it if needed.
+func (g *Gateway) routerLocked(ctx context.Context, topic string) (*replyRouter, error) {
+	if r := g.routers[topic]; r != nil {
+		return r, nil
+	}
+	r, err := startReplyRouter(ctx, g, topic)
+	if err != nil {
+		return nil, err
+	}
+	g.routers[topic] = r
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		r.run(g.ctx)
+	}()
+	return r, nil
+}
+
+// Close stops the reply readers; calls still waiting end with UNAVAILABLE.
+// It does not close the Kafka client.
+func (g *Gateway) Close() error {
+	g.cancel()
+	g.wg.Wait()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var errs []error
+	for _, r := range g.routers {
+		errs = append(errs, r.close())
+	}
+	return errors.Join(errs...)
+}
+
+// GatewayStats are counters of a gateway's reply readers.
+type GatewayStats struct {
+	// RepliesDropped counts reply records whose correlation id matched no
+	// call in flight here (late replies, replies for other instances, or
+	// records without the header).
+	RepliesDropped uint64
+}
+
+// Stats returns the gateway's counters. Safe for concurrent use.
+func (g *Gateway) Stats() GatewayStats {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var s GatewayStats
+	for _, r := range g.routers {
+		s.RepliesDropped += r.dropped.Load()
+	}
+	return s
+}
+
+// Unary relays a call with one request message and one response message:
+// unary and client-streaming-shaped calls whose request is already known. The
+// response is decoded into out. Response headers and trailers from the worker
+// are set on ctx's gRPC stream when there is one.
+func (g *Gateway) Unary(ctx context.Context, m *MethodSpec, in, out proto.Message) error {
+	c, err := g.begin(ctx, m)
+	if err != nil {
+		return err
+	}
+	defer c.end()
+	b, err := proto.Marshal(in)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err)
+	}
+	c.sendData(b)
+	c.sendEnd(false)
+	if c.rp.route.Oneway {
+		return c.awaitAcks(ctx)
+	}
+	got := false
+	st := c.awaitReplies(ctx, func(md metadata.MD) { _ = grpc.SetHeader(ctx, md) }, func(rec *kafkaclient.Record) error {
+		if got {
+			return status.Errorf(codes.Internal, "%s: worker sent more than one response to a unary call (%s)", m.FullMethod(), recordPlace(rec))
+		}
+		got = true
+		return decodeReply(m, rec, out)
+	}, func(md metadata.MD) { _ = grpc.SetTrailer(ctx, md) })
+	if st != nil {
+		return st
+	}
+	if !got {
+		return status.Errorf(codes.Internal, "%s: worker ended the call without a response", m.FullMethod())
+	}
+	return nil
+}
+
+// GatewayStream relays a streaming call on stream. in is the request of a
+// server-streaming call; for client-streaming and bidi calls it is nil and
+// the requests are read from stream until the caller half-closes. Replies are
+// sent on stream as they arrive (the one reply of a client-streaming call once
+// its end-of-stream record confirmed it).
+func GatewayStream[Req, Resp any, PReq interface {
+	*Req
+	proto.Message
+}, PResp interface {
+	*Resp
+	proto.Message
+}](g *Gateway, m *MethodSpec, in PReq, stream grpc.ServerStream) error {
+	ctx := stream.Context()
+	c, err := g.begin(ctx, m)
+	if err != nil {
+		return err
+	}
+	defer c.end()
+	if in != nil {
+		b, err := proto.Marshal(in)
+		if err != nil {
+			return status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err)
+		}
+		c.sendData(b)
+		c.sendEnd(false)
+	} else {
+		go func() {
+			for {
+				req := PReq(new(Req))
+				err := stream.RecvMsg(req)
+				if err == io.EOF {
+					c.sendEnd(false)
+					return
+				}
+				if err != nil {
+					c.sendEnd(true)
+					return
+				}
+				b, err := proto.Marshal(req)
+				if err != nil {
+					c.fail(status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err))
+					c.sendEnd(true)
+					return
+				}
+				c.sendData(b)
+			}
+		}()
+	}
+	if c.rp.route.Oneway {
+		if err := c.awaitRequestEnd(ctx); err != nil {
+			return err
+		}
+		if err := c.awaitAcks(ctx); err != nil {
+			return err
+		}
+		return stream.SendMsg(PResp(new(Resp)))
+	}
+	var held PResp // the response of a client-streaming call, sent once confirmed
+	st := c.awaitReplies(ctx, func(md metadata.MD) { _ = stream.SetHeader(md) }, func(rec *kafkaclient.Record) error {
+		resp := PResp(new(Resp))
+		if err := decodeReply(m, rec, resp); err != nil {
+			return err
+		}
+		if m.Kind.serverStreams() {
+			if err := stream.SendMsg(resp); err != nil {
+				return status.FromContextError(err).Err()
+			}
+			return nil
+		}
+		if held != nil {
+			return status.Errorf(codes.Internal, "%s: worker sent more than one response to a %s call (%s)", m.FullMethod(), m.Kind, recordPlace(rec))
+		}
+		held = resp
+		return nil
+	}, func(md metadata.MD) { stream.SetTrailer(md) })
+	if st != nil {
+		return st
+	}
+	if !m.Kind.serverStreams() {
+		if held == nil {
+			return status.Errorf(codes.Internal, "%s: worker ended the call without a response", m.FullMethod())
+		}
+		return stream.SendMsg(held)
+	}
+	return nil
+}
+
+// GatewayFetch streams the records of a fetch method's topic to the caller.
+// It answers UNIMPLEMENTED until fetch is served by this runtime.
+func GatewayFetch[Resp any, PResp interface {
+	*Resp
+	proto.Message
+}](g *Gateway, m *MethodSpec, in proto.Message, stream grpc.ServerStream) error {
+	return status.Errorf(codes.Unimplemented, "%s: fetch methods are not served yet", m.FullMethod())
+}
+
+func decodeReply(m *MethodSpec, rec *kafkaclient.Record, out proto.Message) error {
+	if err := proto.Unmarshal(rec.Value, out); err != nil {
+		return status.Errorf(codes.Internal, "%s: reply at %s is not a valid %s: %v",
+			m.FullMethod(), recordPlace(rec), out.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return nil
+}
+
+// recordPlace names a record as topic/partition@offset.
+func recordPlace(rec *kafkaclient.Record) string {
+	return fmt.Sprintf("%s/%d@%d", rec.Topic, rec.Partition, rec.Offset)
+}

@@ -1,0 +1,285 @@
+package runtime
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// gwCall is one call in flight at the gateway: the request side it produces
+// and the mailbox its reply router fills.
+type gwCall struct {
+	g       *Gateway
+	m       *MethodSpec
+	rp      *routePrep
+	id      string // correlation id; empty when oneway
+	key     []byte
+	headers []kafkaclient.Header
+
+	// request side
+	reqMu      sync.Mutex
+	reqEnded   bool
+	cancelSent bool
+	reqDone    chan struct{} // closed when the request side ended
+	unacked    sync.WaitGroup
+
+	// reply side, filled by the router
+	mu       sync.Mutex
+	queue    []*kafkaclient.Record
+	queued   int // bytes in queue
+	err      error
+	signal   chan struct{} // capacity 1: something was queued or failed
+	finished bool
+}
+
+// begin chooses the route, computes the correlation id and headers, and
+// registers the call with its reply router.
+func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
+	if m.Fetch != nil || len(m.Routes) == 0 {
+		return nil, status.Errorf(codes.Unimplemented, "%s: not a request/reply method", m.FullMethod())
+	}
+	p, err := g.prepare(ctx, m)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	rp := &p.routes[len(p.routes)-1]
+	for i := range p.routes {
+		if matchRoute(p.routes[i].route.When, md) {
+			rp = &p.routes[i]
+			break
+		}
+	}
+	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, reqDone: make(chan struct{}), signal: make(chan struct{}, 1)}
+	names := &g.cfg.names
+	hs := make([]kafkaclient.Header, 0, len(rp.fixed)+2+len(md))
+	hs = append(hs, rp.fixed...)
+	if !rp.route.Oneway {
+		base := ""
+		if v := md.Get(IdempotencyKeyMetadata); len(v) > 0 && v[0] != "" {
+			base = v[0]
+		} else {
+			base = newUUID()
+		}
+		c.id = base + rp.hash
+		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: []byte(c.id)})
+		if c.key == nil {
+			c.key = []byte(c.id)
+		}
+	} else if c.key == nil {
+		c.key = []byte(newUUID()) // keeps a oneway stream's records in order on one partition
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		if left <= 0 {
+			return nil, status.Error(codes.DeadlineExceeded, "deadline exceeded before the request was sent")
+		}
+		hs = append(hs, kafkaclient.Header{Key: names.MetaPrefix + timeoutMetadata, Value: []byte(encodeTimeout(left))})
+	}
+	c.headers = appendMetaHeaders(hs, names.MetaPrefix, md, g.filter.allowed)
+	if rp.router != nil {
+		if !rp.router.add(c) {
+			return nil, status.Errorf(codes.AlreadyExists, "%s: a call with correlation id %q is already in flight", m.FullMethod(), c.id)
+		}
+	}
+	return c, nil
+}
+
+// end unregisters the call and, if the request stream is still open, closes
+// it: with a cancel status when the call did not finish normally.
+func (c *gwCall) end() {
+	c.mu.Lock()
+	finished := c.finished
+	c.mu.Unlock()
+	c.sendEnd(!finished)
+	if c.rp.router != nil {
+		c.rp.router.remove(c)
+	}
+}
+
+func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
+	rec := &kafkaclient.Record{
+		Topic:     c.rp.route.Topic,
+		Partition: kafkaclient.AnyPartition,
+		Key:       c.key,
+		Value:     value,
+		Headers:   headers,
+	}
+	c.unacked.Add(1)
+	c.g.client.Produce(rec, c.rp.route.Acks, c.delivered)
+}
+
+func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
+	if err != nil {
+		c.fail(status.Errorf(codes.Unavailable, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err))
+	}
+	c.unacked.Done()
+}
+
+// sendData produces one request message, unless the request side ended.
+func (c *gwCall) sendData(value []byte) {
+	if value == nil {
+		value = []byte{} // an empty message is not an end-of-stream
+	}
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	if !c.reqEnded {
+		c.produce(value, c.headers)
+	}
+}
+
+// sendEnd ends the request stream with a null record. cancel adds
+// zilla:status=1 (CANCELLED). When the stream already ended normally, a
+// cancel is sent as one more null record if the gateway is so configured.
+// Oneway calls write no end-of-stream record on a normal end.
+func (c *gwCall) sendEnd(cancel bool) {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	if c.reqEnded && (!cancel || c.cancelSent || !c.g.cfg.cancelAfterEnd || c.rp.route.Oneway) {
+		return
+	}
+	if !c.reqEnded {
+		c.reqEnded = true
+		close(c.reqDone)
+	}
+	switch {
+	case c.rp.route.Oneway:
+		// a oneway stream has no reader that could act on an end or a cancel
+	case cancel:
+		c.cancelSent = true
+		hs := make([]kafkaclient.Header, len(c.headers), len(c.headers)+1)
+		copy(hs, c.headers)
+		hs = append(hs, kafkaclient.Header{Key: c.g.cfg.names.Status, Value: []byte("1")})
+		c.produce(nil, hs)
+	default:
+		c.produce(nil, c.headers)
+	}
+}
+
+// fail ends the call's wait with err (the first error wins).
+func (c *gwCall) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+	c.wake()
+}
+
+func (c *gwCall) wake() {
+	select {
+	case c.signal <- struct{}{}:
+	default:
+	}
+}
+
+// deliver queues a reply record; called by the router, never blocks.
+func (c *gwCall) deliver(rec *kafkaclient.Record) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.queued += len(rec.Value)
+		if c.queued > c.g.cfg.replyBufferBytes {
+			c.err = status.Errorf(codes.ResourceExhausted, "%s: caller reads replies too slowly: more than %d bytes buffered", c.m.FullMethod(), c.g.cfg.replyBufferBytes)
+			c.queue = nil
+		} else {
+			c.queue = append(c.queue, rec)
+		}
+	}
+	c.mu.Unlock()
+	c.wake()
+}
+
+// awaitReplies consumes reply records until the end-of-stream record, an
+// error, or ctx ending. onHeader gets the response headers of the first reply
+// record, onData each data record, onTrailer the trailers of the last. It
+// returns the call's final status (nil for OK).
+func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), onData func(*kafkaclient.Record) error, onTrailer func(metadata.MD)) error {
+	names := &c.g.cfg.names
+	first := true
+	var batch []*kafkaclient.Record
+	for {
+		c.mu.Lock()
+		batch, c.queue = c.queue, batch[:0]
+		for _, r := range batch {
+			c.queued -= len(r.Value)
+		}
+		err := c.err
+		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		for i, rec := range batch {
+			batch[i] = nil
+			if first {
+				first = false
+				md, err := metadataFromHeaders(rec.Headers, names.MetaPrefix)
+				if err != nil {
+					return status.Errorf(codes.Internal, "%s: reply at %s: %v", c.m.FullMethod(), recordPlace(rec), err)
+				}
+				if len(md) > 0 {
+					onHeader(md)
+				}
+			}
+			if rec.Value == nil {
+				c.mu.Lock()
+				c.finished = true
+				c.mu.Unlock()
+				if md, err := metadataFromHeaders(rec.Headers, names.TrailerPrefix); err == nil && len(md) > 0 {
+					onTrailer(md)
+				}
+				if st := statusFromHeaders(rec.Headers, names); st != nil {
+					return st.Err()
+				}
+				return nil
+			}
+			if err := onData(rec); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-c.signal:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-c.g.ctx.Done():
+			return status.Error(codes.Unavailable, "gateway is shutting down")
+		}
+	}
+}
+
+// awaitRequestEnd waits until the request stream ended (the caller
+// half-closed).
+func (c *gwCall) awaitRequestEnd(ctx context.Context) error {
+	select {
+	case <-c.reqDone:
+		return nil
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// awaitAcks waits until Kafka acknowledged every request record produced so
+// far, and reports the first produce error.
+func (c *gwCall) awaitAcks(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		c.unacked.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.finished = true
+	}
+	return c.err
+}

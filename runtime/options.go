@@ -1,0 +1,172 @@
+package runtime
+
+import (
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+)
+
+// GatewayOption configures a Gateway.
+type GatewayOption interface{ applyGateway(*gatewayConfig) }
+
+// WorkerOption configures a Worker.
+type WorkerOption interface{ applyWorker(*workerConfig) }
+
+// Option configures both a Gateway and a Worker.
+type Option interface {
+	GatewayOption
+	WorkerOption
+}
+
+type bothOption struct {
+	gw func(*gatewayConfig)
+	wk func(*workerConfig)
+}
+
+func (o bothOption) applyGateway(c *gatewayConfig) { o.gw(c) }
+func (o bothOption) applyWorker(c *workerConfig)   { o.wk(c) }
+
+type gatewayOptionFunc func(*gatewayConfig)
+
+func (f gatewayOptionFunc) applyGateway(c *gatewayConfig) { f(c) }
+
+type workerOptionFunc func(*workerConfig)
+
+func (f workerOptionFunc) applyWorker(c *workerConfig) { f(c) }
+
+// common holds the settings shared by the gateway and the worker.
+type common struct {
+	names  HeaderNames
+	logger *slog.Logger
+}
+
+func defaultCommon() common {
+	return common{names: DefaultHeaderNames(), logger: slog.Default()}
+}
+
+// WithHeaderNames sets the wire header names; empty fields keep their
+// defaults (DefaultHeaderNames). Both halves of a deployment must agree.
+func WithHeaderNames(n HeaderNames) Option {
+	n = n.withDefaults()
+	return bothOption{
+		gw: func(c *gatewayConfig) { c.names = n },
+		wk: func(c *workerConfig) { c.names = n },
+	}
+}
+
+// WithLogger sets the logger. Default slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return bothOption{
+		gw: func(c *gatewayConfig) { c.logger = l },
+		wk: func(c *workerConfig) { c.logger = l },
+	}
+}
+
+type gatewayConfig struct {
+	common
+	denied           []string
+	setupTimeout     time.Duration
+	replyBufferBytes int
+	cancelAfterEnd   bool
+}
+
+func defaultGatewayConfig() gatewayConfig {
+	return gatewayConfig{
+		common:           defaultCommon(),
+		denied:           DefaultDeniedMetadata,
+		setupTimeout:     30 * time.Second,
+		replyBufferBytes: 64 << 20,
+		cancelAfterEnd:   true,
+	}
+}
+
+// WithDeniedMetadata replaces the list of request metadata names that are
+// never written to Kafka. Default DefaultDeniedMetadata (credentials).
+// Transport metadata (pseudo-headers, content-type, te, user-agent, grpc-*)
+// is never written, whatever this list says.
+func WithDeniedMetadata(names ...string) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.denied = names })
+}
+
+// WithSetupTimeout bounds the Kafka look-ups of AddService (partitions and end
+// offsets of each reply topic). Default 30 s.
+func WithSetupTimeout(d time.Duration) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.setupTimeout = d })
+}
+
+// WithReplyBufferBytes bounds the reply bytes buffered for one call whose
+// caller reads more slowly than the replies arrive; past it the call ends with
+// RESOURCE_EXHAUSTED instead of growing memory or stalling other calls.
+// Default 64 MiB.
+func WithReplyBufferBytes(n int) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.replyBufferBytes = n })
+}
+
+// WithCancelRecord controls what the gateway writes when a caller cancels
+// after its request stream already ended (always the case for unary and
+// server-streaming calls): with true (the default) one more end-of-stream
+// record carrying zilla:status=1, so that a worker built here cancels the
+// handler; with false nothing, as Zilla does.
+func WithCancelRecord(on bool) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.cancelAfterEnd = on })
+}
+
+type workerConfig struct {
+	common
+	groupID           string
+	maxConcurrent     int
+	unaryInterceptor  grpc.UnaryServerInterceptor
+	streamInterceptor grpc.StreamServerInterceptor
+	revokeTimeout     time.Duration
+	commitInterval    time.Duration
+	readCommitted     bool
+}
+
+func defaultWorkerConfig() workerConfig {
+	return workerConfig{
+		common:         defaultCommon(),
+		maxConcurrent:  1024,
+		revokeTimeout:  10 * time.Second,
+		commitInterval: 50 * time.Millisecond,
+	}
+}
+
+// WithGroupID sets the consumer group the worker joins. Default
+// "kafkarpc-<first registered service>", e.g.
+// "kafkarpc-example.echo.v1.EchoService". To share the load with a Zilla
+// kafka-grpc binding, use its format "zilla:<namespace>-<binding>".
+func WithGroupID(id string) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.groupID = id })
+}
+
+// WithMaxConcurrentCalls bounds the handlers running at once; further calls
+// wait for a slot. Default 1024.
+func WithMaxConcurrentCalls(n int) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.maxConcurrent = max(n, 1) })
+}
+
+// WithUnaryInterceptor runs i around every unary handler, as
+// grpc.UnaryInterceptor does on a grpc.Server. Default none.
+func WithUnaryInterceptor(i grpc.UnaryServerInterceptor) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.unaryInterceptor = i })
+}
+
+// WithStreamInterceptor runs i around every streaming handler, as
+// grpc.StreamInterceptor does on a grpc.Server. Default none.
+func WithStreamInterceptor(i grpc.StreamServerInterceptor) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.streamInterceptor = i })
+}
+
+// WithRevokeTimeout bounds how long a worker losing partitions in a rebalance
+// waits for the calls of those partitions that have all their input to
+// finish. Default 10 s.
+func WithRevokeTimeout(d time.Duration) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.revokeTimeout = d })
+}
+
+// WithCommitInterval sets the least time between two offset commits.
+// Default 50 ms.
+func WithCommitInterval(d time.Duration) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.commitInterval = d })
+}

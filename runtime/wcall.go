@@ -1,0 +1,442 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// errCallerCancelled is the cause of a handler context the caller cancelled.
+var errCallerCancelled = errors.New("kafkarpc: the caller cancelled the call")
+
+// errAborted is the cause of a handler context the worker gave up.
+var errAborted = errors.New("kafkarpc: the worker gave up the call (rebalance or shutdown)")
+
+// wCall is one call being served by the worker.
+type wCall struct {
+	w       *Worker
+	wm      *workerMethod // nil for a call rejected before it ran
+	id      string        // correlation id; empty for oneway calls
+	replyTo string
+	tp      kafkaclient.TopicPartition
+	pt      *partTrack
+	first   int64
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	done    chan struct{}
+
+	inMu     sync.Mutex
+	inbox    []*kafkaclient.Record
+	inEnded  bool
+	received int
+	inSig    chan struct{}
+
+	outMu      sync.Mutex
+	header     metadata.MD
+	trailer    metadata.MD
+	frozen     bool // headers went out with the first reply
+	replyHdrs  []kafkaclient.Header
+	sent       int
+	aborted    bool
+	unacked    sync.WaitGroup
+	produceErr error
+}
+
+func (w *Worker) newCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod) *wCall {
+	return &wCall{
+		w: w, wm: wm, id: id, replyTo: replyTo,
+		tp:    kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition},
+		pt:    pt,
+		first: rec.Offset,
+		done:  make(chan struct{}),
+		inSig: make(chan struct{}, 1),
+	}
+}
+
+// startCall registers a call starting at rec and runs it on a goroutine of
+// its own.
+func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod) {
+	md, deadline, err := requestMetadata(rec, &w.cfg.names)
+	if err != nil {
+		w.stats.malformed.Add(1)
+		w.rejectCall(rec, pt, id, replyTo, status.Newf(codes.InvalidArgument, "request at %s: %v", recordPlace(rec), err))
+		return
+	}
+	if !deadline.IsZero() && !time.Now().Before(deadline) {
+		w.rejectCall(rec, pt, id, replyTo, status.Newf(codes.DeadlineExceeded,
+			"%s: deadline passed before the worker read the request at %s", wm.spec.FullMethod(), recordPlace(rec)))
+		return
+	}
+	c := w.newCall(rec, pt, id, replyTo, wm)
+	ctx := metadata.NewIncomingContext(w.base, md)
+	var stopTimer context.CancelFunc = func() {}
+	if !deadline.IsZero() {
+		ctx, stopTimer = context.WithDeadline(ctx, deadline)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	c.cancel = func(cause error) { cancel(cause); stopTimer() }
+	c.ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{c})
+	w.mu.Lock()
+	if id != "" {
+		w.calls[id] = c
+	}
+	pt.begin(rec.Offset)
+	w.mu.Unlock()
+	w.stats.calls.Add(1)
+	c.feed(rec)
+	w.running.Add(1)
+	go c.run()
+}
+
+// rejectCall answers a request with st without running a handler, and skips
+// the rest of that call's records.
+func (w *Worker) rejectCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, st *status.Status) {
+	w.cfg.logger.Warn("kafkarpc: rejecting request", "correlation_id", id, "code", st.Code().String(),
+		"message", st.Message(), "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+	if id == "" {
+		return // a oneway request: nobody to tell
+	}
+	c := w.newCall(rec, pt, id, replyTo, nil)
+	c.ctx, c.cancel = context.WithCancelCause(w.base)
+	w.mu.Lock()
+	w.calls[id] = c
+	pt.begin(rec.Offset)
+	w.mu.Unlock()
+	c.feed(rec)
+	w.running.Add(1)
+	go func() {
+		defer w.running.Done()
+		c.finish(st)
+	}()
+}
+
+// feed hands one request record to the call.
+func (c *wCall) feed(rec *kafkaclient.Record) {
+	c.inMu.Lock()
+	if c.inEnded {
+		c.inMu.Unlock()
+		return
+	}
+	if rec.Value == nil {
+		c.inEnded = true
+		if v, ok := headerValue(rec.Headers, c.w.cfg.names.Status); ok && string(v) == "1" {
+			c.cancel(errCallerCancelled)
+		}
+	} else {
+		c.inbox = append(c.inbox, rec)
+	}
+	c.inMu.Unlock()
+	select {
+	case c.inSig <- struct{}{}:
+	default:
+	}
+}
+
+func (c *wCall) inputComplete() bool {
+	c.inMu.Lock()
+	defer c.inMu.Unlock()
+	return c.inEnded
+}
+
+// abort gives the call up: its handler is cancelled and nothing more it
+// sends goes out.
+func (c *wCall) abort() {
+	c.outMu.Lock()
+	c.aborted = true
+	c.outMu.Unlock()
+	c.cancel(errAborted)
+}
+
+func (c *wCall) run() {
+	defer c.w.running.Done()
+	select {
+	case c.w.sem <- struct{}{}:
+	case <-c.ctx.Done():
+		c.finish(contextStatus(c.ctx))
+		return
+	}
+	st := c.invoke()
+	<-c.w.sem
+	c.finish(st)
+}
+
+// invoke runs the handler, turning a panic into INTERNAL.
+func (c *wCall) invoke() (st *status.Status) {
+	wm := c.wm
+	defer func() {
+		if p := recover(); p != nil {
+			c.w.stats.panics.Add(1)
+			c.w.cfg.logger.Error("kafkarpc: handler panicked", "method", wm.spec.FullMethod(), "correlation_id", c.id,
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			st = status.Newf(codes.Internal, "%s: handler panicked: %v", wm.spec.FullMethod(), p)
+		}
+	}()
+	if wm.unary != nil {
+		resp, err := wm.unary.Handler(wm.impl, c.ctx, c.decodeFirst, c.w.cfg.unaryInterceptor)
+		if err != nil {
+			return toStatus(c.ctx, err)
+		}
+		if err := (serverStream{c}).SendMsg(resp); err != nil {
+			return toStatus(c.ctx, err)
+		}
+		return nil
+	}
+	sd := wm.stream
+	var err error
+	if i := c.w.cfg.streamInterceptor; i != nil {
+		err = i(wm.impl, serverStream{c}, &grpc.StreamServerInfo{
+			FullMethod: wm.spec.FullMethod(), IsClientStream: sd.ClientStreams, IsServerStream: sd.ServerStreams,
+		}, sd.Handler)
+	} else {
+		err = sd.Handler(wm.impl, serverStream{c})
+	}
+	return toStatus(c.ctx, err)
+}
+
+// toStatus maps a handler's error to the status the caller gets.
+func toStatus(ctx context.Context, err error) *status.Status {
+	if err == nil {
+		return nil
+	}
+	if st, ok := status.FromError(err); ok {
+		return st
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return contextStatus(ctx)
+	}
+	return status.New(codes.Unknown, err.Error())
+}
+
+func contextStatus(ctx context.Context) *status.Status {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return status.New(codes.DeadlineExceeded, "deadline exceeded")
+	}
+	if cause := context.Cause(ctx); cause != nil && cause != context.Canceled {
+		return status.New(codes.Canceled, cause.Error())
+	}
+	return status.New(codes.Canceled, "call cancelled")
+}
+
+// finish writes the end-of-stream reply with st, waits until Kafka
+// acknowledged every reply, and releases the call so that its offset can be
+// committed. An aborted call that sent nothing writes nothing and stays
+// uncommitted, so that the partition's next owner serves it again.
+func (c *wCall) finish(st *status.Status) {
+	c.outMu.Lock()
+	aborted, sent := c.aborted, c.sent
+	c.aborted = true // nothing more goes out
+	c.outMu.Unlock()
+	served := true
+	switch {
+	case aborted && sent == 0:
+		served = false
+	case c.id == "":
+		// oneway: no replies
+	default:
+		if aborted {
+			st = status.New(codes.Unavailable, "the worker gave up the call midway (rebalance or shutdown); retry it")
+		}
+		c.produceEnd(st)
+	}
+	c.unacked.Wait()
+	w := c.w
+	w.mu.Lock()
+	if c.id != "" && w.calls[c.id] == c {
+		delete(w.calls, c.id)
+		if !c.inputComplete() {
+			w.trailing.add(c.id)
+		}
+	}
+	if served {
+		c.pt.finish(c.first)
+	}
+	w.mu.Unlock()
+	c.cancel(nil)
+	close(c.done)
+	if served && w.committer != nil {
+		w.committer.poke()
+	}
+}
+
+// produceEnd writes the reply end-of-stream record.
+func (c *wCall) produceEnd(st *status.Status) {
+	names := &c.w.cfg.names
+	hs := []kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}}
+	if c.sent == 0 { // headers the handler set but never sent with a message
+		hs = appendMetaHeaders(hs, names.MetaPrefix, c.header, nil)
+	}
+	if st == nil {
+		st = status.New(codes.OK, "")
+	}
+	hs = appendStatusHeaders(hs, names, st)
+	hs = appendMetaHeaders(hs, names.TrailerPrefix, c.trailer, nil)
+	c.produce(nil, hs)
+}
+
+func (c *wCall) produce(value []byte, hs []kafkaclient.Header) {
+	c.unacked.Add(1)
+	c.w.client.Produce(&kafkaclient.Record{
+		Topic:     c.replyTo,
+		Partition: kafkaclient.AnyPartition,
+		Key:       []byte(c.id),
+		Value:     value,
+		Headers:   hs,
+	}, kafkaclient.AcksAll, c.delivered)
+}
+
+func (c *wCall) delivered(rec *kafkaclient.Record, err error) {
+	if err != nil {
+		c.w.cfg.logger.Error("kafkarpc: producing reply", "correlation_id", c.id, "topic", rec.Topic, "error", err)
+		c.outMu.Lock()
+		if c.produceErr == nil {
+			c.produceErr = err
+		}
+		c.outMu.Unlock()
+	}
+	c.unacked.Done()
+}
+
+// recv returns the next request record, or io.EOF at the end of the request
+// stream.
+func (c *wCall) recv() (*kafkaclient.Record, error) {
+	for {
+		c.inMu.Lock()
+		if len(c.inbox) > 0 {
+			rec := c.inbox[0]
+			c.inbox[0] = nil
+			c.inbox = c.inbox[1:]
+			c.received++
+			c.inMu.Unlock()
+			return rec, nil
+		}
+		ended, n := c.inEnded, c.received
+		c.inMu.Unlock()
+		if ended {
+			if n == 0 && !c.wm.spec.Kind.clientStreams() {
+				return nil, status.Errorf(codes.Internal, "%s: request stream ended without a message", c.wm.spec.FullMethod())
+			}
+			return nil, io.EOF
+		}
+		select {
+		case <-c.inSig:
+		case <-c.ctx.Done():
+			return nil, contextStatus(c.ctx).Err()
+		}
+	}
+}
+
+// recvMsg decodes the next request message into m.
+func (c *wCall) recvMsg(m any) error {
+	rec, err := c.recv()
+	if err != nil {
+		return err
+	}
+	msg, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", c.wm.spec.FullMethod(), m)
+	}
+	if err := proto.Unmarshal(rec.Value, msg); err != nil {
+		return status.Errorf(codes.Internal, "%s: request at %s is not a valid %s: %v",
+			c.wm.spec.FullMethod(), recordPlace(rec), msg.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return nil
+}
+
+// decodeFirst is the request decoder handed to unary handlers.
+func (c *wCall) decodeFirst(m any) error {
+	err := c.recvMsg(m)
+	if err == io.EOF {
+		return status.Errorf(codes.Internal, "%s: request stream ended without a message", c.wm.spec.FullMethod())
+	}
+	return err
+}
+
+// sendMsg produces one reply message.
+func (c *wCall) sendMsg(m any) error {
+	msg, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", c.wm.spec.FullMethod(), m)
+	}
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%s: encoding response: %v", c.wm.spec.FullMethod(), err)
+	}
+	if b == nil {
+		b = []byte{}
+	}
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	if c.aborted {
+		return contextStatus(c.ctx).Err()
+	}
+	if c.id == "" {
+		return nil // oneway: the response goes nowhere
+	}
+	if !c.frozen {
+		c.frozen = true
+		names := &c.w.cfg.names
+		c.replyHdrs = appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
+			names.MetaPrefix, c.header, nil)
+	}
+	c.sent++
+	c.produce(b, c.replyHdrs)
+	return nil
+}
+
+func (c *wCall) setHeader(md metadata.MD, send bool) error {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	if c.frozen {
+		return status.Error(codes.Internal, "transport: the stream is done or SendHeader was already called")
+	}
+	c.header = metadata.Join(c.header, md)
+	if send {
+		c.frozen = true
+		names := &c.w.cfg.names
+		c.replyHdrs = appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
+			names.MetaPrefix, c.header, nil)
+	}
+	return nil
+}
+
+func (c *wCall) setTrailer(md metadata.MD) {
+	c.outMu.Lock()
+	c.trailer = metadata.Join(c.trailer, md)
+	c.outMu.Unlock()
+}
+
+// serverStream is the grpc.ServerStream a streaming handler gets.
+type serverStream struct{ c *wCall }
+
+func (s serverStream) SetHeader(md metadata.MD) error  { return s.c.setHeader(md, false) }
+func (s serverStream) SendHeader(md metadata.MD) error { return s.c.setHeader(md, true) }
+func (s serverStream) SetTrailer(md metadata.MD)       { s.c.setTrailer(md) }
+func (s serverStream) Context() context.Context        { return s.c.ctx }
+func (s serverStream) SendMsg(m any) error             { return s.c.sendMsg(m) }
+func (s serverStream) RecvMsg(m any) error             { return s.c.recvMsg(m) }
+
+// transportStream lets grpc.SetHeader, grpc.SendHeader, grpc.SetTrailer and
+// grpc.Method work inside handlers.
+type transportStream struct{ c *wCall }
+
+func (t transportStream) Method() string {
+	if t.c.wm == nil {
+		return ""
+	}
+	return t.c.wm.spec.FullMethod()
+}
+func (t transportStream) SetHeader(md metadata.MD) error  { return t.c.setHeader(md, false) }
+func (t transportStream) SendHeader(md metadata.MD) error { return t.c.setHeader(md, true) }
+func (t transportStream) SetTrailer(md metadata.MD) error { t.c.setTrailer(md); return nil }

@@ -1,0 +1,528 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// Worker consumes request topics in a consumer group and serves each call
+// with a registered implementation, producing the replies to the topic the
+// request names. Calls run concurrently, each on its own goroutine, up to
+// WithMaxConcurrentCalls. A request's offset is committed only once its
+// replies, end-of-stream included, are acknowledged by Kafka, so a crash
+// replays requests instead of losing them.
+//
+// Register services before Start. A Worker is safe for concurrent use.
+type Worker struct {
+	client kafkaclient.Client
+	cfg    workerConfig
+
+	regMu    sync.Mutex
+	services map[string]*workerService
+	topics   []string
+	started  bool
+
+	base       context.Context // parent of every handler context; cancelled by an aborting shutdown
+	baseCancel context.CancelFunc
+	pollCtx    context.Context
+	pollCancel context.CancelFunc
+	drainCtx   atomic.Pointer[context.Context]
+	loopDone   chan struct{}
+	sem        chan struct{}
+	ready      chan struct{}
+	readyOnce  sync.Once
+
+	mu       sync.Mutex // guards calls, trailing and parts
+	calls    map[string]*wCall
+	trailing *recentSet
+	parts    map[kafkaclient.TopicPartition]*partTrack
+	running  sync.WaitGroup // call goroutines
+
+	committer *committer
+	stats     workerCounters
+}
+
+type workerService struct {
+	spec    *ServiceSpec
+	impl    any
+	methods map[string]*workerMethod
+}
+
+type workerMethod struct {
+	spec   *MethodSpec
+	impl   any
+	unary  *grpc.MethodDesc
+	stream *grpc.StreamDesc
+}
+
+// NewWorker returns a Worker reading and producing through client, which
+// stays owned by the caller (close it after the Worker).
+func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
+	cfg := defaultWorkerConfig()
+	for _, o := range opts {
+		o.applyWorker(&cfg)
+	}
+	w := &Worker{
+		client:   client,
+		cfg:      cfg,
+		services: map[string]*workerService{},
+		loopDone: make(chan struct{}),
+		sem:      make(chan struct{}, cfg.maxConcurrent),
+		ready:    make(chan struct{}),
+		calls:    map[string]*wCall{},
+		trailing: newRecentSet(1 << 16),
+		parts:    map[kafkaclient.TopicPartition]*partTrack{},
+	}
+	w.base, w.baseCancel = context.WithCancel(context.Background())
+	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
+	return w
+}
+
+// RegisterService serves impl, an implementation of desc's handler type, for
+// the Kafka methods listed in spec. Methods of desc that spec does not list
+// are not served (a request for one is answered UNIMPLEMENTED). Generated
+// Register...KafkaWorker functions call it. It must be called before Start.
+func (w *Worker) RegisterService(spec *ServiceSpec, desc *grpc.ServiceDesc, impl any) error {
+	if spec.Name != desc.ServiceName {
+		return fmt.Errorf("kafkarpc: spec of %s registered with the descriptor of %s", spec.Name, desc.ServiceName)
+	}
+	w.regMu.Lock()
+	defer w.regMu.Unlock()
+	if w.started {
+		return fmt.Errorf("kafkarpc: %s registered after the worker started", spec.Name)
+	}
+	if _, dup := w.services[spec.Name]; dup {
+		return fmt.Errorf("kafkarpc: %s registered twice", spec.Name)
+	}
+	s := &workerService{spec: spec, impl: impl, methods: map[string]*workerMethod{}}
+	for _, m := range spec.Methods {
+		if m.Fetch != nil {
+			continue
+		}
+		wm := &workerMethod{spec: m, impl: impl}
+		for i := range desc.Methods {
+			if desc.Methods[i].MethodName == m.Method {
+				wm.unary = &desc.Methods[i]
+			}
+		}
+		for i := range desc.Streams {
+			if desc.Streams[i].StreamName == m.Method {
+				wm.stream = &desc.Streams[i]
+			}
+		}
+		if wm.unary == nil && wm.stream == nil {
+			return fmt.Errorf("kafkarpc: %s: the service descriptor has no such method", m.FullMethod())
+		}
+		s.methods[m.Method] = wm
+		for _, r := range m.Routes {
+			if !containsString(w.topics, r.Topic) {
+				w.topics = append(w.topics, r.Topic)
+			}
+		}
+	}
+	w.services[spec.Name] = s
+	if w.cfg.groupID == "" {
+		w.cfg.groupID = "kafkarpc-" + spec.Name
+	}
+	return nil
+}
+
+func containsString(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Topics returns the request topics the worker consumes, in registration
+// order.
+func (w *Worker) Topics() []string {
+	w.regMu.Lock()
+	defer w.regMu.Unlock()
+	return append([]string(nil), w.topics...)
+}
+
+// GroupID returns the consumer group the worker joins.
+func (w *Worker) GroupID() string {
+	w.regMu.Lock()
+	defer w.regMu.Unlock()
+	return w.cfg.groupID
+}
+
+// Start joins the consumer group and starts serving in the background. It
+// returns once the group member is created; Ready reports the first
+// partition assignment.
+func (w *Worker) Start() error {
+	w.regMu.Lock()
+	defer w.regMu.Unlock()
+	if w.started {
+		return errors.New("kafkarpc: worker started twice")
+	}
+	if len(w.topics) == 0 {
+		return errors.New("kafkarpc: worker has no request topics: register a service first")
+	}
+	gr, err := w.client.NewGroupReader(kafkaclient.GroupConfig{
+		GroupID:       w.cfg.groupID,
+		Topics:        w.topics,
+		OnAssigned:    w.onAssigned,
+		OnRevoked:     w.onRevoked,
+		ReadCommitted: w.cfg.readCommitted,
+	})
+	if err != nil {
+		return fmt.Errorf("kafkarpc: joining group %q: %w", w.cfg.groupID, err)
+	}
+	w.started = true
+	w.committer = newCommitter(w, gr)
+	go w.committer.run()
+	go w.loop(gr)
+	return nil
+}
+
+// Ready is closed once the worker was first assigned partitions.
+func (w *Worker) Ready() <-chan struct{} { return w.ready }
+
+// Shutdown stops fetching requests, lets the calls in flight finish until ctx
+// ends, commits, and leaves the group. Calls still running when ctx ends are
+// cancelled: those that sent no reply yet are left uncommitted, so that
+// another member serves them again; the others end with UNAVAILABLE.
+func (w *Worker) Shutdown(ctx context.Context) error {
+	w.regMu.Lock()
+	started := w.started
+	w.regMu.Unlock()
+	if !started {
+		w.baseCancel()
+		return nil
+	}
+	w.drainCtx.CompareAndSwap(nil, &ctx)
+	w.pollCancel()
+	<-w.loopDone
+	return nil
+}
+
+// Close stops the worker at once: calls in flight are cancelled as by a
+// Shutdown whose context already ended.
+func (w *Worker) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return w.Shutdown(ctx)
+}
+
+// loop polls requests until shutdown, then drains and leaves the group.
+func (w *Worker) loop(gr kafkaclient.GroupReader) {
+	defer close(w.loopDone)
+	backoff := 10 * time.Millisecond
+	for w.pollCtx.Err() == nil {
+		recs, err := gr.Poll(w.pollCtx)
+		if err != nil {
+			if w.pollCtx.Err() != nil {
+				break
+			}
+			w.cfg.logger.Warn("kafkarpc: reading requests", "group", w.cfg.groupID, "error", err)
+			select {
+			case <-w.pollCtx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		for _, rec := range recs {
+			w.handle(rec)
+		}
+	}
+	ctx := context.Background()
+	if p := w.drainCtx.Load(); p != nil {
+		ctx = *p
+	}
+	w.drain(ctx, nil)
+	w.committer.stop()
+	if err := gr.Close(); err != nil {
+		w.cfg.logger.Warn("kafkarpc: leaving group", "group", w.cfg.groupID, "error", err)
+	}
+	w.baseCancel()
+}
+
+// drain waits for the calls of parts (all when nil) to finish until ctx ends,
+// then aborts what is left.
+func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition]bool) {
+	for {
+		w.mu.Lock()
+		var wait []*wCall
+		for _, c := range w.calls {
+			if parts == nil || parts[c.tp] {
+				wait = append(wait, c)
+			}
+		}
+		w.mu.Unlock()
+		if len(wait) == 0 {
+			return
+		}
+		for _, c := range wait {
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				for _, c := range wait {
+					c.abort()
+				}
+				for _, c := range wait {
+					<-c.done
+				}
+				return
+			}
+		}
+	}
+}
+
+func (w *Worker) onAssigned(parts []kafkaclient.TopicPartition) {
+	w.mu.Lock()
+	for _, tp := range parts {
+		w.parts[tp] = newPartTrack()
+	}
+	w.mu.Unlock()
+	w.cfg.logger.Info("kafkarpc: partitions assigned", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts))
+	if len(parts) > 0 {
+		w.readyOnce.Do(func() { close(w.ready) })
+	}
+}
+
+// onRevoked finishes or abandons the calls of the revoked partitions and
+// commits what is done, before the partitions move to another member.
+func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
+	set := make(map[kafkaclient.TopicPartition]bool, len(parts))
+	for _, tp := range parts {
+		set[tp] = true
+	}
+	if lost {
+		w.mu.Lock()
+		var abort []*wCall
+		for _, c := range w.calls {
+			if set[c.tp] {
+				abort = append(abort, c)
+			}
+		}
+		w.mu.Unlock()
+		for _, c := range abort {
+			c.abort()
+		}
+	} else {
+		// Calls with all their input may finish; calls still waiting for input
+		// would wait forever, since that input now goes to another member.
+		w.mu.Lock()
+		var abort []*wCall
+		for _, c := range w.calls {
+			if set[c.tp] && !c.inputComplete() {
+				abort = append(abort, c)
+			}
+		}
+		w.mu.Unlock()
+		for _, c := range abort {
+			c.abort()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.revokeTimeout)
+		w.drain(ctx, set)
+		cancel()
+		w.committer.commitNow(set)
+	}
+	w.mu.Lock()
+	for tp := range set {
+		delete(w.parts, tp)
+	}
+	w.mu.Unlock()
+	w.cfg.logger.Info("kafkarpc: partitions revoked", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts), "lost", lost)
+}
+
+// handle routes one request record: to its call in flight, or as the start of
+// a new call, or answers or skips it when it cannot be served.
+func (w *Worker) handle(rec *kafkaclient.Record) {
+	names := &w.cfg.names
+	tp := kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}
+	id, hasID := headerValue(rec.Headers, names.CorrelationID)
+
+	w.mu.Lock()
+	pt := w.parts[tp]
+	if pt == nil { // a record of a partition we were not told about
+		pt = newPartTrack()
+		w.parts[tp] = pt
+	}
+	pt.seen(rec.Offset)
+	if hasID {
+		if c := w.calls[string(id)]; c != nil {
+			w.mu.Unlock()
+			c.feed(rec)
+			return
+		}
+		if w.trailing.has(string(id)) {
+			if rec.Value == nil {
+				w.trailing.remove(string(id))
+			}
+			w.mu.Unlock()
+			return
+		}
+	}
+	w.mu.Unlock()
+
+	service, hasService := headerValue(rec.Headers, names.Service)
+	method, hasMethod := headerValue(rec.Headers, names.Method)
+	if !hasID {
+		if wm := w.lookup(string(service), string(method)); wm != nil && onewayRoute(wm.spec, rec.Topic) {
+			w.startCall(rec, pt, "", "", wm)
+			return
+		}
+		w.stats.skippedNoID.Add(1)
+		w.cfg.logger.Warn("kafkarpc: skipping request without correlation id", "header", names.CorrelationID,
+			"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+		return
+	}
+	if rec.Value == nil {
+		// The end of a call that is over or was never started here (for
+		// example a cancel sent after the call finished).
+		return
+	}
+	replyTo, hasReplyTo := headerValue(rec.Headers, names.ReplyTo)
+	if !hasReplyTo || len(replyTo) == 0 {
+		w.stats.malformed.Add(1)
+		w.cfg.logger.Warn("kafkarpc: skipping request without reply topic", "header", names.ReplyTo,
+			"correlation_id", string(id), "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+		return
+	}
+	var fail *status.Status
+	var wm *workerMethod
+	switch {
+	case !hasService || len(service) == 0:
+		fail = status.Newf(codes.Internal, "request at %s has no %s header", recordPlace(rec), names.Service)
+	case !hasMethod || len(method) == 0:
+		fail = status.Newf(codes.Internal, "request at %s has no %s header", recordPlace(rec), names.Method)
+	default:
+		if wm = w.lookup(string(service), string(method)); wm == nil {
+			fail = status.Newf(codes.Unimplemented, "unknown method /%s/%s (request at %s)", service, method, recordPlace(rec))
+		}
+	}
+	if fail != nil {
+		w.stats.malformed.Add(1)
+		w.rejectCall(rec, pt, string(id), string(replyTo), fail)
+		return
+	}
+	w.startCall(rec, pt, string(id), string(replyTo), wm)
+}
+
+func onewayRoute(m *MethodSpec, topic string) bool {
+	for _, r := range m.Routes {
+		if r.Oneway && r.Topic == topic {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *Worker) lookup(service, method string) *workerMethod {
+	w.regMu.Lock()
+	defer w.regMu.Unlock()
+	if s := w.services[service]; s != nil {
+		return s.methods[method]
+	}
+	return nil
+}
+
+// WorkerStats are counters of records a worker could not serve as calls.
+type WorkerStats struct {
+	// SkippedNoCorrelationID counts request records without a correlation id
+	// (that are not oneway requests); they cannot be answered.
+	SkippedNoCorrelationID uint64
+	// Malformed counts requests answered with an error without running a
+	// handler (missing service or method, unknown method, bad metadata) or
+	// skipped for want of a reply topic.
+	Malformed uint64
+	// Calls counts calls started.
+	Calls uint64
+	// Panics counts handlers that panicked.
+	Panics uint64
+}
+
+type workerCounters struct {
+	skippedNoID, malformed, calls, panics atomic.Uint64
+}
+
+// Stats returns the worker's counters. Safe for concurrent use.
+func (w *Worker) Stats() WorkerStats {
+	return WorkerStats{
+		SkippedNoCorrelationID: w.stats.skippedNoID.Load(),
+		Malformed:              w.stats.malformed.Load(),
+		Calls:                  w.stats.calls.Load(),
+		Panics:                 w.stats.panics.Load(),
+	}
+}
+
+// requestMetadata reads a request's gRPC metadata and deadline from its
+// headers.
+func requestMetadata(rec *kafkaclient.Record, names *HeaderNames) (metadata.MD, time.Time, error) {
+	md, err := metadataFromHeaders(rec.Headers, names.MetaPrefix)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	var deadline time.Time
+	if v := md.Get(timeoutMetadata); len(v) > 0 {
+		d, err := decodeTimeout(v[0])
+		if err != nil {
+			return nil, time.Time{}, fmt.Errorf("header %q: %w", names.MetaPrefix+timeoutMetadata, err)
+		}
+		start := rec.Timestamp
+		if start.IsZero() {
+			start = time.Now()
+		}
+		deadline = start.Add(d)
+		md.Delete(timeoutMetadata)
+	}
+	return md, deadline, nil
+}
+
+// recentSet is a bounded set of strings that forgets the oldest first.
+type recentSet struct {
+	max   int
+	set   map[string]struct{}
+	order []string
+}
+
+func newRecentSet(max int) *recentSet {
+	return &recentSet{max: max, set: map[string]struct{}{}}
+}
+
+func (s *recentSet) add(k string) {
+	if _, ok := s.set[k]; ok {
+		return
+	}
+	if len(s.order) >= s.max {
+		delete(s.set, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.set[k] = struct{}{}
+	s.order = append(s.order, k)
+}
+
+func (s *recentSet) has(k string) bool { _, ok := s.set[k]; return ok }
+
+func (s *recentSet) remove(k string) { delete(s.set, k) } // its order slot expires in time
+
+// fullMethodName is "/service/method".
+func fullMethodName(service, method string) string {
+	var b strings.Builder
+	b.Grow(len(service) + len(method) + 2)
+	b.WriteByte('/')
+	b.WriteString(service)
+	b.WriteByte('/')
+	b.WriteString(method)
+	return b.String()
+}
