@@ -103,7 +103,7 @@ func (g *Gateway) prepare(ctx context.Context, m *MethodSpec) (*methodPrep, erro
 	p := &methodPrep{routes: make([]routePrep, len(m.Routes))}
 	names := &g.cfg.names
 	for i := range m.Routes {
-		r := &m.Routes[i]
+		r := g.mapRoute(&m.Routes[i])
 		rp := routePrep{route: r}
 		for _, o := range r.Overrides {
 			rp.fixed = append(rp.fixed, kafkaclient.Header{Key: o.Name, Value: []byte(o.Value)})
@@ -132,6 +132,16 @@ func (g *Gateway) prepare(ctx context.Context, m *MethodSpec) (*methodPrep, erro
 	next[m] = p
 	g.preps.Store(&next)
 	return p, nil
+}
+
+// mapRoute returns r with its topics resolved by the topic mapper.
+func (g *Gateway) mapRoute(r *Route) *Route {
+	c := *r
+	c.Topic = g.cfg.topic(r.Topic)
+	if r.ReplyTopic != "" {
+		c.ReplyTopic = g.cfg.topic(r.ReplyTopic)
+	}
+	return &c
 }
 
 // routerLocked returns the reply router of topic, starting it if needed.

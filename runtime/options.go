@@ -39,10 +39,11 @@ func (f workerOptionFunc) applyWorker(c *workerConfig) { f(c) }
 type common struct {
 	names  HeaderNames
 	logger *slog.Logger
+	topic  func(string) string
 }
 
 func defaultCommon() common {
-	return common{names: DefaultHeaderNames(), logger: slog.Default()}
+	return common{names: DefaultHeaderNames(), logger: slog.Default(), topic: func(t string) string { return t }}
 }
 
 // WithHeaderNames sets the wire header names; empty fields keep their
@@ -60,6 +61,18 @@ func WithLogger(l *slog.Logger) Option {
 	return bothOption{
 		gw: func(c *gatewayConfig) { c.logger = l },
 		wk: func(c *workerConfig) { c.logger = l },
+	}
+}
+
+// WithTopicMapper resolves the topic names of the generated specs at run time,
+// so that one binary serves several environments: map receives each request
+// and reply topic named in the proto options and returns the topic to use,
+// e.g. func(t string) string { return "staging." + t }. Default: unchanged.
+// The gateway and the workers of a deployment must map alike.
+func WithTopicMapper(m func(topic string) string) Option {
+	return bothOption{
+		gw: func(c *gatewayConfig) { c.topic = m },
+		wk: func(c *workerConfig) { c.topic = m },
 	}
 }
 

@@ -124,6 +124,13 @@ func (w *Worker) rejectCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo 
 
 // feed hands one request record to the call.
 func (c *wCall) feed(rec *kafkaclient.Record) {
+	if rec.Value == nil {
+		// A cancel may follow the end of the request stream (unary and
+		// server-streaming calls end their requests at once).
+		if v, ok := headerValue(rec.Headers, c.w.cfg.names.Status); ok && string(v) == "1" {
+			c.cancel(errCallerCancelled)
+		}
+	}
 	c.inMu.Lock()
 	if c.inEnded {
 		c.inMu.Unlock()
@@ -131,9 +138,6 @@ func (c *wCall) feed(rec *kafkaclient.Record) {
 	}
 	if rec.Value == nil {
 		c.inEnded = true
-		if v, ok := headerValue(rec.Headers, c.w.cfg.names.Status); ok && string(v) == "1" {
-			c.cancel(errCallerCancelled)
-		}
 	} else {
 		c.inbox = append(c.inbox, rec)
 	}

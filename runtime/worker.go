@@ -127,8 +127,8 @@ func (w *Worker) RegisterService(spec *ServiceSpec, desc *grpc.ServiceDesc, impl
 		}
 		s.methods[m.Method] = wm
 		for _, r := range m.Routes {
-			if !containsString(w.topics, r.Topic) {
-				w.topics = append(w.topics, r.Topic)
+			if t := w.cfg.topic(r.Topic); !containsString(w.topics, t) {
+				w.topics = append(w.topics, t)
 			}
 		}
 	}
@@ -192,7 +192,9 @@ func (w *Worker) Start() error {
 	return nil
 }
 
-// Ready is closed once the worker was first assigned partitions.
+// Ready is closed once the worker joined its group and was first given its
+// share of the partitions (possibly none, when the group has more members
+// than partitions).
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // Shutdown stops fetching requests, lets the calls in flight finish until ctx
@@ -294,9 +296,7 @@ func (w *Worker) onAssigned(parts []kafkaclient.TopicPartition) {
 	}
 	w.mu.Unlock()
 	w.cfg.logger.Info("kafkarpc: partitions assigned", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts))
-	if len(parts) > 0 {
-		w.readyOnce.Do(func() { close(w.ready) })
-	}
+	w.readyOnce.Do(func() { close(w.ready) })
 }
 
 // onRevoked finishes or abandons the calls of the revoked partitions and
@@ -378,7 +378,7 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	service, hasService := headerValue(rec.Headers, names.Service)
 	method, hasMethod := headerValue(rec.Headers, names.Method)
 	if !hasID {
-		if wm := w.lookup(string(service), string(method)); wm != nil && onewayRoute(wm.spec, rec.Topic) {
+		if wm := w.lookup(string(service), string(method)); wm != nil && w.onewayRoute(wm.spec, rec.Topic) {
 			w.startCall(rec, pt, "", "", wm)
 			return
 		}
@@ -419,9 +419,9 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	w.startCall(rec, pt, string(id), string(replyTo), wm)
 }
 
-func onewayRoute(m *MethodSpec, topic string) bool {
+func (w *Worker) onewayRoute(m *MethodSpec, topic string) bool {
 	for _, r := range m.Routes {
-		if r.Oneway && r.Topic == topic {
+		if r.Oneway && w.cfg.topic(r.Topic) == topic {
 			return true
 		}
 	}

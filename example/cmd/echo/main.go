@@ -1,0 +1,83 @@
+// Command echo runs the whole example in one process: a gRPC gateway whose
+// calls travel through Kafka to a worker serving the echo implementation.
+// Without --brokers it starts an embedded Kafka broker first, so nothing else
+// is needed:
+//
+//	echo [--listen 127.0.0.1:7151] [--brokers host:port]
+//
+// Once it prints "ready", call it with grpcurl:
+//
+//	grpcurl -plaintext -d '{"message":"hello"}' 127.0.0.1:7151 example.echo.v1.EchoService/EchoUnary
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/internal/app"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:7151", "gRPC listen address")
+	brokers := flag.String("brokers", "", "Kafka bootstrap servers; empty starts an embedded broker")
+	flag.Parse()
+	logger := app.Logger()
+	ctx, stop := app.Signals()
+	defer stop()
+
+	if *brokers == "" {
+		b, err := embedded.Start()
+		if err != nil {
+			app.Fatal(logger, "starting the embedded broker", err)
+		}
+		defer b.Close()
+		*brokers = b.Addr()
+		fmt.Printf("echo: embedded Kafka broker listening on %s\n", *brokers)
+	}
+	client, err := app.NewClient(*brokers, logger)
+	if err != nil {
+		app.Fatal(logger, "connecting to Kafka", err)
+	}
+	defer client.Close()
+	if err := app.EnsureTopics(ctx, client); err != nil {
+		app.Fatal(logger, "preparing topics", err)
+	}
+
+	worker := runtime.NewWorker(client, runtime.WithLogger(logger))
+	if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
+		app.Fatal(logger, "registering the worker", err)
+	}
+	if err := worker.Start(); err != nil {
+		app.Fatal(logger, "starting the worker", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = worker.Shutdown(sctx)
+	}()
+	select {
+	case <-worker.Ready():
+	case <-ctx.Done():
+		return
+	}
+
+	gw := runtime.NewGateway(client, runtime.WithLogger(logger))
+	defer gw.Close()
+	srv := app.NewServer()
+	if err := echov1.RegisterEchoServiceKafkaGateway(srv, gw); err != nil {
+		app.Fatal(logger, "registering the gateway", err)
+	}
+	err = app.Serve(ctx, srv, *listen, func(a net.Addr) {
+		fmt.Printf("echo: ready: gRPC on %s, Kafka at %s, group %s\n", a, *brokers, worker.GroupID())
+	})
+	if err != nil {
+		app.Fatal(logger, "serving gRPC", err)
+	}
+}

@@ -1,0 +1,108 @@
+// Package app holds what the example binaries share: flags, the Kafka client,
+// topic creation, the gRPC server with health and reflection, and shutdown on
+// SIGTERM.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/confluent"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// Topics are the example's topics, created with 3 partitions when missing.
+var Topics = []string{"echo-requests", "echo-responses", "echo-events"}
+
+// Logger returns the binaries' logger: text on stderr, at LOG_LEVEL (debug,
+// info, warn, error; default info).
+func Logger() *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(os.Getenv("LOG_LEVEL"))); err != nil {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// Signals returns a context ended by SIGTERM or SIGINT.
+func Signals() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+}
+
+// NewClient connects to brokers with confluent-kafka-go.
+func NewClient(brokers string, logger *slog.Logger) (kafkaclient.Client, error) {
+	return confluent.New(confluent.Config{"bootstrap.servers": brokers}, confluent.WithLogger(logger))
+}
+
+// EnsureTopics creates the example's topics when missing.
+func EnsureTopics(ctx context.Context, c kafkaclient.Client) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	specs := make([]kafkaclient.TopicSpec, 0, len(Topics))
+	for _, t := range Topics {
+		specs = append(specs, kafkaclient.TopicSpec{Name: t, Partitions: 3})
+	}
+	if err := c.CreateTopics(ctx, specs); err != nil {
+		return fmt.Errorf("creating topics %v: %w", Topics, err)
+	}
+	return nil
+}
+
+// NewServer returns a gRPC server with health and reflection registered, so
+// that grpcurl works without proto files.
+func NewServer() *grpc.Server {
+	s := grpc.NewServer()
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(s, hs)
+	reflection.Register(s)
+	return s
+}
+
+// Serve listens on addr and serves s until ctx ends, then stops gracefully
+// (bounded). ready is called with the bound address once it accepts calls.
+func Serve(ctx context.Context, s *grpc.Server, addr string, ready func(net.Addr)) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(lis) }()
+	ready(lis.Addr())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	stopped := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		s.Stop()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+
+// Fatal logs err and exits with status 1.
+func Fatal(logger *slog.Logger, msg string, err error) {
+	logger.Error(msg, "error", err)
+	os.Exit(1)
+}

@@ -1,0 +1,193 @@
+package confluent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// defaultAdminTimeout bounds admin and metadata calls whose ctx has no
+// deadline.
+const defaultAdminTimeout = 30 * time.Second
+
+// withAdmin runs fn with the acks=all producer (created if needed), whose
+// connections the admin and metadata requests share.
+func (c *Client) withAdmin(fn func(p *producer) error) error {
+	p, err := c.useProducer(kafkaclient.AcksAll)
+	if err != nil {
+		return err
+	}
+	defer p.users.Done()
+	return fn(p)
+}
+
+// adminCtx gives ctx a deadline if it has none.
+func adminCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, defaultAdminTimeout)
+}
+
+// CreateTopics creates the topics that do not exist yet; a topic that
+// already exists is not an error (its partition count and configuration are
+// left as they are). Partitions <= 0 and ReplicationFactor <= 0 use the
+// broker's defaults (-1, Kafka 2.4 and later); when the broker refuses a
+// default replication factor, the topic is created again with 1. Config
+// entries are passed through as topic configuration. Without a deadline in
+// ctx the call is bounded by 30s. Safe for concurrent use.
+func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpec) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	return c.withAdmin(func(p *producer) error {
+		adm, err := p.adminClient()
+		if err != nil {
+			return fmt.Errorf("confluent: admin client: %w", err)
+		}
+		specs := make([]kafka.TopicSpecification, len(topics))
+		for i, t := range topics {
+			specs[i] = kafka.TopicSpecification{
+				Topic:             t.Name,
+				NumPartitions:     int(t.Partitions),
+				ReplicationFactor: int(t.ReplicationFactor),
+				Config:            t.Config,
+			}
+			if specs[i].NumPartitions <= 0 {
+				specs[i].NumPartitions = -1
+			}
+			if specs[i].ReplicationFactor <= 0 {
+				specs[i].ReplicationFactor = -1
+			}
+		}
+		var errs []error
+		for attempt := 0; attempt < 2 && len(specs) > 0; attempt++ {
+			dl, _ := ctx.Deadline()
+			res, err := adm.CreateTopics(ctx, specs, kafka.SetAdminOperationTimeout(time.Until(dl)))
+			if err != nil {
+				return fmt.Errorf("confluent: create topics: %w", err)
+			}
+			var retry []kafka.TopicSpecification
+			for _, r := range res {
+				switch r.Error.Code() {
+				case kafka.ErrNoError, kafka.ErrTopicAlreadyExists:
+					continue
+				case kafka.ErrInvalidReplicationFactor, kafka.ErrUnsupportedFeature, kafka.ErrInvalidRequest:
+					if i := slices.IndexFunc(specs, func(s kafka.TopicSpecification) bool { return s.Topic == r.Topic }); i >= 0 && specs[i].ReplicationFactor == -1 && attempt == 0 {
+						s := specs[i]
+						s.ReplicationFactor = 1
+						retry = append(retry, s)
+						continue
+					}
+				}
+				errs = append(errs, fmt.Errorf("confluent: create topic %s: %w", r.Topic, r.Error))
+			}
+			specs = retry
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// Partitions lists the partition ids of topic, in increasing order, from
+// the cluster's metadata. A topic the cluster does not have is an error
+// wrapping kafkaclient.ErrUnknownTopic. A topic whose metadata is not ready
+// yet (just created, leader election) is asked again until ctx ends
+// (default bound 30s). Safe for concurrent use.
+func (c *Client) Partitions(ctx context.Context, topic string) ([]int32, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var out []int32
+	err := c.withAdmin(func(p *producer) error {
+		backoff := 10 * time.Millisecond
+		for {
+			md, err := p.p.GetMetadata(&topic, false, timeoutMs(ctx, defaultAdminTimeout))
+			if err != nil {
+				return fmt.Errorf("confluent: metadata of %s: %w", topic, err)
+			}
+			tm, ok := md.Topics[topic]
+			code := tm.Error.Code()
+			switch {
+			case !ok || code == kafka.ErrUnknownTopicOrPart || code == kafka.ErrUnknownTopic:
+				return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+			case code == kafka.ErrNoError || len(tm.Partitions) > 0:
+				out = make([]int32, len(tm.Partitions))
+				for i, pm := range tm.Partitions {
+					out[i] = pm.ID
+				}
+				slices.Sort(out)
+				return nil
+			case !tm.Error.IsRetriable() && code != kafka.ErrLeaderNotAvailable:
+				return fmt.Errorf("confluent: metadata of %s: %w", topic, tm.Error)
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("confluent: metadata of %s: %w (last error: %v)", topic, ctx.Err(), tm.Error)
+			case <-t.C:
+			}
+			backoff = min(backoff*2, 500*time.Millisecond)
+		}
+	})
+	return out, err
+}
+
+// Offsets looks up the earliest (first retained) or latest (high watermark:
+// the offset the next record gets) offset of each given partition, in one
+// ListOffsets round trip per partition leader. An unknown topic or
+// partition is an error wrapping kafkaclient.ErrUnknownTopic. Without a
+// deadline in ctx the call is bounded by 30s. Safe for concurrent use.
+func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, which kafkaclient.OffsetSpec) (map[int32]int64, error) {
+	out := make(map[int32]int64, len(partitions))
+	if len(partitions) == 0 {
+		return out, nil
+	}
+	spec := kafka.EarliestOffsetSpec
+	if which == kafkaclient.Latest {
+		spec = kafka.LatestOffsetSpec
+	}
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	err := c.withAdmin(func(p *producer) error {
+		adm, err := p.adminClient()
+		if err != nil {
+			return fmt.Errorf("confluent: admin client: %w", err)
+		}
+		req := make(map[kafka.TopicPartition]kafka.OffsetSpec, len(partitions))
+		for _, part := range partitions {
+			t := topic
+			req[kafka.TopicPartition{Topic: &t, Partition: part}] = spec
+		}
+		res, err := adm.ListOffsets(ctx, req)
+		if err != nil {
+			return fmt.Errorf("confluent: list offsets of %s: %w", topic, err)
+		}
+		var errs []error
+		for tp, info := range res.ResultInfos {
+			switch code := info.Error.Code(); code {
+			case kafka.ErrNoError:
+				out[tp.Partition] = int64(info.Offset)
+			case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic, kafka.ErrUnknownPartition:
+				errs = append(errs, fmt.Errorf("%w: %s partition %d", kafkaclient.ErrUnknownTopic, topic, tp.Partition))
+			default:
+				errs = append(errs, fmt.Errorf("confluent: list offsets of %s partition %d: %w", topic, tp.Partition, info.Error))
+			}
+		}
+		if len(errs) == 0 && len(out) != len(req) {
+			errs = append(errs, fmt.Errorf("confluent: list offsets of %s: %d of %d partitions answered", topic, len(out), len(req)))
+		}
+		return errors.Join(errs...)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

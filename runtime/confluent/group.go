@@ -1,0 +1,259 @@
+package confluent
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// GroupReader implements kafkaclient.GroupReader: a member of a consumer
+// group, subscribed to the configured topics, committing only when told to.
+//
+// Rebalances are handled inside Poll: assigned partitions are added
+// (incrementally with the cooperative protocol, the default; as a whole with
+// the eager one) and then reported to OnAssigned; revoked partitions are
+// first reported to OnRevoked (their offsets can still be committed), then
+// removed, and records of theirs collected in the same Poll are dropped from
+// the batch (the next owner reads them again from the committed offset).
+//
+// Poll and Close must be called from one goroutine; Commit from any.
+type GroupReader struct {
+	*consumerBase
+	cfg kafkaclient.GroupConfig
+
+	// Touched only from the Poll/Close goroutine (rebalance callbacks run
+	// inside Poll and inside the consumer's close).
+	assigned map[kafkaclient.TopicPartition]struct{}
+	batch    *[]*kafkaclient.Record
+
+	mu      sync.Mutex // guards closed
+	closed  bool
+	commits sync.WaitGroup
+
+	once     sync.Once
+	closeErr error
+}
+
+var _ kafkaclient.GroupReader = (*GroupReader)(nil)
+
+// NewGroupReader joins cfg.GroupID (on the first Poll) subscribed to
+// cfg.Topics. See New for the consumer defaults (auto.offset.reset=earliest,
+// cooperative-sticky assignment, no automatic commits).
+func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	if cfg.GroupID == "" {
+		return nil, errors.New("confluent: GroupConfig.GroupID is required")
+	}
+	if len(cfg.Topics) == 0 {
+		return nil, errors.New("confluent: GroupConfig.Topics is required")
+	}
+	kcfg := c.consumerConfig(cfg.GroupID, cfg.ReadCommitted)
+	if proto, _ := kcfg["group.protocol"].(string); proto == "" || proto == "classic" {
+		setDefault(kcfg, DefaultAssignmentStrategy, "partition.assignment.strategy")
+	}
+	base, err := c.newConsumer(kcfg)
+	if err != nil {
+		return nil, err
+	}
+	g := &GroupReader{
+		consumerBase: base,
+		cfg:          cfg,
+		assigned:     make(map[kafkaclient.TopicPartition]struct{}),
+	}
+	if err := g.kc.SubscribeTopics(append([]string(nil), cfg.Topics...), g.rebalance); err != nil {
+		_ = g.kc.Close()
+		<-g.logsDone
+		return nil, fmt.Errorf("confluent: subscribe %v: %w", cfg.Topics, err)
+	}
+	return g, nil
+}
+
+func toParts(tps []kafka.TopicPartition) []kafkaclient.TopicPartition {
+	out := make([]kafkaclient.TopicPartition, 0, len(tps))
+	for _, tp := range tps {
+		var topic string
+		if tp.Topic != nil {
+			topic = *tp.Topic
+		}
+		out = append(out, kafkaclient.TopicPartition{Topic: topic, Partition: tp.Partition})
+	}
+	return out
+}
+
+// rebalance is librdkafka's rebalance callback; it runs inside Poll (and
+// inside the consumer's Close).
+func (g *GroupReader) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
+	cooperative := kc.GetRebalanceProtocol() == "COOPERATIVE"
+	closing := g.closing.Load()
+	switch e := ev.(type) {
+	case kafka.AssignedPartitions:
+		var err error
+		if cooperative {
+			err = kc.IncrementalAssign(e.Partitions)
+		} else {
+			err = kc.Assign(e.Partitions)
+		}
+		if err != nil {
+			g.c.log.Error("confluent: group assign failed", "client", g.name, "group", g.cfg.GroupID, "err", err)
+			return err
+		}
+		parts := toParts(e.Partitions)
+		for _, tp := range parts {
+			g.assigned[tp] = struct{}{}
+		}
+		if !closing && g.cfg.OnAssigned != nil && len(parts) > 0 {
+			g.cfg.OnAssigned(parts)
+		}
+	case kafka.RevokedPartitions:
+		parts := toParts(e.Partitions)
+		lost := kc.AssignmentLost()
+		// During Close, OnRevoked was already called for everything.
+		if !closing && g.cfg.OnRevoked != nil && len(parts) > 0 {
+			g.cfg.OnRevoked(parts, lost)
+		}
+		g.dropFromBatch(parts)
+		var err error
+		if cooperative {
+			err = kc.IncrementalUnassign(e.Partitions)
+		} else {
+			err = kc.Unassign()
+		}
+		for _, tp := range parts {
+			delete(g.assigned, tp)
+		}
+		if err != nil {
+			g.c.log.Error("confluent: group unassign failed", "client", g.name, "group", g.cfg.GroupID, "err", err)
+			return err
+		}
+	}
+	return nil
+}
+
+// dropFromBatch removes from the batch being collected the records of
+// partitions just revoked: the caller was told they are gone.
+func (g *GroupReader) dropFromBatch(parts []kafkaclient.TopicPartition) {
+	if g.batch == nil || len(*g.batch) == 0 {
+		return
+	}
+	gone := make(map[kafkaclient.TopicPartition]struct{}, len(parts))
+	for _, p := range parts {
+		gone[p] = struct{}{}
+	}
+	kept := (*g.batch)[:0]
+	for _, r := range *g.batch {
+		if _, drop := gone[kafkaclient.TopicPartition{Topic: r.Topic, Partition: r.Partition}]; !drop {
+			kept = append(kept, r)
+		}
+	}
+	clear((*g.batch)[len(kept):])
+	*g.batch = kept
+}
+
+// Poll blocks until at least one record is available (returning it with what
+// else is already buffered, up to 512 records), ctx ends (ctx.Err()) or the
+// reader is closed (kafkaclient.ErrClosed). The first Poll joins the group.
+// OnAssigned and OnRevoked run inside Poll.
+func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	var batch []*kafkaclient.Record
+	g.batch = &batch
+	err := g.poll(ctx, &batch)
+	g.batch = nil
+	if err != nil {
+		return nil, err
+	}
+	return batch, nil
+}
+
+// Commit synchronously commits offsets (each the next offset to read) for
+// the group. It returns when the coordinator answered, or when ctx ends (the
+// commit may then still complete). An empty list commits nothing. Safe to
+// call from any goroutine, including from OnRevoked; after Close it returns
+// kafkaclient.ErrClosed.
+func (g *GroupReader) Commit(ctx context.Context, offsets []kafkaclient.TopicPartitionOffset) error {
+	if len(offsets) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return kafkaclient.ErrClosed
+	}
+	g.commits.Add(1)
+	g.mu.Unlock()
+
+	tps := make([]kafka.TopicPartition, len(offsets))
+	for i, o := range offsets {
+		topic := o.Topic
+		tps[i] = kafka.TopicPartition{Topic: &topic, Partition: o.Partition, Offset: kafka.Offset(o.Offset)}
+	}
+	if ctx.Done() == nil {
+		defer g.commits.Done()
+		return g.commit(tps)
+	}
+	res := make(chan error, 1)
+	go func() {
+		defer g.commits.Done()
+		res <- g.commit(tps)
+	}()
+	select {
+	case err := <-res:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g *GroupReader) commit(tps []kafka.TopicPartition) error {
+	done, err := g.kc.CommitOffsets(tps)
+	if err != nil {
+		return fmt.Errorf("confluent: commit (group %s): %w", g.cfg.GroupID, err)
+	}
+	var errs []error
+	for _, tp := range done {
+		if tp.Error != nil {
+			errs = append(errs, fmt.Errorf("confluent: commit %s (group %s): %w", tp.String(), g.cfg.GroupID, tp.Error))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close calls OnRevoked for the partitions still assigned (lost reports
+// whether the assignment was already lost), waits for commits in progress,
+// then leaves the group and releases the consumer. Call it from the Poll
+// goroutine, after the last Poll returned. Calling Close again returns the
+// first result.
+func (g *GroupReader) Close() error {
+	g.once.Do(func() {
+		g.closing.Store(true)
+		if g.cfg.OnRevoked != nil && len(g.assigned) > 0 {
+			parts := make([]kafkaclient.TopicPartition, 0, len(g.assigned))
+			for tp := range g.assigned {
+				parts = append(parts, tp)
+			}
+			slices.SortFunc(parts, func(a, b kafkaclient.TopicPartition) int {
+				return cmp.Or(cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition))
+			})
+			g.cfg.OnRevoked(parts, g.kc.AssignmentLost())
+		}
+		g.mu.Lock()
+		g.closed = true
+		g.mu.Unlock()
+		g.commits.Wait()
+		// Leaves the group; librdkafka's final revoke comes back through
+		// rebalance, which only unassigns now.
+		if err := g.kc.Close(); err != nil {
+			g.closeErr = fmt.Errorf("confluent: close group reader: %w", err)
+		}
+		<-g.logsDone
+	})
+	return g.closeErr
+}

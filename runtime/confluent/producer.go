@@ -1,0 +1,338 @@
+package confluent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// ErrQueueFull is reported through done when librdkafka's local produce
+// queue is full (queue.buffering.max.messages / queue.buffering.max.kbytes):
+// the cluster is not keeping up, or is unreachable. The record was not sent.
+var ErrQueueFull = errors.New("confluent: local produce queue is full (queue.buffering.max.messages or queue.buffering.max.kbytes reached)")
+
+// producer is one librdkafka producer (one acks level) with the goroutine
+// that drains its delivery reports.
+type producer struct {
+	c    *Client
+	acks kafkaclient.Acks
+	p    *kafka.Producer
+	name string
+
+	fatal atomic.Bool
+	// users counts admin calls and flush helpers using p, so that Close
+	// destroys p only after they are done.
+	users sync.WaitGroup
+
+	adminOnce sync.Once
+	admin     *kafka.AdminClient
+	adminErr  error
+
+	drained  chan struct{}
+	logsDone chan struct{}
+	once     sync.Once
+}
+
+// pending is what a record carries through librdkafka (as the message
+// Opaque) until its delivery report.
+type pending struct {
+	rec   *kafkaclient.Record
+	done  func(*kafkaclient.Record, error)
+	fired atomic.Bool
+}
+
+func (c *Client) newProducer(acks kafkaclient.Acks) (*producer, error) {
+	cfg := c.producerConfig(acks)
+	kp, err := kafka.NewProducer(&cfg)
+	if err != nil {
+		return nil, fmt.Errorf("confluent: new producer (acks=%s): %w", acks, err)
+	}
+	p := &producer{c: c, acks: acks, p: kp, name: kp.String(), drained: make(chan struct{})}
+	p.logsDone = c.forwardLogs(cfg, kp.Logs())
+	go p.drain()
+	return p, nil
+}
+
+// drain handles the producer's events: delivery reports (one *kafka.Message
+// per record, carrying its pending as Opaque) and errors. It ends when the
+// producer is closed (confluent-kafka-go closes the channel).
+func (p *producer) drain() {
+	defer close(p.drained)
+	for ev := range p.p.Events() {
+		switch e := ev.(type) {
+		case *kafka.Message:
+			pd, _ := e.Opaque.(*pending)
+			if pd == nil {
+				continue
+			}
+			var err error
+			if e.TopicPartition.Error != nil {
+				err = fmt.Errorf("confluent: produce to %s: %w", pd.rec.Topic, e.TopicPartition.Error)
+			} else {
+				pd.rec.Partition = e.TopicPartition.Partition
+				pd.rec.Offset = int64(e.TopicPartition.Offset)
+				if pd.rec.Offset < 0 {
+					pd.rec.Offset = -1 // not known (acks=0)
+				}
+			}
+			p.c.finish(pd, err)
+		case kafka.Error:
+			p.c.logError(p.name, e)
+			if e.IsFatal() {
+				// The instance is unusable; the next Produce replaces it.
+				p.fatal.Store(true)
+			}
+		}
+	}
+}
+
+// close closes the librdkafka producer and waits for its goroutines. The
+// caller must make sure nothing else uses p.
+func (p *producer) close() {
+	p.once.Do(func() {
+		if p.admin != nil {
+			p.admin.Close() // derived: releases nothing but the wrapper
+		}
+		p.p.Close()
+		<-p.drained
+		<-p.logsDone
+	})
+}
+
+// adminClient returns an admin client sharing p's handle and connections.
+func (p *producer) adminClient() (*kafka.AdminClient, error) {
+	p.adminOnce.Do(func() {
+		p.admin, p.adminErr = kafka.NewAdminClientFromProducer(p.p)
+	})
+	return p.admin, p.adminErr
+}
+
+// useProducer returns the live producer for acks, creating it on first use
+// (or after a fatal error), registered as a user: the caller must call
+// p.users.Done() when done with it.
+func (c *Client) useProducer(acks kafkaclient.Acks) (*producer, error) {
+	idx, err := acksIndex(acks)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return nil, kafkaclient.ErrClosed
+	}
+	if p := c.producers[idx]; p != nil && !p.fatal.Load() {
+		p.users.Add(1)
+		c.mu.RUnlock()
+		return p, nil
+	}
+	c.mu.RUnlock()
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, kafkaclient.ErrClosed
+	}
+	p := c.producers[idx]
+	if p == nil || p.fatal.Load() {
+		np, err := c.newProducer(acks)
+		if err != nil {
+			return nil, err
+		}
+		if p != nil {
+			c.retired = append(c.retired, p) // closed by Close
+		}
+		c.producers[idx] = np
+		p = np
+	}
+	p.users.Add(1)
+	return p, nil
+}
+
+func acksIndex(a kafkaclient.Acks) (int, error) {
+	switch a {
+	case kafkaclient.AcksAll, kafkaclient.AcksLeader, kafkaclient.AcksNone:
+		return int(a), nil
+	}
+	return 0, fmt.Errorf("confluent: unknown acks level %d", a)
+}
+
+// Produce enqueues r on the producer of the given acks level and returns at
+// once; done is called exactly once, from the producer's delivery goroutine
+// (or, for a record refused before it was queued, from a goroutine of its
+// own), with r (Partition and Offset filled in; Offset -1 with AcksNone) or
+// the error that failed it. r belongs to the client until done is called;
+// its Key, Value and Headers are copied into librdkafka before Produce
+// returns.
+//
+// A zero r.Timestamp is set to time.Now(). A nil r.Value is produced as a
+// tombstone (null value); an empty non-nil Value as an empty value.
+// r.Partition kafkaclient.AnyPartition lets the murmur2_random partitioner
+// pick the partition from the key. Header order is kept.
+//
+// Produce never blocks on the network: when librdkafka's local queue is full
+// it reports ErrQueueFull through done. Safe for concurrent use; records with
+// the same key and acks level keep their order.
+func (c *Client) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	if done == nil {
+		done = func(*kafkaclient.Record, error) {}
+	}
+	if r == nil {
+		go done(nil, errors.New("confluent: Produce of a nil record"))
+		return
+	}
+	p, err := c.useProducer(acks)
+	if err != nil {
+		go done(r, err)
+		return
+	}
+	defer p.users.Done()
+
+	if r.Timestamp.IsZero() {
+		r.Timestamp = time.Now()
+	}
+	pd := &pending{rec: r, done: done}
+	msg := &kafka.Message{
+		TopicPartition: kafka.TopicPartition{Topic: &r.Topic, Partition: r.Partition},
+		Key:            r.Key,
+		Value:          r.Value,
+		Timestamp:      r.Timestamp,
+		Opaque:         pd,
+	}
+	if r.Partition < 0 {
+		msg.TopicPartition.Partition = kafka.PartitionAny
+	}
+	if len(r.Headers) > 0 {
+		hs := make([]kafka.Header, len(r.Headers))
+		for i, h := range r.Headers {
+			hs[i] = kafka.Header{Key: h.Key, Value: h.Value}
+		}
+		msg.Headers = hs
+	}
+
+	c.track(pd)
+	if err := p.p.Produce(msg, nil); err != nil {
+		var kerr kafka.Error
+		if errors.As(err, &kerr) && kerr.Code() == kafka.ErrQueueFull {
+			err = fmt.Errorf("%w: %w", ErrQueueFull, kerr)
+		} else {
+			err = fmt.Errorf("confluent: produce to %s: %w", r.Topic, err)
+		}
+		go c.finish(pd, err)
+	}
+}
+
+// track registers pd as outstanding.
+func (c *Client) track(pd *pending) {
+	c.pendMu.Lock()
+	c.pending[pd] = struct{}{}
+	if c.outstanding == 0 {
+		c.zero = make(chan struct{})
+	}
+	c.outstanding++
+	c.pendMu.Unlock()
+}
+
+// finish calls pd's done once and then forgets pd.
+func (c *Client) finish(pd *pending, err error) {
+	if !pd.fired.CompareAndSwap(false, true) {
+		return
+	}
+	pd.done(pd.rec, err)
+	c.pendMu.Lock()
+	delete(c.pending, pd)
+	c.outstanding--
+	if c.outstanding == 0 {
+		close(c.zero)
+	}
+	c.pendMu.Unlock()
+}
+
+func (c *Client) waitZero(ctx context.Context) error {
+	c.pendMu.Lock()
+	if c.outstanding == 0 {
+		c.pendMu.Unlock()
+		return nil
+	}
+	zero := c.zero
+	c.pendMu.Unlock()
+	select {
+	case <-zero:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Flush waits until every outstanding record has been delivered or has
+// failed, and its done callback has returned, or until ctx ends (returning
+// ctx.Err()). Records produced while Flush waits are waited for too, so under
+// continuous production Flush may wait until ctx ends. Flush asks librdkafka
+// to send queued records at once, whatever linger.ms is. Safe for concurrent
+// use.
+func (c *Client) Flush(ctx context.Context) error {
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return kafkaclient.ErrClosed
+	}
+	var prods []*producer
+	for _, p := range c.producers {
+		if p != nil {
+			prods = append(prods, p)
+		}
+	}
+	prods = append(prods, c.retired...)
+	for _, p := range prods {
+		p.users.Add(1)
+	}
+	c.mu.RUnlock()
+	defer func() {
+		for _, p := range prods {
+			p.users.Done()
+		}
+	}()
+	return c.flush(ctx, prods)
+}
+
+// flush triggers librdkafka's flush on each producer (so that linger.ms is
+// ignored) and waits for the outstanding count to reach zero.
+func (c *Client) flush(ctx context.Context, prods []*producer) error {
+	c.pendMu.Lock()
+	idle := c.outstanding == 0
+	c.pendMu.Unlock()
+	if idle {
+		return nil
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, p := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Producer.Flush calls rd_kafka_flush, which makes the
+			// broker threads send what is queued without lingering.
+			// Short slices, so that we stop soon after the wait ends.
+			for {
+				if p.p.Flush(100) == 0 {
+					return
+				}
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+		}()
+	}
+	err := c.waitZero(ctx)
+	close(stop)
+	wg.Wait()
+	return err
+}

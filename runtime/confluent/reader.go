@@ -1,0 +1,248 @@
+package confluent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+const (
+	// pollSlice is the longest single wait inside Poll: how soon a
+	// cancelled ctx or a Close is noticed. A record that arrives wakes
+	// the wait at once, so it adds no latency.
+	pollSlice = 100 * time.Millisecond
+	// maxBatch caps the records one Poll returns.
+	maxBatch = 512
+)
+
+// consumerBase is what Reader and GroupReader share: a librdkafka consumer,
+// its log forwarding and the batching poll loop.
+type consumerBase struct {
+	c        *Client
+	kc       *kafka.Consumer
+	name     string
+	logsDone chan struct{}
+	closing  atomic.Bool
+}
+
+func (c *Client) newConsumer(cfg kafka.ConfigMap) (*consumerBase, error) {
+	c.mu.RLock()
+	closed := c.closed
+	c.mu.RUnlock()
+	if closed {
+		return nil, kafkaclient.ErrClosed
+	}
+	kc, err := kafka.NewConsumer(&cfg)
+	if err != nil {
+		return nil, fmt.Errorf("confluent: new consumer: %w", err)
+	}
+	return &consumerBase{c: c, kc: kc, name: kc.String(), logsDone: c.forwardLogs(cfg, kc.Logs())}, nil
+}
+
+// poll returns a batch: it waits (in slices of at most pollSlice, checking
+// ctx and closing in between) for the first record, then takes what is
+// already queued without waiting, up to maxBatch records. The batch lives in
+// *batch so that the group reader's rebalance callback, which runs inside
+// kc.Poll, can drop the records of revoked partitions from it.
+func (b *consumerBase) poll(ctx context.Context, batch *[]*kafkaclient.Record) error {
+	for len(*batch) == 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if b.closing.Load() {
+			return kafkaclient.ErrClosed
+		}
+		wait := pollSlice
+		if dl, ok := ctx.Deadline(); ok {
+			if left := time.Until(dl); left < wait {
+				wait = left
+			}
+		}
+		ms := int(wait.Milliseconds())
+		if ms < 1 {
+			ms = 1
+		}
+		b.handle(b.kc.Poll(ms), batch)
+	}
+	for len(*batch) < maxBatch {
+		ev := b.kc.Poll(0)
+		if ev == nil {
+			break
+		}
+		b.handle(ev, batch)
+	}
+	return nil
+}
+
+func (b *consumerBase) handle(ev kafka.Event, batch *[]*kafkaclient.Record) {
+	switch e := ev.(type) {
+	case *kafka.Message:
+		if e.TopicPartition.Error != nil {
+			// A partition-level consume error (e.g. offset out of range
+			// before a reset); librdkafka recovers by itself.
+			var kerr kafka.Error
+			if ke, ok := e.TopicPartition.Error.(kafka.Error); ok {
+				kerr = ke
+			} else {
+				kerr = kafka.NewError(kafka.ErrFail, e.TopicPartition.Error.Error(), false)
+			}
+			b.c.logError(b.name+" "+e.TopicPartition.String(), kerr)
+			return
+		}
+		*batch = append(*batch, toRecord(e))
+	case kafka.Error:
+		b.c.logError(b.name, e)
+	}
+	// Other events (stats, offset commit results, partition EOF) are not
+	// enabled or not needed.
+}
+
+// toRecord converts a consumed message. Key, Value and header values are the
+// slices confluent-kafka-go already copied out of librdkafka; they are not
+// copied again. A null value stays nil; an empty value stays empty non-nil.
+func toRecord(m *kafka.Message) *kafkaclient.Record {
+	r := &kafkaclient.Record{
+		Partition: m.TopicPartition.Partition,
+		Offset:    int64(m.TopicPartition.Offset),
+		Key:       m.Key,
+		Value:     m.Value,
+		Timestamp: m.Timestamp,
+	}
+	if m.TopicPartition.Topic != nil {
+		r.Topic = *m.TopicPartition.Topic
+	}
+	if len(m.Headers) > 0 {
+		hs := make([]kafkaclient.Header, len(m.Headers))
+		for i, h := range m.Headers {
+			hs[i] = kafkaclient.Header{Key: h.Key, Value: h.Value}
+		}
+		r.Headers = hs
+	}
+	return r
+}
+
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Reader implements kafkaclient.Reader: a librdkafka consumer of explicitly
+// assigned partitions. It has a generated throw-away group.id (the Go binding
+// requires one) but never subscribes, joins a group or commits.
+//
+// Poll must be called from one goroutine at a time; Assign may be called from
+// any goroutine, also while Poll waits; Close may be called from any
+// goroutine: it makes a waiting Poll return kafkaclient.ErrClosed (within
+// 100 ms) before it releases the consumer.
+type Reader struct {
+	*consumerBase
+	mu       sync.Mutex // guards assigned and serialises Assign with Close
+	assigned map[kafkaclient.TopicPartition]struct{}
+	pollMu   sync.Mutex // held by Poll
+	once     sync.Once
+	closeErr error
+}
+
+var _ kafkaclient.Reader = (*Reader)(nil)
+
+// NewReader returns a Reader with nothing assigned yet. With
+// cfg.ReadCommitted it reads only committed transactional records
+// (isolation.level=read_committed).
+func (c *Client) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, error) {
+	base, err := c.newConsumer(c.consumerConfig("kafkaclient-reader-"+randomID(), cfg.ReadCommitted))
+	if err != nil {
+		return nil, err
+	}
+	return &Reader{consumerBase: base, assigned: make(map[kafkaclient.TopicPartition]struct{})}, nil
+}
+
+// Assign adds partitions, each read from its given offset (an absolute
+// offset, as looked up with Client.Offsets; librdkafka's logical offsets,
+// -2 beginning and -1 end, are passed through but the end one races with
+// producers, see the package kafkaclient notes). A partition assigned again
+// moves to its new offset; records of the old position still buffered are
+// discarded by librdkafka. If parts names a partition twice, the last
+// offset wins.
+func (r *Reader) Assign(parts []kafkaclient.TopicPartitionOffset) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closing.Load() {
+		return kafkaclient.ErrClosed
+	}
+	last := make(map[kafkaclient.TopicPartition]int64, len(parts))
+	order := make([]kafkaclient.TopicPartition, 0, len(parts))
+	for _, p := range parts {
+		tp := kafkaclient.TopicPartition{Topic: p.Topic, Partition: p.Partition}
+		if _, seen := last[tp]; !seen {
+			order = append(order, tp)
+		}
+		last[tp] = p.Offset
+	}
+	var again, add []kafka.TopicPartition
+	for _, tp := range order {
+		topic := tp.Topic
+		ktp := kafka.TopicPartition{Topic: &topic, Partition: tp.Partition, Offset: kafka.Offset(last[tp])}
+		if _, ok := r.assigned[tp]; ok {
+			again = append(again, ktp)
+		}
+		add = append(add, ktp)
+	}
+	if len(again) > 0 {
+		if err := r.kc.IncrementalUnassign(again); err != nil {
+			return fmt.Errorf("confluent: reassign: %w", err)
+		}
+		for _, tp := range order {
+			delete(r.assigned, tp)
+		}
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	if err := r.kc.IncrementalAssign(add); err != nil {
+		return fmt.Errorf("confluent: assign: %w", err)
+	}
+	for _, tp := range order {
+		r.assigned[tp] = struct{}{}
+	}
+	return nil
+}
+
+// Poll blocks until at least one record is available, then returns it with
+// whatever else is already buffered (up to 512 records), without waiting
+// for more. It returns ctx.Err() when ctx ends and kafkaclient.ErrClosed
+// once Close has been called. The records and slice belong to the caller.
+func (r *Reader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	r.pollMu.Lock()
+	defer r.pollMu.Unlock()
+	var batch []*kafkaclient.Record
+	if err := r.poll(ctx, &batch); err != nil {
+		return nil, err
+	}
+	return batch, nil
+}
+
+// Close releases the reader. A Poll in progress returns ErrClosed first.
+// Calling Close again returns the first result.
+func (r *Reader) Close() error {
+	r.once.Do(func() {
+		r.closing.Store(true)
+		r.pollMu.Lock() // wait for a Poll in progress to notice
+		defer r.pollMu.Unlock()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if err := r.kc.Close(); err != nil {
+			r.closeErr = fmt.Errorf("confluent: close reader: %w", err)
+		}
+		<-r.logsDone
+	})
+	return r.closeErr
+}
