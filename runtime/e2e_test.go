@@ -36,7 +36,7 @@ func (e *env) topic(t string) string { return e.prefix + t }
 
 // setup starts a worker serving impl and a gateway on a loopback gRPC server,
 // on topics of their own, and waits until the worker has its partitions.
-func setup(t *testing.T, impl echov1.EchoServiceServer, wopts ...runtime.WorkerOption) *env {
+func setup(t testing.TB, impl echov1.EchoServiceServer, wopts ...runtime.WorkerOption) *env {
 	t.Helper()
 	brokers := kafkatest.Brokers(t)
 	kc := kafkatest.NewClient(t, brokers)
@@ -71,7 +71,7 @@ func setup(t *testing.T, impl echov1.EchoServiceServer, wopts ...runtime.WorkerO
 }
 
 // serve runs a gRPC server on loopback and returns a connection to it.
-func serve(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
+func serve(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -89,7 +89,7 @@ func serve(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
 	return cc
 }
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
+func ctxFor(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

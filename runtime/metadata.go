@@ -167,8 +167,14 @@ func decodeTimeout(s string) (time.Duration, error) {
 	default:
 		return 0, fmt.Errorf("timeout %q: unknown unit %q", s, s[len(s)-1])
 	}
+	if n > int64(maxTimeout/unit) {
+		return maxTimeout, nil // 99999999H does not fit a time.Duration
+	}
 	return time.Duration(n) * unit, nil
 }
+
+// maxTimeout caps decoded timeouts: longer ones mean "no practical limit".
+const maxTimeout = 100 * 365 * 24 * time.Hour
 
 // headerValue returns the value of the first header named name.
 func headerValue(hs []kafkaclient.Header, name string) ([]byte, bool) {

@@ -168,6 +168,14 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 		}
 		res, err := adm.ListOffsets(ctx, req)
 		if err != nil {
+			// librdkafka reports a missing topic as "no leaders found";
+			// tell that case apart with the metadata.
+			if md, merr := p.p.GetMetadata(&topic, false, timeoutMs(ctx, defaultAdminTimeout)); merr == nil {
+				tm, ok := md.Topics[topic]
+				if code := tm.Error.Code(); !ok || code == kafka.ErrUnknownTopicOrPart || code == kafka.ErrUnknownTopic {
+					return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+				}
+			}
 			return fmt.Errorf("confluent: list offsets of %s: %w", topic, err)
 		}
 		var errs []error

@@ -49,7 +49,10 @@ type options struct {
 // 4 (warning) → Warn, 5-6 (notice, info) → Info, 7 (debug) → Debug. Every
 // record carries the attributes component=librdkafka, client (the librdkafka
 // instance name, e.g. "rdkafka#producer-1"), and for log lines tag (the
-// librdkafka facility, e.g. "FAIL") and syslog_level.
+// librdkafka facility, e.g. "FAIL") and syslog_level. Error events
+// (kafka.Error) are logged as "librdkafka error: ..." with a code attribute:
+// fatal errors and "all brokers down" at Error, broker transport failures at
+// Debug (librdkafka logs each of them as an error line too), others at Warn.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) {
 		if l != nil {
@@ -200,7 +203,10 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// Client implements kafkaclient.Client. Create it with New.
+// Client implements kafkaclient.Client on librdkafka. Create it with New.
+// All its methods are safe for concurrent use. Readers and group readers it
+// creates are separate librdkafka consumers with their own concurrency rules
+// (see Reader and GroupReader).
 type Client struct {
 	opts    options
 	log     *slog.Logger
@@ -378,12 +384,19 @@ func (c *Client) logLine(ev kafka.LogEvent) {
 }
 
 // logError reports an error event of librdkafka (kafka.Error). Fatal errors
-// and "all brokers down" are logged at Error, the others (transient
-// connection errors librdkafka recovers from) at Warn.
+// and "all brokers down" are logged at Error; broker transport failures at
+// Debug, since librdkafka also logs each of them, with the same text, as an
+// error-level log line (tag FAIL); the others at Warn.
 func (c *Client) logError(client string, err kafka.Error) {
 	lvl := slog.LevelWarn
-	if err.IsFatal() || err.Code() == kafka.ErrAllBrokersDown {
+	switch {
+	case err.IsFatal() || err.Code() == kafka.ErrAllBrokersDown:
 		lvl = slog.LevelError
+	case err.Code() == kafka.ErrTransport:
+		lvl = slog.LevelDebug
+	}
+	if !c.log.Enabled(context.Background(), lvl) {
+		return
 	}
 	c.log.LogAttrs(context.Background(), lvl, "librdkafka error: "+err.Error(),
 		slog.String("client", client),

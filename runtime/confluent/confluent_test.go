@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
@@ -291,6 +293,10 @@ func TestProduceToClosedBrokerFails(t *testing.T) {
 	logs.waitFor(t, 10*time.Second, func(c captured) bool {
 		return c.attrs["component"] == "librdkafka" && c.level >= slog.LevelWarn
 	})
+	// and so did its error events.
+	logs.waitFor(t, 10*time.Second, func(c captured) bool {
+		return strings.HasPrefix(c.msg, "librdkafka error: ") && c.level == slog.LevelError && c.attrs["code"] != ""
+	})
 	// After Close, Produce fails through done too.
 	if err := c.Close(); err != nil {
 		t.Logf("close: %v", err)
@@ -299,6 +305,52 @@ func TestProduceToClosedBrokerFails(t *testing.T) {
 	c.Produce(&kafkaclient.Record{Topic: "gone", Value: []byte("z")}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { after <- err })
 	if err := <-after; !errors.Is(err, kafkaclient.ErrClosed) {
 		t.Fatalf("Produce after Close: %v", err)
+	}
+}
+
+func TestQueueFullAndCloseFailPending(t *testing.T) {
+	// Nothing listens on port 1: records stay queued.
+	c, err := New(Config{"bootstrap.servers": "127.0.0.1:1"},
+		WithLogger(slog.New(slog.DiscardHandler)),
+		WithProducerConfig(Config{"queue.buffering.max.messages": 1}),
+		WithCloseTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	second := make(chan error, 1)
+	c.Produce(&kafkaclient.Record{Topic: "t", Value: []byte("1")}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { first <- err })
+	c.Produce(&kafkaclient.Record{Topic: "t", Value: []byte("2")}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { second <- err })
+	select {
+	case err := <-second:
+		if !errors.Is(err, ErrQueueFull) {
+			t.Fatalf("second produce: %v, want ErrQueueFull", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a full queue did not fail the produce at once")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := c.Flush(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Flush = %v", err)
+	}
+	if err := c.Close(); err == nil {
+		t.Error("Close reported no undelivered records")
+	}
+	select {
+	case err := <-first:
+		if err == nil {
+			t.Fatal("undeliverable record reported delivered")
+		}
+		t.Logf("pending record at Close: %v", err)
+	default:
+		t.Fatal("Close returned before failing the pending record")
+	}
+	if err := c.Close(); err == nil {
+		t.Error("second Close returned a different result")
+	}
+	if err := c.Flush(context.Background()); !errors.Is(err, kafkaclient.ErrClosed) {
+		t.Errorf("Flush after Close = %v", err)
 	}
 }
 
@@ -376,5 +428,29 @@ func Example() {
 			close(done)
 		})
 	<-done
-	// Output: 1 0 <nil>
+	// Output: 0 0 <nil>
+}
+
+func TestFatalErrorReplacesProducer(t *testing.T) {
+	e := newEnv(t, nil)
+	e.createTopic(t, "fatal", 1)
+	e.produceSync(t, &kafkaclient.Record{Topic: "fatal", Partition: 0, Value: []byte("before")}, kafkaclient.AcksAll)
+	e.client.mu.RLock()
+	old := e.client.producers[kafkaclient.AcksAll]
+	e.client.mu.RUnlock()
+	old.p.TestFatalError(kafka.ErrOutOfOrderSequenceNumber, "injected by the test")
+	e.logs.waitFor(t, 10*time.Second, func(c captured) bool { return c.attrs["fatal"] == "true" })
+	if !old.fatal.Load() {
+		t.Fatal("fatal error event seen but producer not marked")
+	}
+	r := e.produceSync(t, &kafkaclient.Record{Topic: "fatal", Partition: 0, Value: []byte("after")}, kafkaclient.AcksAll)
+	if r.Offset != 1 {
+		t.Fatalf("offset after replacement = %d", r.Offset)
+	}
+	e.client.mu.RLock()
+	replaced := e.client.producers[kafkaclient.AcksAll] != old && len(e.client.retired) == 1
+	e.client.mu.RUnlock()
+	if !replaced {
+		t.Fatal("producer not replaced")
+	}
 }

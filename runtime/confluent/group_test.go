@@ -126,8 +126,9 @@ func startMember(t *testing.T, e *env, obs *groupObs, name, group, topic string)
 				t.Errorf("%s: commit: %v", name, err)
 			}
 		}
+		err := g.Close() // from the Poll goroutine, as required
 		m.mu.Lock()
-		m.closeErr = g.Close() // from the Poll goroutine, as required
+		m.closeErr = err
 		m.mu.Unlock()
 		obs.notify()
 	}()
@@ -154,8 +155,17 @@ func (m *member) ownedCount() int {
 }
 
 func TestGroupReadersShareAndResume(t *testing.T) {
+	t.Run("cooperative", func(t *testing.T) { testGroupReaders(t, nil) })
+	t.Run("eager", func(t *testing.T) { testGroupReaders(t, Config{"partition.assignment.strategy": "range"}) })
+}
+
+func testGroupReaders(t *testing.T, extra Config) {
 	// A short heartbeat makes the first member notice the rebalance soon.
-	e := newEnv(t, nil, WithConsumerConfig(Config{"heartbeat.interval.ms": 200}))
+	cc := Config{"heartbeat.interval.ms": 200}
+	for k, v := range extra {
+		cc[k] = v
+	}
+	e := newEnv(t, nil, WithConsumerConfig(cc))
 	const topic, group = "work", "workers"
 	e.createTopic(t, topic, 3)
 	obs := &groupObs{changed: make(chan struct{}, 1), records: make(chan *kafkaclient.Record, 1000)}

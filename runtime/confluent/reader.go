@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	goruntime "runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +71,10 @@ func (b *consumerBase) poll(ctx context.Context, batch *[]*kafkaclient.Record) e
 		if ms < 1 {
 			ms = 1
 		}
+		// A blocking cgo call keeps its P until the Go scheduler's monitor
+		// takes it back, and goroutines this one just made runnable (a
+		// handler, a waiting call) would wait that long: let them run first.
+		goruntime.Gosched()
 		b.handle(b.kc.Poll(ms), batch)
 	}
 	for len(*batch) < maxBatch {
@@ -165,10 +170,11 @@ func (c *Client) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, er
 	return &Reader{consumerBase: base, assigned: make(map[kafkaclient.TopicPartition]struct{})}, nil
 }
 
-// Assign adds partitions, each read from its given offset (an absolute
-// offset, as looked up with Client.Offsets; librdkafka's logical offsets,
-// -2 beginning and -1 end, are passed through but the end one races with
-// producers, see the package kafkaclient notes). A partition assigned again
+// Assign adds partitions, each read from its given offset: an absolute
+// offset, as looked up with Client.Offsets. (librdkafka's logical offsets,
+// -2 beginning and -1 end, are passed through, but a reader assigned at the
+// logical end resolves it only after its first fetch and misses records
+// produced meanwhile.) A partition assigned again
 // moves to its new offset; records of the old position still buffered are
 // discarded by librdkafka. If parts names a partition twice, the last
 // offset wins.

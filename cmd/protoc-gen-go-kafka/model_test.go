@@ -1,0 +1,147 @@
+package main
+
+import (
+	"path"
+	"strings"
+	"testing"
+)
+
+// badOptions maps each proto of testdata/bad (one invalid option each) to
+// the exact error the plugin must answer with, after "<file>: ".
+var badOptions = map[string]string{
+	"acks_unknown.proto":                     `testdata.bad.v1.BadService.Call: acks 7 is not a known value`,
+	"fetch_event_id_declared.proto":          `testdata.bad.v1.BadService.Call: fetch.event_id_field 7 is already field seq of testdata.bad.v1.Event`,
+	"fetch_event_id_default_declared.proto":  `testdata.bad.v1.BadService.Call: fetch.event_id_field 32767 (the default) is already field id of testdata.bad.v1.Event`,
+	"fetch_event_id_out_of_range.proto":      `testdata.bad.v1.BadService.Call: fetch.event_id_field 536870912 is out of range 1..536870911`,
+	"fetch_event_id_reserved.proto":          `testdata.bad.v1.BadService.Call: fetch.event_id_field 19500 is in the range 19000-19999 that protobuf reserves`,
+	"fetch_filter_empty.proto":               `testdata.bad.v1.BadService.Call: fetch.filters[0] needs a key or at least one header`,
+	"fetch_filter_header_no_name.proto":      `testdata.bad.v1.BadService.Call: fetch.filters[0].headers[0].name is required`,
+	"fetch_missing_topic.proto":              `testdata.bad.v1.BadService.Call: fetch.topic is required`,
+	"fetch_request_not_empty.proto":          `testdata.bad.v1.BadService.Call: fetch requires google.protobuf.Empty as the request, not testdata.bad.v1.Ping`,
+	"fetch_resume_metadata_bin.proto":        `testdata.bad.v1.BadService.Call: fetch.resume_metadata "last-id-bin" must not end in "-bin": name the base64 variant, the binary one adds "-bin"`,
+	"fetch_resume_metadata_upper_case.proto": `testdata.bad.v1.BadService.Call: fetch.resume_metadata "Last-Id" is not a valid metadata name: character 'L' is not allowed, only lower case [0-9a-z_.-]`,
+	"fetch_unary.proto":                      `testdata.bad.v1.BadService.Call: fetch is only allowed on server-streaming methods, not on a unary method`,
+	"fetch_with_acks.proto":                  `testdata.bad.v1.BadService.Call: acks cannot be combined with fetch`,
+	"fetch_with_oneway.proto":                `testdata.bad.v1.BadService.Call: oneway cannot be combined with fetch`,
+	"fetch_with_request_topic.proto":         `testdata.bad.v1.BadService.Call: request_topic cannot be combined with fetch`,
+	"fetch_with_routes.proto":                `testdata.bad.v1.BadService.Call: routes cannot be combined with fetch`,
+	"missing_reply_topic.proto":              `testdata.bad.v1.BadService.Call: reply_topic is required unless oneway is set`,
+	"missing_request_topic.proto":            `testdata.bad.v1.BadService.Call: request_topic is required`,
+	"oneway_route_bidi.proto":                `testdata.bad.v1.BadService.Call: routes[0].oneway is only allowed on unary and client-streaming methods, not on a bidi-streaming method`,
+	"oneway_server_stream.proto":             `testdata.bad.v1.BadService.Call: oneway is only allowed on unary and client-streaming methods, not on a server-streaming method`,
+	"oneway_with_reply_topic.proto":          `testdata.bad.v1.BadService.Call: reply_topic must be empty when oneway is set`,
+	"override_zilla.proto":                   `testdata.bad.v1.BadService.Call: overrides[0].name "zilla:service" must not start with "zilla:", which the wire format reserves`,
+	"route_metadata_no_name.proto":           `testdata.bad.v1.BadService.Call: routes[0].when[0].name is required`,
+	"route_metadata_pseudo.proto":            `testdata.bad.v1.BadService.Call: routes[0].when[0].name ":authority" is an HTTP/2 pseudo-header, not request metadata`,
+	"route_metadata_reserved.proto":          `testdata.bad.v1.BadService.Call: routes[0].when[0].name "grpc-timeout" is reserved by gRPC`,
+	"route_metadata_upper_case.proto":        `testdata.bad.v1.BadService.Call: routes[0].when[0].name "X-Tenant" is not a valid metadata name: character 'X' is not allowed, only lower case [0-9a-z_.-]`,
+	"route_not_oneway_without_reply.proto":   `testdata.bad.v1.BadService.Call: routes[0].reply_topic is required unless oneway is set`,
+	"route_oneway_with_reply_topic.proto":    `testdata.bad.v1.BadService.Call: routes[0].reply_topic must be empty when oneway is set`,
+	"route_override_meta.proto":              `testdata.bad.v1.BadService.Call: routes[0].overrides[0].name "meta:x" must not start with "meta:", which the wire format reserves`,
+	"route_same_request_reply_topic.proto":   `testdata.bad.v1.BadService.Call: routes[0].reply_topic must differ from request_topic "r"`,
+	"route_without_when.proto":               `testdata.bad.v1.BadService.Call: routes[0].when needs at least one condition`,
+	"same_request_reply_topic.proto":         `testdata.bad.v1.BadService.Call: reply_topic must differ from request_topic "t"`,
+	"service_bad_topic.proto":                `testdata.bad.v1.BadService: reply_topic "bad topic" is not a valid Kafka topic name: character ' ' is not allowed, only [a-zA-Z0-9._-]`,
+	"service_override_no_name.proto":         `testdata.bad.v1.BadService: overrides[0].name is required`,
+	"topic_bad_character.proto":              `testdata.bad.v1.BadService.Call: request_topic "orders/eu" is not a valid Kafka topic name: character '/' is not allowed, only [a-zA-Z0-9._-]`,
+	"topic_dot_dot.proto":                    `testdata.bad.v1.BadService.Call: reply_topic ".." is not a valid Kafka topic name: "." and ".." are not allowed`,
+	"topic_too_long.proto":                   `testdata.bad.v1.BadService.Call: request_topic is not a valid Kafka topic name: 250 characters, at most 249 allowed`,
+}
+
+// TestBadOptions runs the plugin on every proto of testdata/bad: each must be
+// refused with its exact error in the response, and no file.
+func TestBadOptions(t *testing.T) {
+	files := protoFiles(t, "testdata/bad")
+	if len(files) != len(badOptions) {
+		t.Errorf("%d protos in testdata/bad, %d expected errors: keep them in step", len(files), len(badOptions))
+	}
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(path.Base(file), ".proto"), func(t *testing.T) {
+			want, ok := badOptions[path.Base(file)]
+			if !ok {
+				t.Fatalf("no expected error for %s", file)
+			}
+			want = file + ": " + want
+			resp := runPlugin(t, compileRequest(t, nil, file))
+			if got := resp.GetError(); got != want {
+				t.Errorf("error:\n got: %s\nwant: %s", got, want)
+			}
+			if len(resp.File) != 0 {
+				t.Errorf("%d files generated despite the error", len(resp.File))
+			}
+		})
+	}
+}
+
+// TestAllErrorsReported checks that every problem of every file is reported,
+// in file, service and method order, rather than only the first.
+func TestAllErrorsReported(t *testing.T) {
+	const header = `syntax = "proto3";
+package multi.v1;
+import "google/protobuf/empty.proto";
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/multi/v1;multiv1";
+`
+	sources := map[string]string{
+		"multi/v1/a.proto": header + `
+service AService {
+  option (kafkarpc.kafka.v1.service) = {reply_topic: "bad topic"};
+  rpc One(google.protobuf.Empty) returns (google.protobuf.Empty);
+  rpc Two(google.protobuf.Empty) returns (stream google.protobuf.Empty) {
+    option (kafkarpc.kafka.v1.method) = {request_topic: "q" oneway: true reply_topic: "r"};
+  }
+}
+`,
+		"multi/v1/b.proto": header + `
+service BService {
+  rpc Three(google.protobuf.Empty) returns (google.protobuf.Empty) {
+    option (kafkarpc.kafka.v1.method) = {
+      request_topic: "q" reply_topic: "r"
+      routes: {request_topic: "."}
+    };
+  }
+  rpc Fine(google.protobuf.Empty) returns (google.protobuf.Empty);
+}
+`,
+	}
+	resp := runPlugin(t, compileRequest(t, sources, "multi/v1/a.proto", "multi/v1/b.proto"))
+	got := strings.Split(resp.GetError(), "\n")
+	wantLines := []string{
+		`multi/v1/a.proto: multi.v1.AService: reply_topic "bad topic" is not a valid Kafka topic name: character ' ' is not allowed, only [a-zA-Z0-9._-]`,
+		`multi/v1/a.proto: multi.v1.AService.One: request_topic is required`,
+		`multi/v1/a.proto: multi.v1.AService.Two: oneway is only allowed on unary and client-streaming methods, not on a server-streaming method`,
+		`multi/v1/a.proto: multi.v1.AService.Two: reply_topic must be empty when oneway is set`,
+		`multi/v1/b.proto: multi.v1.BService.Three: routes[0].when needs at least one condition`,
+		`multi/v1/b.proto: multi.v1.BService.Three: routes[0].request_topic "." is not a valid Kafka topic name: "." and ".." are not allowed`,
+	}
+	if strings.Join(got, "\n") != strings.Join(wantLines, "\n") {
+		t.Errorf("errors:\n got: %s\nwant: %s", strings.Join(got, "\n      "), strings.Join(wantLines, "\n      "))
+	}
+	if len(resp.File) != 0 {
+		t.Errorf("%d files generated despite the errors", len(resp.File))
+	}
+}
+
+func TestTopicProblem(t *testing.T) {
+	for topic, valid := range map[string]bool{
+		"a":                        true,
+		"echo-requests":            true,
+		"Orders.EU_v2":             true,
+		"...":                      true,
+		strings.Repeat("x", 249):   true,
+		"":                         false,
+		".":                        false,
+		"..":                       false,
+		strings.Repeat("x", 250):   false,
+		"a b":                      false,
+		"a/b":                      false,
+		"caf\u00e9":                false,
+		"tab\t":                    false,
+		"zilla:reply-to":           false,
+		"emoji\U0001F600-requests": false,
+	} {
+		if got := topicProblem(topic) == ""; got != valid {
+			t.Errorf("topicProblem(%q) = %q, want valid=%v", topic, topicProblem(topic), valid)
+		}
+	}
+}

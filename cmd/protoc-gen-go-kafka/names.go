@@ -1,0 +1,48 @@
+package main
+
+import "google.golang.org/protobuf/compiler/protogen"
+
+// names computes, in one place, every identifier the generated code declares
+// or refers to for one service: the Kafka names this plugin declares (each of
+// them contains "Kafka", so nothing collides with the output of protoc-gen-go
+// or protoc-gen-go-grpc in the same package) and the names protoc-gen-go-grpc
+// declares that the generated code builds on.
+type names struct {
+	// Declared by protoc-gen-go-kafka.
+	Spec            string // EchoServiceKafkaSpec
+	Gateway         string // EchoServiceKafkaGateway
+	NewGateway      string // NewEchoServiceKafkaGateway
+	RegisterGateway string // RegisterEchoServiceKafkaGateway
+	RegisterWorker  string // RegisterEchoServiceKafkaWorker
+
+	// Declared by protoc-gen-go-grpc in the same package.
+	Server         string // EchoServiceServer
+	Unimplemented  string // UnimplementedEchoServiceServer
+	RegisterServer string // RegisterEchoServiceServer
+	ServiceDesc    string // EchoService_ServiceDesc
+
+	service string // the service's Go name, e.g. EchoService
+}
+
+func newNames(s *protogen.Service) names {
+	base := s.GoName
+	return names{
+		Spec:            base + "KafkaSpec",
+		Gateway:         base + "KafkaGateway",
+		NewGateway:      "New" + base + "KafkaGateway",
+		RegisterGateway: "Register" + base + "KafkaGateway",
+		RegisterWorker:  "Register" + base + "KafkaWorker",
+		Server:          base + "Server",
+		Unimplemented:   "Unimplemented" + base + "Server",
+		RegisterServer:  "Register" + base + "Server",
+		ServiceDesc:     base + "_ServiceDesc",
+		service:         base,
+	}
+}
+
+// StreamServer is the name protoc-gen-go-grpc gives the server-side stream
+// of a streaming method, e.g. EchoService_EchoServerStreamServer: an alias of
+// grpc's generic stream types, or an interface in its non-generic mode.
+func (n names) StreamServer(m *protogen.Method) string {
+	return n.service + "_" + m.GoName + "Server"
+}

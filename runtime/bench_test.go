@@ -1,0 +1,146 @@
+package runtime_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// BenchmarkUnaryVsFloor measures, interleaved in one run, one unary call at
+// a time through gateway → Kafka → worker → Kafka → gateway, and the floor of
+// that path: one plain gRPC call on loopback plus two Kafka hops (produce →
+// consume → produce → consume) with the same client and settings on the same
+// broker. It reports the p50 of each and their ratio:
+//
+//	ratio = p50(kafka rpc) / (p50(two hops) + p50(plain grpc))
+//
+// Run: go test -run '^$' -bench UnaryVsFloor -benchtime 2000x ./runtime/
+func BenchmarkUnaryVsFloor(b *testing.B) {
+	e := setup(b, echoserver.Server{})
+	plain := echov1.NewEchoServiceClient(serve(b, func(s *grpc.Server) {
+		echov1.RegisterEchoServiceServer(s, echoserver.Server{})
+	}))
+	hops := newTwoHops(b, e.kc, e.prefix)
+	ctx := context.Background()
+	req := &echov1.EchoRequest{Message: "ping"}
+	value := []byte("\x0a\x04ping")
+
+	rpc := func() {
+		if _, err := e.echo.EchoUnary(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+	grpcCall := func() {
+		if _, err := plain.EchoUnary(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+	floor := func() { hops.roundTrip(b, value) }
+	for range 50 { // warm up connections, metadata and readers
+		rpc()
+		grpcCall()
+		floor()
+	}
+	var tRPC, tGRPC, tFloor []time.Duration
+	measure := func(f func(), into *[]time.Duration) {
+		start := time.Now()
+		f()
+		*into = append(*into, time.Since(start))
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		// rotate the order so that no contender always follows another
+		switch i % 3 {
+		case 0:
+			measure(rpc, &tRPC)
+			measure(floor, &tFloor)
+			measure(grpcCall, &tGRPC)
+		case 1:
+			measure(floor, &tFloor)
+			measure(grpcCall, &tGRPC)
+			measure(rpc, &tRPC)
+		default:
+			measure(grpcCall, &tGRPC)
+			measure(rpc, &tRPC)
+			measure(floor, &tFloor)
+		}
+	}
+	b.StopTimer()
+	pRPC, pFloor, pGRPC := p50(tRPC), p50(tFloor), p50(tGRPC)
+	b.ReportMetric(float64(pRPC.Microseconds()), "rpc-p50-µs")
+	b.ReportMetric(float64(pFloor.Microseconds()), "twohop-p50-µs")
+	b.ReportMetric(float64(pGRPC.Microseconds()), "grpc-p50-µs")
+	b.ReportMetric(float64(pRPC)/float64(pFloor+pGRPC), "ratio-to-floor")
+}
+
+func p50(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// twoHops is the floor's Kafka part: a record produced to one topic, read,
+// produced to a second topic, read.
+type twoHops struct {
+	kc       kafkaclient.Client
+	a, b     string
+	ra, rb   kafkaclient.Reader
+	ctx      context.Context
+	produced chan error
+}
+
+func newTwoHops(tb testing.TB, kc kafkaclient.Client, prefix string) *twoHops {
+	tb.Helper()
+	h := &twoHops{kc: kc, a: prefix + "floor-a", b: prefix + "floor-b", ctx: context.Background(), produced: make(chan error, 1)}
+	kafkatest.CreateTopics(tb, kc, 1, h.a, h.b)
+	h.ra = reader(tb, kc, h.a)
+	h.rb = reader(tb, kc, h.b)
+	return h
+}
+
+func reader(tb testing.TB, kc kafkaclient.Client, topic string) kafkaclient.Reader {
+	tb.Helper()
+	ctx := ctxFor(tb, 30*time.Second)
+	ends, err := kc.Offsets(ctx, topic, []int32{0}, kafkaclient.Latest)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r, err := kc.NewReader(kafkaclient.ReaderConfig{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := r.Assign([]kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: ends[0]}}); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+func (h *twoHops) roundTrip(tb testing.TB, value []byte) {
+	for _, hop := range []struct {
+		topic string
+		r     kafkaclient.Reader
+	}{{h.a, h.ra}, {h.b, h.rb}} {
+		h.kc.Produce(&kafkaclient.Record{Topic: hop.topic, Partition: kafkaclient.AnyPartition, Key: []byte("k"), Value: value},
+			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) {
+				if err != nil {
+					tb.Error(err)
+				}
+			})
+		recs, err := hop.r.Poll(h.ctx)
+		if err != nil || len(recs) != 1 {
+			tb.Fatalf("floor hop %s: %d records, %v", hop.topic, len(recs), err)
+		}
+	}
+}
