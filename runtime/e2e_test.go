@@ -382,4 +382,3 @@ func TestCancelReachesHandler(t *testing.T) {
 		t.Fatal("the handler was not cancelled within 30 s")
 	}
 }
-

@@ -378,7 +378,10 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	service, hasService := headerValue(rec.Headers, names.Service)
 	method, hasMethod := headerValue(rec.Headers, names.Method)
 	if !hasID {
-		if wm := w.lookup(string(service), string(method)); wm != nil && w.onewayRoute(wm.spec, rec.Topic) {
+		// A oneway unary request is a whole call in one record. The records
+		// of a oneway client stream carry nothing to group them by: they are
+		// for other consumers of the topic, not for a worker.
+		if wm := w.lookup(string(service), string(method)); wm != nil && wm.spec.Kind == KindUnary && w.onewayRoute(wm.spec, rec.Topic) {
 			w.startCall(rec, pt, "", "", wm)
 			return
 		}
