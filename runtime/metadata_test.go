@@ -125,4 +125,3 @@ func TestMatchRoute(t *testing.T) {
 		}
 	}
 }
-
