@@ -38,6 +38,12 @@ func (e *env) topic(t string) string { return e.prefix + t }
 // on topics of their own, and waits until the worker has its partitions.
 func setup(t testing.TB, impl echov1.EchoServiceServer, wopts ...runtime.WorkerOption) *env {
 	t.Helper()
+	return setupWith(t, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) }, wopts...)
+}
+
+// setupWith is setup with the worker's registration given by register.
+func setupWith(t testing.TB, register func(*runtime.Worker) error, wopts ...runtime.WorkerOption) *env {
+	t.Helper()
 	brokers := kafkatest.Brokers(t)
 	kc := kafkatest.NewClient(t, brokers)
 	prefix := kafkatest.Unique("t") + "."
@@ -46,7 +52,7 @@ func setup(t testing.TB, impl echov1.EchoServiceServer, wopts ...runtime.WorkerO
 	logger := runtime.WithLogger(kafkatest.Logger(t))
 
 	worker := runtime.NewWorker(kc, append([]runtime.WorkerOption{mapper, logger, runtime.WithGroupID(prefix + "workers")}, wopts...)...)
-	if err := echov1.RegisterEchoServiceKafkaWorker(worker, impl); err != nil {
+	if err := register(worker); err != nil {
 		t.Fatal(err)
 	}
 	if err := worker.Start(); err != nil {

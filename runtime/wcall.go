@@ -355,6 +355,10 @@ func (c *wCall) recvMsg(m any) error {
 	if err != nil {
 		return err
 	}
+	if raw, ok := m.(*rawMessage); ok {
+		raw.b = rec.Value
+		return nil
+	}
 	msg, ok := m.(proto.Message)
 	if !ok {
 		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", c.wm.spec.FullMethod(), m)
@@ -377,13 +381,17 @@ func (c *wCall) decodeFirst(m any) error {
 
 // sendMsg produces one reply message.
 func (c *wCall) sendMsg(m any) error {
-	msg, ok := m.(proto.Message)
-	if !ok {
+	var b []byte
+	switch msg := m.(type) {
+	case *rawMessage:
+		b = msg.b
+	case proto.Message:
+		var err error
+		if b, err = proto.Marshal(msg); err != nil {
+			return status.Errorf(codes.Internal, "%s: encoding response: %v", c.wm.spec.FullMethod(), err)
+		}
+	default:
 		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", c.wm.spec.FullMethod(), m)
-	}
-	b, err := proto.Marshal(msg)
-	if err != nil {
-		return status.Errorf(codes.Internal, "%s: encoding response: %v", c.wm.spec.FullMethod(), err)
 	}
 	if b == nil {
 		b = []byte{}

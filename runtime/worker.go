@@ -31,6 +31,7 @@ type Worker struct {
 
 	regMu    sync.Mutex
 	services map[string]*workerService
+	proxy    *proxy
 	topics   []string
 	started  bool
 
@@ -437,6 +438,9 @@ func (w *Worker) lookup(service, method string) *workerMethod {
 	if s := w.services[service]; s != nil {
 		return s.methods[method]
 	}
+	if w.proxy != nil && service != "" && method != "" {
+		return w.proxy.method(service, method)
+	}
 	return nil
 }
 
@@ -453,10 +457,13 @@ type WorkerStats struct {
 	Calls uint64
 	// Panics counts handlers that panicked.
 	Panics uint64
+	// ProxyRetries counts the attempts a proxying worker repeated because
+	// the target was UNAVAILABLE before it took the call.
+	ProxyRetries uint64
 }
 
 type workerCounters struct {
-	skippedNoID, malformed, calls, panics atomic.Uint64
+	skippedNoID, malformed, calls, panics, proxyRetries atomic.Uint64
 }
 
 // Stats returns the worker's counters. Safe for concurrent use.
@@ -466,6 +473,7 @@ func (w *Worker) Stats() WorkerStats {
 		Malformed:              w.stats.malformed.Load(),
 		Calls:                  w.stats.calls.Load(),
 		Panics:                 w.stats.panics.Load(),
+		ProxyRetries:           w.stats.proxyRetries.Load(),
 	}
 }
 

@@ -1,9 +1,11 @@
 // Command echo-worker is the example's worker alone: it consumes the
 // echo-requests topic in a consumer group and serves each call with the echo
 // implementation, replying to the topic each request names. Run several to
-// share the load.
+// share the load. With --target it is a proxy instead: it forwards every call,
+// as raw bytes, to the gRPC server at that address (for example echo-server),
+// with no generated code involved.
 //
-//	echo-worker [--brokers 127.0.0.1:9092] [--group ID]
+//	echo-worker [--brokers 127.0.0.1:9092] [--group ID] [--target host:port]
 package main
 
 import (
@@ -11,6 +13,9 @@ import (
 	"flag"
 	"fmt"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
@@ -20,7 +25,8 @@ import (
 
 func main() {
 	brokers := flag.String("brokers", "127.0.0.1:9092", "Kafka bootstrap servers")
-	group := flag.String("group", "", "consumer group id (default kafkarpc-example.echo.v1.EchoService)")
+	group := flag.String("group", "", "consumer group id (default kafkarpc-example.echo.v1.EchoService, or kafkarpc-proxy with --target)")
+	target := flag.String("target", "", "forward every call to the gRPC server at this address instead of serving it here")
 	flag.Parse()
 	logger := app.Logger()
 	ctx, stop := app.Signals()
@@ -39,7 +45,16 @@ func main() {
 		opts = append(opts, runtime.WithGroupID(*group))
 	}
 	worker := runtime.NewWorker(client, opts...)
-	if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
+	if *target != "" {
+		cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			app.Fatal(logger, "connecting to the target", err)
+		}
+		defer cc.Close()
+		if err := worker.RegisterProxy(cc, []string{"echo-requests"}); err != nil {
+			app.Fatal(logger, "registering the proxy", err)
+		}
+	} else if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
 		app.Fatal(logger, "registering the worker", err)
 	}
 	if err := worker.Start(); err != nil {

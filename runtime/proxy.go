@@ -1,0 +1,281 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// rawMessage is a message carried as its encoded bytes: the worker's proxy
+// mode forwards calls without knowing their types.
+type rawMessage struct{ b []byte }
+
+// rawCodec passes rawMessage bytes through unchanged.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(*rawMessage)
+	if !ok {
+		return nil, fmt.Errorf("kafkarpc: raw codec cannot marshal %T", v)
+	}
+	return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(*rawMessage)
+	if !ok {
+		return fmt.Errorf("kafkarpc: raw codec cannot unmarshal into %T", v)
+	}
+	m.b = data.Materialize()
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" } // the bytes are protobuf; the content type stays application/grpc
+
+// ProxyOption configures RegisterProxy.
+type ProxyOption interface{ applyProxy(*proxyConfig) }
+
+type proxyOptionFunc func(*proxyConfig)
+
+func (f proxyOptionFunc) applyProxy(c *proxyConfig) { f(c) }
+
+type proxyConfig struct {
+	retryFor     time.Duration
+	firstBackoff time.Duration
+	maxBackoff   time.Duration
+}
+
+// WithProxyRetry bounds the retries of a call the target refused with
+// UNAVAILABLE before accepting it: attempts go on with exponential back-off
+// (first, doubling up to max, with full jitter) until the call's deadline, or
+// for d when the caller set no deadline. Defaults: d 30 s, first 50 ms, max
+// 2 s.
+func WithProxyRetry(d, first, max time.Duration) ProxyOption {
+	return proxyOptionFunc(func(c *proxyConfig) { c.retryFor, c.firstBackoff, c.maxBackoff = d, first, max })
+}
+
+// RegisterProxy makes the worker forward the calls of every service it has no
+// implementation for, as raw bytes, to the gRPC server behind cc: the worker
+// then needs no generated code. topics are the request topics to consume (in
+// addition to those of registered services). Request metadata, response
+// headers, trailers and status map as they do for an implementation. A target
+// that answers UNAVAILABLE before it accepted the call is retried (see
+// WithProxyRetry); once it accepted the call, its status is final. Must be
+// called before Start.
+func (w *Worker) RegisterProxy(cc grpc.ClientConnInterface, topics []string, opts ...ProxyOption) error {
+	if len(topics) == 0 {
+		return fmt.Errorf("kafkarpc: a proxy needs at least one request topic")
+	}
+	cfg := proxyConfig{retryFor: 30 * time.Second, firstBackoff: 50 * time.Millisecond, maxBackoff: 2 * time.Second}
+	for _, o := range opts {
+		o.applyProxy(&cfg)
+	}
+	w.regMu.Lock()
+	defer w.regMu.Unlock()
+	if w.started {
+		return fmt.Errorf("kafkarpc: proxy registered after the worker started")
+	}
+	if w.proxy != nil {
+		return fmt.Errorf("kafkarpc: proxy registered twice")
+	}
+	p := &proxy{cc: cc, cfg: cfg, retries: &w.stats.proxyRetries}
+	w.proxy = p
+	for _, t := range topics {
+		if t := w.cfg.topic(t); !containsString(w.topics, t) {
+			w.topics = append(w.topics, t)
+		}
+	}
+	if w.cfg.groupID == "" {
+		w.cfg.groupID = "kafkarpc-proxy"
+	}
+	return nil
+}
+
+type proxy struct {
+	cc      grpc.ClientConnInterface
+	cfg     proxyConfig
+	retries *atomic.Uint64
+}
+
+// method returns the workerMethod that forwards service/method. Every call
+// is relayed as a bidi stream, which carries all four kinds alike.
+func (p *proxy) method(service, method string) *workerMethod {
+	spec := &MethodSpec{Service: service, Method: method, Kind: KindBidiStream}
+	return &workerMethod{
+		spec: spec,
+		stream: &grpc.StreamDesc{
+			StreamName:    method,
+			ServerStreams: true,
+			ClientStreams: true,
+			Handler:       func(_ any, ss grpc.ServerStream) error { return p.forward(spec.FullMethod(), ss) },
+		},
+	}
+}
+
+// forward relays one call to the target, retrying while the target refuses
+// it with UNAVAILABLE before answering anything.
+func (p *proxy) forward(fullMethod string, ss grpc.ServerStream) error {
+	ctx := ss.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	out := metadata.NewOutgoingContext(ctx, md.Copy())
+	in := newRequestPump(ss)
+	backoff := p.cfg.firstBackoff
+	giveUp := time.Now().Add(p.cfg.retryFor)
+	if dl, ok := ctx.Deadline(); ok {
+		giveUp = dl
+	}
+	for {
+		answered, err := p.attempt(out, fullMethod, ss, in)
+		if answered || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			return err
+		}
+		wait := time.Duration(rand.Int64N(int64(backoff) + 1)) // full jitter
+		if time.Now().Add(wait).After(giveUp) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return contextStatus(ctx).Err()
+		}
+		backoff = min(2*backoff, p.cfg.maxBackoff)
+		p.retries.Add(1)
+	}
+}
+
+// requestPump reads the caller's requests once, on one goroutine, and keeps
+// those a retry must send again.
+type requestPump struct {
+	msgs chan *rawMessage // closed at the end of the request stream
+	err  error            // why msgs closed, when not io.EOF; read after msgs closed
+	kept []*rawMessage    // requests sent to attempts that did not answer
+}
+
+func newRequestPump(ss grpc.ServerStream) *requestPump {
+	r := &requestPump{msgs: make(chan *rawMessage)}
+	go func() {
+		defer close(r.msgs)
+		for {
+			m := new(rawMessage)
+			if err := ss.RecvMsg(m); err != nil {
+				if err != io.EOF {
+					r.err = err
+				}
+				return
+			}
+			select {
+			case r.msgs <- m:
+			case <-ss.Context().Done():
+				return
+			}
+		}
+	}()
+	return r
+}
+
+// attempt runs one try. answered reports whether the target sent anything
+// (headers, a message or a status of its own), after which the call is not
+// retried.
+func (p *proxy) attempt(ctx context.Context, fullMethod string, ss grpc.ServerStream, in *requestPump) (answered bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cs, err := p.cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, fullMethod, grpc.ForceCodecV2(rawCodec{}))
+	if err != nil {
+		return false, err
+	}
+	// The sender replays what earlier attempts sent, then forwards new
+	// requests, keeping them until the target answers.
+	var keepMu sync.Mutex
+	keep := true
+	senderDone := make(chan struct{})
+	go func() {
+		defer close(senderDone)
+		keepMu.Lock()
+		replay := slices.Clone(in.kept)
+		keepMu.Unlock()
+		for _, m := range replay {
+			if cs.SendMsg(m) != nil {
+				return
+			}
+		}
+		for {
+			select {
+			case m, ok := <-in.msgs:
+				if !ok {
+					if in.err != nil {
+						cancel() // the caller went away
+					} else {
+						_ = cs.CloseSend()
+					}
+					return
+				}
+				keepMu.Lock()
+				if keep {
+					in.kept = append(in.kept, m)
+				}
+				keepMu.Unlock()
+				if cs.SendMsg(m) != nil {
+					return // RecvMsg reports the status
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-senderDone
+	}()
+	// Once the target sent headers or a message it has taken the call: the
+	// requests need not be kept for a retry any more.
+	commit := func() {
+		keepMu.Lock()
+		keep, in.kept = false, nil
+		keepMu.Unlock()
+		answered = true
+	}
+	hdr, err := cs.Header()
+	if err != nil {
+		return false, err
+	}
+	if len(hdr) > 0 {
+		commit()
+		if err := ss.SetHeader(hdr); err != nil {
+			return true, err
+		}
+	}
+	for {
+		m := new(rawMessage)
+		err := cs.RecvMsg(m)
+		if err == io.EOF {
+			ss.SetTrailer(cs.Trailer())
+			return true, nil
+		}
+		if err != nil {
+			// A status with no headers or message before it (trailers only)
+			// may come from a target that never took the call: retried by
+			// the caller of attempt when it is UNAVAILABLE.
+			ss.SetTrailer(cs.Trailer())
+			return answered, err
+		}
+		if !answered {
+			commit()
+		}
+		if err := ss.SendMsg(m); err != nil {
+			return true, err
+		}
+	}
+}
