@@ -153,4 +153,3 @@ func TestProxyRetriesATargetThatStartsLate(t *testing.T) {
 		t.Fatalf("call to a target that started late: %v", err)
 	}
 }
-
