@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 )
 
 // GatewayOption configures a Gateway.
@@ -134,6 +135,12 @@ type workerConfig struct {
 	revokeTimeout     time.Duration
 	commitInterval    time.Duration
 	readCommitted     bool
+	maxAttempts       int
+	retryCodes        []codes.Code
+	retryBackoff      time.Duration
+	deadLetterTopic   string
+	idemWindow        time.Duration
+	idemMaxBytes      int
 }
 
 func defaultWorkerConfig() workerConfig {
@@ -142,7 +149,49 @@ func defaultWorkerConfig() workerConfig {
 		maxConcurrent:  1024,
 		revokeTimeout:  10 * time.Second,
 		commitInterval: 50 * time.Millisecond,
+		maxAttempts:    1,
+		retryCodes:     []codes.Code{codes.Unavailable, codes.Aborted, codes.ResourceExhausted},
+		retryBackoff:   100 * time.Millisecond,
+		idemWindow:     10 * time.Minute,
+		idemMaxBytes:   64 << 20,
 	}
+}
+
+// WithRetries lets the worker run a failed handler again, up to maxAttempts
+// times in all, when it fails with one of codes (default UNAVAILABLE,
+// ABORTED, RESOURCE_EXHAUSTED) or panics, and has sent no reply yet. Attempts
+// are spaced by an exponential back-off from 100 ms, bounded by the call's
+// deadline. Default: one attempt, no retry.
+func WithRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) {
+		c.maxAttempts = max(maxAttempts, 1)
+		if len(codes) > 0 {
+			c.retryCodes = codes
+		}
+	})
+}
+
+// WithDeadLetterTopic sends poison requests to topic: a call whose request
+// cannot be decoded (at once), or whose handler failed or panicked on every
+// one of its WithRetries attempts, has its request records copied there with
+// headers saying where they came from and why (see DeadLetterHeaders); the
+// caller still gets the final status. The topic goes through the topic mapper
+// (WithTopicMapper) and must exist. Default: none.
+func WithDeadLetterTopic(topic string) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.deadLetterTopic = topic })
+}
+
+// WithIdempotencyWindow sets how long a worker remembers the replies of a
+// call made with an idempotency-key: a request with the same correlation id
+// (same key, same route) arriving within d of the first one's end does not
+// run the handler again; it gets the stored replies. Calls that ended
+// CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE, ABORTED or RESOURCE_EXHAUSTED
+// are not remembered, so their retries run again. maxBytes bounds the stored
+// replies; the oldest are forgotten first. Past the window, or once
+// forgotten, or on another worker instance (the memory is per process), a
+// duplicate runs again. Defaults: 10 minutes, 64 MiB. d = 0 turns it off.
+func WithIdempotencyWindow(d time.Duration, maxBytes int) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.idemWindow, c.idemMaxBytes = d, maxBytes })
 }
 
 // WithGroupID sets the consumer group the worker joins. Default

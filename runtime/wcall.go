@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,11 +38,21 @@ type wCall struct {
 	cancel  context.CancelCauseFunc
 	done    chan struct{}
 
-	inMu     sync.Mutex
-	inbox    []*kafkaclient.Record
-	inEnded  bool
-	received int
-	inSig    chan struct{}
+	key     string        // record key when calls with it must run in order, else ""
+	turn    chan struct{} // closed when the calls before this one with the same key are done
+	hasTurn bool          // guarded by Worker.mu
+
+	inMu        sync.Mutex
+	all         []*kafkaclient.Record // every request data record, kept for retries and dead letters
+	next        int                   // index in all of the next record to hand out
+	inEnded     bool
+	inSig       chan struct{}
+	undecodable bool // a request message could not be decoded
+
+	attempts    int
+	keepReplies bool                 // the caller sent an idempotency key: remember the replies
+	stored      []kafkaclient.Record // replies produced, when keepReplies
+	replay      []kafkaclient.Record // replies to send again instead of running a handler
 
 	outMu      sync.Mutex
 	header     metadata.MD
@@ -89,10 +100,12 @@ func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo s
 	ctx, cancel := context.WithCancelCause(ctx)
 	c.cancel = func(cause error) { cancel(cause); stopTimer() }
 	c.ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{c})
+	c.keepReplies = id != "" && len(md.Get(IdempotencyKeyMetadata)) > 0
 	w.mu.Lock()
 	if id != "" {
 		w.calls[id] = c
 	}
+	w.waitTurn(c, string(rec.Key))
 	pt.begin(rec.Offset)
 	w.mu.Unlock()
 	w.stats.calls.Add(1)
@@ -106,10 +119,17 @@ func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo s
 func (w *Worker) rejectCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, st *status.Status) {
 	w.cfg.logger.Warn("kafkarpc: rejecting request", "correlation_id", id, "code", st.Code().String(),
 		"message", st.Message(), "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+	w.answerCall(rec, pt, id, replyTo, st, nil)
+}
+
+// answerCall answers a request without running a handler: with replay, the
+// stored replies of an earlier call with the same id, or else with st.
+func (w *Worker) answerCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, st *status.Status, replay []kafkaclient.Record) {
 	if id == "" {
 		return // a oneway request: nobody to tell
 	}
 	c := w.newCall(rec, pt, id, replyTo, nil)
+	c.replay = replay
 	c.ctx, c.cancel = context.WithCancelCause(w.base)
 	w.mu.Lock()
 	w.calls[id] = c
@@ -140,7 +160,7 @@ func (c *wCall) feed(rec *kafkaclient.Record) {
 	if rec.Value == nil {
 		c.inEnded = true
 	} else {
-		c.inbox = append(c.inbox, rec)
+		c.all = append(c.all, rec)
 	}
 	c.inMu.Unlock()
 	select {
@@ -166,22 +186,82 @@ func (c *wCall) abort() {
 
 func (c *wCall) run() {
 	defer c.w.running.Done()
+	if c.turn != nil { // calls with the same key run in the order of their records
+		select {
+		case <-c.turn:
+		case <-c.ctx.Done():
+			c.finish(contextStatus(c.ctx))
+			return
+		}
+	}
 	select {
 	case c.w.sem <- struct{}{}:
 	case <-c.ctx.Done():
 		c.finish(contextStatus(c.ctx))
 		return
 	}
-	st := c.invoke()
+	st, panicked := c.invoke()
+	for c.retry(st, panicked) {
+		st, panicked = c.invoke()
+	}
 	<-c.w.sem
+	if st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.isUndecodable() || c.retryable(st, panicked)) {
+		c.deadLetter(st)
+	}
 	c.finish(st)
 }
 
+func (c *wCall) isUndecodable() bool {
+	c.inMu.Lock()
+	defer c.inMu.Unlock()
+	return c.undecodable
+}
+
+// retryable reports whether st (or a panic) is a failure worth another try.
+func (c *wCall) retryable(st *status.Status, panicked bool) bool {
+	return panicked || (st.Code() != codes.OK && slices.Contains(c.w.cfg.retryCodes, st.Code()))
+}
+
+// retry decides whether to run the handler again after st, and if so waits
+// the back-off and rewinds the request stream. A call that sent a reply, or
+// whose request cannot be decoded, is not retried.
+func (c *wCall) retry(st *status.Status, panicked bool) bool {
+	c.attempts++
+	if c.attempts >= c.w.cfg.maxAttempts || !c.retryable(st, panicked) || c.isUndecodable() {
+		return false
+	}
+	c.outMu.Lock()
+	sent, aborted := c.sent, c.aborted
+	c.outMu.Unlock()
+	if sent > 0 || aborted {
+		return false
+	}
+	wait := c.w.cfg.retryBackoff << (c.attempts - 1)
+	if dl, ok := c.ctx.Deadline(); ok && time.Now().Add(wait).After(dl) {
+		return false
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.ctx.Done():
+		return false
+	}
+	c.inMu.Lock()
+	c.next = 0
+	c.inMu.Unlock()
+	c.outMu.Lock()
+	c.header, c.trailer, c.frozen, c.held, c.sent = nil, nil, false, nil, 0
+	c.outMu.Unlock()
+	return true
+}
+
 // invoke runs the handler, turning a panic into INTERNAL.
-func (c *wCall) invoke() (st *status.Status) {
+func (c *wCall) invoke() (st *status.Status, panicked bool) {
 	wm := c.wm
 	defer func() {
 		if p := recover(); p != nil {
+			panicked = true
 			c.w.stats.panics.Add(1)
 			c.w.cfg.logger.Error("kafkarpc: handler panicked", "method", wm.spec.FullMethod(), "correlation_id", c.id,
 				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -191,12 +271,12 @@ func (c *wCall) invoke() (st *status.Status) {
 	if wm.unary != nil {
 		resp, err := wm.unary.Handler(wm.impl, c.ctx, c.decodeFirst, c.w.cfg.unaryInterceptor)
 		if err != nil {
-			return toStatus(c.ctx, err)
+			return toStatus(c.ctx, err), false
 		}
 		if err := (serverStream{c}).SendMsg(resp); err != nil {
-			return toStatus(c.ctx, err)
+			return toStatus(c.ctx, err), false
 		}
-		return nil
+		return nil, false
 	}
 	sd := wm.stream
 	var err error
@@ -207,7 +287,7 @@ func (c *wCall) invoke() (st *status.Status) {
 	} else {
 		err = sd.Handler(wm.impl, serverStream{c})
 	}
-	return toStatus(c.ctx, err)
+	return toStatus(c.ctx, err), false
 }
 
 // toStatus maps a handler's error to the status the caller gets.
@@ -249,6 +329,10 @@ func (c *wCall) finish(st *status.Status) {
 		served = false
 	case c.id == "":
 		// oneway: no replies
+	case c.replay != nil:
+		for _, r := range c.replay {
+			c.produce(r.Value, r.Headers)
+		}
 	default:
 		if aborted {
 			st = status.New(codes.Unavailable, "the worker gave up the call midway (rebalance or shutdown); retry it")
@@ -265,6 +349,16 @@ func (c *wCall) finish(st *status.Status) {
 	c.unacked.Wait()
 	w := c.w
 	w.mu.Lock()
+	if c.keepReplies && served && c.produceErr == nil && remembered(st) {
+		size := 0
+		for _, r := range c.stored {
+			size += len(r.Value) + 64
+		}
+		w.replies.put(&storedReply{id: c.id, at: time.Now(), records: c.stored, size: size}, time.Now())
+	}
+	if c.key != "" {
+		w.passTurn(c)
+	}
 	if c.id != "" && w.calls[c.id] == c {
 		delete(w.calls, c.id)
 		if !c.inputComplete() {
@@ -298,6 +392,9 @@ func (c *wCall) produceEnd(st *status.Status) {
 }
 
 func (c *wCall) produce(value []byte, hs []kafkaclient.Header) {
+	if c.keepReplies {
+		c.stored = append(c.stored, kafkaclient.Record{Value: value, Headers: hs})
+	}
 	c.unacked.Add(1)
 	c.w.client.Produce(&kafkaclient.Record{
 		Topic:     c.replyTo,
@@ -325,15 +422,13 @@ func (c *wCall) delivered(rec *kafkaclient.Record, err error) {
 func (c *wCall) recv() (*kafkaclient.Record, error) {
 	for {
 		c.inMu.Lock()
-		if len(c.inbox) > 0 {
-			rec := c.inbox[0]
-			c.inbox[0] = nil
-			c.inbox = c.inbox[1:]
-			c.received++
+		if c.next < len(c.all) {
+			rec := c.all[c.next]
+			c.next++
 			c.inMu.Unlock()
 			return rec, nil
 		}
-		ended, n := c.inEnded, c.received
+		ended, n := c.inEnded, c.next
 		c.inMu.Unlock()
 		if ended {
 			if n == 0 && !c.wm.spec.Kind.clientStreams() {
@@ -364,6 +459,9 @@ func (c *wCall) recvMsg(m any) error {
 		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", c.wm.spec.FullMethod(), m)
 	}
 	if err := proto.Unmarshal(rec.Value, msg); err != nil {
+		c.inMu.Lock()
+		c.undecodable = true
+		c.inMu.Unlock()
 		return status.Errorf(codes.Internal, "%s: request at %s is not a valid %s: %v",
 			c.wm.spec.FullMethod(), recordPlace(rec), msg.ProtoReflect().Descriptor().FullName(), err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,9 +46,12 @@ type Worker struct {
 	ready      chan struct{}
 	readyOnce  sync.Once
 
-	mu       sync.Mutex // guards calls, trailing and parts
+	mu       sync.Mutex // guards calls, trailing, dupes, keys, replies and parts
 	calls    map[string]*wCall
-	trailing *recentSet
+	trailing *recentSet          // calls over whose remaining request records are skipped
+	dupes    map[string]struct{} // duplicate attempts of calls in flight, skipped until their end
+	keys     map[string][]*wCall // calls waiting for their turn, by record key
+	replies  *replyStore         // replies of recent idempotent calls
 	parts    map[kafkaclient.TopicPartition]*partTrack
 	running  sync.WaitGroup // call goroutines
 
@@ -84,6 +88,9 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		ready:    make(chan struct{}),
 		calls:    map[string]*wCall{},
 		trailing: newRecentSet(1 << 16),
+		dupes:    map[string]struct{}{},
+		keys:     map[string][]*wCall{},
+		replies:  newReplyStore(cfg.idemWindow, cfg.idemMaxBytes),
 		parts:    map[kafkaclient.TopicPartition]*partTrack{},
 	}
 	w.base, w.baseCancel = context.WithCancel(context.Background())
@@ -360,8 +367,25 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 		w.parts[tp] = pt
 	}
 	pt.seen(rec.Offset)
+	var stored *storedReply
 	if hasID {
+		if _, dup := w.dupes[string(id)]; dup {
+			if rec.Value == nil {
+				delete(w.dupes, string(id))
+			}
+			w.mu.Unlock()
+			return
+		}
 		if c := w.calls[string(id)]; c != nil {
+			if rec.Value != nil && c.inputComplete() {
+				// A new attempt of a call still running here (a retry with
+				// the same idempotency key): the running call's replies,
+				// keyed by the same id, answer it.
+				w.dupes[string(id)] = struct{}{}
+				w.stats.duplicates.Add(1)
+				w.mu.Unlock()
+				return
+			}
 			w.mu.Unlock()
 			c.feed(rec)
 			return
@@ -372,6 +396,9 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 			}
 			w.mu.Unlock()
 			return
+		}
+		if rec.Value != nil {
+			stored = w.replies.get(string(id), time.Now())
 		}
 	}
 	w.mu.Unlock()
@@ -420,6 +447,11 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 		w.rejectCall(rec, pt, string(id), string(replyTo), fail)
 		return
 	}
+	if stored != nil {
+		w.stats.duplicates.Add(1)
+		w.answerCall(rec, pt, string(id), string(replyTo), nil, stored.records)
+		return
+	}
 	w.startCall(rec, pt, string(id), string(replyTo), wm)
 }
 
@@ -453,8 +485,14 @@ type WorkerStats struct {
 	// handler (missing service or method, unknown method, bad metadata) or
 	// skipped for want of a reply topic.
 	Malformed uint64
-	// Calls counts calls started.
+	// Calls counts calls started (handlers run, not counting retries).
 	Calls uint64
+	// Duplicates counts requests answered from the replies of an earlier
+	// call with the same correlation id instead of running a handler.
+	Duplicates uint64
+	// DeadLettered counts calls whose requests went to the dead-letter
+	// topic.
+	DeadLettered uint64
 	// Panics counts handlers that panicked.
 	Panics uint64
 	// ProxyRetries counts the attempts a proxying worker repeated because
@@ -463,7 +501,7 @@ type WorkerStats struct {
 }
 
 type workerCounters struct {
-	skippedNoID, malformed, calls, panics, proxyRetries atomic.Uint64
+	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, deadLettered atomic.Uint64
 }
 
 // Stats returns the worker's counters. Safe for concurrent use.
@@ -472,6 +510,8 @@ func (w *Worker) Stats() WorkerStats {
 		SkippedNoCorrelationID: w.stats.skippedNoID.Load(),
 		Malformed:              w.stats.malformed.Load(),
 		Calls:                  w.stats.calls.Load(),
+		Duplicates:             w.stats.duplicates.Load(),
+		DeadLettered:           w.stats.deadLettered.Load(),
 		Panics:                 w.stats.panics.Load(),
 		ProxyRetries:           w.stats.proxyRetries.Load(),
 	}
@@ -498,6 +538,43 @@ func requestMetadata(rec *kafkaclient.Record, names *HeaderNames) (metadata.MD, 
 		md.Delete(timeoutMetadata)
 	}
 	return md, deadline, nil
+}
+
+// waitTurn queues c behind the unfinished calls with the same record key, so
+// that calls sharing a key run in the order of their records. Called with
+// w.mu held. Calls keyed by their own correlation id share no key.
+func (w *Worker) waitTurn(c *wCall, key string) {
+	if key == "" || key == c.id {
+		return
+	}
+	c.key = key
+	q, busy := w.keys[key]
+	if !busy {
+		c.hasTurn = true
+	} else {
+		c.turn = make(chan struct{})
+	}
+	w.keys[key] = append(q, c)
+}
+
+// passTurn removes a finished c from its key's queue and lets the next call
+// with that key run. Called with w.mu held.
+func (w *Worker) passTurn(c *wCall) {
+	q := w.keys[c.key]
+	i := slices.Index(q, c)
+	if i < 0 {
+		return
+	}
+	q = slices.Delete(q, i, i+1)
+	if len(q) == 0 {
+		delete(w.keys, c.key)
+		return
+	}
+	w.keys[c.key] = q
+	if i == 0 && !q[0].hasTurn {
+		q[0].hasTurn = true
+		close(q[0].turn)
+	}
 }
 
 // recentSet is a bounded set of strings that forgets the oldest first.

@@ -1,0 +1,63 @@
+package runtime
+
+import (
+	"strconv"
+
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// Headers a worker adds to the records it copies to its dead-letter topic
+// (WithDeadLetterTopic), after the request's own headers.
+const (
+	// DeadLetterTopic names the request topic the record came from.
+	DeadLetterTopic = "dead-letter:topic"
+	// DeadLetterPartition is that topic's partition, in decimal.
+	DeadLetterPartition = "dead-letter:partition"
+	// DeadLetterOffset is the record's offset there, in decimal.
+	DeadLetterOffset = "dead-letter:offset"
+	// DeadLetterStatus is the gRPC code the call ended with, in decimal.
+	DeadLetterStatus = "dead-letter:status"
+	// DeadLetterMessage is that status's message.
+	DeadLetterMessage = "dead-letter:message"
+	// DeadLetterAttempts is how many times the handler ran, in decimal (1
+	// for a request that could not be decoded: it is not retried).
+	DeadLetterAttempts = "dead-letter:attempts"
+	// DeadLetterGroup is the consumer group of the worker that gave up.
+	DeadLetterGroup = "dead-letter:group"
+)
+
+// deadLetter copies the call's request records to the dead-letter topic,
+// each with headers saying where it came from and why. The call's offset is
+// committed only once they are acknowledged, like its replies.
+func (c *wCall) deadLetter(st *status.Status) {
+	c.inMu.Lock()
+	recs := append([]*kafkaclient.Record(nil), c.all...)
+	c.inMu.Unlock()
+	c.w.stats.deadLettered.Add(1)
+	c.w.cfg.logger.Warn("kafkarpc: request sent to the dead-letter topic", "topic", c.w.cfg.topic(c.w.cfg.deadLetterTopic),
+		"correlation_id", c.id, "code", st.Code().String(), "message", st.Message(),
+		"from_topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first, "attempts", c.attempts)
+	for _, r := range recs {
+		hs := make([]kafkaclient.Header, 0, len(r.Headers)+7)
+		hs = append(hs, r.Headers...)
+		hs = append(hs,
+			kafkaclient.Header{Key: DeadLetterTopic, Value: []byte(r.Topic)},
+			kafkaclient.Header{Key: DeadLetterPartition, Value: strconv.AppendInt(nil, int64(r.Partition), 10)},
+			kafkaclient.Header{Key: DeadLetterOffset, Value: strconv.AppendInt(nil, r.Offset, 10)},
+			kafkaclient.Header{Key: DeadLetterStatus, Value: strconv.AppendInt(nil, int64(st.Code()), 10)},
+			kafkaclient.Header{Key: DeadLetterMessage, Value: []byte(st.Message())},
+			kafkaclient.Header{Key: DeadLetterAttempts, Value: strconv.AppendInt(nil, int64(c.attempts), 10)},
+			kafkaclient.Header{Key: DeadLetterGroup, Value: []byte(c.w.cfg.groupID)},
+		)
+		c.unacked.Add(1)
+		c.w.client.Produce(&kafkaclient.Record{
+			Topic:     c.w.cfg.topic(c.w.cfg.deadLetterTopic),
+			Partition: kafkaclient.AnyPartition,
+			Key:       r.Key,
+			Value:     r.Value,
+			Headers:   hs,
+		}, kafkaclient.AcksAll, c.delivered)
+	}
+}

@@ -1,0 +1,239 @@
+package runtime_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	routingv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/routing/v1"
+)
+
+// counting counts handler runs per message and can fail or block on request.
+type counting struct {
+	echoserver.Server
+	mu   sync.Mutex
+	runs map[string]int
+	fail codes.Code
+}
+
+func (c *counting) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	c.mu.Lock()
+	if c.runs == nil {
+		c.runs = map[string]int{}
+	}
+	c.runs[req.GetMessage()]++
+	n := c.runs[req.GetMessage()]
+	c.mu.Unlock()
+	if c.fail != codes.OK {
+		return nil, status.Error(c.fail, "try later")
+	}
+	return &echov1.EchoResponse{Message: req.GetMessage(), Index: int32(n)}, nil
+}
+
+func (c *counting) count(m string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.runs[m]
+}
+
+func TestIdempotencyKeyRunsOnce(t *testing.T) {
+	impl := &counting{}
+	e := setup(t, impl)
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "idempotency-key", "order-7")
+	first, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "charge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "charge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(first, second) {
+		t.Fatalf("duplicate got %v, want the stored %v", second, first)
+	}
+	if n := impl.count("charge"); n != 1 {
+		t.Fatalf("handler ran %d times for one idempotency key, want 1", n)
+	}
+	if d := e.worker.Stats().Duplicates; d != 1 {
+		t.Fatalf("Stats().Duplicates = %d, want 1", d)
+	}
+	// Without a key, every call runs.
+	plain := ctxFor(t, 30*time.Second)
+	for range 2 {
+		if _, err := e.echo.EchoUnary(plain, &echov1.EchoRequest{Message: "free"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := impl.count("free"); n != 2 {
+		t.Fatalf("handler ran %d times for two calls without a key, want 2", n)
+	}
+}
+
+func TestTransientFailureIsNotRemembered(t *testing.T) {
+	impl := &counting{fail: codes.Unavailable}
+	e := setup(t, impl)
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "idempotency-key", "k")
+	for range 2 {
+		if _, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"}); status.Code(err) != codes.Unavailable {
+			t.Fatalf("err = %v, want UNAVAILABLE", err)
+		}
+	}
+	if n := impl.count("m"); n != 2 {
+		t.Fatalf("handler ran %d times, want 2: an UNAVAILABLE outcome must not be replayed", n)
+	}
+}
+
+func TestRetriesThenDeadLetter(t *testing.T) {
+	impl := &counting{fail: codes.Unavailable}
+	e := setupWith(t, func(w *runtime.Worker) error {
+		return echov1.RegisterEchoServiceKafkaWorker(w, impl)
+	}, runtime.WithRetries(3), runtime.WithDeadLetterTopic("dlq"))
+	kafkatest.CreateTopics(t, e.kc, 1, e.topic("dlq"))
+	dead := watchReplies(t, e.kc, e.topic("dlq"))
+	ctx := ctxFor(t, 60*time.Second)
+	_, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "poison"}, grpc.WaitForReady(true))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "try later" {
+		t.Fatalf("caller got %v, want the final UNAVAILABLE", err)
+	}
+	if n := impl.count("poison"); n != 3 {
+		t.Fatalf("handler ran %d times, want 3 attempts", n)
+	}
+	rec := <-dead.recs
+	var req echov1.EchoRequest
+	if err := proto.Unmarshal(rec.Value, &req); err != nil || req.GetMessage() != "poison" {
+		t.Fatalf("dead letter value = %v, %v", &req, err)
+	}
+	want := map[string]string{
+		runtime.DeadLetterTopic:    e.topic("echo-requests"),
+		runtime.DeadLetterStatus:   "14",
+		runtime.DeadLetterMessage:  "try later",
+		runtime.DeadLetterAttempts: "3",
+		runtime.DeadLetterGroup:    e.worker.GroupID(),
+		"zilla:method":             "EchoUnary",
+	}
+	for k, v := range want {
+		if got := header(rec, k); got != v {
+			t.Errorf("dead letter header %s = %q, want %q", k, got, v)
+		}
+	}
+	if header(rec, runtime.DeadLetterOffset) == "" || header(rec, runtime.DeadLetterPartition) == "" {
+		t.Errorf("dead letter lacks its partition and offset: %q", headerKeys(rec))
+	}
+}
+
+func TestUndecodableGoesToDeadLetterAtOnce(t *testing.T) {
+	impl := &counting{}
+	e := setupWith(t, func(w *runtime.Worker) error {
+		return echov1.RegisterEchoServiceKafkaWorker(w, impl)
+	}, runtime.WithRetries(5), runtime.WithDeadLetterTopic("dlq"))
+	kafkatest.CreateTopics(t, e.kc, 1, e.topic("dlq"))
+	dead := watchReplies(t, e.kc, e.topic("dlq"))
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	h := requestHeaders(e, echoService, "EchoUnary", "undecodable")
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Value: []byte{0x0a, 0xff}, Headers: h.headers()})
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Headers: h.headers()})
+	got := replies.await(t, "undecodable")
+	if s := header(got[len(got)-1], "zilla:status"); s != "13" {
+		t.Fatalf("caller status %q, want 13", s)
+	}
+	rec := <-dead.recs
+	if header(rec, runtime.DeadLetterAttempts) != "1" || header(rec, runtime.DeadLetterStatus) != "13" {
+		t.Fatalf("dead letter headers %v", rec.Headers)
+	}
+}
+
+// ordered records the order in which Route handlers start and end, blocking
+// the first one until released.
+type ordered struct {
+	routingv1.UnimplementedRoutingServiceServer
+	mu      sync.Mutex
+	log     []string
+	started chan string
+	release chan struct{}
+}
+
+func (o *ordered) Route(ctx context.Context, in *routingv1.Order) (*routingv1.Receipt, error) {
+	o.mu.Lock()
+	o.log = append(o.log, "start "+in.GetId())
+	o.mu.Unlock()
+	o.started <- in.GetId()
+	if in.GetId() == "A" {
+		<-o.release
+	}
+	o.mu.Lock()
+	o.log = append(o.log, "end "+in.GetId())
+	o.mu.Unlock()
+	return &routingv1.Receipt{Id: in.GetId()}, nil
+}
+
+func TestSameKeyCallsRunInOrder(t *testing.T) {
+	brokers := kafkatest.Brokers(t)
+	kc := kafkatest.NewClient(t, brokers)
+	prefix := kafkatest.Unique("o") + "."
+	for _, tpc := range []string{"routing-requests", "routing-responses", "acme-requests", "acme-responses", "notifications", "uploads", "upload-receipts", "watch.requests", "watch.responses", "watch_traced-responses"} {
+		kafkatest.CreateTopics(t, kc, 3, prefix+tpc)
+	}
+	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+	impl := &ordered{started: make(chan string, 2), release: make(chan struct{})}
+	worker := runtime.NewWorker(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)), runtime.WithGroupID(prefix+"w"))
+	if err := routingv1.RegisterRoutingServiceKafkaWorker(worker, impl); err != nil {
+		t.Fatal(err)
+	}
+	if err := worker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = worker.Close() })
+	gw := runtime.NewGateway(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	client := routingv1.NewRoutingServiceClient(serve(t, func(s *grpc.Server) {
+		if err := routingv1.RegisterRoutingServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	ctx := ctxFor(t, 60*time.Second)
+	errs := make(chan error, 2)
+	call := func(id string) {
+		_, err := client.Route(ctx, &routingv1.Order{Id: id}) // both use the static key "orders"
+		errs <- err
+	}
+	go call("A")
+	if got := <-impl.started; got != "A" {
+		t.Fatalf("first handler started for %q", got)
+	}
+	go call("B")
+	// B is read by the worker while A still runs: it must wait for A.
+	deadline := time.Now().Add(60 * time.Second)
+	for worker.Stats().Calls < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the worker never read the second call")
+		}
+		time.Sleep(time.Millisecond) // polling the worker's state, not a timing assumption
+	}
+	close(impl.release)
+	if got := <-impl.started; got != "B" {
+		t.Fatalf("second handler started for %q", got)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	impl.mu.Lock()
+	defer impl.mu.Unlock()
+	if got, want := strings.Join(impl.log, ", "), "start A, end A, start B, end B"; got != want {
+		t.Fatalf("handlers ran %q, want %q", got, want)
+	}
+}
