@@ -178,6 +178,9 @@ func (g *Gateway) Close() error {
 
 // GatewayStats are counters of a gateway's reply readers.
 type GatewayStats struct {
+	// RepliesRead counts the reply records read, for this gateway's calls
+	// or not.
+	RepliesRead uint64
 	// RepliesDropped counts reply records whose correlation id matched no
 	// call in flight here (late replies, replies for other instances, or
 	// records without the header).
@@ -191,6 +194,7 @@ func (g *Gateway) Stats() GatewayStats {
 	var s GatewayStats
 	for _, r := range g.routers {
 		s.RepliesDropped += r.dropped.Load()
+		s.RepliesRead += r.read.Load()
 	}
 	return s
 }

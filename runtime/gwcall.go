@@ -64,10 +64,13 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 		base := ""
 		if v := md.Get(IdempotencyKeyMetadata); len(v) > 0 && v[0] != "" {
 			base = v[0]
-		} else {
-			base = newUUID()
 		}
-		c.id = base + rp.hash
+		c.id = rp.router.correlationID(base, rp.hash)
+		if base != "" {
+			if err := rp.router.ensureReading(ctx, c.id); err != nil {
+				return nil, status.Errorf(codes.Unavailable, "%s: %v", m.FullMethod(), err)
+			}
+		}
 		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: []byte(c.id)})
 		if c.key == nil {
 			c.key = []byte(c.id)

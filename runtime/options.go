@@ -83,6 +83,8 @@ type gatewayConfig struct {
 	setupTimeout     time.Duration
 	replyBufferBytes int
 	cancelAfterEnd   bool
+	shardIndex       int
+	shardCount       int
 }
 
 func defaultGatewayConfig() gatewayConfig {
@@ -115,6 +117,22 @@ func WithSetupTimeout(d time.Duration) GatewayOption {
 // Default 64 MiB.
 func WithReplyBufferBytes(n int) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.replyBufferBytes = n })
+}
+
+// WithReplyShard makes this gateway instance one of count, numbered index
+// (0 to count-1), that share the reply topics: it reads only the reply
+// partitions p with p % count == index, and picks each call's correlation id
+// (a fresh random UUID, redrawn as needed) so that the worker's reply, keyed
+// by that id and partitioned by Kafka's murmur2, lands on one of them. Each
+// instance then reads about 1/count of the replies instead of all of them,
+// and the records stay exactly as WIRE.md says, so Zilla workers work too.
+// A call whose id is fixed by the caller's idempotency-key may hash to a
+// partition of another instance: the gateway then starts reading that
+// partition too (from its end offset, looked up before the request is sent)
+// and keeps reading it. A reply topic needs at least count partitions.
+// Default: one instance reading every reply partition.
+func WithReplyShard(index, count int) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.shardIndex, c.shardCount = index, count })
 }
 
 // WithCancelRecord controls what the gateway writes when a caller cancels

@@ -19,33 +19,102 @@ type replyRouter struct {
 	mu      sync.RWMutex
 	pending map[string]*gwCall
 	dropped atomic.Uint64
+	read    atomic.Uint64
+
+	partitions int32 // of the reply topic, when the router was started
+	sharded    bool  // reads only some partitions (WithReplyShard)
+	ownMu      sync.Mutex
+	owned      map[int32]bool // partitions read
 }
 
-// startReplyRouter assigns a reader to every partition of topic at the
-// partition's current end offset, looked up explicitly: assigning at the
-// logical end would race with the first request and lose its reply.
+// startReplyRouter assigns a reader to the partitions of topic this gateway
+// reads (all, unless WithReplyShard), each at its current end offset looked up
+// explicitly: assigning at the logical end would race with the first request
+// and lose its reply.
 func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRouter, error) {
 	parts, err := g.client.Partitions(ctx, topic)
 	if err != nil {
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
-	ends, err := g.client.Offsets(ctx, topic, parts, kafkaclient.Latest)
-	if err != nil {
-		return nil, fmt.Errorf("reply topic %q: looking up end offsets: %w", topic, err)
+	r := &replyRouter{g: g, topic: topic, pending: map[string]*gwCall{}, partitions: int32(len(parts)), owned: map[int32]bool{}}
+	read := parts
+	if n := g.cfg.shardCount; n > 1 {
+		if len(parts) < n {
+			return nil, fmt.Errorf("reply topic %q has %d partitions, fewer than the %d gateway instances sharing it", topic, len(parts), n)
+		}
+		r.sharded = true
+		read = nil
+		for _, p := range parts {
+			if int(p)%n == g.cfg.shardIndex {
+				read = append(read, p)
+			}
+		}
 	}
 	reader, err := g.client.NewReader(kafkaclient.ReaderConfig{})
 	if err != nil {
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
+	r.reader = reader
+	if err := r.assign(ctx, read); err != nil {
+		_ = reader.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// assign starts reading parts at their current end offsets.
+func (r *replyRouter) assign(ctx context.Context, parts []int32) error {
+	ends, err := r.g.client.Offsets(ctx, r.topic, parts, kafkaclient.Latest)
+	if err != nil {
+		return fmt.Errorf("reply topic %q: looking up end offsets: %w", r.topic, err)
+	}
 	assign := make([]kafkaclient.TopicPartitionOffset, 0, len(parts))
 	for _, p := range parts {
-		assign = append(assign, kafkaclient.TopicPartitionOffset{Topic: topic, Partition: p, Offset: ends[p]})
+		assign = append(assign, kafkaclient.TopicPartitionOffset{Topic: r.topic, Partition: p, Offset: ends[p]})
 	}
-	if err := reader.Assign(assign); err != nil {
-		_ = reader.Close()
-		return nil, fmt.Errorf("reply topic %q: assigning partitions: %w", topic, err)
+	if err := r.reader.Assign(assign); err != nil {
+		return fmt.Errorf("reply topic %q: assigning partitions: %w", r.topic, err)
 	}
-	return &replyRouter{g: g, topic: topic, reader: reader, pending: map[string]*gwCall{}}, nil
+	for _, p := range parts {
+		r.owned[p] = true
+	}
+	return nil
+}
+
+// correlationID returns a correlation id for a call on this reply topic:
+// base + hash when the caller fixed base, else a fresh UUID + hash, redrawn
+// until the reply lands on a partition this gateway reads.
+func (r *replyRouter) correlationID(base, hash string) string {
+	if base != "" || !r.sharded {
+		if base == "" {
+			base = newUUID()
+		}
+		return base + hash
+	}
+	for {
+		id := newUUID() + hash
+		r.ownMu.Lock()
+		ok := r.owned[kafkaclient.KeyPartition([]byte(id), r.partitions)]
+		r.ownMu.Unlock()
+		if ok {
+			return id
+		}
+	}
+}
+
+// ensureReading makes sure the reply partition of id is read, starting it
+// at its end offset before the request goes out.
+func (r *replyRouter) ensureReading(ctx context.Context, id string) error {
+	if !r.sharded {
+		return nil
+	}
+	p := kafkaclient.KeyPartition([]byte(id), r.partitions)
+	r.ownMu.Lock()
+	defer r.ownMu.Unlock()
+	if r.owned[p] {
+		return nil
+	}
+	return r.assign(ctx, []int32{p})
 }
 
 // add registers c; false if a call with the same id is already in flight.
@@ -87,6 +156,7 @@ func (r *replyRouter) run(ctx context.Context) {
 			continue
 		}
 		backoff = 10 * time.Millisecond
+		r.read.Add(uint64(len(recs)))
 		r.mu.RLock()
 		for _, rec := range recs {
 			id, _ := headerValue(rec.Headers, idHeader)
