@@ -3,6 +3,7 @@ package runtime
 import (
 	"container/heap"
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -111,6 +112,10 @@ func (c *committer) stop() {
 // nil) that moved since the last commit.
 func (c *committer) commitNow(only map[kafkaclient.TopicPartition]bool) {
 	w := c.w
+	if w.txn != nil {
+		c.commitTxn(only)
+		return
+	}
 	w.mu.Lock()
 	var offs []kafkaclient.TopicPartitionOffset
 	var tracks []*partTrack
@@ -131,6 +136,53 @@ func (c *committer) commitNow(only map[kafkaclient.TopicPartition]bool) {
 	defer cancel()
 	if err := c.gr.Commit(ctx, offs); err != nil {
 		w.cfg.logger.Warn("kafkarpc: committing offsets", "group", w.cfg.groupID, "error", err)
+		return
+	}
+	w.mu.Lock()
+	for i, pt := range tracks {
+		pt.committed = max(pt.committed, offs[i].Offset)
+	}
+	w.mu.Unlock()
+}
+
+// commitTxn commits the open transaction with the safe offsets: no call
+// produces meanwhile, every record in the transaction is acknowledged and
+// its call marked done first, so the offsets cover exactly the calls whose
+// replies the transaction holds.
+func (c *committer) commitTxn(only map[kafkaclient.TopicPartition]bool) {
+	w := c.w
+	w.txnMu.Lock()
+	defer w.txnMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.txn.Flush(ctx); err != nil {
+		w.fail(fmt.Errorf("exactly-once: flushing the transaction: %w", err))
+		return
+	}
+	w.mu.Lock()
+	for w.txnOpen > 0 {
+		w.txnIdle.Wait()
+	}
+	var offs []kafkaclient.TopicPartitionOffset
+	var tracks []*partTrack
+	for tp, pt := range w.parts {
+		if only != nil && !only[tp] {
+			continue
+		}
+		if p := pt.point(); p > pt.committed && p >= 0 {
+			offs = append(offs, kafkaclient.TopicPartitionOffset{Topic: tp.Topic, Partition: tp.Partition, Offset: p})
+			tracks = append(tracks, pt)
+		}
+	}
+	dirty := w.txnDirty
+	w.txnDirty = false
+	w.mu.Unlock()
+	if len(offs) == 0 && !dirty {
+		return
+	}
+	if err := w.txn.Commit(ctx, c.gr, offs); err != nil {
+		_ = w.txn.Abort(ctx)
+		w.fail(fmt.Errorf("exactly-once: committing the transaction: %w", err))
 		return
 	}
 	w.mu.Lock()

@@ -51,13 +51,12 @@ func (c *wCall) deadLetter(st *status.Status) {
 			kafkaclient.Header{Key: DeadLetterAttempts, Value: strconv.AppendInt(nil, int64(c.attempts), 10)},
 			kafkaclient.Header{Key: DeadLetterGroup, Value: []byte(c.w.cfg.groupID)},
 		)
-		c.unacked.Add(1)
-		c.w.client.Produce(&kafkaclient.Record{
+		c.send(&kafkaclient.Record{
 			Topic:     c.w.cfg.topic(c.w.cfg.deadLetterTopic),
 			Partition: kafkaclient.AnyPartition,
 			Key:       r.Key,
 			Value:     r.Value,
 			Headers:   hs,
-		}, kafkaclient.AcksAll, c.delivered)
+		})
 	}
 }

@@ -388,3 +388,16 @@ func TestCancelReachesHandler(t *testing.T) {
 		t.Fatal("the handler was not cancelled within 30 s")
 	}
 }
+
+func TestEmptyClientStream(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	ctx := ctxFor(t, 30*time.Second)
+	stream, err := e.echo.EchoClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.CloseAndRecv() // only the end-of-stream record goes to Kafka
+	if err != nil || resp.GetIndex() != 0 || resp.GetMessage() != "" {
+		t.Fatalf("empty client stream = %v, %v; want an empty response", resp, err)
+	}
+}

@@ -85,6 +85,7 @@ type gatewayConfig struct {
 	cancelAfterEnd   bool
 	shardIndex       int
 	shardCount       int
+	readCommitted    bool
 }
 
 func defaultGatewayConfig() gatewayConfig {
@@ -159,6 +160,7 @@ type workerConfig struct {
 	deadLetterTopic   string
 	idemWindow        time.Duration
 	idemMaxBytes      int
+	transactionalID   string
 }
 
 func defaultWorkerConfig() workerConfig {
@@ -197,6 +199,32 @@ func WithRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 // (WithTopicMapper) and must exist. Default: none.
 func WithDeadLetterTopic(topic string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.deadLetterTopic = topic })
+}
+
+// WithExactlyOnce makes the worker consume, reply and commit inside Kafka
+// transactions (the client must implement kafkaclient.TxnClient, as
+// confluent.Client does): a call's replies and the committed offset of its
+// request become visible together, at the next commit (WithCommitInterval), or
+// not at all. Gateways must then read replies with WithReadCommitted, so that
+// they never see the replies of a transaction that was aborted (a worker that
+// crashed): the request is served again and answered once. A call's replies
+// are produced together when it ends, so a server stream arrives as one
+// burst. What it does not cover: the handler's own side effects (a database
+// write, a call to another service) happen again when a request is served
+// again; make them idempotent (the idempotency-key metadata helps).
+// transactionalID must be unique per worker instance and stable across its
+// restarts, e.g. "orders-worker-" + the pod's ordinal. A failed transaction
+// stops the worker (Err reports why); its partitions move to the other
+// members, which serve the uncommitted requests again. Default: off.
+func WithExactlyOnce(transactionalID string) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.transactionalID = transactionalID; c.readCommitted = true })
+}
+
+// WithReadCommitted makes the gateway read replies with read_committed
+// isolation, for workers that use WithExactlyOnce. Default: off
+// (read_uncommitted, which shows replies as soon as they are written).
+func WithReadCommitted() GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.readCommitted = true })
 }
 
 // WithIdempotencyWindow sets how long a worker remembers the replies of a

@@ -50,7 +50,7 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 			}
 		}
 	}
-	reader, err := g.client.NewReader(kafkaclient.ReaderConfig{})
+	reader, err := g.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: g.cfg.readCommitted})
 	if err != nil {
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}

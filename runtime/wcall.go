@@ -50,9 +50,10 @@ type wCall struct {
 	undecodable bool // a request message could not be decoded
 
 	attempts    int
-	keepReplies bool                 // the caller sent an idempotency key: remember the replies
-	stored      []kafkaclient.Record // replies produced, when keepReplies
-	replay      []kafkaclient.Record // replies to send again instead of running a handler
+	keepReplies bool                  // the caller sent an idempotency key: remember the replies
+	stored      []kafkaclient.Record  // replies produced, when keepReplies
+	replay      []kafkaclient.Record  // replies to send again instead of running a handler
+	outbox      []*kafkaclient.Record // with exactly-once: everything to produce, sent by finish in one transaction
 
 	outMu      sync.Mutex
 	header     metadata.MD
@@ -346,9 +347,15 @@ func (c *wCall) finish(st *status.Status) {
 		}
 		c.produceEnd(st)
 	}
+	inTxn := c.flushOutbox()
 	c.unacked.Wait()
 	w := c.w
 	w.mu.Lock()
+	if inTxn {
+		if w.txnOpen--; w.txnOpen == 0 {
+			w.txnIdle.Broadcast()
+		}
+	}
 	if c.keepReplies && served && c.produceErr == nil && remembered(st) {
 		size := 0
 		for _, r := range c.stored {
@@ -395,14 +402,45 @@ func (c *wCall) produce(value []byte, hs []kafkaclient.Header) {
 	if c.keepReplies {
 		c.stored = append(c.stored, kafkaclient.Record{Value: value, Headers: hs})
 	}
-	c.unacked.Add(1)
-	c.w.client.Produce(&kafkaclient.Record{
+	c.send(&kafkaclient.Record{
 		Topic:     c.replyTo,
 		Partition: kafkaclient.AnyPartition,
 		Key:       []byte(c.id),
 		Value:     value,
 		Headers:   hs,
-	}, kafkaclient.AcksAll, c.delivered)
+	})
+}
+
+// send produces rec for the call: at once, or with exactly-once into the
+// call's outbox, which finish sends in one transaction.
+func (c *wCall) send(rec *kafkaclient.Record) {
+	if c.w.txn != nil {
+		c.outbox = append(c.outbox, rec)
+		return
+	}
+	c.unacked.Add(1)
+	c.w.client.Produce(rec, kafkaclient.AcksAll, c.delivered)
+}
+
+// flushOutbox sends the outbox into the open transaction; finish marks the
+// call done once they are acknowledged, and the next commit covers both.
+func (c *wCall) flushOutbox() bool {
+	if c.w.txn == nil || len(c.outbox) == 0 {
+		return false
+	}
+	w := c.w
+	w.txnMu.RLock()
+	w.mu.Lock()
+	w.txnOpen++
+	w.txnDirty = true
+	w.mu.Unlock()
+	for _, rec := range c.outbox {
+		c.unacked.Add(1)
+		w.txn.Produce(rec, c.delivered)
+	}
+	w.txnMu.RUnlock()
+	c.outbox = nil
+	return true
 }
 
 func (c *wCall) delivered(rec *kafkaclient.Record, err error) {

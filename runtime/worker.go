@@ -57,6 +57,15 @@ type Worker struct {
 
 	committer *committer
 	stats     workerCounters
+
+	// exactly-once (WithExactlyOnce)
+	txn      kafkaclient.TxnProducer
+	txnMu    sync.RWMutex // calls produce under RLock; a commit holds Lock
+	txnOpen  int          // calls whose replies are in the open transaction but not yet marked done; guarded by mu
+	txnDirty bool         // something was produced in the open transaction; guarded by mu
+	txnIdle  *sync.Cond   // signalled when txnOpen drops to 0; uses mu
+	errMu    sync.Mutex
+	err      error
 }
 
 type workerService struct {
@@ -95,7 +104,32 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	}
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
+	w.txnIdle = sync.NewCond(&w.mu)
 	return w
+}
+
+// Err reports why the worker stopped by itself (a failed transaction with
+// WithExactlyOnce), or nil.
+func (w *Worker) Err() error {
+	w.errMu.Lock()
+	defer w.errMu.Unlock()
+	return w.err
+}
+
+// fail stops the worker after an error it cannot recover from: calls in
+// flight are given up, nothing more is committed, and the group moves the
+// partitions to other members.
+func (w *Worker) fail(err error) {
+	w.errMu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.errMu.Unlock()
+	w.cfg.logger.Error("kafkarpc: worker stopping", "group", w.cfg.groupID, "error", err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	w.drainCtx.CompareAndSwap(nil, &ctx)
+	w.pollCancel()
 }
 
 // RegisterService serves impl, an implementation of desc's handler type, for
@@ -183,6 +217,17 @@ func (w *Worker) Start() error {
 	if len(w.topics) == 0 {
 		return errors.New("kafkarpc: worker has no request topics: register a service first")
 	}
+	if w.cfg.transactionalID != "" {
+		tc, ok := w.client.(kafkaclient.TxnClient)
+		if !ok {
+			return fmt.Errorf("kafkarpc: exactly-once needs a client with transactions; %T has none", w.client)
+		}
+		txn, err := tc.NewTxnProducer(w.cfg.transactionalID)
+		if err != nil {
+			return fmt.Errorf("kafkarpc: exactly-once: %w", err)
+		}
+		w.txn = txn
+	}
 	gr, err := w.client.NewGroupReader(kafkaclient.GroupConfig{
 		GroupID:       w.cfg.groupID,
 		Topics:        w.topics,
@@ -262,6 +307,11 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	w.committer.stop()
 	if err := gr.Close(); err != nil {
 		w.cfg.logger.Warn("kafkarpc: leaving group", "group", w.cfg.groupID, "error", err)
+	}
+	if w.txn != nil {
+		if err := w.txn.Close(); err != nil {
+			w.cfg.logger.Warn("kafkarpc: closing the transactional producer", "error", err)
+		}
 	}
 	w.baseCancel()
 }
@@ -419,9 +469,15 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 		return
 	}
 	if rec.Value == nil {
-		// The end of a call that is over or was never started here (for
-		// example a cancel sent after the call finished).
-		return
+		// An end-of-stream record of a call not in flight here: the whole
+		// request of an empty client stream, or else the end (or a late
+		// cancel) of a call that is over.
+		if v, ok := headerValue(rec.Headers, names.Status); ok && string(v) == "1" {
+			return
+		}
+		if wm := w.lookup(string(service), string(method)); wm == nil || !wm.spec.Kind.clientStreams() {
+			return
+		}
 	}
 	replyTo, hasReplyTo := headerValue(rec.Headers, names.ReplyTo)
 	if !hasReplyTo || len(replyTo) == 0 {

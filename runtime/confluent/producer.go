@@ -193,7 +193,14 @@ func (c *Client) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func
 		return
 	}
 	defer p.users.Done()
+	c.produceOn(p, r, done)
+}
 
+// produceOn enqueues r on p; see Produce.
+func (c *Client) produceOn(p *producer, r *kafkaclient.Record, done func(*kafkaclient.Record, error)) {
+	if done == nil {
+		done = func(*kafkaclient.Record, error) {}
+	}
 	if r.Timestamp.IsZero() {
 		r.Timestamp = time.Now()
 	}

@@ -202,3 +202,35 @@ type GroupReader interface {
 	// reader.
 	Close() error
 }
+
+// TxnClient is implemented by clients that support Kafka transactions, which
+// the worker's exactly-once option needs.
+type TxnClient interface {
+	// NewTxnProducer returns a transactional producer with its first
+	// transaction open. transactionalID must be unique per worker instance
+	// and stable across its restarts (it fences a previous incarnation).
+	NewTxnProducer(transactionalID string) (TxnProducer, error)
+}
+
+// TxnProducer is a transactional producer: one transaction is always open;
+// every record produced goes into it, and Commit ends it and opens the next.
+// Produce may be called from any goroutine; Flush, Commit, Abort and Close
+// must not run concurrently with each other or with Produce (the caller
+// serialises them).
+type TxnProducer interface {
+	// Produce enqueues r in the open transaction, like Client.Produce with
+	// AcksAll.
+	Produce(r *Record, done func(*Record, error))
+	// Flush waits until every record produced so far was acknowledged (as
+	// part of the open transaction, not yet visible to read_committed
+	// readers).
+	Flush(ctx context.Context) error
+	// Commit adds offsets (the next offsets to read) as the consumer group's
+	// committed offsets of gr to the open transaction, commits it, and opens
+	// the next one. gr must come from the same client.
+	Commit(ctx context.Context, gr GroupReader, offsets []TopicPartitionOffset) error
+	// Abort aborts the open transaction and opens the next one.
+	Abort(ctx context.Context) error
+	// Close aborts the open transaction and releases the producer.
+	Close() error
+}

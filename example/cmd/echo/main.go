@@ -47,6 +47,9 @@ func main() {
 	}
 	defer client.Close()
 	if err := app.EnsureTopics(ctx, client); err != nil {
+		if ctx.Err() != nil {
+			return // stopped by a signal while starting
+		}
 		app.Fatal(logger, "preparing topics", err)
 	}
 

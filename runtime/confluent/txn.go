@@ -1,0 +1,127 @@
+package confluent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// TxnProducer implements kafkaclient.TxnProducer on a librdkafka
+// transactional producer (transactional.id set, idempotence on, acks=all).
+// See kafkaclient.TxnProducer for which methods may run concurrently.
+type TxnProducer struct {
+	c *Client
+	p *producer
+}
+
+var _ kafkaclient.TxnProducer = (*TxnProducer)(nil)
+
+// txnInitTimeout bounds InitTransactions, which waits for the coordinator
+// and fences a previous producer with the same transactional.id.
+const txnInitTimeout = 60 * time.Second
+
+// NewTxnProducer creates a transactional producer with the client's producer
+// configuration plus transactional.id = transactionalID, initialises it
+// (fencing an earlier instance with the same id) and opens its first
+// transaction.
+func (c *Client) NewTxnProducer(transactionalID string) (kafkaclient.TxnProducer, error) {
+	if transactionalID == "" {
+		return nil, errors.New("confluent: a transactional producer needs a transactional.id")
+	}
+	cfg := c.producerConfig(kafkaclient.AcksAll)
+	cfg["transactional.id"] = transactionalID
+	cfg["enable.idempotence"] = true
+	kp, err := kafka.NewProducer(&cfg)
+	if err != nil {
+		return nil, fmt.Errorf("confluent: new transactional producer: %w", err)
+	}
+	p := &producer{c: c, acks: kafkaclient.AcksAll, p: kp, name: kp.String(), drained: make(chan struct{})}
+	p.logsDone = c.forwardLogs(cfg, kp.Logs())
+	go p.drain()
+	ctx, cancel := context.WithTimeout(context.Background(), txnInitTimeout)
+	defer cancel()
+	if err := kp.InitTransactions(ctx); err != nil {
+		p.close()
+		return nil, fmt.Errorf("confluent: init transactions (transactional.id %s): %w", transactionalID, err)
+	}
+	if err := kp.BeginTransaction(); err != nil {
+		p.close()
+		return nil, fmt.Errorf("confluent: begin transaction: %w", err)
+	}
+	return &TxnProducer{c: c, p: p}, nil
+}
+
+// Produce enqueues r in the open transaction; done is called once with the
+// delivery result, as for Client.Produce.
+func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Record, error)) {
+	t.c.produceOn(t.p, r, done)
+}
+
+// Flush waits until every record produced so far was acknowledged.
+func (t *TxnProducer) Flush(ctx context.Context) error {
+	for t.p.p.Flush(10) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Commit sends offsets to the transaction as gr's group offsets, commits the
+// transaction and begins the next one.
+func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, offsets []kafkaclient.TopicPartitionOffset) error {
+	if len(offsets) > 0 {
+		g, ok := gr.(*GroupReader)
+		if !ok {
+			return fmt.Errorf("confluent: Commit needs a group reader of this client, got %T", gr)
+		}
+		meta, err := g.kc.GetConsumerGroupMetadata()
+		if err != nil {
+			return fmt.Errorf("confluent: consumer group metadata: %w", err)
+		}
+		tps := make([]kafka.TopicPartition, len(offsets))
+		for i, o := range offsets {
+			topic := o.Topic
+			tps[i] = kafka.TopicPartition{Topic: &topic, Partition: o.Partition, Offset: kafka.Offset(o.Offset)}
+		}
+		if err := t.p.p.SendOffsetsToTransaction(ctx, tps, meta); err != nil {
+			return fmt.Errorf("confluent: send offsets to transaction: %w", err)
+		}
+	}
+	if err := t.p.p.CommitTransaction(ctx); err != nil {
+		return fmt.Errorf("confluent: commit transaction: %w", err)
+	}
+	if err := t.p.p.BeginTransaction(); err != nil {
+		return fmt.Errorf("confluent: begin transaction: %w", err)
+	}
+	return nil
+}
+
+// Abort aborts the open transaction and begins the next one.
+func (t *TxnProducer) Abort(ctx context.Context) error {
+	if err := t.p.p.AbortTransaction(ctx); err != nil {
+		return fmt.Errorf("confluent: abort transaction: %w", err)
+	}
+	if err := t.p.p.BeginTransaction(); err != nil {
+		return fmt.Errorf("confluent: begin transaction: %w", err)
+	}
+	return nil
+}
+
+// Close aborts the open transaction (bounded by the client's close timeout)
+// and releases the producer.
+func (t *TxnProducer) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), t.c.opts.flushTimeout)
+	defer cancel()
+	err := t.p.p.AbortTransaction(ctx)
+	t.p.close()
+	if err != nil {
+		return fmt.Errorf("confluent: abort transaction on close: %w", err)
+	}
+	return nil
+}
