@@ -380,7 +380,13 @@ func TestCancelReachesHandler(t *testing.T) {
 	}
 	select {
 	case cause := <-impl.cancelled:
-		t.Logf("the handler saw the cancel %v after the caller", time.Since(cancelled))
+		took := time.Since(cancelled)
+		t.Logf("the handler saw the cancel %v after the caller", took)
+		// The goal is 100 ms (measured here: about 2 ms); the bound is
+		// generous so that a loaded machine does not fail the test.
+		if took > 5*time.Second {
+			t.Fatalf("the cancel reached the handler after %v", took)
+		}
 		if cause == nil || !strings.Contains(cause.Error(), "cancelled") {
 			t.Fatalf("handler context cause = %v, want the caller's cancel", cause)
 		}
