@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"strconv"
 
 	"google.golang.org/grpc/status"
@@ -36,6 +37,7 @@ func (c *wCall) deadLetter(st *status.Status) {
 	recs := append([]*kafkaclient.Record(nil), c.all...)
 	c.inMu.Unlock()
 	c.w.stats.deadLettered.Add(1)
+	c.w.deadLet.Add(context.Background(), 1)
 	c.w.cfg.logger.Warn("kafkarpc: request sent to the dead-letter topic", "topic", c.w.cfg.topic(c.w.cfg.deadLetterTopic),
 		"correlation_id", c.id, "code", st.Code().String(), "message", st.Message(),
 		"from_topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first, "attempts", c.attempts)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -37,6 +38,10 @@ type Gateway struct {
 	routers map[string]*replyRouter
 	preps   atomic.Pointer[map[*MethodSpec]*methodPrep]
 	wg      sync.WaitGroup
+
+	trc     tracing
+	met     callMetrics
+	dropped metric.Int64Counter
 }
 
 // NewGateway returns a Gateway producing and reading through client, which
@@ -49,10 +54,15 @@ func NewGateway(client kafkaclient.Client, opts ...GatewayOption) *Gateway {
 	g := &Gateway{
 		client:  client,
 		cfg:     cfg,
-		filter:  newMetadataFilter(cfg.denied),
+		filter:  newMetadataFilter(cfg.denied, cfg.allowed),
 		routers: map[string]*replyRouter{},
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.trc = newTracing(cfg.telemetryConfig)
+	meter := meterOf(cfg.telemetryConfig)
+	g.met = newCallMetrics(meter, "gateway")
+	g.dropped, _ = meter.Int64Counter("kafkarpc.gateway.replies.dropped",
+		metric.WithDescription("Reply records whose correlation id matched no call in flight here."))
 	empty := map[*MethodSpec]*methodPrep{}
 	g.preps.Store(&empty)
 	return g
@@ -203,12 +213,12 @@ func (g *Gateway) Stats() GatewayStats {
 // unary and client-streaming-shaped calls whose request is already known. The
 // response is decoded into out. Response headers and trailers from the worker
 // are set on ctx's gRPC stream when there is one.
-func (g *Gateway) Unary(ctx context.Context, m *MethodSpec, in, out proto.Message) error {
+func (g *Gateway) Unary(ctx context.Context, m *MethodSpec, in, out proto.Message) (err error) {
 	c, err := g.begin(ctx, m)
 	if err != nil {
 		return err
 	}
-	defer c.end()
+	defer func() { c.end(err) }()
 	b, err := proto.Marshal(in)
 	if err != nil {
 		return status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err)
@@ -246,13 +256,13 @@ func GatewayStream[Req, Resp any, PReq interface {
 }, PResp interface {
 	*Resp
 	proto.Message
-}](g *Gateway, m *MethodSpec, in PReq, stream grpc.ServerStream) error {
+}](g *Gateway, m *MethodSpec, in PReq, stream grpc.ServerStream) (err error) {
 	ctx := stream.Context()
 	c, err := g.begin(ctx, m)
 	if err != nil {
 		return err
 	}
-	defer c.end()
+	defer func() { c.end(err) }()
 	if in != nil {
 		b, err := proto.Marshal(in)
 		if err != nil {

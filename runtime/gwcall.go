@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -21,6 +23,10 @@ type gwCall struct {
 	id      string // correlation id; empty when oneway
 	key     []byte
 	headers []kafkaclient.Header
+	start   time.Time
+	method  attribute.KeyValue
+	ctx     context.Context // the caller's
+	send    trace.Span      // producing the request stream
 
 	// request side
 	reqMu      sync.Mutex
@@ -56,10 +62,22 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 			break
 		}
 	}
-	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, reqDone: make(chan struct{}), signal: make(chan struct{}, 1)}
+	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, reqDone: make(chan struct{}), signal: make(chan struct{}, 1),
+		start: time.Now(), method: attribute.String("rpc.method", m.FullMethod()), ctx: ctx}
+	g.met.begin(ctx, c.method)
+	sendCtx, send := g.trc.tracer.Start(ctx, "send "+rp.route.Topic, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "kafka"),
+			attribute.String("messaging.destination.name", rp.route.Topic), c.method))
+	c.send = send
+	md = g.trc.inject(sendCtx, md)
 	names := &g.cfg.names
 	hs := make([]kafkaclient.Header, 0, len(rp.fixed)+2+len(md))
 	hs = append(hs, rp.fixed...)
+	if g.cfg.identity != nil {
+		if who, ok := g.cfg.identity(ctx); ok {
+			hs = append(hs, kafkaclient.Header{Key: names.Identity, Value: []byte(who)})
+		}
+	}
 	if !rp.route.Oneway {
 		base := ""
 		if v := md.Get(IdempotencyKeyMetadata); len(v) > 0 && v[0] != "" {
@@ -68,7 +86,7 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 		c.id = rp.router.correlationID(base, rp.hash)
 		if base != "" {
 			if err := rp.router.ensureReading(ctx, c.id); err != nil {
-				return nil, status.Errorf(codes.Unavailable, "%s: %v", m.FullMethod(), err)
+				return nil, c.abandon(status.Errorf(codes.Unavailable, "%s: %v", m.FullMethod(), err))
 			}
 		}
 		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: []byte(c.id)})
@@ -81,22 +99,33 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
 		if left <= 0 {
-			return nil, status.Error(codes.DeadlineExceeded, "deadline exceeded before the request was sent")
+			return nil, c.abandon(status.Error(codes.DeadlineExceeded, "deadline exceeded before the request was sent"))
 		}
 		hs = append(hs, kafkaclient.Header{Key: names.MetaPrefix + timeoutMetadata, Value: []byte(encodeTimeout(left))})
 	}
-	c.headers = appendMetaHeaders(hs, names.MetaPrefix, md, g.filter.allowed)
+	c.headers = appendMetaHeaders(hs, names.MetaPrefix, md, g.filter.keep)
 	if rp.router != nil {
 		if !rp.router.add(c) {
-			return nil, status.Errorf(codes.AlreadyExists, "%s: a call with correlation id %q is already in flight", m.FullMethod(), c.id)
+			return nil, c.abandon(status.Errorf(codes.AlreadyExists, "%s: a call with correlation id %q is already in flight", m.FullMethod(), c.id))
 		}
+	}
+	if c.id != "" {
+		send.SetAttributes(attribute.String("messaging.message.conversation_id", c.id))
 	}
 	return c, nil
 }
 
+// abandon ends the telemetry of a call that begin could not start.
+func (c *gwCall) abandon(err error) error {
+	spanEnd(c.send, err)
+	c.g.met.end(c.ctx, c.method, c.start, err)
+	return err
+}
+
 // end unregisters the call and, if the request stream is still open, closes
-// it: with a cancel status when the call did not finish normally.
-func (c *gwCall) end() {
+// it: with a cancel status when the call did not finish normally. err is the
+// call's outcome.
+func (c *gwCall) end(err error) {
 	c.mu.Lock()
 	finished := c.finished
 	c.mu.Unlock()
@@ -104,6 +133,7 @@ func (c *gwCall) end() {
 	if c.rp.router != nil {
 		c.rp.router.remove(c)
 	}
+	c.g.met.end(c.ctx, c.method, c.start, err)
 }
 
 func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
@@ -150,6 +180,7 @@ func (c *gwCall) sendEnd(cancel bool) {
 	if !c.reqEnded {
 		c.reqEnded = true
 		close(c.reqDone)
+		c.send.End()
 	}
 	switch {
 	case c.rp.route.Oneway:
@@ -202,9 +233,15 @@ func (c *gwCall) deliver(rec *kafkaclient.Record) {
 // error, or ctx ending. onHeader gets the response headers of the first reply
 // record, onData each data record, onTrailer the trailers of the last. It
 // returns the call's final status (nil for OK).
-func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), onData func(*kafkaclient.Record) error, onTrailer func(metadata.MD)) error {
+func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), onData func(*kafkaclient.Record) error, onTrailer func(metadata.MD)) (err error) {
 	names := &c.g.cfg.names
 	first := true
+	var receive trace.Span
+	defer func() {
+		if receive != nil {
+			spanEnd(receive, err)
+		}
+	}()
 	var batch []*kafkaclient.Record
 	for {
 		c.mu.Lock()
@@ -225,7 +262,15 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 				if err != nil {
 					return status.Errorf(codes.Internal, "%s: reply at %s: %v", c.m.FullMethod(), recordPlace(rec), err)
 				}
-				if len(md) > 0 {
+				// The reply carries the worker's span: the receiving span
+				// continues it, linked to the caller's.
+				parent := c.g.trc.extract(ctx, md)
+				_, receive = c.g.trc.tracer.Start(parent, "receive "+rec.Topic, trace.WithSpanKind(trace.SpanKindConsumer),
+					trace.WithLinks(trace.LinkFromContext(ctx)),
+					trace.WithAttributes(attribute.String("messaging.system", "kafka"),
+						attribute.String("messaging.destination.name", rec.Topic), c.method,
+						attribute.String("messaging.message.conversation_id", c.id)))
+				if md = c.g.trc.withoutTrace(md); len(md) > 0 {
 					onHeader(md)
 				}
 			}

@@ -36,21 +36,36 @@ func transportMetadata(name string) bool {
 	return false
 }
 
-// metadataFilter decides which request metadata names are written to Kafka.
+// metadataFilter decides which request metadata names are written to Kafka:
+// never transport metadata; with an allow list only the names on it; else
+// every name not denied.
 type metadataFilter struct {
-	denied map[string]bool
+	denied  map[string]bool
+	allowed map[string]bool // nil: no allow list
 }
 
-func newMetadataFilter(denied []string) metadataFilter {
+func newMetadataFilter(denied, allowed []string) metadataFilter {
 	f := metadataFilter{denied: make(map[string]bool, len(denied))}
 	for _, d := range denied {
 		f.denied[strings.ToLower(d)] = true
 	}
+	if allowed != nil {
+		f.allowed = make(map[string]bool, len(allowed))
+		for _, a := range allowed {
+			f.allowed[strings.ToLower(a)] = true
+		}
+	}
 	return f
 }
 
-func (f metadataFilter) allowed(name string) bool {
-	return !transportMetadata(name) && !f.denied[name]
+func (f metadataFilter) keep(name string) bool {
+	if transportMetadata(name) {
+		return false
+	}
+	if f.allowed != nil {
+		return f.allowed[name]
+	}
+	return !f.denied[name]
 }
 
 // appendMetaHeaders appends md as "<prefix><name>" headers, names sorted so

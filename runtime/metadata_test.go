@@ -50,10 +50,16 @@ func TestMetadataFilterKeepsTransportAndCredentialsOut(t *testing.T) {
 		"x-tenant":      {"acme"},
 		"my-secret":     {"s"},
 	}
-	f := newMetadataFilter(append(slices.Clone(DefaultDeniedMetadata), "My-Secret"))
-	hs := appendMetaHeaders(nil, "meta:", md, f.allowed)
+	f := newMetadataFilter(append(slices.Clone(DefaultDeniedMetadata), "My-Secret"), nil)
+	hs := appendMetaHeaders(nil, "meta:", md, f.keep)
 	if len(hs) != 1 || hs[0].Key != "meta:x-tenant" {
 		t.Fatalf("headers = %v, want only meta:x-tenant", hs)
+	}
+	// An allow list lets through only what it names, never transport headers.
+	f = newMetadataFilter(nil, []string{"authorization", "te"})
+	hs = appendMetaHeaders(nil, "meta:", md, f.keep)
+	if len(hs) != 1 || hs[0].Key != "meta:authorization" {
+		t.Fatalf("allow list: headers = %v, want only meta:authorization", hs)
 	}
 }
 

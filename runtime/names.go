@@ -26,6 +26,9 @@ type HeaderNames struct {
 	// TrailerPrefix prefixes gRPC trailer names on the reply end-of-stream
 	// record (extension). Default "trailer:".
 	TrailerPrefix string
+	// Identity carries the caller's identity when the gateway has
+	// WithIdentity. Default "zilla:identity".
+	Identity string
 }
 
 // DefaultHeaderNames returns the header names of WIRE.md, as Zilla uses them.
@@ -40,6 +43,7 @@ func DefaultHeaderNames() HeaderNames {
 		StatusDetails: "zilla:status-details-bin",
 		MetaPrefix:    "meta:",
 		TrailerPrefix: "trailer:",
+		Identity:      "zilla:identity",
 	}
 }
 
@@ -60,5 +64,6 @@ func (n HeaderNames) withDefaults() HeaderNames {
 	fill(&n.StatusDetails, d.StatusDetails)
 	fill(&n.MetaPrefix, d.MetaPrefix)
 	fill(&n.TrailerPrefix, d.TrailerPrefix)
+	fill(&n.Identity, d.Identity)
 	return n
 }

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"log/slog"
 	"time"
 
@@ -41,6 +42,7 @@ type common struct {
 	names  HeaderNames
 	logger *slog.Logger
 	topic  func(string) string
+	telemetryConfig
 }
 
 func defaultCommon() common {
@@ -80,6 +82,8 @@ func WithTopicMapper(m func(topic string) string) Option {
 type gatewayConfig struct {
 	common
 	denied           []string
+	allowed          []string
+	identity         func(context.Context) (string, bool)
 	setupTimeout     time.Duration
 	replyBufferBytes int
 	cancelAfterEnd   bool
@@ -104,6 +108,23 @@ func defaultGatewayConfig() gatewayConfig {
 // is never written, whatever this list says.
 func WithDeniedMetadata(names ...string) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.denied = names })
+}
+
+// WithAllowedMetadata makes the request metadata written to Kafka an allow
+// list: only the names given (still never transport metadata). It replaces
+// the deny list of WithDeniedMetadata. Default: no allow list.
+func WithAllowedMetadata(names ...string) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.allowed = append([]string{}, names...) })
+}
+
+// WithIdentity writes the caller's identity on every request record, in the
+// HeaderNames.Identity header ("zilla:identity", as Zilla writes it), placed
+// after zilla:reply-to and before zilla:correlation-id. identify reads it from
+// the call's context, typically what an authentication interceptor or the
+// TLS peer put there; false writes no header. Workers hand it to handlers
+// through IdentityFromContext. Default: no identity header.
+func WithIdentity(identify func(ctx context.Context) (string, bool)) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.identity = identify })
 }
 
 // WithSetupTimeout bounds the Kafka look-ups of AddService (partitions and end

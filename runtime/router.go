@@ -7,6 +7,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
@@ -164,6 +167,7 @@ func (r *replyRouter) run(ctx context.Context) {
 				c.deliver(rec)
 			} else {
 				r.dropped.Add(1)
+				r.g.dropped.Add(context.Background(), 1, metric.WithAttributes(attribute.String("messaging.destination.name", r.topic)))
 			}
 		}
 		r.mu.RUnlock()

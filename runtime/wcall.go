@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -55,6 +57,10 @@ type wCall struct {
 	replay      []kafkaclient.Record  // replies to send again instead of running a handler
 	outbox      []*kafkaclient.Record // with exactly-once: everything to produce, sent by finish in one transaction
 
+	span      trace.Span           // "handle <method>", nil for calls answered without a handler
+	traceHdrs []kafkaclient.Header // the handle span's context, sent back on the replies
+	start     time.Time
+
 	outMu      sync.Mutex
 	header     metadata.MD
 	trailer    metadata.MD
@@ -93,7 +99,17 @@ func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo s
 		return
 	}
 	c := w.newCall(rec, pt, id, replyTo, wm)
-	ctx := metadata.NewIncomingContext(w.base, md)
+	ctx := metadata.NewIncomingContext(w.trc.extract(w.base, md), md)
+	if who, ok := headerValue(rec.Headers, w.cfg.names.Identity); ok {
+		ctx = context.WithValue(ctx, identityKey{}, string(who))
+	}
+	c.start = time.Now()
+	ctx, c.span = w.trc.tracer.Start(ctx, "handle "+wm.spec.FullMethod(), trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "kafka"), attribute.String("messaging.destination.name", rec.Topic),
+			attribute.Int("messaging.destination.partition.id", int(rec.Partition)), attribute.Int64("messaging.kafka.offset", rec.Offset),
+			attribute.String("messaging.message.conversation_id", id), attribute.String("rpc.method", wm.spec.FullMethod())))
+	c.traceHdrs = w.trc.traceHeaders(ctx, w.cfg.names.MetaPrefix)
+	w.met.begin(ctx, attribute.String("rpc.method", wm.spec.FullMethod()))
 	var stopTimer context.CancelFunc = func() {}
 	if !deadline.IsZero() {
 		ctx, stopTimer = context.WithDeadline(ctx, deadline)
@@ -377,6 +393,10 @@ func (c *wCall) finish(st *status.Status) {
 	}
 	w.mu.Unlock()
 	c.cancel(nil)
+	if c.span != nil {
+		spanEnd(c.span, st.Err())
+		w.met.end(c.ctx, attribute.String("rpc.method", c.wm.spec.FullMethod()), c.start, st.Err())
+	}
 	close(c.done)
 	if served && w.committer != nil {
 		w.committer.poke()
@@ -389,6 +409,7 @@ func (c *wCall) produceEnd(st *status.Status) {
 	hs := []kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}}
 	if c.sent == 0 { // headers the handler set but never sent with a message
 		hs = appendMetaHeaders(hs, names.MetaPrefix, c.header, nil)
+		hs = append(hs, c.traceHdrs...)
 	}
 	if st == nil {
 		st = status.New(codes.OK, "")
@@ -543,8 +564,8 @@ func (c *wCall) sendMsg(m any) error {
 	if !c.frozen {
 		c.frozen = true
 		names := &c.w.cfg.names
-		c.replyHdrs = appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
-			names.MetaPrefix, c.header, nil)
+		c.replyHdrs = append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
+			names.MetaPrefix, c.header, nil), c.traceHdrs...)
 	}
 	c.sent++
 	if !c.wm.spec.Kind.serverStreams() {
@@ -569,8 +590,8 @@ func (c *wCall) setHeader(md metadata.MD, send bool) error {
 	if send {
 		c.frozen = true
 		names := &c.w.cfg.names
-		c.replyHdrs = appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
-			names.MetaPrefix, c.header, nil)
+		c.replyHdrs = append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
+			names.MetaPrefix, c.header, nil), c.traceHdrs...)
 	}
 	return nil
 }
@@ -604,3 +625,12 @@ func (t transportStream) Method() string {
 func (t transportStream) SetHeader(md metadata.MD) error  { return t.c.setHeader(md, false) }
 func (t transportStream) SendHeader(md metadata.MD) error { return t.c.setHeader(md, true) }
 func (t transportStream) SetTrailer(md metadata.MD) error { t.c.setTrailer(md); return nil }
+
+type identityKey struct{}
+
+// IdentityFromContext returns the caller's identity that the gateway wrote
+// on the request (WithIdentity), inside a handler served by a Worker.
+func IdentityFromContext(ctx context.Context) (string, bool) {
+	who, ok := ctx.Value(identityKey{}).(string)
+	return who, ok
+}

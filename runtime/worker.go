@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -57,6 +59,11 @@ type Worker struct {
 
 	committer *committer
 	stats     workerCounters
+	trc       tracing
+	met       callMetrics
+	skipped   metric.Int64Counter
+	deadLet   metric.Int64Counter
+	dupCount  metric.Int64Counter
 
 	// exactly-once (WithExactlyOnce)
 	txn      kafkaclient.TxnProducer
@@ -105,7 +112,52 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
 	w.txnIdle = sync.NewCond(&w.mu)
+	w.trc = newTracing(cfg.telemetryConfig)
+	meter := meterOf(cfg.telemetryConfig)
+	w.met = newCallMetrics(meter, "worker")
+	w.skipped, _ = meter.Int64Counter("kafkarpc.worker.records.skipped",
+		metric.WithDescription("Request records not served as calls, by reason."))
+	w.deadLet, _ = meter.Int64Counter("kafkarpc.worker.dead_lettered", metric.WithDescription("Calls sent to the dead-letter topic."))
+	w.dupCount, _ = meter.Int64Counter("kafkarpc.worker.duplicates",
+		metric.WithDescription("Requests answered from the stored replies of an earlier call."))
+	_, _ = meter.Int64ObservableGauge("kafkarpc.worker.lag",
+		metric.WithDescription("Records not yet read from the partitions this worker holds, by topic and partition."),
+		metric.WithInt64Callback(w.observeLag))
 	return w
+}
+
+// observeLag reports, for every partition the worker holds, the records
+// between its end and the worker's position.
+func (w *Worker) observeLag(ctx context.Context, o metric.Int64Observer) error {
+	w.mu.Lock()
+	next := map[kafkaclient.TopicPartition]int64{}
+	byTopic := map[string][]int32{}
+	for tp, pt := range w.parts {
+		next[tp] = pt.next
+		byTopic[tp.Topic] = append(byTopic[tp.Topic], tp.Partition)
+	}
+	w.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for topic, parts := range byTopic {
+		ends, err := w.client.Offsets(ctx, topic, parts, kafkaclient.Latest)
+		if err != nil {
+			return err
+		}
+		for _, p := range parts {
+			pos := next[kafkaclient.TopicPartition{Topic: topic, Partition: p}]
+			if pos < 0 {
+				continue // nothing read yet: the position is not known here
+			}
+			o.Observe(max(ends[p]-pos, 0), metric.WithAttributes(
+				attribute.String("messaging.destination.name", topic), attribute.Int("messaging.destination.partition.id", int(p))))
+		}
+	}
+	return nil
+}
+
+func (w *Worker) countSkipped(reason string) {
+	w.skipped.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", reason)))
 }
 
 // Err reports why the worker stopped by itself (a failed transaction with
@@ -433,6 +485,7 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 				// keyed by the same id, answer it.
 				w.dupes[string(id)] = struct{}{}
 				w.stats.duplicates.Add(1)
+				w.dupCount.Add(context.Background(), 1)
 				w.mu.Unlock()
 				return
 			}
@@ -464,6 +517,7 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 			return
 		}
 		w.stats.skippedNoID.Add(1)
+		w.countSkipped("no_correlation_id")
 		w.cfg.logger.Warn("kafkarpc: skipping request without correlation id", "header", names.CorrelationID,
 			"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
 		return
@@ -482,6 +536,7 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	replyTo, hasReplyTo := headerValue(rec.Headers, names.ReplyTo)
 	if !hasReplyTo || len(replyTo) == 0 {
 		w.stats.malformed.Add(1)
+		w.countSkipped("malformed")
 		w.cfg.logger.Warn("kafkarpc: skipping request without reply topic", "header", names.ReplyTo,
 			"correlation_id", string(id), "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
 		return
@@ -500,11 +555,13 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	}
 	if fail != nil {
 		w.stats.malformed.Add(1)
+		w.countSkipped("malformed")
 		w.rejectCall(rec, pt, string(id), string(replyTo), fail)
 		return
 	}
 	if stored != nil {
 		w.stats.duplicates.Add(1)
+		w.dupCount.Add(context.Background(), 1)
 		w.answerCall(rec, pt, string(id), string(replyTo), nil, stored.records)
 		return
 	}

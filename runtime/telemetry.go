@@ -1,0 +1,207 @@
+package runtime
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// instrumentationName names this package's tracer and meter.
+const instrumentationName = "github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+
+// WithTracerProvider sets where the gateway's and the worker's spans go.
+// Default: otel.GetTracerProvider() at construction (a no-op unless the
+// program installed one). Nothing global is needed: pass a provider here.
+//
+// The gateway writes a "send <request topic>" producer span as a child of
+// the call's context (the otelgrpc server span, when the gateway's grpc.Server
+// has the otelgrpc stats handler) and sends its context in the request records
+// as meta:traceparent and meta:tracestate (WIRE.md). The worker continues it
+// with a "handle <method>" consumer span around the handler, whose context the
+// handler gets, and sends that span's context back on the replies; the gateway
+// ends the call with a "receive <reply topic>" consumer span, a child of the
+// worker's span. One trace thus shows gateway → Kafka → worker → Kafka →
+// gateway, whichever half is Zilla's.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return bothOption{
+		gw: func(c *gatewayConfig) { c.tracerProvider = tp },
+		wk: func(c *workerConfig) { c.tracerProvider = tp },
+	}
+}
+
+// WithMeterProvider sets where the gateway's and the worker's metrics go.
+// Default: otel.GetMeterProvider() at construction (a no-op unless the
+// program installed one).
+//
+// Gateway: kafkarpc.gateway.calls (counter, by rpc.method and
+// rpc.grpc.status_code), kafkarpc.gateway.duration (histogram, seconds),
+// kafkarpc.gateway.inflight (up-down counter), kafkarpc.gateway.replies.dropped
+// (counter, by messaging.destination.name). Worker: kafkarpc.worker.calls,
+// kafkarpc.worker.duration, kafkarpc.worker.inflight (likewise),
+// kafkarpc.worker.records.skipped (counter, by reason: no_correlation_id,
+// malformed), kafkarpc.worker.dead_lettered, kafkarpc.worker.duplicates, and
+// kafkarpc.worker.lag (gauge, by topic and partition: records not yet read
+// from the partitions the worker holds).
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return bothOption{
+		gw: func(c *gatewayConfig) { c.meterProvider = mp },
+		wk: func(c *workerConfig) { c.meterProvider = mp },
+	}
+}
+
+// WithPropagator sets how trace context is written to and read from the
+// records' metadata. Default propagation.TraceContext{} (W3C traceparent and
+// tracestate).
+func WithPropagator(p propagation.TextMapPropagator) Option {
+	return bothOption{
+		gw: func(c *gatewayConfig) { c.propagator = p },
+		wk: func(c *workerConfig) { c.propagator = p },
+	}
+}
+
+// telemetryConfig is the part of both configurations about telemetry.
+type telemetryConfig struct {
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
+	propagator     propagation.TextMapPropagator
+}
+
+// tracing is what both halves trace with.
+type tracing struct {
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
+	fields []string // header names the propagator writes
+}
+
+func newTracing(c telemetryConfig) tracing {
+	tp := c.tracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	p := c.propagator
+	if p == nil {
+		p = propagation.TraceContext{}
+	}
+	return tracing{tracer: tp.Tracer(instrumentationName), prop: p, fields: p.Fields()}
+}
+
+func meterOf(c telemetryConfig) metric.Meter {
+	mp := c.meterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	return mp.Meter(instrumentationName)
+}
+
+// inject returns md with the trace context of ctx in place of any the caller
+// sent, or md itself when ctx carries no span.
+func (t tracing) inject(ctx context.Context, md metadata.MD) metadata.MD {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return md
+	}
+	md = md.Copy()
+	for _, f := range t.fields {
+		delete(md, f)
+	}
+	t.prop.Inject(ctx, mdCarrier(md))
+	return md
+}
+
+// extract returns ctx with the remote span context found in md.
+func (t tracing) extract(ctx context.Context, md metadata.MD) context.Context {
+	return t.prop.Extract(ctx, mdCarrier(md))
+}
+
+// traceHeaders returns the trace context of ctx as "<prefix><field>" headers.
+func (t tracing) traceHeaders(ctx context.Context, prefix string) []kafkaclient.Header {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return nil
+	}
+	md := metadata.MD{}
+	t.prop.Inject(ctx, mdCarrier(md))
+	return appendMetaHeaders(nil, prefix, md, nil)
+}
+
+// withoutTrace drops the propagator's fields from response headers: they
+// carry the worker's span to the gateway, not to the caller.
+func (t tracing) withoutTrace(md metadata.MD) metadata.MD {
+	for _, f := range t.fields {
+		if _, ok := md[f]; ok {
+			md = md.Copy()
+			for _, f := range t.fields {
+				delete(md, f)
+			}
+			return md
+		}
+	}
+	return md
+}
+
+// callMetrics are the instruments of one side's calls.
+type callMetrics struct {
+	calls    metric.Int64Counter
+	duration metric.Float64Histogram
+	inflight metric.Int64UpDownCounter
+}
+
+func newCallMetrics(m metric.Meter, side string) callMetrics {
+	var cm callMetrics
+	cm.calls, _ = m.Int64Counter("kafkarpc."+side+".calls", metric.WithDescription("Calls ended, by method and gRPC status code."))
+	cm.duration, _ = m.Float64Histogram("kafkarpc."+side+".duration", metric.WithUnit("s"),
+		metric.WithDescription("Call duration, by method and gRPC status code."))
+	cm.inflight, _ = m.Int64UpDownCounter("kafkarpc."+side+".inflight", metric.WithDescription("Calls in flight, by method."))
+	return cm
+}
+
+func (cm callMetrics) begin(ctx context.Context, method attribute.KeyValue) {
+	cm.inflight.Add(ctx, 1, metric.WithAttributes(method))
+}
+
+func (cm callMetrics) end(ctx context.Context, method attribute.KeyValue, start time.Time, err error) {
+	code := status.Code(err)
+	attrs := metric.WithAttributes(method, attribute.Int("rpc.grpc.status_code", int(code)))
+	cm.inflight.Add(ctx, -1, metric.WithAttributes(method))
+	cm.calls.Add(ctx, 1, attrs)
+	cm.duration.Record(ctx, time.Since(start).Seconds(), attrs)
+}
+
+// spanStatus ends span with the call's status.
+func spanEnd(span trace.Span, err error) {
+	if code := status.Code(err); code != codes.OK {
+		span.SetAttributes(attribute.Int("rpc.grpc.status_code", int(code)))
+		span.SetStatus(otelcodes.Error, status.Convert(err).Message())
+	}
+	span.End()
+}
+
+// mdCarrier lets a propagator read and write gRPC metadata (lower-case
+// names; http.Header's carrier would capitalise them).
+type mdCarrier metadata.MD
+
+func (c mdCarrier) Get(key string) string {
+	if v := metadata.MD(c).Get(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (c mdCarrier) Set(key, value string) { metadata.MD(c).Set(key, value) }
+
+func (c mdCarrier) Keys() []string {
+	ks := make([]string, 0, len(c))
+	for k := range c {
+		ks = append(ks, k)
+	}
+	return ks
+}
