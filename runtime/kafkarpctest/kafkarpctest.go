@@ -1,0 +1,216 @@
+// Package kafkarpctest runs your own generated service over Kafka inside a Go
+// test, in one call: an embedded Kafka broker (or the cluster named by
+// KAFKA_BROKERS), topics of the test's own, a worker serving your
+// implementation, and a gateway behind an in-memory gRPC connection, like
+// grpc's bufconn. Everything is closed when the test ends.
+//
+//	env := kafkarpctest.Start(t, kafkarpctest.Service{
+//		Spec:            echov1.EchoServiceKafkaSpec,
+//		RegisterGateway: echov1.RegisterEchoServiceKafkaGateway,
+//		RegisterWorker: func(w *runtime.Worker) error {
+//			return echov1.RegisterEchoServiceKafkaWorker(w, myServer{})
+//		},
+//	})
+//	client := echov1.NewEchoServiceClient(env.Conn)
+package kafkarpctest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/confluent"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// Service is what Start needs of a generated service: its spec (for the
+// topics to create) and its two generated registration functions.
+type Service struct {
+	// Spec is the generated <Service>KafkaSpec.
+	Spec *runtime.ServiceSpec
+	// RegisterGateway is the generated Register<Service>KafkaGateway.
+	RegisterGateway func(grpc.ServiceRegistrar, *runtime.Gateway) error
+	// RegisterWorker registers your implementation, typically by calling
+	// the generated Register<Service>KafkaWorker. Nil starts no worker (to
+	// test against a worker of your own).
+	RegisterWorker func(*runtime.Worker) error
+}
+
+// Env is a running gateway and worker. Its fields are safe for concurrent
+// use.
+type Env struct {
+	// Conn is a gRPC connection to the gateway.
+	Conn *grpc.ClientConn
+	// Gateway and Worker are the runtime objects (Worker is nil without
+	// RegisterWorker).
+	Gateway *runtime.Gateway
+	Worker  *runtime.Worker
+	// Client is the Kafka client both use.
+	Client kafkaclient.Client
+	// Brokers is the bootstrap address of the cluster.
+	Brokers string
+	// Prefix is prepended to every topic of the spec, so that tests sharing a
+	// cluster stay apart.
+	Prefix string
+}
+
+// Topic returns the name a topic of the spec has in this test.
+func (e *Env) Topic(name string) string { return e.Prefix + name }
+
+// Option configures Start.
+type Option func(*config)
+
+type config struct {
+	brokers    string
+	partitions int32
+	gwOpts     []runtime.GatewayOption
+	wkOpts     []runtime.WorkerOption
+	client     func(brokers string) (kafkaclient.Client, error)
+}
+
+// WithBrokers uses the cluster at brokers instead of an embedded broker.
+// Default: KAFKA_BROKERS when set, else a fresh embedded broker.
+func WithBrokers(brokers string) Option { return func(c *config) { c.brokers = brokers } }
+
+// WithPartitions sets the partition count of the topics Start creates.
+// Default 3.
+func WithPartitions(n int32) Option { return func(c *config) { c.partitions = n } }
+
+// WithGatewayOptions adds options to the gateway.
+func WithGatewayOptions(opts ...runtime.GatewayOption) Option {
+	return func(c *config) { c.gwOpts = append(c.gwOpts, opts...) }
+}
+
+// WithWorkerOptions adds options to the worker.
+func WithWorkerOptions(opts ...runtime.WorkerOption) Option {
+	return func(c *config) { c.wkOpts = append(c.wkOpts, opts...) }
+}
+
+// WithClient sets how the Kafka client is made. Default: confluent.New with
+// bootstrap.servers.
+func WithClient(f func(brokers string) (kafkaclient.Client, error)) Option {
+	return func(c *config) { c.client = f }
+}
+
+// Start starts everything for svc and returns once the worker holds its
+// partitions. Failures end the test with tb.Fatal.
+func Start(tb testing.TB, svc Service, opts ...Option) *Env {
+	tb.Helper()
+	cfg := config{brokers: os.Getenv("KAFKA_BROKERS"), partitions: 3}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	logger := slog.New(slog.NewTextHandler(&tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if cfg.client == nil {
+		cfg.client = func(brokers string) (kafkaclient.Client, error) {
+			return confluent.New(confluent.Config{"bootstrap.servers": brokers}, confluent.WithLogger(logger))
+		}
+	}
+	if cfg.brokers == "" {
+		b, err := embedded.Start()
+		if err != nil {
+			tb.Fatalf("kafkarpctest: starting the embedded broker: %v", err)
+		}
+		tb.Cleanup(func() { _ = b.Close() })
+		cfg.brokers = b.Addr()
+	}
+	kc, err := cfg.client(cfg.brokers)
+	if err != nil {
+		tb.Fatalf("kafkarpctest: Kafka client: %v", err)
+	}
+	tb.Cleanup(func() { _ = kc.Close() })
+	env := &Env{Client: kc, Brokers: cfg.brokers, Prefix: "t" + randomHex() + "."}
+
+	var topics []kafkaclient.TopicSpec
+	seen := map[string]bool{}
+	add := func(t string) {
+		if t != "" && !seen[t] {
+			seen[t] = true
+			topics = append(topics, kafkaclient.TopicSpec{Name: env.Topic(t), Partitions: cfg.partitions})
+		}
+	}
+	for _, m := range svc.Spec.Methods {
+		for _, r := range m.Routes {
+			add(r.Topic)
+			add(r.ReplyTopic)
+		}
+		if m.Fetch != nil {
+			add(m.Fetch.Topic)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := kc.CreateTopics(ctx, topics); err != nil {
+		tb.Fatalf("kafkarpctest: creating topics: %v", err)
+	}
+	common := []runtime.Option{runtime.WithTopicMapper(env.Topic), runtime.WithLogger(logger)}
+
+	if svc.RegisterWorker != nil {
+		wopts := []runtime.WorkerOption{runtime.WithGroupID(env.Prefix + "worker")}
+		for _, o := range common {
+			wopts = append(wopts, o)
+		}
+		w := runtime.NewWorker(kc, append(wopts, cfg.wkOpts...)...)
+		if err := svc.RegisterWorker(w); err != nil {
+			tb.Fatalf("kafkarpctest: registering the worker: %v", err)
+		}
+		if err := w.Start(); err != nil {
+			tb.Fatalf("kafkarpctest: starting the worker: %v", err)
+		}
+		tb.Cleanup(func() { _ = w.Close() })
+		select {
+		case <-w.Ready():
+		case <-ctx.Done():
+			tb.Fatal("kafkarpctest: the worker got no partitions within 30 s")
+		}
+		env.Worker = w
+	}
+
+	gopts := make([]runtime.GatewayOption, 0, len(common)+len(cfg.gwOpts))
+	for _, o := range common {
+		gopts = append(gopts, o)
+	}
+	env.Gateway = runtime.NewGateway(kc, append(gopts, cfg.gwOpts...)...)
+	tb.Cleanup(func() { _ = env.Gateway.Close() })
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	if err := svc.RegisterGateway(srv, env.Gateway); err != nil {
+		tb.Fatalf("kafkarpctest: registering the gateway: %v", err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	tb.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient("passthrough:///kafkarpctest",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tb.Fatalf("kafkarpctest: connecting to the gateway: %v", err)
+	}
+	tb.Cleanup(func() { _ = conn.Close() })
+	env.Conn = conn
+	return env
+}
+
+func randomHex() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// tbWriter sends log lines to the test's log.
+type tbWriter struct{ tb testing.TB }
+
+func (w *tbWriter) Write(p []byte) (int, error) {
+	w.tb.Log(string(p))
+	return len(p), nil
+}
