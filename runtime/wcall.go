@@ -281,6 +281,7 @@ func (c *wCall) invoke() (st *status.Status, panicked bool) {
 			panicked = true
 			c.w.stats.panics.Add(1)
 			c.w.cfg.logger.Error("kafkarpc: handler panicked", "method", wm.spec.FullMethod(), "correlation_id", c.id,
+				"topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first,
 				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			st = status.Newf(codes.Internal, "%s: handler panicked: %v", wm.spec.FullMethod(), p)
 		}
@@ -466,7 +467,8 @@ func (c *wCall) flushOutbox() bool {
 
 func (c *wCall) delivered(rec *kafkaclient.Record, err error) {
 	if err != nil {
-		c.w.cfg.logger.Error("kafkarpc: producing reply", "correlation_id", c.id, "topic", rec.Topic, "error", err)
+		c.w.cfg.logger.Error("kafkarpc: producing reply", "correlation_id", c.id, "reply_topic", rec.Topic, "error", err,
+			"topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first)
 		c.outMu.Lock()
 		if c.produceErr == nil {
 			c.produceErr = err
