@@ -117,17 +117,7 @@ func (c *committer) commitNow(only map[kafkaclient.TopicPartition]bool) {
 		return
 	}
 	w.mu.Lock()
-	var offs []kafkaclient.TopicPartitionOffset
-	var tracks []*partTrack
-	for tp, pt := range w.parts {
-		if only != nil && !only[tp] {
-			continue
-		}
-		if p := pt.point(); p > pt.committed && p >= 0 {
-			offs = append(offs, kafkaclient.TopicPartitionOffset{Topic: tp.Topic, Partition: tp.Partition, Offset: p})
-			tracks = append(tracks, pt)
-		}
-	}
+	offs, tracks := w.safeOffsets(only)
 	w.mu.Unlock()
 	if len(offs) == 0 {
 		return
@@ -138,11 +128,7 @@ func (c *committer) commitNow(only map[kafkaclient.TopicPartition]bool) {
 		w.cfg.logger.Warn("kafkarpc: committing offsets", "group", w.cfg.groupID, "error", err)
 		return
 	}
-	w.mu.Lock()
-	for i, pt := range tracks {
-		pt.committed = max(pt.committed, offs[i].Offset)
-	}
-	w.mu.Unlock()
+	w.markCommitted(offs, tracks)
 }
 
 // commitTxn commits the open transaction with the safe offsets: no call
@@ -163,17 +149,7 @@ func (c *committer) commitTxn(only map[kafkaclient.TopicPartition]bool) {
 	for w.txnOpen > 0 {
 		w.txnIdle.Wait()
 	}
-	var offs []kafkaclient.TopicPartitionOffset
-	var tracks []*partTrack
-	for tp, pt := range w.parts {
-		if only != nil && !only[tp] {
-			continue
-		}
-		if p := pt.point(); p > pt.committed && p >= 0 {
-			offs = append(offs, kafkaclient.TopicPartitionOffset{Topic: tp.Topic, Partition: tp.Partition, Offset: p})
-			tracks = append(tracks, pt)
-		}
-	}
+	offs, tracks := w.safeOffsets(only)
 	dirty := w.txnDirty
 	w.txnDirty = false
 	w.mu.Unlock()
@@ -185,9 +161,31 @@ func (c *committer) commitTxn(only map[kafkaclient.TopicPartition]bool) {
 		w.fail(fmt.Errorf("exactly-once: committing the transaction: %w", err))
 		return
 	}
+	w.markCommitted(offs, tracks)
+}
+
+// safeOffsets returns, for every partition in only (all when nil) whose safe
+// offset moved since its last commit, that offset. Called with w.mu held.
+func (w *Worker) safeOffsets(only map[kafkaclient.TopicPartition]bool) ([]kafkaclient.TopicPartitionOffset, []*partTrack) {
+	var offs []kafkaclient.TopicPartitionOffset
+	var tracks []*partTrack
+	for tp, pt := range w.parts {
+		if only != nil && !only[tp] {
+			continue
+		}
+		if p := pt.point(); p > pt.committed && p >= 0 {
+			offs = append(offs, kafkaclient.TopicPartitionOffset{Topic: tp.Topic, Partition: tp.Partition, Offset: p})
+			tracks = append(tracks, pt)
+		}
+	}
+	return offs, tracks
+}
+
+// markCommitted records that offs were committed.
+func (w *Worker) markCommitted(offs []kafkaclient.TopicPartitionOffset, tracks []*partTrack) {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	for i, pt := range tracks {
 		pt.committed = max(pt.committed, offs[i].Offset)
 	}
-	w.mu.Unlock()
 }
