@@ -57,6 +57,7 @@ type wCall struct {
 	replay      []kafkaclient.Record  // replies to send again instead of running a handler
 	outbox      []*kafkaclient.Record // with exactly-once: everything to produce, sent by finish in one transaction
 
+	waiters   []waiter             // duplicate attempts to answer with this call's replies; guarded by Worker.mu
 	span      trace.Span           // "handle <method>", nil for calls answered without a handler
 	traceHdrs []kafkaclient.Header // the handle span's context, sent back on the replies
 	start     time.Time
@@ -389,6 +390,8 @@ func (c *wCall) finish(st *status.Status) {
 			w.trailing.add(c.id)
 		}
 	}
+	waiters := c.waiters
+	c.waiters = nil
 	if served {
 		c.pt.finish(c.first)
 	}
@@ -402,6 +405,20 @@ func (c *wCall) finish(st *status.Status) {
 	if served && w.committer != nil {
 		w.committer.poke()
 	}
+	for _, d := range waiters {
+		if c.keepReplies && served {
+			w.answerCall(d.rec, d.pt, c.id, d.replyTo, nil, c.stored)
+		} else {
+			w.answerCall(d.rec, d.pt, c.id, d.replyTo, status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil)
+		}
+	}
+}
+
+// waiter is a repeated request that arrived while its call was running.
+type waiter struct {
+	rec     *kafkaclient.Record
+	pt      *partTrack
+	replyTo string
 }
 
 // produceEnd writes the reply end-of-stream record.

@@ -405,7 +405,9 @@ func (w *Worker) onAssigned(parts []kafkaclient.TopicPartition) {
 		w.parts[tp] = newPartTrack()
 	}
 	w.mu.Unlock()
-	w.cfg.logger.Info("kafkarpc: partitions assigned", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts))
+	if len(parts) > 0 {
+		w.cfg.logger.Info("kafkarpc: partitions assigned", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts))
+	}
 	w.readyOnce.Do(func() { close(w.ready) })
 }
 
@@ -481,8 +483,11 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 		if c := w.calls[string(id)]; c != nil {
 			if rec.Value != nil && c.inputComplete() {
 				// A new attempt of a call still running here (a retry with
-				// the same idempotency key): the running call's replies,
-				// keyed by the same id, answer it.
+				// the same idempotency key): once the call is over, the
+				// attempt gets its replies again. The rest of the attempt's
+				// records are skipped.
+				replyTo, _ := headerValue(rec.Headers, names.ReplyTo)
+				c.waiters = append(c.waiters, waiter{rec: rec, pt: pt, replyTo: string(replyTo)})
 				w.dupes[string(id)] = struct{}{}
 				w.stats.duplicates.Add(1)
 				w.dupCount.Add(context.Background(), 1)

@@ -1,12 +1,15 @@
 // Package kafkatest gives the project's tests a Kafka cluster and a client:
 // the embedded broker by default, or the Apache Kafka cluster named by the
-// KAFKA_BROKERS environment variable, so that one suite runs on both.
+// KAFKA_BROKERS environment variable, so that one suite runs on both; and
+// the client named by the KAFKA_CLIENT environment variable (confluent, the
+// default, or franz), so that one suite runs on both clients.
 package kafkatest
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"os"
 	"strings"
@@ -14,9 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/confluent"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/franz"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient/kafkaclienttest"
 )
 
 // Brokers returns the bootstrap servers of the cluster under test: the value
@@ -68,15 +75,105 @@ func (w *tbWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// NewClient returns a client of brokers, closed when tb ends.
+// Client names accepted in KAFKA_CLIENT.
+const (
+	Confluent = "confluent"
+	Franz     = "franz"
+)
+
+// ClientName returns the client the tests use: the value of KAFKA_CLIENT,
+// or Confluent when it is empty. An unknown name panics, so that a typo
+// does not silently test the default.
+func ClientName() string {
+	switch v := os.Getenv("KAFKA_CLIENT"); v {
+	case "":
+		return Confluent
+	case Confluent, Franz:
+		return v
+	default:
+		panic(fmt.Sprintf("kafkatest: KAFKA_CLIENT=%q: want %q or %q", v, Confluent, Franz))
+	}
+}
+
+// NewClient returns a client of brokers, made by the client that
+// ClientName names, with its default settings and Logger(tb); it is closed
+// when tb ends.
 func NewClient(tb testing.TB, brokers string) kafkaclient.Client {
 	tb.Helper()
-	c, err := confluent.New(confluent.Config{"bootstrap.servers": brokers}, confluent.WithLogger(Logger(tb)))
+	c, err := Factory(ClientName()).New(brokers, kafkaclienttest.Config{Logger: Logger(tb)})
 	if err != nil {
-		tb.Fatalf("creating the Kafka client: %v", err)
+		tb.Fatalf("creating the %s Kafka client: %v", ClientName(), err)
 	}
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// Factory returns the conformance-suite factory of the named client
+// (Confluent or Franz): how each client expresses the suite's settings.
+func Factory(name string) kafkaclienttest.Factory {
+	switch name {
+	case Confluent:
+		return kafkaclienttest.Factory{
+			Name:         Confluent,
+			LogComponent: "librdkafka",
+			ErrQueueFull: confluent.ErrQueueFull,
+			New:          newConfluent,
+		}
+	case Franz:
+		return kafkaclienttest.Factory{
+			Name:         Franz,
+			LogComponent: "franz-go",
+			ErrQueueFull: franz.ErrQueueFull,
+			New:          newFranz,
+		}
+	}
+	panic("kafkatest: unknown client " + name)
+}
+
+func newConfluent(brokers string, cfg kafkaclienttest.Config) (kafkaclient.Client, error) {
+	base := confluent.Config{"bootstrap.servers": brokers}
+	prod, cons := confluent.Config{}, confluent.Config{}
+	opts := []confluent.Option{confluent.WithLogger(cfg.Logger), confluent.WithProducerConfig(prod), confluent.WithConsumerConfig(cons)}
+	if cfg.DeliveryTimeout > 0 {
+		prod["message.timeout.ms"] = cfg.DeliveryTimeout.Milliseconds()
+	}
+	if cfg.MaxBuffered > 0 {
+		prod["queue.buffering.max.messages"] = cfg.MaxBuffered
+	}
+	if cfg.CloseTimeout > 0 {
+		opts = append(opts, confluent.WithCloseTimeout(cfg.CloseTimeout))
+	}
+	if cfg.FastGroups {
+		cons["heartbeat.interval.ms"] = 200
+	}
+	if cfg.EagerGroups {
+		cons["partition.assignment.strategy"] = "range"
+	}
+	if cfg.DebugLogs {
+		base["debug"] = "broker"
+	}
+	return confluent.New(base, opts...)
+}
+
+func newFranz(brokers string, cfg kafkaclienttest.Config) (kafkaclient.Client, error) {
+	opts := []franz.Option{franz.WithSeedBrokers(brokers), franz.WithLogger(cfg.Logger)}
+	if cfg.DeliveryTimeout > 0 {
+		opts = append(opts, franz.WithDeliveryTimeout(cfg.DeliveryTimeout))
+	}
+	if cfg.MaxBuffered > 0 {
+		opts = append(opts, franz.WithProducerOpts(kgo.MaxBufferedRecords(cfg.MaxBuffered)))
+	}
+	if cfg.CloseTimeout > 0 {
+		opts = append(opts, franz.WithCloseTimeout(cfg.CloseTimeout))
+	}
+	if cfg.FastGroups {
+		opts = append(opts, franz.WithConsumerOpts(kgo.HeartbeatInterval(200*time.Millisecond)))
+	}
+	if cfg.EagerGroups {
+		opts = append(opts, franz.WithConsumerOpts(kgo.Balancers(kgo.RangeBalancer())))
+	}
+	// DebugLogs needs nothing: kgo logs at the levels the handler enables.
+	return franz.New(opts...)
 }
 
 // Unique returns a short random name, to keep tests that share a cluster

@@ -142,9 +142,11 @@ func (c *Client) Partitions(ctx context.Context, topic string) ([]int32, error) 
 
 // Offsets looks up the earliest (first retained) or latest (high watermark:
 // the offset the next record gets) offset of each given partition, in one
-// ListOffsets round trip per partition leader. An unknown topic or
-// partition is an error wrapping kafkaclient.ErrUnknownTopic. Without a
-// deadline in ctx the call is bounded by 30s. Safe for concurrent use.
+// ListOffsets round trip per partition leader. Partition errors that a
+// leader election causes (a topic just created, a leader moving) are asked
+// again until ctx ends. An unknown topic or partition is an error wrapping
+// kafkaclient.ErrUnknownTopic. Without a deadline in ctx the call is bounded
+// by 30s. Safe for concurrent use.
 func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, which kafkaclient.OffsetSpec) (map[int32]int64, error) {
 	out := make(map[int32]int64, len(partitions))
 	if len(partitions) == 0 {
@@ -161,38 +163,73 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 		if err != nil {
 			return fmt.Errorf("confluent: admin client: %w", err)
 		}
-		req := make(map[kafka.TopicPartition]kafka.OffsetSpec, len(partitions))
-		for _, part := range partitions {
-			t := topic
-			req[kafka.TopicPartition{Topic: &t, Partition: part}] = spec
-		}
-		res, err := adm.ListOffsets(ctx, req)
-		if err != nil {
-			// librdkafka reports a missing topic as "no leaders found";
-			// tell that case apart with the metadata.
-			if md, merr := p.p.GetMetadata(&topic, false, timeoutMs(ctx, defaultAdminTimeout)); merr == nil {
-				tm, ok := md.Topics[topic]
-				if code := tm.Error.Code(); !ok || code == kafka.ErrUnknownTopicOrPart || code == kafka.ErrUnknownTopic {
-					return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+		pending := partitions
+		backoff := 10 * time.Millisecond
+		for {
+			req := make(map[kafka.TopicPartition]kafka.OffsetSpec, len(pending))
+			for _, part := range pending {
+				t := topic
+				req[kafka.TopicPartition{Topic: &t, Partition: part}] = spec
+			}
+			res, err := adm.ListOffsets(ctx, req)
+			if err != nil {
+				// librdkafka reports a missing topic as "no leaders found";
+				// tell that case apart with the metadata.
+				if md, merr := p.p.GetMetadata(&topic, false, timeoutMs(ctx, defaultAdminTimeout)); merr == nil {
+					tm, ok := md.Topics[topic]
+					if code := tm.Error.Code(); !ok || code == kafka.ErrUnknownTopicOrPart || code == kafka.ErrUnknownTopic {
+						return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+					}
+					// Or a partition the topic does not have.
+					for _, part := range pending {
+						if !slices.ContainsFunc(tm.Partitions, func(pm kafka.PartitionMetadata) bool { return pm.ID == part }) {
+							return fmt.Errorf("%w: %s partition %d", kafkaclient.ErrUnknownTopic, topic, part)
+						}
+					}
+				}
+				return fmt.Errorf("confluent: list offsets of %s: %w", topic, err)
+			}
+			var errs []error
+			var retry []int32
+			answered := 0
+			for tp, info := range res.ResultInfos {
+				answered++
+				switch code := info.Error.Code(); code {
+				case kafka.ErrNoError:
+					out[tp.Partition] = int64(info.Offset)
+				case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic, kafka.ErrUnknownPartition:
+					errs = append(errs, fmt.Errorf("%w: %s partition %d", kafkaclient.ErrUnknownTopic, topic, tp.Partition))
+				case kafka.ErrNotLeaderForPartition, kafka.ErrLeaderNotAvailable, kafka.ErrUnknownLeaderEpoch,
+					kafka.ErrFencedLeaderEpoch, kafka.ErrOffsetNotAvailable, kafka.ErrNotEnoughReplicas:
+					// A topic just created or a leader moving: ask again.
+					retry = append(retry, tp.Partition)
+					errs = append(errs, fmt.Errorf("confluent: list offsets of %s partition %d: %w", topic, tp.Partition, info.Error))
+				default:
+					if info.Error.IsRetriable() {
+						retry = append(retry, tp.Partition)
+					}
+					errs = append(errs, fmt.Errorf("confluent: list offsets of %s partition %d: %w", topic, tp.Partition, info.Error))
 				}
 			}
-			return fmt.Errorf("confluent: list offsets of %s: %w", topic, err)
-		}
-		var errs []error
-		for tp, info := range res.ResultInfos {
-			switch code := info.Error.Code(); code {
-			case kafka.ErrNoError:
-				out[tp.Partition] = int64(info.Offset)
-			case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic, kafka.ErrUnknownPartition:
-				errs = append(errs, fmt.Errorf("%w: %s partition %d", kafkaclient.ErrUnknownTopic, topic, tp.Partition))
-			default:
-				errs = append(errs, fmt.Errorf("confluent: list offsets of %s partition %d: %w", topic, tp.Partition, info.Error))
+			if len(errs) == 0 && answered != len(req) {
+				errs = append(errs, fmt.Errorf("confluent: list offsets of %s: %d of %d partitions answered", topic, answered, len(req)))
 			}
+			if len(errs) == 0 {
+				return nil
+			}
+			if len(retry) < len(errs) {
+				return errors.Join(errs...)
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("confluent: list offsets of %s: %w (last errors: %w)", topic, ctx.Err(), errors.Join(errs...))
+			case <-t.C:
+			}
+			backoff = min(backoff*2, 500*time.Millisecond)
+			pending = retry
 		}
-		if len(errs) == 0 && len(out) != len(req) {
-			errs = append(errs, fmt.Errorf("confluent: list offsets of %s: %d of %d partitions answered", topic, len(out), len(req)))
-		}
-		return errors.Join(errs...)
 	})
 	if err != nil {
 		return nil, err

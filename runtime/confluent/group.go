@@ -45,7 +45,8 @@ var _ kafkaclient.GroupReader = (*GroupReader)(nil)
 
 // NewGroupReader joins cfg.GroupID (on the first Poll) subscribed to
 // cfg.Topics. See New for the consumer defaults (auto.offset.reset=earliest,
-// cooperative-sticky assignment, no automatic commits).
+// or latest with cfg.StartAtLatest; cooperative-sticky assignment, no
+// automatic commits).
 func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
 	if cfg.GroupID == "" {
 		return nil, errors.New("confluent: GroupConfig.GroupID is required")
@@ -54,6 +55,9 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 		return nil, errors.New("confluent: GroupConfig.Topics is required")
 	}
 	kcfg := c.consumerConfig(cfg.GroupID, cfg.ReadCommitted)
+	if cfg.StartAtLatest {
+		kcfg["auto.offset.reset"] = "latest"
+	}
 	if proto, _ := kcfg["group.protocol"].(string); proto == "" || proto == "classic" {
 		setDefault(kcfg, DefaultAssignmentStrategy, "partition.assignment.strategy")
 	}
@@ -107,7 +111,7 @@ func (g *GroupReader) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 		for _, tp := range parts {
 			g.assigned[tp] = struct{}{}
 		}
-		if !closing && g.cfg.OnAssigned != nil && len(parts) > 0 {
+		if !closing && g.cfg.OnAssigned != nil {
 			g.cfg.OnAssigned(parts)
 		}
 	case kafka.RevokedPartitions:

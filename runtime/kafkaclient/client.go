@@ -172,7 +172,9 @@ type GroupConfig struct {
 	// Topics to subscribe to. Required.
 	Topics []string
 	// OnAssigned is called from inside Poll when partitions are assigned to
-	// this member, before any of their records is returned. May be nil.
+	// this member, before any of their records is returned, and with an
+	// empty list when a rebalance gave it nothing new (so a member of a group
+	// with more members than partitions learns that it joined). May be nil.
 	OnAssigned func(parts []TopicPartition)
 	// OnRevoked is called from inside Poll when partitions are taken away
 	// (rebalance or Close), while their offsets can still be committed. It

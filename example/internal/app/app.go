@@ -6,6 +6,7 @@ package app
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/confluent"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/franz"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
@@ -41,9 +43,41 @@ func Signals() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 }
 
-// NewClient connects to brokers with confluent-kafka-go.
+// Kafka client libraries the --client flag selects.
+const (
+	ClientConfluent = "confluent" // confluent-kafka-go (librdkafka, cgo): the default
+	ClientFranz     = "franz"     // franz-go (pure Go)
+)
+
+// client is the --client flag, registered on the default flag set by every
+// binary that imports this package, so that the binaries need no code of
+// their own for it. Its default is the KAFKA_CLIENT environment variable
+// (which the tests set), else confluent.
+var client = flag.String("client", defaultClient(),
+	"Kafka client library: "+ClientConfluent+" (confluent-kafka-go, librdkafka) or "+ClientFranz+" (franz-go, pure Go); default $KAFKA_CLIENT, else "+ClientConfluent)
+
+func defaultClient() string {
+	if v := os.Getenv("KAFKA_CLIENT"); v != "" {
+		return v
+	}
+	return ClientConfluent
+}
+
+// ClientName returns the client library selected by --client (after
+// flag.Parse).
+func ClientName() string { return *client }
+
+// NewClient connects to brokers with the client library selected by
+// --client: confluent-kafka-go by default, or franz-go.
 func NewClient(brokers string, logger *slog.Logger) (kafkaclient.Client, error) {
-	return confluent.New(confluent.Config{"bootstrap.servers": brokers}, confluent.WithLogger(logger))
+	switch *client {
+	case ClientConfluent:
+		return confluent.New(confluent.Config{"bootstrap.servers": brokers}, confluent.WithLogger(logger))
+	case ClientFranz:
+		return franz.New(franz.WithSeedBrokers(brokers), franz.WithLogger(logger))
+	default:
+		return nil, fmt.Errorf("--client %q: want %q or %q", *client, ClientConfluent, ClientFranz)
+	}
 }
 
 // EnsureTopics creates the example's topics when missing.

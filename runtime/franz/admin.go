@@ -1,0 +1,304 @@
+package franz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// defaultAdminTimeout bounds admin and metadata calls whose ctx has no
+// deadline.
+const defaultAdminTimeout = 30 * time.Second
+
+// withAdmin runs fn with the acks=all producer client (created if needed),
+// whose connections admin requests share. The kadm client is made for the
+// call, with its request timeout taken from ctx's deadline.
+func (c *Client) withAdmin(ctx context.Context, fn func(kc *kgo.Client, adm *kadm.Client) error) error {
+	kc, err := c.useProducer(kafkaclient.AcksAll)
+	if err != nil {
+		return err
+	}
+	defer c.mu.RUnlock()
+	adm := kadm.NewClient(kc)
+	if dl, ok := ctx.Deadline(); ok {
+		adm.SetTimeoutMillis(int32(min(max(time.Until(dl).Milliseconds(), 1), 1<<31-1)))
+	}
+	return fn(kc, adm)
+}
+
+// adminCtx gives ctx a deadline if it has none.
+func adminCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, defaultAdminTimeout)
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// CreateTopics creates the topics that do not exist yet; a topic that
+// already exists is not an error (its partition count and configuration are
+// left as they are). Partitions <= 0 and ReplicationFactor <= 0 use the
+// broker's defaults (-1, Kafka 2.4 and later); when the broker refuses a
+// default replication factor, the topic is created again with 1. Config
+// entries are passed through as topic configuration. Each topic is one
+// kadm CreateTopic request (kadm takes one setting for all the topics of a
+// request). It returns once the metadata shows every topic with a leader for
+// each partition, so that the topics can be used at once (Kafka's brokers
+// learn of a new topic shortly after the controller created it). Without a
+// deadline in ctx the call is bounded by 30s. Safe for concurrent use.
+func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpec) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	return c.withAdmin(ctx, func(kc *kgo.Client, adm *kadm.Client) error {
+		var errs []error
+		for _, t := range topics {
+			parts, rf := t.Partitions, t.ReplicationFactor
+			if parts <= 0 {
+				parts = -1
+			}
+			if rf <= 0 {
+				rf = -1
+			}
+			var cfg map[string]*string
+			if len(t.Config) > 0 {
+				cfg = make(map[string]*string, len(t.Config))
+				for k, v := range t.Config {
+					cfg[k] = kadm.StringPtr(v)
+				}
+			}
+			for attempt := 0; ; attempt++ {
+				res, err := adm.CreateTopic(ctx, parts, rf, cfg, t.Name)
+				switch {
+				case err == nil, errors.Is(err, kerr.TopicAlreadyExists):
+				case attempt == 0 && rf == -1 && (errors.Is(err, kerr.InvalidReplicationFactor) ||
+					errors.Is(err, kerr.UnsupportedVersion) || errors.Is(err, kerr.InvalidRequest)):
+					rf = 1
+					continue
+				default:
+					if res.ErrMessage != "" {
+						err = fmt.Errorf("%w (%s)", err, res.ErrMessage)
+					}
+					errs = append(errs, fmt.Errorf("franz: create topic %s: %w", t.Name, err))
+				}
+				break
+			}
+		}
+		if len(errs) > 0 {
+			return errors.Join(errs...)
+		}
+		// Kafka answers once the controller created the topics; the
+		// brokers learn of them a little later (KRaft propagates
+		// metadata asynchronously), and until then they report the
+		// topics unknown. Return once they are usable.
+		for _, t := range topics {
+			if err := waitTopic(ctx, kc, t.Name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// waitTopic waits until the metadata shows topic with a leader for every
+// partition, or ctx ends.
+func waitTopic(ctx context.Context, kc *kgo.Client, topic string) error {
+	backoff := 5 * time.Millisecond
+	for {
+		req := kmsg.NewPtrMetadataRequest()
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(topic)
+		req.Topics = append(req.Topics, rt)
+		resp, err := req.RequestWith(ctx, kc)
+		if err != nil {
+			return fmt.Errorf("franz: metadata of %s: %w", topic, err)
+		}
+		var why error
+		for _, t := range resp.Topics {
+			if t.Topic == nil || *t.Topic != topic {
+				continue
+			}
+			if why = kerr.ErrorForCode(t.ErrorCode); why == nil {
+				if len(t.Partitions) == 0 {
+					why = errors.New("no partitions yet")
+				}
+				for _, p := range t.Partitions {
+					if why = kerr.ErrorForCode(p.ErrorCode); why == nil && p.Leader < 0 {
+						why = kerr.LeaderNotAvailable
+					}
+					if why != nil {
+						break
+					}
+				}
+			}
+		}
+		if why == nil && len(resp.Topics) > 0 {
+			return nil
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return fmt.Errorf("franz: topic %s created but not usable: %w (last error: %v)", topic, err, why)
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+	}
+}
+
+// Partitions lists the partition ids of topic, in increasing order, from a
+// fresh (uncached) metadata request, which also refreshes the client's
+// metadata cache for topic. A topic the cluster does not have is an error
+// wrapping kafkaclient.ErrUnknownTopic; the lookup never creates it. A topic
+// whose metadata is not ready yet (just created, leader election) is asked
+// again until ctx ends (default bound 30s). Safe for concurrent use.
+func (c *Client) Partitions(ctx context.Context, topic string) ([]int32, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var out []int32
+	err := c.withAdmin(ctx, func(kc *kgo.Client, _ *kadm.Client) error {
+		var err error
+		out, err = fetchPartitions(ctx, kc, topic)
+		return err
+	})
+	return out, err
+}
+
+func fetchPartitions(ctx context.Context, kc *kgo.Client, topic string) ([]int32, error) {
+	backoff := 10 * time.Millisecond
+	for {
+		req := kmsg.NewPtrMetadataRequest()
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(topic)
+		req.Topics = append(req.Topics, rt)
+		req.AllowAutoTopicCreation = false
+		resp, err := req.RequestWith(ctx, kc)
+		if err != nil {
+			return nil, fmt.Errorf("franz: metadata of %s: %w", topic, err)
+		}
+		var lastErr error
+		found := false
+		for _, t := range resp.Topics {
+			if t.Topic == nil || *t.Topic != topic {
+				continue
+			}
+			found = true
+			terr := kerr.ErrorForCode(t.ErrorCode)
+			switch {
+			case errors.Is(terr, kerr.UnknownTopicOrPartition):
+				return nil, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+			case terr == nil || len(t.Partitions) > 0:
+				out := make([]int32, 0, len(t.Partitions))
+				for _, p := range t.Partitions {
+					out = append(out, p.Partition)
+				}
+				slices.Sort(out)
+				return out, nil
+			case !kerr.IsRetriable(terr):
+				return nil, fmt.Errorf("franz: metadata of %s: %w", topic, terr)
+			}
+			lastErr = terr
+		}
+		if !found {
+			return nil, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return nil, fmt.Errorf("franz: metadata of %s: %w (last error: %v)", topic, err, lastErr)
+		}
+		backoff = min(backoff*2, 500*time.Millisecond)
+	}
+}
+
+// Offsets looks up the earliest (log start) or latest (high watermark: the
+// offset the next record gets) offset of each given partition with kadm's
+// ListStartOffsets / ListEndOffsets (one ListOffsets request per partition
+// leader). Partition-level errors that Kafka marks retriable (a leader
+// moving, a topic just created) are asked again until ctx ends. An unknown
+// topic or partition is an error wrapping kafkaclient.ErrUnknownTopic;
+// since kadm resolves leaders from kgo's metadata cache (up to 5s old), an
+// unknown topic is confirmed with a fresh metadata request, and looked up
+// again if it exists after all. Without a deadline in ctx the call is
+// bounded by 30s. Safe for concurrent use.
+func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, which kafkaclient.OffsetSpec) (map[int32]int64, error) {
+	out := make(map[int32]int64, len(partitions))
+	if len(partitions) == 0 {
+		return out, nil
+	}
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	err := c.withAdmin(ctx, func(kc *kgo.Client, adm *kadm.Client) error {
+		backoff := 10 * time.Millisecond
+		confirmed := false
+		for {
+			list := adm.ListEndOffsets
+			if which == kafkaclient.Earliest {
+				list = adm.ListStartOffsets
+			}
+			listed, err := list(ctx, topic)
+			if err != nil {
+				return fmt.Errorf("franz: list offsets of %s: %w", topic, err)
+			}
+			var retry, unknown bool
+			var errs []error
+			for _, p := range partitions {
+				lo, ok := listed.Lookup(topic, p)
+				switch {
+				case !ok:
+					unknown = true
+					errs = append(errs, fmt.Errorf("%w: %s partition %d", kafkaclient.ErrUnknownTopic, topic, p))
+				case lo.Err == nil:
+					out[p] = lo.Offset
+				case errors.Is(lo.Err, kerr.UnknownTopicOrPartition):
+					unknown = true
+					errs = append(errs, fmt.Errorf("%w: %s partition %d", kafkaclient.ErrUnknownTopic, topic, p))
+				case kerr.IsRetriable(lo.Err):
+					retry = true
+					errs = append(errs, fmt.Errorf("franz: list offsets of %s partition %d: %w", topic, p, lo.Err))
+				default:
+					errs = append(errs, fmt.Errorf("franz: list offsets of %s partition %d: %w", topic, p, lo.Err))
+				}
+			}
+			if len(errs) == 0 {
+				return nil
+			}
+			if unknown && !confirmed {
+				// The cache may predate the topic: ask the cluster
+				// (which refreshes the cache) and try once more.
+				confirmed = true
+				if _, err := fetchPartitions(ctx, kc, topic); err != nil {
+					return err
+				}
+				retry = true
+			}
+			if !retry {
+				return errors.Join(errs...)
+			}
+			if err := sleep(ctx, backoff); err != nil {
+				return fmt.Errorf("franz: list offsets of %s: %w (last errors: %v)", topic, err, errors.Join(errs...))
+			}
+			backoff = min(backoff*2, 500*time.Millisecond)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

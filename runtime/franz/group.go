@@ -1,0 +1,317 @@
+package franz
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// GroupReader implements kafkaclient.GroupReader: a kgo client that is a
+// member of a consumer group, subscribed to the configured topics,
+// committing only when told to.
+//
+// Rebalances are handled inside Poll. kgo calls its partition callbacks on
+// its own goroutines; each of them is handed to the goroutine in Poll (a
+// Poll waiting for records is interrupted) and kgo waits until it has run:
+// OnAssigned runs before any record of the new partitions is fetched;
+// OnRevoked runs after kgo stopped fetching the revoked partitions (no later
+// Poll returns their records) and before the rebalance proceeds, so that a
+// synchronous Commit made in it lands while this member still owns them.
+// lost is true when kgo reports the partitions lost (the member was fenced
+// or the group errored fatally: OnPartitionsLost). When the caller is not
+// in Poll, a rebalance waits until the next Poll or Close (bounded by the
+// group's rebalance timeout, kgo default 60s, after which the member is
+// removed from the group), as with librdkafka.
+//
+// Poll and Close must be called from one goroutine; Commit from any.
+type GroupReader struct {
+	kc  *kgo.Client
+	cfg kafkaclient.GroupConfig
+	log *slog.Logger
+
+	// Touched only from the Poll/Close goroutine.
+	assigned map[kafkaclient.TopicPartition]struct{}
+
+	mu         sync.Mutex // guards events, pollCancel, closing and closed
+	events     []*rebalanceEvent
+	pollCancel context.CancelFunc
+	closing    bool          // Close started: callbacks no longer queue
+	closed     bool          // Commit refused
+	revokedAll chan struct{} // closed once Close has called OnRevoked and commits ended
+	commits    sync.WaitGroup
+
+	once sync.Once
+}
+
+var _ kafkaclient.GroupReader = (*GroupReader)(nil)
+
+type eventKind int8
+
+const (
+	evAssigned eventKind = iota
+	evRevoked
+	evLost
+)
+
+// rebalanceEvent is one kgo partition callback waiting for the Poll
+// goroutine.
+type rebalanceEvent struct {
+	kind  eventKind
+	parts []kafkaclient.TopicPartition
+	done  chan struct{}
+}
+
+// NewGroupReader returns a member of cfg.GroupID subscribed to cfg.Topics.
+// Its kgo client starts joining the group at once; the first partition
+// callbacks wait for the first Poll. See New for the consumer defaults
+// (cooperative-sticky balancing, FetchMaxWait 100ms); auto-commit is always
+// disabled, and a partition without a committed offset starts at its
+// earliest offset, or at its end with cfg.StartAtLatest.
+func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	if cfg.GroupID == "" {
+		return nil, errors.New("franz: GroupConfig.GroupID is required")
+	}
+	if len(cfg.Topics) == 0 {
+		return nil, errors.New("franz: GroupConfig.Topics is required")
+	}
+	role := "group-" + strconv.FormatUint(c.seq.Add(1), 10)
+	g := &GroupReader{
+		cfg:        cfg,
+		log:        c.log.With("client", role, "group", cfg.GroupID),
+		assigned:   make(map[kafkaclient.TopicPartition]struct{}),
+		revokedAll: make(chan struct{}),
+	}
+	start := kgo.NewOffset().AtStart()
+	if cfg.StartAtLatest {
+		start = kgo.NewOffset().AtEnd()
+	}
+	kc, err := c.newConsumerClient(c.consumerOpts(role, cfg.ReadCommitted,
+		kgo.ConsumerGroup(cfg.GroupID),
+		kgo.ConsumeTopics(slices.Clone(cfg.Topics)...),
+		kgo.DisableAutoCommit(),
+		kgo.ConsumeStartOffset(start),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { g.deliver(evAssigned, m) }),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { g.deliver(evRevoked, m) }),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { g.deliver(evLost, m) }),
+	))
+	if err != nil {
+		return nil, err
+	}
+	g.kc = kc
+	return g, nil
+}
+
+func toParts(m map[string][]int32) []kafkaclient.TopicPartition {
+	var out []kafkaclient.TopicPartition
+	for t, ps := range m {
+		for _, p := range ps {
+			out = append(out, kafkaclient.TopicPartition{Topic: t, Partition: p})
+		}
+	}
+	sortParts(out)
+	return out
+}
+
+func sortParts(ps []kafkaclient.TopicPartition) {
+	slices.SortFunc(ps, func(a, b kafkaclient.TopicPartition) int {
+		return cmp.Or(cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition))
+	})
+}
+
+// deliver runs on a kgo goroutine: it queues the callback for the Poll
+// goroutine, interrupts a waiting Poll, and returns once the callback ran.
+// Once Close has started, nothing is queued: Close reports the revocation
+// of everything itself, and a kgo callback waits only until that is done,
+// so that the partitions do not move before Close's OnRevoked returned.
+func (g *GroupReader) deliver(kind eventKind, m map[string][]int32) {
+	parts := toParts(m)
+	if len(parts) == 0 && kind != evAssigned {
+		return // kgo calls its callbacks also when nothing changes
+	}
+	ev := &rebalanceEvent{kind: kind, parts: parts, done: make(chan struct{})}
+	g.mu.Lock()
+	if g.closing {
+		g.mu.Unlock()
+		<-g.revokedAll
+		return
+	}
+	g.events = append(g.events, ev)
+	if g.pollCancel != nil {
+		g.pollCancel()
+	}
+	g.mu.Unlock()
+	<-ev.done
+}
+
+// runEvents runs the queued callbacks, in order, on the calling (Poll or
+// Close) goroutine.
+func (g *GroupReader) runEvents() {
+	for {
+		g.mu.Lock()
+		if len(g.events) == 0 {
+			g.mu.Unlock()
+			return
+		}
+		ev := g.events[0]
+		g.events = g.events[1:]
+		g.mu.Unlock()
+		g.run(ev)
+	}
+}
+
+func (g *GroupReader) run(ev *rebalanceEvent) {
+	defer close(ev.done)
+	switch ev.kind {
+	case evAssigned:
+		for _, tp := range ev.parts {
+			g.assigned[tp] = struct{}{}
+		}
+		if g.cfg.OnAssigned != nil {
+			g.cfg.OnAssigned(ev.parts)
+		}
+	default:
+		if g.cfg.OnRevoked != nil {
+			g.cfg.OnRevoked(ev.parts, ev.kind == evLost)
+		}
+		for _, tp := range ev.parts {
+			delete(g.assigned, tp)
+		}
+	}
+}
+
+// Poll blocks until at least one record is available (returning it with what
+// else is already buffered, up to 512 records), ctx ends (ctx.Err()) or the
+// reader is closed (kafkaclient.ErrClosed). OnAssigned and OnRevoked run
+// inside Poll, before it waits for records. Partition-level fetch errors are
+// logged and do not end Poll.
+func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		g.runEvents()
+		pctx, cancel := context.WithCancel(ctx)
+		g.mu.Lock()
+		if g.closing {
+			g.mu.Unlock()
+			cancel()
+			return nil, kafkaclient.ErrClosed
+		}
+		if len(g.events) > 0 {
+			g.mu.Unlock()
+			cancel()
+			continue
+		}
+		g.pollCancel = cancel
+		g.mu.Unlock()
+
+		fs := g.kc.PollRecords(pctx, maxBatch)
+
+		g.mu.Lock()
+		g.pollCancel = nil
+		g.mu.Unlock()
+		cancel()
+		recs, closed := records(fs, g.log)
+		if len(recs) > 0 {
+			return recs, nil
+		}
+		if closed {
+			return nil, kafkaclient.ErrClosed
+		}
+		// Interrupted by a callback (run at the top of the loop) or
+		// by ctx (returned there).
+	}
+}
+
+// Commit synchronously commits offsets (each the next offset to read) for
+// the group with kgo's CommitOffsetsSync: it waits for commits in flight,
+// is not cancelled by rebalances, and returns when the coordinator answered
+// (an error names each partition that failed) or when ctx ends. An empty
+// list commits nothing. Safe to call from any goroutine, including from
+// OnRevoked; after Close it returns kafkaclient.ErrClosed.
+func (g *GroupReader) Commit(ctx context.Context, offsets []kafkaclient.TopicPartitionOffset) error {
+	if len(offsets) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return kafkaclient.ErrClosed
+	}
+	g.commits.Add(1)
+	g.mu.Unlock()
+	defer g.commits.Done()
+
+	m := make(map[string]map[int32]kgo.EpochOffset)
+	for _, o := range offsets {
+		if m[o.Topic] == nil {
+			m[o.Topic] = make(map[int32]kgo.EpochOffset)
+		}
+		m[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: -1, Offset: o.Offset}
+	}
+	var errs []error
+	g.kc.CommitOffsetsSync(ctx, m, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("franz: commit (group %s): %w", g.cfg.GroupID, err))
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if err := kerr.ErrorForCode(p.ErrorCode); err != nil {
+					errs = append(errs, fmt.Errorf("franz: commit %s[%d]@%d (group %s): %w",
+						t.Topic, p.Partition, m[t.Topic][p.Partition].Offset, g.cfg.GroupID, err))
+				}
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Close runs the rebalance callbacks still queued, calls OnRevoked for the
+// partitions still assigned (lost false), waits for commits in progress,
+// then leaves the group and closes the kgo client. Call it from the Poll
+// goroutine, after the last Poll returned. Calling Close again does nothing
+// and returns nil.
+func (g *GroupReader) Close() error {
+	g.once.Do(func() {
+		g.mu.Lock()
+		g.closing = true
+		g.mu.Unlock()
+		// Callbacks queued before closing started wait for us.
+		g.runEvents()
+		if len(g.assigned) > 0 {
+			parts := make([]kafkaclient.TopicPartition, 0, len(g.assigned))
+			for tp := range g.assigned {
+				parts = append(parts, tp)
+			}
+			sortParts(parts)
+			if g.cfg.OnRevoked != nil {
+				g.cfg.OnRevoked(parts, false)
+			}
+			clear(g.assigned)
+		}
+		g.mu.Lock()
+		g.closed = true
+		g.mu.Unlock()
+		g.commits.Wait()
+		close(g.revokedAll)
+		// Leaves the group; kgo's final revoke finds closing set and
+		// returns at once.
+		g.kc.Close()
+	})
+	return nil
+}

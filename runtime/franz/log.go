@@ -1,0 +1,53 @@
+package franz
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// slogLogger implements kgo.Logger on a slog.Logger.
+type slogLogger struct{ l *slog.Logger }
+
+func newLogger(l *slog.Logger) kgo.Logger { return slogLogger{l} }
+
+// slogLevel maps a kgo level to a slog level.
+func slogLevel(l kgo.LogLevel) slog.Level {
+	switch l {
+	case kgo.LogLevelError:
+		return slog.LevelError
+	case kgo.LogLevelWarn:
+		return slog.LevelWarn
+	case kgo.LogLevelInfo:
+		return slog.LevelInfo
+	default:
+		return slog.LevelDebug
+	}
+}
+
+// Level reports the most verbose kgo level the handler accepts, so that kgo
+// does not even format lines that would be dropped.
+func (s slogLogger) Level() kgo.LogLevel {
+	ctx := context.Background()
+	for _, l := range []kgo.LogLevel{kgo.LogLevelDebug, kgo.LogLevelInfo, kgo.LogLevelWarn, kgo.LogLevelError} {
+		if s.l.Enabled(ctx, slogLevel(l)) {
+			return l
+		}
+	}
+	return kgo.LogLevelNone
+}
+
+// Log forwards one kgo line; kgo's keyvals (alternating string keys and
+// values) become slog attributes.
+func (s slogLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	if level == kgo.LogLevelNone {
+		return
+	}
+	lvl := slogLevel(level)
+	ctx := context.Background()
+	if !s.l.Enabled(ctx, lvl) {
+		return
+	}
+	s.l.Log(ctx, lvl, msg, keyvals...)
+}

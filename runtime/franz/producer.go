@@ -1,0 +1,322 @@
+package franz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// ErrQueueFull is reported through done when the producer client already
+// buffers its maximum of records (kgo.MaxBufferedRecords, default 50000) or
+// bytes (kgo.MaxBufferedBytes): the cluster is not keeping up, or is
+// unreachable. The record was not sent. It wraps kgo.ErrMaxBuffered.
+var ErrQueueFull = fmt.Errorf("franz: local produce buffer is full: %w", kgo.ErrMaxBuffered)
+
+// useProducer returns the kgo client for acks, creating it on first use,
+// with c.mu held shared: the caller must call c.mu.RUnlock() when done.
+func (c *Client) useProducer(acks kafkaclient.Acks) (*kgo.Client, error) {
+	if acks != kafkaclient.AcksAll && acks != kafkaclient.AcksLeader && acks != kafkaclient.AcksNone {
+		return nil, fmt.Errorf("franz: unknown acks level %d", acks)
+	}
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return nil, kafkaclient.ErrClosed
+	}
+	if p := c.producers[acks]; p != nil {
+		return p, nil
+	}
+	c.mu.RUnlock()
+
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, kafkaclient.ErrClosed
+	}
+	if c.producers[acks] == nil {
+		p, err := kgo.NewClient(c.producerOpts(acks, false)...)
+		if err != nil {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("franz: new producer (acks=%s): %w", acks, err)
+		}
+		c.producers[acks] = p
+	}
+	p := c.producers[acks]
+	c.mu.Unlock()
+	// Between Unlock and RLock only Close can intervene; check again.
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return nil, kafkaclient.ErrClosed
+	}
+	return p, nil
+}
+
+// manualKey marks, as a value of kgo.Record.Context, a record whose
+// Partition was chosen by the caller.
+type manualKey struct{}
+
+var manualBackground = context.WithValue(context.Background(), manualKey{}, true)
+
+func isManual(r *kgo.Record) bool { return r.Context != nil && r.Context.Value(manualKey{}) != nil }
+
+// deadlines hands out the contexts that bound a record's delivery: they end
+// the delivery timeout after the record was produced. kgo's own
+// RecordDeliveryTimeout counts from the record's Timestamp, which the
+// caller may set to any time (a record stamped an hour ago would fail at
+// once), so the timeout travels in the record's context instead; records
+// produced within the same slice (1/100 of the timeout, at least 10ms, at
+// most 1s) share one context and its timer.
+type deadlines struct {
+	timeout, slice time.Duration
+	cur            atomic.Pointer[deadlineSlice]
+	mu             sync.Mutex
+}
+
+type deadlineSlice struct {
+	end          time.Time // records produced before end use this slice
+	auto, manual context.Context
+	cancel       context.CancelFunc // never needed: the deadline releases it
+}
+
+func newDeadlines(timeout time.Duration) *deadlines {
+	return &deadlines{timeout: timeout, slice: min(max(timeout/100, 10*time.Millisecond), time.Second)}
+}
+
+// ctx returns the context of a record produced at now.
+func (d *deadlines) ctx(now time.Time, manual bool) context.Context {
+	if d.timeout <= 0 {
+		if manual {
+			return manualBackground
+		}
+		return context.Background()
+	}
+	s := d.cur.Load()
+	if s == nil || !now.Before(s.end) {
+		s = d.next(now)
+	}
+	if manual {
+		return s.manual
+	}
+	return s.auto
+}
+
+func (d *deadlines) next(now time.Time) *deadlineSlice {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if s := d.cur.Load(); s != nil && now.Before(s.end) {
+		return s
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), now.Add(d.timeout))
+	s := &deadlineSlice{end: now.Add(d.slice), auto: ctx, manual: context.WithValue(ctx, manualKey{}, true), cancel: cancel}
+	d.cur.Store(s)
+	return s
+}
+
+// Produce hands r to the kgo client of the given acks level and returns at
+// once; done is called exactly once, from kgo's promise goroutine (or, for a
+// record refused before it reached kgo, from a goroutine of its own), with r
+// (Partition and Offset filled in; Offset -1 with AcksNone) or the error
+// that failed it. r and its slices belong to the client until done is
+// called: kgo encodes Key, Value and header values from them without
+// copying.
+//
+// A zero r.Timestamp is set to time.Now() (kgo keeps milliseconds). A nil
+// r.Value is produced as a tombstone (null value); an empty non-nil Value
+// as an empty value; the same holds for keys and header values. r.Partition
+// kafkaclient.AnyPartition picks the partition from the key with Kafka's
+// Java murmur2 partitioner. Header order is kept.
+//
+// A record not delivered within the delivery timeout (WithDeliveryTimeout,
+// default 2 minutes) fails, also when a request carrying it was already
+// sent (the broker may then have stored it: the same as librdkafka's
+// message.timeout.ms). Produce never blocks on the network: when the client
+// already buffers its maximum of records it reports ErrQueueFull through
+// done. Safe for
+// concurrent use; records with the same key and acks level keep their order.
+func (c *Client) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	if done == nil {
+		done = func(*kafkaclient.Record, error) {}
+	}
+	if r == nil {
+		go done(nil, errors.New("franz: Produce of a nil record"))
+		return
+	}
+	p, err := c.useProducer(acks)
+	if err != nil {
+		go done(r, err)
+		return
+	}
+	defer c.mu.RUnlock()
+
+	c.produceOn(p, &c.pending, r, acks, done)
+}
+
+// produceOn hands r to p, counting it in tr until done has returned.
+func (c *Client) produceOn(p *kgo.Client, tr *tracker, r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	now := time.Now()
+	if r.Timestamp.IsZero() {
+		r.Timestamp = now
+	}
+	kr := &kgo.Record{
+		Topic:     r.Topic,
+		Key:       r.Key,
+		Value:     r.Value,
+		Timestamp: r.Timestamp,
+		Partition: r.Partition,
+	}
+	ctx := c.deadlines.ctx(now, r.Partition >= 0)
+	if len(r.Headers) > 0 {
+		hs := make([]kgo.RecordHeader, len(r.Headers))
+		for i, h := range r.Headers {
+			hs[i] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
+		}
+		kr.Headers = hs
+	}
+	tr.add()
+	p.TryProduce(ctx, kr, func(kr *kgo.Record, err error) {
+		if err != nil {
+			if errors.Is(err, kgo.ErrMaxBuffered) {
+				err = ErrQueueFull
+			} else {
+				err = fmt.Errorf("franz: produce to %s partition %d: %w", r.Topic, kr.Partition, err)
+			}
+		} else {
+			r.Partition = kr.Partition
+			r.Offset = kr.Offset
+			if acks == kafkaclient.AcksNone || r.Offset < 0 {
+				r.Offset = -1 // not known
+			}
+		}
+		done(r, err)
+		tr.finish()
+	})
+}
+
+// tracker counts records whose done callback has not returned yet, and lets
+// Flush and Close wait for the count to drop to zero.
+type tracker struct {
+	outstanding atomic.Int64
+	waiters     atomic.Int32
+	mu          sync.Mutex
+	zero        chan struct{} // closed when outstanding drops to 0 while waited for
+}
+
+func (t *tracker) add() { t.outstanding.Add(1) }
+
+// finish counts a done callback that returned.
+func (t *tracker) finish() {
+	if t.outstanding.Add(-1) == 0 && t.waiters.Load() > 0 {
+		t.mu.Lock()
+		if t.zero != nil {
+			close(t.zero)
+			t.zero = nil
+		}
+		t.mu.Unlock()
+	}
+}
+
+// wait waits until no done callback is outstanding, or ctx ends.
+func (t *tracker) wait(ctx context.Context) error {
+	t.waiters.Add(1)
+	defer t.waiters.Add(-1)
+	for {
+		t.mu.Lock()
+		if t.outstanding.Load() == 0 {
+			t.mu.Unlock()
+			return nil
+		}
+		if t.zero == nil {
+			t.zero = make(chan struct{})
+		}
+		zero := t.zero
+		t.mu.Unlock()
+		select {
+		case <-zero:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Flush waits until every outstanding record has been delivered or has
+// failed, and its done callback has returned, or until ctx ends (returning
+// ctx.Err()). Records produced while Flush waits are waited for too, so
+// under continuous production Flush may wait until ctx ends. Flush makes kgo
+// send buffered records at once, whatever the linger. Safe for concurrent
+// use; after Close it returns kafkaclient.ErrClosed.
+func (c *Client) Flush(ctx context.Context) error {
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return kafkaclient.ErrClosed
+	}
+	prods := c.liveProducers()
+	c.mu.RUnlock()
+	// Without the lock, so that Close need not wait for a long Flush;
+	// kgo's Flush on a client that Close closes meanwhile returns once
+	// Close failed what was buffered.
+	return c.flush(ctx, prods)
+}
+
+// flush runs kgo's Flush on every producer (which unlingers and waits for
+// the buffered records' promises), then waits for the outstanding count.
+func (c *Client) flush(ctx context.Context, prods []*kgo.Client) error {
+	if c.pending.outstanding.Load() == 0 {
+		return nil
+	}
+	var wg sync.WaitGroup
+	for _, p := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = p.Flush(ctx)
+		}()
+	}
+	wg.Wait()
+	return c.pending.wait(ctx)
+}
+
+// javaPartitioner partitions as Kafka's Java producer does for the wire
+// format: a record whose caller chose a partition (marked by manualKey in
+// its context) goes there; every other record goes where the wrapped
+// partitioner (kgo.StickyKeyPartitioner(nil): murmur2 for keys, sticky for
+// no key) puts it.
+type javaPartitioner struct{ inner kgo.Partitioner }
+
+func (p javaPartitioner) ForTopic(topic string) kgo.TopicPartitioner {
+	in := p.inner.ForTopic(topic)
+	if nb, ok := in.(kgo.TopicPartitionerOnNewBatch); ok {
+		return javaTopicPartitionerNB{javaTopicPartitioner{in}, nb}
+	}
+	return javaTopicPartitioner{in}
+}
+
+type javaTopicPartitioner struct{ inner kgo.TopicPartitioner }
+
+// RequiresConsistency is true for a chosen partition: kgo then indexes all
+// partitions, so that the index returned by Partition is the partition id.
+func (p javaTopicPartitioner) RequiresConsistency(r *kgo.Record) bool {
+	return isManual(r) || p.inner.RequiresConsistency(r)
+}
+
+func (p javaTopicPartitioner) Partition(r *kgo.Record, n int) int {
+	if isManual(r) {
+		return int(r.Partition) // out of range: kgo fails the record
+	}
+	return p.inner.Partition(r, n)
+}
+
+type javaTopicPartitionerNB struct {
+	javaTopicPartitioner
+	nb kgo.TopicPartitionerOnNewBatch
+}
+
+func (p javaTopicPartitionerNB) OnNewBatch() { p.nb.OnNewBatch() }

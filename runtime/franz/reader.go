@@ -1,0 +1,197 @@
+package franz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// maxBatch caps the records one Poll returns.
+const maxBatch = 512
+
+// records converts the records of a poll and logs its partition errors. It
+// reports whether the poll ended because the kgo client was closed. Key,
+// Value and header values are kgo's slices, not copied again; a null value
+// stays nil and an empty value stays empty non-nil.
+func records(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool) {
+	n := fs.NumRecords()
+	if n > 0 {
+		out = make([]*kafkaclient.Record, 0, n)
+		backing := make([]kafkaclient.Record, n)
+		i := 0
+		fs.EachRecord(func(kr *kgo.Record) {
+			r := &backing[i]
+			i++
+			r.Topic = kr.Topic
+			r.Partition = kr.Partition
+			r.Offset = kr.Offset
+			r.Key = kr.Key
+			r.Value = kr.Value
+			r.Timestamp = kr.Timestamp
+			if len(kr.Headers) > 0 {
+				hs := make([]kafkaclient.Header, len(kr.Headers))
+				for j, h := range kr.Headers {
+					hs[j] = kafkaclient.Header{Key: h.Key, Value: h.Value}
+				}
+				r.Headers = hs
+			}
+			out = append(out, r)
+		})
+	}
+	fs.EachError(func(topic string, partition int32, err error) {
+		switch {
+		case errors.Is(err, kgo.ErrClientClosed):
+			closed = true
+		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			// the poll's own context: the caller looks at it
+		default:
+			// kgo retries what can be retried by itself; the partition
+			// carries on (or is reported again).
+			log.Warn("franz: fetch error", "topic", topic, "partition", partition, "error", err)
+		}
+	})
+	return out, closed
+}
+
+// Reader implements kafkaclient.Reader: a kgo client consuming explicitly
+// assigned partitions (kgo's direct consumer), with no consumer group.
+//
+// Poll must be called from one goroutine at a time; Assign may be called from
+// any goroutine, also while Poll waits; Close may be called from any
+// goroutine: it makes a waiting Poll return kafkaclient.ErrClosed before it
+// returns.
+type Reader struct {
+	kc  *kgo.Client
+	log *slog.Logger
+
+	mu       sync.Mutex // guards assigned and serialises Assign with Close
+	assigned map[kafkaclient.TopicPartition]struct{}
+	closed   atomic.Bool
+	pollMu   sync.Mutex // held by Poll
+	once     sync.Once
+}
+
+var _ kafkaclient.Reader = (*Reader)(nil)
+
+// NewReader returns a Reader with nothing assigned yet. With
+// cfg.ReadCommitted it reads only committed transactional records. See New
+// for the consumer defaults (FetchMaxWait 100ms).
+func (c *Client) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, error) {
+	role := "reader-" + strconv.FormatUint(c.seq.Add(1), 10)
+	kc, err := c.newConsumerClient(c.consumerOpts(role, cfg.ReadCommitted))
+	if err != nil {
+		return nil, err
+	}
+	return &Reader{kc: kc, log: c.log.With("client", role), assigned: make(map[kafkaclient.TopicPartition]struct{})}, nil
+}
+
+// kgoOffset converts an offset of the seam: an absolute offset, or one of
+// the logical offsets -2 (beginning) and -1 (end).
+func kgoOffset(off int64) kgo.Offset {
+	switch {
+	case off >= 0:
+		return kgo.NewOffset().At(off)
+	case off == -2:
+		return kgo.NewOffset().AtStart()
+	default:
+		return kgo.NewOffset().AtEnd()
+	}
+}
+
+// Assign adds partitions, each read from its given offset: an absolute
+// offset, as looked up with Client.Offsets (the logical offsets -2,
+// beginning, and -1, end, are accepted, but a reader assigned at the logical
+// end resolves it only after a ListOffsets round trip and misses records
+// produced meanwhile). The partitions start being fetched once the client
+// has their metadata (one metadata round trip for a new topic). A partition
+// assigned again moves to its new offset: kgo stops fetching it, drops what
+// it buffered of it, and starts again from the new offset. If parts names a
+// partition twice, the last offset wins.
+func (r *Reader) Assign(parts []kafkaclient.TopicPartitionOffset) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return kafkaclient.ErrClosed
+	}
+	add := make(map[string]map[int32]kgo.Offset)
+	again := make(map[string][]int32)
+	for _, p := range parts {
+		if p.Partition < 0 {
+			return fmt.Errorf("franz: assign %s partition %d: invalid partition", p.Topic, p.Partition)
+		}
+		tp := kafkaclient.TopicPartition{Topic: p.Topic, Partition: p.Partition}
+		if add[p.Topic] == nil {
+			add[p.Topic] = make(map[int32]kgo.Offset)
+		}
+		if _, dup := add[p.Topic][p.Partition]; !dup {
+			if _, ok := r.assigned[tp]; ok {
+				again[p.Topic] = append(again[p.Topic], p.Partition)
+			}
+		}
+		add[p.Topic][p.Partition] = kgoOffset(p.Offset)
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	if len(again) > 0 {
+		// kgo ignores a partition it already consumes: remove it first
+		// (this drops its buffered records), then add it anew.
+		r.kc.RemoveConsumePartitions(again)
+	}
+	r.kc.AddConsumePartitions(add)
+	for t, ps := range add {
+		for p := range ps {
+			r.assigned[kafkaclient.TopicPartition{Topic: t, Partition: p}] = struct{}{}
+		}
+	}
+	return nil
+}
+
+// Poll blocks until at least one record is available, then returns it with
+// whatever else is already buffered (up to 512 records), without waiting
+// for more. It returns ctx.Err() when ctx ends and kafkaclient.ErrClosed
+// once Close has been called. Partition-level fetch errors are logged (kgo
+// retries them) and do not end Poll. The records and slice belong to the
+// caller.
+func (r *Reader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	r.pollMu.Lock()
+	defer r.pollMu.Unlock()
+	for {
+		if r.closed.Load() {
+			return nil, kafkaclient.ErrClosed
+		}
+		recs, closed := records(r.kc.PollRecords(ctx, maxBatch), r.log)
+		if len(recs) > 0 {
+			return recs, nil
+		}
+		if closed || r.closed.Load() {
+			return nil, kafkaclient.ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Close releases the reader: it closes its kgo client (a Poll in progress
+// returns ErrClosed) and waits for that Poll to return. Calling Close again
+// does nothing and returns nil.
+func (r *Reader) Close() error {
+	r.once.Do(func() {
+		r.mu.Lock()
+		r.closed.Store(true)
+		r.mu.Unlock()
+		r.kc.Close()
+		r.pollMu.Lock() // a Poll in progress has returned
+		r.pollMu.Unlock()
+	})
+	return nil
+}
