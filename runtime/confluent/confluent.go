@@ -46,7 +46,8 @@ type options struct {
 // WithLogger sets the logger that receives librdkafka's log lines and error
 // events. Default slog.Default(). librdkafka's syslog levels map to slog
 // levels as follows: 0-3 (emergency, alert, critical, error) → Error,
-// 4 (warning) → Warn, 5-6 (notice, info) → Info, 7 (debug) → Debug. Every
+// 4 (warning) → Warn, 5 (notice) → Info, 6-7 (info, debug) → Debug:
+// librdkafka's info lines (telemetry ids, connection details) are routine. Every
 // record carries the attributes component=librdkafka, client (the librdkafka
 // instance name, e.g. "rdkafka#producer-1"), and for log lines tag (the
 // librdkafka facility, e.g. "FAIL") and syslog_level. Error events
@@ -364,7 +365,7 @@ func slogLevel(syslog int) slog.Level {
 		return slog.LevelError
 	case syslog == 4:
 		return slog.LevelWarn
-	case syslog <= 6:
+	case syslog == 5:
 		return slog.LevelInfo
 	default:
 		return slog.LevelDebug

@@ -50,7 +50,7 @@ func TestLibrdkafkaLogsReachSlog(t *testing.T) {
 }
 
 func TestSlogLevels(t *testing.T) {
-	for lvl, want := range map[int]slog.Level{0: slog.LevelError, 3: slog.LevelError, 4: slog.LevelWarn, 5: slog.LevelInfo, 6: slog.LevelInfo, 7: slog.LevelDebug} {
+	for lvl, want := range map[int]slog.Level{0: slog.LevelError, 3: slog.LevelError, 4: slog.LevelWarn, 5: slog.LevelInfo, 6: slog.LevelDebug, 7: slog.LevelDebug} {
 		if got := slogLevel(lvl); got != want {
 			t.Errorf("slogLevel(%d) = %v, want %v", lvl, got, want)
 		}
