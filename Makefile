@@ -17,8 +17,43 @@ run: ## run the all-in-one echo example on an embedded Kafka broker (gRPC on 127
 	$(GO) run ./example/cmd/echo
 
 .PHONY: test
-test: ## run every test under the race detector, on the embedded broker
-	$(GO) test -race -count=1 ./...
+# The Kafka clients every test runs on (KAFKA_CLIENT switches the runtime's
+# end-to-end tests and the example binaries; the seam's conformance suite runs
+# both in every pass).
+KAFKA_CLIENTS ?= confluent franz
+
+test: ## run every test under the race detector, on the embedded broker, once per Kafka client
+	@for c in $(KAFKA_CLIENTS); do echo "== KAFKA_CLIENT=$$c"; KAFKA_CLIENT=$$c $(GO) test -race -count=1 ./... || exit 1; done
+
+.PHONY: purego
+purego: ## show that a program importing only runtime, runtime/franz and runtime/embedded builds and runs without cgo
+	CGO_ENABLED=0 $(GO) build -o /dev/null ./example/internal/purego
+	CGO_ENABLED=0 $(GO) run ./example/internal/purego
+
+# Apache Kafka for the integration suite: scripts/kafka.sh fetches the broker
+# with Maven into .cache/kafka (KAFKA_VERSION, KAFKA_PORT: see the script).
+KAFKA   := scripts/kafka.sh
+# Bounds the fault tests of integration/ (they stop and start the broker and
+# the example binaries; a few minutes on 2 cores).
+INTEGRATION_TIMEOUT ?= 15m
+
+.PHONY: kafka-up
+kafka-up: ## start a single-node Apache Kafka 4.x (KRaft) on 127.0.0.1:19092 (needs Java 17+ and Maven); reuses a running one
+	@$(KAFKA) up
+
+.PHONY: kafka-down
+kafka-down: ## stop the broker of kafka-up and delete its storage
+	@$(KAFKA) down
+
+.PHONY: integration
+integration: ## run every test, then the fault tests of integration/, on Apache Kafka (kafka-up's broker, or KAFKA_BROKERS)
+	@brokers="$${KAFKA_BROKERS:-$$($(KAFKA) addr)}" && [ -n "$$brokers" ] || exit 1; \
+	  for c in $(KAFKA_CLIENTS); do \
+	    echo "== KAFKA_CLIENT=$$c: go test on Apache Kafka at $$brokers"; \
+	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 ./... || exit 1; \
+	    echo "== KAFKA_CLIENT=$$c: fault tests (integration/) on Apache Kafka at $$brokers"; \
+	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -v ./integration/ || exit 1; \
+	  done
 
 .PHONY: build
 build: ## build the plugin and the example binaries into bin/
@@ -38,6 +73,7 @@ check-generated: generate ## fail if `buf generate` changes the tree
 .PHONY: lint
 lint: ## go vet, gofmt and buf lint
 	$(GO) vet ./...
+	$(GO) vet -tags integration ./integration/
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(BUF) lint
 

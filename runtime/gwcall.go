@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -150,7 +151,11 @@ func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
 
 func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 	if err != nil {
-		c.fail(status.Errorf(codes.Unavailable, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err))
+		code := codes.Unavailable
+		if tooLarge(err) {
+			code = codes.ResourceExhausted // a retry cannot succeed
+		}
+		c.fail(status.Errorf(code, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err))
 	}
 	c.unacked.Done()
 }
@@ -330,4 +335,12 @@ func (c *gwCall) awaitAcks(ctx context.Context) error {
 		c.finished = true
 	}
 	return c.err
+}
+
+// tooLarge reports whether a produce failed because the record exceeds a
+// size limit of the client, the broker or the topic (message.max.bytes,
+// max.message.bytes), whichever client reported it.
+func tooLarge(err error) bool {
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "too large") || strings.Contains(msg, "too_large")
 }

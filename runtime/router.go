@@ -120,11 +120,13 @@ func (r *replyRouter) ensureReading(ctx context.Context, id string) error {
 	return r.assign(ctx, []int32{p})
 }
 
-// add registers c; false if a call with the same id is already in flight.
+// add registers c; false if a live call with the same id is already in
+// flight. A call whose caller already gave up (a retry right after a
+// deadline, before the first attempt unregistered) gives way.
 func (r *replyRouter) add(c *gwCall) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, dup := r.pending[c.id]; dup {
+	if old, dup := r.pending[c.id]; dup && old.ctx.Err() == nil {
 		return false
 	}
 	r.pending[c.id] = c

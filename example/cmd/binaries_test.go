@@ -30,7 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 )
 
 // Bounds of every wait in this file.
@@ -597,17 +597,14 @@ func TestEcho(t *testing.T) {
 // TestSplitDeployment runs echo-worker and echo-gateway as separate processes
 // on a broker embedded in the test.
 func TestSplitDeployment(t *testing.T) {
-	broker, err := embedded.Start()
-	if err != nil {
-		t.Fatalf("starting the embedded broker: %v", err)
-	}
-	// Registered first, so it runs after the processes' cleanups.
-	t.Cleanup(func() { _ = broker.Close() })
+	// The embedded broker, or KAFKA_BROKERS; registered first, so that it
+	// closes after the processes' cleanups.
+	brokers := kafkatest.Brokers(t)
 
 	group := "e2e-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	addr := freeAddr(t)
-	worker := start(t, "echo-worker", "--brokers", broker.Addr(), "--group", group)
-	gateway := start(t, "echo-gateway", "--brokers", broker.Addr(), "--listen", addr)
+	worker := start(t, "echo-worker", "--brokers", brokers, "--group", group)
+	gateway := start(t, "echo-gateway", "--brokers", brokers, "--listen", addr)
 	if line := worker.waitReady(t); !strings.Contains(line, group) {
 		t.Errorf("worker ready line %q does not name group %s", line, group)
 	}

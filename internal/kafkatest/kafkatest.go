@@ -191,7 +191,7 @@ func CreateTopics(tb testing.TB, c kafkaclient.Client, partitions int32, topics 
 	defer cancel()
 	specs := make([]kafkaclient.TopicSpec, len(topics))
 	for i, t := range topics {
-		specs[i] = kafkaclient.TopicSpec{Name: t, Partitions: partitions}
+		specs[i] = kafkaclient.TopicSpec{Name: t, Partitions: partitions, Config: kafkaclient.TopicConfig()}
 	}
 	if err := c.CreateTopics(ctx, specs); err != nil {
 		tb.Fatalf("creating topics %v: %v", topics, err)

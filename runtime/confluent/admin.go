@@ -92,8 +92,64 @@ func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpe
 			}
 			specs = retry
 		}
-		return errors.Join(errs...)
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		// Apache Kafka answers CreateTopics once the controller has
+		// accepted the topics, before the brokers lead their partitions:
+		// a ListOffsets, produce or fetch at once fails with
+		// NOT_LEADER_OR_FOLLOWER or UNKNOWN_TOPIC_OR_PARTITION. Wait until
+		// the metadata shows a leader for every partition.
+		for _, t := range topics {
+			if err := waitLeaders(ctx, p, t.Name); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
+}
+
+// waitLeaders polls the metadata of topic until every partition has a
+// leader, or ctx ends.
+func waitLeaders(ctx context.Context, p *producer, topic string) error {
+	backoff := 10 * time.Millisecond
+	var last string
+	for {
+		md, err := p.p.GetMetadata(&topic, false, timeoutMs(ctx, defaultAdminTimeout))
+		if err == nil {
+			tm, ok := md.Topics[topic]
+			switch {
+			case !ok:
+				last = "topic not in metadata"
+			case tm.Error.Code() != kafka.ErrNoError:
+				last = tm.Error.String()
+			case len(tm.Partitions) == 0:
+				last = "no partitions"
+			default:
+				ready := true
+				for _, pm := range tm.Partitions {
+					if pm.Leader < 0 || pm.Error.Code() != kafka.ErrNoError {
+						ready = false
+						last = fmt.Sprintf("partition %d has no leader (%v)", pm.ID, pm.Error)
+						break
+					}
+				}
+				if ready {
+					return nil
+				}
+			}
+		} else {
+			last = err.Error()
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("confluent: topic %s created but not ready: %w (last: %s)", topic, ctx.Err(), last)
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+	}
 }
 
 // Partitions lists the partition ids of topic, in increasing order, from

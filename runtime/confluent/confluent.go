@@ -228,6 +228,9 @@ type Client struct {
 	outstanding int
 	zero        chan struct{} // closed when outstanding drops to 0
 
+	downMu     sync.Mutex
+	downLogged map[string]time.Time // when "all brokers down" was last logged, per librdkafka client
+
 	closeOnce sync.Once
 	closeErr  error
 	readerSeq uint64
@@ -391,7 +394,22 @@ func (c *Client) logLine(ev kafka.LogEvent) {
 func (c *Client) logError(client string, err kafka.Error) {
 	lvl := slog.LevelWarn
 	switch {
-	case err.IsFatal() || err.Code() == kafka.ErrAllBrokersDown:
+	case err.Code() == kafka.ErrAllBrokersDown:
+		// librdkafka repeats it many times a second while the cluster is
+		// unreachable: once per client and minute is enough.
+		lvl = slog.LevelError
+		now := time.Now()
+		c.downMu.Lock()
+		if last, ok := c.downLogged[client]; ok && now.Sub(last) < time.Minute {
+			lvl = slog.LevelDebug
+		} else {
+			if c.downLogged == nil {
+				c.downLogged = map[string]time.Time{}
+			}
+			c.downLogged[client] = now
+		}
+		c.downMu.Unlock()
+	case err.IsFatal():
 		lvl = slog.LevelError
 	case err.Code() == kafka.ErrTransport:
 		lvl = slog.LevelDebug

@@ -60,6 +60,9 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 	}
 	if proto, _ := kcfg["group.protocol"].(string); proto == "" || proto == "classic" {
 		setDefault(kcfg, DefaultAssignmentStrategy, "partition.assignment.strategy")
+		// A member that died holds its partitions until this passes:
+		// librdkafka's 45 s is long for RPC; Kafka's minimum is 6 s.
+		setDefault(kcfg, DefaultSessionTimeoutMs, "session.timeout.ms")
 	}
 	base, err := c.newConsumer(kcfg)
 	if err != nil {
@@ -261,3 +264,9 @@ func (g *GroupReader) Close() error {
 	})
 	return g.closeErr
 }
+
+// DefaultSessionTimeoutMs is the group session timeout of group readers
+// (session.timeout.ms) unless configured: how long the partitions of a
+// member that died wait before another member takes them. librdkafka's
+// default is 45 s.
+const DefaultSessionTimeoutMs = 10000

@@ -248,7 +248,7 @@ func New(opts ...Option) (*Client, error) {
 	if err := kgo.ValidateOpts(c.producerOpts(kafkaclient.AcksAll, false)...); err != nil {
 		return nil, fmt.Errorf("franz: producer options: %w", err)
 	}
-	if err := kgo.ValidateOpts(c.consumerOpts("validate", false)...); err != nil {
+	if err := kgo.ValidateOpts(c.consumerOpts("validate", false, nil)...); err != nil {
 		return nil, fmt.Errorf("franz: consumer options: %w", err)
 	}
 	return c, nil
@@ -315,8 +315,8 @@ func (c *Client) producerOpts(acks kafkaclient.Acks, txn bool) []kgo.Opt {
 	return opts
 }
 
-func (c *Client) consumerOpts(role string, readCommitted bool, extra ...kgo.Opt) []kgo.Opt {
-	opts := c.opts.clientOpts(c.log.With("client", role), kgo.FetchMaxWait(DefaultFetchMaxWait))
+func (c *Client) consumerOpts(role string, readCommitted bool, defaults []kgo.Opt, extra ...kgo.Opt) []kgo.Opt {
+	opts := c.opts.clientOpts(c.log.With("client", role), append([]kgo.Opt{kgo.FetchMaxWait(DefaultFetchMaxWait)}, defaults...)...)
 	opts = append(opts, c.opts.consumer...)
 	if readCommitted {
 		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))

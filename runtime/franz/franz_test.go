@@ -95,7 +95,7 @@ func TestOptionDefaults(t *testing.T) {
 	check(one, kgo.RequiredAcks, kgo.LeaderAck())
 	check(one, kgo.DisableIdempotentWrite, true)
 	check(c.producerOpts(kafkaclient.AcksAll, true), kgo.AllowIdempotentProduceCancellation, false)
-	cons := c.consumerOpts("r", true)
+	cons := c.consumerOpts("r", true, nil)
 	check(cons, kgo.FetchMaxWait, DefaultFetchMaxWait)
 	check(cons, kgo.FetchIsolationLevel, 1) // read committed
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -97,6 +98,7 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 		start = kgo.NewOffset().AtEnd()
 	}
 	kc, err := c.newConsumerClient(c.consumerOpts(role, cfg.ReadCommitted,
+		[]kgo.Opt{kgo.SessionTimeout(DefaultSessionTimeout)}, // WithConsumerOpts may override
 		kgo.ConsumerGroup(cfg.GroupID),
 		kgo.ConsumeTopics(slices.Clone(cfg.Topics)...),
 		kgo.DisableAutoCommit(),
@@ -315,3 +317,9 @@ func (g *GroupReader) Close() error {
 	})
 	return nil
 }
+
+// DefaultSessionTimeout is the group session timeout of group readers unless
+// WithConsumerOpts sets kgo.SessionTimeout: how long the partitions of a
+// member that died wait before another member takes them (kgo's default is
+// 45 s; Kafka's minimum is 6 s).
+const DefaultSessionTimeout = 10 * time.Second

@@ -86,7 +86,7 @@ var _ kafkaclient.Reader = (*Reader)(nil)
 // for the consumer defaults (FetchMaxWait 100ms).
 func (c *Client) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, error) {
 	role := "reader-" + strconv.FormatUint(c.seq.Add(1), 10)
-	kc, err := c.newConsumerClient(c.consumerOpts(role, cfg.ReadCommitted))
+	kc, err := c.newConsumerClient(c.consumerOpts(role, cfg.ReadCommitted, nil))
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ package kafkaclient
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 )
 
@@ -235,4 +236,16 @@ type TxnProducer interface {
 	Abort(ctx context.Context) error
 	// Close aborts the open transaction and releases the producer.
 	Close() error
+}
+
+// MaxMessageBytes is the record size limit the clients are configured for
+// (8 MiB), so that messages of a megabyte and more travel as one record. The
+// topics the project creates set max.message.bytes to it, so that an Apache
+// Kafka broker with its default limit (about 1 MiB) accepts them too.
+const MaxMessageBytes = 8 << 20
+
+// TopicConfig returns the topic configuration the project's own topics are
+// created with: max.message.bytes = MaxMessageBytes.
+func TopicConfig() map[string]string {
+	return map[string]string{"max.message.bytes": strconv.Itoa(MaxMessageBytes)}
 }

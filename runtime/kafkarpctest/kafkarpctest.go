@@ -137,7 +137,7 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	add := func(t string) {
 		if t != "" && !seen[t] {
 			seen[t] = true
-			topics = append(topics, kafkaclient.TopicSpec{Name: env.Topic(t), Partitions: cfg.partitions})
+			topics = append(topics, kafkaclient.TopicSpec{Name: env.Topic(t), Partitions: cfg.partitions, Config: kafkaclient.TopicConfig()})
 		}
 	}
 	for _, m := range svc.Spec.Methods {

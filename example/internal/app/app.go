@@ -86,7 +86,7 @@ func EnsureTopics(ctx context.Context, c kafkaclient.Client) error {
 	defer cancel()
 	specs := make([]kafkaclient.TopicSpec, 0, len(Topics))
 	for _, t := range Topics {
-		specs = append(specs, kafkaclient.TopicSpec{Name: t, Partitions: 3})
+		specs = append(specs, kafkaclient.TopicSpec{Name: t, Partitions: 3, Config: kafkaclient.TopicConfig()})
 	}
 	if err := c.CreateTopics(ctx, specs); err != nil {
 		return fmt.Errorf("creating topics %v: %w", Topics, err)

@@ -1,0 +1,19 @@
+// Package integration holds the fault tests that need a real Apache Kafka:
+// the broker stopped under load, workers killed or restarted, a gateway
+// restarted under fetch callers. They start the example binaries as
+// processes, point them at KAFKA_BROKERS, and stop and start the broker
+// through scripts/kafka.sh.
+//
+// The tests carry the build tag "integration", so `make test` does not run
+// them; `make integration` does, after the whole suite on the same broker:
+//
+//	make kafka-up        # Apache Kafka on 127.0.0.1:19092 (scripts/kafka.sh)
+//	make integration     # go test ./... then go test -tags integration ./integration/
+//	make kafka-down
+//
+// Run alone: KAFKA_BROKERS=127.0.0.1:19092 go test -tags integration -v ./integration/
+//
+// Tests that stop the broker skip themselves when KAFKA_BROKERS is not the
+// broker of scripts/kafka.sh. INTEGRATION_LOGS=1 logs the binaries' output
+// even when a test passes (it is always logged when one fails).
+package integration

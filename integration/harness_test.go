@@ -1,0 +1,402 @@
+//go:build integration
+
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+)
+
+// Bounds of the harness's own waits.
+const (
+	readyTimeout  = 90 * time.Second  // process start until its "ready" line
+	exitTimeout   = 30 * time.Second  // SIGTERM until exit
+	killTimeout   = 10 * time.Second  // SIGKILL until Wait returns
+	scriptTimeout = 180 * time.Second // one scripts/kafka.sh stop or start
+	warmupTimeout = 90 * time.Second  // until the first call through a fresh deployment succeeds
+)
+
+var (
+	// brokers is KAFKA_BROKERS; the tests skip without it.
+	brokers string
+	// binDir holds the example binaries built by TestMain.
+	binDir string
+	// root is the module root.
+	root string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	brokers = os.Getenv("KAFKA_BROKERS")
+	if brokers == "" {
+		fmt.Fprintln(os.Stderr, "integration: KAFKA_BROKERS is not set; the fault tests need Apache Kafka (make kafka-up, then make integration) and skip")
+		return m.Run()
+	}
+	var err error
+	if root, err = moduleRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "kafkarpc-integration-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	start := time.Now()
+	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./example/cmd/echo-gateway", "./example/cmd/echo-worker")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building the example binaries: %v\n%s", err, out)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "integration: built echo-gateway and echo-worker in %s; Kafka at %s\n", time.Since(start).Round(time.Millisecond), brokers)
+	binDir = dir
+	return m.Run()
+}
+
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// needKafka skips t when no broker was given.
+func needKafka(t *testing.T) {
+	t.Helper()
+	if brokers == "" {
+		t.Skip("KAFKA_BROKERS is not set (make kafka-up; make integration)")
+	}
+}
+
+// unique returns prefix with a random-enough suffix, for group ids.
+func unique(prefix string) string {
+	return prefix + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+}
+
+// freeAddr returns 127.0.0.1:<port> of a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	return addr
+}
+
+// ---- the broker, through scripts/kafka.sh
+
+// kafkaCtl stops and starts the broker of scripts/kafka.sh.
+type kafkaCtl struct {
+	script string
+	env    []string
+}
+
+// managedKafka returns the controller of the broker at KAFKA_BROKERS, or
+// skips t when that broker is not the one scripts/kafka.sh runs.
+func managedKafka(t *testing.T) *kafkaCtl {
+	t.Helper()
+	needKafka(t)
+	k := &kafkaCtl{script: filepath.Join(root, "scripts", "kafka.sh")}
+	if _, port, err := net.SplitHostPort(brokers); err == nil {
+		k.env = append(os.Environ(), "KAFKA_PORT="+port)
+	}
+	out, err := k.run(t, "addr")
+	if err != nil || strings.TrimSpace(out) != brokers {
+		t.Skipf("KAFKA_BROKERS=%s is not the broker of scripts/kafka.sh (%q, %v): this test stops and starts the broker", brokers, strings.TrimSpace(out), err)
+	}
+	return k
+}
+
+// run runs the script with args, bounded by scriptTimeout, and returns its
+// stdout; its stderr goes to the test log.
+func (k *kafkaCtl) run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, k.script, args...)
+	cmd.Env = k.env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if s := strings.TrimSpace(stderr.String()); s != "" {
+		t.Logf("scripts/kafka.sh %s:\n%s", strings.Join(args, " "), s)
+	}
+	return stdout.String(), err
+}
+
+// stop stops the broker, keeping its storage.
+func (k *kafkaCtl) stop(t *testing.T) {
+	t.Helper()
+	if _, err := k.run(t, "stop"); err != nil {
+		t.Fatalf("stopping the broker: %v", err)
+	}
+}
+
+// start starts the broker again and returns once it answers.
+func (k *kafkaCtl) start(t *testing.T) {
+	t.Helper()
+	if _, err := k.run(t, "start"); err != nil {
+		t.Fatalf("starting the broker: %v", err)
+	}
+}
+
+// ensureRunning starts the broker when a failed test left it stopped, so
+// that the tests after it still have one.
+func (k *kafkaCtl) ensureRunning(t *testing.T) {
+	if _, err := k.run(t, "status"); err != nil {
+		t.Logf("the broker is not running: starting it again for the next tests")
+		if _, err := k.run(t, "start"); err != nil {
+			t.Errorf("starting the broker again: %v", err)
+		}
+	}
+}
+
+// ---- example binaries as processes
+
+// proc is a running example binary.
+type proc struct {
+	name   string
+	args   []string
+	cmd    *exec.Cmd
+	out    *lineLog
+	done   chan struct{} // closed once Wait returned
+	err    error         // Wait's result, readable after done
+	readyc chan string   // receives the "ready" line once
+}
+
+// lineLog keeps a process's output and spots its ready line.
+type lineLog struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	ready func(string)
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lineLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// startProc runs the named example binary with args. It is killed in cleanup
+// if still running, and its output is logged when the test failed.
+func startProc(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{
+		name:   name,
+		args:   args,
+		out:    &lineLog{},
+		done:   make(chan struct{}),
+		readyc: make(chan string, 1),
+	}
+	p.cmd = exec.Command(filepath.Join(binDir, name), args...)
+	p.cmd.Stderr = p.out
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.WaitDelay = 5 * time.Second
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		sc := bufio.NewScanner(stdout)
+		sent := false
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(p.out, line)
+			if !sent && strings.Contains(line, "ready") {
+				p.readyc <- line
+				sent = true
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	go func() {
+		<-copied
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = p.cmd.Process.Kill()
+			select {
+			case <-p.done:
+			case <-time.After(killTimeout):
+				t.Errorf("%s (pid %d) did not exit within %s of SIGKILL", name, p.cmd.Process.Pid, killTimeout)
+			}
+		}
+		if t.Failed() || os.Getenv("INTEGRATION_LOGS") != "" {
+			t.Logf("--- %s %s (output):\n%s", name, strings.Join(args, " "), tail(p.out.String(), 120))
+		}
+	})
+	return p
+}
+
+// tail returns the last n lines of s, leaving out the worker's warnings
+// about requests whose deadline passed before it read them (a worker in a new
+// group reads the shared request topic from its start, where older tests
+// left thousands of them), counted instead.
+func tail(s string, n int) string {
+	var lines []string
+	skipped := 0
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		if strings.Contains(l, `msg="kafkarpc: rejecting request"`) && strings.Contains(l, "code=DeadlineExceeded") {
+			skipped++
+			continue
+		}
+		lines = append(lines, l)
+	}
+	if skipped > 0 {
+		lines = append(lines, fmt.Sprintf("(%d warnings about expired requests left out)", skipped))
+	}
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("... (%d lines before)", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// waitReady waits for the ready line.
+func (p *proc) waitReady(t *testing.T) string {
+	t.Helper()
+	select {
+	case line := <-p.readyc:
+		return line
+	case <-p.done:
+		t.Fatalf("%s exited before it was ready: %v\n%s", p.name, p.err, tail(p.out.String(), 60))
+	case <-time.After(readyTimeout):
+		t.Fatalf("%s was not ready within %s\n%s", p.name, readyTimeout, tail(p.out.String(), 60))
+	}
+	return ""
+}
+
+// signal sends sig.
+func (p *proc) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("sending %s to %s: %v", sig, p.name, err)
+	}
+}
+
+// wait waits for the process to exit, bounded by d, and returns how long
+// it took.
+func (p *proc) wait(t *testing.T, d time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		t.Fatalf("%s did not exit within %s\n%s", p.name, d, tail(p.out.String(), 60))
+	}
+	return time.Since(start)
+}
+
+// stop sends SIGTERM and requires a clean exit within exitTimeout.
+func (p *proc) stop(t *testing.T) time.Duration {
+	t.Helper()
+	p.signal(t, syscall.SIGTERM)
+	d := p.wait(t, exitTimeout)
+	if p.err != nil {
+		t.Fatalf("%s did not exit cleanly after SIGTERM: %v\n%s", p.name, p.err, tail(p.out.String(), 60))
+	}
+	return d
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *proc) kill(t *testing.T) {
+	t.Helper()
+	p.signal(t, syscall.SIGKILL)
+	p.wait(t, killTimeout)
+}
+
+// startWorker starts echo-worker in group and waits until it has joined.
+func startWorker(t *testing.T, group string) *proc {
+	t.Helper()
+	p := startProc(t, "echo-worker", "--brokers", brokers, "--group", group)
+	p.waitReady(t)
+	return p
+}
+
+// startGateway starts echo-gateway on addr and waits until it listens.
+func startGateway(t *testing.T, addr string) *proc {
+	t.Helper()
+	p := startProc(t, "echo-gateway", "--brokers", brokers, "--listen", addr)
+	p.waitReady(t)
+	return p
+}
+
+// dial returns an echo client of the gateway at addr.
+func dial(t *testing.T, addr string) echov1.EchoServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", addr, err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return echov1.NewEchoServiceClient(cc)
+}
+
+// warmUp calls EchoUnary until one call succeeds, bounded by warmupTimeout:
+// a worker that just joined may still be catching up with older requests of
+// the shared topic.
+func warmUp(t *testing.T, c echov1.EchoServiceClient) {
+	t.Helper()
+	deadline := time.Now().Add(warmupTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := c.EchoUnary(ctx, &echov1.EchoRequest{Message: "warm-up"})
+		cancel()
+		if err == nil && resp.GetMessage() == "warm-up" {
+			return
+		}
+		last = err
+		<-time.After(100 * time.Millisecond) // back-off between failed tries
+	}
+	t.Fatalf("no call succeeded within %s: last error %v", warmupTimeout, last)
+}
