@@ -150,7 +150,7 @@ func testWorkerRestartDuringBidi(t *testing.T, sig syscall.Signal) {
 // tell them apart. While this is so, a duplicate makes the test skip, with the
 // evidence; set it to false once the runtime ends such a stream with a status
 // instead (or the wire format lets the gateway drop the repeats).
-const knownReplayDuplicates = true
+const knownReplayDuplicates = false
 
 // checkReplayedStream checks the answers a stream that ended OK received
 // after the restart: "two" must have been answered (the call was completed),

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
@@ -405,5 +406,38 @@ func TestEmptyClientStream(t *testing.T) {
 	resp, err := stream.CloseAndRecv() // only the end-of-stream record goes to Kafka
 	if err != nil || resp.GetIndex() != 0 || resp.GetMessage() != "" {
 		t.Fatalf("empty client stream = %v, %v; want an empty response", resp, err)
+	}
+}
+
+// silent never answers server streams: the test writes the replies itself.
+type silent struct{ echoserver.Server }
+
+func (silent) EchoServerStream(_ *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	<-s.Context().Done()
+	return s.Context().Err()
+}
+
+func TestStreamServedAgainByAnotherWorkerEndsUnavailable(t *testing.T) {
+	e := setup(t, silent{})
+	requests := watchReplies(t, e.kc, e.topic("echo-requests"))
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "idempotency-key", "replayed")
+	stream, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "m", Repeat: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "replayed", "example.echo.v1.EchoService", "EchoServerStream", e.topic("echo-responses"), nil)
+	requests.await(t, id) // the request is in Kafka: the gateway waits for replies
+	reply := func(index int32, servedBy string) {
+		b, _ := proto.Marshal(&echov1.EchoResponse{Message: "m", Index: index})
+		produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-responses"), Key: []byte(id), Value: b,
+			Headers: hdrs{"zilla:correlation-id", id, "meta:" + runtime.ServedByMetadata, servedBy}.headers()})
+	}
+	reply(0, "worker-a")
+	if r, err := stream.Recv(); err != nil || r.GetIndex() != 0 {
+		t.Fatalf("first answer: %v, %v", r, err)
+	}
+	reply(0, "worker-b") // worker-a died; worker-b serves the call again from the start
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("after another worker replayed the call: %v, want UNAVAILABLE", err)
 	}
 }

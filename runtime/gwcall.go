@@ -241,6 +241,8 @@ func (c *gwCall) deliver(rec *kafkaclient.Record) {
 func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), onData func(*kafkaclient.Record) error, onTrailer func(metadata.MD)) (err error) {
 	names := &c.g.cfg.names
 	first := true
+	servedByHeader := names.MetaPrefix + ServedByMetadata
+	var servedBy []byte
 	var receive trace.Span
 	defer func() {
 		if receive != nil {
@@ -275,9 +277,14 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 					trace.WithAttributes(attribute.String("messaging.system", "kafka"),
 						attribute.String("messaging.destination.name", rec.Topic), c.method,
 						attribute.String("messaging.message.conversation_id", c.id)))
+				servedBy, _ = headerValue(rec.Headers, servedByHeader)
+				delete(md, ServedByMetadata)
 				if md = c.g.trc.withoutTrace(md); len(md) > 0 {
 					onHeader(md)
 				}
+			} else if by, ok := headerValue(rec.Headers, servedByHeader); ok && servedBy != nil && string(by) != string(servedBy) {
+				return status.Errorf(codes.Unavailable, "%s: the worker serving the call stopped midway and another one served it again from the start; "+
+					"retry the call (with the same idempotency-key, so that it does not run twice)", c.m.FullMethod())
 			}
 			if rec.Value == nil {
 				c.mu.Lock()

@@ -427,7 +427,7 @@ func (c *wCall) produceEnd(st *status.Status) {
 	hs := []kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}}
 	if c.sent == 0 { // headers the handler set but never sent with a message
 		hs = appendMetaHeaders(hs, names.MetaPrefix, c.header, nil)
-		hs = append(hs, c.traceHdrs...)
+		hs = append(append(hs, c.traceHdrs...), c.w.incarnation...)
 	}
 	if st == nil {
 		st = status.New(codes.OK, "")
@@ -583,8 +583,8 @@ func (c *wCall) sendMsg(m any) error {
 	if !c.frozen {
 		c.frozen = true
 		names := &c.w.cfg.names
-		c.replyHdrs = append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
-			names.MetaPrefix, c.header, nil), c.traceHdrs...)
+		c.replyHdrs = append(append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
+			names.MetaPrefix, c.header, nil), c.traceHdrs...), c.w.incarnation...)
 	}
 	c.sent++
 	if !c.wm.spec.Kind.serverStreams() {
@@ -609,8 +609,8 @@ func (c *wCall) setHeader(md metadata.MD, send bool) error {
 	if send {
 		c.frozen = true
 		names := &c.w.cfg.names
-		c.replyHdrs = append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
-			names.MetaPrefix, c.header, nil), c.traceHdrs...)
+		c.replyHdrs = append(append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
+			names.MetaPrefix, c.header, nil), c.traceHdrs...), c.w.incarnation...)
 	}
 	return nil
 }

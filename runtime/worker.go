@@ -59,6 +59,10 @@ type Worker struct {
 
 	committer *committer
 	stats     workerCounters
+	// incarnation is sent as response metadata on the first replies of every
+	// call (ServedByMetadata), so that a gateway can tell when another worker
+	// served a call again after this one failed midway.
+	incarnation []kafkaclient.Header
 	trc       tracing
 	met       callMetrics
 	skipped   metric.Int64Counter
@@ -112,6 +116,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
 	w.txnIdle = sync.NewCond(&w.mu)
+	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + ServedByMetadata, Value: []byte(newUUID())}}
 	w.trc = newTracing(cfg.telemetryConfig)
 	meter := meterOf(cfg.telemetryConfig)
 	w.met = newCallMetrics(meter, "worker")
@@ -732,3 +737,12 @@ func fullMethodName(service, method string) string {
 	b.WriteString(method)
 	return b.String()
 }
+
+// ServedByMetadata is the response metadata, carried as meta:<name> on the
+// reply records of every call, that names the worker process instance that
+// served it (a random id per Worker). When a worker dies midway through a
+// streaming call, the partition's next owner serves the call again from its
+// first request, and its replies carry another id: the gateway then ends the
+// call with UNAVAILABLE instead of handing the caller answers it already had.
+// Gateways remove it from the caller's response headers.
+const ServedByMetadata = "kafkarpc-served-by"
