@@ -63,11 +63,11 @@ type Worker struct {
 	// call (ServedByMetadata), so that a gateway can tell when another worker
 	// served a call again after this one failed midway.
 	incarnation []kafkaclient.Header
-	trc       tracing
-	met       callMetrics
-	skipped   metric.Int64Counter
-	deadLet   metric.Int64Counter
-	dupCount  metric.Int64Counter
+	trc         tracing
+	met         callMetrics
+	skipped     metric.Int64Counter
+	deadLet     metric.Int64Counter
+	dupCount    metric.Int64Counter
 
 	// exactly-once (WithExactlyOnce)
 	txn      kafkaclient.TxnProducer
