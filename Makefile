@@ -4,7 +4,7 @@
 GO      ?= go
 BUF     := $(GO) tool -modfile=tools/go.mod buf
 BIN     := bin
-CMDS    := echo echo-gateway echo-worker echo-server
+CMDS    := echo echo-gateway echo-worker echo-server echo-publish
 
 .DEFAULT_GOAL := help
 
@@ -74,12 +74,18 @@ check-generated: generate ## fail if `buf generate` changes the tree
 lint: ## go vet, gofmt and buf lint
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./integration/
+	cd bench && $(GO) vet .
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(BUF) lint
 
 .PHONY: bench
-bench: ## unary latency through gateway and worker against its floor (ratios in the same run)
-	$(GO) test -run '^$$' -bench . -benchtime 3000x ./runtime/ ./runtime/confluent/
+bench: ## RPC against its Kafka floor, plain gRPC and Watermill, interleaved in one run (embedded broker, or KAFKA_BROKERS); markdown report
+	cd bench && $(GO) run . $(BENCHFLAGS)
+
+.PHONY: bench-go
+bench-go: ## the Go benchmarks: unary p50 against its floor per client, the clients' floors, fanout
+	@for c in $(KAFKA_CLIENTS); do KAFKA_CLIENT=$$c $(GO) test -run '^$$' -bench UnaryVsFloor -benchtime 3000x ./runtime/ || exit 1; done
+	$(GO) test -run '^$$' -bench Clients -benchtime 5000x ./internal/kafkatest/
 
 .PHONY: fuzz
 fuzz: ## fuzz the record and header decoders for 20 s each

@@ -8,7 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -42,6 +44,8 @@ type Gateway struct {
 	trc     tracing
 	met     callMetrics
 	dropped metric.Int64Counter
+
+	fanout *fanout // fetch methods (fanout.go)
 }
 
 // NewGateway returns a Gateway producing and reading through client, which
@@ -65,6 +69,7 @@ func NewGateway(client kafkaclient.Client, opts ...GatewayOption) *Gateway {
 		metric.WithDescription("Reply records whose correlation id matched no call in flight here."))
 	empty := map[*MethodSpec]*methodPrep{}
 	g.preps.Store(&empty)
+	g.fanout = newFanout(g, opts)
 	return g
 }
 
@@ -75,10 +80,16 @@ type routePrep struct {
 	fixed  []kafkaclient.Header // overrides, service, method and, unless oneway, reply-to
 	key    []byte               // static key, or nil for the correlation id
 	router *replyRouter         // nil when oneway
+
+	sendName string                  // "send <topic>"
+	sendOpts []trace.SpanStartOption // the send span's kind and fixed attributes
+	recvName string                  // "receive <reply topic>"
+	recvOpts []trace.SpanStartOption
 }
 
 type methodPrep struct {
 	routes []routePrep
+	tel    *methodTelemetry
 }
 
 // AddService prepares the gateway for spec's methods: it precomputes each
@@ -110,11 +121,21 @@ func (g *Gateway) prepare(ctx context.Context, m *MethodSpec) (*methodPrep, erro
 	if g.ctx.Err() != nil {
 		return nil, status.Error(codes.Unavailable, "gateway is closed")
 	}
-	p := &methodPrep{routes: make([]routePrep, len(m.Routes))}
+	p := &methodPrep{routes: make([]routePrep, len(m.Routes)), tel: g.met.forMethod(m.FullMethod())}
 	names := &g.cfg.names
 	for i := range m.Routes {
 		r := g.mapRoute(&m.Routes[i])
 		rp := routePrep{route: r}
+		rp.sendName = "send " + r.Topic
+		rp.sendOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(attribute.String("messaging.system", "kafka"),
+				attribute.String("messaging.destination.name", r.Topic), p.tel.method)}
+		if r.ReplyTopic != "" {
+			rp.recvName = "receive " + r.ReplyTopic
+			rp.recvOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer),
+				trace.WithAttributes(attribute.String("messaging.system", "kafka"),
+					attribute.String("messaging.destination.name", r.ReplyTopic), p.tel.method)}
+		}
 		for _, o := range r.Overrides {
 			rp.fixed = append(rp.fixed, kafkaclient.Header{Key: o.Name, Value: []byte(o.Value)})
 		}
@@ -332,13 +353,14 @@ func GatewayStream[Req, Resp any, PReq interface {
 	return nil
 }
 
-// GatewayFetch streams the records of a fetch method's topic to the caller.
-// It answers UNIMPLEMENTED until fetch is served by this runtime.
+// GatewayFetch streams the records of a fetch method's topic to the caller,
+// each record's value sent as it is (never decoded) with the caller's event
+// id appended as an unknown field; see fanout.go. in must be empty.
 func GatewayFetch[Resp any, PResp interface {
 	*Resp
 	proto.Message
 }](g *Gateway, m *MethodSpec, in proto.Message, stream grpc.ServerStream) error {
-	return status.Errorf(codes.Unimplemented, "%s: fetch methods are not served yet", m.FullMethod())
+	return g.fanout.serveFetch(m, in, stream, carrierFor[Resp, PResp]())
 }
 
 func decodeReply(m *MethodSpec, rec *kafkaclient.Record, out proto.Message) error {

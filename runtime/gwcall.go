@@ -25,7 +25,7 @@ type gwCall struct {
 	key     []byte
 	headers []kafkaclient.Header
 	start   time.Time
-	method  attribute.KeyValue
+	tel     *methodTelemetry
 	ctx     context.Context // the caller's
 	send    trace.Span      // producing the request stream
 
@@ -64,11 +64,9 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 		}
 	}
 	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, reqDone: make(chan struct{}), signal: make(chan struct{}, 1),
-		start: time.Now(), method: attribute.String("rpc.method", m.FullMethod()), ctx: ctx}
-	g.met.begin(ctx, c.method)
-	sendCtx, send := g.trc.tracer.Start(ctx, "send "+rp.route.Topic, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(attribute.String("messaging.system", "kafka"),
-			attribute.String("messaging.destination.name", rp.route.Topic), c.method))
+		start: time.Now(), tel: p.tel, ctx: ctx}
+	c.tel.begin(ctx)
+	sendCtx, send := g.trc.tracer.Start(ctx, rp.sendName, rp.sendOpts...)
 	c.send = send
 	md = g.trc.inject(sendCtx, md)
 	names := &g.cfg.names
@@ -90,9 +88,10 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 				return nil, c.abandon(status.Errorf(codes.Unavailable, "%s: %v", m.FullMethod(), err))
 			}
 		}
-		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: []byte(c.id)})
+		idb := []byte(c.id) // one copy for the header and the key: records only read them
+		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: idb})
 		if c.key == nil {
-			c.key = []byte(c.id)
+			c.key = idb
 		}
 	} else if c.key == nil {
 		c.key = []byte(newUUID()) // keeps a oneway stream's records in order on one partition
@@ -110,7 +109,7 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 			return nil, c.abandon(status.Errorf(codes.AlreadyExists, "%s: a call with correlation id %q is already in flight", m.FullMethod(), c.id))
 		}
 	}
-	if c.id != "" {
+	if c.id != "" && send.IsRecording() {
 		send.SetAttributes(attribute.String("messaging.message.conversation_id", c.id))
 	}
 	return c, nil
@@ -119,7 +118,7 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 // abandon ends the telemetry of a call that begin could not start.
 func (c *gwCall) abandon(err error) error {
 	spanEnd(c.send, err)
-	c.g.met.end(c.ctx, c.method, c.start, err)
+	c.tel.end(c.ctx, c.start, err)
 	return err
 }
 
@@ -134,7 +133,7 @@ func (c *gwCall) end(err error) {
 	if c.rp.router != nil {
 		c.rp.router.remove(c)
 	}
-	c.g.met.end(c.ctx, c.method, c.start, err)
+	c.tel.end(c.ctx, c.start, err)
 }
 
 func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
@@ -272,11 +271,11 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 				// The reply carries the worker's span: the receiving span
 				// continues it, linked to the caller's.
 				parent := c.g.trc.extract(ctx, md)
-				_, receive = c.g.trc.tracer.Start(parent, "receive "+rec.Topic, trace.WithSpanKind(trace.SpanKindConsumer),
-					trace.WithLinks(trace.LinkFromContext(ctx)),
-					trace.WithAttributes(attribute.String("messaging.system", "kafka"),
-						attribute.String("messaging.destination.name", rec.Topic), c.method,
-						attribute.String("messaging.message.conversation_id", c.id)))
+				_, receive = c.g.trc.tracer.Start(parent, c.rp.recvName, c.rp.recvOpts...)
+				if receive.IsRecording() {
+					receive.AddLink(trace.LinkFromContext(ctx))
+					receive.SetAttributes(attribute.String("messaging.message.conversation_id", c.id))
+				}
 				servedBy, _ = headerValue(rec.Headers, servedByHeader)
 				delete(md, ServedByMetadata)
 				if md = c.g.trc.withoutTrace(md); len(md) > 0 {

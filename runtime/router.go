@@ -16,11 +16,13 @@ import (
 // replyRouter reads one reply topic and hands each record to the call in
 // flight with the record's correlation id.
 type replyRouter struct {
-	g       *Gateway
-	topic   string
-	reader  kafkaclient.Reader
-	mu      sync.RWMutex
-	pending map[string]*gwCall
+	g      *Gateway
+	topic  string
+	reader kafkaclient.Reader
+	// pending maps correlation ids to calls in flight (*gwCall). A sync.Map:
+	// calls add and remove their own keys concurrently and the reader looks
+	// each record up without a lock held across its batch.
+	pending sync.Map
 	dropped atomic.Uint64
 	read    atomic.Uint64
 
@@ -39,7 +41,7 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 	if err != nil {
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
-	r := &replyRouter{g: g, topic: topic, pending: map[string]*gwCall{}, partitions: int32(len(parts)), owned: map[int32]bool{}}
+	r := &replyRouter{g: g, topic: topic, partitions: int32(len(parts)), owned: map[int32]bool{}}
 	read := parts
 	if n := g.cfg.shardCount; n > 1 {
 		if len(parts) < n {
@@ -124,22 +126,22 @@ func (r *replyRouter) ensureReading(ctx context.Context, id string) error {
 // flight. A call whose caller already gave up (a retry right after a
 // deadline, before the first attempt unregistered) gives way.
 func (r *replyRouter) add(c *gwCall) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if old, dup := r.pending[c.id]; dup && old.ctx.Err() == nil {
-		return false
+	for {
+		v, dup := r.pending.LoadOrStore(c.id, c)
+		if !dup {
+			return true
+		}
+		old := v.(*gwCall)
+		if old.ctx.Err() == nil {
+			return false
+		}
+		if r.pending.CompareAndSwap(c.id, old, c) {
+			return true
+		}
 	}
-	r.pending[c.id] = c
-	return true
 }
 
-func (r *replyRouter) remove(c *gwCall) {
-	r.mu.Lock()
-	if r.pending[c.id] == c {
-		delete(r.pending, c.id)
-	}
-	r.mu.Unlock()
-}
+func (r *replyRouter) remove(c *gwCall) { r.pending.CompareAndDelete(c.id, c) }
 
 // run dispatches records until ctx ends.
 func (r *replyRouter) run(ctx context.Context) {
@@ -162,17 +164,15 @@ func (r *replyRouter) run(ctx context.Context) {
 		}
 		backoff = 10 * time.Millisecond
 		r.read.Add(uint64(len(recs)))
-		r.mu.RLock()
 		for _, rec := range recs {
 			id, _ := headerValue(rec.Headers, idHeader)
-			if c := r.pending[string(id)]; c != nil {
-				c.deliver(rec)
+			if v, ok := r.pending.Load(string(id)); ok {
+				v.(*gwCall).deliver(rec)
 			} else {
 				r.dropped.Add(1)
 				r.g.dropped.Add(context.Background(), 1, metric.WithAttributes(attribute.String("messaging.destination.name", r.topic)))
 			}
 		}
-		r.mu.RUnlock()
 	}
 }
 

@@ -32,6 +32,7 @@ type wCall struct {
 	w       *Worker
 	wm      *workerMethod // nil for a call rejected before it ran
 	id      string        // correlation id; empty for oneway calls
+	idb     []byte        // id as the replies' key and header value, shared by them (read only)
 	replyTo string
 	tp      kafkaclient.TopicPartition
 	pt      *partTrack
@@ -76,7 +77,7 @@ type wCall struct {
 
 func (w *Worker) newCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod) *wCall {
 	return &wCall{
-		w: w, wm: wm, id: id, replyTo: replyTo,
+		w: w, wm: wm, id: id, idb: []byte(id), replyTo: replyTo,
 		tp:    kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition},
 		pt:    pt,
 		first: rec.Offset,
@@ -99,18 +100,23 @@ func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo s
 			"%s: deadline passed before the worker read the request at %s", wm.spec.FullMethod(), recordPlace(rec)))
 		return
 	}
+	if wm.tel == nil { // a proxied method: its workerMethod is made per call
+		w.prepareTelemetry(wm)
+	}
 	c := w.newCall(rec, pt, id, replyTo, wm)
 	ctx := metadata.NewIncomingContext(w.trc.extract(w.base, md), md)
 	if who, ok := headerValue(rec.Headers, w.cfg.names.Identity); ok {
 		ctx = context.WithValue(ctx, identityKey{}, string(who))
 	}
 	c.start = time.Now()
-	ctx, c.span = w.trc.tracer.Start(ctx, "handle "+wm.spec.FullMethod(), trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attribute.String("messaging.system", "kafka"), attribute.String("messaging.destination.name", rec.Topic),
+	ctx, c.span = w.trc.tracer.Start(ctx, wm.handleName, wm.handleOpts...)
+	if c.span.IsRecording() {
+		c.span.SetAttributes(attribute.String("messaging.destination.name", rec.Topic),
 			attribute.Int("messaging.destination.partition.id", int(rec.Partition)), attribute.Int64("messaging.kafka.offset", rec.Offset),
-			attribute.String("messaging.message.conversation_id", id), attribute.String("rpc.method", wm.spec.FullMethod())))
+			attribute.String("messaging.message.conversation_id", id))
+	}
 	c.traceHdrs = w.trc.traceHeaders(ctx, w.cfg.names.MetaPrefix)
-	w.met.begin(ctx, attribute.String("rpc.method", wm.spec.FullMethod()))
+	wm.tel.begin(ctx)
 	var stopTimer context.CancelFunc = func() {}
 	if !deadline.IsZero() {
 		ctx, stopTimer = context.WithDeadline(ctx, deadline)
@@ -399,7 +405,7 @@ func (c *wCall) finish(st *status.Status) {
 	c.cancel(nil)
 	if c.span != nil {
 		spanEnd(c.span, st.Err())
-		w.met.end(c.ctx, attribute.String("rpc.method", c.wm.spec.FullMethod()), c.start, st.Err())
+		c.wm.tel.end(c.ctx, c.start, st.Err())
 	}
 	close(c.done)
 	if served && w.committer != nil {
@@ -424,7 +430,7 @@ type waiter struct {
 // produceEnd writes the reply end-of-stream record.
 func (c *wCall) produceEnd(st *status.Status) {
 	names := &c.w.cfg.names
-	hs := []kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}}
+	hs := []kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}}
 	if c.sent == 0 { // headers the handler set but never sent with a message
 		hs = appendMetaHeaders(hs, names.MetaPrefix, c.header, nil)
 		hs = append(append(hs, c.traceHdrs...), c.w.incarnation...)
@@ -444,7 +450,7 @@ func (c *wCall) produce(value []byte, hs []kafkaclient.Header) {
 	c.send(&kafkaclient.Record{
 		Topic:     c.replyTo,
 		Partition: kafkaclient.AnyPartition,
-		Key:       []byte(c.id),
+		Key:       c.idb,
 		Value:     value,
 		Headers:   hs,
 	})
@@ -583,7 +589,7 @@ func (c *wCall) sendMsg(m any) error {
 	if !c.frozen {
 		c.frozen = true
 		names := &c.w.cfg.names
-		c.replyHdrs = append(append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
+		c.replyHdrs = append(append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}},
 			names.MetaPrefix, c.header, nil), c.traceHdrs...), c.w.incarnation...)
 	}
 	c.sent++
@@ -609,7 +615,7 @@ func (c *wCall) setHeader(md metadata.MD, send bool) error {
 	if send {
 		c.frozen = true
 		names := &c.w.cfg.names
-		c.replyHdrs = append(append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(c.id)}},
+		c.replyHdrs = append(append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}},
 			names.MetaPrefix, c.header, nil), c.traceHdrs...), c.w.incarnation...)
 	}
 	return nil

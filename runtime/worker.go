@@ -12,6 +12,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -90,6 +91,20 @@ type workerMethod struct {
 	impl   any
 	unary  *grpc.MethodDesc
 	stream *grpc.StreamDesc
+
+	tel        *methodTelemetry // nil for proxied methods until their first call
+	handleName string           // "handle /service/method"
+	handleOpts []trace.SpanStartOption
+}
+
+// prepareTelemetry precomputes wm's metric options, span name and span
+// options.
+func (w *Worker) prepareTelemetry(wm *workerMethod) {
+	full := wm.spec.FullMethod()
+	wm.tel = w.met.forMethod(full)
+	wm.handleName = "handle " + full
+	wm.handleOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "kafka"), wm.tel.method)}
 }
 
 // NewWorker returns a Worker reading and producing through client, which
@@ -211,6 +226,7 @@ func (w *Worker) RegisterService(spec *ServiceSpec, desc *grpc.ServiceDesc, impl
 			continue
 		}
 		wm := &workerMethod{spec: m, impl: impl}
+		w.prepareTelemetry(wm)
 		for i := range desc.Methods {
 			if desc.Methods[i].MethodName == m.Method {
 				wm.unary = &desc.Methods[i]

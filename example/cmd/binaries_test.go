@@ -6,6 +6,7 @@ package cmd_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -25,12 +26,16 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
 // Bounds of every wait in this file.
@@ -499,22 +504,76 @@ func checkBidiStream(t *testing.T, c echov1.EchoServiceClient) {
 	requireStatus(t, "EchoBidiStream with fail_code", err, codes.Unavailable, "try later")
 }
 
-// checkEvents checks EchoEvents' current answer.
-func checkEvents(t *testing.T, c echov1.EchoServiceClient) {
+// checkEvents checks EchoEvents, the fetch of topic echo-events, on a
+// gateway whose Kafka is brokers: three events produced with one key arrive
+// in order, each carrying an event id (unknown field 32767), and resuming
+// after the second with metadata last-message-id delivers the third next.
+// Events of other runs (a shared KAFKA_BROKERS) are skipped.
+func checkEvents(t *testing.T, c echov1.EchoServiceClient, brokers string) {
 	ctx := callContext(t)
-	// EchoEvents is a fetch method, which the gateway does not serve yet
-	// (runtime.GatewayFetch answers UNIMPLEMENTED). When the fetch issue is
-	// done this must change: produce records to "echo-events" and expect
-	// them here, in order, then resume with metadata "last-message-id".
-	s, err := c.EchoEvents(ctx, &emptypb.Empty{})
-	if err == nil {
-		var ev *echov1.EchoEvent
-		ev, err = s.Recv()
-		if err == nil {
-			t.Fatalf("EchoEvents answered %v; want UNIMPLEMENTED until fetch methods are served", ev)
+	kc := kafkatest.NewClient(t, brokers)
+	run := strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
+	for i := 1; i <= 3; i++ {
+		v, _ := proto.Marshal(&echov1.EchoEvent{Message: run + strconv.Itoa(i)})
+		errc := make(chan error, 1)
+		kc.Produce(&kafkaclient.Record{Topic: "echo-events", Partition: kafkaclient.AnyPartition, Key: []byte(run), Value: v},
+			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+		if err := <-errc; err != nil {
+			t.Fatalf("producing to echo-events: %v", err)
 		}
 	}
-	requireStatus(t, "EchoEvents", err, codes.Unimplemented, "")
+	// next returns the next event of this run on s, and its event id.
+	next := func(what string, s grpc.ServerStreamingClient[echov1.EchoEvent]) (string, []byte) {
+		t.Helper()
+		for {
+			ev, err := s.Recv()
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			if !strings.HasPrefix(ev.GetMessage(), run) {
+				continue
+			}
+			id, ok := runtime.EventIDFromMessage(ev, runtime.DefaultEventIDField)
+			if !ok {
+				t.Fatalf("%s: event %q carries no event id", what, ev.GetMessage())
+			}
+			return ev.GetMessage(), id
+		}
+	}
+	s, err := c.EchoEvents(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatalf("EchoEvents: %v", err)
+	}
+	var second []byte
+	for i := 1; i <= 3; i++ {
+		msg, id := next("EchoEvents", s)
+		if want := run + strconv.Itoa(i); msg != want {
+			t.Fatalf("EchoEvents: event %q, want %q", msg, want)
+		}
+		if i == 2 {
+			second = id
+		}
+	}
+	resumed := metadata.AppendToOutgoingContext(ctx, "last-message-id", base64.RawURLEncoding.EncodeToString(second))
+	s, err = c.EchoEvents(resumed, &emptypb.Empty{})
+	if err != nil {
+		t.Fatalf("EchoEvents resumed: %v", err)
+	}
+	if msg, _ := next("EchoEvents resumed", s); msg != run+"3" {
+		t.Fatalf("EchoEvents resumed after the second event: got %q, want %q", msg, run+"3")
+	}
+}
+
+// brokerOf returns the embedded broker's address that echo printed.
+func brokerOf(t *testing.T, p *proc) string {
+	t.Helper()
+	const prefix = "embedded Kafka broker listening on "
+	out := p.stdout.String()
+	i := strings.Index(out, prefix)
+	if i < 0 {
+		t.Fatalf("echo did not print its broker's address:\n%s", p.output())
+	}
+	return strings.Fields(out[i+len(prefix):])[0]
 }
 
 // checkHealth checks the overall health status.
@@ -587,7 +646,7 @@ func TestEcho(t *testing.T) {
 	t.Run("ClientStream", func(t *testing.T) { checkClientStream(t, c) })
 	t.Run("EmptyStreams", func(t *testing.T) { checkEmptyStreams(t, c) })
 	t.Run("BidiStream", func(t *testing.T) { checkBidiStream(t, c) })
-	t.Run("Events", func(t *testing.T) { checkEvents(t, c) })
+	t.Run("Events", func(t *testing.T) { checkEvents(t, c, brokerOf(t, p)) })
 	t.Run("Health", func(t *testing.T) { checkHealth(t, cc) })
 	t.Run("Reflection", func(t *testing.T) { checkReflection(t, cc) })
 
@@ -614,6 +673,7 @@ func TestSplitDeployment(t *testing.T) {
 	c := echov1.NewEchoServiceClient(cc)
 	t.Run("Unary", func(t *testing.T) { checkUnary(t, c) })
 	t.Run("ServerStream", func(t *testing.T) { checkServerStream(t, c) })
+	t.Run("Events", func(t *testing.T) { checkEvents(t, c, brokers) })
 	t.Run("Health", func(t *testing.T) { checkHealth(t, cc) })
 
 	// Both stop at once, as in a rolling shutdown.

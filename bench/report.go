@@ -1,0 +1,375 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	goruntime "runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+)
+
+// Goals of the benchmark issue, as ratios measured in the same run.
+const (
+	goalP50Ratio       = 1.3 // rpc p50 ≤ 1.3 × (two-hop floor p50 + plain gRPC p50), 1 in flight
+	goalThroughput     = 0.6 // rpc calls/s ≥ 0.6 × floor pipeline calls/s, 256 in flight
+	goalVsWatermill    = 10  // rpc calls/s ≥ 10 × Watermill's, 256 in flight
+	goalThroughputAt   = 256
+	goalVsWatermillAt  = 256
+	watermillKind      = "watermill"
+	watermillClient    = "sarama"
+	plainGRPCKind      = "grpc"
+	rpcKind, floorKind = "rpc", "floor"
+	twoHopKind         = "floor-2hop"
+)
+
+var kindNames = map[string]string{
+	"floor-2hop":       "Kafka floor, two hops on one goroutine",
+	"floor":            "Kafka floor pipeline (produce → relay → consume)",
+	"rpc":              "**kafkarpc unary** (gRPC → gateway → Kafka → worker → Kafka → gateway)",
+	"grpc":             "plain gRPC on loopback, no Kafka",
+	"watermill":        "Watermill request-reply, one shared reply subscription",
+	"watermill-fanout": "Watermill request-reply, stock gochannel.FanOut for replies",
+	"watermill-grpc":   "Watermill request-reply behind a gRPC server on loopback",
+	"stream":           "**kafkarpc server stream** through gateway and worker",
+	"stream-floor":     "raw consumer, records produced meanwhile (produce → consume)",
+	"grpc-stream":      "plain gRPC server stream on loopback, no Kafka",
+}
+
+func find(cs []*contender, kind, client string, inflight int) *contender {
+	for _, c := range cs {
+		if c.kind == kind && c.client == client && c.inflight == inflight {
+			return c
+		}
+	}
+	return nil
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "–"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%d µs", d.Microseconds())
+	case d < 10*time.Millisecond:
+		return fmt.Sprintf("%.2f ms", float64(d)/1e6)
+	case d < time.Second:
+		return fmt.Sprintf("%.1f ms", float64(d)/1e6)
+	default:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	}
+}
+
+func fmtRate(r float64) string {
+	switch {
+	case r <= 0:
+		return "–"
+	case r >= 100000:
+		return fmt.Sprintf("%.0fk", r/1000)
+	case r >= 10000:
+		return fmt.Sprintf("%.1fk", r/1000)
+	default:
+		return fmt.Sprintf("%.0f", r)
+	}
+}
+
+func ratio(a, b float64) string {
+	if a <= 0 || b <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contender, fetch []*fetchResult) {
+	fmt.Fprintf(w, "## Run of %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	hasWM := false
+	for _, c := range unaryCs {
+		hasWM = hasWM || strings.HasPrefix(c.kind, "watermill")
+	}
+	writeEnv(w, cfg, broker, hasWM)
+
+	clients := clientsOf(unaryCs)
+	if len(unaryCs) > 0 {
+		fmt.Fprintf(w, "\n### Unary echo\n\n")
+		fmt.Fprintf(w, "Each row: closed loop, that many calls in flight. p50/p99 over every call of %d slices of %v; calls/s = calls ÷ wall time of those slices; CPU and allocations are the whole process's (broker included) per call.\n\n", cfg.rounds, cfg.slice)
+		fmt.Fprintln(w, "| in flight | path | client | p50 | p99 | calls/s | CPU/call | allocs/call | errors |")
+		fmt.Fprintln(w, "|---:|---|---|---:|---:|---:|---:|---:|---:|")
+		levels := append([]int{}, cfg.levels...)
+		for _, l := range levels {
+			for _, kind := range []string{twoHopKind, floorKind, rpcKind, plainGRPCKind, watermillKind, "watermill-grpc", "watermill-fanout"} {
+				for _, c := range unaryCs {
+					if c.kind != kind || c.inflight != l {
+						continue
+					}
+					fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", l, kindNames[kind], c.client,
+						fmtDur(c.p(50)), fmtDur(c.p(99)), fmtRate(c.rate()), perCall(c), allocsPerCall(c), errCell(c))
+				}
+			}
+		}
+
+		fmt.Fprintf(w, "\n### Ratios (same run)\n\n")
+		fmt.Fprintln(w, "| client | in flight | rpc p50 ÷ floor pipeline p50 | rpc calls/s ÷ floor pipeline | rpc calls/s ÷ Watermill | rpc p50 ÷ Watermill p50 | rpc calls/s ÷ Watermill behind gRPC | rpc p50 ÷ Watermill behind gRPC |")
+		fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|")
+		for _, cl := range clients {
+			for _, l := range levels {
+				r, f, wm := find(unaryCs, rpcKind, cl, l), find(unaryCs, floorKind, cl, l), find(unaryCs, watermillKind, watermillClient, l)
+				wg := find(unaryCs, "watermill-grpc", watermillClient, l)
+				if r == nil {
+					continue
+				}
+				fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %s |\n", cl, l, ratioDur(r, f), ratioRate(r, f), ratioRate(r, wm), ratioDur(r, wm), ratioRate(r, wg), ratioDur(r, wg))
+			}
+		}
+
+		fmt.Fprintf(w, "\n### Goals\n\n")
+		fmt.Fprintln(w, "| goal | client | measured | target | |")
+		fmt.Fprintln(w, "|---|---|---:|---:|---|")
+		g := find(unaryCs, plainGRPCKind, "-", 1)
+		wm := func(l int) *contender { return find(unaryCs, watermillKind, watermillClient, l) }
+		for _, cl := range clients {
+			r1, h := find(unaryCs, rpcKind, cl, 1), find(unaryCs, twoHopKind, cl, 1)
+			if r1 != nil && h != nil && g != nil {
+				x := float64(r1.p(50)) / float64(h.p(50)+g.p(50))
+				fmt.Fprintf(w, "| unary p50 ÷ (two-hop floor p50 + plain gRPC p50), 1 in flight: %s ÷ (%s + %s) | %s | %.2f | ≤ %.1f | %s |\n",
+					fmtDur(r1.p(50)), fmtDur(h.p(50)), fmtDur(g.p(50)), cl, x, goalP50Ratio, verdict(x <= goalP50Ratio))
+			}
+			rN, fN := find(unaryCs, rpcKind, cl, goalThroughputAt), find(unaryCs, floorKind, cl, goalThroughputAt)
+			if rN != nil && fN != nil {
+				x := rN.rate() / fN.rate()
+				fmt.Fprintf(w, "| calls/s ÷ floor pipeline calls/s, %d in flight: %s ÷ %s | %s | %.2f | ≥ %.1f | %s |\n",
+					goalThroughputAt, fmtRate(rN.rate()), fmtRate(fN.rate()), cl, x, goalThroughput, verdict(x >= goalThroughput))
+			}
+			if rW, wW := find(unaryCs, rpcKind, cl, goalVsWatermillAt), wm(goalVsWatermillAt); rW != nil && wW != nil {
+				x := rW.rate() / wW.rate()
+				fmt.Fprintf(w, "| calls/s ÷ Watermill calls/s, %d in flight: %s ÷ %s | %s | %.1f | ≥ %d | %s |\n",
+					goalVsWatermillAt, fmtRate(rW.rate()), fmtRate(wW.rate()), cl, x, goalVsWatermill, verdict(x >= goalVsWatermill))
+			}
+			if cl == "franz" {
+				for _, l := range levels {
+					r, wl := find(unaryCs, rpcKind, cl, l), wm(l)
+					if r == nil || wl == nil {
+						continue
+					}
+					fmt.Fprintf(w, "| lower p50 than Watermill, %d in flight: %s vs %s | %s | %s | < 1.00× | %s |\n",
+						l, fmtDur(r.p(50)), fmtDur(wl.p(50)), cl, ratioDur(r, wl), verdict(r.p(50) < wl.p(50)))
+					fmt.Fprintf(w, "| more calls/s than Watermill, %d in flight: %s vs %s | %s | %s | > 1.00× | %s |\n",
+						l, fmtRate(r.rate()), fmtRate(wl.rate()), cl, ratioRate(r, wl), verdict(r.rate() > wl.rate()))
+				}
+			}
+		}
+	}
+
+	if len(streamCs) > 0 {
+		fmt.Fprintf(w, "\n### Server streaming\n\n")
+		fmt.Fprintf(w, "One stream of %d echo responses at a time (EchoServerStream, repeat=%d), against a raw consumer reading the same number of records (one key, so one partition, as a stream's replies).\n\n", cfg.streamMsgs, cfg.streamMsgs)
+		fmt.Fprintln(w, "| path | client | p50 per stream | messages/s | vs raw consumer (produce → consume) | CPU/message | errors |")
+		fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|")
+		for _, cl := range append(clientsOf(streamCs), "-") {
+			for _, kind := range []string{"stream", "stream-floor", "grpc-stream"} {
+				c := find(streamCs, kind, cl, 1)
+				if c == nil {
+					continue
+				}
+				rate := c.rate() * float64(cfg.streamMsgs)
+				vs := "–"
+				if f := find(streamCs, "stream-floor", cl, 1); f != nil && kind != "stream-floor" {
+					vs = ratioRate(c, f)
+				}
+				cpu := "–"
+				if c.calls > 0 {
+					cpu = fmt.Sprintf("%.1f µs", float64(c.cpu.Microseconds())/float64(c.calls*cfg.streamMsgs))
+				}
+				fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", kindNames[kind], cl, fmtDur(c.p(50)), fmtRate(rate), vs, cpu, errCell(c))
+			}
+		}
+	}
+
+	fmt.Fprintf(w, "\n### Fanout (fetch)\n\n")
+	if len(fetch) == 0 {
+		fmt.Fprintln(w, "Not run.")
+	}
+	header := false
+	for _, f := range fetch {
+		if !f.available || f.firstError != nil {
+			note := f.note
+			if f.firstError != nil {
+				note = "failed: " + f.firstError.Error()
+			}
+			fmt.Fprintf(w, "- %s: %s\n", f.client, note)
+			continue
+		}
+		if !header {
+			header = true
+			fmt.Fprintf(w, "%d callers of EchoEvents through the gateway (one shared reader per topic: the fanout hub) against %d raw readers of the topic (one Kafka consumer each); batches of %d events produced, %d rounds each, alternating; deliveries = events × callers; time from the first produce to the last caller's last event.\n\n",
+				f.callers, f.callers, f.events, f.rounds)
+			fmt.Fprintln(w, "| path | client | p50 batch delivered to all | deliveries/s | vs raw readers |")
+			fmt.Fprintln(w, "|---|---|---:|---:|---:|")
+		}
+		fmt.Fprintf(w, "| kafkarpc fetch (fanout hub), %d callers | %s | %s | %s | %.2f× |\n", f.callers, f.client, fmtDur(f.rpcP50), fmtRate(f.rpcRate), f.rpcRate/f.floorRate)
+		fmt.Fprintf(w, "| %d raw readers | %s | %s | %s | – |\n", f.callers, f.client, fmtDur(f.floorP50), fmtRate(f.floorRate))
+	}
+}
+
+func clientsOf(cs []*contender) []string {
+	var out []string
+	for _, c := range cs {
+		if c.kind == rpcKind || c.kind == "stream" || c.kind == floorKind || c.kind == twoHopKind || c.kind == "stream-floor" {
+			if !contains(out, c.client) {
+				out = append(out, c.client)
+			}
+		}
+	}
+	return out
+}
+
+func ratioDur(a, b *contender) string {
+	if a == nil || b == nil {
+		return "–"
+	}
+	return ratio(float64(a.p(50)), float64(b.p(50)))
+}
+
+func ratioRate(a, b *contender) string {
+	if a == nil || b == nil {
+		return "–"
+	}
+	return ratio(a.rate(), b.rate())
+}
+
+func perCall(c *contender) string {
+	if c.calls == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f µs", float64(c.cpu.Microseconds())/float64(c.calls))
+}
+
+func allocsPerCall(c *contender) string {
+	if c.calls == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", float64(c.allocs)/float64(c.calls))
+}
+
+func errCell(c *contender) string {
+	if c.errs == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d (%v)", c.errs, c.first)
+}
+
+func writeEnv(w io.Writer, cfg config, broker string, watermill bool) {
+	fmt.Fprintf(w, "- machine: %d CPUs (GOMAXPROCS %d), %s, memory %s\n", goruntime.NumCPU(), goruntime.GOMAXPROCS(0), cpuModel(), memTotal())
+	fmt.Fprintf(w, "- broker: %s\n", broker)
+	fmt.Fprintf(w, "- Go %s %s/%s; %s\n", strings.TrimPrefix(goruntime.Version(), "go"), goruntime.GOOS, goruntime.GOARCH, versions())
+	if rev := gitRevision(); rev != "" {
+		fmt.Fprintf(w, "- code: %s\n", rev)
+	}
+	_, lib := kafka.LibraryVersion()
+	fmt.Fprintf(w, "- librdkafka %s (bundled with confluent-kafka-go)\n", lib)
+	fmt.Fprintf(w, "- settings: each Kafka client with the runtime's defaults (acks=all, idempotent, linger 0; see README); topics of 3 partitions; gateway and worker in this process with a Kafka client each; echo message %q; %d measured rounds of %v slices per contender, after one %v warm-up slice; at most %d calls per slice, %v per call\n",
+		cfg.message, cfg.rounds, cfg.slice, cfg.warmup, cfg.maxCalls, cfg.callTimeout)
+	if cfg.streamWorkers > 0 {
+		fmt.Fprintf(w, "- every gRPC server with grpc.NumStreamWorkers(%d)\n", cfg.streamWorkers)
+	}
+	if watermill {
+		fmt.Fprintln(w, "- Watermill: cqrs.CommandBus + requestreply over watermill-kafka (sarama): protobuf payloads both ways, one reply subscription for the process dispatched by operation id; sarama producer acks=all, no linger (Flush.* = 0), no compression, MaxOpenRequests 5, not idempotent; consumer Fetch.Min 1, MaxWaitTime 100 ms, auto-commit 1 s, oldest offset for new groups; Kafka version 2.1.0")
+	}
+}
+
+// gitRevision names the commit of the repository the program runs in, and
+// whether the work tree differs from it (best effort).
+func gitRevision() string {
+	rev, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	r := "commit " + strings.TrimSpace(string(rev))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		r += " with uncommitted changes"
+	}
+	return r
+}
+
+func versions() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	want := []string{"github.com/confluentinc/confluent-kafka-go/v2", "github.com/twmb/franz-go", "github.com/twmb/franz-go/pkg/kfake",
+		"google.golang.org/grpc", "github.com/ThreeDotsLabs/watermill", "github.com/ThreeDotsLabs/watermill-kafka/v3", "github.com/IBM/sarama"}
+	var out []string
+	for _, m := range want {
+		for _, d := range bi.Deps {
+			if d.Path == m {
+				v := d.Version
+				if d.Replace != nil {
+					v = d.Replace.Version
+				}
+				out = append(out, fmt.Sprintf("%s %s", strings.TrimPrefix(m, "github.com/"), v))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+func memTotal() string {
+	out, err := exec.Command("free", "-h").Output()
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "Mem:" {
+			return f[1]
+		}
+	}
+	return "unknown"
+}
+
+// writeBench writes one Go benchmark line per contender and round, so that
+// two runs (before/after a change) compare with benchstat.
+func writeBench(path string, cs []*contender, cfg config) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(f, "goos: %s\ngoarch: %s\npkg: github.com/kafkarpc/protoc-gen-go-kafka/bench\ncpu: %s\n", goruntime.GOOS, goruntime.GOARCH, cpuModel())
+	for _, c := range cs {
+		for _, r := range c.rounds {
+			if r.calls == 0 {
+				continue
+			}
+			fmt.Fprintf(f, "Benchmark%s/%s/inflight=%d %d %.0f ns/op %.1f p50-µs %.0f calls/s %.1f cpu-µs/call %.1f allocs/call\n",
+				strings.ReplaceAll(c.kind, "-", "_"), c.client, c.inflight, r.calls,
+				float64(r.busy.Nanoseconds())/float64(r.calls), float64(r.p50.Nanoseconds())/1e3, float64(r.calls)/r.busy.Seconds(),
+				float64(r.cpu.Nanoseconds())/1e3/float64(r.calls), float64(r.allocs)/float64(r.calls))
+		}
+	}
+	return f.Close()
+}

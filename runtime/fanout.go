@@ -1,0 +1,444 @@
+package runtime
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// Fetch (fanout) methods, in outline:
+//
+//   - One hub per fetched topic per gateway, started by the topic's first
+//     caller and read until the gateway closes: one Kafka reader over every
+//     partition the topic has when the hub starts (partitions added later
+//     are not read until the gateway restarts), starting WithFetchPreload
+//     records before the end of each partition.
+//   - The hub keeps a window of the records it read last, bounded in bytes
+//     (WithFetchWindow). A record is kept once, however many callers read
+//     it; each caller has a cursor into the window and its own progress (the
+//     next offset of every partition), which is its event id.
+//   - A caller starting (from the earliest record) or resuming (after its
+//     event id) at a position the window covers reads the window. One whose
+//     position is older gets a catch-up reader of its own (at most
+//     WithFetchCatchUpReaders at once), which reads Kafka from its position
+//     until every partition of the caller is inside the window and not past
+//     what the hub read; the caller then continues in the window from the
+//     oldest record it has not received, skipping what it already has: no
+//     gap, no repeat.
+//   - Callers never slow the hub down: a caller that falls behind (see
+//     WithFetchMaxLag) or whose next record left the window is ended with
+//     UNAVAILABLE and the id to resume with. A caller holds no records of
+//     its own beyond the batch it is sending, so memory is the window plus a
+//     few KiB per caller.
+//   - Each message sent is the record's value as it is, followed by the
+//     event id as an unknown field (eventid.go, fanout_codec.go).
+//
+// fanout serves a gateway's fetch methods: one hub per fetched topic,
+// started by the topic's first caller and read until the gateway closes,
+// plus the bound on catch-up readers.
+type fanout struct {
+	g       *Gateway
+	cfg     fanoutConfig
+	catchUp chan struct{} // semaphore of catch-up readers
+
+	mu   sync.Mutex
+	hubs map[string]*hubSlot // by topic, as mapped
+
+	stats fanoutCounters
+}
+
+// hubSlot is a hub being started or running; ready is closed once hub or
+// err is set.
+type hubSlot struct {
+	ready chan struct{}
+	hub   *fanoutHub
+	err   error
+}
+
+type fanoutCounters struct {
+	callers   atomic.Int64
+	delivered atomic.Uint64
+	uncopied  atomic.Uint64
+	catchUps  atomic.Uint64
+	handOvers atomic.Uint64
+	laggards  atomic.Uint64
+	invalid   atomic.Uint64
+}
+
+// newFanout returns the fetch side of g, with the fetch settings among opts.
+func newFanout(g *Gateway, opts []GatewayOption) *fanout {
+	cfg := fanoutConfigOf(opts)
+	return &fanout{g: g, cfg: cfg, catchUp: make(chan struct{}, cfg.catchUpReaders), hubs: map[string]*hubSlot{}}
+}
+
+// FetchStats are counters of a gateway's fetch (fanout) methods.
+type FetchStats struct {
+	// Topics is the number of fetched topics with a shared reader.
+	Topics int
+	// Callers is the number of fetch calls in progress.
+	Callers int64
+	// WindowRecords and WindowBytes are what the topics' windows hold now.
+	WindowRecords int
+	WindowBytes   int64
+	// Delivered counts the messages sent to fetch callers.
+	Delivered uint64
+	// Uncopied counts the messages of Delivered sent without a copy (all of
+	// them unless the server forces a codec of its own; see fanout_codec.go).
+	Uncopied uint64
+	// CatchUps counts the callers that started behind a window and read
+	// Kafka with a catch-up reader of their own.
+	CatchUps uint64
+	// HandOvers counts the catch-up readers that reached the window and
+	// handed their caller over to the shared reader.
+	HandOvers uint64
+	// Laggards counts the callers ended with UNAVAILABLE because they fell
+	// too far behind.
+	Laggards uint64
+	// Invalid counts the records skipped because their value is not a
+	// well-formed protobuf message (each time a caller's stream passes one).
+	Invalid uint64
+}
+
+// FetchStats returns the gateway's fetch counters. Safe for concurrent use.
+func (g *Gateway) FetchStats() FetchStats {
+	f := g.fanout
+	s := FetchStats{
+		Callers:   f.stats.callers.Load(),
+		Delivered: f.stats.delivered.Load(),
+		Uncopied:  f.stats.uncopied.Load(),
+		CatchUps:  f.stats.catchUps.Load(),
+		HandOvers: f.stats.handOvers.Load(),
+		Laggards:  f.stats.laggards.Load(),
+		Invalid:   f.stats.invalid.Load(),
+	}
+	f.mu.Lock()
+	var hubs []*fanoutHub
+	for _, slot := range f.hubs {
+		select {
+		case <-slot.ready:
+			if slot.hub != nil {
+				hubs = append(hubs, slot.hub)
+			}
+		default:
+		}
+	}
+	f.mu.Unlock()
+	s.Topics = len(hubs)
+	for _, h := range hubs {
+		h.mu.RLock()
+		s.WindowRecords += len(h.entries) - h.head
+		s.WindowBytes += h.bytes
+		h.mu.RUnlock()
+	}
+	return s
+}
+
+// hub returns the running hub of topic, starting it if needed. Concurrent
+// first callers wait for one start; a failed start is not remembered, so the
+// next caller tries again.
+func (f *fanout) hub(ctx context.Context, topic string) (*fanoutHub, error) {
+	f.mu.Lock()
+	slot := f.hubs[topic]
+	if slot == nil {
+		if f.g.ctx.Err() != nil {
+			f.mu.Unlock()
+			return nil, status.Error(codes.Unavailable, "gateway is shutting down")
+		}
+		slot = &hubSlot{ready: make(chan struct{})}
+		f.hubs[topic] = slot
+		f.mu.Unlock()
+		slot.hub, slot.err = f.startHub(topic)
+		if slot.err != nil {
+			f.mu.Lock()
+			delete(f.hubs, topic)
+			f.mu.Unlock()
+		}
+		close(slot.ready)
+	} else {
+		f.mu.Unlock()
+	}
+	select {
+	case <-slot.ready:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	if slot.err != nil {
+		return nil, slot.err
+	}
+	return slot.hub, nil
+}
+
+// fanoutHub reads one fetched topic for every caller of this gateway: one
+// Kafka reader over all the topic's partitions (those it had when the hub
+// started) and a window of the most recent records, bounded in bytes.
+type fanoutHub struct {
+	f      *fanout
+	topic  string
+	parts  []int32       // sorted
+	index  map[int32]int // partition -> position in parts
+	reader kafkaclient.Reader
+
+	mu      sync.RWMutex
+	entries []hubEntry // entries[head:] is the window, oldest first
+	head    int
+	nextSeq uint64        // sequence number of the next record read
+	cum     int64         // bytes of every record read so far
+	bytes   int64         // bytes in the window
+	lo      []int64       // per partition: the window holds every record from lo
+	hi      []int64       // per partition: up to hi, the next offset the hub reads
+	whole   []bool        // per partition: the window starts at the earliest record retained when the hub started
+	wake    chan struct{} // closed (and replaced) when records arrive or the hub ends
+	closed  bool
+}
+
+// hubEntry is one record in the window. Skipped records (tombstones, values
+// that are not protobuf) stay as entries without their bytes, so that every
+// caller's progress moves past them.
+type hubEntry struct {
+	seq     uint64
+	cum     int64 // cum of the hub after this record
+	size    int64
+	pi      int32 // partition index
+	offset  int64
+	skip    skipReason
+	key     []byte
+	value   []byte
+	headers []kafkaclient.Header
+}
+
+type skipReason uint8
+
+const (
+	deliverable skipReason = iota
+	skipTombstone
+	skipInvalid
+)
+
+// entryOverhead approximates the bookkeeping bytes of one window entry.
+const entryOverhead = 96
+
+// startHub looks up topic's partitions, positions a reader at the preload
+// point of each, and starts reading.
+func (f *fanout) startHub(topic string) (*fanoutHub, error) {
+	g := f.g
+	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.setupTimeout)
+	defer cancel()
+	parts, err := g.client.Partitions(ctx, topic)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: %v", topic, err)
+	}
+	if len(parts) == 0 {
+		return nil, status.Errorf(codes.Unavailable, "fetch topic %q has no partitions", topic)
+	}
+	parts = slices.Clone(parts)
+	slices.Sort(parts)
+	first, err := g.client.Offsets(ctx, topic, parts, kafkaclient.Earliest)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: looking up earliest offsets: %v", topic, err)
+	}
+	end, err := g.client.Offsets(ctx, topic, parts, kafkaclient.Latest)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: looking up end offsets: %v", topic, err)
+	}
+	h := &fanoutHub{f: f, topic: topic, parts: parts, index: make(map[int32]int, len(parts)),
+		lo: make([]int64, len(parts)), hi: make([]int64, len(parts)), whole: make([]bool, len(parts)),
+		wake: make(chan struct{})}
+	preload := f.cfg.preloadOf(len(parts))
+	assign := make([]kafkaclient.TopicPartitionOffset, len(parts))
+	for i, p := range parts {
+		h.index[p] = i
+		start := first[p]
+		if end[p]-start > preload {
+			start = end[p] - preload
+		}
+		h.lo[i], h.hi[i], h.whole[i] = start, start, start == first[p]
+		assign[i] = kafkaclient.TopicPartitionOffset{Topic: topic, Partition: p, Offset: start}
+	}
+	reader, err := g.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: g.cfg.readCommitted})
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: %v", topic, err)
+	}
+	if err := reader.Assign(assign); err != nil {
+		_ = reader.Close()
+		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: assigning partitions: %v", topic, err)
+	}
+	h.reader = reader
+	if !f.track() {
+		_ = reader.Close()
+		return nil, status.Error(codes.Unavailable, "gateway is shutting down")
+	}
+	go h.run(g.ctx)
+	g.cfg.logger.Info("kafkarpc: fetch hub started", "topic", topic, "partitions", len(parts), "from", assign)
+	return h, nil
+}
+
+// track registers a goroutine that owns a reader with the gateway, so that
+// Close waits for it; false once the gateway is closing.
+func (f *fanout) track() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.g.ctx.Err() != nil {
+		return false
+	}
+	f.g.wg.Add(1)
+	return true
+}
+
+// run reads the topic until ctx ends, then closes the reader.
+func (h *fanoutHub) run(ctx context.Context) {
+	defer h.f.g.wg.Done()
+	defer func() {
+		h.mu.Lock()
+		h.closed = true
+		close(h.wake)
+		h.mu.Unlock()
+		_ = h.reader.Close()
+	}()
+	backoff := 10 * time.Millisecond
+	for {
+		recs, err := h.reader.Poll(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			h.f.g.cfg.logger.Warn("kafkarpc: reading fetch topic", "topic", h.topic, "error", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		h.append(recs)
+	}
+}
+
+// append adds records to the window, evicts the oldest beyond its size,
+// and wakes the callers waiting for records.
+func (h *fanoutHub) append(recs []*kafkaclient.Record) {
+	var invalid []*kafkaclient.Record
+	h.mu.Lock()
+	for _, r := range recs {
+		pi, ok := h.index[r.Partition]
+		if !ok || r.Topic != h.topic || r.Offset < h.hi[pi] {
+			continue
+		}
+		h.hi[pi] = r.Offset + 1
+		e := hubEntry{seq: h.nextSeq, pi: int32(pi), offset: r.Offset, size: entryOverhead}
+		switch {
+		case r.Value == nil:
+			e.skip = skipTombstone
+		case !validWire(r.Value):
+			e.skip = skipInvalid
+			invalid = append(invalid, r)
+		default:
+			e.key, e.value, e.headers = r.Key, r.Value, r.Headers
+			e.size += int64(len(r.Key) + len(r.Value))
+			for _, hd := range r.Headers {
+				e.size += int64(len(hd.Key) + len(hd.Value))
+			}
+		}
+		h.nextSeq++
+		h.cum += e.size
+		h.bytes += e.size
+		e.cum = h.cum
+		h.entries = append(h.entries, e)
+	}
+	window := h.f.cfg.windowBytes
+	for h.bytes > window && len(h.entries)-h.head > 1 {
+		e := &h.entries[h.head]
+		h.lo[e.pi] = e.offset + 1
+		h.whole[e.pi] = false
+		h.bytes -= e.size
+		*e = hubEntry{}
+		h.head++
+	}
+	if h.head > 1024 && h.head > len(h.entries)/2 {
+		n := copy(h.entries, h.entries[h.head:])
+		clear(h.entries[n:])
+		h.entries = h.entries[:n]
+		h.head = 0
+	}
+	close(h.wake)
+	h.wake = make(chan struct{})
+	h.mu.Unlock()
+	for _, r := range invalid {
+		h.f.g.cfg.logger.Warn("kafkarpc: fetch record is not a protobuf message; callers skip it",
+			"topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "bytes", len(r.Value))
+	}
+}
+
+// firstSeqLocked returns the sequence number of the oldest record in the
+// window (nextSeq when it is empty).
+func (h *fanoutHub) firstSeqLocked() uint64 {
+	if h.head < len(h.entries) {
+		return h.entries[h.head].seq
+	}
+	return h.nextSeq
+}
+
+// coversLocked reports whether the window can serve a caller positioned at
+// next (per partition index): every partition's position is inside the
+// window or at its end, and not beyond what the hub read when atMost is set.
+func (h *fanoutHub) coversLocked(next []int64, atMost bool) bool {
+	for i := range h.parts {
+		if next[i] < h.lo[i] || (atMost && next[i] > h.hi[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// cursorLocked returns the sequence number from which a caller positioned
+// at next (inside the window, see coversLocked) continues: that of the
+// oldest record in the window it has not received. It scans back from the
+// newest record and stops as soon as every partition with records to
+// deliver showed a record older than the caller's position.
+func (h *fanoutHub) cursorLocked(next []int64) uint64 {
+	cursor := h.nextSeq
+	pending := 0
+	done := make([]bool, len(h.parts))
+	for i := range h.parts {
+		if next[i] >= h.hi[i] {
+			done[i] = true
+		} else {
+			pending++
+		}
+	}
+	for i := len(h.entries) - 1; i >= h.head && pending > 0; i-- {
+		e := &h.entries[i]
+		if done[e.pi] {
+			continue
+		}
+		if e.offset >= next[e.pi] {
+			cursor = e.seq
+		} else {
+			done[e.pi] = true
+			pending--
+		}
+	}
+	return cursor
+}
+
+// lagLocked returns how far a caller whose next record is seq is behind
+// the newest record read, in window bytes.
+func (h *fanoutHub) lagLocked(seq uint64) int64 {
+	first := h.firstSeqLocked()
+	if seq >= h.nextSeq || seq < first {
+		if seq < first {
+			return h.cum
+		}
+		return 0
+	}
+	e := &h.entries[h.head+int(seq-first)]
+	return h.cum - (e.cum - e.size)
+}

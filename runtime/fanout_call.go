@@ -1,0 +1,464 @@
+package runtime
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// fetchBatch is how many window records a caller takes per look at the
+// hub.
+const fetchBatch = 32
+
+// catchUpCheck bounds how long a catch-up reader waits for records before
+// it looks again whether its caller reached the window.
+const catchUpCheck = 200 * time.Millisecond
+
+// earliest marks a partition a caller reads from its earliest retained
+// record, until that is resolved to an offset.
+const earliest = -1
+
+// fetchCall is one caller of a fetch method.
+type fetchCall struct {
+	f       *fanout
+	m       *MethodSpec
+	hub     *fanoutHub
+	ctx     context.Context
+	stream  grpc.ServerStream
+	carrier func(raw []byte) proto.Message
+	direct  bool // the server marshals with fetchCodec: send value and id uncopied
+	filter  recordFilter
+	field   protowire.Number
+	resume  string // metadata name quoted in errors
+
+	next    []int64 // per hub partition index: the next offset to deliver
+	foreign EventID // partitions of the caller's id the hub does not read
+	cursor  uint64  // next window record, once on the hub
+	minLag  int64   // least lag seen on the hub, -1 before the first look
+	idbuf   []byte
+	batch   []hubEntry
+}
+
+// serveFetch runs one fetch call: it positions the caller from its resume
+// id, catches up from Kafka if it is behind the window, then follows the
+// hub until the caller goes, falls behind, or the gateway closes.
+func (f *fanout) serveFetch(m *MethodSpec, in proto.Message, stream grpc.ServerStream, carrier func([]byte) proto.Message) (err error) {
+	ctx := stream.Context()
+	g := f.g
+	method := attribute.String("rpc.method", m.FullMethod())
+	start := time.Now()
+	g.met.begin(ctx, method)
+	defer func() { g.met.end(ctx, method, start, err) }()
+	spec := m.Fetch
+	if spec == nil {
+		return status.Errorf(codes.Unimplemented, "%s: not a fetch method", m.FullMethod())
+	}
+	if in != nil {
+		if n := proto.Size(in); n > 0 {
+			return status.Errorf(codes.InvalidArgument, "%s: a fetch takes an empty request (google.protobuf.Empty); this one has %d bytes", m.FullMethod(), n)
+		}
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	names := resumeNames(spec.ResumeMetadata)
+	id, err := resumeFromMetadata(md, names)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "%s: cannot resume: %v", m.FullMethod(), err)
+	}
+	var callerKey *string
+	if k := f.cfg.keyMetadata; k != "" {
+		if v := md.Get(k); len(v) > 0 && v[0] != "" {
+			callerKey = &v[0]
+		}
+	}
+	field := spec.EventIDField
+	if field == 0 {
+		field = DefaultEventIDField
+	}
+	topic := g.cfg.topic(spec.Topic)
+	hub, err := f.hub(ctx, topic)
+	if err != nil {
+		return err
+	}
+	c := &fetchCall{f: f, m: m, hub: hub, ctx: ctx, stream: stream, carrier: carrier,
+		filter: newRecordFilter(spec.Filters, callerKey), field: protowire.Number(field), resume: names[0],
+		next: make([]int64, len(hub.parts)), minLag: -1, direct: zeroCopy(stream)}
+	for i, p := range hub.parts {
+		c.next[i] = earliest
+		if off, ok := id.Offset(p); ok {
+			c.next[i] = off
+		}
+	}
+	for _, po := range id {
+		if _, ok := hub.index[po.Partition]; !ok {
+			c.foreign = append(c.foreign, po)
+		}
+	}
+	f.stats.callers.Add(1)
+	defer f.stats.callers.Add(-1)
+	onHub, err := c.position()
+	if err != nil {
+		return err
+	}
+	// The headers tell the caller its stream is positioned.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
+	if !onHub {
+		if err := c.catchUp(); err != nil {
+			return err
+		}
+	}
+	return c.follow()
+}
+
+// position resolves the caller's start and reports whether the window
+// serves it (else it needs a catch-up reader). Partitions to read from the
+// earliest record start in the window when the window still holds the
+// partition from there; otherwise at the earliest offset Kafka retains,
+// which also raises a resume offset whose records retention has deleted.
+// An offset beyond the end of its partition is refused.
+func (c *fetchCall) position() (bool, error) {
+	h := c.hub
+	h.mu.RLock()
+	needEarliest, ahead := false, false
+	for i := range c.next {
+		switch {
+		case c.next[i] == earliest && h.whole[i]:
+			c.next[i] = h.lo[i]
+		case c.next[i] == earliest || c.next[i] < h.lo[i]:
+			needEarliest = true
+		case c.next[i] > h.hi[i]:
+			ahead = true
+		}
+	}
+	if !needEarliest && !ahead {
+		c.cursor = h.cursorLocked(c.next)
+		h.mu.RUnlock()
+		return true, nil
+	}
+	h.mu.RUnlock()
+	ctx, cancel := context.WithTimeout(c.ctx, c.f.g.cfg.setupTimeout)
+	defer cancel()
+	client := c.f.g.client
+	if ahead {
+		end, err := client.Offsets(ctx, h.topic, h.parts, kafkaclient.Latest)
+		if err != nil {
+			return false, status.Errorf(codes.Unavailable, "%s: looking up the end offsets of %q: %v", c.m.FullMethod(), h.topic, err)
+		}
+		for i, p := range h.parts {
+			if c.next[i] > end[p] {
+				return false, status.Errorf(codes.InvalidArgument, "%s: cannot resume: event id gives offset %d for partition %d of %q, whose end is %d",
+					c.m.FullMethod(), c.next[i], p, h.topic, end[p])
+			}
+		}
+	}
+	if needEarliest {
+		first, err := client.Offsets(ctx, h.topic, h.parts, kafkaclient.Earliest)
+		if err != nil {
+			return false, status.Errorf(codes.Unavailable, "%s: looking up the earliest offsets of %q: %v", c.m.FullMethod(), h.topic, err)
+		}
+		for i, p := range h.parts {
+			switch {
+			case c.next[i] == earliest:
+				c.next[i] = first[p]
+			case c.next[i] < first[p]:
+				c.f.g.cfg.logger.Info("kafkarpc: fetch resumes after records retention deleted",
+					"method", c.m.FullMethod(), "topic", h.topic, "partition", p, "offset", c.next[i], "earliest", first[p])
+				c.next[i] = first[p]
+			}
+		}
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.coversLocked(c.next, false) {
+		c.cursor = h.cursorLocked(c.next)
+		return true, nil
+	}
+	return false, nil
+}
+
+// catchUp reads Kafka with a reader of the caller's own, from its position,
+// until the window covers the caller; it then sets the caller's cursor in
+// the window and closes the reader. The hub's window holds every record from
+// lo to hi of each partition, so a caller at or past lo and not past hi on
+// every partition continues from the window with no gap and, skipping what
+// it already has, no repeat.
+func (c *fetchCall) catchUp() error {
+	f, g, h := c.f, c.f.g, c.hub
+	select {
+	case f.catchUp <- struct{}{}:
+	case <-c.ctx.Done():
+		return status.FromContextError(c.ctx.Err()).Err()
+	case <-g.ctx.Done():
+		return c.unavailable("the gateway is shutting down")
+	}
+	f.stats.catchUps.Add(1)
+	reader, err := g.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: g.cfg.readCommitted})
+	if err != nil {
+		<-f.catchUp
+		return c.unavailable("opening a catch-up reader: " + err.Error())
+	}
+	if !f.track() {
+		_ = reader.Close()
+		<-f.catchUp
+		return c.unavailable("the gateway is shutting down")
+	}
+	// Closing a reader takes a while (librdkafka's can take 100 ms and
+	// more): it happens beside the caller, which meanwhile follows the
+	// window. Its slot is free once it is closed.
+	defer func() {
+		go func() {
+			_ = reader.Close()
+			<-f.catchUp
+			g.wg.Done()
+		}()
+	}()
+	assign := make([]kafkaclient.TopicPartitionOffset, len(h.parts))
+	for i, p := range h.parts {
+		assign[i] = kafkaclient.TopicPartitionOffset{Topic: h.topic, Partition: p, Offset: c.next[i]}
+	}
+	if err := reader.Assign(assign); err != nil {
+		return c.unavailable("assigning the catch-up reader: " + err.Error())
+	}
+	g.cfg.logger.Debug("kafkarpc: fetch catching up", "method", c.m.FullMethod(), "topic", h.topic, "from", assign)
+	for {
+		h.mu.RLock()
+		if h.closed {
+			h.mu.RUnlock()
+			return c.unavailable("the gateway is shutting down")
+		}
+		if cur, ok := c.handOverLocked(); ok {
+			c.cursor = cur
+			h.mu.RUnlock()
+			f.stats.handOvers.Add(1)
+			g.cfg.logger.Debug("kafkarpc: fetch caught up", "method", c.m.FullMethod(), "topic", h.topic)
+			return nil
+		}
+		h.mu.RUnlock()
+		pctx, cancel := context.WithTimeout(c.ctx, catchUpCheck)
+		recs, err := reader.Poll(pctx)
+		cancel()
+		if c.ctx.Err() != nil {
+			return status.FromContextError(c.ctx.Err()).Err()
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return c.unavailable("reading " + h.topic + ": " + err.Error())
+		}
+		for _, r := range recs {
+			pi, ok := h.index[r.Partition]
+			if !ok || r.Topic != h.topic {
+				continue
+			}
+			skip := deliverable
+			switch {
+			case r.Value == nil:
+				skip = skipTombstone
+			case !validWire(r.Value):
+				skip = skipInvalid
+			}
+			if err := c.deliver(pi, r.Offset, r.Key, r.Value, r.Headers, skip); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// handOverLocked returns where the caller continues in the window, and
+// whether it may: when the window covers every partition's position (see
+// coversLocked, none beyond what the hub read) and the caller is in the
+// newer half of the window, so that it does not fall out of it at once.
+func (c *fetchCall) handOverLocked() (uint64, bool) {
+	h := c.hub
+	if !h.coversLocked(c.next, true) {
+		return 0, false
+	}
+	cur := h.cursorLocked(c.next)
+	return cur, h.lagLocked(cur) <= c.f.cfg.windowBytes/2
+}
+
+// follow delivers the window's records from the caller's cursor, waiting
+// for more at its end, until the caller goes, falls behind (see
+// WithFetchMaxLag), or the gateway closes.
+func (c *fetchCall) follow() error {
+	h := c.hub
+	maxLag := c.f.cfg.lag()
+	if c.batch == nil {
+		c.batch = make([]hubEntry, fetchBatch)
+	}
+	for {
+		h.mu.RLock()
+		if h.closed {
+			h.mu.RUnlock()
+			return c.unavailable("the gateway is shutting down")
+		}
+		first := h.firstSeqLocked()
+		if c.cursor < first {
+			h.mu.RUnlock()
+			return c.laggard("its next record left the gateway's window of " + formatBytes(c.f.cfg.windowBytes))
+		}
+		if c.cursor >= h.nextSeq {
+			wake := h.wake
+			h.mu.RUnlock()
+			c.minLag = 0
+			select {
+			case <-wake:
+				continue
+			case <-c.ctx.Done():
+				return status.FromContextError(c.ctx.Err()).Err()
+			}
+		}
+		lag := h.lagLocked(c.cursor)
+		if c.minLag < 0 || lag < c.minLag {
+			c.minLag = lag
+		}
+		if lag-c.minLag > maxLag {
+			h.mu.RUnlock()
+			return c.laggard("it fell " + formatBytes(lag-c.minLag) + " further behind (more than " + formatBytes(maxLag) + ")")
+		}
+		i := h.head + int(c.cursor-first)
+		n := copy(c.batch, h.entries[i:])
+		h.mu.RUnlock()
+		for k := range n {
+			e := &c.batch[k]
+			c.cursor = e.seq + 1
+			if err := c.deliver(int(e.pi), e.offset, e.key, e.value, e.headers, e.skip); err != nil {
+				clear(c.batch[:n])
+				return err
+			}
+		}
+		clear(c.batch[:n])
+	}
+}
+
+// deliver moves the caller past one record and sends it when it is a
+// message the caller's filters select. The message is the record's value
+// as it is, followed by the event id field: it is never decoded.
+func (c *fetchCall) deliver(pi int, offset int64, key, value []byte, hs []kafkaclient.Header, skip skipReason) error {
+	if offset < c.next[pi] {
+		return nil // already delivered: the window and a catch-up reader overlap
+	}
+	c.next[pi] = offset + 1
+	switch skip {
+	case skipTombstone:
+		return nil
+	case skipInvalid:
+		c.f.stats.invalid.Add(1)
+		return nil
+	}
+	if !c.filter.match(key, hs) {
+		return nil
+	}
+	c.idbuf = c.appendID(c.idbuf[:0])
+	var msg proto.Message
+	if c.direct {
+		// The transport may still hold the message after SendMsg: a fresh one.
+		msg = newFetchMessage(value, c.field, c.idbuf, c.carrier)
+	} else {
+		raw := make([]byte, 0, len(value)+protowire.SizeTag(c.field)+protowire.SizeBytes(len(c.idbuf)))
+		raw = append(raw, value...)
+		msg = c.carrier(appendEventIDField(raw, c.field, c.idbuf))
+	}
+	if err := c.stream.SendMsg(msg); err != nil {
+		if c.ctx.Err() != nil {
+			return status.FromContextError(c.ctx.Err()).Err()
+		}
+		return err
+	}
+	c.f.stats.delivered.Add(1)
+	if c.direct {
+		c.f.stats.uncopied.Add(1)
+	}
+	return nil
+}
+
+// appendID appends the caller's event id: every partition of the hub with
+// its next offset, and the partitions of the resume id the hub does not
+// read, unchanged, in partition order.
+func (c *fetchCall) appendID(dst []byte) []byte {
+	dst = append(dst, eventIDVersion)
+	dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(int64(len(c.next)+len(c.foreign))))
+	parts := c.hub.parts
+	i, j := 0, 0
+	for i < len(parts) || j < len(c.foreign) {
+		var p int32
+		var off int64
+		if j >= len(c.foreign) || (i < len(parts) && parts[i] < c.foreign[j].Partition) {
+			p, off = parts[i], c.next[i]
+			i++
+		} else {
+			p, off = c.foreign[j].Partition, c.foreign[j].Offset
+			j++
+		}
+		dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(int64(p)))
+		dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(off))
+	}
+	return dst
+}
+
+// resumeHint returns the text a caller resumes with: its current event id.
+func (c *fetchCall) resumeHint() string {
+	return "resume with metadata " + c.resume + "=" + base64URL(c.appendID(nil))
+}
+
+// unavailable ends the call with UNAVAILABLE, why, and how to resume.
+func (c *fetchCall) unavailable(why string) error {
+	return status.Errorf(codes.Unavailable, "%s: %s; %s", c.m.FullMethod(), why, c.resumeHint())
+}
+
+// laggard ends a caller that fell too far behind.
+func (c *fetchCall) laggard(why string) error {
+	c.f.stats.laggards.Add(1)
+	c.f.g.cfg.logger.Info("kafkarpc: fetch caller too slow, ended", "method", c.m.FullMethod(), "topic", c.hub.topic, "why", why)
+	return c.unavailable("the caller reads more slowly than records arrive on " + c.hub.topic + ": " + why)
+}
+
+// carrierFor returns how a fetch of Resp wraps raw bytes (a record's value
+// and the event id field) as a message that grpc's codec marshals back to
+// exactly those bytes: an empty Resp whose unknown fields are the bytes, so
+// that interceptors and stats handlers still see the method's response
+// type. proto.Marshal copies unknown fields as they are. A Resp with
+// required fields (proto2) would fail proto.Marshal's initialisation check
+// while empty, so such types travel as an emptypb.Empty instead.
+func carrierFor[Resp any, PResp interface {
+	*Resp
+	proto.Message
+}]() func([]byte) proto.Message {
+	if PResp(new(Resp)).ProtoReflect().Descriptor().RequiredNumbers().Len() > 0 {
+		return func(raw []byte) proto.Message {
+			m := new(emptypb.Empty)
+			m.ProtoReflect().SetUnknown(raw)
+			return m
+		}
+	}
+	return func(raw []byte) proto.Message {
+		m := PResp(new(Resp))
+		m.ProtoReflect().SetUnknown(raw)
+		return m
+	}
+}
+
+func base64URL(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// formatBytes writes n as bytes, KiB or MiB.
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + " MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + " KiB"
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
+}

@@ -1,0 +1,123 @@
+package runtime
+
+import "strings"
+
+// Defaults of the fetch (fanout) settings of a Gateway.
+const (
+	// DefaultFetchWindowBytes is the size of each fetched topic's in-memory
+	// window of recent records (WithFetchWindow).
+	DefaultFetchWindowBytes = 64 << 20
+	// DefaultFetchCatchUpReaders bounds the catch-up readers open at once
+	// (WithFetchCatchUpReaders).
+	DefaultFetchCatchUpReaders = 16
+)
+
+// fanoutConfig holds the fetch settings of a gateway.
+type fanoutConfig struct {
+	windowBytes    int64
+	maxLagBytes    int64 // 0: windowBytes
+	catchUpReaders int
+	keyMetadata    string
+	preload        int // records per partition; -1: estimated from the window
+}
+
+func defaultFanoutConfig() fanoutConfig {
+	return fanoutConfig{
+		windowBytes:    DefaultFetchWindowBytes,
+		catchUpReaders: DefaultFetchCatchUpReaders,
+		keyMetadata:    IdempotencyKeyMetadata,
+		preload:        -1,
+	}
+}
+
+// lag returns the effective lag bound: at most the window.
+func (c *fanoutConfig) lag() int64 {
+	if c.maxLagBytes <= 0 || c.maxLagBytes > c.windowBytes {
+		return c.windowBytes
+	}
+	return c.maxLagBytes
+}
+
+// fanoutOption is a GatewayOption about fetch methods. The gateway's own
+// configuration does not hold these settings: NewGateway hands its options
+// to newFanout, which picks these out.
+type fanoutOption func(*fanoutConfig)
+
+func (fanoutOption) applyGateway(*gatewayConfig) {}
+
+// fanoutConfigOf returns the fetch settings among opts.
+func fanoutConfigOf(opts []GatewayOption) fanoutConfig {
+	c := defaultFanoutConfig()
+	for _, o := range opts {
+		if f, ok := o.(fanoutOption); ok {
+			f(&c)
+		}
+	}
+	return c
+}
+
+// WithFetchWindow sets the size of the in-memory window each fetched topic
+// keeps of its most recent records, shared by every caller of the topic on
+// this gateway: a caller starting or resuming inside the window is served
+// from memory; one resuming from further back reads Kafka with a catch-up
+// reader of its own until it reaches the window. The size counts record
+// keys, values and headers plus about 100 bytes of bookkeeping per record.
+// Default DefaultFetchWindowBytes (64 MiB) per topic.
+func WithFetchWindow(bytes int) GatewayOption {
+	return fanoutOption(func(c *fanoutConfig) { c.windowBytes = max(int64(bytes), 1) })
+}
+
+// WithFetchMaxLag bounds how much further a fetch caller may fall behind
+// the newest record the gateway read than it ever was since it joined the
+// shared reader, in window bytes (records the caller's filters skip count
+// too): a caller that stops reading, or reads more slowly than records
+// arrive, is ended with UNAVAILABLE once it lost that much ground, with a
+// message giving the event id to resume from. A caller working through a
+// backlog faster than records arrive is never ended, however far behind it
+// started. Either way a caller whose next record left the window is ended
+// too. Laggards never delay the others, and hold no records of their own:
+// the gateway's memory does not grow with them. Values above the window size
+// are capped to it. Default: the window size.
+func WithFetchMaxLag(bytes int) GatewayOption {
+	return fanoutOption(func(c *fanoutConfig) { c.maxLagBytes = int64(bytes) })
+}
+
+// WithFetchCatchUpReaders bounds the catch-up readers (one Kafka reader per
+// caller resuming from before the window) open at once on this gateway;
+// further such callers wait for one to finish catching up. Default
+// DefaultFetchCatchUpReaders (16).
+func WithFetchCatchUpReaders(n int) GatewayOption {
+	return fanoutOption(func(c *fanoutConfig) { c.catchUpReaders = max(n, 1) })
+}
+
+// WithFetchKeyMetadata sets the request metadata whose value, when a fetch
+// caller sends it, limits the caller's stream to the records with that key
+// (on top of the method's filters). Default IdempotencyKeyMetadata
+// ("idempotency-key"), as Zilla does; an empty name turns the per-caller
+// filter off.
+func WithFetchKeyMetadata(name string) GatewayOption {
+	return fanoutOption(func(c *fanoutConfig) { c.keyMetadata = strings.ToLower(name) })
+}
+
+// WithFetchPreload sets how many of each partition's most recent records
+// a fetched topic's shared reader reads first, when the first caller of the
+// topic arrives (it starts at that many records before the end, or at the
+// earliest retained record if there are fewer): callers starting or resuming
+// there are served from memory from the start, and the rest of the topic's
+// history is read only by the catch-up readers of callers that ask for it.
+// math.MaxInt reads every retained record; 0 starts at the end. Default -1:
+// as many as the window would hold at 1 KiB a record, i.e. window / 1 KiB /
+// partitions, which for a topic whose retention fits the window is all of
+// it.
+func WithFetchPreload(records int) GatewayOption {
+	return fanoutOption(func(c *fanoutConfig) { c.preload = records })
+}
+
+// preloadOf returns the records per partition to preload for a topic of
+// partitions partitions.
+func (c *fanoutConfig) preloadOf(partitions int) int64 {
+	if c.preload >= 0 {
+		return int64(c.preload)
+	}
+	return max(c.windowBytes/1024/int64(max(partitions, 1)), 1)
+}
