@@ -70,6 +70,7 @@ func NewGateway(client kafkaclient.Client, opts ...GatewayOption) *Gateway {
 	empty := map[*MethodSpec]*methodPrep{}
 	g.preps.Store(&empty)
 	g.fanout = newFanout(g, opts)
+	registerFetchMetrics(meter, g)
 	return g
 }
 

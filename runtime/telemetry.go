@@ -47,7 +47,9 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // Gateway: kafkarpc.gateway.calls (counter, by rpc.method and
 // rpc.grpc.status_code), kafkarpc.gateway.duration (histogram, seconds),
 // kafkarpc.gateway.inflight (up-down counter), kafkarpc.gateway.replies.dropped
-// (counter, by messaging.destination.name). Worker: kafkarpc.worker.calls,
+// (counter, by messaging.destination.name), and for fetch methods
+// kafkarpc.gateway.fetch.callers and .window.bytes (gauges),
+// .delivered, .catchups and .laggards (counters). Worker: kafkarpc.worker.calls,
 // kafkarpc.worker.duration, kafkarpc.worker.inflight (likewise),
 // kafkarpc.worker.records.skipped (counter, by reason: no_correlation_id,
 // malformed), kafkarpc.worker.dead_lettered, kafkarpc.worker.duplicates, and
@@ -240,4 +242,27 @@ func (mt *methodTelemetry) end(ctx context.Context, start time.Time, err error) 
 	mt.cm.inflight.Add(ctx, -1, mt.inflight...)
 	mt.cm.calls.Add(ctx, 1, mt.endAdd[code]...)
 	mt.cm.duration.Record(ctx, time.Since(start).Seconds(), mt.endRec[code]...)
+}
+
+// registerFetchMetrics reports the fanout hub's state: callers and the bytes
+// and records of the windows (gauges), and deliveries, catch-ups and
+// laggards (counters).
+func registerFetchMetrics(m metric.Meter, g *Gateway) {
+	callers, _ := m.Int64ObservableGauge("kafkarpc.gateway.fetch.callers", metric.WithDescription("Fetch calls in progress."))
+	windowBytes, _ := m.Int64ObservableGauge("kafkarpc.gateway.fetch.window.bytes", metric.WithUnit("By"),
+		metric.WithDescription("Bytes of the fetched topics' in-memory windows."))
+	delivered, _ := m.Int64ObservableCounter("kafkarpc.gateway.fetch.delivered", metric.WithDescription("Messages sent to fetch callers."))
+	catchUps, _ := m.Int64ObservableCounter("kafkarpc.gateway.fetch.catchups",
+		metric.WithDescription("Fetch callers that started behind the window and read Kafka with a reader of their own."))
+	laggards, _ := m.Int64ObservableCounter("kafkarpc.gateway.fetch.laggards",
+		metric.WithDescription("Fetch callers ended with UNAVAILABLE because they fell too far behind."))
+	_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := g.FetchStats()
+		o.ObserveInt64(callers, s.Callers)
+		o.ObserveInt64(windowBytes, s.WindowBytes)
+		o.ObserveInt64(delivered, int64(s.Delivered))
+		o.ObserveInt64(catchUps, int64(s.CatchUps))
+		o.ObserveInt64(laggards, int64(s.Laggards))
+		return nil
+	}, callers, windowBytes, delivered, catchUps, laggards)
 }

@@ -35,7 +35,7 @@ func main() {
 		}
 		app.Fatal(logger, "preparing topics", err)
 	}
-	gw := runtime.NewGateway(client, runtime.WithLogger(logger))
+	gw := runtime.NewGateway(client, app.GatewayOptions(logger)...)
 	defer gw.Close()
 	srv := app.NewServer()
 	if err := echov1.RegisterEchoServiceKafkaGateway(srv, gw); err != nil {

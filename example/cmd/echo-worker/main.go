@@ -43,7 +43,7 @@ func main() {
 		}
 		app.Fatal(logger, "preparing topics", err)
 	}
-	opts := []runtime.WorkerOption{runtime.WithLogger(logger)}
+	opts := app.WorkerOptions(logger)
 	if *group != "" {
 		opts = append(opts, runtime.WithGroupID(*group))
 	}

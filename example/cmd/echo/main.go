@@ -53,7 +53,7 @@ func main() {
 		app.Fatal(logger, "preparing topics", err)
 	}
 
-	worker := runtime.NewWorker(client, runtime.WithLogger(logger))
+	worker := runtime.NewWorker(client, app.WorkerOptions(logger)...)
 	if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
 		app.Fatal(logger, "registering the worker", err)
 	}
@@ -71,7 +71,7 @@ func main() {
 		return
 	}
 
-	gw := runtime.NewGateway(client, runtime.WithLogger(logger))
+	gw := runtime.NewGateway(client, app.GatewayOptions(logger)...)
 	defer gw.Close()
 	srv := app.NewServer()
 	if err := echov1.RegisterEchoServiceKafkaGateway(srv, gw); err != nil {

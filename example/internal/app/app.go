@@ -10,16 +10,25 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/confluent"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/franz"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -97,7 +106,15 @@ func EnsureTopics(ctx context.Context, c kafkaclient.Client) error {
 // NewServer returns a gRPC server with health and reflection registered, so
 // that grpcurl works without proto files.
 func NewServer() *grpc.Server {
-	s := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if *tlsCert != "" || *tlsKey != "" {
+		creds, err := credentials.NewServerTLSFromFile(*tlsCert, *tlsKey)
+		if err != nil {
+			Fatal(slog.Default(), "loading --tls-cert/--tls-key", err)
+		}
+		opts = append(opts, grpc.Creds(creds))
+	}
+	s := grpc.NewServer(opts...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)
@@ -139,4 +156,70 @@ func Serve(ctx context.Context, s *grpc.Server, addr string, ready func(net.Addr
 func Fatal(logger *slog.Logger, msg string, err error) {
 	logger.Error(msg, "error", err)
 	os.Exit(1)
+}
+
+// The flags every binary shares besides --client.
+var (
+	metricsAddr = flag.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); empty: off")
+	tlsCert     = flag.String("tls-cert", "", "serve gRPC over TLS with this certificate (PEM), with --tls-key")
+	tlsKey      = flag.String("tls-key", "", "the private key (PEM) of --tls-cert")
+)
+
+var (
+	meterOnce sync.Once
+	meter     metric.MeterProvider
+)
+
+// meterProvider starts the Prometheus endpoint of --metrics, once, and
+// returns its meter provider; nil when the flag is off.
+func meterProvider(logger *slog.Logger) metric.MeterProvider {
+	meterOnce.Do(func() {
+		if *metricsAddr == "" {
+			return
+		}
+		reg := prometheus.NewRegistry()
+		exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+		if err != nil {
+			Fatal(logger, "starting the Prometheus exporter", err)
+		}
+		lis, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			Fatal(logger, "listening for --metrics", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		go func() { _ = http.Serve(lis, mux) }()
+		logger.Info("metrics", "url", "http://"+lis.Addr().String()+"/metrics")
+		meter = sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp))
+	})
+	return meter
+}
+
+// runtimeOptions are the runtime options of the shared flags.
+func runtimeOptions(logger *slog.Logger) []runtime.Option {
+	opts := []runtime.Option{runtime.WithLogger(logger)}
+	if mp := meterProvider(logger); mp != nil {
+		opts = append(opts, runtime.WithMeterProvider(mp))
+	}
+	return opts
+}
+
+// WorkerOptions returns the worker options of the shared flags (logger,
+// metrics), then extra.
+func WorkerOptions(logger *slog.Logger, extra ...runtime.WorkerOption) []runtime.WorkerOption {
+	var out []runtime.WorkerOption
+	for _, o := range runtimeOptions(logger) {
+		out = append(out, o)
+	}
+	return append(out, extra...)
+}
+
+// GatewayOptions returns the gateway options of the shared flags (logger,
+// metrics), then extra.
+func GatewayOptions(logger *slog.Logger, extra ...runtime.GatewayOption) []runtime.GatewayOption {
+	var out []runtime.GatewayOption
+	for _, o := range runtimeOptions(logger) {
+		out = append(out, o)
+	}
+	return append(out, extra...)
 }
