@@ -24,24 +24,18 @@ func main() {
 	ctx, stop := app.Signals()
 	defer stop()
 
-	client, err := app.NewClient(*brokers, logger)
-	if err != nil {
-		app.Fatal(logger, "connecting to Kafka", err)
+	client, ok := app.Connect(ctx, *brokers, logger)
+	if !ok {
+		return
 	}
 	defer client.Close()
-	if err := app.EnsureTopics(ctx, client); err != nil {
-		if ctx.Err() != nil {
-			return // stopped by a signal while starting
-		}
-		app.Fatal(logger, "preparing topics", err)
-	}
 	gw := runtime.NewGateway(client, app.GatewayOptions(logger)...)
 	defer gw.Close()
 	srv := app.NewServer()
 	if err := echov1.RegisterEchoServiceKafkaGateway(srv, gw); err != nil {
 		app.Fatal(logger, "registering the gateway", err)
 	}
-	err = app.Serve(ctx, srv, *listen, func(a net.Addr) {
+	err := app.Serve(ctx, srv, *listen, func(a net.Addr) {
 		fmt.Printf("echo-gateway: ready: gRPC on %s, Kafka at %s\n", a, *brokers)
 	})
 	if err != nil {

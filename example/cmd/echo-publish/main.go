@@ -33,14 +33,11 @@ func main() {
 	ctx, stop := app.Signals()
 	defer stop()
 
-	client, err := app.NewClient(*brokers, logger)
-	if err != nil {
-		app.Fatal(logger, "connecting to Kafka", err)
+	client, ok := app.Connect(ctx, *brokers, logger)
+	if !ok {
+		return
 	}
 	defer client.Close()
-	if err := app.EnsureTopics(ctx, client); err != nil {
-		app.Fatal(logger, "preparing topics", err)
-	}
 	type result struct {
 		rec *kafkaclient.Record
 		err error

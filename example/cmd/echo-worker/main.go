@@ -32,17 +32,11 @@ func main() {
 	ctx, stop := app.Signals()
 	defer stop()
 
-	client, err := app.NewClient(*brokers, logger)
-	if err != nil {
-		app.Fatal(logger, "connecting to Kafka", err)
+	client, ok := app.Connect(ctx, *brokers, logger)
+	if !ok {
+		return
 	}
 	defer client.Close()
-	if err := app.EnsureTopics(ctx, client); err != nil {
-		if ctx.Err() != nil {
-			return // stopped by a signal while starting
-		}
-		app.Fatal(logger, "preparing topics", err)
-	}
 	opts := app.WorkerOptions(logger)
 	if *group != "" {
 		opts = append(opts, runtime.WithGroupID(*group))

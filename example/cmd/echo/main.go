@@ -41,17 +41,11 @@ func main() {
 		*brokers = b.Addr()
 		fmt.Printf("echo: embedded Kafka broker listening on %s\n", *brokers)
 	}
-	client, err := app.NewClient(*brokers, logger)
-	if err != nil {
-		app.Fatal(logger, "connecting to Kafka", err)
+	client, ok := app.Connect(ctx, *brokers, logger)
+	if !ok {
+		return
 	}
 	defer client.Close()
-	if err := app.EnsureTopics(ctx, client); err != nil {
-		if ctx.Err() != nil {
-			return // stopped by a signal while starting
-		}
-		app.Fatal(logger, "preparing topics", err)
-	}
 
 	worker := runtime.NewWorker(client, app.WorkerOptions(logger)...)
 	if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
@@ -77,7 +71,7 @@ func main() {
 	if err := echov1.RegisterEchoServiceKafkaGateway(srv, gw); err != nil {
 		app.Fatal(logger, "registering the gateway", err)
 	}
-	err = app.Serve(ctx, srv, *listen, func(a net.Addr) {
+	err := app.Serve(ctx, srv, *listen, func(a net.Addr) {
 		fmt.Printf("echo: ready: gRPC on %s, Kafka at %s, group %s\n", a, *brokers, worker.GroupID())
 	})
 	if err != nil {

@@ -89,6 +89,25 @@ func NewClient(brokers string, logger *slog.Logger) (kafkaclient.Client, error) 
 	}
 }
 
+// Connect returns a Kafka client of brokers (the --client flag's library)
+// with the example's topics created. It exits the program on an error, and
+// returns ok false when a signal ended ctx while it was starting: the caller
+// then returns.
+func Connect(ctx context.Context, brokers string, logger *slog.Logger) (c kafkaclient.Client, ok bool) {
+	c, err := NewClient(brokers, logger)
+	if err != nil {
+		Fatal(logger, "connecting to Kafka", err)
+	}
+	if err := EnsureTopics(ctx, c); err != nil {
+		_ = c.Close()
+		if ctx.Err() != nil {
+			return nil, false // stopped by a signal while starting
+		}
+		Fatal(logger, "preparing topics", err)
+	}
+	return c, true
+}
+
 // EnsureTopics creates the example's topics when missing.
 func EnsureTopics(ctx context.Context, c kafkaclient.Client) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
