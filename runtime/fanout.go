@@ -5,7 +5,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -301,25 +300,9 @@ func (h *fanoutHub) run(ctx context.Context) {
 		h.mu.Unlock()
 		_ = h.reader.Close()
 	}()
-	backoff := 10 * time.Millisecond
-	for {
-		recs, err := h.reader.Poll(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			h.f.g.cfg.logger.Warn("kafkarpc: reading fetch topic", "topic", h.topic, "error", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, time.Second)
-			continue
-		}
-		backoff = 10 * time.Millisecond
-		h.append(recs)
-	}
+	pollUntilDone(ctx, h.reader.Poll, func(err error) {
+		h.f.g.cfg.logger.Warn("kafkarpc: reading fetch topic", "topic", h.topic, "error", err)
+	}, h.append)
 }
 
 // append adds records to the window, evicts the oldest beyond its size,

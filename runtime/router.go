@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -22,9 +21,10 @@ type replyRouter struct {
 	// pending maps correlation ids to calls in flight (*gwCall). A sync.Map:
 	// calls add and remove their own keys concurrently and the reader looks
 	// each record up without a lock held across its batch.
-	pending sync.Map
-	dropped atomic.Uint64
-	read    atomic.Uint64
+	pending   sync.Map
+	dropped   atomic.Uint64
+	topicAttr metric.MeasurementOption // the topic, for the dropped-replies counter
+	read      atomic.Uint64
 
 	partitions int32 // of the reply topic, when the router was started
 	sharded    bool  // reads only some partitions (WithReplyShard)
@@ -42,6 +42,7 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
 	r := &replyRouter{g: g, topic: topic, partitions: int32(len(parts)), owned: map[int32]bool{}}
+	r.topicAttr = metric.WithAttributeSet(attribute.NewSet(attribute.String("messaging.destination.name", topic)))
 	read := parts
 	if n := g.cfg.shardCount; n > 1 {
 		if len(parts) < n {
@@ -146,23 +147,9 @@ func (r *replyRouter) remove(c *gwCall) { r.pending.CompareAndDelete(c.id, c) }
 // run dispatches records until ctx ends.
 func (r *replyRouter) run(ctx context.Context) {
 	idHeader := r.g.cfg.names.CorrelationID
-	backoff := 10 * time.Millisecond
-	for {
-		recs, err := r.reader.Poll(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			r.g.cfg.logger.Warn("kafkarpc: reading replies", "topic", r.topic, "error", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, time.Second)
-			continue
-		}
-		backoff = 10 * time.Millisecond
+	pollUntilDone(ctx, r.reader.Poll, func(err error) {
+		r.g.cfg.logger.Warn("kafkarpc: reading replies", "topic", r.topic, "error", err)
+	}, func(recs []*kafkaclient.Record) {
 		r.read.Add(uint64(len(recs)))
 		for _, rec := range recs {
 			id, _ := headerValue(rec.Headers, idHeader)
@@ -170,10 +157,10 @@ func (r *replyRouter) run(ctx context.Context) {
 				v.(*gwCall).deliver(rec)
 			} else {
 				r.dropped.Add(1)
-				r.g.dropped.Add(context.Background(), 1, metric.WithAttributes(attribute.String("messaging.destination.name", r.topic)))
+				r.g.dropped.Add(context.Background(), 1, r.topicAttr)
 			}
 		}
-	}
+	})
 }
 
 func (r *replyRouter) close() error { return r.reader.Close() }

@@ -352,26 +352,13 @@ func (w *Worker) Close() error {
 // loop polls requests until shutdown, then drains and leaves the group.
 func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	defer close(w.loopDone)
-	backoff := 10 * time.Millisecond
-	for w.pollCtx.Err() == nil {
-		recs, err := gr.Poll(w.pollCtx)
-		if err != nil {
-			if w.pollCtx.Err() != nil {
-				break
-			}
-			w.cfg.logger.Warn("kafkarpc: reading requests", "group", w.cfg.groupID, "error", err)
-			select {
-			case <-w.pollCtx.Done():
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, time.Second)
-			continue
-		}
-		backoff = 10 * time.Millisecond
+	pollUntilDone(w.pollCtx, gr.Poll, func(err error) {
+		w.cfg.logger.Warn("kafkarpc: reading requests", "group", w.cfg.groupID, "error", err)
+	}, func(recs []*kafkaclient.Record) {
 		for _, rec := range recs {
 			w.handle(rec)
 		}
-	}
+	})
 	ctx := context.Background()
 	if p := w.drainCtx.Load(); p != nil {
 		ctx = *p
