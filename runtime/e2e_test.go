@@ -77,18 +77,19 @@ func setupWith(t testing.TB, register func(*runtime.Worker) error, wopts ...runt
 	return e
 }
 
-// serve runs a gRPC server on loopback and returns a connection to it.
+// serve runs a gRPC server on loopback and returns a connection to it; both
+// with the options recommended for a gateway and its callers.
 func serve(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer()
+	s := grpc.NewServer(runtime.GatewayServerOptions()...)
 	register(s)
 	go func() { _ = s.Serve(lis) }()
 	t.Cleanup(s.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(lis.Addr().String(), append(runtime.CallerDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -361,7 +361,7 @@ func serveMem(tb testing.TB, mem *memBroadcast) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s := grpc.NewServer()
+	s := grpc.NewServer(kafkarpc.GatewayServerOptions()...) // as the gateway's, which it is measured against
 	echov1.RegisterEchoServiceServer(s, mem)
 	go func() { _ = s.Serve(lis) }()
 	tb.Cleanup(s.Stop)

@@ -184,15 +184,15 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	env.Gateway = runtime.NewGateway(kc, append(gopts, cfg.gwOpts...)...)
 	tb.Cleanup(func() { _ = env.Gateway.Close() })
 	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(runtime.GatewayServerOptions()...)
 	if err := svc.RegisterGateway(srv, env.Gateway); err != nil {
 		tb.Fatalf("kafkarpctest: registering the gateway: %v", err)
 	}
 	go func() { _ = srv.Serve(lis) }()
 	tb.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("passthrough:///kafkarpctest",
+	conn, err := grpc.NewClient("passthrough:///kafkarpctest", append(runtime.CallerDialOptions(),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		tb.Fatalf("kafkarpctest: connecting to the gateway: %v", err)
 	}

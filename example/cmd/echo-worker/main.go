@@ -43,7 +43,7 @@ func main() {
 	}
 	worker := runtime.NewWorker(client, opts...)
 	if *target != "" {
-		cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(*target, append(runtime.CallerDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 		if err != nil {
 			app.Fatal(logger, "connecting to the target", err)
 		}

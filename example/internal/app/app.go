@@ -122,10 +122,11 @@ func EnsureTopics(ctx context.Context, c kafkaclient.Client) error {
 	return nil
 }
 
-// NewServer returns a gRPC server with health and reflection registered, so
+// NewServer returns a gRPC server with the options recommended for a gateway
+// (runtime.GatewayServerOptions) and health and reflection registered, so
 // that grpcurl works without proto files.
 func NewServer() *grpc.Server {
-	var opts []grpc.ServerOption
+	opts := runtime.GatewayServerOptions()
 	if *tlsCert != "" || *tlsKey != "" {
 		creds, err := credentials.NewServerTLSFromFile(*tlsCert, *tlsKey)
 		if err != nil {

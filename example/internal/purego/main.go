@@ -73,7 +73,7 @@ func run(ctx context.Context, message string) (string, error) {
 
 	gw := runtime.NewGateway(client, runtime.WithLogger(logger))
 	defer gw.Close()
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(runtime.GatewayServerOptions()...)
 	if err := echov1.RegisterEchoServiceKafkaGateway(srv, gw); err != nil {
 		return "", err
 	}
@@ -84,7 +84,7 @@ func run(ctx context.Context, message string) (string, error) {
 	go func() { _ = srv.Serve(lis) }()
 	defer srv.Stop()
 
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(lis.Addr().String(), append(runtime.CallerDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return "", err
 	}
