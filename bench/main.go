@@ -36,6 +36,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
@@ -53,6 +55,7 @@ type config struct {
 	watermill, watermillFanout, stream  bool
 	watermillGRPC, fetch                bool
 	streamWorkers                       int
+	grpcDefaults                        bool
 	fanoutCallers, fanoutEvents         int
 	message                             string
 	profile                             string
@@ -81,6 +84,7 @@ func main() {
 	flag.IntVar(&cfg.streamMsgs, "stream-msgs", 10000, "messages of one server stream")
 	flag.BoolVar(&cfg.fetch, "fetch", true, "measure fanout (fetch) through the gateway")
 	flag.IntVar(&cfg.streamWorkers, "grpc-stream-workers", 0, "grpc.NumStreamWorkers of every gRPC server (0: gRPC's default, a goroutine per stream)")
+	flag.BoolVar(&cfg.grpcDefaults, "grpc-defaults", false, "gRPC's own default options on every gRPC server and client, instead of runtime.GatewayServerOptions and runtime.CallerDialOptions")
 	flag.IntVar(&cfg.fanoutCallers, "fanout-callers", 16, "fetch (fanout) callers")
 	flag.IntVar(&cfg.fanoutEvents, "fanout-events", 1000, "events produced per fetch measurement")
 	flag.StringVar(&cfg.message, "message", "ping", "message of each echo request")
@@ -109,6 +113,10 @@ func main() {
 	}
 	if cfg.streamWorkers > 0 {
 		grpcServerOptions = append(grpcServerOptions, grpc.NumStreamWorkers(uint32(cfg.streamWorkers)))
+	}
+	if !cfg.grpcDefaults {
+		grpcServerOptions = append(grpcServerOptions, runtime.GatewayServerOptions()...)
+		grpcDialOptions = append(grpcDialOptions, runtime.CallerDialOptions()...)
 	}
 	if err := run(cfg, os.Stdout); err != nil {
 		fatal(err)

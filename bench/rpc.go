@@ -18,8 +18,13 @@ import (
 )
 
 // grpcServerOptions are given to every gRPC server of the run (the gateway's,
-// plain gRPC's, Watermill's), so that they stay comparable.
-var grpcServerOptions []grpc.ServerOption
+// plain gRPC's, Watermill's), and grpcDialOptions to every gRPC client, so
+// that they stay comparable: by default the options the runtime recommends
+// for a gateway and its callers (-grpc-defaults: gRPC's own).
+var (
+	grpcServerOptions []grpc.ServerOption
+	grpcDialOptions   []grpc.DialOption
+)
 
 // grpcEnv is a gRPC server on 127.0.0.1 and one client connection to it.
 type grpcEnv struct {
@@ -39,7 +44,7 @@ func newGRPCEnv(register func(*grpc.Server) error) (*grpcEnv, error) {
 		return nil, err
 	}
 	go func() { _ = s.Serve(lis) }()
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(lis.Addr().String(), append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, grpcDialOptions...)...)
 	if err != nil {
 		s.Stop()
 		return nil, err
