@@ -155,7 +155,11 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 	clients := clientsOf(unaryCs)
 	if len(unaryCs) > 0 {
 		fmt.Fprintf(w, "\n### Unary echo\n\n")
-		fmt.Fprintf(w, "Each row: closed loop, that many calls in flight. p50/p99 over every call of %d slices of %v; calls/s = calls ÷ wall time of those slices; CPU and allocations are the whole process's (broker included) per call.\n\n", cfg.rounds, cfg.slice)
+		whose := "the whole process's (the embedded broker included)"
+		if !strings.Contains(broker, "in this process") {
+			whose = "this process's (client, gateway, worker; the broker runs elsewhere and is not counted)"
+		}
+		fmt.Fprintf(w, "Each row: closed loop, that many calls in flight. p50/p99 over every call of %d slices of %v; calls/s = calls ÷ wall time of those slices; CPU and allocations are %s, per call.\n\n", cfg.rounds, cfg.slice, whose)
 		fmt.Fprintln(w, "| in flight | path | client | p50 | p99 | calls/s | CPU/call | allocs/call | errors |")
 		fmt.Fprintln(w, "|---:|---|---|---:|---:|---:|---:|---:|---:|")
 		levels := append([]int{}, cfg.levels...)

@@ -103,6 +103,9 @@ func newWatermillEnv(admin kafkaclient.Client, brokers, prefix string, withFanou
 		return nil, err
 	}
 	bl := strings.Split(brokers, ",")
+	if err := waitForLeaders(bl, 30*time.Second, reqTopic, replyTopic); err != nil {
+		return nil, err
+	}
 	logger := watermill.NopLogger{}
 	e := &watermillEnv{name: prefix, replyDone: make(chan struct{})}
 	var err error
@@ -326,4 +329,41 @@ func (s watermillEcho) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (
 		return nil, reply.Error
 	}
 	return reply.HandlerResult, nil
+}
+
+// waitForLeaders waits until sarama's metadata names a leader for every
+// partition of topics (a real broker may answer "not the leader" for a
+// while after the topics were created), up to limit.
+func waitForLeaders(brokers []string, limit time.Duration, topics ...string) error {
+	c, err := sarama.NewClient(brokers, saramaConfig(false))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(limit)
+	for {
+		err = c.RefreshMetadata(topics...)
+		for _, t := range topics {
+			if err != nil {
+				break
+			}
+			var parts []int32
+			if parts, err = c.Partitions(t); err == nil && len(parts) == 0 {
+				err = fmt.Errorf("topic %s has no partitions yet", t)
+			}
+			for _, p := range parts {
+				if err != nil {
+					break
+				}
+				_, err = c.Leader(t, p)
+			}
+		}
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("watermill: no leader for every partition of %v within %v: %w", topics, limit, err)
+		}
+		time.Sleep(100 * time.Millisecond) // a bounded retry of a setup step
+	}
 }
