@@ -38,6 +38,12 @@ import (
 // largest record batch a produce request may carry.
 const DefaultMaxMessageBytes = 8 << 20
 
+// segmentBytes is the broker's log.segment.bytes: the broker keeps each
+// partition's log in memory in segments this large (kfake's default, 100
+// MiB, grows each active segment's buffer by doubling, copying and zeroing up
+// to 128 MiB at a time). WithBrokerConfig may set another.
+const segmentBytes = 1 << 20
+
 // DefaultPartitions is the default partition count of topics created without
 // an explicit count.
 const DefaultPartitions = 3
@@ -121,7 +127,7 @@ func Start(opts ...Option) (*Broker, error) {
 	if cfg.partitions <= 0 {
 		return nil, fmt.Errorf("embedded: default partitions must be positive, got %d", cfg.partitions)
 	}
-	bcfg := map[string]string{"message.max.bytes": strconv.Itoa(cfg.maxMessageBytes)}
+	bcfg := map[string]string{"message.max.bytes": strconv.Itoa(cfg.maxMessageBytes), "log.segment.bytes": strconv.Itoa(segmentBytes)}
 	for k, v := range cfg.brokerConfigs {
 		bcfg[k] = v
 	}

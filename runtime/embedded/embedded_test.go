@@ -134,3 +134,52 @@ func TestOptions(t *testing.T) {
 		t.Fatal("second broker on a taken port started")
 	}
 }
+
+// TestLogSpansSegments reads back, from the start, a partition's log that
+// fills several of the broker's in-memory segments (1 MiB each), with a
+// record larger than a segment among them.
+func TestLogSpansSegments(t *testing.T) {
+	b, err := embedded.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c := client(t, b)
+	if err := c.CreateTopics(ctx(t), []kafkaclient.TopicSpec{{Name: "log", Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sizes := []int{512 << 10, 512 << 10, 512 << 10, 2 << 20, 512 << 10, 512 << 10, 512 << 10, 100}
+	for i, n := range sizes {
+		v := make([]byte, n)
+		v[0], v[n-1] = byte(i), byte(i)
+		if err := produce(c, &kafkaclient.Record{Topic: "log", Partition: 0, Value: v}); err != nil {
+			t.Fatalf("record %d (%d bytes): %v", i, n, err)
+		}
+	}
+	r, err := c.NewReader(kafkaclient.ReaderConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Assign([]kafkaclient.TopicPartitionOffset{{Topic: "log", Partition: 0, Offset: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	var got []*kafkaclient.Record
+	for len(got) < len(sizes) {
+		recs, err := r.Poll(ctx(t))
+		if err != nil {
+			t.Fatalf("after %d of %d records: %v", len(got), len(sizes), err)
+		}
+		got = append(got, recs...)
+	}
+	for i, rec := range got {
+		if i >= len(sizes) {
+			t.Fatalf("read %d records, produced %d", len(got), len(sizes))
+		}
+		n := sizes[i]
+		if rec.Offset != int64(i) || len(rec.Value) != n || rec.Value[0] != byte(i) || rec.Value[n-1] != byte(i) {
+			t.Fatalf("record %d: offset %d, %d bytes, first %d last %d; want offset %d, %d bytes, both %d",
+				i, rec.Offset, len(rec.Value), rec.Value[0], rec.Value[len(rec.Value)-1], i, n, i)
+		}
+	}
+}
