@@ -88,6 +88,30 @@ func (e *fanoutEnv) serve(t testing.TB, addr string) {
 	e.srv, e.addr = s, lis.Addr().String()
 }
 
+// stalled logs, for a stream that stopped delivering, what the caller got,
+// what the gateway holds and what Kafka holds, so that a failure says where
+// records stopped.
+func (e *fanoutEnv) stalled(t testing.TB, tr *tracker) {
+	t.Helper()
+	t.Logf("caller: %d distinct records, next offsets by partition %v", len(tr.seen), tr.next)
+	t.Logf("gateway: %+v", e.gw.FetchStats())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	parts, err := e.kc.Partitions(ctx, e.topic)
+	if err != nil {
+		t.Logf("partitions of %s: %v", e.topic, err)
+		return
+	}
+	ends, err := e.kc.Offsets(ctx, e.topic, parts, kafkaclient.Latest)
+	t.Logf("Kafka: end offsets of %s %v (%v); %d records produced", e.topic, ends, err, e.producedCount())
+}
+
+func (e *fanoutEnv) producedCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.produced
+}
+
 func dialFanout(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
@@ -228,6 +252,7 @@ func testFetchStreams(t *testing.T, srvOpts []grpc.ServerOption) {
 	for range 300 {
 		ev, err := s.Recv()
 		if err != nil {
+			e.stalled(t, tr)
 			t.Fatal(err)
 		}
 		if err := tr.add(ev); err != nil {
@@ -319,6 +344,7 @@ func TestFetchResumeFiftyTimes(t *testing.T) {
 		for n := 0; n != stopAt && len(tr.seen) < total; n++ {
 			ev, err := s.Recv()
 			if err != nil {
+				e.stalled(t, tr)
 				t.Fatalf("stream %d, message %d: %v", streams, n, err)
 			}
 			if err := tr.add(ev); err != nil {
