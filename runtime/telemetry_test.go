@@ -157,9 +157,19 @@ func TestMetrics(t *testing.T) {
 	for _, fail := range []codes.Code{codes.OK, codes.OK, codes.NotFound} {
 		_, _ = client.EchoUnary(ctx, &echov1.EchoRequest{Message: "m", FailCode: int32(fail)})
 	}
+	// The gateway records a call before its caller has the response; the
+	// worker once Kafka acknowledged the replies, which may be later: wait
+	// (bounded) until the worker recorded the three calls.
 	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		rm = metricdata.ResourceMetrics{}
+		if err := reader.Collect(context.Background(), &rm); err != nil {
+			t.Fatal(err)
+		}
+		if histogramCount(rm, "kafkarpc.worker.duration") >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
 	}
 	for _, side := range []string{"gateway", "worker"} {
 		calls := sumByCode(t, rm, "kafkarpc."+side+".calls")
