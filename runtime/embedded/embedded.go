@@ -21,6 +21,9 @@
 //     several MiB are accepted; kfake's own default is Kafka's 1048588 bytes,
 //     which refuses a 1 MiB value once the batch framing is added
 //     (WithMaxMessageBytes);
+//   - log.segment.bytes: 1 MiB, so that no partition's in-memory log is
+//     grown in one buffer of up to 128 MiB by copying, as with kfake's 100
+//     MiB default (WithBrokerConfig);
 //   - logs: none (WithLogger routes them to log/slog).
 package embedded
 
@@ -93,7 +96,7 @@ func WithMaxMessageBytes(n int) Option { return func(c *config) { c.maxMessageBy
 
 // WithBrokerConfig sets further broker-level configuration entries that kfake
 // understands (for example "log.retention.ms"). Applied after the options
-// above, so it can override message.max.bytes too.
+// above, so it can override message.max.bytes and log.segment.bytes too.
 func WithBrokerConfig(key, value string) Option {
 	return func(c *config) {
 		if c.brokerConfigs == nil {
