@@ -46,7 +46,9 @@ type fanoutEnv struct {
 	brokers string
 
 	mu       sync.Mutex
-	produced int // records produced so far, numbered from 0
+	produced int                                // records produced so far, numbered from 0
+	acked    map[int]kafkaclient.TopicPartition // where Kafka said each record went (Partition; Offset in acks)
+	ackedAt  map[int]int64
 
 	srvOpts []grpc.ServerOption
 }
@@ -104,6 +106,27 @@ func (e *fanoutEnv) stalled(t testing.TB, tr *tracker) {
 	}
 	ends, err := e.kc.Offsets(ctx, e.topic, parts, kafkaclient.Latest)
 	t.Logf("Kafka: end offsets of %s %v (%v); %d records produced", e.topic, ends, err, e.producedCount())
+	// Records Kafka acknowledged at an offset it does not hold, or two at one
+	// offset.
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	at := map[kafkaclient.TopicPartition]map[int64]int{}
+	for i, tp := range e.acked {
+		if tp.Topic != e.topic {
+			continue
+		}
+		o := e.ackedAt[i]
+		if at[tp] == nil {
+			at[tp] = map[int64]int{}
+		}
+		if j, dup := at[tp][o]; dup {
+			t.Logf("records %d and %d were both acknowledged at %s[%d]@%d", j, i, tp.Topic, tp.Partition, o)
+		}
+		at[tp][o] = i
+		if err == nil && o >= ends[tp.Partition] {
+			t.Logf("record %d was acknowledged at %s[%d]@%d, at or beyond the end offset %d", i, tp.Topic, tp.Partition, o, ends[tp.Partition])
+		}
+	}
 }
 
 func (e *fanoutEnv) producedCount() int {
@@ -140,7 +163,17 @@ func (e *fanoutEnv) produce(t testing.TB, topic string, n, keys, size int) {
 		}
 		v, _ := proto.Marshal(&echov1.EchoEvent{Message: msg})
 		e.kc.Produce(&kafkaclient.Record{Topic: topic, Partition: kafkaclient.AnyPartition, Key: []byte("k" + strconv.Itoa(i%keys)), Value: v},
-			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+			kafkaclient.AcksAll, func(r *kafkaclient.Record, err error) {
+				if err == nil {
+					e.mu.Lock()
+					if e.acked == nil {
+						e.acked, e.ackedAt = map[int]kafkaclient.TopicPartition{}, map[int]int64{}
+					}
+					e.acked[i], e.ackedAt[i] = kafkaclient.TopicPartition{Topic: r.Topic, Partition: r.Partition}, r.Offset
+					e.mu.Unlock()
+				}
+				errc <- err
+			})
 	}
 	timeout := time.After(60 * time.Second)
 	for range n {

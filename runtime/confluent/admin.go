@@ -110,7 +110,7 @@ func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpe
 }
 
 // waitLeaders polls the metadata of topic until every partition has a
-// leader, or ctx ends.
+// leader that answers ListOffsets, or ctx ends.
 func waitLeaders(ctx context.Context, p *producer, topic string) error {
 	backoff := 10 * time.Millisecond
 	var last string
@@ -132,6 +132,23 @@ func waitLeaders(ctx context.Context, p *producer, topic string) error {
 						ready = false
 						last = fmt.Sprintf("partition %d has no leader (%v)", pm.ID, pm.Error)
 						break
+					}
+				}
+				if ready {
+					// Metadata can name a leader before that broker leads
+					// the partition; a produce then fails with
+					// NOT_LEADER_OR_FOLLOWER, and librdkafka's idempotent
+					// producer recovering from that first failure has been
+					// seen (Apache Kafka 4.4, a topic just created) to lose
+					// records it reported as duplicates. ListOffsets is
+					// answered by the leader only: once every partition
+					// answers, the topic takes records.
+					for _, pm := range tm.Partitions {
+						if _, _, err := p.p.QueryWatermarkOffsets(topic, pm.ID, timeoutMs(ctx, defaultAdminTimeout)); err != nil {
+							ready = false
+							last = fmt.Sprintf("partition %d does not answer ListOffsets yet (%v)", pm.ID, err)
+							break
+						}
 					}
 				}
 				if ready {

@@ -72,10 +72,8 @@ func (p *producer) drain() {
 			if pd == nil {
 				continue
 			}
-			var err error
-			if e.TopicPartition.Error != nil {
-				err = fmt.Errorf("confluent: produce to %s: %w", pd.rec.Topic, e.TopicPartition.Error)
-			} else {
+			err := deliveryError(p.acks, e, pd.rec.Topic)
+			if err == nil {
 				pd.rec.Partition = e.TopicPartition.Partition
 				pd.rec.Offset = int64(e.TopicPartition.Offset)
 				if pd.rec.Offset < 0 {
@@ -91,6 +89,29 @@ func (p *producer) drain() {
 			}
 		}
 	}
+}
+
+// deliveryError is the outcome of a delivery report from a producer with
+// acks: nil when Kafka has the record.
+//
+// With acks=all (and so librdkafka's idempotent producer) a report without
+// an error but without an offset is not a success: librdkafka reports so a
+// record the broker answered with DUPLICATE_SEQUENCE_NUMBER. A retry of a
+// batch the broker had written gets that answer, but so do records sent
+// after librdkafka restarted a partition's sequence numbers, which it does
+// when a metadata answer briefly says the topic or partition does not exist
+// (seen against Apache Kafka 4.4 right after the topic was created: the
+// records were acknowledged and were not in the log). Such a record is
+// reported with kafkaclient.ErrUnknownOutcome.
+func deliveryError(acks kafkaclient.Acks, e *kafka.Message, topic string) error {
+	if e.TopicPartition.Error != nil {
+		return fmt.Errorf("confluent: produce to %s: %w", topic, e.TopicPartition.Error)
+	}
+	if acks == kafkaclient.AcksAll && e.TopicPartition.Offset < 0 {
+		return fmt.Errorf("confluent: produce to %s [%d]: Kafka took the record for a duplicate of one it had and gave no offset: %w",
+			topic, e.TopicPartition.Partition, kafkaclient.ErrUnknownOutcome)
+	}
+	return nil
 }
 
 // close closes the librdkafka producer and waits for its goroutines. The

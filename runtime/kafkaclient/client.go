@@ -144,6 +144,11 @@ type Client interface {
 // ErrUnknownTopic reports a topic the cluster does not have.
 var ErrUnknownTopic = errors.New("kafkaclient: unknown topic")
 
+// ErrUnknownOutcome is reported through Produce's done for a record the
+// client cannot tell was written: it may or may not be in the log. Produce
+// it again if it must not be lost (and tolerate a duplicate).
+var ErrUnknownOutcome = errors.New("kafkaclient: the record may or may not have been written")
+
 // ReaderConfig configures a Reader.
 type ReaderConfig struct {
 	// ReadCommitted reads only committed transactional records.
