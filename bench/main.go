@@ -36,12 +36,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )

@@ -46,9 +46,8 @@ type fanoutEnv struct {
 	brokers string
 
 	mu       sync.Mutex
-	produced int                                // records produced so far, numbered from 0
-	acked    map[int]kafkaclient.TopicPartition // where Kafka said each record went (Partition; Offset in acks)
-	ackedAt  map[int]int64
+	produced int                                      // records produced so far, numbered from 0
+	acked    map[int]kafkaclient.TopicPartitionOffset // where Kafka said each record went
 
 	srvOpts []grpc.ServerOption
 }
@@ -110,21 +109,17 @@ func (e *fanoutEnv) stalled(t testing.TB, tr *tracker) {
 	// offset.
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	at := map[kafkaclient.TopicPartition]map[int64]int{}
-	for i, tp := range e.acked {
-		if tp.Topic != e.topic {
+	at := map[kafkaclient.TopicPartitionOffset]int{}
+	for i, a := range e.acked {
+		if a.Topic != e.topic {
 			continue
 		}
-		o := e.ackedAt[i]
-		if at[tp] == nil {
-			at[tp] = map[int64]int{}
+		if j, dup := at[a]; dup {
+			t.Logf("records %d and %d were both acknowledged at %s[%d]@%d", j, i, a.Topic, a.Partition, a.Offset)
 		}
-		if j, dup := at[tp][o]; dup {
-			t.Logf("records %d and %d were both acknowledged at %s[%d]@%d", j, i, tp.Topic, tp.Partition, o)
-		}
-		at[tp][o] = i
-		if err == nil && o >= ends[tp.Partition] {
-			t.Logf("record %d was acknowledged at %s[%d]@%d, at or beyond the end offset %d", i, tp.Topic, tp.Partition, o, ends[tp.Partition])
+		at[a] = i
+		if err == nil && a.Offset >= ends[a.Partition] {
+			t.Logf("record %d was acknowledged at %s[%d]@%d, at or beyond the end offset %d", i, a.Topic, a.Partition, a.Offset, ends[a.Partition])
 		}
 	}
 }
@@ -167,9 +162,9 @@ func (e *fanoutEnv) produce(t testing.TB, topic string, n, keys, size int) {
 				if err == nil {
 					e.mu.Lock()
 					if e.acked == nil {
-						e.acked, e.ackedAt = map[int]kafkaclient.TopicPartition{}, map[int]int64{}
+						e.acked = map[int]kafkaclient.TopicPartitionOffset{}
 					}
-					e.acked[i], e.ackedAt[i] = kafkaclient.TopicPartition{Topic: r.Topic, Partition: r.Partition}, r.Offset
+					e.acked[i] = kafkaclient.TopicPartitionOffset{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
 					e.mu.Unlock()
 				}
 				errc <- err

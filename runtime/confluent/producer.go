@@ -97,12 +97,10 @@ func (p *producer) drain() {
 // With acks=all (and so librdkafka's idempotent producer) a report without
 // an error but without an offset is not a success: librdkafka reports so a
 // record the broker answered with DUPLICATE_SEQUENCE_NUMBER. A retry of a
-// batch the broker had written gets that answer, but so do records sent
-// after librdkafka restarted a partition's sequence numbers, which it does
-// when a metadata answer briefly says the topic or partition does not exist
-// (seen against Apache Kafka 4.4 right after the topic was created: the
-// records were acknowledged and were not in the log). Such a record is
-// reported with kafkaclient.ErrUnknownOutcome.
+// batch the broker had written gets that answer, but it also came back for
+// records that were not in the log (Apache Kafka 4.4, producing at once to
+// a topic just created; see waitLeaders). Such a record is reported with
+// kafkaclient.ErrUnknownOutcome.
 func deliveryError(acks kafkaclient.Acks, e *kafka.Message, topic string) error {
 	if e.TopicPartition.Error != nil {
 		return fmt.Errorf("confluent: produce to %s: %w", topic, e.TopicPartition.Error)
