@@ -82,11 +82,13 @@ func (p *producer) drain() {
 			}
 			p.c.finish(pd, err)
 		case kafka.Error:
-			p.c.logError(p.name, e)
 			if e.IsFatal() {
 				// The instance is unusable; the next Produce replaces it.
+				// Marked before the error is logged, so whoever reads the
+				// log finds the producer already retired.
 				p.fatal.Store(true)
 			}
+			p.c.logError(p.name, e)
 		}
 	}
 }
