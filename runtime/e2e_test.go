@@ -45,6 +45,13 @@ func setup(t testing.TB, impl echov1.EchoServiceServer, wopts ...runtime.WorkerO
 // setupWith is setup with the worker's registration given by register.
 func setupWith(t testing.TB, register func(*runtime.Worker) error, wopts ...runtime.WorkerOption) *env {
 	t.Helper()
+	return setupWrapped(t, nil, register, wopts...)
+}
+
+// setupWrapped is setupWith with the worker's Kafka client wrapped by wrap
+// (when not nil), e.g. to inject failures.
+func setupWrapped(t testing.TB, wrap func(prefix string, kc kafkaclient.Client) kafkaclient.Client, register func(*runtime.Worker) error, wopts ...runtime.WorkerOption) *env {
+	t.Helper()
 	brokers := kafkatest.Brokers(t)
 	kc := kafkatest.NewClient(t, brokers)
 	prefix := kafkatest.Unique("t") + "."
@@ -52,7 +59,11 @@ func setupWith(t testing.TB, register func(*runtime.Worker) error, wopts ...runt
 	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
 	logger := runtime.WithLogger(kafkatest.Logger(t))
 
-	worker := runtime.NewWorker(kc, append([]runtime.WorkerOption{mapper, logger, runtime.WithGroupID(prefix + "workers")}, wopts...)...)
+	wkc := kc
+	if wrap != nil {
+		wkc = wrap(prefix, kc)
+	}
+	worker := runtime.NewWorker(wkc, append([]runtime.WorkerOption{mapper, logger, runtime.WithGroupID(prefix + "workers")}, wopts...)...)
 	if err := register(worker); err != nil {
 		t.Fatal(err)
 	}

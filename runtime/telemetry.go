@@ -52,7 +52,9 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // .delivered, .catchups and .laggards (counters). Worker: kafkarpc.worker.calls,
 // kafkarpc.worker.duration, kafkarpc.worker.inflight (likewise),
 // kafkarpc.worker.records.skipped (counter, by reason: no_correlation_id,
-// malformed), kafkarpc.worker.dead_lettered, kafkarpc.worker.duplicates, and
+// malformed), kafkarpc.worker.dead_lettered, kafkarpc.worker.duplicates,
+// kafkarpc.worker.replies.lost (calls some of whose replies Kafka did not
+// take; see WorkerStats.LostReplies), and
 // kafkarpc.worker.lag (gauge, by topic and partition: records not yet read
 // from the partitions the worker holds).
 func WithMeterProvider(mp metric.MeterProvider) Option {

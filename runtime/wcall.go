@@ -345,7 +345,7 @@ func contextStatus(ctx context.Context) *status.Status {
 // uncommitted, so that the partition's next owner serves it again.
 func (c *wCall) finish(st *status.Status) {
 	c.outMu.Lock()
-	aborted, sent := c.aborted, c.sent
+	aborted, sent, lost := c.aborted, c.sent, c.produceErr
 	c.aborted = true // nothing more goes out
 	c.outMu.Unlock()
 	served := true
@@ -361,6 +361,11 @@ func (c *wCall) finish(st *status.Status) {
 	default:
 		if aborted {
 			st = status.New(codes.Unavailable, "the worker gave up the call midway (rebalance or shutdown); retry it")
+		} else if lost != nil && c.w.txn == nil {
+			// A reply already failed: the end says so instead of an
+			// outcome with a gap in it.
+			st = lostStatus(c.wm, lost, false)
+			c.countLost()
 		}
 		if c.held != nil {
 			if st.Code() == codes.OK {
@@ -373,6 +378,11 @@ func (c *wCall) finish(st *status.Status) {
 	}
 	inTxn := c.flushOutbox()
 	c.unacked.Wait()
+	if served && c.id != "" && c.w.txn == nil && lost == nil && c.produceErr != nil {
+		// A reply failed after the end went out, or the end itself failed:
+		// tell the caller instead of leaving it waiting for its deadline.
+		c.reportLost(st)
+	}
 	w := c.w
 	w.mu.Lock()
 	if inTxn {
@@ -380,7 +390,10 @@ func (c *wCall) finish(st *status.Status) {
 			w.txnIdle.Broadcast()
 		}
 	}
-	if c.keepReplies && served && c.produceErr == nil && remembered(st) {
+	// The replies are the call's outcome even when Kafka lost some of them
+	// (then a retry with the same key gets them), unless the end that went
+	// out already reported the loss instead of the outcome.
+	if c.keepReplies && served && lost == nil && remembered(st) {
 		size := 0
 		for _, r := range c.stored {
 			size += len(r.Value) + 64
@@ -418,6 +431,41 @@ func (c *wCall) finish(st *status.Status) {
 			w.answerCall(d.rec, d.pt, c.id, d.replyTo, status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil)
 		}
 	}
+}
+
+// lostStatus is the status a caller gets when Kafka did not take every reply
+// of its call: the call ran, and what it answered did not all arrive.
+// stored says whether a retry with the same idempotency key gets the
+// outcome from the worker's memory.
+func lostStatus(wm *workerMethod, err error, stored bool) *status.Status {
+	retry := "retry it; it may run again"
+	if stored {
+		retry = "retry it with the same idempotency-key to get its outcome without running it again"
+	}
+	return status.Newf(codes.Unavailable, "%s: the worker ran the call but Kafka did not take every reply (%v); %s",
+		wm.spec.FullMethod(), err, retry)
+}
+
+// reportLost writes one more end-of-stream record, with lostStatus, after a
+// reply of the call failed. A gateway that got the whole answer has ended the
+// call and drops it; one still waiting ends the call with it. A failure of
+// this record too is logged, and the caller waits for its deadline.
+func (c *wCall) reportLost(outcome *status.Status) {
+	c.outMu.Lock()
+	err := c.produceErr
+	c.outMu.Unlock()
+	names := &c.w.cfg.names
+	hs := []kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}}
+	hs = append(hs, c.w.incarnation...)
+	hs = appendStatusHeaders(hs, names, lostStatus(c.wm, err, c.keepReplies && remembered(outcome)))
+	c.countLost()
+	c.send(&kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Headers: hs})
+	c.unacked.Wait()
+}
+
+func (c *wCall) countLost() {
+	c.w.stats.lostReplies.Add(1)
+	c.w.lostCount.Add(context.Background(), 1)
 }
 
 // waiter is a repeated request that arrived while its call was running.

@@ -69,6 +69,7 @@ type Worker struct {
 	skipped     metric.Int64Counter
 	deadLet     metric.Int64Counter
 	dupCount    metric.Int64Counter
+	lostCount   metric.Int64Counter
 
 	// exactly-once (WithExactlyOnce)
 	txn      kafkaclient.TxnProducer
@@ -140,6 +141,8 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.deadLet, _ = meter.Int64Counter("kafkarpc.worker.dead_lettered", metric.WithDescription("Calls sent to the dead-letter topic."))
 	w.dupCount, _ = meter.Int64Counter("kafkarpc.worker.duplicates",
 		metric.WithDescription("Requests answered from the stored replies of an earlier call."))
+	w.lostCount, _ = meter.Int64Counter("kafkarpc.worker.replies.lost",
+		metric.WithDescription("Calls some of whose replies Kafka did not take; their callers were told UNAVAILABLE."))
 	_, _ = meter.Int64ObservableGauge("kafkarpc.worker.lag",
 		metric.WithDescription("Records not yet read from the partitions this worker holds, by topic and partition."),
 		metric.WithInt64Callback(w.observeLag))
@@ -624,10 +627,14 @@ type WorkerStats struct {
 	// ProxyRetries counts the attempts a proxying worker repeated because
 	// the target was UNAVAILABLE before it took the call.
 	ProxyRetries uint64
+	// LostReplies counts calls some of whose replies Kafka did not take
+	// (after the client's own retries); each such caller was sent an
+	// UNAVAILABLE end-of-stream record saying so.
+	LostReplies uint64
 }
 
 type workerCounters struct {
-	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, deadLettered atomic.Uint64
+	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, deadLettered, lostReplies atomic.Uint64
 }
 
 // Stats returns the worker's counters. Safe for concurrent use.
@@ -640,6 +647,7 @@ func (w *Worker) Stats() WorkerStats {
 		DeadLettered:           w.stats.deadLettered.Load(),
 		Panics:                 w.stats.panics.Load(),
 		ProxyRetries:           w.stats.proxyRetries.Load(),
+		LostReplies:            w.stats.lostReplies.Load(),
 	}
 }
 
