@@ -58,11 +58,11 @@ func NewGateway(client kafkaclient.Client, opts ...GatewayOption) *Gateway {
 	g := &Gateway{
 		client:  client,
 		cfg:     cfg,
-		filter:  newMetadataFilter(cfg.denied, cfg.allowed),
 		routers: map[string]*replyRouter{},
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.trc = newTracing(cfg.telemetryConfig)
+	g.filter = newMetadataFilter(cfg.denied, cfg.allowed, append([]string{IdempotencyKeyMetadata}, g.trc.fields...))
 	meter := meterOf(cfg.telemetryConfig)
 	g.met = newCallMetrics(meter, "gateway")
 	g.dropped, _ = meter.Int64Counter("kafkarpc.gateway.replies.dropped",

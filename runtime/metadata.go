@@ -44,14 +44,19 @@ type metadataFilter struct {
 	allowed map[string]bool // nil: no allow list
 }
 
-func newMetadataFilter(denied, allowed []string) metadataFilter {
+// newMetadataFilter builds the filter of a deny list, or of an allow list
+// when allowed is not nil. An allow list always lets through own too: the
+// names the worker needs from the gateway (the idempotency key, the trace
+// context's fields), which an operator listing the application's own names
+// would otherwise cut off without noticing.
+func newMetadataFilter(denied, allowed, own []string) metadataFilter {
 	f := metadataFilter{denied: make(map[string]bool, len(denied))}
 	for _, d := range denied {
 		f.denied[strings.ToLower(d)] = true
 	}
 	if allowed != nil {
-		f.allowed = make(map[string]bool, len(allowed))
-		for _, a := range allowed {
+		f.allowed = make(map[string]bool, len(allowed)+len(own))
+		for _, a := range slices.Concat(allowed, own) {
 			f.allowed[strings.ToLower(a)] = true
 		}
 	}

@@ -50,16 +50,22 @@ func TestMetadataFilterKeepsTransportAndCredentialsOut(t *testing.T) {
 		"x-tenant":      {"acme"},
 		"my-secret":     {"s"},
 	}
-	f := newMetadataFilter(append(slices.Clone(DefaultDeniedMetadata), "My-Secret"), nil)
+	f := newMetadataFilter(append(slices.Clone(DefaultDeniedMetadata), "My-Secret"), nil, []string{"idempotency-key"})
 	hs := appendMetaHeaders(nil, "meta:", md, f.keep)
 	if len(hs) != 1 || hs[0].Key != "meta:x-tenant" {
 		t.Fatalf("headers = %v, want only meta:x-tenant", hs)
 	}
 	// An allow list lets through only what it names, never transport headers.
-	f = newMetadataFilter(nil, []string{"authorization", "te"})
+	// An allow list lets through the runtime's own names too.
+	f = newMetadataFilter(nil, []string{"authorization", "te"}, []string{"idempotency-key"})
 	hs = appendMetaHeaders(nil, "meta:", md, f.keep)
 	if len(hs) != 1 || hs[0].Key != "meta:authorization" {
 		t.Fatalf("allow list: headers = %v, want only meta:authorization", hs)
+	}
+	md["idempotency-key"] = []string{"k"}
+	hs = appendMetaHeaders(nil, "meta:", md, f.keep)
+	if len(hs) != 2 || hs[0].Key != "meta:authorization" || hs[1].Key != "meta:idempotency-key" {
+		t.Fatalf("allow list: headers = %v, want meta:authorization and meta:idempotency-key", hs)
 	}
 }
 

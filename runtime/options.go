@@ -111,8 +111,11 @@ func WithDeniedMetadata(names ...string) GatewayOption {
 }
 
 // WithAllowedMetadata makes the request metadata written to Kafka an allow
-// list: only the names given (still never transport metadata). It replaces
-// the deny list of WithDeniedMetadata. Default: no allow list.
+// list: only the names given (still never transport metadata), plus those
+// the worker needs from the gateway: IdempotencyKeyMetadata and the fields of
+// the trace propagator (WithPropagator; traceparent and tracestate by
+// default). It replaces the deny list of WithDeniedMetadata. Default: no
+// allow list.
 func WithAllowedMetadata(names ...string) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.allowed = append([]string{}, names...) })
 }
