@@ -3,27 +3,21 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/proctest"
 )
 
 // Bounds of the harness's own waits.
@@ -55,7 +49,7 @@ func run(m *testing.M) int {
 		return m.Run()
 	}
 	var err error
-	if root, err = moduleRoot(); err != nil {
+	if root, err = proctest.ModuleRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -66,8 +60,7 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	start := time.Now()
-	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./example/cmd/echo-gateway", "./example/cmd/echo-worker")
-	build.Dir = root
+	build := proctest.BuildExamplesCmd(root, dir, "echo-gateway", "echo-worker")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building the example binaries: %v\n%s", err, out)
 		return 1
@@ -75,23 +68,6 @@ func run(m *testing.M) int {
 	fmt.Fprintf(os.Stderr, "integration: built echo-gateway and echo-worker in %s; Kafka at %s\n", time.Since(start).Round(time.Millisecond), brokers)
 	binDir = dir
 	return m.Run()
-}
-
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // needKafka skips t when no broker was given.
@@ -110,13 +86,7 @@ func unique(prefix string) string {
 // freeAddr returns 127.0.0.1:<port> of a port that was free a moment ago.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
+	return proctest.FreeAddr(t)
 }
 
 // ---- the broker, through scripts/kafka.sh
@@ -190,92 +160,20 @@ func (k *kafkaCtl) ensureRunning(t *testing.T) {
 // ---- example binaries as processes
 
 // proc is a running example binary.
-type proc struct {
-	name   string
-	args   []string
-	cmd    *exec.Cmd
-	out    *lineLog
-	done   chan struct{} // closed once Wait returned
-	err    error         // Wait's result, readable after done
-	readyc chan string   // receives the "ready" line once
-}
-
-// lineLog keeps a process's output and spots its ready line.
-type lineLog struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	ready func(string)
-}
-
-func (l *lineLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lineLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type proc struct{ *proctest.Proc }
 
 // startProc runs the named example binary with args. It is killed in cleanup
 // if still running, and its output is logged when the test failed.
 func startProc(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{
-		name:   name,
-		args:   args,
-		out:    &lineLog{},
-		done:   make(chan struct{}),
-		readyc: make(chan string, 1),
-	}
-	p.cmd = exec.Command(filepath.Join(binDir, name), args...)
-	p.cmd.Stderr = p.out
-	stdout, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd.WaitDelay = 5 * time.Second
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		sc := bufio.NewScanner(stdout)
-		sent := false
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(p.out, line)
-			if !sent && strings.Contains(line, "ready") {
-				p.readyc <- line
-				sent = true
-			}
-		}
-		_, _ = io.Copy(io.Discard, stdout)
-	}()
-	go func() {
-		<-copied
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			select {
-			case <-p.done:
-			case <-time.After(killTimeout):
-				t.Errorf("%s (pid %d) did not exit within %s of SIGKILL", name, p.cmd.Process.Pid, killTimeout)
-			}
+	return &proc{proctest.Start(t, filepath.Join(binDir, name), args, killTimeout, func(p *proctest.Proc, gone bool) {
+		if !gone {
+			t.Errorf("%s (pid %d) did not exit within %s of SIGKILL", name, p.Pid(), killTimeout)
 		}
 		if t.Failed() || os.Getenv("INTEGRATION_LOGS") != "" {
-			t.Logf("--- %s %s (output):\n%s", name, strings.Join(args, " "), tail(p.out.String(), 120))
+			t.Logf("--- %s %s (output):\n%s", name, strings.Join(args, " "), tail(p.Output(), 120))
 		}
-	})
-	return p
+	})}
 }
 
 // tail returns the last n lines of s, leaving out the worker's warnings
@@ -304,22 +202,22 @@ func tail(s string, n int) string {
 // waitReady waits for the ready line.
 func (p *proc) waitReady(t *testing.T) string {
 	t.Helper()
-	select {
-	case line := <-p.readyc:
-		return line
-	case <-p.done:
-		t.Fatalf("%s exited before it was ready: %v\n%s", p.name, p.err, tail(p.out.String(), 60))
-	case <-time.After(readyTimeout):
-		t.Fatalf("%s was not ready within %s\n%s", p.name, readyTimeout, tail(p.out.String(), 60))
+	line, err := p.WaitReady(readyTimeout)
+	switch err {
+	case nil:
+	case proctest.ErrExited:
+		t.Fatalf("%s exited before it was ready: %v\n%s", p.Name, p.Err(), tail(p.Output(), 60))
+	default:
+		t.Fatalf("%s was not ready within %s\n%s", p.Name, readyTimeout, tail(p.Output(), 60))
 	}
-	return ""
+	return line
 }
 
 // signal sends sig.
 func (p *proc) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("sending %s to %s: %v", sig, p.name, err)
+	if err := p.Signal(sig); err != nil {
+		t.Fatalf("sending %s to %s: %v", sig, p.Name, err)
 	}
 }
 
@@ -327,13 +225,11 @@ func (p *proc) signal(t *testing.T, sig syscall.Signal) {
 // it took.
 func (p *proc) wait(t *testing.T, d time.Duration) time.Duration {
 	t.Helper()
-	start := time.Now()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		t.Fatalf("%s did not exit within %s\n%s", p.name, d, tail(p.out.String(), 60))
+	took, exited := p.Wait(d)
+	if !exited {
+		t.Fatalf("%s did not exit within %s\n%s", p.Name, d, tail(p.Output(), 60))
 	}
-	return time.Since(start)
+	return took
 }
 
 // stop sends SIGTERM and requires a clean exit within exitTimeout.
@@ -341,8 +237,8 @@ func (p *proc) stop(t *testing.T) time.Duration {
 	t.Helper()
 	p.signal(t, syscall.SIGTERM)
 	d := p.wait(t, exitTimeout)
-	if p.err != nil {
-		t.Fatalf("%s did not exit cleanly after SIGTERM: %v\n%s", p.name, p.err, tail(p.out.String(), 60))
+	if err := p.Err(); err != nil {
+		t.Fatalf("%s did not exit cleanly after SIGTERM: %v\n%s", p.Name, err, tail(p.Output(), 60))
 	}
 	return d
 }
@@ -373,12 +269,7 @@ func startGateway(t *testing.T, addr string) *proc {
 // dial returns an echo client of the gateway at addr.
 func dial(t *testing.T, addr string) echov1.EchoServiceClient {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", addr, err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	return echov1.NewEchoServiceClient(cc)
+	return echov1.NewEchoServiceClient(proctest.Dial(t, addr))
 }
 
 // warmUp calls EchoUnary until one call succeeds, bounded by warmupTimeout:

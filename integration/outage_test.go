@@ -241,8 +241,8 @@ func TestBrokerOutageDuringUnaryLoad(t *testing.T) {
 	// Neither process was restarted: both still run and stop cleanly.
 	for _, p := range []*proc{gateway, worker} {
 		select {
-		case <-p.done:
-			t.Fatalf("%s exited during the outage: %v", p.name, p.err)
+		case <-p.Done():
+			t.Fatalf("%s exited during the outage: %v", p.Name, p.Err())
 		default:
 		}
 	}

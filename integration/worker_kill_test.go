@@ -109,7 +109,7 @@ func TestWorkerKilledUnderLoad(t *testing.T) {
 	}
 	killedAt := time.Now()
 	victim.kill(t)
-	t.Logf("killed one of three workers (pid %d) %s into the load, after %d calls", victim.cmd.Process.Pid, killedAt.Sub(start).Round(time.Millisecond), answered.Load())
+	t.Logf("killed one of three workers (pid %d) %s into the load, after %d calls", victim.Pid(), killedAt.Sub(start).Round(time.Millisecond), answered.Load())
 	wg.Wait()
 	total := time.Since(start)
 

@@ -4,27 +4,21 @@
 package cmd_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -34,6 +28,7 @@ import (
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/proctest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
@@ -62,23 +57,16 @@ func buildAndRun(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	root, err := moduleRoot()
+	root, err := proctest.ModuleRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// One go build for the four packages: with -o naming a directory, each
-	// main package is written there under its own name, and they compile in
-	// parallel.
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
-	for _, name := range binaries {
-		args = append(args, "./example/cmd/"+name)
-	}
-	build := exec.Command("go", args...)
-	build.Dir = root
+	// One go build for the four packages (see proctest.BuildExamplesCmd).
+	build := proctest.BuildExamplesCmd(root, dir, binaries...)
 	start := time.Now()
 	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go %s: %v\n%s", strings.Join(args, " "), err, out)
+		fmt.Fprintf(os.Stderr, "go %s: %v\n%s", strings.Join(build.Args[1:], " "), err, out)
 		return 1
 	}
 	for _, name := range binaries {
@@ -92,139 +80,28 @@ func buildAndRun(m *testing.M) int {
 	return m.Run()
 }
 
-// moduleRoot finds the directory of go.mod from the working directory up.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
 // freeAddr returns 127.0.0.1:<port> of a port that was free a moment ago.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatalf("closing the probe listener: %v", err)
-	}
-	return addr
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent use.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// stdoutWatcher records a process's stdout and reports its first line
-// containing "ready".
-type stdoutWatcher struct {
-	mu      sync.Mutex
-	all     bytes.Buffer
-	partial []byte
-	line    string        // the ready line, once seen
-	ready   chan struct{} // closed when the ready line is seen
-}
-
-func (w *stdoutWatcher) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.all.Write(p)
-	w.partial = append(w.partial, p...)
-	for {
-		i := bytes.IndexByte(w.partial, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(w.partial[:i])
-		w.partial = w.partial[i+1:]
-		if w.line == "" && strings.Contains(line, "ready") {
-			w.line = line
-			close(w.ready)
-		}
-	}
-	return len(p), nil
-}
-
-func (w *stdoutWatcher) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.all.String()
+	return proctest.FreeAddr(t)
 }
 
 // proc is a running example binary.
-type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	stdout *stdoutWatcher
-	stderr *lockedBuffer
-	done   chan struct{} // closed once Wait returned
-	err    error         // Wait's result, readable after done
-}
+type proc struct{ *proctest.Proc }
 
 // output is what the process wrote so far, for failure messages.
 func (p *proc) output() string {
-	return fmt.Sprintf("--- %s stdout:\n%s--- %s stderr:\n%s", p.name, p.stdout.String(), p.name, p.stderr.String())
+	return fmt.Sprintf("--- %s stdout:\n%s--- %s stderr:\n%s", p.Name, p.Stdout(), p.Name, p.Stderr())
 }
 
 // start runs the named binary with args. The process is killed in cleanup if
 // it is still running, and its output is logged when the test failed.
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{
-		name:   name,
-		stdout: &stdoutWatcher{ready: make(chan struct{})},
-		stderr: &lockedBuffer{},
-		done:   make(chan struct{}),
-	}
-	p.cmd = exec.Command(filepath.Join(binDir, name), args...)
-	p.cmd.Stdout = p.stdout
-	p.cmd.Stderr = p.stderr
-	// Bounds Wait's copying of the output should a descendant keep the pipes.
-	p.cmd.WaitDelay = 5 * time.Second
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			select {
-			case <-p.done:
-			case <-time.After(killTimeout):
-				t.Errorf("%s (pid %d) did not exit %s after being killed", name, p.cmd.Process.Pid, killTimeout)
-			}
+	p := &proc{}
+	p.Proc = proctest.Start(t, filepath.Join(binDir, name), args, killTimeout, func(_ *proctest.Proc, gone bool) {
+		if !gone {
+			t.Errorf("%s (pid %d) did not exit %s after being killed", name, p.Pid(), killTimeout)
 		}
 		if t.Failed() {
 			t.Logf("%s %s\n%s", name, strings.Join(args, " "), p.output())
@@ -236,48 +113,34 @@ func start(t *testing.T, name string, args ...string) *proc {
 // waitReady waits for the process's ready line and returns it.
 func (p *proc) waitReady(t *testing.T) string {
 	t.Helper()
-	line := func() string {
-		p.stdout.mu.Lock()
-		defer p.stdout.mu.Unlock()
-		return p.stdout.line
+	line, err := p.WaitReady(readyTimeout)
+	switch err {
+	case nil:
+	case proctest.ErrExited:
+		t.Fatalf("%s exited before printing a ready line: %v\n%s", p.Name, p.Err(), p.output())
+	default:
+		t.Fatalf("%s printed no ready line within %s\n%s", p.Name, readyTimeout, p.output())
 	}
-	select {
-	case <-p.stdout.ready:
-		return line()
-	case <-p.done:
-		select {
-		case <-p.stdout.ready: // printed it, then exited: waitExit will tell
-			return line()
-		default:
-		}
-		t.Fatalf("%s exited before printing a ready line: %v\n%s", p.name, p.err, p.output())
-	case <-time.After(readyTimeout):
-		t.Fatalf("%s printed no ready line within %s\n%s", p.name, readyTimeout, p.output())
-	}
-	return ""
+	return line
 }
 
 // terminate sends SIGTERM; see waitExit.
 func (p *proc) terminate(t *testing.T) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("sending SIGTERM to %s: %v\n%s", p.name, err, p.output())
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("sending SIGTERM to %s: %v\n%s", p.Name, err, p.output())
 	}
 }
 
 // waitExit requires the process to exit with status 0 within stopTimeout.
 func (p *proc) waitExit(t *testing.T) {
 	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(stopTimeout):
-		t.Fatalf("%s did not exit within %s of SIGTERM\n%s", p.name, stopTimeout, p.output())
+	if _, exited := p.Wait(stopTimeout); !exited {
+		t.Fatalf("%s did not exit within %s of SIGTERM\n%s", p.Name, stopTimeout, p.output())
 	}
-	if p.err != nil {
-		t.Fatalf("%s did not exit cleanly after SIGTERM: %v\n%s", p.name, p.err, p.output())
-	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("%s exited with status %d\n%s", p.name, code, p.output())
+	// Err is nil only for an exit with status 0.
+	if err := p.Err(); err != nil {
+		t.Fatalf("%s did not exit cleanly after SIGTERM: %v\n%s", p.Name, err, p.output())
 	}
 }
 
@@ -291,12 +154,7 @@ func (p *proc) stop(t *testing.T) {
 // dial returns a client connection to addr, closed in cleanup.
 func dial(t *testing.T, addr string) *grpc.ClientConn {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", addr, err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	return cc
+	return proctest.Dial(t, addr)
 }
 
 func callContext(t *testing.T) context.Context {
@@ -568,7 +426,7 @@ func checkEvents(t *testing.T, c echov1.EchoServiceClient, brokers string) {
 func brokerOf(t *testing.T, p *proc) string {
 	t.Helper()
 	const prefix = "embedded Kafka broker listening on "
-	out := p.stdout.String()
+	out := p.Stdout()
 	i := strings.Index(out, prefix)
 	if i < 0 {
 		t.Fatalf("echo did not print its broker's address:\n%s", p.output())
@@ -635,8 +493,23 @@ func TestEcho(t *testing.T) {
 	p := start(t, "echo", "--listen", addr)
 	line := p.waitReady(t)
 	requireListening(t, line, addr)
-	if !strings.Contains(p.stdout.String(), "embedded Kafka broker listening on 127.0.0.1:") {
+	if !strings.Contains(p.Stdout(), "embedded Kafka broker listening on 127.0.0.1:") {
 		t.Errorf("echo did not report its embedded broker on 127.0.0.1:\n%s", p.output())
+	}
+	// What make run shows a newcomer: a call of each kind through itself.
+	if _, err := p.WaitLine("until interrupted", readyTimeout); err != nil {
+		t.Fatalf("echo's demo did not finish (%v):\n%s", err, p.output())
+	}
+	for _, want := range []string{
+		`echo: demo EchoUnary {"message":"hello"} → "hello" (`,
+		`echo: demo EchoServerStream {"message":"hi","repeat":3} → "hi"#0 "hi"#1 "hi"#2 (`,
+		`echo: demo EchoClientStream {"message":"a"} {"message":"b"} → "a,b" (`,
+		`echo: demo EchoBidiStream {"message":"x"} {"message":"y"} → "x"#0 "y"#1 (`,
+		`echo: demo EchoUnary {"message":"x","fail_code":5} → status NotFound "x", from the worker (`,
+	} {
+		if !strings.Contains(p.Stdout(), want) {
+			t.Errorf("echo's demo output lacks %q:\n%s", want, p.output())
+		}
 	}
 
 	cc := dial(t, addr)
