@@ -13,7 +13,7 @@ import (
 // endpoint after known calls.
 func TestEchoMetrics(t *testing.T) {
 	addr, metrics := freeAddr(t), freeAddr(t)
-	p := start(t, "echo", "--listen", addr, "--metrics", metrics)
+	p := start(t, "echo", "--listen", addr, "--metrics", metrics, "--demo=false") // counts only the calls below
 	defer p.stop(t)
 	requireListening(t, p.waitReady(t), addr)
 	c := echov1.NewEchoServiceClient(dial(t, addr))

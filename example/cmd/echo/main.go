@@ -3,9 +3,11 @@
 // Without --brokers it starts an embedded Kafka broker first, so nothing else
 // is needed:
 //
-//	echo [--listen 127.0.0.1:7151] [--brokers host:port]
+//	echo [--listen 127.0.0.1:7151] [--brokers host:port] [--demo=false]
 //
-// Once it prints "ready", call it with grpcurl:
+// Once it prints "ready", it makes one call of each kind through itself and
+// prints the answers (--demo=false skips them), then serves until
+// interrupted. Call it yourself with grpcurl, for example:
 //
 //	grpcurl -plaintext -d '{"message":"hello"}' 127.0.0.1:7151 example.echo.v1.EchoService/EchoUnary
 package main
@@ -27,6 +29,7 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:7151", "gRPC listen address")
 	brokers := flag.String("brokers", "", "Kafka bootstrap servers; empty starts an embedded broker")
+	showDemo := flag.Bool("demo", true, "once ready, call each method kind through the gateway and print the answers")
 	flag.Parse()
 	logger := app.Logger()
 	ctx, stop := app.Signals()
@@ -73,6 +76,17 @@ func main() {
 	}
 	err := app.Serve(ctx, srv, *listen, func(a net.Addr) {
 		fmt.Printf("echo: ready: gRPC on %s, Kafka at %s, group %s\n", a, *brokers, worker.GroupID())
+		if !*showDemo {
+			return
+		}
+		go func() {
+			if err := demo(ctx, a.String()); err != nil {
+				logger.Error("echo: demo failed", "error", err)
+				return
+			}
+			fmt.Printf("echo: each call went gateway → %s → worker → %s → gateway; serving on %s until interrupted (Ctrl-C)\n",
+				"echo-requests", "echo-responses", a)
+		}()
 	})
 	if err != nil {
 		app.Fatal(logger, "serving gRPC", err)
