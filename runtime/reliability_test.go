@@ -237,3 +237,98 @@ func TestSameKeyCallsRunInOrder(t *testing.T) {
 		t.Fatalf("handlers ran %q, want %q", got, want)
 	}
 }
+
+// firstFails fails the first run of EchoUnary with UNAVAILABLE; later runs
+// answer with their run number.
+type firstFails struct{ counting }
+
+func (f *firstFails) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	f.mu.Lock()
+	if f.runs == nil {
+		f.runs = map[string]int{}
+	}
+	f.runs[req.GetMessage()]++
+	n := f.runs[req.GetMessage()]
+	f.mu.Unlock()
+	if n == 1 {
+		return nil, status.Error(codes.Unavailable, "try later")
+	}
+	return &echov1.EchoResponse{Message: req.GetMessage(), Index: int32(n)}, nil
+}
+
+// slowAck is a worker's Kafka client that reports the first reply
+// end-of-stream record as delivered only once release is closed (the record
+// itself goes out at once): the worker's call stays in flight after its
+// caller has the answer.
+type slowAck struct {
+	kafkaclient.Client
+	replies string
+	release chan struct{}
+	once    sync.Once
+}
+
+func (s *slowAck) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	hold := false
+	if r.Topic == s.replies && r.Value == nil {
+		s.once.Do(func() { hold = true })
+	}
+	if !hold {
+		s.Client.Produce(r, acks, done)
+		return
+	}
+	s.Client.Produce(r, acks, func(r *kafkaclient.Record, err error) {
+		go func() {
+			<-s.release
+			done(r, err)
+		}()
+	})
+}
+
+// A retry (same idempotency key) of a call that failed with an outcome that
+// invites one is run again even when it reaches the worker before the
+// worker is done with the first attempt, rather than handed that outcome.
+func TestRetryWhileFirstAttemptEndsRunsAgain(t *testing.T) {
+	impl := &firstFails{}
+	var slow *slowAck
+	e := setupWrapped(t, func(prefix string, kc kafkaclient.Client) kafkaclient.Client {
+		slow = &slowAck{Client: kc, replies: prefix + "echo-responses", release: make(chan struct{})}
+		return slow
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) })
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(slow.release) }) }
+	t.Cleanup(release)
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "idempotency-key", "again")
+	if _, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("first attempt: %v, want UNAVAILABLE", err)
+	}
+	type result struct {
+		r   *echov1.EchoResponse
+		err error
+	}
+	watch := watchReplies(t, e.kc, e.topic("echo-requests")) // from after the first attempt
+	retry := make(chan result, 1)
+	go func() {
+		r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"})
+		retry <- result{r, err}
+	}()
+	// A record without a correlation id, on the partition of the attempts
+	// (same key) and after the retry: once the worker skipped it, it has
+	// read the retry, while the first attempt still waits for its ack.
+	id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "again", "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"), nil)
+	watch.await(t, id) // the retry is in Kafka
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: []byte("marker")})
+	for e.worker.Stats().SkippedNoCorrelationID == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the worker never read the marker record")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	r := <-retry
+	if r.err != nil || r.r.GetIndex() != 2 {
+		t.Fatalf("retry: %v, %v; want the handler's second run (index 2)", r.r, r.err)
+	}
+	if n := impl.count("m"); n != 2 {
+		t.Fatalf("handler ran %d times, want 2", n)
+	}
+}

@@ -87,18 +87,19 @@ func (w *Worker) newCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo str
 }
 
 // startCall registers a call starting at rec and runs it on a goroutine of
-// its own.
-func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod) {
+// its own. It returns the call, or nil when it answered the request at once
+// (malformed metadata, deadline passed).
+func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod) *wCall {
 	md, deadline, err := requestMetadata(rec, &w.cfg.names)
 	if err != nil {
 		w.stats.malformed.Add(1)
 		w.rejectCall(rec, pt, id, replyTo, status.Newf(codes.InvalidArgument, "request at %s: %v", recordPlace(rec), err))
-		return
+		return nil
 	}
 	if !deadline.IsZero() && !time.Now().Before(deadline) {
 		w.rejectCall(rec, pt, id, replyTo, status.Newf(codes.DeadlineExceeded,
 			"%s: deadline passed before the worker read the request at %s", wm.spec.FullMethod(), recordPlace(rec)))
-		return
+		return nil
 	}
 	if wm.tel == nil { // a proxied method: its workerMethod is made per call
 		w.prepareTelemetry(wm)
@@ -136,6 +137,7 @@ func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo s
 	c.feed(rec)
 	w.running.Add(1)
 	go c.run()
+	return c
 }
 
 // rejectCall answers a request with st without running a handler, and skips
@@ -393,7 +395,8 @@ func (c *wCall) finish(st *status.Status) {
 	// The replies are the call's outcome even when Kafka lost some of them
 	// (then a retry with the same key gets them), unless the end that went
 	// out already reported the loss instead of the outcome.
-	if c.keepReplies && served && lost == nil && remembered(st) {
+	remember := c.keepReplies && served && lost == nil && remembered(st)
+	if remember {
 		size := 0
 		for _, r := range c.stored {
 			size += len(r.Value) + 64
@@ -425,12 +428,39 @@ func (c *wCall) finish(st *status.Status) {
 		w.committer.poke()
 	}
 	for _, d := range waiters {
-		if c.keepReplies && served {
-			w.answerCall(d.rec, d.pt, c.id, d.replyTo, nil, c.stored)
-		} else {
-			w.answerCall(d.rec, d.pt, c.id, d.replyTo, status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil)
-		}
+		c.answerWaiter(d, remember, served)
 	}
+}
+
+// answerWaiter serves a repeated request that arrived while the call ran,
+// once the call is over: with the call's replies when they are its outcome
+// to remember (or a replay of remembered ones), else by running the request
+// again when it is one message (a retry after an outcome that invites one
+// must not get that outcome back), else with ABORTED. The waiter's offset,
+// held since it arrived, is released once its own call holds it.
+func (c *wCall) answerWaiter(d waiter, remember, served bool) {
+	w := c.w
+	switch {
+	case remember || c.replay != nil:
+		replay := c.replay
+		if remember {
+			replay = c.stored
+		}
+		w.stats.duplicates.Add(1)
+		w.dupCount.Add(context.Background(), 1)
+		w.answerCall(d.rec, d.pt, c.id, d.replyTo, nil, replay)
+	case served && c.wm != nil && !c.wm.spec.Kind.clientStreams():
+		if nc := w.startCall(d.rec, d.pt, c.id, d.replyTo, c.wm); nc != nil {
+			// Its one request message is all there is; the rest of the
+			// attempt's records are skipped as a duplicate's.
+			nc.feed(&kafkaclient.Record{Topic: d.rec.Topic, Partition: d.rec.Partition, Offset: d.rec.Offset, Key: d.rec.Key})
+		}
+	default:
+		w.answerCall(d.rec, d.pt, c.id, d.replyTo, status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil)
+	}
+	w.mu.Lock()
+	d.pt.finish(d.rec.Offset)
+	w.mu.Unlock()
 }
 
 // lostStatus is the status a caller gets when Kafka did not take every reply

@@ -495,13 +495,12 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 			if rec.Value != nil && c.inputComplete() {
 				// A new attempt of a call still running here (a retry with
 				// the same idempotency key): once the call is over, the
-				// attempt gets its replies again. The rest of the attempt's
-				// records are skipped.
+				// attempt is answered (answerWaiter); its offset is held
+				// until then. The rest of the attempt's records are skipped.
 				replyTo, _ := headerValue(rec.Headers, names.ReplyTo)
 				c.waiters = append(c.waiters, waiter{rec: rec, pt: pt, replyTo: string(replyTo)})
+				pt.begin(rec.Offset)
 				w.dupes[string(id)] = struct{}{}
-				w.stats.duplicates.Add(1)
-				w.dupCount.Add(context.Background(), 1)
 				w.mu.Unlock()
 				return
 			}
