@@ -222,3 +222,28 @@ func equalInts(a, b []int32) bool {
 	}
 	return true
 }
+
+// A repeat answered from the worker's memory whose replay Kafka does not
+// take ends UNAVAILABLE too, and the worker goes on serving.
+func TestLostReplayReachesCaller(t *testing.T) {
+	var lk *lossy
+	e := setupWrapped(t, func(p string, kc kafkaclient.Client) kafkaclient.Client {
+		c := newLossy("", false, false)(p, kc)
+		lk = c.(*lossy)
+		return c
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, &counting{}) })
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "idempotency-key", "replayed-lost")
+	if _, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	lk.mu.Lock()
+	lk.victim, lk.data, lk.end = "m", true, true
+	lk.mu.Unlock()
+	_, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "did not take every reply") {
+		t.Fatalf("repeat whose replay was lost: %v, want UNAVAILABLE", err)
+	}
+	if r, err := e.echo.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "fine"}); err != nil || r.GetMessage() != "fine" {
+		t.Fatalf("next call: %v, %v", r, err)
+	}
+}

@@ -332,3 +332,89 @@ func TestRetryWhileFirstAttemptEndsRunsAgain(t *testing.T) {
 		t.Fatalf("handler ran %d times, want 2", n)
 	}
 }
+
+// blockFirst holds the first run of EchoUnary until release is closed;
+// every run answers with its run number.
+type blockFirst struct {
+	counting
+	started, release chan struct{}
+}
+
+func (b *blockFirst) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	b.mu.Lock()
+	if b.runs == nil {
+		b.runs = map[string]int{}
+	}
+	b.runs[req.GetMessage()]++
+	n := b.runs[req.GetMessage()]
+	b.mu.Unlock()
+	if n == 1 {
+		close(b.started)
+		<-b.release
+	}
+	return &echov1.EchoResponse{Message: req.GetMessage(), Index: int32(n)}, nil
+}
+
+// A repeat that waited for its call (sent through another gateway while the
+// call ran) and was answered with its replies leaves nothing behind: the
+// next repeat with the same key is answered from the worker's memory, not
+// skipped until its deadline.
+func TestRepeatAfterWaiterIsAnswered(t *testing.T) {
+	impl := &blockFirst{started: make(chan struct{}), release: make(chan struct{})}
+	e := setup(t, impl)
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(impl.release) }) }
+	t.Cleanup(release)
+	gw2 := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }))
+	t.Cleanup(func() { _ = gw2.Close() })
+	echo2 := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw2); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "idempotency-key", "waited")
+	type result struct {
+		r   *echov1.EchoResponse
+		err error
+	}
+	call := func(c echov1.EchoServiceClient) chan result {
+		ch := make(chan result, 1)
+		go func() {
+			r, err := c.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"})
+			ch <- result{r, err}
+		}()
+		return ch
+	}
+	first := call(e.echo)
+	select {
+	case <-impl.started:
+	case <-ctx.Done():
+		t.Fatal("the first attempt never reached the handler")
+	}
+	watch := watchReplies(t, e.kc, e.topic("echo-requests"))
+	second := call(echo2)
+	id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "waited", "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"), nil)
+	watch.await(t, id) // the repeat is in Kafka
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: []byte("marker")})
+	for e.worker.Stats().SkippedNoCorrelationID == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the worker never read the marker record")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	for i, ch := range []chan result{first, second} {
+		if r := <-ch; r.err != nil || r.r.GetIndex() != 1 {
+			t.Fatalf("attempt %d: %v, %v; want the first run's answer", i+1, r.r, r.err)
+		}
+	}
+	third, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	r, err := e.echo.EchoUnary(third, &echov1.EchoRequest{Message: "m"})
+	if err != nil || r.GetIndex() != 1 {
+		t.Fatalf("third attempt: %v, %v; want the remembered answer", r, err)
+	}
+	if n := impl.count("m"); n != 1 {
+		t.Fatalf("handler ran %d times, want 1", n)
+	}
+}

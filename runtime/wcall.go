@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -73,6 +74,7 @@ type wCall struct {
 	aborted    bool
 	unacked    sync.WaitGroup
 	produceErr error
+	ending     atomic.Bool // finish began: the end of the replies is on its way
 }
 
 func (w *Worker) newCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod) *wCall {
@@ -87,18 +89,19 @@ func (w *Worker) newCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo str
 }
 
 // startCall registers a call starting at rec and runs it on a goroutine of
-// its own. It returns the call, or nil when it answered the request at once
-// (malformed metadata, deadline passed).
-func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod) *wCall {
+// its own. ended says rec is all of the call's input (its other records are
+// skipped elsewhere). It returns the call, or nil when it answered the
+// request at once (malformed metadata, deadline passed).
+func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod, ended bool) *wCall {
 	md, deadline, err := requestMetadata(rec, &w.cfg.names)
 	if err != nil {
 		w.stats.malformed.Add(1)
-		w.rejectCall(rec, pt, id, replyTo, status.Newf(codes.InvalidArgument, "request at %s: %v", recordPlace(rec), err))
+		w.rejectCall(rec, pt, id, replyTo, status.Newf(codes.InvalidArgument, "request at %s: %v", recordPlace(rec), err), ended)
 		return nil
 	}
 	if !deadline.IsZero() && !time.Now().Before(deadline) {
 		w.rejectCall(rec, pt, id, replyTo, status.Newf(codes.DeadlineExceeded,
-			"%s: deadline passed before the worker read the request at %s", wm.spec.FullMethod(), recordPlace(rec)))
+			"%s: deadline passed before the worker read the request at %s", wm.spec.FullMethod(), recordPlace(rec)), ended)
 		return nil
 	}
 	if wm.tel == nil { // a proxied method: its workerMethod is made per call
@@ -135,6 +138,9 @@ func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo s
 	w.mu.Unlock()
 	w.stats.calls.Add(1)
 	c.feed(rec)
+	if ended {
+		c.endInput()
+	}
 	w.running.Add(1)
 	go c.run()
 	return c
@@ -142,15 +148,16 @@ func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo s
 
 // rejectCall answers a request with st without running a handler, and skips
 // the rest of that call's records.
-func (w *Worker) rejectCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, st *status.Status) {
+func (w *Worker) rejectCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, st *status.Status, ended bool) {
 	w.cfg.logger.Warn("kafkarpc: rejecting request", "correlation_id", id, "code", st.Code().String(),
 		"message", st.Message(), "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
-	w.answerCall(rec, pt, id, replyTo, st, nil)
+	w.answerCall(rec, pt, id, replyTo, st, nil, ended)
 }
 
 // answerCall answers a request without running a handler: with replay, the
-// stored replies of an earlier call with the same id, or else with st.
-func (w *Worker) answerCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, st *status.Status, replay []kafkaclient.Record) {
+// stored replies of an earlier call with the same id, or else with st. ended
+// is as for startCall.
+func (w *Worker) answerCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, st *status.Status, replay []kafkaclient.Record, ended bool) {
 	if id == "" {
 		return // a oneway request: nobody to tell
 	}
@@ -162,11 +169,22 @@ func (w *Worker) answerCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo 
 	pt.begin(rec.Offset)
 	w.mu.Unlock()
 	c.feed(rec)
+	if ended {
+		c.endInput()
+	}
 	w.running.Add(1)
 	go func() {
 		defer w.running.Done()
 		c.finish(st)
 	}()
+}
+
+// endInput marks the call's input complete without an end-of-stream record
+// of its own; only before the call runs.
+func (c *wCall) endInput() {
+	c.inMu.Lock()
+	c.inEnded = true
+	c.inMu.Unlock()
 }
 
 // feed hands one request record to the call.
@@ -346,6 +364,7 @@ func contextStatus(ctx context.Context) *status.Status {
 // committed. An aborted call that sent nothing writes nothing and stays
 // uncommitted, so that the partition's next owner serves it again.
 func (c *wCall) finish(st *status.Status) {
+	c.ending.Store(true)
 	c.outMu.Lock()
 	aborted, sent, lost := c.aborted, c.sent, c.produceErr
 	c.aborted = true // nothing more goes out
@@ -366,7 +385,7 @@ func (c *wCall) finish(st *status.Status) {
 		} else if lost != nil && c.w.txn == nil {
 			// A reply already failed: the end says so instead of an
 			// outcome with a gap in it.
-			st = lostStatus(c.wm, lost, false)
+			st = lostStatus(c.method(), lost, false)
 			c.countLost()
 		}
 		if c.held != nil {
@@ -382,8 +401,15 @@ func (c *wCall) finish(st *status.Status) {
 	c.unacked.Wait()
 	if served && c.id != "" && c.w.txn == nil && lost == nil && c.produceErr != nil {
 		// A reply failed after the end went out, or the end itself failed:
-		// tell the caller instead of leaving it waiting for its deadline.
-		c.reportLost(st)
+		// tell the caller instead of leaving it waiting for its deadline;
+		// unless repeats wait for the same outcome, whose replay goes to
+		// the same correlation id and answers the caller too.
+		c.w.mu.Lock()
+		replayed := len(c.waiters) > 0 && c.keepReplies && remembered(st)
+		c.w.mu.Unlock()
+		if !replayed {
+			c.reportLost(st)
+		}
 	}
 	w := c.w
 	w.mu.Lock()
@@ -423,23 +449,35 @@ func (c *wCall) finish(st *status.Status) {
 		spanEnd(c.span, st.Err())
 		c.wm.tel.end(c.ctx, c.start, st.Err())
 	}
+	// Waiters first, so that whoever waits for the call (a drain on
+	// rebalance or shutdown) finds a re-run among the calls in flight.
+	rerun := served && !aborted
+	for _, d := range waiters {
+		if c.answerWaiter(d, remember, rerun) {
+			rerun = false // one re-run at most
+		}
+	}
 	close(c.done)
 	if served && w.committer != nil {
 		w.committer.poke()
-	}
-	for _, d := range waiters {
-		c.answerWaiter(d, remember, served)
 	}
 }
 
 // answerWaiter serves a repeated request that arrived while the call ran,
 // once the call is over: with the call's replies when they are its outcome
-// to remember (or a replay of remembered ones), else by running the request
-// again when it is one message (a retry after an outcome that invites one
-// must not get that outcome back), else with ABORTED. The waiter's offset,
-// held since it arrived, is released once its own call holds it.
-func (c *wCall) answerWaiter(d waiter, remember, served bool) {
+// to remember (or a replay of remembered ones); else, when rerun, by running
+// the request again (a retry that reached the worker after its caller saw
+// an outcome inviting it must not get that outcome back); else with
+// ABORTED. A repeat that arrived while the handler still ran gets no re-run:
+// its gateway, reading the same correlation id, already took the call's own
+// end for it. The waiter's offset, held since it arrived, is released once
+// its own call holds it.
+func (c *wCall) answerWaiter(d waiter, remember, rerun bool) (ran bool) {
 	w := c.w
+	var wm *workerMethod
+	if rerun && !remember && c.replay == nil {
+		wm = w.rerunMethod(d)
+	}
 	switch {
 	case remember || c.replay != nil:
 		replay := c.replay
@@ -448,32 +486,66 @@ func (c *wCall) answerWaiter(d waiter, remember, served bool) {
 		}
 		w.stats.duplicates.Add(1)
 		w.dupCount.Add(context.Background(), 1)
-		w.answerCall(d.rec, d.pt, c.id, d.replyTo, nil, replay)
-	case served && c.wm != nil && !c.wm.spec.Kind.clientStreams():
-		if nc := w.startCall(d.rec, d.pt, c.id, d.replyTo, c.wm); nc != nil {
-			// Its one request message is all there is; the rest of the
-			// attempt's records are skipped as a duplicate's.
-			nc.feed(&kafkaclient.Record{Topic: d.rec.Topic, Partition: d.rec.Partition, Offset: d.rec.Offset, Key: d.rec.Key})
-		}
+		w.answerCall(d.rec, d.pt, c.id, d.replyTo, nil, replay, true)
+	case wm != nil:
+		// Its one request message is all its input; the rest of the
+		// attempt's records are skipped as a duplicate's.
+		w.startCall(d.rec, d.pt, c.id, d.replyTo, wm, true)
+		ran = true
 	default:
-		w.answerCall(d.rec, d.pt, c.id, d.replyTo, status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil)
+		w.answerCall(d.rec, d.pt, c.id, d.replyTo, status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil, true)
 	}
 	w.mu.Lock()
 	d.pt.finish(d.rec.Offset)
 	w.mu.Unlock()
+	return ran
+}
+
+// rerunMethod returns the method to run a waiter's request again with, or
+// nil when it is not to run again: it arrived before the call was ending,
+// carries no idempotency key (a repeated record, not a retry), or is not one
+// message (a client stream's other records were skipped).
+func (w *Worker) rerunMethod(d waiter) *workerMethod {
+	if !d.late {
+		return nil
+	}
+	names := &w.cfg.names
+	md, err := metadataFromHeaders(d.rec.Headers, names.MetaPrefix)
+	if err != nil || len(md.Get(IdempotencyKeyMetadata)) == 0 {
+		return nil
+	}
+	service, _ := headerValue(d.rec.Headers, names.Service)
+	method, _ := headerValue(d.rec.Headers, names.Method)
+	wm := w.lookup(string(service), string(method))
+	if wm == nil || wm.spec.Kind.clientStreams() {
+		return nil
+	}
+	return wm
+}
+
+// method is the call's full method name, or "" for a call answered without
+// a handler.
+func (c *wCall) method() string {
+	if c.wm == nil {
+		return ""
+	}
+	return c.wm.spec.FullMethod()
 }
 
 // lostStatus is the status a caller gets when Kafka did not take every reply
 // of its call: the call ran, and what it answered did not all arrive.
 // stored says whether a retry with the same idempotency key gets the
 // outcome from the worker's memory.
-func lostStatus(wm *workerMethod, err error, stored bool) *status.Status {
+func lostStatus(method string, err error, stored bool) *status.Status {
 	retry := "retry it; it may run again"
 	if stored {
 		retry = "retry it with the same idempotency-key to get its outcome without running it again"
 	}
-	return status.Newf(codes.Unavailable, "%s: the worker ran the call but Kafka did not take every reply (%v); %s",
-		wm.spec.FullMethod(), err, retry)
+	if method != "" {
+		method += ": "
+	}
+	return status.Newf(codes.Unavailable, "%sthe worker answered the call but Kafka did not take every reply (%v); %s",
+		method, err, retry)
 }
 
 // reportLost writes one more end-of-stream record, with lostStatus, after a
@@ -487,7 +559,7 @@ func (c *wCall) reportLost(outcome *status.Status) {
 	names := &c.w.cfg.names
 	hs := []kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}}
 	hs = append(hs, c.w.incarnation...)
-	hs = appendStatusHeaders(hs, names, lostStatus(c.wm, err, c.keepReplies && remembered(outcome)))
+	hs = appendStatusHeaders(hs, names, lostStatus(c.method(), err, c.keepReplies && remembered(outcome)))
 	c.countLost()
 	c.send(&kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Headers: hs})
 	c.unacked.Wait()
@@ -503,6 +575,7 @@ type waiter struct {
 	rec     *kafkaclient.Record
 	pt      *partTrack
 	replyTo string
+	late    bool // arrived once the call was ending: after its caller could have seen the outcome
 }
 
 // produceEnd writes the reply end-of-stream record.
@@ -567,6 +640,14 @@ func (c *wCall) flushOutbox() bool {
 }
 
 func (c *wCall) delivered(rec *kafkaclient.Record, err error) {
+	if err != nil && c.w.cfg.deadLetterTopic != "" && rec.Topic == c.w.cfg.topic(c.w.cfg.deadLetterTopic) {
+		// Not a reply: the caller has its answer. Logged, and the request
+		// is committed as its reply says it was handled.
+		c.w.cfg.logger.Error("kafkarpc: copying a request to the dead-letter topic", "correlation_id", c.id, "dead_letter_topic", rec.Topic,
+			"error", err, "topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first)
+		c.unacked.Done()
+		return
+	}
 	if err != nil {
 		c.w.cfg.logger.Error("kafkarpc: producing reply", "correlation_id", c.id, "reply_topic", rec.Topic, "error", err,
 			"topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first)

@@ -498,7 +498,7 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 				// attempt is answered (answerWaiter); its offset is held
 				// until then. The rest of the attempt's records are skipped.
 				replyTo, _ := headerValue(rec.Headers, names.ReplyTo)
-				c.waiters = append(c.waiters, waiter{rec: rec, pt: pt, replyTo: string(replyTo)})
+				c.waiters = append(c.waiters, waiter{rec: rec, pt: pt, replyTo: string(replyTo), late: c.ending.Load()})
 				pt.begin(rec.Offset)
 				w.dupes[string(id)] = struct{}{}
 				w.mu.Unlock()
@@ -528,7 +528,7 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 		// of a oneway client stream carry nothing to group them by: they are
 		// for other consumers of the topic, not for a worker.
 		if wm := w.lookup(string(service), string(method)); wm != nil && wm.spec.Kind == KindUnary && w.onewayRoute(wm.spec, rec.Topic) {
-			w.startCall(rec, pt, "", "", wm)
+			w.startCall(rec, pt, "", "", wm, false)
 			return
 		}
 		w.stats.skippedNoID.Add(1)
@@ -571,16 +571,16 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	if fail != nil {
 		w.stats.malformed.Add(1)
 		w.countSkipped("malformed")
-		w.rejectCall(rec, pt, string(id), string(replyTo), fail)
+		w.rejectCall(rec, pt, string(id), string(replyTo), fail, false)
 		return
 	}
 	if stored != nil {
 		w.stats.duplicates.Add(1)
 		w.dupCount.Add(context.Background(), 1)
-		w.answerCall(rec, pt, string(id), string(replyTo), nil, stored.records)
+		w.answerCall(rec, pt, string(id), string(replyTo), nil, stored.records, false)
 		return
 	}
-	w.startCall(rec, pt, string(id), string(replyTo), wm)
+	w.startCall(rec, pt, string(id), string(replyTo), wm, false)
 }
 
 func (w *Worker) onewayRoute(m *MethodSpec, topic string) bool {
