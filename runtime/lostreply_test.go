@@ -247,3 +247,33 @@ func TestLostReplayReachesCaller(t *testing.T) {
 		t.Fatalf("next call: %v, %v", r, err)
 	}
 }
+
+// failTopic is a worker's Kafka client that fails every record to one topic.
+type failTopic struct {
+	kafkaclient.Client
+	topic string
+}
+
+func (f *failTopic) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	if r.Topic == f.topic {
+		go done(r, errInjected)
+		return
+	}
+	f.Client.Produce(r, acks, done)
+}
+
+// A dead-letter copy Kafka does not take is not a lost reply: the caller
+// gets the handler's status.
+func TestFailedDeadLetterIsNoLostReply(t *testing.T) {
+	impl := &counting{fail: codes.Unavailable}
+	e := setupWrapped(t, func(p string, kc kafkaclient.Client) kafkaclient.Client {
+		return &failTopic{Client: kc, topic: p + "dlq"}
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) }, runtime.WithDeadLetterTopic("dlq"))
+	_, err := e.echo.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "poison"})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "try later" {
+		t.Fatalf("caller got %v, want the handler's UNAVAILABLE", err)
+	}
+	if s := e.worker.Stats(); s.DeadLettered != 1 || s.LostReplies != 0 {
+		t.Fatalf("DeadLettered %d, LostReplies %d; want 1 and 0", s.DeadLettered, s.LostReplies)
+	}
+}
