@@ -402,15 +402,29 @@ func TestRepeatAfterWaiterIsAnswered(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
 	release()
 	for i, ch := range []chan result{first, second} {
 		if r := <-ch; r.err != nil || r.r.GetIndex() != 1 {
 			t.Fatalf("attempt %d: %v, %v; want the first run's answer", i+1, r.r, r.err)
 		}
 	}
+	// The third attempt goes through a gateway started once the replay to
+	// the waiting repeat is in Kafka: a gateway that had a call with the
+	// same correlation id registered meanwhile would take those replies
+	// for it.
+	replies.await(t, id) // the call's own replies
+	replies.await(t, id) // the replay to the repeat
+	gw3 := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }))
+	t.Cleanup(func() { _ = gw3.Close() })
+	echo3 := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw3); err != nil {
+			t.Fatal(err)
+		}
+	}))
 	third, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	r, err := e.echo.EchoUnary(third, &echov1.EchoRequest{Message: "m"})
+	r, err := echo3.EchoUnary(third, &echov1.EchoRequest{Message: "m"})
 	if err != nil || r.GetIndex() != 1 {
 		t.Fatalf("third attempt: %v, %v; want the remembered answer", r, err)
 	}
