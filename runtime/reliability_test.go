@@ -29,14 +29,19 @@ type counting struct {
 	fail codes.Code
 }
 
-func (c *counting) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+// run counts one more run for message m and returns how many there were.
+func (c *counting) run(m string) int {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.runs == nil {
 		c.runs = map[string]int{}
 	}
-	c.runs[req.GetMessage()]++
-	n := c.runs[req.GetMessage()]
-	c.mu.Unlock()
+	c.runs[m]++
+	return c.runs[m]
+}
+
+func (c *counting) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	n := c.run(req.GetMessage())
 	if c.fail != codes.OK {
 		return nil, status.Error(c.fail, "try later")
 	}
@@ -243,13 +248,7 @@ func TestSameKeyCallsRunInOrder(t *testing.T) {
 type firstFails struct{ counting }
 
 func (f *firstFails) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
-	f.mu.Lock()
-	if f.runs == nil {
-		f.runs = map[string]int{}
-	}
-	f.runs[req.GetMessage()]++
-	n := f.runs[req.GetMessage()]
-	f.mu.Unlock()
+	n := f.run(req.GetMessage())
 	if n == 1 {
 		return nil, status.Error(codes.Unavailable, "try later")
 	}
@@ -301,28 +300,14 @@ func TestRetryWhileFirstAttemptEndsRunsAgain(t *testing.T) {
 	if _, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("first attempt: %v, want UNAVAILABLE", err)
 	}
-	type result struct {
-		r   *echov1.EchoResponse
-		err error
-	}
 	watch := watchReplies(t, e.kc, e.topic("echo-requests")) // from after the first attempt
-	retry := make(chan result, 1)
-	go func() {
-		r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"})
-		retry <- result{r, err}
-	}()
+	retry := goUnary(ctx, e.echo, "m")
 	// A record without a correlation id, on the partition of the attempts
 	// (same key) and after the retry: once the worker skipped it, it has
 	// read the retry, while the first attempt still waits for its ack.
 	id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "again", "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"), nil)
 	watch.await(t, id) // the retry is in Kafka
-	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: []byte("marker")})
-	for e.worker.Stats().SkippedNoCorrelationID == 0 {
-		if ctx.Err() != nil {
-			t.Fatal("the worker never read the marker record")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	awaitWorkerRead(t, e, id)
 	release()
 	r := <-retry
 	if r.err != nil || r.r.GetIndex() != 2 {
@@ -341,13 +326,7 @@ type blockFirst struct {
 }
 
 func (b *blockFirst) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
-	b.mu.Lock()
-	if b.runs == nil {
-		b.runs = map[string]int{}
-	}
-	b.runs[req.GetMessage()]++
-	n := b.runs[req.GetMessage()]
-	b.mu.Unlock()
+	n := b.run(req.GetMessage())
 	if n == 1 {
 		close(b.started)
 		<-b.release
@@ -365,46 +344,22 @@ func TestRepeatAfterWaiterIsAnswered(t *testing.T) {
 	var releaseOnce sync.Once
 	release := func() { releaseOnce.Do(func() { close(impl.release) }) }
 	t.Cleanup(release)
-	gw2 := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }))
-	t.Cleanup(func() { _ = gw2.Close() })
-	echo2 := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
-		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw2); err != nil {
-			t.Fatal(err)
-		}
-	}))
+	echo2 := extraGateway(t, e)
 	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "idempotency-key", "waited")
-	type result struct {
-		r   *echov1.EchoResponse
-		err error
-	}
-	call := func(c echov1.EchoServiceClient) chan result {
-		ch := make(chan result, 1)
-		go func() {
-			r, err := c.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"})
-			ch <- result{r, err}
-		}()
-		return ch
-	}
-	first := call(e.echo)
+	first := goUnary(ctx, e.echo, "m")
 	select {
 	case <-impl.started:
 	case <-ctx.Done():
 		t.Fatal("the first attempt never reached the handler")
 	}
 	watch := watchReplies(t, e.kc, e.topic("echo-requests"))
-	second := call(echo2)
+	second := goUnary(ctx, echo2, "m")
 	id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "waited", "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"), nil)
 	watch.await(t, id) // the repeat is in Kafka
-	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: []byte("marker")})
-	for e.worker.Stats().SkippedNoCorrelationID == 0 {
-		if ctx.Err() != nil {
-			t.Fatal("the worker never read the marker record")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	awaitWorkerRead(t, e, id)
 	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
 	release()
-	for i, ch := range []chan result{first, second} {
+	for i, ch := range []chan unaryResult{first, second} {
 		if r := <-ch; r.err != nil || r.r.GetIndex() != 1 {
 			t.Fatalf("attempt %d: %v, %v; want the first run's answer", i+1, r.r, r.err)
 		}
@@ -415,13 +370,7 @@ func TestRepeatAfterWaiterIsAnswered(t *testing.T) {
 	// for it.
 	replies.await(t, id) // the call's own replies
 	replies.await(t, id) // the replay to the repeat
-	gw3 := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }))
-	t.Cleanup(func() { _ = gw3.Close() })
-	echo3 := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
-		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw3); err != nil {
-			t.Fatal(err)
-		}
-	}))
+	echo3 := extraGateway(t, e)
 	third, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	r, err := echo3.EchoUnary(third, &echov1.EchoRequest{Message: "m"})
@@ -431,4 +380,49 @@ func TestRepeatAfterWaiterIsAnswered(t *testing.T) {
 	if n := impl.count("m"); n != 1 {
 		t.Fatalf("handler ran %d times, want 1", n)
 	}
+}
+
+// awaitWorkerRead returns once the worker has read every request record
+// with record key key already in Kafka: it writes a record without a
+// correlation id after them, on their partition, and waits (bounded) until
+// the worker skipped it.
+func awaitWorkerRead(t *testing.T, e *env, key string) {
+	t.Helper()
+	before := e.worker.Stats().SkippedNoCorrelationID
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Partition: kafkaclient.AnyPartition, Key: []byte(key), Value: []byte("marker")})
+	for deadline := time.Now().Add(30 * time.Second); e.worker.Stats().SkippedNoCorrelationID == before; {
+		if time.Now().After(deadline) {
+			t.Fatal("the worker did not read the marker record within 30 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// unaryResult is how a unary call ended.
+type unaryResult struct {
+	r   *echov1.EchoResponse
+	err error
+}
+
+// goUnary calls EchoUnary with message m on a goroutine of its own.
+func goUnary(ctx context.Context, c echov1.EchoServiceClient, m string) chan unaryResult {
+	ch := make(chan unaryResult, 1)
+	go func() {
+		r, err := c.EchoUnary(ctx, &echov1.EchoRequest{Message: m})
+		ch <- unaryResult{r, err}
+	}()
+	return ch
+}
+
+// extraGateway starts one more gateway on e's topics, with opts, and
+// returns a client of it.
+func extraGateway(t *testing.T, e *env, opts ...runtime.GatewayOption) echov1.EchoServiceClient {
+	t.Helper()
+	gw := runtime.NewGateway(e.kc, append([]runtime.GatewayOption{runtime.WithTopicMapper(func(s string) string { return e.prefix + s })}, opts...)...)
+	t.Cleanup(func() { _ = gw.Close() })
+	return echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
 }
