@@ -394,7 +394,7 @@ func awaitWorkerRead(t *testing.T, e *env, key string) {
 		if time.Now().After(deadline) {
 			t.Fatal("the worker did not read the marker record within 30 s")
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // polling the worker's state, bounded above
 	}
 }
 

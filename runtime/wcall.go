@@ -90,19 +90,18 @@ func (w *Worker) newCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo str
 
 // startCall registers a call starting at rec and runs it on a goroutine of
 // its own. ended says rec is all of the call's input (its other records are
-// skipped elsewhere). It returns the call, or nil when it answered the
-// request at once (malformed metadata, deadline passed).
-func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod, ended bool) *wCall {
+// skipped elsewhere).
+func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo string, wm *workerMethod, ended bool) {
 	md, deadline, err := requestMetadata(rec, &w.cfg.names)
 	if err != nil {
 		w.stats.malformed.Add(1)
 		w.rejectCall(rec, pt, id, replyTo, status.Newf(codes.InvalidArgument, "request at %s: %v", recordPlace(rec), err), ended)
-		return nil
+		return
 	}
 	if !deadline.IsZero() && !time.Now().Before(deadline) {
 		w.rejectCall(rec, pt, id, replyTo, status.Newf(codes.DeadlineExceeded,
 			"%s: deadline passed before the worker read the request at %s", wm.spec.FullMethod(), recordPlace(rec)), ended)
-		return nil
+		return
 	}
 	if wm.tel == nil { // a proxied method: its workerMethod is made per call
 		w.prepareTelemetry(wm)
@@ -143,7 +142,6 @@ func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo s
 	}
 	w.running.Add(1)
 	go c.run()
-	return c
 }
 
 // rejectCall answers a request with st without running a handler, and skips
@@ -484,8 +482,7 @@ func (c *wCall) answerWaiter(d waiter, remember, rerun bool) (ran bool) {
 		if remember {
 			replay = c.stored
 		}
-		w.stats.duplicates.Add(1)
-		w.dupCount.Add(context.Background(), 1)
+		w.countDuplicate()
 		w.answerCall(d.rec, d.pt, c.id, d.replyTo, nil, replay, true)
 	case wm != nil:
 		// Its one request message is all its input; the rest of the
@@ -510,8 +507,7 @@ func (w *Worker) rerunMethod(d waiter) *workerMethod {
 		return nil
 	}
 	names := &w.cfg.names
-	md, err := metadataFromHeaders(d.rec.Headers, names.MetaPrefix)
-	if err != nil || len(md.Get(IdempotencyKeyMetadata)) == 0 {
+	if _, keyed := headerValue(d.rec.Headers, names.MetaPrefix+IdempotencyKeyMetadata); !keyed {
 		return nil
 	}
 	service, _ := headerValue(d.rec.Headers, names.Service)

@@ -179,6 +179,12 @@ func (w *Worker) observeLag(ctx context.Context, o metric.Int64Observer) error {
 	return nil
 }
 
+// countDuplicate counts a request answered from an earlier call's replies.
+func (w *Worker) countDuplicate() {
+	w.stats.duplicates.Add(1)
+	w.dupCount.Add(context.Background(), 1)
+}
+
 func (w *Worker) countSkipped(reason string) {
 	w.skipped.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", reason)))
 }
@@ -575,8 +581,7 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 		return
 	}
 	if stored != nil {
-		w.stats.duplicates.Add(1)
-		w.dupCount.Add(context.Background(), 1)
+		w.countDuplicate()
 		w.answerCall(rec, pt, string(id), string(replyTo), nil, stored.records, false)
 		return
 	}

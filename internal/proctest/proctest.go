@@ -119,19 +119,17 @@ type Proc struct {
 	// Args are the arguments given to Start, without the program.
 	Args []string
 
-	cmd   *exec.Cmd
-	ready chan struct{} // closed once the ready line is seen
-	done  chan struct{} // closed once Wait returned and the output is complete
-	err   error         // Wait's result, written before done closes
+	cmd  *exec.Cmd
+	done chan struct{} // closed once Wait returned and the output is complete
+	err  error         // Wait's result, written before done closes
 
-	mu        sync.Mutex
-	stdout    bytes.Buffer // as written
-	stderr    bytes.Buffer // as written
-	output    bytes.Buffer // stderr as written, stdout by whole lines
-	partial   []byte       // stdout after its last newline
-	readyLine string
-	lines     []string     // stdout's whole lines so far
-	watches   []*lineWatch // WaitLine callers not yet answered
+	mu      sync.Mutex
+	stdout  bytes.Buffer // as written
+	stderr  bytes.Buffer // as written
+	output  bytes.Buffer // stderr as written, stdout by whole lines
+	partial []byte       // stdout after its last newline
+	lines   []string     // stdout's whole lines so far
+	watches []*lineWatch // WaitLine callers not yet answered
 }
 
 // lineWatch is a WaitLine caller waiting for a line containing substr.
@@ -156,10 +154,9 @@ type lineWatch struct {
 func Start(tb testing.TB, path string, args []string, killWait time.Duration, after func(p *Proc, gone bool)) *Proc {
 	tb.Helper()
 	p := &Proc{
-		Name:  filepath.Base(path),
-		Args:  args,
-		ready: make(chan struct{}),
-		done:  make(chan struct{}),
+		Name: filepath.Base(path),
+		Args: args,
+		done: make(chan struct{}),
 	}
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Stdout = writerFunc(p.writeStdout)
@@ -222,10 +219,6 @@ func (p *Proc) line(l []byte) {
 	l = bytes.TrimSuffix(l, []byte{'\r'})
 	p.output.Write(l)
 	p.output.WriteByte('\n')
-	if p.readyLine == "" && bytes.Contains(l, []byte("ready")) {
-		p.readyLine = string(l)
-		close(p.ready)
-	}
 	line := string(l)
 	p.lines = append(p.lines, line)
 	for i := 0; i < len(p.watches); {
@@ -329,27 +322,7 @@ func (p *Proc) Err() error {
 // exit already there is returned even when d is 0. Safe for
 // concurrent use; every caller gets the same line.
 func (p *Proc) WaitReady(d time.Duration) (string, error) {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-p.ready:
-	case <-p.done:
-	case <-timer.C:
-	}
-	// Whichever woke us, a ready line wins, then the exit.
-	select {
-	case <-p.ready:
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return p.readyLine, nil
-	default:
-	}
-	select {
-	case <-p.done:
-		return "", ErrExited
-	default:
-		return "", ErrTimeout
-	}
+	return p.WaitLine("ready", d)
 }
 
 // Signal sends sig to the process and returns os.Process.Signal's error
