@@ -7,25 +7,26 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // Headers a worker adds to the records it copies to its dead-letter topic
 // (WithDeadLetterTopic), after the request's own headers.
 const (
-	// DeadLetterTopic names the request topic the record came from.
+	// wire.DeadLetterTopic names the request topic the record came from.
 	DeadLetterTopic = "dead-letter:topic"
-	// DeadLetterPartition is that topic's partition, in decimal.
+	// wire.DeadLetterPartition is that topic's partition, in decimal.
 	DeadLetterPartition = "dead-letter:partition"
-	// DeadLetterOffset is the record's offset there, in decimal.
+	// wire.DeadLetterOffset is the record's offset there, in decimal.
 	DeadLetterOffset = "dead-letter:offset"
-	// DeadLetterStatus is the gRPC code the call ended with, in decimal.
+	// wire.DeadLetterStatus is the gRPC code the call ended with, in decimal.
 	DeadLetterStatus = "dead-letter:status"
-	// DeadLetterMessage is that status's message.
+	// wire.DeadLetterMessage is that status's message.
 	DeadLetterMessage = "dead-letter:message"
-	// DeadLetterAttempts is how many times the handler ran, in decimal (1
+	// wire.DeadLetterAttempts is how many times the handler ran, in decimal (1
 	// for a request that could not be decoded: it is not retried).
 	DeadLetterAttempts = "dead-letter:attempts"
-	// DeadLetterGroup is the consumer group of the worker that gave up.
+	// wire.DeadLetterGroup is the consumer group of the worker that gave up.
 	DeadLetterGroup = "dead-letter:group"
 )
 
@@ -45,13 +46,13 @@ func (c *wCall) deadLetter(st *status.Status) {
 		hs := make([]kafkaclient.Header, 0, len(r.Headers)+7)
 		hs = append(hs, r.Headers...)
 		hs = append(hs,
-			kafkaclient.Header{Key: DeadLetterTopic, Value: []byte(r.Topic)},
-			kafkaclient.Header{Key: DeadLetterPartition, Value: strconv.AppendInt(nil, int64(r.Partition), 10)},
-			kafkaclient.Header{Key: DeadLetterOffset, Value: strconv.AppendInt(nil, r.Offset, 10)},
-			kafkaclient.Header{Key: DeadLetterStatus, Value: strconv.AppendInt(nil, int64(st.Code()), 10)},
-			kafkaclient.Header{Key: DeadLetterMessage, Value: []byte(st.Message())},
-			kafkaclient.Header{Key: DeadLetterAttempts, Value: strconv.AppendInt(nil, int64(c.attempts), 10)},
-			kafkaclient.Header{Key: DeadLetterGroup, Value: []byte(c.w.cfg.groupID)},
+			kafkaclient.Header{Key: wire.DeadLetterTopic, Value: []byte(r.Topic)},
+			kafkaclient.Header{Key: wire.DeadLetterPartition, Value: strconv.AppendInt(nil, int64(r.Partition), 10)},
+			kafkaclient.Header{Key: wire.DeadLetterOffset, Value: strconv.AppendInt(nil, r.Offset, 10)},
+			kafkaclient.Header{Key: wire.DeadLetterStatus, Value: strconv.AppendInt(nil, int64(st.Code()), 10)},
+			kafkaclient.Header{Key: wire.DeadLetterMessage, Value: []byte(st.Message())},
+			kafkaclient.Header{Key: wire.DeadLetterAttempts, Value: strconv.AppendInt(nil, int64(c.attempts), 10)},
+			kafkaclient.Header{Key: wire.DeadLetterGroup, Value: []byte(c.w.cfg.groupID)},
 		)
 		c.send(&kafkaclient.Record{
 			Topic:     c.w.cfg.topic(c.w.cfg.deadLetterTopic),

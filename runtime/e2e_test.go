@@ -21,6 +21,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // env is a gateway and a worker for the echo service on their own topics.
@@ -437,12 +438,12 @@ func TestStreamServedAgainByAnotherWorkerEndsUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "replayed", "example.echo.v1.EchoService", "EchoServerStream", e.topic("echo-responses"), nil)
+	id := wire.CorrelationID(wire.DefaultNames(), "replayed", "example.echo.v1.EchoService", "EchoServerStream", e.topic("echo-responses"))
 	requests.await(t, id) // the request is in Kafka: the gateway waits for replies
 	reply := func(index int32, servedBy string) {
 		b, _ := proto.Marshal(&echov1.EchoResponse{Message: "m", Index: index})
 		produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-responses"), Key: []byte(id), Value: b,
-			Headers: hdrs{"zilla:correlation-id", id, "meta:" + runtime.ServedByMetadata, servedBy}.headers()})
+			Headers: hdrs{"zilla:correlation-id", id, "meta:" + wire.ServedByMetadata, servedBy}.headers()})
 	}
 	reply(0, "worker-a")
 	if r, err := stream.Recv(); err != nil || r.GetIndex() != 0 {

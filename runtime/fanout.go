@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // Fetch (fanout) methods, in outline:
@@ -320,7 +321,7 @@ func (h *fanoutHub) append(recs []*kafkaclient.Record) {
 		switch {
 		case r.Value == nil:
 			e.skip = skipTombstone
-		case !validWire(r.Value):
+		case !wire.ValidWire(r.Value):
 			e.skip = skipInvalid
 			invalid = append(invalid, r)
 		default:

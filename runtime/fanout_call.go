@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // fetchBatch is how many window records a caller takes per look at the
@@ -44,10 +45,10 @@ type fetchCall struct {
 	field   protowire.Number
 	resume  string // metadata name quoted in errors
 
-	next    []int64 // per hub partition index: the next offset to deliver
-	foreign EventID // partitions of the caller's id the hub does not read
-	cursor  uint64  // next window record, once on the hub
-	minLag  int64   // least lag seen on the hub, -1 before the first look
+	next    []int64      // per hub partition index: the next offset to deliver
+	foreign wire.EventID // partitions of the caller's id the hub does not read
+	cursor  uint64       // next window record, once on the hub
+	minLag  int64        // least lag seen on the hub, -1 before the first look
 	idbuf   []byte
 	batch   []hubEntry
 }
@@ -85,7 +86,7 @@ func (f *fanout) serveFetch(m *MethodSpec, in proto.Message, stream grpc.ServerS
 	}
 	field := spec.EventIDField
 	if field == 0 {
-		field = DefaultEventIDField
+		field = wire.DefaultEventIDField
 	}
 	topic := g.cfg.topic(spec.Topic)
 	hub, err := f.hub(ctx, topic)
@@ -266,7 +267,7 @@ func (c *fetchCall) catchUp() error {
 			switch {
 			case r.Value == nil:
 				skip = skipTombstone
-			case !validWire(r.Value):
+			case !wire.ValidWire(r.Value):
 				skip = skipInvalid
 			}
 			if err := c.deliver(pi, r.Offset, r.Key, r.Value, r.Headers, skip); err != nil {
@@ -369,7 +370,7 @@ func (c *fetchCall) deliver(pi int, offset int64, key, value []byte, hs []kafkac
 	} else {
 		raw := make([]byte, 0, len(value)+protowire.SizeTag(c.field)+protowire.SizeBytes(len(c.idbuf)))
 		raw = append(raw, value...)
-		msg = c.carrier(appendEventIDField(raw, c.field, c.idbuf))
+		msg = c.carrier(wire.AppendEventIDField(raw, c.field, c.idbuf))
 	}
 	if err := c.stream.SendMsg(msg); err != nil {
 		if c.ctx.Err() != nil {
@@ -388,8 +389,7 @@ func (c *fetchCall) deliver(pi int, offset int64, key, value []byte, hs []kafkac
 // its next offset, and the partitions of the resume id the hub does not
 // read, unchanged, in partition order.
 func (c *fetchCall) appendID(dst []byte) []byte {
-	dst = append(dst, eventIDVersion)
-	dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(int64(len(c.next)+len(c.foreign))))
+	dst = wire.AppendEventIDStart(dst, len(c.next)+len(c.foreign))
 	parts := c.hub.parts
 	i, j := 0, 0
 	for i < len(parts) || j < len(c.foreign) {
@@ -402,8 +402,7 @@ func (c *fetchCall) appendID(dst []byte) []byte {
 			p, off = c.foreign[j].Partition, c.foreign[j].Offset
 			j++
 		}
-		dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(int64(p)))
-		dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(off))
+		dst = wire.AppendEventIDPartition(dst, p, off)
 	}
 	return dst
 }

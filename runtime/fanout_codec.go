@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -86,7 +87,7 @@ func newFetchMessage(value []byte, field protowire.Number, id []byte, carrier fu
 	if n > len(m.inline) {
 		buf = make([]byte, 0, n)
 	}
-	m.suffix = appendEventIDField(buf, field, id)
+	m.suffix = wire.AppendEventIDField(buf, field, id)
 	return m
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -16,7 +17,7 @@ import (
 func TestFetchCodec(t *testing.T) {
 	c := fetchCodec{base: encoding.GetCodecV2("proto")}
 	suffix := wireDelivered[len(wireMessage):]
-	m := newFetchMessage(wireMessage, DefaultEventIDField, wireID, carrierFor[wrapperspb.StringValue]())
+	m := newFetchMessage(wireMessage, wire.DefaultEventIDField, wireID, carrierFor[wrapperspb.StringValue]())
 	if !bytes.Equal(m.suffix, suffix) {
 		t.Fatalf("suffix % x, want % x", m.suffix, suffix)
 	}
@@ -71,14 +72,14 @@ func TestFetchCodec(t *testing.T) {
 func BenchmarkFetchEncode(b *testing.B) {
 	direct := encoding.GetCodecV2("proto").(fetchCodec)
 	proto3 := direct.base
-	id := EventID{{0, 123456}, {1, 234567}, {2, 345678}}.Encode()
+	id := wire.EventID{{Partition: 0, Offset: 123456}, {Partition: 1, Offset: 234567}, {Partition: 2, Offset: 345678}}.Encode()
 	carrier := carrierFor[wrapperspb.StringValue]()
 	for _, size := range []int{100, 10 << 10, 100 << 10} {
 		value, _ := proto.Marshal(wrapperspb.String(string(bytes.Repeat([]byte("x"), size))))
 		b.Run(fmt.Sprintf("zerocopy/%d", size), func(b *testing.B) {
 			b.SetBytes(int64(len(value)))
 			for range b.N {
-				out, err := direct.Marshal(newFetchMessage(value, DefaultEventIDField, id, carrier))
+				out, err := direct.Marshal(newFetchMessage(value, wire.DefaultEventIDField, id, carrier))
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -89,7 +90,7 @@ func BenchmarkFetchEncode(b *testing.B) {
 			b.SetBytes(int64(len(value)))
 			for range b.N {
 				raw := make([]byte, 0, len(value)+4+len(id))
-				raw = appendEventIDField(append(raw, value...), DefaultEventIDField, id)
+				raw = wire.AppendEventIDField(append(raw, value...), wire.DefaultEventIDField, id)
 				out, err := proto3.Marshal(carrier(raw))
 				if err != nil {
 					b.Fatal(err)
@@ -104,7 +105,7 @@ func BenchmarkFetchEncode(b *testing.B) {
 				if err := proto.Unmarshal(value, m); err != nil {
 					b.Fatal(err)
 				}
-				m.ProtoReflect().SetUnknown(appendEventIDField(m.ProtoReflect().GetUnknown(), DefaultEventIDField, id))
+				m.ProtoReflect().SetUnknown(wire.AppendEventIDField(m.ProtoReflect().GetUnknown(), wire.DefaultEventIDField, id))
 				out, err := proto3.Marshal(m)
 				if err != nil {
 					b.Fatal(err)

@@ -1,6 +1,10 @@
 package runtime
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+)
 
 // Defaults of the fetch (fanout) settings of a Gateway.
 const (
@@ -25,7 +29,7 @@ func defaultFanoutConfig() fanoutConfig {
 	return fanoutConfig{
 		windowBytes:    DefaultFetchWindowBytes,
 		catchUpReaders: DefaultFetchCatchUpReaders,
-		keyMetadata:    IdempotencyKeyMetadata,
+		keyMetadata:    wire.IdempotencyKeyMetadata,
 		preload:        -1,
 	}
 }
@@ -92,7 +96,7 @@ func WithFetchCatchUpReaders(n int) GatewayOption {
 
 // WithFetchKeyMetadata sets the request metadata whose value, when a fetch
 // caller sends it, limits the caller's stream to the records with that key
-// (on top of the method's filters). Default IdempotencyKeyMetadata
+// (on top of the method's filters). Default wire.IdempotencyKeyMetadata
 // ("idempotency-key"), as Zilla does; an empty name turns the per-caller
 // filter off.
 func WithFetchKeyMetadata(name string) GatewayOption {

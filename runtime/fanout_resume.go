@@ -4,18 +4,19 @@ import (
 	"bytes"
 	"fmt"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 	"google.golang.org/grpc/metadata"
 )
 
 // resumeNames returns the metadata names that may carry a fetch caller's
-// resume id: the method's own name, then DefaultResumeMetadata and
-// ResumeMetadataSynonym, without repeats.
+// resume id: the method's own name, then wire.DefaultResumeMetadata and
+// wire.ResumeMetadataSynonym, without repeats.
 func resumeNames(name string) []string {
 	if name == "" {
-		name = DefaultResumeMetadata
+		name = wire.DefaultResumeMetadata
 	}
 	names := []string{name}
-	for _, n := range []string{DefaultResumeMetadata, ResumeMetadataSynonym} {
+	for _, n := range []string{wire.DefaultResumeMetadata, wire.ResumeMetadataSynonym} {
 		if n != name {
 			names = append(names, n)
 		}
@@ -28,7 +29,7 @@ func resumeNames(name string) []string {
 // the name with "-bin", the raw bytes. An empty value counts as absent. It
 // returns nil when the caller sent none, and an error saying what is wrong
 // when a value cannot be decoded or two values disagree.
-func resumeFromMetadata(md metadata.MD, names []string) (EventID, error) {
+func resumeFromMetadata(md metadata.MD, names []string) (wire.EventID, error) {
 	var raw []byte
 	from := ""
 	take := func(name string, b []byte) error {
@@ -51,7 +52,7 @@ func resumeFromMetadata(md metadata.MD, names []string) (EventID, error) {
 			if v == "" {
 				continue
 			}
-			b, err := decodeBase64(v)
+			b, err := wire.DecodeBase64(v)
 			if err != nil {
 				return nil, fmt.Errorf("metadata %s: event id %q is not base64 (either alphabet, padding optional): %v", n, v, err)
 			}
@@ -63,7 +64,7 @@ func resumeFromMetadata(md metadata.MD, names []string) (EventID, error) {
 	if raw == nil {
 		return nil, nil
 	}
-	id, err := DecodeEventID(raw)
+	id, err := wire.DecodeEventID(raw)
 	if err != nil {
 		return nil, fmt.Errorf("metadata %s: %w", from, err)
 	}

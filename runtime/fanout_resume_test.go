@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -15,7 +16,7 @@ func TestResumeFromMetadata(t *testing.T) {
 	// An id whose base64 has '-' and '_' in the URL alphabet ('+' and '/'
 	// in the standard one) and needs padding: partitions 0..2 at large
 	// offsets.
-	id := EventID{{0, 1 << 34}, {1, 0xfbff}, {2, 0x3ffff}}
+	id := wire.EventID{{Partition: 0, Offset: 1 << 34}, {Partition: 1, Offset: 0xfbff}, {Partition: 2, Offset: 0x3ffff}}
 	raw := id.Encode()
 	url := base64.URLEncoding.EncodeToString(raw)
 	std := base64.StdEncoding.EncodeToString(raw)

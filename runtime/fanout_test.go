@@ -30,6 +30,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	routingv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/routing/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // fanoutEnv is a gateway serving the echo service's fetch method
@@ -211,11 +212,11 @@ func newTracker(t testing.TB) *tracker {
 }
 
 func (tr *tracker) add(ev *echov1.EchoEvent) error {
-	raw, ok := runtime.EventIDFromMessage(ev, runtime.DefaultEventIDField)
+	raw, ok := wire.EventIDFromMessage(ev, wire.DefaultEventIDField)
 	if !ok {
 		return fmt.Errorf("message %q has no event id", ev.GetMessage())
 	}
-	id, err := runtime.DecodeEventID(raw)
+	id, err := wire.DecodeEventID(raw)
 	if err != nil {
 		return fmt.Errorf("message %q: %v", ev.GetMessage(), err)
 	}
@@ -298,7 +299,7 @@ func testFetchStreams(t *testing.T, srvOpts []grpc.ServerOption) {
 			t.Fatal(err)
 		}
 	}
-	id, _ := runtime.DecodeEventID(tr.last)
+	id, _ := wire.DecodeEventID(tr.last)
 	if len(id) != 3 {
 		t.Fatalf("event id %v: want all 3 partitions", id)
 	}
@@ -669,7 +670,7 @@ func TestFetchRefusals(t *testing.T) {
 		{"garbage id", metadata.AppendToOutgoingContext(ctx, "last-message-id", "%%%"), &emptypb.Empty{}, "not base64"},
 		{"bad version", metadata.AppendToOutgoingContext(ctx, "last-event-id", "Ag"), &emptypb.Empty{}, "version 2"},
 		{"beyond the end", metadata.AppendToOutgoingContext(ctx, "last-message-id",
-			runtime.EventID{{Partition: 0, Offset: 1000}}.String()), &emptypb.Empty{}, "whose end is"},
+			wire.EventID{{Partition: 0, Offset: 1000}}.String()), &emptypb.Empty{}, "whose end is"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := first(tc.ctx, tc.in)
@@ -741,11 +742,11 @@ func TestFetchFilters(t *testing.T) {
 		if r.GetId() != w {
 			t.Fatalf("got receipt %q, want %q", r.GetId(), w)
 		}
-		id, ok := runtime.EventIDFromMessage(r, 1000)
+		id, ok := wire.EventIDFromMessage(r, 1000)
 		if !ok {
 			t.Fatalf("receipt %q has no event id in field 1000", r.GetId())
 		}
-		if _, ok := runtime.EventIDFromMessage(r, runtime.DefaultEventIDField); ok {
+		if _, ok := wire.EventIDFromMessage(r, wire.DefaultEventIDField); ok {
 			t.Fatalf("receipt %q has an event id in field 32767 too", r.GetId())
 		}
 		ids = append(ids, id)
@@ -799,8 +800,8 @@ func TestFetchSkipsRecordsCallersCannotDecode(t *testing.T) {
 	if err != nil || ev.GetMessage() != "seq-000001" {
 		t.Fatalf("got %v, %v; want the one valid record", ev, err)
 	}
-	raw, _ := runtime.EventIDFromMessage(ev, runtime.DefaultEventIDField)
-	id, _ := runtime.DecodeEventID(raw)
+	raw, _ := wire.EventIDFromMessage(ev, wire.DefaultEventIDField)
+	id, _ := wire.DecodeEventID(raw)
 	if off, _ := id.Offset(0); off != 3 {
 		t.Fatalf("event id %v: want partition 0 past the two skipped records (next 3)", id)
 	}
@@ -837,7 +838,7 @@ func TestFetchClientResumes(t *testing.T) {
 				t.Fatal(err)
 			}
 			if !equalBytes(sub.EventID(), tr.last) {
-				t.Fatal("EventID differs from the message's id")
+				t.Fatal("wire.EventID differs from the message's id")
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -37,7 +38,7 @@ type FetchOpenFunc[T any] func(ctx context.Context, in *emptypb.Empty, opts ...g
 //		save(sub.EventID()) // to resume from here after a restart
 //	}
 //
-// Recv must be called from one goroutine at a time; EventID, Reconnects and
+// Recv must be called from one goroutine at a time; wire.EventID, Reconnects and
 // Close are safe from any goroutine.
 type FetchClient[T any, PT interface {
 	*T
@@ -77,20 +78,20 @@ type fetchClientConfig struct {
 }
 
 // WithFetchResume starts the stream after the message whose event id is id
-// (as EventID returned it, or as saved from a previous run). Default: no
+// (as wire.EventID returned it, or as saved from a previous run). Default: no
 // id, which starts at the topic's earliest retained record.
 func WithFetchResume(id []byte) FetchClientOption {
 	return fetchClientOptionFunc(func(c *fetchClientConfig) { c.resume = slices.Clone(id) })
 }
 
 // WithFetchEventIDField sets the unknown field number carrying the event id,
-// as the method's options set it. Default DefaultEventIDField (32767).
+// as the method's options set it. Default wire.DefaultEventIDField (32767).
 func WithFetchEventIDField(n int32) FetchClientOption {
 	return fetchClientOptionFunc(func(c *fetchClientConfig) { c.field = n })
 }
 
 // WithFetchResumeMetadata sets the metadata name the id is sent in, as the
-// method's options set it. Default DefaultResumeMetadata
+// method's options set it. Default wire.DefaultResumeMetadata
 // ("last-message-id"); the id travels as base64url text, which Zilla
 // accepts too.
 func WithFetchResumeMetadata(name string) FetchClientOption {
@@ -135,8 +136,8 @@ func NewFetchClient[T any, PT interface {
 	proto.Message
 }](ctx context.Context, open FetchOpenFunc[T], opts ...FetchClientOption) *FetchClient[T, PT] {
 	cfg := fetchClientConfig{
-		field:      DefaultEventIDField,
-		metadata:   DefaultResumeMetadata,
+		field:      wire.DefaultEventIDField,
+		metadata:   wire.DefaultResumeMetadata,
 		minBackoff: 100 * time.Millisecond,
 		maxBackoff: 10 * time.Second,
 		retry:      []codes.Code{codes.Unavailable, codes.ResourceExhausted, codes.Aborted},
@@ -182,7 +183,7 @@ func (c *FetchClient[T, PT]) Recv() (PT, error) {
 		msg, err := c.stream.Recv()
 		if err == nil {
 			pm := PT(msg)
-			id, ok := EventIDFromMessage(pm, c.cfg.field)
+			id, ok := wire.EventIDFromMessage(pm, c.cfg.field)
 			if !ok {
 				c.closeStream()
 				return nil, status.Errorf(codes.Internal, "fetch message carries no event id in field %d: is the event id field set as on the gateway?", c.cfg.field)
@@ -265,7 +266,7 @@ func (c *FetchClient[T, PT]) wait() error {
 	}
 }
 
-// EventID returns the event id of the last message Recv returned (or the
+// wire.EventID returns the event id of the last message Recv returned (or the
 // id given to WithFetchResume before the first), nil before any. Saved, it
 // resumes the stream there with WithFetchResume, or as the base64url text
 // of metadata "last-message-id" from any client.

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // Gateway relays gRPC calls through Kafka: it produces each call's request
@@ -62,7 +63,7 @@ func NewGateway(client kafkaclient.Client, opts ...GatewayOption) *Gateway {
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.trc = newTracing(cfg.telemetryConfig)
-	g.filter = newMetadataFilter(cfg.denied, cfg.allowed, append([]string{IdempotencyKeyMetadata}, g.trc.fields...))
+	g.filter = newMetadataFilter(cfg.denied, cfg.allowed, append([]string{wire.IdempotencyKeyMetadata}, g.trc.fields...))
 	meter := meterOf(cfg.telemetryConfig)
 	g.met = newCallMetrics(meter, "gateway")
 	g.dropped, _ = meter.Int64Counter("kafkarpc.gateway.replies.dropped",
@@ -137,18 +138,20 @@ func (g *Gateway) prepare(ctx context.Context, m *MethodSpec) (*methodPrep, erro
 				trace.WithAttributes(attribute.String("messaging.system", "kafka"),
 					attribute.String("messaging.destination.name", r.ReplyTopic), p.tel.method)}
 		}
-		for _, o := range r.Overrides {
-			rp.fixed = append(rp.fixed, kafkaclient.Header{Key: o.Name, Value: []byte(o.Value)})
+		overrides := make([]kafkaclient.Header, len(r.Overrides))
+		for i, o := range r.Overrides {
+			overrides[i] = kafkaclient.Header{Key: o.Name, Value: []byte(o.Value)}
 		}
-		rp.fixed = append(rp.fixed,
-			kafkaclient.Header{Key: names.Service, Value: []byte(m.Service)},
-			kafkaclient.Header{Key: names.Method, Value: []byte(m.Method)})
+		replyTo := r.ReplyTopic
+		if r.Oneway {
+			replyTo = ""
+		}
+		rp.fixed = wire.AppendRoute(nil, names, overrides, m.Service, m.Method, replyTo)
 		if r.Key != "" {
 			rp.key = []byte(r.Key)
 		}
 		if !r.Oneway {
-			rp.fixed = append(rp.fixed, kafkaclient.Header{Key: names.ReplyTo, Value: []byte(r.ReplyTopic)})
-			rp.hash = routeHash(*names, m.Service, m.Method, r.ReplyTopic, r.Overrides)
+			rp.hash = wire.RouteHash(*names, m.Service, m.Method, r.ReplyTopic, overrideValues(r.Overrides)...)
 			rt, err := g.routerLocked(ctx, r.ReplyTopic)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", m.FullMethod(), err)
@@ -375,4 +378,13 @@ func decodeReply(m *MethodSpec, rec *kafkaclient.Record, out proto.Message) erro
 // recordPlace names a record as topic/partition@offset.
 func recordPlace(rec *kafkaclient.Record) string {
 	return fmt.Sprintf("%s/%d@%d", rec.Topic, rec.Partition, rec.Offset)
+}
+
+// overrideValues returns the values of a route's override headers, in order.
+func overrideValues(hs []Header) []string {
+	vs := make([]string, len(hs))
+	for i, h := range hs {
+		vs[i] = h.Value
+	}
+	return vs
 }

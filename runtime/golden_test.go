@@ -15,6 +15,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	routingv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/routing/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // routing serves the golden testdata's RoutingService.
@@ -89,8 +90,8 @@ func TestGoldenRoutingService(t *testing.T) {
 		if err != nil || got.GetId() != "route:1" {
 			t.Fatalf("Route = %v, %v", got, err)
 		}
-		id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "key-1", "testdata.routing.v1.RoutingService", "Route",
-			prefix+"acme-responses", []runtime.Header{{Value: "acme"}, {Value: "order"}})
+		id := wire.CorrelationID(wire.DefaultNames(), "key-1", "testdata.routing.v1.RoutingService", "Route",
+			prefix+"acme-responses", "acme", "order")
 		recs := acme.await(t, id)
 		if len(recs) != 2 {
 			t.Fatalf("%d request records on acme-requests, want data and end-of-stream", len(recs))
@@ -111,8 +112,8 @@ func TestGoldenRoutingService(t *testing.T) {
 		if got, err := client.Route(md, &routingv1.Order{Id: "2"}); err != nil || got.GetId() != "route:2" {
 			t.Fatalf("Route = %v, %v", got, err)
 		}
-		id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "key-2", "testdata.routing.v1.RoutingService", "Route",
-			prefix+"routing-responses", []runtime.Header{{Value: "order"}})
+		id := wire.CorrelationID(wire.DefaultNames(), "key-2", "testdata.routing.v1.RoutingService", "Route",
+			prefix+"routing-responses", "order")
 		recs := orders.await(t, id)
 		if string(recs[0].Key) != "orders" || headerKeys(recs[0])[0] != "kind" {
 			t.Fatalf("key %q, headers %q: want key orders and the override first", recs[0].Key, headerKeys(recs[0]))

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // gwCall is one call in flight at the gateway: the request side it produces
@@ -38,7 +39,7 @@ type gwCall struct {
 
 	// reply side, filled by the router
 	mu       sync.Mutex
-	queue    []*kafkaclient.Record
+	queue    []reply
 	queued   int // bytes in queue
 	err      error
 	signal   chan struct{} // capacity 1: something was queued or failed
@@ -69,17 +70,15 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 	sendCtx, send := g.trc.tracer.Start(ctx, rp.sendName, rp.sendOpts...)
 	c.send = send
 	md = g.trc.inject(sendCtx, md)
-	names := &g.cfg.names
-	hs := make([]kafkaclient.Header, 0, len(rp.fixed)+2+len(md))
-	hs = append(hs, rp.fixed...)
+	req := wire.Request{Route: rp.fixed, Metadata: md, Keep: g.filter.keep}
 	if g.cfg.identity != nil {
 		if who, ok := g.cfg.identity(ctx); ok {
-			hs = append(hs, kafkaclient.Header{Key: names.Identity, Value: []byte(who)})
+			req.Identity = []byte(who)
 		}
 	}
 	if !rp.route.Oneway {
 		base := ""
-		if v := md.Get(IdempotencyKeyMetadata); len(v) > 0 && v[0] != "" {
+		if v := md.Get(wire.IdempotencyKeyMetadata); len(v) > 0 && v[0] != "" {
 			base = v[0]
 		}
 		c.id = rp.router.correlationID(base, rp.hash)
@@ -88,22 +87,20 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 				return nil, c.abandon(status.Errorf(codes.Unavailable, "%s: %v", m.FullMethod(), err))
 			}
 		}
-		idb := []byte(c.id) // one copy for the header and the key: records only read them
-		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: idb})
+		req.CorrelationID = []byte(c.id) // one copy for the header and the key: records only read them
 		if c.key == nil {
-			c.key = idb
+			c.key = req.CorrelationID
 		}
 	} else if c.key == nil {
-		c.key = []byte(newUUID()) // keeps a oneway stream's records in order on one partition
+		c.key = []byte(wire.NewUUID()) // keeps a oneway stream's records in order on one partition
 	}
 	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl)
-		if left <= 0 {
+		req.Timeout, req.HasTimeout = time.Until(dl), true
+		if req.Timeout <= 0 {
 			return nil, c.abandon(status.Error(codes.DeadlineExceeded, "deadline exceeded before the request was sent"))
 		}
-		hs = append(hs, kafkaclient.Header{Key: names.MetaPrefix + timeoutMetadata, Value: []byte(encodeTimeout(left))})
 	}
-	c.headers = appendMetaHeaders(hs, names.MetaPrefix, md, g.filter.keep)
+	c.headers = wire.AppendRequest(make([]kafkaclient.Header, 0, len(rp.fixed)+3+len(md)), &g.cfg.names, &req)
 	if rp.router != nil {
 		if !rp.router.add(c) {
 			return nil, c.abandon(status.Errorf(codes.AlreadyExists, "%s: a call with correlation id %q is already in flight", m.FullMethod(), c.id))
@@ -191,10 +188,7 @@ func (c *gwCall) sendEnd(cancel bool) {
 		// a oneway stream has no reader that could act on an end or a cancel
 	case cancel:
 		c.cancelSent = true
-		hs := make([]kafkaclient.Header, len(c.headers), len(c.headers)+1)
-		copy(hs, c.headers)
-		hs = append(hs, kafkaclient.Header{Key: c.g.cfg.names.Status, Value: []byte("1")})
-		c.produce(nil, hs)
+		c.produce(nil, wire.AppendCancel(c.headers, &c.g.cfg.names))
 	default:
 		c.produce(nil, c.headers)
 	}
@@ -217,8 +211,14 @@ func (c *gwCall) wake() {
 	}
 }
 
+// reply is a reply record and its headers, decoded once by the router.
+type reply struct {
+	rec *kafkaclient.Record
+	env wire.Envelope
+}
+
 // deliver queues a reply record; called by the router, never blocks.
-func (c *gwCall) deliver(rec *kafkaclient.Record) {
+func (c *gwCall) deliver(rec *kafkaclient.Record, env *wire.Envelope) {
 	c.mu.Lock()
 	if c.err == nil {
 		c.queued += len(rec.Value)
@@ -226,7 +226,7 @@ func (c *gwCall) deliver(rec *kafkaclient.Record) {
 			c.err = status.Errorf(codes.ResourceExhausted, "%s: caller reads replies too slowly: more than %d bytes buffered", c.m.FullMethod(), c.g.cfg.replyBufferBytes)
 			c.queue = nil
 		} else {
-			c.queue = append(c.queue, rec)
+			c.queue = append(c.queue, reply{rec: rec, env: *env})
 		}
 	}
 	c.mu.Unlock()
@@ -238,9 +238,7 @@ func (c *gwCall) deliver(rec *kafkaclient.Record) {
 // record, onData each data record, onTrailer the trailers of the last. It
 // returns the call's final status (nil for OK).
 func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), onData func(*kafkaclient.Record) error, onTrailer func(metadata.MD)) (err error) {
-	names := &c.g.cfg.names
 	first := true
-	servedByHeader := names.MetaPrefix + ServedByMetadata
 	var servedBy []byte
 	var receive trace.Span
 	defer func() {
@@ -248,51 +246,38 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 			spanEnd(receive, err)
 		}
 	}()
-	var batch []*kafkaclient.Record
+	var batch []reply
 	for {
 		c.mu.Lock()
 		batch, c.queue = c.queue, batch[:0]
-		for _, r := range batch {
-			c.queued -= len(r.Value)
+		for i := range batch {
+			c.queued -= len(batch[i].rec.Value)
 		}
 		err := c.err
 		c.mu.Unlock()
 		if err != nil {
 			return err
 		}
-		for i, rec := range batch {
-			batch[i] = nil
+		for i := range batch {
+			rec, env := batch[i].rec, &batch[i].env
 			if first {
 				first = false
-				md, err := metadataFromHeaders(rec.Headers, names.MetaPrefix)
-				if err != nil {
-					return status.Errorf(codes.Internal, "%s: reply at %s: %v", c.m.FullMethod(), recordPlace(rec), err)
+				if receive, err = c.openReply(ctx, rec, env, onHeader); err != nil {
+					return err
 				}
-				// The reply carries the worker's span: the receiving span
-				// continues it, linked to the caller's.
-				parent := c.g.trc.extract(ctx, md)
-				_, receive = c.g.trc.tracer.Start(parent, c.rp.recvName, c.rp.recvOpts...)
-				if receive.IsRecording() {
-					receive.AddLink(trace.LinkFromContext(ctx))
-					receive.SetAttributes(attribute.String("messaging.message.conversation_id", c.id))
-				}
-				servedBy, _ = headerValue(rec.Headers, servedByHeader)
-				delete(md, ServedByMetadata)
-				if md = c.g.trc.withoutTrace(md); len(md) > 0 {
-					onHeader(md)
-				}
-			} else if by, ok := headerValue(rec.Headers, servedByHeader); ok && servedBy != nil && string(by) != string(servedBy) {
+				servedBy = env.ServedBy
+			} else if env.ServedBy != nil && servedBy != nil && string(env.ServedBy) != string(servedBy) {
 				return status.Errorf(codes.Unavailable, "%s: the worker serving the call stopped midway and another one served it again from the start; "+
 					"retry the call (with the same idempotency-key, so that it does not run twice)", c.m.FullMethod())
 			}
-			if rec.Value == nil {
+			if env.EndOfStream {
 				c.mu.Lock()
 				c.finished = true
 				c.mu.Unlock()
-				if md, err := metadataFromHeaders(rec.Headers, names.TrailerPrefix); err == nil && len(md) > 0 {
+				if md, err := env.Trailer(); err == nil && len(md) > 0 {
 					onTrailer(md)
 				}
-				if st := statusFromHeaders(rec.Headers, names); st != nil {
+				if st := env.Status(); st != nil {
 					return st.Err()
 				}
 				return nil
@@ -301,6 +286,7 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 				return err
 			}
 		}
+		clear(batch)
 		select {
 		case <-c.signal:
 		case <-ctx.Done():
@@ -309,6 +295,26 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 			return status.Error(codes.Unavailable, "gateway is shutting down")
 		}
 	}
+}
+
+// openReply handles the first reply record of a call: its metadata become
+// the caller's response headers (onHeader), and the receiving span starts,
+// continuing the worker's span carried in them and linked to the caller's.
+func (c *gwCall) openReply(ctx context.Context, rec *kafkaclient.Record, env *wire.Envelope, onHeader func(metadata.MD)) (trace.Span, error) {
+	md, err := env.Metadata()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "%s: reply at %s: %v", c.m.FullMethod(), recordPlace(rec), err)
+	}
+	parent := c.g.trc.extract(ctx, md)
+	_, receive := c.g.trc.tracer.Start(parent, c.rp.recvName, c.rp.recvOpts...)
+	if receive.IsRecording() {
+		receive.AddLink(trace.LinkFromContext(ctx))
+		receive.SetAttributes(attribute.String("messaging.message.conversation_id", c.id))
+	}
+	if md = c.g.trc.withoutTrace(md); len(md) > 0 {
+		onHeader(md)
+	}
+	return receive, nil
 }
 
 // awaitRequestEnd waits until the request stream ended (the caller

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 )
@@ -39,20 +40,20 @@ func (f workerOptionFunc) applyWorker(c *workerConfig) { f(c) }
 
 // common holds the settings shared by the gateway and the worker.
 type common struct {
-	names  HeaderNames
+	names  wire.Names
 	logger *slog.Logger
 	topic  func(string) string
 	telemetryConfig
 }
 
 func defaultCommon() common {
-	return common{names: DefaultHeaderNames(), logger: slog.Default(), topic: func(t string) string { return t }}
+	return common{names: wire.DefaultNames(), logger: slog.Default(), topic: func(t string) string { return t }}
 }
 
 // WithHeaderNames sets the wire header names; empty fields keep their
 // defaults (DefaultHeaderNames). Both halves of a deployment must agree.
-func WithHeaderNames(n HeaderNames) Option {
-	n = n.withDefaults()
+func WithHeaderNames(n wire.Names) Option {
+	n = n.WithDefaults()
 	return bothOption{
 		gw: func(c *gatewayConfig) { c.names = n },
 		wk: func(c *workerConfig) { c.names = n },
@@ -112,7 +113,7 @@ func WithDeniedMetadata(names ...string) GatewayOption {
 
 // WithAllowedMetadata makes the request metadata written to Kafka an allow
 // list: only the names given (still never transport metadata), plus those
-// the worker needs from the gateway: IdempotencyKeyMetadata and the fields of
+// the worker needs from the gateway: wire.IdempotencyKeyMetadata and the fields of
 // the trace propagator (WithPropagator; traceparent and tracestate by
 // default). It replaces the deny list of WithDeniedMetadata. Default: no
 // allow list.
@@ -121,7 +122,7 @@ func WithAllowedMetadata(names ...string) GatewayOption {
 }
 
 // WithIdentity writes the caller's identity on every request record, in the
-// HeaderNames.Identity header ("zilla:identity", as Zilla writes it), placed
+// wire.Names.Identity header ("zilla:identity", as Zilla writes it), placed
 // after zilla:reply-to and before zilla:correlation-id. identify reads it from
 // the call's context, typically what an authentication interceptor or the
 // TLS peer put there; false writes no header. Workers hand it to handlers

@@ -19,6 +19,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	routingv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/routing/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // counting counts handler runs per message and can fail or block on request.
@@ -122,19 +123,19 @@ func TestRetriesThenDeadLetter(t *testing.T) {
 		t.Fatalf("dead letter value = %v, %v", &req, err)
 	}
 	want := map[string]string{
-		runtime.DeadLetterTopic:    e.topic("echo-requests"),
-		runtime.DeadLetterStatus:   "14",
-		runtime.DeadLetterMessage:  "try later",
-		runtime.DeadLetterAttempts: "3",
-		runtime.DeadLetterGroup:    e.worker.GroupID(),
-		"zilla:method":             "EchoUnary",
+		wire.DeadLetterTopic:    e.topic("echo-requests"),
+		wire.DeadLetterStatus:   "14",
+		wire.DeadLetterMessage:  "try later",
+		wire.DeadLetterAttempts: "3",
+		wire.DeadLetterGroup:    e.worker.GroupID(),
+		"zilla:method":          "EchoUnary",
 	}
 	for k, v := range want {
 		if got := header(rec, k); got != v {
 			t.Errorf("dead letter header %s = %q, want %q", k, got, v)
 		}
 	}
-	if header(rec, runtime.DeadLetterOffset) == "" || header(rec, runtime.DeadLetterPartition) == "" {
+	if header(rec, wire.DeadLetterOffset) == "" || header(rec, wire.DeadLetterPartition) == "" {
 		t.Errorf("dead letter lacks its partition and offset: %q", headerKeys(rec))
 	}
 }
@@ -155,7 +156,7 @@ func TestUndecodableGoesToDeadLetterAtOnce(t *testing.T) {
 		t.Fatalf("caller status %q, want 13", s)
 	}
 	rec := <-dead.recs
-	if header(rec, runtime.DeadLetterAttempts) != "1" || header(rec, runtime.DeadLetterStatus) != "13" {
+	if header(rec, wire.DeadLetterAttempts) != "1" || header(rec, wire.DeadLetterStatus) != "13" {
 		t.Fatalf("dead letter headers %v", rec.Headers)
 	}
 }
@@ -305,7 +306,7 @@ func TestRetryWhileFirstAttemptEndsRunsAgain(t *testing.T) {
 	// A record without a correlation id, on the partition of the attempts
 	// (same key) and after the retry: once the worker skipped it, it has
 	// read the retry, while the first attempt still waits for its ack.
-	id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "again", "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"), nil)
+	id := wire.CorrelationID(wire.DefaultNames(), "again", "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"))
 	watch.await(t, id) // the retry is in Kafka
 	awaitWorkerRead(t, e, id)
 	release()
@@ -354,7 +355,7 @@ func TestRepeatAfterWaiterIsAnswered(t *testing.T) {
 	}
 	watch := watchReplies(t, e.kc, e.topic("echo-requests"))
 	second := goUnary(ctx, echo2, "m")
-	id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "waited", "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"), nil)
+	id := wire.CorrelationID(wire.DefaultNames(), "waited", "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"))
 	watch.await(t, id) // the repeat is in Kafka
 	awaitWorkerRead(t, e, id)
 	replies := watchReplies(t, e.kc, e.topic("echo-responses"))

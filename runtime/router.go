@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // replyRouter reads one reply topic and hands each record to the call in
@@ -93,12 +94,12 @@ func (r *replyRouter) assign(ctx context.Context, parts []int32) error {
 func (r *replyRouter) correlationID(base, hash string) string {
 	if base != "" || !r.sharded {
 		if base == "" {
-			base = newUUID()
+			base = wire.NewUUID()
 		}
 		return base + hash
 	}
 	for {
-		id := newUUID() + hash
+		id := wire.NewUUID() + hash
 		r.ownMu.Lock()
 		ok := r.owned[kafkaclient.KeyPartition([]byte(id), r.partitions)]
 		r.ownMu.Unlock()
@@ -146,15 +147,15 @@ func (r *replyRouter) remove(c *gwCall) { r.pending.CompareAndDelete(c.id, c) }
 
 // run dispatches records until ctx ends.
 func (r *replyRouter) run(ctx context.Context) {
-	idHeader := r.g.cfg.names.CorrelationID
+	names := &r.g.cfg.names
 	pollUntilDone(ctx, r.reader.Poll, func(err error) {
 		r.g.cfg.logger.Warn("kafkarpc: reading replies", "topic", r.topic, "error", err)
 	}, func(recs []*kafkaclient.Record) {
 		r.read.Add(uint64(len(recs)))
 		for _, rec := range recs {
-			id, _ := headerValue(rec.Headers, idHeader)
-			if v, ok := r.pending.Load(string(id)); ok {
-				v.(*gwCall).deliver(rec)
+			env := wire.Decode(names, rec.Headers, rec.Value)
+			if v, ok := r.pending.Load(string(env.CorrelationID)); ok {
+				v.(*gwCall).deliver(rec, &env)
 			} else {
 				r.dropped.Add(1)
 				r.g.dropped.Add(context.Background(), 1, r.topicAttr)

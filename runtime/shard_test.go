@@ -13,6 +13,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // TestReplyShardsReadAThirdEach runs three gateway instances sharing the
@@ -47,7 +48,7 @@ func TestReplyShardsReadAThirdEach(t *testing.T) {
 	var foreign string
 	for k := 0; foreign == ""; k++ {
 		key := fmt.Sprint("key-", k)
-		id := runtime.CorrelationID(runtime.DefaultHeaderNames(), key, "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"), nil)
+		id := wire.CorrelationID(wire.DefaultNames(), key, "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"))
 		if kafkaclient.KeyPartition([]byte(id), 3)%n != 0 {
 			foreign = key
 		}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // instrumentationName names this package's tracer and meter.
@@ -134,7 +135,7 @@ func (t tracing) traceHeaders(ctx context.Context, prefix string) []kafkaclient.
 	}
 	md := metadata.MD{}
 	t.prop.Inject(ctx, mdCarrier(md))
-	return appendMetaHeaders(nil, prefix, md, nil)
+	return wire.AppendMetadata(nil, prefix, md, nil)
 }
 
 // withoutTrace drops the propagator's fields from response headers: they

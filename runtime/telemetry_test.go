@@ -24,6 +24,7 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // TestTraceSpansBothKafkaHops records one call with an in-memory exporter:
@@ -275,7 +276,7 @@ func TestCredentialsStayOutOfKafka(t *testing.T) {
 			if _, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"}); err != nil {
 				t.Fatal(err)
 			}
-			id := runtime.CorrelationID(runtime.DefaultHeaderNames(), "cred-"+c.name, "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"), nil)
+			id := wire.CorrelationID(wire.DefaultNames(), "cred-"+c.name, "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"))
 			for _, rec := range reqs.await(t, id) {
 				keys := headerKeys(rec)
 				if got := slices.Contains(keys, "meta:authorization"); got != c.present {

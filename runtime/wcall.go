@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // errCallerCancelled is the cause of a handler context the caller cancelled.
@@ -127,7 +128,7 @@ func (w *Worker) startCall(rec *kafkaclient.Record, pt *partTrack, id, replyTo s
 	ctx, cancel := context.WithCancelCause(ctx)
 	c.cancel = func(cause error) { cancel(cause); stopTimer() }
 	c.ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{c})
-	c.keepReplies = id != "" && len(md.Get(IdempotencyKeyMetadata)) > 0
+	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
 	w.mu.Lock()
 	if id != "" {
 		w.calls[id] = c
@@ -507,7 +508,7 @@ func (w *Worker) rerunMethod(d waiter) *workerMethod {
 		return nil
 	}
 	names := &w.cfg.names
-	if _, keyed := headerValue(d.rec.Headers, names.MetaPrefix+IdempotencyKeyMetadata); !keyed {
+	if _, keyed := headerValue(d.rec.Headers, names.MetaPrefix+wire.IdempotencyKeyMetadata); !keyed {
 		return nil
 	}
 	service, _ := headerValue(d.rec.Headers, names.Service)
@@ -555,7 +556,7 @@ func (c *wCall) reportLost(outcome *status.Status) {
 	names := &c.w.cfg.names
 	hs := []kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}}
 	hs = append(hs, c.w.incarnation...)
-	hs = appendStatusHeaders(hs, names, lostStatus(c.method(), err, c.keepReplies && remembered(outcome)))
+	hs = wire.AppendStatus(hs, names, lostStatus(c.method(), err, c.keepReplies && remembered(outcome)))
 	c.countLost()
 	c.send(&kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Headers: hs})
 	c.unacked.Wait()
@@ -579,14 +580,14 @@ func (c *wCall) produceEnd(st *status.Status) {
 	names := &c.w.cfg.names
 	hs := []kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}}
 	if c.sent == 0 { // headers the handler set but never sent with a message
-		hs = appendMetaHeaders(hs, names.MetaPrefix, c.header, nil)
+		hs = wire.AppendMetadata(hs, names.MetaPrefix, c.header, nil)
 		hs = append(append(hs, c.traceHdrs...), c.w.incarnation...)
 	}
 	if st == nil {
 		st = status.New(codes.OK, "")
 	}
-	hs = appendStatusHeaders(hs, names, st)
-	hs = appendMetaHeaders(hs, names.TrailerPrefix, c.trailer, nil)
+	hs = wire.AppendStatus(hs, names, st)
+	hs = wire.AppendMetadata(hs, names.TrailerPrefix, c.trailer, nil)
 	c.produce(nil, hs)
 }
 
@@ -744,7 +745,7 @@ func (c *wCall) sendMsg(m any) error {
 	if !c.frozen {
 		c.frozen = true
 		names := &c.w.cfg.names
-		c.replyHdrs = append(append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}},
+		c.replyHdrs = append(append(wire.AppendMetadata([]kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}},
 			names.MetaPrefix, c.header, nil), c.traceHdrs...), c.w.incarnation...)
 	}
 	c.sent++
@@ -770,7 +771,7 @@ func (c *wCall) setHeader(md metadata.MD, send bool) error {
 	if send {
 		c.frozen = true
 		names := &c.w.cfg.names
-		c.replyHdrs = append(append(appendMetaHeaders([]kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}},
+		c.replyHdrs = append(append(wire.AppendMetadata([]kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}},
 			names.MetaPrefix, c.header, nil), c.traceHdrs...), c.w.incarnation...)
 	}
 	return nil

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // Worker consumes request topics in a consumer group and serves each call
@@ -61,7 +62,7 @@ type Worker struct {
 	committer *committer
 	stats     workerCounters
 	// incarnation is sent as response metadata on the first replies of every
-	// call (ServedByMetadata), so that a gateway can tell when another worker
+	// call (wire.ServedByMetadata), so that a gateway can tell when another worker
 	// served a call again after this one failed midway.
 	incarnation []kafkaclient.Header
 	trc         tracing
@@ -132,7 +133,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
 	w.txnIdle = sync.NewCond(&w.mu)
-	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + ServedByMetadata, Value: []byte(newUUID())}}
+	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + wire.ServedByMetadata, Value: []byte(wire.NewUUID())}}
 	w.trc = newTracing(cfg.telemetryConfig)
 	meter := meterOf(cfg.telemetryConfig)
 	w.met = newCallMetrics(meter, "worker")
@@ -657,23 +658,23 @@ func (w *Worker) Stats() WorkerStats {
 
 // requestMetadata reads a request's gRPC metadata and deadline from its
 // headers.
-func requestMetadata(rec *kafkaclient.Record, names *HeaderNames) (metadata.MD, time.Time, error) {
-	md, err := metadataFromHeaders(rec.Headers, names.MetaPrefix)
+func requestMetadata(rec *kafkaclient.Record, names *wire.Names) (metadata.MD, time.Time, error) {
+	md, err := wire.DecodeMetadata(rec.Headers, names.MetaPrefix, nil)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
 	var deadline time.Time
-	if v := md.Get(timeoutMetadata); len(v) > 0 {
-		d, err := decodeTimeout(v[0])
+	if v := md.Get(wire.TimeoutMetadata); len(v) > 0 {
+		d, err := wire.DecodeTimeout(v[0])
 		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("header %q: %w", names.MetaPrefix+timeoutMetadata, err)
+			return nil, time.Time{}, fmt.Errorf("header %q: %w", names.MetaPrefix+wire.TimeoutMetadata, err)
 		}
 		start := rec.Timestamp
 		if start.IsZero() {
 			start = time.Now()
 		}
 		deadline = start.Add(d)
-		md.Delete(timeoutMetadata)
+		md.Delete(wire.TimeoutMetadata)
 	}
 	return md, deadline, nil
 }
@@ -753,7 +754,7 @@ func fullMethodName(service, method string) string {
 	return b.String()
 }
 
-// ServedByMetadata is the response metadata, carried as meta:<name> on the
+// wire.ServedByMetadata is the response metadata, carried as meta:<name> on the
 // reply records of every call, that names the worker process instance that
 // served it (a random id per Worker). When a worker dies midway through a
 // streaming call, the partition's next owner serves the call again from its

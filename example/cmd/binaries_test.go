@@ -29,8 +29,8 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/proctest"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // Bounds of every wait in this file.
@@ -391,7 +391,7 @@ func checkEvents(t *testing.T, c echov1.EchoServiceClient, brokers string) {
 			if !strings.HasPrefix(ev.GetMessage(), run) {
 				continue
 			}
-			id, ok := runtime.EventIDFromMessage(ev, runtime.DefaultEventIDField)
+			id, ok := wire.EventIDFromMessage(ev, wire.DefaultEventIDField)
 			if !ok {
 				t.Fatalf("%s: event %q carries no event id", what, ev.GetMessage())
 			}

@@ -13,13 +13,13 @@ import (
 	"errors"
 	"strconv"
 	"time"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
-// Header is one Kafka record header. Names may repeat; order is kept.
-type Header struct {
-	Key   string
-	Value []byte
-}
+// Header is one Kafka record header (the wire package's): names may repeat;
+// order is kept.
+type Header = wire.Header
 
 // Record is one Kafka record, produced or consumed.
 //

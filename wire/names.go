@@ -1,9 +1,9 @@
-package runtime
+package wire
 
-// HeaderNames are the Kafka header names of the wire format (WIRE.md). Every
+// Names are the Kafka header names of the wire format (WIRE.md). Every
 // name is configurable so that a deployment can match a peer configured
 // differently; the zero value of a field means its default.
-type HeaderNames struct {
+type Names struct {
 	// Service carries the fully-qualified service name. Default "zilla:service".
 	Service string
 	// Method carries the bare method name. Default "zilla:method".
@@ -26,14 +26,14 @@ type HeaderNames struct {
 	// TrailerPrefix prefixes gRPC trailer names on the reply end-of-stream
 	// record (extension). Default "trailer:".
 	TrailerPrefix string
-	// Identity carries the caller's identity when the gateway has
-	// WithIdentity. Default "zilla:identity".
+	// Identity carries the caller's identity, when the gateway writes one
+	// (runtime.GatewayIdentity). Default "zilla:identity".
 	Identity string
 }
 
-// DefaultHeaderNames returns the header names of WIRE.md, as Zilla uses them.
-func DefaultHeaderNames() HeaderNames {
-	return HeaderNames{
+// DefaultNames returns the header names of WIRE.md, as Zilla uses them.
+func DefaultNames() Names {
+	return Names{
 		Service:       "zilla:service",
 		Method:        "zilla:method",
 		ReplyTo:       "zilla:reply-to",
@@ -47,9 +47,9 @@ func DefaultHeaderNames() HeaderNames {
 	}
 }
 
-// withDefaults fills every empty field with its default.
-func (n HeaderNames) withDefaults() HeaderNames {
-	d := DefaultHeaderNames()
+// WithDefaults returns n with every empty field with its default.
+func (n Names) WithDefaults() Names {
+	d := DefaultNames()
 	fill := func(v *string, def string) {
 		if *v == "" {
 			*v = def

@@ -1,4 +1,4 @@
-package runtime
+package wire
 
 import (
 	"encoding/base64"
@@ -52,13 +52,27 @@ func (id EventID) Encode() []byte { return id.AppendEncoded(nil) }
 
 // AppendEncoded appends the id's bytes (see Encode) to dst.
 func (id EventID) AppendEncoded(dst []byte) []byte {
-	dst = append(dst, eventIDVersion)
-	dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(int64(len(id))))
+	dst = AppendEventIDStart(dst, len(id))
 	for _, p := range id {
-		dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(int64(p.Partition)))
-		dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(p.Offset))
+		dst = AppendEventIDPartition(dst, p.Partition, p.Offset)
 	}
 	return dst
+}
+
+// AppendEventIDStart appends the start of an event id of count partitions:
+// the version byte and the count. AppendEventIDPartition then appends each
+// partition, in partition order; a fetch writes its callers' ids this way
+// without building an EventID.
+func AppendEventIDStart(dst []byte, count int) []byte {
+	dst = append(dst, eventIDVersion)
+	return protowire.AppendVarint(dst, protowire.EncodeZigZag(int64(count)))
+}
+
+// AppendEventIDPartition appends one partition of an event id: its id and
+// the next offset to read from it.
+func AppendEventIDPartition(dst []byte, partition int32, next int64) []byte {
+	dst = protowire.AppendVarint(dst, protowire.EncodeZigZag(int64(partition)))
+	return protowire.AppendVarint(dst, protowire.EncodeZigZag(next))
 }
 
 // String returns the id as the resume metadata carries it: base64url
@@ -135,16 +149,16 @@ func DecodeEventID(b []byte) (EventID, error) {
 // ParseEventID decodes an event id from its text form: base64 in either
 // alphabet (URL-safe or standard), with or without padding.
 func ParseEventID(s string) (EventID, error) {
-	b, err := decodeBase64(s)
+	b, err := DecodeBase64(s)
 	if err != nil {
 		return nil, fmt.Errorf("%w: not base64: %v", ErrBadEventID, err)
 	}
 	return DecodeEventID(b)
 }
 
-// appendEventIDField appends the event id as field number field, wire type
+// AppendEventIDField appends the event id as field number field, wire type
 // 2: tag, length, id bytes.
-func appendEventIDField(dst []byte, field protowire.Number, id []byte) []byte {
+func AppendEventIDField(dst []byte, field protowire.Number, id []byte) []byte {
 	dst = protowire.AppendTag(dst, field, protowire.BytesType)
 	return protowire.AppendBytes(dst, id)
 }
@@ -191,11 +205,11 @@ func eventIDFromUnknown(b []byte, field protowire.Number) ([]byte, bool) {
 	return slices.Clone(found), true
 }
 
-// validWire reports whether b is a well-formed sequence of protobuf fields
+// ValidWire reports whether b is a well-formed sequence of protobuf fields
 // at its top level (tags, lengths and varints consistent, groups closed). It
 // does not look inside length-delimited fields: it is the cheap check that
 // keeps a record a caller could never decode off the stream.
-func validWire(b []byte) bool {
+func ValidWire(b []byte) bool {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {

@@ -1,4 +1,4 @@
-package runtime
+package wire
 
 import (
 	"crypto/md5"
@@ -6,39 +6,37 @@ import (
 	"encoding/hex"
 )
 
-// IdempotencyKeyMetadata is the gRPC request metadata whose value, when
-// present, replaces the random part of the correlation id, so that a retried
-// call gets the same id.
-const IdempotencyKeyMetadata = "idempotency-key"
-
 // CorrelationID computes the correlation id of WIRE.md:
 //
 //	base + "-" + hex(md5("<service header>" + service + "<method header>" + method
 //	                     + "<reply-to header>" + replyTo + override values...))
 //
-// where the header names are the configured ones. base is the caller's
-// idempotency key, or a fresh random UUID when the caller sent none.
-func CorrelationID(names HeaderNames, base, service, method, replyTo string, overrides []Header) string {
-	return base + routeHash(names.withDefaults(), service, method, replyTo, overrides)
+// where the header names are the configured ones (empty fields of names
+// mean their defaults) and overrides are the values of the route's override
+// headers, in order. base is the caller's idempotency key, or a fresh random
+// UUID (NewUUID) when the caller sent none.
+func CorrelationID(names Names, base, service, method, replyTo string, overrides ...string) string {
+	return base + RouteHash(names.WithDefaults(), service, method, replyTo, overrides...)
 }
 
-// routeHash returns "-" + hex(md5(input)); it depends only on the route, so
-// the gateway computes it once per route.
-func routeHash(names HeaderNames, service, method, replyTo string, overrides []Header) string {
+// RouteHash returns "-" + hex(md5(input)), the part of a correlation id that
+// depends only on the route, so that a gateway computes it once per route.
+// names must be complete (Names.WithDefaults).
+func RouteHash(names Names, service, method, replyTo string, overrides ...string) string {
 	h := md5.New()
 	for _, s := range [...]string{names.Service, service, names.Method, method, names.ReplyTo, replyTo} {
 		h.Write([]byte(s))
 	}
 	for _, o := range overrides {
-		h.Write([]byte(o.Value))
+		h.Write([]byte(o))
 	}
 	var sum [md5.Size]byte
 	return "-" + hex.EncodeToString(h.Sum(sum[:0]))
 }
 
-// newUUID returns a random (version 4) UUID: 36 characters, lower case,
+// NewUUID returns a random (version 4) UUID: 36 characters, lower case,
 // hyphenated.
-func newUUID() string {
+func NewUUID() string {
 	var u [16]byte
 	_, _ = rand.Read(u[:]) // crypto/rand.Read never fails on supported platforms
 	u[6] = u[6]&0x0f | 0x40

@@ -1,4 +1,4 @@
-package runtime
+package wire
 
 import (
 	"bytes"
@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -32,7 +31,7 @@ func TestEventIDWorkedExample(t *testing.T) {
 	if len(back) != 2 || back[0] != id[0] || back[1] != id[1] {
 		t.Fatalf("DecodeEventID = %v, want %v", back, id)
 	}
-	if got := appendEventIDField(append([]byte{}, wireMessage...), DefaultEventIDField, wireID); !bytes.Equal(got, wireDelivered) {
+	if got := AppendEventIDField(append([]byte{}, wireMessage...), DefaultEventIDField, wireID); !bytes.Equal(got, wireDelivered) {
 		t.Fatalf("delivered = % x\nwant        % x", got, wireDelivered)
 	}
 	if tag := protowire.AppendTag(nil, DefaultEventIDField, protowire.BytesType); !bytes.Equal(tag, []byte{0xFA, 0xFF, 0x0F}) {
@@ -43,72 +42,9 @@ func TestEventIDWorkedExample(t *testing.T) {
 	}
 }
 
-// TestFetchCallEventID checks the id a fetch call writes from its progress,
-// with the hub's partitions and partitions carried from a resume id merged
-// in partition order.
-func TestFetchCallEventID(t *testing.T) {
-	c := &fetchCall{hub: &fanoutHub{parts: []int32{0, 1}}, next: []int64{2, 1}}
-	if got := c.appendID(nil); !bytes.Equal(got, wireID) {
-		t.Fatalf("appendID = % x, want % x", got, wireID)
-	}
-	c = &fetchCall{hub: &fanoutHub{parts: []int32{1, 3}}, next: []int64{10, 30},
-		foreign: EventID{{Partition: 0, Offset: 5}, {Partition: 2, Offset: 20}, {Partition: 7, Offset: 70}}}
-	id, err := DecodeEventID(c.appendID(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := EventID{{0, 5}, {1, 10}, {2, 20}, {3, 30}, {7, 70}}
-	if len(id) != len(want) {
-		t.Fatalf("id = %v, want %v", id, want)
-	}
-	for i := range want {
-		if id[i] != want[i] {
-			t.Fatalf("id = %v, want %v", id, want)
-		}
-	}
-}
-
-// TestCarrierPassesBytesThrough checks that the message a fetch sends
-// marshals to exactly the record's bytes plus the id field, and that a
-// client decoding it finds both the message and the id.
-func TestCarrierPassesBytesThrough(t *testing.T) {
-	carrier := carrierFor[wrapperspb.StringValue]()
-	m := carrier(wireDelivered)
-	if _, ok := m.(*wrapperspb.StringValue); !ok {
-		t.Fatalf("carrier type %T, want the response type", m)
-	}
-	got, err := proto.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, wireDelivered) {
-		t.Fatalf("marshalled % x\nwant        % x", got, wireDelivered)
-	}
-	var out wrapperspb.StringValue
-	if err := proto.Unmarshal(got, &out); err != nil {
-		t.Fatal(err)
-	}
-	if out.GetValue() != "Hello World" {
-		t.Fatalf("decoded %q", out.GetValue())
-	}
-	id, ok := EventIDFromMessage(&out, DefaultEventIDField)
-	if !ok || !bytes.Equal(id, wireID) {
-		t.Fatalf("EventIDFromMessage = % x, %v", id, ok)
-	}
-	if _, ok := EventIDFromMessage(&out, 1000); ok {
-		t.Fatal("found an id in field 1000")
-	}
-	// Empty carrier for types with required fields: same bytes.
-	e := &emptypb.Empty{}
-	e.ProtoReflect().SetUnknown(wireDelivered)
-	if b, _ := proto.Marshal(e); !bytes.Equal(b, wireDelivered) {
-		t.Fatalf("empty carrier marshalled % x", b)
-	}
-}
-
 func TestEventIDFromMessageTakesLast(t *testing.T) {
-	raw := appendEventIDField(append([]byte{}, wireMessage...), DefaultEventIDField, []byte{1, 0})
-	raw = appendEventIDField(raw, DefaultEventIDField, wireID)
+	raw := AppendEventIDField(append([]byte{}, wireMessage...), DefaultEventIDField, []byte{1, 0})
+	raw = AppendEventIDField(raw, DefaultEventIDField, wireID)
 	var m wrapperspb.StringValue
 	if err := proto.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
@@ -183,8 +119,8 @@ func TestValidWire(t *testing.T) {
 		{[]byte{0x08, 0x80}, false},      // truncated varint
 		{[]byte("not protobuf at all"), false},
 	} {
-		if got := validWire(tc.b); got != tc.want {
-			t.Errorf("validWire(% x) = %v, want %v", tc.b, got, tc.want)
+		if got := ValidWire(tc.b); got != tc.want {
+			t.Errorf("ValidWire(% x) = %v, want %v", tc.b, got, tc.want)
 		}
 	}
 }

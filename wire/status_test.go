@@ -1,0 +1,63 @@
+package wire
+
+import (
+	"strings"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestStatusHeadersRoundTrip(t *testing.T) {
+	names := DefaultNames()
+	st, err := status.New(codes.FailedPrecondition, "not yet").WithDetails(&errdetails.ErrorInfo{Reason: "WAIT"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := AppendStatus(nil, &names, st)
+	if v, _ := headerValue(hs, "zilla:status"); string(v) != "9" {
+		t.Fatalf("zilla:status = %q, want 9", v)
+	}
+	if v, _ := headerValue(hs, "zilla:message"); string(v) != "not yet" {
+		t.Fatalf("zilla:message = %q", v)
+	}
+	back := decodeOf(&names, hs).Status()
+	if !proto.Equal(back.Proto(), st.Proto()) {
+		t.Fatalf("status = %v, want %v", back.Proto(), st.Proto())
+	}
+}
+
+func TestStatusFromHeaders(t *testing.T) {
+	names := DefaultNames()
+	h := func(kv ...string) []Header {
+		var hs []Header
+		for i := 0; i < len(kv); i += 2 {
+			hs = append(hs, Header{Key: kv[i], Value: []byte(kv[i+1])})
+		}
+		return hs
+	}
+	if st := decodeOf(&names, nil).Status(); st != nil {
+		t.Errorf("no status header = %v, want OK", st)
+	}
+	if st := decodeOf(&names, h("zilla:status", "0")).Status(); st != nil {
+		t.Errorf("status 0 = %v, want OK", st)
+	}
+	if st := decodeOf(&names, h("zilla:status", "5", "zilla:message", "gone")).Status(); st.Code() != codes.NotFound || st.Message() != "gone" {
+		t.Errorf("status 5 = %v", st)
+	}
+	st := decodeOf(&names, h("zilla:status", "abc")).Status()
+	if st.Code() != codes.Unknown || !strings.Contains(st.Message(), `"abc"`) {
+		t.Errorf("malformed status = %v, want UNKNOWN naming the value", st)
+	}
+	if st := decodeOf(&names, h("zilla:status", "-1")).Status(); st.Code() != codes.Unknown {
+		t.Errorf("negative status = %v, want UNKNOWN", st)
+	}
+}
+
+// decodeOf decodes the headers of an end-of-stream record.
+func decodeOf(names *Names, hs []Header) *Envelope {
+	e := Decode(names, hs, nil)
+	return &e
+}
