@@ -27,7 +27,7 @@ type HeaderNames struct {
 	// record (extension). Default "trailer:".
 	TrailerPrefix string
 	// Identity carries the caller's identity when the gateway has
-	// WithIdentity. Default "zilla:identity".
+	// GatewayIdentity. Default "zilla:identity".
 	Identity string
 }
 
