@@ -73,7 +73,7 @@ func newRPCEnv(front, back kafkaclient.Client, prefix string, log *slog.Logger, 
 		return nil, err
 	}
 	mapper := runtime.WithTopicMapper(func(t string) string { return prefix + t })
-	wopts := []runtime.WorkerOption{mapper, runtime.WithLogger(log), runtime.WithGroupID(prefix + "workers")}
+	wopts := []runtime.WorkerOption{mapper, runtime.WithLogger(log), runtime.WorkerGroupID(prefix + "workers")}
 	for _, o := range opts {
 		wopts = append(wopts, o)
 	}

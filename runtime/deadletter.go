@@ -11,7 +11,7 @@ import (
 )
 
 // Headers a worker adds to the records it copies to its dead-letter topic
-// (WithDeadLetterTopic), after the request's own headers.
+// (WorkerDeadLetterTopic), after the request's own headers.
 const (
 	// wire.DeadLetterTopic names the request topic the record came from.
 	DeadLetterTopic = "dead-letter:topic"

@@ -64,7 +64,7 @@ func setupWrapped(t testing.TB, wrap func(prefix string, kc kafkaclient.Client) 
 	if wrap != nil {
 		wkc = wrap(prefix, kc)
 	}
-	worker := runtime.NewWorker(wkc, append([]runtime.WorkerOption{mapper, logger, runtime.WithGroupID(prefix + "workers")}, wopts...)...)
+	worker := runtime.NewWorker(wkc, append([]runtime.WorkerOption{mapper, logger, runtime.WorkerGroupID(prefix + "workers")}, wopts...)...)
 	if err := register(worker); err != nil {
 		t.Fatal(err)
 	}

@@ -16,10 +16,10 @@ import (
 func TestExactlyOnce(t *testing.T) {
 	impl := &counting{}
 	e := setupWith(t, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) },
-		runtime.WithExactlyOnce(kafkatest.Unique("txn-")))
+		runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
 	// A gateway reading only committed replies.
 	gw := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
-		runtime.WithLogger(kafkatest.Logger(t)), runtime.WithReadCommitted())
+		runtime.WithLogger(kafkatest.Logger(t)), runtime.GatewayReadCommitted())
 	t.Cleanup(func() { _ = gw.Close() })
 	client := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
 		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
@@ -52,8 +52,8 @@ func TestExactlyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	next := runtime.NewWorker(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
-		runtime.WithLogger(kafkatest.Logger(t)), runtime.WithGroupID(e.worker.GroupID()),
-		runtime.WithExactlyOnce(kafkatest.Unique("txn-")))
+		runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(e.worker.GroupID()),
+		runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
 	if err := echov1.RegisterEchoServiceKafkaWorker(next, impl); err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestExactlyOnce(t *testing.T) {
 }
 
 func TestExactlyOnceNeedsTransactions(t *testing.T) {
-	w := runtime.NewWorker(noTxnClient{}, runtime.WithExactlyOnce("id"))
+	w := runtime.NewWorker(noTxnClient{}, runtime.WorkerExactlyOnce("id"))
 	if err := echov1.RegisterEchoServiceKafkaWorker(w, &counting{}); err != nil {
 		t.Fatal(err)
 	}

@@ -18,22 +18,22 @@ import (
 //   - One hub per fetched topic per gateway, started by the topic's first
 //     caller and read until the gateway closes: one Kafka reader over every
 //     partition the topic has when the hub starts (partitions added later
-//     are not read until the gateway restarts), starting WithFetchPreload
+//     are not read until the gateway restarts), starting GatewayFetchPreload
 //     records before the end of each partition.
 //   - The hub keeps a window of the records it read last, bounded in bytes
-//     (WithFetchWindow). A record is kept once, however many callers read
+//     (GatewayFetchWindow). A record is kept once, however many callers read
 //     it; each caller has a cursor into the window and its own progress (the
 //     next offset of every partition), which is its event id.
 //   - A caller starting (from the earliest record) or resuming (after its
 //     event id) at a position the window covers reads the window. One whose
 //     position is older gets a catch-up reader of its own (at most
-//     WithFetchCatchUpReaders at once), which reads Kafka from its position
+//     GatewayFetchCatchUpReaders at once), which reads Kafka from its position
 //     until every partition of the caller is inside the window and not past
 //     what the hub read; the caller then continues in the window from the
 //     oldest record it has not received, skipping what it already has: no
 //     gap, no repeat.
 //   - Callers never slow the hub down: a caller that falls behind (see
-//     WithFetchMaxLag) or whose next record left the window is ended with
+//     GatewayFetchMaxLag) or whose next record left the window is ended with
 //     UNAVAILABLE and the id to resume with. A caller holds no records of
 //     its own beyond the batch it is sending, so memory is the window plus a
 //     few KiB per caller.
@@ -72,9 +72,9 @@ type fanoutCounters struct {
 	invalid   atomic.Uint64
 }
 
-// newFanout returns the fetch side of g, with the fetch settings among opts.
-func newFanout(g *Gateway, opts []GatewayOption) *fanout {
-	cfg := fanoutConfigOf(opts)
+// newFanout returns the fetch side of g, with its fetch settings.
+func newFanout(g *Gateway) *fanout {
+	cfg := g.cfg.fetch
 	return &fanout{g: g, cfg: cfg, catchUp: make(chan struct{}, cfg.catchUpReaders), hubs: map[string]*hubSlot{}}
 }
 

@@ -373,13 +373,13 @@ func serveMem(tb testing.TB, mem *memBroadcast) string {
 // and one raw Kafka reader (the same client library, no gateway, no gRPC)
 // reading and decoding the same records: records per second of each and
 // their ratio (fetch over raw). The gateway preloads nothing
-// (WithFetchPreload(0)), so that the fetch reads Kafka too, with a catch-up
+// (GatewayFetchPreload(0)), so that the fetch reads Kafka too, with a catch-up
 // reader, as the raw reader does.
 //
 // Run: go test -run '^$' -bench FetchVsRawReader -benchtime 50000x ./runtime/
 func BenchmarkFetchVsRawReader(b *testing.B) {
 	total := max(b.N, 1000)
-	e := setupFanout(b, kafkarpc.WithFetchPreload(0))
+	e := setupFanout(b, kafkarpc.GatewayFetchPreload(0))
 	e.produce(b, e.topic, total, 7, 100)
 	ctx := context.Background()
 	readFetch := func() time.Duration {

@@ -292,7 +292,7 @@ func (c *fetchCall) handOverLocked() (uint64, bool) {
 
 // follow delivers the window's records from the caller's cursor, waiting
 // for more at its end, until the caller goes, falls behind (see
-// WithFetchMaxLag), or the gateway closes.
+// GatewayFetchMaxLag), or the gateway closes.
 func (c *fetchCall) follow() error {
 	h := c.hub
 	maxLag := c.f.cfg.lag()

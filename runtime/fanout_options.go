@@ -9,10 +9,10 @@ import (
 // Defaults of the fetch (fanout) settings of a Gateway.
 const (
 	// DefaultFetchWindowBytes is the size of each fetched topic's in-memory
-	// window of recent records (WithFetchWindow).
+	// window of recent records (GatewayFetchWindow).
 	DefaultFetchWindowBytes = 64 << 20
 	// DefaultFetchCatchUpReaders bounds the catch-up readers open at once
-	// (WithFetchCatchUpReaders).
+	// (GatewayFetchCatchUpReaders).
 	DefaultFetchCatchUpReaders = 16
 )
 
@@ -42,36 +42,18 @@ func (c *fanoutConfig) lag() int64 {
 	return c.maxLagBytes
 }
 
-// fanoutOption is a GatewayOption about fetch methods. The gateway's own
-// configuration does not hold these settings: NewGateway hands its options
-// to newFanout, which picks these out.
-type fanoutOption func(*fanoutConfig)
-
-func (fanoutOption) applyGateway(*gatewayConfig) {}
-
-// fanoutConfigOf returns the fetch settings among opts.
-func fanoutConfigOf(opts []GatewayOption) fanoutConfig {
-	c := defaultFanoutConfig()
-	for _, o := range opts {
-		if f, ok := o.(fanoutOption); ok {
-			f(&c)
-		}
-	}
-	return c
-}
-
-// WithFetchWindow sets the size of the in-memory window each fetched topic
+// GatewayFetchWindow sets the size of the in-memory window each fetched topic
 // keeps of its most recent records, shared by every caller of the topic on
 // this gateway: a caller starting or resuming inside the window is served
 // from memory; one resuming from further back reads Kafka with a catch-up
 // reader of its own until it reaches the window. The size counts record
 // keys, values and headers plus about 100 bytes of bookkeeping per record.
 // Default DefaultFetchWindowBytes (64 MiB) per topic.
-func WithFetchWindow(bytes int) GatewayOption {
-	return fanoutOption(func(c *fanoutConfig) { c.windowBytes = max(int64(bytes), 1) })
+func GatewayFetchWindow(bytes int) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.fetch.windowBytes = max(int64(bytes), 1) })
 }
 
-// WithFetchMaxLag bounds how much further a fetch caller may fall behind
+// GatewayFetchMaxLag bounds how much further a fetch caller may fall behind
 // the newest record the gateway read than it ever was since it joined the
 // shared reader, in window bytes (records the caller's filters skip count
 // too): a caller that stops reading, or reads more slowly than records
@@ -82,28 +64,28 @@ func WithFetchWindow(bytes int) GatewayOption {
 // too. Laggards never delay the others, and hold no records of their own:
 // the gateway's memory does not grow with them. Values above the window size
 // are capped to it. Default: the window size.
-func WithFetchMaxLag(bytes int) GatewayOption {
-	return fanoutOption(func(c *fanoutConfig) { c.maxLagBytes = int64(bytes) })
+func GatewayFetchMaxLag(bytes int) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.fetch.maxLagBytes = int64(bytes) })
 }
 
-// WithFetchCatchUpReaders bounds the catch-up readers (one Kafka reader per
+// GatewayFetchCatchUpReaders bounds the catch-up readers (one Kafka reader per
 // caller resuming from before the window) open at once on this gateway;
 // further such callers wait for one to finish catching up. Default
 // DefaultFetchCatchUpReaders (16).
-func WithFetchCatchUpReaders(n int) GatewayOption {
-	return fanoutOption(func(c *fanoutConfig) { c.catchUpReaders = max(n, 1) })
+func GatewayFetchCatchUpReaders(n int) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.fetch.catchUpReaders = max(n, 1) })
 }
 
-// WithFetchKeyMetadata sets the request metadata whose value, when a fetch
+// GatewayFetchKeyMetadata sets the request metadata whose value, when a fetch
 // caller sends it, limits the caller's stream to the records with that key
 // (on top of the method's filters). Default wire.IdempotencyKeyMetadata
 // ("idempotency-key"), as Zilla does; an empty name turns the per-caller
 // filter off.
-func WithFetchKeyMetadata(name string) GatewayOption {
-	return fanoutOption(func(c *fanoutConfig) { c.keyMetadata = strings.ToLower(name) })
+func GatewayFetchKeyMetadata(name string) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.fetch.keyMetadata = strings.ToLower(name) })
 }
 
-// WithFetchPreload sets how many of each partition's most recent records
+// GatewayFetchPreload sets how many of each partition's most recent records
 // a fetched topic's shared reader reads first, when the first caller of the
 // topic arrives (it starts at that many records before the end, or at the
 // earliest retained record if there are fewer): callers starting or resuming
@@ -113,8 +95,8 @@ func WithFetchKeyMetadata(name string) GatewayOption {
 // as many as the window would hold at 1 KiB a record, i.e. window / 1 KiB /
 // partitions, which for a topic whose retention fits the window is all of
 // it.
-func WithFetchPreload(records int) GatewayOption {
-	return fanoutOption(func(c *fanoutConfig) { c.preload = records })
+func GatewayFetchPreload(records int) GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.fetch.preload = records })
 }
 
 // preloadOf returns the records per partition to preload for a topic of

@@ -28,6 +28,7 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/fetchclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	routingv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/routing/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
@@ -469,7 +470,7 @@ func TestFetchThousandCallers(t *testing.T) {
 // from, and resuming with it delivers the rest exactly once.
 func TestFetchStuckCallerDoesNotDelayOthers(t *testing.T) {
 	const others, total, size = 10, 2000, 1000 // 2 MB of records
-	e := setupFanout(t, runtime.WithFetchWindow(4<<20), runtime.WithFetchMaxLag(256<<10))
+	e := setupFanout(t, runtime.GatewayFetchWindow(4<<20), runtime.GatewayFetchMaxLag(256<<10))
 	ctx := ctxFor(t, 2*time.Minute)
 	// A small fixed flow-control window, so that the stuck caller's
 	// connection buffers 64 KiB rather than growing to megabytes.
@@ -583,7 +584,7 @@ func TestFetchStuckCallerDoesNotDelayOthers(t *testing.T) {
 func TestFetchCatchUpHandOver(t *testing.T) {
 	const total = 10000
 	// A 64 KiB window holds about 400 of these records.
-	e := setupFanout(t, runtime.WithFetchWindow(64<<10))
+	e := setupFanout(t, runtime.GatewayFetchWindow(64<<10))
 	ctx := ctxFor(t, 3*time.Minute)
 	e.produce(t, e.topic, 4000, 7, 60)
 	// A first stream reads a few records and goes away.
@@ -815,16 +816,16 @@ func TestFetchSkipsRecordsCallersCannotDecode(t *testing.T) {
 // comes back on the same address, and delivers every record once, in order.
 func TestFetchClientResumes(t *testing.T) {
 	const part, size = 1000, 1000
-	e := setupFanout(t, runtime.WithFetchWindow(4<<20), runtime.WithFetchMaxLag(256<<10))
+	e := setupFanout(t, runtime.GatewayFetchWindow(4<<20), runtime.GatewayFetchMaxLag(256<<10))
 	ctx := ctxFor(t, 2*time.Minute)
 	// A fixed 64 KiB flow-control window, so that a client that stops
 	// reading stops the gateway's sends soon.
 	conn := echov1.NewEchoServiceClient(dialFanout(t, e.addr, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10)))
 	var retries atomic.Int32
-	sub := runtime.NewFetchClient(ctx, conn.EchoEvents,
-		runtime.WithFetchBackoff(5*time.Millisecond, 50*time.Millisecond),
-		runtime.WithFetchCallOptions(grpc.WaitForReady(true)),
-		runtime.WithFetchRetryHook(func(int, error) { retries.Add(1) }))
+	sub := fetchclient.New(ctx, conn.EchoEvents,
+		fetchclient.WithBackoff(5*time.Millisecond, 50*time.Millisecond),
+		fetchclient.WithCallOptions(grpc.WaitForReady(true)),
+		fetchclient.WithRetryHook(func(int, error) { retries.Add(1) }))
 	defer sub.Close()
 	tr := newTracker(t)
 	recv := func(upTo int) {
@@ -882,12 +883,12 @@ func TestFetchClientResumes(t *testing.T) {
 func TestFetchClientStopsOnNonRetryable(t *testing.T) {
 	e := setupFanout(t)
 	ctx := ctxFor(t, 30*time.Second)
-	sub := runtime.NewFetchClient(ctx, e.echo.EchoEvents, runtime.WithFetchResume([]byte{9, 9}))
+	sub := fetchclient.New(ctx, e.echo.EchoEvents, fetchclient.WithResume([]byte{9, 9}))
 	if _, err := sub.Recv(); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("Recv = %v, want INVALID_ARGUMENT", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	sub = runtime.NewFetchClient(cctx, e.echo.EchoEvents)
+	sub = fetchclient.New(cctx, e.echo.EchoEvents)
 	done := make(chan error, 1)
 	go func() {
 		_, err := sub.Recv()

@@ -70,7 +70,7 @@ func NewGateway(client kafkaclient.Client, opts ...GatewayOption) *Gateway {
 		metric.WithDescription("Reply records whose correlation id matched no call in flight here."))
 	empty := map[*MethodSpec]*methodPrep{}
 	g.preps.Store(&empty)
-	g.fanout = newFanout(g, opts)
+	g.fanout = newFanout(g)
 	registerFetchMetrics(meter, g)
 	return g
 }

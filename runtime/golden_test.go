@@ -63,7 +63,7 @@ func TestGoldenRoutingService(t *testing.T) {
 	logger := runtime.WithLogger(kafkatest.Logger(t))
 
 	impl := &routing{notified: make(chan string, 1)}
-	worker := runtime.NewWorker(kc, mapper, logger, runtime.WithGroupID(prefix+"w"))
+	worker := runtime.NewWorker(kc, mapper, logger, runtime.WorkerGroupID(prefix+"w"))
 	if err := routingv1.RegisterRoutingServiceKafkaWorker(worker, impl); err != nil {
 		t.Fatal(err)
 	}

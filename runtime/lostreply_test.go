@@ -268,7 +268,7 @@ func TestFailedDeadLetterIsNoLostReply(t *testing.T) {
 	impl := &counting{fail: codes.Unavailable}
 	e := setupWrapped(t, func(p string, kc kafkaclient.Client) kafkaclient.Client {
 		return &failTopic{Client: kc, topic: p + "dlq"}
-	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) }, runtime.WithDeadLetterTopic("dlq"))
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) }, runtime.WorkerDeadLetterTopic("dlq"))
 	_, err := e.echo.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "poison"})
 	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "try later" {
 		t.Fatalf("caller got %v, want the handler's UNAVAILABLE", err)

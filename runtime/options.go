@@ -51,7 +51,7 @@ func defaultCommon() common {
 }
 
 // WithHeaderNames sets the wire header names; empty fields keep their
-// defaults (DefaultHeaderNames). Both halves of a deployment must agree.
+// defaults (wire.DefaultNames). Both halves of a deployment must agree.
 func WithHeaderNames(n wire.Names) Option {
 	n = n.WithDefaults()
 	return bothOption{
@@ -91,6 +91,7 @@ type gatewayConfig struct {
 	shardIndex       int
 	shardCount       int
 	readCommitted    bool
+	fetch            fanoutConfig
 }
 
 func defaultGatewayConfig() gatewayConfig {
@@ -100,52 +101,53 @@ func defaultGatewayConfig() gatewayConfig {
 		setupTimeout:     30 * time.Second,
 		replyBufferBytes: 64 << 20,
 		cancelAfterEnd:   true,
+		fetch:            defaultFanoutConfig(),
 	}
 }
 
-// WithDeniedMetadata replaces the list of request metadata names that are
+// GatewayDeniedMetadata replaces the list of request metadata names that are
 // never written to Kafka. Default DefaultDeniedMetadata (credentials).
 // Transport metadata (pseudo-headers, content-type, te, user-agent, grpc-*)
 // is never written, whatever this list says.
-func WithDeniedMetadata(names ...string) GatewayOption {
+func GatewayDeniedMetadata(names ...string) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.denied = names })
 }
 
-// WithAllowedMetadata makes the request metadata written to Kafka an allow
+// GatewayAllowedMetadata makes the request metadata written to Kafka an allow
 // list: only the names given (still never transport metadata), plus those
 // the worker needs from the gateway: wire.IdempotencyKeyMetadata and the fields of
 // the trace propagator (WithPropagator; traceparent and tracestate by
-// default). It replaces the deny list of WithDeniedMetadata. Default: no
+// default). It replaces the deny list of GatewayDeniedMetadata. Default: no
 // allow list.
-func WithAllowedMetadata(names ...string) GatewayOption {
+func GatewayAllowedMetadata(names ...string) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.allowed = append([]string{}, names...) })
 }
 
-// WithIdentity writes the caller's identity on every request record, in the
+// GatewayIdentity writes the caller's identity on every request record, in the
 // wire.Names.Identity header ("zilla:identity", as Zilla writes it), placed
 // after zilla:reply-to and before zilla:correlation-id. identify reads it from
 // the call's context, typically what an authentication interceptor or the
 // TLS peer put there; false writes no header. Workers hand it to handlers
 // through IdentityFromContext. Default: no identity header.
-func WithIdentity(identify func(ctx context.Context) (string, bool)) GatewayOption {
+func GatewayIdentity(identify func(ctx context.Context) (string, bool)) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.identity = identify })
 }
 
-// WithSetupTimeout bounds the Kafka look-ups of AddService (partitions and end
+// GatewaySetupTimeout bounds the Kafka look-ups of AddService (partitions and end
 // offsets of each reply topic). Default 30 s.
-func WithSetupTimeout(d time.Duration) GatewayOption {
+func GatewaySetupTimeout(d time.Duration) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.setupTimeout = d })
 }
 
-// WithReplyBufferBytes bounds the reply bytes buffered for one call whose
+// GatewayReplyBufferBytes bounds the reply bytes buffered for one call whose
 // caller reads more slowly than the replies arrive; past it the call ends with
 // RESOURCE_EXHAUSTED instead of growing memory or stalling other calls.
 // Default 64 MiB.
-func WithReplyBufferBytes(n int) GatewayOption {
+func GatewayReplyBufferBytes(n int) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.replyBufferBytes = n })
 }
 
-// WithReplyShard makes this gateway instance one of count, numbered index
+// GatewayReplyShard makes this gateway instance one of count, numbered index
 // (0 to count-1), that share the reply topics: it reads only the reply
 // partitions p with p % count == index, and picks each call's correlation id
 // (a fresh random UUID, redrawn as needed) so that the worker's reply, keyed
@@ -157,17 +159,24 @@ func WithReplyBufferBytes(n int) GatewayOption {
 // partition too (from its end offset, looked up before the request is sent)
 // and keeps reading it. A reply topic needs at least count partitions.
 // Default: one instance reading every reply partition.
-func WithReplyShard(index, count int) GatewayOption {
+func GatewayReplyShard(index, count int) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.shardIndex, c.shardCount = index, count })
 }
 
-// WithCancelRecord controls what the gateway writes when a caller cancels
+// GatewayCancelRecord controls what the gateway writes when a caller cancels
 // after its request stream already ended (always the case for unary and
 // server-streaming calls): with true (the default) one more end-of-stream
 // record carrying zilla:status=1, so that a worker built here cancels the
 // handler; with false nothing, as Zilla does.
-func WithCancelRecord(on bool) GatewayOption {
+func GatewayCancelRecord(on bool) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.cancelAfterEnd = on })
+}
+
+// GatewayReadCommitted makes the gateway read replies with read_committed
+// isolation, for workers that use WorkerExactlyOnce. Default: off
+// (read_uncommitted, which shows replies as soon as they are written).
+func GatewayReadCommitted() GatewayOption {
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.readCommitted = true })
 }
 
 type workerConfig struct {
@@ -202,12 +211,12 @@ func defaultWorkerConfig() workerConfig {
 	}
 }
 
-// WithRetries lets the worker run a failed handler again, up to maxAttempts
+// WorkerRetries lets the worker run a failed handler again, up to maxAttempts
 // times in all, when it fails with one of codes (default UNAVAILABLE,
 // ABORTED, RESOURCE_EXHAUSTED) or panics, and has sent no reply yet. Attempts
 // are spaced by an exponential back-off from 100 ms, bounded by the call's
 // deadline. Default: one attempt, no retry.
-func WithRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
+func WorkerRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) {
 		c.maxAttempts = max(maxAttempts, 1)
 		if len(codes) > 0 {
@@ -216,21 +225,21 @@ func WithRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 	})
 }
 
-// WithDeadLetterTopic sends poison requests to topic: a call whose request
+// WorkerDeadLetterTopic sends poison requests to topic: a call whose request
 // cannot be decoded (at once), or whose handler failed or panicked on every
-// one of its WithRetries attempts, has its request records copied there with
+// one of its WorkerRetries attempts, has its request records copied there with
 // headers saying where they came from and why (see DeadLetterHeaders); the
 // caller still gets the final status. The topic goes through the topic mapper
 // (WithTopicMapper) and must exist. Default: none.
-func WithDeadLetterTopic(topic string) WorkerOption {
+func WorkerDeadLetterTopic(topic string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.deadLetterTopic = topic })
 }
 
-// WithExactlyOnce makes the worker consume, reply and commit inside Kafka
+// WorkerExactlyOnce makes the worker consume, reply and commit inside Kafka
 // transactions (the client must implement kafkaclient.TxnClient, as
 // confluent.Client does): a call's replies and the committed offset of its
-// request become visible together, at the next commit (WithCommitInterval), or
-// not at all. Gateways must then read replies with WithReadCommitted, so that
+// request become visible together, at the next commit (WorkerCommitInterval), or
+// not at all. Gateways must then read replies with GatewayReadCommitted, so that
 // they never see the replies of a transaction that was aborted (a worker that
 // crashed): the request is served again and answered once. A call's replies
 // are produced together when it ends, so a server stream arrives as one
@@ -241,18 +250,11 @@ func WithDeadLetterTopic(topic string) WorkerOption {
 // restarts, e.g. "orders-worker-" + the pod's ordinal. A failed transaction
 // stops the worker (Err reports why); its partitions move to the other
 // members, which serve the uncommitted requests again. Default: off.
-func WithExactlyOnce(transactionalID string) WorkerOption {
+func WorkerExactlyOnce(transactionalID string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.transactionalID = transactionalID; c.readCommitted = true })
 }
 
-// WithReadCommitted makes the gateway read replies with read_committed
-// isolation, for workers that use WithExactlyOnce. Default: off
-// (read_uncommitted, which shows replies as soon as they are written).
-func WithReadCommitted() GatewayOption {
-	return gatewayOptionFunc(func(c *gatewayConfig) { c.readCommitted = true })
-}
-
-// WithIdempotencyWindow sets how long a worker remembers the replies of a
+// WorkerIdempotencyWindow sets how long a worker remembers the replies of a
 // call made with an idempotency-key: a request with the same correlation id
 // (same key, same route) arriving within d of the first one's end does not
 // run the handler again; it gets the stored replies. Calls that ended
@@ -261,45 +263,45 @@ func WithReadCommitted() GatewayOption {
 // replies; the oldest are forgotten first. Past the window, or once
 // forgotten, or on another worker instance (the memory is per process), a
 // duplicate runs again. Defaults: 10 minutes, 64 MiB. d = 0 turns it off.
-func WithIdempotencyWindow(d time.Duration, maxBytes int) WorkerOption {
+func WorkerIdempotencyWindow(d time.Duration, maxBytes int) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.idemWindow, c.idemMaxBytes = d, maxBytes })
 }
 
-// WithGroupID sets the consumer group the worker joins. Default
+// WorkerGroupID sets the consumer group the worker joins. Default
 // "kafkarpc-<first registered service>", e.g.
 // "kafkarpc-example.echo.v1.EchoService". To share the load with a Zilla
 // kafka-grpc binding, use its format "zilla:<namespace>-<binding>".
-func WithGroupID(id string) WorkerOption {
+func WorkerGroupID(id string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.groupID = id })
 }
 
-// WithMaxConcurrentCalls bounds the handlers running at once; further calls
+// WorkerMaxConcurrentCalls bounds the handlers running at once; further calls
 // wait for a slot. Default 1024.
-func WithMaxConcurrentCalls(n int) WorkerOption {
+func WorkerMaxConcurrentCalls(n int) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.maxConcurrent = max(n, 1) })
 }
 
-// WithUnaryInterceptor runs i around every unary handler, as
+// WorkerUnaryInterceptor runs i around every unary handler, as
 // grpc.UnaryInterceptor does on a grpc.Server. Default none.
-func WithUnaryInterceptor(i grpc.UnaryServerInterceptor) WorkerOption {
+func WorkerUnaryInterceptor(i grpc.UnaryServerInterceptor) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.unaryInterceptor = i })
 }
 
-// WithStreamInterceptor runs i around every streaming handler, as
+// WorkerStreamInterceptor runs i around every streaming handler, as
 // grpc.StreamInterceptor does on a grpc.Server. Default none.
-func WithStreamInterceptor(i grpc.StreamServerInterceptor) WorkerOption {
+func WorkerStreamInterceptor(i grpc.StreamServerInterceptor) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.streamInterceptor = i })
 }
 
-// WithRevokeTimeout bounds how long a worker losing partitions in a rebalance
+// WorkerRevokeTimeout bounds how long a worker losing partitions in a rebalance
 // waits for the calls of those partitions that have all their input to
 // finish. Default 10 s.
-func WithRevokeTimeout(d time.Duration) WorkerOption {
+func WorkerRevokeTimeout(d time.Duration) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.revokeTimeout = d })
 }
 
-// WithCommitInterval sets the least time between two offset commits.
+// WorkerCommitInterval sets the least time between two offset commits.
 // Default 50 ms.
-func WithCommitInterval(d time.Duration) WorkerOption {
+func WorkerCommitInterval(d time.Duration) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.commitInterval = d })
 }

@@ -56,12 +56,12 @@ type proxyConfig struct {
 	maxBackoff   time.Duration
 }
 
-// WithProxyRetry bounds the retries of a call the target refused with
+// ProxyRetry bounds the retries of a call the target refused with
 // UNAVAILABLE before accepting it: attempts go on with exponential back-off
 // (first, doubling up to max, with full jitter) until the call's deadline, or
 // for d when the caller set no deadline. Defaults: d 30 s, first 50 ms, max
 // 2 s.
-func WithProxyRetry(d, first, max time.Duration) ProxyOption {
+func ProxyRetry(d, first, max time.Duration) ProxyOption {
 	return proxyOptionFunc(func(c *proxyConfig) { c.retryFor, c.firstBackoff, c.maxBackoff = d, first, max })
 }
 
@@ -71,7 +71,7 @@ func WithProxyRetry(d, first, max time.Duration) ProxyOption {
 // addition to those of registered services). Request metadata, response
 // headers, trailers and status map as they do for an implementation. A target
 // that answers UNAVAILABLE before it accepted the call is retried (see
-// WithProxyRetry); once it accepted the call, its status is final. Must be
+// ProxyRetry); once it accepted the call, its status is final. Must be
 // called before Start.
 func (w *Worker) RegisterProxy(cc grpc.ClientConnInterface, topics []string, opts ...ProxyOption) error {
 	if len(topics) == 0 {

@@ -27,7 +27,7 @@ func setupProxy(t *testing.T, addr string) *env {
 	}
 	t.Cleanup(func() { _ = cc.Close() })
 	return setupWith(t, func(w *runtime.Worker) error {
-		return w.RegisterProxy(cc, []string{"echo-requests"}, runtime.WithProxyRetry(30*time.Second, 10*time.Millisecond, 200*time.Millisecond))
+		return w.RegisterProxy(cc, []string{"echo-requests"}, runtime.ProxyRetry(30*time.Second, 10*time.Millisecond, 200*time.Millisecond))
 	})
 }
 

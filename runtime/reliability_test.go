@@ -106,7 +106,7 @@ func TestRetriesThenDeadLetter(t *testing.T) {
 	impl := &counting{fail: codes.Unavailable}
 	e := setupWith(t, func(w *runtime.Worker) error {
 		return echov1.RegisterEchoServiceKafkaWorker(w, impl)
-	}, runtime.WithRetries(3), runtime.WithDeadLetterTopic("dlq"))
+	}, runtime.WorkerRetries(3), runtime.WorkerDeadLetterTopic("dlq"))
 	kafkatest.CreateTopics(t, e.kc, 1, e.topic("dlq"))
 	dead := watchReplies(t, e.kc, e.topic("dlq"))
 	ctx := ctxFor(t, 60*time.Second)
@@ -144,7 +144,7 @@ func TestUndecodableGoesToDeadLetterAtOnce(t *testing.T) {
 	impl := &counting{}
 	e := setupWith(t, func(w *runtime.Worker) error {
 		return echov1.RegisterEchoServiceKafkaWorker(w, impl)
-	}, runtime.WithRetries(5), runtime.WithDeadLetterTopic("dlq"))
+	}, runtime.WorkerRetries(5), runtime.WorkerDeadLetterTopic("dlq"))
 	kafkatest.CreateTopics(t, e.kc, 1, e.topic("dlq"))
 	dead := watchReplies(t, e.kc, e.topic("dlq"))
 	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
@@ -194,7 +194,7 @@ func TestSameKeyCallsRunInOrder(t *testing.T) {
 	}
 	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
 	impl := &ordered{started: make(chan string, 2), release: make(chan struct{})}
-	worker := runtime.NewWorker(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)), runtime.WithGroupID(prefix+"w"))
+	worker := runtime.NewWorker(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(prefix+"w"))
 	if err := routingv1.RegisterRoutingServiceKafkaWorker(worker, impl); err != nil {
 		t.Fatal(err)
 	}

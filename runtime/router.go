@@ -28,13 +28,13 @@ type replyRouter struct {
 	read      atomic.Uint64
 
 	partitions int32 // of the reply topic, when the router was started
-	sharded    bool  // reads only some partitions (WithReplyShard)
+	sharded    bool  // reads only some partitions (GatewayReplyShard)
 	ownMu      sync.Mutex
 	owned      map[int32]bool // partitions read
 }
 
 // startReplyRouter assigns a reader to the partitions of topic this gateway
-// reads (all, unless WithReplyShard), each at its current end offset looked up
+// reads (all, unless GatewayReplyShard), each at its current end offset looked up
 // explicitly: assigning at the logical end would race with the first request
 // and lose its reply.
 func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRouter, error) {

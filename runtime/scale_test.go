@@ -23,7 +23,7 @@ import (
 func startWorker(t *testing.T, e *env, impl echov1.EchoServiceServer) *runtime.Worker {
 	t.Helper()
 	w := runtime.NewWorker(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
-		runtime.WithLogger(kafkatest.Logger(t)), runtime.WithGroupID(e.worker.GroupID()))
+		runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(e.worker.GroupID()))
 	if err := echov1.RegisterEchoServiceKafkaWorker(w, impl); err != nil {
 		t.Fatal(err)
 	}

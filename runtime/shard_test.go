@@ -17,7 +17,7 @@ import (
 )
 
 // TestReplyShardsReadAThirdEach runs three gateway instances sharing the
-// reply topic with WithReplyShard and measures the fraction of the reply
+// reply topic with GatewayReplyShard and measures the fraction of the reply
 // records each one reads.
 func TestReplyShardsReadAThirdEach(t *testing.T) {
 	e := setup(t, echoserver.Server{})
@@ -27,7 +27,7 @@ func TestReplyShardsReadAThirdEach(t *testing.T) {
 	for i := range n {
 		kc := kafkatest.NewClient(t, e.brokers) // a process of its own, as far as Kafka can tell
 		gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
-			runtime.WithLogger(kafkatest.Logger(t)), runtime.WithReplyShard(i, n))
+			runtime.WithLogger(kafkatest.Logger(t)), runtime.GatewayReplyShard(i, n))
 		t.Cleanup(func() { _ = gw.Close() })
 		gws[i] = gw
 		clients[i] = echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {

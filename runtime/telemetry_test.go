@@ -41,7 +41,7 @@ func TestTraceSpansBothKafkaHops(t *testing.T) {
 	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
 	opts := []runtime.Option{runtime.WithTopicMapper(func(s string) string { return prefix + s }),
 		runtime.WithLogger(kafkatest.Logger(t)), runtime.WithTracerProvider(tp), runtime.WithPropagator(prop)}
-	worker := runtime.NewWorker(kc, append([]runtime.WorkerOption{runtime.WithGroupID(prefix + "w")}, asWorker(opts)...)...)
+	worker := runtime.NewWorker(kc, append([]runtime.WorkerOption{runtime.WorkerGroupID(prefix + "w")}, asWorker(opts)...)...)
 	if err := echov1.RegisterEchoServiceKafkaWorker(worker, handlerSpan{}); err != nil {
 		t.Fatal(err)
 	}
@@ -264,12 +264,12 @@ func TestCredentialsStayOutOfKafka(t *testing.T) {
 		present bool
 	}{
 		{"denied by default", nil, false},
-		{"allowed explicitly", []runtime.GatewayOption{runtime.WithAllowedMetadata("authorization", "x-tenant")}, true},
+		{"allowed explicitly", []runtime.GatewayOption{runtime.GatewayAllowedMetadata("authorization", "x-tenant")}, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := setup(t, echoserver.Server{})
 			client := extraGateway(t, e, append([]runtime.GatewayOption{
-				runtime.WithIdentity(func(context.Context) (string, bool) { return "alice", true })}, c.opts...)...)
+				runtime.GatewayIdentity(func(context.Context) (string, bool) { return "alice", true })}, c.opts...)...)
 			reqs := watchReplies(t, e.kc, e.topic("echo-requests"))
 			ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second),
 				"authorization", "Bearer s3cret", "cookie", "id=s3cret", "x-tenant", "acme", "idempotency-key", "cred-"+c.name)

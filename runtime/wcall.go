@@ -810,7 +810,7 @@ func (t transportStream) SetTrailer(md metadata.MD) error { t.c.setTrailer(md); 
 type identityKey struct{}
 
 // IdentityFromContext returns the caller's identity that the gateway wrote
-// on the request (WithIdentity), inside a handler served by a Worker.
+// on the request (GatewayIdentity), inside a handler served by a Worker.
 func IdentityFromContext(ctx context.Context) (string, bool) {
 	who, ok := ctx.Value(identityKey{}).(string)
 	return who, ok

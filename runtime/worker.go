@@ -25,7 +25,7 @@ import (
 // Worker consumes request topics in a consumer group and serves each call
 // with a registered implementation, producing the replies to the topic the
 // request names. Calls run concurrently, each on its own goroutine, up to
-// WithMaxConcurrentCalls. A request's offset is committed only once its
+// WorkerMaxConcurrentCalls. A request's offset is committed only once its
 // replies, end-of-stream included, are acknowledged by Kafka, so a crash
 // replays requests instead of losing them.
 //
@@ -72,7 +72,7 @@ type Worker struct {
 	dupCount    metric.Int64Counter
 	lostCount   metric.Int64Counter
 
-	// exactly-once (WithExactlyOnce)
+	// exactly-once (WorkerExactlyOnce)
 	txn      kafkaclient.TxnProducer
 	txnMu    sync.RWMutex // calls produce under RLock; a commit holds Lock
 	txnOpen  int          // calls whose replies are in the open transaction but not yet marked done; guarded by mu
@@ -191,7 +191,7 @@ func (w *Worker) countSkipped(reason string) {
 }
 
 // Err reports why the worker stopped by itself (a failed transaction with
-// WithExactlyOnce), or nil.
+// WorkerExactlyOnce), or nil.
 func (w *Worker) Err() error {
 	w.errMu.Lock()
 	defer w.errMu.Unlock()

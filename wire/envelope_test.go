@@ -204,4 +204,3 @@ func BenchmarkDecode(b *testing.B) {
 		_ = Decode(&names, hs, []byte{})
 	}
 }
-

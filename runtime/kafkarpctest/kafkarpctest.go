@@ -157,7 +157,7 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	common := []runtime.Option{runtime.WithTopicMapper(env.Topic), runtime.WithLogger(logger)}
 
 	if svc.RegisterWorker != nil {
-		wopts := []runtime.WorkerOption{runtime.WithGroupID(env.Prefix + "worker")}
+		wopts := []runtime.WorkerOption{runtime.WorkerGroupID(env.Prefix + "worker")}
 		for _, o := range common {
 			wopts = append(wopts, o)
 		}

@@ -39,7 +39,7 @@ func main() {
 	defer client.Close()
 	opts := app.WorkerOptions(logger)
 	if *group != "" {
-		opts = append(opts, runtime.WithGroupID(*group))
+		opts = append(opts, runtime.WorkerGroupID(*group))
 	}
 	worker := runtime.NewWorker(client, opts...)
 	if *target != "" {

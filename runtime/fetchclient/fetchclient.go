@@ -1,7 +1,12 @@
-package runtime
+// Package fetchclient is for gRPC callers of a fetch method: its Client
+// reads the method's server stream and resumes it after each break from the
+// event id of the last message it returned. It needs no Kafka client, only a
+// gRPC connection to a gateway (or to Zilla).
+package fetchclient
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -18,17 +23,17 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
-// FetchOpenFunc opens one stream of a fetch method: the generated client's
+// OpenFunc opens one stream of a fetch method: the generated client's
 // method, e.g. echov1.EchoServiceClient.EchoEvents.
-type FetchOpenFunc[T any] func(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[T], error)
+type OpenFunc[T any] func(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[T], error)
 
-// FetchClient reads a fetch method's stream and keeps reading it across
+// Client reads a fetch method's stream and keeps reading it across
 // broken connections, gateway restarts and "too slow" endings: after a
 // stream ends with a retryable status it opens a new one, after a back-off,
 // resuming with the event id of the last message it returned, so that every
 // record arrives once, in order within its partition.
 //
-//	sub := runtime.NewFetchClient(ctx, echoClient.EchoEvents)
+//	sub := fetchclient.New(ctx, echoClient.EchoEvents)
 //	for {
 //		ev, err := sub.Recv()
 //		if err != nil {
@@ -38,16 +43,16 @@ type FetchOpenFunc[T any] func(ctx context.Context, in *emptypb.Empty, opts ...g
 //		save(sub.EventID()) // to resume from here after a restart
 //	}
 //
-// Recv must be called from one goroutine at a time; wire.EventID, Reconnects and
+// Recv must be called from one goroutine at a time; EventID, Reconnects and
 // Close are safe from any goroutine.
-type FetchClient[T any, PT interface {
+type Client[T any, PT interface {
 	*T
 	proto.Message
 }] struct {
 	ctx    context.Context
 	cancel context.CancelFunc
-	open   FetchOpenFunc[T]
-	cfg    fetchClientConfig
+	open   OpenFunc[T]
+	cfg    config
 
 	stream  grpc.ServerStreamingClient[T]
 	stop    context.CancelFunc // ends stream
@@ -59,14 +64,14 @@ type FetchClient[T any, PT interface {
 	reconnects int
 }
 
-// FetchClientOption configures a FetchClient.
-type FetchClientOption interface{ applyFetchClient(*fetchClientConfig) }
+// Option configures a Client.
+type Option interface{ apply(*config) }
 
-type fetchClientOptionFunc func(*fetchClientConfig)
+type optionFunc func(*config)
 
-func (f fetchClientOptionFunc) applyFetchClient(c *fetchClientConfig) { f(c) }
+func (f optionFunc) apply(c *config) { f(c) }
 
-type fetchClientConfig struct {
+type config struct {
 	resume     []byte
 	field      int32
 	metadata   string
@@ -77,65 +82,65 @@ type fetchClientConfig struct {
 	onRetry    func(attempt int, err error)
 }
 
-// WithFetchResume starts the stream after the message whose event id is id
-// (as wire.EventID returned it, or as saved from a previous run). Default: no
+// WithResume starts the stream after the message whose event id is id
+// (as EventID returned it, or as saved from a previous run). Default: no
 // id, which starts at the topic's earliest retained record.
-func WithFetchResume(id []byte) FetchClientOption {
-	return fetchClientOptionFunc(func(c *fetchClientConfig) { c.resume = slices.Clone(id) })
+func WithResume(id []byte) Option {
+	return optionFunc(func(c *config) { c.resume = slices.Clone(id) })
 }
 
-// WithFetchEventIDField sets the unknown field number carrying the event id,
+// WithEventIDField sets the unknown field number carrying the event id,
 // as the method's options set it. Default wire.DefaultEventIDField (32767).
-func WithFetchEventIDField(n int32) FetchClientOption {
-	return fetchClientOptionFunc(func(c *fetchClientConfig) { c.field = n })
+func WithEventIDField(n int32) Option {
+	return optionFunc(func(c *config) { c.field = n })
 }
 
-// WithFetchResumeMetadata sets the metadata name the id is sent in, as the
+// WithResumeMetadata sets the metadata name the id is sent in, as the
 // method's options set it. Default wire.DefaultResumeMetadata
 // ("last-message-id"); the id travels as base64url text, which Zilla
 // accepts too.
-func WithFetchResumeMetadata(name string) FetchClientOption {
-	return fetchClientOptionFunc(func(c *fetchClientConfig) { c.metadata = name })
+func WithResumeMetadata(name string) Option {
+	return optionFunc(func(c *config) { c.metadata = name })
 }
 
-// WithFetchBackoff sets the wait before each new stream after a failure:
+// WithBackoff sets the wait before each new stream after a failure:
 // first, then doubling up to max, each with random jitter of up to a half
 // more; it starts again from first once a message arrives. Defaults 100 ms
 // and 10 s.
-func WithFetchBackoff(first, max time.Duration) FetchClientOption {
-	return fetchClientOptionFunc(func(c *fetchClientConfig) { c.minBackoff, c.maxBackoff = first, max })
+func WithBackoff(first, max time.Duration) Option {
+	return optionFunc(func(c *config) { c.minBackoff, c.maxBackoff = first, max })
 }
 
-// WithFetchRetryCodes sets the status codes after which the client opens a
+// WithRetryCodes sets the status codes after which the client opens a
 // new stream. Default UNAVAILABLE (a broken connection, a gateway shutting
 // down, a caller too slow), RESOURCE_EXHAUSTED and ABORTED. A stream that
 // ends without an error (a fetch never does on its own) is always resumed.
-func WithFetchRetryCodes(codes ...codes.Code) FetchClientOption {
-	return fetchClientOptionFunc(func(c *fetchClientConfig) { c.retry = slices.Clone(codes) })
+func WithRetryCodes(codes ...codes.Code) Option {
+	return optionFunc(func(c *config) { c.retry = slices.Clone(codes) })
 }
 
-// WithFetchCallOptions passes opts to every stream's call (for example
+// WithCallOptions passes opts to every stream's call (for example
 // grpc.WaitForReady(true)).
-func WithFetchCallOptions(opts ...grpc.CallOption) FetchClientOption {
-	return fetchClientOptionFunc(func(c *fetchClientConfig) { c.callOpts = append(c.callOpts, opts...) })
+func WithCallOptions(opts ...grpc.CallOption) Option {
+	return optionFunc(func(c *config) { c.callOpts = append(c.callOpts, opts...) })
 }
 
-// WithFetchRetryHook calls fn (on the goroutine calling Recv) each time a
+// WithRetryHook calls fn (on the goroutine calling Recv) each time a
 // stream failed or could not be opened and the client is about to try
 // again, with the number of consecutive failures and the error. Default
 // none.
-func WithFetchRetryHook(fn func(attempt int, err error)) FetchClientOption {
-	return fetchClientOptionFunc(func(c *fetchClientConfig) { c.onRetry = fn })
+func WithRetryHook(fn func(attempt int, err error)) Option {
+	return optionFunc(func(c *config) { c.onRetry = fn })
 }
 
-// NewFetchClient returns a client of the fetch method that open opens,
+// New returns a client of the fetch method that open opens,
 // reading until ctx ends or Close is called. It opens no stream before the
 // first Recv.
-func NewFetchClient[T any, PT interface {
+func New[T any, PT interface {
 	*T
 	proto.Message
-}](ctx context.Context, open FetchOpenFunc[T], opts ...FetchClientOption) *FetchClient[T, PT] {
-	cfg := fetchClientConfig{
+}](ctx context.Context, open OpenFunc[T], opts ...Option) *Client[T, PT] {
+	cfg := config{
 		field:      wire.DefaultEventIDField,
 		metadata:   wire.DefaultResumeMetadata,
 		minBackoff: 100 * time.Millisecond,
@@ -143,11 +148,11 @@ func NewFetchClient[T any, PT interface {
 		retry:      []codes.Code{codes.Unavailable, codes.ResourceExhausted, codes.Aborted},
 	}
 	for _, o := range opts {
-		o.applyFetchClient(&cfg)
+		o.apply(&cfg)
 	}
 	cfg.minBackoff = max(cfg.minBackoff, time.Millisecond)
 	cfg.maxBackoff = max(cfg.maxBackoff, cfg.minBackoff)
-	c := &FetchClient[T, PT]{open: open, cfg: cfg, last: cfg.resume}
+	c := &Client[T, PT]{open: open, cfg: cfg, last: cfg.resume}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	return c
 }
@@ -157,7 +162,7 @@ func NewFetchClient[T any, PT interface {
 // back-off, resuming after the last message returned; those failures are
 // not returned. It returns ctx's error once ctx ended or Close was called,
 // and any other error as the stream reported it.
-func (c *FetchClient[T, PT]) Recv() (PT, error) {
+func (c *Client[T, PT]) Recv() (PT, error) {
 	for {
 		if err := c.ctx.Err(); err != nil {
 			c.closeStream()
@@ -212,13 +217,13 @@ func (c *FetchClient[T, PT]) Recv() (PT, error) {
 }
 
 // connect opens a stream resuming after the last id.
-func (c *FetchClient[T, PT]) connect() error {
+func (c *Client[T, PT]) connect() error {
 	ctx, stop := context.WithCancel(c.ctx)
 	c.mu.Lock()
 	last := c.last
 	c.mu.Unlock()
 	if last != nil {
-		ctx = metadata.AppendToOutgoingContext(ctx, c.cfg.metadata, base64URL(last))
+		ctx = metadata.AppendToOutgoingContext(ctx, c.cfg.metadata, base64.RawURLEncoding.EncodeToString(last))
 	}
 	s, err := c.open(ctx, &emptypb.Empty{}, c.cfg.callOpts...)
 	if err != nil {
@@ -229,18 +234,18 @@ func (c *FetchClient[T, PT]) connect() error {
 	return nil
 }
 
-func (c *FetchClient[T, PT]) closeStream() {
+func (c *Client[T, PT]) closeStream() {
 	if c.stop != nil {
 		c.stop()
 	}
 	c.stream, c.stop = nil, nil
 }
 
-func (c *FetchClient[T, PT]) retryable(err error) bool {
+func (c *Client[T, PT]) retryable(err error) bool {
 	return slices.Contains(c.cfg.retry, status.Code(err))
 }
 
-func (c *FetchClient[T, PT]) retrying(err error) {
+func (c *Client[T, PT]) retrying(err error) {
 	c.failed++
 	c.lastErr = err
 	if c.cfg.onRetry != nil {
@@ -249,7 +254,7 @@ func (c *FetchClient[T, PT]) retrying(err error) {
 }
 
 // wait sleeps the back-off of the current failure count, or until ctx ends.
-func (c *FetchClient[T, PT]) wait() error {
+func (c *Client[T, PT]) wait() error {
 	d := c.cfg.minBackoff
 	for i := 1; i < c.failed && d < c.cfg.maxBackoff; i++ {
 		d *= 2
@@ -266,11 +271,11 @@ func (c *FetchClient[T, PT]) wait() error {
 	}
 }
 
-// wire.EventID returns the event id of the last message Recv returned (or the
-// id given to WithFetchResume before the first), nil before any. Saved, it
-// resumes the stream there with WithFetchResume, or as the base64url text
+// EventID returns the event id of the last message Recv returned (or the
+// id given to WithResume before the first), nil before any. Saved, it
+// resumes the stream there with WithResume, or as the base64url text
 // of metadata "last-message-id" from any client.
-func (c *FetchClient[T, PT]) EventID() []byte {
+func (c *Client[T, PT]) EventID() []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Clone(c.last)
@@ -278,11 +283,11 @@ func (c *FetchClient[T, PT]) EventID() []byte {
 
 // Reconnects returns how many times a stream that had been open failed and
 // the client resumed.
-func (c *FetchClient[T, PT]) Reconnects() int {
+func (c *Client[T, PT]) Reconnects() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.reconnects
 }
 
 // Close ends the stream; Recv then returns context.Canceled.
-func (c *FetchClient[T, PT]) Close() { c.cancel() }
+func (c *Client[T, PT]) Close() { c.cancel() }

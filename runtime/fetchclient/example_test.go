@@ -1,4 +1,4 @@
-package runtime_test
+package fetchclient_test
 
 import (
 	"context"
@@ -10,13 +10,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/fetchclient"
 )
 
 // A subscriber of the example's fetch method that survives gateway
 // restarts and "too slow" endings, and can resume after its own restart
 // from the id it saved.
-func ExampleNewFetchClient() {
+func ExampleNew() {
 	cc, err := grpc.NewClient("127.0.0.1:7151", grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		log.Fatal(err)
@@ -24,9 +24,9 @@ func ExampleNewFetchClient() {
 	defer cc.Close()
 	ctx := context.Background()
 	var saved []byte // e.g. read from disk; nil starts at the earliest record
-	sub := runtime.NewFetchClient(ctx, echov1.NewEchoServiceClient(cc).EchoEvents,
-		runtime.WithFetchResume(saved),
-		runtime.WithFetchCallOptions(grpc.WaitForReady(true)))
+	sub := fetchclient.New(ctx, echov1.NewEchoServiceClient(cc).EchoEvents,
+		fetchclient.WithResume(saved),
+		fetchclient.WithCallOptions(grpc.WaitForReady(true)))
 	defer sub.Close()
 	for {
 		ev, err := sub.Recv()
