@@ -3,6 +3,7 @@
 
 GO      ?= go
 BUF     := $(GO) tool -modfile=tools/go.mod buf
+STATICCHECK := $(GO) tool -modfile=$(CURDIR)/tools/go.mod staticcheck
 BIN     := bin
 CMDS    := echo echo-gateway echo-worker echo-server echo-publish
 
@@ -71,10 +72,13 @@ check-generated: generate ## fail if `buf generate` changes the tree
 	  if [ -n "$$untracked" ]; then echo "buf generate wrote files that are not checked in: $$untracked"; exit 1; fi
 
 .PHONY: lint
-lint: ## go vet, gofmt and buf lint
+lint: ## go vet, staticcheck (pinned in tools/go.mod), gofmt and buf lint
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./integration/
 	cd bench && $(GO) vet .
+	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags integration ./integration/
+	cd bench && $(STATICCHECK) .
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(BUF) lint
 

@@ -143,15 +143,6 @@ func testWorkerRestartDuringBidi(t *testing.T, sig syscall.Signal) {
 	}
 }
 
-// knownReplayDuplicates: a worker that takes over a crashed worker's
-// partition runs an unfinished stream again from its first request record
-// (the offsets of a call are committed only once it is answered), so the
-// caller receives the answers it already had a second time, with nothing to
-// tell them apart. While this is so, a duplicate makes the test skip, with the
-// evidence; set it to false once the runtime ends such a stream with a status
-// instead (or the wire format lets the gateway drop the repeats).
-const knownReplayDuplicates = false
-
 // checkReplayedStream checks the answers a stream that ended OK received
 // after the restart: "two" must have been answered (the call was completed),
 // and "one", answered before the restart, must not come again.
@@ -170,10 +161,6 @@ func checkReplayedStream(t *testing.T, got []*echov1.EchoResponse) {
 		t.Fatalf("the stream ended OK without answering the request sent after the restart: %v", got)
 	}
 	if dup {
-		msg := fmt.Sprintf("the caller received the answer to %q again after the worker restart (the new worker replayed the stream from its start): %v", "one", got)
-		if knownReplayDuplicates {
-			t.Skip("known runtime gap: " + msg)
-		}
-		t.Fatal(msg)
+		t.Fatalf("the caller received the answer to %q again after the worker restart (the new worker replayed the stream from its start): %v", "one", got)
 	}
 }

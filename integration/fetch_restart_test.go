@@ -153,23 +153,6 @@ func (f *fetchCaller) fail(err error) {
 	f.mu.Unlock()
 }
 
-// fetchServed reports whether the gateway at c serves EchoEvents, or why not.
-func fetchServed(t *testing.T, c echov1.EchoServiceClient) (bool, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := c.EchoEvents(ctx, &emptypb.Empty{})
-	if err == nil {
-		// The first message or status tells; a served fetch with nothing
-		// to send yet keeps waiting, which ends with our deadline.
-		_, err = s.Recv()
-	}
-	if st := status.Convert(err); st.Code() == codes.Unimplemented {
-		return false, st.Message()
-	}
-	return true, ""
-}
-
 // TestGatewayRestartFetchResume restarts echo-gateway while 100 callers
 // stream EchoEvents (a fetch of topic echo-events): each caller resumes on the
 // new gateway with the last event id it received (metadata last-message-id)
@@ -180,15 +163,6 @@ func TestGatewayRestartFetchResume(t *testing.T) {
 	addr := freeAddr(t)
 	g1 := startGateway(t, addr)
 	c := dial(t, addr)
-	// TODO(fetch): the gateway answers fetch methods UNIMPLEMENTED until the
-	// fetch issue lands (runtime.GatewayFetch); until then this test skips
-	// with that answer. It is written against the behaviour WIRE.md specifies
-	// (event ids in field 32767, resume with last-message-id) and needs no
-	// change once fetch is served (it passed against the fetch work in
-	// progress, and fails when the callers resume without their id).
-	if ok, why := fetchServed(t, c); !ok {
-		t.Skipf("waits on fetch methods being served by the gateway (EchoEvents answered UNIMPLEMENTED: %q)", why)
-	}
 
 	kc, err := confluent.New(confluent.Config{"bootstrap.servers": brokers}, confluent.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {

@@ -70,11 +70,12 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-// needKafka skips t when no broker was given.
+// needKafka fails t when no broker was given: the suite is for Apache
+// Kafka, and a run without one would pass on nothing.
 func needKafka(t *testing.T) {
 	t.Helper()
 	if brokers == "" {
-		t.Skip("KAFKA_BROKERS is not set (make kafka-up; make integration)")
+		t.Fatal("KAFKA_BROKERS is not set: run the fault tests with `make integration` (after `make kafka-up`)")
 	}
 }
 
@@ -97,8 +98,9 @@ type kafkaCtl struct {
 	env    []string
 }
 
-// managedKafka returns the controller of the broker at KAFKA_BROKERS, or
-// skips t when that broker is not the one scripts/kafka.sh runs.
+// managedKafka returns the controller of the broker at KAFKA_BROKERS, and
+// fails t when that broker is not the one scripts/kafka.sh runs: the test
+// stops and starts it.
 func managedKafka(t *testing.T) *kafkaCtl {
 	t.Helper()
 	needKafka(t)
@@ -108,7 +110,7 @@ func managedKafka(t *testing.T) *kafkaCtl {
 	}
 	out, err := k.run(t, "addr")
 	if err != nil || strings.TrimSpace(out) != brokers {
-		t.Skipf("KAFKA_BROKERS=%s is not the broker of scripts/kafka.sh (%q, %v): this test stops and starts the broker", brokers, strings.TrimSpace(out), err)
+		t.Fatalf("KAFKA_BROKERS=%s is not the broker of scripts/kafka.sh (%q, %v): this test stops and starts the broker", brokers, strings.TrimSpace(out), err)
 	}
 	return k
 }

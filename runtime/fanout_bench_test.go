@@ -100,12 +100,6 @@ func (l *latencies) quantile(q float64) time.Duration {
 	return 0
 }
 
-func (l *latencies) reset() {
-	for i := range l.n {
-		l.n[i].Store(0)
-	}
-}
-
 // fanoutCallers is a set of streaming callers of EchoEvents counting their
 // deliveries: each message carries its send time in nanoseconds, and each
 // caller signals round when it received target messages.

@@ -233,7 +233,6 @@ type Client struct {
 
 	closeOnce sync.Once
 	closeErr  error
-	readerSeq uint64
 }
 
 var _ kafkaclient.Client = (*Client)(nil)
