@@ -2,13 +2,22 @@ package runtime
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
-// SupportPackageIsVersion1 is referenced by generated code so that a runtime
-// too old or too new for the generated code fails at compile time.
-const SupportPackageIsVersion1 = true
+// These constants are referenced by generated code so that a runtime too old
+// or too new for the generated code fails at compile time. A runtime keeps
+// the constants of the generated code it still supports.
+const (
+	// SupportPackageIsVersion1 is referenced by code generated before
+	// SupportPackageIsVersion2.
+	SupportPackageIsVersion1 = true
+	// SupportPackageIsVersion2 is referenced by code that copies its specs
+	// with ServiceSpec.Clone.
+	SupportPackageIsVersion2 = true
+)
 
 // MethodKind is the gRPC shape of a method, as declared in the proto.
 type MethodKind int8
@@ -133,12 +142,62 @@ type MethodSpec struct {
 // FullMethod returns "/service/method", the gRPC method path.
 func (m *MethodSpec) FullMethod() string { return "/" + m.Service + "/" + m.Method }
 
+// Clone returns a deep copy of m: changing the copy, or anything it points
+// to, leaves m as it was.
+func (m *MethodSpec) Clone() *MethodSpec {
+	if m == nil {
+		return nil
+	}
+	c := *m
+	if m.Routes != nil {
+		c.Routes = make([]Route, len(m.Routes))
+		for i, r := range m.Routes {
+			r.When = slices.Clone(r.When)
+			r.Overrides = slices.Clone(r.Overrides)
+			c.Routes[i] = r
+		}
+	}
+	if m.Fetch != nil {
+		f := *m.Fetch
+		if f.Filters != nil {
+			f.Filters = make([]FetchFilter, len(m.Fetch.Filters))
+			for i, ff := range m.Fetch.Filters {
+				if ff.Key != nil {
+					ff.Key = new(*ff.Key)
+				}
+				ff.Headers = slices.Clone(ff.Headers)
+				f.Filters[i] = ff
+			}
+		}
+		c.Fetch = &f
+	}
+	return &c
+}
+
 // ServiceSpec lists the annotated methods of one service.
 type ServiceSpec struct {
 	// Name is the fully-qualified service name.
 	Name string
 	// Methods of the service that travel over Kafka, in proto order.
 	Methods []*MethodSpec
+}
+
+// Clone returns a deep copy of s: changing the copy, or anything it points
+// to, leaves s as it was. Generated code gives out a clone of the spec it
+// uses (<Service>KafkaSpec), so that nothing a caller does to it reaches the
+// generated gateway and worker.
+func (s *ServiceSpec) Clone() *ServiceSpec {
+	if s == nil {
+		return nil
+	}
+	c := *s
+	if s.Methods != nil {
+		c.Methods = make([]*MethodSpec, len(s.Methods))
+		for i, m := range s.Methods {
+			c.Methods[i] = m.Clone()
+		}
+	}
+	return &c
 }
 
 // Method returns the spec of the named method, or nil.

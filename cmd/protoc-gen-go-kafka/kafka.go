@@ -78,7 +78,7 @@ func emitFile(gen *protogen.Plugin, kf *kafkaFile) {
 	g.P()
 	g.P("// This is a compile-time assertion that this generated file is compatible")
 	g.P("// with the runtime package it is compiled against.")
-	g.P("const _ = ", runtimePackage.Ident("SupportPackageIsVersion1"))
+	g.P("const _ = ", runtimePackage.Ident("SupportPackageIsVersion2"))
 	g.P()
 	for _, s := range kf.services {
 		emitService(g, s)
@@ -91,18 +91,37 @@ func emitService(g *protogen.GeneratedFile, ks *kafkaService) {
 	deprecated := opts.GetDeprecated()
 	fullName := string(s.Desc.FullName())
 
-	// The spec.
-	comment(g, n.Spec+" lists the Kafka routes of "+fullName+": for each of its methods that travel over Kafka, the topics its calls use, or the topic it fetches. Gateways and workers read it; it must not be modified once either uses it.")
+	// The full method names.
+	comment(g, "The full gRPC method names of the methods of "+fullName+" that travel over Kafka, for interceptors and other code that tells these methods apart. Each equals protoc-gen-go-grpc's <Service>_<Method>_FullMethodName.")
+	g.P("const (")
+	for _, km := range ks.methods {
+		m := km.method
+		comment(g, n.FullMethodName(m)+" is the full gRPC method name of "+m.GoName+", which travels over Kafka; it equals "+n.GRPCFullMethodName(m)+".")
+		mopts, _ := m.Desc.Options().(*descriptorpb.MethodOptions)
+		deprecation(g, deprecated || mopts.GetDeprecated())
+		g.P(n.FullMethodName(m), " = ", strconv.Quote("/"+fullName+"/"+string(m.Desc.Name())))
+	}
+	g.P(")")
+	g.P()
+
+	// The specs: a copy for callers, and the ones the generated code uses.
+	comment(g, n.Spec+" lists the Kafka routes of "+fullName+": for each of its methods that travel over Kafka, the topics its calls use, or the topic it fetches. It is a deep copy, made when the package is initialised, of the spec the generated code uses: changing it changes nothing for "+n.RegisterGateway+", "+n.Gateway+" or "+n.RegisterWorker+". Read it, for example to create the topics; to rename the topics, give the gateway and the worker a runtime.WithTopicMapper.")
 	deprecation(g, deprecated)
-	g.P("var ", n.Spec, " = &", runtimePackage.Ident("ServiceSpec"), "{")
+	g.P("var ", n.Spec, " = ", n.spec, ".Clone()")
+	g.P()
+	comment(g, n.spec+" is the spec of "+fullName+" that the generated code uses, unexported so that nothing outside this file changes it.")
+	g.P("var ", n.spec, " = &", runtimePackage.Ident("ServiceSpec"), "{")
 	g.P("Name: ", strconv.Quote(fullName), ",")
 	g.P("Methods: []*", runtimePackage.Ident("MethodSpec"), "{")
 	for _, km := range ks.methods {
-		emitMethodSpec(g, fullName, km)
+		g.P(n.MethodSpec(km.method), ",")
 	}
 	g.P("},")
 	g.P("}")
 	g.P()
+	for _, km := range ks.methods {
+		emitMethodSpec(g, ks, km)
+	}
 
 	// The gateway type.
 	var others []string
@@ -127,7 +146,7 @@ func emitService(g *protogen.GeneratedFile, ks *kafkaService) {
 	g.P("}")
 	g.P()
 
-	comment(g, n.NewGateway+" returns a gateway relaying the calls of "+fullName+" through gw. "+n.RegisterGateway+" also prepares gw for the service's topics; to register the gateway yourself, call gw.AddService("+n.Spec+") first.")
+	comment(g, n.NewGateway+" returns a gateway relaying the calls of "+fullName+" through gw. "+n.RegisterGateway+" also prepares gw for the service's topics; to register the gateway yourself, call gw.AddService("+n.Spec+") first, so that the reply readers run before the first call.")
 	deprecation(g, deprecated)
 	g.P("func ", n.NewGateway, "(gw *", runtimePackage.Ident("Gateway"), ") *", n.Gateway, " {")
 	g.P("return &", n.Gateway, "{gw: gw}")
@@ -137,7 +156,7 @@ func emitService(g *protogen.GeneratedFile, ks *kafkaService) {
 	comment(g, n.RegisterGateway+" prepares gw for the service's topics (reply readers) and registers the gateway on s.")
 	deprecation(g, deprecated)
 	g.P("func ", n.RegisterGateway, "(s ", grpcPackage.Ident("ServiceRegistrar"), ", gw *", runtimePackage.Ident("Gateway"), ") error {")
-	g.P("if err := gw.AddService(", n.Spec, "); err != nil {")
+	g.P("if err := gw.AddService(", n.spec, "); err != nil {")
 	g.P("return err")
 	g.P("}")
 	g.P(n.RegisterServer, "(s, ", n.NewGateway, "(gw))")
@@ -148,12 +167,12 @@ func emitService(g *protogen.GeneratedFile, ks *kafkaService) {
 	comment(g, n.RegisterWorker+" serves impl from the service's request topics: w consumes them and runs each call on impl, writing the replies to the topic each request names.")
 	deprecation(g, deprecated)
 	g.P("func ", n.RegisterWorker, "(w *", runtimePackage.Ident("Worker"), ", impl ", n.Server, ") error {")
-	g.P("return w.RegisterService(", n.Spec, ", &", n.ServiceDesc, ", impl)")
+	g.P("return w.RegisterService(", n.spec, ", &", n.ServiceDesc, ", impl)")
 	g.P("}")
 	g.P()
 
-	for i, km := range ks.methods {
-		emitGatewayMethod(g, ks, i, km)
+	for _, km := range ks.methods {
+		emitGatewayMethod(g, ks, km)
 	}
 }
 
@@ -167,9 +186,12 @@ func (ks *kafkaService) method(m *protogen.Method) *kafkaMethod {
 	return nil
 }
 
-func emitMethodSpec(g *protogen.GeneratedFile, service string, km *kafkaMethod) {
-	g.P("{")
-	g.P("Service: ", strconv.Quote(service), ",")
+// emitMethodSpec declares the unexported runtime.MethodSpec of one method.
+func emitMethodSpec(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod) {
+	name := ks.names.MethodSpec(km.method)
+	comment(g, name+" is the runtime spec of "+km.method.GoName+": how its calls travel over Kafka.")
+	g.P("var ", name, " = &", runtimePackage.Ident("MethodSpec"), "{")
+	g.P("Service: ", strconv.Quote(string(ks.service.Desc.FullName())), ",")
 	g.P("Method: ", strconv.Quote(string(km.method.Desc.Name())), ",")
 	g.P("Kind: ", runtimePackage.Ident(kindIdent(km.kind)), ",")
 	if ft := km.fetch; ft != nil {
@@ -191,7 +213,8 @@ func emitMethodSpec(g *protogen.GeneratedFile, service string, km *kafkaMethod) 
 		g.P("EventIDField: ", ft.eventIDField, ",")
 		g.P("ResumeMetadata: ", strconv.Quote(ft.resumeMetadata), ",")
 		g.P("},")
-		g.P("},")
+		g.P("}")
+		g.P()
 		return
 	}
 	g.P("Routes: []", runtimePackage.Ident("Route"), "{")
@@ -225,7 +248,8 @@ func emitMethodSpec(g *protogen.GeneratedFile, service string, km *kafkaMethod) 
 		g.P("},")
 	}
 	g.P("},")
-	g.P("},")
+	g.P("}")
+	g.P()
 }
 
 func emitHeaders(g *protogen.GeneratedFile, field string, hs []header) {
@@ -239,9 +263,9 @@ func emitHeaders(g *protogen.GeneratedFile, field string, hs []header) {
 	g.P("},")
 }
 
-func emitGatewayMethod(g *protogen.GeneratedFile, ks *kafkaService, index int, km *kafkaMethod) {
+func emitGatewayMethod(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod) {
 	m, n := km.method, ks.names
-	spec := fmt.Sprintf("%s.Methods[%d]", n.Spec, index)
+	spec := n.MethodSpec(m)
 	in, out := g.QualifiedGoIdent(m.Input.GoIdent), g.QualifiedGoIdent(m.Output.GoIdent)
 
 	if m.Comments.Leading != "" {

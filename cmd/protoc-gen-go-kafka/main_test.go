@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"flag"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"maps"
 	"os"
 	"os/exec"
@@ -129,27 +132,119 @@ func TestNoOutputWithoutKafkaServices(t *testing.T) {
 	}
 }
 
-// TestEveryExportedNameContainsKafka scans the generated code for exported
-// declarations without "Kafka" in their name.
-func TestEveryExportedNameContainsKafka(t *testing.T) {
-	for name, content := range goldenFiles(t) {
-		for _, line := range strings.Split(content, "\n") {
-			var ident string
+// TestGeneratedNames parses the generated code and checks every name it
+// declares at package level: an exported one contains "Kafka" and has a doc
+// comment of its own; an unexported one starts with "_" and contains "Kafka",
+// in the shape of protoc-gen-go-grpc's _Service_Method_Handler, so that
+// neither collides with protoc-gen-go or protoc-gen-go-grpc output.
+func TestGeneratedNames(t *testing.T) {
+	for _, name := range sortedKeys(goldenFiles(t)) {
+		for _, d := range topLevelDecls(t, name, goldenFiles(t)[name]) {
 			switch {
-			case strings.HasPrefix(line, "func ("): // method: defined on a Kafka type
-				continue
-			case strings.HasPrefix(line, "func "), strings.HasPrefix(line, "type "), strings.HasPrefix(line, "var "):
-				ident = strings.FieldsFunc(strings.SplitN(line, " ", 2)[1], func(r rune) bool {
-					return r == '(' || r == ' ' || r == '['
-				})[0]
-			default:
-				continue
-			}
-			if ident[0] >= 'A' && ident[0] <= 'Z' && !strings.Contains(ident, "Kafka") {
-				t.Errorf("%s: exported %s does not contain Kafka", name, ident)
+			case d.name == "_": // the handshake
+			case ast.IsExported(d.name):
+				if !strings.Contains(d.name, "Kafka") {
+					t.Errorf("%s: exported %s does not contain Kafka", name, d.name)
+				}
+				if !strings.HasPrefix(d.doc, d.name+" ") {
+					t.Errorf("%s: exported %s has no doc comment of its own (%q)", name, d.name, d.doc)
+				}
+			case !strings.HasPrefix(d.name, "_") || !strings.Contains(d.name, "Kafka"):
+				t.Errorf("%s: unexported %s does not start with _ and contain Kafka", name, d.name)
 			}
 		}
 	}
+}
+
+// TestFullMethodNamesMatchGRPC checks that every generated
+// <Service>_<Method>_KafkaFullMethodName equals protoc-gen-go-grpc's
+// <Service>_<Method>_FullMethodName beside it, and that every method spec has
+// one.
+func TestFullMethodNamesMatchGRPC(t *testing.T) {
+	for name, content := range goldenFiles(t) {
+		grpcName := strings.TrimSuffix(name, "_kafka.pb.go") + "_grpc.pb.go"
+		b, err := os.ReadFile(filepath.Join(repoRoot, grpcName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		grpcConsts := map[string]string{}
+		for _, d := range topLevelDecls(t, grpcName, string(b)) {
+			grpcConsts[d.name] = d.value
+		}
+		consts := map[string]string{}
+		for _, d := range topLevelDecls(t, name, content) {
+			if base, ok := strings.CutSuffix(d.name, "_KafkaFullMethodName"); ok {
+				consts[base] = d.value
+				if want, ok := grpcConsts[base+"_FullMethodName"]; !ok || d.value != want {
+					t.Errorf("%s: %s = %s, but %s has %s_FullMethodName = %s", name, d.name, d.value, grpcName, base, want)
+				}
+			}
+		}
+		for _, d := range topLevelDecls(t, name, content) {
+			if base, ok := strings.CutSuffix(d.name, "_KafkaMethod"); ok {
+				if _, ok := consts[strings.TrimPrefix(base, "_")]; !ok {
+					t.Errorf("%s: %s has no %s_KafkaFullMethodName", name, d.name, strings.TrimPrefix(base, "_"))
+				}
+			}
+		}
+		if len(consts) == 0 {
+			t.Errorf("%s: no full method name constants", name)
+		}
+	}
+}
+
+// decl is a name declared at package level.
+type decl struct {
+	name  string
+	doc   string // its doc comment, or the doc of its declaration when it is alone in it
+	value string // a constant's value, as written
+}
+
+// topLevelDecls parses a Go file and lists the names it declares at package
+// level, methods aside.
+func topLevelDecls(t *testing.T, name, content string) []decl {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), name, content, parser.ParseComments)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	var decls []decl
+	for _, d := range f.Decls {
+		switch d := d.(type) {
+		case *ast.FuncDecl:
+			if d.Recv == nil {
+				decls = append(decls, decl{name: d.Name.Name, doc: d.Doc.Text()})
+			}
+		case *ast.GenDecl:
+			for _, spec := range d.Specs {
+				doc := ""
+				if !d.Lparen.IsValid() {
+					doc = d.Doc.Text()
+				}
+				switch spec := spec.(type) {
+				case *ast.TypeSpec:
+					if spec.Doc != nil {
+						doc = spec.Doc.Text()
+					}
+					decls = append(decls, decl{name: spec.Name.Name, doc: doc})
+				case *ast.ValueSpec:
+					if spec.Doc != nil {
+						doc = spec.Doc.Text()
+					}
+					for i, id := range spec.Names {
+						var value string
+						if i < len(spec.Values) {
+							if lit, ok := spec.Values[i].(*ast.BasicLit); ok {
+								value = lit.Value
+							}
+						}
+						decls = append(decls, decl{name: id.Name, doc: doc, value: value})
+					}
+				}
+			}
+		}
+	}
+	return decls
 }
 
 // TestPluginBinary drives main through stdin and stdout, as protoc does.

@@ -13,7 +13,10 @@
 //   echo.pb.go        the messages (protoc-gen-go)
 //   echo_grpc.pb.go   the gRPC client and server interfaces (protoc-gen-go-grpc)
 //   echo_kafka.pb.go  the Kafka side (protoc-gen-go-kafka):
-//                     EchoServiceKafkaSpec, the topics of every method;
+//                     EchoServiceKafkaSpec, the topics of every method
+//                     (a copy: the generated code uses its own);
+//                     EchoService_EchoUnary_KafkaFullMethodName and the
+//                     like, the full names of the methods over Kafka;
 //                     EchoServiceKafkaGateway, a gRPC server that relays each
 //                     call through Kafka (RegisterEchoServiceKafkaGateway);
 //                     RegisterEchoServiceKafkaWorker, which serves your own

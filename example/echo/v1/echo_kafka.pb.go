@@ -15,69 +15,122 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion1
+const _ = runtime.SupportPackageIsVersion2
+
+// The full gRPC method names of the methods of example.echo.v1.EchoService that
+// travel over Kafka, for interceptors and other code that tells these methods
+// apart. Each equals protoc-gen-go-grpc's <Service>_<Method>_FullMethodName.
+const (
+	// EchoService_EchoUnary_KafkaFullMethodName is the full gRPC method name of
+	// EchoUnary, which travels over Kafka; it equals
+	// EchoService_EchoUnary_FullMethodName.
+	EchoService_EchoUnary_KafkaFullMethodName = "/example.echo.v1.EchoService/EchoUnary"
+	// EchoService_EchoServerStream_KafkaFullMethodName is the full gRPC method name
+	// of EchoServerStream, which travels over Kafka; it equals
+	// EchoService_EchoServerStream_FullMethodName.
+	EchoService_EchoServerStream_KafkaFullMethodName = "/example.echo.v1.EchoService/EchoServerStream"
+	// EchoService_EchoClientStream_KafkaFullMethodName is the full gRPC method name
+	// of EchoClientStream, which travels over Kafka; it equals
+	// EchoService_EchoClientStream_FullMethodName.
+	EchoService_EchoClientStream_KafkaFullMethodName = "/example.echo.v1.EchoService/EchoClientStream"
+	// EchoService_EchoBidiStream_KafkaFullMethodName is the full gRPC method name
+	// of EchoBidiStream, which travels over Kafka; it equals
+	// EchoService_EchoBidiStream_FullMethodName.
+	EchoService_EchoBidiStream_KafkaFullMethodName = "/example.echo.v1.EchoService/EchoBidiStream"
+	// EchoService_EchoEvents_KafkaFullMethodName is the full gRPC method name of
+	// EchoEvents, which travels over Kafka; it equals
+	// EchoService_EchoEvents_FullMethodName.
+	EchoService_EchoEvents_KafkaFullMethodName = "/example.echo.v1.EchoService/EchoEvents"
+)
 
 // EchoServiceKafkaSpec lists the Kafka routes of example.echo.v1.EchoService:
 // for each of its methods that travel over Kafka, the topics its calls use, or
-// the topic it fetches. Gateways and workers read it; it must not be modified
-// once either uses it.
-var EchoServiceKafkaSpec = &runtime.ServiceSpec{
+// the topic it fetches. It is a deep copy, made when the package is
+// initialised, of the spec the generated code uses: changing it changes nothing
+// for RegisterEchoServiceKafkaGateway, EchoServiceKafkaGateway or
+// RegisterEchoServiceKafkaWorker. Read it, for example to create the topics; to
+// rename the topics, give the gateway and the worker a runtime.WithTopicMapper.
+var EchoServiceKafkaSpec = _EchoService_KafkaSpec.Clone()
+
+// _EchoService_KafkaSpec is the spec of example.echo.v1.EchoService that the
+// generated code uses, unexported so that nothing outside this file changes it.
+var _EchoService_KafkaSpec = &runtime.ServiceSpec{
 	Name: "example.echo.v1.EchoService",
 	Methods: []*runtime.MethodSpec{
+		_EchoService_EchoUnary_KafkaMethod,
+		_EchoService_EchoServerStream_KafkaMethod,
+		_EchoService_EchoClientStream_KafkaMethod,
+		_EchoService_EchoBidiStream_KafkaMethod,
+		_EchoService_EchoEvents_KafkaMethod,
+	},
+}
+
+// _EchoService_EchoUnary_KafkaMethod is the runtime spec of EchoUnary: how its
+// calls travel over Kafka.
+var _EchoService_EchoUnary_KafkaMethod = &runtime.MethodSpec{
+	Service: "example.echo.v1.EchoService",
+	Method:  "EchoUnary",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "example.echo.v1.EchoService",
-			Method:  "EchoUnary",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:      "echo-requests",
-					ReplyTopic: "echo-responses",
-				},
-			},
+			Topic:      "echo-requests",
+			ReplyTopic: "echo-responses",
 		},
+	},
+}
+
+// _EchoService_EchoServerStream_KafkaMethod is the runtime spec of
+// EchoServerStream: how its calls travel over Kafka.
+var _EchoService_EchoServerStream_KafkaMethod = &runtime.MethodSpec{
+	Service: "example.echo.v1.EchoService",
+	Method:  "EchoServerStream",
+	Kind:    runtime.KindServerStream,
+	Routes: []runtime.Route{
 		{
-			Service: "example.echo.v1.EchoService",
-			Method:  "EchoServerStream",
-			Kind:    runtime.KindServerStream,
-			Routes: []runtime.Route{
-				{
-					Topic:      "echo-requests",
-					ReplyTopic: "echo-responses",
-				},
-			},
+			Topic:      "echo-requests",
+			ReplyTopic: "echo-responses",
 		},
+	},
+}
+
+// _EchoService_EchoClientStream_KafkaMethod is the runtime spec of
+// EchoClientStream: how its calls travel over Kafka.
+var _EchoService_EchoClientStream_KafkaMethod = &runtime.MethodSpec{
+	Service: "example.echo.v1.EchoService",
+	Method:  "EchoClientStream",
+	Kind:    runtime.KindClientStream,
+	Routes: []runtime.Route{
 		{
-			Service: "example.echo.v1.EchoService",
-			Method:  "EchoClientStream",
-			Kind:    runtime.KindClientStream,
-			Routes: []runtime.Route{
-				{
-					Topic:      "echo-requests",
-					ReplyTopic: "echo-responses",
-				},
-			},
+			Topic:      "echo-requests",
+			ReplyTopic: "echo-responses",
 		},
+	},
+}
+
+// _EchoService_EchoBidiStream_KafkaMethod is the runtime spec of
+// EchoBidiStream: how its calls travel over Kafka.
+var _EchoService_EchoBidiStream_KafkaMethod = &runtime.MethodSpec{
+	Service: "example.echo.v1.EchoService",
+	Method:  "EchoBidiStream",
+	Kind:    runtime.KindBidiStream,
+	Routes: []runtime.Route{
 		{
-			Service: "example.echo.v1.EchoService",
-			Method:  "EchoBidiStream",
-			Kind:    runtime.KindBidiStream,
-			Routes: []runtime.Route{
-				{
-					Topic:      "echo-requests",
-					ReplyTopic: "echo-responses",
-				},
-			},
+			Topic:      "echo-requests",
+			ReplyTopic: "echo-responses",
 		},
-		{
-			Service: "example.echo.v1.EchoService",
-			Method:  "EchoEvents",
-			Kind:    runtime.KindServerStream,
-			Fetch: &runtime.FetchSpec{
-				Topic:          "echo-events",
-				EventIDField:   32767,
-				ResumeMetadata: "last-message-id",
-			},
-		},
+	},
+}
+
+// _EchoService_EchoEvents_KafkaMethod is the runtime spec of EchoEvents: how
+// its calls travel over Kafka.
+var _EchoService_EchoEvents_KafkaMethod = &runtime.MethodSpec{
+	Service: "example.echo.v1.EchoService",
+	Method:  "EchoEvents",
+	Kind:    runtime.KindServerStream,
+	Fetch: &runtime.FetchSpec{
+		Topic:          "echo-events",
+		EventIDField:   32767,
+		ResumeMetadata: "last-message-id",
 	},
 }
 
@@ -102,7 +155,8 @@ type EchoServiceKafkaGateway struct {
 // NewEchoServiceKafkaGateway returns a gateway relaying the calls of
 // example.echo.v1.EchoService through gw. RegisterEchoServiceKafkaGateway also
 // prepares gw for the service's topics; to register the gateway yourself, call
-// gw.AddService(EchoServiceKafkaSpec) first.
+// gw.AddService(EchoServiceKafkaSpec) first, so that the reply readers run
+// before the first call.
 func NewEchoServiceKafkaGateway(gw *runtime.Gateway) *EchoServiceKafkaGateway {
 	return &EchoServiceKafkaGateway{gw: gw}
 }
@@ -110,7 +164,7 @@ func NewEchoServiceKafkaGateway(gw *runtime.Gateway) *EchoServiceKafkaGateway {
 // RegisterEchoServiceKafkaGateway prepares gw for the service's topics (reply
 // readers) and registers the gateway on s.
 func RegisterEchoServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
-	if err := gw.AddService(EchoServiceKafkaSpec); err != nil {
+	if err := gw.AddService(_EchoService_KafkaSpec); err != nil {
 		return err
 	}
 	RegisterEchoServiceServer(s, NewEchoServiceKafkaGateway(gw))
@@ -121,7 +175,7 @@ func RegisterEchoServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gatewa
 // w consumes them and runs each call on impl, writing the replies to the topic
 // each request names.
 func RegisterEchoServiceKafkaWorker(w *runtime.Worker, impl EchoServiceServer) error {
-	return w.RegisterService(EchoServiceKafkaSpec, &EchoService_ServiceDesc, impl)
+	return w.RegisterService(_EchoService_KafkaSpec, &EchoService_ServiceDesc, impl)
 }
 
 // EchoUnary answers with one response carrying the request's message.
@@ -132,7 +186,7 @@ func RegisterEchoServiceKafkaWorker(w *runtime.Worker, impl EchoServiceServer) e
 // "echo-requests", replies from topic "echo-responses".
 func (x *EchoServiceKafkaGateway) EchoUnary(ctx context.Context, in *EchoRequest) (*EchoResponse, error) {
 	out := new(EchoResponse)
-	if err := x.gw.Unary(ctx, EchoServiceKafkaSpec.Methods[0], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _EchoService_EchoUnary_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -144,7 +198,7 @@ func (x *EchoServiceKafkaGateway) EchoUnary(ctx context.Context, in *EchoRequest
 // EchoServerStream relays the call through Kafka: request messages to topic
 // "echo-requests", replies from topic "echo-responses".
 func (x *EchoServiceKafkaGateway) EchoServerStream(in *EchoRequest, stream EchoService_EchoServerStreamServer) error {
-	return runtime.GatewayStream[EchoRequest, EchoResponse](x.gw, EchoServiceKafkaSpec.Methods[1], in, stream)
+	return runtime.GatewayStream[EchoRequest, EchoResponse](x.gw, _EchoService_EchoServerStream_KafkaMethod, in, stream)
 }
 
 // EchoClientStream reads every request of the stream and answers once,
@@ -154,7 +208,7 @@ func (x *EchoServiceKafkaGateway) EchoServerStream(in *EchoRequest, stream EchoS
 // EchoClientStream relays the call through Kafka: request messages to topic
 // "echo-requests", replies from topic "echo-responses".
 func (x *EchoServiceKafkaGateway) EchoClientStream(stream EchoService_EchoClientStreamServer) error {
-	return runtime.GatewayStream[EchoRequest, EchoResponse](x.gw, EchoServiceKafkaSpec.Methods[2], nil, stream)
+	return runtime.GatewayStream[EchoRequest, EchoResponse](x.gw, _EchoService_EchoClientStream_KafkaMethod, nil, stream)
 }
 
 // EchoBidiStream answers each request as it arrives, with the request's
@@ -164,7 +218,7 @@ func (x *EchoServiceKafkaGateway) EchoClientStream(stream EchoService_EchoClient
 // EchoBidiStream relays the call through Kafka: request messages to topic
 // "echo-requests", replies from topic "echo-responses".
 func (x *EchoServiceKafkaGateway) EchoBidiStream(stream EchoService_EchoBidiStreamServer) error {
-	return runtime.GatewayStream[EchoRequest, EchoResponse](x.gw, EchoServiceKafkaSpec.Methods[3], nil, stream)
+	return runtime.GatewayStream[EchoRequest, EchoResponse](x.gw, _EchoService_EchoBidiStream_KafkaMethod, nil, stream)
 }
 
 // EchoEvents streams every record of topic "echo-events" to the caller, from
@@ -178,5 +232,5 @@ func (x *EchoServiceKafkaGateway) EchoBidiStream(stream EchoService_EchoBidiStre
 // EchoEvents streams the records of topic "echo-events" to the caller, resuming
 // after the event id in metadata "last-message-id" when the caller sends one.
 func (x *EchoServiceKafkaGateway) EchoEvents(in *emptypb.Empty, stream EchoService_EchoEventsServer) error {
-	return runtime.GatewayFetch[EchoEvent](x.gw, EchoServiceKafkaSpec.Methods[4], in, stream)
+	return runtime.GatewayFetch[EchoEvent](x.gw, _EchoService_EchoEvents_KafkaMethod, in, stream)
 }

@@ -14,38 +14,72 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion1
+const _ = runtime.SupportPackageIsVersion2
+
+// The full gRPC method names of the methods of
+// testdata.deprecated.v1.OldService that travel over Kafka, for interceptors
+// and other code that tells these methods apart. Each equals
+// protoc-gen-go-grpc's <Service>_<Method>_FullMethodName.
+const (
+	// OldService_Call_KafkaFullMethodName is the full gRPC method name of Call,
+	// which travels over Kafka; it equals OldService_Call_FullMethodName.
+	//
+	// Deprecated: Do not use.
+	OldService_Call_KafkaFullMethodName = "/testdata.deprecated.v1.OldService/Call"
+	// OldService_Gone_KafkaFullMethodName is the full gRPC method name of Gone,
+	// which travels over Kafka; it equals OldService_Gone_FullMethodName.
+	//
+	// Deprecated: Do not use.
+	OldService_Gone_KafkaFullMethodName = "/testdata.deprecated.v1.OldService/Gone"
+)
 
 // OldServiceKafkaSpec lists the Kafka routes of
 // testdata.deprecated.v1.OldService: for each of its methods that travel over
-// Kafka, the topics its calls use, or the topic it fetches. Gateways and
-// workers read it; it must not be modified once either uses it.
+// Kafka, the topics its calls use, or the topic it fetches. It is a deep copy,
+// made when the package is initialised, of the spec the generated code uses:
+// changing it changes nothing for RegisterOldServiceKafkaGateway,
+// OldServiceKafkaGateway or RegisterOldServiceKafkaWorker. Read it, for example
+// to create the topics; to rename the topics, give the gateway and the worker a
+// runtime.WithTopicMapper.
 //
 // Deprecated: Do not use.
-var OldServiceKafkaSpec = &runtime.ServiceSpec{
+var OldServiceKafkaSpec = _OldService_KafkaSpec.Clone()
+
+// _OldService_KafkaSpec is the spec of testdata.deprecated.v1.OldService that
+// the generated code uses, unexported so that nothing outside this file changes
+// it.
+var _OldService_KafkaSpec = &runtime.ServiceSpec{
 	Name: "testdata.deprecated.v1.OldService",
 	Methods: []*runtime.MethodSpec{
+		_OldService_Call_KafkaMethod,
+		_OldService_Gone_KafkaMethod,
+	},
+}
+
+// _OldService_Call_KafkaMethod is the runtime spec of Call: how its calls
+// travel over Kafka.
+var _OldService_Call_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.deprecated.v1.OldService",
+	Method:  "Call",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.deprecated.v1.OldService",
-			Method:  "Call",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:      "old-requests",
-					ReplyTopic: "old-responses",
-				},
-			},
+			Topic:      "old-requests",
+			ReplyTopic: "old-responses",
 		},
+	},
+}
+
+// _OldService_Gone_KafkaMethod is the runtime spec of Gone: how its calls
+// travel over Kafka.
+var _OldService_Gone_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.deprecated.v1.OldService",
+	Method:  "Gone",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.deprecated.v1.OldService",
-			Method:  "Gone",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:      "old-requests",
-					ReplyTopic: "old-responses",
-				},
-			},
+			Topic:      "old-requests",
+			ReplyTopic: "old-responses",
 		},
 	},
 }
@@ -65,7 +99,8 @@ type OldServiceKafkaGateway struct {
 // NewOldServiceKafkaGateway returns a gateway relaying the calls of
 // testdata.deprecated.v1.OldService through gw. RegisterOldServiceKafkaGateway
 // also prepares gw for the service's topics; to register the gateway yourself,
-// call gw.AddService(OldServiceKafkaSpec) first.
+// call gw.AddService(OldServiceKafkaSpec) first, so that the reply readers run
+// before the first call.
 //
 // Deprecated: Do not use.
 func NewOldServiceKafkaGateway(gw *runtime.Gateway) *OldServiceKafkaGateway {
@@ -77,7 +112,7 @@ func NewOldServiceKafkaGateway(gw *runtime.Gateway) *OldServiceKafkaGateway {
 //
 // Deprecated: Do not use.
 func RegisterOldServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
-	if err := gw.AddService(OldServiceKafkaSpec); err != nil {
+	if err := gw.AddService(_OldService_KafkaSpec); err != nil {
 		return err
 	}
 	RegisterOldServiceServer(s, NewOldServiceKafkaGateway(gw))
@@ -90,7 +125,7 @@ func RegisterOldServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway
 //
 // Deprecated: Do not use.
 func RegisterOldServiceKafkaWorker(w *runtime.Worker, impl OldServiceServer) error {
-	return w.RegisterService(OldServiceKafkaSpec, &OldService_ServiceDesc, impl)
+	return w.RegisterService(_OldService_KafkaSpec, &OldService_ServiceDesc, impl)
 }
 
 // Call is a method of a deprecated service.
@@ -99,7 +134,7 @@ func RegisterOldServiceKafkaWorker(w *runtime.Worker, impl OldServiceServer) err
 // replies from topic "old-responses".
 func (x *OldServiceKafkaGateway) Call(ctx context.Context, in *Request) (*Response, error) {
 	out := new(Response)
-	if err := x.gw.Unary(ctx, OldServiceKafkaSpec.Methods[0], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _OldService_Call_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -113,51 +148,93 @@ func (x *OldServiceKafkaGateway) Call(ctx context.Context, in *Request) (*Respon
 // Deprecated: Do not use.
 func (x *OldServiceKafkaGateway) Gone(ctx context.Context, in *Request) (*Response, error) {
 	out := new(Response)
-	if err := x.gw.Unary(ctx, OldServiceKafkaSpec.Methods[1], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _OldService_Gone_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
+// The full gRPC method names of the methods of
+// testdata.deprecated.v1.CurrentService that travel over Kafka, for
+// interceptors and other code that tells these methods apart. Each equals
+// protoc-gen-go-grpc's <Service>_<Method>_FullMethodName.
+const (
+	// CurrentService_Fresh_KafkaFullMethodName is the full gRPC method name of
+	// Fresh, which travels over Kafka; it equals
+	// CurrentService_Fresh_FullMethodName.
+	CurrentService_Fresh_KafkaFullMethodName = "/testdata.deprecated.v1.CurrentService/Fresh"
+	// CurrentService_Stale_KafkaFullMethodName is the full gRPC method name of
+	// Stale, which travels over Kafka; it equals
+	// CurrentService_Stale_FullMethodName.
+	//
+	// Deprecated: Do not use.
+	CurrentService_Stale_KafkaFullMethodName = "/testdata.deprecated.v1.CurrentService/Stale"
+	// CurrentService_Uncommented_KafkaFullMethodName is the full gRPC method name
+	// of Uncommented, which travels over Kafka; it equals
+	// CurrentService_Uncommented_FullMethodName.
+	CurrentService_Uncommented_KafkaFullMethodName = "/testdata.deprecated.v1.CurrentService/Uncommented"
+)
+
 // CurrentServiceKafkaSpec lists the Kafka routes of
 // testdata.deprecated.v1.CurrentService: for each of its methods that travel
-// over Kafka, the topics its calls use, or the topic it fetches. Gateways and
-// workers read it; it must not be modified once either uses it.
-var CurrentServiceKafkaSpec = &runtime.ServiceSpec{
+// over Kafka, the topics its calls use, or the topic it fetches. It is a deep
+// copy, made when the package is initialised, of the spec the generated code
+// uses: changing it changes nothing for RegisterCurrentServiceKafkaGateway,
+// CurrentServiceKafkaGateway or RegisterCurrentServiceKafkaWorker. Read it, for
+// example to create the topics; to rename the topics, give the gateway and the
+// worker a runtime.WithTopicMapper.
+var CurrentServiceKafkaSpec = _CurrentService_KafkaSpec.Clone()
+
+// _CurrentService_KafkaSpec is the spec of
+// testdata.deprecated.v1.CurrentService that the generated code uses,
+// unexported so that nothing outside this file changes it.
+var _CurrentService_KafkaSpec = &runtime.ServiceSpec{
 	Name: "testdata.deprecated.v1.CurrentService",
 	Methods: []*runtime.MethodSpec{
+		_CurrentService_Fresh_KafkaMethod,
+		_CurrentService_Stale_KafkaMethod,
+		_CurrentService_Uncommented_KafkaMethod,
+	},
+}
+
+// _CurrentService_Fresh_KafkaMethod is the runtime spec of Fresh: how its calls
+// travel over Kafka.
+var _CurrentService_Fresh_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.deprecated.v1.CurrentService",
+	Method:  "Fresh",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.deprecated.v1.CurrentService",
-			Method:  "Fresh",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:      "current-requests",
-					ReplyTopic: "current-responses",
-				},
-			},
+			Topic:      "current-requests",
+			ReplyTopic: "current-responses",
 		},
+	},
+}
+
+// _CurrentService_Stale_KafkaMethod is the runtime spec of Stale: how its calls
+// travel over Kafka.
+var _CurrentService_Stale_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.deprecated.v1.CurrentService",
+	Method:  "Stale",
+	Kind:    runtime.KindBidiStream,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.deprecated.v1.CurrentService",
-			Method:  "Stale",
-			Kind:    runtime.KindBidiStream,
-			Routes: []runtime.Route{
-				{
-					Topic:      "current-requests",
-					ReplyTopic: "current-responses",
-				},
-			},
+			Topic:      "current-requests",
+			ReplyTopic: "current-responses",
 		},
+	},
+}
+
+// _CurrentService_Uncommented_KafkaMethod is the runtime spec of Uncommented:
+// how its calls travel over Kafka.
+var _CurrentService_Uncommented_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.deprecated.v1.CurrentService",
+	Method:  "Uncommented",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.deprecated.v1.CurrentService",
-			Method:  "Uncommented",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:      "current-requests",
-					ReplyTopic: "current-responses",
-				},
-			},
+			Topic:      "current-requests",
+			ReplyTopic: "current-responses",
 		},
 	},
 }
@@ -175,7 +252,7 @@ type CurrentServiceKafkaGateway struct {
 // testdata.deprecated.v1.CurrentService through gw.
 // RegisterCurrentServiceKafkaGateway also prepares gw for the service's topics;
 // to register the gateway yourself, call gw.AddService(CurrentServiceKafkaSpec)
-// first.
+// first, so that the reply readers run before the first call.
 func NewCurrentServiceKafkaGateway(gw *runtime.Gateway) *CurrentServiceKafkaGateway {
 	return &CurrentServiceKafkaGateway{gw: gw}
 }
@@ -183,7 +260,7 @@ func NewCurrentServiceKafkaGateway(gw *runtime.Gateway) *CurrentServiceKafkaGate
 // RegisterCurrentServiceKafkaGateway prepares gw for the service's topics
 // (reply readers) and registers the gateway on s.
 func RegisterCurrentServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
-	if err := gw.AddService(CurrentServiceKafkaSpec); err != nil {
+	if err := gw.AddService(_CurrentService_KafkaSpec); err != nil {
 		return err
 	}
 	RegisterCurrentServiceServer(s, NewCurrentServiceKafkaGateway(gw))
@@ -194,7 +271,7 @@ func RegisterCurrentServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gat
 // topics: w consumes them and runs each call on impl, writing the replies to
 // the topic each request names.
 func RegisterCurrentServiceKafkaWorker(w *runtime.Worker, impl CurrentServiceServer) error {
-	return w.RegisterService(CurrentServiceKafkaSpec, &CurrentService_ServiceDesc, impl)
+	return w.RegisterService(_CurrentService_KafkaSpec, &CurrentService_ServiceDesc, impl)
 }
 
 // Fresh is current.
@@ -203,7 +280,7 @@ func RegisterCurrentServiceKafkaWorker(w *runtime.Worker, impl CurrentServiceSer
 // "current-requests", replies from topic "current-responses".
 func (x *CurrentServiceKafkaGateway) Fresh(ctx context.Context, in *Request) (*Response, error) {
 	out := new(Response)
-	if err := x.gw.Unary(ctx, CurrentServiceKafkaSpec.Methods[0], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _CurrentService_Fresh_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -216,14 +293,14 @@ func (x *CurrentServiceKafkaGateway) Fresh(ctx context.Context, in *Request) (*R
 //
 // Deprecated: Do not use.
 func (x *CurrentServiceKafkaGateway) Stale(stream CurrentService_StaleServer) error {
-	return runtime.GatewayStream[Request, Response](x.gw, CurrentServiceKafkaSpec.Methods[1], nil, stream)
+	return runtime.GatewayStream[Request, Response](x.gw, _CurrentService_Stale_KafkaMethod, nil, stream)
 }
 
 // Uncommented relays the call through Kafka: request messages to topic
 // "current-requests", replies from topic "current-responses".
 func (x *CurrentServiceKafkaGateway) Uncommented(ctx context.Context, in *Request) (*Response, error) {
 	out := new(Response)
-	if err := x.gw.Unary(ctx, CurrentServiceKafkaSpec.Methods[2], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _CurrentService_Uncommented_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil

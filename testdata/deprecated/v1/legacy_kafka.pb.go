@@ -14,25 +14,49 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion1
+const _ = runtime.SupportPackageIsVersion2
+
+// The full gRPC method names of the methods of
+// testdata.deprecated.v1.LegacyService that travel over Kafka, for interceptors
+// and other code that tells these methods apart. Each equals
+// protoc-gen-go-grpc's <Service>_<Method>_FullMethodName.
+const (
+	// LegacyService_Ancient_KafkaFullMethodName is the full gRPC method name of
+	// Ancient, which travels over Kafka; it equals
+	// LegacyService_Ancient_FullMethodName.
+	LegacyService_Ancient_KafkaFullMethodName = "/testdata.deprecated.v1.LegacyService/Ancient"
+)
 
 // LegacyServiceKafkaSpec lists the Kafka routes of
 // testdata.deprecated.v1.LegacyService: for each of its methods that travel
-// over Kafka, the topics its calls use, or the topic it fetches. Gateways and
-// workers read it; it must not be modified once either uses it.
-var LegacyServiceKafkaSpec = &runtime.ServiceSpec{
+// over Kafka, the topics its calls use, or the topic it fetches. It is a deep
+// copy, made when the package is initialised, of the spec the generated code
+// uses: changing it changes nothing for RegisterLegacyServiceKafkaGateway,
+// LegacyServiceKafkaGateway or RegisterLegacyServiceKafkaWorker. Read it, for
+// example to create the topics; to rename the topics, give the gateway and the
+// worker a runtime.WithTopicMapper.
+var LegacyServiceKafkaSpec = _LegacyService_KafkaSpec.Clone()
+
+// _LegacyService_KafkaSpec is the spec of testdata.deprecated.v1.LegacyService
+// that the generated code uses, unexported so that nothing outside this file
+// changes it.
+var _LegacyService_KafkaSpec = &runtime.ServiceSpec{
 	Name: "testdata.deprecated.v1.LegacyService",
 	Methods: []*runtime.MethodSpec{
+		_LegacyService_Ancient_KafkaMethod,
+	},
+}
+
+// _LegacyService_Ancient_KafkaMethod is the runtime spec of Ancient: how its
+// calls travel over Kafka.
+var _LegacyService_Ancient_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.deprecated.v1.LegacyService",
+	Method:  "Ancient",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.deprecated.v1.LegacyService",
-			Method:  "Ancient",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:      "legacy-requests",
-					ReplyTopic: "legacy-responses",
-				},
-			},
+			Topic:      "legacy-requests",
+			ReplyTopic: "legacy-responses",
 		},
 	},
 }
@@ -50,7 +74,7 @@ type LegacyServiceKafkaGateway struct {
 // testdata.deprecated.v1.LegacyService through gw.
 // RegisterLegacyServiceKafkaGateway also prepares gw for the service's topics;
 // to register the gateway yourself, call gw.AddService(LegacyServiceKafkaSpec)
-// first.
+// first, so that the reply readers run before the first call.
 func NewLegacyServiceKafkaGateway(gw *runtime.Gateway) *LegacyServiceKafkaGateway {
 	return &LegacyServiceKafkaGateway{gw: gw}
 }
@@ -58,7 +82,7 @@ func NewLegacyServiceKafkaGateway(gw *runtime.Gateway) *LegacyServiceKafkaGatewa
 // RegisterLegacyServiceKafkaGateway prepares gw for the service's topics (reply
 // readers) and registers the gateway on s.
 func RegisterLegacyServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
-	if err := gw.AddService(LegacyServiceKafkaSpec); err != nil {
+	if err := gw.AddService(_LegacyService_KafkaSpec); err != nil {
 		return err
 	}
 	RegisterLegacyServiceServer(s, NewLegacyServiceKafkaGateway(gw))
@@ -69,7 +93,7 @@ func RegisterLegacyServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gate
 // topics: w consumes them and runs each call on impl, writing the replies to
 // the topic each request names.
 func RegisterLegacyServiceKafkaWorker(w *runtime.Worker, impl LegacyServiceServer) error {
-	return w.RegisterService(LegacyServiceKafkaSpec, &LegacyService_ServiceDesc, impl)
+	return w.RegisterService(_LegacyService_KafkaSpec, &LegacyService_ServiceDesc, impl)
 }
 
 // Ancient is served from Kafka.
@@ -78,7 +102,7 @@ func RegisterLegacyServiceKafkaWorker(w *runtime.Worker, impl LegacyServiceServe
 // "legacy-requests", replies from topic "legacy-responses".
 func (x *LegacyServiceKafkaGateway) Ancient(ctx context.Context, in *Request) (*Response, error) {
 	out := new(Response)
-	if err := x.gw.Unary(ctx, LegacyServiceKafkaSpec.Methods[0], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _LegacyService_Ancient_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -15,69 +15,124 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion1
+const _ = runtime.SupportPackageIsVersion2
+
+// The full gRPC method names of the methods of testdata.kinds.v1.KindsService
+// that travel over Kafka, for interceptors and other code that tells these
+// methods apart. Each equals protoc-gen-go-grpc's
+// <Service>_<Method>_FullMethodName.
+const (
+	// KindsService_Unary_KafkaFullMethodName is the full gRPC method name of Unary,
+	// which travels over Kafka; it equals KindsService_Unary_FullMethodName.
+	KindsService_Unary_KafkaFullMethodName = "/testdata.kinds.v1.KindsService/Unary"
+	// KindsService_ServerStream_KafkaFullMethodName is the full gRPC method name of
+	// ServerStream, which travels over Kafka; it equals
+	// KindsService_ServerStream_FullMethodName.
+	KindsService_ServerStream_KafkaFullMethodName = "/testdata.kinds.v1.KindsService/ServerStream"
+	// KindsService_ClientStream_KafkaFullMethodName is the full gRPC method name of
+	// ClientStream, which travels over Kafka; it equals
+	// KindsService_ClientStream_FullMethodName.
+	KindsService_ClientStream_KafkaFullMethodName = "/testdata.kinds.v1.KindsService/ClientStream"
+	// KindsService_BidiStream_KafkaFullMethodName is the full gRPC method name of
+	// BidiStream, which travels over Kafka; it equals
+	// KindsService_BidiStream_FullMethodName.
+	KindsService_BidiStream_KafkaFullMethodName = "/testdata.kinds.v1.KindsService/BidiStream"
+	// KindsService_Events_KafkaFullMethodName is the full gRPC method name of
+	// Events, which travels over Kafka; it equals
+	// KindsService_Events_FullMethodName.
+	KindsService_Events_KafkaFullMethodName = "/testdata.kinds.v1.KindsService/Events"
+)
 
 // KindsServiceKafkaSpec lists the Kafka routes of
 // testdata.kinds.v1.KindsService: for each of its methods that travel over
-// Kafka, the topics its calls use, or the topic it fetches. Gateways and
-// workers read it; it must not be modified once either uses it.
-var KindsServiceKafkaSpec = &runtime.ServiceSpec{
+// Kafka, the topics its calls use, or the topic it fetches. It is a deep copy,
+// made when the package is initialised, of the spec the generated code uses:
+// changing it changes nothing for RegisterKindsServiceKafkaGateway,
+// KindsServiceKafkaGateway or RegisterKindsServiceKafkaWorker. Read it, for
+// example to create the topics; to rename the topics, give the gateway and the
+// worker a runtime.WithTopicMapper.
+var KindsServiceKafkaSpec = _KindsService_KafkaSpec.Clone()
+
+// _KindsService_KafkaSpec is the spec of testdata.kinds.v1.KindsService that
+// the generated code uses, unexported so that nothing outside this file changes
+// it.
+var _KindsService_KafkaSpec = &runtime.ServiceSpec{
 	Name: "testdata.kinds.v1.KindsService",
 	Methods: []*runtime.MethodSpec{
+		_KindsService_Unary_KafkaMethod,
+		_KindsService_ServerStream_KafkaMethod,
+		_KindsService_ClientStream_KafkaMethod,
+		_KindsService_BidiStream_KafkaMethod,
+		_KindsService_Events_KafkaMethod,
+	},
+}
+
+// _KindsService_Unary_KafkaMethod is the runtime spec of Unary: how its calls
+// travel over Kafka.
+var _KindsService_Unary_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.kinds.v1.KindsService",
+	Method:  "Unary",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.kinds.v1.KindsService",
-			Method:  "Unary",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:      "kinds-requests",
-					ReplyTopic: "kinds-responses",
-				},
-			},
+			Topic:      "kinds-requests",
+			ReplyTopic: "kinds-responses",
 		},
+	},
+}
+
+// _KindsService_ServerStream_KafkaMethod is the runtime spec of ServerStream:
+// how its calls travel over Kafka.
+var _KindsService_ServerStream_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.kinds.v1.KindsService",
+	Method:  "ServerStream",
+	Kind:    runtime.KindServerStream,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.kinds.v1.KindsService",
-			Method:  "ServerStream",
-			Kind:    runtime.KindServerStream,
-			Routes: []runtime.Route{
-				{
-					Topic:      "kinds-requests",
-					ReplyTopic: "kinds-responses",
-				},
-			},
+			Topic:      "kinds-requests",
+			ReplyTopic: "kinds-responses",
 		},
+	},
+}
+
+// _KindsService_ClientStream_KafkaMethod is the runtime spec of ClientStream:
+// how its calls travel over Kafka.
+var _KindsService_ClientStream_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.kinds.v1.KindsService",
+	Method:  "ClientStream",
+	Kind:    runtime.KindClientStream,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.kinds.v1.KindsService",
-			Method:  "ClientStream",
-			Kind:    runtime.KindClientStream,
-			Routes: []runtime.Route{
-				{
-					Topic:      "kinds-requests",
-					ReplyTopic: "kinds-responses",
-				},
-			},
+			Topic:      "kinds-requests",
+			ReplyTopic: "kinds-responses",
 		},
+	},
+}
+
+// _KindsService_BidiStream_KafkaMethod is the runtime spec of BidiStream: how
+// its calls travel over Kafka.
+var _KindsService_BidiStream_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.kinds.v1.KindsService",
+	Method:  "BidiStream",
+	Kind:    runtime.KindBidiStream,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.kinds.v1.KindsService",
-			Method:  "BidiStream",
-			Kind:    runtime.KindBidiStream,
-			Routes: []runtime.Route{
-				{
-					Topic:      "kinds-requests",
-					ReplyTopic: "kinds-responses",
-				},
-			},
+			Topic:      "kinds-requests",
+			ReplyTopic: "kinds-responses",
 		},
-		{
-			Service: "testdata.kinds.v1.KindsService",
-			Method:  "Events",
-			Kind:    runtime.KindServerStream,
-			Fetch: &runtime.FetchSpec{
-				Topic:          "kinds-events",
-				EventIDField:   32767,
-				ResumeMetadata: "last-message-id",
-			},
-		},
+	},
+}
+
+// _KindsService_Events_KafkaMethod is the runtime spec of Events: how its calls
+// travel over Kafka.
+var _KindsService_Events_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.kinds.v1.KindsService",
+	Method:  "Events",
+	Kind:    runtime.KindServerStream,
+	Fetch: &runtime.FetchSpec{
+		Topic:          "kinds-events",
+		EventIDField:   32767,
+		ResumeMetadata: "last-message-id",
 	},
 }
 
@@ -93,7 +148,8 @@ type KindsServiceKafkaGateway struct {
 // NewKindsServiceKafkaGateway returns a gateway relaying the calls of
 // testdata.kinds.v1.KindsService through gw. RegisterKindsServiceKafkaGateway
 // also prepares gw for the service's topics; to register the gateway yourself,
-// call gw.AddService(KindsServiceKafkaSpec) first.
+// call gw.AddService(KindsServiceKafkaSpec) first, so that the reply readers
+// run before the first call.
 func NewKindsServiceKafkaGateway(gw *runtime.Gateway) *KindsServiceKafkaGateway {
 	return &KindsServiceKafkaGateway{gw: gw}
 }
@@ -101,7 +157,7 @@ func NewKindsServiceKafkaGateway(gw *runtime.Gateway) *KindsServiceKafkaGateway 
 // RegisterKindsServiceKafkaGateway prepares gw for the service's topics (reply
 // readers) and registers the gateway on s.
 func RegisterKindsServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
-	if err := gw.AddService(KindsServiceKafkaSpec); err != nil {
+	if err := gw.AddService(_KindsService_KafkaSpec); err != nil {
 		return err
 	}
 	RegisterKindsServiceServer(s, NewKindsServiceKafkaGateway(gw))
@@ -112,7 +168,7 @@ func RegisterKindsServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gatew
 // topics: w consumes them and runs each call on impl, writing the replies to
 // the topic each request names.
 func RegisterKindsServiceKafkaWorker(w *runtime.Worker, impl KindsServiceServer) error {
-	return w.RegisterService(KindsServiceKafkaSpec, &KindsService_ServiceDesc, impl)
+	return w.RegisterService(_KindsService_KafkaSpec, &KindsService_ServiceDesc, impl)
 }
 
 // Unary is one request, one response.
@@ -121,7 +177,7 @@ func RegisterKindsServiceKafkaWorker(w *runtime.Worker, impl KindsServiceServer)
 // "kinds-requests", replies from topic "kinds-responses".
 func (x *KindsServiceKafkaGateway) Unary(ctx context.Context, in *Ping) (*Pong, error) {
 	out := new(Pong)
-	if err := x.gw.Unary(ctx, KindsServiceKafkaSpec.Methods[0], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _KindsService_Unary_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -132,7 +188,7 @@ func (x *KindsServiceKafkaGateway) Unary(ctx context.Context, in *Ping) (*Pong, 
 // ServerStream relays the call through Kafka: request messages to topic
 // "kinds-requests", replies from topic "kinds-responses".
 func (x *KindsServiceKafkaGateway) ServerStream(in *Ping, stream KindsService_ServerStreamServer) error {
-	return runtime.GatewayStream[Ping, Pong](x.gw, KindsServiceKafkaSpec.Methods[1], in, stream)
+	return runtime.GatewayStream[Ping, Pong](x.gw, _KindsService_ServerStream_KafkaMethod, in, stream)
 }
 
 // ClientStream is a stream of requests, one response.
@@ -140,7 +196,7 @@ func (x *KindsServiceKafkaGateway) ServerStream(in *Ping, stream KindsService_Se
 // ClientStream relays the call through Kafka: request messages to topic
 // "kinds-requests", replies from topic "kinds-responses".
 func (x *KindsServiceKafkaGateway) ClientStream(stream KindsService_ClientStreamServer) error {
-	return runtime.GatewayStream[Ping, Pong](x.gw, KindsServiceKafkaSpec.Methods[2], nil, stream)
+	return runtime.GatewayStream[Ping, Pong](x.gw, _KindsService_ClientStream_KafkaMethod, nil, stream)
 }
 
 // BidiStream is a stream each way.
@@ -148,7 +204,7 @@ func (x *KindsServiceKafkaGateway) ClientStream(stream KindsService_ClientStream
 // BidiStream relays the call through Kafka: request messages to topic
 // "kinds-requests", replies from topic "kinds-responses".
 func (x *KindsServiceKafkaGateway) BidiStream(stream KindsService_BidiStreamServer) error {
-	return runtime.GatewayStream[Ping, Pong](x.gw, KindsServiceKafkaSpec.Methods[3], nil, stream)
+	return runtime.GatewayStream[Ping, Pong](x.gw, _KindsService_BidiStream_KafkaMethod, nil, stream)
 }
 
 // Events fetches a topic with the default settings.
@@ -156,46 +212,78 @@ func (x *KindsServiceKafkaGateway) BidiStream(stream KindsService_BidiStreamServ
 // Events streams the records of topic "kinds-events" to the caller, resuming
 // after the event id in metadata "last-message-id" when the caller sends one.
 func (x *KindsServiceKafkaGateway) Events(in *emptypb.Empty, stream KindsService_EventsServer) error {
-	return runtime.GatewayFetch[Event](x.gw, KindsServiceKafkaSpec.Methods[4], in, stream)
+	return runtime.GatewayFetch[Event](x.gw, _KindsService_Events_KafkaMethod, in, stream)
 }
+
+// The full gRPC method names of the methods of
+// testdata.kinds.v1.DefaultsService that travel over Kafka, for interceptors
+// and other code that tells these methods apart. Each equals
+// protoc-gen-go-grpc's <Service>_<Method>_FullMethodName.
+const (
+	// DefaultsService_Inherit_KafkaFullMethodName is the full gRPC method name of
+	// Inherit, which travels over Kafka; it equals
+	// DefaultsService_Inherit_FullMethodName.
+	DefaultsService_Inherit_KafkaFullMethodName = "/testdata.kinds.v1.DefaultsService/Inherit"
+	// DefaultsService_Override_KafkaFullMethodName is the full gRPC method name of
+	// Override, which travels over Kafka; it equals
+	// DefaultsService_Override_FullMethodName.
+	DefaultsService_Override_KafkaFullMethodName = "/testdata.kinds.v1.DefaultsService/Override"
+)
 
 // DefaultsServiceKafkaSpec lists the Kafka routes of
 // testdata.kinds.v1.DefaultsService: for each of its methods that travel over
-// Kafka, the topics its calls use, or the topic it fetches. Gateways and
-// workers read it; it must not be modified once either uses it.
-var DefaultsServiceKafkaSpec = &runtime.ServiceSpec{
+// Kafka, the topics its calls use, or the topic it fetches. It is a deep copy,
+// made when the package is initialised, of the spec the generated code uses:
+// changing it changes nothing for RegisterDefaultsServiceKafkaGateway,
+// DefaultsServiceKafkaGateway or RegisterDefaultsServiceKafkaWorker. Read it,
+// for example to create the topics; to rename the topics, give the gateway and
+// the worker a runtime.WithTopicMapper.
+var DefaultsServiceKafkaSpec = _DefaultsService_KafkaSpec.Clone()
+
+// _DefaultsService_KafkaSpec is the spec of testdata.kinds.v1.DefaultsService
+// that the generated code uses, unexported so that nothing outside this file
+// changes it.
+var _DefaultsService_KafkaSpec = &runtime.ServiceSpec{
 	Name: "testdata.kinds.v1.DefaultsService",
 	Methods: []*runtime.MethodSpec{
+		_DefaultsService_Inherit_KafkaMethod,
+		_DefaultsService_Override_KafkaMethod,
+	},
+}
+
+// _DefaultsService_Inherit_KafkaMethod is the runtime spec of Inherit: how its
+// calls travel over Kafka.
+var _DefaultsService_Inherit_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.kinds.v1.DefaultsService",
+	Method:  "Inherit",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.kinds.v1.DefaultsService",
-			Method:  "Inherit",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:      "defaults-requests",
-					ReplyTopic: "defaults-responses",
-					Key:        "defaults-key",
-					Overrides: []runtime.Header{
-						{Name: "tenant", Value: "acme"},
-						{Name: "source", Value: "kinds"},
-					},
-					Acks: runtime.AcksLeader,
-				},
+			Topic:      "defaults-requests",
+			ReplyTopic: "defaults-responses",
+			Key:        "defaults-key",
+			Overrides: []runtime.Header{
+				{Name: "tenant", Value: "acme"},
+				{Name: "source", Value: "kinds"},
 			},
+			Acks: runtime.AcksLeader,
 		},
+	},
+}
+
+// _DefaultsService_Override_KafkaMethod is the runtime spec of Override: how
+// its calls travel over Kafka.
+var _DefaultsService_Override_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.kinds.v1.DefaultsService",
+	Method:  "Override",
+	Kind:    runtime.KindBidiStream,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.kinds.v1.DefaultsService",
-			Method:  "Override",
-			Kind:    runtime.KindBidiStream,
-			Routes: []runtime.Route{
-				{
-					Topic:      "override-requests",
-					ReplyTopic: "defaults-responses",
-					Key:        "defaults-key",
-					Overrides: []runtime.Header{
-						{Name: "tenant", Value: "other"},
-					},
-				},
+			Topic:      "override-requests",
+			ReplyTopic: "defaults-responses",
+			Key:        "defaults-key",
+			Overrides: []runtime.Header{
+				{Name: "tenant", Value: "other"},
 			},
 		},
 	},
@@ -215,7 +303,8 @@ type DefaultsServiceKafkaGateway struct {
 // testdata.kinds.v1.DefaultsService through gw.
 // RegisterDefaultsServiceKafkaGateway also prepares gw for the service's
 // topics; to register the gateway yourself, call
-// gw.AddService(DefaultsServiceKafkaSpec) first.
+// gw.AddService(DefaultsServiceKafkaSpec) first, so that the reply readers run
+// before the first call.
 func NewDefaultsServiceKafkaGateway(gw *runtime.Gateway) *DefaultsServiceKafkaGateway {
 	return &DefaultsServiceKafkaGateway{gw: gw}
 }
@@ -223,7 +312,7 @@ func NewDefaultsServiceKafkaGateway(gw *runtime.Gateway) *DefaultsServiceKafkaGa
 // RegisterDefaultsServiceKafkaGateway prepares gw for the service's topics
 // (reply readers) and registers the gateway on s.
 func RegisterDefaultsServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
-	if err := gw.AddService(DefaultsServiceKafkaSpec); err != nil {
+	if err := gw.AddService(_DefaultsService_KafkaSpec); err != nil {
 		return err
 	}
 	RegisterDefaultsServiceServer(s, NewDefaultsServiceKafkaGateway(gw))
@@ -234,7 +323,7 @@ func RegisterDefaultsServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Ga
 // topics: w consumes them and runs each call on impl, writing the replies to
 // the topic each request names.
 func RegisterDefaultsServiceKafkaWorker(w *runtime.Worker, impl DefaultsServiceServer) error {
-	return w.RegisterService(DefaultsServiceKafkaSpec, &DefaultsService_ServiceDesc, impl)
+	return w.RegisterService(_DefaultsService_KafkaSpec, &DefaultsService_ServiceDesc, impl)
 }
 
 // Inherit takes every setting from the service.
@@ -243,7 +332,7 @@ func RegisterDefaultsServiceKafkaWorker(w *runtime.Worker, impl DefaultsServiceS
 // "defaults-requests", replies from topic "defaults-responses".
 func (x *DefaultsServiceKafkaGateway) Inherit(ctx context.Context, in *Ping) (*Pong, error) {
 	out := new(Pong)
-	if err := x.gw.Unary(ctx, DefaultsServiceKafkaSpec.Methods[0], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _DefaultsService_Inherit_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -254,5 +343,5 @@ func (x *DefaultsServiceKafkaGateway) Inherit(ctx context.Context, in *Ping) (*P
 // Override relays the call through Kafka: request messages to topic
 // "override-requests", replies from topic "defaults-responses".
 func (x *DefaultsServiceKafkaGateway) Override(stream DefaultsService_OverrideServer) error {
-	return runtime.GatewayStream[Ping, Pong](x.gw, DefaultsServiceKafkaSpec.Methods[1], nil, stream)
+	return runtime.GatewayStream[Ping, Pong](x.gw, _DefaultsService_Override_KafkaMethod, nil, stream)
 }

@@ -15,36 +15,68 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion1
+const _ = runtime.SupportPackageIsVersion2
+
+// The full gRPC method names of the methods of
+// testdata.partial.v1.PartialService that travel over Kafka, for interceptors
+// and other code that tells these methods apart. Each equals
+// protoc-gen-go-grpc's <Service>_<Method>_FullMethodName.
+const (
+	// PartialService_Lookup_KafkaFullMethodName is the full gRPC method name of
+	// Lookup, which travels over Kafka; it equals
+	// PartialService_Lookup_FullMethodName.
+	PartialService_Lookup_KafkaFullMethodName = "/testdata.partial.v1.PartialService/Lookup"
+	// PartialService_Collect_KafkaFullMethodName is the full gRPC method name of
+	// Collect, which travels over Kafka; it equals
+	// PartialService_Collect_FullMethodName.
+	PartialService_Collect_KafkaFullMethodName = "/testdata.partial.v1.PartialService/Collect"
+)
 
 // PartialServiceKafkaSpec lists the Kafka routes of
 // testdata.partial.v1.PartialService: for each of its methods that travel over
-// Kafka, the topics its calls use, or the topic it fetches. Gateways and
-// workers read it; it must not be modified once either uses it.
-var PartialServiceKafkaSpec = &runtime.ServiceSpec{
+// Kafka, the topics its calls use, or the topic it fetches. It is a deep copy,
+// made when the package is initialised, of the spec the generated code uses:
+// changing it changes nothing for RegisterPartialServiceKafkaGateway,
+// PartialServiceKafkaGateway or RegisterPartialServiceKafkaWorker. Read it, for
+// example to create the topics; to rename the topics, give the gateway and the
+// worker a runtime.WithTopicMapper.
+var PartialServiceKafkaSpec = _PartialService_KafkaSpec.Clone()
+
+// _PartialService_KafkaSpec is the spec of testdata.partial.v1.PartialService
+// that the generated code uses, unexported so that nothing outside this file
+// changes it.
+var _PartialService_KafkaSpec = &runtime.ServiceSpec{
 	Name: "testdata.partial.v1.PartialService",
 	Methods: []*runtime.MethodSpec{
+		_PartialService_Lookup_KafkaMethod,
+		_PartialService_Collect_KafkaMethod,
+	},
+}
+
+// _PartialService_Lookup_KafkaMethod is the runtime spec of Lookup: how its
+// calls travel over Kafka.
+var _PartialService_Lookup_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.partial.v1.PartialService",
+	Method:  "Lookup",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.partial.v1.PartialService",
-			Method:  "Lookup",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:      "lookup-requests",
-					ReplyTopic: "lookup-responses",
-				},
-			},
+			Topic:      "lookup-requests",
+			ReplyTopic: "lookup-responses",
 		},
+	},
+}
+
+// _PartialService_Collect_KafkaMethod is the runtime spec of Collect: how its
+// calls travel over Kafka.
+var _PartialService_Collect_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.partial.v1.PartialService",
+	Method:  "Collect",
+	Kind:    runtime.KindClientStream,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.partial.v1.PartialService",
-			Method:  "Collect",
-			Kind:    runtime.KindClientStream,
-			Routes: []runtime.Route{
-				{
-					Topic:      "collect-requests",
-					ReplyTopic: "collect-responses",
-				},
-			},
+			Topic:      "collect-requests",
+			ReplyTopic: "collect-responses",
 		},
 	},
 }
@@ -64,7 +96,7 @@ type PartialServiceKafkaGateway struct {
 // testdata.partial.v1.PartialService through gw.
 // RegisterPartialServiceKafkaGateway also prepares gw for the service's topics;
 // to register the gateway yourself, call gw.AddService(PartialServiceKafkaSpec)
-// first.
+// first, so that the reply readers run before the first call.
 func NewPartialServiceKafkaGateway(gw *runtime.Gateway) *PartialServiceKafkaGateway {
 	return &PartialServiceKafkaGateway{gw: gw}
 }
@@ -72,7 +104,7 @@ func NewPartialServiceKafkaGateway(gw *runtime.Gateway) *PartialServiceKafkaGate
 // RegisterPartialServiceKafkaGateway prepares gw for the service's topics
 // (reply readers) and registers the gateway on s.
 func RegisterPartialServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
-	if err := gw.AddService(PartialServiceKafkaSpec); err != nil {
+	if err := gw.AddService(_PartialService_KafkaSpec); err != nil {
 		return err
 	}
 	RegisterPartialServiceServer(s, NewPartialServiceKafkaGateway(gw))
@@ -83,7 +115,7 @@ func RegisterPartialServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gat
 // topics: w consumes them and runs each call on impl, writing the replies to
 // the topic each request names.
 func RegisterPartialServiceKafkaWorker(w *runtime.Worker, impl PartialServiceServer) error {
-	return w.RegisterService(PartialServiceKafkaSpec, &PartialService_ServiceDesc, impl)
+	return w.RegisterService(_PartialService_KafkaSpec, &PartialService_ServiceDesc, impl)
 }
 
 // Lookup travels over Kafka.
@@ -92,7 +124,7 @@ func RegisterPartialServiceKafkaWorker(w *runtime.Worker, impl PartialServiceSer
 // "lookup-requests", replies from topic "lookup-responses".
 func (x *PartialServiceKafkaGateway) Lookup(ctx context.Context, in *v1.Ping) (*v1.Pong, error) {
 	out := new(v1.Pong)
-	if err := x.gw.Unary(ctx, PartialServiceKafkaSpec.Methods[0], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _PartialService_Lookup_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -103,5 +135,5 @@ func (x *PartialServiceKafkaGateway) Lookup(ctx context.Context, in *v1.Ping) (*
 // Collect relays the call through Kafka: request messages to topic
 // "collect-requests", replies from topic "collect-responses".
 func (x *PartialServiceKafkaGateway) Collect(stream PartialService_CollectServer) error {
-	return runtime.GatewayStream[v1.Ping, Summary](x.gw, PartialServiceKafkaSpec.Methods[1], nil, stream)
+	return runtime.GatewayStream[v1.Ping, Summary](x.gw, _PartialService_Collect_KafkaMethod, nil, stream)
 }

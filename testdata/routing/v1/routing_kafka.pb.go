@@ -15,155 +15,217 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion1
+const _ = runtime.SupportPackageIsVersion2
+
+// The full gRPC method names of the methods of
+// testdata.routing.v1.RoutingService that travel over Kafka, for interceptors
+// and other code that tells these methods apart. Each equals
+// protoc-gen-go-grpc's <Service>_<Method>_FullMethodName.
+const (
+	// RoutingService_Route_KafkaFullMethodName is the full gRPC method name of
+	// Route, which travels over Kafka; it equals
+	// RoutingService_Route_FullMethodName.
+	RoutingService_Route_KafkaFullMethodName = "/testdata.routing.v1.RoutingService/Route"
+	// RoutingService_Notify_KafkaFullMethodName is the full gRPC method name of
+	// Notify, which travels over Kafka; it equals
+	// RoutingService_Notify_FullMethodName.
+	RoutingService_Notify_KafkaFullMethodName = "/testdata.routing.v1.RoutingService/Notify"
+	// RoutingService_Upload_KafkaFullMethodName is the full gRPC method name of
+	// Upload, which travels over Kafka; it equals
+	// RoutingService_Upload_FullMethodName.
+	RoutingService_Upload_KafkaFullMethodName = "/testdata.routing.v1.RoutingService/Upload"
+	// RoutingService_Send_KafkaFullMethodName is the full gRPC method name of Send,
+	// which travels over Kafka; it equals RoutingService_Send_FullMethodName.
+	RoutingService_Send_KafkaFullMethodName = "/testdata.routing.v1.RoutingService/Send"
+	// RoutingService_Watch_KafkaFullMethodName is the full gRPC method name of
+	// Watch, which travels over Kafka; it equals
+	// RoutingService_Watch_FullMethodName.
+	RoutingService_Watch_KafkaFullMethodName = "/testdata.routing.v1.RoutingService/Watch"
+	// RoutingService_Feed_KafkaFullMethodName is the full gRPC method name of Feed,
+	// which travels over Kafka; it equals RoutingService_Feed_FullMethodName.
+	RoutingService_Feed_KafkaFullMethodName = "/testdata.routing.v1.RoutingService/Feed"
+)
 
 // RoutingServiceKafkaSpec lists the Kafka routes of
 // testdata.routing.v1.RoutingService: for each of its methods that travel over
-// Kafka, the topics its calls use, or the topic it fetches. Gateways and
-// workers read it; it must not be modified once either uses it.
-var RoutingServiceKafkaSpec = &runtime.ServiceSpec{
+// Kafka, the topics its calls use, or the topic it fetches. It is a deep copy,
+// made when the package is initialised, of the spec the generated code uses:
+// changing it changes nothing for RegisterRoutingServiceKafkaGateway,
+// RoutingServiceKafkaGateway or RegisterRoutingServiceKafkaWorker. Read it, for
+// example to create the topics; to rename the topics, give the gateway and the
+// worker a runtime.WithTopicMapper.
+var RoutingServiceKafkaSpec = _RoutingService_KafkaSpec.Clone()
+
+// _RoutingService_KafkaSpec is the spec of testdata.routing.v1.RoutingService
+// that the generated code uses, unexported so that nothing outside this file
+// changes it.
+var _RoutingService_KafkaSpec = &runtime.ServiceSpec{
 	Name: "testdata.routing.v1.RoutingService",
 	Methods: []*runtime.MethodSpec{
+		_RoutingService_Route_KafkaMethod,
+		_RoutingService_Notify_KafkaMethod,
+		_RoutingService_Upload_KafkaMethod,
+		_RoutingService_Send_KafkaMethod,
+		_RoutingService_Watch_KafkaMethod,
+		_RoutingService_Feed_KafkaMethod,
+	},
+}
+
+// _RoutingService_Route_KafkaMethod is the runtime spec of Route: how its calls
+// travel over Kafka.
+var _RoutingService_Route_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.routing.v1.RoutingService",
+	Method:  "Route",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
 		{
-			Service: "testdata.routing.v1.RoutingService",
-			Method:  "Route",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					When: []runtime.MetadataMatch{
-						{Name: "x-tenant", Value: "acme"},
-						{Name: "x-region"},
-					},
-					Topic:      "acme-requests",
-					ReplyTopic: "acme-responses",
-					Key:        "acme",
-					Overrides: []runtime.Header{
-						{Name: "tenant", Value: "acme"},
-						{Name: "kind", Value: "order"},
-					},
-					Acks: runtime.AcksNone,
-				},
-				{
-					When: []runtime.MetadataMatch{
-						{Name: "x-priority", Value: "high"},
-					},
-					Topic:      "routing-requests",
-					ReplyTopic: "routing-responses",
-					Key:        "orders",
-					Overrides: []runtime.Header{
-						{Name: "kind", Value: "order"},
-					},
-				},
-				{
-					Topic:      "routing-requests",
-					ReplyTopic: "routing-responses",
-					Key:        "orders",
-					Overrides: []runtime.Header{
-						{Name: "kind", Value: "order"},
-					},
-					Acks: runtime.AcksLeader,
-				},
+			When: []runtime.MetadataMatch{
+				{Name: "x-tenant", Value: "acme"},
+				{Name: "x-region"},
+			},
+			Topic:      "acme-requests",
+			ReplyTopic: "acme-responses",
+			Key:        "acme",
+			Overrides: []runtime.Header{
+				{Name: "tenant", Value: "acme"},
+				{Name: "kind", Value: "order"},
+			},
+			Acks: runtime.AcksNone,
+		},
+		{
+			When: []runtime.MetadataMatch{
+				{Name: "x-priority", Value: "high"},
+			},
+			Topic:      "routing-requests",
+			ReplyTopic: "routing-responses",
+			Key:        "orders",
+			Overrides: []runtime.Header{
+				{Name: "kind", Value: "order"},
 			},
 		},
 		{
-			Service: "testdata.routing.v1.RoutingService",
-			Method:  "Notify",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					Topic:  "notifications",
-					Acks:   runtime.AcksNone,
-					Oneway: true,
-				},
+			Topic:      "routing-requests",
+			ReplyTopic: "routing-responses",
+			Key:        "orders",
+			Overrides: []runtime.Header{
+				{Name: "kind", Value: "order"},
 			},
+			Acks: runtime.AcksLeader,
+		},
+	},
+}
+
+// _RoutingService_Notify_KafkaMethod is the runtime spec of Notify: how its
+// calls travel over Kafka.
+var _RoutingService_Notify_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.routing.v1.RoutingService",
+	Method:  "Notify",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
+		{
+			Topic:  "notifications",
+			Acks:   runtime.AcksNone,
+			Oneway: true,
+		},
+	},
+}
+
+// _RoutingService_Upload_KafkaMethod is the runtime spec of Upload: how its
+// calls travel over Kafka.
+var _RoutingService_Upload_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.routing.v1.RoutingService",
+	Method:  "Upload",
+	Kind:    runtime.KindClientStream,
+	Routes: []runtime.Route{
+		{
+			When: []runtime.MetadataMatch{
+				{Name: "x-receipt", Value: "yes"},
+			},
+			Topic:      "uploads",
+			ReplyTopic: "upload-receipts",
+			Acks:       runtime.AcksLeader,
 		},
 		{
-			Service: "testdata.routing.v1.RoutingService",
-			Method:  "Upload",
-			Kind:    runtime.KindClientStream,
-			Routes: []runtime.Route{
-				{
-					When: []runtime.MetadataMatch{
-						{Name: "x-receipt", Value: "yes"},
-					},
-					Topic:      "uploads",
-					ReplyTopic: "upload-receipts",
-					Acks:       runtime.AcksLeader,
-				},
-				{
-					Topic:  "uploads",
-					Acks:   runtime.AcksLeader,
-					Oneway: true,
-				},
+			Topic:  "uploads",
+			Acks:   runtime.AcksLeader,
+			Oneway: true,
+		},
+	},
+}
+
+// _RoutingService_Send_KafkaMethod is the runtime spec of Send: how its calls
+// travel over Kafka.
+var _RoutingService_Send_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.routing.v1.RoutingService",
+	Method:  "Send",
+	Kind:    runtime.KindUnary,
+	Routes: []runtime.Route{
+		{
+			When: []runtime.MetadataMatch{
+				{Name: "x-fire-and-forget"},
 			},
+			Topic:  "routing-requests",
+			Acks:   runtime.AcksLeader,
+			Oneway: true,
 		},
 		{
-			Service: "testdata.routing.v1.RoutingService",
-			Method:  "Send",
-			Kind:    runtime.KindUnary,
-			Routes: []runtime.Route{
-				{
-					When: []runtime.MetadataMatch{
-						{Name: "x-fire-and-forget"},
-					},
-					Topic:  "routing-requests",
-					Acks:   runtime.AcksLeader,
-					Oneway: true,
-				},
-				{
-					Topic:      "routing-requests",
-					ReplyTopic: "routing-responses",
-					Acks:       runtime.AcksLeader,
-				},
+			Topic:      "routing-requests",
+			ReplyTopic: "routing-responses",
+			Acks:       runtime.AcksLeader,
+		},
+	},
+}
+
+// _RoutingService_Watch_KafkaMethod is the runtime spec of Watch: how its calls
+// travel over Kafka.
+var _RoutingService_Watch_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.routing.v1.RoutingService",
+	Method:  "Watch",
+	Kind:    runtime.KindServerStream,
+	Routes: []runtime.Route{
+		{
+			When: []runtime.MetadataMatch{
+				{Name: "trace-bin", Value: "\x01\x02"},
 			},
+			Topic:      "watch.requests",
+			ReplyTopic: "watch_traced-responses",
+			Acks:       runtime.AcksLeader,
 		},
 		{
-			Service: "testdata.routing.v1.RoutingService",
-			Method:  "Watch",
-			Kind:    runtime.KindServerStream,
-			Routes: []runtime.Route{
-				{
-					When: []runtime.MetadataMatch{
-						{Name: "trace-bin", Value: "\x01\x02"},
-					},
-					Topic:      "watch.requests",
-					ReplyTopic: "watch_traced-responses",
-					Acks:       runtime.AcksLeader,
+			Topic:      "watch.requests",
+			ReplyTopic: "watch.responses",
+			Acks:       runtime.AcksLeader,
+		},
+	},
+}
+
+// _RoutingService_Feed_KafkaMethod is the runtime spec of Feed: how its calls
+// travel over Kafka.
+var _RoutingService_Feed_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.routing.v1.RoutingService",
+	Method:  "Feed",
+	Kind:    runtime.KindServerStream,
+	Fetch: &runtime.FetchSpec{
+		Topic: "feed",
+		Filters: []runtime.FetchFilter{
+			{
+				Key: new("customer-42"),
+			},
+			{
+				Headers: []runtime.Header{
+					{Name: "type", Value: "created"},
+					{Name: "zilla:service", Value: "orders"},
 				},
-				{
-					Topic:      "watch.requests",
-					ReplyTopic: "watch.responses",
-					Acks:       runtime.AcksLeader,
+			},
+			{
+				Key: new(""),
+				Headers: []runtime.Header{
+					{Name: "flag", Value: ""},
 				},
 			},
 		},
-		{
-			Service: "testdata.routing.v1.RoutingService",
-			Method:  "Feed",
-			Kind:    runtime.KindServerStream,
-			Fetch: &runtime.FetchSpec{
-				Topic: "feed",
-				Filters: []runtime.FetchFilter{
-					{
-						Key: new("customer-42"),
-					},
-					{
-						Headers: []runtime.Header{
-							{Name: "type", Value: "created"},
-							{Name: "zilla:service", Value: "orders"},
-						},
-					},
-					{
-						Key: new(""),
-						Headers: []runtime.Header{
-							{Name: "flag", Value: ""},
-						},
-					},
-				},
-				EventIDField:   1000,
-				ResumeMetadata: "last-event-id",
-			},
-		},
+		EventIDField:   1000,
+		ResumeMetadata: "last-event-id",
 	},
 }
 
@@ -180,7 +242,7 @@ type RoutingServiceKafkaGateway struct {
 // testdata.routing.v1.RoutingService through gw.
 // RegisterRoutingServiceKafkaGateway also prepares gw for the service's topics;
 // to register the gateway yourself, call gw.AddService(RoutingServiceKafkaSpec)
-// first.
+// first, so that the reply readers run before the first call.
 func NewRoutingServiceKafkaGateway(gw *runtime.Gateway) *RoutingServiceKafkaGateway {
 	return &RoutingServiceKafkaGateway{gw: gw}
 }
@@ -188,7 +250,7 @@ func NewRoutingServiceKafkaGateway(gw *runtime.Gateway) *RoutingServiceKafkaGate
 // RegisterRoutingServiceKafkaGateway prepares gw for the service's topics
 // (reply readers) and registers the gateway on s.
 func RegisterRoutingServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
-	if err := gw.AddService(RoutingServiceKafkaSpec); err != nil {
+	if err := gw.AddService(_RoutingService_KafkaSpec); err != nil {
 		return err
 	}
 	RegisterRoutingServiceServer(s, NewRoutingServiceKafkaGateway(gw))
@@ -199,7 +261,7 @@ func RegisterRoutingServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gat
 // topics: w consumes them and runs each call on impl, writing the replies to
 // the topic each request names.
 func RegisterRoutingServiceKafkaWorker(w *runtime.Worker, impl RoutingServiceServer) error {
-	return w.RegisterService(RoutingServiceKafkaSpec, &RoutingService_ServiceDesc, impl)
+	return w.RegisterService(_RoutingService_KafkaSpec, &RoutingService_ServiceDesc, impl)
 }
 
 // Route picks a destination from the caller's metadata.
@@ -210,7 +272,7 @@ func RegisterRoutingServiceKafkaWorker(w *runtime.Worker, impl RoutingServiceSer
 // RoutingServiceKafkaSpec.
 func (x *RoutingServiceKafkaGateway) Route(ctx context.Context, in *Order) (*Receipt, error) {
 	out := new(Receipt)
-	if err := x.gw.Unary(ctx, RoutingServiceKafkaSpec.Methods[0], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _RoutingService_Route_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -222,7 +284,7 @@ func (x *RoutingServiceKafkaGateway) Route(ctx context.Context, in *Order) (*Rec
 // "notifications", then an empty response once Kafka acknowledged them.
 func (x *RoutingServiceKafkaGateway) Notify(ctx context.Context, in *Order) (*emptypb.Empty, error) {
 	out := new(emptypb.Empty)
-	if err := x.gw.Unary(ctx, RoutingServiceKafkaSpec.Methods[1], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _RoutingService_Notify_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -235,7 +297,7 @@ func (x *RoutingServiceKafkaGateway) Notify(ctx context.Context, in *Order) (*em
 // "uploads", then an empty response once Kafka acknowledged them. Calls whose
 // metadata match its other route go there instead; see RoutingServiceKafkaSpec.
 func (x *RoutingServiceKafkaGateway) Upload(stream RoutingService_UploadServer) error {
-	return runtime.GatewayStream[Order, Receipt](x.gw, RoutingServiceKafkaSpec.Methods[2], nil, stream)
+	return runtime.GatewayStream[Order, Receipt](x.gw, _RoutingService_Upload_KafkaMethod, nil, stream)
 }
 
 // Send has replies, except on its oneway route for fire-and-forget callers.
@@ -245,7 +307,7 @@ func (x *RoutingServiceKafkaGateway) Upload(stream RoutingService_UploadServer) 
 // metadata match its other route go there instead; see RoutingServiceKafkaSpec.
 func (x *RoutingServiceKafkaGateway) Send(ctx context.Context, in *Order) (*Receipt, error) {
 	out := new(Receipt)
-	if err := x.gw.Unary(ctx, RoutingServiceKafkaSpec.Methods[3], in, out); err != nil {
+	if err := x.gw.Unary(ctx, _RoutingService_Send_KafkaMethod, in, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -257,7 +319,7 @@ func (x *RoutingServiceKafkaGateway) Send(ctx context.Context, in *Order) (*Rece
 // "watch.requests", replies from topic "watch.responses". Calls whose metadata
 // match its other route go there instead; see RoutingServiceKafkaSpec.
 func (x *RoutingServiceKafkaGateway) Watch(in *Order, stream RoutingService_WatchServer) error {
-	return runtime.GatewayStream[Order, Receipt](x.gw, RoutingServiceKafkaSpec.Methods[4], in, stream)
+	return runtime.GatewayStream[Order, Receipt](x.gw, _RoutingService_Watch_KafkaMethod, in, stream)
 }
 
 // Feed fetches filtered records with a custom event id field and resume
@@ -266,26 +328,50 @@ func (x *RoutingServiceKafkaGateway) Watch(in *Order, stream RoutingService_Watc
 // Feed streams the records of topic "feed" to the caller, resuming after the
 // event id in metadata "last-event-id" when the caller sends one.
 func (x *RoutingServiceKafkaGateway) Feed(in *emptypb.Empty, stream RoutingService_FeedServer) error {
-	return runtime.GatewayFetch[Receipt](x.gw, RoutingServiceKafkaSpec.Methods[5], in, stream)
+	return runtime.GatewayFetch[Receipt](x.gw, _RoutingService_Feed_KafkaMethod, in, stream)
 }
+
+// The full gRPC method names of the methods of
+// testdata.routing.v1.FetchOnlyService that travel over Kafka, for interceptors
+// and other code that tells these methods apart. Each equals
+// protoc-gen-go-grpc's <Service>_<Method>_FullMethodName.
+const (
+	// FetchOnlyService_Audit_KafkaFullMethodName is the full gRPC method name of
+	// Audit, which travels over Kafka; it equals
+	// FetchOnlyService_Audit_FullMethodName.
+	FetchOnlyService_Audit_KafkaFullMethodName = "/testdata.routing.v1.FetchOnlyService/Audit"
+)
 
 // FetchOnlyServiceKafkaSpec lists the Kafka routes of
 // testdata.routing.v1.FetchOnlyService: for each of its methods that travel
-// over Kafka, the topics its calls use, or the topic it fetches. Gateways and
-// workers read it; it must not be modified once either uses it.
-var FetchOnlyServiceKafkaSpec = &runtime.ServiceSpec{
+// over Kafka, the topics its calls use, or the topic it fetches. It is a deep
+// copy, made when the package is initialised, of the spec the generated code
+// uses: changing it changes nothing for RegisterFetchOnlyServiceKafkaGateway,
+// FetchOnlyServiceKafkaGateway or RegisterFetchOnlyServiceKafkaWorker. Read it,
+// for example to create the topics; to rename the topics, give the gateway and
+// the worker a runtime.WithTopicMapper.
+var FetchOnlyServiceKafkaSpec = _FetchOnlyService_KafkaSpec.Clone()
+
+// _FetchOnlyService_KafkaSpec is the spec of
+// testdata.routing.v1.FetchOnlyService that the generated code uses, unexported
+// so that nothing outside this file changes it.
+var _FetchOnlyService_KafkaSpec = &runtime.ServiceSpec{
 	Name: "testdata.routing.v1.FetchOnlyService",
 	Methods: []*runtime.MethodSpec{
-		{
-			Service: "testdata.routing.v1.FetchOnlyService",
-			Method:  "Audit",
-			Kind:    runtime.KindServerStream,
-			Fetch: &runtime.FetchSpec{
-				Topic:          "audit",
-				EventIDField:   536870911,
-				ResumeMetadata: "last-message-id",
-			},
-		},
+		_FetchOnlyService_Audit_KafkaMethod,
+	},
+}
+
+// _FetchOnlyService_Audit_KafkaMethod is the runtime spec of Audit: how its
+// calls travel over Kafka.
+var _FetchOnlyService_Audit_KafkaMethod = &runtime.MethodSpec{
+	Service: "testdata.routing.v1.FetchOnlyService",
+	Method:  "Audit",
+	Kind:    runtime.KindServerStream,
+	Fetch: &runtime.FetchSpec{
+		Topic:          "audit",
+		EventIDField:   536870911,
+		ResumeMetadata: "last-message-id",
 	},
 }
 
@@ -302,7 +388,8 @@ type FetchOnlyServiceKafkaGateway struct {
 // testdata.routing.v1.FetchOnlyService through gw.
 // RegisterFetchOnlyServiceKafkaGateway also prepares gw for the service's
 // topics; to register the gateway yourself, call
-// gw.AddService(FetchOnlyServiceKafkaSpec) first.
+// gw.AddService(FetchOnlyServiceKafkaSpec) first, so that the reply readers run
+// before the first call.
 func NewFetchOnlyServiceKafkaGateway(gw *runtime.Gateway) *FetchOnlyServiceKafkaGateway {
 	return &FetchOnlyServiceKafkaGateway{gw: gw}
 }
@@ -310,7 +397,7 @@ func NewFetchOnlyServiceKafkaGateway(gw *runtime.Gateway) *FetchOnlyServiceKafka
 // RegisterFetchOnlyServiceKafkaGateway prepares gw for the service's topics
 // (reply readers) and registers the gateway on s.
 func RegisterFetchOnlyServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
-	if err := gw.AddService(FetchOnlyServiceKafkaSpec); err != nil {
+	if err := gw.AddService(_FetchOnlyService_KafkaSpec); err != nil {
 		return err
 	}
 	RegisterFetchOnlyServiceServer(s, NewFetchOnlyServiceKafkaGateway(gw))
@@ -321,7 +408,7 @@ func RegisterFetchOnlyServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.G
 // topics: w consumes them and runs each call on impl, writing the replies to
 // the topic each request names.
 func RegisterFetchOnlyServiceKafkaWorker(w *runtime.Worker, impl FetchOnlyServiceServer) error {
-	return w.RegisterService(FetchOnlyServiceKafkaSpec, &FetchOnlyService_ServiceDesc, impl)
+	return w.RegisterService(_FetchOnlyService_KafkaSpec, &FetchOnlyService_ServiceDesc, impl)
 }
 
 // Audit fetches every record of its topic.
@@ -329,5 +416,5 @@ func RegisterFetchOnlyServiceKafkaWorker(w *runtime.Worker, impl FetchOnlyServic
 // Audit streams the records of topic "audit" to the caller, resuming after the
 // event id in metadata "last-message-id" when the caller sends one.
 func (x *FetchOnlyServiceKafkaGateway) Audit(in *emptypb.Empty, stream FetchOnlyService_AuditServer) error {
-	return runtime.GatewayFetch[Receipt](x.gw, FetchOnlyServiceKafkaSpec.Methods[0], in, stream)
+	return runtime.GatewayFetch[Receipt](x.gw, _FetchOnlyService_Audit_KafkaMethod, in, stream)
 }
