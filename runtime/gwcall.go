@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ type gwCall struct {
 	m       *MethodSpec
 	rp      *routePrep
 	id      string // correlation id; empty when oneway
+	attempt []byte // the attempt id of a keyed call (wire.AttemptMetadata), else nil
 	key     []byte
 	headers []kafkaclient.Header
 	start   time.Time
@@ -83,6 +85,10 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 		}
 		c.id = rp.router.correlationID(base, rp.hash)
 		if base != "" {
+			// A retry shares the correlation id of the earlier attempts:
+			// the attempt id keeps their late replies out of this one.
+			c.attempt = []byte(wire.NewUUID())
+			req.Attempt = c.attempt
 			if err := rp.router.ensureReading(ctx, c.id); err != nil {
 				return nil, c.abandon(status.Errorf(codes.Unavailable, "%s: %v", m.FullMethod(), err))
 			}
@@ -209,6 +215,14 @@ func (c *gwCall) wake() {
 	case c.signal <- struct{}{}:
 	default:
 	}
+}
+
+// answers reports whether a reply record with env's headers is for this
+// call: not an answer to another attempt with the same correlation id (a
+// worker that writes no attempt id, such as Zilla's, is taken at its word).
+// Called by the router; c.attempt never changes once the call is registered.
+func (c *gwCall) answers(env *wire.Envelope) bool {
+	return c.attempt == nil || env.Attempt == nil || bytes.Equal(env.Attempt, c.attempt)
 }
 
 // reply is a reply record and its headers, decoded once by the router.

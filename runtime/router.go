@@ -154,7 +154,7 @@ func (r *replyRouter) run(ctx context.Context) {
 		r.read.Add(uint64(len(recs)))
 		for _, rec := range recs {
 			env := wire.Decode(names, rec.Headers, rec.Value)
-			if v, ok := r.pending.Load(string(env.CorrelationID)); ok {
+			if v, ok := r.pending.Load(string(env.CorrelationID)); ok && v.(*gwCall).answers(&env) {
 				v.(*gwCall).deliver(rec, &env)
 			} else {
 				r.dropped.Add(1)

@@ -33,6 +33,9 @@ type Request struct {
 	// (EncodeTimeout): the time left before the caller's deadline.
 	Timeout    time.Duration
 	HasTimeout bool
+	// Attempt, when not nil, is written as "meta:kafkarpc-attempt"
+	// (AttemptMetadata): a keyed call's attempt id.
+	Attempt []byte
 	// Metadata is the caller's request metadata, written as "meta:" headers
 	// (AppendMetadata) with the names Keep accepts (all when Keep is nil).
 	Metadata metadata.MD
@@ -41,7 +44,7 @@ type Request struct {
 
 // AppendRequest appends the headers of every request record of a call (data
 // and end-of-stream alike), in WIRE.md's order: r.Route, identity,
-// correlation id, timeout, metadata.
+// correlation id, then the "meta:" headers: timeout, attempt, metadata.
 func AppendRequest(hs []Header, names *Names, r *Request) []Header {
 	hs = append(hs, r.Route...)
 	if r.Identity != nil {
@@ -52,6 +55,9 @@ func AppendRequest(hs []Header, names *Names, r *Request) []Header {
 	}
 	if r.HasTimeout {
 		hs = append(hs, Header{Key: names.MetaPrefix + TimeoutMetadata, Value: AppendTimeout(nil, r.Timeout)})
+	}
+	if r.Attempt != nil {
+		hs = append(hs, Header{Key: names.MetaPrefix + AttemptMetadata, Value: r.Attempt})
 	}
 	return AppendMetadata(hs, names.MetaPrefix, r.Metadata, r.Keep)
 }

@@ -29,6 +29,9 @@ type Envelope struct {
 	// ServedBy is the value of the "meta:kafkarpc-served-by" header of a
 	// reply (ServedByMetadata).
 	ServedBy []byte
+	// Attempt is the value of the "meta:kafkarpc-attempt" header
+	// (AttemptMetadata).
+	Attempt []byte
 	// Timeout is the value of the "meta:grpc-timeout" header, when
 	// HasTimeout.
 	Timeout    time.Duration
@@ -42,7 +45,7 @@ type Envelope struct {
 	StatusCode, StatusMessage, StatusDetails []byte
 
 	// Meta holds the "meta:" headers in record order, prefix included, except
-	// the timeout and served-by headers; Metadata decodes them.
+	// the timeout, served-by and attempt headers; Metadata decodes them.
 	Meta []Header
 	// Trailers holds the "trailer:" headers of a reply end-of-stream record,
 	// prefix included; Trailer decodes them.
@@ -76,9 +79,10 @@ func Decode(names *Names, hs []Header, value []byte) Envelope {
 				}
 				continue
 			case ServedByMetadata:
-				if e.ServedBy == nil {
-					e.ServedBy = nonNil(h.Value)
-				}
+				first(&e.ServedBy, h.Value)
+				continue
+			case AttemptMetadata:
+				first(&e.Attempt, h.Value)
 				continue
 			case IdempotencyKeyMetadata:
 				if e.IdempotencyKey == nil {
@@ -152,7 +156,7 @@ func (e *Envelope) Status() *status.Status {
 
 // Metadata decodes Meta into gRPC metadata (see DecodeMetadata): the request
 // metadata of a request record, the response headers of a reply. It never
-// contains the timeout or served-by headers.
+// contains the timeout, served-by or attempt headers.
 func (e *Envelope) Metadata() (metadata.MD, error) {
 	return DecodeMetadata(e.Meta, e.names.MetaPrefix, nil)
 }

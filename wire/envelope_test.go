@@ -86,8 +86,9 @@ func TestReplyLayout(t *testing.T) {
 	names := DefaultNames()
 	id := []byte("k-1")
 	served := Header{Key: names.MetaPrefix + ServedByMetadata, Value: []byte("w1")}
-	data := AppendReply(nil, &names, id, metadata.MD{"x-h": {"v"}}, served)
-	if got, want := keysOf(data), []string{"zilla:correlation-id=k-1", "meta:x-h=v", "meta:kafkarpc-served-by=w1"}; !slices.Equal(got, want) {
+	attempt := Header{Key: names.MetaPrefix + AttemptMetadata, Value: []byte("a1")}
+	data := AppendReply(nil, &names, id, metadata.MD{"x-h": {"v"}}, served, attempt)
+	if got, want := keysOf(data), []string{"zilla:correlation-id=k-1", "meta:x-h=v", "meta:kafkarpc-served-by=w1", "meta:kafkarpc-attempt=a1"}; !slices.Equal(got, want) {
 		t.Fatalf("data headers %q, want %q", got, want)
 	}
 	st := status.New(codes.NotFound, "gone")
@@ -96,7 +97,7 @@ func TestReplyLayout(t *testing.T) {
 		t.Fatalf("end headers %q, want %q", got, want)
 	}
 	e := Decode(&names, data, []byte("x"))
-	if string(e.ServedBy) != "w1" || len(e.Meta) != 1 || e.Meta[0].Key != "meta:x-h" {
+	if string(e.ServedBy) != "w1" || string(e.Attempt) != "a1" || len(e.Meta) != 1 || e.Meta[0].Key != "meta:x-h" {
 		t.Fatalf("data decoded %+v", e)
 	}
 	e = Decode(&names, end, nil)

@@ -63,6 +63,9 @@ func FuzzDecode(f *testing.F) {
 		if _, ok := md[ServedByMetadata]; ok {
 			t.Fatal("served-by left in the metadata")
 		}
+		if _, ok := md[AttemptMetadata]; ok {
+			t.Fatal("the attempt id left in the metadata")
+		}
 	})
 }
 

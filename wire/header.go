@@ -26,6 +26,15 @@ const (
 	// caller answers it already had. Gateways remove it from the caller's
 	// response headers.
 	ServedByMetadata = "kafkarpc-served-by"
+	// AttemptMetadata tells the attempts of a call apart. A retry with the
+	// same idempotency key shares its correlation id with every earlier
+	// attempt, so a gateway writes a fresh attempt id on the request records
+	// of each keyed call, and a worker writes the attempt id of the request
+	// it answers on every reply record. A gateway takes a reply whose attempt
+	// id is another's for a late answer to an earlier attempt and drops it; a
+	// reply with none (from a worker that does not know the header, such as
+	// Zilla's) is taken as before.
+	AttemptMetadata = "kafkarpc-attempt"
 )
 
 // CancelStatus is the value of the status header on a request end-of-stream
