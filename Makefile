@@ -27,9 +27,13 @@ test: ## run every test under the race detector, on the embedded broker, once pe
 	@for c in $(KAFKA_CLIENTS); do echo "== KAFKA_CLIENT=$$c"; KAFKA_CLIENT=$$c $(GO) test -race -count=1 ./... || exit 1; done
 
 .PHONY: purego
-purego: ## show that a program importing only runtime, runtime/franz and runtime/embedded builds and runs without cgo
+# The test kit runs on franz, its default without cgo; its test
+# TestNoConfluentWithoutCgo checks that no confluent package (nor any with cgo
+# files) is among its dependencies then.
+purego: ## show that a program importing only runtime, runtime/franz and runtime/embedded, and the test kit, build and run without cgo
 	CGO_ENABLED=0 $(GO) build -o /dev/null ./example/internal/purego
 	CGO_ENABLED=0 $(GO) run ./example/internal/purego
+	CGO_ENABLED=0 $(GO) test -count=1 ./runtime/kafkarpctest/...
 
 # Apache Kafka for the integration suite: scripts/kafka.sh fetches the broker
 # with Maven into .cache/kafka (KAFKA_VERSION, KAFKA_PORT: see the script).

@@ -83,7 +83,7 @@ func main() {
 	flag.IntVar(&cfg.streamMsgs, "stream-msgs", 10000, "messages of one server stream")
 	flag.BoolVar(&cfg.fetch, "fetch", true, "measure fanout (fetch) through the gateway")
 	flag.IntVar(&cfg.streamWorkers, "grpc-stream-workers", 0, "grpc.NumStreamWorkers of every gRPC server (0: gRPC's default, a goroutine per stream)")
-	flag.BoolVar(&cfg.grpcDefaults, "grpc-defaults", false, "gRPC's own default options on every gRPC server and client, instead of runtime.GatewayServerOptions and runtime.CallerDialOptions")
+	flag.BoolVar(&cfg.grpcDefaults, "grpc-defaults", false, "gRPC's own default options on every gRPC server and client, instead of runtime.GatewayServerOptions and runtime.CallerDialOptions (the gateway's server keeps runtime.FetchServerCodec)")
 	flag.IntVar(&cfg.fanoutCallers, "fanout-callers", 16, "fetch (fanout) callers")
 	flag.IntVar(&cfg.fanoutEvents, "fanout-events", 1000, "events produced per fetch measurement")
 	flag.StringVar(&cfg.message, "message", "ping", "message of each echo request")

@@ -347,7 +347,7 @@ func writeEnv(w io.Writer, cfg config, broker string, watermill bool) {
 	fmt.Fprintf(w, "- settings: each Kafka client with the runtime's defaults (acks=all, idempotent, linger 0; see README); topics of 3 partitions; gateway and worker in this process with a Kafka client each; echo message %q; %d measured rounds of %v slices per contender, after one %v warm-up slice; at most %d calls per slice, %v per call\n",
 		cfg.message, cfg.rounds, cfg.slice, cfg.warmup, cfg.maxCalls, cfg.callTimeout)
 	if cfg.grpcDefaults {
-		fmt.Fprintln(w, "- every gRPC server and client with gRPC's default options (-grpc-defaults)")
+		fmt.Fprintln(w, "- every gRPC server and client with gRPC's default options (-grpc-defaults); the gateway's server with runtime.FetchServerCodec()")
 	} else {
 		fmt.Fprintln(w, "- every gRPC server with runtime.GatewayServerOptions() and every gRPC client with runtime.CallerDialOptions(): fixed 1 MiB / 16 MiB HTTP/2 windows, so no bandwidth-estimation PINGs")
 	}

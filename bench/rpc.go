@@ -33,12 +33,12 @@ type grpcEnv struct {
 	echo echov1.EchoServiceClient
 }
 
-func newGRPCEnv(register func(*grpc.Server) error) (*grpcEnv, error) {
+func newGRPCEnv(register func(*grpc.Server) error, extra ...grpc.ServerOption) (*grpcEnv, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	s := grpc.NewServer(grpcServerOptions...)
+	s := grpc.NewServer(append(append([]grpc.ServerOption(nil), grpcServerOptions...), extra...)...)
 	if err := register(s); err != nil {
 		_ = lis.Close()
 		return nil, err
@@ -89,7 +89,9 @@ func newRPCEnv(front, back kafkaclient.Client, prefix string, log *slog.Logger, 
 		gopts = append(gopts, o)
 	}
 	gw := runtime.NewGateway(front, gopts...)
-	ge, err := newGRPCEnv(func(s *grpc.Server) error { return echov1.RegisterEchoServiceKafkaGateway(s, gw) })
+	// FetchServerCodec even with -grpc-defaults: it is the gateway's, not a
+	// gRPC tuning the contenders share.
+	ge, err := newGRPCEnv(func(s *grpc.Server) error { return echov1.RegisterEchoServiceKafkaGateway(s, gw) }, runtime.FetchServerCodec())
 	if err != nil {
 		_ = w.Close()
 		_ = gw.Close()

@@ -90,7 +90,8 @@ type FetchStats struct {
 	// Delivered counts the messages sent to fetch callers.
 	Delivered uint64
 	// Uncopied counts the messages of Delivered sent without a copy (all of
-	// them unless the server forces a codec of its own; see fanout_codec.go).
+	// them on a server with FetchServerCodec, none on others; see
+	// fanout_codec.go).
 	Uncopied uint64
 	// CatchUps counts the callers that started behind a window and read
 	// Kafka with a catch-up reader of their own.

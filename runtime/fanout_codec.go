@@ -10,28 +10,22 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// The codec registered for "proto" (grpc-go's own, or one registered before
-// this package's initialisation) is wrapped so that a fetch can hand gRPC a
-// record's value and the event id field side by side, and the transport
-// writes them out as they are: no decode, no re-encode, no copy. Every other
-// value is marshalled and unmarshalled by the wrapped codec, unchanged, for
-// every server and client of the process: the wrapper only adds a type
-// check. This is what grpc/encoding/proto itself does on import, and what a
-// program may do after (its own registration then replaces this one).
+// fetchCodec is the codec FetchServerCodec forces on a gateway's gRPC
+// server: the proto codec (base) with fetch messages sent as they are, so
+// that a fetch hands gRPC a record's value and the event id field side by
+// side and the transport writes them out with no decode, no re-encode and
+// no copy. Every other value is marshalled and unmarshalled by base,
+// unchanged: the wrapper only adds a type switch.
 //
-// A fetch asks, per call, whether its server marshals with this codec (one
-// registered later, or a server built with grpc.ForceServerCodec or
-// ForceServerCodecV2, does not). When not, it still never decodes a record:
-// it wraps the value and the id as the unknown fields of an empty response
-// message, which any proto codec copies out as they are: one copy more per
-// message (see BenchmarkFetchEncode and BenchmarkFetchFanout for the cost).
-func init() {
-	if base := encoding.GetCodecV2("proto"); base != nil {
-		encoding.RegisterCodecV2(fetchCodec{base: base})
-	}
-}
-
-// fetchCodec is the "proto" codec with fetch messages sent as they are.
+// A fetch asks, per call, whether its server marshals with this codec (a
+// server without FetchServerCodec, or with a codec of its own forced after
+// it, does not). When not, it still never decodes a record: it wraps the
+// value and the id as the unknown fields of an empty response message,
+// which any proto codec copies out as they are: one copy more per message
+// (see BenchmarkFetchEncode and BenchmarkFetchFanout for the cost).
+//
+// Nothing here touches gRPC's codec registry: importing the runtime (or a
+// generated package) leaves the process's "proto" codec as it was.
 type fetchCodec struct{ base encoding.CodecV2 }
 
 func (c fetchCodec) Marshal(v any) (mem.BufferSlice, error) {

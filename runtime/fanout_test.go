@@ -56,8 +56,13 @@ type fanoutEnv struct {
 
 func setupFanout(t testing.TB, opts ...runtime.GatewayOption) *fanoutEnv {
 	t.Helper()
-	return setupFanoutServer(t, nil, opts...)
+	return setupFanoutServer(t, zeroCopyServer, opts...)
 }
+
+// zeroCopyServer is how setupFanout builds the gateway's gRPC server: with
+// FetchServerCodec, so that fetch calls send records uncopied, and gRPC's
+// defaults otherwise.
+var zeroCopyServer = []grpc.ServerOption{runtime.FetchServerCodec()}
 
 // setupFanoutServer is setupFanout with options for the gRPC server.
 func setupFanoutServer(t testing.TB, srvOpts []grpc.ServerOption, opts ...runtime.GatewayOption) *fanoutEnv {
@@ -245,14 +250,23 @@ func (tr *tracker) add(ev *echov1.EchoEvent) error {
 	return nil
 }
 
+// TestFetchStreamsEveryRecordWithEventIDs runs one fetch on a gateway server
+// built with GatewayServerOptions (records sent uncopied), on one built
+// without any option (the server did not opt in: each record goes as the
+// unknown fields of an empty message, one copy), and on one that forces a
+// proto codec of its own after GatewayServerOptions (the same): the caller
+// gets the same bytes from all three.
 func TestFetchStreamsEveryRecordWithEventIDs(t *testing.T) {
-	t.Run("zerocopy", func(t *testing.T) { testFetchStreams(t, nil) })
-	t.Run("passthrough", func(t *testing.T) { testFetchStreams(t, forcedCodec) })
+	t.Run("zerocopy", func(t *testing.T) { testFetchStreams(t, runtime.GatewayServerOptions(), true) })
+	t.Run("passthrough", func(t *testing.T) { testFetchStreams(t, nil, false) })
+	t.Run("forced", func(t *testing.T) {
+		testFetchStreams(t, append(runtime.GatewayServerOptions(), forcedCodec...), false)
+	})
 }
 
 // forcedCodec makes a server marshal with a proto codec of its own, not
-// the one the runtime registers: fetch calls then send each record as the
-// unknown fields of an empty message (passthrough), not uncopied.
+// FetchServerCodec's: fetch calls then send each record as the unknown
+// fields of an empty message (passthrough), not uncopied.
 var forcedCodec = []grpc.ServerOption{grpc.ForceServerCodecV2(plainProto{})}
 
 type plainProto struct{}
@@ -269,8 +283,9 @@ func (plainProto) Unmarshal(d mem.BufferSlice, v any) error {
 func (plainProto) Name() string { return "proto" }
 
 // testFetchStreams checks one stream of 310 records, on a server with
-// srvOpts; the other calls of the server work as usual.
-func testFetchStreams(t *testing.T, srvOpts []grpc.ServerOption) {
+// srvOpts, sent uncopied or not; the other calls of the server work as
+// usual.
+func testFetchStreams(t *testing.T, srvOpts []grpc.ServerOption, uncopied bool) {
 	e := setupFanoutServer(t, srvOpts)
 	e.produce(t, e.topic, 300, 5, 0)
 	ctx := ctxFor(t, 60*time.Second)
@@ -308,8 +323,8 @@ func testFetchStreams(t *testing.T, srvOpts []grpc.ServerOption) {
 	if st.Topics != 1 || st.Callers != 1 || st.CatchUps != 0 || st.WindowRecords != 310 {
 		t.Fatalf("stats %+v: want one topic, one caller, no catch-up, 310 records in the window", st)
 	}
-	if want := st.Delivered; srvOpts != nil && st.Uncopied != 0 || srvOpts == nil && st.Uncopied != want {
-		t.Fatalf("stats %+v: want every delivery uncopied, unless the server forces its own codec", st)
+	if want := st.Delivered; uncopied && st.Uncopied != want || !uncopied && st.Uncopied != 0 {
+		t.Fatalf("stats %+v: want every delivery uncopied: %v", st, uncopied)
 	}
 	// The server's other methods still marshal normally: EchoUnary reaches
 	// the gateway, which answers UNAVAILABLE or similar without a worker;

@@ -52,7 +52,8 @@ func TestTraceSpansBothKafkaHops(t *testing.T) {
 	gw := runtime.NewGateway(kc, asGateway(opts)...)
 	t.Cleanup(func() { _ = gw.Close() })
 	lis := listen(t)
-	srv := grpc.NewServer(grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(prop))))
+	srv := grpc.NewServer(append(runtime.GatewayServerOptions(),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(prop))))...)
 	if err := echov1.RegisterEchoServiceKafkaGateway(srv, gw); err != nil {
 		t.Fatal(err)
 	}

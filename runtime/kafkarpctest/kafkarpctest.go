@@ -2,7 +2,9 @@
 // test, in one call: an embedded Kafka broker (or the cluster named by
 // KAFKA_BROKERS), topics of the test's own, a worker serving your
 // implementation, and a gateway behind an in-memory gRPC connection, like
-// grpc's bufconn. Everything is closed when the test ends.
+// grpc's bufconn. The gateway's gRPC server is built with
+// runtime.GatewayServerOptions, as a production one should be (fetch
+// methods send records uncopied). Everything is closed when the test ends.
 //
 //	env := kafkarpctest.Start(t, kafkarpctest.Service{
 //		Spec:            echov1.EchoServiceKafkaSpec,
@@ -12,6 +14,19 @@
 //		},
 //	})
 //	client := echov1.NewEchoServiceClient(env.Conn)
+//
+// # Kafka client
+//
+// Without WithClient, the Kafka client depends on the build (DefaultClient
+// names it): with cgo, the project's default, confluent (confluent-kafka-go,
+// librdkafka); without cgo (CGO_ENABLED=0, or no C compiler), franz
+// (franz-go, pure Go). A test of the kit thus builds and runs without a C
+// toolchain, and the kit built without cgo links no confluent package.
+// WithClient picks one explicitly, for example franz in a build with cgo:
+//
+//	kafkarpctest.Start(t, svc, kafkarpctest.WithClient(func(brokers string) (kafkaclient.Client, error) {
+//		return franz.New(franz.WithSeedBrokers(brokers))
+//	}))
 package kafkarpctest
 
 import (
@@ -21,6 +36,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,7 +45,6 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/confluent"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
@@ -68,7 +83,8 @@ type Env struct {
 // Topic returns the name a topic of the spec has in this test.
 func (e *Env) Topic(name string) string { return e.Prefix + name }
 
-// Option configures Start.
+// Option configures Start. Options are plain functions: one may be shared
+// by tests running in parallel.
 type Option func(*config)
 
 type config struct {
@@ -97,25 +113,29 @@ func WithWorkerOptions(opts ...runtime.WorkerOption) Option {
 	return func(c *config) { c.wkOpts = append(c.wkOpts, opts...) }
 }
 
-// WithClient sets how the Kafka client is made. Default: confluent.New with
-// bootstrap.servers.
+// WithClient sets how the Kafka client is made from the bootstrap address
+// (comma-separated host:port). Start calls f once and closes the client
+// when the test ends. Default: DefaultClient with its default settings and
+// the test's logger (see the package doc).
 func WithClient(f func(brokers string) (kafkaclient.Client, error)) Option {
 	return func(c *config) { c.client = f }
 }
 
 // Start starts everything for svc and returns once the worker holds its
-// partitions. Failures end the test with tb.Fatal.
+// partitions. Failures end the test with tb.Fatal, so call it from the
+// test's own goroutine; tests calling it in parallel get topics and groups
+// of their own.
 func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	tb.Helper()
 	cfg := config{brokers: os.Getenv("KAFKA_BROKERS"), partitions: 3}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	logger := slog.New(slog.NewTextHandler(&tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logw := &tbWriter{tb: tb}
+	tb.Cleanup(logw.stop) // registered first, so it runs last: the client may log while it closes
+	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if cfg.client == nil {
-		cfg.client = func(brokers string) (kafkaclient.Client, error) {
-			return confluent.New(confluent.Config{"bootstrap.servers": brokers}, confluent.WithLogger(logger))
-		}
+		cfg.client = func(brokers string) (kafkaclient.Client, error) { return defaultClient(brokers, logger) }
 	}
 	if cfg.brokers == "" {
 		b, err := embedded.Start()
@@ -207,10 +227,25 @@ func randomHex() string {
 	return hex.EncodeToString(b[:])
 }
 
-// tbWriter sends log lines to the test's log.
-type tbWriter struct{ tb testing.TB }
+// tbWriter sends log lines to the test's log until stop: testing panics on
+// a Log after the test ended, which a client's goroutine may still attempt.
+type tbWriter struct {
+	mu      sync.Mutex
+	tb      testing.TB
+	stopped bool
+}
 
 func (w *tbWriter) Write(p []byte) (int, error) {
-	w.tb.Log(string(p))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.tb.Log(string(p))
+	}
 	return len(p), nil
+}
+
+func (w *tbWriter) stop() {
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
 }

@@ -1,0 +1,110 @@
+package kafkarpctest_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkarpctest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+)
+
+// TestStartEcho starts the kit with its default client (DefaultClient of
+// this build: CGO_ENABLED=0 runs it on franz) and the example's echo
+// service: a unary call through Kafka, and a fetch of records produced to
+// the test's topic, sent uncopied by the kit's gateway server.
+func TestStartEcho(t *testing.T) {
+	env := kafkarpctest.Start(t, kafkarpctest.Service{
+		Spec:            echov1.EchoServiceKafkaSpec,
+		RegisterGateway: echov1.RegisterEchoServiceKafkaGateway,
+		RegisterWorker: func(w *runtime.Worker) error {
+			return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{})
+		},
+	})
+	if !isDefaultClient(env.Client) {
+		t.Fatalf("the kit's client is a %T, want %s's", env.Client, kafkarpctest.DefaultClient)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	client := echov1.NewEchoServiceClient(env.Conn)
+
+	resp, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "hello"})
+	if err != nil || resp.GetMessage() != "hello" {
+		t.Fatalf("EchoUnary = %q, %v; want hello", resp.GetMessage(), err)
+	}
+
+	const n = 20
+	errc := make(chan error, n)
+	for i := range n {
+		v, err := proto.Marshal(&echov1.EchoEvent{Message: fmt.Sprint("event-", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One partition key: the records arrive in the order produced.
+		env.Client.Produce(&kafkaclient.Record{Topic: env.Topic("echo-events"), Partition: kafkaclient.AnyPartition, Key: []byte("k"), Value: v},
+			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+	}
+	for range n {
+		if err := <-errc; err != nil {
+			t.Fatalf("producing: %v", err)
+		}
+	}
+	events, err := client.EchoEvents(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		ev, err := events.Recv()
+		if err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+		if want := fmt.Sprint("event-", i); ev.GetMessage() != want {
+			t.Fatalf("event %d = %q, want %q", i, ev.GetMessage(), want)
+		}
+		raw, ok := wire.EventIDFromMessage(ev, wire.DefaultEventIDField)
+		if !ok {
+			t.Fatalf("event %d has no event id", i)
+		}
+		if id, err := wire.DecodeEventID(raw); err != nil || len(id) == 0 {
+			t.Fatalf("event %d: event id %v, %v", i, id, err)
+		}
+	}
+	if st := env.Gateway.FetchStats(); st.Delivered < n || st.Uncopied != st.Delivered {
+		t.Fatalf("fetch stats %+v: want %d or more deliveries, all uncopied", st, n)
+	}
+}
+
+// TestNoConfluentWithoutCgo: built without cgo, the kit and its tests
+// depend on no confluent package and no package with cgo files, so that
+// CGO_ENABLED=0 go test ./runtime/kafkarpctest/... builds.
+func TestNoConfluentWithoutCgo(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	list := exec.CommandContext(ctx, "go", "list", "-deps", "-test", "-f", "{{if .CgoFiles}}cgo{{else}}-{{end}} {{.ImportPath}}", ".")
+	list.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := list.CombinedOutput()
+	if err != nil {
+		t.Fatalf("CGO_ENABLED=0 go list -deps -test: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, line := range lines {
+		cgo, path, _ := strings.Cut(line, " ")
+		if strings.Contains(path, "confluent") || cgo != "-" {
+			t.Errorf("without cgo, the kit depends on %s (%s)", path, cgo)
+		}
+	}
+	if len(lines) < 10 {
+		t.Fatalf("go list printed %d packages: %s", len(lines), out)
+	}
+}
