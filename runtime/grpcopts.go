@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
@@ -18,7 +19,13 @@ const (
 // grpc.NewServer, your own options after them: later options win).
 //
 // They are FetchServerCodec, so that fetch methods send each record without
-// a copy, and fixed HTTP/2 flow-control windows: 1 MiB per stream and 16 MiB
+// a copy; a limit on received messages of kafkaclient.MaxMessageBytes
+// (8 MiB), the record limit of the topics this project creates, instead of
+// gRPC's 4 MiB, so that every message a topic takes gets through and a larger
+// one ends RESOURCE_EXHAUSTED naming both sizes at once, before it reaches
+// Kafka (to change it, set the topics' max.message.bytes and pass
+// grpc.MaxRecvMsgSize after these options, and grpc.MaxCallRecvMsgSize to
+// the callers); and fixed HTTP/2 flow-control windows: 1 MiB per stream and 16 MiB
 // per connection instead of gRPC's default dynamic window. The dynamic
 // window is sized by bandwidth-delay-product estimation, which answers data
 // that arrives with a PING (at most one outstanding per connection): on a
@@ -39,7 +46,8 @@ const (
 //
 // Each call returns a new slice; safe for concurrent use.
 func GatewayServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{FetchServerCodec(), grpc.InitialWindowSize(streamWindow), grpc.InitialConnWindowSize(connWindow)}
+	return []grpc.ServerOption{FetchServerCodec(), grpc.MaxRecvMsgSize(kafkaclient.MaxMessageBytes),
+		grpc.InitialWindowSize(streamWindow), grpc.InitialConnWindowSize(connWindow)}
 }
 
 // FetchServerCodec returns the gRPC server option (grpc.ForceServerCodecV2)
@@ -75,9 +83,12 @@ func FetchServerCodec() grpc.ServerOption {
 
 // CallerDialOptions returns the gRPC client options we recommend for the
 // callers of a gateway (pass them to grpc.NewClient): the client side of
-// GatewayServerOptions' fixed windows, so that the caller does not send a
-// bandwidth-estimation PING after each response either. Each call returns a
-// new slice; safe for concurrent use.
+// GatewayServerOptions' message limit (responses up to
+// kafkaclient.MaxMessageBytes, the largest a reply record can carry, instead
+// of gRPC's 4 MiB) and of its fixed windows, so that the caller does not
+// send a bandwidth-estimation PING after each response either. Each call
+// returns a new slice; safe for concurrent use.
 func CallerDialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithInitialWindowSize(streamWindow), grpc.WithInitialConnWindowSize(connWindow)}
+	return []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(kafkaclient.MaxMessageBytes), grpc.MaxCallSendMsgSize(kafkaclient.MaxMessageBytes)),
+		grpc.WithInitialWindowSize(streamWindow), grpc.WithInitialConnWindowSize(connWindow)}
 }
