@@ -3,7 +3,6 @@ package runtime
 import (
 	"container/heap"
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -109,13 +108,15 @@ func (c *committer) stop() {
 }
 
 // commitNow commits the safe offset of every partition in only (all when
-// nil) that moved since the last commit.
+// nil) that moved since the last commit, through the worker's replyWriter.
 func (c *committer) commitNow(only map[kafkaclient.TopicPartition]bool) {
+	c.w.writer.commit(c, only)
+}
+
+// commitOffsets commits the safe offsets through the consumer group (the
+// directWriter's commit).
+func (c *committer) commitOffsets(only map[kafkaclient.TopicPartition]bool) {
 	w := c.w
-	if w.txn != nil {
-		c.commitTxn(only)
-		return
-	}
 	w.mu.Lock()
 	offs, tracks := w.safeOffsets(only)
 	w.mu.Unlock()
@@ -131,37 +132,17 @@ func (c *committer) commitNow(only map[kafkaclient.TopicPartition]bool) {
 	w.markCommitted(offs, tracks)
 }
 
-// commitTxn commits the open transaction with the safe offsets: no call
-// produces meanwhile, every record in the transaction is acknowledged and
-// its call marked done first, so the offsets cover exactly the calls whose
-// replies the transaction holds.
-func (c *committer) commitTxn(only map[kafkaclient.TopicPartition]bool) {
-	w := c.w
-	w.txnMu.Lock()
-	defer w.txnMu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := w.txn.Flush(ctx); err != nil {
-		w.fail(fmt.Errorf("exactly-once: flushing the transaction: %w", err))
-		return
+// track returns the partTrack of rec's partition, noting that rec was read.
+// Called with w.mu held.
+func (w *Worker) track(rec *kafkaclient.Record) *partTrack {
+	tp := kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}
+	pt := w.parts[tp]
+	if pt == nil { // a record of a partition we were not told about
+		pt = newPartTrack()
+		w.parts[tp] = pt
 	}
-	w.mu.Lock()
-	for w.txnOpen > 0 {
-		w.txnIdle.Wait()
-	}
-	offs, tracks := w.safeOffsets(only)
-	dirty := w.txnDirty
-	w.txnDirty = false
-	w.mu.Unlock()
-	if len(offs) == 0 && !dirty {
-		return
-	}
-	if err := w.txn.Commit(ctx, c.gr, offs); err != nil {
-		_ = w.txn.Abort(ctx)
-		w.fail(fmt.Errorf("exactly-once: committing the transaction: %w", err))
-		return
-	}
-	w.markCommitted(offs, tracks)
+	pt.seen(rec.Offset)
+	return pt
 }
 
 // safeOffsets returns, for every partition in only (all when nil) whose safe

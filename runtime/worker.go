@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,9 +12,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
@@ -50,15 +45,18 @@ type Worker struct {
 	ready      chan struct{}
 	readyOnce  sync.Once
 
-	mu       sync.Mutex // guards calls, trailing, dupes, keys, replies and parts
-	calls    map[string]*wCall
-	trailing *recentSet          // calls over whose remaining request records are skipped
-	dupes    map[string]struct{} // duplicate attempts of calls in flight, skipped until their end
-	keys     map[string][]*wCall // calls waiting for their turn, by record key
-	replies  *replyStore         // replies of recent idempotent calls
-	parts    map[kafkaclient.TopicPartition]*partTrack
-	running  sync.WaitGroup // call goroutines
+	// mu guards the dispatch tables: the calls in flight by correlation id,
+	// what is known of repeated requests, the key queues and the partition
+	// tracks. It is held for table updates only, never across a Kafka call
+	// or a handler.
+	mu      sync.Mutex
+	calls   map[string]*call
+	repeats repeats
+	keys    keyOrder
+	parts   map[kafkaclient.TopicPartition]*partTrack
+	running sync.WaitGroup // call goroutines
 
+	writer    replyWriter // directWriter, or txnWriter with WorkerExactlyOnce
 	committer *committer
 	stats     workerCounters
 	// incarnation is sent as response metadata on the first replies of every
@@ -72,14 +70,8 @@ type Worker struct {
 	dupCount    metric.Int64Counter
 	lostCount   metric.Int64Counter
 
-	// exactly-once (WorkerExactlyOnce)
-	txn      kafkaclient.TxnProducer
-	txnMu    sync.RWMutex // calls produce under RLock; a commit holds Lock
-	txnOpen  int          // calls whose replies are in the open transaction but not yet marked done; guarded by mu
-	txnDirty bool         // something was produced in the open transaction; guarded by mu
-	txnIdle  *sync.Cond   // signalled when txnOpen drops to 0; uses mu
-	errMu    sync.Mutex
-	err      error
+	errMu sync.Mutex
+	err   error // why the worker stopped by itself
 }
 
 type workerService struct {
@@ -123,16 +115,14 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		loopDone: make(chan struct{}),
 		sem:      make(chan struct{}, cfg.maxConcurrent),
 		ready:    make(chan struct{}),
-		calls:    map[string]*wCall{},
-		trailing: newRecentSet(1 << 16),
-		dupes:    map[string]struct{}{},
-		keys:     map[string][]*wCall{},
-		replies:  newReplyStore(cfg.idemWindow, cfg.idemMaxBytes),
+		calls:    map[string]*call{},
+		repeats:  newRepeats(cfg.idemWindow, cfg.idemMaxBytes),
+		keys:     keyOrder{queues: map[string][]*call{}},
 		parts:    map[kafkaclient.TopicPartition]*partTrack{},
+		writer:   directWriter{client: client},
 	}
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
-	w.txnIdle = sync.NewCond(&w.mu)
 	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + wire.ServedByMetadata, Value: []byte(wire.NewUUID())}}
 	w.trc = newTracing(cfg.telemetryConfig)
 	meter := meterOf(cfg.telemetryConfig)
@@ -309,7 +299,7 @@ func (w *Worker) Start() error {
 		if err != nil {
 			return fmt.Errorf("kafkarpc: exactly-once: %w", err)
 		}
-		w.txn = txn
+		w.writer = newTxnWriter(w, txn)
 	}
 	gr, err := w.client.NewGroupReader(kafkaclient.GroupConfig{
 		GroupID:       w.cfg.groupID,
@@ -378,11 +368,7 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	if err := gr.Close(); err != nil {
 		w.cfg.logger.Warn("kafkarpc: leaving group", "group", w.cfg.groupID, "error", err)
 	}
-	if w.txn != nil {
-		if err := w.txn.Close(); err != nil {
-			w.cfg.logger.Warn("kafkarpc: closing the transactional producer", "error", err)
-		}
-	}
+	w.writer.close()
 	w.baseCancel()
 }
 
@@ -391,7 +377,7 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition]bool) {
 	for {
 		w.mu.Lock()
-		var wait []*wCall
+		var wait []*call
 		for _, c := range w.calls {
 			if parts == nil || parts[c.tp] {
 				wait = append(wait, c)
@@ -438,7 +424,7 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 	}
 	if lost {
 		w.mu.Lock()
-		var abort []*wCall
+		var abort []*call
 		for _, c := range w.calls {
 			if set[c.tp] {
 				abort = append(abort, c)
@@ -452,9 +438,9 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 		// Calls with all their input may finish; calls still waiting for input
 		// would wait forever, since that input now goes to another member.
 		w.mu.Lock()
-		var abort []*wCall
+		var abort []*call
 		for _, c := range w.calls {
-			if set[c.tp] && !c.inputComplete() {
+			if set[c.tp] && !c.in.complete() {
 				abort = append(abort, c)
 			}
 		}
@@ -475,137 +461,15 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 	w.cfg.logger.Info("kafkarpc: partitions revoked", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts), "lost", lost)
 }
 
-// handle routes one request record: to its call in flight, or as the start of
-// a new call, or answers or skips it when it cannot be served.
-func (w *Worker) handle(rec *kafkaclient.Record) {
-	names := &w.cfg.names
-	tp := kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}
-	id, hasID := headerValue(rec.Headers, names.CorrelationID)
-
-	w.mu.Lock()
-	pt := w.parts[tp]
-	if pt == nil { // a record of a partition we were not told about
-		pt = newPartTrack()
-		w.parts[tp] = pt
+// lookup returns the method a request names, or nil. The registry is
+// read without regMu: it is not written once the worker started, and every
+// reader runs on a goroutine started after that.
+func (w *Worker) lookup(service, method []byte) *workerMethod {
+	if s := w.services[string(service)]; s != nil {
+		return s.methods[string(method)]
 	}
-	pt.seen(rec.Offset)
-	var stored *storedReply
-	if hasID {
-		if _, dup := w.dupes[string(id)]; dup {
-			if rec.Value == nil {
-				delete(w.dupes, string(id))
-			}
-			w.mu.Unlock()
-			return
-		}
-		if c := w.calls[string(id)]; c != nil {
-			if rec.Value != nil && c.inputComplete() {
-				// A new attempt of a call still running here (a retry with
-				// the same idempotency key): once the call is over, the
-				// attempt is answered (answerWaiter); its offset is held
-				// until then. The rest of the attempt's records are skipped.
-				replyTo, _ := headerValue(rec.Headers, names.ReplyTo)
-				c.waiters = append(c.waiters, waiter{rec: rec, pt: pt, replyTo: string(replyTo), late: c.ending.Load()})
-				pt.begin(rec.Offset)
-				w.dupes[string(id)] = struct{}{}
-				w.mu.Unlock()
-				return
-			}
-			w.mu.Unlock()
-			c.feed(rec)
-			return
-		}
-		if w.trailing.has(string(id)) {
-			if rec.Value == nil {
-				w.trailing.remove(string(id))
-			}
-			w.mu.Unlock()
-			return
-		}
-		if rec.Value != nil {
-			stored = w.replies.get(string(id), time.Now())
-		}
-	}
-	w.mu.Unlock()
-
-	service, hasService := headerValue(rec.Headers, names.Service)
-	method, hasMethod := headerValue(rec.Headers, names.Method)
-	if !hasID {
-		// A oneway unary request is a whole call in one record. The records
-		// of a oneway client stream carry nothing to group them by: they are
-		// for other consumers of the topic, not for a worker.
-		if wm := w.lookup(string(service), string(method)); wm != nil && wm.spec.Kind == KindUnary && w.onewayRoute(wm.spec, rec.Topic) {
-			w.startCall(rec, pt, "", "", wm, false)
-			return
-		}
-		w.stats.skippedNoID.Add(1)
-		w.countSkipped("no_correlation_id")
-		w.cfg.logger.Warn("kafkarpc: skipping request without correlation id", "header", names.CorrelationID,
-			"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
-		return
-	}
-	if rec.Value == nil {
-		// An end-of-stream record of a call not in flight here: the whole
-		// request of an empty client stream, or else the end (or a late
-		// cancel) of a call that is over.
-		if v, ok := headerValue(rec.Headers, names.Status); ok && string(v) == "1" {
-			return
-		}
-		if wm := w.lookup(string(service), string(method)); wm == nil || !wm.spec.Kind.clientStreams() {
-			return
-		}
-	}
-	replyTo, hasReplyTo := headerValue(rec.Headers, names.ReplyTo)
-	if !hasReplyTo || len(replyTo) == 0 {
-		w.stats.malformed.Add(1)
-		w.countSkipped("malformed")
-		w.cfg.logger.Warn("kafkarpc: skipping request without reply topic", "header", names.ReplyTo,
-			"correlation_id", string(id), "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
-		return
-	}
-	var fail *status.Status
-	var wm *workerMethod
-	switch {
-	case !hasService || len(service) == 0:
-		fail = status.Newf(codes.Internal, "request at %s has no %s header", recordPlace(rec), names.Service)
-	case !hasMethod || len(method) == 0:
-		fail = status.Newf(codes.Internal, "request at %s has no %s header", recordPlace(rec), names.Method)
-	default:
-		if wm = w.lookup(string(service), string(method)); wm == nil {
-			fail = status.Newf(codes.Unimplemented, "unknown method /%s/%s (request at %s)", service, method, recordPlace(rec))
-		}
-	}
-	if fail != nil {
-		w.stats.malformed.Add(1)
-		w.countSkipped("malformed")
-		w.rejectCall(rec, pt, string(id), string(replyTo), fail, false)
-		return
-	}
-	if stored != nil {
-		w.countDuplicate()
-		w.answerCall(rec, pt, string(id), string(replyTo), nil, stored.records, false)
-		return
-	}
-	w.startCall(rec, pt, string(id), string(replyTo), wm, false)
-}
-
-func (w *Worker) onewayRoute(m *MethodSpec, topic string) bool {
-	for _, r := range m.Routes {
-		if r.Oneway && w.cfg.topic(r.Topic) == topic {
-			return true
-		}
-	}
-	return false
-}
-
-func (w *Worker) lookup(service, method string) *workerMethod {
-	w.regMu.Lock()
-	defer w.regMu.Unlock()
-	if s := w.services[service]; s != nil {
-		return s.methods[method]
-	}
-	if w.proxy != nil && service != "" && method != "" {
-		return w.proxy.method(service, method)
+	if w.proxy != nil && len(service) > 0 && len(method) > 0 {
+		return w.proxy.method(string(service), string(method))
 	}
 	return nil
 }
@@ -656,109 +520,7 @@ func (w *Worker) Stats() WorkerStats {
 	}
 }
 
-// requestMetadata reads a request's gRPC metadata and deadline from its
-// headers.
-func requestMetadata(rec *kafkaclient.Record, names *wire.Names) (metadata.MD, time.Time, error) {
-	md, err := wire.DecodeMetadata(rec.Headers, names.MetaPrefix, nil)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	var deadline time.Time
-	if v := md.Get(wire.TimeoutMetadata); len(v) > 0 {
-		d, err := wire.DecodeTimeout(v[0])
-		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("header %q: %w", names.MetaPrefix+wire.TimeoutMetadata, err)
-		}
-		start := rec.Timestamp
-		if start.IsZero() {
-			start = time.Now()
-		}
-		deadline = start.Add(d)
-		md.Delete(wire.TimeoutMetadata)
-	}
-	return md, deadline, nil
-}
-
-// waitTurn queues c behind the unfinished calls with the same record key, so
-// that calls sharing a key run in the order of their records. Called with
-// w.mu held. Calls keyed by their own correlation id share no key.
-func (w *Worker) waitTurn(c *wCall, key string) {
-	if key == "" || key == c.id {
-		return
-	}
-	c.key = key
-	q, busy := w.keys[key]
-	if !busy {
-		c.hasTurn = true
-	} else {
-		c.turn = make(chan struct{})
-	}
-	w.keys[key] = append(q, c)
-}
-
-// passTurn removes a finished c from its key's queue and lets the next call
-// with that key run. Called with w.mu held.
-func (w *Worker) passTurn(c *wCall) {
-	q := w.keys[c.key]
-	i := slices.Index(q, c)
-	if i < 0 {
-		return
-	}
-	q = slices.Delete(q, i, i+1)
-	if len(q) == 0 {
-		delete(w.keys, c.key)
-		return
-	}
-	w.keys[c.key] = q
-	if i == 0 && !q[0].hasTurn {
-		q[0].hasTurn = true
-		close(q[0].turn)
-	}
-}
-
-// recentSet is a bounded set of strings that forgets the oldest first.
-type recentSet struct {
-	max   int
-	set   map[string]struct{}
-	order []string
-}
-
-func newRecentSet(max int) *recentSet {
-	return &recentSet{max: max, set: map[string]struct{}{}}
-}
-
-func (s *recentSet) add(k string) {
-	if _, ok := s.set[k]; ok {
-		return
-	}
-	if len(s.order) >= s.max {
-		delete(s.set, s.order[0])
-		s.order = s.order[1:]
-	}
-	s.set[k] = struct{}{}
-	s.order = append(s.order, k)
-}
-
-func (s *recentSet) has(k string) bool { _, ok := s.set[k]; return ok }
-
-func (s *recentSet) remove(k string) { delete(s.set, k) } // its order slot expires in time
-
-// fullMethodName is "/service/method".
-func fullMethodName(service, method string) string {
-	var b strings.Builder
-	b.Grow(len(service) + len(method) + 2)
-	b.WriteByte('/')
-	b.WriteString(service)
-	b.WriteByte('/')
-	b.WriteString(method)
-	return b.String()
-}
-
-// wire.ServedByMetadata is the response metadata, carried as meta:<name> on the
+// ServedByMetadata is the response metadata, carried as meta:<name> on the
 // reply records of every call, that names the worker process instance that
-// served it (a random id per Worker). When a worker dies midway through a
-// streaming call, the partition's next owner serves the call again from its
-// first request, and its replies carry another id: the gateway then ends the
-// call with UNAVAILABLE instead of handing the caller answers it already had.
-// Gateways remove it from the caller's response headers.
-const ServedByMetadata = "kafkarpc-served-by"
+// served it (wire.ServedByMetadata, kept here for existing callers).
+const ServedByMetadata = wire.ServedByMetadata
