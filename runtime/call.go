@@ -43,8 +43,10 @@ type call struct {
 	pt      *partTrack
 	first   int64 // offset of the call's first request record
 	ctx     context.Context
-	cancel  context.CancelCauseFunc
 	done    chan struct{} // closed once the call is over
+	// ctxCancel and stopTimer (nil without a deadline) end ctx; see cancel.
+	ctxCancel context.CancelCauseFunc
+	stopTimer context.CancelFunc
 
 	turn keyTurn      // its place among the calls sharing its record key; guarded by Worker.mu
 	in   requestQueue // the request records
@@ -66,7 +68,7 @@ type call struct {
 
 func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, wm *workerMethod) *call {
 	c := &call{
-		w: w, wm: wm, id: id, idb: env.CorrelationID, replyTo: string(env.ReplyTo),
+		w: w, wm: wm, id: id, idb: env.CorrelationID,
 		tp:    kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition},
 		pt:    pt,
 		first: rec.Offset,
@@ -102,13 +104,7 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 	c := w.newCall(rec, env, pt, id, wm)
 	c.openContext(rec, env, md, deadline)
 	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
-	w.mu.Lock()
-	if id != "" {
-		w.calls[id] = c
-	}
-	w.keys.wait(c, rec.Key)
-	pt.begin(rec.Offset)
-	w.mu.Unlock()
+	w.admit(c, rec, env, true)
 	w.stats.calls.Add(1)
 	c.feed(rec, env)
 	if ended {
@@ -136,13 +132,35 @@ func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metad
 	}
 	c.traceHdrs = w.trc.traceHeaders(ctx, w.cfg.names.MetaPrefix)
 	wm.tel.begin(ctx)
-	var stopTimer context.CancelFunc = func() {}
 	if !deadline.IsZero() {
-		ctx, stopTimer = context.WithDeadline(ctx, deadline)
+		ctx, c.stopTimer = context.WithDeadline(ctx, deadline)
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	c.cancel = func(cause error) { cancel(cause); stopTimer() }
+	ctx, c.ctxCancel = context.WithCancelCause(ctx)
 	c.ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{c})
+}
+
+// cancel ends the call's context with cause (nil once the call is over).
+func (c *call) cancel(cause error) {
+	c.ctxCancel(cause)
+	if c.stopTimer != nil {
+		c.stopTimer()
+	}
+}
+
+// admit enters c, a call starting at rec, in the dispatch tables: under its
+// correlation id, in its record key's queue when ordered, its first offset
+// held until it is served. It also sets c's reply topic.
+func (w *Worker) admit(c *call, rec *kafkaclient.Record, env *wire.Envelope, ordered bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c.replyTo = w.replyTopic(env.ReplyTo)
+	if c.id != "" {
+		w.calls[c.id] = c
+	}
+	if ordered {
+		w.keys.wait(c, rec.Key)
+	}
+	c.pt.begin(rec.Offset)
 }
 
 // rejectCall answers a request with st without running a handler, and skips
@@ -162,11 +180,8 @@ func (w *Worker) answerCall(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	}
 	c := w.newCall(rec, env, pt, id, nil)
 	c.replay = replay
-	c.ctx, c.cancel = context.WithCancelCause(w.base)
-	w.mu.Lock()
-	w.calls[id] = c
-	pt.begin(rec.Offset)
-	w.mu.Unlock()
+	c.ctx, c.ctxCancel = context.WithCancelCause(w.base)
+	w.admit(c, rec, env, false)
 	c.feed(rec, env)
 	if ended {
 		c.endInput()

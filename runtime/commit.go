@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"container/heap"
 	"context"
 	"time"
 
@@ -28,14 +27,14 @@ func (p *partTrack) seen(off int64) {
 	}
 }
 
-func (p *partTrack) begin(off int64)  { heap.Push(&p.open, off) }
+func (p *partTrack) begin(off int64)  { p.open.push(off) }
 func (p *partTrack) finish(off int64) { p.closed[off]++ }
 
 // point is the offset it is safe to commit: the first offset of the oldest
 // unfinished call, or the next offset to read when none is unfinished.
 func (p *partTrack) point() int64 {
 	for len(p.open) > 0 && p.closed[p.open[0]] > 0 {
-		off := heap.Pop(&p.open).(int64)
+		off := p.open.pop()
 		if p.closed[off]--; p.closed[off] == 0 {
 			delete(p.closed, off)
 		}
@@ -46,17 +45,45 @@ func (p *partTrack) point() int64 {
 	return p.next
 }
 
+// offsetHeap is a min-heap of offsets (no container/heap: its interface
+// would box every offset).
 type offsetHeap []int64
 
-func (h offsetHeap) Len() int           { return len(h) }
-func (h offsetHeap) Less(i, j int) bool { return h[i] < h[j] }
-func (h offsetHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *offsetHeap) Push(x any)        { *h = append(*h, x.(int64)) }
-func (h *offsetHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+func (h *offsetHeap) push(off int64) {
+	*h = append(*h, off)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if q[parent] <= q[i] {
+			break
+		}
+		q[parent], q[i] = q[i], q[parent]
+		i = parent
+	}
+}
+
+// pop removes and returns the least offset; h must not be empty.
+func (h *offsetHeap) pop() int64 {
+	q := *h
+	least, last := q[0], len(q)-1
+	q[0] = q[last]
+	q = q[:last]
+	for i := 0; ; {
+		small, l, r := i, 2*i+1, 2*i+2
+		if l < len(q) && q[l] < q[small] {
+			small = l
+		}
+		if r < len(q) && q[r] < q[small] {
+			small = r
+		}
+		if small == i {
+			break
+		}
+		q[i], q[small] = q[small], q[i]
+		i = small
+	}
+	*h = q
+	return least
 }
 
 // committer commits the worker's safe offsets after calls finish, at most

@@ -168,3 +168,19 @@ func (w *Worker) onewayRoute(m *MethodSpec, topic string) bool {
 	}
 	return false
 }
+
+// maxReplyTopics bounds the reply topic names the worker keeps.
+const maxReplyTopics = 256
+
+// replyTopic returns the reply topic named by b, without building a string
+// per call for the topics the worker saw before. Called with w.mu held.
+func (w *Worker) replyTopic(b []byte) string {
+	if t, ok := w.replyTopics[string(b)]; ok {
+		return t
+	}
+	t := string(b)
+	if len(w.replyTopics) < maxReplyTopics {
+		w.replyTopics[t] = t
+	}
+	return t
+}

@@ -100,7 +100,7 @@ func (r *repeats) takeWaiters(c *call) []waiter {
 func (r *repeats) trail(id string) { r.trailing.add(id) }
 
 // lookup returns the stored replies of id, if still within the window.
-func (r *repeats) lookup(id []byte) *storedReply { return r.stored.get(string(id), time.Now()) }
+func (r *repeats) lookup(id []byte) *storedReply { return r.stored.get(id, time.Now()) }
 
 // remember stores the replies of the call with correlation id id.
 func (r *repeats) remember(id string, records []kafkaclient.Record) {
@@ -213,9 +213,9 @@ func (s *replyStore) put(r *storedReply, now time.Time) {
 }
 
 // get returns the stored replies of id, if still within the window.
-func (s *replyStore) get(id string, now time.Time) *storedReply {
+func (s *replyStore) get(id []byte, now time.Time) *storedReply {
 	s.expire(now)
-	return s.byID[id]
+	return s.byID[string(id)]
 }
 
 // expire forgets what is past the window or over the byte bound.

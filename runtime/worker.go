@@ -54,7 +54,9 @@ type Worker struct {
 	repeats repeats
 	keys    keyOrder
 	parts   map[kafkaclient.TopicPartition]*partTrack
-	running sync.WaitGroup // call goroutines
+	// replyTopics interns the reply topic names requests carry.
+	replyTopics map[string]string
+	running     sync.WaitGroup // call goroutines
 
 	writer    replyWriter // directWriter, or txnWriter with WorkerExactlyOnce
 	committer *committer
@@ -109,17 +111,18 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		o.applyWorker(&cfg)
 	}
 	w := &Worker{
-		client:   client,
-		cfg:      cfg,
-		services: map[string]*workerService{},
-		loopDone: make(chan struct{}),
-		sem:      make(chan struct{}, cfg.maxConcurrent),
-		ready:    make(chan struct{}),
-		calls:    map[string]*call{},
-		repeats:  newRepeats(cfg.idemWindow, cfg.idemMaxBytes),
-		keys:     keyOrder{queues: map[string][]*call{}},
-		parts:    map[kafkaclient.TopicPartition]*partTrack{},
-		writer:   directWriter{client: client},
+		client:      client,
+		cfg:         cfg,
+		services:    map[string]*workerService{},
+		loopDone:    make(chan struct{}),
+		sem:         make(chan struct{}, cfg.maxConcurrent),
+		ready:       make(chan struct{}),
+		calls:       map[string]*call{},
+		repeats:     newRepeats(cfg.idemWindow, cfg.idemMaxBytes),
+		keys:        keyOrder{queues: map[string][]*call{}},
+		parts:       map[kafkaclient.TopicPartition]*partTrack{},
+		replyTopics: map[string]string{},
+		writer:      directWriter{client: client},
 	}
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
