@@ -110,7 +110,6 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 	if ended {
 		c.endInput()
 	}
-	w.running.Add(1)
 	go c.run()
 }
 
@@ -119,18 +118,18 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 // transport stream that grpc.SetHeader and friends use.
 func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metadata.MD, deadline time.Time) {
 	w, wm := c.w, c.wm
-	ctx := metadata.NewIncomingContext(w.trc.extract(w.base, md), md)
+	ctx := metadata.NewIncomingContext(w.tel.trc.extract(w.base, md), md)
 	if env.Identity != nil {
 		ctx = context.WithValue(ctx, identityKey{}, string(env.Identity))
 	}
 	c.start = time.Now()
-	ctx, c.span = w.trc.tracer.Start(ctx, wm.handleName, wm.handleOpts...)
+	ctx, c.span = w.tel.trc.tracer.Start(ctx, wm.handleName, wm.handleOpts...)
 	if c.span.IsRecording() {
 		c.span.SetAttributes(attribute.String("messaging.destination.name", rec.Topic),
 			attribute.Int("messaging.destination.partition.id", int(rec.Partition)), attribute.Int64("messaging.kafka.offset", rec.Offset),
 			attribute.String("messaging.message.conversation_id", c.id))
 	}
-	c.traceHdrs = w.trc.traceHeaders(ctx, w.cfg.names.MetaPrefix)
+	c.traceHdrs = w.tel.trc.traceHeaders(ctx, w.cfg.names.MetaPrefix)
 	wm.tel.begin(ctx)
 	if !deadline.IsZero() {
 		ctx, c.stopTimer = context.WithDeadline(ctx, deadline)
@@ -186,11 +185,7 @@ func (w *Worker) answerCall(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	if ended {
 		c.endInput()
 	}
-	w.running.Add(1)
-	go func() {
-		defer w.running.Done()
-		c.finish(st)
-	}()
+	go c.finish(st)
 }
 
 // abort gives the call up: its handler is cancelled and nothing more it
@@ -206,7 +201,6 @@ func (c *call) abort() {
 // handler slot, runs the handler (again, as retries allow), dead-letters a
 // poison request, and finishes the call.
 func (c *call) run() {
-	defer c.w.running.Done()
 	if c.turn.ch != nil { // calls with the same key run in the order of their records
 		select {
 		case <-c.turn.ch:

@@ -37,7 +37,7 @@ func (c *call) deadLetter(st *status.Status) {
 	w := c.w
 	topic := w.cfg.topic(w.cfg.deadLetterTopic)
 	w.stats.deadLettered.Add(1)
-	w.deadLet.Add(context.Background(), 1)
+	w.tel.deadLetter.Add(context.Background(), 1)
 	w.cfg.logger.Warn("kafkarpc: request sent to the dead-letter topic", "topic", topic,
 		"correlation_id", c.id, "code", st.Code().String(), "message", st.Message(),
 		"from_topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first, "attempts", c.attempts)

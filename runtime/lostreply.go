@@ -57,5 +57,5 @@ func (c *call) reportLost(outcome *status.Status) {
 
 func (c *call) countLost() {
 	c.w.stats.lostReplies.Add(1)
-	c.w.lostCount.Add(context.Background(), 1)
+	c.w.tel.lost.Add(context.Background(), 1)
 }

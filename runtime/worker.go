@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
@@ -56,7 +53,6 @@ type Worker struct {
 	parts   map[kafkaclient.TopicPartition]*partTrack
 	// replyTopics interns the reply topic names requests carry.
 	replyTopics map[string]string
-	running     sync.WaitGroup // call goroutines
 
 	writer    replyWriter // directWriter, or txnWriter with WorkerExactlyOnce
 	committer *committer
@@ -65,12 +61,7 @@ type Worker struct {
 	// call (wire.ServedByMetadata), so that a gateway can tell when another worker
 	// served a call again after this one failed midway.
 	incarnation []kafkaclient.Header
-	trc         tracing
-	met         callMetrics
-	skipped     metric.Int64Counter
-	deadLet     metric.Int64Counter
-	dupCount    metric.Int64Counter
-	lostCount   metric.Int64Counter
+	tel         workerTelemetry
 
 	errMu sync.Mutex
 	err   error // why the worker stopped by itself
@@ -91,16 +82,6 @@ type workerMethod struct {
 	tel        *methodTelemetry // nil for proxied methods until their first call
 	handleName string           // "handle /service/method"
 	handleOpts []trace.SpanStartOption
-}
-
-// prepareTelemetry precomputes wm's metric options, span name and span
-// options.
-func (w *Worker) prepareTelemetry(wm *workerMethod) {
-	full := wm.spec.FullMethod()
-	wm.tel = w.met.forMethod(full)
-	wm.handleName = "handle " + full
-	wm.handleOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attribute.String("messaging.system", "kafka"), wm.tel.method)}
 }
 
 // NewWorker returns a Worker reading and producing through client, which
@@ -127,60 +108,8 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
 	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + wire.ServedByMetadata, Value: []byte(wire.NewUUID())}}
-	w.trc = newTracing(cfg.telemetryConfig)
-	meter := meterOf(cfg.telemetryConfig)
-	w.met = newCallMetrics(meter, "worker")
-	w.skipped, _ = meter.Int64Counter("kafkarpc.worker.records.skipped",
-		metric.WithDescription("Request records not served as calls, by reason."))
-	w.deadLet, _ = meter.Int64Counter("kafkarpc.worker.dead_lettered", metric.WithDescription("Calls sent to the dead-letter topic."))
-	w.dupCount, _ = meter.Int64Counter("kafkarpc.worker.duplicates",
-		metric.WithDescription("Requests answered from the stored replies of an earlier call."))
-	w.lostCount, _ = meter.Int64Counter("kafkarpc.worker.replies.lost",
-		metric.WithDescription("Calls some of whose replies Kafka did not take; their callers were told UNAVAILABLE."))
-	_, _ = meter.Int64ObservableGauge("kafkarpc.worker.lag",
-		metric.WithDescription("Records not yet read from the partitions this worker holds, by topic and partition."),
-		metric.WithInt64Callback(w.observeLag))
+	w.tel = newWorkerTelemetry(cfg.telemetryConfig, w.observeLag)
 	return w
-}
-
-// observeLag reports, for every partition the worker holds, the records
-// between its end and the worker's position.
-func (w *Worker) observeLag(ctx context.Context, o metric.Int64Observer) error {
-	w.mu.Lock()
-	next := map[kafkaclient.TopicPartition]int64{}
-	byTopic := map[string][]int32{}
-	for tp, pt := range w.parts {
-		next[tp] = pt.next
-		byTopic[tp.Topic] = append(byTopic[tp.Topic], tp.Partition)
-	}
-	w.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	for topic, parts := range byTopic {
-		ends, err := w.client.Offsets(ctx, topic, parts, kafkaclient.Latest)
-		if err != nil {
-			return err
-		}
-		for _, p := range parts {
-			pos := next[kafkaclient.TopicPartition{Topic: topic, Partition: p}]
-			if pos < 0 {
-				continue // nothing read yet: the position is not known here
-			}
-			o.Observe(max(ends[p]-pos, 0), metric.WithAttributes(
-				attribute.String("messaging.destination.name", topic), attribute.Int("messaging.destination.partition.id", int(p))))
-		}
-	}
-	return nil
-}
-
-// countDuplicate counts a request answered from an earlier call's replies.
-func (w *Worker) countDuplicate() {
-	w.stats.duplicates.Add(1)
-	w.dupCount.Add(context.Background(), 1)
-}
-
-func (w *Worker) countSkipped(reason string) {
-	w.skipped.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", reason)))
 }
 
 // Err reports why the worker stopped by itself (a failed transaction with
@@ -379,14 +308,7 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 // then aborts what is left.
 func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition]bool) {
 	for {
-		w.mu.Lock()
-		var wait []*call
-		for _, c := range w.calls {
-			if parts == nil || parts[c.tp] {
-				wait = append(wait, c)
-			}
-		}
-		w.mu.Unlock()
+		wait := w.callsOf(parts, false)
 		if len(wait) == 0 {
 			return
 		}
@@ -404,6 +326,20 @@ func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition
 			}
 		}
 	}
+}
+
+// callsOf returns the calls in flight of parts (all when nil); only those
+// still waiting for input when waiting.
+func (w *Worker) callsOf(parts map[kafkaclient.TopicPartition]bool, waiting bool) []*call {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var cs []*call
+	for _, c := range w.calls {
+		if (parts == nil || parts[c.tp]) && (!waiting || !c.in.complete()) {
+			cs = append(cs, c)
+		}
+	}
+	return cs
 }
 
 func (w *Worker) onAssigned(parts []kafkaclient.TopicPartition) {
@@ -425,32 +361,13 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 	for _, tp := range parts {
 		set[tp] = true
 	}
-	if lost {
-		w.mu.Lock()
-		var abort []*call
-		for _, c := range w.calls {
-			if set[c.tp] {
-				abort = append(abort, c)
-			}
-		}
-		w.mu.Unlock()
-		for _, c := range abort {
-			c.abort()
-		}
-	} else {
-		// Calls with all their input may finish; calls still waiting for input
-		// would wait forever, since that input now goes to another member.
-		w.mu.Lock()
-		var abort []*call
-		for _, c := range w.calls {
-			if set[c.tp] && !c.in.complete() {
-				abort = append(abort, c)
-			}
-		}
-		w.mu.Unlock()
-		for _, c := range abort {
-			c.abort()
-		}
+	// Once lost, nothing may be committed: every call is given up. Else
+	// calls with all their input may finish; calls still waiting for input
+	// would wait forever, since that input now goes to another member.
+	for _, c := range w.callsOf(set, !lost) {
+		c.abort()
+	}
+	if !lost {
 		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.revokeTimeout)
 		w.drain(ctx, set)
 		cancel()
@@ -475,52 +392,6 @@ func (w *Worker) lookup(service, method []byte) *workerMethod {
 		return w.proxy.method(string(service), string(method))
 	}
 	return nil
-}
-
-// WorkerStats are counters of records a worker could not serve as calls.
-type WorkerStats struct {
-	// SkippedNoCorrelationID counts request records without a correlation id
-	// (that are not oneway requests); they cannot be answered.
-	SkippedNoCorrelationID uint64
-	// Malformed counts requests answered with an error without running a
-	// handler (missing service or method, unknown method, bad metadata) or
-	// skipped for want of a reply topic.
-	Malformed uint64
-	// Calls counts calls started (handlers run, not counting retries).
-	Calls uint64
-	// Duplicates counts requests answered from the replies of an earlier
-	// call with the same correlation id instead of running a handler.
-	Duplicates uint64
-	// DeadLettered counts calls whose requests went to the dead-letter
-	// topic.
-	DeadLettered uint64
-	// Panics counts handlers that panicked.
-	Panics uint64
-	// ProxyRetries counts the attempts a proxying worker repeated because
-	// the target was UNAVAILABLE before it took the call.
-	ProxyRetries uint64
-	// LostReplies counts calls some of whose replies Kafka did not take
-	// (after the client's own retries); each such caller was sent an
-	// UNAVAILABLE end-of-stream record saying so.
-	LostReplies uint64
-}
-
-type workerCounters struct {
-	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, deadLettered, lostReplies atomic.Uint64
-}
-
-// Stats returns the worker's counters. Safe for concurrent use.
-func (w *Worker) Stats() WorkerStats {
-	return WorkerStats{
-		SkippedNoCorrelationID: w.stats.skippedNoID.Load(),
-		Malformed:              w.stats.malformed.Load(),
-		Calls:                  w.stats.calls.Load(),
-		Duplicates:             w.stats.duplicates.Load(),
-		DeadLettered:           w.stats.deadLettered.Load(),
-		Panics:                 w.stats.panics.Load(),
-		ProxyRetries:           w.stats.proxyRetries.Load(),
-		LostReplies:            w.stats.lostReplies.Load(),
-	}
 }
 
 // ServedByMetadata is the response metadata, carried as meta:<name> on the
