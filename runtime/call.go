@@ -74,7 +74,6 @@ func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTr
 		first: rec.Offset,
 		done:  make(chan struct{}),
 	}
-	c.in.signal = make(chan struct{}, 1)
 	c.acked = c.delivered
 	return c
 }

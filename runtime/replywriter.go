@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -33,17 +34,17 @@ type replyWriter interface {
 // delivery is one call's records on their way to Kafka.
 type delivery struct {
 	unacked sync.WaitGroup
-	mu      sync.Mutex
-	err     error                 // the first failure to deliver a reply
-	outbox  []*kafkaclient.Record // txnWriter: what flush produces
+	failed  atomic.Pointer[error] // the first failure to deliver a reply
+	outbox  []*kafkaclient.Record // txnWriter: what flush produces; the call's own
 	inTxn   bool                  // txnWriter: flush put records in the open transaction
 }
 
 // failure returns the first failure to deliver a reply of the call so far.
 func (d *delivery) failure() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.err
+	if p := d.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // delivered is the delivery callback of the call's records (call.acked).
@@ -62,11 +63,7 @@ func (c *call) delivered(rec *kafkaclient.Record, err error) {
 	}
 	cfg.logger.Error("kafkarpc: producing reply", "correlation_id", c.id, "reply_topic", rec.Topic, "error", err,
 		"topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first)
-	c.sent.mu.Lock()
-	if c.sent.err == nil {
-		c.sent.err = err
-	}
-	c.sent.mu.Unlock()
+	c.sent.failed.CompareAndSwap(nil, &err)
 }
 
 // directWriter produces every record at once (acks=all) and commits offsets

@@ -22,7 +22,7 @@ type requestQueue struct {
 	next        int                   // index in all of the next record to hand out
 	ended       bool                  // the request stream is complete
 	undecodable bool                  // a request message could not be decoded
-	signal      chan struct{}         // wakes a waiting recv; capacity 1
+	signal      chan struct{}         // wakes a waiting recv; capacity 1, made by the first recv that waits
 }
 
 // replyState is what a call's handler sent and set on its reply stream.
@@ -55,10 +55,13 @@ func (c *call) feed(rec *kafkaclient.Record, env *wire.Envelope) {
 	} else {
 		q.all = append(q.all, rec)
 	}
+	signal := q.signal
 	q.mu.Unlock()
-	select {
-	case q.signal <- struct{}{}:
-	default:
+	if signal != nil {
+		select {
+		case signal <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -109,6 +112,10 @@ func (c *call) recv() (*kafkaclient.Record, error) {
 			return rec, nil
 		}
 		ended, n := q.ended, q.next
+		if !ended && q.signal == nil {
+			q.signal = make(chan struct{}, 1)
+		}
+		signal := q.signal
 		q.mu.Unlock()
 		if ended {
 			if n == 0 && !c.wm.spec.Kind.clientStreams() {
@@ -117,7 +124,7 @@ func (c *call) recv() (*kafkaclient.Record, error) {
 			return nil, io.EOF
 		}
 		select {
-		case <-q.signal:
+		case <-signal:
 		case <-c.ctx.Done():
 			return nil, contextStatus(c.ctx).Err()
 		}
