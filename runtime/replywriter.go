@@ -63,8 +63,11 @@ func (c *call) delivered(rec *kafkaclient.Record, err error) {
 	}
 	cfg.logger.Error("kafkarpc: producing reply", "correlation_id", c.id, "reply_topic", rec.Topic, "error", err,
 		"topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first)
-	c.sent.failed.CompareAndSwap(nil, &err)
+	c.sent.fail(err)
 }
+
+// fail records err unless an earlier failure was recorded.
+func (d *delivery) fail(err error) { d.failed.CompareAndSwap(nil, &err) }
 
 // directWriter produces every record at once (acks=all) and commits offsets
 // through the consumer group.

@@ -85,7 +85,8 @@ type workerMethod struct {
 }
 
 // NewWorker returns a Worker reading and producing through client, which
-// stays owned by the caller (close it after the Worker).
+// stays owned by the caller (close it after the Worker). Every option has
+// its default when not given (see each Worker... and With... option).
 func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	cfg := defaultWorkerConfig()
 	for _, o := range opts {
@@ -113,7 +114,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 }
 
 // Err reports why the worker stopped by itself (a failed transaction with
-// WorkerExactlyOnce), or nil.
+// WorkerExactlyOnce), or nil. Safe for concurrent use.
 func (w *Worker) Err() error {
 	w.errMu.Lock()
 	defer w.errMu.Unlock()
@@ -139,7 +140,8 @@ func (w *Worker) fail(err error) {
 // RegisterService serves impl, an implementation of desc's handler type, for
 // the Kafka methods listed in spec. Methods of desc that spec does not list
 // are not served (a request for one is answered UNIMPLEMENTED). Generated
-// Register...KafkaWorker functions call it. It must be called before Start.
+// Register...KafkaWorker functions call it. It must be called before Start;
+// registrations may run concurrently with each other.
 func (w *Worker) RegisterService(spec *ServiceSpec, desc *grpc.ServiceDesc, impl any) error {
 	if spec.Name != desc.ServiceName {
 		return fmt.Errorf("kafkarpc: spec of %s registered with the descriptor of %s", spec.Name, desc.ServiceName)
@@ -196,14 +198,16 @@ func containsString(ss []string, s string) bool {
 }
 
 // Topics returns the request topics the worker consumes, in registration
-// order.
+// order. Safe for concurrent use.
 func (w *Worker) Topics() []string {
 	w.regMu.Lock()
 	defer w.regMu.Unlock()
 	return append([]string(nil), w.topics...)
 }
 
-// GroupID returns the consumer group the worker joins.
+// GroupID returns the consumer group the worker joins: WorkerGroupID, or by
+// default "kafkarpc-" + the first registered service. Safe for concurrent
+// use.
 func (w *Worker) GroupID() string {
 	w.regMu.Lock()
 	defer w.regMu.Unlock()
@@ -258,7 +262,9 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 // Shutdown stops fetching requests, lets the calls in flight finish until ctx
 // ends, commits, and leaves the group. Calls still running when ctx ends are
 // cancelled: those that sent no reply yet are left uncommitted, so that
-// another member serves them again; the others end with UNAVAILABLE.
+// another member serves them again; the others end with UNAVAILABLE. It may
+// be called more than once, and concurrently; every call returns once the
+// worker stopped.
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.regMu.Lock()
 	started := w.started
