@@ -74,6 +74,7 @@ func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTr
 		first: rec.Offset,
 		done:  make(chan struct{}),
 	}
+	c.in.all = c.in.one[:0]
 	c.acked = c.delivered
 	return c
 }
@@ -419,14 +420,17 @@ func (c *call) method() string {
 // produceEnd writes the reply end-of-stream record.
 func (c *call) produceEnd(st *status.Status) {
 	names := &c.w.cfg.names
+	o := &c.out
 	var hs []kafkaclient.Header
-	if c.out.sent == 0 { // headers the handler set but never sent with a message
-		hs = wire.AppendReply(nil, names, c.idb, c.out.header, c.traceHdrs...)
+	if o.sent == 0 { // headers the handler set but never sent with a message
+		hs = make([]kafkaclient.Header, 0, 4+len(o.header)+len(c.traceHdrs)+len(c.w.incarnation)+len(o.trailer))
+		hs = wire.AppendReply(hs, names, c.idb, o.header, c.traceHdrs...)
 		hs = append(hs, c.w.incarnation...)
 	} else {
-		hs = []kafkaclient.Header{{Key: names.CorrelationID, Value: c.idb}}
+		hs = make([]kafkaclient.Header, 0, 4+len(o.trailer))
+		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: c.idb})
 	}
-	c.produce(nil, wire.AppendEnd(hs, names, st, c.out.trailer))
+	c.produce(nil, wire.AppendEnd(hs, names, st, o.trailer))
 }
 
 // produce writes one reply record (keeping it when the call's replies are

@@ -18,11 +18,12 @@ import (
 // it, kept for retries and dead letters, and how far the handler read.
 type requestQueue struct {
 	mu          sync.Mutex
-	all         []*kafkaclient.Record // every request data record
-	next        int                   // index in all of the next record to hand out
-	ended       bool                  // the request stream is complete
-	undecodable bool                  // a request message could not be decoded
-	signal      chan struct{}         // wakes a waiting recv; capacity 1, made by the first recv that waits
+	all         []*kafkaclient.Record  // every request data record
+	one         [1]*kafkaclient.Record // all's first backing array: a unary call's request needs no other
+	next        int                    // index in all of the next record to hand out
+	ended       bool                   // the request stream is complete
+	undecodable bool                   // a request message could not be decoded
+	signal      chan struct{}          // wakes a waiting recv; capacity 1, made by the first recv that waits
 }
 
 // replyState is what a call's handler sent and set on its reply stream.
