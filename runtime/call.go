@@ -324,7 +324,7 @@ func contextStatus(ctx context.Context) *status.Status {
 func (c *call) finish(st *status.Status) {
 	c.ending.Store(true)
 	aborted, sent := c.out.close()
-	lost := c.sent.failure()
+	lost := c.sent.failure() // a reply Kafka already refused (only a directWriter sends before the end)
 	served := !aborted || sent > 0
 	if served {
 		st = c.writeEnd(st, aborted, lost)
@@ -332,6 +332,9 @@ func (c *call) finish(st *status.Status) {
 	if err := c.w.writer.flush(c); err != nil && served && c.id != "" && lost == nil {
 		c.lostAfterEnd(st)
 	}
+	// The replies are the call's outcome even when Kafka lost some of them
+	// after the end went out (then a retry with the same key gets them),
+	// unless the end already reported the loss instead of the outcome.
 	remember := c.keepReplies && served && lost == nil && remembered(st)
 	waiters := c.release(served, remember)
 	c.w.writer.settle(c)
@@ -389,9 +392,6 @@ func (c *call) release(served, remember bool) []waiter {
 	w := c.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	// The replies are the call's outcome even when Kafka lost some of them
-	// (then a retry with the same key gets them), unless the end that went
-	// out already reported the loss instead of the outcome.
 	if remember {
 		w.repeats.remember(c.id, c.stored)
 	}
