@@ -1,9 +1,7 @@
 package runtime
 
 import (
-	"container/heap"
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -29,14 +27,14 @@ func (p *partTrack) seen(off int64) {
 	}
 }
 
-func (p *partTrack) begin(off int64)  { heap.Push(&p.open, off) }
+func (p *partTrack) begin(off int64)  { p.open.push(off) }
 func (p *partTrack) finish(off int64) { p.closed[off]++ }
 
 // point is the offset it is safe to commit: the first offset of the oldest
 // unfinished call, or the next offset to read when none is unfinished.
 func (p *partTrack) point() int64 {
 	for len(p.open) > 0 && p.closed[p.open[0]] > 0 {
-		off := heap.Pop(&p.open).(int64)
+		off := p.open.pop()
 		if p.closed[off]--; p.closed[off] == 0 {
 			delete(p.closed, off)
 		}
@@ -47,17 +45,45 @@ func (p *partTrack) point() int64 {
 	return p.next
 }
 
+// offsetHeap is a min-heap of offsets (no container/heap: its interface
+// would box every offset).
 type offsetHeap []int64
 
-func (h offsetHeap) Len() int           { return len(h) }
-func (h offsetHeap) Less(i, j int) bool { return h[i] < h[j] }
-func (h offsetHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *offsetHeap) Push(x any)        { *h = append(*h, x.(int64)) }
-func (h *offsetHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+func (h *offsetHeap) push(off int64) {
+	*h = append(*h, off)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if q[parent] <= q[i] {
+			break
+		}
+		q[parent], q[i] = q[i], q[parent]
+		i = parent
+	}
+}
+
+// pop removes and returns the least offset; h must not be empty.
+func (h *offsetHeap) pop() int64 {
+	q := *h
+	least, last := q[0], len(q)-1
+	q[0] = q[last]
+	q = q[:last]
+	for i := 0; ; {
+		small, l, r := i, 2*i+1, 2*i+2
+		if l < len(q) && q[l] < q[small] {
+			small = l
+		}
+		if r < len(q) && q[r] < q[small] {
+			small = r
+		}
+		if small == i {
+			break
+		}
+		q[i], q[small] = q[small], q[i]
+		i = small
+	}
+	*h = q
+	return least
 }
 
 // committer commits the worker's safe offsets after calls finish, at most
@@ -109,13 +135,15 @@ func (c *committer) stop() {
 }
 
 // commitNow commits the safe offset of every partition in only (all when
-// nil) that moved since the last commit.
+// nil) that moved since the last commit, through the worker's replyWriter.
 func (c *committer) commitNow(only map[kafkaclient.TopicPartition]bool) {
+	c.w.writer.commit(c, only)
+}
+
+// commitOffsets commits the safe offsets through the consumer group (the
+// directWriter's commit).
+func (c *committer) commitOffsets(only map[kafkaclient.TopicPartition]bool) {
 	w := c.w
-	if w.txn != nil {
-		c.commitTxn(only)
-		return
-	}
 	w.mu.Lock()
 	offs, tracks := w.safeOffsets(only)
 	w.mu.Unlock()
@@ -131,37 +159,17 @@ func (c *committer) commitNow(only map[kafkaclient.TopicPartition]bool) {
 	w.markCommitted(offs, tracks)
 }
 
-// commitTxn commits the open transaction with the safe offsets: no call
-// produces meanwhile, every record in the transaction is acknowledged and
-// its call marked done first, so the offsets cover exactly the calls whose
-// replies the transaction holds.
-func (c *committer) commitTxn(only map[kafkaclient.TopicPartition]bool) {
-	w := c.w
-	w.txnMu.Lock()
-	defer w.txnMu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := w.txn.Flush(ctx); err != nil {
-		w.fail(fmt.Errorf("exactly-once: flushing the transaction: %w", err))
-		return
+// track returns the partTrack of rec's partition, noting that rec was read.
+// Called with w.mu held.
+func (w *Worker) track(rec *kafkaclient.Record) *partTrack {
+	tp := kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}
+	pt := w.parts[tp]
+	if pt == nil { // a record of a partition we were not told about
+		pt = newPartTrack()
+		w.parts[tp] = pt
 	}
-	w.mu.Lock()
-	for w.txnOpen > 0 {
-		w.txnIdle.Wait()
-	}
-	offs, tracks := w.safeOffsets(only)
-	dirty := w.txnDirty
-	w.txnDirty = false
-	w.mu.Unlock()
-	if len(offs) == 0 && !dirty {
-		return
-	}
-	if err := w.txn.Commit(ctx, c.gr, offs); err != nil {
-		_ = w.txn.Abort(ctx)
-		w.fail(fmt.Errorf("exactly-once: committing the transaction: %w", err))
-		return
-	}
-	w.markCommitted(offs, tracks)
+	pt.seen(rec.Offset)
+	return pt
 }
 
 // safeOffsets returns, for every partition in only (all when nil) whose safe

@@ -26,3 +26,22 @@ func TestPartTrackCommitPoint(t *testing.T) {
 		t.Fatalf("all finished: point = %d, want 15", got)
 	}
 }
+
+func TestOffsetHeapPopsInOrder(t *testing.T) {
+	var h offsetHeap
+	in := []int64{5, 3, 9, 3, 1, 8, 2, 7, 7, 0, 6, 4}
+	for _, off := range in {
+		h.push(off)
+	}
+	prev := int64(-1)
+	for range in {
+		off := h.pop()
+		if off < prev {
+			t.Fatalf("popped %d after %d", off, prev)
+		}
+		prev = off
+	}
+	if len(h) != 0 {
+		t.Fatalf("%d offsets left", len(h))
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -62,16 +61,6 @@ func (f metadataFilter) keep(name string) bool {
 		return f.allowed[name]
 	}
 	return !f.denied[name]
-}
-
-// headerValue returns the value of the first header named name.
-func headerValue(hs []kafkaclient.Header, name string) ([]byte, bool) {
-	for i := range hs {
-		if hs[i].Key == name {
-			return hs[i].Value, true
-		}
-	}
-	return nil, false
 }
 
 // matchRoute reports whether every condition of when holds on md.

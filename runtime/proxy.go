@@ -196,63 +196,80 @@ func (p *proxy) attempt(ctx context.Context, fullMethod string, ss grpc.ServerSt
 	if err != nil {
 		return false, err
 	}
-	// The sender replays what earlier attempts sent, then forwards new
-	// requests, keeping them until the target answers.
-	var keepMu sync.Mutex
-	keep := true
+	snd := &attemptSender{in: in, keep: true}
 	senderDone := make(chan struct{})
 	go func() {
 		defer close(senderDone)
-		keepMu.Lock()
-		replay := slices.Clone(in.kept)
-		keepMu.Unlock()
-		for _, m := range replay {
-			if cs.SendMsg(m) != nil {
-				return
-			}
-		}
-		for {
-			select {
-			case m, ok := <-in.msgs:
-				if !ok {
-					if in.err != nil {
-						cancel() // the caller went away
-					} else {
-						_ = cs.CloseSend()
-					}
-					return
-				}
-				keepMu.Lock()
-				if keep {
-					in.kept = append(in.kept, m)
-				}
-				keepMu.Unlock()
-				if cs.SendMsg(m) != nil {
-					return // RecvMsg reports the status
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
+		snd.run(ctx, cancel, cs)
 	}()
 	defer func() {
 		cancel()
 		<-senderDone
 	}()
-	// Once the target sent headers or a message it has taken the call: the
-	// requests need not be kept for a retry any more.
-	commit := func() {
-		keepMu.Lock()
-		keep, in.kept = false, nil
-		keepMu.Unlock()
-		answered = true
+	return relayReplies(cs, ss, snd)
+}
+
+// attemptSender sends one attempt's requests: it replays what earlier
+// attempts sent, then forwards new requests, keeping them until the target
+// answers.
+type attemptSender struct {
+	in   *requestPump
+	mu   sync.Mutex // guards keep and in.kept
+	keep bool
+}
+
+func (a *attemptSender) run(ctx context.Context, cancel context.CancelFunc, cs grpc.ClientStream) {
+	a.mu.Lock()
+	replay := slices.Clone(a.in.kept)
+	a.mu.Unlock()
+	for _, m := range replay {
+		if cs.SendMsg(m) != nil {
+			return
+		}
 	}
+	for {
+		select {
+		case m, ok := <-a.in.msgs:
+			if !ok {
+				if a.in.err != nil {
+					cancel() // the caller went away
+				} else {
+					_ = cs.CloseSend()
+				}
+				return
+			}
+			a.mu.Lock()
+			if a.keep {
+				a.in.kept = append(a.in.kept, m)
+			}
+			a.mu.Unlock()
+			if cs.SendMsg(m) != nil {
+				return // RecvMsg reports the status
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// taken notes that the target took the call (it sent headers or a
+// message): the requests need not be kept for a retry any more.
+func (a *attemptSender) taken() {
+	a.mu.Lock()
+	a.keep, a.in.kept = false, nil
+	a.mu.Unlock()
+}
+
+// relayReplies copies the target's headers, messages and trailers to the
+// caller's stream. answered is as for attempt.
+func relayReplies(cs grpc.ClientStream, ss grpc.ServerStream, snd *attemptSender) (answered bool, err error) {
 	hdr, err := cs.Header()
 	if err != nil {
 		return false, err
 	}
 	if len(hdr) > 0 {
-		commit()
+		snd.taken()
+		answered = true
 		if err := ss.SetHeader(hdr); err != nil {
 			return true, err
 		}
@@ -272,7 +289,8 @@ func (p *proxy) attempt(ctx context.Context, fullMethod string, ss grpc.ServerSt
 			return answered, err
 		}
 		if !answered {
-			commit()
+			snd.taken()
+			answered = true
 		}
 		if err := ss.SendMsg(m); err != nil {
 			return true, err

@@ -4,19 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
@@ -50,36 +42,29 @@ type Worker struct {
 	ready      chan struct{}
 	readyOnce  sync.Once
 
-	mu       sync.Mutex // guards calls, trailing, dupes, keys, replies and parts
-	calls    map[string]*wCall
-	trailing *recentSet          // calls over whose remaining request records are skipped
-	dupes    map[string]struct{} // duplicate attempts of calls in flight, skipped until their end
-	keys     map[string][]*wCall // calls waiting for their turn, by record key
-	replies  *replyStore         // replies of recent idempotent calls
-	parts    map[kafkaclient.TopicPartition]*partTrack
-	running  sync.WaitGroup // call goroutines
+	// mu guards the dispatch tables: the calls in flight by correlation id,
+	// what is known of repeated requests, the key queues and the partition
+	// tracks. It is held for table updates only, never across a Kafka call
+	// or a handler.
+	mu      sync.Mutex
+	calls   map[string]*call
+	repeats repeats
+	keys    keyOrder
+	parts   map[kafkaclient.TopicPartition]*partTrack
+	// replyTopics interns the reply topic names requests carry.
+	replyTopics map[string]string
 
+	writer    replyWriter // directWriter, or txnWriter with WorkerExactlyOnce
 	committer *committer
 	stats     workerCounters
 	// incarnation is sent as response metadata on the first replies of every
 	// call (wire.ServedByMetadata), so that a gateway can tell when another worker
 	// served a call again after this one failed midway.
 	incarnation []kafkaclient.Header
-	trc         tracing
-	met         callMetrics
-	skipped     metric.Int64Counter
-	deadLet     metric.Int64Counter
-	dupCount    metric.Int64Counter
-	lostCount   metric.Int64Counter
+	tel         workerTelemetry
 
-	// exactly-once (WorkerExactlyOnce)
-	txn      kafkaclient.TxnProducer
-	txnMu    sync.RWMutex // calls produce under RLock; a commit holds Lock
-	txnOpen  int          // calls whose replies are in the open transaction but not yet marked done; guarded by mu
-	txnDirty bool         // something was produced in the open transaction; guarded by mu
-	txnIdle  *sync.Cond   // signalled when txnOpen drops to 0; uses mu
-	errMu    sync.Mutex
-	err      error
+	errMu sync.Mutex
+	err   error // why the worker stopped by itself
 }
 
 type workerService struct {
@@ -99,99 +84,37 @@ type workerMethod struct {
 	handleOpts []trace.SpanStartOption
 }
 
-// prepareTelemetry precomputes wm's metric options, span name and span
-// options.
-func (w *Worker) prepareTelemetry(wm *workerMethod) {
-	full := wm.spec.FullMethod()
-	wm.tel = w.met.forMethod(full)
-	wm.handleName = "handle " + full
-	wm.handleOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attribute.String("messaging.system", "kafka"), wm.tel.method)}
-}
-
 // NewWorker returns a Worker reading and producing through client, which
-// stays owned by the caller (close it after the Worker).
+// stays owned by the caller (close it after the Worker). Every option has
+// its default when not given (see each Worker... and With... option).
 func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	cfg := defaultWorkerConfig()
 	for _, o := range opts {
 		o.applyWorker(&cfg)
 	}
 	w := &Worker{
-		client:   client,
-		cfg:      cfg,
-		services: map[string]*workerService{},
-		loopDone: make(chan struct{}),
-		sem:      make(chan struct{}, cfg.maxConcurrent),
-		ready:    make(chan struct{}),
-		calls:    map[string]*wCall{},
-		trailing: newRecentSet(1 << 16),
-		dupes:    map[string]struct{}{},
-		keys:     map[string][]*wCall{},
-		replies:  newReplyStore(cfg.idemWindow, cfg.idemMaxBytes),
-		parts:    map[kafkaclient.TopicPartition]*partTrack{},
+		client:      client,
+		cfg:         cfg,
+		services:    map[string]*workerService{},
+		loopDone:    make(chan struct{}),
+		sem:         make(chan struct{}, cfg.maxConcurrent),
+		ready:       make(chan struct{}),
+		calls:       map[string]*call{},
+		repeats:     newRepeats(cfg.idemWindow, cfg.idemMaxBytes),
+		keys:        keyOrder{queues: map[string][]*call{}},
+		parts:       map[kafkaclient.TopicPartition]*partTrack{},
+		replyTopics: map[string]string{},
+		writer:      directWriter{client: client},
 	}
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
-	w.txnIdle = sync.NewCond(&w.mu)
 	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + wire.ServedByMetadata, Value: []byte(wire.NewUUID())}}
-	w.trc = newTracing(cfg.telemetryConfig)
-	meter := meterOf(cfg.telemetryConfig)
-	w.met = newCallMetrics(meter, "worker")
-	w.skipped, _ = meter.Int64Counter("kafkarpc.worker.records.skipped",
-		metric.WithDescription("Request records not served as calls, by reason."))
-	w.deadLet, _ = meter.Int64Counter("kafkarpc.worker.dead_lettered", metric.WithDescription("Calls sent to the dead-letter topic."))
-	w.dupCount, _ = meter.Int64Counter("kafkarpc.worker.duplicates",
-		metric.WithDescription("Requests answered from the stored replies of an earlier call."))
-	w.lostCount, _ = meter.Int64Counter("kafkarpc.worker.replies.lost",
-		metric.WithDescription("Calls some of whose replies Kafka did not take; their callers were told UNAVAILABLE."))
-	_, _ = meter.Int64ObservableGauge("kafkarpc.worker.lag",
-		metric.WithDescription("Records not yet read from the partitions this worker holds, by topic and partition."),
-		metric.WithInt64Callback(w.observeLag))
+	w.tel = newWorkerTelemetry(cfg.telemetryConfig, w.observeLag)
 	return w
 }
 
-// observeLag reports, for every partition the worker holds, the records
-// between its end and the worker's position.
-func (w *Worker) observeLag(ctx context.Context, o metric.Int64Observer) error {
-	w.mu.Lock()
-	next := map[kafkaclient.TopicPartition]int64{}
-	byTopic := map[string][]int32{}
-	for tp, pt := range w.parts {
-		next[tp] = pt.next
-		byTopic[tp.Topic] = append(byTopic[tp.Topic], tp.Partition)
-	}
-	w.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	for topic, parts := range byTopic {
-		ends, err := w.client.Offsets(ctx, topic, parts, kafkaclient.Latest)
-		if err != nil {
-			return err
-		}
-		for _, p := range parts {
-			pos := next[kafkaclient.TopicPartition{Topic: topic, Partition: p}]
-			if pos < 0 {
-				continue // nothing read yet: the position is not known here
-			}
-			o.Observe(max(ends[p]-pos, 0), metric.WithAttributes(
-				attribute.String("messaging.destination.name", topic), attribute.Int("messaging.destination.partition.id", int(p))))
-		}
-	}
-	return nil
-}
-
-// countDuplicate counts a request answered from an earlier call's replies.
-func (w *Worker) countDuplicate() {
-	w.stats.duplicates.Add(1)
-	w.dupCount.Add(context.Background(), 1)
-}
-
-func (w *Worker) countSkipped(reason string) {
-	w.skipped.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", reason)))
-}
-
 // Err reports why the worker stopped by itself (a failed transaction with
-// WorkerExactlyOnce), or nil.
+// WorkerExactlyOnce), or nil. Safe for concurrent use.
 func (w *Worker) Err() error {
 	w.errMu.Lock()
 	defer w.errMu.Unlock()
@@ -217,7 +140,8 @@ func (w *Worker) fail(err error) {
 // RegisterService serves impl, an implementation of desc's handler type, for
 // the Kafka methods listed in spec. Methods of desc that spec does not list
 // are not served (a request for one is answered UNIMPLEMENTED). Generated
-// Register...KafkaWorker functions call it. It must be called before Start.
+// Register...KafkaWorker functions call it. It must be called before Start;
+// registrations may run concurrently with each other.
 func (w *Worker) RegisterService(spec *ServiceSpec, desc *grpc.ServiceDesc, impl any) error {
 	if spec.Name != desc.ServiceName {
 		return fmt.Errorf("kafkarpc: spec of %s registered with the descriptor of %s", spec.Name, desc.ServiceName)
@@ -274,14 +198,16 @@ func containsString(ss []string, s string) bool {
 }
 
 // Topics returns the request topics the worker consumes, in registration
-// order.
+// order. Safe for concurrent use.
 func (w *Worker) Topics() []string {
 	w.regMu.Lock()
 	defer w.regMu.Unlock()
 	return append([]string(nil), w.topics...)
 }
 
-// GroupID returns the consumer group the worker joins.
+// GroupID returns the consumer group the worker joins: WorkerGroupID, or by
+// default "kafkarpc-" + the first registered service. Safe for concurrent
+// use.
 func (w *Worker) GroupID() string {
 	w.regMu.Lock()
 	defer w.regMu.Unlock()
@@ -309,7 +235,7 @@ func (w *Worker) Start() error {
 		if err != nil {
 			return fmt.Errorf("kafkarpc: exactly-once: %w", err)
 		}
-		w.txn = txn
+		w.writer = newTxnWriter(w, txn)
 	}
 	gr, err := w.client.NewGroupReader(kafkaclient.GroupConfig{
 		GroupID:       w.cfg.groupID,
@@ -336,7 +262,9 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 // Shutdown stops fetching requests, lets the calls in flight finish until ctx
 // ends, commits, and leaves the group. Calls still running when ctx ends are
 // cancelled: those that sent no reply yet are left uncommitted, so that
-// another member serves them again; the others end with UNAVAILABLE.
+// another member serves them again; the others end with UNAVAILABLE. It may
+// be called more than once, and concurrently; every call returns once the
+// worker stopped.
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.regMu.Lock()
 	started := w.started
@@ -378,11 +306,7 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	if err := gr.Close(); err != nil {
 		w.cfg.logger.Warn("kafkarpc: leaving group", "group", w.cfg.groupID, "error", err)
 	}
-	if w.txn != nil {
-		if err := w.txn.Close(); err != nil {
-			w.cfg.logger.Warn("kafkarpc: closing the transactional producer", "error", err)
-		}
-	}
+	w.writer.close()
 	w.baseCancel()
 }
 
@@ -390,14 +314,7 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 // then aborts what is left.
 func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition]bool) {
 	for {
-		w.mu.Lock()
-		var wait []*wCall
-		for _, c := range w.calls {
-			if parts == nil || parts[c.tp] {
-				wait = append(wait, c)
-			}
-		}
-		w.mu.Unlock()
+		wait := w.callsOf(parts, false)
 		if len(wait) == 0 {
 			return
 		}
@@ -415,6 +332,20 @@ func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition
 			}
 		}
 	}
+}
+
+// callsOf returns the calls in flight of parts (all when nil); only those
+// still waiting for input when waiting.
+func (w *Worker) callsOf(parts map[kafkaclient.TopicPartition]bool, waiting bool) []*call {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var cs []*call
+	for _, c := range w.calls {
+		if (parts == nil || parts[c.tp]) && (!waiting || !c.in.complete()) {
+			cs = append(cs, c)
+		}
+	}
+	return cs
 }
 
 func (w *Worker) onAssigned(parts []kafkaclient.TopicPartition) {
@@ -436,32 +367,13 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 	for _, tp := range parts {
 		set[tp] = true
 	}
-	if lost {
-		w.mu.Lock()
-		var abort []*wCall
-		for _, c := range w.calls {
-			if set[c.tp] {
-				abort = append(abort, c)
-			}
-		}
-		w.mu.Unlock()
-		for _, c := range abort {
-			c.abort()
-		}
-	} else {
-		// Calls with all their input may finish; calls still waiting for input
-		// would wait forever, since that input now goes to another member.
-		w.mu.Lock()
-		var abort []*wCall
-		for _, c := range w.calls {
-			if set[c.tp] && !c.inputComplete() {
-				abort = append(abort, c)
-			}
-		}
-		w.mu.Unlock()
-		for _, c := range abort {
-			c.abort()
-		}
+	// Once lost, nothing may be committed: every call is given up. Else
+	// calls with all their input may finish; calls still waiting for input
+	// would wait forever, since that input now goes to another member.
+	for _, c := range w.callsOf(set, !lost) {
+		c.abort()
+	}
+	if !lost {
 		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.revokeTimeout)
 		w.drain(ctx, set)
 		cancel()
@@ -475,290 +387,20 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 	w.cfg.logger.Info("kafkarpc: partitions revoked", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts), "lost", lost)
 }
 
-// handle routes one request record: to its call in flight, or as the start of
-// a new call, or answers or skips it when it cannot be served.
-func (w *Worker) handle(rec *kafkaclient.Record) {
-	names := &w.cfg.names
-	tp := kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}
-	id, hasID := headerValue(rec.Headers, names.CorrelationID)
-
-	w.mu.Lock()
-	pt := w.parts[tp]
-	if pt == nil { // a record of a partition we were not told about
-		pt = newPartTrack()
-		w.parts[tp] = pt
+// lookup returns the method a request names, or nil. The registry is
+// read without regMu: it is not written once the worker started, and every
+// reader runs on a goroutine started after that.
+func (w *Worker) lookup(service, method []byte) *workerMethod {
+	if s := w.services[string(service)]; s != nil {
+		return s.methods[string(method)]
 	}
-	pt.seen(rec.Offset)
-	var stored *storedReply
-	if hasID {
-		if _, dup := w.dupes[string(id)]; dup {
-			if rec.Value == nil {
-				delete(w.dupes, string(id))
-			}
-			w.mu.Unlock()
-			return
-		}
-		if c := w.calls[string(id)]; c != nil {
-			if rec.Value != nil && c.inputComplete() {
-				// A new attempt of a call still running here (a retry with
-				// the same idempotency key): once the call is over, the
-				// attempt is answered (answerWaiter); its offset is held
-				// until then. The rest of the attempt's records are skipped.
-				replyTo, _ := headerValue(rec.Headers, names.ReplyTo)
-				c.waiters = append(c.waiters, waiter{rec: rec, pt: pt, replyTo: string(replyTo), late: c.ending.Load()})
-				pt.begin(rec.Offset)
-				w.dupes[string(id)] = struct{}{}
-				w.mu.Unlock()
-				return
-			}
-			w.mu.Unlock()
-			c.feed(rec)
-			return
-		}
-		if w.trailing.has(string(id)) {
-			if rec.Value == nil {
-				w.trailing.remove(string(id))
-			}
-			w.mu.Unlock()
-			return
-		}
-		if rec.Value != nil {
-			stored = w.replies.get(string(id), time.Now())
-		}
-	}
-	w.mu.Unlock()
-
-	service, hasService := headerValue(rec.Headers, names.Service)
-	method, hasMethod := headerValue(rec.Headers, names.Method)
-	if !hasID {
-		// A oneway unary request is a whole call in one record. The records
-		// of a oneway client stream carry nothing to group them by: they are
-		// for other consumers of the topic, not for a worker.
-		if wm := w.lookup(string(service), string(method)); wm != nil && wm.spec.Kind == KindUnary && w.onewayRoute(wm.spec, rec.Topic) {
-			w.startCall(rec, pt, "", "", wm, false)
-			return
-		}
-		w.stats.skippedNoID.Add(1)
-		w.countSkipped("no_correlation_id")
-		w.cfg.logger.Warn("kafkarpc: skipping request without correlation id", "header", names.CorrelationID,
-			"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
-		return
-	}
-	if rec.Value == nil {
-		// An end-of-stream record of a call not in flight here: the whole
-		// request of an empty client stream, or else the end (or a late
-		// cancel) of a call that is over.
-		if v, ok := headerValue(rec.Headers, names.Status); ok && string(v) == "1" {
-			return
-		}
-		if wm := w.lookup(string(service), string(method)); wm == nil || !wm.spec.Kind.clientStreams() {
-			return
-		}
-	}
-	replyTo, hasReplyTo := headerValue(rec.Headers, names.ReplyTo)
-	if !hasReplyTo || len(replyTo) == 0 {
-		w.stats.malformed.Add(1)
-		w.countSkipped("malformed")
-		w.cfg.logger.Warn("kafkarpc: skipping request without reply topic", "header", names.ReplyTo,
-			"correlation_id", string(id), "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
-		return
-	}
-	var fail *status.Status
-	var wm *workerMethod
-	switch {
-	case !hasService || len(service) == 0:
-		fail = status.Newf(codes.Internal, "request at %s has no %s header", recordPlace(rec), names.Service)
-	case !hasMethod || len(method) == 0:
-		fail = status.Newf(codes.Internal, "request at %s has no %s header", recordPlace(rec), names.Method)
-	default:
-		if wm = w.lookup(string(service), string(method)); wm == nil {
-			fail = status.Newf(codes.Unimplemented, "unknown method /%s/%s (request at %s)", service, method, recordPlace(rec))
-		}
-	}
-	if fail != nil {
-		w.stats.malformed.Add(1)
-		w.countSkipped("malformed")
-		w.rejectCall(rec, pt, string(id), string(replyTo), fail, false)
-		return
-	}
-	if stored != nil {
-		w.countDuplicate()
-		w.answerCall(rec, pt, string(id), string(replyTo), nil, stored.records, false)
-		return
-	}
-	w.startCall(rec, pt, string(id), string(replyTo), wm, false)
-}
-
-func (w *Worker) onewayRoute(m *MethodSpec, topic string) bool {
-	for _, r := range m.Routes {
-		if r.Oneway && w.cfg.topic(r.Topic) == topic {
-			return true
-		}
-	}
-	return false
-}
-
-func (w *Worker) lookup(service, method string) *workerMethod {
-	w.regMu.Lock()
-	defer w.regMu.Unlock()
-	if s := w.services[service]; s != nil {
-		return s.methods[method]
-	}
-	if w.proxy != nil && service != "" && method != "" {
-		return w.proxy.method(service, method)
+	if w.proxy != nil && len(service) > 0 && len(method) > 0 {
+		return w.proxy.method(string(service), string(method))
 	}
 	return nil
 }
 
-// WorkerStats are counters of records a worker could not serve as calls.
-type WorkerStats struct {
-	// SkippedNoCorrelationID counts request records without a correlation id
-	// (that are not oneway requests); they cannot be answered.
-	SkippedNoCorrelationID uint64
-	// Malformed counts requests answered with an error without running a
-	// handler (missing service or method, unknown method, bad metadata) or
-	// skipped for want of a reply topic.
-	Malformed uint64
-	// Calls counts calls started (handlers run, not counting retries).
-	Calls uint64
-	// Duplicates counts requests answered from the replies of an earlier
-	// call with the same correlation id instead of running a handler.
-	Duplicates uint64
-	// DeadLettered counts calls whose requests went to the dead-letter
-	// topic.
-	DeadLettered uint64
-	// Panics counts handlers that panicked.
-	Panics uint64
-	// ProxyRetries counts the attempts a proxying worker repeated because
-	// the target was UNAVAILABLE before it took the call.
-	ProxyRetries uint64
-	// LostReplies counts calls some of whose replies Kafka did not take
-	// (after the client's own retries); each such caller was sent an
-	// UNAVAILABLE end-of-stream record saying so.
-	LostReplies uint64
-}
-
-type workerCounters struct {
-	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, deadLettered, lostReplies atomic.Uint64
-}
-
-// Stats returns the worker's counters. Safe for concurrent use.
-func (w *Worker) Stats() WorkerStats {
-	return WorkerStats{
-		SkippedNoCorrelationID: w.stats.skippedNoID.Load(),
-		Malformed:              w.stats.malformed.Load(),
-		Calls:                  w.stats.calls.Load(),
-		Duplicates:             w.stats.duplicates.Load(),
-		DeadLettered:           w.stats.deadLettered.Load(),
-		Panics:                 w.stats.panics.Load(),
-		ProxyRetries:           w.stats.proxyRetries.Load(),
-		LostReplies:            w.stats.lostReplies.Load(),
-	}
-}
-
-// requestMetadata reads a request's gRPC metadata and deadline from its
-// headers.
-func requestMetadata(rec *kafkaclient.Record, names *wire.Names) (metadata.MD, time.Time, error) {
-	md, err := wire.DecodeMetadata(rec.Headers, names.MetaPrefix, nil)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	var deadline time.Time
-	if v := md.Get(wire.TimeoutMetadata); len(v) > 0 {
-		d, err := wire.DecodeTimeout(v[0])
-		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("header %q: %w", names.MetaPrefix+wire.TimeoutMetadata, err)
-		}
-		start := rec.Timestamp
-		if start.IsZero() {
-			start = time.Now()
-		}
-		deadline = start.Add(d)
-		md.Delete(wire.TimeoutMetadata)
-	}
-	return md, deadline, nil
-}
-
-// waitTurn queues c behind the unfinished calls with the same record key, so
-// that calls sharing a key run in the order of their records. Called with
-// w.mu held. Calls keyed by their own correlation id share no key.
-func (w *Worker) waitTurn(c *wCall, key string) {
-	if key == "" || key == c.id {
-		return
-	}
-	c.key = key
-	q, busy := w.keys[key]
-	if !busy {
-		c.hasTurn = true
-	} else {
-		c.turn = make(chan struct{})
-	}
-	w.keys[key] = append(q, c)
-}
-
-// passTurn removes a finished c from its key's queue and lets the next call
-// with that key run. Called with w.mu held.
-func (w *Worker) passTurn(c *wCall) {
-	q := w.keys[c.key]
-	i := slices.Index(q, c)
-	if i < 0 {
-		return
-	}
-	q = slices.Delete(q, i, i+1)
-	if len(q) == 0 {
-		delete(w.keys, c.key)
-		return
-	}
-	w.keys[c.key] = q
-	if i == 0 && !q[0].hasTurn {
-		q[0].hasTurn = true
-		close(q[0].turn)
-	}
-}
-
-// recentSet is a bounded set of strings that forgets the oldest first.
-type recentSet struct {
-	max   int
-	set   map[string]struct{}
-	order []string
-}
-
-func newRecentSet(max int) *recentSet {
-	return &recentSet{max: max, set: map[string]struct{}{}}
-}
-
-func (s *recentSet) add(k string) {
-	if _, ok := s.set[k]; ok {
-		return
-	}
-	if len(s.order) >= s.max {
-		delete(s.set, s.order[0])
-		s.order = s.order[1:]
-	}
-	s.set[k] = struct{}{}
-	s.order = append(s.order, k)
-}
-
-func (s *recentSet) has(k string) bool { _, ok := s.set[k]; return ok }
-
-func (s *recentSet) remove(k string) { delete(s.set, k) } // its order slot expires in time
-
-// fullMethodName is "/service/method".
-func fullMethodName(service, method string) string {
-	var b strings.Builder
-	b.Grow(len(service) + len(method) + 2)
-	b.WriteByte('/')
-	b.WriteString(service)
-	b.WriteByte('/')
-	b.WriteString(method)
-	return b.String()
-}
-
-// wire.ServedByMetadata is the response metadata, carried as meta:<name> on the
+// ServedByMetadata is the response metadata, carried as meta:<name> on the
 // reply records of every call, that names the worker process instance that
-// served it (a random id per Worker). When a worker dies midway through a
-// streaming call, the partition's next owner serves the call again from its
-// first request, and its replies carry another id: the gateway then ends the
-// call with UNAVAILABLE instead of handing the caller answers it already had.
-// Gateways remove it from the caller's response headers.
-const ServedByMetadata = "kafkarpc-served-by"
+// served it (wire.ServedByMetadata, kept here for existing callers).
+const ServedByMetadata = wire.ServedByMetadata

@@ -1,0 +1,459 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+)
+
+// errCallerCancelled is the cause of a handler context the caller cancelled.
+var errCallerCancelled = errors.New("kafkarpc: the caller cancelled the call")
+
+// errAborted is the cause of a handler context the worker gave up.
+var errAborted = errors.New("kafkarpc: the worker gave up the call (rebalance or shutdown)")
+
+// call is one call being served by the worker, from its first request record
+// to the acknowledgement of its last reply. Its lifecycle: start (or answer,
+// for a call that runs no handler), run on a goroutine of its own (wait for
+// its key's turn and a slot, invoke the handler, retry), finish (write the
+// end, wait for the acknowledgements, release the offset, answer waiters).
+// Its request and reply streams (in, out) live in serverstream.go; its
+// records reach Kafka through the worker's replyWriter (sent).
+type call struct {
+	w       *Worker
+	wm      *workerMethod // nil for a call answered without a handler
+	id      string        // correlation id; empty for oneway calls
+	idb     []byte        // id as the replies' key and header value (the request's own header value; read only)
+	replyTo string
+	tp      kafkaclient.TopicPartition
+	pt      *partTrack
+	first   int64 // offset of the call's first request record
+	ctx     context.Context
+	done    chan struct{} // closed once the call is over
+	// ctxCancel and stopTimer (nil without a deadline) end ctx; see cancel.
+	ctxCancel context.CancelCauseFunc
+	stopTimer context.CancelFunc
+
+	turn keyTurn      // its place among the calls sharing its record key; guarded by Worker.mu
+	in   requestQueue // the request records
+	out  replyState   // what the handler sent and set
+	sent delivery     // its records on their way to Kafka
+	// acked is c.delivered as a func value, made once per call.
+	acked func(*kafkaclient.Record, error)
+
+	attempts    int                  // handler runs; the run goroutine's
+	keepReplies bool                 // the caller sent an idempotency key: remember the replies
+	stored      []kafkaclient.Record // replies produced, when keepReplies
+	replay      []kafkaclient.Record // replies to send again instead of running a handler
+	ending      atomic.Bool          // finish began: the end of the replies is on its way
+
+	span      trace.Span           // "handle <method>", nil for calls answered without a handler
+	traceHdrs []kafkaclient.Header // the handle span's context, sent back on the replies
+	start     time.Time
+}
+
+func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, wm *workerMethod) *call {
+	c := &call{
+		w: w, wm: wm, id: id, idb: env.CorrelationID,
+		tp:    kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition},
+		pt:    pt,
+		first: rec.Offset,
+		done:  make(chan struct{}),
+	}
+	c.in.all = c.in.one[:0]
+	c.acked = c.delivered
+	return c
+}
+
+// startCall registers a call starting at rec, whose headers env holds, and
+// runs it on a goroutine of its own. ended says rec is all of the call's
+// input (its other records are skipped elsewhere).
+func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, wm *workerMethod, ended bool) {
+	md, err := env.Metadata()
+	if err == nil {
+		err = env.TimeoutErr
+	}
+	if err != nil {
+		w.stats.malformed.Add(1)
+		w.rejectCall(rec, env, pt, id, status.Newf(codes.InvalidArgument, "request at %s: %v", recordPlace(rec), err), ended)
+		return
+	}
+	deadline, hasDeadline := env.Deadline(rec.Timestamp)
+	if hasDeadline && !time.Now().Before(deadline) {
+		w.rejectCall(rec, env, pt, id, status.Newf(codes.DeadlineExceeded,
+			"%s: deadline passed before the worker read the request at %s", wm.spec.FullMethod(), recordPlace(rec)), ended)
+		return
+	}
+	if wm.tel == nil { // a proxied method: its workerMethod is made per call
+		w.prepareTelemetry(wm)
+	}
+	c := w.newCall(rec, env, pt, id, wm)
+	c.openContext(rec, env, md, deadline)
+	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
+	w.admit(c, rec, env, true)
+	w.stats.calls.Add(1)
+	c.feed(rec, env)
+	if ended {
+		c.endInput()
+	}
+	go c.run()
+}
+
+// openContext makes the handler's context: the request metadata, the
+// caller's trace and identity, the "handle" span, the deadline, and the
+// transport stream that grpc.SetHeader and friends use.
+func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metadata.MD, deadline time.Time) {
+	w, wm := c.w, c.wm
+	ctx := metadata.NewIncomingContext(w.tel.trc.extract(w.base, md), md)
+	if env.Identity != nil {
+		ctx = context.WithValue(ctx, identityKey{}, string(env.Identity))
+	}
+	c.start = time.Now()
+	ctx, c.span = w.tel.trc.tracer.Start(ctx, wm.handleName, wm.handleOpts...)
+	if c.span.IsRecording() {
+		c.span.SetAttributes(attribute.String("messaging.destination.name", rec.Topic),
+			attribute.Int("messaging.destination.partition.id", int(rec.Partition)), attribute.Int64("messaging.kafka.offset", rec.Offset),
+			attribute.String("messaging.message.conversation_id", c.id))
+	}
+	c.traceHdrs = w.tel.trc.traceHeaders(ctx, w.cfg.names.MetaPrefix)
+	wm.tel.begin(ctx)
+	if !deadline.IsZero() {
+		ctx, c.stopTimer = context.WithDeadline(ctx, deadline)
+	}
+	ctx, c.ctxCancel = context.WithCancelCause(ctx)
+	c.ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{c})
+}
+
+// cancel ends the call's context with cause (nil once the call is over).
+func (c *call) cancel(cause error) {
+	c.ctxCancel(cause)
+	if c.stopTimer != nil {
+		c.stopTimer()
+	}
+}
+
+// admit enters c, a call starting at rec, in the dispatch tables: under its
+// correlation id, in its record key's queue when ordered, its first offset
+// held until it is served. It also sets c's reply topic.
+func (w *Worker) admit(c *call, rec *kafkaclient.Record, env *wire.Envelope, ordered bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c.replyTo = w.replyTopic(env.ReplyTo)
+	if c.id != "" {
+		w.calls[c.id] = c
+	}
+	if ordered {
+		w.keys.wait(c, rec.Key)
+	}
+	c.pt.begin(rec.Offset)
+}
+
+// rejectCall answers a request with st without running a handler, and skips
+// the rest of that call's records.
+func (w *Worker) rejectCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, st *status.Status, ended bool) {
+	w.cfg.logger.Warn("kafkarpc: rejecting request", "correlation_id", id, "code", st.Code().String(),
+		"message", st.Message(), "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+	w.answerCall(rec, env, pt, id, st, nil, ended)
+}
+
+// answerCall answers a request without running a handler: with replay, the
+// stored replies of an earlier call with the same id, or else with st. ended
+// is as for startCall.
+func (w *Worker) answerCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, st *status.Status, replay []kafkaclient.Record, ended bool) {
+	if id == "" {
+		return // a oneway request: nobody to tell
+	}
+	c := w.newCall(rec, env, pt, id, nil)
+	c.replay = replay
+	c.ctx, c.ctxCancel = context.WithCancelCause(w.base)
+	w.admit(c, rec, env, false)
+	c.feed(rec, env)
+	if ended {
+		c.endInput()
+	}
+	go c.finish(st)
+}
+
+// abort gives the call up: its handler is cancelled and nothing more it
+// sends goes out.
+func (c *call) abort() {
+	c.out.mu.Lock()
+	c.out.aborted = true
+	c.out.mu.Unlock()
+	c.cancel(errAborted)
+}
+
+// run waits for the call's turn among the calls with its key and for a
+// handler slot, runs the handler (again, as retries allow), dead-letters a
+// poison request, and finishes the call.
+func (c *call) run() {
+	if c.turn.ch != nil { // calls with the same key run in the order of their records
+		select {
+		case <-c.turn.ch:
+		case <-c.ctx.Done():
+			c.finish(contextStatus(c.ctx))
+			return
+		}
+	}
+	select {
+	case c.w.sem <- struct{}{}:
+	case <-c.ctx.Done():
+		c.finish(contextStatus(c.ctx))
+		return
+	}
+	st, panicked := c.invoke()
+	for c.retry(st, panicked) {
+		st, panicked = c.invoke()
+	}
+	<-c.w.sem
+	if st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.in.isUndecodable() || c.retryable(st, panicked)) {
+		c.deadLetter(st)
+	}
+	c.finish(st)
+}
+
+// retryable reports whether st (or a panic) is a failure worth another try.
+func (c *call) retryable(st *status.Status, panicked bool) bool {
+	return panicked || (st.Code() != codes.OK && slices.Contains(c.w.cfg.retryCodes, st.Code()))
+}
+
+// retry decides whether to run the handler again after st, and if so waits
+// the back-off and rewinds the request stream. A call that sent a reply, or
+// whose request cannot be decoded, is not retried.
+func (c *call) retry(st *status.Status, panicked bool) bool {
+	c.attempts++
+	if c.attempts >= c.w.cfg.maxAttempts || !c.retryable(st, panicked) || c.in.isUndecodable() {
+		return false
+	}
+	if !c.out.untouched() {
+		return false
+	}
+	wait := c.w.cfg.retryBackoff << (c.attempts - 1)
+	if dl, ok := c.ctx.Deadline(); ok && time.Now().Add(wait).After(dl) {
+		return false
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.ctx.Done():
+		return false
+	}
+	c.in.rewind()
+	c.out.reset()
+	return true
+}
+
+// invoke runs the handler, turning a panic into INTERNAL.
+func (c *call) invoke() (st *status.Status, panicked bool) {
+	wm := c.wm
+	defer func() {
+		if p := recover(); p != nil {
+			panicked = true
+			c.w.stats.panics.Add(1)
+			c.w.cfg.logger.Error("kafkarpc: handler panicked", "method", wm.spec.FullMethod(), "correlation_id", c.id,
+				"topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first,
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			st = status.Newf(codes.Internal, "%s: handler panicked: %v", wm.spec.FullMethod(), p)
+		}
+	}()
+	if wm.unary != nil {
+		resp, err := wm.unary.Handler(wm.impl, c.ctx, c.decodeFirst, c.w.cfg.unaryInterceptor)
+		if err != nil {
+			return toStatus(c.ctx, err), false
+		}
+		if err := (serverStream{c}).SendMsg(resp); err != nil {
+			return toStatus(c.ctx, err), false
+		}
+		return nil, false
+	}
+	sd := wm.stream
+	var err error
+	if i := c.w.cfg.streamInterceptor; i != nil {
+		err = i(wm.impl, serverStream{c}, &grpc.StreamServerInfo{
+			FullMethod: wm.spec.FullMethod(), IsClientStream: sd.ClientStreams, IsServerStream: sd.ServerStreams,
+		}, sd.Handler)
+	} else {
+		err = sd.Handler(wm.impl, serverStream{c})
+	}
+	return toStatus(c.ctx, err), false
+}
+
+// toStatus maps a handler's error to the status the caller gets.
+func toStatus(ctx context.Context, err error) *status.Status {
+	if err == nil {
+		return nil
+	}
+	if st, ok := status.FromError(err); ok {
+		return st
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return contextStatus(ctx)
+	}
+	return status.New(codes.Unknown, err.Error())
+}
+
+func contextStatus(ctx context.Context) *status.Status {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return status.New(codes.DeadlineExceeded, "deadline exceeded")
+	}
+	if cause := context.Cause(ctx); cause != nil && cause != context.Canceled {
+		return status.New(codes.Canceled, cause.Error())
+	}
+	return status.New(codes.Canceled, "call cancelled")
+}
+
+// finish writes the end-of-stream reply with st, waits until Kafka
+// acknowledged every reply, and releases the call so that its offset can be
+// committed. An aborted call that sent nothing writes nothing and stays
+// uncommitted, so that the partition's next owner serves it again.
+func (c *call) finish(st *status.Status) {
+	c.ending.Store(true)
+	aborted, sent := c.out.close()
+	lost := c.sent.failure() // a reply Kafka already refused (only a directWriter sends before the end)
+	served := !aborted || sent > 0
+	if served {
+		st = c.writeEnd(st, aborted, lost)
+	}
+	if err := c.w.writer.flush(c); err != nil && served && c.id != "" && lost == nil {
+		c.lostAfterEnd(st)
+	}
+	// The replies are the call's outcome even when Kafka lost some of them
+	// after the end went out (then a retry with the same key gets them),
+	// unless the end already reported the loss instead of the outcome.
+	remember := c.keepReplies && served && lost == nil && remembered(st)
+	waiters := c.release(served, remember)
+	c.w.writer.settle(c)
+	c.cancel(nil)
+	if c.span != nil {
+		spanEnd(c.span, st.Err())
+		c.wm.tel.end(c.ctx, c.start, st.Err())
+	}
+	// Waiters first, so that whoever waits for the call (a drain on
+	// rebalance or shutdown) finds a re-run among the calls in flight.
+	c.w.answerWaiters(c, waiters, remember, served && !aborted)
+	close(c.done)
+	if served && c.w.committer != nil {
+		c.w.committer.poke()
+	}
+}
+
+// writeEnd writes what ends a served call's replies, and returns the status
+// it ended with: the stored replies of a replayed call; else the held
+// response of a single-response call and the end-of-stream record, with
+// UNAVAILABLE for an aborted call or one a reply of which Kafka already
+// refused (lost), rather than an outcome with a gap in it. A oneway call
+// writes nothing.
+func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Status {
+	switch {
+	case c.id == "":
+		return st
+	case c.replay != nil:
+		for _, r := range c.replay {
+			c.produce(r.Value, r.Headers)
+		}
+		return st
+	case aborted:
+		st = status.New(codes.Unavailable, "the worker gave up the call midway (rebalance or shutdown); retry it")
+	case lost != nil:
+		st = lostStatus(c.method(), lost, false)
+		c.countLost()
+	}
+	if c.out.held != nil {
+		if st.Code() == codes.OK {
+			c.produce(c.out.held, c.out.replyHdrs)
+		} else {
+			c.out.sent = 0 // the error replaces the response; headers go with it
+		}
+	}
+	c.produceEnd(st)
+	return st
+}
+
+// release takes the call out of the worker's tables: its outcome stored
+// (remember), its key's turn passed on, its correlation id freed (its
+// remaining request records to be skipped when they are still to come), its
+// offset marked done when served. It returns the repeats that waited for it.
+func (c *call) release(served, remember bool) []waiter {
+	w := c.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if remember {
+		w.repeats.remember(c.id, c.stored)
+	}
+	w.keys.pass(c)
+	if c.id != "" && w.calls[c.id] == c {
+		delete(w.calls, c.id)
+		if !c.in.complete() {
+			w.repeats.trail(c.id)
+		}
+	}
+	if served {
+		c.pt.finish(c.first)
+	}
+	return w.repeats.takeWaiters(c)
+}
+
+// method is the call's full method name, or "" for a call answered without
+// a handler.
+func (c *call) method() string {
+	if c.wm == nil {
+		return ""
+	}
+	return c.wm.spec.FullMethod()
+}
+
+// produceEnd writes the reply end-of-stream record.
+func (c *call) produceEnd(st *status.Status) {
+	names := &c.w.cfg.names
+	o := &c.out
+	var hs []kafkaclient.Header
+	if o.sent == 0 { // headers the handler set but never sent with a message
+		hs = make([]kafkaclient.Header, 0, 4+len(o.header)+len(c.traceHdrs)+len(c.w.incarnation)+len(o.trailer))
+		hs = wire.AppendReply(hs, names, c.idb, o.header, c.traceHdrs...)
+		hs = append(hs, c.w.incarnation...)
+	} else {
+		hs = make([]kafkaclient.Header, 0, 4+len(o.trailer))
+		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: c.idb})
+	}
+	c.produce(nil, wire.AppendEnd(hs, names, st, o.trailer))
+}
+
+// produce writes one reply record (keeping it when the call's replies are
+// to be remembered).
+func (c *call) produce(value []byte, hs []kafkaclient.Header) {
+	if c.keepReplies {
+		c.stored = append(c.stored, kafkaclient.Record{Value: value, Headers: hs})
+	}
+	c.w.writer.send(c, &kafkaclient.Record{
+		Topic:     c.replyTo,
+		Partition: kafkaclient.AnyPartition,
+		Key:       c.idb,
+		Value:     value,
+		Headers:   hs,
+	})
+}
+
+type identityKey struct{}
+
+// IdentityFromContext returns the caller's identity that the gateway wrote
+// on the request (GatewayIdentity), inside a handler served by a Worker.
+// Safe for concurrent use.
+func IdentityFromContext(ctx context.Context) (string, bool) {
+	who, ok := ctx.Value(identityKey{}).(string)
+	return who, ok
+}

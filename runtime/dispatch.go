@@ -1,0 +1,186 @@
+package runtime
+
+// How a request record travels through the worker.
+//
+// Worker.loop polls the consumer group and hands each record to handle
+// (this file), which reads all of its headers once, with wire.Decode, into
+// an Envelope that goes with the record wherever a later step needs a
+// header: nothing looks a header up again. Under Worker.mu, handle notes the
+// offset as read (partTrack) and routes the record by its correlation id:
+// the record of a repeated attempt being skipped, or of a call that is over,
+// is dropped (repeats); a record of a running call is fed to it, unless it
+// starts a new attempt of a call whose input is complete, which then waits
+// for that call's outcome (repeats.wait). A record of no call in flight
+// starts one (startCall, call.go), is answered from the stored replies of
+// an earlier call with the same idempotency key (answerCall), or is
+// rejected with a status when it cannot be served (rejectCall). A started
+// call waits for the calls before it with the same record key (keyOrder)
+// and for a handler slot, runs its handler on a goroutine of its own
+// through a grpc.ServerStream adapter (serverstream.go), and hands its
+// replies to the worker's replyWriter: produced at once, or kept for one
+// transaction with WorkerExactlyOnce. Once Kafka acknowledged them, finish
+// releases the call: its offset is marked done, so that the committer can
+// commit past it, and the repeats that waited for it are answered.
+
+import (
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+)
+
+// handle routes one request record: to its call in flight, or as the start of
+// a new call, or answers or skips it when it cannot be served.
+func (w *Worker) handle(rec *kafkaclient.Record) {
+	env := wire.Decode(&w.cfg.names, rec.Headers, rec.Value)
+	w.mu.Lock()
+	pt := w.track(rec)
+	var (
+		skip   bool
+		feed   *call
+		stored *storedReply
+	)
+	if env.CorrelationID != nil {
+		skip, feed, stored = w.routeKnown(rec, &env, pt)
+	}
+	w.mu.Unlock()
+	switch {
+	case skip:
+	case feed != nil:
+		feed.feed(rec, &env)
+	default:
+		w.routeNew(rec, &env, pt, stored)
+	}
+}
+
+// routeKnown routes a record by its correlation id among what the worker
+// knows of that id: it reports whether the record is to be skipped (a
+// repeated attempt, the rest of a call that is over, or a new attempt made
+// to wait for the call in flight), or the running call to feed it to, or
+// else the stored replies to answer a new call with. Called with w.mu held.
+func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) (skip bool, feed *call, stored *storedReply) {
+	id, end := env.CorrelationID, env.EndOfStream
+	if w.repeats.skipDuplicate(id, end) {
+		return true, nil, nil
+	}
+	if c := w.calls[string(id)]; c != nil {
+		if !end && c.in.complete() {
+			// A new attempt of a call still running here (a retry with the
+			// same idempotency key): once the call is over, the attempt is
+			// answered (answerWaiters); its offset is held until then. The
+			// rest of the attempt's records are skipped.
+			w.repeats.wait(c, rec, env, pt)
+			return true, nil, nil
+		}
+		return false, c, nil
+	}
+	if w.repeats.skipTrailing(id, end) {
+		return true, nil, nil
+	}
+	if !end {
+		stored = w.repeats.lookup(id)
+	}
+	return false, nil, stored
+}
+
+// routeNew serves a record of no call in flight: it starts a call, answers
+// it from stored (the replies of an earlier call with its correlation id),
+// rejects it, or skips it.
+func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, stored *storedReply) {
+	names := &w.cfg.names
+	if env.CorrelationID == nil {
+		w.routeOneway(rec, env, pt)
+		return
+	}
+	if env.EndOfStream {
+		// An end-of-stream record of a call not in flight here: the whole
+		// request of an empty client stream, or else the end (or a late
+		// cancel) of a call that is over.
+		if env.Cancel() {
+			return
+		}
+		if wm := w.lookup(env.Service, env.Method); wm == nil || !wm.spec.Kind.clientStreams() {
+			return
+		}
+	}
+	id := string(env.CorrelationID)
+	if len(env.ReplyTo) == 0 {
+		w.stats.malformed.Add(1)
+		w.countSkipped("malformed")
+		w.cfg.logger.Warn("kafkarpc: skipping request without reply topic", "header", names.ReplyTo,
+			"correlation_id", id, "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+		return
+	}
+	wm, fail := w.resolve(rec, env)
+	switch {
+	case fail != nil:
+		w.stats.malformed.Add(1)
+		w.countSkipped("malformed")
+		w.rejectCall(rec, env, pt, id, fail, false)
+	case stored != nil:
+		w.countDuplicate()
+		w.answerCall(rec, env, pt, id, nil, stored.records, false)
+	default:
+		w.startCall(rec, env, pt, id, wm, false)
+	}
+}
+
+// resolve returns the method a request names, or the status to reject it
+// with when it names none that the worker serves.
+func (w *Worker) resolve(rec *kafkaclient.Record, env *wire.Envelope) (*workerMethod, *status.Status) {
+	names := &w.cfg.names
+	switch {
+	case len(env.Service) == 0:
+		return nil, status.Newf(codes.Internal, "request at %s has no %s header", recordPlace(rec), names.Service)
+	case len(env.Method) == 0:
+		return nil, status.Newf(codes.Internal, "request at %s has no %s header", recordPlace(rec), names.Method)
+	}
+	if wm := w.lookup(env.Service, env.Method); wm != nil {
+		return wm, nil
+	}
+	return nil, status.Newf(codes.Unimplemented, "unknown method /%s/%s (request at %s)", env.Service, env.Method, recordPlace(rec))
+}
+
+// routeOneway serves a record without a correlation id. A oneway unary
+// request is a whole call in one record. The records of a oneway client
+// stream carry nothing to group them by: they are for other consumers of
+// the topic, not for a worker; they and anything else without an id are
+// skipped.
+func (w *Worker) routeOneway(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) {
+	if wm := w.lookup(env.Service, env.Method); wm != nil && wm.spec.Kind == KindUnary && w.onewayRoute(wm.spec, rec.Topic) {
+		w.startCall(rec, env, pt, "", wm, false)
+		return
+	}
+	w.stats.skippedNoID.Add(1)
+	w.countSkipped("no_correlation_id")
+	w.cfg.logger.Warn("kafkarpc: skipping request without correlation id", "header", w.cfg.names.CorrelationID,
+		"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+}
+
+// onewayRoute reports whether topic is the request topic of a oneway route
+// of m.
+func (w *Worker) onewayRoute(m *MethodSpec, topic string) bool {
+	for _, r := range m.Routes {
+		if r.Oneway && w.cfg.topic(r.Topic) == topic {
+			return true
+		}
+	}
+	return false
+}
+
+// maxReplyTopics bounds the reply topic names the worker keeps.
+const maxReplyTopics = 256
+
+// replyTopic returns the reply topic named by b, without building a string
+// per call for the topics the worker saw before. Called with w.mu held.
+func (w *Worker) replyTopic(b []byte) string {
+	if t, ok := w.replyTopics[string(b)]; ok {
+		return t
+	}
+	t := string(b)
+	if len(w.replyTopics) < maxReplyTopics {
+		w.replyTopics[t] = t
+	}
+	return t
+}

@@ -1,0 +1,61 @@
+package runtime
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+)
+
+// lostStatus is the status a caller gets when Kafka did not take every reply
+// of its call: the call ran, and what it answered did not all arrive.
+// stored says whether a retry with the same idempotency key gets the
+// outcome from the worker's memory.
+func lostStatus(method string, err error, stored bool) *status.Status {
+	retry := "retry it; it may run again"
+	if stored {
+		retry = "retry it with the same idempotency-key to get its outcome without running it again"
+	}
+	if method != "" {
+		method += ": "
+	}
+	return status.Newf(codes.Unavailable, "%sthe worker answered the call but Kafka did not take every reply (%v); %s",
+		method, err, retry)
+}
+
+// lostAfterEnd handles a reply that failed after the end went out, or the
+// end itself failing: the caller is told (reportLost) instead of being left
+// waiting for its deadline; unless repeats wait for the same outcome, whose
+// replay goes to the same correlation id and answers the caller too.
+func (c *call) lostAfterEnd(outcome *status.Status) {
+	w := c.w
+	w.mu.Lock()
+	replayed := c.keepReplies && remembered(outcome) && w.repeats.hasWaiters(c)
+	w.mu.Unlock()
+	if !replayed {
+		c.reportLost(outcome)
+	}
+}
+
+// reportLost writes one more end-of-stream record, with lostStatus, after a
+// reply of the call failed. A gateway that got the whole answer has ended the
+// call and drops it; one still waiting ends the call with it. A failure of
+// this record too is logged, and the caller waits for its deadline.
+func (c *call) reportLost(outcome *status.Status) {
+	names := &c.w.cfg.names
+	hs := make([]kafkaclient.Header, 0, 4+len(c.w.incarnation))
+	hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: c.idb})
+	hs = append(hs, c.w.incarnation...)
+	hs = wire.AppendStatus(hs, names, lostStatus(c.method(), c.sent.failure(), c.keepReplies && remembered(outcome)))
+	c.countLost()
+	c.w.writer.send(c, &kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Headers: hs})
+	_ = c.w.writer.flush(c) // its failure is logged by the delivery callback
+}
+
+func (c *call) countLost() {
+	c.w.stats.lostReplies.Add(1)
+	c.w.tel.lost.Add(context.Background(), 1)
+}

@@ -1,0 +1,259 @@
+package runtime
+
+import (
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+)
+
+// repeats owns everything the worker knows about requests that repeat a
+// correlation id it has seen: the ids of finished calls whose remaining
+// request records are still to come (trailing), the repeated attempts of
+// calls in flight whose records are skipped until their end (dupes), those
+// attempts waiting for their call's outcome (waiters), and the replies of
+// recent calls made with an idempotency key (stored).
+//
+// A retry with the same idempotency key shares the correlation id of its
+// earlier attempts, so replies alone cannot tell the attempts apart: what
+// separates them belongs here.
+//
+// Every method is called with Worker.mu held, except answerWaiters.
+type repeats struct {
+	trailing *recentSet
+	dupes    map[string]struct{}
+	waiters  map[*call][]waiter
+	stored   *replyStore
+}
+
+func newRepeats(window time.Duration, maxBytes int) repeats {
+	return repeats{
+		trailing: newRecentSet(1 << 16),
+		dupes:    map[string]struct{}{},
+		waiters:  map[*call][]waiter{},
+		stored:   newReplyStore(window, maxBytes),
+	}
+}
+
+// waiter is a repeated request that arrived while its call was running.
+type waiter struct {
+	rec  *kafkaclient.Record
+	env  wire.Envelope // rec's headers, decoded once by the dispatcher
+	pt   *partTrack
+	late bool // arrived once the call was ending: after its caller could have seen the outcome
+}
+
+// skipDuplicate reports whether a record with correlation id id belongs to
+// a repeated attempt being skipped; its end-of-stream record (end) ends the
+// skipping.
+func (r *repeats) skipDuplicate(id []byte, end bool) bool {
+	if _, dup := r.dupes[string(id)]; !dup {
+		return false
+	}
+	if end {
+		delete(r.dupes, string(id))
+	}
+	return true
+}
+
+// skipTrailing reports whether a record with correlation id id is one of
+// the remaining request records of a call that is over; its end-of-stream
+// record (end) is the last of them.
+func (r *repeats) skipTrailing(id []byte, end bool) bool {
+	if !r.trailing.has(string(id)) {
+		return false
+	}
+	if end {
+		r.trailing.remove(string(id))
+	}
+	return true
+}
+
+// wait makes the first record of a new attempt of c (a retry with the same
+// idempotency key, or the same request read twice) wait for c's outcome;
+// the attempt's offset is held until it is answered (answerWaiters) and the
+// rest of its records are skipped.
+func (r *repeats) wait(c *call, rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) {
+	r.waiters[c] = append(r.waiters[c], waiter{rec: rec, env: *env, pt: pt, late: c.ending.Load()})
+	pt.begin(rec.Offset)
+	r.dupes[c.id] = struct{}{}
+}
+
+// hasWaiters reports whether repeated attempts wait for c's outcome.
+func (r *repeats) hasWaiters(c *call) bool { return len(r.waiters[c]) > 0 }
+
+// takeWaiters returns the attempts waiting for c and forgets them.
+func (r *repeats) takeWaiters(c *call) []waiter {
+	if len(r.waiters) == 0 {
+		return nil
+	}
+	ws := r.waiters[c]
+	delete(r.waiters, c)
+	return ws
+}
+
+// trail remembers id, of a call that ended before its last request record,
+// so that its remaining records are skipped.
+func (r *repeats) trail(id string) { r.trailing.add(id) }
+
+// lookup returns the stored replies of id, if still within the window.
+func (r *repeats) lookup(id []byte) *storedReply { return r.stored.get(id, time.Now()) }
+
+// remember stores the replies of the call with correlation id id.
+func (r *repeats) remember(id string, records []kafkaclient.Record) {
+	size := 0
+	for _, rec := range records {
+		size += len(rec.Value) + 64
+	}
+	now := time.Now()
+	r.stored.put(&storedReply{id: id, at: now, records: records, size: size}, now)
+}
+
+// remembered reports whether the outcome st is final enough to be replayed
+// to a duplicate: transient failures and cancellations are not.
+func remembered(st *status.Status) bool {
+	switch st.Code() {
+	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.Aborted, codes.ResourceExhausted:
+		return false
+	}
+	return true
+}
+
+// answerWaiters serves the repeated requests that arrived while c ran, once
+// c is over: with c's replies when they are its outcome to remember (or a
+// replay of remembered ones); else, when rerun, by running the first late
+// one again (a retry that reached the worker after its caller saw an
+// outcome inviting it must not get that outcome back); else with ABORTED. A
+// repeat that arrived while the handler still ran gets no re-run: its
+// gateway, reading the same correlation id, already took the call's own end
+// for it. A waiter's offset, held since it arrived, is released once its own
+// call holds it. Called without Worker.mu.
+func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
+	for i := range ws {
+		d := &ws[i]
+		var wm *workerMethod
+		if rerun && !remember && c.replay == nil {
+			wm = w.rerunMethod(d)
+		}
+		switch {
+		case remember || c.replay != nil:
+			replay := c.replay
+			if remember {
+				replay = c.stored
+			}
+			w.countDuplicate()
+			w.answerCall(d.rec, &d.env, d.pt, c.id, nil, replay, true)
+		case wm != nil:
+			// Its one request message is all its input; the rest of the
+			// attempt's records are skipped as a duplicate's.
+			w.startCall(d.rec, &d.env, d.pt, c.id, wm, true)
+			rerun = false // one re-run at most
+		default:
+			w.answerCall(d.rec, &d.env, d.pt, c.id,
+				status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil, true)
+		}
+		w.mu.Lock()
+		d.pt.finish(d.rec.Offset)
+		w.mu.Unlock()
+	}
+}
+
+// rerunMethod returns the method to run a waiter's request again with, or
+// nil when it is not to run again: it arrived before the call was ending,
+// carries no idempotency key (a repeated record, not a retry), or is not one
+// message (a client stream's other records were skipped).
+func (w *Worker) rerunMethod(d *waiter) *workerMethod {
+	if !d.late || d.env.IdempotencyKey == nil {
+		return nil
+	}
+	wm := w.lookup(d.env.Service, d.env.Method)
+	if wm == nil || wm.spec.Kind.clientStreams() {
+		return nil
+	}
+	return wm
+}
+
+// storedReply is what a worker remembers of a finished call made with an
+// idempotency key: its reply records, to answer a duplicate without running
+// the handler again.
+type storedReply struct {
+	id      string
+	at      time.Time
+	records []kafkaclient.Record // values and headers; topic and key are the duplicate's
+	size    int
+}
+
+// replyStore holds the replies of recent calls, bounded by age and bytes.
+type replyStore struct {
+	window   time.Duration
+	maxBytes int
+	byID     map[string]*storedReply
+	order    []*storedReply // oldest first
+	bytes    int
+}
+
+func newReplyStore(window time.Duration, maxBytes int) *replyStore {
+	return &replyStore{window: window, maxBytes: maxBytes, byID: map[string]*storedReply{}}
+}
+
+func (s *replyStore) put(r *storedReply, now time.Time) {
+	if s.window <= 0 || r.size > s.maxBytes {
+		return
+	}
+	if old := s.byID[r.id]; old != nil {
+		return // the first outcome stays
+	}
+	s.byID[r.id] = r
+	s.order = append(s.order, r)
+	s.bytes += r.size
+	s.expire(now)
+}
+
+// get returns the stored replies of id, if still within the window.
+func (s *replyStore) get(id []byte, now time.Time) *storedReply {
+	s.expire(now)
+	return s.byID[string(id)]
+}
+
+// expire forgets what is past the window or over the byte bound.
+func (s *replyStore) expire(now time.Time) {
+	n := 0
+	for n < len(s.order) && (now.Sub(s.order[n].at) > s.window || s.bytes > s.maxBytes) {
+		r := s.order[n]
+		s.order[n] = nil
+		delete(s.byID, r.id)
+		s.bytes -= r.size
+		n++
+	}
+	s.order = s.order[n:]
+}
+
+// recentSet is a bounded set of strings that forgets the oldest first.
+type recentSet struct {
+	max   int
+	set   map[string]struct{}
+	order []string
+}
+
+func newRecentSet(max int) *recentSet {
+	return &recentSet{max: max, set: map[string]struct{}{}}
+}
+
+func (s *recentSet) add(k string) {
+	if _, ok := s.set[k]; ok {
+		return
+	}
+	if len(s.order) >= s.max {
+		delete(s.set, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.set[k] = struct{}{}
+	s.order = append(s.order, k)
+}
+
+func (s *recentSet) has(k string) bool { _, ok := s.set[k]; return ok }
+
+func (s *recentSet) remove(k string) { delete(s.set, k) } // its order slot expires in time

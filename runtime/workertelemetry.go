@@ -1,0 +1,139 @@
+package runtime
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// workerTelemetry are the worker's traces and metrics.
+type workerTelemetry struct {
+	trc        tracing
+	calls      callMetrics
+	skipped    metric.Int64Counter
+	deadLetter metric.Int64Counter
+	duplicates metric.Int64Counter
+	lost       metric.Int64Counter
+}
+
+// newWorkerTelemetry makes the worker's instruments; lag reports the
+// consumer lag gauge.
+func newWorkerTelemetry(cfg telemetryConfig, lag metric.Int64Callback) workerTelemetry {
+	t := workerTelemetry{trc: newTracing(cfg)}
+	meter := meterOf(cfg)
+	t.calls = newCallMetrics(meter, "worker")
+	t.skipped, _ = meter.Int64Counter("kafkarpc.worker.records.skipped",
+		metric.WithDescription("Request records not served as calls, by reason."))
+	t.deadLetter, _ = meter.Int64Counter("kafkarpc.worker.dead_lettered", metric.WithDescription("Calls sent to the dead-letter topic."))
+	t.duplicates, _ = meter.Int64Counter("kafkarpc.worker.duplicates",
+		metric.WithDescription("Requests answered from the stored replies of an earlier call."))
+	t.lost, _ = meter.Int64Counter("kafkarpc.worker.replies.lost",
+		metric.WithDescription("Calls some of whose replies Kafka did not take; their callers were told UNAVAILABLE."))
+	_, _ = meter.Int64ObservableGauge("kafkarpc.worker.lag",
+		metric.WithDescription("Records not yet read from the partitions this worker holds, by topic and partition."),
+		metric.WithInt64Callback(lag))
+	return t
+}
+
+// prepareTelemetry precomputes wm's metric options, span name and span
+// options.
+func (w *Worker) prepareTelemetry(wm *workerMethod) {
+	full := wm.spec.FullMethod()
+	wm.tel = w.tel.calls.forMethod(full)
+	wm.handleName = "handle " + full
+	wm.handleOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "kafka"), wm.tel.method)}
+}
+
+// observeLag reports, for every partition the worker holds, the records
+// between its end and the worker's position.
+func (w *Worker) observeLag(ctx context.Context, o metric.Int64Observer) error {
+	w.mu.Lock()
+	next := map[kafkaclient.TopicPartition]int64{}
+	byTopic := map[string][]int32{}
+	for tp, pt := range w.parts {
+		next[tp] = pt.next
+		byTopic[tp.Topic] = append(byTopic[tp.Topic], tp.Partition)
+	}
+	w.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for topic, parts := range byTopic {
+		ends, err := w.client.Offsets(ctx, topic, parts, kafkaclient.Latest)
+		if err != nil {
+			return err
+		}
+		for _, p := range parts {
+			pos := next[kafkaclient.TopicPartition{Topic: topic, Partition: p}]
+			if pos < 0 {
+				continue // nothing read yet: the position is not known here
+			}
+			o.Observe(max(ends[p]-pos, 0), metric.WithAttributes(
+				attribute.String("messaging.destination.name", topic), attribute.Int("messaging.destination.partition.id", int(p))))
+		}
+	}
+	return nil
+}
+
+// countDuplicate counts a request answered from an earlier call's replies.
+func (w *Worker) countDuplicate() {
+	w.stats.duplicates.Add(1)
+	w.tel.duplicates.Add(context.Background(), 1)
+}
+
+// countSkipped counts a request record not served as a call.
+func (w *Worker) countSkipped(reason string) {
+	w.tel.skipped.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", reason)))
+}
+
+// WorkerStats are counters of records a worker could not serve as calls.
+type WorkerStats struct {
+	// SkippedNoCorrelationID counts request records without a correlation id
+	// (that are not oneway requests); they cannot be answered.
+	SkippedNoCorrelationID uint64
+	// Malformed counts requests answered with an error without running a
+	// handler (missing service or method, unknown method, bad metadata) or
+	// skipped for want of a reply topic.
+	Malformed uint64
+	// Calls counts calls started (handlers run, not counting retries).
+	Calls uint64
+	// Duplicates counts requests answered from the replies of an earlier
+	// call with the same correlation id instead of running a handler.
+	Duplicates uint64
+	// DeadLettered counts calls whose requests went to the dead-letter
+	// topic.
+	DeadLettered uint64
+	// Panics counts handlers that panicked.
+	Panics uint64
+	// ProxyRetries counts the attempts a proxying worker repeated because
+	// the target was UNAVAILABLE before it took the call.
+	ProxyRetries uint64
+	// LostReplies counts calls some of whose replies Kafka did not take
+	// (after the client's own retries); each such caller was sent an
+	// UNAVAILABLE end-of-stream record saying so.
+	LostReplies uint64
+}
+
+type workerCounters struct {
+	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, deadLettered, lostReplies atomic.Uint64
+}
+
+// Stats returns the worker's counters. Safe for concurrent use.
+func (w *Worker) Stats() WorkerStats {
+	return WorkerStats{
+		SkippedNoCorrelationID: w.stats.skippedNoID.Load(),
+		Malformed:              w.stats.malformed.Load(),
+		Calls:                  w.stats.calls.Load(),
+		Duplicates:             w.stats.duplicates.Load(),
+		DeadLettered:           w.stats.deadLettered.Load(),
+		Panics:                 w.stats.panics.Load(),
+		ProxyRetries:           w.stats.proxyRetries.Load(),
+		LostReplies:            w.stats.lostReplies.Load(),
+	}
+}
