@@ -159,7 +159,8 @@ func (c *committer) commitOffsets(only map[kafkaclient.TopicPartition]bool) {
 	w.markCommitted(offs, tracks)
 }
 
-// track returns the partTrack of rec's partition, noting that rec was read.
+// track returns the partTrack of rec's partition (handle marks rec read once
+// it is safe to commit past it).
 // Called with w.mu held.
 func (w *Worker) track(rec *kafkaclient.Record) *partTrack {
 	tp := kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}
@@ -168,7 +169,6 @@ func (w *Worker) track(rec *kafkaclient.Record) *partTrack {
 		pt = newPartTrack()
 		w.parts[tp] = pt
 	}
-	pt.seen(rec.Offset)
 	return pt
 }
 

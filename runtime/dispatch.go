@@ -44,6 +44,9 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	if env.CorrelationID != nil {
 		skip, feed, stored = w.routeKnown(rec, &env, pt)
 	}
+	if skip || feed != nil {
+		pt.seen(rec.Offset) // a record of a call whose offset is held, or none to serve
+	}
 	w.mu.Unlock()
 	switch {
 	case skip:
@@ -51,6 +54,12 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 		feed.feed(rec, &env)
 	default:
 		w.routeNew(rec, &env, pt, stored)
+		// Only now that a call it starts holds its offset may a commit pass
+		// it: marked read before, the record could be committed while its
+		// call was not yet entered, and lost in a crash.
+		w.mu.Lock()
+		pt.seen(rec.Offset)
+		w.mu.Unlock()
 	}
 }
 

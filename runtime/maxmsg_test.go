@@ -9,8 +9,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
