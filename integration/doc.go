@@ -13,7 +13,7 @@
 //
 // Run alone: KAFKA_BROKERS=127.0.0.1:19092 go test -tags integration -v ./integration/
 //
-// Tests that stop the broker skip themselves when KAFKA_BROKERS is not the
+// Tests that stop the broker fail when KAFKA_BROKERS is not the
 // broker of scripts/kafka.sh. INTEGRATION_LOGS=1 logs the binaries' output
 // even when a test passes (it is always logged when one fails).
 package integration

@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"sync"
@@ -29,12 +30,16 @@ const (
 )
 
 // TestWorkerKilledUnderLoad runs three echo-worker processes in one group
-// behind one echo-gateway, and SIGKILLs one of them under a unary load. Every
-// call must be answered: a call whose attempt fails is tried again with the
-// same idempotency key (so a worker that already ran it answers from its
-// stored reply) until it succeeds, within generous bounds. The killed
-// worker's partitions are stuck until the group notices it is gone
-// (session.timeout.ms, 45 s by default), so some calls need several tries.
+// behind one echo-gateway, and SIGKILLs one of them under a load of unary
+// calls and server streams. Every call must be answered: a call whose
+// attempt fails is tried again with the same idempotency key (so a worker
+// that already ran it answers from its stored reply) until it succeeds,
+// within generous bounds. The killed worker's partitions are stuck until the
+// group notices it is gone, so some calls need several tries. No attempt may
+// fail with a stale status: the partition's new owner serves the earlier
+// attempts' requests again (they were not committed), and what it answers
+// them (DEADLINE_EXCEEDED, their deadline long past) shares the retry's
+// correlation id but must not end the retry before its own deadline.
 func TestWorkerKilledUnderLoad(t *testing.T) {
 	needKafka(t)
 	group := unique("kill")
@@ -54,6 +59,7 @@ func TestWorkerKilledUnderLoad(t *testing.T) {
 		attempts int
 		took     time.Duration
 		failures []string
+		stale    []string
 		err      error
 	}
 	results := make([][]outcome, killCallers)
@@ -73,16 +79,27 @@ func TestWorkerKilledUnderLoad(t *testing.T) {
 					o.attempts++
 					ctx, cancel := context.WithTimeout(context.Background(), killAttemptLimit)
 					ctx = metadata.AppendToOutgoingContext(ctx, "idempotency-key", key)
-					resp, err := c.EchoUnary(ctx, &echov1.EchoRequest{Message: want})
-					cancel()
-					if err == nil && resp.GetMessage() == want {
-						break
+					tried := time.Now()
+					var err error
+					if i%2 == 0 {
+						err = unaryAttempt(ctx, c, want)
+					} else {
+						err = streamAttempt(ctx, c, want)
 					}
+					cancel()
 					if err == nil {
-						err = fmt.Errorf("answered %q to %q", resp.GetMessage(), want)
+						break
 					}
 					st := status.Convert(err)
 					o.failures = append(o.failures, st.Code().String())
+					if st.Code() == codes.DataLoss { // a wrong answer: never to be retried away
+						o.err = err
+						break
+					}
+					if took := time.Since(tried); st.Code() == codes.DeadlineExceeded && took < killAttemptLimit-staleSlack {
+						o.stale = append(o.stale, fmt.Sprintf("attempt %d ended DEADLINE_EXCEEDED after %s of its %s: %s",
+							o.attempts, took.Round(time.Millisecond), killAttemptLimit, st.Message()))
+					}
 					if time.Since(began) > killCallBound {
 						o.err = fmt.Errorf("no answer after %d attempts in %s: last %v", o.attempts, time.Since(began).Round(time.Millisecond), err)
 						break
@@ -125,6 +142,9 @@ func TestWorkerKilledUnderLoad(t *testing.T) {
 			for _, f := range o.failures {
 				codesSeen[f]++
 			}
+			for _, s := range o.stale {
+				t.Errorf("caller %d call %d: stale status: %s", i, j, s)
+			}
 			if o.err != nil {
 				failed++
 				if failed <= 10 {
@@ -147,4 +167,46 @@ func TestWorkerKilledUnderLoad(t *testing.T) {
 			w.stop(t)
 		}
 	}
+}
+
+// staleSlack is how much earlier than its deadline an attempt may end
+// DEADLINE_EXCEEDED (the gateway counts the deadline from a little later
+// than the caller).
+const staleSlack = 500 * time.Millisecond
+
+// unaryAttempt calls EchoUnary once: nil when it answered want.
+func unaryAttempt(ctx context.Context, c echov1.EchoServiceClient, want string) error {
+	resp, err := c.EchoUnary(ctx, &echov1.EchoRequest{Message: want})
+	if err == nil && resp.GetMessage() != want {
+		err = status.Errorf(codes.DataLoss, "answered %q to %q", resp.GetMessage(), want)
+	}
+	return err
+}
+
+// streamAttempt calls EchoServerStream once for three messages: nil when it
+// ended OK with exactly indexes 0, 1, 2 of want. An OK end over anything
+// else is DATA_LOSS: a wrong answer, not a failure to retry.
+func streamAttempt(ctx context.Context, c echov1.EchoServiceClient, want string) error {
+	s, err := c.EchoServerStream(ctx, &echov1.EchoRequest{Message: want, Repeat: 3})
+	if err != nil {
+		return err
+	}
+	var got []int32
+	for {
+		r, err := s.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if r.GetMessage() != want {
+			return status.Errorf(codes.DataLoss, "answered %q to %q", r.GetMessage(), want)
+		}
+		got = append(got, r.GetIndex())
+	}
+	if len(got) != 3 || got[0] != 0 || got[1] != 1 || got[2] != 2 {
+		return status.Errorf(codes.DataLoss, "the stream ended OK with indexes %v, want [0 1 2]", got)
+	}
+	return nil
 }

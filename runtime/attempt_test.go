@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
@@ -60,5 +61,53 @@ func TestKeyedCallIgnoresRepliesOfAnotherAttempt(t *testing.T) {
 	}
 	if len(got) != 2 || got[0] != 0 || got[1] != 1 {
 		t.Fatalf("the call received indexes %v, want [0 1] (its own attempt's replies only)", got)
+	}
+}
+
+// TestKeyedRetryJoiningRunningAttemptGetsWholeOutcome writes the first
+// attempt of a keyed server stream as a gateway would, then retries it with
+// the same key through the gateway once the first attempt answered its
+// first message. The retry shares the first attempt's correlation id: it
+// must get the whole outcome of one execution (every message and the end),
+// never the first attempt's remaining replies as its own.
+func TestKeyedRetryJoiningRunningAttemptGetsWholeOutcome(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	const key = "joined"
+	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoServerStream", e.topic("echo-responses"))
+	req, _ := proto.Marshal(&echov1.EchoRequest{Message: "m", Repeat: 3, DelayMs: 400})
+	hs := append(requestHeaders(e, echoService, "EchoServerStream", id),
+		"meta:"+wire.AttemptMetadata, "first", "meta:idempotency-key", key)
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: req, Headers: hs.headers()})
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Headers: hs.headers()})
+	for first := false; !first; {
+		select {
+		case rec := <-replies.recs:
+			first = header(rec, "zilla:correlation-id") == id && rec.Value != nil
+		case <-ctxFor(t, 30*time.Second).Done():
+			t.Fatal("the first attempt answered nothing within 30 s")
+		}
+	}
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "idempotency-key", key)
+	stream, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "m", Repeat: 3, DelayMs: 400})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int32
+	for {
+		r, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the retry failed after %v: %v", got, err)
+		}
+		got = append(got, r.GetIndex())
+	}
+	if len(got) != 3 || got[0] != 0 || got[1] != 1 || got[2] != 2 {
+		t.Fatalf("the retry received indexes %v, want [0 1 2]: the whole outcome of one execution", got)
+	}
+	if n := e.worker.Stats().Calls; n != 1 {
+		t.Fatalf("the handler ran %d times, want once (the retry is answered from the first attempt's outcome)", n)
 	}
 }

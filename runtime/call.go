@@ -23,6 +23,10 @@ import (
 // errCallerCancelled is the cause of a handler context the caller cancelled.
 var errCallerCancelled = errors.New("kafkarpc: the caller cancelled the call")
 
+// errMaxCallDuration is wrapped by the cause of a call context that reached
+// the worker's maximum call duration (WorkerMaxCallDuration).
+var errMaxCallDuration = errors.New("kafkarpc: the call ran for the worker's maximum call duration")
+
 // errAborted is the cause of a handler context the worker gave up.
 var errAborted = errors.New("kafkarpc: the worker gave up the call (rebalance or shutdown)")
 
@@ -59,7 +63,11 @@ type call struct {
 	keepReplies bool                 // the caller sent an idempotency key: remember the replies
 	stored      []kafkaclient.Record // replies produced, when keepReplies
 	replay      []kafkaclient.Record // replies to send again instead of running a handler
-	ending      atomic.Bool          // finish began: the end of the replies is on its way
+	// attempt is the request's attempt id header (wire.AttemptMetadata),
+	// repeated on every reply record so that the caller's gateway tells
+	// this attempt's replies from another's; empty when the request had none.
+	attempt []kafkaclient.Header
+	ending  atomic.Bool // finish began: the end of the replies is on its way
 
 	span      trace.Span           // "handle <method>", nil for calls answered without a handler
 	traceHdrs []kafkaclient.Header // the handle span's context, sent back on the replies
@@ -76,6 +84,9 @@ func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTr
 	}
 	c.in.all = c.in.one[:0]
 	c.acked = c.delivered
+	if env.Attempt != nil {
+		c.attempt = []kafkaclient.Header{{Key: w.attemptKey, Value: env.Attempt}}
+	}
 	return c
 }
 
@@ -102,7 +113,13 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 		w.prepareTelemetry(wm)
 	}
 	c := w.newCall(rec, env, pt, id, wm)
-	c.openContext(rec, env, md, deadline)
+	var cause error // why the deadline ends the call, when it is the worker's bound
+	if m := w.cfg.maxCallDuration; m > 0 {
+		if limit := time.Now().Add(m); !hasDeadline || limit.Before(deadline) {
+			deadline, cause = limit, w.maxDurationErr
+		}
+	}
+	c.openContext(rec, env, md, deadline, cause)
 	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
 	w.admit(c, rec, env, true)
 	w.stats.calls.Add(1)
@@ -116,7 +133,9 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 // openContext makes the handler's context: the request metadata, the
 // caller's trace and identity, the "handle" span, the deadline, and the
 // transport stream that grpc.SetHeader and friends use.
-func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metadata.MD, deadline time.Time) {
+//
+// cause, when not nil, is the context's cause once the deadline passes.
+func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metadata.MD, deadline time.Time, cause error) {
 	w, wm := c.w, c.wm
 	ctx := metadata.NewIncomingContext(w.tel.trc.extract(w.base, md), md)
 	if env.Identity != nil {
@@ -132,7 +151,7 @@ func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metad
 	c.traceHdrs = w.tel.trc.traceHeaders(ctx, w.cfg.names.MetaPrefix)
 	wm.tel.begin(ctx)
 	if !deadline.IsZero() {
-		ctx, c.stopTimer = context.WithDeadline(ctx, deadline)
+		ctx, c.stopTimer = context.WithDeadlineCause(ctx, deadline, cause)
 	}
 	ctx, c.ctxCancel = context.WithCancelCause(ctx)
 	c.ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{c})
@@ -299,6 +318,11 @@ func toStatus(ctx context.Context, err error) *status.Status {
 		return nil
 	}
 	if st, ok := status.FromError(err); ok {
+		if st.Code() == codes.DeadlineExceeded && ctx.Err() != nil && len(st.Proto().GetDetails()) == 0 {
+			// The handler passed its context's end on: say which deadline
+			// it was (the caller's, or the worker's bound).
+			return contextStatus(ctx)
+		}
 		return st
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
@@ -309,6 +333,9 @@ func toStatus(ctx context.Context, err error) *status.Status {
 
 func contextStatus(ctx context.Context) *status.Status {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		if cause := context.Cause(ctx); errors.Is(cause, errMaxCallDuration) {
+			return status.New(codes.DeadlineExceeded, cause.Error())
+		}
 		return status.New(codes.DeadlineExceeded, "deadline exceeded")
 	}
 	if cause := context.Cause(ctx); cause != nil && cause != context.Canceled {
@@ -364,7 +391,7 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 		return st
 	case c.replay != nil:
 		for _, r := range c.replay {
-			c.produce(r.Value, r.Headers)
+			c.produce(r.Value, c.replayHeaders(r.Headers))
 		}
 		return st
 	case aborted:
@@ -425,12 +452,26 @@ func (c *call) produceEnd(st *status.Status) {
 	if o.sent == 0 { // headers the handler set but never sent with a message
 		hs = make([]kafkaclient.Header, 0, 4+len(o.header)+len(c.traceHdrs)+len(c.w.incarnation)+len(o.trailer))
 		hs = wire.AppendReply(hs, names, c.idb, o.header, c.traceHdrs...)
-		hs = append(hs, c.w.incarnation...)
+		hs = append(append(hs, c.w.incarnation...), c.attempt...)
 	} else {
-		hs = make([]kafkaclient.Header, 0, 4+len(o.trailer))
+		hs = make([]kafkaclient.Header, 0, 5+len(o.trailer))
 		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: c.idb})
+		hs = append(hs, c.attempt...)
 	}
 	c.produce(nil, wire.AppendEnd(hs, names, st, o.trailer))
+}
+
+// replayHeaders returns the headers of a stored reply record as this call
+// sends them again: with this call's attempt id instead of the one the
+// record was first sent with, so that the attempt being answered takes it.
+func (c *call) replayHeaders(hs []kafkaclient.Header) []kafkaclient.Header {
+	out := make([]kafkaclient.Header, 0, len(hs)+len(c.attempt))
+	for _, h := range hs {
+		if h.Key != c.w.attemptKey {
+			out = append(out, h)
+		}
+	}
+	return append(out, c.attempt...)
 }
 
 // produce writes one reply record (keeping it when the call's replies are

@@ -33,7 +33,9 @@ func lostStatus(method string, err error, stored bool) *status.Status {
 func (c *call) lostAfterEnd(outcome *status.Status) {
 	w := c.w
 	w.mu.Lock()
-	replayed := c.keepReplies && remembered(outcome) && w.repeats.hasWaiters(c)
+	// A replay to waiters reaches this call's caller only when neither
+	// carries an attempt id to tell them apart.
+	replayed := c.keepReplies && remembered(outcome) && w.repeats.hasWaiters(c) && c.attempt == nil
 	w.mu.Unlock()
 	if !replayed {
 		c.reportLost(outcome)
@@ -46,9 +48,9 @@ func (c *call) lostAfterEnd(outcome *status.Status) {
 // this record too is logged, and the caller waits for its deadline.
 func (c *call) reportLost(outcome *status.Status) {
 	names := &c.w.cfg.names
-	hs := make([]kafkaclient.Header, 0, 4+len(c.w.incarnation))
+	hs := make([]kafkaclient.Header, 0, 4+len(c.w.incarnation)+len(c.attempt))
 	hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: c.idb})
-	hs = append(hs, c.w.incarnation...)
+	hs = append(append(hs, c.w.incarnation...), c.attempt...)
 	hs = wire.AppendStatus(hs, names, lostStatus(c.method(), c.sent.failure(), c.keepReplies && remembered(outcome)))
 	c.countLost()
 	c.w.writer.send(c, &kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Headers: hs})

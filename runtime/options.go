@@ -186,6 +186,7 @@ type workerConfig struct {
 	unaryInterceptor  grpc.UnaryServerInterceptor
 	streamInterceptor grpc.StreamServerInterceptor
 	revokeTimeout     time.Duration
+	maxCallDuration   time.Duration
 	commitInterval    time.Duration
 	readCommitted     bool
 	maxAttempts       int
@@ -199,15 +200,16 @@ type workerConfig struct {
 
 func defaultWorkerConfig() workerConfig {
 	return workerConfig{
-		common:         defaultCommon(),
-		maxConcurrent:  1024,
-		revokeTimeout:  10 * time.Second,
-		commitInterval: 50 * time.Millisecond,
-		maxAttempts:    1,
-		retryCodes:     []codes.Code{codes.Unavailable, codes.Aborted, codes.ResourceExhausted},
-		retryBackoff:   100 * time.Millisecond,
-		idemWindow:     10 * time.Minute,
-		idemMaxBytes:   64 << 20,
+		common:          defaultCommon(),
+		maxConcurrent:   1024,
+		revokeTimeout:   10 * time.Second,
+		commitInterval:  50 * time.Millisecond,
+		maxAttempts:     1,
+		retryCodes:      []codes.Code{codes.Unavailable, codes.Aborted, codes.ResourceExhausted},
+		retryBackoff:    100 * time.Millisecond,
+		idemWindow:      10 * time.Minute,
+		idemMaxBytes:    64 << 20,
+		maxCallDuration: DefaultMaxCallDuration,
 	}
 }
 
@@ -291,6 +293,21 @@ func WorkerUnaryInterceptor(i grpc.UnaryServerInterceptor) WorkerOption {
 // grpc.StreamInterceptor does on a grpc.Server. Default none.
 func WorkerStreamInterceptor(i grpc.StreamServerInterceptor) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.streamInterceptor = i })
+}
+
+// DefaultMaxCallDuration is how long a worker lets a call run by default
+// (WorkerMaxCallDuration).
+const DefaultMaxCallDuration = 10 * time.Minute
+
+// WorkerMaxCallDuration bounds how long the worker lets one call run,
+// counted from when it read the call's first request record: a call whose
+// caller set no deadline, or a later one, ends DEADLINE_EXCEEDED then, with
+// a message naming this bound, and its handler's context is done. A call
+// holds its partition's committed offset while it runs (a crash would serve
+// it again), so one that never ends must not be possible. d <= 0 removes the
+// bound. Default DefaultMaxCallDuration (10 minutes).
+func WorkerMaxCallDuration(d time.Duration) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.maxCallDuration = d })
 }
 
 // WorkerRevokeTimeout bounds how long a worker losing partitions in a rebalance

@@ -127,9 +127,10 @@ func remembered(st *status.Status) bool {
 // replay of remembered ones); else, when rerun, by running the first late
 // one again (a retry that reached the worker after its caller saw an
 // outcome inviting it must not get that outcome back); else with ABORTED. A
-// repeat that arrived while the handler still ran gets no re-run: its
-// gateway, reading the same correlation id, already took the call's own end
-// for it. A waiter's offset, held since it arrived, is released once its own
+// repeat that arrived while the handler still ran, without an attempt id,
+// gets no re-run: its gateway, reading the same correlation id, already
+// took the call's own end for it. Each answer carries its repeat's own
+// attempt id. A waiter's offset, held since it arrived, is released once its own
 // call holds it. Called without Worker.mu.
 func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 	for i := range ws {
@@ -162,11 +163,13 @@ func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 }
 
 // rerunMethod returns the method to run a waiter's request again with, or
-// nil when it is not to run again: it arrived before the call was ending,
-// carries no idempotency key (a repeated record, not a retry), or is not one
-// message (a client stream's other records were skipped).
+// nil when it is not to run again: it carries no idempotency key (a
+// repeated record, not a retry), or is not one message (a client stream's
+// other records were skipped), or arrived before the call was ending and
+// carries no attempt id: its gateway, which cannot tell attempts apart,
+// already took the call's own end for it.
 func (w *Worker) rerunMethod(d *waiter) *workerMethod {
-	if !d.late || d.env.IdempotencyKey == nil {
+	if (!d.late && d.env.Attempt == nil) || d.env.IdempotencyKey == nil {
 		return nil
 	}
 	wm := w.lookup(d.env.Service, d.env.Method)

@@ -186,7 +186,10 @@ func (c *call) sendMsg(m any) error {
 	o := &c.out
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.aborted {
+	if o.aborted || c.ctx.Err() != nil {
+		// Given up, cancelled by the caller, or past the deadline: as
+		// gRPC's SendMsg does once the stream's context is done, nothing
+		// more goes out and the handler learns why.
 		return contextStatus(c.ctx).Err()
 	}
 	if c.id == "" {
@@ -210,13 +213,13 @@ func (c *call) sendMsg(m any) error {
 
 // freezeHeaders fixes the headers of the call's data records: the
 // correlation id, the response headers, the trace context and the worker's
-// incarnation. Called with out.mu held.
+// incarnation, and the request's attempt id. Called with out.mu held.
 func (c *call) freezeHeaders() {
 	o := &c.out
 	o.frozen = true
-	hs := make([]kafkaclient.Header, 0, 1+len(o.header)+len(c.traceHdrs)+len(c.w.incarnation))
+	hs := make([]kafkaclient.Header, 0, 1+len(o.header)+len(c.traceHdrs)+len(c.w.incarnation)+len(c.attempt))
 	hs = wire.AppendReply(hs, &c.w.cfg.names, c.idb, o.header, c.traceHdrs...)
-	o.replyHdrs = append(hs, c.w.incarnation...)
+	o.replyHdrs = append(append(hs, c.w.incarnation...), c.attempt...)
 }
 
 func (c *call) setHeader(md metadata.MD, send bool) error {

@@ -61,7 +61,13 @@ type Worker struct {
 	// call (wire.ServedByMetadata), so that a gateway can tell when another worker
 	// served a call again after this one failed midway.
 	incarnation []kafkaclient.Header
-	tel         workerTelemetry
+	// attemptKey is the header name of a call's attempt id:
+	// "<meta prefix>kafkarpc-attempt" (wire.AttemptMetadata).
+	attemptKey string
+	// maxDurationErr is the cause of a call context that reached the
+	// worker's maximum call duration (it wraps errMaxCallDuration).
+	maxDurationErr error
+	tel            workerTelemetry
 
 	errMu sync.Mutex
 	err   error // why the worker stopped by itself
@@ -109,6 +115,8 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
 	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + wire.ServedByMetadata, Value: []byte(wire.NewUUID())}}
+	w.attemptKey = cfg.names.MetaPrefix + wire.AttemptMetadata
+	w.maxDurationErr = fmt.Errorf("%w (%v, WorkerMaxCallDuration)", errMaxCallDuration, cfg.maxCallDuration)
 	w.tel = newWorkerTelemetry(cfg.telemetryConfig, w.observeLag)
 	return w
 }
