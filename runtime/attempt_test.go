@@ -111,3 +111,47 @@ func TestKeyedRetryJoiningRunningAttemptGetsWholeOutcome(t *testing.T) {
 		t.Fatalf("the handler ran %d times, want once (the retry is answered from the first attempt's outcome)", n)
 	}
 }
+
+// TestRetriesWaitingForFailedAttemptShareOneRerun has two more attempts of
+// a keyed call wait for a first attempt that ends DEADLINE_EXCEEDED (an
+// outcome not stored): one of them runs again, and the other gets the
+// outcome of that run, not ABORTED.
+func TestRetriesWaitingForFailedAttemptShareOneRerun(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	const key = "rerun"
+	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoServerStream", e.topic("echo-responses"))
+	write := func(attempt, timeout string) {
+		req, _ := proto.Marshal(&echov1.EchoRequest{Message: "m", Repeat: 1, DelayMs: 3000})
+		hs := append(requestHeaders(e, echoService, "EchoServerStream", id),
+			"meta:"+wire.AttemptMetadata, attempt, "meta:idempotency-key", key)
+		if timeout != "" {
+			hs = append(hs, "meta:grpc-timeout", timeout)
+		}
+		produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: req, Headers: hs.headers()})
+		produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Headers: hs.headers()})
+	}
+	write("first", "1500m") // ends DEADLINE_EXCEEDED after 1.5 s of its 3 s pause
+	write("second", "")     // waits for it, then runs again
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "idempotency-key", key)
+	stream, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "m", Repeat: 1, DelayMs: 3000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int32
+	for {
+		r, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the third attempt failed after %v: %v", got, err)
+		}
+		got = append(got, r.GetIndex())
+	}
+	if len(got) != 1 || got[0] != 0 {
+		t.Fatalf("the third attempt received %v, want [0]", got)
+	}
+	if n := e.worker.Stats().Calls; n != 2 {
+		t.Fatalf("the handler ran %d times, want twice (the first attempt, and one re-run for both retries)", n)
+	}
+}

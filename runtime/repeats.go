@@ -153,13 +153,48 @@ func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 			w.startCall(d.rec, &d.env, d.pt, c.id, wm, true)
 			rerun = false // one re-run at most
 		default:
-			w.answerCall(d.rec, &d.env, d.pt, c.id,
-				status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil, true)
+			w.mu.Lock()
+			stored := w.repeats.lookup(c.idb) // the outcome of a re-run that is already over
+			w.mu.Unlock()
+			if stored != nil {
+				w.countDuplicate()
+				w.answerCall(d.rec, &d.env, d.pt, c.id, nil, stored.records, true)
+			} else {
+				w.answerCall(d.rec, &d.env, d.pt, c.id,
+					status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil, true)
+			}
 		}
 		w.mu.Lock()
 		d.pt.finish(d.rec.Offset)
 		w.mu.Unlock()
+		if wm != nil && w.joinRerun(c.id, ws[i+1:]) {
+			return
+		}
 	}
+}
+
+// joinRerun makes the waiters that follow a re-run wait for its outcome, as
+// they waited for the call it repeats, instead of answering them ABORTED:
+// every attempt of a key then gets the outcome of one execution. It reports
+// false, leaving them to answerWaiters, when the re-run is not in flight (it
+// was refused, or is already over). Their offsets stay held; the records of
+// their attempts that follow are skipped as before.
+func (w *Worker) joinRerun(id string, rest []waiter) bool {
+	if len(rest) == 0 {
+		return true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	rc := w.calls[id]
+	if rc == nil || rc.wm == nil {
+		return false
+	}
+	for i := range rest {
+		d := rest[i]
+		d.late = true // the call it repeated is over: its caller could have seen that outcome
+		w.repeats.waiters[rc] = append(w.repeats.waiters[rc], d)
+	}
+	return true
 }
 
 // rerunMethod returns the method to run a waiter's request again with, or
