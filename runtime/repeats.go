@@ -136,7 +136,7 @@ func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 	for i := range ws {
 		d := &ws[i]
 		var wm *workerMethod
-		if rerun && !remember && c.replay == nil {
+		if rerun && !remember && c.replay == nil && !d.expired() {
 			wm = w.rerunMethod(d)
 		}
 		switch {
@@ -153,16 +153,7 @@ func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 			w.startCall(d.rec, &d.env, d.pt, c.id, wm, true)
 			rerun = false // one re-run at most
 		default:
-			w.mu.Lock()
-			stored := w.repeats.lookup(c.idb) // the outcome of a re-run that is already over
-			w.mu.Unlock()
-			if stored != nil {
-				w.countDuplicate()
-				w.answerCall(d.rec, &d.env, d.pt, c.id, nil, stored.records, true)
-			} else {
-				w.answerCall(d.rec, &d.env, d.pt, c.id,
-					status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it"), nil, true)
-			}
+			w.answerCall(d.rec, &d.env, d.pt, c.id, w.waiterStatus(d), w.storedReplay(c), true)
 		}
 		w.mu.Lock()
 		d.pt.finish(d.rec.Offset)
@@ -171,6 +162,34 @@ func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 			return
 		}
 	}
+}
+
+// expired reports whether the waiter's own deadline passed while it waited.
+func (d *waiter) expired() bool {
+	dl, ok := d.env.Deadline(d.rec.Timestamp)
+	return ok && !time.Now().Before(dl)
+}
+
+// storedReplay returns the stored outcome of a re-run of c that is already
+// over, or nil.
+func (w *Worker) storedReplay(c *call) []kafkaclient.Record {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if s := w.repeats.lookup(c.idb); s != nil {
+		w.countDuplicate()
+		return s.records
+	}
+	return nil
+}
+
+// waiterStatus is the answer of a waiter that neither gets its call's outcome nor
+// runs again: DEADLINE_EXCEEDED when its own deadline passed while it
+// waited (its caller is gone), else ABORTED, to be retried.
+func (w *Worker) waiterStatus(d *waiter) *status.Status {
+	if d.expired() {
+		return status.New(codes.DeadlineExceeded, "deadline passed while the request waited for the call it repeats")
+	}
+	return status.New(codes.Aborted, "the call this request repeats ended without a stored outcome; retry it")
 }
 
 // joinRerun makes the waiters that follow a re-run wait for its outcome, as
