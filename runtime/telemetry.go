@@ -251,13 +251,14 @@ func (mt *methodTelemetry) end(ctx context.Context, start time.Time, err error) 
 // and records of the windows (gauges), and deliveries, catch-ups and
 // laggards (counters).
 func registerFetchMetrics(m metric.Meter, g *Gateway) {
-	callers, _ := m.Int64ObservableGauge("kafkarpc.gateway.fetch.callers", metric.WithDescription("Fetch calls in progress."))
-	windowBytes, _ := m.Int64ObservableGauge("kafkarpc.gateway.fetch.window.bytes", metric.WithUnit("By"),
+	side := g.cfg.side
+	callers, _ := m.Int64ObservableGauge("kafkarpc."+side+".fetch.callers", metric.WithDescription("Fetch calls in progress."))
+	windowBytes, _ := m.Int64ObservableGauge("kafkarpc."+side+".fetch.window.bytes", metric.WithUnit("By"),
 		metric.WithDescription("Bytes of the fetched topics' in-memory windows."))
-	delivered, _ := m.Int64ObservableCounter("kafkarpc.gateway.fetch.delivered", metric.WithDescription("Messages sent to fetch callers."))
-	catchUps, _ := m.Int64ObservableCounter("kafkarpc.gateway.fetch.catchups",
+	delivered, _ := m.Int64ObservableCounter("kafkarpc."+side+".fetch.delivered", metric.WithDescription("Messages sent to fetch callers."))
+	catchUps, _ := m.Int64ObservableCounter("kafkarpc."+side+".fetch.catchups",
 		metric.WithDescription("Fetch callers that started behind the window and read Kafka with a reader of their own."))
-	laggards, _ := m.Int64ObservableCounter("kafkarpc.gateway.fetch.laggards",
+	laggards, _ := m.Int64ObservableCounter("kafkarpc."+side+".fetch.laggards",
 		metric.WithDescription("Fetch callers ended with UNAVAILABLE because they fell too far behind."))
 	_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := g.FetchStats()
