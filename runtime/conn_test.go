@@ -456,7 +456,13 @@ func TestConnZillaLayoutWorker(t *testing.T) {
 	_, echo := connTo(t, kc, prefix)
 	ctx := ctxFor(t, 30*time.Second)
 	go func() {
-		for rec := range requests.recs {
+		for {
+			var rec *kafkaclient.Record
+			select {
+			case rec = <-requests.recs:
+			case <-ctx.Done():
+				return
+			}
 			if rec.Value == nil { // the end of the request stream
 				continue
 			}
@@ -466,14 +472,28 @@ func TestConnZillaLayoutWorker(t *testing.T) {
 			}
 			id := header(rec, "zilla:correlation-id")
 			replyTo := header(rec, "zilla:reply-to")
-			if header(rec, "zilla:service") != "example.echo.v1.EchoService" || header(rec, "zilla:method") != "EchoUnary" || replyTo == "" {
+			method := header(rec, "zilla:method")
+			if header(rec, "zilla:service") != "example.echo.v1.EchoService" || replyTo == "" {
 				continue
 			}
-			v, _ := proto.Marshal(&echov1.EchoResponse{Message: "zilla:" + req.GetMessage() + ":" + header(rec, "meta:x-tenant")})
-			kc.Produce(&kafkaclient.Record{Topic: replyTo, Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: v,
-				Headers: hdrs{"zilla:correlation-id", id, "meta:x-answer", "42"}.headers()}, kafkaclient.AcksAll, func(*kafkaclient.Record, error) {})
-			kc.Produce(&kafkaclient.Record{Topic: replyTo, Partition: kafkaclient.AnyPartition, Key: []byte(id),
-				Headers: hdrs{"zilla:correlation-id", id, "zilla:status", "0"}.headers()}, kafkaclient.AcksAll, func(*kafkaclient.Record, error) {})
+			reply := func(value []byte, hs hdrs) {
+				kc.Produce(&kafkaclient.Record{Topic: replyTo, Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: value,
+					Headers: append(hdrs{"zilla:correlation-id", id}, hs...).headers()}, kafkaclient.AcksAll, func(*kafkaclient.Record, error) {})
+			}
+			switch {
+			case req.GetFailCode() != 0:
+				reply(nil, hdrs{"zilla:status", fmt.Sprint(req.GetFailCode()), "zilla:message", req.GetMessage()})
+			case method == "EchoUnary":
+				v, _ := proto.Marshal(&echov1.EchoResponse{Message: "zilla:" + req.GetMessage() + ":" + header(rec, "meta:x-tenant")})
+				reply(v, hdrs{"meta:x-answer", "42"})
+				reply(nil, hdrs{"zilla:status", "0"})
+			case method == "EchoServerStream":
+				for i := range req.GetRepeat() {
+					v, _ := proto.Marshal(&echov1.EchoResponse{Message: req.GetMessage(), Index: i})
+					reply(v, nil)
+				}
+				reply(nil, nil) // no zilla:status: OK
+			}
 		}
 	}()
 	var header metadata.MD
@@ -486,6 +506,22 @@ func TestConnZillaLayoutWorker(t *testing.T) {
 	}
 	if got := header.Get("x-answer"); len(got) != 1 || got[0] != "42" {
 		t.Fatalf("response header x-answer = %q, want 42", got)
+	}
+	s, err := echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "s", Repeat: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range int32(3) {
+		if r, err := s.Recv(); err != nil || r.GetIndex() != i || r.GetMessage() != "s" {
+			t.Fatalf("server stream response %d = %v, %v", i, r, err)
+		}
+	}
+	if _, err := s.Recv(); err != io.EOF {
+		t.Fatalf("server stream end: %v, want io.EOF", err)
+	}
+	_, err = echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "nope", FailCode: int32(codes.PermissionDenied)})
+	if st := status.Convert(err); st.Code() != codes.PermissionDenied || st.Message() != "nope" {
+		t.Fatalf("failed call: %v, want PERMISSION_DENIED nope", err)
 	}
 }
 

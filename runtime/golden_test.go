@@ -87,7 +87,9 @@ func TestGoldenRoutingService(t *testing.T) {
 	<-worker.Ready()
 	ctx := ctxFor(t, 60*time.Second)
 	t.Run("gateway", func(t *testing.T) { testRouting(t, ctx, kc, prefix, client, impl, "") })
-	t.Run("ClientConn", func(t *testing.T) { testRouting(t, ctx, kc, prefix, routingv1.NewRoutingServiceClient(cc), impl, "-conn") })
+	t.Run("ClientConn", func(t *testing.T) {
+		testRouting(t, ctx, kc, prefix, routingv1.NewRoutingServiceClient(cc), impl, "-conn")
+	})
 }
 
 // testRouting is TestGoldenRoutingService through client; suffix makes its
