@@ -129,7 +129,8 @@ func (cc *ClientConn) Register(spec *ServiceSpec) error {
 }
 
 // Close stops the connection's reply and fetch readers; calls still waiting
-// end with UNAVAILABLE. It does not close the Kafka client.
+// end with UNAVAILABLE, and later calls fail with UNAVAILABLE. It does not
+// close the Kafka client. Call it once, after which the connection is done.
 func (cc *ClientConn) Close() error { return cc.g.Close() }
 
 // Stats returns the counters of the connection's reply readers. Safe for
@@ -140,8 +141,12 @@ func (cc *ClientConn) Stats() GatewayStats { return cc.g.Stats() }
 // callers. Safe for concurrent use.
 func (cc *ClientConn) FetchStats() FetchStats { return cc.g.FetchStats() }
 
-// method returns the spec of a full method name, or UNIMPLEMENTED.
+// method returns the spec of a full method name, or UNIMPLEMENTED, or
+// UNAVAILABLE once the connection is closed.
 func (cc *ClientConn) method(name string) (*MethodSpec, error) {
+	if cc.g.ctx.Err() != nil {
+		return nil, status.Errorf(codes.Unavailable, "%s: the kafka ClientConn is closed", name)
+	}
 	if m := (*cc.methods.Load())[name]; m != nil {
 		return m, nil
 	}
@@ -149,7 +154,7 @@ func (cc *ClientConn) method(name string) (*MethodSpec, error) {
 }
 
 // Invoke makes a unary call over Kafka: it implements
-// grpc.ClientConnInterface for generated clients.
+// grpc.ClientConnInterface for generated clients. Safe for concurrent use.
 func (cc *ClientConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	if cc.unary != nil {
 		return cc.unary(ctx, method, args, reply, nil, cc.invoke, opts...)
@@ -209,6 +214,10 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 // (its route chosen by the context's outgoing metadata); each SendMsg
 // produces one request record, CloseSend the end-of-stream record. A fetch
 // method reads its topic once the request (an empty message) is sent.
+// Safe for concurrent use; each stream is used as grpc.ClientStream says
+// (one goroutine sending and one receiving at a time). As with gRPC, a
+// caller that stops before RecvMsg returned an error or io.EOF cancels the
+// context, or the call stays open.
 func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	if cc.stream != nil {
 		return cc.stream(ctx, desc, nil, method, cc.newStream, opts...)

@@ -134,6 +134,10 @@ func TestConnUnregisteredMethodFailsAtOnce(t *testing.T) {
 	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), echov1.EchoService_EchoBidiStream_FullMethodName) {
 		t.Fatalf("stream of an unregistered method: %v, want UNIMPLEMENTED naming it", err)
 	}
+	_ = cc.Close()
+	if _, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a call on a closed connection: %v, want UNAVAILABLE", err)
+	}
 }
 
 func TestConnDeadlineReachesHandler(t *testing.T) {
