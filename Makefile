@@ -5,7 +5,7 @@ GO      ?= go
 BUF     := $(GO) tool -modfile=tools/go.mod buf
 STATICCHECK := $(GO) tool -modfile=$(CURDIR)/tools/go.mod staticcheck
 BIN     := bin
-CMDS    := echo echo-gateway echo-worker echo-server echo-publish
+CMDS    := echo echo-gateway echo-worker echo-server echo-publish echo-call
 
 .DEFAULT_GOAL := help
 

@@ -144,7 +144,13 @@ func (h *twoHop) call(ctx context.Context, _ int) error {
 // sink goroutine reads b (front client) and wakes the caller named in the
 // key. The same records, acks and clients as the RPC, without gRPC, headers,
 // correlation maps or one goroutine per call at the relay.
+//
+// With four, a call is the four records of the wire format (WIRE.md): each
+// way a data record and a null end-of-stream record, the caller woken by the
+// end-of-stream record: the floor of a call as our RPC writes it, where the
+// plain pipeline is that of two records.
 type pipeline struct {
+	four        bool
 	front, back kafkaclient.Client
 	a, b        string
 	ra, rb      kafkaclient.Reader
@@ -157,7 +163,7 @@ type pipeline struct {
 	log         *slog.Logger
 }
 
-func newPipeline(front, back kafkaclient.Client, a, b string, value []byte, maxInflight int, log *slog.Logger) (*pipeline, error) {
+func newPipeline(front, back kafkaclient.Client, a, b string, value []byte, maxInflight int, four bool, log *slog.Logger) (*pipeline, error) {
 	ra, err := newReaderAtEnd(back, a)
 	if err != nil {
 		return nil, err
@@ -167,7 +173,7 @@ func newPipeline(front, back kafkaclient.Client, a, b string, value []byte, maxI
 		_ = ra.Close()
 		return nil, err
 	}
-	p := &pipeline{front: front, back: back, a: a, b: b, ra: ra, rb: rb, value: value,
+	p := &pipeline{four: four, front: front, back: back, a: a, b: b, ra: ra, rb: rb, value: value,
 		slots: make([]chan uint64, maxInflight), seq: make([]uint64, maxInflight), log: log}
 	for i := range p.slots {
 		p.slots[i] = make(chan uint64, 4)
@@ -222,6 +228,9 @@ func (p *pipeline) sink() {
 			continue
 		}
 		for _, r := range recs {
+			if p.four && r.Value != nil {
+				continue // the data record: the call ends with the end-of-stream record
+			}
 			slot, seq, ok := parseKey(r.Key)
 			if !ok || slot >= len(p.slots) {
 				continue
@@ -258,9 +267,16 @@ func parseKey(k []byte) (int, uint64, bool) {
 func (p *pipeline) call(ctx context.Context, slot int) error {
 	p.seq[slot]++
 	seq := p.seq[slot]
-	errc := make(chan error, 1)
-	p.front.Produce(&kafkaclient.Record{Topic: p.a, Partition: kafkaclient.AnyPartition, Key: key(slot, seq), Value: p.value},
+	errc := make(chan error, 2)
+	k := key(slot, seq)
+	p.front.Produce(&kafkaclient.Record{Topic: p.a, Partition: kafkaclient.AnyPartition, Key: k, Value: p.value},
 		kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+	acks := 1
+	if p.four {
+		acks = 2
+		p.front.Produce(&kafkaclient.Record{Topic: p.a, Partition: kafkaclient.AnyPartition, Key: k},
+			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+	}
 	for {
 		select {
 		case got := <-p.slots[slot]:
@@ -271,7 +287,9 @@ func (p *pipeline) call(ctx context.Context, slot int) error {
 			if err != nil {
 				return err
 			}
-			errc = nil
+			if acks--; acks == 0 {
+				errc = nil
+			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -192,7 +192,7 @@ func run(cfg config, out io.Writer) error {
 		if len(cfg.clients) > 0 && !contains(cfg.clients, kc.name) {
 			continue
 		}
-		if !wantAny("rpc", kc.name) && !wantAny("floor", kc.name) && !wantAny("floor-2hop", kc.name) &&
+		if !wantAny("rpc", kc.name) && !wantAny("conn", kc.name) && !wantAny("floor", kc.name) && !wantAny("floor4", kc.name) && !wantAny("floor-2hop", kc.name) &&
 			!wantAny("stream", kc.name) && !wantAny("stream-floor", kc.name) {
 			continue
 		}
@@ -208,7 +208,7 @@ func run(cfg config, out io.Writer) error {
 		}
 		closers = append(closers, func() { _ = back.Close() })
 		prefix := run + kc.name + "."
-		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"hop-a", prefix+"hop-b", prefix+"stream"); err != nil {
+		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"floor4-a", prefix+"floor4-b", prefix+"hop-a", prefix+"hop-b", prefix+"stream"); err != nil {
 			return fmt.Errorf("%s: %w", kc.name, err)
 		}
 		if want("floor-2hop", kc.name, 1) {
@@ -220,7 +220,7 @@ func run(cfg config, out io.Writer) error {
 			add(&unaryCs, "floor-2hop", kc.name, 1, h.call)
 		}
 		if wantAny("floor", kc.name) {
-			p, err := newPipeline(front, back, prefix+"floor-a", prefix+"floor-b", value, maxLevel, log)
+			p, err := newPipeline(front, back, prefix+"floor-a", prefix+"floor-b", value, maxLevel, false, log)
 			if err != nil {
 				return fmt.Errorf("%s floor: %w", kc.name, err)
 			}
@@ -229,7 +229,17 @@ func run(cfg config, out io.Writer) error {
 				add(&unaryCs, "floor", kc.name, l, p.call)
 			}
 		}
-		if wantAny("rpc", kc.name) || wantAny("stream", kc.name) {
+		if wantAny("floor4", kc.name) {
+			p, err := newPipeline(front, back, prefix+"floor4-a", prefix+"floor4-b", value, maxLevel, true, log)
+			if err != nil {
+				return fmt.Errorf("%s four-record floor: %w", kc.name, err)
+			}
+			closers = append(closers, p.close)
+			for _, l := range cfg.levels {
+				add(&unaryCs, "floor4", kc.name, l, p.call)
+			}
+		}
+		if wantAny("rpc", kc.name) || wantAny("conn", kc.name) || wantAny("stream", kc.name) {
 			e, err := newRPCEnv(front, back, prefix, log)
 			if err != nil {
 				return fmt.Errorf("%s rpc: %w", kc.name, err)
@@ -237,6 +247,7 @@ func run(cfg config, out io.Writer) error {
 			closers = append(closers, e.close)
 			for _, l := range cfg.levels {
 				add(&unaryCs, "rpc", kc.name, l, unary(e.echo, req))
+				add(&unaryCs, "conn", kc.name, l, unary(e.conn, req))
 			}
 			if cfg.stream {
 				add(&streamCs, "stream", kc.name, 1, serverStream(e.echo, cfg.message, cfg.streamMsgs))

@@ -26,12 +26,32 @@ const (
 	plainGRPCKind      = "grpc"
 	rpcKind, floorKind = "rpc", "floor"
 	twoHopKind         = "floor-2hop"
+	connKind           = "conn"
+	floor4Kind         = "floor4"
 )
+
+// Goals of the client connection's issue (ClientConn), same run.
+const (
+	goalConnP50       = 1.15 // conn p50 ≤ 1.15 × two-hop floor p50, 1 in flight
+	goalConnFloor4    = 0.5  // conn calls/s ≥ 0.5 × four-record floor pipeline, 256 in flight
+	goalConnFloor4At  = 256
+	watermillBestNote = "Watermill's best configuration at that load (the lowest p50 and the most calls/s of its three set-ups)"
+)
+
+// springRef are Spring Kafka's ReplyingKafkaTemplate figures on Apache
+// Kafka given in the client connection's issue: p50 (0 when not given) and
+// calls/s by calls in flight.
+var springRef = map[int]struct {
+	p50  time.Duration
+	rate float64
+}{1: {930 * time.Microsecond, 1000}, 16: {0, 3600}, 256: {0, 17600}}
 
 var kindNames = map[string]string{
 	"floor-2hop":       "Kafka floor, two hops on one goroutine",
 	"floor":            "Kafka floor pipeline (produce → relay → consume)",
 	"rpc":              "**kafkarpc unary** (gRPC → gateway → Kafka → worker → Kafka → gateway)",
+	"conn":             "**kafkarpc unary through runtime.ClientConn** (caller → Kafka → worker → Kafka → caller, no gateway)",
+	"floor4":           "Kafka floor pipeline, four records per call (data and end-of-stream each way, as the wire format)",
 	"grpc":             "plain gRPC on loopback, no Kafka",
 	"watermill":        "Watermill request-reply, one shared reply subscription",
 	"watermill-fanout": "Watermill request-reply, stock gochannel.FanOut for replies",
@@ -164,7 +184,7 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 		fmt.Fprintln(w, "|---:|---|---|---:|---:|---:|---:|---:|---:|")
 		levels := append([]int{}, cfg.levels...)
 		for _, l := range levels {
-			for _, kind := range []string{twoHopKind, floorKind, rpcKind, plainGRPCKind, watermillKind, "watermill-grpc", "watermill-fanout"} {
+			for _, kind := range []string{twoHopKind, floorKind, floor4Kind, rpcKind, connKind, plainGRPCKind, watermillKind, "watermill-grpc", "watermill-fanout"} {
 				for _, c := range unaryCs {
 					if c.kind != kind || c.inflight != l {
 						continue
@@ -237,6 +257,10 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 		}
 	}
 
+	if len(unaryCs) > 0 {
+		connGoals(w, cfg, broker, unaryCs, clients)
+	}
+
 	if len(streamCs) > 0 {
 		fmt.Fprintf(w, "\n### Server streaming\n\n")
 		fmt.Fprintf(w, "One stream of %d echo responses at a time (EchoServerStream, repeat=%d), against a raw consumer reading the same number of records (one key, so one partition, as a stream's replies).\n\n", cfg.streamMsgs, cfg.streamMsgs)
@@ -291,7 +315,7 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 func clientsOf(cs []*contender) []string {
 	var out []string
 	for _, c := range cs {
-		if c.kind == rpcKind || c.kind == "stream" || c.kind == floorKind || c.kind == twoHopKind || c.kind == "stream-floor" {
+		if c.kind == rpcKind || c.kind == connKind || c.kind == "stream" || c.kind == floorKind || c.kind == floor4Kind || c.kind == twoHopKind || c.kind == "stream-floor" {
 			if !contains(out, c.client) {
 				out = append(out, c.client)
 			}
@@ -443,4 +467,77 @@ func writeBench(path string, cs []*contender, cfg config) error {
 		}
 	}
 	return f.Close()
+}
+
+// watermillBest returns the lowest p50 and the most calls/s of Watermill's
+// set-ups at l in flight, and whether any ran.
+func watermillBest(cs []*contender, l int) (time.Duration, float64, bool) {
+	var p50 time.Duration
+	var rate float64
+	found := false
+	for _, kind := range []string{watermillKind, "watermill-fanout", "watermill-grpc"} {
+		c := find(cs, kind, watermillClient, l)
+		if c == nil || c.calls == 0 {
+			continue
+		}
+		if !found || c.p(50) < p50 {
+			p50 = c.p(50)
+		}
+		rate = max(rate, c.rate())
+		found = true
+	}
+	return p50, rate, found
+}
+
+// connGoals reports the client connection's goals: its p50 against the
+// two-hop floor, its calls/s against the floor pipelines, against
+// Watermill's best configuration, and, on Apache Kafka, against Spring
+// Kafka's figures.
+func connGoals(w io.Writer, cfg config, broker string, cs []*contender, clients []string) {
+	any := false
+	for _, c := range cs {
+		any = any || c.kind == connKind
+	}
+	if !any {
+		return
+	}
+	fmt.Fprintf(w, "\n### Client connection (runtime.ClientConn) goals\n\n")
+	fmt.Fprintln(w, "The connection's call (no gRPC hop, no gateway) against the Kafka floors of the same client: the two-hop floor (one goroutine, one record each way) and the floor pipelines of two records per call and of four (the wire format's data and end-of-stream record each way). "+watermillBestNote+". Spring's figures are from the issue, not measured here; they are compared only on Apache Kafka.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| goal | client | measured | target | |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---|")
+	real := !strings.Contains(broker, "in this process")
+	for _, cl := range clients {
+		c1, h := find(cs, connKind, cl, 1), find(cs, twoHopKind, cl, 1)
+		if c1 == nil {
+			continue
+		}
+		if h != nil && h.p(50) > 0 {
+			x := float64(c1.p(50)) / float64(h.p(50))
+			fmt.Fprintf(w, "| conn p50 ÷ two-hop floor p50, 1 in flight: %s ÷ %s | %s | %.2f | ≤ %.2f | %s |\n", fmtDur(c1.p(50)), fmtDur(h.p(50)), cl, x, goalConnP50, verdict(x <= goalConnP50))
+		}
+		if cN, f4 := find(cs, connKind, cl, goalConnFloor4At), find(cs, floor4Kind, cl, goalConnFloor4At); cN != nil && f4 != nil && f4.rate() > 0 {
+			x := cN.rate() / f4.rate()
+			fmt.Fprintf(w, "| conn calls/s ÷ four-record floor pipeline, %d in flight: %s ÷ %s | %s | %.2f | ≥ %.1f | %s |\n", goalConnFloor4At, fmtRate(cN.rate()), fmtRate(f4.rate()), cl, x, goalConnFloor4, verdict(x >= goalConnFloor4))
+			if f2 := find(cs, floorKind, cl, goalConnFloor4At); f2 != nil && f2.rate() > 0 {
+				fmt.Fprintf(w, "| conn calls/s ÷ two-record floor pipeline, %d in flight (stated, no target): %s ÷ %s | %s | %.2f | – | |\n", goalConnFloor4At, fmtRate(cN.rate()), fmtRate(f2.rate()), cl, cN.rate()/f2.rate())
+			}
+		}
+		for _, l := range cfg.levels {
+			c := find(cs, connKind, cl, l)
+			if c == nil {
+				continue
+			}
+			if p50, rate, ok := watermillBest(cs, l); ok {
+				fmt.Fprintf(w, "| lower p50 than Watermill's best, %d in flight: %s vs %s | %s | %s | < 1.00× | %s |\n", l, fmtDur(c.p(50)), fmtDur(p50), cl, ratio(float64(c.p(50)), float64(p50)), verdict(c.p(50) < p50))
+				fmt.Fprintf(w, "| more calls/s than Watermill's best, %d in flight: %s vs %s | %s | %s | > 1.00× | %s |\n", l, fmtRate(c.rate()), fmtRate(rate), cl, ratio(c.rate(), rate), verdict(c.rate() > rate))
+			}
+			if sp, ok := springRef[l]; ok && real {
+				if sp.p50 > 0 {
+					fmt.Fprintf(w, "| lower p50 than Spring Kafka, %d in flight: %s vs %s | %s | %s | < 1.00× | %s |\n", l, fmtDur(c.p(50)), fmtDur(sp.p50), cl, ratio(float64(c.p(50)), float64(sp.p50)), verdict(c.p(50) < sp.p50))
+				}
+				fmt.Fprintf(w, "| more calls/s than Spring Kafka, %d in flight: %s vs %s | %s | %s | > 1.00× | %s |\n", l, fmtRate(c.rate()), fmtRate(sp.rate), cl, ratio(c.rate(), sp.rate), verdict(c.rate() > sp.rate))
+			}
+		}
+	}
 }

@@ -61,10 +61,15 @@ func (e *grpcEnv) close() {
 // (front client) → Kafka → a worker serving echoserver.Server (back client)
 // → Kafka → the gateway. Gateway and worker each have their own Kafka client,
 // as two processes would.
+//
+// conn calls the same worker through a runtime.ClientConn on the front
+// client: the gateway's call path in the caller's process, no gRPC hop.
 type rpcEnv struct {
 	prefix string
 	worker *runtime.Worker
 	gw     *runtime.Gateway
+	cc     *runtime.ClientConn
+	conn   echov1.EchoServiceClient
 	*grpcEnv
 }
 
@@ -97,16 +102,28 @@ func newRPCEnv(front, back kafkaclient.Client, prefix string, log *slog.Logger, 
 		_ = gw.Close()
 		return nil, err
 	}
+	copts := []runtime.ConnOption{mapper, runtime.WithLogger(log)}
+	for _, o := range opts {
+		copts = append(copts, o)
+	}
+	cc := runtime.NewClientConn(front, copts...)
+	if err := cc.Register(echov1.EchoServiceKafkaSpec); err != nil {
+		ge.close()
+		_ = w.Close()
+		_ = gw.Close()
+		return nil, err
+	}
 	select {
 	case <-w.Ready():
 	case <-time.After(60 * time.Second):
 		return nil, fmt.Errorf("worker of %s got no partitions within 60 s", prefix)
 	}
-	return &rpcEnv{prefix: prefix, worker: w, gw: gw, grpcEnv: ge}, nil
+	return &rpcEnv{prefix: prefix, worker: w, gw: gw, cc: cc, conn: echov1.NewEchoServiceClient(cc), grpcEnv: ge}, nil
 }
 
 func (e *rpcEnv) close() {
 	e.grpcEnv.close()
+	_ = e.cc.Close()
 	_ = e.gw.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

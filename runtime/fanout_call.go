@@ -55,8 +55,9 @@ type fetchCall struct {
 
 // serveFetch runs one fetch call: it positions the caller from its resume
 // id, catches up from Kafka if it is behind the window, then follows the
-// hub until the caller goes, falls behind, or the gateway closes.
-func (f *fanout) serveFetch(m *MethodSpec, in proto.Message, stream grpc.ServerStream, carrier func([]byte) proto.Message) (err error) {
+// hub until the caller goes, falls behind, or the gateway closes. md is the
+// caller's metadata (resume id, key), read and never changed.
+func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, stream grpc.ServerStream, carrier func([]byte) proto.Message) (err error) {
 	ctx := stream.Context()
 	g := f.g
 	method := attribute.String("rpc.method", m.FullMethod())
@@ -72,7 +73,6 @@ func (f *fanout) serveFetch(m *MethodSpec, in proto.Message, stream grpc.ServerS
 			return status.Errorf(codes.InvalidArgument, "%s: a fetch takes an empty request (google.protobuf.Empty); this one has %d bytes", m.FullMethod(), n)
 		}
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
 	names := resumeNames(spec.ResumeMetadata)
 	id, err := resumeFromMetadata(md, names)
 	if err != nil {

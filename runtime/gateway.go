@@ -56,6 +56,11 @@ func NewGateway(client kafkaclient.Client, opts ...GatewayOption) *Gateway {
 	for _, o := range opts {
 		o.applyGateway(&cfg)
 	}
+	return newGateway(client, cfg)
+}
+
+// newGateway returns a Gateway of cfg; a ClientConn builds its own with it.
+func newGateway(client kafkaclient.Client, cfg gatewayConfig) *Gateway {
 	g := &Gateway{
 		client:  client,
 		cfg:     cfg,
@@ -65,8 +70,8 @@ func NewGateway(client kafkaclient.Client, opts ...GatewayOption) *Gateway {
 	g.trc = newTracing(cfg.telemetryConfig)
 	g.filter = newMetadataFilter(cfg.denied, cfg.allowed, append([]string{wire.IdempotencyKeyMetadata}, g.trc.fields...))
 	meter := meterOf(cfg.telemetryConfig)
-	g.met = newCallMetrics(meter, "gateway")
-	g.dropped, _ = meter.Int64Counter("kafkarpc.gateway.replies.dropped",
+	g.met = newCallMetrics(meter, cfg.side)
+	g.dropped, _ = meter.Int64Counter("kafkarpc."+cfg.side+".replies.dropped",
 		metric.WithDescription("Reply records whose correlation id matched no call in flight here."))
 	empty := map[*MethodSpec]*methodPrep{}
 	g.preps.Store(&empty)
@@ -239,7 +244,8 @@ func (g *Gateway) Stats() GatewayStats {
 // response is decoded into out. Response headers and trailers from the worker
 // are set on ctx's gRPC stream when there is one.
 func (g *Gateway) Unary(ctx context.Context, m *MethodSpec, in, out proto.Message) (err error) {
-	c, err := g.begin(ctx, m)
+	md, _ := metadata.FromIncomingContext(ctx)
+	c, err := g.begin(ctx, m, md)
 	if err != nil {
 		return err
 	}
@@ -283,7 +289,8 @@ func GatewayStream[Req, Resp any, PReq interface {
 	proto.Message
 }](g *Gateway, m *MethodSpec, in PReq, stream grpc.ServerStream) (err error) {
 	ctx := stream.Context()
-	c, err := g.begin(ctx, m)
+	md, _ := metadata.FromIncomingContext(ctx)
+	c, err := g.begin(ctx, m, md)
 	if err != nil {
 		return err
 	}
@@ -364,7 +371,8 @@ func GatewayFetch[Resp any, PResp interface {
 	*Resp
 	proto.Message
 }](g *Gateway, m *MethodSpec, in proto.Message, stream grpc.ServerStream) error {
-	return g.fanout.serveFetch(m, in, stream, carrierFor[Resp, PResp]())
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	return g.fanout.serveFetch(m, md, in, stream, carrierFor[Resp, PResp]())
 }
 
 func decodeReply(m *MethodSpec, rec *kafkaclient.Record, out proto.Message) error {

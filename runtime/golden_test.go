@@ -48,7 +48,8 @@ func (r *routing) Upload(s grpc.ClientStreamingServer[routingv1.Order, routingv1
 }
 
 // TestGoldenRoutingService runs the generated code of testdata/routing end to
-// end: routes chosen by metadata, static keys and overrides, oneway calls.
+// end: routes chosen by metadata, static keys and overrides, oneway calls;
+// through a gateway, and through a runtime.ClientConn.
 func TestGoldenRoutingService(t *testing.T) {
 	brokers := kafkatest.Brokers(t)
 	kc := kafkatest.NewClient(t, brokers)
@@ -78,19 +79,32 @@ func TestGoldenRoutingService(t *testing.T) {
 			t.Fatal(err)
 		}
 	}))
+	cc := runtime.NewClientConn(kc, mapper, logger)
+	t.Cleanup(func() { _ = cc.Close() })
+	if err := cc.Register(routingv1.RoutingServiceKafkaSpec); err != nil {
+		t.Fatal(err)
+	}
 	<-worker.Ready()
+	ctx := ctxFor(t, 60*time.Second)
+	t.Run("gateway", func(t *testing.T) { testRouting(t, ctx, kc, prefix, client, impl, "") })
+	t.Run("ClientConn", func(t *testing.T) {
+		testRouting(t, ctx, kc, prefix, routingv1.NewRoutingServiceClient(cc), impl, "-conn")
+	})
+}
+
+// testRouting is TestGoldenRoutingService through client; suffix makes its
+// idempotency keys its own.
+func testRouting(t *testing.T, ctx context.Context, kc kafkaclient.Client, prefix string, client routingv1.RoutingServiceClient, impl *routing, suffix string) {
 	acme := watchReplies(t, kc, prefix+"acme-requests")
 	orders := watchReplies(t, kc, prefix+"routing-requests")
 	uploads := watchReplies(t, kc, prefix+"uploads")
-	ctx := ctxFor(t, 60*time.Second)
-
 	t.Run("route chosen by metadata", func(t *testing.T) {
-		md := metadata.AppendToOutgoingContext(ctx, "x-tenant", "acme", "x-region", "eu", "idempotency-key", "key-1")
+		md := metadata.AppendToOutgoingContext(ctx, "x-tenant", "acme", "x-region", "eu", "idempotency-key", "key-1"+suffix)
 		got, err := client.Route(md, &routingv1.Order{Id: "1"})
 		if err != nil || got.GetId() != "route:1" {
 			t.Fatalf("Route = %v, %v", got, err)
 		}
-		id := wire.CorrelationID(wire.DefaultNames(), "key-1", "testdata.routing.v1.RoutingService", "Route",
+		id := wire.CorrelationID(wire.DefaultNames(), "key-1"+suffix, "testdata.routing.v1.RoutingService", "Route",
 			prefix+"acme-responses", "acme", "order")
 		recs := acme.await(t, id)
 		if len(recs) != 2 {
@@ -108,11 +122,11 @@ func TestGoldenRoutingService(t *testing.T) {
 	})
 
 	t.Run("default route", func(t *testing.T) {
-		md := metadata.AppendToOutgoingContext(ctx, "x-tenant", "acme", "idempotency-key", "key-2") // no x-region
+		md := metadata.AppendToOutgoingContext(ctx, "x-tenant", "acme", "idempotency-key", "key-2"+suffix) // no x-region
 		if got, err := client.Route(md, &routingv1.Order{Id: "2"}); err != nil || got.GetId() != "route:2" {
 			t.Fatalf("Route = %v, %v", got, err)
 		}
-		id := wire.CorrelationID(wire.DefaultNames(), "key-2", "testdata.routing.v1.RoutingService", "Route",
+		id := wire.CorrelationID(wire.DefaultNames(), "key-2"+suffix, "testdata.routing.v1.RoutingService", "Route",
 			prefix+"routing-responses", "order")
 		recs := orders.await(t, id)
 		if string(recs[0].Key) != "orders" || headerKeys(recs[0])[0] != "kind" {

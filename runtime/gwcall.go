@@ -49,8 +49,10 @@ type gwCall struct {
 }
 
 // begin chooses the route, computes the correlation id and headers, and
-// registers the call with its reply router.
-func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
+// registers the call with its reply router. md is the caller's metadata:
+// the incoming metadata of a gateway's gRPC call, the outgoing metadata of a
+// ClientConn's call; it is read, never changed.
+func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gwCall, error) {
 	if m.Fetch != nil || len(m.Routes) == 0 {
 		return nil, status.Errorf(codes.Unimplemented, "%s: not a request/reply method", m.FullMethod())
 	}
@@ -58,7 +60,6 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
 	rp := &p.routes[len(p.routes)-1]
 	for i := range p.routes {
 		if matchRoute(p.routes[i].route.When, md) {

@@ -10,13 +10,23 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-// GatewayOption configures a Gateway.
-type GatewayOption interface{ applyGateway(*gatewayConfig) }
+// GatewayOption configures a Gateway. Every GatewayOption is also a
+// ConnOption: a ClientConn is the gateway's call path, and the option
+// configures it as it does a gateway.
+type GatewayOption interface {
+	ConnOption
+	applyGateway(*gatewayConfig)
+}
+
+// ConnOption configures a ClientConn: the common options (With...), the
+// gateway options (Gateway..., which configure the connection's call path as
+// they configure a gateway's) and the connection's own (Conn...).
+type ConnOption interface{ applyConn(*connConfig) }
 
 // WorkerOption configures a Worker.
 type WorkerOption interface{ applyWorker(*workerConfig) }
 
-// Option configures both a Gateway and a Worker.
+// Option configures a Gateway, a Worker and a ClientConn alike.
 type Option interface {
 	GatewayOption
 	WorkerOption
@@ -29,10 +39,12 @@ type bothOption struct {
 
 func (o bothOption) applyGateway(c *gatewayConfig) { o.gw(c) }
 func (o bothOption) applyWorker(c *workerConfig)   { o.wk(c) }
+func (o bothOption) applyConn(c *connConfig)       { o.gw(&c.gw) }
 
 type gatewayOptionFunc func(*gatewayConfig)
 
 func (f gatewayOptionFunc) applyGateway(c *gatewayConfig) { f(c) }
+func (f gatewayOptionFunc) applyConn(c *connConfig)       { f(&c.gw) }
 
 type workerOptionFunc func(*workerConfig)
 
@@ -82,6 +94,7 @@ func WithTopicMapper(m func(topic string) string) Option {
 
 type gatewayConfig struct {
 	common
+	side             string // names the metrics: "gateway", or "client" for a ClientConn
 	denied           []string
 	allowed          []string
 	identity         func(context.Context) (string, bool)
@@ -97,6 +110,7 @@ type gatewayConfig struct {
 func defaultGatewayConfig() gatewayConfig {
 	return gatewayConfig{
 		common:           defaultCommon(),
+		side:             "gateway",
 		denied:           DefaultDeniedMetadata,
 		setupTimeout:     30 * time.Second,
 		replyBufferBytes: 64 << 20,

@@ -21,7 +21,8 @@ import (
 // instrumentationName names this package's tracer and meter.
 const instrumentationName = "github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 
-// WithTracerProvider sets where the gateway's and the worker's spans go.
+// WithTracerProvider sets where the spans of the gateway, the worker and a
+// ClientConn go.
 // Default: otel.GetTracerProvider() at construction (a no-op unless the
 // program installed one). Nothing global is needed: pass a provider here.
 //
@@ -33,7 +34,8 @@ const instrumentationName = "github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 // handler gets, and sends that span's context back on the replies; the gateway
 // ends the call with a "receive <reply topic>" consumer span, a child of the
 // worker's span. One trace thus shows gateway → Kafka → worker → Kafka →
-// gateway, whichever half is Zilla's.
+// gateway, whichever half is Zilla's. A ClientConn traces as the gateway
+// does, its send span a child of the caller's context.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return bothOption{
 		gw: func(c *gatewayConfig) { c.tracerProvider = tp },
@@ -41,7 +43,8 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 	}
 }
 
-// WithMeterProvider sets where the gateway's and the worker's metrics go.
+// WithMeterProvider sets where the metrics of the gateway, the worker and a
+// ClientConn go.
 // Default: otel.GetMeterProvider() at construction (a no-op unless the
 // program installed one).
 //
@@ -57,7 +60,8 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // kafkarpc.worker.replies.lost (calls some of whose replies Kafka did not
 // take; see WorkerStats.LostReplies), and
 // kafkarpc.worker.lag (gauge, by topic and partition: records not yet read
-// from the partitions the worker holds).
+// from the partitions the worker holds). ClientConn: the gateway's
+// instruments, named kafkarpc.client.* instead of kafkarpc.gateway.*.
 func WithMeterProvider(mp metric.MeterProvider) Option {
 	return bothOption{
 		gw: func(c *gatewayConfig) { c.meterProvider = mp },
@@ -251,13 +255,14 @@ func (mt *methodTelemetry) end(ctx context.Context, start time.Time, err error) 
 // and records of the windows (gauges), and deliveries, catch-ups and
 // laggards (counters).
 func registerFetchMetrics(m metric.Meter, g *Gateway) {
-	callers, _ := m.Int64ObservableGauge("kafkarpc.gateway.fetch.callers", metric.WithDescription("Fetch calls in progress."))
-	windowBytes, _ := m.Int64ObservableGauge("kafkarpc.gateway.fetch.window.bytes", metric.WithUnit("By"),
+	side := g.cfg.side
+	callers, _ := m.Int64ObservableGauge("kafkarpc."+side+".fetch.callers", metric.WithDescription("Fetch calls in progress."))
+	windowBytes, _ := m.Int64ObservableGauge("kafkarpc."+side+".fetch.window.bytes", metric.WithUnit("By"),
 		metric.WithDescription("Bytes of the fetched topics' in-memory windows."))
-	delivered, _ := m.Int64ObservableCounter("kafkarpc.gateway.fetch.delivered", metric.WithDescription("Messages sent to fetch callers."))
-	catchUps, _ := m.Int64ObservableCounter("kafkarpc.gateway.fetch.catchups",
+	delivered, _ := m.Int64ObservableCounter("kafkarpc."+side+".fetch.delivered", metric.WithDescription("Messages sent to fetch callers."))
+	catchUps, _ := m.Int64ObservableCounter("kafkarpc."+side+".fetch.catchups",
 		metric.WithDescription("Fetch callers that started behind the window and read Kafka with a reader of their own."))
-	laggards, _ := m.Int64ObservableCounter("kafkarpc.gateway.fetch.laggards",
+	laggards, _ := m.Int64ObservableCounter("kafkarpc."+side+".fetch.laggards",
 		metric.WithDescription("Fetch callers ended with UNAVAILABLE because they fell too far behind."))
 	_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := g.FetchStats()

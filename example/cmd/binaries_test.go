@@ -6,9 +6,11 @@ package cmd_test
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -41,7 +43,7 @@ const (
 	killTimeout  = 10 * time.Second // Kill until Wait returns, in cleanup
 )
 
-var binaries = []string{"echo", "echo-gateway", "echo-worker", "echo-server"}
+var binaries = []string{"echo", "echo-gateway", "echo-worker", "echo-server", "echo-call"}
 
 // binDir holds the binaries built by TestMain.
 var binDir string
@@ -62,7 +64,7 @@ func buildAndRun(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// One go build for the four packages (see proctest.BuildExamplesCmd).
+	// One go build for the packages (see proctest.BuildExamplesCmd).
 	build := proctest.BuildExamplesCmd(root, dir, binaries...)
 	start := time.Now()
 	if out, err := build.CombinedOutput(); err != nil {
@@ -575,4 +577,95 @@ func TestEchoServer(t *testing.T) {
 	t.Run("Reflection", func(t *testing.T) { checkReflection(t, cc) })
 
 	p.stop(t)
+}
+
+// call runs echo-call with args to its end and returns its standard output
+// and exit status.
+func call(t *testing.T, brokers string, args ...string) (string, int) {
+	t.Helper()
+	p := start(t, "echo-call", append([]string{"--brokers", brokers}, args...)...)
+	if _, exited := p.Wait(callTimeout); !exited {
+		t.Fatalf("echo-call %s did not end within %s\n%s", strings.Join(args, " "), callTimeout, p.output())
+	}
+	code := 0
+	if err := p.Err(); err != nil {
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) {
+			t.Fatalf("echo-call %s: %v\n%s", strings.Join(args, " "), err, p.output())
+		}
+		code = exit.ExitCode()
+	}
+	return p.Stdout(), code
+}
+
+// TestEchoCall calls the echo service with echo-call, over Kafka through a
+// runtime.ClientConn and no gateway, served by echo-worker.
+func TestEchoCall(t *testing.T) {
+	brokers := kafkatest.Brokers(t)
+	group := "call-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	worker := start(t, "echo-worker", "--brokers", brokers, "--group", group)
+	worker.waitReady(t)
+	for _, c := range []struct {
+		args []string
+		out  string
+		code int
+	}{
+		{nil, "0\thello\n", 0},
+		{[]string{"--message", "hi", "--message", "again"}, "0\thi\n0\tagain\n", 0},
+		{[]string{"--method", "EchoServerStream", "--message", "m", "--repeat", "3"}, "0\tm\n1\tm\n2\tm\n", 0},
+		{[]string{"--method", "EchoClientStream", "--message", "a", "--message", "b"}, "2\ta,b\n", 0},
+		{[]string{"--method", "EchoBidiStream", "--message", "x", "--message", "y"}, "0\tx\n1\ty\n", 0},
+		{[]string{"--message", "x", "--fail-code", "5"}, "error NOT_FOUND: x\n", 1},
+		{[]string{"--method", "EchoServerStream", "--message", "gone", "--fail-code", "9"}, "error FAILED_PRECONDITION: gone\n", 1},
+		{[]string{"--message", "slow", "--delay-ms", "5000", "--timeout", "500ms"}, "error DEADLINE_EXCEEDED: ", 1},
+		{[]string{"--method", "EchoNothing"}, "", 2},
+	} {
+		out, code := call(t, brokers, c.args...)
+		if code != c.code || !strings.HasPrefix(out, c.out) || (c.code == 0 && out != c.out) {
+			t.Errorf("echo-call %s: exit %d, output %q; want exit %d, output %q", strings.Join(c.args, " "), code, out, c.code, c.out)
+		}
+	}
+
+	// EchoEvents: every event with its id, then a resume after the second.
+	kc := kafkatest.NewClient(t, brokers)
+	run := strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
+	for i := 1; i <= 3; i++ {
+		v, _ := proto.Marshal(&echov1.EchoEvent{Message: run + strconv.Itoa(i)})
+		errc := make(chan error, 1)
+		kc.Produce(&kafkaclient.Record{Topic: "echo-events", Partition: kafkaclient.AnyPartition, Key: []byte(run), Value: v},
+			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+		if err := <-errc; err != nil {
+			t.Fatalf("producing to echo-events: %v", err)
+		}
+	}
+	// ours returns the lines of this run's events: id and message.
+	ours := func(out string) [][2]string {
+		var got [][2]string
+		for _, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+			id, msg, ok := strings.Cut(line, "\t")
+			if ok && strings.HasPrefix(msg, run) {
+				got = append(got, [2]string{id, msg})
+			}
+		}
+		return got
+	}
+	// Open-ended: it reads until --timeout, which is no error.
+	out, code := call(t, brokers, "--method", "EchoEvents", "--timeout", "3s")
+	got := ours(out)
+	if code != 0 || len(got) != 3 || got[0][1] != run+"1" || got[2][1] != run+"3" {
+		t.Fatalf("echo-call --method EchoEvents: exit %d, this run's events %q; want exit 0 and 3 events\n%s", code, got, out)
+	}
+	if _, err := wire.ParseEventID(got[1][0]); err != nil {
+		t.Fatalf("event id %q: %v", got[1][0], err)
+	}
+	out, code = call(t, brokers, "--method", "EchoEvents", "--last-event-id", got[1][0], "--timeout", "3s")
+	if resumed := ours(out); code != 0 || len(resumed) != 1 || resumed[0][1] != run+"3" {
+		t.Fatalf("echo-call resumed after %s: exit %d, this run's events %q; want only %s3", got[1][1], code, resumed, run)
+	}
+	// --count stops after that many events.
+	out, code = call(t, brokers, "--method", "EchoEvents", "--count", "1", "--timeout", "20s")
+	if code != 0 || strings.Count(out, "\n") != 1 {
+		t.Fatalf("echo-call --count 1: exit %d, output %q; want one line", code, out)
+	}
+	worker.stop(t)
 }

@@ -1,19 +1,22 @@
 // Package kafkarpctest runs your own generated service over Kafka inside a Go
 // test, in one call: an embedded Kafka broker (or the cluster named by
 // KAFKA_BROKERS), topics of the test's own, a worker serving your
-// implementation, and a gateway behind an in-memory gRPC connection, like
-// grpc's bufconn. The gateway's gRPC server is built with
-// runtime.GatewayServerOptions, as a production one should be (fetch
-// methods send records uncopied). Everything is closed when the test ends.
+// implementation, and a runtime.ClientConn that calls it over Kafka with no
+// gRPC server at all. Everything is closed when the test ends.
 //
 //	env := kafkarpctest.Start(t, kafkarpctest.Service{
-//		Spec:            echov1.EchoServiceKafkaSpec,
-//		RegisterGateway: echov1.RegisterEchoServiceKafkaGateway,
+//		Spec: echov1.EchoServiceKafkaSpec,
 //		RegisterWorker: func(w *runtime.Worker) error {
 //			return echov1.RegisterEchoServiceKafkaWorker(w, myServer{})
 //		},
 //	})
-//	client := echov1.NewEchoServiceClient(env.Conn)
+//	client := echov1.NewEchoServiceClient(env.ClientConn)
+//
+// To test through a gateway as well, give the generated
+// Register<Service>KafkaGateway as Service.RegisterGateway: Start then also
+// runs a gateway behind an in-memory gRPC connection, like grpc's bufconn,
+// in Env.Conn. Its gRPC server is built with runtime.GatewayServerOptions,
+// as a production one should be (fetch methods send records uncopied).
 //
 // # Kafka client
 //
@@ -50,11 +53,14 @@ import (
 )
 
 // Service is what Start needs of a generated service: its spec (for the
-// topics to create) and its two generated registration functions.
+// topics to create and the ClientConn) and its generated registration
+// functions.
 type Service struct {
 	// Spec is the generated <Service>KafkaSpec.
 	Spec *runtime.ServiceSpec
-	// RegisterGateway is the generated Register<Service>KafkaGateway.
+	// RegisterGateway is the generated Register<Service>KafkaGateway. Nil
+	// starts no gateway and no gRPC server (Env.Conn and Env.Gateway are
+	// nil): calls go through Env.ClientConn.
 	RegisterGateway func(grpc.ServiceRegistrar, *runtime.Gateway) error
 	// RegisterWorker registers your implementation, typically by calling
 	// the generated Register<Service>KafkaWorker. Nil starts no worker (to
@@ -62,13 +68,17 @@ type Service struct {
 	RegisterWorker func(*runtime.Worker) error
 }
 
-// Env is a running gateway and worker. Its fields are safe for concurrent
-// use.
+// Env is a running worker, a Kafka client connection, and optionally a
+// gateway. Its fields are safe for concurrent use.
 type Env struct {
-	// Conn is a gRPC connection to the gateway.
+	// ClientConn calls the service over Kafka, with no gRPC server: pass it
+	// to the generated New<Service>Client. The Spec is registered.
+	ClientConn *runtime.ClientConn
+	// Conn is a gRPC connection to the gateway; nil without
+	// RegisterGateway.
 	Conn *grpc.ClientConn
-	// Gateway and Worker are the runtime objects (Worker is nil without
-	// RegisterWorker).
+	// Gateway and Worker are the runtime objects (Gateway is nil without
+	// RegisterGateway, Worker without RegisterWorker).
 	Gateway *runtime.Gateway
 	Worker  *runtime.Worker
 	// Client is the Kafka client both use.
@@ -92,6 +102,7 @@ type config struct {
 	partitions int32
 	gwOpts     []runtime.GatewayOption
 	wkOpts     []runtime.WorkerOption
+	connOpts   []runtime.ConnOption
 	client     func(brokers string) (kafkaclient.Client, error)
 }
 
@@ -103,9 +114,17 @@ func WithBrokers(brokers string) Option { return func(c *config) { c.brokers = b
 // Default 3.
 func WithPartitions(n int32) Option { return func(c *config) { c.partitions = n } }
 
-// WithGatewayOptions adds options to the gateway.
+// WithGatewayOptions adds options to the gateway and to Env.ClientConn (the
+// connection is the gateway's call path: GatewayReadCommitted, for example,
+// applies to both).
 func WithGatewayOptions(opts ...runtime.GatewayOption) Option {
 	return func(c *config) { c.gwOpts = append(c.gwOpts, opts...) }
+}
+
+// WithConnOptions adds options to Env.ClientConn, after the kit's topic
+// mapper and logger and those of WithGatewayOptions.
+func WithConnOptions(opts ...runtime.ConnOption) Option {
+	return func(c *config) { c.connOpts = append(c.connOpts, opts...) }
 }
 
 // WithWorkerOptions adds options to the worker.
@@ -195,6 +214,22 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 			tb.Fatal("kafkarpctest: the worker got no partitions within 30 s")
 		}
 		env.Worker = w
+	}
+
+	copts := make([]runtime.ConnOption, 0, len(common)+len(cfg.gwOpts)+len(cfg.connOpts))
+	for _, o := range common {
+		copts = append(copts, o)
+	}
+	for _, o := range cfg.gwOpts {
+		copts = append(copts, o)
+	}
+	env.ClientConn = runtime.NewClientConn(kc, append(copts, cfg.connOpts...)...)
+	tb.Cleanup(func() { _ = env.ClientConn.Close() })
+	if err := env.ClientConn.Register(svc.Spec); err != nil {
+		tb.Fatalf("kafkarpctest: registering the service with the ClientConn: %v", err)
+	}
+	if svc.RegisterGateway == nil {
+		return env
 	}
 
 	gopts := make([]runtime.GatewayOption, 0, len(common)+len(cfg.gwOpts))

@@ -3,12 +3,17 @@ package kafkarpctest_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -106,5 +111,91 @@ func TestNoConfluentWithoutCgo(t *testing.T) {
 	}
 	if len(lines) < 10 {
 		t.Fatalf("go list printed %d packages: %s", len(lines), out)
+	}
+}
+
+// TestStartWithoutGateway runs the kit with no gateway and no gRPC server:
+// the test calls through Env.ClientConn, every kind, a fetch, and an error.
+func TestStartWithoutGateway(t *testing.T) {
+	var intercepted atomic.Int32
+	env := kafkarpctest.Start(t, kafkarpctest.Service{
+		Spec: echov1.EchoServiceKafkaSpec,
+		RegisterWorker: func(w *runtime.Worker) error {
+			return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{})
+		},
+	}, kafkarpctest.WithConnOptions(runtime.ConnUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		intercepted.Add(1)
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})))
+	if env.Conn != nil || env.Gateway != nil {
+		t.Fatalf("without RegisterGateway: Conn %v, Gateway %v; want neither", env.Conn, env.Gateway)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	client := echov1.NewEchoServiceClient(env.ClientConn)
+	if resp, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "hello"}); err != nil || resp.GetMessage() != "hello" {
+		t.Fatalf("EchoUnary = %q, %v; want hello", resp.GetMessage(), err)
+	}
+	if n := intercepted.Load(); n != 1 {
+		t.Fatalf("the interceptor of WithConnOptions ran %d times, want 1", n)
+	}
+	if _, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "x", FailCode: int32(codes.NotFound)}); status.Code(err) != codes.NotFound {
+		t.Fatalf("failing EchoUnary: %v, want NOT_FOUND", err)
+	}
+	s, err := client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "m", Repeat: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range int32(3) {
+		if r, err := s.Recv(); err != nil || r.GetIndex() != i {
+			t.Fatalf("server stream %d: %v, %v", i, r, err)
+		}
+	}
+	if _, err := s.Recv(); err != io.EOF {
+		t.Fatalf("server stream end: %v", err)
+	}
+	cs, err := client.EchoClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"a", "b"} {
+		if err := cs.Send(&echov1.EchoRequest{Message: m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := cs.CloseAndRecv(); err != nil || r.GetMessage() != "a,b" {
+		t.Fatalf("client stream: %v, %v", r, err)
+	}
+	bs, err := client.EchoBidiStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bs.Send(&echov1.EchoRequest{Message: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := bs.Recv(); err != nil || r.GetMessage() != "x" {
+		t.Fatalf("bidi: %v, %v", r, err)
+	}
+	_ = bs.CloseSend()
+	if _, err := bs.Recv(); err != io.EOF {
+		t.Fatalf("bidi end: %v", err)
+	}
+	v, _ := proto.Marshal(&echov1.EchoEvent{Message: "event"})
+	errc := make(chan error, 1)
+	env.Client.Produce(&kafkaclient.Record{Topic: env.Topic("echo-events"), Partition: kafkaclient.AnyPartition, Value: v},
+		kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	events, err := client.EchoEvents(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.Recv()
+	if err != nil || ev.GetMessage() != "event" {
+		t.Fatalf("EchoEvents: %v, %v", ev, err)
+	}
+	if _, ok := wire.EventIDFromMessage(ev, wire.DefaultEventIDField); !ok {
+		t.Fatal("the event has no event id")
 	}
 }

@@ -13,7 +13,9 @@ import (
 )
 
 // TestEchoOverKafka shows the test kit: the echo implementation served from
-// Kafka and called through a gateway, in one call to kafkarpctest.Start.
+// Kafka and called over Kafka with no gRPC server (env.ClientConn), in one
+// call to kafkarpctest.Start; with RegisterGateway, through a gateway too
+// (env.Conn).
 func TestEchoOverKafka(t *testing.T) {
 	env := kafkarpctest.Start(t, kafkarpctest.Service{
 		Spec:            echov1.EchoServiceKafkaSpec,
@@ -22,15 +24,18 @@ func TestEchoOverKafka(t *testing.T) {
 			return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{})
 		},
 	})
-	client := echov1.NewEchoServiceClient(env.Conn)
-
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	resp, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "hello"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.GetMessage() != "hello" {
-		t.Fatalf("EchoUnary = %q, want hello", resp.GetMessage())
+	for name, client := range map[string]echov1.EchoServiceClient{
+		"ClientConn": echov1.NewEchoServiceClient(env.ClientConn),
+		"gateway":    echov1.NewEchoServiceClient(env.Conn),
+	} {
+		resp, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "hello"})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if resp.GetMessage() != "hello" {
+			t.Fatalf("%s: EchoUnary = %q, want hello", name, resp.GetMessage())
+		}
 	}
 }

@@ -1,0 +1,351 @@
+package runtime
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// ClientConn calls services served over Kafka from Go, without a gateway: it
+// implements grpc.ClientConnInterface, so that a generated gRPC client built
+// on it, echov1.NewEchoServiceClient(conn), makes its calls over Kafka.
+//
+// It is the gateway's call path without the gRPC server in front: the same
+// request records (WIRE.md; a worker of this runtime or a Zilla kafka-grpc
+// binding serves them unchanged), the same reply readers, and for fetch
+// methods the same in-memory window of the topic, with event ids and resume
+// as the gateway gives them. What a gateway reads from the incoming gRPC
+// call, the connection reads from the call's context and call options: the
+// deadline reaches the worker, cancelling the context cancels the call at the
+// worker, outgoing metadata (metadata.NewOutgoingContext) becomes meta:
+// headers under the same rules (GatewayDeniedMetadata,
+// GatewayAllowedMetadata), the idempotency-key metadata works as through a
+// gateway, and grpc.Header and grpc.Trailer receive the worker's response
+// metadata. Errors are status errors, with the worker's code, message and
+// details.
+//
+// The connection knows the services registered with Register; a call of any
+// other method fails at once with UNIMPLEMENTED. Requests are marshalled with
+// proto and replies unmarshalled into the generated response types: call
+// options that pick a codec (grpc.CallContentSubtype, grpc.ForceCodec) and
+// the transport's (grpc.WaitForReady, grpc.MaxCallRecvMsgSize, ...) are
+// ignored; grpc.Header, grpc.Trailer and grpc.OnFinish are honoured.
+//
+// A ClientConn is safe for concurrent use: many goroutines may call through
+// one connection, which reads each reply topic with one reader shared by all
+// its calls. Close it before the Kafka client.
+type ClientConn struct {
+	g       *Gateway
+	unary   grpc.UnaryClientInterceptor
+	stream  grpc.StreamClientInterceptor
+	mu      sync.Mutex // serialises Register
+	methods atomic.Pointer[map[string]*MethodSpec]
+}
+
+var _ grpc.ClientConnInterface = (*ClientConn)(nil)
+
+type connConfig struct {
+	gw     gatewayConfig
+	unary  []grpc.UnaryClientInterceptor
+	stream []grpc.StreamClientInterceptor
+}
+
+// ConnUnaryInterceptor installs interceptors around every unary call of the
+// connection, as grpc.WithChainUnaryInterceptor does on a grpc.ClientConn:
+// the first is the outermost; options given more than once add to the
+// chain. An interceptor's cc argument is nil (there is no grpc.ClientConn).
+// Default none.
+func ConnUnaryInterceptor(i ...grpc.UnaryClientInterceptor) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.unary = append(c.unary, i...) })
+}
+
+// ConnStreamInterceptor installs interceptors around every streaming call of
+// the connection (fetch methods included), as grpc.WithChainStreamInterceptor
+// does: the first is the outermost; options given more than once add to the
+// chain. An interceptor's cc argument is nil. Default none.
+func ConnStreamInterceptor(i ...grpc.StreamClientInterceptor) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.stream = append(c.stream, i...) })
+}
+
+type connOptionFunc func(*connConfig)
+
+func (f connOptionFunc) applyConn(c *connConfig) { f(c) }
+
+// NewClientConn returns a connection producing and reading through client,
+// which stays owned by the caller (close it after the connection). opts are
+// the common options (WithLogger, WithHeaderNames, WithTopicMapper,
+// WithTracerProvider, WithMeterProvider, WithPropagator), the gateway options,
+// which configure the connection's call path as they configure a gateway
+// (GatewayDeniedMetadata, GatewayAllowedMetadata, GatewayIdentity,
+// GatewayReplyShard, GatewayReadCommitted, GatewayReplyBufferBytes,
+// GatewayCancelRecord, GatewaySetupTimeout, GatewayFetch...), and the
+// connection's own (ConnUnaryInterceptor, ConnStreamInterceptor).
+//
+// Telemetry is the gateway's, with the metrics named kafkarpc.client.*
+// instead of kafkarpc.gateway.* (kafkarpc.client.calls, .duration,
+// .inflight, .replies.dropped, .fetch.*); the caller's span, if any, is the
+// parent of the "send" span.
+func NewClientConn(client kafkaclient.Client, opts ...ConnOption) *ClientConn {
+	cfg := connConfig{gw: defaultGatewayConfig()}
+	cfg.gw.side = "client"
+	for _, o := range opts {
+		o.applyConn(&cfg)
+	}
+	cc := &ClientConn{g: newGateway(client, cfg.gw), unary: chainUnary(cfg.unary), stream: chainStream(cfg.stream)}
+	empty := map[string]*MethodSpec{}
+	cc.methods.Store(&empty)
+	return cc
+}
+
+// Register makes the connection call spec's methods (spec is the generated
+// <Service>KafkaSpec): it starts one reader per reply topic, positioned at
+// the topic's end offsets, before any call is made, as Gateway.AddService
+// does; the reply topics must exist. A method registered before under the
+// same full name is replaced. Safe for concurrent use.
+func (cc *ClientConn) Register(spec *ServiceSpec) error {
+	if err := cc.g.AddService(spec); err != nil {
+		return err
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	old := *cc.methods.Load()
+	next := make(map[string]*MethodSpec, len(old)+len(spec.Methods))
+	for k, v := range old {
+		next[k] = v
+	}
+	for _, m := range spec.Methods {
+		next[m.FullMethod()] = m
+	}
+	cc.methods.Store(&next)
+	return nil
+}
+
+// Close stops the connection's reply and fetch readers; calls still waiting
+// end with UNAVAILABLE, and later calls fail with UNAVAILABLE. It does not
+// close the Kafka client. Call it once, after which the connection is done.
+func (cc *ClientConn) Close() error { return cc.g.Close() }
+
+// Stats returns the counters of the connection's reply readers. Safe for
+// concurrent use.
+func (cc *ClientConn) Stats() GatewayStats { return cc.g.Stats() }
+
+// FetchStats returns the state of the connection's fetch windows and
+// callers. Safe for concurrent use.
+func (cc *ClientConn) FetchStats() FetchStats { return cc.g.FetchStats() }
+
+// method returns the spec of a full method name, or UNIMPLEMENTED, or
+// UNAVAILABLE once the connection is closed.
+func (cc *ClientConn) method(name string) (*MethodSpec, error) {
+	if cc.g.ctx.Err() != nil {
+		return nil, status.Errorf(codes.Unavailable, "%s: the kafka ClientConn is closed", name)
+	}
+	if m := (*cc.methods.Load())[name]; m != nil {
+		return m, nil
+	}
+	return nil, status.Errorf(codes.Unimplemented, "%s: no such method registered with this kafka ClientConn (register the service's KafkaSpec with ClientConn.Register)", name)
+}
+
+// Invoke makes a unary call over Kafka: it implements
+// grpc.ClientConnInterface for generated clients. Safe for concurrent use.
+func (cc *ClientConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	if cc.unary != nil {
+		return cc.unary(ctx, method, args, reply, nil, cc.invoke, opts...)
+	}
+	return cc.invoke(ctx, method, args, reply, nil, opts...)
+}
+
+func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any, _ *grpc.ClientConn, opts ...grpc.CallOption) (err error) {
+	co := callOptionsOf(opts)
+	defer func() { co.finish(err) }()
+	m, err := cc.method(method)
+	if err != nil {
+		return err
+	}
+	in, out, err := messages(m, args, reply)
+	if err != nil {
+		return err
+	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	c, err := cc.g.begin(ctx, m, md)
+	if err != nil {
+		return err
+	}
+	defer func() { c.end(err) }()
+	b, err := proto.Marshal(in)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err)
+	}
+	c.sendData(b)
+	c.sendEnd(false)
+	if c.rp.route.Oneway {
+		if err := c.awaitAcks(ctx); err != nil {
+			return err
+		}
+		proto.Reset(out)
+		return nil
+	}
+	got := false
+	st := c.awaitReplies(ctx, co.header, func(rec *kafkaclient.Record) error {
+		if got {
+			return status.Errorf(codes.Internal, "%s: worker sent more than one response to a unary call (%s)", m.FullMethod(), recordPlace(rec))
+		}
+		got = true
+		return decodeReply(m, rec, out)
+	}, co.trailer)
+	if st != nil {
+		return st
+	}
+	if !got {
+		return status.Errorf(codes.Internal, "%s: worker ended the call without a response", m.FullMethod())
+	}
+	return nil
+}
+
+// NewStream starts a streaming call over Kafka: it implements
+// grpc.ClientConnInterface for generated clients. The call begins at once
+// (its route chosen by the context's outgoing metadata); each SendMsg
+// produces one request record, CloseSend the end-of-stream record. A fetch
+// method reads its topic once the request (an empty message) is sent.
+// Safe for concurrent use; each stream is used as grpc.ClientStream says
+// (one goroutine sending and one receiving at a time). As with gRPC, a
+// caller that stops before RecvMsg returned an error or io.EOF cancels the
+// context, or the call stays open.
+func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if cc.stream != nil {
+		return cc.stream(ctx, desc, nil, method, cc.newStream, opts...)
+	}
+	return cc.newStream(ctx, desc, nil, method, opts...)
+}
+
+func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, _ *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	co := callOptionsOf(opts)
+	m, err := cc.method(method)
+	if err != nil {
+		co.finish(err)
+		return nil, err
+	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	s := &connStream{cc: cc, m: m, ctx: ctx, cancel: cancel, co: co,
+		headerReady: make(chan struct{}), done: make(chan struct{})}
+	if m.Fetch != nil {
+		s.fetchMD = md
+		s.raw = make(chan []byte)
+		return s, nil
+	}
+	c, err := cc.g.begin(ctx, m, md)
+	if err != nil {
+		cancel()
+		co.finish(err)
+		return nil, err
+	}
+	s.c = c
+	s.recs = make(chan *kafkaclient.Record)
+	go s.run()
+	return s, nil
+}
+
+// messages returns a call's request and reply as proto messages.
+func messages(m *MethodSpec, args, reply any) (proto.Message, proto.Message, error) {
+	in, ok := args.(proto.Message)
+	if !ok {
+		return nil, nil, status.Errorf(codes.Internal, "%s: request is a %T, not a proto message", m.FullMethod(), args)
+	}
+	out, ok := reply.(proto.Message)
+	if !ok {
+		return nil, nil, status.Errorf(codes.Internal, "%s: reply is a %T, not a proto message", m.FullMethod(), reply)
+	}
+	return in, out, nil
+}
+
+// callOptions are the grpc.CallOptions a ClientConn honours.
+type callOptions struct {
+	headers  []*metadata.MD
+	trailers []*metadata.MD
+	onFinish []func(error)
+}
+
+func callOptionsOf(opts []grpc.CallOption) callOptions {
+	var co callOptions
+	for _, o := range opts {
+		switch o := o.(type) {
+		case grpc.HeaderCallOption:
+			co.headers = append(co.headers, o.HeaderAddr)
+		case grpc.TrailerCallOption:
+			co.trailers = append(co.trailers, o.TrailerAddr)
+		case grpc.OnFinishCallOption:
+			co.onFinish = append(co.onFinish, o.OnFinish)
+		}
+	}
+	return co
+}
+
+func (co *callOptions) header(md metadata.MD) {
+	for _, p := range co.headers {
+		*p = md
+	}
+}
+
+func (co *callOptions) trailer(md metadata.MD) {
+	for _, p := range co.trailers {
+		*p = md
+	}
+}
+
+func (co *callOptions) finish(err error) {
+	for _, f := range co.onFinish {
+		f(err)
+	}
+}
+
+func chainUnary(is []grpc.UnaryClientInterceptor) grpc.UnaryClientInterceptor {
+	switch len(is) {
+	case 0:
+		return nil
+	case 1:
+		return is[0]
+	}
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		return is[0](ctx, method, req, reply, cc, unaryFrom(is[1:], invoker), opts...)
+	}
+}
+
+// unaryFrom returns the invoker that runs is, then invoker.
+func unaryFrom(is []grpc.UnaryClientInterceptor, invoker grpc.UnaryInvoker) grpc.UnaryInvoker {
+	if len(is) == 0 {
+		return invoker
+	}
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return is[0](ctx, method, req, reply, cc, unaryFrom(is[1:], invoker), opts...)
+	}
+}
+
+func chainStream(is []grpc.StreamClientInterceptor) grpc.StreamClientInterceptor {
+	switch len(is) {
+	case 0:
+		return nil
+	case 1:
+		return is[0]
+	}
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		return is[0](ctx, desc, cc, method, streamFrom(is[1:], streamer), opts...)
+	}
+}
+
+// streamFrom returns the streamer that runs is, then streamer.
+func streamFrom(is []grpc.StreamClientInterceptor, streamer grpc.Streamer) grpc.Streamer {
+	if len(is) == 0 {
+		return streamer
+	}
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		return is[0](ctx, desc, cc, method, streamFrom(is[1:], streamer), opts...)
+	}
+}

@@ -1,0 +1,297 @@
+package runtime
+
+import (
+	"context"
+	"io"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// connStream is a streaming call of a ClientConn, as the caller's
+// grpc.ClientStream: the caller's side of a gwCall, or of a fetch, whose
+// other side a goroutine of its own runs as a gateway's handler would.
+// Replies cross from that goroutine to RecvMsg on an unbuffered channel, so
+// that once done is closed no reply is left in flight.
+type connStream struct {
+	cc     *ClientConn
+	m      *MethodSpec
+	ctx    context.Context // the caller's, cancelled when the call ends
+	cancel context.CancelFunc
+	co     callOptions
+
+	c    *gwCall                  // request/reply methods
+	recs chan *kafkaclient.Record // server-streamed replies
+
+	fetchMD   metadata.MD // fetch methods: the caller's metadata
+	raw       chan []byte // fetched messages, value and event id field
+	fetchOnce sync.Once
+
+	sendMu sync.Mutex
+	closed bool // CloseSend was called
+
+	mu           sync.Mutex
+	header       metadata.MD
+	headerSet    bool
+	headerClosed bool
+	headerReady  chan struct{} // closed when the header arrived or the call ended
+	trailer      metadata.MD
+	held         *kafkaclient.Record // the one response of a call that does not stream them
+	st           error               // the call's final status, set before done closes
+	done         chan struct{}
+
+	// RecvMsg's own (one goroutine at a time, as grpc.ClientStream says)
+	taken   bool
+	recvErr error
+}
+
+var _ grpc.ClientStream = (*connStream)(nil)
+
+// run waits for the call's replies and ends it.
+func (s *connStream) run() {
+	err := s.await()
+	s.c.end(err)
+	s.finish(err)
+}
+
+func (s *connStream) await() error {
+	c := s.c
+	if c.rp.route.Oneway {
+		if err := c.awaitRequestEnd(s.ctx); err != nil {
+			return err
+		}
+		if err := c.awaitAcks(s.ctx); err != nil {
+			return err
+		}
+		s.held = &kafkaclient.Record{} // an empty response, as through a gateway
+		return nil
+	}
+	serverStreams := s.m.Kind.serverStreams()
+	st := c.awaitReplies(s.ctx, s.setHeader, func(rec *kafkaclient.Record) error {
+		if serverStreams {
+			select {
+			case s.recs <- rec:
+				return nil
+			case <-s.ctx.Done():
+				return status.FromContextError(s.ctx.Err()).Err()
+			}
+		}
+		if s.held != nil {
+			return status.Errorf(codes.Internal, "%s: worker sent more than one response to a %s call (%s)", s.m.FullMethod(), s.m.Kind, recordPlace(rec))
+		}
+		s.held = rec // delivered once the end-of-stream record confirmed it
+		return nil
+	}, s.setTrailer)
+	if st != nil {
+		return st
+	}
+	if !serverStreams && s.held == nil {
+		return status.Errorf(codes.Internal, "%s: worker ended the call without a response", s.m.FullMethod())
+	}
+	return nil
+}
+
+// startFetch runs the fetch, with in as its request (nil when the caller
+// sent none).
+func (s *connStream) startFetch(in proto.Message) {
+	go func() {
+		err := s.cc.g.fanout.serveFetch(s.m, s.fetchMD, in, fetchPipe{s}, rawCarrier)
+		s.finish(err)
+	}()
+}
+
+// rawCarrier carries a fetched message's bytes to fetchPipe.SendMsg as
+// unknown fields, never decoded.
+func rawCarrier(raw []byte) proto.Message {
+	m := new(emptypb.Empty)
+	m.ProtoReflect().SetUnknown(raw)
+	return m
+}
+
+func (s *connStream) setHeader(md metadata.MD) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.headerSet || s.headerClosed {
+		return
+	}
+	s.header, s.headerSet, s.headerClosed = md, true, true
+	close(s.headerReady)
+	s.co.header(md)
+}
+
+func (s *connStream) setTrailer(md metadata.MD) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.trailer = metadata.Join(s.trailer, md)
+	s.co.trailer(s.trailer)
+}
+
+// finish records the call's final status and releases its waiters.
+func (s *connStream) finish(err error) {
+	s.mu.Lock()
+	s.st = err
+	if !s.headerClosed {
+		s.headerClosed = true
+		close(s.headerReady)
+	}
+	s.mu.Unlock()
+	close(s.done)
+	s.co.finish(err)
+	s.cancel()
+}
+
+// Header returns the response metadata of the worker's first reply, waiting
+// for it; nil when the call ended without one (with the call's error when it
+// failed).
+func (s *connStream) Header() (metadata.MD, error) {
+	select {
+	case <-s.headerReady:
+	case <-s.ctx.Done():
+		return nil, status.FromContextError(s.ctx.Err()).Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.headerSet {
+		return s.header, nil
+	}
+	return nil, s.st
+}
+
+// Trailer returns the worker's trailing metadata once RecvMsg returned an
+// error or io.EOF; nil before.
+func (s *connStream) Trailer() metadata.MD {
+	select {
+	case <-s.done:
+	default:
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.trailer
+}
+
+// CloseSend ends the request stream (the end-of-stream record).
+func (s *connStream) CloseSend() error {
+	if s.m.Fetch != nil {
+		s.fetchOnce.Do(func() { s.startFetch(nil) })
+		return nil
+	}
+	s.sendMu.Lock()
+	s.closed = true
+	s.sendMu.Unlock()
+	s.c.sendEnd(false)
+	return nil
+}
+
+// Context returns the call's context.
+func (s *connStream) Context() context.Context { return s.ctx }
+
+// SendMsg produces one request message. Once the call ended it returns
+// io.EOF, and RecvMsg the call's status.
+func (s *connStream) SendMsg(m any) error {
+	in, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "%s: request is a %T, not a proto message", s.m.FullMethod(), m)
+	}
+	if s.m.Fetch != nil {
+		first := false
+		s.fetchOnce.Do(func() { first = true; s.startFetch(in) })
+		if !first {
+			return status.Errorf(codes.Internal, "%s: a fetch takes one request, sent before it is read", s.m.FullMethod())
+		}
+		return nil
+	}
+	select {
+	case <-s.done:
+		return io.EOF
+	default:
+	}
+	s.sendMu.Lock()
+	closed := s.closed
+	s.sendMu.Unlock()
+	if closed {
+		return status.Errorf(codes.Internal, "%s: SendMsg called after CloseSend", s.m.FullMethod())
+	}
+	b, err := proto.Marshal(in)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%s: encoding request: %v", s.m.FullMethod(), err)
+	}
+	s.c.sendData(b)
+	return nil
+}
+
+// RecvMsg receives the next response into m: io.EOF after the last one of
+// a call that ended OK, the call's status error if it failed.
+func (s *connStream) RecvMsg(m any) error {
+	if s.recvErr != nil {
+		return s.recvErr
+	}
+	out, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "%s: reply is a %T, not a proto message", s.m.FullMethod(), m)
+	}
+	if s.m.Fetch != nil {
+		s.fetchOnce.Do(func() { s.startFetch(nil) })
+	}
+	select {
+	case rec := <-s.recs:
+		return s.decoded(decodeReply(s.m, rec, out))
+	case raw := <-s.raw:
+		if err := proto.Unmarshal(raw, out); err != nil {
+			return s.decoded(status.Errorf(codes.Internal, "%s: record of %s is not a valid %s: %v",
+				s.m.FullMethod(), s.m.Fetch.Topic, out.ProtoReflect().Descriptor().FullName(), err))
+		}
+		return nil
+	case <-s.done:
+	}
+	if s.st != nil {
+		s.recvErr = s.st
+		return s.st
+	}
+	if s.held != nil && !s.taken {
+		s.taken = true
+		return s.decoded(decodeReply(s.m, s.held, out))
+	}
+	s.recvErr = io.EOF
+	return io.EOF
+}
+
+// decoded ends the call when a response could not be decoded.
+func (s *connStream) decoded(err error) error {
+	if err == nil {
+		return nil
+	}
+	s.recvErr = err
+	if s.c != nil {
+		s.c.fail(err)
+	}
+	s.cancel()
+	return err
+}
+
+// fetchPipe is the grpc.ServerStream a ClientConn's fetch is served on: what
+// the gateway would send to its gRPC caller goes to the connStream.
+type fetchPipe struct{ s *connStream }
+
+func (p fetchPipe) SetHeader(md metadata.MD) error  { p.s.setHeader(md); return nil }
+func (p fetchPipe) SendHeader(md metadata.MD) error { p.s.setHeader(md); return nil }
+func (p fetchPipe) SetTrailer(md metadata.MD)       { p.s.setTrailer(md) }
+func (p fetchPipe) Context() context.Context        { return p.s.ctx }
+func (p fetchPipe) RecvMsg(any) error               { return io.EOF }
+
+func (p fetchPipe) SendMsg(m any) error {
+	raw := m.(proto.Message).ProtoReflect().GetUnknown()
+	select {
+	case p.s.raw <- raw:
+		return nil
+	case <-p.s.ctx.Done():
+		return p.s.ctx.Err()
+	}
+}
