@@ -66,6 +66,9 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 			break
 		}
 	}
+	if err := g.checkTopic(ctx, m, rp.route.Topic); err != nil {
+		return nil, err // topics.go: NOT_FOUND at once when the topic does not exist
+	}
 	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, reqDone: make(chan struct{}), signal: make(chan struct{}, 1),
 		start: time.Now(), tel: p.tel, ctx: ctx}
 	c.tel.begin(ctx)
@@ -156,6 +159,8 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 		code := codes.Unavailable
 		if tooLarge(err) {
 			code = codes.ResourceExhausted // a retry cannot succeed
+		} else if unknownTopic(err) {
+			c.fail(c.g.topicMissing(c.m, rec.Topic, err)) // topics.go; the first error wins
 		}
 		c.fail(status.Errorf(code, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err))
 	}
