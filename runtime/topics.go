@@ -337,7 +337,8 @@ func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string,
 	case errors.Is(err, kafkaclient.ErrUnknownTopic):
 		st.missing.Store(true)
 	default:
-		return nil // unknown: let the produce tell
+		// Unknown (a broker down, a timeout): keep what was known, let the
+		// produce tell, and look again only once the state is stale again.
 	}
 	st.checked.Store(time.Now().UnixNano())
 	if st.missing.Load() {
