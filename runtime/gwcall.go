@@ -66,14 +66,14 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec) (*gwCall, error) {
 			break
 		}
 	}
-	if err := g.checkTopic(ctx, m, rp.route.Topic); err != nil {
-		return nil, err // topics.go: NOT_FOUND at once when the topic does not exist
-	}
 	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, reqDone: make(chan struct{}), signal: make(chan struct{}, 1),
 		start: time.Now(), tel: p.tel, ctx: ctx}
 	c.tel.begin(ctx)
 	sendCtx, send := g.trc.tracer.Start(ctx, rp.sendName, rp.sendOpts...)
 	c.send = send
+	if err := g.checkTopic(ctx, m, rp.route.Topic); err != nil {
+		return nil, c.abandon(err) // topics.go: NOT_FOUND at once when the topic does not exist
+	}
 	md = g.trc.inject(sendCtx, md)
 	req := wire.Request{Route: rp.fixed, Metadata: md, Keep: g.filter.keep}
 	if g.cfg.identity != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	routingv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/routing/v1"
 )
 
 // topicsSpec has every role: a default route, a route by metadata with its
@@ -333,4 +335,31 @@ func TestWorkerMissingTopic(t *testing.T) {
 	if resp, err := client.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "served"}); err != nil || resp.GetMessage() != "served" {
 		t.Fatalf("EchoUnary once the topic exists: %v, %v", resp, err)
 	}
+}
+
+// TestGatewayMissingRouteTopic: the case, a route chosen by
+// metadata whose request topic was never created (and whose records are
+// produced with acks=0, so no broker error would ever tell): the call ends
+// at once with NOT_FOUND naming the route's topic.
+func TestGatewayMissingRouteTopic(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("t") + "."
+	var create []string
+	for _, tp := range routingv1.RoutingServiceKafkaSpec.Topics(func(s string) string { return prefix + s }) {
+		if tp.Name != prefix+"acme-requests" {
+			create = append(create, tp.Name)
+		}
+	}
+	kafkatest.CreateTopics(t, kc, 1, create...)
+	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	client := routingv1.NewRoutingServiceClient(serve(t, func(s *grpc.Server) {
+		if err := routingv1.RegisterRoutingServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "x-tenant", "acme", "x-region", "eu")
+	start := time.Now()
+	_, err := client.Route(ctx, &routingv1.Order{Id: "1"})
+	requireNotFound(t, "Route on the acme route", err, prefix+"acme-requests", start)
 }
