@@ -216,7 +216,9 @@ func describeTopic(t Topic) string {
 // max.message.bytes (topics that exist are left as they are). With
 // opts.VerifyOnly it creates nothing and returns a *MissingTopicsError
 // naming every missing topic. Topics named twice are looked up once. It is
-// bounded by ctx, or by 30 s when ctx has no deadline. Typical use, before
+// bounded by ctx, or by 30 s when ctx has no deadline, and safe to call
+// concurrently (several processes creating the same topics is not an
+// error). Typical use, before
 // starting a gateway or a worker:
 //
 //	topics := echov1.EchoServiceKafkaSpec.Topics(nil)
