@@ -97,7 +97,7 @@ bench-go: ## the Go benchmarks: unary p50 against its floor per client, the clie
 
 .PHONY: fuzz
 fuzz: ## fuzz the record and header decoders for 20 s each
-	for f in FuzzRequestHeaders FuzzReplyStatus FuzzTimeout; do $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 20s ./runtime/ || exit 1; done
+	for f in FuzzDecode FuzzReplyStatus FuzzTimeout; do $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 20s ./wire/ || exit 1; done
 
 .PHONY: clean
 clean: ## remove build output

@@ -232,6 +232,9 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.setupTimeout)
 	defer cancel()
 	parts, err := g.client.Partitions(ctx, topic)
+	if unknownTopic(err) {
+		return nil, status.Errorf(codes.NotFound, "fetch topic %q does not exist: %v", topic, err)
+	}
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: %v", topic, err)
 	}

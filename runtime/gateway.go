@@ -47,6 +47,8 @@ type Gateway struct {
 	dropped metric.Int64Counter
 
 	fanout *fanout // fetch methods (fanout.go)
+
+	topics topicGuard // which request topics exist (topics.go)
 }
 
 // NewGateway returns a Gateway producing and reading through client, which

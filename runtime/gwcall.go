@@ -72,6 +72,9 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 	c.tel.begin(ctx)
 	sendCtx, send := g.trc.tracer.Start(ctx, rp.sendName, rp.sendOpts...)
 	c.send = send
+	if err := g.checkTopic(ctx, m, rp.route.Topic); err != nil {
+		return nil, c.abandon(err) // topics.go: NOT_FOUND at once when the topic does not exist
+	}
 	md = g.trc.inject(sendCtx, md)
 	req := wire.Request{Route: rp.fixed, Metadata: md, Keep: g.filter.keep}
 	if g.cfg.identity != nil {
@@ -157,6 +160,8 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 		code := codes.Unavailable
 		if tooLarge(err) {
 			code = codes.ResourceExhausted // a retry cannot succeed
+		} else if unknownTopic(err) {
+			c.fail(c.g.topicMissing(c.m, rec.Topic, err)) // topics.go; the first error wins
 		}
 		c.fail(status.Errorf(code, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err))
 	}

@@ -17,6 +17,9 @@ const (
 	// SupportPackageIsVersion2 is referenced by code that copies its specs
 	// with ServiceSpec.Clone.
 	SupportPackageIsVersion2 = true
+	// SupportPackageIsVersion3 is referenced by code that declares typed
+	// publishers of fetch methods (NewPublisher).
+	SupportPackageIsVersion3 = true
 )
 
 // MethodKind is the gRPC shape of a method, as declared in the proto.

@@ -259,6 +259,7 @@ func (w *Worker) Start() error {
 	w.committer = newCommitter(w, gr)
 	go w.committer.run()
 	go w.loop(gr)
+	w.watchTopics() // topics.go: a missing request topic is logged at error level
 	return nil
 }
 

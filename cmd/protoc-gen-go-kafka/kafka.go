@@ -78,7 +78,7 @@ func emitFile(gen *protogen.Plugin, kf *kafkaFile) {
 	g.P()
 	g.P("// This is a compile-time assertion that this generated file is compatible")
 	g.P("// with the runtime package it is compiled against.")
-	g.P("const _ = ", runtimePackage.Ident("SupportPackageIsVersion2"))
+	g.P("const _ = ", runtimePackage.Ident("SupportPackageIsVersion3"))
 	g.P()
 	for _, s := range kf.services {
 		emitService(g, s)
@@ -174,6 +174,30 @@ func emitService(g *protogen.GeneratedFile, ks *kafkaService) {
 	for _, km := range ks.methods {
 		emitGatewayMethod(g, ks, km)
 	}
+	for _, km := range ks.methods {
+		if km.fetch != nil {
+			emitPublisher(g, ks, km)
+		}
+	}
+}
+
+// emitPublisher declares the typed publisher of a fetch method: messages of
+// its response type in, records on its topic out.
+func emitPublisher(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod) {
+	m, n := km.method, ks.names
+	out := g.QualifiedGoIdent(m.Output.GoIdent)
+	comment(g, fmt.Sprintf("%s returns a publisher of %s messages to topic %q, which %s streams to its callers: "+
+		"Publish produces one record (PublishKey and PublishHeader set its key and headers) and returns where Kafka wrote it. "+
+		"p is usually a Kafka client (runtime/franz or runtime/confluent) and stays owned by the caller; "+
+		"rename the topic with runtime.PublisherTopicMapper. The publisher is safe for concurrent use.",
+		n.Publisher(m), m.Output.GoIdent.GoName, km.fetch.topic, m.GoName))
+	opts, _ := m.Desc.Options().(*descriptorpb.MethodOptions)
+	sopts, _ := ks.service.Desc.Options().(*descriptorpb.ServiceOptions)
+	deprecation(g, opts.GetDeprecated() || sopts.GetDeprecated())
+	g.P("func ", n.Publisher(m), "(p ", runtimePackage.Ident("Producer"), ", opts ...", runtimePackage.Ident("PublisherOption"), ") *", runtimePackage.Ident("Publisher"), "[*", out, "] {")
+	g.P("return ", runtimePackage.Ident("NewPublisher"), "[*", out, "](p, ", n.MethodSpec(m), ", opts...)")
+	g.P("}")
+	g.P()
 }
 
 // method returns the model of m, or nil when m does not travel over Kafka.

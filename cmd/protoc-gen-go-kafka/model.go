@@ -124,15 +124,23 @@ func (k methodKind) String() string {
 	}
 }
 
-// optionError is one invalid option: the file, the element (service or
-// method full name) and what is wrong, starting with the option's field path.
+// optionError is one invalid option: the file, the line and column of the
+// option (or of the element, when the problem is an option it lacks), the
+// element (service or method full name) and what is wrong, starting with
+// the option's field path.
 type optionError struct {
 	File    string
+	Line    int // 1-based; 0 when the request carries no source info
+	Column  int // 1-based
 	Element protoreflect.FullName
 	Msg     string
 }
 
+// Error reads as a compiler's: "file:line:column: element: message".
 func (e *optionError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s:%d:%d: %s: %s", e.File, e.Line, e.Column, e.Element, e.Msg)
+	}
 	return fmt.Sprintf("%s: %s: %s", e.File, e.Element, e.Msg)
 }
 
@@ -141,10 +149,43 @@ func (e *optionError) Error() string {
 type checker struct {
 	file string
 	errs []error
+	// pos holds the source position of each element checked: its Kafka
+	// option when it has one, else its declaration.
+	pos map[protoreflect.FullName]protoreflect.SourceLocation
 }
 
 func (c *checker) errorf(el protoreflect.FullName, format string, args ...any) {
-	c.errs = append(c.errs, &optionError{File: c.file, Element: el, Msg: fmt.Sprintf(format, args...)})
+	loc := c.pos[el]
+	e := &optionError{File: c.file, Element: el, Msg: fmt.Sprintf(format, args...)}
+	if loc.StartLine >= 0 && (loc.StartLine > 0 || loc.StartColumn > 0 || loc.EndLine > 0) {
+		e.Line, e.Column = loc.StartLine+1, loc.StartColumn+1
+	}
+	c.errs = append(c.errs, e)
+}
+
+// Field numbers of the options field in ServiceDescriptorProto and
+// MethodDescriptorProto, for source paths.
+const (
+	serviceOptionsField = 3
+	methodOptionsField  = 4
+)
+
+// locate records where el's problems are reported: at the option whose
+// extension number is ext, when the file has source info for it, else at the
+// element's declaration.
+func (c *checker) locate(el protoreflect.FullName, file protoreflect.FileDescriptor, declPath protoreflect.SourcePath, optionsField int32, ext protoreflect.FieldNumber) {
+	if c.pos == nil {
+		c.pos = map[protoreflect.FullName]protoreflect.SourceLocation{}
+	}
+	locs := file.SourceLocations()
+	optPath := append(append(protoreflect.SourcePath(nil), declPath...), optionsField, int32(ext))
+	if loc := locs.ByPath(optPath); loc.Path != nil {
+		c.pos[el] = loc
+		return
+	}
+	if loc := locs.ByPath(declPath); loc.Path != nil {
+		c.pos[el] = loc
+	}
 }
 
 // buildModel reads and validates the options of every file to generate. It
@@ -203,6 +244,10 @@ func methodRule(m *protogen.Method) *kafkaoptions.MethodRule {
 func (c *checker) service(s *protogen.Service) *kafkaService {
 	srule := serviceRule(s)
 	el := s.Desc.FullName()
+	c.locate(el, s.Desc.ParentFile(), s.Location.Path, serviceOptionsField, kafkaoptions.E_Service.TypeDescriptor().Number())
+	for _, m := range s.Methods {
+		c.locate(m.Desc.FullName(), m.Desc.ParentFile(), m.Location.Path, methodOptionsField, kafkaoptions.E_Method.TypeDescriptor().Number())
+	}
 	if srule != nil {
 		c.topicName(el, "request_topic", srule.GetRequestTopic())
 		c.topicName(el, "reply_topic", srule.GetReplyTopic())

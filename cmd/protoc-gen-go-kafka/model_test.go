@@ -1,7 +1,10 @@
 package main
 
 import (
+	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -48,8 +51,27 @@ var badOptions = map[string]string{
 	"topic_too_long.proto":                   `testdata.bad.v1.BadService.Call: request_topic is not a valid Kafka topic name: 250 characters, at most 249 allowed`,
 }
 
+// optionPosition returns "line:column" of the Kafka option in file (each
+// proto of testdata/bad has one), where the plugin's error must point, as a
+// compiler's does.
+func optionPosition(t *testing.T, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		if col := strings.Index(line, "option (kafkarpc.kafka.v1."); col >= 0 {
+			return fmt.Sprintf("%d:%d", i+1, col+1)
+		}
+	}
+	t.Fatalf("%s has no Kafka option", file)
+	return ""
+}
+
 // TestBadOptions runs the plugin on every proto of testdata/bad: each must be
-// refused with its exact error in the response, and no file.
+// refused with its exact error in the response, naming the file, line and
+// column of the offending option, and no file.
 func TestBadOptions(t *testing.T) {
 	files := protoFiles(t, "testdata/bad")
 	if len(files) != len(badOptions) {
@@ -61,7 +83,7 @@ func TestBadOptions(t *testing.T) {
 			if !ok {
 				t.Fatalf("no expected error for %s", file)
 			}
-			want = file + ": " + want
+			want = file + ":" + optionPosition(t, file) + ": " + want
 			resp := runPlugin(t, compileRequest(t, nil, file))
 			if got := resp.GetError(); got != want {
 				t.Errorf("error:\n got: %s\nwant: %s", got, want)
@@ -107,12 +129,15 @@ service BService {
 	resp := runPlugin(t, compileRequest(t, sources, "multi/v1/a.proto", "multi/v1/b.proto"))
 	got := strings.Split(resp.GetError(), "\n")
 	wantLines := []string{
-		`multi/v1/a.proto: multi.v1.AService: reply_topic "bad topic" is not a valid Kafka topic name: character ' ' is not allowed, only [a-zA-Z0-9._-]`,
-		`multi/v1/a.proto: multi.v1.AService.One: request_topic is required`,
-		`multi/v1/a.proto: multi.v1.AService.Two: oneway is only allowed on unary and client-streaming methods, not on a server-streaming method`,
-		`multi/v1/a.proto: multi.v1.AService.Two: reply_topic must be empty when oneway is set`,
-		`multi/v1/b.proto: multi.v1.BService.Three: routes[0].when needs at least one condition`,
-		`multi/v1/b.proto: multi.v1.BService.Three: routes[0].request_topic "." is not a valid Kafka topic name: "." and ".." are not allowed`,
+		// At the service's option.
+		`multi/v1/a.proto:8:3: multi.v1.AService: reply_topic "bad topic" is not a valid Kafka topic name: character ' ' is not allowed, only [a-zA-Z0-9._-]`,
+		// At the method's declaration: it has no option of its own.
+		`multi/v1/a.proto:9:3: multi.v1.AService.One: request_topic is required`,
+		// At the method's option.
+		`multi/v1/a.proto:11:5: multi.v1.AService.Two: oneway is only allowed on unary and client-streaming methods, not on a server-streaming method`,
+		`multi/v1/a.proto:11:5: multi.v1.AService.Two: reply_topic must be empty when oneway is set`,
+		`multi/v1/b.proto:9:5: multi.v1.BService.Three: routes[0].when needs at least one condition`,
+		`multi/v1/b.proto:9:5: multi.v1.BService.Three: routes[0].request_topic "." is not a valid Kafka topic name: "." and ".." are not allowed`,
 	}
 	if strings.Join(got, "\n") != strings.Join(wantLines, "\n") {
 		t.Errorf("errors:\n got: %s\nwant: %s", strings.Join(got, "\n      "), strings.Join(wantLines, "\n      "))

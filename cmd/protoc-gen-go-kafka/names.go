@@ -70,3 +70,9 @@ func (n names) FullMethodName(m *protogen.Method) string {
 func (n names) GRPCFullMethodName(m *protogen.Method) string {
 	return n.service + "_" + m.GoName + "_FullMethodName"
 }
+
+// Publisher is the exported constructor of the typed publisher of a fetch
+// method m, e.g. NewEchoService_EchoEvents_KafkaPublisher.
+func (n names) Publisher(m *protogen.Method) string {
+	return "New" + n.service + "_" + m.GoName + "_KafkaPublisher"
+}

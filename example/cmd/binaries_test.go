@@ -31,6 +31,7 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/proctest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
@@ -43,7 +44,7 @@ const (
 	killTimeout  = 10 * time.Second // Kill until Wait returns, in cleanup
 )
 
-var binaries = []string{"echo", "echo-gateway", "echo-worker", "echo-server", "echo-call"}
+var binaries = []string{"echo", "echo-gateway", "echo-worker", "echo-server", "echo-call", "echo-publish"}
 
 // binDir holds the binaries built by TestMain.
 var binDir string
@@ -64,7 +65,7 @@ func buildAndRun(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// One go build for the packages (see proctest.BuildExamplesCmd).
+	// One go build for the four packages (see proctest.BuildExamplesCmd).
 	build := proctest.BuildExamplesCmd(root, dir, binaries...)
 	start := time.Now()
 	if out, err := build.CombinedOutput(); err != nil {
@@ -549,6 +550,7 @@ func TestSplitDeployment(t *testing.T) {
 	t.Run("Unary", func(t *testing.T) { checkUnary(t, c) })
 	t.Run("ServerStream", func(t *testing.T) { checkServerStream(t, c) })
 	t.Run("Events", func(t *testing.T) { checkEvents(t, c, brokers) })
+	t.Run("Publish", func(t *testing.T) { checkPublish(t, c, brokers) })
 	t.Run("Health", func(t *testing.T) { checkHealth(t, cc) })
 
 	// Both stop at once, as in a rolling shutdown.
@@ -577,6 +579,86 @@ func TestEchoServer(t *testing.T) {
 	t.Run("Reflection", func(t *testing.T) { checkReflection(t, cc) })
 
 	p.stop(t)
+}
+
+// checkPublish runs echo-publish (the generated typed publisher) and
+// receives its events through the gateway's EchoEvents.
+func checkPublish(t *testing.T, c echov1.EchoServiceClient, brokers string) {
+	ctx := callContext(t)
+	s, err := c.EchoEvents(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatalf("EchoEvents: %v", err)
+	}
+	run := "published-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	p := start(t, "echo-publish", "--brokers", brokers, "--count", "2", "--message", run, "--key", run)
+	if _, exited := p.Wait(stopTimeout); !exited || p.Err() != nil {
+		t.Fatalf("echo-publish did not succeed within %s: %v\n%s", stopTimeout, p.Err(), p.output())
+	}
+	if n := strings.Count(p.Stdout(), "echo-publish: echo-events/"); n != 2 {
+		t.Errorf("echo-publish printed %d delivery lines, want 2:\n%s", n, p.output())
+	}
+	for i := 1; i <= 2; i++ {
+		want := run + " " + strconv.Itoa(i)
+		for {
+			ev, err := s.Recv()
+			if err != nil {
+				t.Fatalf("EchoEvents waiting for %q: %v", want, err)
+			}
+			if ev.GetMessage() == want {
+				break
+			}
+			if strings.HasPrefix(ev.GetMessage(), run) {
+				t.Fatalf("EchoEvents: got %q, want %q", ev.GetMessage(), want)
+			}
+		}
+	}
+}
+
+// TestCreateTopicsFalse: with --create-topics=false and the topics missing,
+// echo-gateway and echo-worker exit non-zero within 15 s naming each
+// missing topic; with the default they create them and start. A broker of
+// its own (never KAFKA_BROKERS, where the topics may exist).
+func TestCreateTopicsFalse(t *testing.T) {
+	b, err := embedded.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	brokers := b.Addr()
+	for _, name := range []string{"echo-gateway", "echo-worker", "echo-publish"} {
+		t.Run(name, func(t *testing.T) {
+			args := []string{"--brokers", brokers, "--create-topics=false"}
+			if name == "echo-gateway" {
+				args = append(args, "--listen", freeAddr(t))
+			}
+			p := start(t, name, args...)
+			took, exited := p.Wait(15 * time.Second)
+			if !exited {
+				t.Fatalf("%s with --create-topics=false and no topics did not exit within 15 s\n%s", name, p.output())
+			}
+			if p.Err() == nil {
+				t.Fatalf("%s exited with status 0, want non-zero\n%s", name, p.output())
+			}
+			for _, topic := range []string{"echo-requests (request topic", "echo-responses (reply topic", "echo-events (fetch topic"} {
+				if !strings.Contains(p.Stderr(), topic) {
+					t.Errorf("%s's error does not name %q\n%s", name, topic, p.output())
+				}
+			}
+			t.Logf("%s exited after %s: %s", name, took.Round(time.Millisecond), strings.TrimSpace(p.Stderr()))
+		})
+	}
+	// The default creates them; then --create-topics=false starts too.
+	addr := freeAddr(t)
+	gw := start(t, "echo-gateway", "--brokers", brokers, "--listen", addr)
+	requireListening(t, gw.waitReady(t), addr)
+	if !strings.Contains(gw.Stderr(), "created topic") {
+		t.Errorf("echo-gateway did not log the topics it created\n%s", gw.output())
+	}
+	worker := start(t, "echo-worker", "--brokers", brokers, "--create-topics=false")
+	worker.waitReady(t)
+	checkUnary(t, echov1.NewEchoServiceClient(dial(t, addr)))
+	gw.stop(t)
+	worker.stop(t)
 }
 
 // call runs echo-call with args to its end and returns its standard output

@@ -102,6 +102,13 @@ const (
 	// broker's message.max.bytes / the topic's max.message.bytes remain
 	// the real limit.
 	DefaultMessageMaxBytes = 8 << 20
+	// DefaultTopicMetadataPropagationMaxMs is topic.metadata.propagation.max.ms
+	// for producers: how long a record for a topic the cluster does not list
+	// waits for the topic to appear before it fails as unknown. The topics
+	// the product creates have their partition leaders before CreateTopics
+	// returns, so no wait for propagation is needed; librdkafka's default
+	// (30 s) made a call to a missing topic hang that long.
+	DefaultTopicMetadataPropagationMaxMs = 1000
 	// DefaultFetchWaitMaxMs is fetch.wait.max.ms for consumers: how long
 	// the broker may hold an empty fetch (librdkafka default 500). A
 	// broker answers as soon as data arrives, so this does not add
@@ -139,6 +146,10 @@ const (
 //   - partitioner = murmur2_random (DefaultPartitioner): Java-compatible key
 //     partitioning. Required by the wire format; override at your own risk.
 //   - message.max.bytes = 8 MiB (DefaultMessageMaxBytes).
+//   - topic.metadata.propagation.max.ms = 1000
+//     (DefaultTopicMetadataPropagationMaxMs): a record for a topic the
+//     cluster does not have fails after 1 s with an error wrapping
+//     kafkaclient.ErrUnknownTopic, not after librdkafka's 30 s.
 //   - enable.idempotence = true on the acks=all producer (no duplicates or
 //     reordering on retries). The acks=1 and acks=0 producers always have
 //     enable.idempotence = false, which librdkafka requires.
@@ -307,6 +318,7 @@ func (c *Client) producerConfig(acks kafkaclient.Acks) kafka.ConfigMap {
 	setDefault(m, DefaultLingerMs, "linger.ms", "queue.buffering.max.ms")
 	setDefault(m, DefaultPartitioner, "partitioner")
 	setDefault(m, DefaultMessageMaxBytes, "message.max.bytes")
+	setDefault(m, DefaultTopicMetadataPropagationMaxMs, "topic.metadata.propagation.max.ms")
 	setDefault(m, "none", "go.delivery.report.fields")
 	setDefault(m, eventsChannelSize, "go.events.channel.size")
 	setDefault(m, 1, "go.produce.channel.size") // unused: we never use ProduceChannel

@@ -104,8 +104,12 @@ func (p *producer) drain() {
 // a topic just created; see waitLeaders). Such a record is reported with
 // kafkaclient.ErrUnknownOutcome.
 func deliveryError(acks kafkaclient.Acks, e *kafka.Message, topic string) error {
-	if e.TopicPartition.Error != nil {
-		return fmt.Errorf("confluent: produce to %s: %w", topic, e.TopicPartition.Error)
+	if err := e.TopicPartition.Error; err != nil {
+		var ke kafka.Error
+		if errors.As(err, &ke) && (ke.Code() == kafka.ErrUnknownTopicOrPart || ke.Code() == kafka.ErrUnknownTopic || ke.Code() == kafka.ErrUnknownPartition) {
+			return fmt.Errorf("confluent: produce to %s: %w (%w)", topic, kafkaclient.ErrUnknownTopic, err)
+		}
+		return fmt.Errorf("confluent: produce to %s: %w", topic, err)
 	}
 	if acks == kafkaclient.AcksAll && e.TopicPartition.Offset < 0 {
 		return fmt.Errorf("confluent: produce to %s [%d]: Kafka took the record for a duplicate of one it had and gave no offset: %w",

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -185,6 +186,8 @@ func (c *Client) produceOn(p *kgo.Client, tr *tracker, r *kafkaclient.Record, ac
 		if err != nil {
 			if errors.Is(err, kgo.ErrMaxBuffered) {
 				err = ErrQueueFull
+			} else if errors.Is(err, kerr.UnknownTopicOrPartition) {
+				err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, kr.Partition, kafkaclient.ErrUnknownTopic, err)
 			} else {
 				err = fmt.Errorf("franz: produce to %s partition %d: %w", r.Topic, kr.Partition, err)
 			}

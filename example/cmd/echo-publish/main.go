@@ -1,6 +1,7 @@
 // Command echo-publish produces EchoEvent records to the topic that the
 // example's fetch method, EchoEvents, streams to its callers: what a service
-// publishing events would do. Every caller of EchoEvents receives each record.
+// publishing events would do, with the generated typed publisher
+// (echov1.NewEchoService_EchoEvents_KafkaPublisher), one at a time. Every caller of EchoEvents receives each record.
 //
 //	echo-publish [--brokers 127.0.0.1:9092] [--count 1] [--message event] [--key ""] [--topic echo-events]
 //
@@ -15,11 +16,9 @@ import (
 	"strconv"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/internal/app"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 )
 
 func main() {
@@ -38,33 +37,24 @@ func main() {
 		return
 	}
 	defer client.Close()
-	type result struct {
-		rec *kafkaclient.Record
-		err error
+	// The generated typed publisher of EchoEvents: EchoEvent in, a record
+	// on its topic out.
+	var opts []runtime.PublisherOption
+	if *topic != "echo-events" {
+		opts = append(opts, runtime.PublisherTopicMapper(func(string) string { return *topic }))
 	}
-	done := make(chan result, *count)
-	for i := 1; i <= *count; i++ {
-		v, err := proto.Marshal(&echov1.EchoEvent{Message: *message + " " + strconv.Itoa(i)})
-		if err != nil {
-			app.Fatal(logger, "encoding an event", err)
-		}
-		rec := &kafkaclient.Record{Topic: *topic, Partition: kafkaclient.AnyPartition, Value: v}
-		if *key != "" {
-			rec.Key = []byte(*key)
-		}
-		client.Produce(rec, kafkaclient.AcksAll, func(r *kafkaclient.Record, err error) { done <- result{r, err} })
+	pub := echov1.NewEchoService_EchoEvents_KafkaPublisher(client, opts...)
+	var pubOpts []runtime.PublishOption
+	if *key != "" {
+		pubOpts = append(pubOpts, runtime.PublishKey([]byte(*key)))
 	}
 	wait, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	for range *count {
-		select {
-		case r := <-done:
-			if r.err != nil {
-				app.Fatal(logger, "producing", r.err)
-			}
-			fmt.Printf("echo-publish: %s/%d@%d\n", r.rec.Topic, r.rec.Partition, r.rec.Offset)
-		case <-wait.Done():
-			app.Fatal(logger, "producing", wait.Err())
+	for i := 1; i <= *count; i++ {
+		p, err := pub.Publish(wait, &echov1.EchoEvent{Message: *message + " " + strconv.Itoa(i)}, pubOpts...)
+		if err != nil {
+			app.Fatal(logger, "publishing", err)
 		}
+		fmt.Printf("echo-publish: %s\n", p)
 	}
 }

@@ -15,7 +15,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion2
+const _ = runtime.SupportPackageIsVersion3
 
 // The full gRPC method names of the methods of example.echo.v1.EchoService that
 // travel over Kafka, for interceptors and other code that tells these methods
@@ -233,4 +233,15 @@ func (x *EchoServiceKafkaGateway) EchoBidiStream(stream EchoService_EchoBidiStre
 // after the event id in metadata "last-message-id" when the caller sends one.
 func (x *EchoServiceKafkaGateway) EchoEvents(in *emptypb.Empty, stream EchoService_EchoEventsServer) error {
 	return runtime.GatewayFetch[EchoEvent](x.gw, _EchoService_EchoEvents_KafkaMethod, in, stream)
+}
+
+// NewEchoService_EchoEvents_KafkaPublisher returns a publisher of EchoEvent
+// messages to topic "echo-events", which EchoEvents streams to its callers:
+// Publish produces one record (PublishKey and PublishHeader set its key and
+// headers) and returns where Kafka wrote it. p is usually a Kafka client
+// (runtime/franz or runtime/confluent) and stays owned by the caller; rename
+// the topic with runtime.PublisherTopicMapper. The publisher is safe for
+// concurrent use.
+func NewEchoService_EchoEvents_KafkaPublisher(p runtime.Producer, opts ...runtime.PublisherOption) *runtime.Publisher[*EchoEvent] {
+	return runtime.NewPublisher[*EchoEvent](p, _EchoService_EchoEvents_KafkaMethod, opts...)
 }

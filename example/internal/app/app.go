@@ -1,6 +1,7 @@
 // Package app holds what the example binaries share: flags, the Kafka client,
-// topic creation, the gRPC server with health and reflection, and shutdown on
-// SIGTERM.
+// the topics of the service's spec (created, or checked with
+// --create-topics=false), the gRPC server with health and reflection, and
+// shutdown on SIGTERM.
 package app
 
 import (
@@ -28,14 +29,12 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/confluent"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/franz"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
-
-// Topics are the example's topics, created with 3 partitions when missing.
-var Topics = []string{"echo-requests", "echo-responses", "echo-events"}
 
 // Logger returns the binaries' logger: text on stderr, at LOG_LEVEL (debug,
 // info, warn, error; default info).
@@ -89,16 +88,22 @@ func NewClient(brokers string, logger *slog.Logger) (kafkaclient.Client, error) 
 	}
 }
 
+// createTopics is the --create-topics flag of every binary that connects to
+// Kafka.
+var createTopics = flag.Bool("create-topics", true,
+	"create the Kafka topics the echo service uses when missing (3 partitions, max.message.bytes 8 MiB); false: only check that they exist, and exit naming the missing ones")
+
 // Connect returns a Kafka client of brokers (the --client flag's library)
-// with the example's topics created. It exits the program on an error, and
-// returns ok false when a signal ended ctx while it was starting: the caller
-// then returns.
+// with the echo service's topics created, or with --create-topics=false
+// checked. It exits the program on an error (naming every missing topic),
+// and returns ok false when a signal ended ctx while it was starting: the
+// caller then returns.
 func Connect(ctx context.Context, brokers string, logger *slog.Logger) (c kafkaclient.Client, ok bool) {
 	c, err := NewClient(brokers, logger)
 	if err != nil {
 		Fatal(logger, "connecting to Kafka", err)
 	}
-	if err := EnsureTopics(ctx, c); err != nil {
+	if err := EnsureTopics(ctx, c, logger); err != nil {
 		_ = c.Close()
 		if ctx.Err() != nil {
 			return nil, false // stopped by a signal while starting
@@ -108,18 +113,16 @@ func Connect(ctx context.Context, brokers string, logger *slog.Logger) (c kafkac
 	return c, true
 }
 
-// EnsureTopics creates the example's topics when missing.
-func EnsureTopics(ctx context.Context, c kafkaclient.Client) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+// EnsureTopics creates the topics of the echo service's spec when missing
+// (every topic its methods use, from echov1.EchoServiceKafkaSpec), or with
+// --create-topics=false checks that they exist. Bounded by 10 s.
+func EnsureTopics(ctx context.Context, c kafkaclient.Client, logger *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	specs := make([]kafkaclient.TopicSpec, 0, len(Topics))
-	for _, t := range Topics {
-		specs = append(specs, kafkaclient.TopicSpec{Name: t, Partitions: 3, Config: kafkaclient.TopicConfig()})
-	}
-	if err := c.CreateTopics(ctx, specs); err != nil {
-		return fmt.Errorf("creating topics %v: %w", Topics, err)
-	}
-	return nil
+	return runtime.EnsureTopics(ctx, c, echov1.EchoServiceKafkaSpec.Topics(nil), runtime.EnsureTopicsOptions{
+		VerifyOnly: !*createTopics,
+		Logger:     logger,
+	})
 }
 
 // NewServer returns a gRPC server with the options recommended for a gateway

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,6 +33,7 @@ func Run(t *testing.T, f Factory) {
 		{"LargeRecord", testLargeRecord},
 		{"AcksLevels", testAcksLevels},
 		{"ProduceToClosedBrokerFails", testProduceToClosedBrokerFails},
+		{"ProduceToMissingTopicFails", testProduceToMissingTopicFails},
 		{"QueueFullAndCloseFailPending", testQueueFullAndCloseFailPending},
 		{"DebugLogsReachSlog", testDebugLogsReachSlog},
 		{"CallsAfterClose", testCallsAfterClose},
@@ -574,5 +576,31 @@ func testCallsAfterClose(t *testing.T, f Factory) {
 	}
 	if err := e.client.Flush(ctxT(t, 5*time.Second)); !errors.Is(err, kafkaclient.ErrClosed) {
 		t.Errorf("Flush after Close = %v", err)
+	}
+}
+
+// testProduceToMissingTopicFails: a record for a topic the cluster does not
+// have fails, without being waited on until a delivery timeout, with an
+// error wrapping kafkaclient.ErrUnknownTopic that names the topic (the
+// gateway answers NOT_FOUND from it). The broker does not create topics on
+// use (the embedded one never does; on Apache Kafka, see scripts/kafka.sh).
+func testProduceToMissingTopicFails(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{})
+	missing := e.name("never-created")
+	errc := make(chan error, 1)
+	start := time.Now()
+	e.client.Produce(&kafkaclient.Record{Topic: missing, Partition: kafkaclient.AnyPartition, Value: []byte("x")},
+		kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+	select {
+	case err := <-errc:
+		if !errors.Is(err, kafkaclient.ErrUnknownTopic) {
+			t.Fatalf("produce to a missing topic: %v, want an error wrapping ErrUnknownTopic", err)
+		}
+		if !strings.Contains(err.Error(), missing) {
+			t.Fatalf("produce to a missing topic: %q does not name the topic %s", err, missing)
+		}
+		t.Logf("%s: failed after %s: %v", f.Name, time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(15 * time.Second):
+		t.Fatalf("produce to a missing topic did not fail within 15 s")
 	}
 }

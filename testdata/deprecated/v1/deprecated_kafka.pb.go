@@ -14,7 +14,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion2
+const _ = runtime.SupportPackageIsVersion3
 
 // The full gRPC method names of the methods of
 // testdata.deprecated.v1.OldService that travel over Kafka, for interceptors

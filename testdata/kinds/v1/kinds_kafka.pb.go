@@ -15,7 +15,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion2
+const _ = runtime.SupportPackageIsVersion3
 
 // The full gRPC method names of the methods of testdata.kinds.v1.KindsService
 // that travel over Kafka, for interceptors and other code that tells these
@@ -213,6 +213,16 @@ func (x *KindsServiceKafkaGateway) BidiStream(stream KindsService_BidiStreamServ
 // after the event id in metadata "last-message-id" when the caller sends one.
 func (x *KindsServiceKafkaGateway) Events(in *emptypb.Empty, stream KindsService_EventsServer) error {
 	return runtime.GatewayFetch[Event](x.gw, _KindsService_Events_KafkaMethod, in, stream)
+}
+
+// NewKindsService_Events_KafkaPublisher returns a publisher of Event messages
+// to topic "kinds-events", which Events streams to its callers: Publish
+// produces one record (PublishKey and PublishHeader set its key and headers)
+// and returns where Kafka wrote it. p is usually a Kafka client (runtime/franz
+// or runtime/confluent) and stays owned by the caller; rename the topic with
+// runtime.PublisherTopicMapper. The publisher is safe for concurrent use.
+func NewKindsService_Events_KafkaPublisher(p runtime.Producer, opts ...runtime.PublisherOption) *runtime.Publisher[*Event] {
+	return runtime.NewPublisher[*Event](p, _KindsService_Events_KafkaMethod, opts...)
 }
 
 // The full gRPC method names of the methods of

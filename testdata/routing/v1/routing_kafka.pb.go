@@ -15,7 +15,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion2
+const _ = runtime.SupportPackageIsVersion3
 
 // The full gRPC method names of the methods of
 // testdata.routing.v1.RoutingService that travel over Kafka, for interceptors
@@ -331,6 +331,16 @@ func (x *RoutingServiceKafkaGateway) Feed(in *emptypb.Empty, stream RoutingServi
 	return runtime.GatewayFetch[Receipt](x.gw, _RoutingService_Feed_KafkaMethod, in, stream)
 }
 
+// NewRoutingService_Feed_KafkaPublisher returns a publisher of Receipt messages
+// to topic "feed", which Feed streams to its callers: Publish produces one
+// record (PublishKey and PublishHeader set its key and headers) and returns
+// where Kafka wrote it. p is usually a Kafka client (runtime/franz or
+// runtime/confluent) and stays owned by the caller; rename the topic with
+// runtime.PublisherTopicMapper. The publisher is safe for concurrent use.
+func NewRoutingService_Feed_KafkaPublisher(p runtime.Producer, opts ...runtime.PublisherOption) *runtime.Publisher[*Receipt] {
+	return runtime.NewPublisher[*Receipt](p, _RoutingService_Feed_KafkaMethod, opts...)
+}
+
 // The full gRPC method names of the methods of
 // testdata.routing.v1.FetchOnlyService that travel over Kafka, for interceptors
 // and other code that tells these methods apart. Each equals
@@ -417,4 +427,14 @@ func RegisterFetchOnlyServiceKafkaWorker(w *runtime.Worker, impl FetchOnlyServic
 // event id in metadata "last-message-id" when the caller sends one.
 func (x *FetchOnlyServiceKafkaGateway) Audit(in *emptypb.Empty, stream FetchOnlyService_AuditServer) error {
 	return runtime.GatewayFetch[Receipt](x.gw, _FetchOnlyService_Audit_KafkaMethod, in, stream)
+}
+
+// NewFetchOnlyService_Audit_KafkaPublisher returns a publisher of Receipt
+// messages to topic "audit", which Audit streams to its callers: Publish
+// produces one record (PublishKey and PublishHeader set its key and headers)
+// and returns where Kafka wrote it. p is usually a Kafka client (runtime/franz
+// or runtime/confluent) and stays owned by the caller; rename the topic with
+// runtime.PublisherTopicMapper. The publisher is safe for concurrent use.
+func NewFetchOnlyService_Audit_KafkaPublisher(p runtime.Producer, opts ...runtime.PublisherOption) *runtime.Publisher[*Receipt] {
+	return runtime.NewPublisher[*Receipt](p, _FetchOnlyService_Audit_KafkaMethod, opts...)
 }

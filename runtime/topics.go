@@ -1,0 +1,448 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// TopicRole says what a service uses a topic for. A topic can have several
+// roles (a request topic of one method and a route's request topic of
+// another): the roles are bits, or-ed together.
+type TopicRole uint8
+
+const (
+	// TopicRequest is a method's request topic (its default route).
+	TopicRequest TopicRole = 1 << iota
+	// TopicRouteRequest is the request topic of a route chosen by request
+	// metadata.
+	TopicRouteRequest
+	// TopicReply carries the replies of a method or a route.
+	TopicReply
+	// TopicFetch is the topic a fetch method streams to its callers.
+	TopicFetch
+	// TopicDeadLetter receives the request records of poison calls
+	// (WorkerDeadLetterTopic); a spec never lists one, add it yourself.
+	TopicDeadLetter
+)
+
+var roleNames = []string{"request", "route request", "reply", "fetch", "dead letter"}
+
+// String returns the roles in words, e.g. "request, reply".
+func (r TopicRole) String() string {
+	var parts []string
+	for i, n := range roleNames {
+		if r&(1<<i) != 0 {
+			parts = append(parts, n)
+		}
+	}
+	if len(parts) == 0 {
+		return "TopicRole(" + strconv.Itoa(int(r)) + ")"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Topic is one Kafka topic a service uses.
+type Topic struct {
+	// Name is the topic's name, after the topic mapper.
+	Name string
+	// Role holds every role the topic has for the methods listed.
+	Role TopicRole
+	// Methods are the full gRPC method names (e.g.
+	// "/example.echo.v1.EchoService/EchoUnary") that use the topic, in spec
+	// order; empty for a topic added by hand, such as a dead-letter topic.
+	Methods []string
+}
+
+// Topics lists every topic the service's methods use: request topics (of
+// the default route and of routes chosen by metadata), reply topics and
+// fetch topics, each once, in the order the spec first names them. mapper
+// resolves the names as runtime.WithTopicMapper does (give both the same
+// function); nil leaves them unchanged. The spec is not modified; safe for
+// concurrent use.
+func (s *ServiceSpec) Topics(mapper func(topic string) string) []Topic {
+	var l topicList
+	for _, m := range s.Methods {
+		l.addMethod(m, mapper)
+	}
+	return l.topics
+}
+
+// topicList collects topics by name, merging roles and methods.
+type topicList struct {
+	topics []Topic
+	index  map[string]int
+}
+
+func (l *topicList) add(name string, role TopicRole, method string) {
+	if name == "" {
+		return
+	}
+	if l.index == nil {
+		l.index = map[string]int{}
+	}
+	i, ok := l.index[name]
+	if !ok {
+		i = len(l.topics)
+		l.index[name] = i
+		l.topics = append(l.topics, Topic{Name: name})
+	}
+	t := &l.topics[i]
+	t.Role |= role
+	if method != "" && (len(t.Methods) == 0 || t.Methods[len(t.Methods)-1] != method) {
+		for _, have := range t.Methods {
+			if have == method {
+				return
+			}
+		}
+		t.Methods = append(t.Methods, method)
+	}
+}
+
+func (l *topicList) addMethod(m *MethodSpec, mapper func(string) string) {
+	mapName := func(t string) string {
+		if mapper == nil || t == "" {
+			return t
+		}
+		return mapper(t)
+	}
+	full := m.FullMethod()
+	if m.Fetch != nil {
+		l.add(mapName(m.Fetch.Topic), TopicFetch, full)
+		return
+	}
+	for _, r := range m.Routes {
+		role := TopicRequest
+		if len(r.When) > 0 {
+			role = TopicRouteRequest
+		}
+		l.add(mapName(r.Topic), role, full)
+		if !r.Oneway {
+			l.add(mapName(r.ReplyTopic), TopicReply, full)
+		}
+	}
+}
+
+// TopicAdmin is the part of a Kafka client EnsureTopics needs;
+// kafkaclient.Client implements it.
+type TopicAdmin interface {
+	// CreateTopics creates the topics that do not exist yet.
+	CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpec) error
+	// Partitions lists a topic's partitions; a missing topic is an error
+	// wrapping kafkaclient.ErrUnknownTopic.
+	Partitions(ctx context.Context, topic string) ([]int32, error)
+}
+
+// EnsureTopicsOptions configures EnsureTopics. The zero value creates the
+// missing topics with the defaults below.
+type EnsureTopicsOptions struct {
+	// VerifyOnly checks that the topics exist and creates none: for
+	// clusters where the application may not create topics.
+	VerifyOnly bool
+	// Partitions of each topic created. Default 3.
+	Partitions int32
+	// ReplicationFactor of each topic created. Default 0: the broker's
+	// default.
+	ReplicationFactor int16
+	// MaxMessageBytes is the max.message.bytes of each topic created.
+	// Default kafkaclient.MaxMessageBytes (8 MiB), the record size both
+	// Kafka clients are configured for.
+	MaxMessageBytes int
+	// Logger, when set, gets one Info line per topic created.
+	Logger *slog.Logger
+}
+
+// DefaultTopicPartitions is the partition count EnsureTopics creates topics
+// with when EnsureTopicsOptions.Partitions is 0.
+const DefaultTopicPartitions = 3
+
+// defaultEnsureTimeout bounds EnsureTopics when ctx has no deadline.
+const defaultEnsureTimeout = 30 * time.Second
+
+// MissingTopicsError is returned by EnsureTopics with VerifyOnly when
+// topics do not exist. It wraps kafkaclient.ErrUnknownTopic.
+type MissingTopicsError struct {
+	// Topics that do not exist, in the order they were given.
+	Topics []Topic
+}
+
+// Error names every missing topic, its roles and its methods.
+func (e *MissingTopicsError) Error() string {
+	var b strings.Builder
+	if len(e.Topics) == 1 {
+		b.WriteString("kafkarpc: a Kafka topic does not exist: ")
+	} else {
+		fmt.Fprintf(&b, "kafkarpc: %d Kafka topics do not exist: ", len(e.Topics))
+	}
+	for i, t := range e.Topics {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(describeTopic(t))
+	}
+	b.WriteString(" (create them, or let the program create them)")
+	return b.String()
+}
+
+// Unwrap returns kafkaclient.ErrUnknownTopic.
+func (e *MissingTopicsError) Unwrap() error { return kafkaclient.ErrUnknownTopic }
+
+// describeTopic says "name (role topic of M1, M2)".
+func describeTopic(t Topic) string {
+	if len(t.Methods) == 0 {
+		return fmt.Sprintf("%s (%s topic)", t.Name, t.Role)
+	}
+	ms := make([]string, len(t.Methods))
+	for i, m := range t.Methods {
+		ms[i] = m[strings.LastIndexByte(m, '/')+1:]
+	}
+	return fmt.Sprintf("%s (%s topic of %s)", t.Name, t.Role, strings.Join(ms, ", "))
+}
+
+// EnsureTopics makes sure topics exist: it looks each one up and creates
+// those that are missing, with opts' partitions, replication factor and
+// max.message.bytes (topics that exist are left as they are). With
+// opts.VerifyOnly it creates nothing and returns a *MissingTopicsError
+// naming every missing topic. Topics named twice are looked up once. It is
+// bounded by ctx, or by 30 s when ctx has no deadline, and safe to call
+// concurrently (several processes creating the same topics is not an
+// error). Typical use, before
+// starting a gateway or a worker:
+//
+//	topics := echov1.EchoServiceKafkaSpec.Topics(nil)
+//	err := runtime.EnsureTopics(ctx, client, topics, runtime.EnsureTopicsOptions{})
+func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts EnsureTopicsOptions) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultEnsureTimeout)
+		defer cancel()
+	}
+	var l topicList
+	for _, t := range topics {
+		if len(t.Methods) == 0 {
+			l.add(t.Name, t.Role, "")
+		}
+		for _, m := range t.Methods {
+			l.add(t.Name, t.Role, m)
+		}
+	}
+	var missing []Topic
+	for _, t := range l.topics {
+		_, err := admin.Partitions(ctx, t.Name)
+		switch {
+		case err == nil:
+		case errors.Is(err, kafkaclient.ErrUnknownTopic):
+			missing = append(missing, t)
+		default:
+			return fmt.Errorf("kafkarpc: looking up topic %s: %w", t.Name, err)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if opts.VerifyOnly {
+		return &MissingTopicsError{Topics: missing}
+	}
+	partitions := opts.Partitions
+	if partitions <= 0 {
+		partitions = DefaultTopicPartitions
+	}
+	maxBytes := opts.MaxMessageBytes
+	if maxBytes <= 0 {
+		maxBytes = kafkaclient.MaxMessageBytes
+	}
+	specs := make([]kafkaclient.TopicSpec, len(missing))
+	names := make([]string, len(missing))
+	for i, t := range missing {
+		names[i] = t.Name
+		specs[i] = kafkaclient.TopicSpec{Name: t.Name, Partitions: partitions, ReplicationFactor: opts.ReplicationFactor,
+			Config: map[string]string{"max.message.bytes": strconv.Itoa(maxBytes)}}
+	}
+	if err := admin.CreateTopics(ctx, specs); err != nil {
+		return fmt.Errorf("kafkarpc: creating topics %s: %w", strings.Join(names, ", "), err)
+	}
+	if opts.Logger != nil {
+		for _, t := range missing {
+			opts.Logger.Info("kafkarpc: created topic", "topic", t.Name, "role", t.Role.String(),
+				"partitions", partitions, "max.message.bytes", maxBytes)
+		}
+	}
+	return nil
+}
+
+// Run-time checks of topic existence: the gateway looks a route's request
+// topic up before producing (cached, see topicGuard), and the worker watches
+// its request topics (watchRequestTopics).
+
+// Freshness of the gateway's knowledge of a topic: a topic seen to exist is
+// looked up again by the first call more than topicPresentFresh after the
+// last lookup (so that a deleted topic is noticed); one seen missing, by the
+// first call more than topicMissingFresh after (so that a topic created
+// meanwhile is used). Variables so that tests can shorten them.
+var (
+	topicPresentFresh = time.Second
+	topicMissingFresh = 200 * time.Millisecond
+)
+
+// topicGuard remembers which topics exist, for the gateway. The zero value
+// is ready; safe for concurrent use.
+type topicGuard struct {
+	states sync.Map // topic -> *topicState
+}
+
+type topicState struct {
+	checked  atomic.Int64 // unix nanoseconds of the last lookup
+	missing  atomic.Bool
+	checking atomic.Bool // one lookup at a time
+}
+
+// check returns a NOT_FOUND status naming topic when the topic is known not
+// to exist, looking it up (bounded by timeout) when what is known is stale.
+// A lookup that fails for another reason (a broker down) lets the call go
+// on: producing reports such problems itself.
+func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, method string) error {
+	v, ok := tg.states.Load(topic)
+	if !ok {
+		v, _ = tg.states.LoadOrStore(topic, &topicState{})
+	}
+	st := v.(*topicState)
+	now := time.Now().UnixNano()
+	fresh := topicPresentFresh
+	if st.missing.Load() {
+		fresh = topicMissingFresh
+	}
+	if checked := st.checked.Load(); checked != 0 && time.Duration(now-checked) < fresh || !st.checking.CompareAndSwap(false, true) {
+		if st.missing.Load() {
+			return missingTopicStatus(topic, method)
+		}
+		return nil
+	}
+	defer st.checking.Store(false)
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	_, err := admin.Partitions(lctx, topic)
+	switch {
+	case err == nil:
+		st.missing.Store(false)
+	case errors.Is(err, kafkaclient.ErrUnknownTopic):
+		st.missing.Store(true)
+	default:
+		// Unknown (a broker down, a timeout): keep what was known, let the
+		// produce tell, and look again only once the state is stale again.
+	}
+	st.checked.Store(time.Now().UnixNano())
+	if st.missing.Load() {
+		return missingTopicStatus(topic, method)
+	}
+	return nil
+}
+
+// markMissing records that producing to topic failed because it does not
+// exist, so that the next calls fail at once.
+func (tg *topicGuard) markMissing(topic string) {
+	v, _ := tg.states.LoadOrStore(topic, &topicState{})
+	st := v.(*topicState)
+	st.missing.Store(true)
+	st.checked.Store(time.Now().UnixNano())
+}
+
+// missingTopicStatus is the status of a call whose topic does not exist:
+// NOT_FOUND, not UNAVAILABLE, because retrying does not help until someone
+// creates the topic, and gRPC retry policies and resuming clients retry
+// UNAVAILABLE.
+func missingTopicStatus(topic, method string) error {
+	return status.Errorf(codes.NotFound, "%s: Kafka topic %q does not exist", method, topic)
+}
+
+// unknownTopic reports whether err says a topic does not exist.
+func unknownTopic(err error) bool { return errors.Is(err, kafkaclient.ErrUnknownTopic) }
+
+// checkTopic is the gateway's check of a call's request topic; see
+// topicGuard.check.
+func (g *Gateway) checkTopic(ctx context.Context, m *MethodSpec, topic string) error {
+	return g.topics.check(ctx, g.client, topic, g.cfg.setupTimeout, m.FullMethod())
+}
+
+// topicMissing is the status of a call whose request record failed because
+// its topic does not exist (deleted after the gateway last looked it up):
+// NOT_FOUND naming the topic; the next calls fail at once.
+func (g *Gateway) topicMissing(m *MethodSpec, topic string, err error) error {
+	g.topics.markMissing(topic)
+	return status.Errorf(codes.NotFound, "%s: Kafka topic %q does not exist: %v", m.FullMethod(), topic, err)
+}
+
+// Intervals of the worker's watch of its request topics: while one is
+// missing, it looks again after topicWatchRetry, doubling up to
+// topicWatchMax; while all exist, every topicWatchMax.
+var (
+	topicWatchRetry = time.Second
+	topicWatchMax   = 30 * time.Second
+)
+
+// watchRequestTopics looks the worker's request topics up until ctx ends:
+// a missing one is logged at error level, naming it, every time it is
+// looked up and still missing (after 1 s, then less and less often, at
+// least every 30 s); once it exists again an Info line says so. The
+// consumer group keeps retrying by itself meanwhile. The worker starts it
+// in Start.
+func watchRequestTopics(ctx context.Context, admin TopicAdmin, topics []string, group string, logger *slog.Logger) {
+	missing := map[string]bool{}
+	wait := topicWatchRetry
+	for {
+		anyMissing := false
+		for _, t := range topics {
+			lctx, cancel := context.WithTimeout(ctx, topicWatchMax)
+			_, err := admin.Partitions(lctx, t)
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			switch {
+			case err == nil:
+				if missing[t] {
+					delete(missing, t)
+					logger.Info("kafkarpc: request topic exists now", "topic", t, "group", group)
+				}
+			case unknownTopic(err):
+				anyMissing = true
+				missing[t] = true
+				logger.Error("kafkarpc: request topic does not exist: no call sent to it is served until it is created; retrying",
+					"topic", t, "group", group, "retry_in", wait.String())
+			default:
+				logger.Debug("kafkarpc: looking up request topic", "topic", t, "error", err)
+			}
+		}
+		next := topicWatchMax
+		if anyMissing {
+			next = wait
+			wait = min(2*wait, topicWatchMax)
+		} else {
+			wait = topicWatchRetry
+		}
+		t := time.NewTimer(next)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// watchTopics starts watchRequestTopics on the worker's request topics,
+// until the worker stops polling. The caller holds w.regMu (Start does).
+func (w *Worker) watchTopics() {
+	go watchRequestTopics(w.pollCtx, w.client, slices.Clone(w.topics), w.cfg.groupID, w.cfg.logger)
+}

@@ -1,0 +1,365 @@
+package runtime_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	routingv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/routing/v1"
+)
+
+// topicsSpec has every role: a default route, a route by metadata with its
+// own request and reply topics, a oneway method and a fetch.
+var topicsSpec = &runtime.ServiceSpec{
+	Name: "t.v1.S",
+	Methods: []*runtime.MethodSpec{
+		{Service: "t.v1.S", Method: "A", Routes: []runtime.Route{
+			{When: []runtime.MetadataMatch{{Name: "tenant", Value: "vip"}}, Topic: "vip-req", ReplyTopic: "vip-rep"},
+			{Topic: "req", ReplyTopic: "rep"},
+		}},
+		{Service: "t.v1.S", Method: "B", Routes: []runtime.Route{{Topic: "req", ReplyTopic: "rep"}}},
+		{Service: "t.v1.S", Method: "C", Routes: []runtime.Route{
+			{When: []runtime.MetadataMatch{{Name: "x"}}, Topic: "req", ReplyTopic: "rep"},
+			{Topic: "oneway", Oneway: true},
+		}},
+		{Service: "t.v1.S", Method: "Events", Kind: runtime.KindServerStream, Fetch: &runtime.FetchSpec{Topic: "events"}},
+	},
+}
+
+func TestServiceSpecTopics(t *testing.T) {
+	got := topicsSpec.Topics(func(s string) string { return "env." + s })
+	want := []runtime.Topic{
+		{Name: "env.vip-req", Role: runtime.TopicRouteRequest, Methods: []string{"/t.v1.S/A"}},
+		{Name: "env.vip-rep", Role: runtime.TopicReply, Methods: []string{"/t.v1.S/A"}},
+		{Name: "env.req", Role: runtime.TopicRequest | runtime.TopicRouteRequest, Methods: []string{"/t.v1.S/A", "/t.v1.S/B", "/t.v1.S/C"}},
+		{Name: "env.rep", Role: runtime.TopicReply, Methods: []string{"/t.v1.S/A", "/t.v1.S/B", "/t.v1.S/C"}},
+		{Name: "env.oneway", Role: runtime.TopicRequest, Methods: []string{"/t.v1.S/C"}},
+		{Name: "env.events", Role: runtime.TopicFetch, Methods: []string{"/t.v1.S/Events"}},
+	}
+	if !slices.EqualFunc(got, want, func(a, b runtime.Topic) bool {
+		return a.Name == b.Name && a.Role == b.Role && slices.Equal(a.Methods, b.Methods)
+	}) {
+		t.Fatalf("Topics:\n got %+v\nwant %+v", got, want)
+	}
+	if s := (runtime.TopicRequest | runtime.TopicRouteRequest | runtime.TopicDeadLetter).String(); s != "request, route request, dead letter" {
+		t.Errorf("TopicRole.String = %q", s)
+	}
+	// Without a mapper the names are the spec's.
+	if got := echov1.EchoServiceKafkaSpec.Topics(nil); len(got) != 3 || got[0].Name != "echo-requests" || got[1].Name != "echo-responses" || got[2].Name != "echo-events" {
+		t.Errorf("echo Topics(nil) = %+v", got)
+	}
+}
+
+// fakeAdmin records CreateTopics and knows the topics in have.
+type fakeAdmin struct {
+	have    map[string]bool
+	created []kafkaclient.TopicSpec
+}
+
+func (a *fakeAdmin) CreateTopics(_ context.Context, ts []kafkaclient.TopicSpec) error {
+	a.created = append(a.created, ts...)
+	for _, t := range ts {
+		a.have[t.Name] = true
+	}
+	return nil
+}
+
+func (a *fakeAdmin) Partitions(_ context.Context, topic string) ([]int32, error) {
+	if !a.have[topic] {
+		return nil, kafkaclient.ErrUnknownTopic
+	}
+	return []int32{0}, nil
+}
+
+func TestEnsureTopicsSettings(t *testing.T) {
+	a := &fakeAdmin{have: map[string]bool{"req": true}}
+	topics := append(topicsSpec.Topics(nil), runtime.Topic{Name: "dlq", Role: runtime.TopicDeadLetter})
+	if err := runtime.EnsureTopics(context.Background(), a, topics, runtime.EnsureTopicsOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range a.created {
+		names = append(names, s.Name)
+		if s.Partitions != runtime.DefaultTopicPartitions || s.Config["max.message.bytes"] != "8388608" || s.ReplicationFactor != 0 {
+			t.Errorf("created %+v, want 3 partitions, max.message.bytes 8388608, the broker's replication factor", s)
+		}
+	}
+	if want := []string{"vip-req", "vip-rep", "rep", "oneway", "events", "dlq"}; !slices.Equal(names, want) {
+		t.Errorf("created %v, want the missing ones %v", names, want)
+	}
+	a = &fakeAdmin{have: map[string]bool{}}
+	err := runtime.EnsureTopics(context.Background(), a, []runtime.Topic{{Name: "x"}}, runtime.EnsureTopicsOptions{Partitions: 12, ReplicationFactor: 3, MaxMessageBytes: 1 << 20})
+	if err != nil || len(a.created) != 1 || a.created[0].Partitions != 12 || a.created[0].ReplicationFactor != 3 || a.created[0].Config["max.message.bytes"] != "1048576" {
+		t.Errorf("EnsureTopics with settings: %v, created %+v", err, a.created)
+	}
+}
+
+// TestEnsureTopics verifies and creates the echo service's topics on the
+// test's Kafka, with the test's client.
+func TestEnsureTopics(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("t") + "."
+	topics := echov1.EchoServiceKafkaSpec.Topics(func(s string) string { return prefix + s })
+	ctx := ctxFor(t, 60*time.Second)
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-responses")
+
+	err := runtime.EnsureTopics(ctx, kc, topics, runtime.EnsureTopicsOptions{VerifyOnly: true})
+	var missing *runtime.MissingTopicsError
+	if !errors.As(err, &missing) || !errors.Is(err, kafkaclient.ErrUnknownTopic) {
+		t.Fatalf("VerifyOnly with topics missing: %v, want a *MissingTopicsError wrapping ErrUnknownTopic", err)
+	}
+	msg := err.Error()
+	for _, want := range []string{"2 Kafka topics do not exist", prefix + "echo-requests (request topic of EchoUnary, EchoServerStream, EchoClientStream, EchoBidiStream)", prefix + "echo-events (fetch topic of EchoEvents)"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not say %q", msg, want)
+		}
+	}
+	if strings.Contains(msg, prefix+"echo-responses") {
+		t.Errorf("error %q names a topic that exists", msg)
+	}
+
+	if err := runtime.EnsureTopics(ctx, kc, topics, runtime.EnsureTopicsOptions{}); err != nil {
+		t.Fatalf("EnsureTopics creating: %v", err)
+	}
+	if err := runtime.EnsureTopics(ctx, kc, topics, runtime.EnsureTopicsOptions{VerifyOnly: true}); err != nil {
+		t.Fatalf("VerifyOnly after creating: %v", err)
+	}
+	parts, err := kc.Partitions(ctx, prefix+"echo-requests")
+	if err != nil || len(parts) != runtime.DefaultTopicPartitions {
+		t.Fatalf("created request topic has partitions %v (%v), want %d", parts, err, runtime.DefaultTopicPartitions)
+	}
+	if parts, _ := kc.Partitions(ctx, prefix+"echo-responses"); len(parts) != 1 {
+		t.Fatalf("the existing reply topic was changed: partitions %v", parts)
+	}
+}
+
+// deleteTopic deletes topic with an admin client of its own.
+func deleteTopic(t *testing.T, brokers, topic string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	resp, err := kadm.NewClient(cl).DeleteTopics(ctxFor(t, 30*time.Second), topic)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		t.Fatalf("deleting topic %s: %v", topic, err)
+	}
+}
+
+// requireNotFound requires err to be NOT_FOUND naming topic, and the call to
+// have ended within 10 s of start (the callers' deadlines are 60 s).
+func requireNotFound(t *testing.T, what string, err error, topic string, start time.Time) {
+	t.Helper()
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("%s took %s, want it to end at once", what, took)
+	}
+	st := status.Convert(err)
+	if st.Code() != codes.NotFound || !strings.Contains(st.Message(), `"`+topic+`"`) {
+		t.Fatalf("%s: %v, want NOT_FOUND naming topic %q", what, err, topic)
+	}
+}
+
+// TestGatewayMissingTopic: a call whose request topic does not exist, or
+// was deleted, ends at once with NOT_FOUND naming the topic; so does a fetch
+// of a missing topic; once the topic exists the calls go through.
+func TestGatewayMissingTopic(t *testing.T) {
+	brokers := kafkatest.Brokers(t)
+	kc := kafkatest.NewClient(t, brokers)
+	prefix := kafkatest.Unique("t") + "."
+	req, events := prefix+"echo-requests", prefix+"echo-events"
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-responses")
+	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+	logger := runtime.WithLogger(kafkatest.Logger(t))
+	restore := runtime.SetTopicFreshness(0, 0) // every call looks its topic up
+	t.Cleanup(restore)
+
+	gw := runtime.NewGateway(kc, mapper, logger)
+	t.Cleanup(func() { _ = gw.Close() })
+	client := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	ctx := ctxFor(t, 60*time.Second)
+
+	start := time.Now()
+	_, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"})
+	requireNotFound(t, "EchoUnary to a missing topic", err, req, start)
+	start = time.Now()
+	s, err := client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "x"})
+	if err == nil {
+		_, err = s.Recv()
+	}
+	requireNotFound(t, "EchoServerStream to a missing topic", err, req, start)
+	start = time.Now()
+	ev, err := client.EchoEvents(ctx, &emptypb.Empty{})
+	if err == nil {
+		_, err = ev.Recv()
+	}
+	requireNotFound(t, "EchoEvents of a missing topic", err, events, start)
+
+	// Created: served.
+	kafkatest.CreateTopics(t, kc, 1, req)
+	worker := runtime.NewWorker(kc, mapper, logger, runtime.WorkerGroupID(prefix+"workers"))
+	if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := worker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = worker.Close() })
+	<-worker.Ready()
+	if resp, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"}); err != nil || resp.GetMessage() != "after" {
+		t.Fatalf("EchoUnary once the topic exists: %v, %v", resp, err)
+	}
+
+	// Deleted: looked up again, NOT_FOUND at once.
+	deleteTopic(t, brokers, req)
+	start = time.Now()
+	_, err = client.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"})
+	requireNotFound(t, "EchoUnary after the topic was deleted", err, req, start)
+}
+
+// TestGatewayTopicDeletedUnnoticed: when the gateway still believes the
+// topic exists, the produce error tells: the call ends with NOT_FOUND
+// naming the topic, within the client's second, not at its deadline.
+func TestGatewayTopicDeletedUnnoticed(t *testing.T) {
+	restore := runtime.SetTopicFreshness(time.Hour, time.Hour) // no second lookup
+	t.Cleanup(restore)
+	e := setup(t, echoserver.Server{})
+	ctx := ctxFor(t, 60*time.Second)
+	if _, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	req := e.topic("echo-requests")
+	deleteTopic(t, e.brokers, req)
+	start := time.Now()
+	_, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"})
+	requireNotFound(t, "EchoUnary to a deleted topic", err, req, start)
+	// Remembered: the next call ends without producing.
+	start = time.Now()
+	_, err = e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "y"})
+	requireNotFound(t, "EchoUnary after the produce error", err, req, start)
+}
+
+// logCatcher is a slog handler passing records to a test.
+type logCatcher struct {
+	records chan slog.Record
+}
+
+func (h *logCatcher) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logCatcher) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case h.records <- r.Clone():
+	default: // the test reads what it waits for; the rest may be dropped
+	}
+	return nil
+}
+func (h *logCatcher) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *logCatcher) WithGroup(string) slog.Handler      { return h }
+
+// waitLog returns the first record at level whose message contains msg and
+// whose "topic" attribute is topic.
+func (h *logCatcher) waitLog(t *testing.T, level slog.Level, msg, topic string) slog.Record {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case r := <-h.records:
+			if r.Level != level || !strings.Contains(r.Message, msg) {
+				continue
+			}
+			found := false
+			r.Attrs(func(a slog.Attr) bool {
+				found = found || a.Key == "topic" && a.Value.String() == topic
+				return true
+			})
+			if found {
+				return r
+			}
+		case <-timeout:
+			t.Fatalf("no %s log %q naming topic %s within 30 s", level, msg, topic)
+		}
+	}
+}
+
+// TestWorkerMissingTopic: a worker whose request topic does not exist says
+// so at error level, naming it, keeps trying, and serves once it exists.
+func TestWorkerMissingTopic(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("t") + "."
+	req := prefix + "echo-requests"
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-responses")
+	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+	logs := &logCatcher{records: make(chan slog.Record, 1024)}
+	worker := runtime.NewWorker(kc, mapper, runtime.WithLogger(slog.New(logs)), runtime.WorkerGroupID(prefix+"workers"))
+	if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := worker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = worker.Close() })
+	logs.waitLog(t, slog.LevelError, "request topic does not exist", req)
+
+	kafkatest.CreateTopics(t, kc, 1, req)
+	logs.waitLog(t, slog.LevelInfo, "request topic exists now", req)
+	gw := runtime.NewGateway(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	client := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	if resp, err := client.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "served"}); err != nil || resp.GetMessage() != "served" {
+		t.Fatalf("EchoUnary once the topic exists: %v, %v", resp, err)
+	}
+}
+
+// TestGatewayMissingRouteTopic: the issue's case, a route chosen by
+// metadata whose request topic was never created (and whose records are
+// produced with acks=0, so no broker error would ever tell): the call ends
+// at once with NOT_FOUND naming the route's topic.
+func TestGatewayMissingRouteTopic(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("t") + "."
+	var create []string
+	for _, tp := range routingv1.RoutingServiceKafkaSpec.Topics(func(s string) string { return prefix + s }) {
+		if tp.Name != prefix+"acme-requests" {
+			create = append(create, tp.Name)
+		}
+	}
+	kafkatest.CreateTopics(t, kc, 1, create...)
+	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	client := routingv1.NewRoutingServiceClient(serve(t, func(s *grpc.Server) {
+		if err := routingv1.RegisterRoutingServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "x-tenant", "acme", "x-region", "eu")
+	start := time.Now()
+	_, err := client.Route(ctx, &routingv1.Order{Id: "1"})
+	requireNotFound(t, "Route on the acme route", err, prefix+"acme-requests", start)
+}
