@@ -57,6 +57,9 @@ type fetchCall struct {
 // id, catches up from Kafka if it is behind the window, then follows the
 // hub until the caller goes, falls behind, or the gateway closes. md is the
 // caller's metadata (resume id, key), read and never changed.
+// It is longer than most: its steps (position, catch up, follow) share the
+// call's state and error paths, and the hand-over between them reads in
+// order in one place.
 func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, stream grpc.ServerStream, carrier func([]byte) proto.Message) (err error) {
 	ctx := stream.Context()
 	g := f.g
@@ -197,6 +200,8 @@ func (c *fetchCall) position() (bool, error) {
 // lo to hi of each partition, so a caller at or past lo and not past hi on
 // every partition continues from the window with no gap and, skipping what
 // it already has, no repeat.
+// It is one function because the reader's life (open, read, hand over,
+// close) and the no-gap invariant of the hand-over belong together.
 func (c *fetchCall) catchUp() error {
 	f, g, h := c.f, c.f.g, c.hub
 	select {

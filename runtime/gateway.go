@@ -278,6 +278,35 @@ func (g *Gateway) Unary(ctx context.Context, m *MethodSpec, in, out proto.Messag
 	return nil
 }
 
+// relayRequests produces the request messages of a client stream as the
+// caller sends them, and ends the request stream when the caller half-closes
+// (or with a cancel when the stream fails). It runs on a goroutine of its
+// own, beside the one relaying the replies.
+func relayRequests[Req any, PReq interface {
+	*Req
+	proto.Message
+}](c *gwCall, stream grpc.ServerStream) {
+	for {
+		req := PReq(new(Req))
+		err := stream.RecvMsg(req)
+		if err == io.EOF {
+			c.sendEnd(false)
+			return
+		}
+		if err != nil {
+			c.sendEnd(true)
+			return
+		}
+		b, err := proto.Marshal(req)
+		if err != nil {
+			c.fail(status.Errorf(codes.Internal, "%s: encoding request: %v", c.m.FullMethod(), err))
+			c.sendEnd(true)
+			return
+		}
+		c.sendData(b)
+	}
+}
+
 // GatewayStream relays a streaming call on stream. in is the request of a
 // server-streaming call; for client-streaming and bidi calls it is nil and
 // the requests are read from stream until the caller half-closes. Replies are
@@ -305,27 +334,7 @@ func GatewayStream[Req, Resp any, PReq interface {
 		c.sendData(b)
 		c.sendEnd(false)
 	} else {
-		go func() {
-			for {
-				req := PReq(new(Req))
-				err := stream.RecvMsg(req)
-				if err == io.EOF {
-					c.sendEnd(false)
-					return
-				}
-				if err != nil {
-					c.sendEnd(true)
-					return
-				}
-				b, err := proto.Marshal(req)
-				if err != nil {
-					c.fail(status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err))
-					c.sendEnd(true)
-					return
-				}
-				c.sendData(b)
-			}
-		}()
+		go relayRequests[Req, PReq](c, stream)
 	}
 	if c.rp.route.Oneway {
 		if err := c.awaitRequestEnd(ctx); err != nil {

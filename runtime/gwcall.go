@@ -60,13 +60,7 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
-	rp := &p.routes[len(p.routes)-1]
-	for i := range p.routes {
-		if matchRoute(p.routes[i].route.When, md) {
-			rp = &p.routes[i]
-			break
-		}
-	}
+	rp := p.route(md)
 	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, reqDone: make(chan struct{}), signal: make(chan struct{}, 1),
 		start: time.Now(), tel: p.tel, ctx: ctx}
 	c.tel.begin(ctx)
@@ -83,23 +77,8 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 		}
 	}
 	if !rp.route.Oneway {
-		base := ""
-		if v := md.Get(wire.IdempotencyKeyMetadata); len(v) > 0 && v[0] != "" {
-			base = v[0]
-		}
-		c.id = rp.router.correlationID(base, rp.hash)
-		if base != "" {
-			// A retry shares the correlation id of the earlier attempts:
-			// the attempt id keeps their late replies out of this one.
-			c.attempt = []byte(wire.NewUUID())
-			req.Attempt = c.attempt
-			if err := rp.router.ensureReading(ctx, c.id); err != nil {
-				return nil, c.abandon(status.Errorf(codes.Unavailable, "%s: %v", m.FullMethod(), err))
-			}
-		}
-		req.CorrelationID = []byte(c.id) // one copy for the header and the key: records only read them
-		if c.key == nil {
-			c.key = req.CorrelationID
+		if err := c.correlate(ctx, md, &req); err != nil {
+			return nil, c.abandon(err)
 		}
 	} else if c.key == nil {
 		c.key = []byte(wire.NewUUID()) // keeps a oneway stream's records in order on one partition
@@ -120,6 +99,43 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 		send.SetAttributes(attribute.String("messaging.message.conversation_id", c.id))
 	}
 	return c, nil
+}
+
+// route returns the first route of p whose conditions md meets, or the
+// last (the method's default).
+func (p *methodPrep) route(md metadata.MD) *routePrep {
+	for i := range p.routes {
+		if matchRoute(p.routes[i].route.When, md) {
+			return &p.routes[i]
+		}
+	}
+	return &p.routes[len(p.routes)-1]
+}
+
+// correlate gives a call that expects replies its correlation id (from the
+// caller's idempotency-key, or fresh) and, when keyed, its attempt id, and
+// puts both on req; the id is also the record key unless the route sets one.
+func (c *gwCall) correlate(ctx context.Context, md metadata.MD, req *wire.Request) error {
+	rp := c.rp
+	base := ""
+	if v := md.Get(wire.IdempotencyKeyMetadata); len(v) > 0 && v[0] != "" {
+		base = v[0]
+	}
+	c.id = rp.router.correlationID(base, rp.hash)
+	if base != "" {
+		// A retry shares the correlation id of the earlier attempts: the
+		// attempt id keeps their late replies out of this one.
+		c.attempt = []byte(wire.NewUUID())
+		req.Attempt = c.attempt
+		if err := rp.router.ensureReading(ctx, c.id); err != nil {
+			return status.Errorf(codes.Unavailable, "%s: %v", c.m.FullMethod(), err)
+		}
+	}
+	req.CorrelationID = []byte(c.id) // one copy for the header and the key: records only read them
+	if c.key == nil {
+		c.key = req.CorrelationID
+	}
+	return nil
 }
 
 // abandon ends the telemetry of a call that begin could not start.

@@ -92,7 +92,7 @@ func (w *Worker) RegisterProxy(cc grpc.ClientConnInterface, topics []string, opt
 	p := &proxy{cc: cc, cfg: cfg, retries: &w.stats.proxyRetries}
 	w.proxy = p
 	for _, t := range topics {
-		if t := w.cfg.topic(t); !containsString(w.topics, t) {
+		if t := w.cfg.topic(t); !slices.Contains(w.topics, t) {
 			w.topics = append(w.topics, t)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -184,7 +185,7 @@ func (w *Worker) RegisterService(spec *ServiceSpec, desc *grpc.ServiceDesc, impl
 		}
 		s.methods[m.Method] = wm
 		for _, r := range m.Routes {
-			if t := w.cfg.topic(r.Topic); !containsString(w.topics, t) {
+			if t := w.cfg.topic(r.Topic); !slices.Contains(w.topics, t) {
 				w.topics = append(w.topics, t)
 			}
 		}
@@ -194,15 +195,6 @@ func (w *Worker) RegisterService(spec *ServiceSpec, desc *grpc.ServiceDesc, impl
 		w.cfg.groupID = "kafkarpc-" + spec.Name
 	}
 	return nil
-}
-
-func containsString(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Topics returns the request topics the worker consumes, in registration

@@ -42,6 +42,8 @@ func adminCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 // default replication factor, the topic is created again with 1. Config
 // entries are passed through as topic configuration. Without a deadline in
 // ctx the call is bounded by 30s. Safe for concurrent use.
+// It is one function because the retry with replication factor 1 needs the
+// first attempt's per-topic results.
 func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpec) error {
 	if len(topics) == 0 {
 		return nil
@@ -220,6 +222,8 @@ func (c *Client) Partitions(ctx context.Context, topic string) ([]int32, error) 
 // again until ctx ends. An unknown topic or partition is an error wrapping
 // kafkaclient.ErrUnknownTopic. Without a deadline in ctx the call is bounded
 // by 30s. Safe for concurrent use.
+// It is one loop of requests, per-partition results and retries of leader
+// elections, which librdkafka reports separately.
 func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, which kafkaclient.OffsetSpec) (map[int32]int64, error) {
 	out := make(map[int32]int64, len(partitions))
 	if len(partitions) == 0 {

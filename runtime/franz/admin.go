@@ -237,6 +237,8 @@ func fetchPartitions(ctx context.Context, kc *kgo.Client, topic string) ([]int32
 // unknown topic is confirmed with a fresh metadata request, and looked up
 // again if it exists after all. Without a deadline in ctx the call is
 // bounded by 30s. Safe for concurrent use.
+// It is one loop of requests, per-partition results, retries of leader
+// elections and the confirmation of an unknown topic.
 func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, which kafkaclient.OffsetSpec) (map[int32]int64, error) {
 	out := make(map[int32]int64, len(partitions))
 	if len(partitions) == 0 {

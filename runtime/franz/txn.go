@@ -140,6 +140,8 @@ func (t *TxnProducer) begin() error {
 
 // sendOffsets adds the group to the transaction and commits offsets in it
 // for g's current member and generation.
+// It is one function: the request, its per-partition errors and the
+// retriable ones, in the order the protocol needs them.
 func (t *TxnProducer) sendOffsets(ctx context.Context, g *GroupReader, offsets []kafkaclient.TopicPartitionOffset) error {
 	id, epoch, err := t.kc.ProducerID(ctx)
 	if err != nil {

@@ -144,6 +144,8 @@ func WithClient(f func(brokers string) (kafkaclient.Client, error)) Option {
 // partitions. Failures end the test with tb.Fatal, so call it from the
 // test's own goroutine; tests calling it in parallel get topics and groups
 // of their own.
+// It reads top to bottom: broker, client, topics, worker, gateway, server
+// and connection, each with its cleanup.
 func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	tb.Helper()
 	cfg := config{brokers: os.Getenv("KAFKA_BROKERS"), partitions: 3}
