@@ -165,6 +165,20 @@ func deleteTopic(t *testing.T, brokers, topic string) {
 	if err != nil {
 		t.Fatalf("deleting topic %s: %v", topic, err)
 	}
+	// Kafka deletes a topic after it answered: wait until the metadata no
+	// longer lists it, as a client looking it up would see it.
+	adm := kadm.NewClient(cl)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ts, err := adm.ListTopics(ctxFor(t, 10*time.Second), topic)
+		if err == nil && !ts.Has(topic) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("topic %s still listed 30 s after its deletion (%v)", topic, err)
+		}
+		<-time.After(100 * time.Millisecond) // polling the broker's metadata
+	}
 }
 
 // requireNotFound requires err to be NOT_FOUND naming topic, and the call to
