@@ -240,14 +240,16 @@ func run(cfg config, out io.Writer) error {
 			}
 		}
 		if wantAny("rpc", kc.name) || wantAny("conn", kc.name) || wantAny("stream", kc.name) {
-			e, err := newRPCEnv(front, back, prefix, log)
+			e, err := newRPCEnv(front, back, prefix, log, wantAny("conn", kc.name))
 			if err != nil {
 				return fmt.Errorf("%s rpc: %w", kc.name, err)
 			}
 			closers = append(closers, e.close)
 			for _, l := range cfg.levels {
 				add(&unaryCs, "rpc", kc.name, l, unary(e.echo, req))
-				add(&unaryCs, "conn", kc.name, l, unary(e.conn, req))
+				if e.conn != nil {
+					add(&unaryCs, "conn", kc.name, l, unary(e.conn, req))
+				}
 			}
 			if cfg.stream {
 				add(&streamCs, "stream", kc.name, 1, serverStream(e.echo, cfg.message, cfg.streamMsgs))

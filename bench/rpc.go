@@ -73,7 +73,10 @@ type rpcEnv struct {
 	*grpcEnv
 }
 
-func newRPCEnv(front, back kafkaclient.Client, prefix string, log *slog.Logger, opts ...runtime.Option) (*rpcEnv, error) {
+// withConn makes the ClientConn too: it reads the same reply topic as the
+// gateway, so a run that measures no conn contender leaves it out, lest the
+// gateway's rows pay for a second reader of every reply.
+func newRPCEnv(front, back kafkaclient.Client, prefix string, log *slog.Logger, withConn bool, opts ...runtime.Option) (*rpcEnv, error) {
 	if err := createTopics(front, 3, prefix+"echo-requests", prefix+"echo-responses", prefix+"echo-events"); err != nil {
 		return nil, err
 	}
@@ -102,28 +105,37 @@ func newRPCEnv(front, back kafkaclient.Client, prefix string, log *slog.Logger, 
 		_ = gw.Close()
 		return nil, err
 	}
-	copts := []runtime.ConnOption{mapper, runtime.WithLogger(log)}
-	for _, o := range opts {
-		copts = append(copts, o)
-	}
-	cc := runtime.NewClientConn(front, copts...)
-	if err := cc.Register(echov1.EchoServiceKafkaSpec); err != nil {
-		ge.close()
-		_ = w.Close()
-		_ = gw.Close()
-		return nil, err
+	var cc *runtime.ClientConn
+	if withConn {
+		copts := []runtime.ConnOption{mapper, runtime.WithLogger(log)}
+		for _, o := range opts {
+			copts = append(copts, o)
+		}
+		cc = runtime.NewClientConn(front, copts...)
+		if err := cc.Register(echov1.EchoServiceKafkaSpec); err != nil {
+			ge.close()
+			_ = w.Close()
+			_ = gw.Close()
+			return nil, err
+		}
 	}
 	select {
 	case <-w.Ready():
 	case <-time.After(60 * time.Second):
 		return nil, fmt.Errorf("worker of %s got no partitions within 60 s", prefix)
 	}
-	return &rpcEnv{prefix: prefix, worker: w, gw: gw, cc: cc, conn: echov1.NewEchoServiceClient(cc), grpcEnv: ge}, nil
+	e := &rpcEnv{prefix: prefix, worker: w, gw: gw, cc: cc, grpcEnv: ge}
+	if cc != nil {
+		e.conn = echov1.NewEchoServiceClient(cc)
+	}
+	return e, nil
 }
 
 func (e *rpcEnv) close() {
 	e.grpcEnv.close()
-	_ = e.cc.Close()
+	if e.cc != nil {
+		_ = e.cc.Close()
+	}
 	_ = e.gw.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
