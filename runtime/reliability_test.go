@@ -427,3 +427,35 @@ func extraGateway(t *testing.T, e *env, opts ...runtime.GatewayOption) echov1.Ec
 		}
 	}))
 }
+
+// TestMissingReplyTopicGoesToDeadLetter sends a request whose reply topic
+// does not exist: nobody can read its answer, so with a dead-letter topic
+// the request is copied there, saying why, and the worker goes on serving.
+func TestMissingReplyTopicGoesToDeadLetter(t *testing.T) {
+	e := setupWith(t, func(w *runtime.Worker) error {
+		return echov1.RegisterEchoServiceKafkaWorker(w, &counting{})
+	}, runtime.WorkerDeadLetterTopic("dlq"))
+	kafkatest.CreateTopics(t, e.kc, 1, e.topic("dlq"))
+	dead := watchReplies(t, e.kc, e.topic("dlq"))
+	req, _ := proto.Marshal(&echov1.EchoRequest{Message: "nowhere"})
+	h := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", e.topic("no-such-replies"), "zilla:correlation-id", "nowhere"}
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte("nowhere"), Value: req, Headers: h.headers()})
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte("nowhere"), Headers: h.headers()})
+	select {
+	case rec := <-dead.recs:
+		if got := header(rec, wire.DeadLetterStatus); got != "5" {
+			t.Errorf("dead letter status %q, want 5 (NOT_FOUND)", got)
+		}
+		if msg := header(rec, wire.DeadLetterMessage); !strings.Contains(msg, e.topic("no-such-replies")) {
+			t.Errorf("dead letter message %q does not name the reply topic", msg)
+		}
+		if header(rec, "zilla:correlation-id") != "nowhere" {
+			t.Errorf("dead letter is not the request: %v", headerKeys(rec))
+		}
+	case <-ctxFor(t, 60*time.Second).Done():
+		t.Fatal("no dead letter within 60 s for a request whose reply topic does not exist")
+	}
+	if r, err := e.echo.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "next"}); err != nil || r.GetMessage() != "next" {
+		t.Fatalf("next call: %v, %v", r, err)
+	}
+}

@@ -2,12 +2,15 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // replyWriter takes the records a call writes (replies, dead letters) to
@@ -37,6 +40,9 @@ type delivery struct {
 	failed  atomic.Pointer[error] // the first failure to deliver a reply
 	outbox  []*kafkaclient.Record // txnWriter: what flush produces; the call's own
 	inTxn   bool                  // txnWriter: flush put records in the open transaction
+	// noReplyTopic is set once Kafka said the call's reply topic does not
+	// exist (its request then goes to the dead-letter topic, once).
+	noReplyTopic atomic.Bool
 }
 
 // failure returns the first failure to deliver a reply of the call so far.
@@ -64,6 +70,18 @@ func (c *call) delivered(rec *kafkaclient.Record, err error) {
 	cfg.logger.Error("kafkarpc: producing reply", "correlation_id", c.id, "reply_topic", rec.Topic, "error", err,
 		"topic", c.tp.Topic, "partition", c.tp.Partition, "offset", c.first)
 	c.sent.fail(err)
+	if _, direct := c.w.writer.(directWriter); direct && cfg.deadLetterTopic != "" && c.wm != nil &&
+		errors.Is(err, kafkaclient.ErrUnknownTopic) && c.sent.noReplyTopic.CompareAndSwap(false, true) {
+		// Nobody can read an answer to a topic that does not exist: the
+		// request goes to the dead-letter topic, once, before its offset
+		// is committed (flush waits for these records too). Not on the
+		// client's delivery goroutine, which must not wait to produce.
+		c.sent.unacked.Add(1)
+		go func() {
+			defer c.sent.unacked.Done()
+			c.deadLetter(status.Newf(codes.NotFound, "%s: reply topic %q does not exist", c.method(), rec.Topic))
+		}()
+	}
 }
 
 // fail records err unless an earlier failure was recorded.
