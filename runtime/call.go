@@ -120,6 +120,7 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 		}
 	}
 	c.openContext(rec, env, md, deadline, cause)
+	c.sent.retry.until = deadline
 	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
 	w.admit(c, rec, env, true)
 	w.stats.calls.Add(1)
@@ -199,6 +200,11 @@ func (w *Worker) answerCall(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	c := w.newCall(rec, env, pt, id, nil)
 	c.replay = replay
 	c.ctx, c.ctxCancel = context.WithCancelCause(w.base)
+	if dl, ok := env.Deadline(rec.Timestamp); ok {
+		c.sent.retry.until = dl
+	} else if m := w.cfg.maxCallDuration; m > 0 {
+		c.sent.retry.until = time.Now().Add(m)
+	}
 	w.admit(c, rec, env, false)
 	c.feed(rec, env)
 	if ended {
@@ -351,7 +357,12 @@ func contextStatus(ctx context.Context) *status.Status {
 func (c *call) finish(st *status.Status) {
 	c.ending.Store(true)
 	aborted, sent := c.out.close()
-	lost := c.sent.failure() // a reply Kafka already refused (only a directWriter sends before the end)
+	if sent > 0 && c.wm != nil && c.wm.spec.Kind.serverStreams() {
+		// A stream's end waits for its responses, retries included, so
+		// that no end overtakes a response Kafka takes on a second try.
+		c.sent.unacked.Wait()
+	}
+	lost := c.sent.failure() // a reply Kafka refused for good (only a directWriter sends before the end)
 	served := !aborted || sent > 0
 	if served {
 		st = c.writeEnd(st, aborted, lost)

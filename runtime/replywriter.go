@@ -43,6 +43,7 @@ type delivery struct {
 	// noReplyTopic is set once Kafka said the call's reply topic does not
 	// exist (its request then goes to the dead-letter topic, once).
 	noReplyTopic atomic.Bool
+	retry        replyRetry // directWriter: records Kafka did not take, to try again
 }
 
 // failure returns the first failure to deliver a reply of the call so far.
@@ -55,6 +56,9 @@ func (d *delivery) failure() error {
 
 // delivered is the delivery callback of the call's records (call.acked).
 func (c *call) delivered(rec *kafkaclient.Record, err error) {
+	if err != nil && c.retryLater(rec, err) {
+		return // it keeps its place among the unacknowledged records
+	}
 	defer c.sent.unacked.Done()
 	if err == nil {
 		return
@@ -93,6 +97,9 @@ type directWriter struct{ client kafkaclient.Client }
 
 func (d directWriter) send(c *call, rec *kafkaclient.Record) {
 	c.sent.unacked.Add(1)
+	if c.queueBehind(rec) {
+		return // earlier records wait for a retry: this one goes after them
+	}
 	d.client.Produce(rec, kafkaclient.AcksAll, c.acked)
 }
 
