@@ -48,8 +48,8 @@ func (c *call) retryLater(rec *kafkaclient.Record, err error) bool {
 	r := &c.sent.retry
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.until.IsZero() || !time.Now().Before(r.until) || c.w.base.Err() != nil {
-		return false
+	if r.until.IsZero() || !time.Now().Before(r.until) || c.ctx.Err() != nil {
+		return false // past the deadline, or the call is over for its caller or the worker
 	}
 	c.w.cfg.logger.Warn("kafkarpc: producing reply failed; retrying", "correlation_id", c.id, "reply_topic", rec.Topic,
 		"error", err, "until", r.until)
@@ -76,8 +76,9 @@ func (c *call) queueBehind(rec *kafkaclient.Record) bool {
 }
 
 // retryLoop produces the queued records again, in order, after a back-off,
-// until none is left; once the call's deadline passed (or the worker
-// stops) it gives the rest up: each is counted as a failure of the call,
+// until none is left; once the call's deadline passed, or its context
+// ended (the caller cancelled, or the worker gave the call up in a
+// rebalance or shutdown, which waits for it), it gives the rest up: each is counted as a failure of the call,
 // logged, and released, so that the call can end and its offset be
 // committed.
 func (c *call) retryLoop() {
@@ -86,7 +87,7 @@ func (c *call) retryLoop() {
 		t := time.NewTimer(max(min(wait, time.Until(r.until)), 0))
 		select {
 		case <-t.C:
-		case <-c.w.base.Done():
+		case <-c.ctx.Done(): // cancelled, past its deadline, or given up by the worker (rebalance, shutdown)
 			t.Stop()
 		}
 		r.mu.Lock()
@@ -97,7 +98,7 @@ func (c *call) retryLoop() {
 			r.mu.Unlock()
 			return
 		}
-		giveUp := !time.Now().Before(r.until) || c.w.base.Err() != nil
+		giveUp := !time.Now().Before(r.until) || c.ctx.Err() != nil
 		r.mu.Unlock()
 		for _, f := range q {
 			if giveUp {
