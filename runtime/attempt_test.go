@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
@@ -48,16 +49,9 @@ func TestKeyedCallIgnoresRepliesOfAnotherAttempt(t *testing.T) {
 	reply(0, attempt, false)
 	reply(1, attempt, false)
 	reply(0, attempt, true)
-	var got []int32
-	for {
-		r, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("after %v: %v", got, err)
-		}
-		got = append(got, r.GetIndex())
+	got, err := indexes(stream)
+	if err != nil {
+		t.Fatalf("after %v: %v", got, err)
 	}
 	if len(got) != 2 || got[0] != 0 || got[1] != 1 {
 		t.Fatalf("the call received indexes %v, want [0 1] (its own attempt's replies only)", got)
@@ -80,11 +74,12 @@ func TestKeyedRetryJoiningRunningAttemptGetsWholeOutcome(t *testing.T) {
 		"meta:"+wire.AttemptMetadata, "first", "meta:idempotency-key", key)
 	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: req, Headers: hs.headers()})
 	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Headers: hs.headers()})
+	bound := time.After(30 * time.Second)
 	for first := false; !first; {
 		select {
 		case rec := <-replies.recs:
 			first = header(rec, "zilla:correlation-id") == id && rec.Value != nil
-		case <-ctxFor(t, 30*time.Second).Done():
+		case <-bound:
 			t.Fatal("the first attempt answered nothing within 30 s")
 		}
 	}
@@ -93,16 +88,9 @@ func TestKeyedRetryJoiningRunningAttemptGetsWholeOutcome(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []int32
-	for {
-		r, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("the retry failed after %v: %v", got, err)
-		}
-		got = append(got, r.GetIndex())
+	got, err := indexes(stream)
+	if err != nil {
+		t.Fatalf("the retry failed after %v: %v", got, err)
 	}
 	if len(got) != 3 || got[0] != 0 || got[1] != 1 || got[2] != 2 {
 		t.Fatalf("the retry received indexes %v, want [0 1 2]: the whole outcome of one execution", got)
@@ -137,21 +125,30 @@ func TestRetriesWaitingForFailedAttemptShareOneRerun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []int32
-	for {
-		r, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("the third attempt failed after %v: %v", got, err)
-		}
-		got = append(got, r.GetIndex())
+	got, err := indexes(stream)
+	if err != nil {
+		t.Fatalf("the third attempt failed after %v: %v", got, err)
 	}
 	if len(got) != 1 || got[0] != 0 {
 		t.Fatalf("the third attempt received %v, want [0]", got)
 	}
 	if n := e.worker.Stats().Calls; n != 2 {
 		t.Fatalf("the handler ran %d times, want twice (the first attempt, and one re-run for both retries)", n)
+	}
+}
+
+// indexes receives a server stream to its end and returns the indexes of
+// its responses, and the error it ended with (nil when OK).
+func indexes(stream grpc.ServerStreamingClient[echov1.EchoResponse]) ([]int32, error) {
+	var got []int32
+	for {
+		r, err := stream.Recv()
+		if err == io.EOF {
+			return got, nil
+		}
+		if err != nil {
+			return got, err
+		}
+		got = append(got, r.GetIndex())
 	}
 }
