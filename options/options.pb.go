@@ -148,9 +148,24 @@ type ServiceRule struct {
 	// which means ACKS_ALL.
 	//
 	//	acks: ACKS_LEADER
-	Acks          Acks `protobuf:"varint,5,opt,name=acks,proto3,enum=kafkarpc.kafka.v1.Acks" json:"acks,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Acks Acks `protobuf:"varint,5,opt,name=acks,proto3,enum=kafkarpc.kafka.v1.Acks" json:"acks,omitempty"`
+	// Field of the request message whose value becomes the record key of every
+	// record of a call, as a path of field names from the request message
+	// (e.g. "order.id"); see MethodRule.key_field. Default: empty (see key).
+	// Every method that inherits it must have the path in its request message.
+	// Excludes key on the same rule.
+	//
+	//	key_field: "customer_id"
+	KeyField string `protobuf:"bytes,6,opt,name=key_field,json=keyField,proto3" json:"key_field,omitempty"`
+	// With key_field: a call whose request leaves the field unset fails with
+	// INVALID_ARGUMENT, naming the field, and nothing is produced. Default:
+	// false, which keys such a call with the empty key. Only allowed where
+	// key_field is set.
+	//
+	//	key_field_required: true
+	KeyFieldRequired bool `protobuf:"varint,7,opt,name=key_field_required,json=keyFieldRequired,proto3" json:"key_field_required,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ServiceRule) Reset() {
@@ -218,6 +233,20 @@ func (x *ServiceRule) GetAcks() Acks {
 	return Acks_ACKS_UNSPECIFIED
 }
 
+func (x *ServiceRule) GetKeyField() string {
+	if x != nil {
+		return x.KeyField
+	}
+	return ""
+}
+
+func (x *ServiceRule) GetKeyFieldRequired() bool {
+	if x != nil {
+		return x.KeyFieldRequired
+	}
+	return false
+}
+
 // MethodRule holds the Kafka settings of one method. Unset fields inherit from
 // the service's ServiceRule. A method is either produce-style (its calls are
 // relayed to request_topic and answered from reply_topic, possibly chosen by
@@ -250,7 +279,8 @@ type MethodRule struct {
 	//	reply_topic: "echo-responses"
 	ReplyTopic string `protobuf:"bytes,2,opt,name=reply_topic,json=replyTopic,proto3" json:"reply_topic,omitempty"`
 	// Static key of every request record. Default: the service's key, else the
-	// correlation id of the call.
+	// correlation id of the call. The most specific rule (route, method,
+	// service) that sets key or key_field decides how a call is keyed.
 	//
 	//	key: "customer-42"
 	Key string `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
@@ -294,9 +324,37 @@ type MethodRule struct {
 	//	    fetch: { topic: "events" }
 	//	  };
 	//	}
-	Fetch         *FetchRule `protobuf:"bytes,8,opt,name=fetch,proto3" json:"fetch,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Fetch *FetchRule `protobuf:"bytes,8,opt,name=fetch,proto3" json:"fetch,omitempty"`
+	// Field of the request message whose value becomes the record key of every
+	// record of a call: request messages, end of stream and cancel alike, so a
+	// call stays on one partition, and calls with the same value are served in
+	// order by the worker. A path of field names separated by "." from the
+	// request message; every step but the last is a singular message field,
+	// the last a singular string, bytes, integer or enum field. The key is the
+	// value in the first request message of the call (client streams: later
+	// messages do not change it): string and bytes as they are, integers and
+	// enums as decimal text ("42", "-7"). A field that is unset (absent, its
+	// parent message absent, or, for a field without explicit presence, its
+	// zero value) gives the empty key, or INVALID_ARGUMENT with
+	// key_field_required. Default: the service's key_field. Excludes key on
+	// the same rule; the most specific rule that sets either decides.
+	//
+	//	rpc PlaceOrder(PlaceOrderRequest) returns (PlaceOrderResponse) {
+	//	  option (kafkarpc.kafka.v1.method) = {
+	//	    key_field: "order.customer_id"
+	//	    key_field_required: true
+	//	  };
+	//	}
+	KeyField string `protobuf:"bytes,9,opt,name=key_field,json=keyField,proto3" json:"key_field,omitempty"`
+	// With key_field: a call whose request leaves the field unset (or a client
+	// stream that ends before its first message) fails with INVALID_ARGUMENT,
+	// naming the field, and nothing is produced. Default: false, which keys
+	// such a call with the empty key. Only allowed where key_field is set.
+	//
+	//	key_field_required: true
+	KeyFieldRequired bool `protobuf:"varint,10,opt,name=key_field_required,json=keyFieldRequired,proto3" json:"key_field_required,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *MethodRule) Reset() {
@@ -385,6 +443,20 @@ func (x *MethodRule) GetFetch() *FetchRule {
 	return nil
 }
 
+func (x *MethodRule) GetKeyField() string {
+	if x != nil {
+		return x.KeyField
+	}
+	return ""
+}
+
+func (x *MethodRule) GetKeyFieldRequired() bool {
+	if x != nil {
+		return x.KeyFieldRequired
+	}
+	return false
+}
+
 // Route is an alternative destination of a method's calls, chosen when every
 // condition in `when` holds on the call's gRPC request metadata. Each field
 // other than `when` inherits the method's setting when unset.
@@ -429,9 +501,21 @@ type Route struct {
 	// reply_topic (from the route, the method or the service).
 	//
 	//	oneway: true
-	Oneway        *bool `protobuf:"varint,7,opt,name=oneway,proto3,oneof" json:"oneway,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Oneway *bool `protobuf:"varint,7,opt,name=oneway,proto3,oneof" json:"oneway,omitempty"`
+	// Field of the request message whose value becomes the record key (see
+	// MethodRule.key_field). Default: the method's key or key_field. Excludes
+	// key on the same route.
+	//
+	//	key_field: "tenant.id"
+	KeyField string `protobuf:"bytes,8,opt,name=key_field,json=keyField,proto3" json:"key_field,omitempty"`
+	// With key_field: an unset field fails the call with INVALID_ARGUMENT
+	// instead of using the empty key. Default: false. Only allowed where
+	// key_field is set.
+	//
+	//	key_field_required: true
+	KeyFieldRequired bool `protobuf:"varint,9,opt,name=key_field_required,json=keyFieldRequired,proto3" json:"key_field_required,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Route) Reset() {
@@ -509,6 +593,20 @@ func (x *Route) GetAcks() Acks {
 func (x *Route) GetOneway() bool {
 	if x != nil && x.Oneway != nil {
 		return *x.Oneway
+	}
+	return false
+}
+
+func (x *Route) GetKeyField() string {
+	if x != nil {
+		return x.KeyField
+	}
+	return ""
+}
+
+func (x *Route) GetKeyFieldRequired() bool {
+	if x != nil {
+		return x.KeyFieldRequired
 	}
 	return false
 }
@@ -748,6 +846,14 @@ func (x *FetchRule) GetResumeMetadata() string {
 //	  key: "customer-42"
 //	  headers: { name: "type" value: "created" }
 //	}
+//
+// A condition may take its value from the caller's request metadata instead
+// of the options, so that each caller receives its own records:
+//
+//	filters: {
+//	  key_metadata: "x-customer"
+//	  header_metadata: { name: "tenant" metadata: "x-tenant" }
+//	}
 type FetchFilter struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Record key the record must have. Default: unset, no condition on the key
@@ -758,9 +864,30 @@ type FetchFilter struct {
 	// Headers the record must carry, each with the given value. Default: none.
 	//
 	//	headers: { name: "type" value: "created" }
-	Headers       []*Header `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Headers []*Header `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
+	// Request metadata whose value the record key must equal; when the caller
+	// sends several values under the name, any of them matches (so one caller
+	// can follow several keys). A name ending in "-bin" takes the binary value.
+	// A caller without it is refused with INVALID_ARGUMENT naming it, unless
+	// metadata_optional. Default: empty, no such condition. Excludes key. A
+	// lower-case metadata name, as in MetadataMatch.
+	//
+	//	key_metadata: "x-customer"
+	KeyMetadata string `protobuf:"bytes,3,opt,name=key_metadata,json=keyMetadata,proto3" json:"key_metadata,omitempty"`
+	// Headers the record must carry with a value the caller sent in request
+	// metadata (any of its values). Default: none.
+	//
+	//	header_metadata: { name: "tenant" metadata: "x-tenant" }
+	HeaderMetadata []*HeaderFromMetadata `protobuf:"bytes,4,rep,name=header_metadata,json=headerMetadata,proto3" json:"header_metadata,omitempty"`
+	// What a caller that lacks metadata a condition names gets: false
+	// (default) refuses the call with INVALID_ARGUMENT naming the metadata;
+	// true drops those conditions for that caller, so a filter left with no
+	// condition delivers every record to it.
+	//
+	//	metadata_optional: true
+	MetadataOptional bool `protobuf:"varint,5,opt,name=metadata_optional,json=metadataOptional,proto3" json:"metadata_optional,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *FetchFilter) Reset() {
@@ -805,6 +932,90 @@ func (x *FetchFilter) GetHeaders() []*Header {
 		return x.Headers
 	}
 	return nil
+}
+
+func (x *FetchFilter) GetKeyMetadata() string {
+	if x != nil {
+		return x.KeyMetadata
+	}
+	return ""
+}
+
+func (x *FetchFilter) GetHeaderMetadata() []*HeaderFromMetadata {
+	if x != nil {
+		return x.HeaderMetadata
+	}
+	return nil
+}
+
+func (x *FetchFilter) GetMetadataOptional() bool {
+	if x != nil {
+		return x.MetadataOptional
+	}
+	return false
+}
+
+// HeaderFromMetadata is a fetch filter's header condition whose value comes
+// from the caller's request metadata.
+//
+//	header_metadata: { name: "tenant" metadata: "x-tenant" }
+type HeaderFromMetadata struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Record header name. Required.
+	//
+	//	name: "tenant"
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Request metadata whose value the header must have. Required; a
+	// lower-case metadata name, as in MetadataMatch.
+	//
+	//	metadata: "x-tenant"
+	Metadata      string `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderFromMetadata) Reset() {
+	*x = HeaderFromMetadata{}
+	mi := &file_kafkarpc_kafka_v1_options_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderFromMetadata) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderFromMetadata) ProtoMessage() {}
+
+func (x *HeaderFromMetadata) ProtoReflect() protoreflect.Message {
+	mi := &file_kafkarpc_kafka_v1_options_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderFromMetadata.ProtoReflect.Descriptor instead.
+func (*HeaderFromMetadata) Descriptor() ([]byte, []int) {
+	return file_kafkarpc_kafka_v1_options_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HeaderFromMetadata) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderFromMetadata) GetMetadata() string {
+	if x != nil {
+		return x.Metadata
+	}
+	return ""
 }
 
 var file_kafkarpc_kafka_v1_options_proto_extTypes = []protoimpl.ExtensionInfo{
@@ -863,14 +1074,16 @@ var File_kafkarpc_kafka_v1_options_proto protoreflect.FileDescriptor
 
 const file_kafkarpc_kafka_v1_options_proto_rawDesc = "" +
 	"\n" +
-	"\x1fkafkarpc/kafka/v1/options.proto\x12\x11kafkarpc.kafka.v1\x1a google/protobuf/descriptor.proto\"\xcb\x01\n" +
+	"\x1fkafkarpc/kafka/v1/options.proto\x12\x11kafkarpc.kafka.v1\x1a google/protobuf/descriptor.proto\"\x96\x02\n" +
 	"\vServiceRule\x12#\n" +
 	"\rrequest_topic\x18\x01 \x01(\tR\frequestTopic\x12\x1f\n" +
 	"\vreply_topic\x18\x02 \x01(\tR\n" +
 	"replyTopic\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x127\n" +
 	"\toverrides\x18\x04 \x03(\v2\x19.kafkarpc.kafka.v1.HeaderR\toverrides\x12+\n" +
-	"\x04acks\x18\x05 \x01(\x0e2\x17.kafkarpc.kafka.v1.AcksR\x04acks\"\xc8\x02\n" +
+	"\x04acks\x18\x05 \x01(\x0e2\x17.kafkarpc.kafka.v1.AcksR\x04acks\x12\x1b\n" +
+	"\tkey_field\x18\x06 \x01(\tR\bkeyField\x12,\n" +
+	"\x12key_field_required\x18\a \x01(\bR\x10keyFieldRequired\"\x93\x03\n" +
 	"\n" +
 	"MethodRule\x12#\n" +
 	"\rrequest_topic\x18\x01 \x01(\tR\frequestTopic\x12\x1f\n" +
@@ -881,7 +1094,10 @@ const file_kafkarpc_kafka_v1_options_proto_rawDesc = "" +
 	"\x04acks\x18\x05 \x01(\x0e2\x17.kafkarpc.kafka.v1.AcksR\x04acks\x12\x16\n" +
 	"\x06oneway\x18\x06 \x01(\bR\x06oneway\x120\n" +
 	"\x06routes\x18\a \x03(\v2\x18.kafkarpc.kafka.v1.RouteR\x06routes\x122\n" +
-	"\x05fetch\x18\b \x01(\v2\x1c.kafkarpc.kafka.v1.FetchRuleR\x05fetch\"\xa3\x02\n" +
+	"\x05fetch\x18\b \x01(\v2\x1c.kafkarpc.kafka.v1.FetchRuleR\x05fetch\x12\x1b\n" +
+	"\tkey_field\x18\t \x01(\tR\bkeyField\x12,\n" +
+	"\x12key_field_required\x18\n" +
+	" \x01(\bR\x10keyFieldRequired\"\xee\x02\n" +
 	"\x05Route\x124\n" +
 	"\x04when\x18\x01 \x03(\v2 .kafkarpc.kafka.v1.MetadataMatchR\x04when\x12#\n" +
 	"\rrequest_topic\x18\x02 \x01(\tR\frequestTopic\x12\x1f\n" +
@@ -890,7 +1106,9 @@ const file_kafkarpc_kafka_v1_options_proto_rawDesc = "" +
 	"\x03key\x18\x04 \x01(\tR\x03key\x127\n" +
 	"\toverrides\x18\x05 \x03(\v2\x19.kafkarpc.kafka.v1.HeaderR\toverrides\x12+\n" +
 	"\x04acks\x18\x06 \x01(\x0e2\x17.kafkarpc.kafka.v1.AcksR\x04acks\x12\x1b\n" +
-	"\x06oneway\x18\a \x01(\bH\x00R\x06oneway\x88\x01\x01B\t\n" +
+	"\x06oneway\x18\a \x01(\bH\x00R\x06oneway\x88\x01\x01\x12\x1b\n" +
+	"\tkey_field\x18\b \x01(\tR\bkeyField\x12,\n" +
+	"\x12key_field_required\x18\t \x01(\bR\x10keyFieldRequiredB\t\n" +
 	"\a_oneway\"9\n" +
 	"\rMetadataMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -902,11 +1120,17 @@ const file_kafkarpc_kafka_v1_options_proto_rawDesc = "" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x128\n" +
 	"\afilters\x18\x02 \x03(\v2\x1e.kafkarpc.kafka.v1.FetchFilterR\afilters\x12$\n" +
 	"\x0eevent_id_field\x18\x03 \x01(\x05R\feventIdField\x12'\n" +
-	"\x0fresume_metadata\x18\x04 \x01(\tR\x0eresumeMetadata\"a\n" +
+	"\x0fresume_metadata\x18\x04 \x01(\tR\x0eresumeMetadata\"\x81\x02\n" +
 	"\vFetchFilter\x12\x15\n" +
 	"\x03key\x18\x01 \x01(\tH\x00R\x03key\x88\x01\x01\x123\n" +
-	"\aheaders\x18\x02 \x03(\v2\x19.kafkarpc.kafka.v1.HeaderR\aheadersB\x06\n" +
-	"\x04_key*J\n" +
+	"\aheaders\x18\x02 \x03(\v2\x19.kafkarpc.kafka.v1.HeaderR\aheaders\x12!\n" +
+	"\fkey_metadata\x18\x03 \x01(\tR\vkeyMetadata\x12N\n" +
+	"\x0fheader_metadata\x18\x04 \x03(\v2%.kafkarpc.kafka.v1.HeaderFromMetadataR\x0eheaderMetadata\x12+\n" +
+	"\x11metadata_optional\x18\x05 \x01(\bR\x10metadataOptionalB\x06\n" +
+	"\x04_key\"D\n" +
+	"\x12HeaderFromMetadata\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bmetadata\x18\x02 \x01(\tR\bmetadata*J\n" +
 	"\x04Acks\x12\x14\n" +
 	"\x10ACKS_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bACKS_ALL\x10\x01\x12\x0f\n" +
@@ -928,7 +1152,7 @@ func file_kafkarpc_kafka_v1_options_proto_rawDescGZIP() []byte {
 }
 
 var file_kafkarpc_kafka_v1_options_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kafkarpc_kafka_v1_options_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_kafkarpc_kafka_v1_options_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_kafkarpc_kafka_v1_options_proto_goTypes = []any{
 	(Acks)(0),                           // 0: kafkarpc.kafka.v1.Acks
 	(*ServiceRule)(nil),                 // 1: kafkarpc.kafka.v1.ServiceRule
@@ -938,8 +1162,9 @@ var file_kafkarpc_kafka_v1_options_proto_goTypes = []any{
 	(*Header)(nil),                      // 5: kafkarpc.kafka.v1.Header
 	(*FetchRule)(nil),                   // 6: kafkarpc.kafka.v1.FetchRule
 	(*FetchFilter)(nil),                 // 7: kafkarpc.kafka.v1.FetchFilter
-	(*descriptorpb.ServiceOptions)(nil), // 8: google.protobuf.ServiceOptions
-	(*descriptorpb.MethodOptions)(nil),  // 9: google.protobuf.MethodOptions
+	(*HeaderFromMetadata)(nil),          // 8: kafkarpc.kafka.v1.HeaderFromMetadata
+	(*descriptorpb.ServiceOptions)(nil), // 9: google.protobuf.ServiceOptions
+	(*descriptorpb.MethodOptions)(nil),  // 10: google.protobuf.MethodOptions
 }
 var file_kafkarpc_kafka_v1_options_proto_depIdxs = []int32{
 	5,  // 0: kafkarpc.kafka.v1.ServiceRule.overrides:type_name -> kafkarpc.kafka.v1.Header
@@ -953,15 +1178,16 @@ var file_kafkarpc_kafka_v1_options_proto_depIdxs = []int32{
 	0,  // 8: kafkarpc.kafka.v1.Route.acks:type_name -> kafkarpc.kafka.v1.Acks
 	7,  // 9: kafkarpc.kafka.v1.FetchRule.filters:type_name -> kafkarpc.kafka.v1.FetchFilter
 	5,  // 10: kafkarpc.kafka.v1.FetchFilter.headers:type_name -> kafkarpc.kafka.v1.Header
-	8,  // 11: kafkarpc.kafka.v1.service:extendee -> google.protobuf.ServiceOptions
-	9,  // 12: kafkarpc.kafka.v1.method:extendee -> google.protobuf.MethodOptions
-	1,  // 13: kafkarpc.kafka.v1.service:type_name -> kafkarpc.kafka.v1.ServiceRule
-	2,  // 14: kafkarpc.kafka.v1.method:type_name -> kafkarpc.kafka.v1.MethodRule
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	13, // [13:15] is the sub-list for extension type_name
-	11, // [11:13] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	8,  // 11: kafkarpc.kafka.v1.FetchFilter.header_metadata:type_name -> kafkarpc.kafka.v1.HeaderFromMetadata
+	9,  // 12: kafkarpc.kafka.v1.service:extendee -> google.protobuf.ServiceOptions
+	10, // 13: kafkarpc.kafka.v1.method:extendee -> google.protobuf.MethodOptions
+	1,  // 14: kafkarpc.kafka.v1.service:type_name -> kafkarpc.kafka.v1.ServiceRule
+	2,  // 15: kafkarpc.kafka.v1.method:type_name -> kafkarpc.kafka.v1.MethodRule
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	14, // [14:16] is the sub-list for extension type_name
+	12, // [12:14] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_kafkarpc_kafka_v1_options_proto_init() }
@@ -977,7 +1203,7 @@ func file_kafkarpc_kafka_v1_options_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kafkarpc_kafka_v1_options_proto_rawDesc), len(file_kafkarpc_kafka_v1_options_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 2,
 			NumServices:   0,
 		},

@@ -87,6 +87,10 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 			callerKey = &v[0]
 		}
 	}
+	filter, err := newRecordFilter(spec.Filters, md, callerKey)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "%s: %v", m.FullMethod(), err)
+	}
 	field := spec.EventIDField
 	if field == 0 {
 		field = wire.DefaultEventIDField
@@ -97,7 +101,7 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 		return err
 	}
 	c := &fetchCall{f: f, m: m, hub: hub, ctx: ctx, stream: stream, carrier: carrier,
-		filter: newRecordFilter(spec.Filters, callerKey), field: protowire.Number(field), resume: names[0],
+		filter: filter, field: protowire.Number(field), resume: names[0],
 		next: make([]int64, len(hub.parts)), minLag: -1, direct: zeroCopy(stream)}
 	for i, p := range hub.parts {
 		c.next[i] = earliest

@@ -2,49 +2,93 @@ package runtime
 
 import (
 	"bytes"
+	"fmt"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"google.golang.org/grpc/metadata"
 )
 
 // recordFilter decides which records of a fetched topic one caller
-// receives: the method's filters (any of them, each all of its conditions)
-// and, when the caller sent the key metadata, that key.
+// receives: the method's filters (any of them, each all of its conditions),
+// with the values of metadata conditions taken from the caller's metadata,
+// and, when the caller sent the gateway's key metadata, that key.
 type recordFilter struct {
 	anyOf  []compiledFilter // empty: every record
 	key    []byte
 	hasKey bool
 }
 
-// compiledFilter is a FetchFilter with its strings as bytes.
+// compiledFilter is one FetchFilter for one caller: each condition is met
+// by any of its values (one, unless it came from metadata with several).
 type compiledFilter struct {
-	key     []byte
-	hasKey  bool
-	headers []kafkaclient.Header
+	keys    [][]byte // nil: no condition on the key
+	headers []headerCondition
 }
 
-// newRecordFilter compiles the method's filters and the caller's key.
-func newRecordFilter(filters []FetchFilter, callerKey *string) recordFilter {
+type headerCondition struct {
+	name   string
+	values [][]byte
+}
+
+// newRecordFilter compiles the method's filters for a caller with metadata
+// md and the caller's key (the gateway's key metadata). A filter condition
+// that names metadata md lacks is an error naming it, unless the filter's
+// MetadataOptional drops the condition.
+func newRecordFilter(filters []FetchFilter, md metadata.MD, callerKey *string) (recordFilter, error) {
 	var f recordFilter
-	for _, ff := range filters {
-		c := compiledFilter{}
+	for i, ff := range filters {
+		var c compiledFilter
 		if ff.Key != nil {
-			c.key, c.hasKey = []byte(*ff.Key), true
+			c.keys = [][]byte{[]byte(*ff.Key)}
 		}
 		for _, h := range ff.Headers {
-			c.headers = append(c.headers, kafkaclient.Header{Key: h.Name, Value: []byte(h.Value)})
+			c.headers = append(c.headers, headerCondition{name: h.Name, values: [][]byte{[]byte(h.Value)}})
+		}
+		if ff.KeyMetadata != "" {
+			vs, err := metadataValues(md, ff.KeyMetadata, i, ff.MetadataOptional)
+			if err != nil {
+				return f, err
+			}
+			c.keys = vs
+		}
+		for _, h := range ff.HeaderMetadata {
+			vs, err := metadataValues(md, h.Value, i, ff.MetadataOptional)
+			if err != nil {
+				return f, err
+			}
+			if vs != nil {
+				c.headers = append(c.headers, headerCondition{name: h.Name, values: vs})
+			}
 		}
 		f.anyOf = append(f.anyOf, c)
 	}
 	if callerKey != nil {
 		f.key, f.hasKey = []byte(*callerKey), true
 	}
-	return f
+	return f, nil
+}
+
+// metadataValues returns the values of metadata name in md, or nil when md
+// has none and optional; without it and not optional it is an error.
+func metadataValues(md metadata.MD, name string, filter int, optional bool) ([][]byte, error) {
+	vs := md.Get(name)
+	if len(vs) == 0 {
+		if optional {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("request metadata %q is required: fetch.filters[%d] takes its value from it", name, filter)
+	}
+	out := make([][]byte, len(vs))
+	for i, v := range vs {
+		out[i] = []byte(v)
+	}
+	return out, nil
 }
 
 // match reports whether a record with key and headers passes. A key
 // condition of "" matches a record without a key as well as an empty key;
 // a header condition matches when one of the record's headers of that name
-// has exactly that value.
+// has one of the condition's values.
 func (f *recordFilter) match(key []byte, hs []kafkaclient.Header) bool {
 	if f.hasKey && !bytes.Equal(key, f.key) {
 		return false
@@ -61,13 +105,13 @@ func (f *recordFilter) match(key []byte, hs []kafkaclient.Header) bool {
 }
 
 func (c *compiledFilter) match(key []byte, hs []kafkaclient.Header) bool {
-	if c.hasKey && !bytes.Equal(key, c.key) {
+	if c.keys != nil && !anyEqual(c.keys, key) {
 		return false
 	}
 	for _, want := range c.headers {
 		found := false
 		for i := range hs {
-			if hs[i].Key == want.Key && bytes.Equal(hs[i].Value, want.Value) {
+			if hs[i].Key == want.name && anyEqual(want.values, hs[i].Value) {
 				found = true
 				break
 			}
@@ -77,6 +121,15 @@ func (c *compiledFilter) match(key []byte, hs []kafkaclient.Header) bool {
 		}
 	}
 	return true
+}
+
+func anyEqual(vs [][]byte, b []byte) bool {
+	for _, v := range vs {
+		if bytes.Equal(v, b) {
+			return true
+		}
+	}
+	return false
 }
 
 // passAll reports whether the filter lets every record through.

@@ -1,7 +1,10 @@
 package runtime
 
 import (
+	"strings"
 	"testing"
+
+	"google.golang.org/grpc/metadata"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
@@ -49,13 +52,59 @@ func TestRecordFilter(t *testing.T) {
 		{"caller key narrows the method filter", feed, s("other"), []byte("k"), h("type", "created", "zilla:service", "orders"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newRecordFilter(tc.filters, tc.caller)
+			f, err := newRecordFilter(tc.filters, nil, tc.caller)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if got := f.match(tc.key, tc.headers); got != tc.want {
 				t.Fatalf("match = %v, want %v", got, tc.want)
 			}
 		})
 	}
-	if f := newRecordFilter(nil, nil); !f.passAll() {
+	if f, err := newRecordFilter(nil, nil, nil); err != nil || !f.passAll() {
 		t.Fatal("no filters: passAll false")
+	}
+}
+
+// TestRecordFilterFromMetadata: conditions whose values come from the
+// caller's metadata, as testdata/keyed/v1's Statements declares them.
+func TestRecordFilterFromMetadata(t *testing.T) {
+	statements := []FetchFilter{
+		{KeyMetadata: "x-account"},
+		{Headers: []Header{{Name: "kind", Value: "summary"}}, HeaderMetadata: []Header{{Name: "tenant", Value: "x-tenant"}}, MetadataOptional: true},
+	}
+	summary := func(tenant string) []kafkaclient.Header {
+		return []kafkaclient.Header{{Key: "kind", Value: []byte("summary")}, {Key: "tenant", Value: []byte(tenant)}}
+	}
+	for _, tc := range []struct {
+		name    string
+		md      metadata.MD
+		key     string
+		headers []kafkaclient.Header
+		want    bool
+	}{
+		{"the caller's account", metadata.Pairs("x-account", "a1"), "a1", nil, true},
+		{"another account", metadata.Pairs("x-account", "a1"), "a2", nil, false},
+		{"one of the caller's accounts", metadata.Pairs("x-account", "a1", "x-account", "a2"), "a2", nil, true},
+		{"the caller's tenant's summary", metadata.Pairs("x-account", "a1", "x-tenant", "t1"), "zz", summary("t1"), true},
+		{"another tenant's summary", metadata.Pairs("x-account", "a1", "x-tenant", "t1"), "zz", summary("t2"), false},
+		{"no tenant: every summary", metadata.Pairs("x-account", "a1"), "zz", summary("t2"), true},
+		{"no tenant: only summaries", metadata.Pairs("x-account", "a1"), "zz", []kafkaclient.Header{{Key: "kind", Value: []byte("detail")}}, false},
+		{"an empty account matches an empty key", metadata.Pairs("x-account", ""), "", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := newRecordFilter(statements, tc.md, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := f.match([]byte(tc.key), tc.headers); got != tc.want {
+				t.Fatalf("match = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	// x-account is not optional: a caller without it is refused, naming it.
+	_, err := newRecordFilter(statements, metadata.Pairs("x-tenant", "t1"), nil)
+	if err == nil || !strings.Contains(err.Error(), `"x-account"`) || !strings.Contains(err.Error(), "fetch.filters[0]") {
+		t.Fatalf("without x-account: %v, want an error naming it and its filter", err)
 	}
 }

@@ -25,7 +25,7 @@ type gwCall struct {
 	rp      *routePrep
 	id      string // correlation id; empty when oneway
 	attempt []byte // the attempt id of a keyed call (wire.AttemptMetadata), else nil
-	key     []byte
+	key     []byte // the record key of every record; set before the first is produced
 	headers []kafkaclient.Header
 	start   time.Time
 	tel     *methodTelemetry
@@ -36,6 +36,7 @@ type gwCall struct {
 	reqMu      sync.Mutex
 	reqEnded   bool
 	cancelSent bool
+	keyPending bool          // the key comes from the first request message (KeyField), not sent yet
 	reqDone    chan struct{} // closed when the request side ended
 	unacked    sync.WaitGroup
 
@@ -61,8 +62,8 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 		return nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
 	rp := p.route(md)
-	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, reqDone: make(chan struct{}), signal: make(chan struct{}, 1),
-		start: time.Now(), tel: p.tel, ctx: ctx}
+	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, keyPending: rp.route.KeyField != nil && rp.key == nil,
+		reqDone: make(chan struct{}), signal: make(chan struct{}, 1), start: time.Now(), tel: p.tel, ctx: ctx}
 	c.tel.begin(ctx)
 	sendCtx, send := g.trc.tracer.Start(ctx, rp.sendName, rp.sendOpts...)
 	c.send = send
@@ -80,7 +81,7 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 		if err := c.correlate(ctx, md, &req); err != nil {
 			return nil, c.abandon(err)
 		}
-	} else if c.key == nil {
+	} else if c.key == nil && !c.keyPending {
 		c.key = []byte(wire.NewUUID()) // keeps a oneway stream's records in order on one partition
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -114,7 +115,8 @@ func (p *methodPrep) route(md metadata.MD) *routePrep {
 
 // correlate gives a call that expects replies its correlation id (from the
 // caller's idempotency-key, or fresh) and, when keyed, its attempt id, and
-// puts both on req; the id is also the record key unless the route sets one.
+// puts both on req; the id is also the record key unless the route sets a
+// key or a key field.
 func (c *gwCall) correlate(ctx context.Context, md metadata.MD, req *wire.Request) error {
 	rp := c.rp
 	base := ""
@@ -132,7 +134,7 @@ func (c *gwCall) correlate(ctx context.Context, md metadata.MD, req *wire.Reques
 		}
 	}
 	req.CorrelationID = []byte(c.id) // one copy for the header and the key: records only read them
-	if c.key == nil {
+	if c.key == nil && !c.keyPending {
 		c.key = req.CorrelationID
 	}
 	return nil
@@ -191,8 +193,38 @@ func (c *gwCall) sendData(value []byte) {
 	}
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
+	if c.reqEnded {
+		return
+	}
+	if c.keyPending {
+		key, set, err := c.rp.route.KeyField.keyOf([]byte{}, value)
+		switch {
+		case err != nil:
+			c.refuse(status.Errorf(codes.InvalidArgument, "%s: reading key_field %q: %v", c.m.FullMethod(), c.rp.route.KeyField.Path, err))
+			return
+		case !set && c.rp.route.KeyField.Required:
+			c.refuse(status.Errorf(codes.InvalidArgument, "%s: the request does not set %s, which keys the call (key_field_required)", c.m.FullMethod(), c.rp.route.KeyField.Path))
+			return
+		}
+		c.key, c.keyPending = key, false
+	}
+	c.produce(value, c.headers)
+}
+
+// refuse fails a call whose key field refused its first message, before any
+// record was produced: the request side ends without a record, since no
+// worker saw the call. Called with reqMu held.
+func (c *gwCall) refuse(err error) {
+	c.endRequest(err)
+	c.fail(err)
+}
+
+// endRequest marks the request side ended. Called with reqMu held.
+func (c *gwCall) endRequest(err error) {
 	if !c.reqEnded {
-		c.produce(value, c.headers)
+		c.reqEnded = true
+		close(c.reqDone)
+		spanEnd(c.send, err)
 	}
 }
 
@@ -203,14 +235,24 @@ func (c *gwCall) sendData(value []byte) {
 func (c *gwCall) sendEnd(cancel bool) {
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
+	if c.keyPending {
+		// No request message went out: the key field has no value.
+		switch kf := c.rp.route.KeyField; {
+		case c.reqEnded:
+			return // refused
+		case cancel:
+			c.endRequest(nil) // nothing reached Kafka, so there is nothing to cancel
+			return
+		case kf.Required:
+			c.refuse(status.Errorf(codes.InvalidArgument, "%s: the call ended before its first request message, whose %s keys the call (key_field_required)", c.m.FullMethod(), kf.Path))
+			return
+		}
+		c.key, c.keyPending = []byte{}, false
+	}
 	if c.reqEnded && (!cancel || c.cancelSent || !c.g.cfg.cancelAfterEnd || c.rp.route.Oneway) {
 		return
 	}
-	if !c.reqEnded {
-		c.reqEnded = true
-		close(c.reqDone)
-		c.send.End()
-	}
+	c.endRequest(nil)
 	switch {
 	case c.rp.route.Oneway:
 		// a oneway stream has no reader that could act on an end or a cancel

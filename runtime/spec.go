@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
+
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
@@ -92,8 +94,12 @@ type Route struct {
 	Topic string
 	// ReplyTopic carries the replies. Empty when Oneway.
 	ReplyTopic string
-	// Key is the static record key; empty uses the correlation id.
+	// Key is the static record key; empty uses KeyField, else the
+	// correlation id.
 	Key string
+	// KeyField, when set (and Key empty), takes the record key of every
+	// record of a call from a field of its first request message.
+	KeyField *KeyField
 	// Overrides are static headers written first on every request record and
 	// hashed into the correlation id, in order.
 	Overrides []Header
@@ -104,11 +110,45 @@ type Route struct {
 	Oneway bool
 }
 
+// KeyField takes a call's record key from a field of its first request
+// message, read from the encoded message without decoding it. The key is
+// the field's value: string and bytes as they are, integers and enums as
+// decimal text. An unset field (absent from the message, its parent message
+// absent, or, without ExplicitPresence, its zero value) gives the empty key,
+// or fails the call with INVALID_ARGUMENT when Required.
+type KeyField struct {
+	// Path names the field as the option wrote it, e.g. "order.id"; errors
+	// quote it.
+	Path string
+	// Numbers are the field numbers along Path, outermost first. Every one
+	// but the last is a singular message field.
+	Numbers []int32
+	// Kind is the last field's kind: a string, bytes, integer or enum kind.
+	Kind protoreflect.Kind
+	// ExplicitPresence reports whether the last field tracks presence
+	// (proto3 optional, proto2, editions): then its zero value is a value.
+	ExplicitPresence bool
+	// Required fails a call whose field is unset with INVALID_ARGUMENT
+	// instead of keying it with the empty key.
+	Required bool
+}
+
 // FetchFilter selects records of a fetched topic: every condition given must
-// hold (all-of). A nil Key places no condition on the key.
+// hold (all-of). A nil Key places no condition on the key. KeyMetadata and
+// HeaderMetadata take their values from the caller's request metadata (any
+// of its values matches); a caller without them is refused with
+// INVALID_ARGUMENT, or, with MetadataOptional, is not filtered by them.
 type FetchFilter struct {
 	Key     *string
 	Headers []Header
+	// KeyMetadata names request metadata whose value the key must equal.
+	KeyMetadata string
+	// HeaderMetadata are header conditions whose values come from request
+	// metadata: Name is the record header, Value the metadata name.
+	HeaderMetadata []Header
+	// MetadataOptional drops the metadata conditions a caller has no
+	// metadata for, instead of refusing the call.
+	MetadataOptional bool
 }
 
 // FetchSpec describes a fetch (fanout) method.
@@ -157,6 +197,11 @@ func (m *MethodSpec) Clone() *MethodSpec {
 		for i, r := range m.Routes {
 			r.When = slices.Clone(r.When)
 			r.Overrides = slices.Clone(r.Overrides)
+			if r.KeyField != nil {
+				kf := *r.KeyField
+				kf.Numbers = slices.Clone(kf.Numbers)
+				r.KeyField = &kf
+			}
 			c.Routes[i] = r
 		}
 	}
@@ -169,6 +214,7 @@ func (m *MethodSpec) Clone() *MethodSpec {
 					ff.Key = new(*ff.Key)
 				}
 				ff.Headers = slices.Clone(ff.Headers)
+				ff.HeaderMetadata = slices.Clone(ff.HeaderMetadata)
 				f.Filters[i] = ff
 			}
 		}

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"testing"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
+
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 )
 
@@ -23,13 +25,16 @@ func fullSpec() *runtime.ServiceSpec {
 					Topic:      "acme-requests",
 					ReplyTopic: "acme-responses",
 					Key:        "acme",
-					Overrides:  []runtime.Header{{Name: "tenant", Value: "acme"}},
-					Acks:       runtime.AcksLeader,
-					Oneway:     true,
+					KeyField: &runtime.KeyField{Path: "order.id", Numbers: []int32{1, 2}, Kind: protoreflect.StringKind,
+						ExplicitPresence: true, Required: true},
+					Overrides: []runtime.Header{{Name: "tenant", Value: "acme"}},
+					Acks:      runtime.AcksLeader,
+					Oneway:    true,
 				}},
 				Fetch: &runtime.FetchSpec{
-					Topic:          "events",
-					Filters:        []runtime.FetchFilter{{Key: new("k"), Headers: []runtime.Header{{Name: "kind", Value: "a"}}}},
+					Topic: "events",
+					Filters: []runtime.FetchFilter{{Key: new("k"), Headers: []runtime.Header{{Name: "kind", Value: "a"}},
+						KeyMetadata: "x-key", HeaderMetadata: []runtime.Header{{Name: "tenant", Value: "x-tenant"}}, MetadataOptional: true}},
 					EventIDField:   7,
 					ResumeMetadata: "last-id",
 				},
@@ -51,6 +56,7 @@ func TestCloneIsDeep(t *testing.T) {
 	m := c.Methods[0]
 	m.Method, m.Routes[0].Topic, m.Routes[0].When[0].Value, m.Routes[0].Overrides[0].Value = "x", "x", "x", "x"
 	m.Fetch.Topic, *m.Fetch.Filters[0].Key, m.Fetch.Filters[0].Headers[0].Value = "x", "x", "x"
+	m.Routes[0].KeyField.Numbers[0], m.Fetch.Filters[0].HeaderMetadata[0].Value = 9, "x"
 	c.Methods[0] = nil
 	if !reflect.DeepEqual(orig, fullSpec()) {
 		t.Errorf("changing the clone changed the original: %+v", orig)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"google.golang.org/protobuf/compiler/protogen"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/pluginpb"
 
@@ -17,6 +18,8 @@ const (
 	contextPackage = protogen.GoImportPath("context")
 	grpcPackage    = protogen.GoImportPath("google.golang.org/grpc")
 	runtimePackage = protogen.GoImportPath("github.com/kafkarpc/protoc-gen-go-kafka/runtime")
+
+	protoreflectPackage = protogen.GoImportPath("google.golang.org/protobuf/reflect/protoreflect")
 )
 
 const deprecationComment = "// Deprecated: Do not use."
@@ -230,6 +233,13 @@ func emitMethodSpec(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod
 					g.P("Key: new(", strconv.Quote(*f.key), "),")
 				}
 				emitHeaders(g, "Headers", f.headers)
+				if f.keyMetadata != "" {
+					g.P("KeyMetadata: ", strconv.Quote(f.keyMetadata), ",")
+				}
+				emitHeaders(g, "HeaderMetadata", f.headerMetadata)
+				if f.optional {
+					g.P("MetadataOptional: true,")
+				}
 				g.P("},")
 			}
 			g.P("},")
@@ -261,6 +271,23 @@ func emitMethodSpec(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod
 		}
 		if r.key != "" {
 			g.P("Key: ", strconv.Quote(r.key), ",")
+		}
+		if kf := r.keyField; kf != nil {
+			nums := make([]string, len(kf.numbers))
+			for i, n := range kf.numbers {
+				nums[i] = strconv.Itoa(int(n))
+			}
+			g.P("KeyField: &", runtimePackage.Ident("KeyField"), "{")
+			g.P("Path: ", strconv.Quote(kf.path), ",")
+			g.P("Numbers: []int32{", strings.Join(nums, ", "), "},")
+			g.P("Kind: ", protoreflectPackage.Ident(kindConst(kf.kind)), ",")
+			if kf.presence {
+				g.P("ExplicitPresence: true,")
+			}
+			if kf.required {
+				g.P("Required: true,")
+			}
+			g.P("},")
 		}
 		emitHeaders(g, "Overrides", r.overrides)
 		if ident := acksIdent(r.acks); ident != "" {
@@ -344,6 +371,12 @@ func methodSummary(ks *kafkaService, km *kafkaMethod) string {
 		fmt.Fprintf(&b, " Calls whose metadata match one of its %d other routes go there instead; see %s.", others, ks.names.Spec)
 	}
 	return b.String()
+}
+
+// kindConst names the protoreflect constant of kind k, e.g. "Sfixed64Kind".
+func kindConst(k protoreflect.Kind) string {
+	name := k.String() // "sfixed64"
+	return strings.ToUpper(name[:1]) + name[1:] + "Kind"
 }
 
 func kindIdent(k methodKind) string {

@@ -63,10 +63,33 @@ type route struct {
 	topic      string
 	replyTopic string
 	key        string
+	keyField   *keyField // set: the key comes from this field (key is then empty)
 	overrides  []header
 	acks       kafkaoptions.Acks // never ACKS_UNSPECIFIED
 	oneway     bool
 }
+
+// keyField is a validated key_field: the record key taken from a field of
+// the request message.
+type keyField struct {
+	path     string  // as written in the option, e.g. "order.id"
+	numbers  []int32 // field numbers along path
+	kind     protoreflect.Kind
+	presence bool // the last field has explicit presence
+	required bool
+}
+
+// keySource is where a rule takes the record key from: a static key, a
+// field, or neither (inherit). option names the rule's option, for errors
+// reported where the path is resolved against a method's request.
+type keySource struct {
+	key      string
+	path     string
+	required bool
+	option   string // e.g. "key_field", "routes[0].key_field", "key_field (from the service)"
+}
+
+func (k keySource) set() bool { return k.key != "" || k.path != "" }
 
 // header is a name and a value: an override, a filter header or a metadata
 // condition.
@@ -84,8 +107,11 @@ type fetch struct {
 }
 
 type fetchFilter struct {
-	key     *string
-	headers []header
+	key            *string
+	headers        []header
+	keyMetadata    string
+	headerMetadata []header // name: the record header; value: the metadata name
+	optional       bool
 }
 
 // methodKind mirrors runtime.MethodKind.
@@ -253,6 +279,7 @@ func (c *checker) service(s *protogen.Service) *kafkaService {
 		c.topicName(el, "reply_topic", srule.GetReplyTopic())
 		c.overrides(el, "overrides", srule.GetOverrides())
 		c.acks(el, "acks", srule.GetAcks())
+		c.keyOptions(el, "", srule.GetKey(), srule.GetKeyField(), srule.GetKeyFieldRequired())
 	}
 	ks := &kafkaService{service: s, names: newNames(s)}
 	for _, m := range s.Methods {
@@ -282,11 +309,16 @@ func (c *checker) method(m *protogen.Method, srule *kafkaoptions.ServiceRule, mr
 	c.topicName(el, "reply_topic", mrule.GetReplyTopic())
 	c.overrides(el, "overrides", mrule.GetOverrides())
 	c.acks(el, "acks", mrule.GetAcks())
+	c.keyOptions(el, "", mrule.GetKey(), mrule.GetKeyField(), mrule.GetKeyFieldRequired())
 
-	// The default route: the method's settings over the service's.
+	// The default route: the method's settings over the service's. Of key
+	// and key_field, the most specific rule setting either decides.
+	defKey := keySource{key: mrule.GetKey(), path: mrule.GetKeyField(), required: mrule.GetKeyFieldRequired(), option: "key_field"}
+	if !defKey.set() {
+		defKey = keySource{key: srule.GetKey(), path: srule.GetKeyField(), required: srule.GetKeyFieldRequired(), option: "key_field (from the service)"}
+	}
 	def := route{
 		topic:     first(mrule.GetRequestTopic(), srule.GetRequestTopic()),
-		key:       first(mrule.GetKey(), srule.GetKey()),
 		overrides: firstHeaders(mrule.GetOverrides(), srule.GetOverrides()),
 		acks:      firstAcks(mrule.GetAcks(), srule.GetAcks(), kafkaoptions.Acks_ACKS_ALL),
 		oneway:    mrule.GetOneway(),
@@ -298,6 +330,7 @@ func (c *checker) method(m *protogen.Method, srule *kafkaoptions.ServiceRule, mr
 		def.replyTopic = inheritedReply
 	}
 
+	def.key, def.keyField = c.resolveKey(el, m, defKey)
 	if def.topic == "" {
 		c.errorf(el, "request_topic is required")
 	}
@@ -331,14 +364,19 @@ func (c *checker) method(m *protogen.Method, srule *kafkaoptions.ServiceRule, mr
 		c.topicName(el, p+"reply_topic", r.GetReplyTopic())
 		c.overrides(el, p+"overrides", r.GetOverrides())
 		c.acks(el, p+"acks", r.GetAcks())
+		c.keyOptions(el, p, r.GetKey(), r.GetKeyField(), r.GetKeyFieldRequired())
 
 		rt := route{
 			when:      when,
 			topic:     first(r.GetRequestTopic(), def.topic),
-			key:       first(r.GetKey(), def.key),
+			key:       def.key,
+			keyField:  def.keyField,
 			overrides: def.overrides,
 			acks:      firstAcks(r.GetAcks(), def.acks, kafkaoptions.Acks_ACKS_ALL),
 			oneway:    def.oneway,
+		}
+		if rk := (keySource{key: r.GetKey(), path: r.GetKeyField(), required: r.GetKeyFieldRequired(), option: p + "key_field"}); rk.set() {
+			rt.key, rt.keyField = c.resolveKey(el, m, rk)
 		}
 		if len(r.GetOverrides()) > 0 {
 			rt.overrides = firstHeaders(r.GetOverrides())
@@ -387,6 +425,8 @@ func (c *checker) fetch(m *protogen.Method, kind methodKind, mrule *kafkaoptions
 		{"request_topic", mrule.GetRequestTopic() != ""},
 		{"reply_topic", mrule.GetReplyTopic() != ""},
 		{"key", mrule.GetKey() != ""},
+		{"key_field", mrule.GetKeyField() != ""},
+		{"key_field_required", mrule.GetKeyFieldRequired()},
 		{"overrides", len(mrule.GetOverrides()) > 0},
 		{"acks", mrule.GetAcks() != kafkaoptions.Acks_ACKS_UNSPECIFIED},
 		{"oneway", mrule.GetOneway()},
@@ -411,21 +451,7 @@ func (c *checker) fetch(m *protogen.Method, kind methodKind, mrule *kafkaoptions
 
 	for i, flt := range fr.GetFilters() {
 		p := fmt.Sprintf("fetch.filters[%d]", i)
-		if flt.Key == nil && len(flt.GetHeaders()) == 0 {
-			c.errorf(el, "%s needs a key or at least one header", p)
-		}
-		ff := fetchFilter{}
-		if flt.Key != nil {
-			k := flt.GetKey()
-			ff.key = &k
-		}
-		for j, h := range flt.GetHeaders() {
-			if h.GetName() == "" {
-				c.errorf(el, "%s.headers[%d].name is required", p, j)
-			}
-			ff.headers = append(ff.headers, header{name: h.GetName(), value: h.GetValue()})
-		}
-		ft.filters = append(ft.filters, ff)
+		ft.filters = append(ft.filters, c.fetchFilter(el, p, flt))
 	}
 
 	const field = "fetch.event_id_field"
@@ -451,6 +477,105 @@ func (c *checker) fetch(m *protogen.Method, kind methodKind, mrule *kafkaoptions
 		c.errorf(el, "fetch.resume_metadata %q must not end in \"-bin\": name the base64 variant, the binary one adds \"-bin\"", ft.resumeMetadata)
 	}
 	return ft
+}
+
+// fetchFilter checks and models one fetch filter; p is its option path.
+func (c *checker) fetchFilter(el protoreflect.FullName, p string, flt *kafkaoptions.FetchFilter) fetchFilter {
+	ff := fetchFilter{keyMetadata: flt.GetKeyMetadata(), optional: flt.GetMetadataOptional()}
+	fromMetadata := ff.keyMetadata != "" || len(flt.GetHeaderMetadata()) > 0
+	if flt.Key == nil && len(flt.GetHeaders()) == 0 && !fromMetadata {
+		c.errorf(el, "%s needs a condition: a key, a header, key_metadata or header_metadata", p)
+	}
+	if flt.Key != nil {
+		k := flt.GetKey()
+		ff.key = &k
+		if ff.keyMetadata != "" {
+			c.errorf(el, "%s sets both key and key_metadata: the record key has one value to match", p)
+		}
+	}
+	for j, h := range flt.GetHeaders() {
+		if h.GetName() == "" {
+			c.errorf(el, "%s.headers[%d].name is required", p, j)
+		}
+		ff.headers = append(ff.headers, header{name: h.GetName(), value: h.GetValue()})
+	}
+	if ff.keyMetadata != "" {
+		c.metadataName(el, p+".key_metadata", ff.keyMetadata)
+	}
+	for j, h := range flt.GetHeaderMetadata() {
+		if h.GetName() == "" {
+			c.errorf(el, "%s.header_metadata[%d].name is required", p, j)
+		}
+		c.metadataName(el, fmt.Sprintf("%s.header_metadata[%d].metadata", p, j), h.GetMetadata())
+		ff.headerMetadata = append(ff.headerMetadata, header{name: h.GetName(), value: h.GetMetadata()})
+	}
+	if ff.optional && !fromMetadata {
+		c.errorf(el, "%s.metadata_optional needs key_metadata or header_metadata", p)
+	}
+	return ff
+}
+
+// keyOptions checks the key options of one rule (p is the route's prefix,
+// or empty): key and key_field exclude each other, and key_field_required
+// needs key_field. The path itself is checked where a method resolves it.
+func (c *checker) keyOptions(el protoreflect.FullName, p, key, field string, required bool) {
+	if key != "" && field != "" {
+		c.errorf(el, "%skey and %skey_field cannot both be set: the record key comes from one of them", p, p)
+	}
+	if required && field == "" {
+		c.errorf(el, "%skey_field_required needs %skey_field", p, p)
+	}
+}
+
+// keyableKinds are the kinds a key_field may end on.
+var keyableKinds = map[protoreflect.Kind]bool{
+	protoreflect.StringKind: true, protoreflect.BytesKind: true, protoreflect.EnumKind: true,
+	protoreflect.Int32Kind: true, protoreflect.Sint32Kind: true, protoreflect.Uint32Kind: true,
+	protoreflect.Int64Kind: true, protoreflect.Sint64Kind: true, protoreflect.Uint64Kind: true,
+	protoreflect.Fixed32Kind: true, protoreflect.Sfixed32Kind: true,
+	protoreflect.Fixed64Kind: true, protoreflect.Sfixed64Kind: true,
+}
+
+// resolveKey returns a route's static key or its key field, resolved
+// against m's request message. A key_field the message does not have, or
+// that does not lead to a singular scalar, is reported and dropped.
+func (c *checker) resolveKey(el protoreflect.FullName, m *protogen.Method, k keySource) (string, *keyField) {
+	if k.key != "" || k.path == "" {
+		return k.key, nil
+	}
+	msg := m.Input.Desc
+	kf := &keyField{path: k.path, required: k.required}
+	steps := strings.Split(k.path, ".")
+	for i, name := range steps {
+		if name == "" {
+			c.errorf(el, "%s %q is not a field path: names separated by \".\", as in \"order.id\"", k.option, k.path)
+			return "", nil
+		}
+		fd := msg.Fields().ByName(protoreflect.Name(name))
+		if fd == nil {
+			c.errorf(el, "%s %q: %s has no field %q", k.option, k.path, msg.FullName(), name)
+			return "", nil
+		}
+		kf.numbers = append(kf.numbers, int32(fd.Number()))
+		if fd.Cardinality() == protoreflect.Repeated {
+			c.errorf(el, "%s %q: %s is repeated; every field on the path must be singular", k.option, k.path, fd.FullName())
+			return "", nil
+		}
+		if i < len(steps)-1 {
+			if fd.Kind() != protoreflect.MessageKind {
+				c.errorf(el, "%s %q: %s is a %s, not a message, so it has no field %q", k.option, k.path, fd.FullName(), fd.Kind(), steps[i+1])
+				return "", nil
+			}
+			msg = fd.Message()
+			continue
+		}
+		if !keyableKinds[fd.Kind()] {
+			c.errorf(el, "%s %q: %s is a %s; the key field must be a string, bytes, integer or enum", k.option, k.path, fd.FullName(), fd.Kind())
+			return "", nil
+		}
+		kf.kind, kf.presence = fd.Kind(), fd.HasPresence()
+	}
+	return "", kf
 }
 
 // topicName checks a topic name when it is set.

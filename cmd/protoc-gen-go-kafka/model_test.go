@@ -12,43 +12,59 @@ import (
 // badOptions maps each proto of testdata/bad (one invalid option each) to
 // the exact error the plugin must answer with, after "<file>: ".
 var badOptions = map[string]string{
-	"acks_unknown.proto":                     `testdata.bad.v1.BadService.Call: acks 7 is not a known value`,
-	"fetch_event_id_declared.proto":          `testdata.bad.v1.BadService.Call: fetch.event_id_field 7 is already field seq of testdata.bad.v1.Event`,
-	"fetch_event_id_default_declared.proto":  `testdata.bad.v1.BadService.Call: fetch.event_id_field 32767 (the default) is already field id of testdata.bad.v1.Event`,
-	"fetch_event_id_out_of_range.proto":      `testdata.bad.v1.BadService.Call: fetch.event_id_field 536870912 is out of range 1..536870911`,
-	"fetch_event_id_reserved.proto":          `testdata.bad.v1.BadService.Call: fetch.event_id_field 19500 is in the range 19000-19999 that protobuf reserves`,
-	"fetch_filter_empty.proto":               `testdata.bad.v1.BadService.Call: fetch.filters[0] needs a key or at least one header`,
-	"fetch_filter_header_no_name.proto":      `testdata.bad.v1.BadService.Call: fetch.filters[0].headers[0].name is required`,
-	"fetch_missing_topic.proto":              `testdata.bad.v1.BadService.Call: fetch.topic is required`,
-	"fetch_request_not_empty.proto":          `testdata.bad.v1.BadService.Call: fetch requires google.protobuf.Empty as the request, not testdata.bad.v1.Ping`,
-	"fetch_resume_metadata_bin.proto":        `testdata.bad.v1.BadService.Call: fetch.resume_metadata "last-id-bin" must not end in "-bin": name the base64 variant, the binary one adds "-bin"`,
-	"fetch_resume_metadata_upper_case.proto": `testdata.bad.v1.BadService.Call: fetch.resume_metadata "Last-Id" is not a valid metadata name: character 'L' is not allowed, only lower case [0-9a-z_.-]`,
-	"fetch_unary.proto":                      `testdata.bad.v1.BadService.Call: fetch is only allowed on server-streaming methods, not on a unary method`,
-	"fetch_with_acks.proto":                  `testdata.bad.v1.BadService.Call: acks cannot be combined with fetch`,
-	"fetch_with_oneway.proto":                `testdata.bad.v1.BadService.Call: oneway cannot be combined with fetch`,
-	"fetch_with_request_topic.proto":         `testdata.bad.v1.BadService.Call: request_topic cannot be combined with fetch`,
-	"fetch_with_routes.proto":                `testdata.bad.v1.BadService.Call: routes cannot be combined with fetch`,
-	"missing_reply_topic.proto":              `testdata.bad.v1.BadService.Call: reply_topic is required unless oneway is set`,
-	"missing_request_topic.proto":            `testdata.bad.v1.BadService.Call: request_topic is required`,
-	"oneway_route_bidi.proto":                `testdata.bad.v1.BadService.Call: routes[0].oneway is only allowed on unary and client-streaming methods, not on a bidi-streaming method`,
-	"oneway_server_stream.proto":             `testdata.bad.v1.BadService.Call: oneway is only allowed on unary and client-streaming methods, not on a server-streaming method`,
-	"oneway_with_reply_topic.proto":          `testdata.bad.v1.BadService.Call: reply_topic must be empty when oneway is set`,
-	"override_zilla.proto":                   `testdata.bad.v1.BadService.Call: overrides[0].name "zilla:service" must not start with "zilla:", which the wire format reserves`,
-	"route_metadata_no_name.proto":           `testdata.bad.v1.BadService.Call: routes[0].when[0].name is required`,
-	"route_metadata_pseudo.proto":            `testdata.bad.v1.BadService.Call: routes[0].when[0].name ":authority" is an HTTP/2 pseudo-header, not request metadata`,
-	"route_metadata_reserved.proto":          `testdata.bad.v1.BadService.Call: routes[0].when[0].name "grpc-timeout" is reserved by gRPC`,
-	"route_metadata_upper_case.proto":        `testdata.bad.v1.BadService.Call: routes[0].when[0].name "X-Tenant" is not a valid metadata name: character 'X' is not allowed, only lower case [0-9a-z_.-]`,
-	"route_not_oneway_without_reply.proto":   `testdata.bad.v1.BadService.Call: routes[0].reply_topic is required unless oneway is set`,
-	"route_oneway_with_reply_topic.proto":    `testdata.bad.v1.BadService.Call: routes[0].reply_topic must be empty when oneway is set`,
-	"route_override_meta.proto":              `testdata.bad.v1.BadService.Call: routes[0].overrides[0].name "meta:x" must not start with "meta:", which the wire format reserves`,
-	"route_same_request_reply_topic.proto":   `testdata.bad.v1.BadService.Call: routes[0].reply_topic must differ from request_topic "r"`,
-	"route_without_when.proto":               `testdata.bad.v1.BadService.Call: routes[0].when needs at least one condition`,
-	"same_request_reply_topic.proto":         `testdata.bad.v1.BadService.Call: reply_topic must differ from request_topic "t"`,
-	"service_bad_topic.proto":                `testdata.bad.v1.BadService: reply_topic "bad topic" is not a valid Kafka topic name: character ' ' is not allowed, only [a-zA-Z0-9._-]`,
-	"service_override_no_name.proto":         `testdata.bad.v1.BadService: overrides[0].name is required`,
-	"topic_bad_character.proto":              `testdata.bad.v1.BadService.Call: request_topic "orders/eu" is not a valid Kafka topic name: character '/' is not allowed, only [a-zA-Z0-9._-]`,
-	"topic_dot_dot.proto":                    `testdata.bad.v1.BadService.Call: reply_topic ".." is not a valid Kafka topic name: "." and ".." are not allowed`,
-	"topic_too_long.proto":                   `testdata.bad.v1.BadService.Call: request_topic is not a valid Kafka topic name: 250 characters, at most 249 allowed`,
+	"acks_unknown.proto":                          `testdata.bad.v1.BadService.Call: acks 7 is not a known value`,
+	"fetch_event_id_declared.proto":               `testdata.bad.v1.BadService.Call: fetch.event_id_field 7 is already field seq of testdata.bad.v1.Event`,
+	"fetch_event_id_default_declared.proto":       `testdata.bad.v1.BadService.Call: fetch.event_id_field 32767 (the default) is already field id of testdata.bad.v1.Event`,
+	"fetch_event_id_out_of_range.proto":           `testdata.bad.v1.BadService.Call: fetch.event_id_field 536870912 is out of range 1..536870911`,
+	"fetch_event_id_reserved.proto":               `testdata.bad.v1.BadService.Call: fetch.event_id_field 19500 is in the range 19000-19999 that protobuf reserves`,
+	"fetch_filter_empty.proto":                    `testdata.bad.v1.BadService.Call: fetch.filters[0] needs a condition: a key, a header, key_metadata or header_metadata`,
+	"fetch_filter_key_and_key_metadata.proto":     `testdata.bad.v1.BadService.Call: fetch.filters[0] sets both key and key_metadata: the record key has one value to match`,
+	"fetch_filter_key_metadata_upper_case.proto":  `testdata.bad.v1.BadService.Call: fetch.filters[0].key_metadata "X-Key" is not a valid metadata name: character 'X' is not allowed, only lower case [0-9a-z_.-]`,
+	"fetch_filter_header_metadata_no_name.proto":  `testdata.bad.v1.BadService.Call: fetch.filters[0].header_metadata[0].name is required`,
+	"fetch_filter_header_metadata_reserved.proto": `testdata.bad.v1.BadService.Call: fetch.filters[0].header_metadata[0].metadata "grpc-timeout" is reserved by gRPC`,
+	"fetch_filter_metadata_optional_alone.proto":  `testdata.bad.v1.BadService.Call: fetch.filters[0].metadata_optional needs key_metadata or header_metadata`,
+	"fetch_with_key_field.proto":                  `testdata.bad.v1.BadService.Call: key_field cannot be combined with fetch`,
+	"key_field_and_key.proto":                     `testdata.bad.v1.BadService.Call: key and key_field cannot both be set: the record key comes from one of them`,
+	"key_field_unknown.proto":                     `testdata.bad.v1.BadService.Call: key_field "inner.name": testdata.bad.v1.Inner has no field "name"`,
+	"key_field_repeated.proto":                    `testdata.bad.v1.BadService.Call: key_field "tags": testdata.bad.v1.Ping.tags is repeated; every field on the path must be singular`,
+	"key_field_double.proto":                      `testdata.bad.v1.BadService.Call: key_field "score": testdata.bad.v1.Ping.score is a double; the key field must be a string, bytes, integer or enum`,
+	"key_field_bool.proto":                        `testdata.bad.v1.BadService.Call: key_field "inner.flag": testdata.bad.v1.Inner.flag is a bool; the key field must be a string, bytes, integer or enum`,
+	"key_field_message.proto":                     `testdata.bad.v1.BadService.Call: key_field "inner": testdata.bad.v1.Ping.inner is a message; the key field must be a string, bytes, integer or enum`,
+	"key_field_through_scalar.proto":              `testdata.bad.v1.BadService.Call: key_field "text.id": testdata.bad.v1.Ping.text is a string, not a message, so it has no field "id"`,
+	"key_field_empty_step.proto":                  `testdata.bad.v1.BadService.Call: key_field "inner..id" is not a field path: names separated by ".", as in "order.id"`,
+	"key_field_required_alone.proto":              `testdata.bad.v1.BadService.Call: key_field_required needs key_field`,
+	"route_key_field_and_key.proto":               `testdata.bad.v1.BadService.Call: routes[0].key and routes[0].key_field cannot both be set: the record key comes from one of them`,
+	"fetch_filter_header_no_name.proto":           `testdata.bad.v1.BadService.Call: fetch.filters[0].headers[0].name is required`,
+	"fetch_missing_topic.proto":                   `testdata.bad.v1.BadService.Call: fetch.topic is required`,
+	"fetch_request_not_empty.proto":               `testdata.bad.v1.BadService.Call: fetch requires google.protobuf.Empty as the request, not testdata.bad.v1.Ping`,
+	"fetch_resume_metadata_bin.proto":             `testdata.bad.v1.BadService.Call: fetch.resume_metadata "last-id-bin" must not end in "-bin": name the base64 variant, the binary one adds "-bin"`,
+	"fetch_resume_metadata_upper_case.proto":      `testdata.bad.v1.BadService.Call: fetch.resume_metadata "Last-Id" is not a valid metadata name: character 'L' is not allowed, only lower case [0-9a-z_.-]`,
+	"fetch_unary.proto":                           `testdata.bad.v1.BadService.Call: fetch is only allowed on server-streaming methods, not on a unary method`,
+	"fetch_with_acks.proto":                       `testdata.bad.v1.BadService.Call: acks cannot be combined with fetch`,
+	"fetch_with_oneway.proto":                     `testdata.bad.v1.BadService.Call: oneway cannot be combined with fetch`,
+	"fetch_with_request_topic.proto":              `testdata.bad.v1.BadService.Call: request_topic cannot be combined with fetch`,
+	"fetch_with_routes.proto":                     `testdata.bad.v1.BadService.Call: routes cannot be combined with fetch`,
+	"missing_reply_topic.proto":                   `testdata.bad.v1.BadService.Call: reply_topic is required unless oneway is set`,
+	"missing_request_topic.proto":                 `testdata.bad.v1.BadService.Call: request_topic is required`,
+	"oneway_route_bidi.proto":                     `testdata.bad.v1.BadService.Call: routes[0].oneway is only allowed on unary and client-streaming methods, not on a bidi-streaming method`,
+	"oneway_server_stream.proto":                  `testdata.bad.v1.BadService.Call: oneway is only allowed on unary and client-streaming methods, not on a server-streaming method`,
+	"oneway_with_reply_topic.proto":               `testdata.bad.v1.BadService.Call: reply_topic must be empty when oneway is set`,
+	"override_zilla.proto":                        `testdata.bad.v1.BadService.Call: overrides[0].name "zilla:service" must not start with "zilla:", which the wire format reserves`,
+	"route_metadata_no_name.proto":                `testdata.bad.v1.BadService.Call: routes[0].when[0].name is required`,
+	"route_metadata_pseudo.proto":                 `testdata.bad.v1.BadService.Call: routes[0].when[0].name ":authority" is an HTTP/2 pseudo-header, not request metadata`,
+	"route_metadata_reserved.proto":               `testdata.bad.v1.BadService.Call: routes[0].when[0].name "grpc-timeout" is reserved by gRPC`,
+	"route_metadata_upper_case.proto":             `testdata.bad.v1.BadService.Call: routes[0].when[0].name "X-Tenant" is not a valid metadata name: character 'X' is not allowed, only lower case [0-9a-z_.-]`,
+	"route_not_oneway_without_reply.proto":        `testdata.bad.v1.BadService.Call: routes[0].reply_topic is required unless oneway is set`,
+	"route_oneway_with_reply_topic.proto":         `testdata.bad.v1.BadService.Call: routes[0].reply_topic must be empty when oneway is set`,
+	"route_override_meta.proto":                   `testdata.bad.v1.BadService.Call: routes[0].overrides[0].name "meta:x" must not start with "meta:", which the wire format reserves`,
+	"route_same_request_reply_topic.proto":        `testdata.bad.v1.BadService.Call: routes[0].reply_topic must differ from request_topic "r"`,
+	"route_without_when.proto":                    `testdata.bad.v1.BadService.Call: routes[0].when needs at least one condition`,
+	"same_request_reply_topic.proto":              `testdata.bad.v1.BadService.Call: reply_topic must differ from request_topic "t"`,
+	"service_bad_topic.proto":                     `testdata.bad.v1.BadService: reply_topic "bad topic" is not a valid Kafka topic name: character ' ' is not allowed, only [a-zA-Z0-9._-]`,
+	"service_override_no_name.proto":              `testdata.bad.v1.BadService: overrides[0].name is required`,
+	"topic_bad_character.proto":                   `testdata.bad.v1.BadService.Call: request_topic "orders/eu" is not a valid Kafka topic name: character '/' is not allowed, only [a-zA-Z0-9._-]`,
+	"topic_dot_dot.proto":                         `testdata.bad.v1.BadService.Call: reply_topic ".." is not a valid Kafka topic name: "." and ".." are not allowed`,
+	"topic_too_long.proto":                        `testdata.bad.v1.BadService.Call: request_topic is not a valid Kafka topic name: 250 characters, at most 249 allowed`,
 }
 
 // optionPosition returns "line:column" of the Kafka option in file (each
@@ -168,5 +184,43 @@ func TestTopicProblem(t *testing.T) {
 		if got := topicProblem(topic) == ""; got != valid {
 			t.Errorf("topicProblem(%q) = %q, want valid=%v", topic, topicProblem(topic), valid)
 		}
+	}
+}
+
+// TestKeyFieldFromService: a service's key_field is resolved against the
+// request of every method that inherits it, and a problem is reported at
+// that method, saying where the option came from; a method that sets its
+// own key or key_field does not inherit it.
+func TestKeyFieldFromService(t *testing.T) {
+	const src = `syntax = "proto3";
+package keys.v1;
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/keys/v1;keysv1";
+service KeyService {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "q" reply_topic: "r" key_field: "account.id"};
+  rpc Inherits(WithAccount) returns (WithAccount);
+  rpc Lacks(Plain) returns (Plain);
+  rpc OwnKey(Plain) returns (Plain) {
+    option (kafkarpc.kafka.v1.method) = {key: "k"};
+  }
+  rpc OwnField(Plain) returns (Plain) {
+    option (kafkarpc.kafka.v1.method) = {key_field: "name"};
+  }
+}
+service BothService {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "q" reply_topic: "r" key: "k" key_field: "name"};
+  rpc Call(Plain) returns (Plain);
+}
+message Account { string id = 1; }
+message WithAccount { Account account = 1; }
+message Plain { string name = 1; }
+`
+	resp := runPlugin(t, compileRequest(t, map[string]string{"keys/v1/keys.proto": src}, "keys/v1/keys.proto"))
+	want := strings.Join([]string{
+		`keys/v1/keys.proto:8:3: keys.v1.KeyService.Lacks: key_field (from the service) "account.id": keys.v1.Plain has no field "account"`,
+		`keys/v1/keys.proto:17:3: keys.v1.BothService: key and key_field cannot both be set: the record key comes from one of them`,
+	}, "\n")
+	if got := resp.GetError(); got != want {
+		t.Errorf("errors:\n got: %s\nwant: %s", got, want)
 	}
 }
