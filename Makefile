@@ -96,8 +96,9 @@ bench-go: ## the Go benchmarks: unary p50 against its floor per client, the clie
 	$(GO) test -run '^$$' -bench Clients -benchtime 5000x ./internal/kafkatest/
 
 .PHONY: fuzz
-fuzz: ## fuzz the record and header decoders for 20 s each
+fuzz: ## fuzz the record and header decoders and the key_field reader for 20 s each
 	for f in FuzzDecode FuzzReplyStatus FuzzTimeout; do $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 20s ./wire/ || exit 1; done
+	$(GO) test -run '^$$' -fuzz '^FuzzKeyOf$$' -fuzztime 20s ./runtime/
 
 .PHONY: clean
 clean: ## remove build output
