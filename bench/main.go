@@ -52,7 +52,8 @@ type config struct {
 	clients                             []string
 	only                                *regexp.Regexp
 	watermill, watermillFanout, stream  bool
-	watermillGRPC, fetch                bool
+	watermillGRPC, fetch, procHop       bool
+	broadcast                           bool
 	streamWorkers                       int
 	grpcDefaults                        bool
 	fanoutCallers, fanoutEvents         int
@@ -82,6 +83,7 @@ func main() {
 	flag.BoolVar(&cfg.stream, "stream", true, "measure server streaming")
 	flag.IntVar(&cfg.streamMsgs, "stream-msgs", 10000, "messages of one server stream")
 	flag.BoolVar(&cfg.fetch, "fetch", true, "measure fanout (fetch) through the gateway")
+	flag.BoolVar(&cfg.broadcast, "broadcast", true, "with -fetch, also measure a plain gRPC in-memory broadcast of the same events to the same number of callers")
 	flag.IntVar(&cfg.streamWorkers, "grpc-stream-workers", 0, "grpc.NumStreamWorkers of every gRPC server (0: gRPC's default, a goroutine per stream)")
 	flag.BoolVar(&cfg.grpcDefaults, "grpc-defaults", false, "gRPC's own default options on every gRPC server and client, instead of runtime.GatewayServerOptions and runtime.CallerDialOptions (the gateway's server keeps runtime.FetchServerCodec)")
 	flag.IntVar(&cfg.fanoutCallers, "fanout-callers", 16, "fetch (fanout) callers")
@@ -96,7 +98,20 @@ func main() {
 	flag.StringVar(&cfg.trace, "trace", "", "write an execution trace of the measured part to this file (keep -profile-time short)")
 	flag.IntVar(&cfg.memRate, "memprofilerate", 0, "runtime.MemProfileRate while profiling (0: Go's default)")
 	flag.StringVar(&cfg.benchOut, "benchout", "", "also write one Go benchmark line per contender and round to this file (for benchstat)")
+	flag.BoolVar(&cfg.procHop, "floor-proc", true, "also measure the two-hop floor with its relay in a child process (floor-2hop-proc)")
+	var relay relayChildConfig
+	relayChild := flag.Bool("relay-child", false, "internal: run as floor-2hop-proc's relay child (started by the bench itself)")
+	flag.StringVar(&relay.client, "relay-client", "", "internal: the relay child's Kafka client")
+	flag.StringVar(&relay.brokers, "relay-brokers", "", "internal: the relay child's brokers")
+	flag.StringVar(&relay.from, "relay-from", "", "internal: the topic the relay child reads")
+	flag.StringVar(&relay.to, "relay-to", "", "internal: the topic the relay child writes")
 	flag.Parse()
+	if *relayChild {
+		if err := runRelayChild(relay); err != nil {
+			fatal(err)
+		}
+		return
+	}
 	for _, s := range strings.Split(levels, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
@@ -192,7 +207,7 @@ func run(cfg config, out io.Writer) error {
 		if len(cfg.clients) > 0 && !contains(cfg.clients, kc.name) {
 			continue
 		}
-		if !wantAny("rpc", kc.name) && !wantAny("conn", kc.name) && !wantAny("floor", kc.name) && !wantAny("floor4", kc.name) && !wantAny("floor-2hop", kc.name) &&
+		if !wantAny("rpc", kc.name) && !wantAny("conn", kc.name) && !wantAny("floor", kc.name) && !wantAny("floor4", kc.name) && !wantAny("floor-2hop", kc.name) && !wantAny(twoHopProcKind, kc.name) &&
 			!wantAny("stream", kc.name) && !wantAny("stream-floor", kc.name) {
 			continue
 		}
@@ -208,7 +223,7 @@ func run(cfg config, out io.Writer) error {
 		}
 		closers = append(closers, func() { _ = back.Close() })
 		prefix := run + kc.name + "."
-		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"floor4-a", prefix+"floor4-b", prefix+"hop-a", prefix+"hop-b", prefix+"stream"); err != nil {
+		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"floor4-a", prefix+"floor4-b", prefix+"hop-a", prefix+"hop-b", prefix+"hopp-a", prefix+"hopp-b", prefix+"stream"); err != nil {
 			return fmt.Errorf("%s: %w", kc.name, err)
 		}
 		if want("floor-2hop", kc.name, 1) {
@@ -218,6 +233,16 @@ func run(cfg config, out io.Writer) error {
 			}
 			closers = append(closers, h.close)
 			add(&unaryCs, "floor-2hop", kc.name, 1, h.call)
+		}
+		if cfg.procHop && want(twoHopProcKind, kc.name, 1) {
+			progress("starting the relay child of " + kc.name)
+			h, err := newProcHop(front, kc.name, brokers, prefix+"hopp-a", prefix+"hopp-b", value)
+			if err != nil {
+				return fmt.Errorf("%s two-hop with a relay child: %w", kc.name, err)
+			}
+			closers = append(closers, h.close)
+			add(&unaryCs, twoHopProcKind, kc.name, 1, h.call)
+			unaryCs[len(unaryCs)-1].extraCPU = h.childCPU
 		}
 		if wantAny("floor", kc.name) {
 			p, err := newPipeline(front, back, prefix+"floor-a", prefix+"floor-b", value, maxLevel, false, log)
@@ -346,8 +371,20 @@ func run(cfg config, out io.Writer) error {
 		}
 	}
 	var fetch []*fetchResult
+	var bc *broadcast
+	bcNote := ""
+	if len(fetchProbe) > 0 && cfg.broadcast {
+		progress(fmt.Sprintf("starting the plain gRPC broadcast: %d callers", cfg.fanoutCallers))
+		if bc, err = newBroadcast(cfg.fanoutCallers, cfg.fanoutEvents, cfg.message); err != nil {
+			bcNote = "not measured: " + err.Error()
+		} else {
+			defer bc.close()
+		}
+	}
 	for _, s := range fetchProbe {
-		fetch = append(fetch, s.measure(ctx, cfg, lim, log))
+		f := s.measure(ctx, cfg, lim, log, bc)
+		f.bcastNote = bcNote
+		fetch = append(fetch, f)
 	}
 	if err := stopProf(); err != nil {
 		return err
@@ -478,12 +515,12 @@ func profileRun(ctx context.Context, cfg config, cs []*contender, lim limits) er
 	}
 	var ms0, ms1 goruntime.MemStats
 	goruntime.ReadMemStats(&ms0)
-	cpu0 := cpuTime()
+	cpu0 := c.cpuNow()
 	pl := lim
 	pl.slice = cfg.profileTime
 	pl.maxPerSlice = 1 << 30
 	lat, n, wall, errs, first := runSlice(ctx, c, pl)
-	cpu := cpuTime() - cpu0
+	cpu := c.cpuNow() - cpu0
 	goruntime.ReadMemStats(&ms1)
 	if err := stop(); err != nil {
 		return err

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// The one-in-flight floor with the relay in a process of its own
+// (floor-2hop-proc): the caller's side produces to topic a and reads topic
+// b in this process, as a gateway would; a child process (this program run
+// again with -relay-child) reads a and produces each record to b, as a
+// worker with no handler would. It pays the process crossings a gateway and
+// a worker in separate processes pay, which the one-goroutine two-hop floor
+// (floor-2hop) does not: two Go runtimes, each woken by its own network
+// poller, each Kafka client in the process that uses it.
+
+// relayChildReady is the line the child writes to its standard output once
+// its reader is assigned, so that no record produced after it is missed.
+const relayChildReady = "relay ready"
+
+// relayChildConfig is what the parent passes to the child in flags.
+type relayChildConfig struct {
+	client, brokers, from, to string
+}
+
+// runRelayChild is the child's main: it relays every record of from to to
+// with a client of the given kind until its standard input ends (the parent
+// closed it, or died), then closes its client.
+func runRelayChild(rc relayChildConfig) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("side", "relay-child")
+	var kind *kafkaClientKind
+	for i := range kafkaClients {
+		if kafkaClients[i].name == rc.client {
+			kind = &kafkaClients[i]
+		}
+	}
+	if kind == nil {
+		return fmt.Errorf("-relay-client: unknown Kafka client %q", rc.client)
+	}
+	if rc.brokers == "" || rc.from == "" || rc.to == "" {
+		return fmt.Errorf("-relay-child needs -relay-brokers, -relay-from and -relay-to")
+	}
+	c, err := kind.new(rc.brokers, log)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r, err := newReaderAtEnd(c, rc.from)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin) // returns when the parent closes it or exits
+		cancel()
+	}()
+	if _, err := fmt.Println(relayChildReady); err != nil {
+		return err
+	}
+	delivered := func(_ *kafkaclient.Record, err error) {
+		if err != nil {
+			log.Warn("relay child produce", "error", err)
+		}
+	}
+	failures := 0
+	for {
+		recs, err := r.Poll(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			// The parent's calls time out and count errors meanwhile;
+			// a reader that keeps failing ends the child.
+			if failures++; failures >= 100 {
+				return fmt.Errorf("relay child: %d reads failed in a row, last: %w", failures, err)
+			}
+			log.Warn("relay child read", "error", err)
+			continue
+		}
+		failures = 0
+		for _, rec := range recs {
+			c.Produce(&kafkaclient.Record{Topic: rc.to, Partition: kafkaclient.AnyPartition, Key: rec.Key, Value: rec.Value},
+				kafkaclient.AcksAll, delivered)
+		}
+	}
+}
+
+// procHop is the parent's side of floor-2hop-proc: one call at a time, a
+// record produced to a (front client) and the relayed record read from b
+// (front client).
+type procHop struct {
+	front  kafkaclient.Client
+	a      string
+	rb     kafkaclient.Reader
+	value  []byte
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	exited chan struct{}
+	mu     sync.Mutex
+	failed atomic.Pointer[error]
+}
+
+// newProcHop starts the relay child (client kind, brokers) and waits, at
+// most 60 s, until it reads a.
+func newProcHop(front kafkaclient.Client, client, brokers, a, b string, value []byte) (*procHop, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("relay child: %w", err)
+	}
+	rb, err := newReaderAtEnd(front, b)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, "-relay-child", "-relay-client", client, "-relay-brokers", brokers, "-relay-from", a, "-relay-to", b)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		_ = rb.Close()
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		_ = rb.Close()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		_ = rb.Close()
+		return nil, fmt.Errorf("relay child: %w", err)
+	}
+	h := &procHop{front: front, a: a, rb: rb, value: value, cmd: cmd, stdin: stdin, exited: make(chan struct{})}
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err == nil && strings.TrimSpace(line) != relayChildReady {
+			err = fmt.Errorf("relay child said %q, want %q", line, relayChildReady)
+		}
+		ready <- err
+		_, _ = io.Copy(io.Discard, stdout) // until the child exits
+		_ = cmd.Wait()
+		close(h.exited)
+	}()
+	t := time.NewTimer(60 * time.Second)
+	defer t.Stop()
+	select {
+	case err := <-ready:
+		if err != nil {
+			h.close()
+			return nil, fmt.Errorf("relay child: %w", err)
+		}
+	case <-t.C:
+		h.close()
+		return nil, fmt.Errorf("relay child not ready within 60 s")
+	}
+	return h, nil
+}
+
+// close ends the child (its standard input closed; killed if it has not
+// exited 10 s later) and the reader.
+func (h *procHop) close() {
+	_ = h.stdin.Close()
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-h.exited:
+	case <-t.C:
+		_ = h.cmd.Process.Kill()
+		<-h.exited
+	}
+	_ = h.rb.Close()
+}
+
+func (h *procHop) delivered(_ *kafkaclient.Record, err error) {
+	if err != nil {
+		h.failed.Store(&err)
+	}
+}
+
+// call is one round trip through the child; only one runs at a time.
+func (h *procHop) call(ctx context.Context, _ int) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	select {
+	case <-h.exited:
+		return fmt.Errorf("relay child exited")
+	default:
+	}
+	h.front.Produce(&kafkaclient.Record{Topic: h.a, Partition: kafkaclient.AnyPartition, Key: []byte("k"), Value: h.value},
+		kafkaclient.AcksAll, h.delivered)
+	recs, err := h.rb.Poll(ctx)
+	if err != nil {
+		return fmt.Errorf("two-hop through the relay child: %w", err)
+	}
+	if len(recs) != 1 {
+		return fmt.Errorf("two-hop through the relay child: %d records, want 1", len(recs))
+	}
+	if p := h.failed.Swap(nil); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// childCPU is the child's user+system CPU time so far, from
+// /proc/PID/stat (clock ticks of 10 ms), or 0 when unknown.
+func (h *procHop) childCPU() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", h.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces, in
+	// parentheses): state is field 3, utime 14, stime 15.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	const tick = 10 * time.Millisecond // USER_HZ, 100 on Linux
+	return time.Duration(ut+st) * tick
+}
