@@ -13,6 +13,14 @@
 // load loop is bounded in count (-max-calls per slice) and time (-slice,
 // -call-timeout, -timeout).
 //
+// The one-in-flight floor is measured twice: on one goroutine (floor-2hop)
+// and with its relay in a child process (floor-2hop-proc: the program runs
+// itself again with -relay-child), which pays the process crossings a
+// gateway and a worker in separate processes pay. The fetch fanout is
+// measured against raw readers and against a plain gRPC in-memory broadcast
+// of the same events to as many callers. The report ends with the goals of
+// the performance issue, each with its ratio and met or missed.
+//
 // Profiling (item 3 of the benchmark issue): -profile rpc/confluent/256
 // runs that contender alone for -profile-time, writing -cpuprofile and
 // -memprofile (allocations) if given.

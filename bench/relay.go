@@ -30,6 +30,9 @@ import (
 // its reader is assigned, so that no record produced after it is missed.
 const relayChildReady = "relay ready"
 
+// relayChildCPU is the line that asks the child for its CPU time.
+const relayChildCPU = "cpu"
+
 // relayChildConfig is what the parent passes to the child in flags.
 type relayChildConfig struct {
 	client, brokers, from, to string
@@ -65,7 +68,15 @@ func runRelayChild(rc relayChildConfig) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin) // returns when the parent closes it or exits
+		// Each line "cpu" asks for the child's CPU time so far (user +
+		// system, nanoseconds, one line on standard output); the end of
+		// standard input (the parent closed it, or exited) ends the child.
+		in := bufio.NewScanner(os.Stdin)
+		for in.Scan() {
+			if in.Text() == relayChildCPU {
+				fmt.Println(cpuTime().Nanoseconds())
+			}
+		}
 		cancel()
 	}()
 	if _, err := fmt.Println(relayChildReady); err != nil {
@@ -109,9 +120,12 @@ type procHop struct {
 	value  []byte
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
+	out    *bufio.Reader // the child's standard output
 	exited chan struct{}
 	mu     sync.Mutex
 	failed atomic.Pointer[error]
+	cpuMu  sync.Mutex
+	cpu    time.Duration // the child's CPU time when last asked
 }
 
 // newProcHop starts the relay child (client kind, brokers) and waits, at
@@ -141,17 +155,18 @@ func newProcHop(front kafkaclient.Client, client, brokers, a, b string, value []
 		_ = rb.Close()
 		return nil, fmt.Errorf("relay child: %w", err)
 	}
-	h := &procHop{front: front, a: a, rb: rb, value: value, cmd: cmd, stdin: stdin, exited: make(chan struct{})}
+	h := &procHop{front: front, a: a, rb: rb, value: value, cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout), exited: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(h.exited)
+	}()
 	ready := make(chan error, 1)
 	go func() {
-		line, err := bufio.NewReader(stdout).ReadString('\n')
+		line, err := h.out.ReadString('\n')
 		if err == nil && strings.TrimSpace(line) != relayChildReady {
 			err = fmt.Errorf("relay child said %q, want %q", line, relayChildReady)
 		}
 		ready <- err
-		_, _ = io.Copy(io.Discard, stdout) // until the child exits
-		_ = cmd.Wait()
-		close(h.exited)
 	}()
 	t := time.NewTimer(60 * time.Second)
 	defer t.Stop()
@@ -213,28 +228,21 @@ func (h *procHop) call(ctx context.Context, _ int) error {
 	return nil
 }
 
-// childCPU is the child's user+system CPU time so far, from
-// /proc/PID/stat (clock ticks of 10 ms), or 0 when unknown.
+// childCPU is the child's user+system CPU time so far, as the child
+// reports it (getrusage), or the last figure it reported when it no longer
+// answers.
 func (h *procHop) childCPU() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", h.cmd.Process.Pid))
+	h.cpuMu.Lock()
+	defer h.cpuMu.Unlock()
+	if _, err := fmt.Fprintln(h.stdin, relayChildCPU); err != nil {
+		return h.cpu
+	}
+	line, err := h.out.ReadString('\n')
 	if err != nil {
-		return 0
+		return h.cpu
 	}
-	// Fields after the command name (which may hold spaces, in
-	// parentheses): state is field 3, utime 14, stime 15.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
+	if ns, err := strconv.ParseInt(strings.TrimSpace(line), 10, 64); err == nil {
+		h.cpu = time.Duration(ns)
 	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0
-	}
-	const tick = 10 * time.Millisecond // USER_HZ, 100 on Linux
-	return time.Duration(ut+st) * tick
+	return h.cpu
 }
