@@ -304,7 +304,7 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 		}
 		if !header {
 			header = true
-			fmt.Fprintf(w, "%d callers of EchoEvents through the gateway (one shared reader per topic: the fanout hub) against %d raw readers of the topic (one Kafka consumer each) and against %d callers of a plain gRPC server on loopback that broadcasts the same events from memory (no Kafka; each event with an event id of three partitions, as the gateway's); batches of %d events produced, %d rounds each, in a rotated order; deliveries = events × callers; time from the first produce (publish) to the last caller's last event.\n\n",
+			fmt.Fprintf(w, "%d callers of EchoEvents through the gateway (one shared reader per topic: the fanout hub) against %d raw readers of the topic (one Kafka consumer each) and against %d callers of a plain gRPC server on loopback that broadcasts the same events from memory (no Kafka; each event with an event id of three partitions, as the gateway's, marshalled by gRPC for each caller as a plain server's are); batches of %d events produced, %d rounds each, in a rotated order; deliveries = events × callers; time from the first produce (publish) to the last caller's last event.\n\n",
 				f.callers, f.callers, f.callers, f.events, f.rounds)
 			fmt.Fprintln(w, "| path | client | p50 batch delivered to all | deliveries/s | vs raw readers | vs plain gRPC broadcast |")
 			fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|")
