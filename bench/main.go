@@ -74,6 +74,12 @@ type config struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == relayChildFlag {
+		if err := relayChildMain(os.Args[2:]); err != nil {
+			fatal(err)
+		}
+		return
+	}
 	var cfg config
 	var levels, clients, only string
 	flag.DurationVar(&cfg.slice, "slice", 250*time.Millisecond, "how long one contender runs before the next takes over")
@@ -107,19 +113,7 @@ func main() {
 	flag.IntVar(&cfg.memRate, "memprofilerate", 0, "runtime.MemProfileRate while profiling (0: Go's default)")
 	flag.StringVar(&cfg.benchOut, "benchout", "", "also write one Go benchmark line per contender and round to this file (for benchstat)")
 	flag.BoolVar(&cfg.procHop, "floor-proc", true, "also measure the two-hop floor with its relay in a child process (floor-2hop-proc)")
-	var relay relayChildConfig
-	relayChild := flag.Bool("relay-child", false, "internal: run as floor-2hop-proc's relay child (started by the bench itself)")
-	flag.StringVar(&relay.client, "relay-client", "", "internal: the relay child's Kafka client")
-	flag.StringVar(&relay.brokers, "relay-brokers", "", "internal: the relay child's brokers")
-	flag.StringVar(&relay.from, "relay-from", "", "internal: the topic the relay child reads")
-	flag.StringVar(&relay.to, "relay-to", "", "internal: the topic the relay child writes")
 	flag.Parse()
-	if *relayChild {
-		if err := runRelayChild(relay); err != nil {
-			fatal(err)
-		}
-		return
-	}
 	for _, s := range strings.Split(levels, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {

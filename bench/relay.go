@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -33,9 +34,28 @@ const relayChildReady = "relay ready"
 // relayChildCPU is the line that asks the child for its CPU time.
 const relayChildCPU = "cpu"
 
+// relayChildFlag, as the first argument, makes the program the relay
+// child; the flags after it are relayChildMain's.
+const relayChildFlag = "-relay-child"
+
 // relayChildConfig is what the parent passes to the child in flags.
 type relayChildConfig struct {
 	client, brokers, from, to string
+}
+
+// relayChildMain parses the child's flags (args: those after
+// relayChildFlag) and runs it.
+func relayChildMain(args []string) error {
+	var rc relayChildConfig
+	fs := flag.NewFlagSet("bench "+relayChildFlag, flag.ContinueOnError)
+	fs.StringVar(&rc.client, "client", "", "Kafka client (as in bench/kafka.go)")
+	fs.StringVar(&rc.brokers, "brokers", "", "bootstrap brokers")
+	fs.StringVar(&rc.from, "from", "", "topic read")
+	fs.StringVar(&rc.to, "to", "", "topic written")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return runRelayChild(rc)
 }
 
 // runRelayChild is the child's main: it relays every record of from to to
@@ -50,10 +70,10 @@ func runRelayChild(rc relayChildConfig) error {
 		}
 	}
 	if kind == nil {
-		return fmt.Errorf("-relay-client: unknown Kafka client %q", rc.client)
+		return fmt.Errorf("%s -client: unknown Kafka client %q", relayChildFlag, rc.client)
 	}
 	if rc.brokers == "" || rc.from == "" || rc.to == "" {
-		return fmt.Errorf("-relay-child needs -relay-brokers, -relay-from and -relay-to")
+		return fmt.Errorf("%s needs -brokers, -from and -to", relayChildFlag)
 	}
 	c, err := kind.new(rc.brokers, log)
 	if err != nil {
@@ -139,7 +159,7 @@ func newProcHop(front kafkaclient.Client, client, brokers, a, b string, value []
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "-relay-child", "-relay-client", client, "-relay-brokers", brokers, "-relay-from", a, "-relay-to", b)
+	cmd := exec.Command(exe, relayChildFlag, "-client", client, "-brokers", brokers, "-from", a, "-to", b)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
