@@ -19,8 +19,10 @@ import (
 
 // Fanout (fetch): K callers of EchoEvents through the gateway each receive
 // every record produced to the events topic, against K raw readers of the
-// same topic (the floor). Measured only once runtime.GatewayFetch streams
-// records; until then the report keeps the slot and says why it is empty.
+// same topic (the floor) and against K callers of a plain gRPC server that
+// broadcasts the same events from memory (broadcast.go). Measured only once
+// runtime.GatewayFetch streams records; until then the report keeps the slot
+// and says why it is empty.
 
 type fetchSlot struct {
 	client      string
@@ -39,10 +41,16 @@ type fetchResult struct {
 	floorRate  float64
 	rpcP50     time.Duration // time for one batch of events to reach every caller
 	floorP50   time.Duration
+	bcastRate  float64 // the plain gRPC in-memory broadcast (0: not measured)
+	bcastP50   time.Duration
+	bcastNote  string // why the broadcast was not measured
 	firstError error
 }
 
-func (s fetchSlot) measure(ctx context.Context, cfg config, lim limits, log *slog.Logger) *fetchResult {
+// measure times batches of events reaching every fetch caller, every raw
+// reader and, when bc is not nil, every caller of the plain gRPC broadcast,
+// round by round in a rotated order.
+func (s fetchSlot) measure(ctx context.Context, cfg config, lim limits, log *slog.Logger, bc *broadcast) *fetchResult {
 	res := &fetchResult{client: s.client, callers: cfg.fanoutCallers, events: cfg.fanoutEvents}
 	topic := s.env.prefix + "echo-events"
 	ev, _ := proto.Marshal(&echov1.EchoEvent{Message: cfg.message})
@@ -136,7 +144,7 @@ func (s fetchSlot) measure(ctx context.Context, cfg config, lim limits, log *slo
 		res.firstError = err
 		return res
 	}
-	var rpcT, floorT []time.Duration
+	var rpcT, floorT, bcastT []time.Duration
 	for r := range cfg.rounds {
 		if ctx.Err() != nil {
 			break
@@ -188,13 +196,21 @@ func (s fetchSlot) measure(ctx context.Context, cfg config, lim limits, log *slo
 			floorT = append(floorT, time.Since(t0))
 			return nil
 		}
-		first, second := runRPC, runFloor
-		if r%2 == 1 {
-			first, second = runFloor, runRPC
+		runners := []func() error{runRPC, runFloor}
+		if bc != nil {
+			runners = append(runners, func() error {
+				t0 := time.Now()
+				if err := bc.publish(ctx, cfg.fanoutEvents, lim.callTimeout); err != nil {
+					return err
+				}
+				bcastT = append(bcastT, time.Since(t0))
+				return nil
+			})
 		}
 		// The callers also receive the floor's events (same topic): wait
 		// for them before timing the next batch.
-		for _, f := range []func() error{first, second} {
+		for i := range runners {
+			f := runners[(i+r)%len(runners)]
 			if err := f(); err != nil {
 				res.firstError = err
 				return res
@@ -213,6 +229,9 @@ func (s fetchSlot) measure(ctx context.Context, cfg config, lim limits, log *slo
 	}
 	if res.floorP50 > 0 {
 		res.floorRate = deliveries / res.floorP50.Seconds()
+	}
+	if res.bcastP50 = percentile(bcastT, 50); res.bcastP50 > 0 {
+		res.bcastRate = deliveries / res.bcastP50.Seconds()
 	}
 	return res
 }

@@ -20,6 +20,9 @@ type contender struct {
 	// call makes one call. slot (0..inflight-1) names the goroutine making
 	// it; a contender may keep per-slot state.
 	call func(ctx context.Context, slot int) error
+	// extraCPU, when set, is CPU time spent for the contender outside this
+	// process so far (a relay child's), added to its CPU figures.
+	extraCPU func() time.Duration
 
 	lat    []time.Duration // every call measured
 	calls  int
@@ -38,6 +41,15 @@ type roundStat struct {
 	p50    time.Duration
 	cpu    time.Duration
 	allocs uint64
+}
+
+// cpuNow is this process's CPU time so far plus the contender's extraCPU.
+func (c *contender) cpuNow() time.Duration {
+	t := cpuTime()
+	if c.extraCPU != nil {
+		t += c.extraCPU()
+	}
+	return t
 }
 
 func (c *contender) label() string {
@@ -137,9 +149,9 @@ func runInterleaved(ctx context.Context, cs []*contender, rounds int, warm time.
 			c := cs[(i+r)%len(cs)]
 			var ms0, ms1 goruntime.MemStats
 			goruntime.ReadMemStats(&ms0)
-			cpu0 := cpuTime()
+			cpu0 := c.cpuNow()
 			lat, n, wall, errs, first := runSlice(ctx, c, lim)
-			cpu := cpuTime() - cpu0
+			cpu := c.cpuNow() - cpu0
 			goruntime.ReadMemStats(&ms1)
 			c.cpu += cpu
 			c.allocs += ms1.Mallocs - ms0.Mallocs

@@ -13,6 +13,14 @@
 // load loop is bounded in count (-max-calls per slice) and time (-slice,
 // -call-timeout, -timeout).
 //
+// The one-in-flight floor is measured twice: on one goroutine (floor-2hop)
+// and with its relay in a child process (floor-2hop-proc: the program runs
+// itself again with -relay-child), which pays the process crossings a
+// gateway and a worker in separate processes pay. The fetch fanout is
+// measured against raw readers and against a plain gRPC in-memory broadcast
+// of the same events to as many callers. The report ends with the goals of
+// the performance issue, each with its ratio and met or missed.
+//
 // Profiling (item 3 of the benchmark issue): -profile rpc/confluent/256
 // runs that contender alone for -profile-time, writing -cpuprofile and
 // -memprofile (allocations) if given.
@@ -52,7 +60,8 @@ type config struct {
 	clients                             []string
 	only                                *regexp.Regexp
 	watermill, watermillFanout, stream  bool
-	watermillGRPC, fetch                bool
+	watermillGRPC, fetch, procHop       bool
+	broadcast                           bool
 	streamWorkers                       int
 	grpcDefaults                        bool
 	fanoutCallers, fanoutEvents         int
@@ -65,6 +74,12 @@ type config struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == relayChildFlag {
+		if err := relayChildMain(os.Args[2:]); err != nil {
+			fatal(err)
+		}
+		return
+	}
 	var cfg config
 	var levels, clients, only string
 	flag.DurationVar(&cfg.slice, "slice", 250*time.Millisecond, "how long one contender runs before the next takes over")
@@ -82,6 +97,7 @@ func main() {
 	flag.BoolVar(&cfg.stream, "stream", true, "measure server streaming")
 	flag.IntVar(&cfg.streamMsgs, "stream-msgs", 10000, "messages of one server stream")
 	flag.BoolVar(&cfg.fetch, "fetch", true, "measure fanout (fetch) through the gateway")
+	flag.BoolVar(&cfg.broadcast, "broadcast", true, "with -fetch, also measure a plain gRPC in-memory broadcast of the same events to the same number of callers")
 	flag.IntVar(&cfg.streamWorkers, "grpc-stream-workers", 0, "grpc.NumStreamWorkers of every gRPC server (0: gRPC's default, a goroutine per stream)")
 	flag.BoolVar(&cfg.grpcDefaults, "grpc-defaults", false, "gRPC's own default options on every gRPC server and client, instead of runtime.GatewayServerOptions and runtime.CallerDialOptions (the gateway's server keeps runtime.FetchServerCodec)")
 	flag.IntVar(&cfg.fanoutCallers, "fanout-callers", 16, "fetch (fanout) callers")
@@ -96,6 +112,7 @@ func main() {
 	flag.StringVar(&cfg.trace, "trace", "", "write an execution trace of the measured part to this file (keep -profile-time short)")
 	flag.IntVar(&cfg.memRate, "memprofilerate", 0, "runtime.MemProfileRate while profiling (0: Go's default)")
 	flag.StringVar(&cfg.benchOut, "benchout", "", "also write one Go benchmark line per contender and round to this file (for benchstat)")
+	flag.BoolVar(&cfg.procHop, "floor-proc", true, "also measure the two-hop floor with its relay in a child process (floor-2hop-proc)")
 	flag.Parse()
 	for _, s := range strings.Split(levels, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -192,7 +209,7 @@ func run(cfg config, out io.Writer) error {
 		if len(cfg.clients) > 0 && !contains(cfg.clients, kc.name) {
 			continue
 		}
-		if !wantAny("rpc", kc.name) && !wantAny("conn", kc.name) && !wantAny("floor", kc.name) && !wantAny("floor4", kc.name) && !wantAny("floor-2hop", kc.name) &&
+		if !wantAny("rpc", kc.name) && !wantAny("conn", kc.name) && !wantAny("floor", kc.name) && !wantAny("floor4", kc.name) && !wantAny("floor-2hop", kc.name) && !wantAny(twoHopProcKind, kc.name) &&
 			!wantAny("stream", kc.name) && !wantAny("stream-floor", kc.name) {
 			continue
 		}
@@ -208,7 +225,7 @@ func run(cfg config, out io.Writer) error {
 		}
 		closers = append(closers, func() { _ = back.Close() })
 		prefix := run + kc.name + "."
-		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"floor4-a", prefix+"floor4-b", prefix+"hop-a", prefix+"hop-b", prefix+"stream"); err != nil {
+		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"floor4-a", prefix+"floor4-b", prefix+"hop-a", prefix+"hop-b", prefix+"hopp-a", prefix+"hopp-b", prefix+"stream"); err != nil {
 			return fmt.Errorf("%s: %w", kc.name, err)
 		}
 		if want("floor-2hop", kc.name, 1) {
@@ -218,6 +235,16 @@ func run(cfg config, out io.Writer) error {
 			}
 			closers = append(closers, h.close)
 			add(&unaryCs, "floor-2hop", kc.name, 1, h.call)
+		}
+		if cfg.procHop && want(twoHopProcKind, kc.name, 1) {
+			progress("starting the relay child of " + kc.name)
+			h, err := newProcHop(front, kc.name, brokers, prefix+"hopp-a", prefix+"hopp-b", value)
+			if err != nil {
+				return fmt.Errorf("%s two-hop with a relay child: %w", kc.name, err)
+			}
+			closers = append(closers, h.close)
+			add(&unaryCs, twoHopProcKind, kc.name, 1, h.call)
+			unaryCs[len(unaryCs)-1].extraCPU = h.childCPU
 		}
 		if wantAny("floor", kc.name) {
 			p, err := newPipeline(front, back, prefix+"floor-a", prefix+"floor-b", value, maxLevel, false, log)
@@ -346,8 +373,20 @@ func run(cfg config, out io.Writer) error {
 		}
 	}
 	var fetch []*fetchResult
+	var bc *broadcast
+	bcNote := ""
+	if len(fetchProbe) > 0 && cfg.broadcast {
+		progress(fmt.Sprintf("starting the plain gRPC broadcast: %d callers", cfg.fanoutCallers))
+		if bc, err = newBroadcast(cfg.fanoutCallers, cfg.fanoutEvents, cfg.message); err != nil {
+			bcNote = "not measured: " + err.Error()
+		} else {
+			defer bc.close()
+		}
+	}
 	for _, s := range fetchProbe {
-		fetch = append(fetch, s.measure(ctx, cfg, lim, log))
+		f := s.measure(ctx, cfg, lim, log, bc)
+		f.bcastNote = bcNote
+		fetch = append(fetch, f)
 	}
 	if err := stopProf(); err != nil {
 		return err
@@ -478,12 +517,12 @@ func profileRun(ctx context.Context, cfg config, cs []*contender, lim limits) er
 	}
 	var ms0, ms1 goruntime.MemStats
 	goruntime.ReadMemStats(&ms0)
-	cpu0 := cpuTime()
+	cpu0 := c.cpuNow()
 	pl := lim
 	pl.slice = cfg.profileTime
 	pl.maxPerSlice = 1 << 30
 	lat, n, wall, errs, first := runSlice(ctx, c, pl)
-	cpu := cpuTime() - cpu0
+	cpu := c.cpuNow() - cpu0
 	goruntime.ReadMemStats(&ms1)
 	if err := stop(); err != nil {
 		return err

@@ -26,6 +26,7 @@ const (
 	plainGRPCKind      = "grpc"
 	rpcKind, floorKind = "rpc", "floor"
 	twoHopKind         = "floor-2hop"
+	twoHopProcKind     = "floor-2hop-proc"
 	connKind           = "conn"
 	floor4Kind         = "floor4"
 )
@@ -48,6 +49,7 @@ var springRef = map[int]struct {
 
 var kindNames = map[string]string{
 	"floor-2hop":       "Kafka floor, two hops on one goroutine",
+	"floor-2hop-proc":  "Kafka floor, two hops, the relay in a child process (CPU: both processes; allocations: this one's)",
 	"floor":            "Kafka floor pipeline (produce → relay → consume)",
 	"rpc":              "**kafkarpc unary** (gRPC → gateway → Kafka → worker → Kafka → gateway)",
 	"conn":             "**kafkarpc unary through runtime.ClientConn** (caller → Kafka → worker → Kafka → caller, no gateway)",
@@ -184,7 +186,7 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 		fmt.Fprintln(w, "|---:|---|---|---:|---:|---:|---:|---:|---:|")
 		levels := append([]int{}, cfg.levels...)
 		for _, l := range levels {
-			for _, kind := range []string{twoHopKind, floorKind, floor4Kind, rpcKind, connKind, plainGRPCKind, watermillKind, "watermill-grpc", "watermill-fanout"} {
+			for _, kind := range []string{twoHopKind, twoHopProcKind, floorKind, floor4Kind, rpcKind, connKind, plainGRPCKind, watermillKind, "watermill-grpc", "watermill-fanout"} {
 				for _, c := range unaryCs {
 					if c.kind != kind || c.inflight != l {
 						continue
@@ -209,7 +211,7 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 			}
 		}
 
-		fmt.Fprintf(w, "\n### Goals\n\n")
+		fmt.Fprintf(w, "\n### Goals of the first round (issue 6)\n\n")
 		fmt.Fprintln(w, "Best possible: the best a call through a gRPC hop and the client's two Kafka hops could reach in this run, whatever the gateway and the worker did. Its p50 is at least the two-hop floor's plus a plain gRPC call's; one in flight, its calls/s at most 1 ÷ (1 ÷ the two-hop floor's + 1 ÷ plain gRPC's); more in flight, at most plain gRPC's, and at most the most CPU any contender at that level got ÷ (the floor pipeline's CPU per call + plain gRPC's), since client, gateway, worker and broker share the machine's CPUs. A goal beyond it cannot be met here by any change to the gateway or the worker.")
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "| goal | client | measured | target | best possible | |")
@@ -302,20 +304,28 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 		}
 		if !header {
 			header = true
-			fmt.Fprintf(w, "%d callers of EchoEvents through the gateway (one shared reader per topic: the fanout hub) against %d raw readers of the topic (one Kafka consumer each); batches of %d events produced, %d rounds each, alternating; deliveries = events × callers; time from the first produce to the last caller's last event.\n\n",
-				f.callers, f.callers, f.events, f.rounds)
-			fmt.Fprintln(w, "| path | client | p50 batch delivered to all | deliveries/s | vs raw readers |")
-			fmt.Fprintln(w, "|---|---|---:|---:|---:|")
+			fmt.Fprintf(w, "%d callers of EchoEvents through the gateway (one shared reader per topic: the fanout hub) against %d raw readers of the topic (one Kafka consumer each) and against %d callers of a plain gRPC server on loopback that broadcasts the same events from memory (no Kafka; each event with an event id of three partitions, as the gateway's, marshalled by gRPC for each caller as a plain server's are); batches of %d events produced, %d rounds each, in a rotated order; deliveries = events × callers; time from the first produce (publish) to the last caller's last event.\n\n",
+				f.callers, f.callers, f.callers, f.events, f.rounds)
+			fmt.Fprintln(w, "| path | client | p50 batch delivered to all | deliveries/s | vs raw readers | vs plain gRPC broadcast |")
+			fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|")
 		}
-		fmt.Fprintf(w, "| kafkarpc fetch (fanout hub), %d callers | %s | %s | %s | %.2f× |\n", f.callers, f.client, fmtDur(f.rpcP50), fmtRate(f.rpcRate), f.rpcRate/f.floorRate)
-		fmt.Fprintf(w, "| %d raw readers | %s | %s | %s | – |\n", f.callers, f.client, fmtDur(f.floorP50), fmtRate(f.floorRate))
+		fmt.Fprintf(w, "| kafkarpc fetch (fanout hub), %d callers | %s | %s | %s | %s | %s |\n", f.callers, f.client, fmtDur(f.rpcP50), fmtRate(f.rpcRate),
+			ratio(f.rpcRate, f.floorRate), ratio(f.rpcRate, f.bcastRate))
+		fmt.Fprintf(w, "| %d raw readers | %s | %s | %s | – | – |\n", f.callers, f.client, fmtDur(f.floorP50), fmtRate(f.floorRate))
+		if f.bcastRate > 0 {
+			fmt.Fprintf(w, "| plain gRPC in-memory broadcast, %d callers (measured alongside %s) | - | %s | %s | – | – |\n", f.callers, f.client, fmtDur(f.bcastP50), fmtRate(f.bcastRate))
+		} else if f.bcastNote != "" {
+			fmt.Fprintf(w, "| plain gRPC in-memory broadcast: %s | - | – | – | – | – |\n", f.bcastNote)
+		}
 	}
+
+	perfGoals(w, cfg, unaryCs, streamCs, fetch)
 }
 
 func clientsOf(cs []*contender) []string {
 	var out []string
 	for _, c := range cs {
-		if c.kind == rpcKind || c.kind == connKind || c.kind == "stream" || c.kind == floorKind || c.kind == floor4Kind || c.kind == twoHopKind || c.kind == "stream-floor" {
+		if c.kind == rpcKind || c.kind == connKind || c.kind == "stream" || c.kind == floorKind || c.kind == floor4Kind || c.kind == twoHopKind || c.kind == twoHopProcKind || c.kind == "stream-floor" {
 			if !contains(out, c.client) {
 				out = append(out, c.client)
 			}
@@ -515,6 +525,10 @@ func connGoals(w io.Writer, cfg config, broker string, cs []*contender, clients 
 		if h != nil && h.p(50) > 0 {
 			x := float64(c1.p(50)) / float64(h.p(50))
 			fmt.Fprintf(w, "| conn p50 ÷ two-hop floor p50, 1 in flight: %s ÷ %s | %s | %.2f | ≤ %.2f | %s |\n", fmtDur(c1.p(50)), fmtDur(h.p(50)), cl, x, goalConnP50, verdict(x <= goalConnP50))
+		}
+		if hp := find(cs, twoHopProcKind, cl, 1); hp != nil && hp.p(50) > 0 {
+			x := float64(c1.p(50)) / float64(hp.p(50))
+			fmt.Fprintf(w, "| conn p50 ÷ two-hop floor p50 with the relay in a child process, 1 in flight: %s ÷ %s | %s | %.2f | ≤ %.2f | %s |\n", fmtDur(c1.p(50)), fmtDur(hp.p(50)), cl, x, goalConnP50, verdict(x <= goalConnP50))
 		}
 		if cN, f4 := find(cs, connKind, cl, goalConnFloor4At), find(cs, floor4Kind, cl, goalConnFloor4At); cN != nil && f4 != nil && f4.rate() > 0 {
 			x := cN.rate() / f4.rate()

@@ -331,9 +331,16 @@ func (s watermillEcho) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (
 	return reply.HandlerResult, nil
 }
 
-// waitForLeaders waits until sarama's metadata names a leader for every
-// partition of topics (a real broker may answer "not the leader" for a
-// while after the topics were created), up to limit.
+// waitForLeaders waits until every partition of topics has a leader that
+// answers sarama's ListOffsets, up to limit, so that Watermill's publishers
+// and subscribers never start on a topic not ready yet. Metadata naming a
+// leader is not enough: Apache Kafka's metadata can name a broker before it
+// leads the partition, which then answers NOT_LEADER_OR_FOLLOWER (seen once
+// as a failed setup of Watermill's reply subscription, whose start asks each
+// partition's offset). ListOffsets is answered by the leader only, which is
+// how the other contenders' setup waits too: the runtime's CreateTopics
+// (confluent: until every partition answers ListOffsets) and the readers'
+// end offsets (newReaderAtEnd, a ListOffsets retried on leader errors).
 func waitForLeaders(brokers []string, limit time.Duration, topics ...string) error {
 	c, err := sarama.NewClient(brokers, saramaConfig(false))
 	if err != nil {
@@ -355,7 +362,13 @@ func waitForLeaders(brokers []string, limit time.Duration, topics ...string) err
 				if err != nil {
 					break
 				}
-				_, err = c.Leader(t, p)
+				if _, err = c.Leader(t, p); err == nil {
+					// Asked of the leader sarama's metadata names; an
+					// error refreshes that metadata for the next round.
+					if _, err = c.GetOffset(t, p, sarama.OffsetNewest); err != nil {
+						err = fmt.Errorf("partition %s/%d does not answer ListOffsets yet: %w", t, p, err)
+					}
+				}
 			}
 		}
 		if err == nil {
