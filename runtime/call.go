@@ -175,6 +175,8 @@ func (w *Worker) admit(c *call, rec *kafkaclient.Record, env *wire.Envelope, ord
 	c.replyTo = w.replyTopic(env.ReplyTo)
 	if c.id != "" {
 		w.calls[c.id] = c
+	} else {
+		w.oneway[c] = struct{}{}
 	}
 	if ordered {
 		w.keys.wait(c, rec.Key)
@@ -440,6 +442,7 @@ func (c *call) release(served, remember bool) []waiter {
 			w.repeats.trail(c.id)
 		}
 	}
+	delete(w.oneway, c)
 	if served {
 		c.pt.finish(c.first)
 	}

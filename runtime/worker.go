@@ -49,6 +49,7 @@ type Worker struct {
 	// or a handler.
 	mu      sync.Mutex
 	calls   map[string]*call
+	oneway  map[*call]struct{} // oneway calls in flight: no correlation id, but drained like the others
 	repeats repeats
 	keys    keyOrder
 	parts   map[kafkaclient.TopicPartition]*partTrack
@@ -107,6 +108,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		sem:         make(chan struct{}, cfg.maxConcurrent),
 		ready:       make(chan struct{}),
 		calls:       map[string]*call{},
+		oneway:      map[*call]struct{}{},
 		repeats:     newRepeats(cfg.idemWindow, cfg.idemMaxBytes),
 		keys:        keyOrder{queues: map[string][]*call{}},
 		parts:       map[kafkaclient.TopicPartition]*partTrack{},
@@ -343,6 +345,11 @@ func (w *Worker) callsOf(parts map[kafkaclient.TopicPartition]bool, waiting bool
 	var cs []*call
 	for _, c := range w.calls {
 		if (parts == nil || parts[c.tp]) && (!waiting || !c.in.complete()) {
+			cs = append(cs, c)
+		}
+	}
+	for c := range w.oneway { // one record, so never waiting for input
+		if parts == nil || parts[c.tp] {
 			cs = append(cs, c)
 		}
 	}
