@@ -179,34 +179,7 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 		return err
 	}
 	defer func() { c.end(err) }()
-	b, err := proto.Marshal(in)
-	if err != nil {
-		return status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err)
-	}
-	c.sendData(b)
-	c.sendEnd(false)
-	if c.rp.route.Oneway {
-		if err := c.awaitAcks(ctx); err != nil {
-			return err
-		}
-		proto.Reset(out)
-		return nil
-	}
-	got := false
-	st := c.awaitReplies(ctx, co.header, func(rec *kafkaclient.Record) error {
-		if got {
-			return status.Errorf(codes.Internal, "%s: worker sent more than one response to a unary call (%s)", m.FullMethod(), recordPlace(rec))
-		}
-		got = true
-		return decodeReply(m, rec, out)
-	}, co.trailer)
-	if st != nil {
-		return st
-	}
-	if !got {
-		return status.Errorf(codes.Internal, "%s: worker ended the call without a response", m.FullMethod())
-	}
-	return nil
+	return c.unary(ctx, in, out, co.header, co.trailer)
 }
 
 // NewStream starts a streaming call over Kafka: it implements

@@ -252,30 +252,7 @@ func (g *Gateway) Unary(ctx context.Context, m *MethodSpec, in, out proto.Messag
 		return err
 	}
 	defer func() { c.end(err) }()
-	b, err := proto.Marshal(in)
-	if err != nil {
-		return status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err)
-	}
-	c.sendData(b)
-	c.sendEnd(false)
-	if c.rp.route.Oneway {
-		return c.awaitAcks(ctx)
-	}
-	got := false
-	st := c.awaitReplies(ctx, func(md metadata.MD) { _ = grpc.SetHeader(ctx, md) }, func(rec *kafkaclient.Record) error {
-		if got {
-			return status.Errorf(codes.Internal, "%s: worker sent more than one response to a unary call (%s)", m.FullMethod(), recordPlace(rec))
-		}
-		got = true
-		return decodeReply(m, rec, out)
-	}, func(md metadata.MD) { _ = grpc.SetTrailer(ctx, md) })
-	if st != nil {
-		return st
-	}
-	if !got {
-		return status.Errorf(codes.Internal, "%s: worker ended the call without a response", m.FullMethod())
-	}
-	return nil
+	return c.unary(ctx, in, out, func(md metadata.MD) { _ = grpc.SetHeader(ctx, md) }, func(md metadata.MD) { _ = grpc.SetTrailer(ctx, md) })
 }
 
 // relayRequests produces the request messages of a client stream as the

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
@@ -136,6 +137,42 @@ func (c *gwCall) correlate(ctx context.Context, md metadata.MD, req *wire.Reques
 	req.CorrelationID = []byte(c.id) // one copy for the header and the key: records only read them
 	if c.key == nil && !c.keyPending {
 		c.key = req.CorrelationID
+	}
+	return nil
+}
+
+// unary sends in as the call's one request message and its end, then
+// decodes the one response into out (a oneway call's out is reset once
+// Kafka acknowledged the request). onHeader and onTrailer receive the
+// worker's response metadata. The gateway's unary methods and a
+// ClientConn's Invoke both end here.
+func (c *gwCall) unary(ctx context.Context, in, out proto.Message, onHeader, onTrailer func(metadata.MD)) error {
+	b, err := proto.Marshal(in)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%s: encoding request: %v", c.m.FullMethod(), err)
+	}
+	c.sendData(b)
+	c.sendEnd(false)
+	if c.rp.route.Oneway {
+		if err := c.awaitAcks(ctx); err != nil {
+			return err
+		}
+		proto.Reset(out)
+		return nil
+	}
+	got := false
+	st := c.awaitReplies(ctx, onHeader, func(rec *kafkaclient.Record) error {
+		if got {
+			return status.Errorf(codes.Internal, "%s: worker sent more than one response to a unary call (%s)", c.m.FullMethod(), recordPlace(rec))
+		}
+		got = true
+		return decodeReply(c.m, rec, out)
+	}, onTrailer)
+	if st != nil {
+		return st
+	}
+	if !got {
+		return status.Errorf(codes.Internal, "%s: worker ended the call without a response", c.m.FullMethod())
 	}
 	return nil
 }
