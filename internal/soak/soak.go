@@ -120,6 +120,10 @@ func soak(cfg roleConfig, o soakOptions) int {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		return 2
 	}
+	if cfg.outcomeTopic && outcomeTopicOption == nil {
+		fmt.Fprintln(os.Stderr, "soak: -outcome-topic: this build's runtime has no WorkerOutcomeTopic (set outcomeTopicOption in internal/soak/roles.go)")
+		return 2
+	}
 	run := "r" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	cfg.prefix = "soak-" + run + "."
 	cfg.group = "soak-" + run
@@ -307,10 +311,10 @@ wait:
 	}
 	logf("load over after %s; fetch callers caught up %s after the last publish", time.Since(began).Round(time.Millisecond), time.Since(fetchWait).Round(time.Millisecond))
 	if gwRSS.end, err = rssMiB(d.gateway.pid()); err != nil {
-		return 1, err
+		extra = append(extra, "the gateway is gone: "+err.Error())
 	}
 	if wRSS.end, err = rssMiB(d.worker(0).pid()); err != nil {
-		return 1, err
+		extra = append(extra, "worker 0 is gone: "+err.Error())
 	}
 	stopFetch()
 	fetchWG.Wait() // each Recv returns once fetchCtx ended
