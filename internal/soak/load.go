@@ -88,7 +88,7 @@ func (l *ledger) all() []attempt {
 // load runs the callers of the four kinds.
 type load struct {
 	run      string        // the run id, a prefix of every call id
-	deadline time.Duration // of each attempt
+	deadline time.Duration // the longest deadline of an attempt
 	tick     <-chan time.Time
 	repeats  chan job
 	seq      atomic.Int64
@@ -136,7 +136,7 @@ func (l *load) caller(ctx context.Context, c echov1.EchoServiceClient, via strin
 // for a keyed one while its attempts fail with a retryable code.
 func (l *load) do(ctx context.Context, c echov1.EchoServiceClient, via string, j job, rng *rand.Rand) {
 	for n := 1; ; n++ {
-		a := l.try(c, via, j)
+		a := l.try(c, via, j, rng)
 		l.ledger.add(a)
 		if a.code == codes.OK && a.wrong == "" {
 			if j.keyed && !j.repeat && rng.Float64() < repeatShare {
@@ -174,11 +174,15 @@ func retryable(c codes.Code) bool {
 	return false
 }
 
-// try makes one attempt of j, bounded by l.deadline.
-func (l *load) try(c echov1.EchoServiceClient, via string, j job) attempt {
-	a := attempt{call: j.id, kind: j.kind, keyed: j.keyed, repeat: j.repeat, via: via, deadline: l.deadline}
+// try makes one attempt of j, with a deadline drawn from a quarter of
+// l.deadline to all of it: an attempt that waits for a killed worker's
+// partitions (the group's session timeout, 10 s, then a rebalance) may
+// outlast the shorter ones, and a keyed call is then retried with its key.
+func (l *load) try(c echov1.EchoServiceClient, via string, j job, rng *rand.Rand) attempt {
+	d := l.deadline/4 + time.Duration(rng.Int64N(int64(l.deadline*3/4)+1))
+	a := attempt{call: j.id, kind: j.kind, keyed: j.keyed, repeat: j.repeat, via: via, deadline: d}
 	a.began = time.Now().UnixNano()
-	ctx, cancel := context.WithTimeout(context.Background(), l.deadline)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	md := []string{callMetadata, j.id}
 	if j.keyed {

@@ -96,7 +96,7 @@ func main() {
 	flag.StringVar(&cfg.journal, "journal", "", "internal: the worker's journal file")
 	flag.DurationVar(&opts.duration, "duration", 10*time.Minute, "how long the load runs")
 	flag.DurationVar(&opts.killEvery, "kill-every", 30*time.Second, "SIGKILL worker 1 this long after its start (the first time after half of it), and restart it at once")
-	flag.DurationVar(&opts.deadline, "deadline", 20*time.Second, "deadline of every attempt; longer than the group's session timeout (10 s), so a call waiting for a killed worker's partitions can still be served")
+	flag.DurationVar(&opts.deadline, "deadline", 20*time.Second, "the longest deadline of an attempt: each draws its own from a quarter of it to all of it, so some outlast the pause a kill causes (the group's 10 s session timeout) and some do not, and a keyed call is retried")
 	flag.DurationVar(&opts.grace, "grace", time.Second, "how much later than its deadline an attempt may end before it fails the run, beyond the lateness of this process's own timers measured meanwhile (see lag.go)")
 	flag.IntVar(&opts.rate, "rate", 100, "calls per second, all callers together (at most)")
 	flag.IntVar(&opts.callers, "callers", 12, "concurrent callers through the gateway")

@@ -30,6 +30,7 @@ type verdict struct {
 	outcomeTopic bool
 
 	pastDeadline int // attempts that ended later than their deadline plus the grace
+	early        int // attempts that ended DEADLINE_EXCEEDED well before their deadline: a stale status
 	wrong        int // attempts that ended OK over a wrong answer
 	redelivered  int // fetch deliveries of an event a caller already had
 
@@ -50,10 +51,15 @@ func (v *verdict) duplicated() int {
 // ok reports whether the soak passed: nothing lost, duplicated, past its
 // deadline or wrong.
 func (v *verdict) ok() bool {
-	return v.lost() == 0 && v.duplicated() == 0 && v.pastDeadline == 0 && v.wrong == 0 && v.redelivered == 0
+	return v.lost() == 0 && v.duplicated() == 0 && v.pastDeadline == 0 && v.early == 0 && v.wrong == 0 && v.redelivered == 0
 }
 
 const maxProblems = 20
+
+// earlySlack is how much earlier than its deadline an attempt may end
+// DEADLINE_EXCEEDED (the gateway and the worker count the deadline from a
+// little later than the caller, and round it to the millisecond).
+const earlySlack = 500 * time.Millisecond
 
 // lateWindow is how long after an attempt's end a late wake of the lag
 // monitor still counts for it: after a stall the monitor and the caller
@@ -99,6 +105,11 @@ func analyse(attempts []attempt, execs []execution, outcomeTopic bool, grace tim
 			continue
 		case a.code != codes.OK:
 			v.failed[a.code.String()]++
+			if took := time.Duration(a.ended - a.began); a.code == codes.DeadlineExceeded && took < a.deadline-earlySlack {
+				v.early++
+				v.problem("call %s (%s via %s, keyed %v, repeat %v) ended DEADLINE_EXCEEDED after %s of its %s deadline: a stale status",
+					a.call, kindNames[a.kind], a.via, a.keyed, a.repeat, took.Round(time.Millisecond), a.deadline)
+			}
 			continue
 		}
 		if !executedOK(byCall[a.call]) {
@@ -204,6 +215,9 @@ func (v *verdict) summary(gateway, worker rss, extra []string) string {
 	}
 	if v.wrong > 0 {
 		fails = append(fails, fmt.Sprintf("%d wrong answers", v.wrong))
+	}
+	if v.early > 0 {
+		fails = append(fails, fmt.Sprintf("%d ended DEADLINE_EXCEEDED before their deadline", v.early))
 	}
 	if v.redelivered > 0 {
 		fails = append(fails, fmt.Sprintf("%d fetch events redelivered", v.redelivered))

@@ -104,11 +104,12 @@ func TestAnalyseDeadlineAndWrong(t *testing.T) {
 	late := attempt{call: "a", began: 0, ended: 23 * sec, deadline: 20 * time.Second, code: codes.DeadlineExceeded}
 	inGrace := attempt{call: "b", began: 0, ended: 21 * sec, deadline: 20 * time.Second, code: codes.DeadlineExceeded}
 	wrong := attempt{call: "c", began: 0, ended: sec, deadline: 20 * time.Second, wrong: "unary answered \"x\""}
-	v := analyse([]attempt{late, inGrace, wrong}, []execution{ran("w0-0", "c", 0, 1)}, false, 2*time.Second, nil)
-	if v.pastDeadline != 1 || v.wrong != 1 || v.failed["DataLoss"] != 1 || v.ok() {
-		t.Fatalf("past deadline %d, wrong %d, failed %v", v.pastDeadline, v.wrong, v.failed)
+	stale := attempt{call: "d", began: 0, ended: 2 * sec, deadline: 20 * time.Second, code: codes.DeadlineExceeded}
+	v := analyse([]attempt{late, inGrace, wrong, stale}, []execution{ran("w0-0", "c", 0, 1)}, false, 2*time.Second, nil)
+	if v.pastDeadline != 1 || v.wrong != 1 || v.early != 1 || v.failed["DataLoss"] != 1 || v.ok() {
+		t.Fatalf("past deadline %d, wrong %d, early %d, failed %v", v.pastDeadline, v.wrong, v.early, v.failed)
 	}
-	if s := v.summary(rss{}, rss{}, []string{"no worker was killed"}); !strings.HasSuffix(s, "; FAIL: 1 calls past their deadline, 1 wrong answers, no worker was killed") {
+	if s := v.summary(rss{}, rss{}, []string{"no worker was killed"}); !strings.HasSuffix(s, "; FAIL: 1 calls past their deadline, 1 wrong answers, 1 ended DEADLINE_EXCEEDED before their deadline, no worker was killed") {
 		t.Errorf("summary %q", s)
 	}
 }
