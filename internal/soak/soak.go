@@ -266,12 +266,14 @@ func (d *deployment) soak(run string, o soakOptions) (int, error) {
 	}
 	go func() { callerWG.Wait(); close(callersDone) }()
 
-	var kills []string
-	var killErr error
-	killerDone := make(chan struct{})
+	type killResult struct {
+		kills []string
+		err   error
+	}
+	killerDone := make(chan killResult, 1)
 	go func() {
-		defer close(killerDone)
-		kills, killErr = d.killLoop(loadCtx, o.killEvery, began)
+		kills, err := d.killLoop(loadCtx, o.killEvery, began)
+		killerDone <- killResult{kills, err}
 	}()
 
 	// The end: the load stops, every caller returns, every fetch caller
@@ -285,13 +287,15 @@ func (d *deployment) soak(run string, o soakOptions) (int, error) {
 	case <-drain.C:
 		extra = append(extra, fmt.Sprintf("callers still busy %s after the load ended", o.deadline+drainSlack))
 	}
+	var kills []string
 	select {
-	case <-killerDone:
+	case r := <-killerDone:
+		kills = r.kills
+		if r.err != nil {
+			extra = append(extra, r.err.Error())
+		}
 	case <-time.After(readyTimeout + killTimeout):
 		extra = append(extra, "the kill schedule did not stop")
-	}
-	if killErr != nil {
-		extra = append(extra, killErr.Error())
 	}
 	<-pubDone // each publish is bounded by 10 s
 	acked, pubFailed := pub.results()
