@@ -12,6 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -146,8 +149,11 @@ func soak(cfg roleConfig, o soakOptions) int {
 	}
 	if code == 0 && !o.keep {
 		_ = os.RemoveAll(dir)
+		if err := deleteTopics(cfg); err != nil {
+			logf("deleting the run's topics: %v", err)
+		}
 	} else {
-		logf("journals and process logs kept in %s", dir)
+		logf("journals and process logs kept in %s, and the topics %s*", dir, cfg.prefix)
 	}
 	return code
 }
@@ -497,4 +503,34 @@ func report(attempts []attempt, execs []execution, torn int, run string) {
 	if torn > 0 {
 		logf("%d journal lines were not whole entries", torn)
 	}
+}
+
+// deleteTopics deletes the run's topics (bounded by 30 s), through franz-go's
+// admin client whichever client the run used: the seam has no deletion.
+func deleteTopics(cfg roleConfig) error {
+	var names []string
+	for _, t := range echov1.EchoServiceKafkaSpec.Topics(cfg.mapper()) {
+		names = append(names, t.Name)
+	}
+	if cfg.outcomeTopic {
+		names = append(names, cfg.prefix+"echo-outcomes")
+	}
+	kc, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(cfg.brokers, ",")...))
+	if err != nil {
+		return err
+	}
+	defer kc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := kadm.NewClient(kc).DeleteTopics(ctx, names...)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range resp.Sorted() {
+		if r.Err != nil && !errors.Is(r.Err, kerr.UnknownTopicOrPartition) {
+			errs = append(errs, fmt.Errorf("%s: %w", r.Topic, r.Err))
+		}
+	}
+	return errors.Join(errs...)
 }
