@@ -60,6 +60,18 @@ integration: ## run every test, then the fault tests of integration/, on Apache 
 	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -v ./integration/ || exit 1; \
 	  done
 
+.PHONY: soak
+# The soak (internal/soak): SOAK_DURATION of mixed load on Apache Kafka while
+# a worker is SIGKILLed and restarted on a schedule; ends with one summary
+# line, non-zero on a lost or duplicated execution or a call past its
+# deadline. SOAK_FLAGS adds flags (e.g. -outcome-topic; `bin/soak -h`).
+SOAK_DURATION ?= 10m
+soak: ## soak for SOAK_DURATION (default 10m) on Apache Kafka (KAFKA_BROKERS, or kafka-up's broker, started if none) with KAFKA_CLIENT's client
+	@brokers="$${KAFKA_BROKERS:-}"; \
+	  if [ -z "$$brokers" ]; then $(KAFKA) up >&2 && brokers="$$($(KAFKA) addr)" || exit 1; fi; \
+	  $(GO) build -o $(BIN)/soak ./internal/soak && \
+	  $(BIN)/soak -brokers "$$brokers" -client "$${KAFKA_CLIENT:-confluent}" -duration $(SOAK_DURATION) $(SOAK_FLAGS)
+
 .PHONY: build
 build: ## build the plugin and the example binaries into bin/
 	$(GO) build -o $(BIN)/protoc-gen-go-kafka ./cmd/protoc-gen-go-kafka
