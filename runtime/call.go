@@ -143,7 +143,7 @@ func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metad
 		ctx = context.WithValue(ctx, identityKey{}, string(env.Identity))
 	}
 	c.start = time.Now()
-	ctx, c.span = w.tel.trc.tracer.Start(ctx, wm.handleName, wm.handleOpts...)
+	ctx, c.span = w.tel.trc.start(ctx, wm.handleName, wm.handleOpts...)
 	if c.span.IsRecording() {
 		c.span.SetAttributes(attribute.String("messaging.destination.name", rec.Topic),
 			attribute.Int("messaging.destination.partition.id", int(rec.Partition)), attribute.Int64("messaging.kafka.offset", rec.Offset),

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -10,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -91,6 +93,10 @@ type tracing struct {
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	fields []string // header names the propagator writes
+	// global is the tracer's provider when it is otel's global default,
+	// which records nothing until the program installs a provider
+	// (otel.SetTracerProvider) and then delegates to it; else nil.
+	global trace.TracerProvider
 }
 
 func newTracing(c telemetryConfig) tracing {
@@ -102,7 +108,33 @@ func newTracing(c telemetryConfig) tracing {
 	if p == nil {
 		p = propagation.TraceContext{}
 	}
-	return tracing{tracer: tp.Tracer(instrumentationName), prop: p, fields: p.Fields()}
+	t := tracing{tracer: tp.Tracer(instrumentationName), prop: p, fields: p.Fields()}
+	if isDefaultGlobal(tp) {
+		t.global = tp
+	}
+	return t
+}
+
+// isDefaultGlobal reports whether tp is otel's global provider as the
+// program found it: none installed yet.
+func isDefaultGlobal(tp trace.TracerProvider) bool {
+	return tp == otel.GetTracerProvider() && fmt.Sprintf("%T", tp) == "*global.tracerProvider"
+}
+
+// idleSpan is what start returns when nothing would record: the span of a
+// tracer that records nothing, under no parent.
+var idleSpan trace.Span = noop.Span{}
+
+// start starts a span as t.tracer.Start does. While nothing can record it
+// (the tracer is otel's global default, no provider installed since) and
+// ctx carries no span context to propagate, it returns ctx itself and a
+// no-op span without allocating: what the global default would return, at
+// no cost per call.
+func (t tracing) start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	if t.global != nil && otel.GetTracerProvider() == t.global && !trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx, idleSpan
+	}
+	return t.tracer.Start(ctx, name, opts...)
 }
 
 func meterOf(c telemetryConfig) metric.Meter {
