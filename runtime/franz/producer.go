@@ -166,41 +166,67 @@ func (c *Client) produceOn(p *kgo.Client, tr *tracker, r *kafkaclient.Record, ac
 	if r.Timestamp.IsZero() {
 		r.Timestamp = now
 	}
-	kr := &kgo.Record{
+	f := &inflight{r: r, acks: acks, tr: tr, done: done}
+	f.Context = c.deadlines.ctx(now, r.Partition >= 0)
+	f.kr = kgo.Record{
 		Topic:     r.Topic,
 		Key:       r.Key,
 		Value:     r.Value,
 		Timestamp: r.Timestamp,
 		Partition: r.Partition,
+		Context:   f,
 	}
-	ctx := c.deadlines.ctx(now, r.Partition >= 0)
 	if len(r.Headers) > 0 {
-		hs := make([]kgo.RecordHeader, len(r.Headers))
-		for i, h := range r.Headers {
-			hs[i] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
+		hs := f.hs[:0]
+		if len(r.Headers) > len(f.hs) {
+			hs = make([]kgo.RecordHeader, 0, len(r.Headers))
 		}
-		kr.Headers = hs
+		for _, h := range r.Headers {
+			hs = append(hs, kgo.RecordHeader{Key: h.Key, Value: h.Value})
+		}
+		f.kr.Headers = hs
 	}
 	tr.add()
-	p.TryProduce(ctx, kr, func(kr *kgo.Record, err error) {
-		if err != nil {
-			if errors.Is(err, kgo.ErrMaxBuffered) {
-				err = ErrQueueFull
-			} else if errors.Is(err, kerr.UnknownTopicOrPartition) {
-				err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, kr.Partition, kafkaclient.ErrUnknownTopic, err)
-			} else {
-				err = fmt.Errorf("franz: produce to %s partition %d: %w", r.Topic, kr.Partition, err)
-			}
+	p.TryProduce(f, &f.kr, delivered)
+}
+
+// inflight is one record handed to kgo, with what its promise needs, in
+// one allocation (the record's headers too, when there are few). The kgo
+// record's Context is the inflight itself, a context.Context by its
+// delivery context (deadlines.ctx), which is how delivered, a function
+// without captures, finds it.
+type inflight struct {
+	context.Context
+	kr   kgo.Record
+	r    *kafkaclient.Record
+	acks kafkaclient.Acks
+	tr   *tracker
+	done func(*kafkaclient.Record, error)
+	hs   [8]kgo.RecordHeader // most records' headers: no allocation of their own
+}
+
+// delivered is the promise of every record produced: it reports the
+// outcome to the record's done callback.
+func delivered(kr *kgo.Record, err error) {
+	f := kr.Context.(*inflight)
+	r := f.r
+	if err != nil {
+		if errors.Is(err, kgo.ErrMaxBuffered) {
+			err = ErrQueueFull
+		} else if errors.Is(err, kerr.UnknownTopicOrPartition) {
+			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, kr.Partition, kafkaclient.ErrUnknownTopic, err)
 		} else {
-			r.Partition = kr.Partition
-			r.Offset = kr.Offset
-			if acks == kafkaclient.AcksNone || r.Offset < 0 {
-				r.Offset = -1 // not known
-			}
+			err = fmt.Errorf("franz: produce to %s partition %d: %w", r.Topic, kr.Partition, err)
 		}
-		done(r, err)
-		tr.finish()
-	})
+	} else {
+		r.Partition = kr.Partition
+		r.Offset = kr.Offset
+		if f.acks == kafkaclient.AcksNone || r.Offset < 0 {
+			r.Offset = -1 // not known
+		}
+	}
+	f.done(r, err)
+	f.tr.finish()
 }
 
 // tracker counts records whose done callback has not returned yet, and lets
