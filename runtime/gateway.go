@@ -33,6 +33,7 @@ type Gateway struct {
 	client kafkaclient.Client
 	cfg    gatewayConfig
 	filter metadataFilter
+	keep   func(name string) bool // filter.keep, bound once: a method value allocates
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -71,6 +72,7 @@ func newGateway(client kafkaclient.Client, cfg gatewayConfig) *Gateway {
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.trc = newTracing(cfg.telemetryConfig)
 	g.filter = newMetadataFilter(cfg.denied, cfg.allowed, append([]string{wire.IdempotencyKeyMetadata}, g.trc.fields...))
+	g.keep = g.filter.keep
 	meter := meterOf(cfg.telemetryConfig)
 	g.met = newCallMetrics(meter, cfg.side)
 	g.dropped, _ = meter.Int64Counter("kafkarpc."+cfg.side+".replies.dropped",

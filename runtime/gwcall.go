@@ -40,6 +40,7 @@ type gwCall struct {
 	keyPending bool          // the key comes from the first request message (KeyField), not sent yet
 	reqDone    chan struct{} // closed when the request side ended
 	unacked    sync.WaitGroup
+	onProduced func(*kafkaclient.Record, error) // c.delivered, bound once
 
 	// reply side, filled by the router
 	mu       sync.Mutex
@@ -65,14 +66,15 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 	rp := p.route(md)
 	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, keyPending: rp.route.KeyField != nil && rp.key == nil,
 		reqDone: make(chan struct{}), signal: make(chan struct{}, 1), start: time.Now(), tel: p.tel, ctx: ctx}
+	c.onProduced = c.delivered
 	c.tel.begin(ctx)
-	sendCtx, send := g.trc.tracer.Start(ctx, rp.sendName, rp.sendOpts...)
+	sendCtx, send := g.trc.start(ctx, rp.sendName, rp.sendOpts...)
 	c.send = send
 	if err := g.checkTopic(ctx, m, rp.route.Topic); err != nil {
 		return nil, c.abandon(err) // topics.go: NOT_FOUND at once when the topic does not exist
 	}
 	md = g.trc.inject(sendCtx, md)
-	req := wire.Request{Route: rp.fixed, Metadata: md, Keep: g.filter.keep}
+	req := wire.Request{Route: rp.fixed, Metadata: md, Keep: g.keep}
 	if g.cfg.identity != nil {
 		if who, ok := g.cfg.identity(ctx); ok {
 			req.Identity = []byte(who)
@@ -207,7 +209,7 @@ func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
 		Headers:   headers,
 	}
 	c.unacked.Add(1)
-	c.g.client.Produce(rec, c.rp.route.Acks, c.delivered)
+	c.g.client.Produce(rec, c.rp.route.Acks, c.onProduced)
 }
 
 func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
@@ -421,7 +423,7 @@ func (c *gwCall) openReply(ctx context.Context, rec *kafkaclient.Record, env *wi
 		return nil, status.Errorf(codes.Internal, "%s: reply at %s: %v", c.m.FullMethod(), recordPlace(rec), err)
 	}
 	parent := c.g.trc.extract(ctx, md)
-	_, receive := c.g.trc.tracer.Start(parent, c.rp.recvName, c.rp.recvOpts...)
+	_, receive := c.g.trc.start(parent, c.rp.recvName, c.rp.recvOpts...)
 	if receive.IsRecording() {
 		receive.AddLink(trace.LinkFromContext(ctx))
 		receive.SetAttributes(attribute.String("messaging.message.conversation_id", c.id))

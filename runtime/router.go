@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 
@@ -19,10 +20,8 @@ type replyRouter struct {
 	g      *Gateway
 	topic  string
 	reader kafkaclient.Reader
-	// pending maps correlation ids to calls in flight (*gwCall). A sync.Map:
-	// calls add and remove their own keys concurrently and the reader looks
-	// each record up without a lock held across its batch.
-	pending   sync.Map
+	// pending maps correlation ids to calls in flight.
+	pending   callTable
 	dropped   atomic.Uint64
 	topicAttr metric.MeasurementOption // the topic, for the dropped-replies counter
 	read      atomic.Uint64
@@ -43,6 +42,7 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
 	r := &replyRouter{g: g, topic: topic, partitions: int32(len(parts)), owned: map[int32]bool{}}
+	r.pending.init()
 	r.topicAttr = metric.WithAttributeSet(attribute.NewSet(attribute.String("messaging.destination.name", topic)))
 	read := parts
 	if n := g.cfg.shardCount; n > 1 {
@@ -128,22 +128,60 @@ func (r *replyRouter) ensureReading(ctx context.Context, id string) error {
 // flight. A call whose caller already gave up (a retry right after a
 // deadline, before the first attempt unregistered) gives way.
 func (r *replyRouter) add(c *gwCall) bool {
-	for {
-		v, dup := r.pending.LoadOrStore(c.id, c)
-		if !dup {
-			return true
-		}
-		old := v.(*gwCall)
-		if old.ctx.Err() == nil {
-			return false
-		}
-		if r.pending.CompareAndSwap(c.id, old, c) {
-			return true
-		}
+	sh := r.pending.shard(maphash.String(r.pending.seed, c.id))
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if old := sh.calls[c.id]; old != nil && old.ctx.Err() == nil {
+		return false
+	}
+	sh.calls[c.id] = c
+	return true
+}
+
+func (r *replyRouter) remove(c *gwCall) {
+	sh := r.pending.shard(maphash.String(r.pending.seed, c.id))
+	sh.mu.Lock()
+	if sh.calls[c.id] == c {
+		delete(sh.calls, c.id)
+	}
+	sh.mu.Unlock()
+}
+
+// callTable maps correlation ids to the calls in flight: sharded by a hash
+// of the id, so that calls adding and removing themselves and the reader
+// looking records up rarely wait for each other, and looked up by the
+// record's id bytes without allocating. The zero value is not ready: see
+// init.
+type callTable struct {
+	seed   maphash.Seed
+	shards [callShards]callShard
+}
+
+const callShards = 32
+
+type callShard struct {
+	mu    sync.Mutex
+	calls map[string]*gwCall
+	_     [40]byte // a cache line each
+}
+
+func (t *callTable) init() {
+	t.seed = maphash.MakeSeed()
+	for i := range t.shards {
+		t.shards[i].calls = map[string]*gwCall{}
 	}
 }
 
-func (r *replyRouter) remove(c *gwCall) { r.pending.CompareAndDelete(c.id, c) }
+func (t *callTable) shard(h uint64) *callShard { return &t.shards[h%callShards] }
+
+// lookup returns the call in flight with correlation id id, or nil.
+func (t *callTable) lookup(id []byte) *gwCall {
+	sh := t.shard(maphash.Bytes(t.seed, id))
+	sh.mu.Lock()
+	c := sh.calls[string(id)]
+	sh.mu.Unlock()
+	return c
+}
 
 // run dispatches records until ctx ends.
 func (r *replyRouter) run(ctx context.Context) {
@@ -154,8 +192,8 @@ func (r *replyRouter) run(ctx context.Context) {
 		r.read.Add(uint64(len(recs)))
 		for _, rec := range recs {
 			env := wire.Decode(names, rec.Headers, rec.Value)
-			if v, ok := r.pending.Load(string(env.CorrelationID)); ok && v.(*gwCall).answers(&env) {
-				v.(*gwCall).deliver(rec, &env)
+			if c := r.pending.lookup(env.CorrelationID); c != nil && c.answers(&env) {
+				c.deliver(rec, &env)
 			} else {
 				r.dropped.Add(1)
 				r.g.dropped.Add(context.Background(), 1, r.topicAttr)
