@@ -46,6 +46,8 @@ type pending struct {
 	rec   *kafkaclient.Record
 	done  func(*kafkaclient.Record, error)
 	fired atomic.Bool
+	msg   kafka.Message   // what Produce is given: in the same allocation
+	hs    [8]kafka.Header // most records' headers, likewise
 }
 
 func (c *Client) newProducer(acks kafkaclient.Acks) (*producer, error) {
@@ -230,7 +232,8 @@ func (c *Client) produceOn(p *producer, r *kafkaclient.Record, done func(*kafkac
 		r.Timestamp = time.Now()
 	}
 	pd := &pending{rec: r, done: done}
-	msg := &kafka.Message{
+	msg := &pd.msg
+	*msg = kafka.Message{
 		TopicPartition: kafka.TopicPartition{Topic: &r.Topic, Partition: r.Partition},
 		Key:            r.Key,
 		Value:          r.Value,
@@ -241,9 +244,12 @@ func (c *Client) produceOn(p *producer, r *kafkaclient.Record, done func(*kafkac
 		msg.TopicPartition.Partition = kafka.PartitionAny
 	}
 	if len(r.Headers) > 0 {
-		hs := make([]kafka.Header, len(r.Headers))
-		for i, h := range r.Headers {
-			hs[i] = kafka.Header{Key: h.Key, Value: h.Value}
+		hs := pd.hs[:0]
+		if len(r.Headers) > len(pd.hs) {
+			hs = make([]kafka.Header, 0, len(r.Headers))
+		}
+		for _, h := range r.Headers {
+			hs = append(hs, kafka.Header{Key: h.Key, Value: h.Value})
 		}
 		msg.Headers = hs
 	}

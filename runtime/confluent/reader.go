@@ -114,7 +114,9 @@ func (b *consumerBase) handle(ev kafka.Event, batch *[]*kafkaclient.Record) {
 // slices confluent-kafka-go already copied out of librdkafka; they are not
 // copied again. A null value stays nil; an empty value stays empty non-nil.
 func toRecord(m *kafka.Message) *kafkaclient.Record {
-	r := &kafkaclient.Record{
+	rh := &recordWithHeaders{}
+	r := &rh.r
+	*r = kafkaclient.Record{
 		Partition: m.TopicPartition.Partition,
 		Offset:    int64(m.TopicPartition.Offset),
 		Key:       m.Key,
@@ -124,14 +126,26 @@ func toRecord(m *kafka.Message) *kafkaclient.Record {
 	if m.TopicPartition.Topic != nil {
 		r.Topic = *m.TopicPartition.Topic
 	}
-	if len(m.Headers) > 0 {
-		hs := make([]kafkaclient.Header, len(m.Headers))
+	if n := len(m.Headers); n > 0 {
+		var hs []kafkaclient.Header
+		if n <= len(rh.hs) {
+			hs = rh.hs[:n:n] // capped: an append by the caller copies
+		} else {
+			hs = make([]kafkaclient.Header, n)
+		}
 		for i, h := range m.Headers {
 			hs[i] = kafkaclient.Header{Key: h.Key, Value: h.Value}
 		}
 		r.Headers = hs
 	}
 	return r
+}
+
+// recordWithHeaders is a consumed record with room for most records'
+// headers: one allocation instead of two.
+type recordWithHeaders struct {
+	r  kafkaclient.Record
+	hs [8]kafkaclient.Header
 }
 
 func randomID() string {

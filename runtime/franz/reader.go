@@ -26,6 +26,9 @@ func records(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, close
 	if n > 0 {
 		out = make([]*kafkaclient.Record, 0, n)
 		backing := make([]kafkaclient.Record, n)
+		headers := 0
+		fs.EachRecord(func(kr *kgo.Record) { headers += len(kr.Headers) })
+		hbacking := make([]kafkaclient.Header, headers) // every record's headers, in one allocation
 		i := 0
 		fs.EachRecord(func(kr *kgo.Record) {
 			r := &backing[i]
@@ -36,8 +39,9 @@ func records(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, close
 			r.Key = kr.Key
 			r.Value = kr.Value
 			r.Timestamp = kr.Timestamp
-			if len(kr.Headers) > 0 {
-				hs := make([]kafkaclient.Header, len(kr.Headers))
+			if k := len(kr.Headers); k > 0 {
+				hs := hbacking[:k:k] // capped: an append by the caller copies
+				hbacking = hbacking[k:]
 				for j, h := range kr.Headers {
 					hs[j] = kafkaclient.Header{Key: h.Key, Value: h.Value}
 				}

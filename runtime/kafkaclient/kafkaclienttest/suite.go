@@ -190,6 +190,10 @@ func testRecordShapesRoundTrip(t *testing.T, f Factory) {
 		{Key: []byte("k"), Value: nil, Headers: []kafkaclient.Header{{Key: "zilla:status", Value: []byte("0")}}}, // tombstone
 		{Key: []byte("k"), Value: []byte{}}, // empty value
 		{Key: nil, Value: []byte("no key")},
+		{Key: []byte{}, Value: []byte("empty key")}, // a key_field left unset
+		{Key: []byte("k"), Value: []byte("8 headers"), Headers: manyHeaders(8)},
+		{Key: []byte("k"), Value: []byte("9 headers"), Headers: manyHeaders(9)},
+		{Key: []byte("k"), Value: []byte("20 headers"), Headers: manyHeaders(20)},
 	}
 	before := time.Now().Add(-time.Second)
 	for _, r := range in {
@@ -217,6 +221,15 @@ func testRecordShapesRoundTrip(t *testing.T, f Factory) {
 					t.Errorf("#%d header %d = %v, want %v", i, j, got.Headers[j], want.Headers[j])
 				}
 			}
+		}
+	}
+	// A record's headers are its own: appending to them leaves the next
+	// record's as they were.
+	for i := 0; i+1 < len(out); i++ {
+		next := slices.Clone(out[i+1].Headers)
+		out[i].Headers = append(out[i].Headers, kafkaclient.Header{Key: "appended"})
+		if !slices.EqualFunc(out[i+1].Headers, next, func(a, b kafkaclient.Header) bool { return a.Key == b.Key && bytes.Equal(a.Value, b.Value) }) {
+			t.Errorf("appending a header to record #%d changed record #%d's", i, i+1)
 		}
 	}
 	if !out[0].Timestamp.Equal(ts) {
@@ -603,4 +616,13 @@ func testProduceToMissingTopicFails(t *testing.T, f Factory) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("produce to a missing topic did not fail within 15 s")
 	}
+}
+
+// manyHeaders returns n headers with distinct names and values.
+func manyHeaders(n int) []kafkaclient.Header {
+	hs := make([]kafkaclient.Header, n)
+	for i := range hs {
+		hs[i] = kafkaclient.Header{Key: fmt.Sprint("h", i), Value: []byte(fmt.Sprint("v", i))}
+	}
+	return hs
 }
