@@ -32,6 +32,10 @@ func (c fetchCodec) Marshal(v any) (mem.BufferSlice, error) {
 	switch m := v.(type) {
 	case *fetchMessage:
 		// Pointers to the message's own fields: no allocation.
+		if len(m.suffix) == 0 { // a stream's reply: the value alone
+			m.bufs[0] = &m.value
+			return m.bufs[:1], nil
+		}
 		m.bufs = [2]mem.Buffer{&m.value, &m.suffix}
 		return m.bufs[:], nil
 	case fetchCodecProbe:
@@ -61,10 +65,11 @@ func zeroCopy(stream grpc.ServerStream) (ok bool) {
 	return p.Encode(stream, fetchCodecProbe{}) == nil
 }
 
-// fetchMessage is a record's value and the event id field, as fetchCodec
-// sends them. It is also a proto.Message, whose reflection (built on first
-// use) is the carrier message, so that any other codec, interceptor or
-// stats handler sees the same bytes.
+// fetchMessage is a record's value and the event id field (none for the
+// reply of a stream, relayRaw), as fetchCodec sends them. It is also a
+// proto.Message, whose reflection (built on first use) is the carrier
+// message, so that any other codec, interceptor or stats handler sees the
+// same bytes.
 type fetchMessage struct {
 	value, suffix mem.SliceBuffer
 	bufs          [2]mem.Buffer // what Marshal returns

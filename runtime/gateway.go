@@ -325,7 +325,14 @@ func GatewayStream[Req, Resp any, PReq interface {
 		return stream.SendMsg(PResp(new(Resp)))
 	}
 	var held PResp // the response of a client-streaming call, sent once confirmed
+	var carrier func([]byte) proto.Message
+	if m.Kind.serverStreams() && zeroCopy(stream) {
+		carrier = carrierFor[Resp, PResp]()
+	}
 	st := c.awaitReplies(ctx, func(md metadata.MD) { _ = stream.SetHeader(md) }, func(rec *kafkaclient.Record) error {
+		if carrier != nil {
+			return relayRaw(m, stream, rec, carrier)
+		}
 		resp := PResp(new(Resp))
 		if err := decodeReply(m, rec, resp); err != nil {
 			return err
@@ -350,6 +357,20 @@ func GatewayStream[Req, Resp any, PReq interface {
 			return status.Errorf(codes.Internal, "%s: worker ended the call without a response", m.FullMethod())
 		}
 		return stream.SendMsg(held)
+	}
+	return nil
+}
+
+// relayRaw sends a reply record's value to the caller as it is, through
+// FetchServerCodec: a stream's responses are not decoded and encoded again.
+// The value must be well-formed protobuf; what the caller's generated code
+// checks beyond that (UTF-8 strings, required fields) it checks itself.
+func relayRaw(m *MethodSpec, stream grpc.ServerStream, rec *kafkaclient.Record, carrier func([]byte) proto.Message) error {
+	if !wire.ValidWire(rec.Value) {
+		return status.Errorf(codes.Internal, "%s: reply at %s is not a valid protobuf message", m.FullMethod(), recordPlace(rec))
+	}
+	if err := stream.SendMsg(&fetchMessage{value: rec.Value, carrier: carrier}); err != nil {
+		return status.FromContextError(err).Err()
 	}
 	return nil
 }
