@@ -107,8 +107,8 @@ func (l *ledger) Record(_ context.Context, e *keyedv1.Entry) (*emptypb.Empty, er
 	return &emptypb.Empty{}, nil
 }
 
-// startLedger runs the ledger's worker and gateway on the test's client.
-func startLedger(t *testing.T, l *ledger, opts ...kafkarpctest.Option) *kafkarpctest.Env {
+// startLedger runs a worker serving l and a gateway on the test's client.
+func startLedger(t *testing.T, l keyedv1.LedgerServiceServer, opts ...kafkarpctest.Option) *kafkarpctest.Env {
 	t.Helper()
 	return kafkarpctest.Start(t, kafkarpctest.Service{
 		Spec:            keyedv1.LedgerServiceKafkaSpec,

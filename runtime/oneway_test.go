@@ -7,11 +7,6 @@ import (
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient/kafkaclienttest"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkarpctest"
 	keyedv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/keyed/v1"
 )
 
@@ -41,12 +36,7 @@ func (h *heldRecorder) Record(ctx context.Context, _ *keyedv1.Entry) (*emptypb.E
 // cancelling it.
 func TestShutdownDrainsOneway(t *testing.T) {
 	h := &heldRecorder{started: make(chan struct{}, 1), release: make(chan struct{}), outcome: make(chan error, 1)}
-	env := kafkarpctest.Start(t, kafkarpctest.Service{
-		Spec:           keyedv1.LedgerServiceKafkaSpec,
-		RegisterWorker: func(w *runtime.Worker) error { return keyedv1.RegisterLedgerServiceKafkaWorker(w, h) },
-	}, kafkarpctest.WithClient(func(brokers string) (kafkaclient.Client, error) {
-		return kafkatest.Factory(kafkatest.ClientName()).New(brokers, kafkaclienttest.Config{Logger: kafkatest.Logger(t)})
-	}))
+	env := startLedger(t, h)
 	ctx := ctxFor(t, 60*time.Second)
 	client := keyedv1.NewLedgerServiceClient(env.ClientConn)
 	if _, err := client.Record(ctx, &keyedv1.Entry{Account: &keyedv1.Account{Id: "a"}}); err != nil {
