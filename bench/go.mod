@@ -9,6 +9,7 @@ require (
 	github.com/ThreeDotsLabs/watermill v1.5.1
 	github.com/ThreeDotsLabs/watermill-kafka/v3 v3.0.6
 	github.com/confluentinc/confluent-kafka-go/v2 v2.15.0
+	github.com/google/pprof v0.0.0-20261105003125-4bf881d7fb0b
 	github.com/kafkarpc/protoc-gen-go-kafka v0.0.0-00010101000000-000000000000
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12

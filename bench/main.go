@@ -69,6 +69,7 @@ type config struct {
 	profile                             string
 	profileTime                         time.Duration
 	cpuProfile, memProfile, benchOut    string
+	breakdown                           bool
 	blockProfile, mutexProfile, trace   string
 	memRate                             int
 }
@@ -110,6 +111,7 @@ func main() {
 	flag.StringVar(&cfg.blockProfile, "blockprofile", "", "write a blocking profile of the measured part to this file")
 	flag.StringVar(&cfg.mutexProfile, "mutexprofile", "", "write a mutex contention profile of the measured part to this file")
 	flag.StringVar(&cfg.trace, "trace", "", "write an execution trace of the measured part to this file (keep -profile-time short)")
+	flag.BoolVar(&cfg.breakdown, "breakdown", false, "with -profile and -cpuprofile: print where the CPU went (gRPC, runtime by part, Kafka client, broker, protobuf, OpenTelemetry, GC, scheduler) per call or message")
 	flag.IntVar(&cfg.memRate, "memprofilerate", 0, "runtime.MemProfileRate while profiling (0: Go's default)")
 	flag.StringVar(&cfg.benchOut, "benchout", "", "also write one Go benchmark line per contender and round to this file (for benchstat)")
 	flag.BoolVar(&cfg.procHop, "floor-proc", true, "also measure the two-hop floor with its relay in a child process (floor-2hop-proc)")
@@ -533,6 +535,17 @@ func profileRun(ctx context.Context, cfg config, cs []*contender, lim limits) er
 	if n > 0 {
 		fmt.Printf("process: %.1f µs CPU/call, %.1f Go allocs/call, %.0f Go bytes/call (whole process: client, gateway, worker, broker)\n",
 			float64(cpu.Microseconds())/float64(n), float64(ms1.Mallocs-ms0.Mallocs)/float64(n), float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(n))
+	}
+	if cfg.breakdown && cfg.cpuProfile != "" && n > 0 {
+		shares, err := readBreakdown(cfg.cpuProfile)
+		if err != nil {
+			return err
+		}
+		unit, per := "call", float64(cpu.Nanoseconds())/1e3/float64(n)
+		if strings.Contains(c.kind, "stream") { // a call is a stream of -stream-msgs messages
+			unit, per = "message", per/float64(cfg.streamMsgs)
+		}
+		printBreakdown(os.Stdout, c.label(), shares, per, unit)
 	}
 	return nil
 }
