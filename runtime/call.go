@@ -128,7 +128,7 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 	if ended {
 		c.endInput()
 	}
-	go c.run()
+	w.runners.run(c)
 }
 
 // openContext makes the handler's context: the request metadata, the

@@ -35,6 +35,7 @@ type Worker struct {
 
 	base       context.Context // parent of every handler context; cancelled by an aborting shutdown
 	baseCancel context.CancelFunc
+	runners    *runners // the goroutines calls run on
 	pollCtx    context.Context
 	pollCancel context.CancelFunc
 	drainCtx   atomic.Pointer[context.Context]
@@ -116,6 +117,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		writer:      directWriter{client: client},
 	}
 	w.base, w.baseCancel = context.WithCancel(context.Background())
+	w.runners = newRunners(w.base)
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
 	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + wire.ServedByMetadata, Value: []byte(wire.NewUUID())}}
 	w.attemptKey = cfg.names.MetaPrefix + wire.AttemptMetadata
