@@ -223,8 +223,9 @@ func WithCloseTimeout(d time.Duration) Option {
 //   - MetadataMinAge 250 ms for producers (DefaultProducerMetadataMinAge);
 //   - Java-compatible partitioning: a record with Partition set goes there;
 //     otherwise a keyed record goes to murmur2(key) mod partitions (Kafka's
-//     Java default partitioner, kgo.StickyKeyPartitioner with a nil hasher),
-//     an unkeyed one to a sticky random partition;
+//     Java default partitioner), an unkeyed one to a random partition (not
+//     sticky: as the confluent client's murmur2_random, and so that
+//     producing goroutines do not queue on kgo's partitioning lock);
 //   - ProducerBatchCompression none;
 //   - ProducerBatchMaxBytes 8 MiB (DefaultMaxRecordBytes);
 //   - delivery timeout 2 minutes (DefaultDeliveryTimeout, WithDeliveryTimeout);
@@ -304,7 +305,7 @@ func (c *Client) producerOpts(acks kafkaclient.Acks, txn bool) []kgo.Opt {
 	role := "producer-acks-" + acks.String()
 	opts := c.opts.clientOpts(c.log.With("client", role),
 		kgo.ProducerLinger(DefaultLinger),
-		kgo.RecordPartitioner(javaPartitioner{kgo.StickyKeyPartitioner(nil)}),
+		kgo.RecordPartitioner(javaPartitioner{}),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		kgo.ProducerBatchMaxBytes(DefaultMaxRecordBytes),
 		// A record for a topic that was deleted fails after about a second

@@ -101,9 +101,9 @@ func TestOptionDefaults(t *testing.T) {
 }
 
 func TestJavaPartitioner(t *testing.T) {
-	tp := javaPartitioner{kgo.StickyKeyPartitioner(nil)}.ForTopic("t")
-	if _, ok := tp.(kgo.TopicPartitionerOnNewBatch); !ok {
-		t.Error("the sticky partitioner's OnNewBatch is not passed on")
+	tp := javaPartitioner{}.ForTopic("t")
+	if _, ok := tp.(kgo.TopicPartitionerOnNewBatch); ok {
+		t.Error("the partitioner asks for new batches: kgo would buffer every record under the topic's lock")
 	}
 	d := newDeadlines(time.Minute)
 	for i := range 50 {
@@ -124,8 +124,19 @@ func TestJavaPartitioner(t *testing.T) {
 	if tp.RequiresConsistency(r) {
 		t.Error("unkeyed record requires consistency")
 	}
-	if p := tp.Partition(r, 7); p < 0 || p >= 7 {
-		t.Errorf("unkeyed record: partition %d", p)
+	seen := map[int]bool{}
+	for range 1000 {
+		p := tp.Partition(r, 7)
+		if p < 0 || p >= 7 {
+			t.Fatalf("unkeyed record: partition %d", p)
+		}
+		seen[p] = true
+	}
+	if len(seen) != 7 { // each partition missed by 1000 draws: about 1e-67
+		t.Errorf("1000 unkeyed records went to %d partitions of 7", len(seen))
+	}
+	if r := (&kgo.Record{Key: []byte{}, Context: context.Background()}); !tp.RequiresConsistency(r) || tp.Partition(r, 7) != int(kafkaclient.KeyPartition([]byte{}, 7)) {
+		t.Error("an empty key is a key: it hashes like any other")
 	}
 }
 

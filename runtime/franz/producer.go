@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -313,39 +314,38 @@ func (c *Client) flush(ctx context.Context, prods []*kgo.Client) error {
 	return c.pending.wait(ctx)
 }
 
-// javaPartitioner partitions as Kafka's Java producer does for the wire
-// format: a record whose caller chose a partition (marked by manualKey in
-// its context) goes there; every other record goes where the wrapped
-// partitioner (kgo.StickyKeyPartitioner(nil): murmur2 for keys, sticky for
-// no key) puts it.
-type javaPartitioner struct{ inner kgo.Partitioner }
+// javaPartitioner partitions as the wire format needs and as the confluent
+// client's default (librdkafka's murmur2_random) does: a record whose
+// caller chose a partition (marked by manualKey in its context) goes there;
+// a keyed record to murmur2(key) mod partitions, as Kafka's Java producer;
+// an unkeyed record to a random partition.
+//
+// Unkeyed records are not sticky (KIP-480) on purpose: a sticky
+// partitioner must hear of every new batch (kgo.TopicPartitionerOnNewBatch),
+// and kgo then holds the topic's partitioning lock while it buffers each
+// record, which serialised every goroutine producing to a topic (the
+// largest mutex delay of a loaded gateway and worker). The runtime keys
+// every record it writes; only a publisher's unkeyed records take a random
+// partition, as they do on the confluent client.
+type javaPartitioner struct{}
 
-func (p javaPartitioner) ForTopic(topic string) kgo.TopicPartitioner {
-	in := p.inner.ForTopic(topic)
-	if nb, ok := in.(kgo.TopicPartitionerOnNewBatch); ok {
-		return javaTopicPartitionerNB{javaTopicPartitioner{in}, nb}
-	}
-	return javaTopicPartitioner{in}
+func (javaPartitioner) ForTopic(string) kgo.TopicPartitioner { return javaTopicPartitioner{} }
+
+type javaTopicPartitioner struct{}
+
+// RequiresConsistency is true for a chosen partition and for a key: kgo
+// then indexes all partitions, so that the index returned by Partition is
+// the partition id.
+func (javaTopicPartitioner) RequiresConsistency(r *kgo.Record) bool {
+	return isManual(r) || r.Key != nil
 }
 
-type javaTopicPartitioner struct{ inner kgo.TopicPartitioner }
-
-// RequiresConsistency is true for a chosen partition: kgo then indexes all
-// partitions, so that the index returned by Partition is the partition id.
-func (p javaTopicPartitioner) RequiresConsistency(r *kgo.Record) bool {
-	return isManual(r) || p.inner.RequiresConsistency(r)
-}
-
-func (p javaTopicPartitioner) Partition(r *kgo.Record, n int) int {
-	if isManual(r) {
+func (javaTopicPartitioner) Partition(r *kgo.Record, n int) int {
+	switch {
+	case isManual(r):
 		return int(r.Partition) // out of range: kgo fails the record
+	case r.Key != nil:
+		return int(kafkaclient.KeyPartition(r.Key, int32(n)))
 	}
-	return p.inner.Partition(r, n)
+	return rand.IntN(n)
 }
-
-type javaTopicPartitionerNB struct {
-	javaTopicPartitioner
-	nb kgo.TopicPartitionerOnNewBatch
-}
-
-func (p javaTopicPartitionerNB) OnNewBatch() { p.nb.OnNewBatch() }
