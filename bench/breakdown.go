@@ -110,7 +110,7 @@ func runtimeFileGroup(file string) string {
 	case slices.Contains([]string{"gateway.go", "gwcall.go", "router.go", "conn.go", "connstream.go", "topics.go", "metadata.go"}, file):
 		return "gateway (call, reply router)"
 	case slices.Contains([]string{"worker.go", "dispatch.go", "call.go", "serverstream.go", "repeats.go", "keyorder.go",
-		"commit.go", "replywriter.go", "replyretry.go", "deadletter.go", "lostreply.go", "proxy.go"}, file):
+		"commit.go", "replywriter.go", "replyretry.go", "deadletter.go", "lostreply.go", "proxy.go", "runners.go"}, file):
 		return "worker (dispatch, call, replies, commits)"
 	case strings.Contains(file, "telemetry"):
 		return "telemetry"

@@ -312,7 +312,7 @@ type topicState struct {
 // to exist, looking it up (bounded by timeout) when what is known is stale.
 // A lookup that fails for another reason (a broker down) lets the call go
 // on: producing reports such problems itself.
-func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, method string) error {
+func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, m *MethodSpec) error {
 	v, ok := tg.states.Load(topic)
 	if !ok {
 		v, _ = tg.states.LoadOrStore(topic, &topicState{})
@@ -325,7 +325,7 @@ func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string,
 	}
 	if checked := st.checked.Load(); checked != 0 && time.Duration(now-checked) < fresh || !st.checking.CompareAndSwap(false, true) {
 		if st.missing.Load() {
-			return missingTopicStatus(topic, method)
+			return missingTopicStatus(topic, m.FullMethod()) // named on the error path only: it allocates
 		}
 		return nil
 	}
@@ -344,7 +344,7 @@ func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string,
 	}
 	st.checked.Store(time.Now().UnixNano())
 	if st.missing.Load() {
-		return missingTopicStatus(topic, method)
+		return missingTopicStatus(topic, m.FullMethod())
 	}
 	return nil
 }
@@ -372,7 +372,7 @@ func unknownTopic(err error) bool { return errors.Is(err, kafkaclient.ErrUnknown
 // checkTopic is the gateway's check of a call's request topic; see
 // topicGuard.check.
 func (g *Gateway) checkTopic(ctx context.Context, m *MethodSpec, topic string) error {
-	return g.topics.check(ctx, g.client, topic, g.cfg.setupTimeout, m.FullMethod())
+	return g.topics.check(ctx, g.client, topic, g.cfg.setupTimeout, m)
 }
 
 // topicMissing is the status of a call whose request record failed because
