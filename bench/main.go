@@ -62,6 +62,7 @@ type config struct {
 	cpuProfile, memProfile, benchOut    string
 	blockProfile, mutexProfile, trace   string
 	memRate                             int
+	outcomes                            bool // outcomes.go
 }
 
 func main() {
@@ -95,6 +96,7 @@ func main() {
 	flag.StringVar(&cfg.mutexProfile, "mutexprofile", "", "write a mutex contention profile of the measured part to this file")
 	flag.StringVar(&cfg.trace, "trace", "", "write an execution trace of the measured part to this file (keep -profile-time short)")
 	flag.IntVar(&cfg.memRate, "memprofilerate", 0, "runtime.MemProfileRate while profiling (0: Go's default)")
+	flag.BoolVar(&cfg.outcomes, "outcomes", true, "measure keyed unary calls without and with runtime.WorkerOutcomeTopic (outcomes.go)")
 	flag.StringVar(&cfg.benchOut, "benchout", "", "also write one Go benchmark line per contender and round to this file (for benchstat)")
 	flag.Parse()
 	for _, s := range strings.Split(levels, ",") {
@@ -268,6 +270,15 @@ func run(cfg config, out io.Writer) error {
 		}
 	}
 
+	if cfg.outcomes {
+		oc, ocClose, err := outcomeContenders(cfg, brokers, run, log, want)
+		closers = append(closers, ocClose...)
+		if err != nil {
+			return err
+		}
+		unaryCs = append(unaryCs, oc...)
+	}
+
 	if wantAny("grpc", "-") {
 		g, err := newGRPCEnv(func(s *grpc.Server) error { echov1.RegisterEchoServiceServer(s, echoserver.Server{}); return nil })
 		if err != nil {
@@ -359,6 +370,7 @@ func run(cfg config, out io.Writer) error {
 		}
 	}
 	report(out, cfg, brokerDesc, unaryCs, streamCs, fetch)
+	reportOutcomes(out, unaryCs)
 	return nil
 }
 
