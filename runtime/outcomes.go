@@ -42,6 +42,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -310,14 +311,9 @@ func (o *outcomeLog) load(parts []kafkaclient.TopicPartition) {
 		return
 	}
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), outcomeLoadTimeout)
+	ctx, cancel := context.WithTimeout(w.pollCtx, outcomeLoadTimeout) // a shutdown ends it
 	defer cancel()
 	ids, err := o.read(ctx, want)
-	if err != nil {
-		w.cfg.logger.Error("kafkarpc: loading stored outcomes: repeats of keyed calls served before the rebalance run again",
-			"outcome_topic", o.topic, "partitions", fmt.Sprint(slices.Sorted(mapKeys(want))), "error", err,
-			"loaded", len(ids), "took", time.Since(start).Round(time.Millisecond).String())
-	}
 	now := time.Now()
 	loaded, expired := 0, 0
 	w.mu.Lock()
@@ -339,20 +335,16 @@ func (o *outcomeLog) load(parts []kafkaclient.TopicPartition) {
 	w.repeats.stored.sortLoaded(now)
 	w.mu.Unlock()
 	w.stats.outcomesLoaded.Add(uint64(loaded))
-	if err == nil {
-		w.cfg.logger.Info("kafkarpc: loaded stored outcomes", "outcome_topic", o.topic,
-			"partitions", fmt.Sprint(slices.Sorted(mapKeys(want))), "loaded", loaded, "expired", expired,
-			"took", time.Since(start).Round(time.Millisecond).String())
-	}
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
+	args := []any{"outcome_topic", o.topic, "partitions", fmt.Sprint(slices.Sorted(maps.Keys(want))), "loaded", loaded,
+		"expired", expired, "took", time.Since(start).Round(time.Millisecond).String()}
+	switch {
+	case err == nil:
+		w.cfg.logger.Info("kafkarpc: loaded stored outcomes", args...)
+	case w.pollCtx.Err() != nil:
+		w.cfg.logger.Info("kafkarpc: loading stored outcomes stopped by the worker's shutdown", append(args, "error", err)...)
+	default:
+		w.cfg.logger.Error("kafkarpc: loading stored outcomes: repeats of keyed calls served before the rebalance run again",
+			append(args, "error", err)...)
 	}
 }
 
