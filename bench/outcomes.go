@@ -165,10 +165,10 @@ func reportOutcomes(w io.Writer, cs []*contender) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Unary calls each with an idempotency key of its own (every call runs its handler and stores its outcome), "+
 		"through gateway and worker, without and with `runtime.WorkerOutcomeTopic` (each outcome also written to the compacted outcome topic, "+
-		"acknowledged before the request's offset is committed). Interleaved with the other unary rows.")
+		"acknowledged before the request's offset is committed). Interleaved with the other unary rows. CPU/call is the whole process's (client, gateway, worker, embedded broker).")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| in flight | client | calls/s without | calls/s with | p50 without | p50 with | p99 without | p99 with | errors |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| in flight | client | calls/s without | calls/s with | p50 without | p50 with | p99 without | p99 with | CPU/call without | CPU/call with | errors |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, c := range cs {
 		if c.kind != outcomesKind {
 			continue
@@ -177,11 +177,21 @@ func reportOutcomes(w io.Writer, cs []*contender) {
 		if off == nil {
 			continue
 		}
-		fmt.Fprintf(w, "| %d | %s | %s | %s (%+.0f%%) | %s | %s (%+.0f%%) | %s | %s | %d / %d |\n", c.inflight, c.client,
+		fmt.Fprintf(w, "| %d | %s | %s | %s (%+.0f%%) | %s | %s (%+.0f%%) | %s | %s | %.0f µs | %.0f µs (%+.0f%%) | %d / %d |\n", c.inflight, c.client,
 			fmtRate(off.rate()), fmtRate(c.rate()), pct(c.rate(), off.rate()),
 			fmtDur(off.p(50)), fmtDur(c.p(50)), pct(float64(c.p(50)), float64(off.p(50))),
-			fmtDur(off.p(99)), fmtDur(c.p(99)), off.errs, c.errs)
+			fmtDur(off.p(99)), fmtDur(c.p(99)), cpuPerCall(off), cpuPerCall(c), pct(cpuPerCall(c), cpuPerCall(off)), off.errs, c.errs)
 	}
+}
+
+// cpuPerCall is the process's CPU time per call in µs (client, gateway,
+// worker and an embedded broker alike): less disturbed than the rates by
+// other processes on a shared machine.
+func cpuPerCall(c *contender) float64 {
+	if c.calls == 0 {
+		return 0
+	}
+	return float64(c.cpu.Microseconds()) / float64(c.calls)
 }
 
 // pct is how much a differs from b, in per cent of b.
