@@ -253,6 +253,9 @@ func (o *outcomeLog) write(c *call, st *status.Status, at time.Time) {
 	if !known {
 		return // logged at the load
 	}
+	if replySize(c.stored) > w.cfg.idemMaxBytes {
+		return // not kept in memory either
+	}
 	if size := outcomeSize(c.stored); size > outcomeRecordMax {
 		w.cfg.logger.Warn("kafkarpc: outcome too large for the outcome topic; kept in memory only",
 			"correlation_id", c.id, "bytes", size, "outcome_topic", o.topic)
@@ -319,11 +322,11 @@ func (o *outcomeLog) load(parts []kafkaclient.TopicPartition) {
 	w.mu.Lock()
 	for p, byID := range ids {
 		for id, so := range byID {
-			if now.Sub(so.at) > w.cfg.idemWindow {
+			if now.Sub(so.at) > w.cfg.idemWindow || replySize(so.records) > w.cfg.idemMaxBytes {
 				if w.parts[kafkaclient.TopicPartition{Topic: so.topic, Partition: p}] != nil && o.parts[p] {
 					o.tombstone(p, []byte(id))
 				}
-				expired++
+				expired++ // past the window, or more than the memory may hold
 				continue
 			}
 			if w.repeats.stored.load(&storedReply{id: id, at: so.at, records: so.records,

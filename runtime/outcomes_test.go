@@ -118,6 +118,43 @@ func (k *killable) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.Grou
 	return &killableGroup{GroupReader: gr, k: k}, nil
 }
 
+// NewTxnProducer wraps the client's transactional producer: once killed,
+// it takes no record and commits nothing.
+func (k *killable) NewTxnProducer(id string) (kafkaclient.TxnProducer, error) {
+	tc, ok := k.Client.(kafkaclient.TxnClient)
+	if !ok {
+		return nil, errors.New("the test's client has no transactions")
+	}
+	p, err := tc.NewTxnProducer(id)
+	if err != nil {
+		return nil, err
+	}
+	return &killableTxn{TxnProducer: p, k: k}, nil
+}
+
+type killableTxn struct {
+	kafkaclient.TxnProducer
+	k *killable
+}
+
+func (t *killableTxn) Produce(r *kafkaclient.Record, done func(*kafkaclient.Record, error)) {
+	if t.k.dead.Load() {
+		go done(r, errKilled)
+		return
+	}
+	t.TxnProducer.Produce(r, done)
+}
+
+func (t *killableTxn) Commit(ctx context.Context, gr kafkaclient.GroupReader, offs []kafkaclient.TopicPartitionOffset) error {
+	if t.k.dead.Load() {
+		return errKilled
+	}
+	if g, ok := gr.(*killableGroup); ok {
+		gr = g.GroupReader // the client's own, as the producer needs
+	}
+	return t.TxnProducer.Commit(ctx, gr, offs)
+}
+
 type killableGroup struct {
 	kafkaclient.GroupReader
 	k *killable
@@ -263,22 +300,35 @@ func awaitKey(t *testing.T, w *replyWatch, key string) *kafkaclient.Record {
 	}
 }
 
-// TestOutcomeSurvivesExactlyOnceHandOver: with WorkerExactlyOnce the
-// outcome record goes in the transaction of the replies; the next member,
-// reading committed records only, answers the repeat from it.
-func TestOutcomeSurvivesExactlyOnceHandOver(t *testing.T) {
+// TestOutcomeSurvivesExactlyOnceWorker: with WorkerExactlyOnce the outcome
+// record goes in the transaction of the replies; the next member, reading
+// committed records only, answers the repeat from it, whether the first
+// worker handed over (closed) or died (killed once the caller had its
+// answer, which a gateway reading committed replies gives only once the
+// transaction is committed).
+func TestOutcomeSurvivesExactlyOnceWorker(t *testing.T) {
+	for _, kill := range []bool{false, true} {
+		name := "closed"
+		if kill {
+			name = "killed"
+		}
+		t.Run(name, func(t *testing.T) { outcomeExactlyOnce(t, kill) })
+	}
+}
+
+func outcomeExactlyOnce(t *testing.T, kill bool) {
 	e := newOutcomeEnv(t, true)
 	implA, implB := &counting{}, &counting{}
-	a := e.start(t, e.kc, implA, runtime.WorkerOutcomeTopic(outcomeTopic))
+	kcA := &killable{Client: e.kc}
+	a := e.start(t, kcA, implA, runtime.WorkerOutcomeTopic(outcomeTopic))
 	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "idempotency-key", "order-8")
 	first, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "pay"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Err(); err != nil {
+	kcA.dead.Store(kill)
+	_ = a.Close()
+	if err := a.Err(); err != nil && !kill {
 		t.Fatalf("worker A stopped: %v", err)
 	}
 	b := e.start(t, e.kc, implB, runtime.WorkerOutcomeTopic(outcomeTopic))
