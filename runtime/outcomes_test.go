@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -410,5 +411,32 @@ func TestExpiredOutcomeIsDeleted(t *testing.T) {
 	}
 	if rec := awaitKey(t, stored, id); rec.Value != nil {
 		t.Fatalf("the second record of the key has a %d-byte value, want a tombstone", len(rec.Value))
+	}
+}
+
+// TestOutcomeTopicWithFewerPartitions: an outcome topic with fewer
+// partitions than the request topic is said at error level, and the worker
+// serves on (those partitions' outcomes in memory only).
+func TestOutcomeTopicWithFewerPartitions(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	kafkatest.CreateTopics(t, e.kc, 1, e.topic("small"))
+	var logs syncBuffer
+	impl := &counting{}
+	e.start(t, e.kc, impl, runtime.WorkerOutcomeTopic("small"),
+		runtime.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	if got := logs.String(); !strings.Contains(got, "level=ERROR") || !strings.Contains(got, "fewer partitions than the request topic") ||
+		!strings.Contains(got, "request_partitions=\"[1 2]\"") {
+		t.Fatalf("log after the first assignment:\n%s\nwant an ERROR line naming request partitions 1 and 2", got)
+	}
+	for i := range 6 {
+		ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "idempotency-key", fmt.Sprint("k", i))
+		for range 2 {
+			if r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: fmt.Sprint("m", i)}); err != nil || r.GetMessage() != fmt.Sprint("m", i) {
+				t.Fatalf("call: %v, %v", r, err)
+			}
+		}
+		if n := impl.count(fmt.Sprint("m", i)); n != 1 {
+			t.Fatalf("handler ran %d times for one key, want 1", n)
+		}
 	}
 }
