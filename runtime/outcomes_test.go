@@ -440,3 +440,21 @@ func TestOutcomeTopicWithFewerPartitions(t *testing.T) {
 		}
 	}
 }
+
+// TestOutcomeLoadBound: a load that does not finish within its bound (here
+// a nanosecond) is said at error level, and the worker serves on.
+func TestOutcomeLoadBound(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	defer runtime.SetOutcomeLoadTimeout(time.Nanosecond)()
+	var logs syncBuffer
+	impl := &counting{}
+	e.start(t, e.kc, impl, runtime.WorkerOutcomeTopic(outcomeTopic),
+		runtime.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	if got := logs.String(); !strings.Contains(got, "level=ERROR") || !strings.Contains(got, "loading stored outcomes") ||
+		!strings.Contains(got, "deadline exceeded") {
+		t.Fatalf("log after the first assignment:\n%s\nwant an ERROR line saying the load ran out of time", got)
+	}
+	if r, err := e.echo.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "m"}); err != nil || r.GetMessage() != "m" {
+		t.Fatalf("call: %v, %v", r, err)
+	}
+}
