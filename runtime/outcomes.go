@@ -317,6 +317,10 @@ func (o *outcomeLog) load(parts []kafkaclient.TopicPartition) {
 	ctx, cancel := context.WithTimeout(w.pollCtx, outcomeLoadTimeout) // a shutdown ends it
 	defer cancel()
 	ids, err := o.read(ctx, want)
+	if err != nil && ctx.Err() == context.DeadlineExceeded {
+		// Said the same whatever the client calls its timeout.
+		err = fmt.Errorf("not done within the load's bound of %v: %w", outcomeLoadTimeout, err)
+	}
 	now := time.Now()
 	loaded, expired := 0, 0
 	w.mu.Lock()
