@@ -72,6 +72,7 @@ type config struct {
 	breakdown                           bool
 	blockProfile, mutexProfile, trace   string
 	memRate                             int
+	outcomes                            bool // outcomes.go
 }
 
 func main() {
@@ -113,6 +114,7 @@ func main() {
 	flag.StringVar(&cfg.trace, "trace", "", "write an execution trace of the measured part to this file (keep -profile-time short)")
 	flag.BoolVar(&cfg.breakdown, "breakdown", false, "with -profile and -cpuprofile: print where the CPU went (gRPC, runtime by part, Kafka client, broker, protobuf, OpenTelemetry, GC, scheduler) per call or message")
 	flag.IntVar(&cfg.memRate, "memprofilerate", 0, "runtime.MemProfileRate while profiling (0: Go's default)")
+	flag.BoolVar(&cfg.outcomes, "outcomes", true, "measure keyed unary calls without and with runtime.WorkerOutcomeTopic (outcomes.go)")
 	flag.StringVar(&cfg.benchOut, "benchout", "", "also write one Go benchmark line per contender and round to this file (for benchstat)")
 	flag.BoolVar(&cfg.procHop, "floor-proc", true, "also measure the two-hop floor with its relay in a child process (floor-2hop-proc)")
 	flag.Parse()
@@ -297,6 +299,15 @@ func run(cfg config, out io.Writer) error {
 		}
 	}
 
+	if cfg.outcomes {
+		oc, ocClose, err := outcomeContenders(cfg, brokers, run, log, want)
+		closers = append(closers, ocClose...)
+		if err != nil {
+			return err
+		}
+		unaryCs = append(unaryCs, oc...)
+	}
+
 	if wantAny("grpc", "-") {
 		g, err := newGRPCEnv(func(s *grpc.Server) error { echov1.RegisterEchoServiceServer(s, echoserver.Server{}); return nil })
 		if err != nil {
@@ -400,6 +411,7 @@ func run(cfg config, out io.Writer) error {
 		}
 	}
 	report(out, cfg, brokerDesc, unaryCs, streamCs, fetch)
+	reportOutcomes(out, unaryCs)
 	return nil
 }
 

@@ -369,14 +369,23 @@ func (c *call) finish(st *status.Status) {
 	if served {
 		st = c.writeEnd(st, aborted, lost)
 	}
-	if err := c.w.writer.flush(c); err != nil && served && c.id != "" && lost == nil {
-		c.lostAfterEnd(st)
-	}
 	// The replies are the call's outcome even when Kafka lost some of them
 	// after the end went out (then a retry with the same key gets them),
 	// unless the end already reported the loss instead of the outcome.
 	remember := c.keepReplies && served && lost == nil && remembered(st)
-	waiters := c.release(served, remember)
+	var at time.Time
+	if remember {
+		at = time.Now()
+		if o := c.w.outcomes; o != nil {
+			// Acknowledged with the replies (or in their transaction),
+			// before the offset is committed.
+			o.write(c, st, at)
+		}
+	}
+	if err := c.w.writer.flush(c); err != nil && served && c.id != "" && lost == nil {
+		c.lostAfterEnd(st)
+	}
+	waiters := c.release(served, remember, at)
 	c.w.writer.settle(c)
 	c.cancel(nil)
 	if c.span != nil {
@@ -425,15 +434,15 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 }
 
 // release takes the call out of the worker's tables: its outcome stored
-// (remember), its key's turn passed on, its correlation id freed (its
+// (remember, as of at), its key's turn passed on, its correlation id freed (its
 // remaining request records to be skipped when they are still to come), its
 // offset marked done when served. It returns the repeats that waited for it.
-func (c *call) release(served, remember bool) []waiter {
+func (c *call) release(served, remember bool, at time.Time) []waiter {
 	w := c.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if remember {
-		w.repeats.remember(c.id, c.stored)
+		w.repeats.remember(c.id, c.tp, c.stored, at)
 	}
 	w.keys.pass(c)
 	if c.id != "" && w.calls[c.id] == c {

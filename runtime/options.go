@@ -210,6 +210,7 @@ type workerConfig struct {
 	idemWindow        time.Duration
 	idemMaxBytes      int
 	transactionalID   string
+	outcomeTopic      string
 }
 
 func defaultWorkerConfig() workerConfig {
@@ -277,10 +278,34 @@ func WorkerExactlyOnce(transactionalID string) WorkerOption {
 // CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE, ABORTED or RESOURCE_EXHAUSTED
 // are not remembered, so their retries run again. maxBytes bounds the stored
 // replies; the oldest are forgotten first. Past the window, or once
-// forgotten, or on another worker instance (the memory is per process), a
-// duplicate runs again. Defaults: 10 minutes, 64 MiB. d = 0 turns it off.
+// forgotten, or on another worker instance (the memory is per process,
+// unless WorkerOutcomeTopic keeps it in Kafka too), a duplicate runs again. Defaults: 10 minutes, 64 MiB. d = 0 turns it off.
 func WorkerIdempotencyWindow(d time.Duration, maxBytes int) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.idemWindow, c.idemMaxBytes = d, maxBytes })
+}
+
+// WorkerOutcomeTopic keeps the outcomes the worker remembers
+// (WorkerIdempotencyWindow) in topic as well, a compacted Kafka topic
+// partitioned like the request topics (create it with EnsureTopics and
+// Worker.ExtraTopics: role TopicOutcome, cleanup.policy=compact, at least
+// as many partitions as each request topic). A call's outcome goes to the
+// partition with the number of its request's partition, keyed by its
+// correlation id, and is acknowledged (with WorkerExactlyOnce: in the
+// transaction of its replies and offset) before the request's offset is
+// committed. A worker assigned request partitions first reads their
+// outcome partitions, within 30 s, before it serves any request: a repeat
+// of a keyed call that lands on another worker after a rebalance, a restart
+// or a crash is then answered from the stored outcome within the window,
+// without running the handler again, as a repeat on the same worker is. An
+// outcome that leaves the memory of its partition's owner (past the window,
+// or over the byte bound) is deleted from the topic with a tombstone. A
+// missing topic, a failed or timed-out load, or a malformed record is
+// logged and the worker serves on (those repeats run again). The record
+// layout and the cost are in README.md (Reliability). The topic goes
+// through the topic mapper (WithTopicMapper). No effect when the window is
+// 0. Default: none (outcomes live in the worker's memory only).
+func WorkerOutcomeTopic(topic string) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.outcomeTopic = topic })
 }
 
 // WorkerGroupID sets the consumer group the worker joins. Default

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -102,14 +103,19 @@ func (r *repeats) trail(id string) { r.trailing.add(id) }
 // lookup returns the stored replies of id, if still within the window.
 func (r *repeats) lookup(id []byte) *storedReply { return r.stored.get(id, time.Now()) }
 
-// remember stores the replies of the call with correlation id id.
-func (r *repeats) remember(id string, records []kafkaclient.Record) {
+// remember stores the replies of the call with correlation id id, served
+// from request partition tp, stored at at.
+func (r *repeats) remember(id string, tp kafkaclient.TopicPartition, records []kafkaclient.Record, at time.Time) {
+	r.stored.put(&storedReply{id: id, at: at, records: records, size: replySize(records), tp: tp}, time.Now())
+}
+
+// replySize is what a stored outcome counts for against the byte bound.
+func replySize(records []kafkaclient.Record) int {
 	size := 0
 	for _, rec := range records {
 		size += len(rec.Value) + 64
 	}
-	now := time.Now()
-	r.stored.put(&storedReply{id: id, at: now, records: records, size: size}, now)
+	return size
 }
 
 // remembered reports whether the outcome st is final enough to be replayed
@@ -241,6 +247,7 @@ type storedReply struct {
 	at      time.Time
 	records []kafkaclient.Record // values and headers; topic and key are the duplicate's
 	size    int
+	tp      kafkaclient.TopicPartition // the request partition of the call
 }
 
 // replyStore holds the replies of recent calls, bounded by age and bytes.
@@ -250,6 +257,9 @@ type replyStore struct {
 	byID     map[string]*storedReply
 	order    []*storedReply // oldest first
 	bytes    int
+	// evicted, when not nil, is told of every reply forgotten (the outcome
+	// topic's tombstones, WorkerOutcomeTopic).
+	evicted func(*storedReply)
 }
 
 func newReplyStore(window time.Duration, maxBytes int) *replyStore {
@@ -284,8 +294,31 @@ func (s *replyStore) expire(now time.Time) {
 		delete(s.byID, r.id)
 		s.bytes -= r.size
 		n++
+		if s.evicted != nil {
+			s.evicted(r)
+		}
 	}
 	s.order = s.order[n:]
+}
+
+// load adds r, an outcome read from the outcome topic, unless one is stored
+// under its id already or it cannot be stored; it reports whether it added
+// it. The caller calls sortLoaded after the last.
+func (s *replyStore) load(r *storedReply) bool {
+	if s.window <= 0 || r.size > s.maxBytes || s.byID[r.id] != nil {
+		return false
+	}
+	s.byID[r.id] = r
+	s.order = append(s.order, r)
+	s.bytes += r.size
+	return true
+}
+
+// sortLoaded puts the order back to oldest first after loads, and forgets
+// what is over the bounds.
+func (s *replyStore) sortLoaded(now time.Time) {
+	slices.SortStableFunc(s.order, func(a, b *storedReply) int { return a.at.Compare(b.at) })
+	s.expire(now)
 }
 
 // recentSet is a bounded set of strings that forgets the oldest first.

@@ -20,6 +20,10 @@ import (
 type replyWriter interface {
 	// send hands rec, a record of c, to Kafka or keeps it for flush.
 	send(c *call, rec *kafkaclient.Record)
+	// sendOutcome hands rec, the stored outcome of c (WorkerOutcomeTopic),
+	// to Kafka or keeps it for flush; flush waits for it too, but its
+	// failure is not c's (call.outcomeAcked).
+	sendOutcome(c *call, rec *kafkaclient.Record)
 	// flush hands over what send kept for c and waits until Kafka
 	// acknowledged every record of c. It returns the first failure the
 	// caller has to be told about, or nil.
@@ -39,6 +43,7 @@ type delivery struct {
 	unacked sync.WaitGroup
 	failed  atomic.Pointer[error] // the first failure to deliver a reply
 	outbox  []*kafkaclient.Record // txnWriter: what flush produces; the call's own
+	outcome *kafkaclient.Record   // txnWriter: the stored outcome flush produces after the outbox
 	inTxn   bool                  // txnWriter: flush put records in the open transaction
 	// noReplyTopic is set once Kafka said the call's reply topic does not
 	// exist (its request then goes to the dead-letter topic, once).
@@ -103,6 +108,11 @@ func (d directWriter) send(c *call, rec *kafkaclient.Record) {
 	d.client.Produce(rec, kafkaclient.AcksAll, c.acked)
 }
 
+func (d directWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
+	c.sent.unacked.Add(1)
+	d.client.Produce(rec, kafkaclient.AcksAll, c.outcomeAcked)
+}
+
 func (directWriter) flush(c *call) error {
 	c.sent.unacked.Wait()
 	return c.sent.failure()
@@ -142,11 +152,15 @@ func (t *txnWriter) send(c *call, rec *kafkaclient.Record) {
 	c.sent.outbox = append(c.sent.outbox, rec)
 }
 
+func (t *txnWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
+	c.sent.outcome = rec
+}
+
 // flush sends the call's outbox into the open transaction; the call is
 // settled once they are acknowledged, and the next commit covers both its
 // records and its offset.
 func (t *txnWriter) flush(c *call) error {
-	if out := c.sent.outbox; len(out) > 0 {
+	if out := c.sent.outbox; len(out) > 0 || c.sent.outcome != nil {
 		t.produceMu.RLock()
 		t.mu.Lock()
 		t.open++
@@ -156,8 +170,15 @@ func (t *txnWriter) flush(c *call) error {
 			c.sent.unacked.Add(1)
 			t.txn.Produce(rec, c.acked)
 		}
+		if rec := c.sent.outcome; rec != nil {
+			// In the transaction of the replies and the offset: the
+			// outcome is stored if and only if the call is answered.
+			c.sent.unacked.Add(1)
+			t.txn.Produce(rec, c.outcomeAcked)
+		}
 		t.produceMu.RUnlock()
 		c.sent.outbox = nil
+		c.sent.outcome = nil
 		c.sent.inTxn = true
 	}
 	c.sent.unacked.Wait()

@@ -36,9 +36,36 @@ const (
 	// TopicDeadLetter receives the request records of poison calls
 	// (WorkerDeadLetterTopic); a spec never lists one, add it yourself.
 	TopicDeadLetter
+	// TopicOutcome keeps a worker's stored outcomes (WorkerOutcomeTopic);
+	// EnsureTopics creates it with cleanup.policy=compact. A spec never
+	// lists one: Worker.ExtraTopics does.
+	TopicOutcome
 )
 
-var roleNames = []string{"request", "route request", "reply", "fetch", "dead letter"}
+var roleNames = []string{"request", "route request", "reply", "fetch", "dead letter", "outcome"}
+
+// outcomeTopicConfig is the configuration EnsureTopics adds for a topic
+// with the TopicOutcome role: compacted, so that a correlation id's latest
+// record (an outcome, or the tombstone that deleted it) is what is kept,
+// and rolled hourly, so that compaction (which never touches the active
+// segment) removes deleted outcomes within hours, not once a 1 GiB segment
+// fills.
+var outcomeTopicConfig = map[string]string{"cleanup.policy": "compact", "segment.ms": "3600000"}
+
+// ExtraTopics lists the topics the worker's options name, which no service
+// spec lists: the dead-letter topic (WorkerDeadLetterTopic) and the outcome
+// topic (WorkerOutcomeTopic), after the topic mapper; give them to
+// EnsureTopics with the specs' topics. Safe for concurrent use.
+func (w *Worker) ExtraTopics() []Topic {
+	var ts []Topic
+	if t := w.cfg.deadLetterTopic; t != "" {
+		ts = append(ts, Topic{Name: w.cfg.topic(t), Role: TopicDeadLetter})
+	}
+	if t := w.cfg.outcomeTopic; t != "" {
+		ts = append(ts, Topic{Name: w.cfg.topic(t), Role: TopicOutcome})
+	}
+	return ts
+}
 
 // String returns the roles in words, e.g. "request, reply".
 func (r TopicRole) String() string {
@@ -269,6 +296,11 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 		names[i] = t.Name
 		specs[i] = kafkaclient.TopicSpec{Name: t.Name, Partitions: partitions, ReplicationFactor: opts.ReplicationFactor,
 			Config: map[string]string{"max.message.bytes": strconv.Itoa(maxBytes)}}
+		if t.Role&TopicOutcome != 0 {
+			for k, v := range outcomeTopicConfig {
+				specs[i].Config[k] = v
+			}
+		}
 	}
 	if err := admin.CreateTopics(ctx, specs); err != nil {
 		return fmt.Errorf("kafkarpc: creating topics %s: %w", strings.Join(names, ", "), err)

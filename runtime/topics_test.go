@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -108,6 +109,35 @@ func TestEnsureTopicsSettings(t *testing.T) {
 	err := runtime.EnsureTopics(context.Background(), a, []runtime.Topic{{Name: "x"}}, runtime.EnsureTopicsOptions{Partitions: 12, ReplicationFactor: 3, MaxMessageBytes: 1 << 20})
 	if err != nil || len(a.created) != 1 || a.created[0].Partitions != 12 || a.created[0].ReplicationFactor != 3 || a.created[0].Config["max.message.bytes"] != "1048576" {
 		t.Errorf("EnsureTopics with settings: %v, created %+v", err, a.created)
+	}
+}
+
+// TestEnsureTopicsOutcomeTopic: a worker's ExtraTopics name its dead-letter
+// and outcome topics (mapped); EnsureTopics creates the outcome topic
+// compacted, the others not.
+func TestEnsureTopicsOutcomeTopic(t *testing.T) {
+	w := runtime.NewWorker(nil, runtime.WithTopicMapper(func(s string) string { return "p." + s }),
+		runtime.WorkerDeadLetterTopic("dlq"), runtime.WorkerOutcomeTopic("outcomes"))
+	extra := w.ExtraTopics()
+	want := []runtime.Topic{{Name: "p.dlq", Role: runtime.TopicDeadLetter}, {Name: "p.outcomes", Role: runtime.TopicOutcome}}
+	if !reflect.DeepEqual(extra, want) {
+		t.Fatalf("ExtraTopics = %+v, want %+v", extra, want)
+	}
+	if s := runtime.TopicOutcome.String(); s != "outcome" {
+		t.Errorf("TopicOutcome.String = %q", s)
+	}
+	a := &fakeAdmin{have: map[string]bool{}}
+	if err := runtime.EnsureTopics(context.Background(), a, append(topicsSpec.Topics(nil), extra...), runtime.EnsureTopicsOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range a.created {
+		compact := s.Config["cleanup.policy"] == "compact"
+		if compact != (s.Name == "p.outcomes") {
+			t.Errorf("created %s with cleanup.policy %q", s.Name, s.Config["cleanup.policy"])
+		}
+		if s.Config["max.message.bytes"] != "8388608" {
+			t.Errorf("created %s without max.message.bytes 8388608: %v", s.Name, s.Config)
+		}
 	}
 }
 

@@ -58,6 +58,7 @@ type Worker struct {
 	replyTopics map[string]string
 
 	writer    replyWriter // directWriter, or txnWriter with WorkerExactlyOnce
+	outcomes  *outcomeLog // the stored outcomes' topic (WorkerOutcomeTopic), or nil
 	committer *committer
 	stats     workerCounters
 	// incarnation is sent as response metadata on the first replies of every
@@ -123,6 +124,10 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.attemptKey = cfg.names.MetaPrefix + wire.AttemptMetadata
 	w.maxDurationErr = fmt.Errorf("%w (%v, WorkerMaxCallDuration)", errMaxCallDuration, cfg.maxCallDuration)
 	w.tel = newWorkerTelemetry(cfg.telemetryConfig, w.observeLag)
+	if cfg.outcomeTopic != "" && cfg.idemWindow > 0 {
+		w.outcomes = newOutcomeLog(w, cfg.topic(cfg.outcomeTopic))
+		w.repeats.stored.evicted = w.outcomes.evicted
+	}
 	return w
 }
 
@@ -366,6 +371,11 @@ func (w *Worker) onAssigned(parts []kafkaclient.TopicPartition) {
 	w.mu.Unlock()
 	if len(parts) > 0 {
 		w.cfg.logger.Info("kafkarpc: partitions assigned", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts))
+	}
+	if w.outcomes != nil && len(parts) > 0 {
+		// Inside the group reader's Poll: no record of parts is served
+		// before their stored outcomes are in memory.
+		w.outcomes.load(parts)
 	}
 	w.readyOnce.Do(func() { close(w.ready) })
 }

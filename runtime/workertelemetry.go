@@ -118,10 +118,21 @@ type WorkerStats struct {
 	// (after the client's own retries); each such caller was sent an
 	// UNAVAILABLE end-of-stream record saying so.
 	LostReplies uint64
+	// OutcomesLoaded counts stored outcomes read from the outcome topic
+	// (WorkerOutcomeTopic) into memory on partition assignments.
+	OutcomesLoaded uint64
+	// OutcomesMalformed counts records of the outcome topic skipped because
+	// they could not be decoded (each logged).
+	OutcomesMalformed uint64
+	// OutcomesUnwritten counts outcomes Kafka did not take into the
+	// outcome topic (each logged; kept in memory only).
+	OutcomesUnwritten uint64
 }
 
 type workerCounters struct {
 	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, deadLettered, lostReplies atomic.Uint64
+
+	outcomesLoaded, outcomesMalformed, outcomesUnwritten atomic.Uint64
 }
 
 // Stats returns the worker's counters. Safe for concurrent use.
@@ -135,5 +146,8 @@ func (w *Worker) Stats() WorkerStats {
 		Panics:                 w.stats.panics.Load(),
 		ProxyRetries:           w.stats.proxyRetries.Load(),
 		LostReplies:            w.stats.lostReplies.Load(),
+		OutcomesLoaded:         w.stats.outcomesLoaded.Load(),
+		OutcomesMalformed:      w.stats.outcomesMalformed.Load(),
+		OutcomesUnwritten:      w.stats.outcomesUnwritten.Load(),
 	}
 }

@@ -5,7 +5,7 @@
 // as raw bytes, to the gRPC server at that address (for example echo-server),
 // with no generated code involved.
 //
-//	echo-worker [--brokers 127.0.0.1:9092] [--group ID] [--target host:port]
+//	echo-worker [--brokers 127.0.0.1:9092] [--group ID] [--target host:port] [--outcome-topic NAME]
 package main
 
 import (
@@ -27,6 +27,7 @@ func main() {
 	brokers := flag.String("brokers", "127.0.0.1:9092", "Kafka bootstrap servers")
 	group := flag.String("group", "", "consumer group id (default kafkarpc-example.echo.v1.EchoService, or kafkarpc-proxy with --target)")
 	target := flag.String("target", "", "forward every call to the gRPC server at this address instead of serving it here")
+	outcomes := flag.String("outcome-topic", "", "also keep the stored outcomes of keyed calls in this compacted topic (runtime.WorkerOutcomeTopic, created with the others), so that a repeat served after a restart or by another worker does not run again; empty: in this process's memory only")
 	flag.Parse()
 	logger := app.Logger()
 	ctx, stop := app.Signals()
@@ -41,7 +42,13 @@ func main() {
 	if *group != "" {
 		opts = append(opts, runtime.WorkerGroupID(*group))
 	}
+	if *outcomes != "" {
+		opts = append(opts, runtime.WorkerOutcomeTopic(*outcomes))
+	}
 	worker := runtime.NewWorker(client, opts...)
+	if err := app.EnsureWorkerTopics(ctx, client, worker, logger); err != nil {
+		app.Fatal(logger, "preparing the worker's topics", err)
+	}
 	if *target != "" {
 		cc, err := grpc.NewClient(*target, append(runtime.CallerDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 		if err != nil {

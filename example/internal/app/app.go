@@ -125,6 +125,19 @@ func EnsureTopics(ctx context.Context, c kafkaclient.Client, logger *slog.Logger
 	})
 }
 
+// EnsureWorkerTopics creates (or with --create-topics=false checks) the
+// topics a worker's options name, worker.ExtraTopics(), as EnsureTopics does
+// the spec's. Bounded by 10 s.
+func EnsureWorkerTopics(ctx context.Context, c kafkaclient.Client, w *runtime.Worker, logger *slog.Logger) error {
+	topics := w.ExtraTopics()
+	if len(topics) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return runtime.EnsureTopics(ctx, c, topics, runtime.EnsureTopicsOptions{VerifyOnly: !*createTopics, Logger: logger})
+}
+
 // NewServer returns a gRPC server with the options recommended for a gateway
 // (runtime.GatewayServerOptions) and health and reflection registered, so
 // that grpcurl works without proto files.
