@@ -68,7 +68,7 @@ integration: ## run every test, then the fault tests of integration/, on Apache 
 # The soak (internal/soak): SOAK_DURATION of mixed load on Apache Kafka while
 # a worker is SIGKILLed and restarted on a schedule; ends with one summary
 # line, non-zero on a lost or duplicated execution or a call past its
-# deadline. SOAK_FLAGS adds flags (e.g. -outcome-topic; `bin/soak -h`).
+# deadline. SOAK_FLAGS adds flags (e.g. -outcome-topic=false; `bin/soak -h`).
 SOAK_DURATION ?= 10m
 soak: ## soak for SOAK_DURATION (default 10m) on Apache Kafka (KAFKA_BROKERS, or kafka-up's broker, started if none) with KAFKA_CLIENT's client
 	@brokers="$${KAFKA_BROKERS:-}"; \

@@ -2,7 +2,7 @@
 // is SIGKILLed and restarted on a schedule, and checks that no call was lost
 // or executed twice (`make soak`; issue 18, item 4).
 //
-//	soak -brokers 127.0.0.1:19092 [-client confluent|franz] [-duration 10m] [-outcome-topic]
+//	soak -brokers 127.0.0.1:19092 [-client confluent|franz] [-duration 10m] [-outcome-topic=false]
 //
 // It starts, as child processes of this same program (-role), one gateway
 // and two workers of the echo service, on topics of their own (prefix
@@ -46,10 +46,10 @@
 //     itself completed the call OK before, it is duplicated, always. When
 //     another process had (the answering worker was killed, and the repeat
 //     or the replay of its uncommitted request reached a different
-//     process), it is duplicated only with -outcome-topic, which keeps
-//     outcomes in a Kafka topic; without it the stored outcome lives in the
-//     process that answered, so these are counted apart, in the summary's
-//     detail. Calls without a key may run again after a kill (at least once)
+//     process), it is duplicated too with -outcome-topic (the default),
+//     which keeps outcomes in a Kafka topic; with -outcome-topic=false the
+//     stored outcome lives in the process that answered, so these are
+//     counted apart, in the summary's detail. Calls without a key may run again after a kill (at least once)
 //     and are not counted.
 //
 // Times are compared across processes with the wall clock of one machine
@@ -90,7 +90,7 @@ func main() {
 	}
 	flag.StringVar(&cfg.brokers, "brokers", os.Getenv("KAFKA_BROKERS"), "Kafka bootstrap servers (default $KAFKA_BROKERS); required")
 	flag.StringVar(&cfg.client, "client", defClient, "Kafka client library of every process: confluent or franz (default $KAFKA_CLIENT, else confluent)")
-	flag.BoolVar(&cfg.outcomeTopic, "outcome-topic", false, "workers keep stored outcomes in a Kafka topic (runtime.WorkerOutcomeTopic); a keyed call re-executed on another worker process after its answer then counts as duplicated")
+	flag.BoolVar(&cfg.outcomeTopic, "outcome-topic", true, "workers keep stored outcomes in a Kafka topic (runtime.WorkerOutcomeTopic); a keyed call re-executed on another worker process after its answer then counts as duplicated")
 	flag.StringVar(&cfg.prefix, "prefix", "", "internal: the run's topic prefix")
 	flag.StringVar(&cfg.group, "group", "", "internal: the workers' consumer group")
 	flag.StringVar(&cfg.journal, "journal", "", "internal: the worker's journal file")

@@ -26,12 +26,11 @@ import (
 
 // outcomeTopicOption is the worker option that keeps stored outcomes in a
 // Kafka topic, so that a repeat landing on another worker process is
-// answered from the stored outcome (issue 18, item 1). nil in a build whose
-// runtime has no such option; then -outcome-topic is refused.
-//
-// Once runtime.WorkerOutcomeTopic exists, replace nil with
-// runtime.WorkerOutcomeTopic: that one line turns the switch on.
-var outcomeTopicOption func(topic string) runtime.WorkerOption = nil
+// answered from the stored outcome (issue 18, item 1).
+var outcomeTopicOption = runtime.WorkerOutcomeTopic
+
+// outcomeTopic is the outcome topic's name before the topic mapper.
+const outcomeTopic = "echo-outcomes"
 
 // The soak's own metadata: the call id a worker journals (see journal.go).
 const callMetadata = "soak-call"
@@ -118,7 +117,7 @@ func runWorker(cfg roleConfig) error {
 		if outcomeTopicOption == nil {
 			return errors.New("-outcome-topic: this build's runtime has no WorkerOutcomeTopic (see outcomeTopicOption in internal/soak/roles.go)")
 		}
-		opts = append(opts, outcomeTopicOption(cfg.prefix+"echo-outcomes"))
+		opts = append(opts, outcomeTopicOption(outcomeTopic)) // the mapper adds the prefix
 	}
 	w := runtime.NewWorker(client, opts...)
 	if err := echov1.RegisterEchoServiceKafkaWorker(w, recorder{j: j}); err != nil {

@@ -175,7 +175,11 @@ func (d *deployment) soak(run string, o soakOptions) (int, error) {
 	}
 	defer client.Close()
 	tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	err = runtime.EnsureTopics(tctx, client, echov1.EchoServiceKafkaSpec.Topics(cfg.mapper()), runtime.EnsureTopicsOptions{})
+	topics := echov1.EchoServiceKafkaSpec.Topics(cfg.mapper())
+	if cfg.outcomeTopic {
+		topics = append(topics, runtime.Topic{Name: cfg.mapper()(outcomeTopic), Role: runtime.TopicOutcome})
+	}
+	err = runtime.EnsureTopics(tctx, client, topics, runtime.EnsureTopicsOptions{})
 	cancel()
 	if err != nil {
 		return 1, err
