@@ -173,7 +173,11 @@ func readBreakdown(file string) ([]cpuShare, error) {
 func printBreakdown(w io.Writer, label string, shares []cpuShare, perUnit float64, unit string) {
 	fmt.Fprintf(w, "\nCPU breakdown of %s (%.1f µs of CPU per %s, whole process):\n\n", label, perUnit, unit)
 	fmt.Fprintf(w, "| group | share | µs per %s |\n|---|---:|---:|\n", unit)
+	prec := 1
+	if perUnit < 10 {
+		prec = 2
+	}
 	for _, s := range shares {
-		fmt.Fprintf(w, "| %s | %.1f%% | %.1f |\n", s.group, 100*s.share, s.share*perUnit)
+		fmt.Fprintf(w, "| %s | %.1f%% | %.*f |\n", s.group, 100*s.share, prec, s.share*perUnit)
 	}
 }
