@@ -87,10 +87,12 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	if w.repeats.skipTrailing(id, end) {
 		return true, nil, nil
 	}
-	if !end {
-		stored = w.repeats.lookup(id)
-	}
-	return false, nil, stored
+	// An end-of-stream record too: the whole request of an empty client
+	// stream repeated, or the end of an attempt whose earlier records were
+	// answered and committed by the partition's previous owner (the rest of
+	// an attempt is skipped as trailing only by the worker that answered
+	// it). Either way it must not run the call again.
+	return false, nil, w.repeats.lookup(id)
 }
 
 // routeNew serves a record of no call in flight: it starts a call, answers
@@ -105,7 +107,8 @@ func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partT
 	if env.EndOfStream {
 		// An end-of-stream record of a call not in flight here: the whole
 		// request of an empty client stream, or else the end (or a late
-		// cancel) of a call that is over.
+		// cancel) of a call that is over. With a stored outcome it is
+		// answered from it, below, whichever it is.
 		if env.Cancel() {
 			return
 		}
