@@ -74,7 +74,7 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 		return true, nil, nil
 	}
 	if c := w.calls[string(id)]; c != nil {
-		if !end && c.in.complete() {
+		if c.in.complete() && (!end || w.emptyStream(env)) {
 			// A new attempt of a call still running here (a retry with the
 			// same idempotency key): once the call is over, the attempt is
 			// answered (answerWaiters); its offset is held until then. The
@@ -93,6 +93,17 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	// an attempt is skipped as trailing only by the worker that answered
 	// it). Either way it must not run the call again.
 	return false, nil, w.repeats.lookup(id)
+}
+
+// emptyStream reports whether env, an end-of-stream record, is the whole
+// request of an empty client stream when it follows the end of its call's
+// request: not a cancel, of a method with a client stream.
+func (w *Worker) emptyStream(env *wire.Envelope) bool {
+	if env.Cancel() {
+		return false
+	}
+	wm := w.lookup(env.Service, env.Method)
+	return wm != nil && wm.spec.Kind.clientStreams()
 }
 
 // routeNew serves a record of no call in flight: it starts a call, answers
