@@ -74,7 +74,7 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 		return true, nil, nil
 	}
 	if c := w.calls[string(id)]; c != nil {
-		if !end && c.in.complete() {
+		if c.in.complete() && (!end || w.emptyStream(env)) {
 			// A new attempt of a call still running here (a retry with the
 			// same idempotency key): once the call is over, the attempt is
 			// answered (answerWaiters); its offset is held until then. The
@@ -87,10 +87,23 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	if w.repeats.skipTrailing(id, end) {
 		return true, nil, nil
 	}
-	if !end {
-		stored = w.repeats.lookup(id)
+	// An end-of-stream record too: the whole request of an empty client
+	// stream repeated, or the end of an attempt whose earlier records were
+	// answered and committed by the partition's previous owner (the rest of
+	// an attempt is skipped as trailing only by the worker that answered
+	// it). Either way it must not run the call again.
+	return false, nil, w.repeats.lookup(id)
+}
+
+// emptyStream reports whether env, an end-of-stream record, is the whole
+// request of an empty client stream when it follows the end of its call's
+// request: not a cancel, of a method with a client stream.
+func (w *Worker) emptyStream(env *wire.Envelope) bool {
+	if env.Cancel() {
+		return false
 	}
-	return false, nil, stored
+	wm := w.lookup(env.Service, env.Method)
+	return wm != nil && wm.spec.Kind.clientStreams()
 }
 
 // routeNew serves a record of no call in flight: it starts a call, answers
@@ -105,7 +118,8 @@ func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partT
 	if env.EndOfStream {
 		// An end-of-stream record of a call not in flight here: the whole
 		// request of an empty client stream, or else the end (or a late
-		// cancel) of a call that is over.
+		// cancel) of a call that is over. With a stored outcome it is
+		// answered from it, below, whichever it is.
 		if env.Cancel() {
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,6 +86,163 @@ func TestIdempotencyKeyRunsOnce(t *testing.T) {
 	}
 	if n := impl.count("free"); n != 2 {
 		t.Fatalf("handler ran %d times for two calls without a key, want 2", n)
+	}
+}
+
+// clientStreamCounter counts the runs of EchoClientStream.
+type clientStreamCounter struct {
+	echoserver.Server
+	mu   sync.Mutex
+	runs int
+}
+
+func (c *clientStreamCounter) EchoClientStream(s grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	c.mu.Lock()
+	c.runs++
+	c.mu.Unlock()
+	return c.Server.EchoClientStream(s)
+}
+
+// TestIdempotencyKeyEmptyClientStreamRunsOnce: a keyed client stream that
+// sends no message is one end-of-stream record; its repeat is answered from
+// the stored outcome, not run again.
+func TestIdempotencyKeyEmptyClientStreamRunsOnce(t *testing.T) {
+	impl := &clientStreamCounter{}
+	e := setup(t, impl)
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "idempotency-key", "empty-7")
+	var answers []*echov1.EchoResponse
+	for range 2 {
+		s, err := e.echo.EchoClientStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.CloseAndRecv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		answers = append(answers, r)
+	}
+	impl.mu.Lock()
+	runs := impl.runs
+	impl.mu.Unlock()
+	if runs != 1 {
+		t.Fatalf("handler ran %d times for one idempotency key, want 1", runs)
+	}
+	if !proto.Equal(answers[0], answers[1]) {
+		t.Fatalf("the repeat got %v, want the stored %v", answers[1], answers[0])
+	}
+	if d := e.worker.Stats().Duplicates; d != 1 {
+		t.Fatalf("Stats().Duplicates = %d, want 1", d)
+	}
+}
+
+// endGate is a worker's Kafka client that holds the acknowledgement of the
+// end-of-stream replies it produces until open is closed (the call stays in
+// flight meanwhile), and closes handled once the worker handled the polled
+// batch holding the second request record with idempotency key key.
+type endGate struct {
+	kafkaclient.Client
+	replies string // the reply topic
+	key     string
+	open    chan struct{}
+	handled chan struct{}
+	seen    atomic.Int32 // request records with key polled
+	batch   atomic.Bool  // the last batch polled holds the second
+}
+
+func (g *endGate) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	select {
+	case <-g.open:
+	default:
+		if r.Topic == g.replies && r.Value == nil {
+			g.Client.Produce(r, acks, func(r *kafkaclient.Record, err error) {
+				go func() { <-g.open; done(r, err) }()
+			})
+			return
+		}
+	}
+	g.Client.Produce(r, acks, done)
+}
+
+func (g *endGate) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	gr, err := g.Client.NewGroupReader(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &endGateReader{GroupReader: gr, g: g}, nil
+}
+
+type endGateReader struct {
+	kafkaclient.GroupReader
+	g *endGate
+}
+
+// Poll is called again once the worker handled the records of the last.
+func (r *endGateReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	if r.g.batch.CompareAndSwap(true, false) {
+		close(r.g.handled)
+	}
+	recs, err := r.GroupReader.Poll(ctx)
+	for _, rec := range recs {
+		if header(rec, "meta:idempotency-key") == r.g.key && r.g.seen.Add(1) == 2 {
+			r.g.batch.Store(true)
+		}
+	}
+	return recs, err
+}
+
+// TestEmptyClientStreamRepeatWhileCallEnds: the repeat of a keyed client
+// stream that sends no message (one end-of-stream record) reaches the
+// worker while the call it repeats is still in flight (the call's end is
+// not yet acknowledged): it waits for that call's outcome and is answered
+// with it, instead of being taken for the end of the call's own request.
+func TestEmptyClientStreamRepeatWhileCallEnds(t *testing.T) {
+	impl := &clientStreamCounter{}
+	const key = "empty-8"
+	var g *endGate
+	e := setupWrapped(t, func(prefix string, kc kafkaclient.Client) kafkaclient.Client {
+		g = &endGate{Client: kc, replies: prefix + "echo-responses", key: key, open: make(chan struct{}), handled: make(chan struct{})}
+		return g
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) })
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "idempotency-key", key)
+	call := func() (*echov1.EchoResponse, error) {
+		s, err := e.echo.EchoClientStream(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.CloseAndRecv()
+	}
+	first, err := call()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		r   *echov1.EchoResponse
+		err error
+	}
+	repeat := make(chan result, 1)
+	go func() {
+		r, err := call()
+		repeat <- result{r, err}
+	}()
+	select {
+	case <-g.handled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker did not read the repeat within 30 s")
+	}
+	close(g.open) // the first call ends now, its repeat read
+	got := <-repeat
+	if got.err != nil {
+		t.Fatalf("the repeat: %v", got.err)
+	}
+	if !proto.Equal(got.r, first) {
+		t.Fatalf("the repeat got %v, want the stored %v", got.r, first)
+	}
+	impl.mu.Lock()
+	runs := impl.runs
+	impl.mu.Unlock()
+	if runs != 1 {
+		t.Fatalf("handler ran %d times for one idempotency key, want 1", runs)
 	}
 }
 

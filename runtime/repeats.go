@@ -76,11 +76,14 @@ func (r *repeats) skipTrailing(id []byte, end bool) bool {
 // wait makes the first record of a new attempt of c (a retry with the same
 // idempotency key, or the same request read twice) wait for c's outcome;
 // the attempt's offset is held until it is answered (answerWaiters) and the
-// rest of its records are skipped.
+// rest of its records are skipped (none follow an end-of-stream record: the
+// whole request of an empty client stream).
 func (r *repeats) wait(c *call, rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) {
 	r.waiters[c] = append(r.waiters[c], waiter{rec: rec, env: *env, pt: pt, late: c.ending.Load()})
 	pt.begin(rec.Offset)
-	r.dupes[c.id] = struct{}{}
+	if !env.EndOfStream {
+		r.dupes[c.id] = struct{}{}
+	}
 }
 
 // hasWaiters reports whether repeated attempts wait for c's outcome.
