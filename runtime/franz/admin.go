@@ -227,6 +227,26 @@ func fetchPartitions(ctx context.Context, kc *kgo.Client, topic string) ([]int32
 	}
 }
 
+// Brokers returns how many brokers the cluster's metadata lists, from a
+// fresh metadata request for no topic. Without a deadline in ctx the call
+// is bounded by 30s. Safe for concurrent use.
+func (c *Client) Brokers(ctx context.Context) (int, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var n int
+	err := c.withAdmin(ctx, func(kc *kgo.Client, _ *kadm.Client) error {
+		req := kmsg.NewPtrMetadataRequest()
+		req.Topics = []kmsg.MetadataRequestTopic{} // none (nil would ask for all)
+		resp, err := req.RequestWith(ctx, kc)
+		if err != nil {
+			return fmt.Errorf("franz: cluster metadata: %w", err)
+		}
+		n = len(resp.Brokers)
+		return nil
+	})
+	return n, err
+}
+
 // Offsets looks up the earliest (log start) or latest (high watermark: the
 // offset the next record gets) offset of each given partition with kadm's
 // ListStartOffsets / ListEndOffsets (one ListOffsets request per partition
