@@ -11,6 +11,7 @@ package kafkaclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -198,6 +199,40 @@ type GroupConfig struct {
 	// its end. By default such a partition starts at its earliest retained
 	// offset, so that requests sent before the group first joined are served.
 	StartAtLatest bool
+	// Protocol is the group protocol the member speaks. "" (the default)
+	// leaves it to the client's configuration, which is classic unless
+	// configured otherwise; any other value overrides that configuration.
+	Protocol GroupProtocol
+}
+
+// GroupProtocol names a consumer group protocol.
+type GroupProtocol string
+
+const (
+	// GroupProtocolClassic is the classic protocol (JoinGroup/SyncGroup, the
+	// assignment computed by one member). A member that dies unannounced
+	// keeps its partitions for the client's session timeout, which the
+	// client chooses (within the broker's group.min.session.timeout.ms and
+	// group.max.session.timeout.ms, by default 6 s to 30 min).
+	GroupProtocolClassic GroupProtocol = "classic"
+	// GroupProtocolConsumer is the consumer protocol of KIP-848 (Kafka 4.0
+	// and later): the broker assigns partitions, members heartbeat and
+	// reconcile one partition at a time, with no group-wide barrier. Its
+	// session timeout and heartbeat interval are the broker's
+	// (group.consumer.session.timeout.ms, default 45 s, and no less than
+	// group.consumer.min.session.timeout.ms, default 45 s), not the
+	// client's.
+	GroupProtocolConsumer GroupProtocol = "consumer"
+)
+
+// Check returns an error naming p unless it is "", GroupProtocolClassic or
+// GroupProtocolConsumer.
+func (p GroupProtocol) Check() error {
+	switch p {
+	case "", GroupProtocolClassic, GroupProtocolConsumer:
+		return nil
+	}
+	return fmt.Errorf("kafkaclient: unknown group protocol %q (want %q or %q)", string(p), GroupProtocolClassic, GroupProtocolConsumer)
 }
 
 // GroupReader is one member of a consumer group. Poll and Close must be
