@@ -5,7 +5,7 @@
 // as raw bytes, to the gRPC server at that address (for example echo-server),
 // with no generated code involved.
 //
-//	echo-worker [--brokers 127.0.0.1:9092] [--group ID] [--target host:port]
+//	echo-worker [--brokers 127.0.0.1:9092] [--group ID] [--group-protocol classic|consumer] [--target host:port]
 package main
 
 import (
@@ -21,12 +21,14 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/internal/app"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
 func main() {
 	brokers := flag.String("brokers", "127.0.0.1:9092", "Kafka bootstrap servers")
 	group := flag.String("group", "", "consumer group id (default kafkarpc-example.echo.v1.EchoService, or kafkarpc-proxy with --target)")
 	target := flag.String("target", "", "forward every call to the gRPC server at this address instead of serving it here")
+	protocol := flag.String("group-protocol", "", "consumer group protocol: classic or consumer (KIP-848, Kafka 4.0+); default: the client's, classic")
 	flag.Parse()
 	logger := app.Logger()
 	ctx, stop := app.Signals()
@@ -40,6 +42,9 @@ func main() {
 	opts := app.WorkerOptions(logger)
 	if *group != "" {
 		opts = append(opts, runtime.WorkerGroupID(*group))
+	}
+	if *protocol != "" {
+		opts = append(opts, runtime.WorkerGroupProtocol(kafkaclient.GroupProtocol(*protocol)))
 	}
 	worker := runtime.NewWorker(client, opts...)
 	if *target != "" {
