@@ -77,6 +77,14 @@ integration-cluster: ## start a three-broker Apache Kafka cluster, run `make int
 	  KAFKA_BROKERS=$$(KAFKA_NODES=3 $(KAFKA) addr) $(MAKE) --no-print-directory integration; rc=$$?; \
 	  if [ -z "$$was" ]; then KAFKA_NODES=3 $(KAFKA) down; fi; exit $$rc
 
+.PHONY: integration-cluster-tests
+integration-cluster-tests: ## only the tests of integration/ that kill one broker of three (TestCluster*), on KAFKA_BROKERS, per client
+	@[ -n "$$KAFKA_BROKERS" ] || { echo "KAFKA_BROKERS is not set (KAFKA_NODES=3 make kafka-up; KAFKA_BROKERS=\$$(scripts/kafka.sh addr))"; exit 1; }; \
+	  for c in $(KAFKA_CLIENTS); do \
+	    echo "== KAFKA_CLIENT=$$c: cluster tests (integration/) on Apache Kafka at $$KAFKA_BROKERS"; \
+	    KAFKA_CLIENT=$$c $(GO) test -race -count=1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -run '^TestCluster' -v ./integration/ || exit 1; \
+	  done
+
 .PHONY: failover
 failover: ## measure the pause of a SIGKILLed worker's partitions, classic vs consumer (KIP-848) group protocol, per client (Kafka 4.x: kafka-up's, or KAFKA_BROKERS)
 	@brokers="$${KAFKA_BROKERS:-$$($(KAFKA) addr)}" && [ -n "$$brokers" ] || exit 1; \

@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	goruntime "runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -287,4 +288,106 @@ func memberPartitions(ctx context.Context, kc *kgo.Client, group string, protoco
 		}
 	}
 	return owned, nil
+}
+
+// Shape of the false failover check.
+const (
+	stallLoad    = 60 * time.Second // calls and CPU burners
+	stallCallers = 16
+)
+
+// TestFailoverNoFalseFailover runs two echo-worker processes (classic
+// protocol, the clients' default 6 s session with 1 s heartbeats) behind
+// one echo-gateway for a minute while the machine is saturated: 16 callers
+// and, in the test process, two busy goroutines per core. The group must
+// keep the same two members throughout: a member the coordinator had
+// timed out would come back with a new member id.
+func TestFailoverNoFalseFailover(t *testing.T) {
+	needKafka(t)
+	group := unique("nofalse")
+	workers := []*proc{startWorker(t, group), startWorker(t, group)}
+	addr := freeAddr(t)
+	gateway := startGateway(t, addr)
+	c := dial(t, addr)
+	warmUp(t, c)
+	waitShared(t, group, kafkaclient.GroupProtocolClassic)
+	kc, err := kgo.NewClient(kgo.SeedBrokers(brokerList()...))
+	if err != nil {
+		t.Fatalf("admin client: %v", err)
+	}
+	defer kc.Close()
+	before := memberIDs(t, kc, group)
+
+	end := time.Now().Add(stallLoad)
+	var wg sync.WaitGroup
+	for i := 0; i < 2*goruntime.NumCPU(); i++ {
+		wg.Add(1)
+		go func() { // a CPU burner, bounded by end
+			defer wg.Done()
+			x := 0
+			for time.Now().Before(end) {
+				for j := 0; j < 1e6; j++ {
+					x += j
+				}
+			}
+			_ = x
+		}()
+	}
+	var mu sync.Mutex
+	failed := map[codes.Code]int{}
+	calls := 0
+	for i := 0; i < stallCallers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for j := 0; time.Now().Before(end); j++ {
+				ctx, cancel := context.WithTimeout(context.Background(), failoverAttemptLimit)
+				err := unaryAttempt(ctx, c, fmt.Sprintf("caller %d call %d", i, j))
+				cancel()
+				mu.Lock()
+				calls++
+				if err != nil {
+					failed[status.Code(err)]++
+				}
+				mu.Unlock()
+			}
+		}(i)
+	}
+	wg.Wait()
+	after := memberIDs(t, kc, group)
+	t.Logf("%d calls under a saturated CPU for %s; failed: %v; members before %v, after %v", calls, stallLoad, failed, before, after)
+	if strings.Join(before, ",") != strings.Join(after, ",") {
+		t.Errorf("the group's members changed under load (a false failover): before %v, after %v", before, after)
+	}
+	if len(failed) > 0 {
+		t.Errorf("calls failed under load: %v", failed)
+	}
+	gateway.stop(t)
+	for _, w := range workers {
+		w.stop(t)
+	}
+}
+
+// memberIDs returns the sorted member ids of the classic group.
+func memberIDs(t *testing.T, kc *kgo.Client, group string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req := kmsg.NewPtrDescribeGroupsRequest()
+	req.Groups = []string{group}
+	resp, err := req.RequestWith(ctx, kc)
+	if err != nil {
+		t.Fatalf("describing group %s: %v", group, err)
+	}
+	var ids []string
+	for _, g := range resp.Groups {
+		if err := kerr.ErrorForCode(g.ErrorCode); err != nil {
+			t.Fatalf("describing group %s: %v", group, err)
+		}
+		for _, m := range g.Members {
+			ids = append(ids, m.MemberID)
+		}
+	}
+	sort.Strings(ids)
+	return ids
 }
