@@ -92,7 +92,7 @@ failover: ## measure the pause of a SIGKILLed worker's partitions, classic vs co
 	  for c in $(KAFKA_CLIENTS); do \
 	    echo "== KAFKA_CLIENT=$$c: failover on Apache Kafka at $$brokers"; \
 	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -run '^TestFailover' -v ./integration/ > $(BIN)/failover-$$c.log 2>&1; rc=$$?; \
-	    grep -E 'failover: |calls, [0-9]+ attempts|^(--- |ok|FAIL)' $(BIN)/failover-$$c.log; \
+	    grep -E 'failover: |calls, [0-9]+ attempts|saturated|^(--- |ok|FAIL)' $(BIN)/failover-$$c.log; \
 	    [ $$rc -eq 0 ] || { tail -n 80 $(BIN)/failover-$$c.log; exit 1; }; \
 	  done
 
