@@ -362,8 +362,8 @@ wait_ready() {
 # stop stops the given node (all when none is given) with signal $1 and
 # waits until they are gone (SIGKILL after KAFKA_STOP_TIMEOUT).
 stop() {
-	local sig=${1:-TERM} n p which
-	local -a running=()
+	local sig=${1:-TERM} n p which np np2
+	local -a stopping=()
 	for n in $(nodes "${2:-}"); do
 		node "$n"
 		which="the broker"
@@ -375,16 +375,16 @@ stop() {
 		fi
 		say "stopping $which (pid $p, SIG$sig)"
 		kill -"$sig" "$p" 2>/dev/null || true
-		running+=("$n:$p")
+		stopping+=("$n:$p")
 	done
 	local start=$SECONDS np killed=0
-	for np in "${running[@]}"; do
+	for np in "${stopping[@]}"; do
 		n=${np%%:*} p=${np#*:}
 		while kill -0 "$p" 2>/dev/null; do
 			if ((SECONDS - start >= KAFKA_STOP_TIMEOUT && !killed)); then
 				say "still running after ${KAFKA_STOP_TIMEOUT}s: SIGKILL"
 				killed=1
-				for np2 in "${running[@]}"; do
+				for np2 in "${stopping[@]}"; do
 					kill -KILL "${np2#*:}" 2>/dev/null || true
 				done
 			fi
@@ -393,7 +393,7 @@ stop() {
 		node "$n"
 		rm -f "$PIDFILE"
 	done
-	((${#running[@]} == 0)) || say "stopped in $((SECONDS - start))s"
+	((${#stopping[@]} == 0)) || say "stopped in $((SECONDS - start))s"
 }
 
 # same_cluster fails when the cluster in $RUN was made with another version,
