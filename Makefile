@@ -45,23 +45,59 @@ KAFKA   := scripts/kafka.sh
 # Bounds the fault tests of integration/ (they stop and start the broker and
 # the example binaries; a few minutes on 2 cores).
 INTEGRATION_TIMEOUT ?= 15m
+# The tests of integration/ that `make integration` leaves out: TestFailover*
+# (the failover measurement, `make failover`), and TestCluster* (they kill
+# one broker of three) unless KAFKA_BROKERS lists three brokers or more.
+INTEGRATION_SKIP_ALWAYS := ^TestFailover
+INTEGRATION_SKIP_SMALL  := ^(TestFailover|TestCluster)
 
 .PHONY: kafka-up
-kafka-up: ## start a single-node Apache Kafka 4.x (KRaft) on 127.0.0.1:19092 (needs Java 17+ and Maven); reuses a running one
+kafka-up: ## start Apache Kafka 4.x (KRaft): one node on 127.0.0.1:19092, or KAFKA_NODES=3 three on 127.0.0.1:19192-19194 (needs Java 17+ and Maven); reuses a running one
 	@$(KAFKA) up
 
 .PHONY: kafka-down
-kafka-down: ## stop the broker of kafka-up and delete its storage
+kafka-down: ## stop the broker of kafka-up (KAFKA_NODES=3: the cluster) and delete its storage
 	@$(KAFKA) down
 
 .PHONY: integration
 integration: ## run every test, then the fault tests of integration/, on Apache Kafka (kafka-up's broker, or KAFKA_BROKERS)
 	@brokers="$${KAFKA_BROKERS:-$$($(KAFKA) addr)}" && [ -n "$$brokers" ] || exit 1; \
+	  skip='$(INTEGRATION_SKIP_SMALL)'; \
+	  if [ "$$(echo "$$brokers" | tr ',' '\n' | wc -l)" -ge 3 ]; then skip='$(INTEGRATION_SKIP_ALWAYS)'; fi; \
 	  for c in $(KAFKA_CLIENTS); do \
 	    echo "== KAFKA_CLIENT=$$c: go test on Apache Kafka at $$brokers"; \
 	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 ./... || exit 1; \
 	    echo "== KAFKA_CLIENT=$$c: fault tests (integration/) on Apache Kafka at $$brokers"; \
-	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -v ./integration/ || exit 1; \
+	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -skip "$$skip" -v ./integration/ || exit 1; \
+	  done
+
+.PHONY: integration-cluster
+# The cluster of KAFKA_NODES=3 scripts/kafka.sh: its own ports (19192-19197)
+# and storage, so it runs beside kafka-up's single node. Stopped at the end
+# unless it was running before.
+integration-cluster: ## start a three-broker Apache Kafka cluster, run `make integration` on it (with the tests that kill a broker), stop it
+	@was=$$(KAFKA_NODES=3 $(KAFKA) status >/dev/null 2>&1 && echo yes); \
+	  KAFKA_NODES=3 $(KAFKA) up >/dev/null || exit 1; \
+	  KAFKA_BROKERS=$$(KAFKA_NODES=3 $(KAFKA) addr) $(MAKE) --no-print-directory integration; rc=$$?; \
+	  if [ -z "$$was" ]; then KAFKA_NODES=3 $(KAFKA) down; fi; exit $$rc
+
+.PHONY: integration-cluster-tests
+integration-cluster-tests: ## only the tests of integration/ that kill one broker of three (TestCluster*), on KAFKA_BROKERS, per client
+	@[ -n "$$KAFKA_BROKERS" ] || { echo "KAFKA_BROKERS is not set (KAFKA_NODES=3 make kafka-up; KAFKA_BROKERS=\$$(scripts/kafka.sh addr))"; exit 1; }; \
+	  for c in $(KAFKA_CLIENTS); do \
+	    echo "== KAFKA_CLIENT=$$c: cluster tests (integration/) on Apache Kafka at $$KAFKA_BROKERS"; \
+	    KAFKA_CLIENT=$$c $(GO) test -race -count=1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -run '^TestCluster' -v ./integration/ || exit 1; \
+	  done
+
+.PHONY: failover
+failover: ## measure the pause of a SIGKILLed worker's partitions, classic vs consumer (KIP-848) group protocol, per client (Kafka 4.x: kafka-up's, or KAFKA_BROKERS)
+	@brokers="$${KAFKA_BROKERS:-$$($(KAFKA) addr)}" && [ -n "$$brokers" ] || exit 1; \
+	  mkdir -p $(BIN); \
+	  for c in $(KAFKA_CLIENTS); do \
+	    echo "== KAFKA_CLIENT=$$c: failover on Apache Kafka at $$brokers"; \
+	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -run '^TestFailover' -v ./integration/ > $(BIN)/failover-$$c.log 2>&1; rc=$$?; \
+	    grep -E 'failover: |calls, [0-9]+ attempts|saturated|^(--- |ok|FAIL)' $(BIN)/failover-$$c.log; \
+	    [ $$rc -eq 0 ] || { tail -n 80 $(BIN)/failover-$$c.log; exit 1; }; \
 	  done
 
 .PHONY: soak

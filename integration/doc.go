@@ -13,6 +13,13 @@
 //
 // Run alone: KAFKA_BROKERS=127.0.0.1:19092 go test -tags integration -v ./integration/
 //
+// On three brokers (make integration-cluster, or KAFKA_NODES=3 make kafka-up
+// and KAFKA_BROKERS=$(scripts/kafka.sh addr) make integration) the suite also
+// runs TestCluster*, which kill one broker and fail when KAFKA_BROKERS lists
+// fewer than three. TestFailover* measure how long a killed worker's
+// partitions pause, per group protocol (make failover); make integration
+// leaves them out.
+//
 // Tests that stop the broker fail when KAFKA_BROKERS is not the
 // broker of scripts/kafka.sh. INTEGRATION_LOGS=1 logs the binaries' output
 // even when a test passes (it is always logged when one fails).

@@ -79,6 +79,18 @@ func needKafka(t *testing.T) {
 	}
 }
 
+// clientName is the Kafka client the example binaries use: KAFKA_CLIENT, or
+// their default, confluent.
+func clientName() string {
+	if c := os.Getenv("KAFKA_CLIENT"); c != "" {
+		return c
+	}
+	return "confluent"
+}
+
+// brokerList returns the addresses of KAFKA_BROKERS.
+func brokerList() []string { return strings.Split(brokers, ",") }
+
 // unique returns prefix with a random-enough suffix, for group ids.
 func unique(prefix string) string {
 	return prefix + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -105,8 +117,11 @@ func managedKafka(t *testing.T) *kafkaCtl {
 	t.Helper()
 	needKafka(t)
 	k := &kafkaCtl{script: filepath.Join(root, "scripts", "kafka.sh")}
-	if _, port, err := net.SplitHostPort(brokers); err == nil {
-		k.env = append(os.Environ(), "KAFKA_PORT="+port)
+	// A cluster of scripts/kafka.sh lists its nodes from the first one's
+	// port on; stop and start act on all of them.
+	addrs := brokerList()
+	if _, port, err := net.SplitHostPort(addrs[0]); err == nil {
+		k.env = append(os.Environ(), "KAFKA_PORT="+port, "KAFKA_NODES="+strconv.Itoa(len(addrs)))
 	}
 	out, err := k.run(t, "addr")
 	if err != nil || strings.TrimSpace(out) != brokers {

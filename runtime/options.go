@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -203,6 +204,7 @@ type workerConfig struct {
 	maxCallDuration   time.Duration
 	commitInterval    time.Duration
 	readCommitted     bool
+	groupProtocol     kafkaclient.GroupProtocol
 	maxAttempts       int
 	retryCodes        []codes.Code
 	retryBackoff      time.Duration
@@ -314,6 +316,32 @@ func WorkerOutcomeTopic(topic string) WorkerOption {
 // kafka-grpc binding, use its format "zilla:<namespace>-<binding>".
 func WorkerGroupID(id string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.groupID = id })
+}
+
+// WorkerGroupProtocol sets the consumer group protocol the worker's group
+// member speaks: kafkaclient.GroupProtocolClassic or
+// kafkaclient.GroupProtocolConsumer (KIP-848, Kafka 4.0 and later; on
+// confluent-kafka-go and franz-go alike). Default "": the client's
+// configuration, classic unless configured otherwise. Start fails on any
+// other value. Every worker of a group should speak the same protocol
+// (Kafka converts a classic group to a consumer one when the first
+// consumer-protocol member joins an otherwise empty group, not otherwise).
+//
+// The trade-off, measured in BENCHMARKS.md (Failover): when a worker dies
+// without leaving (SIGKILL, a lost machine), its partitions wait for the
+// group's session timeout. Under classic the client sets it (6 s by
+// default in both clients, with 1 s heartbeats), so calls on those
+// partitions pause about 7 s. Under consumer the broker sets it
+// (group.consumer.session.timeout.ms, 45 s by default, and not below
+// group.consumer.min.session.timeout.ms, also 45 s), so they pause about
+// 45 s on a broker with default settings. The consumer protocol in exchange
+// rebalances without a group-wide barrier: a worker joining or leaving
+// cleanly moves only the partitions that change owner, with no JoinGroup
+// round, and the assignment is the broker's. Keep classic unless the
+// brokers' group.consumer.* settings were lowered or planned scaling
+// matters more than sudden failures.
+func WorkerGroupProtocol(p kafkaclient.GroupProtocol) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.groupProtocol = p })
 }
 
 // WorkerMaxConcurrentCalls bounds the handlers running at once; further calls

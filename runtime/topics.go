@@ -172,6 +172,13 @@ type TopicAdmin interface {
 	Partitions(ctx context.Context, topic string) ([]int32, error)
 }
 
+// brokerCounter is implemented by admins that can count the cluster's
+// brokers (kafkaclient.Client does); EnsureTopics then chooses the
+// replication factor.
+type brokerCounter interface {
+	Brokers(ctx context.Context) (int, error)
+}
+
 // EnsureTopicsOptions configures EnsureTopics. The zero value creates the
 // missing topics with the defaults below.
 type EnsureTopicsOptions struct {
@@ -180,8 +187,10 @@ type EnsureTopicsOptions struct {
 	VerifyOnly bool
 	// Partitions of each topic created. Default 3.
 	Partitions int32
-	// ReplicationFactor of each topic created. Default 0: the broker's
-	// default.
+	// ReplicationFactor of each topic created. Default 0: 3, with
+	// min.insync.replicas 2, when the cluster has three brokers or more
+	// (asked through the admin's Brokers method, which kafkaclient.Client
+	// has; see kafkaclient.Replication), else the broker's default.
 	ReplicationFactor int16
 	// MaxMessageBytes is the max.message.bytes of each topic created.
 	// Default kafkaclient.MaxMessageBytes (8 MiB), the record size both
@@ -240,7 +249,10 @@ func describeTopic(t Topic) string {
 
 // EnsureTopics makes sure topics exist: it looks each one up and creates
 // those that are missing, with opts' partitions, replication factor and
-// max.message.bytes (topics that exist are left as they are). With
+// max.message.bytes (topics that exist are left as they are); on a cluster
+// of three brokers or more, when opts leaves the replication factor to it
+// and admin can count brokers, with replication factor 3 and
+// min.insync.replicas 2. With
 // opts.VerifyOnly it creates nothing and returns a *MissingTopicsError
 // naming every missing topic. Topics named twice are looked up once. It is
 // bounded by ctx, or by 30 s when ctx has no deadline, and safe to call
@@ -302,13 +314,20 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 			}
 		}
 	}
+	if bc, ok := admin.(brokerCounter); ok && opts.ReplicationFactor <= 0 {
+		var err error
+		if specs, err = kafkaclient.ReplicatedSpecs(ctx, bc, specs); err != nil {
+			return fmt.Errorf("kafkarpc: counting the brokers to choose the replication factor of topics %s: %w", strings.Join(names, ", "), err)
+		}
+	}
 	if err := admin.CreateTopics(ctx, specs); err != nil {
 		return fmt.Errorf("kafkarpc: creating topics %s: %w", strings.Join(names, ", "), err)
 	}
 	if opts.Logger != nil {
-		for _, t := range missing {
+		for i, t := range missing {
 			opts.Logger.Info("kafkarpc: created topic", "topic", t.Name, "role", t.Role.String(),
-				"partitions", partitions, "max.message.bytes", maxBytes)
+				"partitions", partitions, "max.message.bytes", maxBytes,
+				"replication.factor", specs[i].ReplicationFactor, "min.insync.replicas", specs[i].Config["min.insync.replicas"])
 		}
 	}
 	return nil

@@ -143,6 +143,45 @@ func TestEnsureTopicsOutcomeTopic(t *testing.T) {
 
 // TestEnsureTopics verifies and creates the echo service's topics on the
 // test's Kafka, with the test's client.
+// countingAdmin is a fakeAdmin on a cluster of brokers brokers.
+type countingAdmin struct {
+	fakeAdmin
+	brokers int
+	err     error
+}
+
+func (a *countingAdmin) Brokers(context.Context) (int, error) { return a.brokers, a.err }
+
+func TestEnsureTopicsReplication(t *testing.T) {
+	for _, tc := range []struct {
+		brokers int
+		opts    runtime.EnsureTopicsOptions
+		rf      int16
+		isr     string
+	}{
+		{brokers: 1, rf: 0, isr: ""},
+		{brokers: 2, rf: 0, isr: ""},
+		{brokers: 3, rf: 3, isr: "2"},
+		{brokers: 5, rf: 3, isr: "2"},
+		{brokers: 5, opts: runtime.EnsureTopicsOptions{ReplicationFactor: 5}, rf: 5, isr: ""},
+	} {
+		a := &countingAdmin{fakeAdmin: fakeAdmin{have: map[string]bool{}}, brokers: tc.brokers}
+		if err := runtime.EnsureTopics(context.Background(), a, []runtime.Topic{{Name: "x"}, {Name: "y"}}, tc.opts); err != nil {
+			t.Fatalf("%d brokers: %v", tc.brokers, err)
+		}
+		for _, s := range a.created {
+			if s.ReplicationFactor != tc.rf || s.Config["min.insync.replicas"] != tc.isr || s.Config["max.message.bytes"] != "8388608" {
+				t.Errorf("%d brokers, options %+v: created %+v, want replication factor %d, min.insync.replicas %q", tc.brokers, tc.opts, s, tc.rf, tc.isr)
+			}
+		}
+	}
+	a := &countingAdmin{fakeAdmin: fakeAdmin{have: map[string]bool{}}, err: errors.New("no metadata")}
+	err := runtime.EnsureTopics(context.Background(), a, []runtime.Topic{{Name: "x"}}, runtime.EnsureTopicsOptions{})
+	if err == nil || !strings.Contains(err.Error(), "counting the brokers") || !strings.Contains(err.Error(), "no metadata") || len(a.created) != 0 {
+		t.Errorf("EnsureTopics when the brokers cannot be counted = %v (created %+v), want an error naming it and nothing created", err, a.created)
+	}
+}
+
 func TestEnsureTopics(t *testing.T) {
 	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
 	prefix := kafkatest.Unique("t") + "."

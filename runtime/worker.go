@@ -235,6 +235,9 @@ func (w *Worker) Start() error {
 	if len(w.topics) == 0 {
 		return errors.New("kafkarpc: worker has no request topics: register a service first")
 	}
+	if err := w.cfg.groupProtocol.Check(); err != nil {
+		return fmt.Errorf("kafkarpc: WorkerGroupProtocol: %w", err)
+	}
 	if w.cfg.transactionalID != "" {
 		tc, ok := w.client.(kafkaclient.TxnClient)
 		if !ok {
@@ -252,6 +255,7 @@ func (w *Worker) Start() error {
 		OnAssigned:    w.onAssigned,
 		OnRevoked:     w.onRevoked,
 		ReadCommitted: w.cfg.readCommitted,
+		Protocol:      w.cfg.groupProtocol,
 	})
 	if err != nil {
 		return fmt.Errorf("kafkarpc: joining group %q: %w", w.cfg.groupID, err)

@@ -184,7 +184,8 @@ func Unique(prefix string) string {
 	return prefix + hex.EncodeToString(b[:])
 }
 
-// CreateTopics creates topics with partitions each.
+// CreateTopics creates topics with partitions each, replicated as
+// kafkaclient.ReplicatedSpecs says for the cluster of c.
 func CreateTopics(tb testing.TB, c kafkaclient.Client, partitions int32, topics ...string) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -192,6 +193,10 @@ func CreateTopics(tb testing.TB, c kafkaclient.Client, partitions int32, topics 
 	specs := make([]kafkaclient.TopicSpec, len(topics))
 	for i, t := range topics {
 		specs[i] = kafkaclient.TopicSpec{Name: t, Partitions: partitions, Config: kafkaclient.TopicConfig()}
+	}
+	specs, err := kafkaclient.ReplicatedSpecs(ctx, c, specs)
+	if err != nil {
+		tb.Fatalf("counting the brokers for topics %v: %v", topics, err)
 	}
 	if err := c.CreateTopics(ctx, specs); err != nil {
 		tb.Fatalf("creating topics %v: %v", topics, err)

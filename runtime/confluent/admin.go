@@ -215,6 +215,24 @@ func (c *Client) Partitions(ctx context.Context, topic string) ([]int32, error) 
 	return out, err
 }
 
+// Brokers returns how many brokers the cluster's metadata lists, from a
+// metadata request for no topic. Without a deadline in ctx the call is
+// bounded by 30s. Safe for concurrent use.
+func (c *Client) Brokers(ctx context.Context) (int, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var n int
+	err := c.withAdmin(func(p *producer) error {
+		md, err := p.p.GetMetadata(nil, false, timeoutMs(ctx, defaultAdminTimeout))
+		if err != nil {
+			return fmt.Errorf("confluent: cluster metadata: %w", err)
+		}
+		n = len(md.Brokers)
+		return nil
+	})
+	return n, err
+}
+
 // Offsets looks up the earliest (first retained) or latest (high watermark:
 // the offset the next record gets) offset of each given partition, in one
 // ListOffsets round trip per partition leader. Partition errors that a

@@ -172,9 +172,14 @@ const (
 //     false, cfg's isolation.level or read_uncommitted).
 //   - Readers get a generated throw-away group.id (confluent-kafka-go
 //     requires one); they never subscribe, join, or commit.
-//   - Group readers: group.id from GroupConfig; partition.assignment.strategy
-//     = cooperative-sticky (DefaultAssignmentStrategy) unless cfg sets it or
-//     selects group.protocol=consumer. The eager strategies (range,
+//   - Group readers: group.id from GroupConfig; group.protocol from
+//     GroupConfig.Protocol when set; under the classic protocol
+//     partition.assignment.strategy = cooperative-sticky
+//     (DefaultAssignmentStrategy), session.timeout.ms = 6000
+//     (DefaultSessionTimeoutMs) and heartbeat.interval.ms = 1000
+//     (DefaultHeartbeatIntervalMs) unless cfg sets them; under
+//     group.protocol=consumer the broker sets all three, and they are
+//     removed from the configuration. The eager strategies (range,
 //     roundrobin) work too.
 //
 // Logging (always): go.logs.channel.enable = true, and the logs are

@@ -58,11 +58,24 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 	if cfg.StartAtLatest {
 		kcfg["auto.offset.reset"] = "latest"
 	}
+	if err := cfg.Protocol.Check(); err != nil {
+		return nil, fmt.Errorf("confluent: %w", err)
+	}
+	if cfg.Protocol != "" {
+		kcfg["group.protocol"] = string(cfg.Protocol)
+	}
 	if proto, _ := kcfg["group.protocol"].(string); proto == "" || proto == "classic" {
 		setDefault(kcfg, DefaultAssignmentStrategy, "partition.assignment.strategy")
 		// A member that died holds its partitions until this passes:
 		// librdkafka's 45 s is long for RPC; Kafka's minimum is 6 s.
 		setDefault(kcfg, DefaultSessionTimeoutMs, "session.timeout.ms")
+		setDefault(kcfg, DefaultHeartbeatIntervalMs, "heartbeat.interval.ms")
+	} else {
+		// The broker sets these under the consumer protocol; librdkafka
+		// refuses a configuration that sets them.
+		for _, k := range []string{"partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"} {
+			delete(kcfg, k)
+		}
 	}
 	base, err := c.newConsumer(kcfg)
 	if err != nil {
@@ -266,7 +279,18 @@ func (g *GroupReader) Close() error {
 }
 
 // DefaultSessionTimeoutMs is the group session timeout of group readers
-// (session.timeout.ms) unless configured: how long the partitions of a
-// member that died wait before another member takes them. librdkafka's
-// default is 45 s.
-const DefaultSessionTimeoutMs = 10000
+// under the classic protocol (session.timeout.ms) unless configured: how
+// long the partitions of a member that died wait before another member takes
+// them. librdkafka's default is 45 s; 6 s is the least an Apache Kafka
+// broker accepts by default (group.min.session.timeout.ms). With
+// DefaultHeartbeatIntervalMs a member is declared dead only after about
+// five heartbeats in a row failed to arrive: a process stalled for 5 s
+// (CPU starvation, a swap storm) loses its partitions, one stalled for less
+// does not.
+const DefaultSessionTimeoutMs = 6000
+
+// DefaultHeartbeatIntervalMs is heartbeat.interval.ms of group readers under
+// the classic protocol unless configured (librdkafka's default: 3000). A
+// live member learns of a rebalance at its next heartbeat, so this also
+// bounds how long the other members make a rebalance wait.
+const DefaultHeartbeatIntervalMs = 1000

@@ -122,19 +122,44 @@ func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpe
 	})
 }
 
-// waitTopic waits until the metadata shows topic with a leader for every
-// partition, or ctx ends.
+// waitTopic waits until the metadata of every broker shows topic with a
+// leader for every partition, or ctx ends: a metadata request may go to any
+// broker, and each learns of a new topic on its own time. A broker listed
+// but not answering (down, not yet fenced) is not waited for.
 func waitTopic(ctx context.Context, kc *kgo.Client, topic string) error {
+	req := kmsg.NewPtrMetadataRequest()
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = kmsg.StringPtr(topic)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, kc)
+	if err != nil {
+		return fmt.Errorf("franz: metadata of %s: %w", topic, err)
+	}
+	for _, b := range resp.Brokers {
+		if err := waitTopicOn(ctx, kc.Broker(int(b.NodeID)), topic); err != nil {
+			return fmt.Errorf("%w (broker %d)", err, b.NodeID)
+		}
+	}
+	return nil
+}
+
+// waitTopicOn waits until the metadata of broker b shows topic with a
+// leader for every partition, or ctx ends.
+func waitTopicOn(ctx context.Context, b *kgo.Broker, topic string) error {
 	backoff := 5 * time.Millisecond
 	for {
 		req := kmsg.NewPtrMetadataRequest()
 		rt := kmsg.NewMetadataRequestTopic()
 		rt.Topic = kmsg.StringPtr(topic)
 		req.Topics = append(req.Topics, rt)
-		resp, err := req.RequestWith(ctx, kc)
+		kresp, err := b.Request(ctx, req)
 		if err != nil {
-			return fmt.Errorf("franz: metadata of %s: %w", topic, err)
+			if ctx.Err() != nil {
+				return fmt.Errorf("franz: metadata of %s: %w", topic, err)
+			}
+			return nil // not answering: not a broker anyone reads stale metadata from now
 		}
+		resp := kresp.(*kmsg.MetadataResponse)
 		var why error
 		for _, t := range resp.Topics {
 			if t.Topic == nil || *t.Topic != topic {
@@ -225,6 +250,26 @@ func fetchPartitions(ctx context.Context, kc *kgo.Client, topic string) ([]int32
 		}
 		backoff = min(backoff*2, 500*time.Millisecond)
 	}
+}
+
+// Brokers returns how many brokers the cluster's metadata lists, from a
+// fresh metadata request for no topic. Without a deadline in ctx the call
+// is bounded by 30s. Safe for concurrent use.
+func (c *Client) Brokers(ctx context.Context) (int, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var n int
+	err := c.withAdmin(ctx, func(kc *kgo.Client, _ *kadm.Client) error {
+		req := kmsg.NewPtrMetadataRequest()
+		req.Topics = []kmsg.MetadataRequestTopic{} // none (nil would ask for all)
+		resp, err := req.RequestWith(ctx, kc)
+		if err != nil {
+			return fmt.Errorf("franz: cluster metadata: %w", err)
+		}
+		n = len(resp.Brokers)
+		return nil
+	})
+	return n, err
 }
 
 // Offsets looks up the earliest (log start) or latest (high watermark: the

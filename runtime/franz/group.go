@@ -97,16 +97,27 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 	if cfg.StartAtLatest {
 		start = kgo.NewOffset().AtEnd()
 	}
+	if err := cfg.Protocol.Check(); err != nil {
+		return nil, fmt.Errorf("franz: %w", err)
+	}
+	var protocol []kgo.Opt
+	if cfg.Protocol == kafkaclient.GroupProtocolConsumer {
+		// KIP-848: the broker assigns; kgo needs its (default)
+		// cooperative-sticky or a range balancer for it.
+		protocol = append(protocol, kgo.ServerSideBalancer())
+	}
 	kc, err := c.newConsumerClient(c.consumerOpts(role, cfg.ReadCommitted,
-		[]kgo.Opt{kgo.SessionTimeout(DefaultSessionTimeout)}, // WithConsumerOpts may override
-		kgo.ConsumerGroup(cfg.GroupID),
-		kgo.ConsumeTopics(slices.Clone(cfg.Topics)...),
-		kgo.DisableAutoCommit(),
-		kgo.ConsumeStartOffset(start),
-		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { g.deliver(evAssigned, m) }),
-		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { g.deliver(evRevoked, m) }),
-		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { g.deliver(evLost, m) }),
-	))
+		// WithConsumerOpts may override these.
+		[]kgo.Opt{kgo.SessionTimeout(DefaultSessionTimeout), kgo.HeartbeatInterval(DefaultHeartbeatInterval)},
+		append(protocol,
+			kgo.ConsumerGroup(cfg.GroupID),
+			kgo.ConsumeTopics(slices.Clone(cfg.Topics)...),
+			kgo.DisableAutoCommit(),
+			kgo.ConsumeStartOffset(start),
+			kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { g.deliver(evAssigned, m) }),
+			kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { g.deliver(evRevoked, m) }),
+			kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { g.deliver(evLost, m) }),
+		)...))
 	if err != nil {
 		return nil, err
 	}
@@ -318,8 +329,20 @@ func (g *GroupReader) Close() error {
 	return nil
 }
 
-// DefaultSessionTimeout is the group session timeout of group readers unless
-// WithConsumerOpts sets kgo.SessionTimeout: how long the partitions of a
-// member that died wait before another member takes them (kgo's default is
-// 45 s; Kafka's minimum is 6 s).
-const DefaultSessionTimeout = 10 * time.Second
+// DefaultSessionTimeout is the group session timeout of group readers under
+// the classic protocol unless WithConsumerOpts sets kgo.SessionTimeout: how
+// long the partitions of a member that died wait before another member takes
+// them (kgo's default is 45 s; 6 s is the least an Apache Kafka broker
+// accepts by default, group.min.session.timeout.ms). With
+// DefaultHeartbeatInterval a member is declared dead only after about five
+// heartbeats in a row failed to arrive: a process stalled for 5 s loses its
+// partitions, one stalled for less does not. Under the consumer protocol
+// (KIP-848) the broker's group.consumer.session.timeout.ms applies instead.
+const DefaultSessionTimeout = 6 * time.Second
+
+// DefaultHeartbeatInterval is the heartbeat interval of group readers under
+// the classic protocol unless WithConsumerOpts sets kgo.HeartbeatInterval
+// (kgo's default: 3 s). A live member learns of a rebalance at its next
+// heartbeat, so this also bounds how long the other members make a
+// rebalance wait.
+const DefaultHeartbeatInterval = time.Second

@@ -11,6 +11,7 @@ package kafkaclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -135,6 +136,10 @@ type Client interface {
 	Partitions(ctx context.Context, topic string) ([]int32, error)
 	// Offsets looks up the earliest or latest offset of each given partition.
 	Offsets(ctx context.Context, topic string, partitions []int32, which OffsetSpec) (map[int32]int64, error)
+	// Brokers returns how many brokers the cluster's metadata lists now (a
+	// broker that is down drops out once the cluster has noticed). The
+	// project's topic creation uses it to choose a replication factor.
+	Brokers(ctx context.Context) (int, error)
 
 	// Close flushes (bounded by a short timeout) and releases everything. Readers
 	// created from the client must be closed first.
@@ -194,6 +199,40 @@ type GroupConfig struct {
 	// its end. By default such a partition starts at its earliest retained
 	// offset, so that requests sent before the group first joined are served.
 	StartAtLatest bool
+	// Protocol is the group protocol the member speaks. "" (the default)
+	// leaves it to the client's configuration, which is classic unless
+	// configured otherwise; any other value overrides that configuration.
+	Protocol GroupProtocol
+}
+
+// GroupProtocol names a consumer group protocol.
+type GroupProtocol string
+
+const (
+	// GroupProtocolClassic is the classic protocol (JoinGroup/SyncGroup, the
+	// assignment computed by one member). A member that dies unannounced
+	// keeps its partitions for the client's session timeout, which the
+	// client chooses (within the broker's group.min.session.timeout.ms and
+	// group.max.session.timeout.ms, by default 6 s to 30 min).
+	GroupProtocolClassic GroupProtocol = "classic"
+	// GroupProtocolConsumer is the consumer protocol of KIP-848 (Kafka 4.0
+	// and later): the broker assigns partitions, members heartbeat and
+	// reconcile one partition at a time, with no group-wide barrier. Its
+	// session timeout and heartbeat interval are the broker's
+	// (group.consumer.session.timeout.ms, default 45 s, and no less than
+	// group.consumer.min.session.timeout.ms, default 45 s), not the
+	// client's.
+	GroupProtocolConsumer GroupProtocol = "consumer"
+)
+
+// Check returns an error naming p unless it is "", GroupProtocolClassic or
+// GroupProtocolConsumer.
+func (p GroupProtocol) Check() error {
+	switch p {
+	case "", GroupProtocolClassic, GroupProtocolConsumer:
+		return nil
+	}
+	return fmt.Errorf("kafkaclient: unknown group protocol %q (want %q or %q)", string(p), GroupProtocolClassic, GroupProtocolConsumer)
 }
 
 // GroupReader is one member of a consumer group. Poll and Close must be
@@ -253,4 +292,50 @@ const MaxMessageBytes = 8 << 20
 // created with: max.message.bytes = MaxMessageBytes.
 func TopicConfig() map[string]string {
 	return map[string]string{"max.message.bytes": strconv.Itoa(MaxMessageBytes)}
+}
+
+// Replication returns the replication factor and min.insync.replicas the
+// project creates its topics with on a cluster of brokers brokers: 3 and 2
+// from three brokers on (one broker may fail without refusing acks=all
+// writes or losing an acknowledged record), else 0 and 0 (the broker's
+// defaults). Safe for concurrent use.
+func Replication(brokers int) (factor int16, minInsync int) {
+	if brokers >= 3 {
+		return 3, 2
+	}
+	return 0, 0
+}
+
+// ReplicatedSpecs sets the replication factor and min.insync.replicas of
+// the specs that leave the factor to the broker (0 or -1), as Replication
+// says for the cluster of c, and returns them; the Config maps are copied
+// before they are changed. It is how the project's test helpers create
+// topics. Safe for concurrent use.
+func ReplicatedSpecs(ctx context.Context, c interface {
+	Brokers(ctx context.Context) (int, error)
+}, specs []TopicSpec) ([]TopicSpec, error) {
+	n, err := c.Brokers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	factor, isr := Replication(n)
+	if factor == 0 {
+		return specs, nil
+	}
+	out := make([]TopicSpec, len(specs))
+	for i, s := range specs {
+		if s.ReplicationFactor <= 0 {
+			s.ReplicationFactor = factor
+			cfg := make(map[string]string, len(s.Config)+1)
+			for k, v := range s.Config {
+				cfg[k] = v
+			}
+			if _, set := cfg["min.insync.replicas"]; !set {
+				cfg["min.insync.replicas"] = strconv.Itoa(isr)
+			}
+			s.Config = cfg
+		}
+		out[i] = s
+	}
+	return out, nil
 }

@@ -192,6 +192,10 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	topics, err = kafkaclient.ReplicatedSpecs(ctx, kc, topics)
+	if err != nil {
+		tb.Fatalf("kafkarpctest: counting the brokers: %v", err)
+	}
 	if err := kc.CreateTopics(ctx, topics); err != nil {
 		tb.Fatalf("kafkarpctest: creating topics: %v", err)
 	}

@@ -4,9 +4,10 @@
 // runs it as a single-file Java program on the broker's own classpath, so it
 // needs nothing but the jars Maven resolved.
 //
-//   java -cp 'libs/*' KafkaReady.java BOOTSTRAP TIMEOUT_SECONDS
+//   java -cp 'libs/*' KafkaReady.java BOOTSTRAP TIMEOUT_SECONDS [BROKERS]
 //
-// Exit status 0 once the cluster answers, 1 when the deadline passes.
+// Exit status 0 once the cluster answers with at least BROKERS brokers
+// (default 1), 1 when the deadline passes.
 
 import java.time.Duration;
 import java.time.Instant;
@@ -22,10 +23,11 @@ import org.apache.kafka.common.Node;
 
 public class KafkaReady {
     public static void main(String[] args) throws Exception {
-        if (args.length != 2) {
-            System.err.println("usage: KafkaReady BOOTSTRAP TIMEOUT_SECONDS");
+        if (args.length != 2 && args.length != 3) {
+            System.err.println("usage: KafkaReady BOOTSTRAP TIMEOUT_SECONDS [BROKERS]");
             System.exit(2);
         }
+        int want = args.length == 3 ? Integer.parseInt(args[2]) : 1;
         String bootstrap = args[0];
         Instant deadline = Instant.now().plusSeconds(Long.parseLong(args[1]));
         Properties props = new Properties();
@@ -44,12 +46,12 @@ public class KafkaReady {
                     Node controller = cluster.controller().get(5, TimeUnit.SECONDS);
                     String id = cluster.clusterId().get(5, TimeUnit.SECONDS);
                     Set<String> topics = admin.listTopics().names().get(5, TimeUnit.SECONDS);
-                    if (!nodes.isEmpty() && controller != null && !controller.isEmpty()) {
+                    if (nodes.size() >= want && controller != null && !controller.isEmpty()) {
                         System.out.printf("kafka: cluster %s answers at %s: %d broker(s), %d topic(s)%n",
                                 id, bootstrap, nodes.size(), topics.size());
                         return;
                     }
-                    last = "cluster has no broker or no controller yet";
+                    last = "cluster has " + nodes.size() + " of " + want + " broker(s), or no controller yet";
                 } catch (Exception e) {
                     Throwable cause = e.getCause() != null ? e.getCause() : e;
                     last = cause.getClass().getSimpleName() + ": " + cause.getMessage();

@@ -5,7 +5,7 @@
 // as raw bytes, to the gRPC server at that address (for example echo-server),
 // with no generated code involved.
 //
-//	echo-worker [--brokers 127.0.0.1:9092] [--group ID] [--target host:port] [--outcome-topic NAME]
+//	echo-worker [--brokers 127.0.0.1:9092] [--group ID] [--group-protocol classic|consumer] [--target host:port] [--outcome-topic NAME]
 package main
 
 import (
@@ -21,6 +21,7 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/internal/app"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
 func main() {
@@ -28,6 +29,7 @@ func main() {
 	group := flag.String("group", "", "consumer group id (default kafkarpc-example.echo.v1.EchoService, or kafkarpc-proxy with --target)")
 	target := flag.String("target", "", "forward every call to the gRPC server at this address instead of serving it here")
 	outcomes := flag.String("outcome-topic", "", "also keep the stored outcomes of keyed calls in this compacted topic (runtime.WorkerOutcomeTopic, created with the others), so that a repeat served after a restart or by another worker does not run again; empty: in this process's memory only")
+	protocol := flag.String("group-protocol", "", "consumer group protocol: classic or consumer (KIP-848, Kafka 4.0+); default: the client's, classic")
 	flag.Parse()
 	logger := app.Logger()
 	ctx, stop := app.Signals()
@@ -44,6 +46,9 @@ func main() {
 	}
 	if *outcomes != "" {
 		opts = append(opts, runtime.WorkerOutcomeTopic(*outcomes))
+	}
+	if *protocol != "" {
+		opts = append(opts, runtime.WorkerGroupProtocol(kafkaclient.GroupProtocol(*protocol)))
 	}
 	worker := runtime.NewWorker(client, opts...)
 	if err := app.EnsureWorkerTopics(ctx, client, worker, logger); err != nil {

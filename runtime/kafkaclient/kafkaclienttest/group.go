@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
@@ -68,6 +71,7 @@ func (o *groupObs) waitUntil(t *testing.T, what string, timeout time.Duration, c
 type memberOpts struct {
 	commitInRevokeOnly bool
 	startAtLatest      bool
+	protocol           kafkaclient.GroupProtocol
 }
 
 func startMember(t *testing.T, e *env, obs *groupObs, name, group, topic string, mo memberOpts) *member {
@@ -92,6 +96,7 @@ func startMember(t *testing.T, e *env, obs *groupObs, name, group, topic string,
 		GroupID:       group,
 		Topics:        []string{topic},
 		StartAtLatest: mo.startAtLatest,
+		Protocol:      mo.protocol,
 		OnAssigned: func(parts []kafkaclient.TopicPartition) {
 			if !m.inPoll.Load() {
 				t.Errorf("%s: OnAssigned(%v) called outside Poll and Close", name, parts)
@@ -187,23 +192,46 @@ func (m *member) ownedCount() int {
 }
 
 func testGroupReadersShareAndResume(t *testing.T, f Factory) {
-	t.Run("cooperative", func(t *testing.T) { testGroupReaders(t, f, false) })
-	t.Run("eager", func(t *testing.T) { testGroupReaders(t, f, true) })
+	t.Run("cooperative", func(t *testing.T) { testGroupReaders(t, f, false, "") })
+	t.Run("eager", func(t *testing.T) { testGroupReaders(t, f, true, "") })
+	t.Run("consumer protocol", func(t *testing.T) { testGroupReaders(t, f, false, kafkaclient.GroupProtocolConsumer) })
+	t.Run("unknown protocol", func(t *testing.T) {
+		e := newEnv(t, f, Config{})
+		g, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: e.name("g"), Topics: []string{e.name("t")}, Protocol: "next"})
+		if err == nil {
+			_ = g.Close()
+			t.Fatal("NewGroupReader with protocol \"next\" succeeded")
+		}
+		if !strings.Contains(err.Error(), `"next"`) {
+			t.Fatalf("NewGroupReader with protocol \"next\" = %v, want an error naming it", err)
+		}
+	})
 }
 
-func testGroupReaders(t *testing.T, f Factory, eager bool) {
+// testGroupReaders runs two members that share a topic's partitions, then a
+// third that resumes after their commits, with the given assignment
+// strategy (eager or cooperative, for the classic protocol) and protocol.
+func testGroupReaders(t *testing.T, f Factory, eager bool, protocol kafkaclient.GroupProtocol) {
 	e := newEnv(t, f, Config{FastGroups: true, EagerGroups: eager})
 	topic := e.createTopic(t, "work", 3)
 	group := e.name("workers")
 	obs := newGroupObs()
+	mo := memberOpts{protocol: protocol}
 
-	a := startMember(t, e, obs, "a", group, topic, memberOpts{})
+	a := startMember(t, e, obs, "a", group, topic, mo)
 	obs.waitUntil(t, "a to own all partitions", 60*time.Second, func() bool { return a.ownedCount() == 3 })
-	b := startMember(t, e, obs, "b", group, topic, memberOpts{})
+	b := startMember(t, e, obs, "b", group, topic, mo)
 	obs.waitUntil(t, "a and b to share the partitions", 90*time.Second, func() bool {
 		na, nb := a.ownedCount(), b.ownedCount()
 		return na > 0 && nb > 0 && na+nb == 3
 	})
+	wantType := "classic"
+	if protocol == kafkaclient.GroupProtocolConsumer {
+		wantType = "consumer"
+	}
+	if got := groupType(t, e.brokers, group); got != wantType {
+		t.Fatalf("the cluster lists group %s as a %q group, want %q", group, got, wantType)
+	}
 
 	const n = 30
 	for i := 0; i < n; i++ {
@@ -246,7 +274,7 @@ func testGroupReaders(t *testing.T, f Factory, eager bool) {
 	for i := 0; i < m2; i++ {
 		e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: kafkaclient.AnyPartition, Key: key(i), Value: []byte(fmt.Sprint("second-", i))}, kafkaclient.AcksAll)
 	}
-	c := startMember(t, e, obs, "c", group, topic, memberOpts{})
+	c := startMember(t, e, obs, "c", group, topic, mo)
 	defer c.stop(t)
 	got2 := map[string]bool{}
 	for len(got2) < m2 {
@@ -363,4 +391,29 @@ func testGroupMemberWithNothingLearnsItJoined(t *testing.T, f Factory) {
 	if a.ownedCount()+b.ownedCount() != 1 {
 		t.Fatalf("a owns %d, b owns %d partitions of 1", a.ownedCount(), b.ownedCount())
 	}
+}
+
+// groupType asks the cluster at brokers (ListGroups v5, with a client of its
+// own) which protocol group speaks: "classic" or "consumer".
+func groupType(t *testing.T, brokers, group string) string {
+	t.Helper()
+	kc, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...))
+	if err != nil {
+		t.Fatalf("a client to list the groups: %v", err)
+	}
+	defer kc.Close()
+	req := kmsg.NewPtrListGroupsRequest()
+	shards := kc.RequestSharded(ctxT(t, 30*time.Second), req)
+	for _, sh := range shards {
+		if sh.Err != nil {
+			t.Fatalf("ListGroups: %v", sh.Err)
+		}
+		for _, g := range sh.Resp.(*kmsg.ListGroupsResponse).Groups {
+			if g.Group == group {
+				return g.GroupType
+			}
+		}
+	}
+	t.Fatalf("ListGroups does not list group %s", group)
+	return ""
 }

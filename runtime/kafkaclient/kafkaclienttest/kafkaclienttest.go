@@ -120,7 +120,12 @@ func ctxT(tb testing.TB, d time.Duration) context.Context {
 func (e *env) createTopic(tb testing.TB, name string, partitions int32) string {
 	tb.Helper()
 	full := e.name(name)
-	if err := e.client.CreateTopics(ctxT(tb, 30*time.Second), []kafkaclient.TopicSpec{{Name: full, Partitions: partitions}}); err != nil {
+	ctx := ctxT(tb, 30*time.Second)
+	specs, err := kafkaclient.ReplicatedSpecs(ctx, e.client, []kafkaclient.TopicSpec{{Name: full, Partitions: partitions}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := e.client.CreateTopics(ctx, specs); err != nil {
 		tb.Fatal(err)
 	}
 	return full

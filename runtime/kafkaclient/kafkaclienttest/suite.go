@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
+
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
@@ -22,6 +24,7 @@ func Run(t *testing.T, f Factory) {
 		fn   func(*testing.T, Factory)
 	}{
 		{"CreateTopicsAndPartitions", testCreateTopicsAndPartitions},
+		{"Brokers", testBrokers},
 		{"OffsetsEarliestLatest", testOffsetsEarliestLatest},
 		{"KeyPartitioningMatchesJava", testKeyPartitioningMatchesJava},
 		{"RecordShapesRoundTrip", testRecordShapesRoundTrip},
@@ -97,6 +100,32 @@ func testCreateTopicsAndPartitions(t *testing.T, f Factory) {
 	}
 	if err := e.client.CreateTopics(ctx, nil); err != nil {
 		t.Fatalf("CreateTopics(nil) = %v", err)
+	}
+}
+
+// testBrokers checks the broker count on the suite's cluster (at least one
+// per address of its bootstrap list: the suite's clusters list every
+// broker) and on an embedded cluster of three brokers, bootstrapped from
+// one of them.
+func testBrokers(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{})
+	ctx := ctxT(t, 30*time.Second)
+	n, err := e.client.Brokers(ctx)
+	if err != nil {
+		t.Fatalf("Brokers: %v", err)
+	}
+	if listed := len(strings.Split(e.brokers, ",")); n < listed {
+		t.Fatalf("Brokers = %d on %s, want at least %d", n, e.brokers, listed)
+	}
+
+	c, err := kfake.NewCluster(kfake.NumBrokers(3))
+	if err != nil {
+		t.Fatalf("starting a three-broker embedded cluster: %v", err)
+	}
+	t.Cleanup(c.Close)
+	three := newEnvOn(t, f, c.ListenAddrs()[0], Config{})
+	if n, err := three.client.Brokers(ctx); err != nil || n != 3 {
+		t.Fatalf("Brokers on a three-broker cluster = %d, %v; want 3", n, err)
 	}
 }
 
