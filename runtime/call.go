@@ -68,6 +68,9 @@ type call struct {
 	// this attempt's replies from another's; empty when the request had none.
 	attempt []kafkaclient.Header
 	ending  atomic.Bool // finish began: the end of the replies is on its way
+	// streamsIn: its method takes a client stream, so that request records
+	// of its left unread when it ends could be taken for a new call.
+	streamsIn bool
 
 	span      trace.Span           // "handle <method>", nil for calls answered without a handler
 	traceHdrs []kafkaclient.Header // the handle span's context, sent back on the replies
@@ -84,6 +87,10 @@ func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTr
 	}
 	c.in.all = c.in.one[:0]
 	c.acked = c.delivered
+	if wm == nil {
+		wm = w.lookup(env.Service, env.Method)
+	}
+	c.streamsIn = wm != nil && wm.spec.Kind.clientStreams()
 	if env.Attempt != nil {
 		c.attempt = []kafkaclient.Header{{Key: w.attemptKey, Value: env.Attempt}}
 	}
@@ -436,7 +443,10 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 // release takes the call out of the worker's tables: its outcome stored
 // (remember, as of at), its key's turn passed on, its correlation id freed (its
 // remaining request records to be skipped when they are still to come), its
-// offset marked done when served. It returns the repeats that waited for it.
+// offset marked done when served: at once, unless it takes a client stream
+// and its input is not complete, then once its end-of-stream record is read
+// or its deadline passed (repeats.hold). It returns the repeats that waited
+// for it.
 func (c *call) release(served, remember bool, at time.Time) []waiter {
 	w := c.w
 	w.mu.Lock()
@@ -445,14 +455,23 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 		w.repeats.remember(c.id, c.tp, c.stored, at)
 	}
 	w.keys.pass(c)
+	held := false
 	if c.id != "" && w.calls[c.id] == c {
 		delete(w.calls, c.id)
 		if !c.in.complete() {
 			w.repeats.trail(c.id)
+			if served && c.streamsIn && w.parts[c.tp] == c.pt {
+				// Its offset stays held until the rest of its request is
+				// read, or its deadline passes (repeats.hold). (Of a call
+				// without a client stream only the end record can be left,
+				// and a worker that reads it alone skips it.)
+				w.repeats.hold(c, c.sent.retry.until, w.expireHeld)
+				held = true
+			}
 		}
 	}
 	delete(w.oneway, c)
-	if served {
+	if served && !held {
 		c.pt.finish(c.first)
 	}
 	return w.repeats.takeWaiters(c)
@@ -520,4 +539,16 @@ type identityKey struct{}
 func IdentityFromContext(ctx context.Context) (string, bool) {
 	who, ok := ctx.Value(identityKey{}).(string)
 	return who, ok
+}
+
+// expireHeld finishes the held offset of a call whose deadline passed
+// before its end-of-stream record came (its caller died mid-stream), and
+// asks for a commit.
+func (w *Worker) expireHeld(h *heldCall) {
+	w.mu.Lock()
+	done := w.repeats.expireHeld(h)
+	w.mu.Unlock()
+	if done && w.committer != nil {
+		w.committer.poke()
+	}
 }

@@ -371,8 +371,10 @@ const DefaultMaxCallDuration = 10 * time.Minute
 // caller set no deadline, or a later one, ends DEADLINE_EXCEEDED then, with
 // a message naming this bound, and its handler's context is done. A call
 // holds its partition's committed offset while it runs (a crash would serve
-// it again), so one that never ends must not be possible. d <= 0 removes the
-// bound. Default DefaultMaxCallDuration (10 minutes).
+// it again), so one that never ends must not be possible; a call with a
+// client stream answered before its whole request was read holds it until
+// its end-of-stream record is read, at most until its deadline, this bound
+// unless the caller set an earlier one. d <= 0 removes the bound. Default DefaultMaxCallDuration (10 minutes).
 func WorkerMaxCallDuration(d time.Duration) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.maxCallDuration = d })
 }

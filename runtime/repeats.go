@@ -13,8 +13,9 @@ import (
 
 // repeats owns everything the worker knows about requests that repeat a
 // correlation id it has seen: the ids of finished calls whose remaining
-// request records are still to come (trailing), the repeated attempts of
-// calls in flight whose records are skipped until their end (dupes), those
+// request records are still to come (trailing) and, of those served, the
+// first offsets held until those records are read (held), the repeated
+// attempts of calls in flight whose records are skipped until their end (dupes), those
 // attempts waiting for their call's outcome (waiters), and the replies of
 // recent calls made with an idempotency key (stored).
 //
@@ -25,6 +26,7 @@ import (
 // Every method is called with Worker.mu held, except answerWaiters.
 type repeats struct {
 	trailing *recentSet
+	held     map[string]*heldCall
 	dupes    map[string]struct{}
 	waiters  map[*call][]waiter
 	stored   *replyStore
@@ -33,6 +35,7 @@ type repeats struct {
 func newRepeats(window time.Duration, maxBytes int) repeats {
 	return repeats{
 		trailing: newRecentSet(1 << 16),
+		held:     map[string]*heldCall{},
 		dupes:    map[string]struct{}{},
 		waiters:  map[*call][]waiter{},
 		stored:   newReplyStore(window, maxBytes),
@@ -63,12 +66,17 @@ func (r *repeats) skipDuplicate(id []byte, end bool) bool {
 // skipTrailing reports whether a record with correlation id id is one of
 // the remaining request records of a call that is over; its end-of-stream
 // record (end) is the last of them.
+// A held first offset (hold) is released then.
 func (r *repeats) skipTrailing(id []byte, end bool) bool {
-	if !r.trailing.has(string(id)) {
+	h := r.held[string(id)]
+	if h == nil && !r.trailing.has(string(id)) {
 		return false
 	}
 	if end {
 		r.trailing.remove(string(id))
+		if h != nil {
+			r.release(h)
+		}
 	}
 	return true
 }
@@ -102,6 +110,70 @@ func (r *repeats) takeWaiters(c *call) []waiter {
 // trail remembers id, of a call that ended before its last request record,
 // so that its remaining records are skipped.
 func (r *repeats) trail(id string) { r.trailing.add(id) }
+
+// heldCall is a served call whose input was not complete when it ended:
+// its first offset stays unfinished until its end-of-stream record is read,
+// so that the partition's committed offset cannot pass the call while some
+// of its request records are unread. Were it committed, the partition's
+// next owner (after a crash or a rebalance) would start reading inside the
+// call and run a handler on the rest of its request as a new call.
+type heldCall struct {
+	id    string
+	tp    kafkaclient.TopicPartition
+	pt    *partTrack
+	first int64
+	timer *time.Timer // the bound (the call's deadline); nil without one
+}
+
+// hold keeps c's first offset unfinished until its end-of-stream record is
+// read (skipTrailing) or until the call's deadline (until; none when zero),
+// whichever comes first: a caller that died mid-stream never sends its end,
+// and must not stop the partition's commits for longer than its call could
+// last. expire is run, without Worker.mu, once the deadline passes.
+func (r *repeats) hold(c *call, until time.Time, expire func(*heldCall)) {
+	if old := r.held[c.id]; old != nil { // not expected: its id is skipped while held
+		r.release(old)
+	}
+	h := &heldCall{id: c.id, tp: c.tp, pt: c.pt, first: c.first}
+	if !until.IsZero() {
+		h.timer = time.AfterFunc(time.Until(until), func() { expire(h) })
+	}
+	r.held[c.id] = h
+}
+
+// release finishes the held first offset h.
+func (r *repeats) release(h *heldCall) {
+	delete(r.held, h.id)
+	if h.timer != nil {
+		h.timer.Stop()
+	}
+	h.pt.finish(h.first)
+}
+
+// expireHeld finishes h's offset once its call's deadline passed, unless
+// its end-of-stream record came first, and reports whether it did.
+func (r *repeats) expireHeld(h *heldCall) bool {
+	if r.held[h.id] != h {
+		return false
+	}
+	r.release(h)
+	return true
+}
+
+// dropHeld forgets the held offsets of parts (all when nil), without
+// finishing them: the partitions left this worker (a rebalance, or
+// shutdown), so nothing more of them is committed here, and their next
+// owner reads the held calls again from their first record.
+func (r *repeats) dropHeld(parts map[kafkaclient.TopicPartition]bool) {
+	for id, h := range r.held {
+		if parts == nil || parts[h.tp] {
+			delete(r.held, id)
+			if h.timer != nil {
+				h.timer.Stop()
+			}
+		}
+	}
+}
 
 // lookup returns the stored replies of id, if still within the window.
 func (r *repeats) lookup(id []byte) *storedReply { return r.stored.get(id, time.Now()) }

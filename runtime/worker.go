@@ -317,6 +317,9 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	}
 	w.drain(ctx, nil)
 	w.committer.stop()
+	w.mu.Lock()
+	w.repeats.dropHeld(nil) // committed as held: not past them
+	w.mu.Unlock()
 	if err := gr.Close(); err != nil {
 		w.cfg.logger.Warn("kafkarpc: leaving group", "group", w.cfg.groupID, "error", err)
 	}
@@ -407,6 +410,7 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 	for tp := range set {
 		delete(w.parts, tp)
 	}
+	w.repeats.dropHeld(set) // their next owner reads those calls again
 	w.mu.Unlock()
 	w.cfg.logger.Info("kafkarpc: partitions revoked", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts), "lost", lost)
 }
