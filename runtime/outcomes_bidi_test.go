@@ -142,8 +142,11 @@ func TestOutcomeBidiEndAfterHandOver(t *testing.T) {
 	if got := messages(replies.await(t, id)); !slices.Equal(got, first) || implA.runs.Load() != 1 {
 		t.Fatalf("worker A answered the repeat with %v after %d runs; want the stored %v, 1 run", got, implA.runs.Load(), first)
 	}
-	// A hands the partition over, having committed the repeat's record:
-	// the next owner starts at the repeat's end-of-stream record.
+	// A hands the partition over before the repeat's end-of-stream record
+	// is written. (A once committed past the repeat's first record, so that
+	// the next owner started at its end record; A now holds the commit at
+	// that record until the end arrives, and B reads the repeat from its
+	// start. Either way B must answer it from the stored outcome.)
 	_ = a.Close()
 	request("attempt-2", nil)
 
