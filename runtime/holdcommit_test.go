@@ -218,3 +218,84 @@ func TestHeldCallReleasedAtDeadline(t *testing.T) {
 	kc.awaitPast(t, tp, last.Offset)
 	_ = w.Close()
 }
+
+// heldClientStream answers EchoClientStream with its first request message
+// once it has read the whole request and release is closed; it notes the
+// first message of every run.
+type heldClientStream struct {
+	firstOnly
+	started chan struct{}
+	release chan struct{}
+}
+
+func (h *heldClientStream) EchoClientStream(s grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	first := "<eof>"
+	for i := 0; ; i++ {
+		m, err := s.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			first = m.GetMessage()
+		}
+	}
+	h.mu.Lock()
+	h.firsts = append(h.firsts, first)
+	h.mu.Unlock()
+	h.started <- struct{}{}
+	<-h.release
+	return s.SendAndClose(&echov1.EchoResponse{Message: first})
+}
+
+// TestRepeatedAttemptHoldsCommitUntilItsEnd: a retry of a keyed client
+// stream (same correlation id, another attempt id) arrives while the call
+// runs, waits for its outcome and is answered before its own end record is
+// read. Worker A must not commit past the attempt's first record then:
+// were it committed, the next owner would start inside the attempt and run
+// the handler on its bare end record, as an empty stream. Worker B, taking
+// over, reads the attempt from its first record and runs it whole.
+func TestRepeatedAttemptHoldsCommitUntilItsEnd(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	implA := &heldClientStream{started: make(chan struct{}, 1), release: make(chan struct{})}
+	implB := &heldClientStream{started: make(chan struct{}, 4), release: make(chan struct{})}
+	close(implB.release)
+	kcA := newCommitLog(e.kc)
+	a := e.start(t, kcA, implA)
+
+	const id = "retried-1"
+	attempt := func(n string) []string { return []string{"meta:kafkarpc-attempt", n, "meta:idempotency-key", "k-1"} }
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), attempt("a1")...))
+	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
+	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a1")...))
+	select {
+	case <-implA.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("worker A did not run the call")
+	}
+	// The retry's first record, while the call runs: it waits for the
+	// call's outcome. Once it is answered, the retry's end is still to come.
+	retry := produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), attempt("a2")...))
+	close(implA.release)
+	replies.await(t, id) // the call's answer
+	replies.await(t, id) // the retry's
+	produce(t, e.kc, unaryRecord(e, "later-2", "later"))
+	produce(t, e.kc, endRecord(e, "later-2", "EchoUnary"))
+	replies.await(t, "later-2")
+	_ = a.Close()
+	if h := kcA.highest(tp); h > retry.Offset {
+		t.Fatalf("worker A committed offset %d, past the first record (%d) of a retry whose end record it never read", h, retry.Offset)
+	}
+
+	e.start(t, e.kc, implB)
+	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a2")...))
+	produce(t, e.kc, unaryRecord(e, "after-2", "after"))
+	produce(t, e.kc, endRecord(e, "after-2", "EchoUnary"))
+	replies.await(t, "after-2")
+	if got := implB.runs(); slices.Contains(got, "<eof>") {
+		t.Fatalf("worker B ran the handler on an empty stream (first messages %v): it started inside the retry", got)
+	}
+}

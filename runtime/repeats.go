@@ -27,6 +27,7 @@ import (
 type repeats struct {
 	trailing *recentSet
 	held     map[string]*heldCall
+	attempts map[string]*heldCall // first offsets of answered attempts still being skipped (dupes)
 	dupes    map[string]struct{}
 	waiters  map[*call][]waiter
 	stored   *replyStore
@@ -36,6 +37,7 @@ func newRepeats(window time.Duration, maxBytes int) repeats {
 	return repeats{
 		trailing: newRecentSet(1 << 16),
 		held:     map[string]*heldCall{},
+		attempts: map[string]*heldCall{},
 		dupes:    map[string]struct{}{},
 		waiters:  map[*call][]waiter{},
 		stored:   newReplyStore(window, maxBytes),
@@ -59,6 +61,9 @@ func (r *repeats) skipDuplicate(id []byte, end bool) bool {
 	}
 	if end {
 		delete(r.dupes, string(id))
+		if h := r.attempts[string(id)]; h != nil {
+			r.release(h)
+		}
 	}
 	return true
 }
@@ -122,7 +127,8 @@ type heldCall struct {
 	tp    kafkaclient.TopicPartition
 	pt    *partTrack
 	first int64
-	timer *time.Timer // the bound (the call's deadline); nil without one
+	timer *time.Timer          // the bound (the call's deadline); nil without one
+	table map[string]*heldCall // where it is kept: held, or attempts
 }
 
 // hold keeps c's first offset unfinished until its end-of-stream record is
@@ -134,16 +140,31 @@ func (r *repeats) hold(c *call, until time.Time, expire func(*heldCall)) {
 	if old := r.held[c.id]; old != nil { // not expected: its id is skipped while held
 		r.release(old)
 	}
-	h := &heldCall{id: c.id, tp: c.tp, pt: c.pt, first: c.first}
+	r.keep(&heldCall{id: c.id, tp: c.tp, pt: c.pt, first: c.first, table: r.held}, until, expire)
+}
+
+// holdAttempt is hold for an answered attempt whose records are still
+// being skipped (skipDuplicate): its first offset, d's, stays unfinished
+// until the attempt's end-of-stream record is read or until until, for the
+// same reason as a call's. One attempt per id is skipped at a time.
+func (r *repeats) holdAttempt(d *waiter, id string, until time.Time, expire func(*heldCall)) {
+	if old := r.attempts[id]; old != nil {
+		r.release(old)
+	}
+	tp := kafkaclient.TopicPartition{Topic: d.rec.Topic, Partition: d.rec.Partition}
+	r.keep(&heldCall{id: id, tp: tp, pt: d.pt, first: d.rec.Offset, table: r.attempts}, until, expire)
+}
+
+func (r *repeats) keep(h *heldCall, until time.Time, expire func(*heldCall)) {
 	if !until.IsZero() {
 		h.timer = time.AfterFunc(time.Until(until), func() { expire(h) })
 	}
-	r.held[c.id] = h
+	h.table[h.id] = h
 }
 
 // release finishes the held first offset h.
 func (r *repeats) release(h *heldCall) {
-	delete(r.held, h.id)
+	delete(h.table, h.id)
 	if h.timer != nil {
 		h.timer.Stop()
 	}
@@ -153,7 +174,7 @@ func (r *repeats) release(h *heldCall) {
 // expireHeld finishes h's offset once its call's deadline passed, unless
 // its end-of-stream record came first, and reports whether it did.
 func (r *repeats) expireHeld(h *heldCall) bool {
-	if r.held[h.id] != h {
+	if h.table[h.id] != h {
 		return false
 	}
 	r.release(h)
@@ -165,11 +186,13 @@ func (r *repeats) expireHeld(h *heldCall) bool {
 // shutdown), so nothing more of them is committed here, and their next
 // owner reads the held calls again from their first record.
 func (r *repeats) dropHeld(parts map[kafkaclient.TopicPartition]bool) {
-	for id, h := range r.held {
-		if parts == nil || parts[h.tp] {
-			delete(r.held, id)
-			if h.timer != nil {
-				h.timer.Stop()
+	for _, table := range []map[string]*heldCall{r.held, r.attempts} {
+		for id, h := range table {
+			if parts == nil || parts[h.tp] {
+				delete(table, id)
+				if h.timer != nil {
+					h.timer.Stop()
+				}
 			}
 		}
 	}
@@ -237,12 +260,34 @@ func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 			w.answerCall(d.rec, &d.env, d.pt, c.id, w.waiterStatus(d), w.storedReplay(c), true)
 		}
 		w.mu.Lock()
-		d.pt.finish(d.rec.Offset)
+		if _, skipping := w.repeats.dupes[c.id]; skipping && c.streamsIn && !d.env.EndOfStream && w.parts[tpOf(d.rec)] == d.pt {
+			// The rest of the attempt's request is still to be read: its
+			// offset stays held until then, or its deadline.
+			w.repeats.holdAttempt(d, c.id, d.until(w.cfg.maxCallDuration), w.expireHeld)
+		} else {
+			d.pt.finish(d.rec.Offset)
+		}
 		w.mu.Unlock()
 		if wm != nil && w.joinRerun(c.id, ws[i+1:]) {
 			return
 		}
 	}
+}
+
+// until is the bound of the waiter's attempt: its deadline, else max after
+// now (WorkerMaxCallDuration), else none (zero).
+func (d *waiter) until(max time.Duration) time.Time {
+	if dl, ok := d.env.Deadline(d.rec.Timestamp); ok {
+		return dl
+	}
+	if max > 0 {
+		return time.Now().Add(max)
+	}
+	return time.Time{}
+}
+
+func tpOf(rec *kafkaclient.Record) kafkaclient.TopicPartition {
+	return kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}
 }
 
 // expired reports whether the waiter's own deadline passed while it waited.
