@@ -80,7 +80,7 @@ type call struct {
 func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, wm *workerMethod) *call {
 	c := &call{
 		w: w, wm: wm, id: id, idb: env.CorrelationID,
-		tp:    kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition},
+		tp:    tpOf(rec),
 		pt:    pt,
 		first: rec.Offset,
 		done:  make(chan struct{}),

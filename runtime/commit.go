@@ -163,7 +163,7 @@ func (c *committer) commitOffsets(only map[kafkaclient.TopicPartition]bool) {
 // it is safe to commit past it).
 // Called with w.mu held.
 func (w *Worker) track(rec *kafkaclient.Record) *partTrack {
-	tp := kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}
+	tp := tpOf(rec)
 	pt := w.parts[tp]
 	if pt == nil { // a record of a partition we were not told about
 		pt = newPartTrack()

@@ -23,16 +23,13 @@ func (k *KeyField) keyOf(dst, b []byte) ([]byte, bool, error) {
 	if err != nil || !found {
 		return dst, false, err
 	}
-	var n uint64
-	switch k.Kind {
-	case protoreflect.StringKind, protoreflect.BytesKind:
+	if k.Kind == protoreflect.StringKind || k.Kind == protoreflect.BytesKind {
 		if len(v.raw) == 0 && !k.ExplicitPresence {
 			return dst, false, nil
 		}
 		return append(dst, v.raw...), true, nil
-	default:
-		n = v.num
 	}
+	n := v.num
 	if n == 0 && !k.ExplicitPresence {
 		return dst, false, nil
 	}

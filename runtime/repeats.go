@@ -151,8 +151,7 @@ func (r *repeats) holdAttempt(d *waiter, id string, until time.Time, expire func
 	if old := r.attempts[id]; old != nil {
 		r.release(old)
 	}
-	tp := kafkaclient.TopicPartition{Topic: d.rec.Topic, Partition: d.rec.Partition}
-	r.keep(&heldCall{id: id, tp: tp, pt: d.pt, first: d.rec.Offset, table: r.attempts}, until, expire)
+	r.keep(&heldCall{id: id, tp: tpOf(d.rec), pt: d.pt, first: d.rec.Offset, table: r.attempts}, until, expire)
 }
 
 func (r *repeats) keep(h *heldCall, until time.Time, expire func(*heldCall)) {
@@ -235,7 +234,9 @@ func remembered(st *status.Status) bool {
 // gets no re-run: its gateway, reading the same correlation id, already
 // took the call's own end for it. Each answer carries its repeat's own
 // attempt id. A waiter's offset, held since it arrived, is released once its own
-// call holds it. Called without Worker.mu.
+// call holds it, or, while the rest of its attempt's request is still to be
+// read, once that is read or its deadline passes (holdAttempt). Called
+// without Worker.mu.
 func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 	for i := range ws {
 		d := &ws[i]

@@ -127,8 +127,13 @@ func (r *replyRouter) ensureReading(ctx context.Context, id string) error {
 // add registers c; false if a live call with the same id is already in
 // flight. A call whose caller already gave up (a retry right after a
 // deadline, before the first attempt unregistered) gives way.
-func (r *replyRouter) add(c *gwCall) bool {
-	sh := r.pending.shard(maphash.String(r.pending.seed, c.id))
+func (r *replyRouter) add(c *gwCall) bool { return r.pending.add(c) }
+
+func (r *replyRouter) remove(c *gwCall) { r.pending.remove(c) }
+
+// add registers c unless a live call holds its id (see replyRouter.add).
+func (t *callTable) add(c *gwCall) bool {
+	sh := t.shard(maphash.String(t.seed, c.id))
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if old := sh.calls[c.id]; old != nil && old.ctx.Err() == nil {
@@ -138,8 +143,9 @@ func (r *replyRouter) add(c *gwCall) bool {
 	return true
 }
 
-func (r *replyRouter) remove(c *gwCall) {
-	sh := r.pending.shard(maphash.String(r.pending.seed, c.id))
+// remove unregisters c, unless another call took its id since.
+func (t *callTable) remove(c *gwCall) {
+	sh := t.shard(maphash.String(t.seed, c.id))
 	sh.mu.Lock()
 	if sh.calls[c.id] == c {
 		delete(sh.calls, c.id)
@@ -162,7 +168,7 @@ const callShards = 32
 type callShard struct {
 	mu    sync.Mutex
 	calls map[string]*gwCall
-	_     [40]byte // a cache line each
+	_     [48]byte // 64 bytes, a cache line, each
 }
 
 func (t *callTable) init() {
