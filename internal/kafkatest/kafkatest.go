@@ -140,6 +140,9 @@ func newConfluent(brokers string, cfg kafkaclienttest.Config) (kafkaclient.Clien
 	if cfg.MaxBuffered > 0 {
 		prod["queue.buffering.max.messages"] = cfg.MaxBuffered
 	}
+	if cfg.Linger > 0 {
+		prod["linger.ms"] = cfg.Linger.Milliseconds()
+	}
 	if cfg.CloseTimeout > 0 {
 		opts = append(opts, confluent.WithCloseTimeout(cfg.CloseTimeout))
 	}
@@ -162,6 +165,9 @@ func newFranz(brokers string, cfg kafkaclienttest.Config) (kafkaclient.Client, e
 	}
 	if cfg.MaxBuffered > 0 {
 		opts = append(opts, franz.WithProducerOpts(kgo.MaxBufferedRecords(cfg.MaxBuffered)))
+	}
+	if cfg.Linger > 0 {
+		opts = append(opts, franz.WithProducerOpts(kgo.ProducerLinger(cfg.Linger)))
 	}
 	if cfg.CloseTimeout > 0 {
 		opts = append(opts, franz.WithCloseTimeout(cfg.CloseTimeout))

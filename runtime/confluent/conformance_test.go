@@ -30,3 +30,9 @@ func BenchmarkTwoHopLoad(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFlush measures one record produced then Flush against one record
+// produced then its own delivery report (kafkaclienttest.BenchFlush).
+func BenchmarkFlush(b *testing.B) {
+	kafkaclienttest.BenchFlush(b, kafkatest.Factory(kafkatest.Confluent))
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,9 +28,18 @@ type producer struct {
 	name string
 
 	fatal atomic.Bool
+	// lingers: linger.ms > 0, so a flush must ask librdkafka to send what
+	// it holds back (with linger.ms 0, the default, nothing is held back).
+	lingers bool
 	// users counts admin calls and flush helpers using p, so that Close
 	// destroys p only after they are done.
 	users sync.WaitGroup
+
+	// outstanding and zero (guarded by the client's pendMu) count the
+	// records produced on p whose done has not returned yet; zero is
+	// closed when outstanding drops to 0.
+	outstanding int
+	zero        chan struct{}
 
 	adminOnce sync.Once
 	admin     *kafka.AdminClient
@@ -43,6 +53,7 @@ type producer struct {
 // pending is what a record carries through librdkafka (as the message
 // Opaque) until its delivery report.
 type pending struct {
+	p     *producer
 	rec   *kafkaclient.Record
 	done  func(*kafkaclient.Record, error)
 	fired atomic.Bool
@@ -56,10 +67,26 @@ func (c *Client) newProducer(acks kafkaclient.Acks) (*producer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("confluent: new producer (acks=%s): %w", acks, err)
 	}
-	p := &producer{c: c, acks: acks, p: kp, name: kp.String(), drained: make(chan struct{})}
+	return c.startProducer(kp, cfg, acks), nil
+}
+
+// startProducer wraps kp (created from cfg) and starts draining its events.
+func (c *Client) startProducer(kp *kafka.Producer, cfg kafka.ConfigMap, acks kafkaclient.Acks) *producer {
+	p := &producer{c: c, acks: acks, p: kp, name: kp.String(), drained: make(chan struct{}), lingers: lingers(cfg)}
 	p.logsDone = c.forwardLogs(cfg, kp.Logs())
 	go p.drain()
-	return p, nil
+	return p
+}
+
+// lingers reports whether cfg sets linger.ms (or its alias) above zero.
+func lingers(cfg kafka.ConfigMap) bool {
+	for _, k := range []string{"linger.ms", "queue.buffering.max.ms"} {
+		if v, ok := cfg[k]; ok {
+			ms, err := strconv.ParseFloat(fmt.Sprint(v), 64)
+			return err != nil || ms > 0 // unparsable: librdkafka refused it already
+		}
+	}
+	return true // librdkafka's own default, 5 ms
 }
 
 // drain handles the producer's events: delivery reports (one *kafka.Message
@@ -231,7 +258,7 @@ func (c *Client) produceOn(p *producer, r *kafkaclient.Record, done func(*kafkac
 	if r.Timestamp.IsZero() {
 		r.Timestamp = time.Now()
 	}
-	pd := &pending{rec: r, done: done}
+	pd := &pending{p: p, rec: r, done: done}
 	msg := &pd.msg
 	*msg = kafka.Message{
 		TopicPartition: kafka.TopicPartition{Topic: &r.Topic, Partition: r.Partition},
@@ -274,6 +301,12 @@ func (c *Client) track(pd *pending) {
 		c.zero = make(chan struct{})
 	}
 	c.outstanding++
+	if p := pd.p; p != nil {
+		if p.outstanding == 0 {
+			p.zero = make(chan struct{})
+		}
+		p.outstanding++
+	}
 	c.pendMu.Unlock()
 }
 
@@ -289,6 +322,11 @@ func (c *Client) finish(pd *pending, err error) {
 	if c.outstanding == 0 {
 		close(c.zero)
 	}
+	if p := pd.p; p != nil {
+		if p.outstanding--; p.outstanding == 0 {
+			close(p.zero)
+		}
+	}
 	c.pendMu.Unlock()
 }
 
@@ -300,6 +338,23 @@ func (c *Client) waitZero(ctx context.Context) error {
 	}
 	zero := c.zero
 	c.pendMu.Unlock()
+	return waitClosed(ctx, zero)
+}
+
+// waitProducer waits until every record produced on p so far has been
+// reported, or ctx ends.
+func (c *Client) waitProducer(ctx context.Context, p *producer) error {
+	c.pendMu.Lock()
+	if p.outstanding == 0 {
+		c.pendMu.Unlock()
+		return nil
+	}
+	zero := p.zero
+	c.pendMu.Unlock()
+	return waitClosed(ctx, zero)
+}
+
+func waitClosed(ctx context.Context, zero <-chan struct{}) error {
 	select {
 	case <-zero:
 		return nil
@@ -339,8 +394,15 @@ func (c *Client) Flush(ctx context.Context) error {
 	return c.flush(ctx, prods)
 }
 
-// flush triggers librdkafka's flush on each producer (so that linger.ms is
-// ignored) and waits for the outstanding count to reach zero.
+// flush waits for the outstanding count to reach zero. When a producer
+// lingers (linger.ms > 0) it also triggers librdkafka's flush on it, so
+// that what linger holds back is sent at once.
+//
+// librdkafka's flush is only triggered, not waited for: Producer.Flush
+// returns only after an event poll of up to its timeout that finds no
+// event once the last report was taken by the drain goroutine, so waiting
+// for it added up to 100 ms to every flush. Its helper goroutines end
+// within 100 ms of the count reaching zero, and Close waits for them.
 func (c *Client) flush(ctx context.Context, prods []*producer) error {
 	c.pendMu.Lock()
 	idle := c.outstanding == 0
@@ -349,28 +411,30 @@ func (c *Client) flush(ctx context.Context, prods []*producer) error {
 		return nil
 	}
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	for _, p := range prods {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// Producer.Flush calls rd_kafka_flush, which makes the
-			// broker threads send what is queued without lingering.
-			// Short slices, so that we stop soon after the wait ends.
-			for {
-				if p.p.Flush(100) == 0 {
-					return
-				}
-				select {
-				case <-stop:
-					return
-				default:
-				}
-			}
-		}()
+		p.nudge(stop)
 	}
 	err := c.waitZero(ctx)
 	close(stop)
-	wg.Wait()
 	return err
+}
+
+// nudge keeps asking librdkafka to send p's queued records without
+// lingering until stop is closed, if p lingers at all; see flush.
+func (p *producer) nudge(stop <-chan struct{}) {
+	if !p.lingers {
+		return
+	}
+	p.users.Add(1)
+	go func() {
+		defer p.users.Done()
+		// Short slices, so that the helper ends soon after stop.
+		for p.p.Flush(100) > 0 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+		}
+	}()
 }

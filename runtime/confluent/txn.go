@@ -40,9 +40,7 @@ func (c *Client) NewTxnProducer(transactionalID string) (kafkaclient.TxnProducer
 	if err != nil {
 		return nil, fmt.Errorf("confluent: new transactional producer: %w", err)
 	}
-	p := &producer{c: c, acks: kafkaclient.AcksAll, p: kp, name: kp.String(), drained: make(chan struct{})}
-	p.logsDone = c.forwardLogs(cfg, kp.Logs())
-	go p.drain()
+	p := c.startProducer(kp, cfg, kafkaclient.AcksAll)
 	ctx, cancel := context.WithTimeout(context.Background(), txnInitTimeout)
 	defer cancel()
 	if err := kp.InitTransactions(ctx); err != nil {
@@ -62,14 +60,13 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 	t.c.produceOn(t.p, r, done)
 }
 
-// Flush waits until every record produced so far was acknowledged.
+// Flush waits until every record produced so far was acknowledged or
+// failed (its done has returned), or ctx ends.
 func (t *TxnProducer) Flush(ctx context.Context) error {
-	for t.p.p.Flush(10) > 0 {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-	}
-	return nil
+	stop := make(chan struct{})
+	defer close(stop)
+	t.p.nudge(stop)
+	return t.c.waitProducer(ctx, t.p)
 }
 
 // Commit sends offsets to the transaction as gr's group offsets, commits the
@@ -119,6 +116,7 @@ func (t *TxnProducer) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), t.c.opts.flushTimeout)
 	defer cancel()
 	err := t.p.p.AbortTransaction(ctx)
+	t.p.users.Wait() // a flush helper still running (linger.ms > 0)
 	t.p.close()
 	if err != nil {
 		return fmt.Errorf("confluent: abort transaction on close: %w", err)

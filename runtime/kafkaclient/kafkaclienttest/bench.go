@@ -196,3 +196,60 @@ func BenchTwoHopLoad(b *testing.B, f Factory, cfg Config, inflight int) {
 	b.ReportMetric(q(0.50), "p50-µs")
 	b.ReportMetric(q(0.99), "p99-µs")
 }
+
+// BenchFlush measures Flush against its floor, interleaved in one run: one
+// record produced then Flush, against one record produced then a wait for
+// its own delivery report (what Flush must wait for at least). It reports
+// the p50 of each in microseconds and their ratio (flush-÷-floor), which a
+// Flush that waits for nothing else keeps near 1 on any machine.
+func BenchFlush(b *testing.B, f Factory) {
+	e := newEnv(b, f, Config{})
+	topic := e.createTopic(b, "bench-flush", 1)
+	ctx := context.Background()
+	payload := make([]byte, 64)
+	errs := make(chan error, 1)
+	produce := func(done func(*kafkaclient.Record, error)) {
+		e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: payload}, kafkaclient.AcksAll, done)
+	}
+	report := func(_ *kafkaclient.Record, err error) { errs <- err }
+	flush := func() {
+		produce(report)
+		if err := e.client.Flush(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	floor := func() {
+		produce(report)
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range 20 { // warm up the connection
+		floor()
+	}
+	var tFlush, tFloor []time.Duration
+	measure := func(fn func(), into *[]time.Duration) {
+		start := time.Now()
+		fn()
+		*into = append(*into, time.Since(start))
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if i%2 == 0 {
+			measure(flush, &tFlush)
+			measure(floor, &tFloor)
+		} else {
+			measure(floor, &tFloor)
+			measure(flush, &tFlush)
+		}
+	}
+	b.StopTimer()
+	p50 := func(ds []time.Duration) time.Duration { slices.Sort(ds); return ds[len(ds)/2] }
+	pFlush, pFloor := p50(tFlush), p50(tFloor)
+	b.ReportMetric(float64(pFlush.Nanoseconds())/1e3, "flush-p50-µs")
+	b.ReportMetric(float64(pFloor.Nanoseconds())/1e3, "produce-p50-µs")
+	b.ReportMetric(float64(pFlush)/float64(pFloor), "flush-÷-floor")
+}

@@ -44,6 +44,10 @@ type Config struct {
 	EagerGroups bool
 	// DebugLogs makes the client log debug lines about its connections.
 	DebugLogs bool
+	// Linger makes the producer hold records back up to this long to
+	// batch them (librdkafka linger.ms, kgo ProducerLinger). Zero: the
+	// client's default.
+	Linger time.Duration
 }
 
 // Factory makes clients of one implementation for the suite.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ func Run(t *testing.T, f Factory) {
 		{"ReadCommittedReadsPlainRecords", testReadCommittedReadsPlainRecords},
 		{"LargeRecord", testLargeRecord},
 		{"AcksLevels", testAcksLevels},
+		{"FlushSendsLingeringRecords", testFlushSendsLingeringRecords},
 		{"ProduceToClosedBrokerFails", testProduceToClosedBrokerFails},
 		{"ProduceToMissingTopicFails", testProduceToMissingTopicFails},
 		{"QueueFullAndCloseFailPending", testQueueFullAndCloseFailPending},
@@ -654,4 +656,52 @@ func manyHeaders(n int) []kafkaclient.Header {
 		hs[i] = kafkaclient.Header{Key: fmt.Sprint("h", i), Value: []byte(fmt.Sprint("v", i))}
 	}
 	return hs
+}
+
+// testFlushSendsLingeringRecords checks that Flush does not wait for linger:
+// with a producer that would hold records back for 50 seconds, Flush
+// returns once they are delivered (their done called, without error), as
+// does a transaction's Flush.
+func testFlushSendsLingeringRecords(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{Linger: 50 * time.Second, FastGroups: true})
+	topic := e.createTopic(t, "linger", 1)
+	var delivered atomic.Int32
+	for i := range 3 {
+		e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Key: key(i), Value: []byte("v")}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) {
+			if err != nil {
+				t.Errorf("produce: %v", err)
+			}
+			delivered.Add(1)
+		})
+	}
+	if err := e.client.Flush(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatalf("Flush with linger 50 s: %v", err)
+	}
+	if n := delivered.Load(); n != 3 {
+		t.Fatalf("Flush returned with %d of 3 records reported", n)
+	}
+	tc, ok := e.client.(kafkaclient.TxnClient)
+	if !ok {
+		return
+	}
+	txn, err := tc.NewTxnProducer(unique("linger-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = txn.Close() })
+	delivered.Store(0)
+	for i := range 3 {
+		txn.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Key: key(i), Value: []byte("t")}, func(_ *kafkaclient.Record, err error) {
+			if err != nil {
+				t.Errorf("transactional produce: %v", err)
+			}
+			delivered.Add(1)
+		})
+	}
+	if err := txn.Flush(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatalf("transaction's Flush with linger 50 s: %v", err)
+	}
+	if n := delivered.Load(); n != 3 {
+		t.Fatalf("transaction's Flush returned with %d of 3 records reported", n)
+	}
 }
