@@ -19,3 +19,9 @@ func TestConformance(t *testing.T) {
 func BenchmarkTwoHopFloor(b *testing.B) {
 	kafkaclienttest.BenchTwoHopFloor(b, kafkatest.Factory(kafkatest.Franz))
 }
+
+// BenchmarkFlush measures one record produced then Flush against one record
+// produced then its own delivery report (kafkaclienttest.BenchFlush).
+func BenchmarkFlush(b *testing.B) {
+	kafkaclienttest.BenchFlush(b, kafkatest.Factory(kafkatest.Franz))
+}
