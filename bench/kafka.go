@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/confluent"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/franz"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // kafkaClients are the Kafka clients the runtime supports, each measured
@@ -150,7 +152,12 @@ func (h *twoHop) call(ctx context.Context, _ int) error {
 // end-of-stream record: the floor of a call as our RPC writes it, where the
 // plain pipeline is that of two records.
 type pipeline struct {
-	four        bool
+	four bool
+	// hdrs, with four: each record carries the headers our RPC's records
+	// carry (WIRE.md; the bench's calls have a deadline), with values and
+	// a key of the same lengths: the floor of the records as the wire
+	// format writes them, headers included.
+	hdrs        *wireHeaders
 	front, back kafkaclient.Client
 	a, b        string
 	ra, rb      kafkaclient.Reader
@@ -163,7 +170,7 @@ type pipeline struct {
 	log         *slog.Logger
 }
 
-func newPipeline(front, back kafkaclient.Client, a, b string, value []byte, maxInflight int, four bool, log *slog.Logger) (*pipeline, error) {
+func newPipeline(front, back kafkaclient.Client, a, b string, value []byte, maxInflight int, four bool, hdrs *wireHeaders, log *slog.Logger) (*pipeline, error) {
 	ra, err := newReaderAtEnd(back, a)
 	if err != nil {
 		return nil, err
@@ -173,7 +180,7 @@ func newPipeline(front, back kafkaclient.Client, a, b string, value []byte, maxI
 		_ = ra.Close()
 		return nil, err
 	}
-	p := &pipeline{four: four, front: front, back: back, a: a, b: b, ra: ra, rb: rb, value: value,
+	p := &pipeline{four: four, hdrs: hdrs, front: front, back: back, a: a, b: b, ra: ra, rb: rb, value: value,
 		slots: make([]chan uint64, maxInflight), seq: make([]uint64, maxInflight), log: log}
 	for i := range p.slots {
 		p.slots[i] = make(chan uint64, 4)
@@ -204,7 +211,14 @@ func (p *pipeline) relay() {
 			continue
 		}
 		for _, r := range recs {
-			p.back.Produce(&kafkaclient.Record{Topic: p.b, Partition: kafkaclient.AnyPartition, Key: r.Key, Value: r.Value},
+			var hs []kafkaclient.Header
+			if p.hdrs != nil {
+				hs = p.hdrs.replyData
+				if r.Value == nil {
+					hs = p.hdrs.replyEnd
+				}
+			}
+			p.back.Produce(&kafkaclient.Record{Topic: p.b, Partition: kafkaclient.AnyPartition, Key: r.Key, Value: r.Value, Headers: hs},
 				kafkaclient.AcksAll, p.delivered)
 		}
 	}
@@ -254,6 +268,9 @@ func key(slot int, seq uint64) []byte {
 }
 
 func parseKey(k []byte) (int, uint64, bool) {
+	if i := bytes.IndexByte(k, keyPad); i >= 0 {
+		k = k[:i]
+	}
 	s, q, ok := strings.Cut(string(k), ":")
 	if !ok {
 		return 0, 0, false
@@ -269,12 +286,17 @@ func (p *pipeline) call(ctx context.Context, slot int) error {
 	seq := p.seq[slot]
 	errc := make(chan error, 2)
 	k := key(slot, seq)
-	p.front.Produce(&kafkaclient.Record{Topic: p.a, Partition: kafkaclient.AnyPartition, Key: k, Value: p.value},
+	var hs []kafkaclient.Header
+	if p.hdrs != nil {
+		k = p.hdrs.padKey(k)
+		hs = p.hdrs.request
+	}
+	p.front.Produce(&kafkaclient.Record{Topic: p.a, Partition: kafkaclient.AnyPartition, Key: k, Value: p.value, Headers: hs},
 		kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
 	acks := 1
 	if p.four {
 		acks = 2
-		p.front.Produce(&kafkaclient.Record{Topic: p.a, Partition: kafkaclient.AnyPartition, Key: k},
+		p.front.Produce(&kafkaclient.Record{Topic: p.a, Partition: kafkaclient.AnyPartition, Key: k, Headers: hs},
 			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
 	}
 	for {
@@ -294,4 +316,41 @@ func (p *pipeline) call(ctx context.Context, slot int) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// keyPad fills a floor's key up to the length of a correlation id.
+const keyPad = '#'
+
+// wireHeaders are the headers of the four records of one unary call as our
+// RPC writes them (WIRE.md): the request's data and end-of-stream records
+// carry the route (service, method, reply topic), the correlation id and
+// the caller's deadline; the reply's data record the correlation id and
+// the serving worker's id; its end the correlation id and the status.
+// Values are fixed (the per-call id travels in the key, as in the other
+// floors) but of the lengths a real call's are.
+type wireHeaders struct {
+	request, replyData, replyEnd []kafkaclient.Header
+	keyLen                       int
+}
+
+func newWireHeaders(replyTopic string) *wireHeaders {
+	names := wire.DefaultNames()
+	id := wire.CorrelationID(names, wire.NewUUID(), "example.echo.v1.EchoService", "EchoUnary", replyTopic)
+	req := wire.AppendRequest(nil, &names, &wire.Request{
+		Route:         wire.AppendRoute(nil, &names, nil, "example.echo.v1.EchoService", "EchoUnary", replyTopic),
+		CorrelationID: []byte(id),
+		Timeout:       29999 * time.Millisecond,
+		HasTimeout:    true,
+	})
+	data := []kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(id)}, {Key: names.MetaPrefix + "kafkarpc-served-by", Value: []byte(wire.NewUUID())}}
+	end := wire.AppendStatus([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(id)}}, &names, nil)
+	return &wireHeaders{request: req, replyData: data, replyEnd: end, keyLen: len(id)}
+}
+
+// padKey returns k filled with keyPad up to the correlation id's length.
+func (h *wireHeaders) padKey(k []byte) []byte {
+	for len(k) < h.keyLen {
+		k = append(k, keyPad)
+	}
+	return k
 }

@@ -213,7 +213,7 @@ func run(cfg config, out io.Writer) error {
 		if len(cfg.clients) > 0 && !contains(cfg.clients, kc.name) {
 			continue
 		}
-		if !wantAny("rpc", kc.name) && !wantAny("conn", kc.name) && !wantAny("floor", kc.name) && !wantAny("floor4", kc.name) && !wantAny("floor-2hop", kc.name) && !wantAny(twoHopProcKind, kc.name) &&
+		if !wantAny("rpc", kc.name) && !wantAny("conn", kc.name) && !wantAny("floor", kc.name) && !wantAny("floor4", kc.name) && !wantAny(floor4WireKind, kc.name) && !wantAny("floor-2hop", kc.name) && !wantAny(twoHopProcKind, kc.name) &&
 			!wantAny("stream", kc.name) && !wantAny("stream-floor", kc.name) {
 			continue
 		}
@@ -229,7 +229,7 @@ func run(cfg config, out io.Writer) error {
 		}
 		closers = append(closers, func() { _ = back.Close() })
 		prefix := run + kc.name + "."
-		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"floor4-a", prefix+"floor4-b", prefix+"hop-a", prefix+"hop-b", prefix+"hopp-a", prefix+"hopp-b", prefix+"stream"); err != nil {
+		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"floor4-a", prefix+"floor4-b", prefix+"floor4w-a", prefix+"floor4w-b", prefix+"hop-a", prefix+"hop-b", prefix+"hopp-a", prefix+"hopp-b", prefix+"stream"); err != nil {
 			return fmt.Errorf("%s: %w", kc.name, err)
 		}
 		if want("floor-2hop", kc.name, 1) {
@@ -251,7 +251,7 @@ func run(cfg config, out io.Writer) error {
 			unaryCs[len(unaryCs)-1].extraCPU = h.childCPU
 		}
 		if wantAny("floor", kc.name) {
-			p, err := newPipeline(front, back, prefix+"floor-a", prefix+"floor-b", value, maxLevel, false, log)
+			p, err := newPipeline(front, back, prefix+"floor-a", prefix+"floor-b", value, maxLevel, false, nil, log)
 			if err != nil {
 				return fmt.Errorf("%s floor: %w", kc.name, err)
 			}
@@ -261,13 +261,23 @@ func run(cfg config, out io.Writer) error {
 			}
 		}
 		if wantAny("floor4", kc.name) {
-			p, err := newPipeline(front, back, prefix+"floor4-a", prefix+"floor4-b", value, maxLevel, true, log)
+			p, err := newPipeline(front, back, prefix+"floor4-a", prefix+"floor4-b", value, maxLevel, true, nil, log)
 			if err != nil {
 				return fmt.Errorf("%s four-record floor: %w", kc.name, err)
 			}
 			closers = append(closers, p.close)
 			for _, l := range cfg.levels {
 				add(&unaryCs, "floor4", kc.name, l, p.call)
+			}
+		}
+		if wantAny(floor4WireKind, kc.name) {
+			p, err := newPipeline(front, back, prefix+"floor4w-a", prefix+"floor4w-b", value, maxLevel, true, newWireHeaders(prefix+"floor4w-b"), log)
+			if err != nil {
+				return fmt.Errorf("%s four-record floor with the wire's headers: %w", kc.name, err)
+			}
+			closers = append(closers, p.close)
+			for _, l := range cfg.levels {
+				add(&unaryCs, floor4WireKind, kc.name, l, p.call)
 			}
 		}
 		if wantAny("rpc", kc.name) || wantAny("conn", kc.name) || wantAny("stream", kc.name) {
