@@ -238,11 +238,10 @@ type Client struct {
 	producers [3]*producer // indexed by kafkaclient.Acks
 	retired   []*producer  // producers replaced after a fatal error
 
-	// pendMu guards pending, outstanding and zero.
+	// pendMu guards pending and outstanding (and each producer's).
 	pendMu      sync.Mutex
 	pending     map[*pending]struct{}
-	outstanding int
-	zero        chan struct{} // closed when outstanding drops to 0
+	outstanding counter // the records of every producer
 
 	downMu     sync.Mutex
 	downLogged map[string]time.Time // when "all brokers down" was last logged, per librdkafka client
@@ -494,7 +493,7 @@ func (c *Client) close() error {
 		}
 		// Purged records are reported by the drain goroutines.
 		pctx, pcancel := context.WithTimeout(context.Background(), time.Second)
-		_ = c.waitZero(pctx)
+		_ = c.wait(pctx, &c.outstanding)
 		pcancel()
 	}
 	for _, p := range prods {

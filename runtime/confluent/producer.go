@@ -35,11 +35,9 @@ type producer struct {
 	// destroys p only after they are done.
 	users sync.WaitGroup
 
-	// outstanding and zero (guarded by the client's pendMu) count the
-	// records produced on p whose done has not returned yet; zero is
-	// closed when outstanding drops to 0.
-	outstanding int
-	zero        chan struct{}
+	// outstanding (guarded by the client's pendMu) counts the records
+	// produced on p whose done has not returned yet.
+	outstanding counter
 
 	adminOnce sync.Once
 	admin     *kafka.AdminClient
@@ -297,15 +295,9 @@ func (c *Client) produceOn(p *producer, r *kafkaclient.Record, done func(*kafkac
 func (c *Client) track(pd *pending) {
 	c.pendMu.Lock()
 	c.pending[pd] = struct{}{}
-	if c.outstanding == 0 {
-		c.zero = make(chan struct{})
-	}
-	c.outstanding++
-	if p := pd.p; p != nil {
-		if p.outstanding == 0 {
-			p.zero = make(chan struct{})
-		}
-		p.outstanding++
+	c.outstanding.add()
+	if pd.p != nil {
+		pd.p.outstanding.add()
 	}
 	c.pendMu.Unlock()
 }
@@ -318,43 +310,43 @@ func (c *Client) finish(pd *pending, err error) {
 	pd.done(pd.rec, err)
 	c.pendMu.Lock()
 	delete(c.pending, pd)
-	c.outstanding--
-	if c.outstanding == 0 {
-		close(c.zero)
-	}
-	if p := pd.p; p != nil {
-		if p.outstanding--; p.outstanding == 0 {
-			close(p.zero)
-		}
+	c.outstanding.done()
+	if pd.p != nil {
+		pd.p.outstanding.done()
 	}
 	c.pendMu.Unlock()
 }
 
-func (c *Client) waitZero(ctx context.Context) error {
+// counter counts records whose done has not returned yet; zero is closed
+// when the count drops to 0. Guarded by the client's pendMu.
+type counter struct {
+	n    int
+	zero chan struct{}
+}
+
+func (k *counter) add() {
+	if k.n == 0 {
+		k.zero = make(chan struct{})
+	}
+	k.n++
+}
+
+func (k *counter) done() {
+	if k.n--; k.n == 0 {
+		close(k.zero)
+	}
+}
+
+// wait waits until k's count drops to zero (records counted while it
+// waits included), or ctx ends.
+func (c *Client) wait(ctx context.Context, k *counter) error {
 	c.pendMu.Lock()
-	if c.outstanding == 0 {
+	if k.n == 0 {
 		c.pendMu.Unlock()
 		return nil
 	}
-	zero := c.zero
+	zero := k.zero
 	c.pendMu.Unlock()
-	return waitClosed(ctx, zero)
-}
-
-// waitProducer waits until every record produced on p so far has been
-// reported, or ctx ends.
-func (c *Client) waitProducer(ctx context.Context, p *producer) error {
-	c.pendMu.Lock()
-	if p.outstanding == 0 {
-		c.pendMu.Unlock()
-		return nil
-	}
-	zero := p.zero
-	c.pendMu.Unlock()
-	return waitClosed(ctx, zero)
-}
-
-func waitClosed(ctx context.Context, zero <-chan struct{}) error {
 	select {
 	case <-zero:
 		return nil
@@ -405,7 +397,7 @@ func (c *Client) Flush(ctx context.Context) error {
 // within 100 ms of the count reaching zero, and Close waits for them.
 func (c *Client) flush(ctx context.Context, prods []*producer) error {
 	c.pendMu.Lock()
-	idle := c.outstanding == 0
+	idle := c.outstanding.n == 0
 	c.pendMu.Unlock()
 	if idle {
 		return nil
@@ -414,7 +406,7 @@ func (c *Client) flush(ctx context.Context, prods []*producer) error {
 	for _, p := range prods {
 		p.nudge(stop)
 	}
-	err := c.waitZero(ctx)
+	err := c.wait(ctx, &c.outstanding)
 	close(stop)
 	return err
 }

@@ -66,7 +66,7 @@ func (t *TxnProducer) Flush(ctx context.Context) error {
 	stop := make(chan struct{})
 	defer close(stop)
 	t.p.nudge(stop)
-	return t.c.waitProducer(ctx, t.p)
+	return t.c.wait(ctx, &t.p.outstanding)
 }
 
 // Commit sends offsets to the transaction as gr's group offsets, commits the
