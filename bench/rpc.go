@@ -73,11 +73,16 @@ type rpcEnv struct {
 	*grpcEnv
 }
 
-// withConn makes the ClientConn too: it reads the same reply topic as the
-// gateway, so a run that measures no conn contender leaves it out, lest the
-// gateway's rows pay for a second reader of every reply.
+// withConn makes the ClientConn too. It has a reply topic of its own
+// (connReplies), as a caller's process would: on the gateway's, each of the
+// two would read every reply of the other's calls too (a Gateway and a
+// ClientConn do not share readers), and each row would pay for the other.
 func newRPCEnv(front, back kafkaclient.Client, prefix string, log *slog.Logger, withConn bool, opts ...runtime.Option) (*rpcEnv, error) {
-	if err := createTopics(front, 3, prefix+"echo-requests", prefix+"echo-responses", prefix+"echo-events"); err != nil {
+	topics := []string{prefix + "echo-requests", prefix + "echo-responses", prefix + "echo-events"}
+	if withConn {
+		topics = append(topics, prefix+connReplies)
+	}
+	if err := createTopics(front, 3, topics...); err != nil {
 		return nil, err
 	}
 	mapper := runtime.WithTopicMapper(func(t string) string { return prefix + t })
@@ -107,7 +112,13 @@ func newRPCEnv(front, back kafkaclient.Client, prefix string, log *slog.Logger, 
 	}
 	var cc *runtime.ClientConn
 	if withConn {
-		copts := []runtime.ConnOption{mapper, runtime.WithLogger(log)}
+		connMapper := runtime.WithTopicMapper(func(t string) string {
+			if t == "echo-responses" {
+				return prefix + connReplies
+			}
+			return prefix + t
+		})
+		copts := []runtime.ConnOption{connMapper, runtime.WithLogger(log)}
 		for _, o := range opts {
 			copts = append(copts, o)
 		}
@@ -130,6 +141,9 @@ func newRPCEnv(front, back kafkaclient.Client, prefix string, log *slog.Logger, 
 	}
 	return e, nil
 }
+
+// connReplies is the ClientConn's reply topic (after the prefix).
+const connReplies = "conn-responses"
 
 func (e *rpcEnv) close() {
 	e.grpcEnv.close()
