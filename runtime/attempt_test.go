@@ -1,12 +1,15 @@
 package runtime_test
 
 import (
+	"context"
 	"io"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
@@ -150,5 +153,84 @@ func indexes(stream grpc.ServerStreamingClient[echov1.EchoResponse]) ([]int32, e
 			return got, err
 		}
 		got = append(got, r.GetIndex())
+	}
+}
+
+// lateCancelServer fails "first" with a status the worker does not remember
+// (so that a retry runs the handler again), holds "second" until the worker
+// has served "marker" or the call is cancelled, and serves "marker".
+type lateCancelServer struct {
+	echoserver.Server
+	started, marker chan struct{}
+}
+
+func (s *lateCancelServer) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	switch req.Message {
+	case "first":
+		return nil, status.Error(codes.DeadlineExceeded, "the first attempt ran out of time")
+	case "second":
+		close(s.started)
+		select {
+		case <-s.marker:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	case "marker":
+		close(s.marker)
+	}
+	return &echov1.EchoResponse{Message: req.Message}, nil
+}
+
+// TestLateCancelOfEarlierAttemptLeavesRetryAlone writes, as gateways would,
+// a keyed call's first attempt, then its retry (another attempt id, the same
+// correlation id), then the first attempt's cancel, late: a gateway writes
+// the cancel once the gRPC caller's cancellation reaches it, which can be
+// after the caller already retried. The cancel belongs to the first
+// attempt and must not cancel the retry running under the same correlation
+// id. A call keyed to the same partition after the cancel ("marker") tells
+// when the worker has read it.
+func TestLateCancelOfEarlierAttemptLeavesRetryAlone(t *testing.T) {
+	srv := &lateCancelServer{started: make(chan struct{}), marker: make(chan struct{})}
+	e := setup(t, srv)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	const key = "late-cancel"
+	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoUnary", e.topic("echo-responses"))
+	attempt := func(name string) hdrs {
+		return append(requestHeaders(e, echoService, "EchoUnary", id), "meta:"+wire.AttemptMetadata, name, "meta:idempotency-key", key)
+	}
+	send := func(id string, hs hdrs, msg string) {
+		t.Helper()
+		var value []byte
+		if msg != "" {
+			value, _ = proto.Marshal(&echov1.EchoRequest{Message: msg})
+		}
+		produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: value, Headers: hs.headers()})
+	}
+	send(id, attempt("a1"), "first")
+	send(id, attempt("a1"), "")
+	if recs := replies.await(t, id); header(recs[len(recs)-1], "zilla:status") != "4" {
+		t.Fatalf("first attempt ended with status %q, want 4", header(recs[len(recs)-1], "zilla:status"))
+	}
+	send(id, attempt("a2"), "second")
+	select {
+	case <-srv.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the retry's handler did not start within 30 s")
+	}
+	send(id, append(attempt("a1"), "zilla:status", wire.CancelStatus), "") // the first attempt's cancel, late
+	markerID := "marker-" + id
+	send(id, requestHeaders(e, echoService, "EchoUnary", markerID), "marker") // keyed like the call: read after the cancel
+	send(id, requestHeaders(e, echoService, "EchoUnary", markerID), "")
+	send(id, attempt("a2"), "")
+	recs := replies.await(t, id)
+	end := recs[len(recs)-1]
+	if got := header(end, "meta:"+wire.AttemptMetadata); got != "a2" {
+		t.Fatalf("reply end for attempt %q, want a2", got)
+	}
+	if st := header(end, "zilla:status"); st != "0" {
+		t.Fatalf("the retry ended with status %s (%s), want 0: the first attempt's late cancel cancelled it", st, header(end, "zilla:message"))
+	}
+	if len(recs) != 2 {
+		t.Fatalf("the retry's replies: %d records, want its response and its end", len(recs))
 	}
 }

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -95,6 +96,14 @@ func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTr
 		c.attempt = []kafkaclient.Header{{Key: w.attemptKey, Value: env.Attempt}}
 	}
 	return c
+}
+
+// otherAttempt reports whether env, a request record with c's correlation
+// id, belongs to another attempt than c's: both carry attempt ids, and
+// they differ. (A gateway that writes none, such as Zilla's, is taken at
+// its word.)
+func (c *call) otherAttempt(env *wire.Envelope) bool {
+	return len(c.attempt) > 0 && env.Attempt != nil && !bytes.Equal(env.Attempt, c.attempt[0].Value)
 }
 
 // startCall registers a call starting at rec, whose headers env holds, and

@@ -74,6 +74,19 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 		return true, nil, nil
 	}
 	if c := w.calls[string(id)]; c != nil {
+		if end && c.otherAttempt(env) {
+			// An end record of another attempt with the call's
+			// correlation id is not this call's, which it must neither end
+			// nor cancel: the whole request of an empty client stream
+			// repeated waits for the call's outcome (as below); any other
+			// is skipped, such as the late cancel of an earlier attempt (a
+			// gateway writes a cancel once its caller's cancellation
+			// reaches it, which can be after the caller retried).
+			if w.emptyStream(env) {
+				w.repeats.wait(c, rec, env, pt)
+			}
+			return true, nil, nil
+		}
 		if c.in.complete() && (!end || w.emptyStream(env)) {
 			// A new attempt of a call still running here (a retry with the
 			// same idempotency key): once the call is over, the attempt is
