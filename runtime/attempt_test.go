@@ -234,3 +234,38 @@ func TestLateCancelOfEarlierAttemptLeavesRetryAlone(t *testing.T) {
 		t.Fatalf("the retry's replies: %d records, want its response and its end", len(recs))
 	}
 }
+
+// TestOtherAttemptsMessagesStayOutOfAStream writes a keyed client stream's
+// first attempt, a message of a second attempt with the same correlation id
+// (another caller with the same idempotency key, or a retry while the first
+// stream is still open) and then the first attempt's end: the first
+// attempt's handler must see its own messages only.
+func TestOtherAttemptsMessagesStayOutOfAStream(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	const key = "two-streams"
+	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoClientStream", e.topic("echo-responses"))
+	send := func(attempt, msg string) {
+		t.Helper()
+		hs := append(requestHeaders(e, echoService, "EchoClientStream", id), "meta:"+wire.AttemptMetadata, attempt, "meta:idempotency-key", key)
+		var value []byte
+		if msg != "" {
+			value, _ = proto.Marshal(&echov1.EchoRequest{Message: msg})
+		}
+		produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: value, Headers: hs.headers()})
+	}
+	send("a1", "mine")
+	send("a2", "theirs")
+	send("a1", "")
+	recs := replies.await(t, id)
+	if len(recs) != 2 || header(recs[0], "meta:"+wire.AttemptMetadata) != "a1" {
+		t.Fatalf("got %d reply records (first for attempt %q), want a response and an end for a1", len(recs), header(recs[0], "meta:"+wire.AttemptMetadata))
+	}
+	var resp echov1.EchoResponse
+	if err := proto.Unmarshal(recs[0].Value, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Message != "mine" {
+		t.Fatalf("the first attempt's handler answered %q, want %q: it read another attempt's message", resp.Message, "mine")
+	}
+}

@@ -87,6 +87,12 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 			}
 			return true, nil, nil
 		}
+		if !end && !c.in.complete() && c.otherAttempt(env) {
+			// A message of another attempt while this call's request
+			// still streams in: not this call's input. Skipped; that
+			// attempt, unanswered, is retried once this call is over.
+			return true, nil, nil
+		}
 		if c.in.complete() && (!end || w.emptyStream(env)) {
 			// A new attempt of a call still running here (a retry with the
 			// same idempotency key): once the call is over, the attempt is
