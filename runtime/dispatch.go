@@ -89,8 +89,9 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 		}
 		if !end && !c.in.complete() && c.otherAttempt(env) {
 			// A message of another attempt while this call's request
-			// still streams in: not this call's input. Skipped; that
-			// attempt, unanswered, is retried once this call is over.
+			// still streams in: not this call's input. Skipped: that
+			// attempt gets no answer, and its caller's next retry is
+			// served once this call is over.
 			return true, nil, nil
 		}
 		if c.in.complete() && (!end || w.emptyStream(env)) {
