@@ -260,11 +260,17 @@ func (p *pipeline) sink() {
 // key is "slot:seq": the slot routes the record back at the sink, the
 // sequence tells a late record of an earlier call apart. Slots spread over
 // the partitions as the RPC's random correlation ids do.
-func key(slot int, seq uint64) []byte {
-	b := make([]byte, 0, 24)
+// A key shorter than size is filled up to it with keyPad (a floor whose
+// keys are as long as correlation ids).
+func key(slot int, seq uint64, size int) []byte {
+	b := make([]byte, 0, max(size, 24))
 	b = strconv.AppendInt(b, int64(slot), 10)
 	b = append(b, ':')
-	return strconv.AppendUint(b, seq, 10)
+	b = strconv.AppendUint(b, seq, 10)
+	for len(b) < size {
+		b = append(b, keyPad)
+	}
+	return b
 }
 
 func parseKey(k []byte) (int, uint64, bool) {
@@ -285,12 +291,12 @@ func (p *pipeline) call(ctx context.Context, slot int) error {
 	p.seq[slot]++
 	seq := p.seq[slot]
 	errc := make(chan error, 2)
-	k := key(slot, seq)
 	var hs []kafkaclient.Header
+	size := 0
 	if p.hdrs != nil {
-		k = p.hdrs.padKey(k)
-		hs = p.hdrs.request
+		hs, size = p.hdrs.request, p.hdrs.keyLen
 	}
+	k := key(slot, seq, size)
 	p.front.Produce(&kafkaclient.Record{Topic: p.a, Partition: kafkaclient.AnyPartition, Key: k, Value: p.value, Headers: hs},
 		kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
 	acks := 1
@@ -342,15 +348,7 @@ func newWireHeaders(replyTopic string) *wireHeaders {
 		Timeout:       29999 * time.Millisecond,
 		HasTimeout:    true,
 	})
-	data := []kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(id)}, {Key: names.MetaPrefix + "kafkarpc-served-by", Value: []byte(wire.NewUUID())}}
+	data := []kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(id)}, {Key: names.MetaPrefix + wire.ServedByMetadata, Value: []byte(wire.NewUUID())}}
 	end := wire.AppendStatus([]kafkaclient.Header{{Key: names.CorrelationID, Value: []byte(id)}}, &names, nil)
 	return &wireHeaders{request: req, replyData: data, replyEnd: end, keyLen: len(id)}
-}
-
-// padKey returns k filled with keyPad up to the correlation id's length.
-func (h *wireHeaders) padKey(k []byte) []byte {
-	for len(k) < h.keyLen {
-		k = append(k, keyPad)
-	}
-	return k
 }

@@ -74,33 +74,26 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 		return true, nil, nil
 	}
 	if c := w.calls[string(id)]; c != nil {
-		if end && c.otherAttempt(env) {
-			// An end record of another attempt with the call's
-			// correlation id is not this call's, which it must neither end
-			// nor cancel: the whole request of an empty client stream
-			// repeated waits for the call's outcome (as below); any other
-			// is skipped, such as the late cancel of an earlier attempt (a
-			// gateway writes a cancel once its caller's cancellation
-			// reaches it, which can be after the caller retried).
-			if w.emptyStream(env) {
+		other, complete := c.otherAttempt(env), c.in.complete()
+		if complete || other { // not a record of c's own request still to come
+			if (!end && complete) || (end && w.emptyStream(env)) {
+				// A new attempt of a call still running here (a retry with
+				// the same idempotency key; an empty client stream's is one
+				// end record): once the call is over, the attempt is
+				// answered (answerWaiters); its offset is held until then.
+				// The rest of the attempt's records are skipped.
 				w.repeats.wait(c, rec, env, pt)
+				return true, nil, nil
 			}
-			return true, nil, nil
-		}
-		if !end && !c.in.complete() && c.otherAttempt(env) {
-			// A message of another attempt while this call's request
-			// still streams in: not this call's input. Skipped: that
-			// attempt gets no answer, and its caller's next retry is
-			// served once this call is over.
-			return true, nil, nil
-		}
-		if c.in.complete() && (!end || w.emptyStream(env)) {
-			// A new attempt of a call still running here (a retry with the
-			// same idempotency key): once the call is over, the attempt is
-			// answered (answerWaiters); its offset is held until then. The
-			// rest of the attempt's records are skipped.
-			w.repeats.wait(c, rec, env, pt)
-			return true, nil, nil
+			if other {
+				// Another attempt's end or cancel, or its message while c's
+				// request still streams in: c must not take it as its own
+				// input, end or cancel (a gateway writes a cancel once its
+				// caller's cancellation reaches it, which can be after the
+				// caller retried). Skipped: an attempt left unanswered is
+				// served on its caller's next retry once c is over.
+				return true, nil, nil
+			}
 		}
 		return false, c, nil
 	}

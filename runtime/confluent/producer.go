@@ -296,9 +296,7 @@ func (c *Client) track(pd *pending) {
 	c.pendMu.Lock()
 	c.pending[pd] = struct{}{}
 	c.outstanding.add()
-	if pd.p != nil {
-		pd.p.outstanding.add()
-	}
+	pd.p.outstanding.add()
 	c.pendMu.Unlock()
 }
 
@@ -311,9 +309,7 @@ func (c *Client) finish(pd *pending, err error) {
 	c.pendMu.Lock()
 	delete(c.pending, pd)
 	c.outstanding.done()
-	if pd.p != nil {
-		pd.p.outstanding.done()
-	}
+	pd.p.outstanding.done()
 	c.pendMu.Unlock()
 }
 
