@@ -57,6 +57,13 @@ type call struct {
 	in   requestQueue // the request records
 	out  replyState   // what the handler sent and set
 	sent delivery     // its records on their way to Kafka
+	// recs hold the call's first reply records (a unary call's response
+	// and end), so that they cost no allocation of their own; they stay
+	// put until finish waited for their acknowledgements. nrecs counts
+	// those taken; both are written under out.mu, or by finish once the
+	// reply stream is closed.
+	recs  [2]kafkaclient.Record
+	nrecs int
 	// acked is c.delivered as a func value, made once per call.
 	acked func(*kafkaclient.Record, error)
 
@@ -495,6 +502,10 @@ func (c *call) method() string {
 	return c.wm.spec.FullMethod()
 }
 
+// endHeaders is the room an end record's headers take besides the attempt
+// id and the trailer: the correlation id and wire.AppendEnd's status headers.
+const endHeaders = 4
+
 // produceEnd writes the reply end-of-stream record.
 func (c *call) produceEnd(st *status.Status) {
 	names := &c.w.cfg.names
@@ -505,7 +516,10 @@ func (c *call) produceEnd(st *status.Status) {
 		hs = wire.AppendReply(hs, names, c.idb, o.header, c.traceHdrs...)
 		hs = append(append(hs, c.w.incarnation...), c.attempt...)
 	} else {
-		hs = make([]kafkaclient.Header, 0, 5+len(o.trailer))
+		hs = o.endHdrs
+		if cap(hs) < endHeaders+len(c.attempt)+len(o.trailer) {
+			hs = make([]kafkaclient.Header, 0, endHeaders+len(c.attempt)+len(o.trailer))
+		}
 		hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: c.idb})
 		hs = append(hs, c.attempt...)
 	}
@@ -531,13 +545,15 @@ func (c *call) produce(value []byte, hs []kafkaclient.Header) {
 	if c.keepReplies {
 		c.stored = append(c.stored, kafkaclient.Record{Value: value, Headers: hs})
 	}
-	c.w.writer.send(c, &kafkaclient.Record{
-		Topic:     c.replyTo,
-		Partition: kafkaclient.AnyPartition,
-		Key:       c.idb,
-		Value:     value,
-		Headers:   hs,
-	})
+	var rec *kafkaclient.Record
+	if c.nrecs < len(c.recs) {
+		rec = &c.recs[c.nrecs]
+		c.nrecs++
+	} else {
+		rec = new(kafkaclient.Record)
+	}
+	*rec = kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Value: value, Headers: hs}
+	c.w.writer.send(c, rec)
 }
 
 type identityKey struct{}

@@ -33,6 +33,7 @@ type replyState struct {
 	trailer   metadata.MD
 	frozen    bool                 // headers went out with the first reply
 	replyHdrs []kafkaclient.Header // the headers of every data record, once frozen
+	endHdrs   []kafkaclient.Header // room for the end record's headers, in replyHdrs' allocation
 	sent      int                  // messages sent
 	held      []byte               // the response of a single-response call, sent by finish
 	aborted   bool                 // nothing more goes out
@@ -217,9 +218,13 @@ func (c *call) sendMsg(m any) error {
 func (c *call) freezeHeaders() {
 	o := &c.out
 	o.frozen = true
-	hs := make([]kafkaclient.Header, 0, 1+len(o.header)+len(c.traceHdrs)+len(c.w.incarnation)+len(c.attempt))
-	hs = wire.AppendReply(hs, &c.w.cfg.names, c.idb, o.header, c.traceHdrs...)
+	n := 1 + len(o.header) + len(c.traceHdrs) + len(c.w.incarnation) + len(c.attempt)
+	// One allocation for these and for the end record's headers (see
+	// produceEnd), which a trailer set later may still outgrow.
+	all := make([]kafkaclient.Header, 0, n+endHeaders+len(c.attempt)+len(o.trailer))
+	hs := wire.AppendReply(all[:0:n], &c.w.cfg.names, c.idb, o.header, c.traceHdrs...)
 	o.replyHdrs = append(append(hs, c.w.incarnation...), c.attempt...)
+	o.endHdrs = all[n:n]
 }
 
 func (c *call) setHeader(md metadata.MD, send bool) error {

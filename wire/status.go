@@ -10,15 +10,32 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// codeValues are the status header values of gRPC's codes, shared by every
+// record that carries one (records' header values are only ever read).
+var codeValues = func() [17][]byte {
+	var vs [17][]byte
+	for i := range vs {
+		v := strconv.AppendInt(nil, int64(i), 10)
+		vs[i] = v[:len(v):len(v)] // no room to append into
+	}
+	return vs
+}()
+
 // AppendStatus appends the status of an end-of-stream record: the status
 // header with the code in decimal, the message header when there is a
 // message, and the marshalled google.rpc.Status in base64 when it carries
 // details (extension). A nil st is OK.
 func AppendStatus(hs []Header, names *Names, st *status.Status) []Header {
 	if st == nil {
-		return append(hs, Header{Key: names.Status, Value: []byte{'0'}})
+		return append(hs, Header{Key: names.Status, Value: codeValues[0]})
 	}
-	hs = append(hs, Header{Key: names.Status, Value: strconv.AppendInt(nil, int64(st.Code()), 10)})
+	var v []byte
+	if code := st.Code(); int(code) < len(codeValues) {
+		v = codeValues[code]
+	} else {
+		v = strconv.AppendInt(nil, int64(code), 10)
+	}
+	hs = append(hs, Header{Key: names.Status, Value: v})
 	if msg := st.Message(); msg != "" {
 		hs = append(hs, Header{Key: names.Message, Value: []byte(msg)})
 	}

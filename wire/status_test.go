@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
@@ -60,4 +61,28 @@ func TestStatusFromHeaders(t *testing.T) {
 func decodeOf(names *Names, hs []Header) *Envelope {
 	e := Decode(names, hs, nil)
 	return &e
+}
+
+// TestStatusValueOfEveryCode: the status header carries each code in
+// decimal (the values are shared between records, so none has room to be
+// appended into), and a code beyond gRPC's own still round-trips.
+func TestStatusValueOfEveryCode(t *testing.T) {
+	names := DefaultNames()
+	for code := codes.Code(0); code <= 20; code++ {
+		var st *status.Status
+		if code != codes.OK {
+			st = status.New(code, "m")
+		}
+		hs := AppendStatus(nil, &names, st)
+		v, _ := headerValue(hs, "zilla:status")
+		if want := strconv.Itoa(int(code)); string(v) != want {
+			t.Fatalf("code %d: zilla:status = %q, want %q", code, v, want)
+		}
+		if code <= codes.Unauthenticated && cap(v) != len(v) {
+			t.Fatalf("code %d: status value has room to append into (len %d, cap %d)", code, len(v), cap(v))
+		}
+		if got := decodeOf(&names, hs).Status().Code(); got != code {
+			t.Fatalf("code %d decoded as %d", code, got)
+		}
+	}
 }
