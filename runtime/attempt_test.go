@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -267,5 +268,76 @@ func TestOtherAttemptsMessagesStayOutOfAStream(t *testing.T) {
 	}
 	if resp.Message != "mine" {
 		t.Fatalf("the first attempt's handler answered %q, want %q: it read another attempt's message", resp.Message, "mine")
+	}
+}
+
+// heldUntilCancelled holds "hold" until its context ends and reports why.
+type heldUntilCancelled struct {
+	echoserver.Server
+	started chan struct{}
+	cause   chan error
+}
+
+func (s *heldUntilCancelled) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	if req.Message != "hold" {
+		return s.Server.EchoUnary(ctx, req)
+	}
+	s.started <- struct{}{}
+	<-ctx.Done()
+	s.cause <- context.Cause(ctx)
+	return nil, ctx.Err()
+}
+
+// TestOwnCancelReachesCallWhileRetryWaits writes, as gateways would, a keyed
+// call's first attempt (its handler holds), the first message of a second
+// attempt with the same correlation id (another caller with the same
+// idempotency key: it waits for the first one's outcome, and the rest of
+// its records are skipped), and then the first attempt's own cancel: the
+// cancel belongs to the running call and must cancel its handler, though
+// it comes while the second attempt's records are being skipped.
+func TestOwnCancelReachesCallWhileRetryWaits(t *testing.T) {
+	srv := &heldUntilCancelled{started: make(chan struct{}, 1), cause: make(chan error, 1)}
+	e := setup(t, srv)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	const key = "own-cancel"
+	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoUnary", e.topic("echo-responses"))
+	send := func(attempt, msg string, extra ...string) {
+		t.Helper()
+		hs := append(requestHeaders(e, echoService, "EchoUnary", id), "meta:"+wire.AttemptMetadata, attempt, "meta:idempotency-key", key)
+		hs = append(hs, extra...)
+		var value []byte
+		if msg != "" {
+			value, _ = proto.Marshal(&echov1.EchoRequest{Message: msg})
+		}
+		produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: value, Headers: hs.headers()})
+	}
+	send("a1", "hold")
+	send("a1", "")
+	select {
+	case <-srv.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first attempt's handler did not start within 30 s")
+	}
+	send("a2", "again")                               // waits for a1's outcome
+	send("a1", "", "zilla:status", wire.CancelStatus) // a1's own cancel
+	select {
+	case cause := <-srv.cause:
+		if cause == nil || !strings.Contains(cause.Error(), "cancelled") {
+			t.Fatalf("the handler's context ended with cause %v, want the caller's cancel", cause)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first attempt's cancel did not reach its handler within 30 s (the calls have no deadline)")
+	}
+	send("a2", "")
+	recs := replies.await(t, id)
+	if end := recs[len(recs)-1]; header(end, "zilla:status") != "1" || header(end, "meta:"+wire.AttemptMetadata) != "a1" {
+		t.Fatalf("first end: status %s of attempt %q, want 1 (CANCELLED) of a1", header(end, "zilla:status"), header(end, "meta:"+wire.AttemptMetadata))
+	}
+	// The second attempt did not get a cancelled outcome that was not
+	// its own: it is served on its own.
+	recs = replies.await(t, id)
+	if end := recs[len(recs)-1]; header(end, "zilla:status") != "0" || header(end, "meta:"+wire.AttemptMetadata) != "a2" || len(recs) != 2 {
+		t.Fatalf("second attempt: %d records ending with status %s of attempt %q, want a response and an OK end of a2",
+			len(recs), header(end, "zilla:status"), header(end, "meta:"+wire.AttemptMetadata))
 	}
 }

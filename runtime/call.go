@@ -113,6 +113,13 @@ func (c *call) otherAttempt(env *wire.Envelope) bool {
 	return len(c.attempt) > 0 && env.Attempt != nil && !bytes.Equal(env.Attempt, c.attempt[0].Value)
 }
 
+// ownAttempt reports whether env, a request record with c's correlation id,
+// names c's own attempt. Without attempt ids (a gateway that writes none,
+// such as Zilla's) it cannot tell, and says no.
+func (c *call) ownAttempt(env *wire.Envelope) bool {
+	return len(c.attempt) > 0 && bytes.Equal(env.Attempt, c.attempt[0].Value)
+}
+
 // startCall registers a call starting at rec, whose headers env holds, and
 // runs it on a goroutine of its own. ended says rec is all of the call's
 // input (its other records are skipped elsewhere).

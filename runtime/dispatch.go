@@ -70,10 +70,16 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 // else the stored replies to answer a new call with. Called with w.mu held.
 func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) (skip bool, feed *call, stored *storedReply) {
 	id, end := env.CorrelationID, env.EndOfStream
+	c := w.calls[string(id)]
+	if c != nil && env.Cancel() && c.ownAttempt(env) {
+		// The running call's own cancel, which may come while another
+		// attempt's records are skipped: it is c's, not that attempt's.
+		return false, c, nil
+	}
 	if w.repeats.skipDuplicate(id, end) {
 		return true, nil, nil
 	}
-	if c := w.calls[string(id)]; c != nil {
+	if c != nil {
 		other, complete := c.otherAttempt(env), c.in.complete()
 		if complete || other { // not a record of c's own request still to come
 			if (!end && complete) || (end && w.emptyStream(env)) {
