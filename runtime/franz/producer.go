@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -167,15 +168,16 @@ func (c *Client) produceOn(p *kgo.Client, tr *tracker, r *kafkaclient.Record, ac
 	if r.Timestamp.IsZero() {
 		r.Timestamp = now
 	}
-	f := &inflight{r: r, acks: acks, tr: tr, done: done}
-	f.Context = c.deadlines.ctx(now, r.Partition >= 0)
+	ctx := c.deadlines.ctx(now, r.Partition >= 0)
+	f := inflights.Get().(*inflight)
+	f.r, f.acks, f.tr, f.done = r, acks, tr, done
 	f.kr = kgo.Record{
 		Topic:     r.Topic,
 		Key:       r.Key,
 		Value:     r.Value,
 		Timestamp: r.Timestamp,
 		Partition: r.Partition,
-		Context:   f,
+		Context:   ctx,
 	}
 	if len(r.Headers) > 0 {
 		hs := f.hs[:0]
@@ -188,16 +190,29 @@ func (c *Client) produceOn(p *kgo.Client, tr *tracker, r *kafkaclient.Record, ac
 		f.kr.Headers = hs
 	}
 	tr.add()
-	p.TryProduce(f, &f.kr, delivered)
+	p.TryProduce(ctx, &f.kr, delivered)
 }
 
 // inflight is one record handed to kgo, with what its promise needs, in
-// one allocation (the record's headers too, when there are few). The kgo
-// record's Context is the inflight itself, a context.Context by its
-// delivery context (deadlines.ctx), which is how delivered, a function
-// without captures, finds it.
+// one value (the record's headers too, when there are few). kgo is given
+// &f.kr, and delivered, a function without captures, finds f from it
+// (inflightOf).
+//
+// Inflights are recycled through the inflights pool: delivered puts one
+// back once kgo has called its promise, after which kgo no longer touches
+// the *kgo.Record (franz-go v1.22: finishRecordPromise reads the record's
+// size before the promise and only counters after it; a batch's records
+// are taken out of the batch, under its lock, before their promises run,
+// and a request being written skips a batch without records). The contexts
+// kgo keeps beyond a promise (the produce context and the record's
+// Context, which it may wait on for a new topic's metadata or for a whole
+// produce request) are the shared, immutable delivery contexts of
+// deadlines, never the inflight. The caller's done gets the
+// kafkaclient.Record, never the inflight; a record whose promise never
+// runs is simply not recycled. Hooks passed with WithProducerOpts
+// (kgo.WithHooks) must not keep the *kgo.Record they are given after they
+// return.
 type inflight struct {
-	context.Context
 	kr   kgo.Record
 	r    *kafkaclient.Record
 	acks kafkaclient.Acks
@@ -206,28 +221,47 @@ type inflight struct {
 	hs   [8]kgo.RecordHeader // most records' headers: no allocation of their own
 }
 
+var inflights = sync.Pool{New: func() any { return new(inflight) }}
+
+// inflightOf returns the inflight whose kr field kr is: every record
+// produceOn gives kgo is one, and kgo hands the promise the same pointer.
+func inflightOf(kr *kgo.Record) *inflight {
+	return (*inflight)(unsafe.Add(unsafe.Pointer(kr), -int(unsafe.Offsetof(inflight{}.kr))))
+}
+
+// release clears f, so that the pool keeps no record, key, value or
+// callback alive, and puts it back in the pool.
+func (f *inflight) release() {
+	clear(f.hs[:min(len(f.kr.Headers), len(f.hs))])
+	f.kr, f.r, f.tr, f.done = kgo.Record{}, nil, nil, nil
+	inflights.Put(f)
+}
+
 // delivered is the promise of every record produced: it reports the
-// outcome to the record's done callback.
+// outcome to the record's done callback. It recycles the inflight before
+// calling done: nothing reads it afterwards.
 func delivered(kr *kgo.Record, err error) {
-	f := kr.Context.(*inflight)
-	r := f.r
+	f := inflightOf(kr)
+	r, acks, tr, done := f.r, f.acks, f.tr, f.done
+	partition, offset := kr.Partition, kr.Offset
+	f.release()
 	if err != nil {
 		if errors.Is(err, kgo.ErrMaxBuffered) {
 			err = ErrQueueFull
 		} else if errors.Is(err, kerr.UnknownTopicOrPartition) {
-			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, kr.Partition, kafkaclient.ErrUnknownTopic, err)
+			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, partition, kafkaclient.ErrUnknownTopic, err)
 		} else {
-			err = fmt.Errorf("franz: produce to %s partition %d: %w", r.Topic, kr.Partition, err)
+			err = fmt.Errorf("franz: produce to %s partition %d: %w", r.Topic, partition, err)
 		}
 	} else {
-		r.Partition = kr.Partition
-		r.Offset = kr.Offset
-		if f.acks == kafkaclient.AcksNone || r.Offset < 0 {
+		r.Partition = partition
+		r.Offset = offset
+		if acks == kafkaclient.AcksNone || r.Offset < 0 {
 			r.Offset = -1 // not known
 		}
 	}
-	f.done(r, err)
-	f.tr.finish()
+	done(r, err)
+	tr.finish()
 }
 
 // tracker counts records whose done callback has not returned yet, and lets
