@@ -133,3 +133,69 @@ func benchAssignWhileIdle(b *testing.B, wait time.Duration) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1e3, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1e3, "max-ms")
 }
+
+// BenchmarkProduce produces records of 100 bytes with two headers, up to
+// 256 delivery reports outstanding, to an embedded broker in this process:
+// with -benchmem, allocs/op is per record, the broker's included.
+//
+//	go test -run '^$' -bench Produce -benchmem ./runtime/franz/
+func BenchmarkProduce(b *testing.B) {
+	const window = 256
+	broker, err := embedded.Start()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer broker.Close()
+	c, err := franz.New(franz.WithSeedBrokers(broker.Addr()), franz.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := c.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: "produce", Partitions: 4}}); err != nil {
+		b.Fatal(err)
+	}
+	value := make([]byte, 100)
+	headers := []kafkaclient.Header{{Key: "a", Value: []byte("1")}, {Key: "b", Value: []byte("2")}}
+	// free holds the records not handed to the client: a record is the
+	// client's until its done, which gives it back.
+	free := make(chan *kafkaclient.Record, window)
+	for range window {
+		free <- new(kafkaclient.Record)
+	}
+	failed := make(chan error, 1)
+	done := func(r *kafkaclient.Record, err error) {
+		if err != nil {
+			select {
+			case failed <- err:
+			default:
+			}
+		}
+		free <- r
+	}
+	produce := func(n int) {
+		for i := range n {
+			r := <-free
+			*r = kafkaclient.Record{Topic: "produce", Partition: int32(i % 4), Value: value, Headers: headers}
+			c.Produce(r, kafkaclient.AcksAll, done)
+		}
+		back := make([]*kafkaclient.Record, window) // every done has returned its record
+		for k := range back {
+			back[k] = <-free
+		}
+		for _, r := range back {
+			free <- r
+		}
+	}
+	produce(window) // metadata, connections
+	b.ReportAllocs()
+	b.ResetTimer()
+	produce(b.N)
+	b.StopTimer()
+	select {
+	case err := <-failed:
+		b.Fatal(err)
+	default:
+	}
+}
