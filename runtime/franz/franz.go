@@ -170,7 +170,8 @@ func WithLogger(l *slog.Logger) Option {
 // group readers the group, topics, auto-commit (off), start offset and
 // rebalance callbacks. Options that turn a client into something else must
 // not be given: kgo.ConsumerGroup, kgo.ConsumeTopics, kgo.ConsumePartitions,
-// kgo.ConsumeRegex, kgo.TransactionalID, kgo.ManualFlushing.
+// kgo.ConsumeRegex, kgo.TransactionalID, kgo.ManualFlushing. Produce hooks
+// must not keep a *kgo.Record past their call (see WithProducerOpts).
 func WithOpts(opts ...kgo.Opt) Option {
 	return func(o *options) { o.common = append(o.common, opts...) }
 }
@@ -179,7 +180,9 @@ func WithOpts(opts ...kgo.Opt) Option {
 // WithOpts (for example kgo.ProducerLinger, kgo.ProducerBatchCompression,
 // kgo.MaxBufferedRecords, kgo.RecordDeliveryTimeout,
 // kgo.RecordPartitioner at your own risk: the wire format needs Kafka's
-// Java-compatible murmur2 key partitioning).
+// Java-compatible murmur2 key partitioning). A hook given with
+// kgo.WithHooks must not keep a *kgo.Record past its call: the client
+// reuses a record once its delivery was reported.
 func WithProducerOpts(opts ...kgo.Opt) Option {
 	return func(o *options) { o.producer = append(o.producer, opts...) }
 }
