@@ -152,7 +152,9 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 	c.openContext(rec, env, md, deadline, cause)
 	c.sent.retry.until = deadline
 	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
-	w.admit(c, rec, env, true)
+	if w.admit(c, rec, env, true) {
+		c.abort()
+	}
 	w.stats.calls.Add(1)
 	c.feed(rec, env)
 	if ended {
@@ -168,7 +170,9 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 // cause, when not nil, is the context's cause once the deadline passes.
 func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metadata.MD, deadline time.Time, cause error) {
 	w, wm := c.w, c.wm
-	ctx := metadata.NewIncomingContext(w.tel.trc.extract(w.base, md), md)
+	// Not below a context of the worker's: it aborts its calls itself
+	// when it stops (Worker.stopCalls).
+	ctx := metadata.NewIncomingContext(w.tel.trc.extract(context.Background(), md), md)
 	if env.Identity != nil {
 		ctx = context.WithValue(ctx, identityKey{}, string(env.Identity))
 	}
@@ -199,7 +203,9 @@ func (c *call) cancel(cause error) {
 // admit enters c, a call starting at rec, in the dispatch tables: under its
 // correlation id, in its record key's queue when ordered, its first offset
 // held until it is served. It also sets c's reply topic.
-func (w *Worker) admit(c *call, rec *kafkaclient.Record, env *wire.Envelope, ordered bool) {
+//
+// It reports whether the worker already stopped: the caller then aborts c.
+func (w *Worker) admit(c *call, rec *kafkaclient.Record, env *wire.Envelope, ordered bool) (stopped bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	c.replyTo = w.replyTopic(env.ReplyTo)
@@ -212,6 +218,7 @@ func (w *Worker) admit(c *call, rec *kafkaclient.Record, env *wire.Envelope, ord
 		w.keys.wait(c, rec.Key)
 	}
 	c.pt.begin(rec.Offset)
+	return w.stopped
 }
 
 // rejectCall answers a request with st without running a handler, and skips
@@ -231,13 +238,15 @@ func (w *Worker) answerCall(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	}
 	c := w.newCall(rec, env, pt, id, nil)
 	c.replay = replay
-	c.ctx, c.ctxCancel = context.WithCancelCause(w.base)
+	c.ctx, c.ctxCancel = context.WithCancelCause(context.Background()) // ended by abort or finish (see Worker.stopCalls)
 	if dl, ok := env.Deadline(rec.Timestamp); ok {
 		c.sent.retry.until = dl
 	} else if m := w.cfg.maxCallDuration; m > 0 {
 		c.sent.retry.until = time.Now().Add(m)
 	}
-	w.admit(c, rec, env, false)
+	if w.admit(c, rec, env, false) {
+		c.abort()
+	}
 	c.feed(rec, env)
 	if ended {
 		c.endInput()

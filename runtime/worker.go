@@ -33,7 +33,7 @@ type Worker struct {
 	topics   []string
 	started  bool
 
-	base       context.Context // parent of every handler context; cancelled by an aborting shutdown
+	base       context.Context // ends the runners once the worker stopped
 	baseCancel context.CancelFunc
 	runners    *runners // the goroutines calls run on
 	pollCtx    context.Context
@@ -54,6 +54,9 @@ type Worker struct {
 	repeats repeats
 	keys    keyOrder
 	parts   map[kafkaclient.TopicPartition]*partTrack
+	// stopped: the worker stopped (stopCalls); a call admitted now is
+	// aborted at once.
+	stopped bool
 	// replyTopics interns the reply topic names requests carry.
 	replyTopics map[string]string
 
@@ -324,6 +327,23 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 		w.cfg.logger.Warn("kafkarpc: leaving group", "group", w.cfg.groupID, "error", err)
 	}
 	w.writer.close()
+	w.stopCalls()
+}
+
+// stopCalls aborts what is still in flight once the worker stopped (a call
+// that a repeat waiting for an aborted call started meanwhile), and makes
+// admit abort any call entered later; then it ends the runners. Handler
+// contexts do not derive from a context of the worker's, which would
+// cancel them all at once: registering every call with one shared parent
+// took that parent's lock twice per call on the poll goroutine and the
+// calls' own.
+func (w *Worker) stopCalls() {
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
+	for _, c := range w.callsOf(nil, false) {
+		c.abort()
+	}
 	w.baseCancel()
 }
 
