@@ -13,11 +13,13 @@ package proctest
 import (
 	"bytes"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -66,20 +68,46 @@ func BuildExamplesCmd(root, dir string, names ...string) *exec.Cmd {
 }
 
 // FreeAddr returns "127.0.0.1:<port>" of a TCP port that was free a moment
-// ago: it listens on port 0 and closes the listener again, so another
-// program may take the port before the caller does. It fails tb (Fatalf)
-// when it cannot listen or close. Safe for concurrent use.
+// ago, for a program the caller starts next. The port is picked at random
+// below the system's ephemeral port range (Linux:
+// /proc/sys/net/ipv4/ip_local_port_range; 32768 elsewhere) and at or above
+// 20000, where neither outgoing connections nor listeners on port 0 (the
+// Kafka clients and embedded brokers of tests running meanwhile) are given
+// ports: a port from that range, as a listener on port 0 gets, was taken
+// by one of them between FreeAddr and the program's listen once in CI
+// ("bind: address already in use"). Another program that picks ports
+// itself may still take it. It fails tb (Fatalf) when no port can be
+// listened on. Safe for concurrent use.
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("finding a free port: %v", err)
+	lo, hi := freeRange()
+	for range 200 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+rand.IntN(hi-lo)))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue // in use
+		}
+		if err := l.Close(); err != nil {
+			tb.Fatalf("closing the probe listener: %v", err)
+		}
+		return addr
 	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		tb.Fatalf("closing the probe listener: %v", err)
+	tb.Fatalf("finding a free port in [%d, %d): 200 random ports were all in use", lo, hi)
+	return ""
+}
+
+// freeRange is the range FreeAddr picks ports from: [20000, the first
+// ephemeral port).
+func freeRange() (lo, hi int) {
+	lo, hi = 20000, 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > lo+1000 {
+				hi = n
+			}
+		}
 	}
-	return addr
+	return lo, hi
 }
 
 // Dial returns a gRPC client connection to addr without transport security

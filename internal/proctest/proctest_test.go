@@ -2,9 +2,11 @@ package proctest_test
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -185,10 +187,30 @@ func TestReadyTimeout(t *testing.T) {
 	}
 }
 
+// TestFreeAddr: the address is one a program can listen on, outside the
+// range the system hands out to outgoing connections and port-0 listeners.
 func TestFreeAddr(t *testing.T) {
-	addr := proctest.FreeAddr(t)
-	if !strings.HasPrefix(addr, "127.0.0.1:") || strings.HasSuffix(addr, ":0") {
-		t.Errorf("FreeAddr: %q", addr)
+	lo, hi := proctest.FreeRange()
+	for range 20 {
+		addr := proctest.FreeAddr(t)
+		host, p, err := net.SplitHostPort(addr)
+		if err != nil || host != "127.0.0.1" {
+			t.Fatalf("FreeAddr: %q", addr)
+		}
+		port, _ := strconv.Atoi(p)
+		if port < lo || port >= hi {
+			t.Fatalf("FreeAddr: port %d outside [%d, %d)", port, lo, hi)
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("listening on FreeAddr's %s: %v", addr, err)
+		}
+		_ = l.Close()
+	}
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 && f[0] != strconv.Itoa(hi) {
+			t.Fatalf("FreeAddr's range ends at %d, the ephemeral range starts at %s", hi, f[0])
+		}
 	}
 }
 

@@ -1,0 +1,4 @@
+package proctest
+
+// FreeRange is freeRange, for the tests.
+var FreeRange = freeRange
