@@ -338,10 +338,12 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 // its request topics (watchRequestTopics).
 
 // Freshness of the gateway's knowledge of a topic: a topic seen to exist is
-// looked up again by the first call more than topicPresentFresh after the
-// last lookup (so that a deleted topic is noticed); one seen missing, by the
-// first call more than topicMissingFresh after (so that a topic created
-// meanwhile is used). Variables so that tests can shorten them.
+// looked up again, in the background, by the first call more than
+// topicPresentFresh after the last lookup (so that a deleted topic is
+// noticed); one seen missing, or never looked up, is looked up by the call
+// itself, by the first call more than topicMissingFresh after (so that a
+// topic created meanwhile is used). Variables so that tests can shorten
+// them.
 var (
 	topicPresentFresh = time.Second
 	topicMissingFresh = 200 * time.Millisecond
@@ -360,27 +362,50 @@ type topicState struct {
 }
 
 // check returns a NOT_FOUND status naming topic when the topic is known not
-// to exist, looking it up (bounded by timeout) when what is known is stale.
-// A lookup that fails for another reason (a broker down) lets the call go
-// on: producing reports such problems itself.
+// to exist. A topic never looked up, or known missing and stale, is looked
+// up first (bounded by timeout), so that a call to a missing topic fails at
+// once and one to a topic created meanwhile goes through. A topic known to
+// exist is never waited for: once stale it is looked up again in the
+// background while the call goes on (a call to a topic deleted meanwhile
+// fails on its produce, which marks the topic missing), so that no call
+// pays a metadata round trip, which every call of a service called less
+// than once a second did. A lookup that fails for another reason (a broker
+// down) lets the call go on: producing reports such problems itself.
 func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, m *MethodSpec) error {
 	v, ok := tg.states.Load(topic)
 	if !ok {
 		v, _ = tg.states.LoadOrStore(topic, &topicState{})
 	}
 	st := v.(*topicState)
-	now := time.Now().UnixNano()
+	checked, missing := st.checked.Load(), st.missing.Load()
 	fresh := topicPresentFresh
-	if st.missing.Load() {
+	if missing {
 		fresh = topicMissingFresh
 	}
-	if checked := st.checked.Load(); checked != 0 && time.Duration(now-checked) < fresh || !st.checking.CompareAndSwap(false, true) {
-		if st.missing.Load() {
-			return missingTopicStatus(topic, m.FullMethod()) // named on the error path only: it allocates
-		}
-		return nil
+	switch {
+	case checked != 0 && time.Duration(time.Now().UnixNano()-checked) < fresh:
+	case !st.checking.CompareAndSwap(false, true):
+		// Another call looks it up: go by what is known.
+	case checked != 0 && !missing:
+		go func() {
+			defer st.checking.Store(false)
+			st.lookup(context.Background(), admin, topic, timeout)
+		}()
+	default:
+		st.lookup(ctx, admin, topic, timeout)
+		st.checking.Store(false)
+		missing = st.missing.Load()
 	}
-	defer st.checking.Store(false)
+	if missing {
+		return missingTopicStatus(topic, m.FullMethod()) // named on the error path only: it allocates
+	}
+	return nil
+}
+
+// lookup asks Kafka whether topic exists, bounded by timeout, and records
+// the answer; an error other than "unknown topic" keeps what was known, to
+// be looked up again once stale. The caller holds st.checking.
+func (st *topicState) lookup(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration) {
 	lctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	_, err := admin.Partitions(lctx, topic)
@@ -389,15 +414,8 @@ func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string,
 		st.missing.Store(false)
 	case errors.Is(err, kafkaclient.ErrUnknownTopic):
 		st.missing.Store(true)
-	default:
-		// Unknown (a broker down, a timeout): keep what was known, let the
-		// produce tell, and look again only once the state is stale again.
 	}
 	st.checked.Store(time.Now().UnixNano())
-	if st.missing.Load() {
-		return missingTopicStatus(topic, m.FullMethod())
-	}
-	return nil
 }
 
 // markMissing records that producing to topic failed because it does not
