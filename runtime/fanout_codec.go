@@ -14,8 +14,11 @@ import (
 // server: the proto codec (base) with fetch messages sent as they are, so
 // that a fetch hands gRPC a record's value and the event id field side by
 // side and the transport writes them out with no decode, no re-encode and
-// no copy. Every other value is marshalled and unmarshalled by base,
-// unchanged: the wrapper only adds a type switch.
+// no copy; the replies of streams and of unary calls relayed as bytes
+// (rawReply, Gateway.ServiceDesc) likewise, and the requests of such unary
+// calls (rawRequest) copied out as they are. Every other value is
+// marshalled and unmarshalled by base, unchanged: the wrapper only adds a
+// type switch.
 //
 // A fetch asks, per call, whether its server marshals with this codec (a
 // server without FetchServerCodec, or with a codec of its own forced after
@@ -38,13 +41,21 @@ func (c fetchCodec) Marshal(v any) (mem.BufferSlice, error) {
 		}
 		m.bufs = [2]mem.Buffer{&m.value, &m.suffix}
 		return m.bufs[:], nil
+	case *rawReply: // a unary reply: the value alone, like a stream's
+		m.bufs[0] = &m.value
+		return m.bufs[:], nil
 	case fetchCodecProbe:
 		return nil, nil
 	}
 	return c.base.Marshal(v)
 }
 
-func (c fetchCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.base.Unmarshal(data, v) }
+func (c fetchCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if r, ok := v.(*rawRequest); ok { // a unary request relayed as bytes (gwunary.go)
+		return r.set(data)
+	}
+	return c.base.Unmarshal(data, v)
+}
 
 func (c fetchCodec) Name() string { return c.base.Name() }
 

@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -49,6 +50,8 @@ type gwCall struct {
 	err      error
 	signal   chan struct{} // capacity 1: something was queued or failed
 	finished bool
+
+	out rawReply // the response of a unary call relayed as bytes (unaryRaw)
 }
 
 // begin chooses the route, computes the correlation id and headers, and
@@ -146,21 +149,49 @@ func (c *gwCall) correlate(ctx context.Context, md metadata.MD, req *wire.Reques
 // unary sends in as the call's one request message and its end, then
 // decodes the one response into out (a oneway call's out is reset once
 // Kafka acknowledged the request). onHeader and onTrailer receive the
-// worker's response metadata. The gateway's unary methods and a
+// worker's response metadata. The gateway's typed unary methods and a
 // ClientConn's Invoke both end here.
 func (c *gwCall) unary(ctx context.Context, in, out proto.Message, onHeader, onTrailer func(metadata.MD)) error {
 	b, err := proto.Marshal(in)
 	if err != nil {
 		return status.Errorf(codes.Internal, "%s: encoding request: %v", c.m.FullMethod(), err)
 	}
+	oneway, err := c.exchange(ctx, b, onHeader, onTrailer, func(rec *kafkaclient.Record) error { return decodeReply(c.m, rec, out) })
+	if oneway && err == nil {
+		proto.Reset(out)
+	}
+	return err
+}
+
+// unaryRaw is unary for a request already encoded (b, only read): the
+// response's bytes, checked to be well-formed protobuf but not decoded,
+// become c.out (empty for a oneway call). Response metadata go to ctx's
+// gRPC stream. A gateway's unary methods relayed as bytes end here
+// (Gateway.ServiceDesc).
+func (c *gwCall) unaryRaw(ctx context.Context, b []byte) error {
+	oneway, err := c.exchange(ctx, b, func(md metadata.MD) { _ = grpc.SetHeader(ctx, md) }, func(md metadata.MD) { _ = grpc.SetTrailer(ctx, md) },
+		func(rec *kafkaclient.Record) error {
+			if !wire.ValidWire(rec.Value) {
+				return status.Errorf(codes.Internal, "%s: reply at %s is not a valid protobuf message", c.m.FullMethod(), recordPlace(rec))
+			}
+			c.out.set(rec.Value)
+			return nil
+		})
+	if oneway && err == nil {
+		c.out.set([]byte{})
+	}
+	return err
+}
+
+// exchange sends b as the call's one request message and its end, then
+// hands the one response record to onReply (onHeader and onTrailer receive
+// the worker's response metadata), or, when the call is oneway, waits until
+// Kafka acknowledged the request and reports oneway.
+func (c *gwCall) exchange(ctx context.Context, b []byte, onHeader, onTrailer func(metadata.MD), onReply func(*kafkaclient.Record) error) (oneway bool, err error) {
 	c.sendData(b)
 	c.sendEnd(false)
 	if c.rp.route.Oneway {
-		if err := c.awaitAcks(ctx); err != nil {
-			return err
-		}
-		proto.Reset(out)
-		return nil
+		return true, c.awaitAcks(ctx)
 	}
 	got := false
 	st := c.awaitReplies(ctx, onHeader, func(rec *kafkaclient.Record) error {
@@ -168,15 +199,15 @@ func (c *gwCall) unary(ctx context.Context, in, out proto.Message, onHeader, onT
 			return status.Errorf(codes.Internal, "%s: worker sent more than one response to a unary call (%s)", c.m.FullMethod(), recordPlace(rec))
 		}
 		got = true
-		return decodeReply(c.m, rec, out)
+		return onReply(rec)
 	}, onTrailer)
 	if st != nil {
-		return st
+		return false, st
 	}
 	if !got {
-		return status.Errorf(codes.Internal, "%s: worker ended the call without a response", c.m.FullMethod())
+		return false, status.Errorf(codes.Internal, "%s: worker ended the call without a response", c.m.FullMethod())
 	}
-	return nil
+	return false, nil
 }
 
 // abandon ends the telemetry of a call that begin could not start.

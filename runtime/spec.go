@@ -22,6 +22,9 @@ const (
 	// SupportPackageIsVersion3 is referenced by code that declares typed
 	// publishers of fetch methods (NewPublisher).
 	SupportPackageIsVersion3 = true
+	// SupportPackageIsVersion4 is referenced by code that registers its
+	// gateways with Gateway.ServiceDesc (unary calls relayed as bytes).
+	SupportPackageIsVersion4 = true
 )
 
 // MethodKind is the gRPC shape of a method, as declared in the proto.

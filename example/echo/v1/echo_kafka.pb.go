@@ -15,7 +15,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion3
+const _ = runtime.SupportPackageIsVersion4
 
 // The full gRPC method names of the methods of example.echo.v1.EchoService that
 // travel over Kafka, for interceptors and other code that tells these methods
@@ -162,12 +162,19 @@ func NewEchoServiceKafkaGateway(gw *runtime.Gateway) *EchoServiceKafkaGateway {
 }
 
 // RegisterEchoServiceKafkaGateway prepares gw for the service's topics (reply
-// readers) and registers the gateway on s.
+// readers) and registers the gateway on s, with the service descriptor of
+// gw.ServiceDesc: its unary calls are relayed as bytes, never decoded, unless s
+// has a unary interceptor. Registering NewEchoServiceKafkaGateway(gw) with
+// RegisterEchoServiceServer instead relays every message decoded.
 func RegisterEchoServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_EchoService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterEchoServiceServer(s, NewEchoServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&EchoService_ServiceDesc, _EchoService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewEchoServiceKafkaGateway(gw))
 	return nil
 }
 

@@ -14,7 +14,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion3
+const _ = runtime.SupportPackageIsVersion4
 
 // The full gRPC method names of the methods of
 // testdata.deprecated.v1.OldService that travel over Kafka, for interceptors
@@ -108,14 +108,21 @@ func NewOldServiceKafkaGateway(gw *runtime.Gateway) *OldServiceKafkaGateway {
 }
 
 // RegisterOldServiceKafkaGateway prepares gw for the service's topics (reply
-// readers) and registers the gateway on s.
+// readers) and registers the gateway on s, with the service descriptor of
+// gw.ServiceDesc: its unary calls are relayed as bytes, never decoded, unless s
+// has a unary interceptor. Registering NewOldServiceKafkaGateway(gw) with
+// RegisterOldServiceServer instead relays every message decoded.
 //
 // Deprecated: Do not use.
 func RegisterOldServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_OldService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterOldServiceServer(s, NewOldServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&OldService_ServiceDesc, _OldService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewOldServiceKafkaGateway(gw))
 	return nil
 }
 
@@ -258,12 +265,20 @@ func NewCurrentServiceKafkaGateway(gw *runtime.Gateway) *CurrentServiceKafkaGate
 }
 
 // RegisterCurrentServiceKafkaGateway prepares gw for the service's topics
-// (reply readers) and registers the gateway on s.
+// (reply readers) and registers the gateway on s, with the service descriptor
+// of gw.ServiceDesc: its unary calls are relayed as bytes, never decoded,
+// unless s has a unary interceptor. Registering
+// NewCurrentServiceKafkaGateway(gw) with RegisterCurrentServiceServer instead
+// relays every message decoded.
 func RegisterCurrentServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_CurrentService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterCurrentServiceServer(s, NewCurrentServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&CurrentService_ServiceDesc, _CurrentService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewCurrentServiceKafkaGateway(gw))
 	return nil
 }
 

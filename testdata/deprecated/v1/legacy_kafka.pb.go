@@ -14,7 +14,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion3
+const _ = runtime.SupportPackageIsVersion4
 
 // The full gRPC method names of the methods of
 // testdata.deprecated.v1.LegacyService that travel over Kafka, for interceptors
@@ -80,12 +80,19 @@ func NewLegacyServiceKafkaGateway(gw *runtime.Gateway) *LegacyServiceKafkaGatewa
 }
 
 // RegisterLegacyServiceKafkaGateway prepares gw for the service's topics (reply
-// readers) and registers the gateway on s.
+// readers) and registers the gateway on s, with the service descriptor of
+// gw.ServiceDesc: its unary calls are relayed as bytes, never decoded, unless s
+// has a unary interceptor. Registering NewLegacyServiceKafkaGateway(gw) with
+// RegisterLegacyServiceServer instead relays every message decoded.
 func RegisterLegacyServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_LegacyService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterLegacyServiceServer(s, NewLegacyServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&LegacyService_ServiceDesc, _LegacyService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewLegacyServiceKafkaGateway(gw))
 	return nil
 }
 

@@ -16,7 +16,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion3
+const _ = runtime.SupportPackageIsVersion4
 
 // The full gRPC method names of the methods of testdata.keyed.v1.LedgerService
 // that travel over Kafka, for interceptors and other code that tells these
@@ -237,12 +237,19 @@ func NewLedgerServiceKafkaGateway(gw *runtime.Gateway) *LedgerServiceKafkaGatewa
 }
 
 // RegisterLedgerServiceKafkaGateway prepares gw for the service's topics (reply
-// readers) and registers the gateway on s.
+// readers) and registers the gateway on s, with the service descriptor of
+// gw.ServiceDesc: its unary calls are relayed as bytes, never decoded, unless s
+// has a unary interceptor. Registering NewLedgerServiceKafkaGateway(gw) with
+// RegisterLedgerServiceServer instead relays every message decoded.
 func RegisterLedgerServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_LedgerService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterLedgerServiceServer(s, NewLedgerServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&LedgerService_ServiceDesc, _LedgerService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewLedgerServiceKafkaGateway(gw))
 	return nil
 }
 

@@ -15,7 +15,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion3
+const _ = runtime.SupportPackageIsVersion4
 
 // The full gRPC method names of the methods of testdata.kinds.v1.KindsService
 // that travel over Kafka, for interceptors and other code that tells these
@@ -155,12 +155,19 @@ func NewKindsServiceKafkaGateway(gw *runtime.Gateway) *KindsServiceKafkaGateway 
 }
 
 // RegisterKindsServiceKafkaGateway prepares gw for the service's topics (reply
-// readers) and registers the gateway on s.
+// readers) and registers the gateway on s, with the service descriptor of
+// gw.ServiceDesc: its unary calls are relayed as bytes, never decoded, unless s
+// has a unary interceptor. Registering NewKindsServiceKafkaGateway(gw) with
+// RegisterKindsServiceServer instead relays every message decoded.
 func RegisterKindsServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_KindsService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterKindsServiceServer(s, NewKindsServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&KindsService_ServiceDesc, _KindsService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewKindsServiceKafkaGateway(gw))
 	return nil
 }
 
@@ -320,12 +327,20 @@ func NewDefaultsServiceKafkaGateway(gw *runtime.Gateway) *DefaultsServiceKafkaGa
 }
 
 // RegisterDefaultsServiceKafkaGateway prepares gw for the service's topics
-// (reply readers) and registers the gateway on s.
+// (reply readers) and registers the gateway on s, with the service descriptor
+// of gw.ServiceDesc: its unary calls are relayed as bytes, never decoded,
+// unless s has a unary interceptor. Registering
+// NewDefaultsServiceKafkaGateway(gw) with RegisterDefaultsServiceServer instead
+// relays every message decoded.
 func RegisterDefaultsServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_DefaultsService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterDefaultsServiceServer(s, NewDefaultsServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&DefaultsService_ServiceDesc, _DefaultsService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewDefaultsServiceKafkaGateway(gw))
 	return nil
 }
 

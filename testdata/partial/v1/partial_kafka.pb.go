@@ -15,7 +15,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion3
+const _ = runtime.SupportPackageIsVersion4
 
 // The full gRPC method names of the methods of
 // testdata.partial.v1.PartialService that travel over Kafka, for interceptors
@@ -102,12 +102,20 @@ func NewPartialServiceKafkaGateway(gw *runtime.Gateway) *PartialServiceKafkaGate
 }
 
 // RegisterPartialServiceKafkaGateway prepares gw for the service's topics
-// (reply readers) and registers the gateway on s.
+// (reply readers) and registers the gateway on s, with the service descriptor
+// of gw.ServiceDesc: its unary calls are relayed as bytes, never decoded,
+// unless s has a unary interceptor. Registering
+// NewPartialServiceKafkaGateway(gw) with RegisterPartialServiceServer instead
+// relays every message decoded.
 func RegisterPartialServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_PartialService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterPartialServiceServer(s, NewPartialServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&PartialService_ServiceDesc, _PartialService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewPartialServiceKafkaGateway(gw))
 	return nil
 }
 

@@ -15,7 +15,7 @@ import (
 
 // This is a compile-time assertion that this generated file is compatible
 // with the runtime package it is compiled against.
-const _ = runtime.SupportPackageIsVersion3
+const _ = runtime.SupportPackageIsVersion4
 
 // The full gRPC method names of the methods of
 // testdata.routing.v1.RoutingService that travel over Kafka, for interceptors
@@ -248,12 +248,20 @@ func NewRoutingServiceKafkaGateway(gw *runtime.Gateway) *RoutingServiceKafkaGate
 }
 
 // RegisterRoutingServiceKafkaGateway prepares gw for the service's topics
-// (reply readers) and registers the gateway on s.
+// (reply readers) and registers the gateway on s, with the service descriptor
+// of gw.ServiceDesc: its unary calls are relayed as bytes, never decoded,
+// unless s has a unary interceptor. Registering
+// NewRoutingServiceKafkaGateway(gw) with RegisterRoutingServiceServer instead
+// relays every message decoded.
 func RegisterRoutingServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_RoutingService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterRoutingServiceServer(s, NewRoutingServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&RoutingService_ServiceDesc, _RoutingService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewRoutingServiceKafkaGateway(gw))
 	return nil
 }
 
@@ -405,12 +413,20 @@ func NewFetchOnlyServiceKafkaGateway(gw *runtime.Gateway) *FetchOnlyServiceKafka
 }
 
 // RegisterFetchOnlyServiceKafkaGateway prepares gw for the service's topics
-// (reply readers) and registers the gateway on s.
+// (reply readers) and registers the gateway on s, with the service descriptor
+// of gw.ServiceDesc: its unary calls are relayed as bytes, never decoded,
+// unless s has a unary interceptor. Registering
+// NewFetchOnlyServiceKafkaGateway(gw) with RegisterFetchOnlyServiceServer
+// instead relays every message decoded.
 func RegisterFetchOnlyServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.Gateway) error {
 	if err := gw.AddService(_FetchOnlyService_KafkaSpec); err != nil {
 		return err
 	}
-	RegisterFetchOnlyServiceServer(s, NewFetchOnlyServiceKafkaGateway(gw))
+	desc, err := gw.ServiceDesc(&FetchOnlyService_ServiceDesc, _FetchOnlyService_KafkaSpec)
+	if err != nil {
+		return err
+	}
+	s.RegisterService(desc, NewFetchOnlyServiceKafkaGateway(gw))
 	return nil
 }
 
