@@ -52,16 +52,21 @@ func GatewayServerOptions() []grpc.ServerOption {
 
 // FetchServerCodec returns the gRPC server option (grpc.ForceServerCodecV2)
 // with which a gateway's server sends the messages of fetch methods (server
-// streams of a topic's records) and the replies of server-streaming and
-// bidi methods without a copy: a record's value (and a fetch's event id
-// field) go to the transport as they are, never decoded. Every other
-// message is marshalled and unmarshalled by the codec registered for
-// "proto" when FetchServerCodec is called (gRPC's own unless the program
-// registered another before), unchanged. GatewayServerOptions includes it.
+// streams of a topic's records), the replies of server-streaming and bidi
+// methods and the replies of unary methods relayed as bytes
+// (Gateway.ServiceDesc, which generated Register...KafkaGateway functions
+// use) without a copy: a record's value (and a fetch's event id field) go
+// to the transport as they are, never decoded; and with which it copies the
+// request of such a unary method out as it is (checked to be well-formed
+// protobuf), never decoded. Every other message is marshalled and
+// unmarshalled by the codec registered for "proto" when FetchServerCodec is
+// called (gRPC's own unless the program registered another before),
+// unchanged. GatewayServerOptions includes it.
 //
 // Without it fetch methods work the same and still never decode a record,
-// with one copy more per message, and a stream's replies are decoded and
-// encoded again (BenchmarkFetchEncode, 2 cores: about
+// with one copy more per message, unary methods relay bytes with a copy
+// more each way, and a stream's replies are decoded and encoded again
+// (BenchmarkFetchEncode, 2 cores: about
 // 0.1 µs per message of any size with it; without, about 0.3 µs for 100
 // bytes and 50 to 170 µs for 100 KiB). Nothing changes process-wide: gRPC's
 // codec registry is left as it is, and only the server built with this
