@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -39,9 +40,11 @@ type gwCall struct {
 	reqEnded   bool
 	cancelSent bool
 	keyPending bool          // the key comes from the first request message (KeyField), not sent yet
-	reqDone    chan struct{} // closed when the request side ended
+	reqDone    chan struct{} // closed when the request side ended; made by awaitRequestEnd, the one reader
 	unacked    sync.WaitGroup
 	onProduced func(*kafkaclient.Record, error) // c.delivered, bound once
+	recs       [2]kafkaclient.Record            // the first records produced (a unary call's two): no allocation each
+	nrecs      int                              // of recs used
 
 	// reply side, filled by the router
 	mu       sync.Mutex
@@ -52,6 +55,14 @@ type gwCall struct {
 	finished bool
 
 	out rawReply // the response of a unary call relayed as bytes (unaryRaw)
+
+	// Inline backing arrays, so that a unary call's slices cost no
+	// allocation of their own: the reply queue's two (awaitReplies swaps
+	// them), the request headers and the correlation id.
+	qbuf  [2]reply
+	qbuf2 [1]reply
+	hbuf  [8]kafkaclient.Header
+	idbuf [72]byte
 }
 
 // begin chooses the route, computes the correlation id and headers, and
@@ -68,8 +79,9 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 	}
 	rp := p.route(md)
 	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, keyPending: rp.route.KeyField != nil && rp.key == nil,
-		reqDone: make(chan struct{}), signal: make(chan struct{}, 1), start: time.Now(), tel: p.tel, ctx: ctx}
+		signal: make(chan struct{}, 1), start: time.Now(), tel: p.tel, ctx: ctx}
 	c.onProduced = c.delivered
+	c.queue = c.qbuf[:0]
 	c.tel.begin(ctx)
 	sendCtx, send := g.trc.start(ctx, rp.sendName, rp.sendOpts...)
 	c.send = send
@@ -96,7 +108,11 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 			return nil, c.abandon(status.Error(codes.DeadlineExceeded, "deadline exceeded before the request was sent"))
 		}
 	}
-	c.headers = wire.AppendRequest(make([]kafkaclient.Header, 0, len(rp.fixed)+3+len(md)), &g.cfg.names, &req)
+	hs := c.hbuf[:0]
+	if n := len(rp.fixed) + 3 + len(md); n > len(c.hbuf) {
+		hs = make([]kafkaclient.Header, 0, n)
+	}
+	c.headers = wire.AppendRequest(hs, &g.cfg.names, &req)
 	if rp.router != nil {
 		if !rp.router.add(c) {
 			return nil, c.abandon(status.Errorf(codes.AlreadyExists, "%s: a call with correlation id %q is already in flight", m.FullMethod(), c.id))
@@ -128,6 +144,18 @@ func (c *gwCall) correlate(ctx context.Context, md metadata.MD, req *wire.Reques
 	base := ""
 	if v := md.Get(wire.IdempotencyKeyMetadata); len(v) > 0 && v[0] != "" {
 		base = v[0]
+	}
+	if base == "" && !rp.router.sharded {
+		// A fresh UUID and the route's hash, written once in c.idbuf: the
+		// header, the key and (as c.id) the router's map key share it.
+		b := wire.AppendUUID(c.idbuf[:0])
+		b = append(b, rp.hash...)
+		c.id = unsafe.String(unsafe.SliceData(b), len(b)) // b is never written again
+		req.CorrelationID = b
+		if c.key == nil && !c.keyPending {
+			c.key = b
+		}
+		return nil
 	}
 	c.id = rp.router.correlationID(base, rp.hash)
 	if base != "" {
@@ -231,8 +259,18 @@ func (c *gwCall) end(err error) {
 	c.tel.end(c.ctx, c.start, err)
 }
 
+// produce produces one request record. Called with reqMu held.
 func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
-	rec := &kafkaclient.Record{
+	var rec *kafkaclient.Record
+	if c.nrecs < len(c.recs) {
+		// c.recs[i] is handed to the client once and never reused: it is
+		// valid for as long as the client needs it.
+		rec = &c.recs[c.nrecs]
+		c.nrecs++
+	} else {
+		rec = new(kafkaclient.Record)
+	}
+	*rec = kafkaclient.Record{
 		Topic:     c.rp.route.Topic,
 		Partition: kafkaclient.AnyPartition,
 		Key:       c.key,
@@ -293,7 +331,9 @@ func (c *gwCall) refuse(err error) {
 func (c *gwCall) endRequest(err error) {
 	if !c.reqEnded {
 		c.reqEnded = true
-		close(c.reqDone)
+		if c.reqDone != nil {
+			close(c.reqDone)
+		}
 		spanEnd(c.send, err)
 	}
 }
@@ -394,7 +434,7 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 			spanEnd(receive, err)
 		}
 	}()
-	var batch []reply
+	batch := c.qbuf2[:0]
 	for {
 		c.mu.Lock()
 		batch, c.queue = c.queue, batch[:0]
@@ -468,8 +508,18 @@ func (c *gwCall) openReply(ctx context.Context, rec *kafkaclient.Record, env *wi
 // awaitRequestEnd waits until the request stream ended (the caller
 // half-closed).
 func (c *gwCall) awaitRequestEnd(ctx context.Context) error {
+	c.reqMu.Lock()
+	if c.reqEnded {
+		c.reqMu.Unlock()
+		return nil
+	}
+	if c.reqDone == nil {
+		c.reqDone = make(chan struct{})
+	}
+	done := c.reqDone
+	c.reqMu.Unlock()
 	select {
-	case <-c.reqDone:
+	case <-done:
 		return nil
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()

@@ -37,6 +37,13 @@ func RouteHash(names Names, service, method, replyTo string, overrides ...string
 // NewUUID returns a random (version 4) UUID: 36 characters, lower case,
 // hyphenated.
 func NewUUID() string {
+	var b [36]byte
+	return string(AppendUUID(b[:0]))
+}
+
+// AppendUUID appends a new random (version 4) UUID to dst, as NewUUID
+// returns it, and returns the extended slice.
+func AppendUUID(dst []byte) []byte {
 	var u [16]byte
 	_, _ = rand.Read(u[:]) // crypto/rand.Read never fails on supported platforms
 	u[6] = u[6]&0x0f | 0x40
@@ -51,5 +58,5 @@ func NewUUID() string {
 	hex.Encode(b[19:23], u[8:10])
 	b[23] = '-'
 	hex.Encode(b[24:], u[10:])
-	return string(b[:])
+	return append(dst, b[:]...)
 }
