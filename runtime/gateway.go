@@ -253,7 +253,10 @@ func (g *Gateway) Unary(ctx context.Context, m *MethodSpec, in, out proto.Messag
 	if err != nil {
 		return err
 	}
-	defer func() { c.end(err) }()
+	defer func() {
+		c.end(err)
+		c.releaseSignal()
+	}()
 	return c.unary(ctx, in, out, func(md metadata.MD) { _ = grpc.SetHeader(ctx, md) }, func(md metadata.MD) { _ = grpc.SetTrailer(ctx, md) })
 }
 

@@ -54,7 +54,8 @@ type gwCall struct {
 	signal   chan struct{} // capacity 1: something was queued or failed
 	finished bool
 
-	out rawReply // the response of a unary call relayed as bytes (unaryRaw)
+	in  rawRequest // the request of a unary call relayed as bytes (Gateway.unaryRaw)
+	out rawReply   // its response (unaryRaw)
 
 	// Inline backing arrays, so that a unary call's slices cost no
 	// allocation of their own: the reply queue's two (awaitReplies swaps
@@ -63,6 +64,7 @@ type gwCall struct {
 	qbuf2 [1]reply
 	hbuf  [8]kafkaclient.Header
 	idbuf [72]byte
+	tbuf  [16]byte // the timeout header's value
 }
 
 // begin chooses the route, computes the correlation id and headers, and
@@ -70,6 +72,13 @@ type gwCall struct {
 // the incoming metadata of a gateway's gRPC call, the outgoing metadata of a
 // ClientConn's call; it is read, never changed.
 func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gwCall, error) {
+	return g.beginCall(new(gwCall), ctx, m, md)
+}
+
+// beginCall is begin with the call's memory given: c is new, its fields
+// zero but for in (a unary request relayed as bytes, decoded into the call's
+// own memory before the call begins).
+func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md metadata.MD) (*gwCall, error) {
 	if m.Fetch != nil || len(m.Routes) == 0 {
 		return nil, status.Errorf(codes.Unimplemented, "%s: not a request/reply method", m.FullMethod())
 	}
@@ -78,8 +87,8 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 		return nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
 	rp := p.route(md)
-	c := &gwCall{g: g, m: m, rp: rp, key: rp.key, keyPending: rp.route.KeyField != nil && rp.key == nil,
-		signal: make(chan struct{}, 1), start: time.Now(), tel: p.tel, ctx: ctx}
+	c.g, c.m, c.rp, c.key, c.keyPending = g, m, rp, rp.key, rp.route.KeyField != nil && rp.key == nil
+	c.signal, c.start, c.tel, c.ctx = signals.Get().(chan struct{}), time.Now(), p.tel, ctx
 	c.onProduced = c.delivered
 	c.queue = c.qbuf[:0]
 	c.tel.begin(ctx)
@@ -108,11 +117,8 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 			return nil, c.abandon(status.Error(codes.DeadlineExceeded, "deadline exceeded before the request was sent"))
 		}
 	}
-	hs := c.hbuf[:0]
-	if n := len(rp.fixed) + 3 + len(md); n > len(c.hbuf) {
-		hs = make([]kafkaclient.Header, 0, n)
-	}
-	c.headers = wire.AppendRequest(hs, &g.cfg.names, &req)
+	req.Scratch = c.tbuf[:0]
+	c.headers = wire.AppendRequest(c.hbuf[:0], &g.cfg.names, &req) // grows out of hbuf when a call has more headers
 	if rp.router != nil {
 		if !rp.router.add(c) {
 			return nil, c.abandon(status.Errorf(codes.AlreadyExists, "%s: a call with correlation id %q is already in flight", m.FullMethod(), c.id))
@@ -237,6 +243,19 @@ func (c *gwCall) exchange(ctx context.Context, b []byte, onHeader, onTrailer fun
 	}
 	return false, nil
 }
+
+// signals holds wake-up channels (capacity 1) of calls that ended, for
+// calls to come: a channel is one allocation per call otherwise. A channel
+// may come with a token in it, or receive one later from the call it
+// served (a produce failure reported after the call ended): to its new call
+// that is a spurious wake-up, which awaitReplies, the one reader, takes as
+// a reason to look at the queue again and nothing more.
+var signals = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
+
+// releaseSignal gives the call's wake-up channel to calls to come. Called
+// once, after end, by the goroutine that awaited the replies, when nothing
+// will await them again.
+func (c *gwCall) releaseSignal() { signals.Put(c.signal) }
 
 // abandon ends the telemetry of a call that begin could not start.
 func (c *gwCall) abandon(err error) error {
@@ -437,7 +456,11 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 	batch := c.qbuf2[:0]
 	for {
 		c.mu.Lock()
-		batch, c.queue = c.queue, batch[:0]
+		if len(c.queue) > 0 { // else keep both arrays where they are: the queue may take two replies at once
+			batch, c.queue = c.queue, batch[:0]
+		} else {
+			batch = batch[:0]
+		}
 		for i := range batch {
 			c.queued -= len(batch[i].rec.Value)
 		}

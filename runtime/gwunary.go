@@ -106,16 +106,17 @@ func protoSubtype(md metadata.MD) bool {
 // unaryRaw relays a unary call whose request dec decodes as bytes, as
 // Unary does with typed messages; the reply is sent as bytes.
 func (g *Gateway) unaryRaw(ctx context.Context, m *MethodSpec, md metadata.MD, dec func(any) error) (any, error) {
-	in := new(rawRequest)
-	if err := dec(in); err != nil {
+	c := new(gwCall) // one allocation for the call and its request
+	if err := dec(&c.in); err != nil {
 		return nil, err
 	}
-	c, err := g.begin(ctx, m, md)
+	c, err := g.beginCall(c, ctx, m, md)
 	if err != nil {
 		return nil, err
 	}
-	err = c.unaryRaw(ctx, in.bytes())
+	err = c.unaryRaw(ctx, c.in.bytes())
 	c.end(err)
+	c.releaseSignal()
 	if err != nil {
 		return nil, err
 	}

@@ -36,6 +36,10 @@ type Request struct {
 	// Attempt, when not nil, is written as "meta:kafkarpc-attempt"
 	// (AttemptMetadata): a keyed call's attempt id.
 	Attempt []byte
+	// Scratch, when it has room (9 bytes suffice), holds the encoded
+	// timeout, so that writing it allocates nothing; the caller leaves it
+	// unchanged while the headers are in use. Nil allocates.
+	Scratch []byte
 	// Metadata is the caller's request metadata, written as "meta:" headers
 	// (AppendMetadata) with the names Keep accepts (all when Keep is nil).
 	Metadata metadata.MD
@@ -54,7 +58,11 @@ func AppendRequest(hs []Header, names *Names, r *Request) []Header {
 		hs = append(hs, Header{Key: names.CorrelationID, Value: r.CorrelationID})
 	}
 	if r.HasTimeout {
-		hs = append(hs, Header{Key: names.MetaPrefix + TimeoutMetadata, Value: AppendTimeout(nil, r.Timeout)})
+		key := "meta:" + TimeoutMetadata // a constant: no allocation for the default prefix
+		if names.MetaPrefix != "meta:" {
+			key = names.MetaPrefix + TimeoutMetadata
+		}
+		hs = append(hs, Header{Key: key, Value: AppendTimeout(r.Scratch[:0], r.Timeout)})
 	}
 	if r.Attempt != nil {
 		hs = append(hs, Header{Key: names.MetaPrefix + AttemptMetadata, Value: r.Attempt})
