@@ -246,7 +246,9 @@ func (g *Gateway) Stats() GatewayStats {
 // Unary relays a call with one request message and one response message:
 // unary and client-streaming-shaped calls whose request is already known. The
 // response is decoded into out. Response headers and trailers from the worker
-// are set on ctx's gRPC stream when there is one.
+// are set on ctx's gRPC stream when there is one. This is the typed path of
+// generated gateway methods; the service descriptor of ServiceDesc relays
+// most unary calls as bytes instead, with the same outcome.
 func (g *Gateway) Unary(ctx context.Context, m *MethodSpec, in, out proto.Message) (err error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	c, err := g.begin(ctx, m, md)
