@@ -32,7 +32,11 @@ import (
 // record's value as it is; a server without it decodes the request as a
 // message with no fields, keeping its bytes as unknown fields, and encodes
 // the reply from such a message, so it works the same with a copy more each
-// way. A stats handler sees these messages, not the method's typed ones.
+// way. A stats handler sees these messages, not the method's typed ones. A
+// codec forced on the server other than FetchServerCodec must encode and
+// decode proto messages through their reflection, as gRPC's proto codec does
+// (one that wants the generated types, say, does not: register the gateway
+// with Register...Server on such a server).
 // The request is checked to be well-formed protobuf (INTERNAL, as gRPC's
 // decoding answers, when not); what decoding it would check beyond that
 // (UTF-8 strings, required fields) the worker checks when it decodes it.
