@@ -178,7 +178,10 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	if err != nil {
 		return err
 	}
-	defer func() { c.end(err) }()
+	defer func() {
+		c.end(err)
+		c.releaseSignal()
+	}()
 	return c.unary(ctx, in, out, co.header, co.trailer)
 }
 
