@@ -248,12 +248,7 @@ func TestOtherAttemptsMessagesStayOutOfAStream(t *testing.T) {
 	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoClientStream", e.topic("echo-responses"))
 	send := func(attempt, msg string) {
 		t.Helper()
-		hs := append(requestHeaders(e, echoService, "EchoClientStream", id), "meta:"+wire.AttemptMetadata, attempt, "meta:idempotency-key", key)
-		var value []byte
-		if msg != "" {
-			value, _ = proto.Marshal(&echov1.EchoRequest{Message: msg})
-		}
-		produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: value, Headers: hs.headers()})
+		sendAttempt(t, e, "EchoClientStream", id, key, attempt, msg)
 	}
 	send("a1", "mine")
 	send("a2", "theirs")
@@ -303,13 +298,7 @@ func TestOwnCancelReachesCallWhileRetryWaits(t *testing.T) {
 	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoUnary", e.topic("echo-responses"))
 	send := func(attempt, msg string, extra ...string) {
 		t.Helper()
-		hs := append(requestHeaders(e, echoService, "EchoUnary", id), "meta:"+wire.AttemptMetadata, attempt, "meta:idempotency-key", key)
-		hs = append(hs, extra...)
-		var value []byte
-		if msg != "" {
-			value, _ = proto.Marshal(&echov1.EchoRequest{Message: msg})
-		}
-		produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: value, Headers: hs.headers()})
+		sendAttempt(t, e, "EchoUnary", id, key, attempt, msg, extra...)
 	}
 	send("a1", "hold")
 	send("a1", "")
@@ -340,4 +329,19 @@ func TestOwnCancelReachesCallWhileRetryWaits(t *testing.T) {
 		t.Fatalf("second attempt: %d records ending with status %s of attempt %q, want a response and an OK end of a2",
 			len(recs), header(end, "zilla:status"), header(end, "meta:"+wire.AttemptMetadata))
 	}
+}
+
+// sendAttempt produces one request record of an echo method's call id, as
+// attempt (meta:kafkarpc-attempt) of the idempotency key key: msg as an
+// EchoRequest, or the end-of-stream record when msg is empty; extra are
+// more header names and values.
+func sendAttempt(t *testing.T, e *env, method, id, key, attempt, msg string, extra ...string) {
+	t.Helper()
+	hs := append(requestHeaders(e, echoService, method, id), "meta:"+wire.AttemptMetadata, attempt, "meta:idempotency-key", key)
+	hs = append(hs, extra...)
+	var value []byte
+	if msg != "" {
+		value, _ = proto.Marshal(&echov1.EchoRequest{Message: msg})
+	}
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: value, Headers: hs.headers()})
 }

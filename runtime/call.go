@@ -58,12 +58,9 @@ type call struct {
 	out  replyState   // what the handler sent and set
 	sent delivery     // its records on their way to Kafka
 	// recs hold the call's first reply records (a unary call's response
-	// and end), so that they cost no allocation of their own; they stay
-	// put until finish waited for their acknowledgements. nrecs counts
-	// those taken; both are written under out.mu, or by finish once the
-	// reply stream is closed.
-	recs  [2]kafkaclient.Record
-	nrecs int
+	// and end); taken under out.mu, or by finish once the reply stream is
+	// closed.
+	recs recordSlots
 	// acked is c.delivered as a func value, made once per call.
 	acked func(*kafkaclient.Record, error)
 
@@ -561,13 +558,7 @@ func (c *call) produce(value []byte, hs []kafkaclient.Header) {
 	if c.keepReplies {
 		c.stored = append(c.stored, kafkaclient.Record{Value: value, Headers: hs})
 	}
-	var rec *kafkaclient.Record
-	if c.nrecs < len(c.recs) {
-		rec = &c.recs[c.nrecs]
-		c.nrecs++
-	} else {
-		rec = new(kafkaclient.Record)
-	}
+	rec := c.recs.next()
 	*rec = kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Value: value, Headers: hs}
 	c.w.writer.send(c, rec)
 }

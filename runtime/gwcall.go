@@ -43,8 +43,7 @@ type gwCall struct {
 	reqDone    chan struct{} // closed when the request side ended; made by awaitRequestEnd, the one reader
 	unacked    sync.WaitGroup
 	onProduced func(*kafkaclient.Record, error) // c.delivered, bound once
-	recs       [2]kafkaclient.Record            // the first records produced (a unary call's two): no allocation each
-	nrecs      int                              // of recs used
+	recs       recordSlots                      // the first records produced (a unary call's two): no allocation each
 
 	// reply side, filled by the router
 	mu       sync.Mutex
@@ -280,15 +279,7 @@ func (c *gwCall) end(err error) {
 
 // produce produces one request record. Called with reqMu held.
 func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
-	var rec *kafkaclient.Record
-	if c.nrecs < len(c.recs) {
-		// c.recs[i] is handed to the client once and never reused: it is
-		// valid for as long as the client needs it.
-		rec = &c.recs[c.nrecs]
-		c.nrecs++
-	} else {
-		rec = new(kafkaclient.Record)
-	}
+	rec := c.recs.next()
 	*rec = kafkaclient.Record{
 		Topic:     c.rp.route.Topic,
 		Partition: kafkaclient.AnyPartition,

@@ -71,7 +71,7 @@ func (p *payloadSeen) first(t *testing.T) (in, out any) {
 
 // serveWith runs a gRPC server with opts on loopback, registers on it, and
 // returns a connection to it.
-func serveWith(t *testing.T, opts []grpc.ServerOption, register func(*grpc.Server)) *grpc.ClientConn {
+func serveWith(t testing.TB, opts []grpc.ServerOption, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

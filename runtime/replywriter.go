@@ -236,3 +236,24 @@ func (t *txnWriter) close() {
 		t.w.cfg.logger.Warn("kafkarpc: closing the transactional producer", "error", err)
 	}
 }
+
+// recordSlots holds the first two records a call produces (a unary call's
+// message and end-of-stream), so that they cost no allocation of their
+// own. A slot is handed out once and never reused, so a record stays valid
+// for as long as the Kafka client holds it. Not safe for concurrent use:
+// its call takes slots under the lock that orders its records.
+type recordSlots struct {
+	recs [2]kafkaclient.Record
+	n    int
+}
+
+// next returns a record to fill and produce: a slot while any is left, then
+// a new one.
+func (s *recordSlots) next() *kafkaclient.Record {
+	if s.n < len(s.recs) {
+		r := &s.recs[s.n]
+		s.n++
+		return r
+	}
+	return new(kafkaclient.Record)
+}

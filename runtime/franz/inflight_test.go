@@ -155,13 +155,7 @@ func TestConcurrentProduceRecordsIntact(t *testing.T) {
 			}
 		}()
 	}
-	all := make(chan struct{})
-	go func() { wg.Wait(); close(all) }()
-	select {
-	case <-all:
-	case <-time.After(90 * time.Second):
-		t.Fatal("not every record was reported within 90s")
-	}
+	awaitReports(t, &wg)
 	if t.Failed() {
 		return
 	}
@@ -277,13 +271,7 @@ func TestProduceReusesInflights(t *testing.T) {
 				wg.Done()
 			})
 		}
-		all := make(chan struct{})
-		go func() { wg.Wait(); close(all) }()
-		select {
-		case <-all:
-		case <-time.After(90 * time.Second):
-			t.Fatal("not every record was reported within 90s")
-		}
+		awaitReports(t, &wg)
 	}
 	produce(window) // metadata, connections, first batches
 
@@ -295,5 +283,18 @@ func TestProduceReusesInflights(t *testing.T) {
 	t.Logf("%d objects allocated by package franz for %d records (%.3f per record)", allocs, records, float64(allocs)/records)
 	if allocs >= records/2 {
 		t.Errorf("%d objects allocated by package franz for %d records: inflights are not reused", allocs, records)
+	}
+}
+
+// awaitReports waits until wg, one count per produced record, is done: every
+// record's delivery was reported. It fails the test after 90s.
+func awaitReports(t *testing.T, wg *sync.WaitGroup) {
+	t.Helper()
+	all := make(chan struct{})
+	go func() { wg.Wait(); close(all) }()
+	select {
+	case <-all:
+	case <-time.After(90 * time.Second):
+		t.Fatal("not every record was reported within 90s")
 	}
 }
