@@ -325,9 +325,16 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 	}
 	if opts.Logger != nil {
 		for i, t := range missing {
+			rf, isr := "broker default", specs[i].Config["min.insync.replicas"]
+			if f := specs[i].ReplicationFactor; f > 0 {
+				rf = strconv.Itoa(int(f))
+			}
+			if isr == "" {
+				isr = "broker default"
+			}
 			opts.Logger.Info("kafkarpc: created topic", "topic", t.Name, "role", t.Role.String(),
 				"partitions", partitions, "max.message.bytes", maxBytes,
-				"replication.factor", specs[i].ReplicationFactor, "min.insync.replicas", specs[i].Config["min.insync.replicas"])
+				"replication.factor", rf, "min.insync.replicas", isr)
 		}
 	}
 	return nil
