@@ -206,10 +206,13 @@ func (g *Gateway) routerLocked(ctx context.Context, topic string) (*replyRouter,
 	return r, nil
 }
 
-// Close stops the reply readers; calls still waiting end with UNAVAILABLE.
-// It does not close the Kafka client.
+// Close stops the reply readers, fetch readers and background topic
+// lookups, and returns once they ended; calls still waiting end with
+// UNAVAILABLE. It does not close the Kafka client.
 func (g *Gateway) Close() error {
+	g.mu.Lock() // ordered with background: no goroutine is counted after Wait began
 	g.cancel()
+	g.mu.Unlock()
 	g.wg.Wait()
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -218,6 +221,23 @@ func (g *Gateway) Close() error {
 		errs = append(errs, r.close())
 	}
 	return errors.Join(errs...)
+}
+
+// background runs f on a goroutine of its own with the gateway's context,
+// which Close ends and then waits for f to return; it reports false,
+// running nothing, once the gateway is closing.
+func (g *Gateway) background(f func(ctx context.Context)) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ctx.Err() != nil {
+		return false
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		f(g.ctx)
+	}()
+	return true
 }
 
 // GatewayStats are counters of a gateway's reply readers.

@@ -4,6 +4,7 @@ import (
 	"context"
 	goruntime "runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,7 +46,7 @@ func TestTopicGuardNeverWaitsForKnownTopic(t *testing.T) {
 	var tg topicGuard
 	checked := func() <-chan error {
 		done := make(chan error, 1)
-		go func() { done <- tg.check(context.Background(), admin, "t", time.Minute, m) }()
+		go func() { done <- tg.check(context.Background(), admin, "t", time.Minute, m, detached) }()
 		return done
 	}
 	bound := time.After(30 * time.Second)
@@ -88,7 +89,7 @@ func TestTopicGuardNeverWaitsForKnownTopic(t *testing.T) {
 	// meanwhile): from then on calls fail at once, naming the topic.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		err := tg.check(context.Background(), admin, "t", time.Minute, m)
+		err := tg.check(context.Background(), admin, "t", time.Minute, m, detached)
 		if err != nil {
 			if st := status.Convert(err); st.Code() != codes.NotFound || !strings.Contains(st.Message(), `"t"`) {
 				t.Fatalf("after the topic was deleted: %v, want NOT_FOUND naming it", err)
@@ -99,5 +100,74 @@ func TestTopicGuardNeverWaitsForKnownTopic(t *testing.T) {
 			t.Fatal("the background lookup's answer was not recorded within 30 s")
 		}
 		goruntime.Gosched()
+	}
+}
+
+// detached runs a background lookup on a goroutine of its own, as a
+// gateway that is not closing does.
+func detached(f func(context.Context)) bool {
+	go f(context.Background())
+	return true
+}
+
+// closeWatchAdmin is a gateway's Kafka client whose first lookup of a topic
+// finds it and whose later ones wait until their context ends, recording
+// that they ended. Only Partitions is used.
+type closeWatchAdmin struct {
+	kafkaclient.Client
+	lookups atomic.Int32
+	waiting chan struct{}
+	ended   atomic.Bool
+}
+
+func (a *closeWatchAdmin) Partitions(ctx context.Context, _ string) ([]int32, error) {
+	if a.lookups.Add(1) == 1 {
+		return []int32{0}, nil
+	}
+	close(a.waiting)
+	<-ctx.Done()
+	a.ended.Store(true)
+	return nil, ctx.Err()
+}
+
+// TestGatewayCloseEndsBackgroundTopicLookup: the lookup that refreshes a
+// known topic in the background is the gateway's: Close ends it and waits
+// for it, as for its other goroutines (a lookup left running held the
+// Kafka client, whose Close then waited up to the setup timeout, 30 s).
+func TestGatewayCloseEndsBackgroundTopicLookup(t *testing.T) {
+	present := topicPresentFresh
+	topicPresentFresh = 0 // every call finds "present" stale
+	t.Cleanup(func() { topicPresentFresh = present })
+	admin := &closeWatchAdmin{waiting: make(chan struct{})}
+	g := NewGateway(admin)
+	m := &MethodSpec{Service: "s.S", Method: "M"}
+	for i := range 2 { // looked up by the call, then in the background
+		if err := g.checkTopic(context.Background(), m, "t"); err != nil {
+			t.Fatalf("call %d: %v", i+1, err)
+		}
+	}
+	select {
+	case <-admin.waiting:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the known topic was not looked up again in the background within 30 s")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- g.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return within 30 s")
+	}
+	if !admin.ended.Load() {
+		t.Fatal("Close returned while the background lookup was still running")
+	}
+	if err := g.checkTopic(context.Background(), m, "t"); err != nil {
+		t.Fatalf("a call after Close: %v (the topic is still known to exist)", err)
+	}
+	if n := admin.lookups.Load(); n != 2 {
+		t.Fatalf("%d lookups, want 2: a closed gateway starts no background lookup", n)
 	}
 }

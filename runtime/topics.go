@@ -378,7 +378,11 @@ type topicState struct {
 // pays a metadata round trip, which every call of a service called less
 // than once a second did. A lookup that fails for another reason (a broker
 // down) lets the call go on: producing reports such problems itself.
-func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, m *MethodSpec) error {
+//
+// background starts the background lookup: it runs f on a goroutine of its
+// own with a context that ends when the lookup's owner closes, or reports
+// false, running nothing, once that owner is closing.
+func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, m *MethodSpec, background func(f func(context.Context)) bool) error {
 	v, ok := tg.states.Load(topic)
 	if !ok {
 		v, _ = tg.states.LoadOrStore(topic, &topicState{})
@@ -394,10 +398,12 @@ func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string,
 	case !st.checking.CompareAndSwap(false, true):
 		// Another call looks it up: go by what is known.
 	case checked != 0 && !missing:
-		go func() {
+		if !background(func(bctx context.Context) {
 			defer st.checking.Store(false)
-			st.lookup(context.Background(), admin, topic, timeout)
-		}()
+			st.lookup(bctx, admin, topic, timeout)
+		}) {
+			st.checking.Store(false)
+		}
 	default:
 		st.lookup(ctx, admin, topic, timeout)
 		st.checking.Store(false)
@@ -448,7 +454,7 @@ func unknownTopic(err error) bool { return errors.Is(err, kafkaclient.ErrUnknown
 // checkTopic is the gateway's check of a call's request topic; see
 // topicGuard.check.
 func (g *Gateway) checkTopic(ctx context.Context, m *MethodSpec, topic string) error {
-	return g.topics.check(ctx, g.client, topic, g.cfg.setupTimeout, m)
+	return g.topics.check(ctx, g.client, topic, g.cfg.setupTimeout, m, g.background)
 }
 
 // topicMissing is the status of a call whose request record failed because
