@@ -285,15 +285,7 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 
 // track registers a goroutine that owns a reader with the gateway, so that
 // Close waits for it; false once the gateway is closing.
-func (f *fanout) track() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.g.ctx.Err() != nil {
-		return false
-	}
-	f.g.wg.Add(1)
-	return true
-}
+func (f *fanout) track() bool { return f.g.count() }
 
 // run reads the topic until ctx ends, then closes the reader.
 func (h *fanoutHub) run(ctx context.Context) {

@@ -227,16 +227,27 @@ func (g *Gateway) Close() error {
 // which Close ends and then waits for f to return; it reports false,
 // running nothing, once the gateway is closing.
 func (g *Gateway) background(f func(ctx context.Context)) bool {
+	if !g.count() {
+		return false
+	}
+	go func() {
+		defer g.wg.Done()
+		f(g.ctx)
+	}()
+	return true
+}
+
+// count counts a goroutine about to start in wg, so that Close waits for
+// it (the goroutine calls wg.Done); false, counting nothing, once the
+// gateway is closing. Close cancels under g.mu, so no count is added once
+// its Wait may have begun.
+func (g *Gateway) count() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.ctx.Err() != nil {
 		return false
 	}
 	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		f(g.ctx)
-	}()
 	return true
 }
 
