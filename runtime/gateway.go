@@ -198,7 +198,7 @@ func (g *Gateway) routerLocked(ctx context.Context, topic string) (*replyRouter,
 		return nil, err
 	}
 	g.routers[topic] = r
-	g.wg.Add(1)
+	g.wg.Add(1) // under g.mu, after prepare saw the gateway open: ordered with Close as count is
 	go func() {
 		defer g.wg.Done()
 		r.run(g.ctx)
@@ -402,11 +402,21 @@ func GatewayStream[Req, Resp any, PReq interface {
 // The value must be well-formed protobuf; what the caller's generated code
 // checks beyond that (UTF-8 strings, required fields) it checks itself.
 func relayRaw(m *MethodSpec, stream grpc.ServerStream, rec *kafkaclient.Record, carrier func([]byte) proto.Message) error {
-	if !wire.ValidWire(rec.Value) {
-		return status.Errorf(codes.Internal, "%s: reply at %s is not a valid protobuf message", m.FullMethod(), recordPlace(rec))
+	if err := checkRawReply(m, rec); err != nil {
+		return err
 	}
 	if err := stream.SendMsg(&fetchMessage{value: rec.Value, carrier: carrier}); err != nil {
 		return status.FromContextError(err).Err()
+	}
+	return nil
+}
+
+// checkRawReply checks that a reply record relayed as bytes (a stream's
+// response, or a unary call's through ServiceDesc) is well-formed protobuf:
+// INTERNAL naming the record when not.
+func checkRawReply(m *MethodSpec, rec *kafkaclient.Record) error {
+	if !wire.ValidWire(rec.Value) {
+		return status.Errorf(codes.Internal, "%s: reply at %s is not a valid protobuf message", m.FullMethod(), recordPlace(rec))
 	}
 	return nil
 }

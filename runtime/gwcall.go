@@ -204,8 +204,8 @@ func (c *gwCall) unary(ctx context.Context, in, out proto.Message, onHeader, onT
 func (c *gwCall) unaryRaw(ctx context.Context, b []byte) error {
 	oneway, err := c.exchange(ctx, b, func(md metadata.MD) { _ = grpc.SetHeader(ctx, md) }, func(md metadata.MD) { _ = grpc.SetTrailer(ctx, md) },
 		func(rec *kafkaclient.Record) error {
-			if !wire.ValidWire(rec.Value) {
-				return status.Errorf(codes.Internal, "%s: reply at %s is not a valid protobuf message", c.m.FullMethod(), recordPlace(rec))
+			if err := checkRawReply(c.m, rec); err != nil {
+				return err
 			}
 			c.out.set(rec.Value)
 			return nil

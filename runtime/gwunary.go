@@ -57,12 +57,7 @@ func (g *Gateway) ServiceDesc(desc *grpc.ServiceDesc, spec *ServiceSpec) (*grpc.
 	d.Methods = slices.Clone(desc.Methods)
 	for i := range d.Methods {
 		md := &d.Methods[i]
-		var m *MethodSpec
-		for _, sm := range spec.Methods {
-			if sm.Method == md.MethodName {
-				m = sm
-			}
-		}
+		m := spec.Method(md.MethodName)
 		if m == nil || m.Kind != KindUnary || m.Fetch != nil || len(m.Routes) == 0 {
 			continue
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -255,7 +256,7 @@ func TestServiceDescRefusesOtherService(t *testing.T) {
 		t.Fatal("ServiceDesc accepted the spec of another service")
 	}
 	want := fmt.Sprintf("%q given with the spec of %q", "example.echo.v1.EchoService", "other.Service")
-	if !bytes.Contains([]byte(err.Error()), []byte(want)) {
+	if !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %q does not say %s", err, want)
 	}
 	if _, err := gw.ServiceDesc(nil, echov1.EchoServiceKafkaSpec); err == nil {

@@ -58,8 +58,8 @@ func AppendRequest(hs []Header, names *Names, r *Request) []Header {
 		hs = append(hs, Header{Key: names.CorrelationID, Value: r.CorrelationID})
 	}
 	if r.HasTimeout {
-		key := "meta:" + TimeoutMetadata // a constant: no allocation for the default prefix
-		if names.MetaPrefix != "meta:" {
+		key := defaultMetaPrefix + TimeoutMetadata // a constant: no allocation for the default prefix
+		if names.MetaPrefix != defaultMetaPrefix {
 			key = names.MetaPrefix + TimeoutMetadata
 		}
 		hs = append(hs, Header{Key: key, Value: AppendTimeout(r.Scratch[:0], r.Timeout)})

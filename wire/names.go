@@ -31,6 +31,9 @@ type Names struct {
 	Identity string
 }
 
+// defaultMetaPrefix is Names.MetaPrefix by default.
+const defaultMetaPrefix = "meta:"
+
 // DefaultNames returns the header names of WIRE.md, as Zilla uses them.
 func DefaultNames() Names {
 	return Names{
@@ -41,7 +44,7 @@ func DefaultNames() Names {
 		Status:        "zilla:status",
 		Message:       "zilla:message",
 		StatusDetails: "zilla:status-details-bin",
-		MetaPrefix:    "meta:",
+		MetaPrefix:    defaultMetaPrefix,
 		TrailerPrefix: "trailer:",
 		Identity:      "zilla:identity",
 	}
