@@ -2,11 +2,13 @@ package runtime_test
 
 import (
 	"context"
+	"io"
 	"slices"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
@@ -142,5 +144,121 @@ func (h *twoHops) roundTrip(tb testing.TB, value []byte) {
 		if err != nil || len(recs) != 1 {
 			tb.Fatalf("floor hop %s: %d records, %v", hop.topic, len(recs), err)
 		}
+	}
+}
+
+// BenchmarkServerStreamVsFloor measures, interleaved in one run, one server
+// stream of streamMsgs responses through gateway → Kafka → worker → Kafka →
+// gateway, and the floor of that path: the same number of records produced
+// to a topic and read by a raw reader (the stream's Kafka part), plus a
+// plain gRPC stream of as many responses on loopback. It reports the p50 of
+// each and their ratio, the time per message against the parts':
+//
+//	ratio = p50(kafka stream) / (p50(raw records) + p50(plain grpc stream))
+//
+// Run: go test -run '^$' -bench ServerStreamVsFloor -benchtime 200x ./runtime/
+func BenchmarkServerStreamVsFloor(b *testing.B) {
+	const streamMsgs = 1000
+	e := setup(b, echoserver.Server{})
+	plain := echov1.NewEchoServiceClient(serve(b, func(s *grpc.Server) {
+		echov1.RegisterEchoServiceServer(s, echoserver.Server{})
+	}))
+	ctx := context.Background()
+	req := &echov1.EchoRequest{Message: "ping", Repeat: streamMsgs}
+	drain := func(c echov1.EchoService_EchoServerStreamClient, err error) {
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for {
+			if _, err := c.Recv(); err != nil {
+				if err != io.EOF {
+					b.Fatal(err)
+				}
+				break
+			}
+			n++
+		}
+		if n != streamMsgs {
+			b.Fatalf("%d responses, want %d", n, streamMsgs)
+		}
+	}
+	raw := newRawStream(b, e.kc, e.prefix)
+	value, err := proto.Marshal(&echov1.EchoResponse{Message: "ping", Index: streamMsgs - 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	stream := func() { drain(e.echo.EchoServerStream(ctx, req)) }
+	grpcStream := func() { drain(plain.EchoServerStream(ctx, req)) }
+	floor := func() { raw.run(b, value, streamMsgs) }
+	for range 3 { // warm up connections, metadata and readers
+		stream()
+		grpcStream()
+		floor()
+	}
+	var tStream, tGRPC, tFloor []time.Duration
+	measure := func(f func(), into *[]time.Duration) {
+		start := time.Now()
+		f()
+		*into = append(*into, time.Since(start))
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		switch i % 3 { // rotate the order, as BenchmarkUnaryVsFloor does
+		case 0:
+			measure(stream, &tStream)
+			measure(floor, &tFloor)
+			measure(grpcStream, &tGRPC)
+		case 1:
+			measure(floor, &tFloor)
+			measure(grpcStream, &tGRPC)
+			measure(stream, &tStream)
+		default:
+			measure(grpcStream, &tGRPC)
+			measure(stream, &tStream)
+			measure(floor, &tFloor)
+		}
+	}
+	b.StopTimer()
+	pStream, pFloor, pGRPC := p50(tStream), p50(tFloor), p50(tGRPC)
+	b.ReportMetric(float64(pStream.Microseconds()), "stream-p50-µs")
+	b.ReportMetric(float64(pFloor.Microseconds()), "raw-p50-µs")
+	b.ReportMetric(float64(pGRPC.Microseconds()), "grpc-p50-µs")
+	b.ReportMetric(float64(pStream)/float64(pFloor+pGRPC), "ratio-to-floor")
+}
+
+// rawStream is a server stream's Kafka part: records produced with one key
+// (one partition, as a stream's replies) while a raw reader reads them.
+type rawStream struct {
+	kc    kafkaclient.Client
+	topic string
+	r     kafkaclient.Reader
+	ctx   context.Context
+}
+
+func newRawStream(tb testing.TB, kc kafkaclient.Client, prefix string) *rawStream {
+	tb.Helper()
+	s := &rawStream{kc: kc, topic: prefix + "floor-stream", ctx: context.Background()}
+	kafkatest.CreateTopics(tb, kc, 1, s.topic)
+	s.r = reader(tb, kc, s.topic)
+	return s
+}
+
+// run produces n records of value and reads them back.
+func (s *rawStream) run(tb testing.TB, value []byte, n int) {
+	for range n {
+		s.kc.Produce(&kafkaclient.Record{Topic: s.topic, Partition: kafkaclient.AnyPartition, Key: []byte("k"), Value: value},
+			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) {
+				if err != nil {
+					tb.Error(err)
+				}
+			})
+	}
+	for got := 0; got < n; {
+		recs, err := s.r.Poll(s.ctx)
+		if err != nil {
+			tb.Fatalf("raw stream: %d of %d records, %v", got, n, err)
+		}
+		got += len(recs)
 	}
 }
