@@ -214,7 +214,7 @@ func run(cfg config, out io.Writer) error {
 			continue
 		}
 		if !wantAny("rpc", kc.name) && !wantAny("conn", kc.name) && !wantAny("floor", kc.name) && !wantAny("floor4", kc.name) && !wantAny(floor4WireKind, kc.name) && !wantAny("floor-2hop", kc.name) && !wantAny(twoHopProcKind, kc.name) &&
-			!wantAny("stream", kc.name) && !wantAny("stream-floor", kc.name) {
+			!wantAny("stream", kc.name) && !wantAny("stream-floor", kc.name) && !wantAny(streamFloorWireKind, kc.name) {
 			continue
 		}
 		progress("setting up " + kc.name)
@@ -229,7 +229,7 @@ func run(cfg config, out io.Writer) error {
 		}
 		closers = append(closers, func() { _ = back.Close() })
 		prefix := run + kc.name + "."
-		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"floor4-a", prefix+"floor4-b", prefix+"floor4w-a", prefix+"floor4w-b", prefix+"hop-a", prefix+"hop-b", prefix+"hopp-a", prefix+"hopp-b", prefix+"stream"); err != nil {
+		if err := createTopics(front, 3, prefix+"floor-a", prefix+"floor-b", prefix+"floor4-a", prefix+"floor4-b", prefix+"floor4w-a", prefix+"floor4w-b", prefix+"hop-a", prefix+"hop-b", prefix+"hopp-a", prefix+"hopp-b", prefix+"stream", prefix+"streamw"); err != nil {
 			return fmt.Errorf("%s: %w", kc.name, err)
 		}
 		if want("floor-2hop", kc.name, 1) {
@@ -300,12 +300,20 @@ func run(cfg config, out io.Writer) error {
 			}
 		}
 		if cfg.stream && want("stream-floor", kc.name, 1) {
-			f, err := newStreamFloor(back, front, prefix+"stream", value, cfg.streamMsgs, log)
+			f, err := newStreamFloor(back, front, prefix+"stream", value, cfg.streamMsgs, nil, log)
 			if err != nil {
 				return fmt.Errorf("%s stream floor: %w", kc.name, err)
 			}
 			closers = append(closers, f.close)
 			add(&streamCs, "stream-floor", kc.name, 1, f.call)
+		}
+		if cfg.stream && want(streamFloorWireKind, kc.name, 1) {
+			f, err := newStreamFloor(back, front, prefix+"streamw", value, cfg.streamMsgs, newWireHeaders(prefix+"streamw"), log)
+			if err != nil {
+				return fmt.Errorf("%s stream floor with the wire's records: %w", kc.name, err)
+			}
+			closers = append(closers, f.close)
+			add(&streamCs, streamFloorWireKind, kc.name, 1, f.call)
 		}
 	}
 

@@ -30,6 +30,9 @@ const (
 	connKind           = "conn"
 	floor4Kind         = "floor4"
 	floor4WireKind     = "floor4w"
+	// streamFloorWireKind is the stream floor with the wire's records: keys
+	// as long as a correlation id, the reply headers, an end-of-stream record.
+	streamFloorWireKind = "stream-floor-w"
 )
 
 // Goals of the client connection's issue (ClientConn), same run.
@@ -49,20 +52,21 @@ var springRef = map[int]struct {
 }{1: {930 * time.Microsecond, 1000}, 16: {0, 3600}, 256: {0, 17600}}
 
 var kindNames = map[string]string{
-	"floor-2hop":       "Kafka floor, two hops on one goroutine",
-	"floor-2hop-proc":  "Kafka floor, two hops, the relay in a child process (CPU: both processes; allocations: this one's)",
-	"floor":            "Kafka floor pipeline (produce → relay → consume)",
-	"rpc":              "**kafkarpc unary** (gRPC → gateway → Kafka → worker → Kafka → gateway)",
-	"conn":             "**kafkarpc unary through runtime.ClientConn** (caller → Kafka → worker → Kafka → caller, no gateway)",
-	"floor4":           "Kafka floor pipeline, four records per call (data and end-of-stream each way, as the wire format)",
-	"floor4w":          "Kafka floor pipeline, four records per call with the wire format's headers and key length",
-	"grpc":             "plain gRPC on loopback, no Kafka",
-	"watermill":        "Watermill request-reply, one shared reply subscription",
-	"watermill-fanout": "Watermill request-reply, stock gochannel.FanOut for replies",
-	"watermill-grpc":   "Watermill request-reply behind a gRPC server on loopback",
-	"stream":           "**kafkarpc server stream** through gateway and worker",
-	"stream-floor":     "raw consumer, records produced meanwhile (produce → consume)",
-	"grpc-stream":      "plain gRPC server stream on loopback, no Kafka",
+	"floor-2hop":        "Kafka floor, two hops on one goroutine",
+	"floor-2hop-proc":   "Kafka floor, two hops, the relay in a child process (CPU: both processes; allocations: this one's)",
+	"floor":             "Kafka floor pipeline (produce → relay → consume)",
+	"rpc":               "**kafkarpc unary** (gRPC → gateway → Kafka → worker → Kafka → gateway)",
+	"conn":              "**kafkarpc unary through runtime.ClientConn** (caller → Kafka → worker → Kafka → caller, no gateway)",
+	"floor4":            "Kafka floor pipeline, four records per call (data and end-of-stream each way, as the wire format)",
+	"floor4w":           "Kafka floor pipeline, four records per call with the wire format's headers and key length",
+	"grpc":              "plain gRPC on loopback, no Kafka",
+	"watermill":         "Watermill request-reply, one shared reply subscription",
+	"watermill-fanout":  "Watermill request-reply, stock gochannel.FanOut for replies",
+	"watermill-grpc":    "Watermill request-reply behind a gRPC server on loopback",
+	"stream":            "**kafkarpc server stream** through gateway and worker",
+	"stream-floor":      "raw consumer, records produced meanwhile (produce → consume)",
+	streamFloorWireKind: "raw consumer of the wire's records (key, reply headers, end-of-stream record), produced meanwhile",
+	"grpc-stream":       "plain gRPC server stream on loopback, no Kafka",
 }
 
 func find(cs []*contender, kind, client string, inflight int) *contender {
@@ -271,7 +275,7 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 		fmt.Fprintln(w, "| path | client | p50 per stream | messages/s | vs raw consumer (produce → consume) | CPU/message | errors |")
 		fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|")
 		for _, cl := range append(clientsOf(streamCs), "-") {
-			for _, kind := range []string{"stream", "stream-floor", "grpc-stream"} {
+			for _, kind := range []string{"stream", "stream-floor", streamFloorWireKind, "grpc-stream"} {
 				c := find(streamCs, kind, cl, 1)
 				if c == nil {
 					continue
@@ -327,7 +331,7 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 func clientsOf(cs []*contender) []string {
 	var out []string
 	for _, c := range cs {
-		if c.kind == rpcKind || c.kind == connKind || c.kind == "stream" || c.kind == floorKind || c.kind == floor4Kind || c.kind == floor4WireKind || c.kind == twoHopKind || c.kind == twoHopProcKind || c.kind == "stream-floor" {
+		if c.kind == rpcKind || c.kind == connKind || c.kind == "stream" || c.kind == floorKind || c.kind == floor4Kind || c.kind == floor4WireKind || c.kind == twoHopKind || c.kind == twoHopProcKind || c.kind == "stream-floor" || c.kind == streamFloorWireKind {
 			if !contains(out, c.client) {
 				out = append(out, c.client)
 			}

@@ -199,22 +199,26 @@ func serverStream(c echov1.EchoServiceClient, msg string, n int) func(context.Co
 // produced (back client, as the worker's handler does, each without waiting
 // for the previous one's acknowledgement) with one key, so on one
 // partition, and read by a raw reader (front client), as the gateway reads
-// them.
+// them. With hdrs (the stream-floor-w contender) the records are the
+// wire's: a key as long as a correlation id, every data record with the
+// reply data headers, and an end-of-stream record after them with the
+// reply end's.
 type streamFloor struct {
 	prod  kafkaclient.Client
 	topic string
 	r     kafkaclient.Reader
 	value []byte
 	n     int
+	hdrs  *wireHeaders
 	log   *slog.Logger
 }
 
-func newStreamFloor(prod, cons kafkaclient.Client, topic string, value []byte, n int, log *slog.Logger) (*streamFloor, error) {
+func newStreamFloor(prod, cons kafkaclient.Client, topic string, value []byte, n int, hdrs *wireHeaders, log *slog.Logger) (*streamFloor, error) {
 	r, err := newReaderAtEnd(cons, topic)
 	if err != nil {
 		return nil, err
 	}
-	return &streamFloor{prod: prod, topic: topic, r: r, value: value, n: n, log: log}, nil
+	return &streamFloor{prod: prod, topic: topic, r: r, value: value, n: n, hdrs: hdrs, log: log}, nil
 }
 
 func (f *streamFloor) close() { _ = f.r.Close() }
@@ -226,6 +230,18 @@ func (f *streamFloor) delivered(_ *kafkaclient.Record, err error) {
 }
 
 func (f *streamFloor) call(ctx context.Context, _ int) error {
+	if f.hdrs != nil {
+		k := key(0, 0, f.hdrs.keyLen)
+		go func() {
+			for range f.n {
+				f.prod.Produce(&kafkaclient.Record{Topic: f.topic, Partition: kafkaclient.AnyPartition, Key: k, Value: f.value, Headers: f.hdrs.replyData},
+					kafkaclient.AcksAll, f.delivered)
+			}
+			f.prod.Produce(&kafkaclient.Record{Topic: f.topic, Partition: kafkaclient.AnyPartition, Key: k, Headers: f.hdrs.replyEnd},
+				kafkaclient.AcksAll, f.delivered)
+		}()
+		return readN(ctx, f.r, f.n+1)
+	}
 	k := []byte("stream")
 	go func() {
 		for range f.n {
