@@ -110,6 +110,14 @@ func (c *call) otherAttempt(env *wire.Envelope) bool {
 	return len(c.attempt) > 0 && env.Attempt != nil && !bytes.Equal(env.Attempt, c.attempt[0].Value)
 }
 
+// attemptID is the call's attempt id, nil when its request had none.
+func (c *call) attemptID() []byte {
+	if len(c.attempt) == 0 {
+		return nil
+	}
+	return c.attempt[0].Value
+}
+
 // ownAttempt reports whether env, a request record with c's correlation id,
 // names c's own attempt. Without attempt ids (a gateway that writes none,
 // such as Zilla's) it cannot tell, and says no.
@@ -321,9 +329,12 @@ func (c *call) retry(st *status.Status, panicked bool) bool {
 	return true
 }
 
-// invoke runs the handler, turning a panic into INTERNAL.
+// invoke runs the handler, turning a panic into INTERNAL, and ends the
+// attempt's stream when it returns (endAttempt).
 func (c *call) invoke() (st *status.Status, panicked bool) {
 	wm := c.wm
+	ss := serverStream{c, c.in.gen} // gen changes only on this goroutine (endAttempt): read without the lock
+	defer c.endAttempt()
 	defer func() {
 		if p := recover(); p != nil {
 			panicked = true
@@ -339,7 +350,7 @@ func (c *call) invoke() (st *status.Status, panicked bool) {
 		if err != nil {
 			return toStatus(c.ctx, err), false
 		}
-		if err := (serverStream{c}).SendMsg(resp); err != nil {
+		if err := ss.SendMsg(resp); err != nil {
 			return toStatus(c.ctx, err), false
 		}
 		return nil, false
@@ -347,11 +358,11 @@ func (c *call) invoke() (st *status.Status, panicked bool) {
 	sd := wm.stream
 	var err error
 	if i := c.w.cfg.streamInterceptor; i != nil {
-		err = i(wm.impl, serverStream{c}, &grpc.StreamServerInfo{
+		err = i(wm.impl, ss, &grpc.StreamServerInfo{
 			FullMethod: wm.spec.FullMethod(), IsClientStream: sd.ClientStreams, IsServerStream: sd.ServerStreams,
 		}, sd.Handler)
 	} else {
-		err = sd.Handler(wm.impl, serverStream{c})
+		err = sd.Handler(wm.impl, ss)
 	}
 	return toStatus(c.ctx, err), false
 }
@@ -404,6 +415,9 @@ func (c *call) finish(st *status.Status) {
 	served := !aborted || sent > 0
 	if served {
 		st = c.writeEnd(st, aborted, lost)
+		if c.replay != nil && lost == nil {
+			lost = c.sent.failure() // a replayed response given up: its end said so
+		}
 	}
 	// The replies are the call's outcome even when Kafka lost some of them
 	// after the end went out (then a retry with the same key gets them),
@@ -448,7 +462,20 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 	case c.id == "":
 		return st
 	case c.replay != nil:
-		for _, r := range c.replay {
+		last := len(c.replay) - 1
+		for i, r := range c.replay {
+			if i == last && i > 0 && r.Value == nil {
+				// As a live stream's, the stored end waits for the responses
+				// before it, retries included: no end overtakes a response
+				// Kafka takes on a second try, and none ends OK over a gap.
+				c.sent.unacked.Wait()
+				if lost := c.sent.failure(); lost != nil {
+					st = lostStatus(c.method(), lost, true)
+					c.countLost()
+					c.produceEnd(st)
+					return st
+				}
+			}
 			c.produce(r.Value, c.replayHeaders(r.Headers))
 		}
 		return st
@@ -488,7 +515,7 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 	if c.id != "" && w.calls[c.id] == c {
 		delete(w.calls, c.id)
 		if !c.in.complete() {
-			w.repeats.trail(c.id)
+			w.repeats.trail(c.id, c.attemptID())
 			if served && c.streamsIn && w.parts[c.tp] == c.pt {
 				// Its offset stays held until the rest of its request is
 				// read, or its deadline passes (repeats.hold). (Of a call

@@ -76,7 +76,7 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 		// attempt's records are skipped: it is c's, not that attempt's.
 		return false, c, nil
 	}
-	if w.repeats.skipDuplicate(id, end) {
+	if w.repeats.skipDuplicate(id, env.Attempt, end) {
 		return true, nil, nil
 	}
 	if c != nil {
@@ -103,7 +103,7 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 		}
 		return false, c, nil
 	}
-	if w.repeats.skipTrailing(id, end) {
+	if w.repeats.skipTrailing(id, env.Attempt, end) {
 		return true, nil, nil
 	}
 	// An end-of-stream record too: the whole request of an empty client
@@ -139,10 +139,13 @@ func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partT
 		// request of an empty client stream, or else the end (or a late
 		// cancel) of a call that is over. With a stored outcome it is
 		// answered from it, below, whichever it is.
+		// One that names no method the worker serves is rejected below,
+		// as its first record would be: it may be the whole request of an
+		// empty client stream, whose caller waits for the answer.
 		if env.Cancel() {
 			return
 		}
-		if wm := w.lookup(env.Service, env.Method); wm == nil || !wm.spec.Kind.clientStreams() {
+		if wm := w.lookup(env.Service, env.Method); wm != nil && !wm.spec.Kind.clientStreams() {
 			return
 		}
 	}

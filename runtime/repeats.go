@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"slices"
 	"time"
 
@@ -28,9 +29,11 @@ type repeats struct {
 	trailing *recentSet
 	held     map[string]*heldCall
 	attempts map[string]*heldCall // first offsets of answered attempts still being skipped (dupes)
-	dupes    map[string]struct{}
-	waiters  map[*call][]waiter
-	stored   *replyStore
+	// dupes holds, by correlation id, the attempt ids of the repeated
+	// attempts being skipped (nil for one without an attempt id).
+	dupes   map[string][][]byte
+	waiters map[*call][]waiter
+	stored  *replyStore
 }
 
 func newRepeats(window time.Duration, maxBytes int) repeats {
@@ -38,7 +41,7 @@ func newRepeats(window time.Duration, maxBytes int) repeats {
 		trailing: newRecentSet(1 << 16),
 		held:     map[string]*heldCall{},
 		attempts: map[string]*heldCall{},
-		dupes:    map[string]struct{}{},
+		dupes:    map[string][][]byte{},
 		waiters:  map[*call][]waiter{},
 		stored:   newReplyStore(window, maxBytes),
 	}
@@ -52,33 +55,56 @@ type waiter struct {
 	late bool // arrived once the call was ending: after its caller could have seen the outcome
 }
 
-// skipDuplicate reports whether a record with correlation id id belongs to
-// a repeated attempt being skipped; its end-of-stream record (end) ends the
-// skipping.
-func (r *repeats) skipDuplicate(id []byte, end bool) bool {
-	if _, dup := r.dupes[string(id)]; !dup {
+// sameAttempt reports whether attempt ids a and b may name the same attempt:
+// equal, or either unknown (a gateway that writes none, such as Zilla's).
+func sameAttempt(a, b []byte) bool { return a == nil || b == nil || bytes.Equal(a, b) }
+
+// skipDuplicate reports whether a record with correlation id id, of attempt
+// attempt, belongs to a repeated attempt being skipped; its end-of-stream
+// record (end) ends the skipping. A record of another attempt (a later
+// retry, once the skipped one's end never came) is not skipped.
+func (r *repeats) skipDuplicate(id []byte, attempt []byte, end bool) bool {
+	list := r.dupes[string(id)]
+	i := slices.IndexFunc(list, func(a []byte) bool { return sameAttempt(a, attempt) })
+	if i < 0 {
 		return false
 	}
 	if end {
-		delete(r.dupes, string(id))
-		if h := r.attempts[string(id)]; h != nil {
+		if list = slices.Delete(list, i, i+1); len(list) == 0 {
+			delete(r.dupes, string(id))
+		} else {
+			r.dupes[string(id)] = list
+		}
+		if h := r.attempts[string(id)]; h != nil && sameAttempt(h.attempt, attempt) {
 			r.release(h)
 		}
 	}
 	return true
 }
 
-// skipTrailing reports whether a record with correlation id id is one of
-// the remaining request records of a call that is over; its end-of-stream
-// record (end) is the last of them.
-// A held first offset (hold) is released then.
-func (r *repeats) skipTrailing(id []byte, end bool) bool {
+// skipping reports whether the records of attempt attempt with correlation
+// id id are being skipped.
+func (r *repeats) skipping(id string, attempt []byte) bool {
+	return slices.ContainsFunc(r.dupes[id], func(a []byte) bool { return sameAttempt(a, attempt) })
+}
+
+// skipTrailing reports whether a record with correlation id id, of attempt
+// attempt, is one of the remaining request records of a call that is over;
+// its end-of-stream record (end) is the last of them. A held first offset
+// (hold) is released then. A record of another attempt is not: it is a
+// retry (whose caller's earlier attempt may never have sent its end), to be
+// answered from the stored outcome or served.
+func (r *repeats) skipTrailing(id []byte, attempt []byte, end bool) bool {
 	h := r.held[string(id)]
-	if h == nil && !r.trailing.has(string(id)) {
+	if h != nil && !sameAttempt(h.attempt, attempt) {
+		h = nil // another attempt's call is held
+	}
+	trailing := r.trailing.has(string(id), attempt)
+	if h == nil && !trailing {
 		return false
 	}
 	if end {
-		r.trailing.remove(string(id))
+		r.trailing.remove(string(id), attempt)
 		if h != nil {
 			r.release(h)
 		}
@@ -94,8 +120,8 @@ func (r *repeats) skipTrailing(id []byte, end bool) bool {
 func (r *repeats) wait(c *call, rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) {
 	r.waiters[c] = append(r.waiters[c], waiter{rec: rec, env: *env, pt: pt, late: c.ending.Load()})
 	pt.begin(rec.Offset)
-	if !env.EndOfStream {
-		r.dupes[c.id] = struct{}{}
+	if !env.EndOfStream && !r.skipping(c.id, env.Attempt) {
+		r.dupes[c.id] = append(r.dupes[c.id], env.Attempt)
 	}
 }
 
@@ -112,9 +138,9 @@ func (r *repeats) takeWaiters(c *call) []waiter {
 	return ws
 }
 
-// trail remembers id, of a call that ended before its last request record,
-// so that its remaining records are skipped.
-func (r *repeats) trail(id string) { r.trailing.add(id) }
+// trail remembers id, of a call of attempt attempt that ended before its
+// last request record, so that its remaining records are skipped.
+func (r *repeats) trail(id string, attempt []byte) { r.trailing.add(id, attempt) }
 
 // heldCall is a served call whose input was not complete when it ended:
 // its first offset stays unfinished until its end-of-stream record is read,
@@ -127,8 +153,10 @@ type heldCall struct {
 	tp    kafkaclient.TopicPartition
 	pt    *partTrack
 	first int64
-	timer *time.Timer          // the bound (the call's deadline); nil without one
-	table map[string]*heldCall // where it is kept: held, or attempts
+	// attempt is the attempt id of the held call or attempt, nil without one.
+	attempt []byte
+	timer   *time.Timer          // the bound (the call's deadline); nil without one
+	table   map[string]*heldCall // where it is kept: held, or attempts
 }
 
 // hold keeps c's first offset unfinished until its end-of-stream record is
@@ -140,7 +168,7 @@ func (r *repeats) hold(c *call, until time.Time, expire func(*heldCall)) {
 	if old := r.held[c.id]; old != nil { // not expected: its id is skipped while held
 		r.release(old)
 	}
-	r.keep(&heldCall{id: c.id, tp: c.tp, pt: c.pt, first: c.first, table: r.held}, until, expire)
+	r.keep(&heldCall{id: c.id, tp: c.tp, pt: c.pt, first: c.first, attempt: c.attemptID(), table: r.held}, until, expire)
 }
 
 // holdAttempt is hold for an answered attempt whose records are still
@@ -151,7 +179,7 @@ func (r *repeats) holdAttempt(d *waiter, id string, until time.Time, expire func
 	if old := r.attempts[id]; old != nil {
 		r.release(old)
 	}
-	r.keep(&heldCall{id: id, tp: tpOf(d.rec), pt: d.pt, first: d.rec.Offset, table: r.attempts}, until, expire)
+	r.keep(&heldCall{id: id, tp: tpOf(d.rec), pt: d.pt, first: d.rec.Offset, attempt: d.env.Attempt, table: r.attempts}, until, expire)
 }
 
 func (r *repeats) keep(h *heldCall, until time.Time, expire func(*heldCall)) {
@@ -261,7 +289,7 @@ func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 			w.answerCall(d.rec, &d.env, d.pt, c.id, w.waiterStatus(d), w.storedReplay(c), true)
 		}
 		w.mu.Lock()
-		if _, skipping := w.repeats.dupes[c.id]; skipping && c.streamsIn && !d.env.EndOfStream && w.parts[tpOf(d.rec)] == d.pt {
+		if w.repeats.skipping(c.id, d.env.Attempt) && c.streamsIn && !d.env.EndOfStream && w.parts[tpOf(d.rec)] == d.pt {
 			// The rest of the attempt's request is still to be read: its
 			// offset stays held until then, or its deadline.
 			w.repeats.holdAttempt(d, c.id, d.until(w.cfg.maxCallDuration), w.expireHeld)
@@ -442,29 +470,47 @@ func (s *replyStore) sortLoaded(now time.Time) {
 	s.expire(now)
 }
 
-// recentSet is a bounded set of strings that forgets the oldest first.
+// recentSet is a bounded set of correlation ids, each with the attempt ids
+// it holds, that forgets the oldest id first.
 type recentSet struct {
 	max   int
-	set   map[string]struct{}
+	set   map[string][][]byte
 	order []string
 }
 
 func newRecentSet(max int) *recentSet {
-	return &recentSet{max: max, set: map[string]struct{}{}}
+	return &recentSet{max: max, set: map[string][][]byte{}}
 }
 
-func (s *recentSet) add(k string) {
-	if _, ok := s.set[k]; ok {
+func (s *recentSet) add(k string, attempt []byte) {
+	if as, ok := s.set[k]; ok {
+		if !slices.ContainsFunc(as, func(a []byte) bool { return bytes.Equal(a, attempt) && (a == nil) == (attempt == nil) }) {
+			s.set[k] = append(as, attempt)
+		}
 		return
 	}
 	if len(s.order) >= s.max {
 		delete(s.set, s.order[0])
 		s.order = s.order[1:]
 	}
-	s.set[k] = struct{}{}
+	s.set[k] = [][]byte{attempt}
 	s.order = append(s.order, k)
 }
 
-func (s *recentSet) has(k string) bool { _, ok := s.set[k]; return ok }
+// has reports whether k is in the set with an attempt that may be attempt.
+func (s *recentSet) has(k string, attempt []byte) bool {
+	return slices.ContainsFunc(s.set[k], func(a []byte) bool { return sameAttempt(a, attempt) })
+}
 
-func (s *recentSet) remove(k string) { delete(s.set, k) } // its order slot expires in time
+// remove takes attempt's entry of k out (k's when none is left).
+func (s *recentSet) remove(k string, attempt []byte) {
+	as := s.set[k]
+	if i := slices.IndexFunc(as, func(a []byte) bool { return sameAttempt(a, attempt) }); i >= 0 {
+		as = slices.Delete(as, i, i+1)
+	}
+	if len(as) == 0 {
+		delete(s.set, k) // its order slot expires in time
+	} else {
+		s.set[k] = as
+	}
+}

@@ -24,6 +24,7 @@ type requestQueue struct {
 	ended       bool                   // the request stream is complete
 	undecodable bool                   // a request message could not be decoded
 	signal      chan struct{}          // wakes a waiting recv; capacity 1, made by the first recv that waits
+	gen         int                    // the handler attempt reading (call.endAttempt)
 }
 
 // replyState is what a call's handler sent and set on its reply stream.
@@ -37,6 +38,7 @@ type replyState struct {
 	sent      int                  // messages sent
 	held      []byte               // the response of a single-response call, sent by finish
 	aborted   bool                 // nothing more goes out
+	gen       int                  // the handler attempt sending (call.endAttempt)
 }
 
 // feed hands one request record, whose headers env holds, to the call.
@@ -59,12 +61,7 @@ func (c *call) feed(rec *kafkaclient.Record, env *wire.Envelope) {
 	}
 	signal := q.signal
 	q.mu.Unlock()
-	if signal != nil {
-		select {
-		case signal <- struct{}{}:
-		default:
-		}
-	}
+	wake(signal)
 }
 
 // endInput marks the call's input complete without an end-of-stream record
@@ -87,6 +84,42 @@ func (q *requestQueue) isUndecodable() bool {
 	return q.undecodable
 }
 
+// endAttempt ends the stream of the handler attempt that just returned, as
+// gRPC ends a stream when its handler returns: a goroutine the handler left
+// behind gets an error from RecvMsg and SendMsg, and can neither take the
+// request messages of the next attempt (a retry reads them again) nor send
+// into its replies. Called on the call's goroutine after each attempt.
+func (c *call) endAttempt() {
+	q := &c.in
+	q.mu.Lock()
+	q.gen++
+	signal := q.signal
+	q.mu.Unlock()
+	wake(signal) // a reader waiting in recv finds its attempt over
+	c.out.mu.Lock()
+	c.out.gen++
+	c.out.mu.Unlock()
+}
+
+// wake wakes a recv waiting on signal, if any; signal may be nil.
+func wake(signal chan struct{}) {
+	if signal != nil {
+		select {
+		case signal <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// currentAttempt, as the gen of recv, reads for whichever attempt runs.
+const currentAttempt = -1
+
+// errAttemptOver is what a handler attempt's stream returns once the
+// handler returned.
+func (c *call) errAttemptOver() error {
+	return status.Errorf(codes.Canceled, "%s: the stream is over: its handler returned", c.method())
+}
+
 // rewind starts the request stream over, for a retry.
 func (q *requestQueue) rewind() {
 	q.mu.Lock()
@@ -101,12 +134,18 @@ func (q *requestQueue) records() []*kafkaclient.Record {
 	return append([]*kafkaclient.Record(nil), q.all...)
 }
 
-// recv returns the next request record, or io.EOF at the end of the request
-// stream.
-func (c *call) recv() (*kafkaclient.Record, error) {
+// recv returns the next request record for handler attempt gen, or io.EOF
+// at the end of the request stream; an error once that attempt is over.
+func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 	q := &c.in
 	for {
 		q.mu.Lock()
+		if gen != currentAttempt && q.gen != gen {
+			signal := q.signal
+			q.mu.Unlock()
+			wake(signal) // the wake-up this reader took may have been the next attempt's
+			return nil, c.errAttemptOver()
+		}
 		if q.next < len(q.all) {
 			rec := q.all[q.next]
 			q.next++
@@ -134,8 +173,8 @@ func (c *call) recv() (*kafkaclient.Record, error) {
 }
 
 // recvMsg decodes the next request message into m.
-func (c *call) recvMsg(m any) error {
-	rec, err := c.recv()
+func (c *call) recvMsg(m any, gen int) error {
+	rec, err := c.recv(gen)
 	if err != nil {
 		return err
 	}
@@ -157,9 +196,10 @@ func (c *call) recvMsg(m any) error {
 	return nil
 }
 
-// decodeFirst is the request decoder handed to unary handlers.
+// decodeFirst is the request decoder handed to unary handlers, which call
+// it before they return: it reads for the current attempt.
 func (c *call) decodeFirst(m any) error {
-	err := c.recvMsg(m)
+	err := c.recvMsg(m, currentAttempt)
 	if err == io.EOF {
 		return status.Errorf(codes.Internal, "%s: request stream ended without a message", c.wm.spec.FullMethod())
 	}
@@ -168,7 +208,7 @@ func (c *call) decodeFirst(m any) error {
 
 // sendMsg produces one reply message, or holds it for finish when the
 // method has a single response.
-func (c *call) sendMsg(m any) error {
+func (c *call) sendMsg(m any, gen int) error {
 	var b []byte
 	switch msg := m.(type) {
 	case *rawMessage:
@@ -187,6 +227,9 @@ func (c *call) sendMsg(m any) error {
 	o := &c.out
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.gen != gen {
+		return c.errAttemptOver()
+	}
 	if o.aborted || c.ctx.Err() != nil {
 		// Given up, cancelled by the caller, or past the deadline: as
 		// gRPC's SendMsg does once the stream's context is done, nothing
@@ -273,15 +316,19 @@ func (o *replyState) reset() {
 	o.mu.Unlock()
 }
 
-// serverStream is the grpc.ServerStream a streaming handler gets.
-type serverStream struct{ c *call }
+// serverStream is the grpc.ServerStream a handler attempt gets (gen: which
+// attempt, see call.endAttempt).
+type serverStream struct {
+	c   *call
+	gen int
+}
 
 func (s serverStream) SetHeader(md metadata.MD) error  { return s.c.setHeader(md, false) }
 func (s serverStream) SendHeader(md metadata.MD) error { return s.c.setHeader(md, true) }
 func (s serverStream) SetTrailer(md metadata.MD)       { s.c.setTrailer(md) }
 func (s serverStream) Context() context.Context        { return s.c.ctx }
-func (s serverStream) SendMsg(m any) error             { return s.c.sendMsg(m) }
-func (s serverStream) RecvMsg(m any) error             { return s.c.recvMsg(m) }
+func (s serverStream) SendMsg(m any) error             { return s.c.sendMsg(m, s.gen) }
+func (s serverStream) RecvMsg(m any) error             { return s.c.recvMsg(m, s.gen) }
 
 // transportStream lets grpc.SetHeader, grpc.SendHeader, grpc.SetTrailer and
 // grpc.Method work inside handlers.
