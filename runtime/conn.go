@@ -181,6 +181,7 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	defer func() {
 		c.end(err)
 		c.releaseSignal()
+		co.after()
 	}()
 	return c.unary(ctx, in, out, co.header, co.trailer)
 }
@@ -247,6 +248,8 @@ type callOptions struct {
 	headers  []*metadata.MD
 	trailers []*metadata.MD
 	onFinish []func(error)
+
+	gotHeader, gotTrailer bool // header or trailer wrote them
 }
 
 func callOptionsOf(opts []grpc.CallOption) callOptions {
@@ -265,14 +268,32 @@ func callOptionsOf(opts []grpc.CallOption) callOptions {
 }
 
 func (co *callOptions) header(md metadata.MD) {
+	co.gotHeader = true
 	for _, p := range co.headers {
 		*p = md
 	}
 }
 
 func (co *callOptions) trailer(md metadata.MD) {
+	co.gotTrailer = true
 	for _, p := range co.trailers {
 		*p = md
+	}
+}
+
+// after empties the grpc.Header and grpc.Trailer of a call that began but
+// received no response headers or trailers, as grpc-go sets them after
+// every call: what they held before (an earlier call's) is not this call's.
+func (co *callOptions) after() {
+	if !co.gotHeader {
+		for _, p := range co.headers {
+			*p = nil
+		}
+	}
+	if !co.gotTrailer {
+		for _, p := range co.trailers {
+			*p = nil
+		}
 	}
 }
 

@@ -74,7 +74,16 @@ func (s *connStream) await() error {
 		return nil
 	}
 	serverStreams := s.m.Kind.serverStreams()
+	first := true
 	st := c.awaitReplies(s.ctx, s.setHeader, func(rec *kafkaclient.Record) error {
+		if first {
+			// The worker's response headers came with its first reply
+			// (openReply set them, before this); a reply without any still
+			// means the headers are known, and empty: Header() returns, as
+			// grpc-go's does once the server's header frame arrived.
+			first = false
+			s.setHeader(metadata.MD{})
+		}
 		if serverStreams {
 			select {
 			case s.recs <- rec:
@@ -141,6 +150,7 @@ func (s *connStream) finish(err error) {
 		s.headerClosed = true
 		close(s.headerReady)
 	}
+	s.co.after()
 	s.mu.Unlock()
 	close(s.done)
 	s.co.finish(err)
@@ -154,7 +164,13 @@ func (s *connStream) Header() (metadata.MD, error) {
 	select {
 	case <-s.headerReady:
 	case <-s.ctx.Done():
-		return nil, status.FromContextError(s.ctx.Err()).Err()
+		// finish cancels ctx once headerReady is closed: when both are
+		// ready, the headers (or the call's status) are the answer.
+		select {
+		case <-s.headerReady:
+		default:
+			return nil, status.FromContextError(s.ctx.Err()).Err()
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -29,6 +29,11 @@ type gwCall struct {
 	id      string // correlation id; empty when oneway
 	attempt []byte // the attempt id of a keyed call (wire.AttemptMetadata), else nil
 	key     []byte // the record key of every record; set before the first is produced
+	// stamp is the timestamp of every request record of a call with a
+	// deadline: the instant its timeout header was measured, which the
+	// worker counts the timeout from (WIRE.md). Zero without a deadline
+	// (the client stamps the record when it is produced).
+	stamp   time.Time
 	headers []kafkaclient.Header
 	start   time.Time
 	tel     *methodTelemetry
@@ -103,6 +108,11 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 	c.tel.begin(ctx)
 	sendCtx, send := g.trc.start(ctx, rp.sendName, rp.sendOpts...)
 	c.send = send
+	if err := ctx.Err(); err != nil {
+		// The caller gave up already: nothing reaches the worker (grpc-go
+		// creates no stream for a context that is done).
+		return nil, c.abandon(status.FromContextError(err).Err())
+	}
 	if err := g.checkTopic(ctx, m, rp.route.Topic); err != nil {
 		return nil, c.abandon(err) // topics.go: NOT_FOUND at once when the topic does not exist
 	}
@@ -121,7 +131,8 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 		c.key = []byte(wire.NewUUID()) // keeps a oneway stream's records in order on one partition
 	}
 	if dl, ok := ctx.Deadline(); ok {
-		req.Timeout, req.HasTimeout = time.Until(dl), true
+		c.stamp = time.Now()
+		req.Timeout, req.HasTimeout = dl.Sub(c.stamp), true
 		if req.Timeout <= 0 {
 			return nil, c.abandon(status.Error(codes.DeadlineExceeded, "deadline exceeded before the request was sent"))
 		}
@@ -296,6 +307,7 @@ func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
 		Key:       c.key,
 		Value:     value,
 		Headers:   headers,
+		Timestamp: c.stamp,
 	}
 	c.unacked.Add(1)
 	c.g.client.Produce(rec, c.rp.route.Acks, c.onProduced)
@@ -499,7 +511,11 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 				c.mu.Lock()
 				c.finished = true
 				c.mu.Unlock()
-				if md, err := env.Trailer(); err == nil && len(md) > 0 {
+				md, err := env.Trailer()
+				if err != nil { // as grpc-go fails a call whose trailer it cannot decode
+					return status.Errorf(codes.Internal, "%s: reply at %s: %v", c.m.FullMethod(), recordPlace(rec), err)
+				}
+				if len(md) > 0 {
 					onTrailer(md)
 				}
 				if st := env.Status(); st != nil {

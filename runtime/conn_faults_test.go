@@ -1,0 +1,317 @@
+package runtime_test
+
+// Faults and edge cases of runtime.ClientConn found by review (conn.go, connstream.go,
+// gwcall.go, router.go). Each test compares a behaviour with what grpc-go's
+// own ClientConn does in the same situation.
+
+import (
+	"context"
+	"io"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// TestConnStreamHeaderAfterEnd: once a stream has ended (RecvMsg
+// returned io.EOF), Header() must keep returning the response headers, as
+// grpc-go's clientStream does (the transport keeps them). connStream.Header
+// selects between headerReady and ctx.Done, and finish cancels ctx after
+// closing headerReady: both are ready, so Header() returns CANCELLED
+// ("context canceled") about half of the time.
+func TestConnStreamHeaderAfterEnd(t *testing.T) {
+	e := setup(t, headerStream{})
+	s, err := e.conn(t).EchoServerStream(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "m", Repeat: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != io.EOF {
+		t.Fatalf("end of stream: %v, want io.EOF", err)
+	}
+	for i := range 64 {
+		h, err := s.Header()
+		if err != nil || len(h.Get("x-stream")) != 1 {
+			t.Fatalf("Header() #%d after the stream ended = %v, %v; want x-stream=open, nil (as grpc-go)", i, h, err)
+		}
+	}
+}
+
+// TestConnBidiHeaderWithoutMetadata: a bidi call whose worker sends
+// responses without response metadata. After the first response was
+// received, grpc-go's Header() returns at once (empty metadata): the server
+// sent its headers before that message. connStream.Header waits for
+// headerReady, which is closed only when a reply carries metadata or the
+// call ends, so here it blocks until the caller ends the stream: a hang in
+// the common pattern "Send, Recv, Header, Send ...".
+func TestConnBidiHeaderWithoutMetadata(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	ctx, cancel := context.WithCancel(ctxFor(t, 60*time.Second))
+	defer cancel()
+	s, err := e.conn(t).EchoBidiStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&echov1.EchoRequest{Message: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Recv(); err != nil || r.GetMessage() != "a" {
+		t.Fatalf("Recv = %v, %v", r, err)
+	}
+	type result struct {
+		md  metadata.MD
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		md, err := s.Header()
+		got <- result{md, err}
+	}()
+	select {
+	case r := <-got:
+		if r.err != nil {
+			t.Fatalf("Header() = %v, %v; want empty metadata, nil", r.md, r.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Header() still blocked 20 s after a response was received on an open bidi stream (grpc-go returns at once)")
+	}
+	// The stream still works.
+	if err := s.Send(&echov1.EchoRequest{Message: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Recv(); err != nil || r.GetMessage() != "b" {
+		t.Fatalf("second Recv = %v, %v", r, err)
+	}
+	_ = s.CloseSend()
+	if _, err := s.Recv(); err != io.EOF {
+		t.Fatalf("end: %v, want io.EOF", err)
+	}
+}
+
+// TestConnUnaryHeaderTrailerNotStale: grpc.Header and grpc.Trailer
+// describe the call they were given to. grpc-go sets *HeaderAddr and
+// *TrailerAddr after every call that reached the server
+// (HeaderCallOption.after, TrailerCallOption.after), to empty metadata when
+// the server sent none. The connection writes them only when the reply
+// carries metadata, so a variable reused across calls keeps the headers and
+// trailers of an earlier call.
+func TestConnUnaryHeaderTrailerNotStale(t *testing.T) {
+	e := setup(t, metaEcho{})
+	echo := e.conn(t)
+	ctx := ctxFor(t, 30*time.Second)
+	var header, trailer metadata.MD
+	if _, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "metadata"}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
+		t.Fatal(err)
+	}
+	if len(header.Get("x-header")) != 1 || len(trailer.Get("x-trailer")) != 1 {
+		t.Fatalf("first call: header %v trailer %v, want x-header and x-trailer", header, trailer)
+	}
+	// A call whose handler sets no metadata.
+	if _, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "plain"}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
+		t.Fatal(err)
+	}
+	if len(header) != 0 || len(trailer) != 0 {
+		t.Errorf("a call without response metadata left header %v, trailer %v: the previous call's (grpc-go sets both to empty)", header, trailer)
+	}
+	// A call that fails at the worker.
+	header, trailer = metadata.Pairs("x-stale", "1"), metadata.Pairs("x-stale", "1")
+	_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "gone", FailCode: int32(codes.NotFound)}, grpc.Header(&header), grpc.Trailer(&trailer))
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("failing call: %v, want NOT_FOUND", err)
+	}
+	if len(header) != 0 || len(trailer) != 0 {
+		t.Errorf("a failed call without response metadata left header %v, trailer %v untouched (grpc-go sets both to empty)", header, trailer)
+	}
+}
+
+// produceLog is a Kafka client that notes the topic of every record
+// produced through it.
+type produceLog struct {
+	kafkaclient.Client
+	mu     sync.Mutex
+	topics []string
+}
+
+func (p *produceLog) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	p.mu.Lock()
+	p.topics = append(p.topics, r.Topic)
+	p.mu.Unlock()
+	p.Client.Produce(r, acks, done)
+}
+
+func (p *produceLog) count(topic string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, tp := range p.topics {
+		if tp == topic {
+			n++
+		}
+	}
+	return n
+}
+
+// TestConnCancelledContextSendsNothing: a call made with a context
+// already cancelled must not reach the worker. grpc-go checks the context
+// before it creates a stream (clientStream.newAttemptLocked: cs.ctx.Err()):
+// Invoke and NewStream fail with CANCELLED and nothing goes to the server.
+// begin refuses a deadline already past, but not a cancelled context: the
+// request and its end-of-stream record are produced (then a cancel record),
+// so the worker may run the call, with its side effects, for a caller that
+// was told CANCELLED.
+func TestConnCancelledContextSendsNothing(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("rc") + "."
+	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
+	log := &produceLog{Client: kc}
+	_, echo := connTo(t, log, prefix)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "charge"})
+	if status.Code(err) != codes.Canceled {
+		t.Fatalf("unary with a cancelled context: %v, want CANCELLED", err)
+	}
+	if n := log.count(prefix + "echo-requests"); n != 0 {
+		t.Errorf("unary with a cancelled context produced %d request records, want none (grpc-go sends nothing)", n)
+	}
+
+	s, err := echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "charge"})
+	if err == nil {
+		_, err = s.Recv()
+	}
+	if status.Code(err) != codes.Canceled {
+		t.Fatalf("server stream with a cancelled context: %v, want CANCELLED", err)
+	}
+	if n := log.count(prefix + "echo-requests"); n != 0 {
+		t.Errorf("calls with a cancelled context produced %d request records, want none (grpc-go's NewStream fails first)", n)
+	}
+}
+
+// scriptedWorker answers the requests of the echo service on prefix's
+// topics as answer says, in the layout of WIRE.md (as a Zilla kafka-grpc
+// binding would): answer gets each request data record and a reply
+// function producing one reply record keyed by the correlation id.
+func scriptedWorker(t *testing.T, kc kafkaclient.Client, prefix string, answer func(req *echov1.EchoRequest, reply func(value []byte, hs hdrs))) {
+	t.Helper()
+	requests := watchReplies(t, kc, prefix+"echo-requests")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		for {
+			var rec *kafkaclient.Record
+			select {
+			case rec = <-requests.recs:
+			case <-ctx.Done():
+				return
+			}
+			if rec.Value == nil {
+				continue
+			}
+			var req echov1.EchoRequest
+			if err := proto.Unmarshal(rec.Value, &req); err != nil {
+				continue
+			}
+			id, replyTo := header(rec, "zilla:correlation-id"), header(rec, "zilla:reply-to")
+			if id == "" || replyTo == "" {
+				continue
+			}
+			answer(&req, func(value []byte, hs hdrs) {
+				kc.Produce(&kafkaclient.Record{Topic: replyTo, Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: value,
+					Headers: append(hdrs{"zilla:correlation-id", id}, hs...).headers()}, kafkaclient.AcksAll, func(*kafkaclient.Record, error) {})
+			})
+		}
+	}()
+}
+
+// TestConnMalformedTrailer: an end-of-stream reply whose trailer
+// cannot be decoded (a -bin trailer that is not base64). grpc-go fails the
+// call with INTERNAL ("transport: malformed ...") on a header or trailer it
+// cannot decode; the connection does so for a malformed header (openReply),
+// but awaitReplies drops a malformed trailer silently and ends the call OK,
+// so the caller loses the trailer without a word.
+func TestConnMalformedTrailer(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("rt") + "."
+	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
+	scriptedWorker(t, kc, prefix, func(req *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		v, _ := proto.Marshal(&echov1.EchoResponse{Message: req.GetMessage()})
+		reply(v, nil)
+		reply(nil, hdrs{"zilla:status", "0", "trailer:x-sig-bin", "not base64!"})
+	})
+	_, echo := connTo(t, kc, prefix)
+	var trailer metadata.MD
+	resp, err := echo.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "x"}, grpc.Trailer(&trailer))
+	if status.Code(err) != codes.Internal {
+		t.Fatalf("a reply with a malformed trailer: resp %v, err %v, trailer %v; want INTERNAL naming the trailer (as grpc-go, and as this conn does for a malformed header)", resp, err, trailer)
+	}
+}
+
+// deadlineStream answers a client stream with its handler's deadline, in
+// Unix nanoseconds ("none" without one).
+type deadlineStream struct{ echoserver.Server }
+
+func (deadlineStream) EchoClientStream(s grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	for {
+		if _, err := s.Recv(); err == io.EOF {
+			break
+		} else if err != nil {
+			return err
+		}
+	}
+	dl, ok := s.Context().Deadline()
+	if !ok {
+		return s.SendAndClose(&echov1.EchoResponse{Message: "none"})
+	}
+	return s.SendAndClose(&echov1.EchoResponse{Message: strconv.FormatInt(dl.UnixNano(), 10)})
+}
+
+// TestConnStreamDeadlineNotExtended: the worker's deadline for a
+// stream must not be later than the caller's. begin measures the timeout
+// (meta:grpc-timeout) when the stream opens, but the worker counts it from
+// the timestamp of the first request record (WIRE.md), produced at the
+// first SendMsg: a caller that sends its first message d after NewStream
+// gives the worker d more than it allowed itself. (grpc-go sends
+// grpc-timeout with the stream's headers, measured when they are written.)
+// The pause below is the scenario (time passing before the first message),
+// not synchronisation.
+func TestConnStreamDeadlineNotExtended(t *testing.T) {
+	e := setup(t, deadlineStream{})
+	ctx := ctxFor(t, 30*time.Second)
+	callerDL, _ := ctx.Deadline()
+	s, err := e.conn(t).EchoClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pause = 2 * time.Second
+	time.Sleep(pause)
+	if err := s.Send(&echov1.EchoRequest{Message: "late first message"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.CloseAndRecv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := strconv.ParseInt(r.GetMessage(), 10, 64)
+	if err != nil {
+		t.Fatalf("handler deadline %q", r.GetMessage())
+	}
+	if over := time.Unix(0, ns).Sub(callerDL); over > pause/2 {
+		t.Fatalf("the worker's deadline is %v after the caller's (the pause before the first message was %v)", over.Round(time.Millisecond), pause)
+	}
+}
