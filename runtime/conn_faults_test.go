@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -313,5 +314,35 @@ func TestConnStreamDeadlineNotExtended(t *testing.T) {
 	}
 	if over := time.Unix(0, ns).Sub(callerDL); over > pause/2 {
 		t.Fatalf("the worker's deadline is %v after the caller's (the pause before the first message was %v)", over.Round(time.Millisecond), pause)
+	}
+}
+
+// TestConnCloseEndsCallsInFlight: Close ends the calls in flight on the
+// connection at once with UNAVAILABLE, saying the ClientConn is closed (not
+// a gateway's shutdown), and a call after Close fails the same way.
+func TestConnCloseEndsCallsInFlight(t *testing.T) {
+	impl := metaEcho{started: make(chan struct{}, 1), cancelled: make(chan error, 1)}
+	e := setup(t, impl)
+	cc, echo := connTo(t, e.kc, e.prefix)
+	done := make(chan error, 1)
+	go func() {
+		_, err := echo.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "block"})
+		done <- err
+	}()
+	select {
+	case <-impl.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler did not start within 30 s")
+	}
+	if err := cc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range []error{<-done, func() error {
+		_, err := echo.EchoUnary(ctxFor(t, 10*time.Second), &echov1.EchoRequest{Message: "after"})
+		return err
+	}()} {
+		if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "ClientConn is closed") {
+			t.Errorf("got %v, want UNAVAILABLE saying the ClientConn is closed", err)
+		}
 	}
 }

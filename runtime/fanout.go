@@ -150,7 +150,7 @@ func (f *fanout) hub(ctx context.Context, topic string) (*fanoutHub, error) {
 	if slot == nil {
 		if f.g.ctx.Err() != nil {
 			f.mu.Unlock()
-			return nil, status.Error(codes.Unavailable, "gateway is shutting down")
+			return nil, status.Error(codes.Unavailable, f.g.closingMessage())
 		}
 		slot = &hubSlot{ready: make(chan struct{})}
 		f.hubs[topic] = slot
@@ -276,7 +276,7 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 	h.reader = reader
 	if !f.track() {
 		_ = reader.Close()
-		return nil, status.Error(codes.Unavailable, "gateway is shutting down")
+		return nil, status.Error(codes.Unavailable, f.g.closingMessage())
 	}
 	go h.run(g.ctx)
 	g.cfg.logger.Info("kafkarpc: fetch hub started", "topic", topic, "partitions", len(parts), "from", assign)

@@ -213,7 +213,7 @@ func (c *fetchCall) catchUp() error {
 	case <-c.ctx.Done():
 		return status.FromContextError(c.ctx.Err()).Err()
 	case <-g.ctx.Done():
-		return c.unavailable("the gateway is shutting down")
+		return c.unavailable(c.f.g.closingMessage())
 	}
 	f.stats.catchUps.Add(1)
 	reader, err := g.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: g.cfg.readCommitted})
@@ -224,7 +224,7 @@ func (c *fetchCall) catchUp() error {
 	if !f.track() {
 		_ = reader.Close()
 		<-f.catchUp
-		return c.unavailable("the gateway is shutting down")
+		return c.unavailable(c.f.g.closingMessage())
 	}
 	// Closing a reader takes a while (librdkafka's can take 100 ms and
 	// more): it happens beside the caller, which meanwhile follows the
@@ -248,7 +248,7 @@ func (c *fetchCall) catchUp() error {
 		h.mu.RLock()
 		if h.closed {
 			h.mu.RUnlock()
-			return c.unavailable("the gateway is shutting down")
+			return c.unavailable(c.f.g.closingMessage())
 		}
 		if cur, ok := c.handOverLocked(); ok {
 			c.cursor = cur
@@ -312,7 +312,7 @@ func (c *fetchCall) follow() error {
 		h.mu.RLock()
 		if h.closed {
 			h.mu.RUnlock()
-			return c.unavailable("the gateway is shutting down")
+			return c.unavailable(c.f.g.closingMessage())
 		}
 		first := h.firstSeqLocked()
 		if c.cursor < first {

@@ -453,3 +453,12 @@ func overrideValues(hs []Header) []string {
 	}
 	return vs
 }
+
+// closingMessage says why a call ends UNAVAILABLE once Close began: the
+// gateway's shutdown, or the ClientConn's Close.
+func (g *Gateway) closingMessage() string {
+	if g.cfg.side == "client" {
+		return "the kafka ClientConn is closed"
+	}
+	return "the gateway is shutting down"
+}

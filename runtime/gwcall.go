@@ -533,7 +533,7 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-c.g.ctx.Done():
-			return status.Error(codes.Unavailable, "gateway is shutting down")
+			return status.Error(codes.Unavailable, c.g.closingMessage())
 		}
 	}
 }
