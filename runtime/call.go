@@ -76,6 +76,10 @@ type call struct {
 	// streamsIn: its method takes a client stream, so that request records
 	// of its left unread when it ends could be taken for a new call.
 	streamsIn bool
+	// trailed: release left the call's id trailing (its request was not
+	// complete); Worker.endFed undoes that if the end reaches the call
+	// after all. Guarded by Worker.mu.
+	trailed bool
 
 	span      trace.Span           // "handle <method>", nil for calls answered without a handler
 	traceHdrs []kafkaclient.Header // the handle span's context, sent back on the replies
@@ -515,6 +519,7 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 	if c.id != "" && w.calls[c.id] == c {
 		delete(w.calls, c.id)
 		if !c.in.complete() {
+			c.trailed = true
 			w.repeats.trail(c.id, c.attemptID())
 			if served && c.streamsIn && w.parts[c.tp] == c.pt {
 				// Its offset stays held until the rest of its request is

@@ -51,7 +51,13 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	switch {
 	case skip:
 	case feed != nil:
+		if testHookFeed != nil {
+			testHookFeed(feed.id, rec.Value == nil, feed.done)
+		}
 		feed.feed(rec, &env)
+		if rec.Value == nil {
+			w.endFed(feed)
+		}
 	default:
 		w.routeNew(rec, &env, pt, stored)
 		// Only now that a call it starts holds its offset may a commit pass
@@ -112,6 +118,26 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	// an attempt is skipped as trailing only by the worker that answered
 	// it). Either way it must not run the call again.
 	return false, nil, w.repeats.lookup(id)
+}
+
+// testHookFeed, when set (tests only, before the worker starts), runs
+// between routing a record to its call in flight and feeding it: the window
+// in which the call may be released first.
+var testHookFeed func(id string, end bool, done <-chan struct{})
+
+// endFed completes what release did for c if the end of c's request reached
+// c only after c was released (handle routes a record under w.mu and feeds
+// it after unlocking): as skipTrailing does at that record when c is
+// already gone, the trail is dropped and c's held offset released. Without
+// it the offset stayed held until the call's deadline (at most
+// WorkerMaxCallDuration), holding back the partition's commits.
+func (w *Worker) endFed(c *call) {
+	w.mu.Lock()
+	if c.trailed {
+		c.trailed = false
+		w.repeats.lateEnd(c)
+	}
+	w.mu.Unlock()
 }
 
 // emptyStream reports whether env, an end-of-stream record, is the whole

@@ -19,3 +19,14 @@ func SetOutcomeLoadTimeout(d time.Duration) (restore func()) {
 	outcomeLoadTimeout = d
 	return func() { outcomeLoadTimeout = old }
 }
+
+// SetFeedHook makes every worker's dispatcher call f between routing a
+// request record to its call in flight and feeding it (end: the record is
+// an end-of-stream record; done: closed once the call is over), and returns
+// a function that removes it. Set it before the worker starts and remove it
+// after the worker stopped. Tests only; no test of this package runs in
+// parallel.
+func SetFeedHook(f func(id string, end bool, done <-chan struct{})) (restore func()) {
+	testHookFeed = f
+	return func() { testHookFeed = nil }
+}

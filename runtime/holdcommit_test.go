@@ -13,6 +13,7 @@ import (
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
@@ -298,4 +299,61 @@ func TestRepeatedAttemptHoldsCommitUntilItsEnd(t *testing.T) {
 	if got := implB.runs(); slices.Contains(got, "<eof>") {
 		t.Fatalf("worker B ran the handler on an empty stream (first messages %v): it started inside the retry", got)
 	}
+}
+
+// TestEndFedToReleasedCallReleasesItsOffset: the dispatcher routes a
+// call's end-of-stream record to the call in flight and feeds it after
+// unlocking; a call that is released in between (its handler returned
+// without reading the end) was left holding its first offset, since its
+// request looked incomplete when it was released, and the end that
+// completes it had been taken: the partition's commits stayed behind it
+// until the call's deadline (up to WorkerMaxCallDuration, 10 minutes). The
+// hook holds the dispatcher in that window until the call is over.
+func TestEndFedToReleasedCallReleasesItsOffset(t *testing.T) {
+	const id = "end-fed-late"
+	routed := make(chan struct{})
+	restore := runtime.SetFeedHook(func(got string, end bool, done <-chan struct{}) {
+		if got == id && end {
+			close(routed)
+			<-done // the call is released before its end is fed
+		}
+	})
+	t.Cleanup(restore) // registered first, so run last: after the worker stopped
+	e := newOutcomeEnv(t, false)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	kc := newCommitLog(e.kc)
+	w := e.start(t, kc, &waitForEnd{routed: routed})
+
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("m0")))
+	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
+	end := produce(t, e.kc, clientStreamRecord(e, id, nil))
+	if got := replies.await(t, id); header(got[len(got)-1], "zilla:status") != "0" {
+		t.Fatalf("call ended with status %q", header(got[len(got)-1], "zilla:status"))
+	}
+	produce(t, e.kc, unaryRecord(e, "after-end-fed", "after"))
+	produce(t, e.kc, endRecord(e, "after-end-fed", "EchoUnary"))
+	replies.await(t, "after-end-fed")
+	kc.awaitPast(t, tp, end.Offset) // bounded: stuck at the call's first offset while its end was lost
+	_ = w.Close()
+}
+
+// waitForEnd answers EchoClientStream with its first message once the
+// dispatcher has routed the call's end-of-stream record (routed), without
+// reading it.
+type waitForEnd struct {
+	echoserver.Server
+	routed chan struct{}
+}
+
+func (h *waitForEnd) EchoClientStream(s grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	m, err := s.Recv()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-h.routed:
+	case <-s.Context().Done():
+		return s.Context().Err()
+	}
+	return s.SendAndClose(&echov1.EchoResponse{Message: m.GetMessage()})
 }

@@ -142,6 +142,16 @@ func (r *repeats) takeWaiters(c *call) []waiter {
 // last request record, so that its remaining records are skipped.
 func (r *repeats) trail(id string, attempt []byte) { r.trailing.add(id, attempt) }
 
+// lateEnd is skipTrailing's work at the end-of-stream record of c, a call
+// released before that record, which was fed to c (Worker.endFed): c's
+// trail is dropped and its held first offset, if held, released.
+func (r *repeats) lateEnd(c *call) {
+	r.trailing.remove(c.id, c.attemptID())
+	if h := r.held[c.id]; h != nil && h.tp == c.tp && h.first == c.first {
+		r.release(h)
+	}
+}
+
 // heldCall is a served call whose input was not complete when it ended:
 // its first offset stays unfinished until its end-of-stream record is read,
 // so that the partition's committed offset cannot pass the call while some
