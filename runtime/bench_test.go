@@ -51,36 +51,29 @@ func BenchmarkUnaryVsFloor(b *testing.B) {
 		grpcCall()
 		floor()
 	}
-	var tRPC, tGRPC, tFloor []time.Duration
-	measure := func(f func(), into *[]time.Duration) {
-		start := time.Now()
-		f()
-		*into = append(*into, time.Since(start))
-	}
-	b.ResetTimer()
-	for i := range b.N {
-		// rotate the order so that no contender always follows another
-		switch i % 3 {
-		case 0:
-			measure(rpc, &tRPC)
-			measure(floor, &tFloor)
-			measure(grpcCall, &tGRPC)
-		case 1:
-			measure(floor, &tFloor)
-			measure(grpcCall, &tGRPC)
-			measure(rpc, &tRPC)
-		default:
-			measure(grpcCall, &tGRPC)
-			measure(rpc, &tRPC)
-			measure(floor, &tFloor)
-		}
-	}
-	b.StopTimer()
-	pRPC, pFloor, pGRPC := p50(tRPC), p50(tFloor), p50(tGRPC)
+	t := rotated(b, rpc, floor, grpcCall)
+	pRPC, pFloor, pGRPC := p50(t[0]), p50(t[1]), p50(t[2])
 	b.ReportMetric(float64(pRPC.Microseconds()), "rpc-p50-µs")
 	b.ReportMetric(float64(pFloor.Microseconds()), "twohop-p50-µs")
 	b.ReportMetric(float64(pGRPC.Microseconds()), "grpc-p50-µs")
 	b.ReportMetric(float64(pRPC)/float64(pFloor+pGRPC), "ratio-to-floor")
+}
+
+// rotated runs each of fs b.N times, timed, in an order rotated every
+// round so that none always follows another, and returns each one's times.
+func rotated(b *testing.B, fs ...func()) [][]time.Duration {
+	ts := make([][]time.Duration, len(fs))
+	b.ResetTimer()
+	for i := range b.N {
+		for k := range fs {
+			j := (i + k) % len(fs)
+			start := time.Now()
+			fs[j]()
+			ts[j] = append(ts[j], time.Since(start))
+		}
+	}
+	b.StopTimer()
+	return ts
 }
 
 func p50(ds []time.Duration) time.Duration {
@@ -196,31 +189,8 @@ func BenchmarkServerStreamVsFloor(b *testing.B) {
 		grpcStream()
 		floor()
 	}
-	var tStream, tGRPC, tFloor []time.Duration
-	measure := func(f func(), into *[]time.Duration) {
-		start := time.Now()
-		f()
-		*into = append(*into, time.Since(start))
-	}
-	b.ResetTimer()
-	for i := range b.N {
-		switch i % 3 { // rotate the order, as BenchmarkUnaryVsFloor does
-		case 0:
-			measure(stream, &tStream)
-			measure(floor, &tFloor)
-			measure(grpcStream, &tGRPC)
-		case 1:
-			measure(floor, &tFloor)
-			measure(grpcStream, &tGRPC)
-			measure(stream, &tStream)
-		default:
-			measure(grpcStream, &tGRPC)
-			measure(stream, &tStream)
-			measure(floor, &tFloor)
-		}
-	}
-	b.StopTimer()
-	pStream, pFloor, pGRPC := p50(tStream), p50(tFloor), p50(tGRPC)
+	t := rotated(b, stream, floor, grpcStream)
+	pStream, pFloor, pGRPC := p50(t[0]), p50(t[1]), p50(t[2])
 	b.ReportMetric(float64(pStream.Microseconds()), "stream-p50-µs")
 	b.ReportMetric(float64(pFloor.Microseconds()), "raw-p50-µs")
 	b.ReportMetric(float64(pGRPC.Microseconds()), "grpc-p50-µs")
