@@ -50,7 +50,9 @@ func AppendStatus(hs []Header, names *Names, st *status.Status) []Header {
 // decodeStatus reads the status of an end-of-stream record from the raw
 // values of its status, message and details headers. An absent status or
 // "0" is OK (nil). A status that is not a decimal code is UNKNOWN with a
-// message naming the bad value.
+// message naming the bad value. Details that cannot be decoded make the
+// status INTERNAL, as gRPC makes a malformed grpc-status-details-bin, with a
+// message naming the header and keeping the code and message it came with.
 func decodeStatus(names *Names, code, msg, details []byte) *status.Status {
 	if code == nil || string(code) == "0" {
 		return nil
@@ -60,14 +62,17 @@ func decodeStatus(names *Names, code, msg, details []byte) *status.Status {
 		return status.Newf(codes.Unknown, "reply has a malformed %s header %q", names.Status, code)
 	}
 	if details != nil {
-		if b, err := DecodeBase64(string(details)); err == nil {
-			p := new(spb.Status)
-			if proto.Unmarshal(b, p) == nil {
-				p.Code = int32(n)
-				p.Message = string(msg)
-				return status.FromProto(p)
-			}
+		b, err := DecodeBase64(string(details))
+		p := new(spb.Status)
+		if err == nil {
+			err = proto.Unmarshal(b, p)
 		}
+		if err != nil {
+			return status.Newf(codes.Internal, "reply has a malformed %s header (%v); its status was %s: %s", names.StatusDetails, err, codes.Code(n), msg)
+		}
+		p.Code = int32(n)
+		p.Message = string(msg)
+		return status.FromProto(p)
 	}
 	if n == 0 {
 		return nil

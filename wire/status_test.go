@@ -55,6 +55,15 @@ func TestStatusFromHeaders(t *testing.T) {
 	if st := decodeOf(&names, h("zilla:status", "-1")).Status(); st.Code() != codes.Unknown {
 		t.Errorf("negative status = %v, want UNKNOWN", st)
 	}
+	// Details that are not base64, or not a google.rpc.Status: INTERNAL, as
+	// gRPC answers a malformed grpc-status-details-bin, naming the header and
+	// keeping the code and message.
+	for _, bad := range []string{"not base64!", "/w"} {
+		st := decodeOf(&names, h("zilla:status", "5", "zilla:message", "gone", "zilla:status-details-bin", bad)).Status()
+		if st.Code() != codes.Internal || !strings.Contains(st.Message(), "zilla:status-details-bin") || !strings.Contains(st.Message(), "NotFound: gone") {
+			t.Errorf("details %q: %v, want INTERNAL naming the header and the status NotFound: gone", bad, st)
+		}
+	}
 }
 
 // decodeOf decodes the headers of an end-of-stream record.
