@@ -346,3 +346,43 @@ func TestConnCloseEndsCallsInFlight(t *testing.T) {
 		}
 	}
 }
+
+// TestConnUndecodableStreamReplyIsTheCallsStatus: a server stream's reply
+// that RecvMsg cannot decode ends the call INTERNAL, and grpc.OnFinish (and
+// the call's metrics and span) get that INTERNAL too, as grpc-go's do, not
+// the cancel with which the connection stops waiting for more replies.
+func TestConnUndecodableStreamReplyIsTheCallsStatus(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("rt") + "."
+	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
+	scriptedWorker(t, kc, prefix, func(req *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		good, _ := proto.Marshal(&echov1.EchoResponse{Message: req.GetMessage()})
+		reply(good, nil)
+		reply([]byte{0xff, 0xff}, nil) // not a protobuf message
+		for range 20 {
+			reply(good, nil)
+		}
+		reply(nil, hdrs{"zilla:status", "0"})
+	})
+	_, echo := connTo(t, kc, prefix)
+	finished := make(chan error, 1)
+	s, err := echo.EchoServerStream(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "x", Repeat: 22},
+		grpc.OnFinish(func(err error) { finished <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatalf("first reply: %v", err)
+	}
+	if _, err := s.Recv(); status.Code(err) != codes.Internal {
+		t.Fatalf("undecodable reply: %v, want INTERNAL", err)
+	}
+	select {
+	case err := <-finished:
+		if status.Code(err) != codes.Internal {
+			t.Errorf("OnFinish got %v, want the INTERNAL that RecvMsg returned", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("OnFinish not called within 30 s of the call's end")
+	}
+}

@@ -54,9 +54,14 @@ type connStream struct {
 
 var _ grpc.ClientStream = (*connStream)(nil)
 
-// run waits for the call's replies and ends it.
+// run waits for the call's replies and ends it. A reply RecvMsg could not
+// decode (decoded) is the call's status, as in grpc-go, rather than the
+// cancel with which decoded stops the wait.
 func (s *connStream) run() {
 	err := s.await()
+	if failed := s.c.failure(); failed != nil {
+		err = failed
+	}
 	s.c.end(err)
 	s.finish(err)
 }

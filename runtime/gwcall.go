@@ -416,6 +416,13 @@ func (c *gwCall) fail(err error) {
 	c.wake()
 }
 
+// failure returns the error fail or deliver ended the call with, or nil.
+func (c *gwCall) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
 func (c *gwCall) wake() {
 	select {
 	case c.signal <- struct{}{}:
