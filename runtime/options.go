@@ -234,7 +234,11 @@ func defaultWorkerConfig() workerConfig {
 // times in all, when it fails with one of codes (default UNAVAILABLE,
 // ABORTED, RESOURCE_EXHAUSTED) or panics, and has sent no reply yet. Attempts
 // are spaced by an exponential back-off from 100 ms, bounded by the call's
-// deadline. Default: one attempt, no retry.
+// deadline. Each attempt reads the whole request stream again; the stream an
+// attempt's handler got ends when that handler returns (RecvMsg and SendMsg
+// then fail with CANCELLED, as gRPC's do), so a goroutine it left behind
+// takes nothing from the next attempt. The attempts share one context.
+// Default: one attempt, no retry.
 func WorkerRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) {
 		c.maxAttempts = max(maxAttempts, 1)
