@@ -481,46 +481,66 @@ func (s *replyStore) sortLoaded(now time.Time) {
 }
 
 // recentSet is a bounded set of correlation ids, each with the attempt ids
-// it holds, that forgets the oldest id first.
+// it holds, that forgets the oldest id first. An id removed and added again
+// is as new: the slot of its earlier entry, still in order, forgets nothing
+// when its turn comes (seq tells the entries apart).
 type recentSet struct {
 	max   int
-	set   map[string][][]byte
-	order []string
+	seq   uint64
+	set   map[string]recentEntry
+	order []recentSlot
+}
+
+type recentEntry struct {
+	attempts [][]byte
+	seq      uint64 // which add made it
+}
+
+type recentSlot struct {
+	k   string
+	seq uint64
 }
 
 func newRecentSet(max int) *recentSet {
-	return &recentSet{max: max, set: map[string][][]byte{}}
+	return &recentSet{max: max, set: map[string]recentEntry{}}
 }
 
 func (s *recentSet) add(k string, attempt []byte) {
-	if as, ok := s.set[k]; ok {
-		if !slices.ContainsFunc(as, func(a []byte) bool { return bytes.Equal(a, attempt) && (a == nil) == (attempt == nil) }) {
-			s.set[k] = append(as, attempt)
+	if e, ok := s.set[k]; ok {
+		if !slices.ContainsFunc(e.attempts, func(a []byte) bool { return bytes.Equal(a, attempt) && (a == nil) == (attempt == nil) }) {
+			e.attempts = append(e.attempts, attempt)
+			s.set[k] = e
 		}
 		return
 	}
 	if len(s.order) >= s.max {
-		delete(s.set, s.order[0])
+		if old := s.order[0]; s.set[old.k].seq == old.seq {
+			delete(s.set, old.k)
+		}
 		s.order = s.order[1:]
 	}
-	s.set[k] = [][]byte{attempt}
-	s.order = append(s.order, k)
+	s.seq++
+	s.set[k] = recentEntry{attempts: [][]byte{attempt}, seq: s.seq}
+	s.order = append(s.order, recentSlot{k, s.seq})
 }
 
 // has reports whether k is in the set with an attempt that may be attempt.
 func (s *recentSet) has(k string, attempt []byte) bool {
-	return slices.ContainsFunc(s.set[k], func(a []byte) bool { return sameAttempt(a, attempt) })
+	return slices.ContainsFunc(s.set[k].attempts, func(a []byte) bool { return sameAttempt(a, attempt) })
 }
 
 // remove takes attempt's entry of k out (k's when none is left).
 func (s *recentSet) remove(k string, attempt []byte) {
-	as := s.set[k]
-	if i := slices.IndexFunc(as, func(a []byte) bool { return sameAttempt(a, attempt) }); i >= 0 {
-		as = slices.Delete(as, i, i+1)
+	e, ok := s.set[k]
+	if !ok {
+		return
 	}
-	if len(as) == 0 {
+	if i := slices.IndexFunc(e.attempts, func(a []byte) bool { return sameAttempt(a, attempt) }); i >= 0 {
+		e.attempts = slices.Delete(e.attempts, i, i+1)
+	}
+	if len(e.attempts) == 0 {
 		delete(s.set, k) // its order slot expires in time
 	} else {
-		s.set[k] = as
+		s.set[k] = e
 	}
 }
