@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -114,6 +116,9 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 			c.foreign = append(c.foreign, po)
 		}
 	}
+	if err := c.checkForeign(); err != nil {
+		return err
+	}
 	f.stats.callers.Add(1)
 	defer f.stats.callers.Add(-1)
 	onHub, err := c.position()
@@ -130,6 +135,47 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 		}
 	}
 	return c.follow()
+}
+
+// checkForeign checks the partitions of the caller's resume id that the
+// hub does not read: a partition added to the topic since the hub started
+// is carried on in the caller's ids as it is; one the topic does not have
+// (an id of another topic, or a forged one) is refused with
+// INVALID_ARGUMENT, as is an offset beyond its partition's end.
+func (c *fetchCall) checkForeign() error {
+	if len(c.foreign) == 0 {
+		return nil
+	}
+	h := c.hub
+	ctx, cancel := context.WithTimeout(c.ctx, c.f.g.cfg.setupTimeout)
+	defer cancel()
+	parts, err := c.f.g.client.Partitions(ctx, h.topic)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "%s: looking up the partitions of %q: %v", c.m.FullMethod(), h.topic, err)
+	}
+	have := make(map[int32]bool, len(parts))
+	for _, p := range parts {
+		have[p] = true
+	}
+	ps := make([]int32, 0, len(c.foreign))
+	for _, po := range c.foreign {
+		if !have[po.Partition] {
+			return status.Errorf(codes.InvalidArgument, "%s: cannot resume: event id names partition %d of %q, which has %d partitions: is it an id of another topic?",
+				c.m.FullMethod(), po.Partition, h.topic, len(parts))
+		}
+		ps = append(ps, po.Partition)
+	}
+	end, err := c.f.g.client.Offsets(ctx, h.topic, ps, kafkaclient.Latest)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "%s: looking up the end offsets of %q: %v", c.m.FullMethod(), h.topic, err)
+	}
+	for _, po := range c.foreign {
+		if po.Offset > end[po.Partition] {
+			return status.Errorf(codes.InvalidArgument, "%s: cannot resume: event id gives offset %d for partition %d of %q, whose end is %d",
+				c.m.FullMethod(), po.Offset, po.Partition, h.topic, end[po.Partition])
+		}
+	}
+	return nil
 }
 
 // position resolves the caller's start and reports whether the window
@@ -198,92 +244,179 @@ func (c *fetchCall) position() (bool, error) {
 	return false, nil
 }
 
+// catchUpStall is how long a caller in its catch-up may be blocked sending
+// one message (it stopped reading, and gRPC's flow control holds the send)
+// before its catch-up reader is closed and its slot given to the callers
+// waiting for one; it gets a reader again, from where it is, once the send
+// returns.
+const catchUpStall = 2 * time.Second
+
+// catchUpReader is a catch-up reader and what its watcher needs to take it
+// away: the watcher (catchUpWatch) closes it once the catch-up ends, the
+// gateway closes, or the caller stalls (catchUpStall), never while a Poll or
+// an Assign runs (both hold mu), so that neither a gateway's Close nor the
+// other callers wait for a caller that stopped reading.
+type catchUpReader struct {
+	reader  kafkaclient.Reader
+	mu      sync.Mutex // held around Poll and Assign; closed is set under it
+	closed  bool
+	sending atomic.Int64  // when the message being delivered began (unix ns), 0 when none
+	done    chan struct{} // closed by the caller when its catch-up ends
+}
+
+// catchUpWatch closes r and frees its slot (see catchUpReader). It runs on
+// a goroutine counted in the gateway's wait group.
+func (f *fanout) catchUpWatch(r *catchUpReader) {
+	defer f.g.wg.Done()
+	t := time.NewTicker(catchUpCheck)
+	defer t.Stop()
+wait:
+	for {
+		select {
+		case <-r.done:
+			break wait
+		case <-f.g.ctx.Done():
+			break wait
+		case <-t.C:
+			if s := r.sending.Load(); s != 0 && time.Since(time.Unix(0, s)) >= catchUpStall {
+				break wait
+			}
+		}
+	}
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	// Closing a reader takes a while (librdkafka's can take 100 ms and
+	// more): it happens beside the caller. Its slot is free once it is
+	// closed.
+	_ = r.reader.Close()
+	<-f.catchUp
+}
+
 // catchUp reads Kafka with a reader of the caller's own, from its position,
 // until the window covers the caller; it then sets the caller's cursor in
 // the window and closes the reader. The hub's window holds every record from
 // lo to hi of each partition, so a caller at or past lo and not past hi on
 // every partition continues from the window with no gap and, skipping what
-// it already has, no repeat.
+// it already has, no repeat. A caller whose reader was taken away while it
+// stalled (catchUpStall) gets another from where it is.
+func (c *fetchCall) catchUp() error {
+	c.f.stats.catchUps.Add(1)
+	for {
+		again, err := c.catchUpWith()
+		if !again {
+			return err
+		}
+	}
+}
+
+// catchUpWith is catchUp with one reader; again reports that the reader
+// was taken away from a caller that stalled, to go on with another.
 // It is one function because the reader's life (open, read, hand over,
 // close) and the no-gap invariant of the hand-over belong together.
-func (c *fetchCall) catchUp() error {
+func (c *fetchCall) catchUpWith() (again bool, err error) {
 	f, g, h := c.f, c.f.g, c.hub
+	if done, err := c.handOver(); done || err != nil {
+		return false, err // caught up meanwhile (after a stall), or the gateway closed
+	}
 	select {
 	case f.catchUp <- struct{}{}:
 	case <-c.ctx.Done():
-		return status.FromContextError(c.ctx.Err()).Err()
+		return false, status.FromContextError(c.ctx.Err()).Err()
 	case <-g.ctx.Done():
-		return c.unavailable(c.f.g.closingMessage())
+		return false, c.unavailable(c.f.g.closingMessage())
 	}
-	f.stats.catchUps.Add(1)
 	reader, err := g.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: g.cfg.readCommitted})
 	if err != nil {
 		<-f.catchUp
-		return c.unavailable("opening a catch-up reader: " + err.Error())
+		return false, c.unavailable("opening a catch-up reader: " + err.Error())
 	}
 	if !f.track() {
 		_ = reader.Close()
 		<-f.catchUp
-		return c.unavailable(c.f.g.closingMessage())
+		return false, c.unavailable(c.f.g.closingMessage())
 	}
-	// Closing a reader takes a while (librdkafka's can take 100 ms and
-	// more): it happens beside the caller, which meanwhile follows the
-	// window. Its slot is free once it is closed.
-	defer func() {
-		go func() {
-			_ = reader.Close()
-			<-f.catchUp
-			g.wg.Done()
-		}()
-	}()
+	r := &catchUpReader{reader: reader, done: make(chan struct{})}
+	go f.catchUpWatch(r)
+	defer close(r.done)
 	assign := make([]kafkaclient.TopicPartitionOffset, len(h.parts))
 	for i, p := range h.parts {
 		assign[i] = kafkaclient.TopicPartitionOffset{Topic: h.topic, Partition: p, Offset: c.next[i]}
 	}
-	if err := reader.Assign(assign); err != nil {
-		return c.unavailable("assigning the catch-up reader: " + err.Error())
+	r.mu.Lock()
+	if !r.closed {
+		err = reader.Assign(assign)
+	}
+	r.mu.Unlock()
+	if err != nil {
+		return false, c.unavailable("assigning the catch-up reader: " + err.Error())
 	}
 	g.cfg.logger.Debug("kafkarpc: fetch catching up", "method", c.m.FullMethod(), "topic", h.topic, "from", assign)
 	for {
-		h.mu.RLock()
-		if h.closed {
-			h.mu.RUnlock()
-			return c.unavailable(c.f.g.closingMessage())
+		if done, err := c.handOver(); done || err != nil {
+			return false, err
 		}
-		if cur, ok := c.handOverLocked(); ok {
-			c.cursor = cur
-			h.mu.RUnlock()
-			f.stats.handOvers.Add(1)
-			g.cfg.logger.Debug("kafkarpc: fetch caught up", "method", c.m.FullMethod(), "topic", h.topic)
-			return nil
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			if g.ctx.Err() != nil {
+				return false, c.unavailable(c.f.g.closingMessage())
+			}
+			g.cfg.logger.Info("kafkarpc: fetch caller stalled in its catch-up; its reader is given to others until it reads again",
+				"method", c.m.FullMethod(), "topic", h.topic)
+			return true, nil
 		}
-		h.mu.RUnlock()
 		pctx, cancel := context.WithTimeout(c.ctx, catchUpCheck)
 		recs, err := reader.Poll(pctx)
 		cancel()
+		r.mu.Unlock()
 		if c.ctx.Err() != nil {
-			return status.FromContextError(c.ctx.Err()).Err()
+			return false, status.FromContextError(c.ctx.Err()).Err()
 		}
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return c.unavailable("reading " + h.topic + ": " + err.Error())
+			return false, c.unavailable("reading " + h.topic + ": " + err.Error())
 		}
-		for _, r := range recs {
-			pi, ok := h.index[r.Partition]
-			if !ok || r.Topic != h.topic {
+		for _, rec := range recs {
+			pi, ok := h.index[rec.Partition]
+			if !ok || rec.Topic != h.topic {
 				continue
 			}
 			skip := deliverable
 			switch {
-			case r.Value == nil:
+			case rec.Value == nil:
 				skip = skipTombstone
-			case !wire.ValidWire(r.Value):
+			case !wire.ValidWire(rec.Value):
 				skip = skipInvalid
 			}
-			if err := c.deliver(pi, r.Offset, r.Key, r.Value, r.Headers, skip); err != nil {
-				return err
+			r.sending.Store(time.Now().UnixNano())
+			err := c.deliver(pi, rec.Offset, rec.Key, rec.Value, rec.Headers, skip)
+			r.sending.Store(0)
+			if err != nil {
+				return false, err
 			}
 		}
 	}
+}
+
+// handOver sets the caller's cursor in the window and reports true when
+// the window covers it (handOverLocked); an error once the hub closed.
+func (c *fetchCall) handOver() (bool, error) {
+	h := c.hub
+	h.mu.RLock()
+	if h.closed {
+		h.mu.RUnlock()
+		return false, c.unavailable(c.f.g.closingMessage())
+	}
+	cur, ok := c.handOverLocked()
+	if ok {
+		c.cursor = cur
+	}
+	h.mu.RUnlock()
+	if ok {
+		c.f.stats.handOvers.Add(1)
+		c.f.g.cfg.logger.Debug("kafkarpc: fetch caught up", "method", c.m.FullMethod(), "topic", h.topic)
+	}
+	return ok, nil
 }
 
 // handOverLocked returns where the caller continues in the window, and
