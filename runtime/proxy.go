@@ -136,12 +136,16 @@ func (p *proxy) forward(fullMethod string, ss grpc.ServerStream) error {
 		giveUp = dl
 	}
 	for {
-		answered, err := p.attempt(out, fullMethod, ss, in)
+		// The trailers are the call's only once the attempt is final: a
+		// refused attempt that is retried leaves nothing in the answer.
+		answered, trailer, err := p.attempt(out, fullMethod, ss, in)
 		if answered || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			ss.SetTrailer(trailer)
 			return err
 		}
 		wait := time.Duration(rand.Int64N(int64(backoff) + 1)) // full jitter
 		if time.Now().Add(wait).After(giveUp) {
+			ss.SetTrailer(trailer)
 			return err
 		}
 		t := time.NewTimer(wait)
@@ -188,13 +192,14 @@ func newRequestPump(ss grpc.ServerStream) *requestPump {
 
 // attempt runs one try. answered reports whether the target sent anything
 // (headers, a message or a status of its own), after which the call is not
-// retried.
-func (p *proxy) attempt(ctx context.Context, fullMethod string, ss grpc.ServerStream, in *requestPump) (answered bool, err error) {
+// retried. trailer is the target's trailers, for the caller of attempt to
+// relay if the attempt is final.
+func (p *proxy) attempt(ctx context.Context, fullMethod string, ss grpc.ServerStream, in *requestPump) (answered bool, trailer metadata.MD, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cs, err := p.cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, fullMethod, grpc.ForceCodecV2(rawCodec{}))
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	snd := &attemptSender{in: in, keep: true}
 	senderDone := make(chan struct{})
@@ -260,40 +265,38 @@ func (a *attemptSender) taken() {
 	a.mu.Unlock()
 }
 
-// relayReplies copies the target's headers, messages and trailers to the
-// caller's stream. answered is as for attempt.
-func relayReplies(cs grpc.ClientStream, ss grpc.ServerStream, snd *attemptSender) (answered bool, err error) {
+// relayReplies copies the target's headers and messages to the caller's
+// stream and returns its trailers. answered is as for attempt.
+func relayReplies(cs grpc.ClientStream, ss grpc.ServerStream, snd *attemptSender) (answered bool, trailer metadata.MD, err error) {
 	hdr, err := cs.Header()
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	if len(hdr) > 0 {
 		snd.taken()
 		answered = true
 		if err := ss.SetHeader(hdr); err != nil {
-			return true, err
+			return true, nil, err
 		}
 	}
 	for {
 		m := new(rawMessage)
 		err := cs.RecvMsg(m)
 		if err == io.EOF {
-			ss.SetTrailer(cs.Trailer())
-			return true, nil
+			return true, cs.Trailer(), nil
 		}
 		if err != nil {
 			// A status with no headers or message before it (trailers only)
 			// may come from a target that never took the call: retried by
 			// the caller of attempt when it is UNAVAILABLE.
-			ss.SetTrailer(cs.Trailer())
-			return answered, err
+			return answered, cs.Trailer(), err
 		}
 		if !answered {
 			snd.taken()
 			answered = true
 		}
 		if err := ss.SendMsg(m); err != nil {
-			return true, err
+			return true, nil, err
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -15,8 +16,9 @@ import (
 // transactional producer (transactional.id set, idempotence on, acks=all).
 // See kafkaclient.TxnProducer for which methods may run concurrently.
 type TxnProducer struct {
-	c *Client
-	p *producer
+	c      *Client
+	p      *producer
+	closed atomic.Bool // Close was called: every later call fails with kafkaclient.ErrClosed
 }
 
 var _ kafkaclient.TxnProducer = (*TxnProducer)(nil)
@@ -57,12 +59,26 @@ func (c *Client) NewTxnProducer(transactionalID string) (kafkaclient.TxnProducer
 // Produce enqueues r in the open transaction; done is called once with the
 // delivery result, as for Client.Produce.
 func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Record, error)) {
+	if done == nil {
+		done = func(*kafkaclient.Record, error) {}
+	}
+	if r == nil {
+		go done(nil, errors.New("confluent: Produce of a nil record"))
+		return
+	}
+	if t.closed.Load() {
+		go done(r, kafkaclient.ErrClosed)
+		return
+	}
 	t.c.produceOn(t.p, r, done)
 }
 
 // Flush waits until every record produced so far was acknowledged or
 // failed (its done has returned), or ctx ends.
 func (t *TxnProducer) Flush(ctx context.Context) error {
+	if t.closed.Load() {
+		return kafkaclient.ErrClosed
+	}
 	stop := make(chan struct{})
 	defer close(stop)
 	t.p.nudge(stop)
@@ -72,6 +88,9 @@ func (t *TxnProducer) Flush(ctx context.Context) error {
 // Commit sends offsets to the transaction as gr's group offsets, commits the
 // transaction and begins the next one.
 func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, offsets []kafkaclient.TopicPartitionOffset) error {
+	if t.closed.Load() {
+		return kafkaclient.ErrClosed
+	}
 	if len(offsets) > 0 {
 		g, ok := gr.(*GroupReader)
 		if !ok {
@@ -101,6 +120,9 @@ func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, of
 
 // Abort aborts the open transaction and begins the next one.
 func (t *TxnProducer) Abort(ctx context.Context) error {
+	if t.closed.Load() {
+		return kafkaclient.ErrClosed
+	}
 	if err := t.p.p.AbortTransaction(ctx); err != nil {
 		return fmt.Errorf("confluent: abort transaction: %w", err)
 	}
@@ -111,15 +133,46 @@ func (t *TxnProducer) Abort(ctx context.Context) error {
 }
 
 // Close aborts the open transaction (bounded by the client's close timeout)
-// and releases the producer.
+// and releases the producer. Calls made after Close fail with
+// kafkaclient.ErrClosed (Produce through done); Close again returns nil.
 func (t *TxnProducer) Close() error {
+	if !t.closed.CompareAndSwap(false, true) {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), t.c.opts.flushTimeout)
 	defer cancel()
 	err := t.p.p.AbortTransaction(ctx)
+	if err != nil {
+		// The abort could not flush: purge what is left, so that its
+		// delivery reports come before the producer is destroyed.
+		_ = t.p.p.Purge(kafka.PurgeQueue | kafka.PurgeInFlight | kafka.PurgeNonBlocking)
+		pctx, pcancel := context.WithTimeout(context.Background(), time.Second)
+		_ = t.c.wait(pctx, &t.p.outstanding)
+		pcancel()
+	}
 	t.p.users.Wait() // a flush helper still running (linger.ms > 0)
 	t.p.close()
+	// Destroying a producer drops the delivery reports still queued:
+	// the records they were for fail here, so that every done is called.
+	t.c.failLeft(t.p)
 	if err != nil {
 		return fmt.Errorf("confluent: abort transaction on close: %w", err)
 	}
 	return nil
+}
+
+// failLeft calls done, with kafkaclient.ErrClosed, for every record of p
+// (closed) whose delivery report never came.
+func (c *Client) failLeft(p *producer) {
+	c.pendMu.Lock()
+	var left []*pending
+	for pd := range c.pending {
+		if pd.p == p {
+			left = append(left, pd)
+		}
+	}
+	c.pendMu.Unlock()
+	for _, pd := range left {
+		c.finish(pd, kafkaclient.ErrClosed)
+	}
 }

@@ -36,6 +36,7 @@ type TxnProducer struct {
 	id       string
 	pending  tracker
 	produced atomic.Bool // a record was produced in the open transaction
+	closed   atomic.Bool // Close was called: every later call fails with kafkaclient.ErrClosed
 
 	idMu sync.Mutex
 	ids  map[string][16]byte // topic ids, for TxnOffsetCommit v6 and later
@@ -91,6 +92,10 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 		go done(nil, errors.New("franz: Produce of a nil record"))
 		return
 	}
+	if t.closed.Load() {
+		go done(r, kafkaclient.ErrClosed)
+		return
+	}
 	t.produced.Store(true)
 	t.c.produceOn(t.kc, &t.pending, r, kafkaclient.AcksAll, done)
 }
@@ -98,6 +103,9 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 // Flush waits until every record produced so far was acknowledged (in the
 // open transaction) and its done callback returned, or ctx ends.
 func (t *TxnProducer) Flush(ctx context.Context) error {
+	if t.closed.Load() {
+		return kafkaclient.ErrClosed
+	}
 	if err := t.kc.Flush(ctx); err != nil {
 		return err
 	}
@@ -108,6 +116,9 @@ func (t *TxnProducer) Flush(ctx context.Context) error {
 // commits it, and opens the next one. gr must be a group reader of the same
 // Client. Records still buffered are flushed first.
 func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, offsets []kafkaclient.TopicPartitionOffset) error {
+	if t.closed.Load() {
+		return kafkaclient.ErrClosed
+	}
 	if err := t.Flush(ctx); err != nil {
 		return fmt.Errorf("franz: commit transaction: flush: %w", err)
 	}
@@ -245,6 +256,9 @@ func (t *TxnProducer) topicIDs(ctx context.Context, topics []string) (map[string
 // Abort fails the records still buffered, aborts the open transaction and
 // opens the next one.
 func (t *TxnProducer) Abort(ctx context.Context) error {
+	if t.closed.Load() {
+		return kafkaclient.ErrClosed
+	}
 	if err := t.kc.AbortBufferedRecords(ctx); err != nil {
 		return fmt.Errorf("franz: abort transaction: %w", err)
 	}
@@ -255,8 +269,12 @@ func (t *TxnProducer) Abort(ctx context.Context) error {
 }
 
 // Close aborts the open transaction (bounded by the client's close timeout)
-// and closes the kgo client.
+// and closes the kgo client. Calls made after Close fail with
+// kafkaclient.ErrClosed (Produce through done); Close again returns nil.
 func (t *TxnProducer) Close() error {
+	if !t.closed.CompareAndSwap(false, true) {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), t.c.opts.closeTimeout)
 	defer cancel()
 	err := t.kc.AbortBufferedRecords(ctx)

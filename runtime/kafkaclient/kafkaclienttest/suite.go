@@ -47,6 +47,10 @@ func Run(t *testing.T, f Factory) {
 		{"GroupStartAtLatest", testGroupStartAtLatest},
 		{"GroupMemberWithNothingLearnsItJoined", testGroupMemberWithNothingLearnsItJoined},
 		{"Transactions", testTransactions},
+		{"TxnCloseFailsPendingRecords", testTxnCloseFailsPendingRecords},
+		{"TxnProduceAfterClose", testTxnProduceAfterClose},
+		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
+		{"RecordTooLargeFails", testRecordTooLargeFails},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })

@@ -1,0 +1,203 @@
+package kafkaclienttest
+
+import (
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// testTxnCloseFailsPendingRecords: a transactional producer closed while
+// a record of its open transaction is in flight (sent, never answered: the
+// broker swallows produce requests, so the abort Close does cannot finish)
+// calls that record's done, once, with an error, by the time Close has
+// returned, as Client.Close does for its records.
+func testTxnCloseFailsPendingRecords(t *testing.T, f Factory) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{CloseTimeout: 500 * time.Millisecond, DeliveryTimeout: time.Minute})
+	tc, ok := e.client.(kafkaclient.TxnClient)
+	if !ok {
+		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
+	}
+	topic := e.createTopic(t, "txn-close", 1)
+	txn, err := tc.NewTxnProducer(unique("txn-close-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One record delivered, so that the partition is in the transaction.
+	first := make(chan error, 1)
+	txn.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("1")}, func(_ *kafkaclient.Record, err error) { first <- err })
+	if err := txn.Flush(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	// From now on the broker reads produce requests and never answers.
+	swallowed := make(chan struct{}, 1)
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		select {
+		case swallowed <- struct{}{}:
+		default:
+		}
+		return nil, nil, true
+	})
+
+	var calls atomic.Int32
+	second := make(chan error, 2)
+	txn.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("2")}, func(_ *kafkaclient.Record, err error) {
+		calls.Add(1)
+		second <- err
+	})
+	select {
+	case <-swallowed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the record was not sent within 30 s")
+	}
+	start := time.Now()
+	err = txn.Close()
+	t.Logf("Close after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	select {
+	case err := <-second:
+		if err == nil {
+			t.Fatal("a record of an aborted transaction, never answered by the broker, reported delivered")
+		}
+		t.Logf("pending record at Close: %v", err)
+	default:
+		select {
+		case err := <-second:
+			t.Fatalf("done of a pending record was called only after TxnProducer.Close returned (%v)", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("TxnProducer.Close returned and the pending record's done was never called")
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("done called %d times", n)
+	}
+}
+
+// testTxnProduceAfterClose: Produce on a closed transactional producer
+// reports kafkaclient.ErrClosed through done (as Client.Produce after Close
+// does), once.
+func testTxnProduceAfterClose(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{})
+	tc, ok := e.client.(kafkaclient.TxnClient)
+	if !ok {
+		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
+	}
+	topic := e.createTopic(t, "txn-after", 1)
+	txn, err := tc.NewTxnProducer(unique("txn-after-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := txn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan error, 2)
+	txn.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("x")}, func(_ *kafkaclient.Record, err error) { ch <- err })
+	select {
+	case err := <-ch:
+		if !errors.Is(err, kafkaclient.ErrClosed) {
+			t.Fatalf("TxnProducer.Produce after Close: %v, want an error wrapping kafkaclient.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("TxnProducer.Produce after Close: done not called within 10 s")
+	}
+}
+
+// testCallerTimestampsAndNullHeaders: records batched together keep each
+// its caller-set Timestamp (also one earlier than the batch's first), in
+// the delivered record and in the log; a nil header value is read back nil,
+// an empty one empty.
+func testCallerTimestampsAndNullHeaders(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{Linger: 50 * time.Second})
+	topic := e.createTopic(t, "stamps", 1)
+	rd := e.readerFrom(t, topic, kafkaclient.Latest)
+	base := time.UnixMilli(1_700_000_000_000)
+	stamps := []time.Time{base.Add(5 * time.Second), base, base.Add(time.Millisecond), time.Now().Add(-time.Hour).Truncate(time.Millisecond)}
+	type res struct {
+		r   *kafkaclient.Record
+		err error
+	}
+	ch := make(chan res, len(stamps))
+	for i, ts := range stamps {
+		e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Key: key(i), Value: []byte("v"), Timestamp: ts,
+			Headers: []kafkaclient.Header{{Key: "null", Value: nil}, {Key: "empty", Value: []byte{}}}},
+			kafkaclient.AcksAll, func(r *kafkaclient.Record, err error) { ch <- res{r, err} })
+	}
+	if err := e.client.Flush(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for range stamps {
+		res := <-ch
+		if res.err != nil {
+			t.Fatal(res.err)
+		}
+		i := int(res.r.Key[len(res.r.Key)-1] - '0')
+		if !res.r.Timestamp.Equal(stamps[i]) {
+			t.Errorf("delivered record %d: Timestamp %v, want the caller's %v", i, res.r.Timestamp, stamps[i])
+		}
+	}
+	for i, r := range readN(t, rd, len(stamps), 30*time.Second) {
+		if !r.Timestamp.Equal(stamps[i]) {
+			t.Errorf("record %d read with timestamp %v, want the caller's %v", i, r.Timestamp, stamps[i])
+		}
+		if len(r.Headers) != 2 || r.Headers[0].Value != nil || r.Headers[1].Value == nil || len(r.Headers[1].Value) != 0 {
+			t.Errorf("record %d headers %#v, want null then empty", i, r.Headers)
+		}
+	}
+}
+
+// testRecordTooLargeFails: a record larger than its topic's
+// max.message.bytes, or than kafkaclient.MaxMessageBytes, fails through
+// done (once, at once rather than at a delivery timeout), and the client
+// goes on delivering records.
+func testRecordTooLargeFails(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{DeliveryTimeout: time.Minute})
+	small := e.name("small")
+	ctx := ctxT(t, 30*time.Second)
+	if err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: small, Partitions: 1, Config: map[string]string{"max.message.bytes": "100000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	big := e.createTopic(t, "big", 1)
+	for _, c := range []struct {
+		name  string
+		topic string
+		size  int
+	}{
+		{"over the topic's max.message.bytes", small, 200_000},
+		{"over MaxMessageBytes", big, kafkaclient.MaxMessageBytes + 1<<20},
+	} {
+		var calls atomic.Int32
+		errc := make(chan error, 2)
+		start := time.Now()
+		e.client.Produce(&kafkaclient.Record{Topic: c.topic, Partition: 0, Value: make([]byte, c.size)}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) {
+			calls.Add(1)
+			errc <- err
+		})
+		select {
+		case err := <-errc:
+			if err == nil {
+				t.Errorf("%s: a %d-byte record was delivered", c.name, c.size)
+			} else {
+				t.Logf("%s: failed after %v: %v", c.name, time.Since(start).Round(time.Millisecond), err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s: no delivery report within 20 s", c.name)
+		}
+		e.produceSync(t, &kafkaclient.Record{Topic: c.topic, Partition: 0, Value: []byte("small")}, kafkaclient.AcksAll)
+		if n := calls.Load(); n != 1 {
+			t.Errorf("%s: done called %d times", c.name, n)
+		}
+	}
+}
