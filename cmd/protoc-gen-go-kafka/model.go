@@ -67,6 +67,10 @@ type route struct {
 	overrides  []header
 	acks       kafkaoptions.Acks // never ACKS_UNSPECIFIED
 	oneway     bool
+
+	// The options topic and replyTopic come from, for errors, e.g.
+	// "routes[0].request_topic" or "reply_topic, from the service".
+	topicOpt, replyOpt string
 }
 
 // keyField is a validated key_field: the record key taken from a field of
@@ -292,7 +296,87 @@ func (c *checker) service(s *protogen.Service) *kafkaService {
 	if srule == nil && len(ks.methods) == 0 {
 		return nil
 	}
+	c.topicRoles(ks)
 	return ks
+}
+
+// topicUse is one use of a topic by a method: as its request topic, its
+// reply topic or its fetch topic.
+type topicUse struct {
+	role   string // "request", "reply" or "fetch"
+	method protoreflect.FullName
+	option string // the option naming the topic, e.g. "routes[0].reply_topic"
+}
+
+// topicRoles reports every topic of ks used in two roles: a topic carries
+// one kind of record. A request topic that is also a reply topic has the
+// workers consume the replies as requests; a fetch topic that is also a
+// request or reply topic streams requests or replies to the fetch's callers
+// and has workers consume the published events. Each method and route is
+// checked, the method's own settings first, against the uses before it.
+func (c *checker) topicRoles(ks *kafkaService) {
+	first := map[string]topicUse{}
+	for _, km := range ks.methods {
+		el := km.method.Desc.FullName()
+		var uses []struct {
+			topic string
+			use   topicUse
+		}
+		add := func(topic string, u topicUse) {
+			if topic != "" {
+				uses = append(uses, struct {
+					topic string
+					use   topicUse
+				}{topic, u})
+			}
+		}
+		if km.fetch != nil {
+			add(km.fetch.topic, topicUse{role: "fetch", method: el, option: "fetch.topic"})
+		}
+		// The default route (last) first, then the routes in order.
+		for n, i := len(km.routes), 0; i < n; i++ {
+			r := km.routes[(i+n-1)%n]
+			role := "request"
+			if r.oneway {
+				role = "oneway request"
+			}
+			add(r.topic, topicUse{role: role, method: el, option: r.topicOpt})
+			if !r.oneway {
+				add(r.replyTopic, topicUse{role: "reply", method: el, option: r.replyOpt})
+			}
+		}
+		reported := map[string]bool{}
+		for _, r := range km.routes {
+			if !r.oneway && r.topic == r.replyTopic {
+				reported[r.topic] = true // reply_topic equal to request_topic: reported by method
+			}
+		}
+		for _, u := range uses {
+			prev, ok := first[u.topic]
+			switch {
+			case !ok:
+				first[u.topic] = u.use
+			case compatibleRoles(prev.role, u.use.role), reported[u.topic]:
+			default:
+				reported[u.topic] = true
+				c.errorf(el, "%s %q is also the %s topic of %s (%s): a topic carries one kind of record, requests, replies or fetched events",
+					u.use.option, u.topic, prev.role, prev.method, prev.option)
+			}
+		}
+	}
+}
+
+// compatibleRoles reports whether one topic may serve both roles: the same
+// role, requests of any kind (a worker serves oneway requests with the
+// others), or oneway requests and a fetch (publishing events with a oneway
+// method that fetch callers receive: no reply is involved, and a worker
+// serving the oneway method reads them as the requests they are).
+func compatibleRoles(a, b string) bool {
+	if a == b {
+		return true
+	}
+	pair := map[string]bool{a: true, b: true}
+	return pair["oneway request"] && (pair["request"] || pair["fetch"])
 }
 
 // method models one method that travels over Kafka. srule and mrule may each
@@ -326,6 +410,14 @@ func (c *checker) method(m *protogen.Method, srule *kafkaoptions.ServiceRule, mr
 	// A oneway method or route does not inherit a reply topic; one that is
 	// not oneway inherits this one.
 	inheritedReply := first(mrule.GetReplyTopic(), srule.GetReplyTopic())
+	replyOpt := "reply_topic"
+	if mrule.GetReplyTopic() == "" {
+		replyOpt = "reply_topic, from the service"
+	}
+	def.topicOpt, def.replyOpt = "request_topic", replyOpt
+	if mrule.GetRequestTopic() == "" {
+		def.topicOpt = "request_topic, from the service"
+	}
 	if !def.oneway {
 		def.replyTopic = inheritedReply
 	}
@@ -374,6 +466,14 @@ func (c *checker) method(m *protogen.Method, srule *kafkaoptions.ServiceRule, mr
 			overrides: def.overrides,
 			acks:      firstAcks(r.GetAcks(), def.acks, kafkaoptions.Acks_ACKS_ALL),
 			oneway:    def.oneway,
+			topicOpt:  def.topicOpt,
+			replyOpt:  replyOpt,
+		}
+		if r.GetRequestTopic() != "" {
+			rt.topicOpt = p + "request_topic"
+		}
+		if r.GetReplyTopic() != "" {
+			rt.replyOpt = p + "reply_topic"
 		}
 		if rk := (keySource{key: r.GetKey(), path: r.GetKeyField(), required: r.GetKeyFieldRequired(), option: p + "key_field"}); rk.set() {
 			rt.key, rt.keyField = c.resolveKey(el, m, rk)
@@ -405,8 +505,37 @@ func (c *checker) method(m *protogen.Method, srule *kafkaoptions.ServiceRule, mr
 		}
 		km.routes = append(km.routes, rt)
 	}
+	// Routes are tried in order: one whose conditions include all of an
+	// earlier route's is never chosen.
+	for j, rj := range km.routes {
+		for i, ri := range km.routes[:j] {
+			if len(ri.when) > 0 && implies(rj.when, ri.when) {
+				c.errorf(el, "routes[%d] is never chosen: routes[%d] comes first and matches every call it matches", j, i)
+				break
+			}
+		}
+	}
 	km.routes = append(km.routes, def)
 	return km
+}
+
+// implies reports whether every call that meets all conditions of a also
+// meets all of b's: each condition of b is one of a's, or asks only for the
+// presence of a name a conditions.
+func implies(a, b []header) bool {
+	for _, cb := range b {
+		found := false
+		for _, ca := range a {
+			if ca.name == cb.name && (cb.value == "" || cb.value == ca.value) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }
 
 // fetch models a fetch method.

@@ -224,3 +224,99 @@ message Plain { string name = 1; }
 		t.Errorf("errors:\n got: %s\nwant: %s", got, want)
 	}
 }
+
+// TestTopicRolesConflict: a topic carries one kind of record. A topic that
+// is a request topic of one method (or route) and the reply topic of another,
+// or the fetch topic of one method and a request or reply topic of another,
+// makes workers consume replies or published events as requests, and fetch
+// callers receive requests or replies as events. Each method checks fine on
+// its own; the plugin must refuse the service, naming both uses.
+func TestTopicRolesConflict(t *testing.T) {
+	const header = `syntax = "proto3";
+package roles.v1;
+import "google/protobuf/empty.proto";
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/roles/v1;rolesv1";
+message Ping { string id = 1; }
+`
+	for name, c := range map[string]struct{ src, want string }{
+		"swapped": {`service S {
+  rpc A(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "x" reply_topic: "y"}; }
+  rpc B(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "y" reply_topic: "z"}; }
+}`, `:9:32: roles.v1.S.B: request_topic "y" is also the reply topic of roles.v1.S.A (reply_topic): a topic carries one kind of record, requests, replies or fetched events`},
+		"route": {`service S {
+  rpc A(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "x" reply_topic: "y"
+    routes: {when: {name: "t"} request_topic: "x2" reply_topic: "x"}
+  }; }
+}`, `:8:32: roles.v1.S.A: routes[0].reply_topic "x" is also the request topic of roles.v1.S.A (request_topic): a topic carries one kind of record, requests, replies or fetched events`},
+		"fetch": {`service S {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "q" reply_topic: "r"};
+  rpc A(Ping) returns (Ping);
+  rpc E(google.protobuf.Empty) returns (stream Ping) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "q"}}; }
+}`, `:10:56: roles.v1.S.E: fetch.topic "q" is also the request topic of roles.v1.S.A (request_topic, from the service): a topic carries one kind of record, requests, replies or fetched events`},
+		"oneway to a reply topic": {`service S {
+  rpc A(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "x" reply_topic: "y"}; }
+  rpc N(Ping) returns (google.protobuf.Empty) { option (kafkarpc.kafka.v1.method) = {request_topic: "y" oneway: true}; }
+}`, `:9:49: roles.v1.S.N: request_topic "y" is also the reply topic of roles.v1.S.A (reply_topic): a topic carries one kind of record, requests, replies or fetched events`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			file := "roles/v1/" + name + ".proto"
+			resp := runPlugin(t, compileRequest(t, map[string]string{file: header + c.src}, file))
+			if got, want := resp.GetError(), file+c.want; got != want {
+				t.Errorf("error:\n got: %s\nwant: %s", got, want)
+			}
+			if len(resp.File) != 0 {
+				t.Errorf("%d files generated despite the error", len(resp.File))
+			}
+		})
+	}
+	// Shared topics of one role stay allowed: several methods on one
+	// request topic and one reply topic, a route on the default's topics;
+	// so do a oneway method publishing to a topic that a fetch method
+	// streams (publish and subscribe), and oneway and answered requests on
+	// one request topic.
+	ok := header + `service S {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "q" reply_topic: "r"};
+  rpc A(Ping) returns (Ping);
+  rpc B(Ping) returns (stream Ping) { option (kafkarpc.kafka.v1.method) = {routes: {when: {name: "t"} key: "k"}}; }
+  rpc E(google.protobuf.Empty) returns (stream Ping) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "f"}}; }
+  rpc F(google.protobuf.Empty) returns (stream Ping) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "f"}}; }
+  rpc P(Ping) returns (google.protobuf.Empty) { option (kafkarpc.kafka.v1.method) = {request_topic: "f" oneway: true}; }
+  rpc N(Ping) returns (google.protobuf.Empty) { option (kafkarpc.kafka.v1.method) = {oneway: true}; }
+}`
+	if resp := runPlugin(t, compileRequest(t, map[string]string{"roles/v1/ok.proto": ok}, "roles/v1/ok.proto")); resp.Error != nil {
+		t.Errorf("shared topics of one role refused: %s", resp.GetError())
+	}
+}
+
+// TestShadowedRoutes: routes are tried in order and the first whose
+// conditions all hold is chosen, so a route whose conditions include every
+// condition of an earlier route (the same ones, or more) is never chosen.
+// Its calls silently go where the earlier route says: the plugin must refuse
+// it, naming both routes.
+func TestShadowedRoutes(t *testing.T) {
+	const src = `syntax = "proto3";
+package shadow.v1;
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/shadow/v1;shadowv1";
+message Ping { string id = 1; }
+service S {
+  rpc A(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "q" reply_topic: "r"
+    routes: {when: {name: "x-tenant" value: "acme"} request_topic: "acme"}
+    routes: {when: {name: "x-tenant" value: "acme"} request_topic: "acme-2"}
+    routes: {when: {name: "x-region"} request_topic: "regional"}
+    routes: {when: {name: "x-region" value: "eu"} when: {name: "x-tier" value: "gold"} request_topic: "eu-gold"}
+    routes: {when: {name: "x-tenant" value: "other"} request_topic: "other"}
+  }; }
+}
+`
+	const file = "shadow/v1/shadow.proto"
+	resp := runPlugin(t, compileRequest(t, map[string]string{file: src}, file))
+	want := strings.Join([]string{
+		file + `:7:32: shadow.v1.S.A: routes[1] is never chosen: routes[0] comes first and matches every call it matches`,
+		file + `:7:32: shadow.v1.S.A: routes[3] is never chosen: routes[2] comes first and matches every call it matches`,
+	}, "\n")
+	if got := resp.GetError(); got != want {
+		t.Errorf("error:\n got: %s\nwant: %s", got, want)
+	}
+}

@@ -751,3 +751,52 @@ func TestEchoCall(t *testing.T) {
 	}
 	worker.stop(t)
 }
+
+// TestEchoCallBadFlags: every bad flag value of echo-call is refused before
+// it connects to Kafka, with exit status 2 (as its doc says of bad flags), a
+// message naming the flag and nothing on stdout: not a Kafka error after a
+// dial, not a silent exit 0 (--count -1 printed nothing), and not a value
+// wrapped into int32 (--fail-code 4294967301 failed the call NOT_FOUND).
+// Nothing listens on the brokers' address: no case may need a broker.
+func TestEchoCallBadFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		flag string // what stderr must name
+	}{
+		{[]string{"--method", "EchoNothing"}, "--method"},
+		{[]string{"--client", "kafka"}, "--client"},
+		{[]string{"--timeout", "0s"}, "--timeout"},
+		{[]string{"--timeout", "-1s"}, "--timeout"},
+		{[]string{"--repeat", "-1", "--method", "EchoServerStream"}, "--repeat"},
+		{[]string{"--repeat", "4294967298", "--method", "EchoServerStream"}, "--repeat"},
+		{[]string{"--delay-ms", "-5"}, "--delay-ms"},
+		{[]string{"--fail-code", "-1"}, "--fail-code"},
+		{[]string{"--fail-code", "17"}, "--fail-code"},
+		{[]string{"--fail-code", "4294967301"}, "--fail-code"},
+		{[]string{"--method", "EchoEvents", "--count", "-1"}, "--count"},
+		{[]string{"--count", "2"}, "--count"},                  // EchoUnary has no events
+		{[]string{"--last-event-id", "AQ"}, "--last-event-id"}, // nor a resume
+		{[]string{"--method", "EchoEvents", "--message", "m"}, "--message"},
+		{[]string{"hello"}, "hello"}, // a message without --message
+	} {
+		p := start(t, "echo-call", append([]string{"--brokers", "127.0.0.1:1", "--client", "franz"}, c.args...)...)
+		if _, exited := p.Wait(callTimeout); !exited {
+			t.Fatalf("echo-call %s did not end within %s\n%s", strings.Join(c.args, " "), callTimeout, p.output())
+		}
+		code := 0
+		var exit *exec.ExitError
+		if errors.As(p.Err(), &exit) {
+			code = exit.ExitCode()
+		}
+		if code != 2 || p.Stdout() != "" || !strings.Contains(p.Stderr(), c.flag) {
+			t.Errorf("echo-call %s: exit %d, stdout %q, stderr %q; want exit 2, no output and an error naming %s",
+				strings.Join(c.args, " "), code, p.Stdout(), lastLine(p.Stderr()), c.flag)
+		}
+	}
+}
+
+// lastLine returns the last non-empty line of s.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}

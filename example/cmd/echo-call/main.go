@@ -19,7 +19,10 @@
 // encoded (what --last-event-id takes to resume after that event), and stops
 // after --count events (0: at --timeout or an interrupt, which then is no
 // error). A failed call prints "error CODE_NAME: MESSAGE" (for example
-// "error NOT_FOUND: x") and exits 1; bad flags exit 2.
+// "error NOT_FOUND: x") and exits 1; bad flags exit 2, before connecting:
+// a value out of range, or a flag of EchoEvents (--last-event-id, --count)
+// with another method, or of the requests (--message, --repeat,
+// --delay-ms, --fail-code) with EchoEvents.
 package main
 
 import (
@@ -29,6 +32,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"time"
 
@@ -61,6 +65,13 @@ func main() {
 	if *brokers == "" {
 		fmt.Fprintln(os.Stderr, "echo-call: --brokers is required")
 		flag.Usage()
+		os.Exit(2)
+	}
+	// Every flag is checked before connecting: a bad value is a usage
+	// error (exit 2), not a Kafka error after a dial, and no value is
+	// wrapped into the requests' int32 fields.
+	if problem := checkFlags(*method, *repeat, *delay, *failCode, *timeout, *count); problem != "" {
+		fmt.Fprintln(os.Stderr, "echo-call:", problem)
 		os.Exit(2)
 	}
 	if len(messages) == 0 {
@@ -102,9 +113,6 @@ func main() {
 		err = bidiStream(ctx, c, messages, req)
 	case "EchoEvents":
 		err = events(ctx, c, *lastEventID, *count)
-	default:
-		fmt.Fprintf(os.Stderr, "echo-call: --method %q: want EchoUnary, EchoServerStream, EchoClientStream, EchoBidiStream or EchoEvents\n", *method)
-		os.Exit(2)
 	}
 	if err != nil {
 		st := status.Convert(err)
@@ -113,6 +121,47 @@ func main() {
 		_ = kc.Close()
 		os.Exit(1)
 	}
+}
+
+// checkFlags returns what is wrong with the flags, or "".
+func checkFlags(method string, repeat, delay, failCode int, timeout time.Duration, count int) string {
+	switch {
+	case flag.NArg() > 0:
+		return fmt.Sprintf("unexpected argument %q: give each request's message with --message", flag.Arg(0))
+	case app.ClientName() != app.ClientConfluent && app.ClientName() != app.ClientFranz:
+		return fmt.Sprintf("--client %q: want %s or %s", app.ClientName(), app.ClientConfluent, app.ClientFranz)
+	case timeout <= 0:
+		return fmt.Sprintf("--timeout %s: want a positive duration", timeout)
+	case repeat < 0 || repeat > math.MaxInt32:
+		return fmt.Sprintf("--repeat %d: want 0 to %d", repeat, math.MaxInt32)
+	case delay < 0 || delay > math.MaxInt32:
+		return fmt.Sprintf("--delay-ms %d: want 0 to %d", delay, math.MaxInt32)
+	case failCode < 0 || failCode >= len(codeNames):
+		return fmt.Sprintf("--fail-code %d: want a gRPC status code, 0 (none) to %d", failCode, len(codeNames)-1)
+	case count < 0:
+		return fmt.Sprintf("--count %d: want 0 (until --timeout) or more", count)
+	}
+	isFlagSet := func(name string) (set bool) {
+		flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+		return set
+	}
+	switch method {
+	case "EchoUnary", "EchoServerStream", "EchoClientStream", "EchoBidiStream":
+		for _, f := range []string{"last-event-id", "count"} {
+			if isFlagSet(f) {
+				return fmt.Sprintf("--%s applies to --method EchoEvents only, not %s", f, method)
+			}
+		}
+	case "EchoEvents":
+		for _, f := range []string{"message", "repeat", "delay-ms", "fail-code"} {
+			if isFlagSet(f) {
+				return fmt.Sprintf("--%s does not apply to --method EchoEvents, which sends no request message", f)
+			}
+		}
+	default:
+		return fmt.Sprintf("--method %q: want EchoUnary, EchoServerStream, EchoClientStream, EchoBidiStream or EchoEvents", method)
+	}
+	return ""
 }
 
 func printResponse(r *echov1.EchoResponse) { fmt.Printf("%d\t%s\n", r.GetIndex(), r.GetMessage()) }
