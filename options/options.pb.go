@@ -122,7 +122,10 @@ type ServiceRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Topic that receives the request records of every method. Default: none;
 	// then every method must set its own. Must be a valid Kafka topic name:
-	// 1 to 249 characters of [a-zA-Z0-9._-], neither "." nor "..".
+	// 1 to 249 characters of [a-zA-Z0-9._-], neither "." nor "..". Within a
+	// service a topic carries one kind of record: a request topic is no
+	// method's or route's reply topic, and a fetch topic is no request or
+	// reply topic (a oneway method may publish to a fetch topic).
 	//
 	//	request_topic: "echo-requests"
 	RequestTopic string `protobuf:"bytes,1,opt,name=request_topic,json=requestTopic,proto3" json:"request_topic,omitempty"`
@@ -306,7 +309,8 @@ type MethodRule struct {
 	// Alternative destinations chosen by the caller's gRPC request metadata.
 	// They are tried in order and the first whose conditions all hold is used;
 	// when none matches, the method's own settings are used (the default
-	// route). Default: none.
+	// route). A route whose conditions include all of an earlier route's is
+	// refused: it would never be chosen. Default: none.
 	//
 	//	routes: {
 	//	  when: { name: "x-tenant" value: "acme" }
