@@ -284,9 +284,10 @@ type Client struct {
 	pending   tracker    // records of Produce whose done has not returned yet
 	deadlines *deadlines // delivery timeout contexts
 
-	seq       atomic.Uint64 // numbers readers and group readers, for logs
-	closeOnce sync.Once
-	closeErr  error
+	seq        atomic.Uint64 // numbers readers and group readers, for logs
+	forgetting sync.Map      // forgetKey: a topic being purged from a producer (forgetTopic)
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 var _ kafkaclient.Client = (*Client)(nil)

@@ -170,7 +170,7 @@ func (c *Client) produceOn(p *kgo.Client, tr *tracker, r *kafkaclient.Record, ac
 	}
 	ctx := c.deadlines.ctx(now, r.Partition >= 0)
 	f := inflights.Get().(*inflight)
-	f.r, f.acks, f.tr, f.done = r, acks, tr, done
+	f.r, f.acks, f.tr, f.done, f.c, f.kc = r, acks, tr, done, c, p
 	f.kr = kgo.Record{
 		Topic:     r.Topic,
 		Key:       r.Key,
@@ -218,6 +218,8 @@ type inflight struct {
 	acks kafkaclient.Acks
 	tr   *tracker
 	done func(*kafkaclient.Record, error)
+	c    *Client
+	kc   *kgo.Client         // the producer it went to
 	hs   [8]kgo.RecordHeader // most records' headers: no allocation of their own
 }
 
@@ -242,10 +244,13 @@ func (f *inflight) release() {
 // calling done: nothing reads it afterwards.
 func delivered(kr *kgo.Record, err error) {
 	f := inflightOf(kr)
-	r, acks, tr, done := f.r, f.acks, f.tr, f.done
+	r, acks, tr, done, c, kc := f.r, f.acks, f.tr, f.done, f.c, f.kc
 	partition, offset := kr.Partition, kr.Offset
 	f.release()
 	if err != nil {
+		if errors.Is(err, kerr.UnknownTopicID) {
+			c.forgetTopic(kc, r.Topic)
+		}
 		if errors.Is(err, kgo.ErrMaxBuffered) {
 			err = ErrQueueFull
 		} else if errors.Is(err, kerr.UnknownTopicOrPartition) {
@@ -382,4 +387,27 @@ func (javaTopicPartitioner) Partition(r *kgo.Record, n int) int {
 		return int(kafkaclient.KeyPartition(r.Key, int32(n)))
 	}
 	return rand.IntN(n)
+}
+
+// forgetTopic makes producer kc forget topic, whose id Kafka no longer has
+// (the topic was deleted and created again: kgo keeps failing its records
+// with UNKNOWN_TOPIC_ID until the topic is purged), so that the next record
+// to it learns the new id. The record that failed stays failed. Purging
+// waits for kgo's metadata work, so it runs on a goroutine of its own, once
+// at a time per topic; never from within a promise.
+func (c *Client) forgetTopic(kc *kgo.Client, topic string) {
+	key := forgetKey{kc, topic}
+	if _, busy := c.forgetting.LoadOrStore(key, struct{}{}); busy {
+		return
+	}
+	c.log.Warn("franz: producing to a topic that has a new id (deleted and created again): learning it anew", "topic", topic)
+	go func() {
+		defer c.forgetting.Delete(key)
+		kc.PurgeTopicsFromClient(topic)
+	}()
+}
+
+type forgetKey struct {
+	kc    *kgo.Client
+	topic string
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -22,6 +24,15 @@ const maxBatch = 512
 // Value and header values are kgo's slices, not copied again; a null value
 // stays nil and an empty value stays empty non-nil.
 func records(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool) {
+	out, closed, _ = recordsOf(fs, log)
+	return out, closed
+}
+
+// recordsOf is records, also reporting the topics whose partitions failed
+// with UNKNOWN_TOPIC_ID: the topic kgo knows by its old id was deleted and
+// created again, which kgo does not adopt until the topic is purged and
+// added again (Reader.readAnew).
+func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool, newID []string) {
 	n := fs.NumRecords()
 	if n > 0 {
 		out = make([]*kafkaclient.Record, 0, n)
@@ -56,13 +67,17 @@ func records(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, close
 			closed = true
 		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 			// the poll's own context: the caller looks at it
+		case errors.Is(err, kerr.UnknownTopicID):
+			if !slices.Contains(newID, topic) {
+				newID = append(newID, topic)
+			}
 		default:
 			// kgo retries what can be retried by itself; the partition
 			// carries on (or is reported again).
 			log.Warn("franz: fetch error", "topic", topic, "partition", partition, "error", err)
 		}
 	})
-	return out, closed
+	return out, closed, newID
 }
 
 // Reader implements kafkaclient.Reader: a kgo client consuming explicitly
@@ -76,8 +91,8 @@ type Reader struct {
 	kc  *kgo.Client
 	log *slog.Logger
 
-	mu       sync.Mutex // guards assigned and serialises Assign with Close
-	assigned map[kafkaclient.TopicPartition]struct{}
+	mu       sync.Mutex                           // guards assigned and serialises Assign with Close
+	assigned map[kafkaclient.TopicPartition]int64 // each partition's next offset to read (as Assign takes it)
 	closed   atomic.Bool
 	pollMu   sync.Mutex // held by Poll
 	once     sync.Once
@@ -94,7 +109,7 @@ func (c *Client) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, er
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{kc: kc, log: c.log.With("client", role), assigned: make(map[kafkaclient.TopicPartition]struct{})}, nil
+	return &Reader{kc: kc, log: c.log.With("client", role), assigned: make(map[kafkaclient.TopicPartition]int64)}, nil
 }
 
 // kgoOffset converts an offset of the seam: an absolute offset, or one of
@@ -151,12 +166,49 @@ func (r *Reader) Assign(parts []kafkaclient.TopicPartitionOffset) error {
 		r.kc.RemoveConsumePartitions(again)
 	}
 	r.kc.AddConsumePartitions(add)
-	for t, ps := range add {
-		for p := range ps {
-			r.assigned[kafkaclient.TopicPartition{Topic: t, Partition: p}] = struct{}{}
-		}
+	for _, p := range parts {
+		r.assigned[kafkaclient.TopicPartition{Topic: p.Topic, Partition: p.Partition}] = p.Offset
 	}
 	return nil
+}
+
+// advance notes where Poll's records leave each partition.
+func (r *Reader) advance(recs []*kafkaclient.Record) {
+	r.mu.Lock()
+	for i, rec := range recs {
+		if i+1 == len(recs) || recs[i+1].Partition != rec.Partition || recs[i+1].Topic != rec.Topic {
+			tp := kafkaclient.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}
+			if _, ok := r.assigned[tp]; ok {
+				r.assigned[tp] = rec.Offset + 1
+			}
+		}
+	}
+	r.mu.Unlock()
+}
+
+// readAnew purges topics, which kgo knows by an id Kafka no longer has (they
+// were deleted and created again), and assigns their partitions again from
+// where the reader was: kgo then learns the new id, and reads on from there
+// in the new log, or, that offset being past the new log's end, from its
+// start (kgo's reset, as librdkafka's reader does).
+func (r *Reader) readAnew(topics []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return
+	}
+	add := make(map[string]map[int32]kgo.Offset)
+	for tp, off := range r.assigned {
+		if slices.Contains(topics, tp.Topic) {
+			if add[tp.Topic] == nil {
+				add[tp.Topic] = make(map[int32]kgo.Offset)
+			}
+			add[tp.Topic][tp.Partition] = kgoOffset(off)
+		}
+	}
+	r.log.Warn("franz: a topic read has a new id (deleted and created again): reading it anew", "topics", topics)
+	r.kc.PurgeTopicsFromClient(topics...)
+	r.kc.AddConsumePartitions(add)
 }
 
 // Poll blocks until at least one record is available, then returns it with
@@ -172,8 +224,12 @@ func (r *Reader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		if r.closed.Load() {
 			return nil, kafkaclient.ErrClosed
 		}
-		recs, closed := records(r.kc.PollRecords(ctx, maxBatch), r.log)
+		recs, closed, newID := recordsOf(r.kc.PollRecords(ctx, maxBatch), r.log)
+		if len(newID) > 0 && !closed {
+			r.readAnew(newID)
+		}
 		if len(recs) > 0 {
+			r.advance(recs)
 			return recs, nil
 		}
 		if closed || r.closed.Load() {

@@ -2,11 +2,15 @@ package kafkaclienttest
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -198,6 +202,73 @@ func testRecordTooLargeFails(t *testing.T, f Factory) {
 		e.produceSync(t, &kafkaclient.Record{Topic: c.topic, Partition: 0, Value: []byte("small")}, kafkaclient.AcksAll)
 		if n := calls.Load(); n != 1 {
 			t.Errorf("%s: done called %d times", c.name, n)
+		}
+	}
+}
+
+// testTopicRecreated: a topic deleted and created again while the client
+// produces to it and a reader reads it (what a developer resetting a topic
+// does). Records produced meanwhile may fail; then the client produces to
+// the new topic again, and the reader reads the new topic's records from
+// its start. franz-go keeps the topic's old id and failed every record and
+// fetch with UNKNOWN_TOPIC_ID until the process restarted; librdkafka's
+// idempotent producer stops with a fatal error, after which the adapter
+// makes a new one.
+func testTopicRecreated(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{DeliveryTimeout: 5 * time.Second})
+	topic := e.createTopic(t, "recreated", 1)
+	for _, v := range []string{"old-0", "old-1"} {
+		e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte(v)}, kafkaclient.AcksAll)
+	}
+	rd := e.readerFrom(t, topic, kafkaclient.Earliest)
+	readN(t, rd, 2, 15*time.Second)
+
+	admin, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.brokers, ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ctx := ctxT(t, 60*time.Second)
+	if resp, err := kadm.NewClient(admin).DeleteTopics(ctx, topic); err != nil || resp.Error() != nil {
+		t.Fatalf("deleting %s: %v %v", topic, err, resp.Error())
+	}
+	for { // the broker deletes a topic after it answered: create it again once it may
+		err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: topic, Partitions: 1}})
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("creating %s again: %v", topic, err)
+		}
+	}
+	// Produce until a record goes through, one at a time, each awaited.
+	var last error
+	delivered := false
+	for i := 0; !delivered; i++ {
+		if ctx.Err() != nil {
+			t.Fatalf("no record delivered to the topic created again within 60 s; the last failed with %v", last)
+		}
+		errc := make(chan error, 1)
+		e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte(fmt.Sprintf("new-%d", i))}, kafkaclient.AcksAll,
+			func(_ *kafkaclient.Record, err error) { errc <- err })
+		select {
+		case last = <-errc:
+			delivered = last == nil
+		case <-ctx.Done():
+		}
+	}
+	for {
+		recs, err := rd.Poll(ctx)
+		if err != nil {
+			t.Fatalf("the reader of the topic created again read no new record within 60 s: %v", err)
+		}
+		for _, r := range recs {
+			if !strings.HasPrefix(string(r.Value), "new-") {
+				t.Fatalf("the reader read %q at offset %d after the topic was created again", r.Value, r.Offset)
+			}
+		}
+		if len(recs) > 0 {
+			return
 		}
 	}
 }

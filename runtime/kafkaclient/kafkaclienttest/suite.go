@@ -51,6 +51,7 @@ func Run(t *testing.T, f Factory) {
 		{"TxnProduceAfterClose", testTxnProduceAfterClose},
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
+		{"TopicRecreated", testTopicRecreated},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
