@@ -2,9 +2,11 @@ package runtime
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -197,6 +199,12 @@ type fanoutHub struct {
 	whole   []bool        // per partition: the window starts at the earliest record retained when the hub started
 	wake    chan struct{} // closed (and replaced) when records arrive or the hub ends
 	closed  bool
+	// ended says why the hub ended before the gateway closed (its topic's
+	// log restarted: see checkRestart); its callers are told.
+	ended string
+
+	cancel      context.CancelFunc // ends run
+	lastRecheck time.Time          // of checkRestart; run's own
 }
 
 // hubEntry is one record in the window. Skipped records (tombstones, values
@@ -278,7 +286,9 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 		_ = reader.Close()
 		return nil, status.Error(codes.Unavailable, f.g.closingMessage())
 	}
-	go h.run(g.ctx)
+	var hctx context.Context
+	hctx, h.cancel = context.WithCancel(g.ctx)
+	go h.run(hctx)
 	g.cfg.logger.Info("kafkarpc: fetch hub started", "topic", topic, "partitions", len(parts), "from", assign)
 	return h, nil
 }
@@ -287,10 +297,24 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 // Close waits for it; false once the gateway is closing.
 func (f *fanout) track() bool { return f.g.count() }
 
-// run reads the topic until ctx ends, then closes the reader.
+// run reads the topic until ctx ends (the gateway closes, or the hub ends
+// itself: checkRestart), then closes the reader. A hub that ended itself
+// leaves the gateway's hubs, so that the topic's next caller starts a new
+// one.
 func (h *fanoutHub) run(ctx context.Context) {
 	defer h.f.g.wg.Done()
 	defer func() {
+		h.mu.RLock()
+		ended := h.ended != ""
+		h.mu.RUnlock()
+		if ended { // first, so that a caller told so finds a new hub
+			f := h.f
+			f.mu.Lock()
+			if slot := f.hubs[h.topic]; slot != nil && slot.hub == h {
+				delete(f.hubs, h.topic)
+			}
+			f.mu.Unlock()
+		}
 		h.mu.Lock()
 		h.closed = true
 		close(h.wake)
@@ -299,17 +323,67 @@ func (h *fanoutHub) run(ctx context.Context) {
 	}()
 	pollUntilDone(ctx, h.reader.Poll, func(err error) {
 		h.f.g.cfg.logger.Warn("kafkarpc: reading fetch topic", "topic", h.topic, "error", err)
-	}, h.append)
+	}, func(recs []*kafkaclient.Record) {
+		if back := h.append(recs); back != nil {
+			h.checkRestart(ctx, back)
+		}
+	})
+}
+
+// restartRecheck is how often, at most, a hub that reads records from
+// before where it is asks the broker whether its topic's log restarted.
+const restartRecheck = time.Second
+
+// checkRestart handles a record of the topic at an offset the hub had
+// already passed (back). Kafka never hands an assigned reader such a record
+// unless the partition's log restarted: the topic was deleted and created
+// again, or its records were deleted, and the reader reset to the new log.
+// When the partition's end is now before where the hub read, the records
+// the window holds and the event ids handed out name records that no longer
+// exist, and the new records would be dropped as already read: the hub
+// ends, its callers get UNAVAILABLE saying why, and the next caller starts
+// a new hub on the new log.
+func (h *fanoutHub) checkRestart(ctx context.Context, back *kafkaclient.Record) {
+	if time.Since(h.lastRecheck) < restartRecheck {
+		return
+	}
+	h.lastRecheck = time.Now()
+	g := h.f.g
+	qctx, cancel := context.WithTimeout(ctx, g.cfg.setupTimeout)
+	defer cancel()
+	end, err := g.client.Offsets(qctx, h.topic, []int32{back.Partition}, kafkaclient.Latest)
+	if err != nil {
+		g.cfg.logger.Warn("kafkarpc: fetch topic: looking up an end offset", "topic", h.topic, "partition", back.Partition, "error", err)
+		return
+	}
+	h.mu.Lock()
+	read := h.hi[h.index[back.Partition]]
+	if end[back.Partition] >= read {
+		h.mu.Unlock()
+		return
+	}
+	h.ended = fmt.Sprintf("fetch topic %q was deleted and created again, or its records deleted: partition %d now ends at offset %d, before offset %d this gateway had read; "+
+		"event ids from before name records that no longer exist: start again without one", h.topic, back.Partition, end[back.Partition], read)
+	h.mu.Unlock()
+	g.cfg.logger.Warn("kafkarpc: fetch hub ends: its topic's log restarted", "topic", h.topic, "partition", back.Partition, "end", end[back.Partition], "read", read)
+	h.cancel()
 }
 
 // append adds records to the window, evicts the oldest beyond its size,
-// and wakes the callers waiting for records.
-func (h *fanoutHub) append(recs []*kafkaclient.Record) {
+// and wakes the callers waiting for records. It returns the first record
+// at an offset the hub had passed (see checkRestart), or nil.
+func (h *fanoutHub) append(recs []*kafkaclient.Record) (back *kafkaclient.Record) {
 	var invalid []*kafkaclient.Record
 	h.mu.Lock()
 	for _, r := range recs {
 		pi, ok := h.index[r.Partition]
-		if !ok || r.Topic != h.topic || r.Offset < h.hi[pi] {
+		if !ok || r.Topic != h.topic {
+			continue
+		}
+		if r.Offset < h.hi[pi] {
+			if back == nil {
+				back = r
+			}
 			continue
 		}
 		h.hi[pi] = r.Offset + 1
@@ -355,6 +429,7 @@ func (h *fanoutHub) append(recs []*kafkaclient.Record) {
 		h.f.g.cfg.logger.Warn("kafkarpc: fetch record is not a protobuf message; callers skip it",
 			"topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "bytes", len(r.Value))
 	}
+	return back
 }
 
 // firstSeqLocked returns the sequence number of the oldest record in the

@@ -404,8 +404,9 @@ func (c *fetchCall) handOver() (bool, error) {
 	h := c.hub
 	h.mu.RLock()
 	if h.closed {
+		err := c.hubClosedLocked()
 		h.mu.RUnlock()
-		return false, c.unavailable(c.f.g.closingMessage())
+		return false, err
 	}
 	cur, ok := c.handOverLocked()
 	if ok {
@@ -444,8 +445,9 @@ func (c *fetchCall) follow() error {
 	for {
 		h.mu.RLock()
 		if h.closed {
+			err := c.hubClosedLocked()
 			h.mu.RUnlock()
-			return c.unavailable(c.f.g.closingMessage())
+			return err
 		}
 		first := h.firstSeqLocked()
 		if c.cursor < first {
@@ -557,6 +559,17 @@ func (c *fetchCall) resumeHint() string {
 // unavailable ends the call with UNAVAILABLE, why, and how to resume.
 func (c *fetchCall) unavailable(why string) error {
 	return status.Errorf(codes.Unavailable, "%s: %s; %s", c.m.FullMethod(), why, c.resumeHint())
+}
+
+// hubClosedLocked is how a caller ends once its hub closed: the gateway's
+// shutdown (resume from the caller's id elsewhere), or the hub ending itself
+// because its topic's log restarted (its ids are void: see checkRestart).
+// Called with the hub's lock held.
+func (c *fetchCall) hubClosedLocked() error {
+	if c.hub.ended != "" {
+		return status.Errorf(codes.Unavailable, "%s: %s", c.m.FullMethod(), c.hub.ended)
+	}
+	return c.unavailable(c.f.g.closingMessage())
 }
 
 // laggard ends a caller that fell too far behind.

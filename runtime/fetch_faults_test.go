@@ -7,6 +7,7 @@ package runtime_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,9 +16,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
@@ -158,4 +163,72 @@ func TestFetchResumeIDWithPartitionsTheTopicLacks(t *testing.T) {
 		carried = fmt.Sprint(got)
 	}
 	t.Fatalf("resuming with an id naming partition 7 of a 3-partition topic: got %v (event id %s), %v; want INVALID_ARGUMENT naming partition 7", ev, carried, err)
+}
+
+// TestFetchTopicRecreated: a fetched topic deleted and created again. The
+// hub's reader, reset to the new log, reads records at offsets it had
+// passed, which it dropped as read: a caller following it waited for ever,
+// and a new caller got the deleted topic's records from the window. The hub
+// now ends when its topic's log restarted: its callers get UNAVAILABLE
+// saying so, and the next caller reads the new topic.
+func TestFetchTopicRecreated(t *testing.T) {
+	e := setupFanout(t)
+	e.produce(t, e.topic, 6, 3, 0) // seq-0 to seq-5
+	ctx := ctxFor(t, 60*time.Second)
+	s, err := e.echo.EchoEvents(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 6 {
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleteTopic(t, e.brokers, e.topic)
+	kafkatest.CreateTopics(t, e.kc, 3, e.topic)
+	for i := 6; i < 9; i++ { // seq-6 to seq-8, in the new topic, each until Kafka takes it
+		v, _ := proto.Marshal(&echov1.EchoEvent{Message: fmt.Sprintf("seq-%d", i)})
+		produceUntilTaken(t, ctx, e.kc, &kafkaclient.Record{Topic: e.topic, Partition: kafkaclient.AnyPartition, Key: []byte(fmt.Sprintf("k%d", i%3)), Value: v})
+	}
+	ev, err := s.Recv()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "deleted and created again") {
+		t.Fatalf("the caller following the deleted topic got %v, %v; want UNAVAILABLE saying the topic was deleted and created again", ev, err)
+	}
+	s, err = e.echo.EchoEvents(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for range 3 {
+		ev, err := s.Recv()
+		if err != nil {
+			t.Fatalf("a new caller after the topic was created again: %v after %v", err, got)
+		}
+		got = append(got, ev.GetMessage())
+	}
+	slices.Sort(got)
+	if want := []string{"seq-6", "seq-7", "seq-8"}; !slices.Equal(got, want) {
+		t.Fatalf("a new caller got %v, want the new topic's %v", got, want)
+	}
+}
+
+// produceUntilTaken produces rec, again after each failure (a client
+// learning that the topic was created again fails a record or two), until
+// Kafka takes it or ctx ends.
+func produceUntilTaken(t *testing.T, ctx context.Context, kc kafkaclient.Client, rec *kafkaclient.Record) {
+	t.Helper()
+	for {
+		errc := make(chan error, 1)
+		r := *rec
+		kc.Produce(&r, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+		select {
+		case err := <-errc:
+			if err == nil {
+				return
+			}
+			t.Logf("producing to %s: %v; again", rec.Topic, err)
+		case <-ctx.Done():
+			t.Fatalf("producing to %s: %v", rec.Topic, ctx.Err())
+		}
+	}
 }
