@@ -412,8 +412,10 @@ func (c *call) finish(st *status.Status) {
 	aborted, sent := c.out.close()
 	if sent > 0 && c.wm != nil && c.wm.spec.Kind.serverStreams() {
 		// A stream's end waits for its responses, retries included, so
-		// that no end overtakes a response Kafka takes on a second try.
-		c.sent.unacked.Wait()
+		// that no end overtakes a response Kafka takes on a second try,
+		// and none ends OK over a response Kafka refused. (flush: a
+		// txnWriter keeps them until then.)
+		_ = c.w.writer.flush(c)
 	}
 	lost := c.sent.failure() // a reply Kafka refused for good (only a directWriter sends before the end)
 	served := !aborted || sent > 0
@@ -472,7 +474,7 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 				// As a live stream's, the stored end waits for the responses
 				// before it, retries included: no end overtakes a response
 				// Kafka takes on a second try, and none ends OK over a gap.
-				c.sent.unacked.Wait()
+				_ = c.w.writer.flush(c)
 				if lost := c.sent.failure(); lost != nil {
 					st = lostStatus(c.method(), lost, true)
 					c.countLost()

@@ -1,6 +1,10 @@
 package runtime
 
-import "time"
+import (
+	"time"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
 
 // SetTopicFreshness sets how long the gateway trusts what it learnt of a
 // topic's existence (see topicGuard), and returns a function that restores
@@ -30,3 +34,8 @@ func SetFeedHook(f func(id string, end bool, done <-chan struct{})) (restore fun
 	testHookFeed = f
 	return func() { testHookFeed = nil }
 }
+
+// RevokeForTest runs the worker's handling of a (not lost) revocation of
+// parts, as the group reader calls it in a cooperative rebalance that takes
+// only those partitions away. Tests only.
+func RevokeForTest(w *Worker, parts ...kafkaclient.TopicPartition) { w.onRevoked(parts, false) }

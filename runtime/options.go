@@ -283,7 +283,8 @@ func WorkerExactlyOnce(transactionalID string) WorkerOption {
 // run the handler again; it gets the stored replies. Calls that ended
 // CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE, ABORTED or RESOURCE_EXHAUSTED
 // are not remembered, so their retries run again. maxBytes bounds the stored
-// replies; the oldest are forgotten first. Past the window, or once
+// replies (values and headers: trailers and status details count); the
+// oldest are forgotten first. Past the window, or once
 // forgotten, or on another worker instance (the memory is per process,
 // unless WorkerOutcomeTopic keeps it in Kafka too), a duplicate runs again. Defaults: 10 minutes, 64 MiB. d = 0 turns it off.
 func WorkerIdempotencyWindow(d time.Duration, maxBytes int) WorkerOption {

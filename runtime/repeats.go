@@ -244,11 +244,16 @@ func (r *repeats) remember(id string, tp kafkaclient.TopicPartition, records []k
 	r.stored.put(&storedReply{id: id, at: at, records: records, size: replySize(records), tp: tp}, time.Now())
 }
 
-// replySize is what a stored outcome counts for against the byte bound.
+// replySize is what a stored outcome counts for against the byte bound:
+// its values and its headers (trailers, status details and response
+// metadata can be as large as a value), and room for the record.
 func replySize(records []kafkaclient.Record) int {
 	size := 0
 	for _, rec := range records {
 		size += len(rec.Value) + 64
+		for _, h := range rec.Headers {
+			size += len(h.Key) + len(h.Value)
+		}
 	}
 	return size
 }

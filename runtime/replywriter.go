@@ -26,7 +26,8 @@ type replyWriter interface {
 	sendOutcome(c *call, rec *kafkaclient.Record)
 	// flush hands over what send kept for c and waits until Kafka
 	// acknowledged every record of c. It returns the first failure the
-	// caller has to be told about, or nil.
+	// caller has to be told about, or nil. It may be called again for
+	// records c sends later (a stream's end after its responses).
 	flush(c *call) error
 	// settle is called once c is released (its offset marked done), after
 	// flush.
@@ -129,22 +130,33 @@ func (directWriter) close() {}
 // txnWriter keeps a call's records until it ends and produces them into
 // the open transaction, which the committer commits with the offsets of
 // the calls whose records it holds (WorkerExactlyOnce). A record Kafka
-// refuses fails the transaction, and the worker with it: no call reports it
-// to its caller.
+// refuses for good (too large, no such topic) is reported as a directWriter
+// reports it (flush returns it; a stream's end says UNAVAILABLE rather than
+// OK over the gap); one that leaves the transaction unable to commit makes
+// the commit fail, and the worker with it.
+//
+// A call enters the open transaction at its first flush and leaves it at
+// settle; a commit closes the transaction to calls not yet in it, waits
+// until those in it settled, and commits it with the safe offsets of every
+// partition: so a call's records, all produced between its first flush and
+// its settle, are in the transaction that commits its offset, and no record
+// is produced while a commit runs (TxnProducer's Produce must not run with
+// its Flush or Commit).
 type txnWriter struct {
 	w   *Worker
 	txn kafkaclient.TxnProducer
 
-	produceMu sync.RWMutex // calls produce under RLock; a commit holds Lock
-	mu        sync.Mutex   // guards open and dirty
-	open      int          // calls whose records are in the open transaction but not yet settled
-	dirty     bool         // something was produced in the open transaction
-	idle      *sync.Cond   // signalled when open drops to 0; uses mu
+	commitMu sync.Mutex // one commit at a time
+	mu       sync.Mutex // guards open, dirty and closing
+	open     int        // calls whose records are in the open transaction but not yet settled
+	dirty    bool       // something was produced in the open transaction
+	closing  bool       // a commit is under way: calls not in the transaction wait for its end
+	cond     *sync.Cond // signalled when open drops to 0 and when a commit ends; uses mu
 }
 
 func newTxnWriter(w *Worker, txn kafkaclient.TxnProducer) *txnWriter {
 	t := &txnWriter{w: w, txn: txn}
-	t.idle = sync.NewCond(&t.mu)
+	t.cond = sync.NewCond(&t.mu)
 	return t
 }
 
@@ -156,16 +168,23 @@ func (t *txnWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
 	c.sent.outcome = rec
 }
 
-// flush sends the call's outbox into the open transaction; the call is
-// settled once they are acknowledged, and the next commit covers both its
-// records and its offset.
+// flush sends the call's outbox into the open transaction (the call enters
+// it at its first flush, and stays in it until settled, which the next
+// commit waits for), waits until Kafka acknowledged every record of the
+// call, and returns the first failure to deliver one. It may be called more
+// than once for a call: a stream's responses before its end, then the end.
 func (t *txnWriter) flush(c *call) error {
 	if out := c.sent.outbox; len(out) > 0 || c.sent.outcome != nil {
-		t.produceMu.RLock()
-		t.mu.Lock()
-		t.open++
-		t.dirty = true
-		t.mu.Unlock()
+		if !c.sent.inTxn {
+			t.mu.Lock()
+			for t.closing {
+				t.cond.Wait()
+			}
+			t.open++
+			t.dirty = true
+			t.mu.Unlock()
+			c.sent.inTxn = true
+		}
 		for _, rec := range out {
 			c.sent.unacked.Add(1)
 			t.txn.Produce(rec, c.acked)
@@ -176,13 +195,11 @@ func (t *txnWriter) flush(c *call) error {
 			c.sent.unacked.Add(1)
 			t.txn.Produce(rec, c.outcomeAcked)
 		}
-		t.produceMu.RUnlock()
 		c.sent.outbox = nil
 		c.sent.outcome = nil
-		c.sent.inTxn = true
 	}
 	c.sent.unacked.Wait()
-	return nil
+	return c.sent.failure()
 }
 
 func (t *txnWriter) settle(c *call) {
@@ -191,34 +208,43 @@ func (t *txnWriter) settle(c *call) {
 	}
 	t.mu.Lock()
 	if t.open--; t.open == 0 {
-		t.idle.Broadcast()
+		t.cond.Broadcast()
 	}
 	t.mu.Unlock()
 }
 
-// commit commits the open transaction with the safe offsets: no call
-// produces meanwhile, and every call with records in the transaction is
-// settled (its offset marked done) first, so the offsets cover exactly the
-// calls whose replies the transaction holds.
-func (t *txnWriter) commit(cm *committer, only map[kafkaclient.TopicPartition]bool) {
+// commit commits the open transaction with the safe offsets of every
+// partition (only is the directWriter's: the transaction holds the records
+// of calls of every partition, and each call's offset must be committed
+// with them): calls not yet in the transaction wait, and every call in it
+// is settled (its offset marked done) first, so the offsets cover exactly
+// the calls whose replies the transaction holds.
+func (t *txnWriter) commit(cm *committer, _ map[kafkaclient.TopicPartition]bool) {
 	w := t.w
-	t.produceMu.Lock()
-	defer t.produceMu.Unlock()
+	t.commitMu.Lock()
+	defer t.commitMu.Unlock()
+	t.mu.Lock()
+	t.closing = true
+	for t.open > 0 {
+		t.cond.Wait()
+	}
+	dirty := t.dirty
+	t.dirty = false
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.closing = false
+		t.cond.Broadcast()
+		t.mu.Unlock()
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := t.txn.Flush(ctx); err != nil {
 		w.fail(fmt.Errorf("exactly-once: flushing the transaction: %w", err))
 		return
 	}
-	t.mu.Lock()
-	for t.open > 0 {
-		t.idle.Wait()
-	}
-	dirty := t.dirty
-	t.dirty = false
-	t.mu.Unlock()
 	w.mu.Lock()
-	offs, tracks := w.safeOffsets(only)
+	offs, tracks := w.safeOffsets(nil)
 	w.mu.Unlock()
 	if len(offs) == 0 && !dirty {
 		return

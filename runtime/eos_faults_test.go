@@ -1,0 +1,190 @@
+package runtime_test
+
+// Faults of the worker's exactly-once and stored-outcome features found by
+// review: each test shows one defect (see its comment), failed for that
+// reason before its fix, and checks what the caller or Kafka gets.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// eosEnv is setupWith plus a gateway reading committed replies only, as
+// WorkerExactlyOnce wants.
+func eosEnv(t *testing.T, impl echov1.EchoServiceServer, eos bool, wopts ...runtime.WorkerOption) (*env, echov1.EchoServiceClient) {
+	t.Helper()
+	if eos {
+		wopts = append(wopts, runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
+	}
+	e := setup(t, impl, wopts...)
+	gw := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
+		runtime.WithLogger(kafkatest.Logger(t)), runtime.GatewayReadCommitted())
+	t.Cleanup(func() { _ = gw.Close() })
+	return e, echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+}
+
+// hugeMiddle answers a server stream with "a", a response larger than any
+// record Kafka takes, and "c".
+type hugeMiddle struct{ echoserver.Server }
+
+func (hugeMiddle) EchoServerStream(_ *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	for i, m := range []string{"a", strings.Repeat("x", kafkaclient.MaxMessageBytes+1), "c"} {
+		if err := s.Send(&echov1.EchoResponse{Message: m, Index: int32(i)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestExactlyOnceRefusedStreamReplyIsNoOKEnd: a server stream one of whose
+// responses Kafka can never take (larger than the record limit) must not
+// end OK over the gap, with or without WorkerExactlyOnce. Without it the
+// stream's end waits for its responses and says UNAVAILABLE; with it, the
+// records were kept for the transaction and produced all at once at the
+// end, so the OK end went into the transaction, was committed with the
+// request's offset, and the caller got "a", "c" and a clean end.
+func TestExactlyOnceRefusedStreamReplyIsNoOKEnd(t *testing.T) {
+	for _, eos := range []bool{false, true} {
+		t.Run(fmt.Sprintf("exactly-once=%v", eos), func(t *testing.T) {
+			_, client := eosEnv(t, hugeMiddle{}, eos)
+			stream, err := client.EchoServerStream(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "m"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for {
+				r, err := stream.Recv()
+				if err == io.EOF {
+					t.Fatalf("the stream ended OK after %q, with its second response missing: want UNAVAILABLE", got)
+				}
+				if err != nil {
+					if status.Code(err) != codes.Unavailable {
+						t.Fatalf("after %q: %v, want UNAVAILABLE saying Kafka did not take a reply", got, err)
+					}
+					return
+				}
+				got = append(got, r.GetMessage())
+			}
+		})
+	}
+}
+
+// TestExactlyOnceRevokeCommitsOffsetsWithReplies: with WorkerExactlyOnce a
+// call's replies and its request's offset are to be committed in one
+// transaction. A cooperative rebalance that takes another partition away
+// commits the open transaction early (onRevoked), and that commit carried
+// the offsets of the revoked partitions only: the replies of a call of a
+// partition the worker keeps became visible without its offset, so a
+// worker dying before its next commit has its partition's next owner serve
+// the call again and answer it a second time.
+func TestExactlyOnceRevokeCommitsOffsetsWithReplies(t *testing.T) {
+	e, client := eosEnv(t, echoserver.Server{}, true, runtime.WorkerCommitInterval(time.Hour))
+	ctx := ctxFor(t, 60*time.Second)
+	// The first commit is at once; the committer then waits an hour.
+	if _, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "warm-up"}); err != nil {
+		t.Fatal(err)
+	}
+	requests := watchReplies(t, e.kc, e.topic("echo-requests"))
+	replies := watchReplies(t, e.kc, e.topic("echo-responses")) // read_uncommitted: sees the open transaction
+	answered := make(chan error, 1)
+	go func() {
+		_, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"})
+		answered <- err
+	}()
+	req := <-requests.recs
+	id := header(req, "zilla:correlation-id")
+	for { // its end-of-stream record is in the open transaction
+		rec := awaitKey(t, replies, id)
+		if rec.Value == nil {
+			break
+		}
+	}
+	other := kafkaclient.TopicPartition{Topic: req.Topic, Partition: (req.Partition + 1) % 3}
+	runtime.RevokeForTest(e.worker, other)
+	select {
+	case err := <-answered: // the revocation committed the transaction holding the reply
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the call was not answered within 60 s")
+	}
+	adm := kadm.NewClient(newKgo(t, e.brokers))
+	offs, err := adm.FetchOffsets(ctx, e.prefix+"workers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, ok := offs.Lookup(req.Topic, req.Partition)
+	if !ok || o.Err != nil || o.At <= req.Offset {
+		t.Fatalf("the call's reply is committed, and partition %d's committed offset is %+v (found %v), want past the request at %d: "+
+			"a crash now serves the call again", req.Partition, o, ok, req.Offset)
+	}
+}
+
+func newKgo(t *testing.T, brokers string) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+// bigTrailer answers EchoUnary with a trailer of 32 KiB.
+type bigTrailer struct{ counting }
+
+func (b *bigTrailer) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	b.run(req.GetMessage())
+	_ = grpc.SetTrailer(ctx, metadata.Pairs("x-big", strings.Repeat("t", 32<<10)))
+	return &echov1.EchoResponse{Message: req.GetMessage()}, nil
+}
+
+// TestStoredOutcomesBoundCountsHeaders: WorkerIdempotencyWindow's byte
+// bound is to bound the memory the stored outcomes take. An outcome's
+// headers (trailers, status details, response metadata) were not counted,
+// only its values: three outcomes of 32 KiB trailers each were all kept
+// under a bound of 64 KiB (and any number of them would be), so the oldest
+// was answered from memory instead of being forgotten.
+func TestStoredOutcomesBoundCountsHeaders(t *testing.T) {
+	impl := &bigTrailer{}
+	e := setup(t, impl, runtime.WorkerIdempotencyWindow(time.Hour, 64<<10))
+	call := func(key string) {
+		ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "idempotency-key", key)
+		var tr metadata.MD
+		if r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: key}, grpc.Trailer(&tr)); err != nil || r.GetMessage() != key {
+			t.Fatalf("call %s: %v, %v", key, r, err)
+		}
+		if got := tr.Get("x-big"); len(got) != 1 || len(got[0]) != 32<<10 {
+			t.Fatalf("call %s: trailer of %d values, want one of 32 KiB", key, len(got))
+		}
+	}
+	for _, k := range []string{"k1", "k2", "k3"} {
+		call(k)
+	}
+	call("k1") // 96 KiB of outcomes do not fit 64 KiB: k1's, the oldest, was forgotten
+	if n := impl.count("k1"); n != 2 {
+		t.Fatalf("k1 ran %d times, want 2: its outcome was still held with two more under a bound smaller than the three", n)
+	}
+}
