@@ -204,9 +204,9 @@ func TestConnCancelledContextSendsNothing(t *testing.T) {
 
 // scriptedWorker answers the requests of the echo service on prefix's
 // topics as answer says, in the layout of WIRE.md (as a Zilla kafka-grpc
-// binding would): answer gets each request data record and a reply
-// function producing one reply record keyed by the correlation id.
-func scriptedWorker(t *testing.T, kc kafkaclient.Client, prefix string, answer func(req *echov1.EchoRequest, reply func(value []byte, hs hdrs))) {
+// binding would): answer gets each request data record, its message, and a
+// reply function producing one reply record keyed by the correlation id.
+func scriptedWorker(t *testing.T, kc kafkaclient.Client, prefix string, answer func(rec *kafkaclient.Record, req *echov1.EchoRequest, reply func(value []byte, hs hdrs))) {
 	t.Helper()
 	requests := watchReplies(t, kc, prefix+"echo-requests")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -232,7 +232,7 @@ func scriptedWorker(t *testing.T, kc kafkaclient.Client, prefix string, answer f
 			if id == "" || replyTo == "" {
 				continue
 			}
-			answer(&req, func(value []byte, hs hdrs) {
+			answer(rec, &req, func(value []byte, hs hdrs) {
 				kc.Produce(&kafkaclient.Record{Topic: replyTo, Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: value,
 					Headers: append(hdrs{"zilla:correlation-id", id}, hs...).headers()}, kafkaclient.AcksAll, func(*kafkaclient.Record, error) {})
 			})
@@ -250,7 +250,7 @@ func TestConnMalformedTrailer(t *testing.T) {
 	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
 	prefix := kafkatest.Unique("rt") + "."
 	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
-	scriptedWorker(t, kc, prefix, func(req *echov1.EchoRequest, reply func([]byte, hdrs)) {
+	scriptedWorker(t, kc, prefix, func(_ *kafkaclient.Record, req *echov1.EchoRequest, reply func([]byte, hdrs)) {
 		v, _ := proto.Marshal(&echov1.EchoResponse{Message: req.GetMessage()})
 		reply(v, nil)
 		reply(nil, hdrs{"zilla:status", "0", "trailer:x-sig-bin", "not base64!"})
@@ -355,7 +355,7 @@ func TestConnUndecodableStreamReplyIsTheCallsStatus(t *testing.T) {
 	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
 	prefix := kafkatest.Unique("rt") + "."
 	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
-	scriptedWorker(t, kc, prefix, func(req *echov1.EchoRequest, reply func([]byte, hdrs)) {
+	scriptedWorker(t, kc, prefix, func(_ *kafkaclient.Record, req *echov1.EchoRequest, reply func([]byte, hdrs)) {
 		good, _ := proto.Marshal(&echov1.EchoResponse{Message: req.GetMessage()})
 		reply(good, nil)
 		reply([]byte{0xff, 0xff}, nil) // not a protobuf message

@@ -456,50 +456,25 @@ func TestConnZillaLayoutWorker(t *testing.T) {
 	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
 	prefix := kafkatest.Unique("z") + "."
 	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
-	requests := watchReplies(t, kc, prefix+"echo-requests")
+	scriptedWorker(t, kc, prefix, func(rec *kafkaclient.Record, req *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		switch method := header(rec, "zilla:method"); {
+		case header(rec, "zilla:service") != "example.echo.v1.EchoService":
+		case req.GetFailCode() != 0:
+			reply(nil, hdrs{"zilla:status", fmt.Sprint(req.GetFailCode()), "zilla:message", req.GetMessage()})
+		case method == "EchoUnary":
+			v, _ := proto.Marshal(&echov1.EchoResponse{Message: "zilla:" + req.GetMessage() + ":" + header(rec, "meta:x-tenant")})
+			reply(v, hdrs{"meta:x-answer", "42"})
+			reply(nil, hdrs{"zilla:status", "0"})
+		case method == "EchoServerStream":
+			for i := range req.GetRepeat() {
+				v, _ := proto.Marshal(&echov1.EchoResponse{Message: req.GetMessage(), Index: i})
+				reply(v, nil)
+			}
+			reply(nil, nil) // no zilla:status: OK
+		}
+	})
 	_, echo := connTo(t, kc, prefix)
 	ctx := ctxFor(t, 30*time.Second)
-	go func() {
-		for {
-			var rec *kafkaclient.Record
-			select {
-			case rec = <-requests.recs:
-			case <-ctx.Done():
-				return
-			}
-			if rec.Value == nil { // the end of the request stream
-				continue
-			}
-			var req echov1.EchoRequest
-			if err := proto.Unmarshal(rec.Value, &req); err != nil {
-				continue
-			}
-			id := header(rec, "zilla:correlation-id")
-			replyTo := header(rec, "zilla:reply-to")
-			method := header(rec, "zilla:method")
-			if header(rec, "zilla:service") != "example.echo.v1.EchoService" || replyTo == "" {
-				continue
-			}
-			reply := func(value []byte, hs hdrs) {
-				kc.Produce(&kafkaclient.Record{Topic: replyTo, Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: value,
-					Headers: append(hdrs{"zilla:correlation-id", id}, hs...).headers()}, kafkaclient.AcksAll, func(*kafkaclient.Record, error) {})
-			}
-			switch {
-			case req.GetFailCode() != 0:
-				reply(nil, hdrs{"zilla:status", fmt.Sprint(req.GetFailCode()), "zilla:message", req.GetMessage()})
-			case method == "EchoUnary":
-				v, _ := proto.Marshal(&echov1.EchoResponse{Message: "zilla:" + req.GetMessage() + ":" + header(rec, "meta:x-tenant")})
-				reply(v, hdrs{"meta:x-answer", "42"})
-				reply(nil, hdrs{"zilla:status", "0"})
-			case method == "EchoServerStream":
-				for i := range req.GetRepeat() {
-					v, _ := proto.Marshal(&echov1.EchoResponse{Message: req.GetMessage(), Index: i})
-					reply(v, nil)
-				}
-				reply(nil, nil) // no zilla:status: OK
-			}
-		}
-	}()
 	var header metadata.MD
 	resp, err := echo.EchoUnary(metadata.AppendToOutgoingContext(ctx, "x-tenant", "acme"), &echov1.EchoRequest{Message: "hi"}, grpc.Header(&header))
 	if err != nil {

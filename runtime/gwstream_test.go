@@ -24,7 +24,12 @@ func TestGatewayStreamMalformedReply(t *testing.T) {
 	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
 	prefix := kafkatest.Unique("m") + "."
 	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
-	requests := watchReplies(t, kc, prefix+"echo-requests")
+	scriptedWorker(t, kc, prefix, func(_ *kafkaclient.Record, _ *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		good, _ := proto.Marshal(&echov1.EchoResponse{Message: "good", Index: 0})
+		for _, v := range [][]byte{good, {0xff, 0xff}, nil} { // the last one ends the stream
+			reply(v, nil)
+		}
+	})
 	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
 	t.Cleanup(func() { _ = gw.Close() })
 	echo := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
@@ -33,25 +38,6 @@ func TestGatewayStreamMalformedReply(t *testing.T) {
 		}
 	}))
 	ctx := ctxFor(t, 30*time.Second)
-	go func() {
-		for {
-			var rec *kafkaclient.Record
-			select {
-			case rec = <-requests.recs:
-			case <-ctx.Done():
-				return
-			}
-			if rec.Value == nil {
-				continue
-			}
-			id, replyTo := header(rec, "zilla:correlation-id"), header(rec, "zilla:reply-to")
-			good, _ := proto.Marshal(&echov1.EchoResponse{Message: "good", Index: 0})
-			for _, v := range [][]byte{good, {0xff, 0xff}, nil} { // the last one ends the stream
-				kc.Produce(&kafkaclient.Record{Topic: replyTo, Partition: kafkaclient.AnyPartition, Key: []byte(id), Value: v,
-					Headers: []kafkaclient.Header{{Key: "zilla:correlation-id", Value: []byte(id)}}}, kafkaclient.AcksAll, func(*kafkaclient.Record, error) {})
-			}
-		}
-	}()
 	s, err := echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "x", Repeat: 2})
 	if err != nil {
 		t.Fatal(err)
