@@ -1,6 +1,7 @@
 package kafkaclienttest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -223,44 +224,21 @@ func testTopicRecreated(t *testing.T, f Factory) {
 	rd := e.readerFrom(t, topic, kafkaclient.Earliest)
 	readN(t, rd, 2, 15*time.Second)
 
-	admin, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.brokers, ",")...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
 	ctx := ctxT(t, 60*time.Second)
-	if resp, err := kadm.NewClient(admin).DeleteTopics(ctx, topic); err != nil || resp.Error() != nil {
-		t.Fatalf("deleting %s: %v %v", topic, err, resp.Error())
-	}
-	for { // the broker deletes a topic after it answered: create it again once it may
-		err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: topic, Partitions: 1}})
-		if err == nil {
-			break
-		}
+	e.recreateTopic(t, ctx, topic)
+	e.produceUntilTaken(t, ctx, topic)
+	// The reader reads the new topic: from its start, or, where the client
+	// learnt of the new log only after some records, from a later one; a
+	// record more every poll that finds nothing.
+	for i := 0; ; i++ {
+		pctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		recs, err := rd.Poll(pctx)
+		cancel()
 		if ctx.Err() != nil {
-			t.Fatalf("creating %s again: %v", topic, err)
-		}
-	}
-	// Produce until a record goes through, one at a time, each awaited.
-	var last error
-	delivered := false
-	for i := 0; !delivered; i++ {
-		if ctx.Err() != nil {
-			t.Fatalf("no record delivered to the topic created again within 60 s; the last failed with %v", last)
-		}
-		errc := make(chan error, 1)
-		e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte(fmt.Sprintf("new-%d", i))}, kafkaclient.AcksAll,
-			func(_ *kafkaclient.Record, err error) { errc <- err })
-		select {
-		case last = <-errc:
-			delivered = last == nil
-		case <-ctx.Done():
-		}
-	}
-	for {
-		recs, err := rd.Poll(ctx)
-		if err != nil {
 			t.Fatalf("the reader of the topic created again read no new record within 60 s: %v", err)
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("poll: %v", err)
 		}
 		for _, r := range recs {
 			if !strings.HasPrefix(string(r.Value), "new-") {
@@ -269,6 +247,52 @@ func testTopicRecreated(t *testing.T, f Factory) {
 		}
 		if len(recs) > 0 {
 			return
+		}
+		e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte(fmt.Sprintf("new-more-%d", i))}, kafkaclient.AcksAll, func(*kafkaclient.Record, error) {})
+	}
+}
+
+// recreateTopic deletes topic and creates it again (one partition).
+func (e *env) recreateTopic(t *testing.T, ctx context.Context, topic string) {
+	t.Helper()
+	admin, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.brokers, ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if resp, err := kadm.NewClient(admin).DeleteTopics(ctx, topic); err != nil || resp.Error() != nil {
+		t.Fatalf("deleting %s: %v %v", topic, err, resp.Error())
+	}
+	for { // the broker deletes a topic after it answered: create it again once it may
+		err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: topic, Partitions: 1}})
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("creating %s again: %v", topic, err)
+		}
+	}
+}
+
+// produceUntilTaken produces records "new-<n>" to partition 0 of topic, one
+// at a time, each awaited, until one is delivered (a client learning that
+// the topic was created again may fail a few), or ctx ends.
+func (e *env) produceUntilTaken(t *testing.T, ctx context.Context, topic string) {
+	t.Helper()
+	var last error
+	for i := 0; ; i++ {
+		if ctx.Err() != nil {
+			t.Fatalf("no record delivered to the topic created again in time; the last failed with %v", last)
+		}
+		errc := make(chan error, 1)
+		e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte(fmt.Sprintf("new-%d", i))}, kafkaclient.AcksAll,
+			func(_ *kafkaclient.Record, err error) { errc <- err })
+		select {
+		case last = <-errc:
+			if last == nil {
+				return
+			}
+		case <-ctx.Done():
 		}
 	}
 }
