@@ -235,7 +235,16 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		g.pollCancel = nil
 		g.mu.Unlock()
 		cancel()
-		recs, closed := records(fs, g.log)
+		recs, closed, newID := recordsOf(fs, g.log)
+		if len(newID) > 0 && !closed {
+			// A topic deleted and created again: kgo keeps its old id
+			// until the topic is purged; subscribing to it again learns
+			// the new one. The group rebalances meanwhile (a commit of the
+			// deleted topic's offsets then fails, as it must).
+			g.log.Warn("franz: a topic of the group has a new id (deleted and created again): subscribing to it anew", "topics", newID)
+			g.kc.PurgeTopicsFromClient(newID...)
+			g.kc.AddConsumeTopics(newID...)
+		}
 		if len(recs) > 0 {
 			return recs, nil
 		}

@@ -52,6 +52,7 @@ func Run(t *testing.T, f Factory) {
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
 		{"TopicRecreated", testTopicRecreated},
+		{"GroupTopicRecreated", testGroupTopicRecreated},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
