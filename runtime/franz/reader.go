@@ -19,19 +19,13 @@ import (
 // maxBatch caps the records one Poll returns.
 const maxBatch = 512
 
-// records converts the records of a poll and logs its partition errors. It
-// reports whether the poll ended because the kgo client was closed. Key,
-// Value and header values are kgo's slices, not copied again; a null value
-// stays nil and an empty value stays empty non-nil.
-func records(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool) {
-	out, closed, _ = recordsOf(fs, log)
-	return out, closed
-}
-
-// recordsOf is records, also reporting the topics whose partitions failed
-// with UNKNOWN_TOPIC_ID: the topic kgo knows by its old id was deleted and
-// created again, which kgo does not adopt until the topic is purged and
-// added again (Reader.readAnew).
+// recordsOf converts the records of a poll and logs its partition errors. It
+// reports whether the poll ended because the kgo client was closed, and the
+// topics whose partitions failed with UNKNOWN_TOPIC_ID: a topic kgo knows by
+// an old id was deleted and created again, which kgo does not adopt until
+// the topic is purged and added again (Reader.readAnew, GroupReader.Poll).
+// Key, Value and header values are kgo's slices, not copied again; a null
+// value stays nil and an empty value stays empty non-nil.
 func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool, newID []string) {
 	n := fs.NumRecords()
 	if n > 0 {
