@@ -278,6 +278,11 @@ func (c *checker) service(s *protogen.Service) *kafkaService {
 	for _, m := range s.Methods {
 		c.locate(m.Desc.FullName(), m.Desc.ParentFile(), m.Location.Path, methodOptionsField, kafkaoptions.E_Method.TypeDescriptor().Number())
 	}
+	if srule != nil && len(s.Methods) == 0 {
+		// Its spec would carry no method, and a worker registering it alone
+		// would fail only at Start, saying it has no request topics.
+		c.errorf(el, "service options on a service without methods: it has nothing to carry over Kafka")
+	}
 	if srule != nil {
 		c.topicName(el, "request_topic", srule.GetRequestTopic())
 		c.topicName(el, "reply_topic", srule.GetReplyTopic())

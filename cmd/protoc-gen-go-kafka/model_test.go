@@ -13,6 +13,7 @@ import (
 // the exact error the plugin must answer with, after "<file>: ".
 var badOptions = map[string]string{
 	"acks_unknown.proto":                          `testdata.bad.v1.BadService.Call: acks 7 is not a known value`,
+	"service_without_methods.proto":               `testdata.bad.v1.BadService: service options on a service without methods: it has nothing to carry over Kafka`,
 	"fetch_event_id_declared.proto":               `testdata.bad.v1.BadService.Call: fetch.event_id_field 7 is already field seq of testdata.bad.v1.Event`,
 	"fetch_event_id_default_declared.proto":       `testdata.bad.v1.BadService.Call: fetch.event_id_field 32767 (the default) is already field id of testdata.bad.v1.Event`,
 	"fetch_event_id_out_of_range.proto":           `testdata.bad.v1.BadService.Call: fetch.event_id_field 536870912 is out of range 1..536870911`,
