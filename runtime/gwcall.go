@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"bytes"
 	"context"
 	"strings"
 	"sync"
@@ -435,7 +434,7 @@ func (c *gwCall) wake() {
 // worker that writes no attempt id, such as Zilla's, is taken at its word).
 // Called by the router; c.attempt never changes once the call is registered.
 func (c *gwCall) answers(env *wire.Envelope) bool {
-	return c.attempt == nil || env.Attempt == nil || bytes.Equal(env.Attempt, c.attempt)
+	return sameAttempt(c.attempt, env.Attempt)
 }
 
 // reply is a queued reply record with what awaitReplies needs of the
