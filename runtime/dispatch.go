@@ -87,6 +87,13 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	}
 	if c != nil {
 		other, complete := c.otherAttempt(env), c.in.complete()
+		if other && !c.streamsIn {
+			// Another attempt of a method without a client stream: its one
+			// message is its whole request, whether or not c's own end
+			// came (it may never come: Kafka refused it, and the caller,
+			// told UNAVAILABLE, retried).
+			complete = true
+		}
 		if complete || other { // not a record of c's own request still to come
 			if (!end && complete) || (end && w.emptyStream(env)) {
 				// A new attempt of a call still running here (a retry with

@@ -183,6 +183,43 @@ func TestRetryAfterWaitingAttemptWithoutEndIsAnswered(t *testing.T) {
 	}
 }
 
+// TestRetryWhileAttemptWithoutEndRunsIsAnswered: a keyed unary attempt
+// (a1) runs, its request end-of-stream record never comes (its gateway
+// answered its caller UNAVAILABLE when Kafka refused the end, which invites
+// a retry), and the retry (a2) arrives while a1's handler still runs. a2's
+// one message is its whole request, so it must wait for a1's outcome and be
+// answered from it; the worker skipped all of a2's records instead, as
+// those of another attempt arriving while a1's request still streamed in
+// (routeKnown: a1's input is not complete until its end), and a2's caller
+// waited for its deadline.
+func TestRetryWhileAttemptWithoutEndRunsIsAnswered(t *testing.T) {
+	impl := &gate{started: make(chan struct{}, 1), release: make(chan struct{})}
+	e := setup(t, impl)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	const key = "running-no-end"
+	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoUnary", e.topic("echo-responses"))
+	sendAttempt(t, e, "EchoUnary", id, key, "a1", "slow") // its end never comes
+	select {
+	case <-impl.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a1's handler did not start within 30 s")
+	}
+	sendAttempt(t, e, "EchoUnary", id, key, "a2", "slow")
+	sendAttempt(t, e, "EchoUnary", id, key, "a2", "")
+	awaitWorkerRead(t, e, id)
+	close(impl.release)
+	got := awaitEndWithin(replies, id, "a2", 15*time.Second)
+	if got == nil {
+		t.Fatal("the retry (attempt a2) got no answer within 15 s after a1 ended: its records were skipped while a1 ran")
+	}
+	if s := header(got[len(got)-1], "zilla:status"); s != "0" || len(got) != 2 {
+		t.Fatalf("a2 got %d records ending with status %q (%s), want a1's response and an OK end", len(got), s, header(got[len(got)-1], "zilla:message"))
+	}
+	if n := impl.count("slow"); n != 1 {
+		t.Fatalf("the handler ran %d times, want once", n)
+	}
+}
+
 // replayGap is a worker's Kafka client under which, for the second time a
 // call's response with index 0 is produced (a repeat answered from the
 // stored replies), Kafka fails that record while the later ones of the
