@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
@@ -268,14 +269,43 @@ func (g *GroupReader) Close() error {
 		g.closed = true
 		g.mu.Unlock()
 		g.commits.Wait()
-		// Leaves the group; librdkafka's final revoke comes back through
-		// rebalance, which only unassigns now.
+		g.unsubscribe()
+		// Leaves the group; a revoke still to come back through rebalance
+		// only unassigns now.
 		if err := g.kc.Close(); err != nil {
 			g.closeErr = fmt.Errorf("confluent: close group reader: %w", err)
 		}
 		<-g.logsDone
 	})
 	return g.closeErr
+}
+
+// unsubscribeBound bounds how long Close serves the revoke of its
+// unsubscribe before closing the consumer regardless.
+const unsubscribeBound = 10 * time.Second
+
+// unsubscribe gives the assignment up before the consumer is closed,
+// serving the revoke that brings through rebalance here, in Poll: an
+// assign or unassign call made from the rebalance callback while the
+// consumer's Close terminates the group can be dropped by librdkafka
+// unanswered, and the call, and with it Close, then never returns
+// (librdkafka issue 4884; seen with the eager protocol when a rebalance
+// was under way at Close). Unsubscribing is no termination, so the
+// unassign is served. Records polled meanwhile are dropped: they were
+// never handed out, and offsets are committed only by the caller.
+func (g *GroupReader) unsubscribe() {
+	if err := g.kc.Unsubscribe(); err != nil {
+		g.c.log.Warn("confluent: unsubscribe before close failed", "client", g.name, "group", g.cfg.GroupID, "err", err)
+		return
+	}
+	for deadline := time.Now().Add(unsubscribeBound); time.Now().Before(deadline); {
+		parts, err := g.kc.Assignment()
+		if err != nil || len(parts) == 0 {
+			return
+		}
+		g.kc.Poll(50)
+	}
+	g.c.log.Warn("confluent: the assignment was not given up within the bound before close", "client", g.name, "group", g.cfg.GroupID, "bound", unsubscribeBound)
 }
 
 // DefaultSessionTimeoutMs is the group session timeout of group readers
