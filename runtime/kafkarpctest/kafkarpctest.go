@@ -144,7 +144,10 @@ func WithClient(f func(brokers string) (kafkaclient.Client, error)) Option {
 // partitions. Failures end the test with tb.Fatal, so call it from the
 // test's own goroutine; tests calling it in parallel get topics and groups
 // of their own.
-// It reads top to bottom: broker, client, topics, worker, gateway, server
+// The topics it creates (with runtime.EnsureTopics) are the spec's and
+// those the worker's options name (Worker.ExtraTopics: a dead-letter or
+// outcome topic), each with the test's prefix.
+// It reads top to bottom: broker, client, worker, topics, gateway, server
 // and connection, each with its cleanup.
 func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	tb.Helper()
@@ -173,47 +176,36 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	tb.Cleanup(func() { _ = kc.Close() })
 	env := &Env{Client: kc, Brokers: cfg.brokers, Prefix: "t" + randomHex() + "."}
 
-	var topics []kafkaclient.TopicSpec
-	seen := map[string]bool{}
-	add := func(t string) {
-		if t != "" && !seen[t] {
-			seen[t] = true
-			topics = append(topics, kafkaclient.TopicSpec{Name: env.Topic(t), Partitions: cfg.partitions, Config: kafkaclient.TopicConfig()})
-		}
-	}
-	for _, m := range svc.Spec.Methods {
-		for _, r := range m.Routes {
-			add(r.Topic)
-			add(r.ReplyTopic)
-		}
-		if m.Fetch != nil {
-			add(m.Fetch.Topic)
-		}
-	}
+	common := []runtime.Option{runtime.WithTopicMapper(env.Topic), runtime.WithLogger(logger)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	topics, err = kafkaclient.ReplicatedSpecs(ctx, kc, topics)
-	if err != nil {
-		tb.Fatalf("kafkarpctest: counting the brokers: %v", err)
-	}
-	if err := kc.CreateTopics(ctx, topics); err != nil {
-		tb.Fatalf("kafkarpctest: creating topics: %v", err)
-	}
-	common := []runtime.Option{runtime.WithTopicMapper(env.Topic), runtime.WithLogger(logger)}
 
+	// The worker is made before the topics are created: its options may
+	// name topics of their own (a dead-letter topic, an outcome topic),
+	// which get the test's prefix and so only the kit can create in time.
+	var w *runtime.Worker
 	if svc.RegisterWorker != nil {
 		wopts := []runtime.WorkerOption{runtime.WorkerGroupID(env.Prefix + "worker")}
 		for _, o := range common {
 			wopts = append(wopts, o)
 		}
-		w := runtime.NewWorker(kc, append(wopts, cfg.wkOpts...)...)
+		w = runtime.NewWorker(kc, append(wopts, cfg.wkOpts...)...)
+		tb.Cleanup(func() { _ = w.Close() })
 		if err := svc.RegisterWorker(w); err != nil {
 			tb.Fatalf("kafkarpctest: registering the worker: %v", err)
 		}
+	}
+	topics := svc.Spec.Topics(env.Topic)
+	if w != nil {
+		topics = append(topics, w.ExtraTopics()...)
+	}
+	if err := runtime.EnsureTopics(ctx, kc, topics, runtime.EnsureTopicsOptions{Partitions: cfg.partitions}); err != nil {
+		tb.Fatalf("kafkarpctest: creating topics: %v", err)
+	}
+	if w != nil {
 		if err := w.Start(); err != nil {
 			tb.Fatalf("kafkarpctest: starting the worker: %v", err)
 		}
-		tb.Cleanup(func() { _ = w.Close() })
 		select {
 		case <-w.Ready():
 		case <-ctx.Done():

@@ -199,3 +199,27 @@ func TestStartWithoutGateway(t *testing.T) {
 		t.Fatal("the event has no event id")
 	}
 }
+
+// TestStartCreatesWorkerTopics: the topics the worker's own options name (a
+// dead-letter topic, an outcome topic) get the test's prefix through the
+// kit's topic mapper, so the test cannot create them before Start; Start
+// creates them with the spec's topics, before the worker starts.
+func TestStartCreatesWorkerTopics(t *testing.T) {
+	env := kafkarpctest.Start(t, kafkarpctest.Service{
+		Spec: echov1.EchoServiceKafkaSpec,
+		RegisterWorker: func(w *runtime.Worker) error {
+			return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{})
+		},
+	}, kafkarpctest.WithWorkerOptions(runtime.WorkerDeadLetterTopic("dlq"), runtime.WorkerOutcomeTopic("outcomes")))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	extra := env.Worker.ExtraTopics()
+	if len(extra) != 2 {
+		t.Fatalf("the worker's extra topics: %+v, want a dead-letter and an outcome topic", extra)
+	}
+	for _, want := range []string{env.Topic("dlq"), env.Topic("outcomes")} {
+		if ps, err := env.Client.Partitions(ctx, want); err != nil || len(ps) == 0 {
+			t.Errorf("topic %s after Start: partitions %v, %v; want it created", want, ps, err)
+		}
+	}
+}
