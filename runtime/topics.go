@@ -37,7 +37,8 @@ const (
 	// (WorkerDeadLetterTopic); a spec never lists one, add it yourself.
 	TopicDeadLetter
 	// TopicOutcome keeps a worker's stored outcomes (WorkerOutcomeTopic);
-	// EnsureTopics creates it with cleanup.policy=compact. A spec never
+	// EnsureTopics creates it with cleanup.policy=compact and as many
+	// partitions as the largest request topic given with it. A spec never
 	// lists one: Worker.ExtraTopics does.
 	TopicOutcome
 )
@@ -185,7 +186,9 @@ type EnsureTopicsOptions struct {
 	// VerifyOnly checks that the topics exist and creates none: for
 	// clusters where the application may not create topics.
 	VerifyOnly bool
-	// Partitions of each topic created. Default 3.
+	// Partitions of each topic created. Default 3. An outcome topic
+	// (TopicOutcome) gets more when a request topic given with it already
+	// exists with more: as many as the largest.
 	Partitions int32
 	// ReplicationFactor of each topic created. Default 0: 3, with
 	// min.insync.replicas 2, when the cluster has three brokers or more
@@ -249,7 +252,9 @@ func describeTopic(t Topic) string {
 
 // EnsureTopics makes sure topics exist: it looks each one up and creates
 // those that are missing, with opts' partitions, replication factor and
-// max.message.bytes (topics that exist are left as they are); on a cluster
+// max.message.bytes (topics that exist are left as they are), an outcome
+// topic (TopicOutcome) with at least as many partitions as the largest
+// request topic given with it; on a cluster
 // of three brokers or more, when opts leaves the replication factor to it
 // and admin can count brokers, with replication factor 3 and
 // min.insync.replicas 2. With
@@ -278,10 +283,17 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 		}
 	}
 	var missing []Topic
+	// The most partitions of an existing request topic: an outcome topic
+	// needs at least as many (an outcome goes to the partition with its
+	// request's number).
+	var requestParts int32
 	for _, t := range l.topics {
-		_, err := admin.Partitions(ctx, t.Name)
+		ps, err := admin.Partitions(ctx, t.Name)
 		switch {
 		case err == nil:
+			if t.Role&(TopicRequest|TopicRouteRequest) != 0 {
+				requestParts = max(requestParts, int32(len(ps)))
+			}
 		case errors.Is(err, kafkaclient.ErrUnknownTopic):
 			missing = append(missing, t)
 		default:
@@ -309,6 +321,7 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 		specs[i] = kafkaclient.TopicSpec{Name: t.Name, Partitions: partitions, ReplicationFactor: opts.ReplicationFactor,
 			Config: map[string]string{"max.message.bytes": strconv.Itoa(maxBytes)}}
 		if t.Role&TopicOutcome != 0 {
+			specs[i].Partitions = max(partitions, requestParts)
 			for k, v := range outcomeTopicConfig {
 				specs[i].Config[k] = v
 			}
@@ -333,7 +346,7 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 				isr = "broker default"
 			}
 			opts.Logger.Info("kafkarpc: created topic", "topic", t.Name, "role", t.Role.String(),
-				"partitions", partitions, "max.message.bytes", maxBytes,
+				"partitions", specs[i].Partitions, "max.message.bytes", maxBytes,
 				"replication.factor", rf, "min.insync.replicas", isr)
 		}
 	}

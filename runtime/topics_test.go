@@ -68,9 +68,11 @@ func TestServiceSpecTopics(t *testing.T) {
 	}
 }
 
-// fakeAdmin records CreateTopics and knows the topics in have.
+// fakeAdmin records CreateTopics and knows the topics in have, each with
+// one partition unless parts says otherwise.
 type fakeAdmin struct {
 	have    map[string]bool
+	parts   map[string]int32
 	created []kafkaclient.TopicSpec
 }
 
@@ -86,7 +88,12 @@ func (a *fakeAdmin) Partitions(_ context.Context, topic string) ([]int32, error)
 	if !a.have[topic] {
 		return nil, kafkaclient.ErrUnknownTopic
 	}
-	return []int32{0}, nil
+	n := max(a.parts[topic], 1)
+	ps := make([]int32, n)
+	for i := range ps {
+		ps[i] = int32(i)
+	}
+	return ps, nil
 }
 
 func TestEnsureTopicsSettings(t *testing.T) {
@@ -161,6 +168,40 @@ func TestEnsureTopicsOutcomeTopic(t *testing.T) {
 		}
 		if s.Config["max.message.bytes"] != "8388608" {
 			t.Errorf("created %s without max.message.bytes 8388608: %v", s.Name, s.Config)
+		}
+	}
+}
+
+// An outcome topic needs as many partitions as each request topic (an
+// outcome goes to the partition with its request's number): EnsureTopics
+// creates one with as many as the largest request topic given with it,
+// existing or created, when that is more than opts.Partitions. It created
+// it with opts.Partitions (3), and the worker, following the docs, logged
+// that the outcome topic had fewer partitions than its request topic.
+func TestEnsureTopicsOutcomeTopicHasTheRequestTopicsPartitions(t *testing.T) {
+	w := runtime.NewWorker(nil, runtime.WorkerOutcomeTopic("outcomes"))
+	a := &fakeAdmin{have: map[string]bool{"req": true, "vip-req": true}, parts: map[string]int32{"req": 12, "vip-req": 6}}
+	if err := runtime.EnsureTopics(context.Background(), a, append(topicsSpec.Topics(nil), w.ExtraTopics()...), runtime.EnsureTopicsOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range a.created {
+		want := int32(runtime.DefaultTopicPartitions)
+		if s.Name == "outcomes" {
+			want = 12
+		}
+		if s.Partitions != want {
+			t.Errorf("created %s with %d partitions, want %d", s.Name, s.Partitions, want)
+		}
+	}
+	// Request topics created in the same call have opts.Partitions, and so
+	// does the outcome topic.
+	a = &fakeAdmin{have: map[string]bool{}}
+	if err := runtime.EnsureTopics(context.Background(), a, append(topicsSpec.Topics(nil), w.ExtraTopics()...), runtime.EnsureTopicsOptions{Partitions: 8}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range a.created {
+		if s.Partitions != 8 {
+			t.Errorf("created %s with %d partitions, want 8", s.Name, s.Partitions)
 		}
 	}
 }
