@@ -800,3 +800,41 @@ func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
 }
+
+// badFlags runs name with args, which hold a usage error, and requires
+// what the flag package does for a flag it refuses: exit status 2 before
+// anything starts (nothing listens on the brokers' address, so no case may
+// need a broker), nothing on stdout, and stderr naming what is wrong.
+func badFlags(t *testing.T, name string, args []string, names string) {
+	t.Helper()
+	p := start(t, name, args...)
+	if _, exited := p.Wait(callTimeout); !exited {
+		t.Fatalf("%s %s did not end within %s\n%s", name, strings.Join(args, " "), callTimeout, p.output())
+	}
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(p.Err(), &exit) {
+		code = exit.ExitCode()
+	}
+	if code != 2 || p.Stdout() != "" || !strings.Contains(p.Stderr(), names) {
+		t.Errorf("%s %s: exit %d, stdout %q, stderr %q; want exit 2, no output and an error naming %s",
+			name, strings.Join(args, " "), code, p.Stdout(), lastLine(p.Stderr()), names)
+	}
+}
+
+// TestBinariesRefuseArguments: an argument that is not a flag (a message
+// without --message, a broker without --brokers) is a usage error of every
+// binary, as it is of echo-call. They ignored it: echo-publish published
+// "event 1" for `echo-publish --brokers B hello`, and echo served on.
+func TestBinariesRefuseArguments(t *testing.T) {
+	for _, name := range []string{"echo", "echo-gateway", "echo-worker", "echo-server", "echo-publish"} {
+		args := []string{"--listen", "127.0.0.1:0", "hello"}
+		switch name {
+		case "echo-worker", "echo-publish":
+			args = []string{"--brokers", "127.0.0.1:1", "--client", "franz", "hello"}
+		case "echo-gateway":
+			args = append([]string{"--brokers", "127.0.0.1:1", "--client", "franz"}, args...)
+		}
+		t.Run(name, func(t *testing.T) { badFlags(t, name, args, `"hello"`) })
+	}
+}

@@ -30,7 +30,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:7151", "gRPC listen address")
 	brokers := flag.String("brokers", "", "Kafka bootstrap servers; empty starts an embedded broker")
 	showDemo := flag.Bool("demo", true, "once ready, call each method kind through the gateway and print the answers")
-	flag.Parse()
+	app.ParseFlags("echo")
 	logger := app.Logger()
 	ctx, stop := app.Signals()
 	defer stop()

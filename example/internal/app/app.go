@@ -51,6 +51,24 @@ func Signals() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 }
 
+// ParseFlags parses the command line (flag.Parse) and refuses what is not
+// a flag: an argument is a usage error, reported on stderr after name with
+// exit status 2 before anything starts, as the flag package does for a flag
+// it refuses.
+func ParseFlags(name string) {
+	flag.Parse()
+	if flag.NArg() > 0 {
+		UsageError(name, fmt.Sprintf("unexpected argument %q: every setting is a flag (%s -h lists them)", flag.Arg(0), name))
+	}
+}
+
+// UsageError reports problem, a bad command line, on stderr after name and
+// exits with status 2.
+func UsageError(name, problem string) {
+	fmt.Fprintf(os.Stderr, "%s: %s\n", name, problem)
+	os.Exit(2)
+}
+
 // Kafka client libraries the --client flag selects.
 const (
 	ClientConfluent = "confluent" // confluent-kafka-go (librdkafka, cgo): the default
