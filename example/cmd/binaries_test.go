@@ -838,3 +838,31 @@ func TestBinariesRefuseArguments(t *testing.T) {
 		t.Run(name, func(t *testing.T) { badFlags(t, name, args, `"hello"`) })
 	}
 }
+
+// TestBinariesBadFlagValues: a flag value no run can use is a usage error
+// (exit 2, naming the flag) before the binary connects to Kafka or
+// listens. They were found late: an empty --brokers waited 10 s and exited
+// 1 saying "Broker transport failure", an unknown --client or
+// --group-protocol exited 1 as a failure to connect or start, and
+// --tls-key without --tls-cert failed opening "".
+func TestBinariesBadFlagValues(t *testing.T) {
+	kafka := []string{"--brokers", "127.0.0.1:1", "--client", "franz"}
+	for _, c := range []struct {
+		name  string
+		args  []string
+		names string
+	}{
+		{"echo-gateway", []string{"--brokers", "", "--listen", "127.0.0.1:0"}, "--brokers"},
+		{"echo-worker", []string{"--brokers", ""}, "--brokers"},
+		{"echo-publish", []string{"--brokers", ""}, "--brokers"},
+		{"echo", []string{"--client", "kafka", "--listen", "127.0.0.1:0"}, "--client"},
+		{"echo-gateway", []string{"--brokers", "127.0.0.1:1", "--client", "kafka", "--listen", "127.0.0.1:0"}, "--client"},
+		{"echo-worker", []string{"--brokers", "127.0.0.1:1", "--client", "kafka"}, "--client"},
+		{"echo-publish", []string{"--brokers", "127.0.0.1:1", "--client", "kafka"}, "--client"},
+		{"echo-worker", append([]string{"--group-protocol", "kip848"}, kafka...), "--group-protocol"},
+		{"echo-server", []string{"--listen", "127.0.0.1:0", "--tls-key", "key.pem"}, "--tls-cert"},
+		{"echo-gateway", append([]string{"--listen", "127.0.0.1:0", "--tls-cert", "cert.pem"}, kafka...), "--tls-key"},
+	} {
+		t.Run(c.name+" "+c.names, func(t *testing.T) { badFlags(t, c.name, c.args, c.names) })
+	}
+}

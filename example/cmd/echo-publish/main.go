@@ -27,7 +27,7 @@ func main() {
 	count := flag.Int("count", 1, "number of records to produce")
 	message := flag.String("message", "event", "text of each event, followed by its number")
 	key := flag.String("key", "", "record key (empty: no key, spread over the partitions)")
-	app.ParseFlags("echo-publish")
+	app.ParseFlags("echo-publish", app.RequireBrokers(brokers))
 	logger := app.Logger()
 	ctx, stop := app.Signals()
 	defer stop()

@@ -51,14 +51,44 @@ func Signals() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 }
 
-// ParseFlags parses the command line (flag.Parse) and refuses what is not
-// a flag: an argument is a usage error, reported on stderr after name with
-// exit status 2 before anything starts, as the flag package does for a flag
-// it refuses.
-func ParseFlags(name string) {
+// ParseFlags parses the command line (flag.Parse) and checks it: no
+// argument that is not a flag, a known --client, --tls-cert and --tls-key
+// together, then each of checks, which returns what is wrong with the
+// binary's own flags, or "". A problem is a usage error, reported on
+// stderr after name with exit status 2 before anything starts, as the flag
+// package does for a flag it refuses.
+func ParseFlags(name string, checks ...func() string) {
 	flag.Parse()
-	if flag.NArg() > 0 {
-		UsageError(name, fmt.Sprintf("unexpected argument %q: every setting is a flag (%s -h lists them)", flag.Arg(0), name))
+	problem := ""
+	switch {
+	case flag.NArg() > 0:
+		problem = fmt.Sprintf("unexpected argument %q: every setting is a flag (%s -h lists them)", flag.Arg(0), name)
+	case *client != ClientConfluent && *client != ClientFranz:
+		problem = fmt.Sprintf("--client %q: want %s or %s", *client, ClientConfluent, ClientFranz)
+	case *tlsCert != "" && *tlsKey == "":
+		problem = "--tls-cert needs --tls-key, the certificate's private key"
+	case *tlsKey != "" && *tlsCert == "":
+		problem = "--tls-key needs --tls-cert, the certificate it is the key of"
+	}
+	for _, check := range checks {
+		if problem != "" {
+			break
+		}
+		problem = check()
+	}
+	if problem != "" {
+		UsageError(name, problem)
+	}
+}
+
+// RequireBrokers is a check of ParseFlags: brokers, the --brokers flag,
+// must not be empty.
+func RequireBrokers(brokers *string) func() string {
+	return func() string {
+		if *brokers == "" {
+			return "--brokers is empty: give the Kafka bootstrap servers, host:port[,host:port...]"
+		}
+		return ""
 	}
 }
 
