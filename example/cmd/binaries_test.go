@@ -866,3 +866,20 @@ func TestBinariesBadFlagValues(t *testing.T) {
 		t.Run(c.name+" "+c.names, func(t *testing.T) { badFlags(t, c.name, c.args, c.names) })
 	}
 }
+
+// TestEchoPublishBadFlags: echo-publish refuses a --count that publishes
+// nothing and an empty --topic, as usage errors (exit 2, naming the flag).
+// --count 0 or -1 published nothing and exited 0, as if it had worked.
+func TestEchoPublishBadFlags(t *testing.T) {
+	kafka := []string{"--brokers", "127.0.0.1:1", "--client", "franz"}
+	for _, c := range []struct {
+		args  []string
+		names string
+	}{
+		{[]string{"--count", "0"}, "--count"},
+		{[]string{"--count", "-1"}, "--count"},
+		{[]string{"--topic", ""}, "--topic"},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) { badFlags(t, "echo-publish", append(c.args, kafka...), c.names) })
+	}
+}

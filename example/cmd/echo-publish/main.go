@@ -27,7 +27,15 @@ func main() {
 	count := flag.Int("count", 1, "number of records to produce")
 	message := flag.String("message", "event", "text of each event, followed by its number")
 	key := flag.String("key", "", "record key (empty: no key, spread over the partitions)")
-	app.ParseFlags("echo-publish", app.RequireBrokers(brokers))
+	app.ParseFlags("echo-publish", app.RequireBrokers(brokers), func() string {
+		switch {
+		case *count < 1:
+			return fmt.Sprintf("--count %d: want 1 or more records", *count)
+		case *topic == "":
+			return "--topic is empty: give the topic to produce to (default echo-events)"
+		}
+		return ""
+	})
 	logger := app.Logger()
 	ctx, stop := app.Signals()
 	defer stop()
