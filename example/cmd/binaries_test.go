@@ -883,3 +883,30 @@ func TestEchoPublishBadFlags(t *testing.T) {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) { badFlags(t, "echo-publish", append(c.args, kafka...), c.names) })
 	}
 }
+
+// TestWorkerOutcomeTopicPartitions: echo-worker --outcome-topic creates
+// the outcome topic with as many partitions as the request topic that
+// exists, as the worker needs (an outcome goes to its request's partition
+// number). It created it with 3 whatever the request topic had, and the
+// worker logged that the outcome topic had fewer partitions. A broker of
+// its own, where echo-requests has 6.
+func TestWorkerOutcomeTopicPartitions(t *testing.T) {
+	b, err := embedded.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	kc := kafkatest.NewClient(t, b.Addr())
+	kafkatest.CreateTopics(t, kc, 6, "echo-requests")
+	worker := start(t, "echo-worker", "--brokers", b.Addr(), "--outcome-topic", "echo-outcomes")
+	worker.waitReady(t)
+	ctx := callContext(t)
+	parts, err := kc.Partitions(ctx, "echo-outcomes")
+	if err != nil || len(parts) != 6 {
+		t.Errorf("echo-outcomes has partitions %v (%v), want 6 as echo-requests\n%s", parts, err, worker.output())
+	}
+	worker.stop(t)
+	if strings.Contains(worker.Stderr(), "fewer partitions") {
+		t.Errorf("echo-worker logged that the outcome topic has fewer partitions\n%s", worker.output())
+	}
+}

@@ -175,14 +175,17 @@ func EnsureTopics(ctx context.Context, c kafkaclient.Client, logger *slog.Logger
 
 // EnsureWorkerTopics creates (or with --create-topics=false checks) the
 // topics a worker's options name, worker.ExtraTopics(), as EnsureTopics does
-// the spec's. Bounded by 10 s.
+// the spec's. The spec's topics go along (they exist by now), so that an
+// outcome topic gets as many partitions as the request topic has. Bounded
+// by 10 s.
 func EnsureWorkerTopics(ctx context.Context, c kafkaclient.Client, w *runtime.Worker, logger *slog.Logger) error {
-	topics := w.ExtraTopics()
-	if len(topics) == 0 {
+	extra := w.ExtraTopics()
+	if len(extra) == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	topics := append(echov1.EchoServiceKafkaSpec.Topics(nil), extra...)
 	return runtime.EnsureTopics(ctx, c, topics, runtime.EnsureTopicsOptions{VerifyOnly: !*createTopics, Logger: logger})
 }
 
