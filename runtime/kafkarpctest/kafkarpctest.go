@@ -151,6 +151,9 @@ func WithClient(f func(brokers string) (kafkaclient.Client, error)) Option {
 // and connection, each with its cleanup.
 func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	tb.Helper()
+	if svc.Spec == nil {
+		tb.Fatal("kafkarpctest: Service.Spec is nil: give it the generated <Service>KafkaSpec")
+	}
 	cfg := config{brokers: os.Getenv("KAFKA_BROKERS"), partitions: 3}
 	for _, o := range opts {
 		o(&cfg)

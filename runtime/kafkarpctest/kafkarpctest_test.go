@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	goruntime "runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -221,5 +222,41 @@ func TestStartCreatesWorkerTopics(t *testing.T) {
 		if ps, err := env.Client.Partitions(ctx, want); err != nil || len(ps) == 0 {
 			t.Errorf("topic %s after Start: partitions %v, %v; want it created", want, ps, err)
 		}
+	}
+}
+
+// fatalTB records the first Fatal of Start and ends its goroutine as
+// testing's does; other methods are the real test's.
+type fatalTB struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalTB) Helper() {}
+
+func (f *fatalTB) Fatal(args ...any) { f.msg = fmt.Sprint(args...); goruntime.Goexit() }
+
+func (f *fatalTB) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	goruntime.Goexit()
+}
+
+// TestStartWithoutSpecFails: a Service without its Spec ends the test with
+// a message saying so, before any broker starts. Start panicked with a nil
+// pointer dereference.
+func TestStartWithoutSpecFails(t *testing.T) {
+	tb := &fatalTB{TB: t}
+	var panicked any
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() { panicked = recover() }()
+		kafkarpctest.Start(tb, kafkarpctest.Service{RegisterWorker: func(w *runtime.Worker) error {
+			return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{})
+		}})
+	}()
+	<-done
+	if panicked != nil || !strings.Contains(tb.msg, "Spec") {
+		t.Fatalf("Start without a Spec: panic %v, fatal %q; want a fatal naming Service.Spec", panicked, tb.msg)
 	}
 }
