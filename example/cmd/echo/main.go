@@ -30,7 +30,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:7151", "gRPC listen address")
 	brokers := flag.String("brokers", "", "Kafka bootstrap servers; empty starts an embedded broker")
 	showDemo := flag.Bool("demo", true, "once ready, call each method kind through the gateway and print the answers")
-	app.ParseFlags("echo")
+	app.ParseFlags("echo", app.KafkaFlags(brokers, false))
 	logger := app.Logger()
 	ctx, stop := app.Signals()
 	defer stop()

@@ -52,19 +52,17 @@ func Signals() (context.Context, context.CancelFunc) {
 }
 
 // ParseFlags parses the command line (flag.Parse) and checks it: no
-// argument that is not a flag, a known --client, --tls-cert and --tls-key
-// together, then each of checks, which returns what is wrong with the
-// binary's own flags, or "". A problem is a usage error, reported on
-// stderr after name with exit status 2 before anything starts, as the flag
-// package does for a flag it refuses.
+// argument that is not a flag, --tls-cert and --tls-key together, then each
+// of checks, which returns what is wrong with the binary's own flags, or
+// "". A problem is a usage error, reported on stderr after name with exit
+// status 2 before anything starts, as the flag package does for a flag it
+// refuses.
 func ParseFlags(name string, checks ...func() string) {
 	flag.Parse()
 	problem := ""
 	switch {
 	case flag.NArg() > 0:
 		problem = fmt.Sprintf("unexpected argument %q: every setting is a flag (%s -h lists them)", flag.Arg(0), name)
-	case *client != ClientConfluent && *client != ClientFranz:
-		problem = fmt.Sprintf("--client %q: want %s or %s", *client, ClientConfluent, ClientFranz)
 	case *tlsCert != "" && *tlsKey == "":
 		problem = "--tls-cert needs --tls-key, the certificate's private key"
 	case *tlsKey != "" && *tlsCert == "":
@@ -81,15 +79,29 @@ func ParseFlags(name string, checks ...func() string) {
 	}
 }
 
-// RequireBrokers is a check of ParseFlags: brokers, the --brokers flag,
-// must not be empty.
-func RequireBrokers(brokers *string) func() string {
+// KafkaFlags is the check of ParseFlags of a binary that connects to
+// Kafka: a known --client (its default is $KAFKA_CLIENT) and, with
+// required, a non-empty --brokers (brokers).
+func KafkaFlags(brokers *string, required bool) func() string {
 	return func() string {
-		if *brokers == "" {
+		if *client != ClientConfluent && *client != ClientFranz {
+			from := "--client"
+			if !isFlagSet("client") {
+				from = "--client (from $KAFKA_CLIENT)"
+			}
+			return fmt.Sprintf("%s %q: want %s or %s", from, *client, ClientConfluent, ClientFranz)
+		}
+		if required && *brokers == "" {
 			return "--brokers is empty: give the Kafka bootstrap servers, host:port[,host:port...]"
 		}
 		return ""
 	}
+}
+
+// isFlagSet reports whether the command line set the flag name.
+func isFlagSet(name string) (set bool) {
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // UsageError reports problem, a bad command line, on stderr after name and
