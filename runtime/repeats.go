@@ -27,8 +27,8 @@ import (
 // Every method is called with Worker.mu held, except answerWaiters.
 type repeats struct {
 	trailing *recentSet
-	held     map[string]*heldCall
-	attempts map[string]*heldCall // first offsets of answered attempts still being skipped (dupes)
+	held     heldTable
+	attempts heldTable // first offsets of answered attempts still being skipped (dupes)
 	// dupes holds, by correlation id, the attempt ids of the repeated
 	// attempts being skipped (nil for one without an attempt id).
 	dupes   map[string][][]byte
@@ -39,8 +39,8 @@ type repeats struct {
 func newRepeats(window time.Duration, maxBytes int) repeats {
 	return repeats{
 		trailing: newRecentSet(1 << 16),
-		held:     map[string]*heldCall{},
-		attempts: map[string]*heldCall{},
+		held:     heldTable{},
+		attempts: heldTable{},
 		dupes:    map[string][][]byte{},
 		waiters:  map[*call][]waiter{},
 		stored:   newReplyStore(window, maxBytes),
@@ -75,7 +75,7 @@ func (r *repeats) skipDuplicate(id []byte, attempt []byte, end bool) bool {
 		} else {
 			r.dupes[string(id)] = list
 		}
-		if h := r.attempts[string(id)]; h != nil && sameAttempt(h.attempt, attempt) {
+		if h := r.attempts.find(string(id), attempt); h != nil {
 			r.release(h)
 		}
 	}
@@ -95,10 +95,7 @@ func (r *repeats) skipping(id string, attempt []byte) bool {
 // retry (whose caller's earlier attempt may never have sent its end), to be
 // answered from the stored outcome or served.
 func (r *repeats) skipTrailing(id []byte, attempt []byte, end bool) bool {
-	h := r.held[string(id)]
-	if h != nil && !sameAttempt(h.attempt, attempt) {
-		h = nil // another attempt's call is held
-	}
+	h := r.held.find(string(id), attempt) // not another attempt's call held
 	trailing := r.trailing.has(string(id), attempt)
 	if h == nil && !trailing {
 		return false
@@ -147,8 +144,11 @@ func (r *repeats) trail(id string, attempt []byte) { r.trailing.add(id, attempt)
 // trail is dropped and its held first offset, if held, released.
 func (r *repeats) lateEnd(c *call) {
 	r.trailing.remove(c.id, c.attemptID())
-	if h := r.held[c.id]; h != nil && h.tp == c.tp && h.first == c.first {
-		r.release(h)
+	for _, h := range r.held[c.id] {
+		if h.tp == c.tp && h.first == c.first {
+			r.release(h)
+			return
+		}
 	}
 }
 
@@ -165,8 +165,40 @@ type heldCall struct {
 	first int64
 	// attempt is the attempt id of the held call or attempt, nil without one.
 	attempt []byte
-	timer   *time.Timer          // the bound (the call's deadline); nil without one
-	table   map[string]*heldCall // where it is kept: held, or attempts
+	timer   *time.Timer // the bound (the call's deadline); nil without one
+	table   heldTable   // where it is kept: held, or attempts
+}
+
+// heldTable holds first offsets by correlation id: one per attempt, since
+// several attempts of one id (a call and the retries of its caller) may
+// each have request records still to be read.
+type heldTable map[string][]*heldCall
+
+// find returns the held offset of id of an attempt that may be attempt
+// (sameAttempt), or nil.
+func (t heldTable) find(id string, attempt []byte) *heldCall {
+	for _, h := range t[id] {
+		if sameAttempt(h.attempt, attempt) {
+			return h
+		}
+	}
+	return nil
+}
+
+// has reports whether h is kept in t.
+func (t heldTable) has(h *heldCall) bool { return slices.Contains(t[h.id], h) }
+
+// remove takes h out of t.
+func (t heldTable) remove(h *heldCall) {
+	list := t[h.id]
+	if i := slices.Index(list, h); i >= 0 {
+		list = slices.Delete(list, i, i+1)
+	}
+	if len(list) == 0 {
+		delete(t, h.id)
+	} else {
+		t[h.id] = list
+	}
 }
 
 // hold keeps c's first offset unfinished until its end-of-stream record is
@@ -175,7 +207,7 @@ type heldCall struct {
 // and must not stop the partition's commits for longer than its call could
 // last. expire is run, without Worker.mu, once the deadline passes.
 func (r *repeats) hold(c *call, until time.Time, expire func(*heldCall)) {
-	if old := r.held[c.id]; old != nil { // not expected: its id is skipped while held
+	if old := r.held.find(c.id, c.attemptID()); old != nil { // not expected: its attempt is skipped while held
 		r.release(old)
 	}
 	r.keep(&heldCall{id: c.id, tp: c.tp, pt: c.pt, first: c.first, attempt: c.attemptID(), table: r.held}, until, expire)
@@ -184,9 +216,9 @@ func (r *repeats) hold(c *call, until time.Time, expire func(*heldCall)) {
 // holdAttempt is hold for an answered attempt whose records are still
 // being skipped (skipDuplicate): its first offset, d's, stays unfinished
 // until the attempt's end-of-stream record is read or until until, for the
-// same reason as a call's. One attempt per id is skipped at a time.
+// same reason as a call's. Several attempts of one id may be held at once.
 func (r *repeats) holdAttempt(d *waiter, id string, until time.Time, expire func(*heldCall)) {
-	if old := r.attempts[id]; old != nil {
+	if old := r.attempts.find(id, d.env.Attempt); old != nil { // not expected: one waiter per skipped attempt
 		r.release(old)
 	}
 	r.keep(&heldCall{id: id, tp: tpOf(d.rec), pt: d.pt, first: d.rec.Offset, attempt: d.env.Attempt, table: r.attempts}, until, expire)
@@ -196,12 +228,12 @@ func (r *repeats) keep(h *heldCall, until time.Time, expire func(*heldCall)) {
 	if !until.IsZero() {
 		h.timer = time.AfterFunc(time.Until(until), func() { expire(h) })
 	}
-	h.table[h.id] = h
+	h.table[h.id] = append(h.table[h.id], h)
 }
 
 // release finishes the held first offset h.
 func (r *repeats) release(h *heldCall) {
-	delete(h.table, h.id)
+	h.table.remove(h)
 	if h.timer != nil {
 		h.timer.Stop()
 	}
@@ -211,7 +243,7 @@ func (r *repeats) release(h *heldCall) {
 // expireHeld finishes h's offset once its call's deadline passed, unless
 // its end-of-stream record came first, and reports whether it did.
 func (r *repeats) expireHeld(h *heldCall) bool {
-	if h.table[h.id] != h {
+	if !h.table.has(h) {
 		return false
 	}
 	r.release(h)
@@ -223,12 +255,14 @@ func (r *repeats) expireHeld(h *heldCall) bool {
 // shutdown), so nothing more of them is committed here, and their next
 // owner reads the held calls again from their first record.
 func (r *repeats) dropHeld(parts map[kafkaclient.TopicPartition]bool) {
-	for _, table := range []map[string]*heldCall{r.held, r.attempts} {
-		for id, h := range table {
-			if parts == nil || parts[h.tp] {
-				delete(table, id)
-				if h.timer != nil {
-					h.timer.Stop()
+	for _, table := range []heldTable{r.held, r.attempts} {
+		for _, list := range table {
+			for _, h := range slices.Clone(list) { // remove changes list
+				if parts == nil || parts[h.tp] {
+					table.remove(h)
+					if h.timer != nil {
+						h.timer.Stop()
+					}
 				}
 			}
 		}

@@ -392,3 +392,40 @@ func TestRetryEndsTheStreamOfTheAttemptThatReturned(t *testing.T) {
 		t.Errorf("the first attempt's goroutine took %v after its attempt returned", h.staleMsgs)
 	}
 }
+
+// TestRetryHeldKeepsEarlierAttemptHeld: a keyed client stream's first
+// attempt (a1) is answered after its first message, its end still to come,
+// so its first offset stays held (repeats.hold) lest a commit pass its
+// unread records. A retry (a2, same correlation id) is answered from a1's
+// stored outcome while its own end is still to come, and is held in turn;
+// the worker kept one held offset per correlation id, so holding a2's
+// released a1's, and the partition's commit passed a1's first record with
+// a1's end unread: the next owner would read that end alone and run the
+// handler on it as an empty stream.
+func TestRetryHeldKeepsEarlierAttemptHeld(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	kc := newCommitLog(e.kc)
+	w := e.start(t, kc, &firstOnly{})
+	const id = "held-twice"
+	attempt := func(n string) []string {
+		return []string{"meta:" + wire.AttemptMetadata, n, "meta:idempotency-key", "k-held-twice"}
+	}
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), attempt("a1")...))
+	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("m1"), attempt("a1")...))
+	if got := replies.await(t, id); header(got[len(got)-1], "meta:"+wire.AttemptMetadata) != "a1" {
+		t.Fatal("the first answer is not a1's")
+	}
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), attempt("a2")...))
+	if got := replies.await(t, id); header(got[len(got)-1], "meta:"+wire.AttemptMetadata) != "a2" {
+		t.Fatal("the second answer is not a2's")
+	}
+	produce(t, e.kc, unaryRecord(e, "later-held-twice", "later"))
+	produce(t, e.kc, endRecord(e, "later-held-twice", "EchoUnary"))
+	replies.await(t, "later-held-twice")
+	_ = w.Close() // commits what it may, synchronously
+	if h := kc.highest(tp); h > first.Offset {
+		t.Fatalf("the worker committed offset %d, past the first record (%d) of attempt a1, whose end it never read", h, first.Offset)
+	}
+}
