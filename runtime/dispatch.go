@@ -87,6 +87,13 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	}
 	if c != nil {
 		other, complete := c.otherAttempt(env), c.in.complete()
+		if other && w.repeats.skipTrailing(id, env.Attempt, end) {
+			// The rest of an earlier attempt's request, whose call is over
+			// (a retry of it runs): skipped as such, and its end releases
+			// that call's held offset. It is neither c's input nor a new
+			// attempt of c's.
+			return true, nil, nil
+		}
 		if other && !c.streamsIn {
 			// Another attempt of a method without a client stream: its one
 			// message is its whole request, whether or not c's own end

@@ -429,3 +429,62 @@ func TestRetryHeldKeepsEarlierAttemptHeld(t *testing.T) {
 		t.Fatalf("the worker committed offset %d, past the first record (%d) of attempt a1, whose end it never read", h, first.Offset)
 	}
 }
+
+// failsFirst answers EchoClientStream UNAVAILABLE (an outcome not stored,
+// which invites a retry) as soon as it reads the message "fail"; else it
+// reads the whole request and answers with its messages.
+type failsFirst struct{ echoserver.Server }
+
+func (failsFirst) EchoClientStream(s echov1.EchoService_EchoClientStreamServer) error {
+	var msgs []string
+	for {
+		m, err := s.Recv()
+		if err == io.EOF {
+			return s.SendAndClose(&echov1.EchoResponse{Message: strings.Join(msgs, ",")})
+		}
+		if err != nil {
+			return err
+		}
+		if m.GetMessage() == "fail" {
+			return status.Error(codes.Unavailable, "try again")
+		}
+		msgs = append(msgs, m.GetMessage())
+	}
+}
+
+// TestEarlierAttemptsEndDuringRetryReleasesItsHold: a keyed client
+// stream's first attempt (a1) fails UNAVAILABLE after its first message,
+// its end still to come: its first offset stays held until that end is
+// read. The caller retries (a2, same correlation id), and a1's end, which
+// its gateway writes once the call is over, is read while a2 runs. The
+// worker took that end for a record relative to a2 (an empty client stream
+// repeating a2, made to wait for a2's outcome) instead of the rest of a1:
+// a1's held offset was never released by it, and the partition's commits
+// stayed behind a1 until its deadline (WorkerMaxCallDuration, 10 minutes).
+func TestEarlierAttemptsEndDuringRetryReleasesItsHold(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	kc := newCommitLog(e.kc)
+	w := e.start(t, kc, failsFirst{})
+	const id = "end-during-retry"
+	attempt := func(n string) []string {
+		return []string{"meta:" + wire.AttemptMetadata, n, "meta:idempotency-key", "k-end-during-retry"}
+	}
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("fail"), attempt("a1")...))
+	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
+	if got := replies.await(t, id); header(got[len(got)-1], "zilla:status") != "14" {
+		t.Fatalf("a1 ended with status %q, want 14", header(got[len(got)-1], "zilla:status"))
+	}
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), attempt("a2")...)) // a2 runs, reading its stream
+	end := produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a2")...))
+	got := replies.await(t, id)
+	if end := got[len(got)-1]; header(end, "zilla:status") != "0" || header(end, "meta:"+wire.AttemptMetadata) != "a2" {
+		t.Fatalf("the next end is of attempt %q with status %q, want a2's OK end", header(end, "meta:"+wire.AttemptMetadata), header(end, "zilla:status"))
+	}
+	produce(t, e.kc, unaryRecord(e, "later-end-during-retry", "later"))
+	produce(t, e.kc, endRecord(e, "later-end-during-retry", "EchoUnary"))
+	replies.await(t, "later-end-during-retry")
+	kc.awaitPast(t, tp, end.Offset) // bounded: stuck at a1's first offset while its end was not taken as its own
+	_ = w.Close()
+}
