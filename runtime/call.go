@@ -504,7 +504,8 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 
 // release takes the call out of the worker's tables: its outcome stored
 // (remember, as of at), its key's turn passed on, its correlation id freed (its
-// remaining request records to be skipped when they are still to come), its
+// remaining request records to be skipped when it was served and they are
+// still to come), its
 // offset marked done when served: at once, unless it takes a client stream
 // and its input is not complete, then once its end-of-stream record is read
 // or its deadline passed (repeats.hold). It returns the repeats that waited
@@ -520,10 +521,14 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 	held := false
 	if c.id != "" && w.calls[c.id] == c {
 		delete(w.calls, c.id)
-		if !c.in.complete() {
+		// A call given up unserved (rebalance or shutdown) is not over: its
+		// offset stays uncommitted, and whoever reads its partition next,
+		// this worker too once its partition comes back, serves it from
+		// its first record. Its records are not to be skipped then.
+		if served && !c.in.complete() {
 			c.trailed = true
 			w.repeats.trail(c.id, c.attemptID())
-			if served && c.streamsIn && w.parts[c.tp] == c.pt {
+			if c.streamsIn && w.parts[c.tp] == c.pt {
 				// Its offset stays held until the rest of its request is
 				// read, or its deadline passes (repeats.hold). (Of a call
 				// without a client stream only the end record can be left,

@@ -488,3 +488,139 @@ func TestEarlierAttemptsEndDuringRetryReleasesItsHold(t *testing.T) {
 	kc.awaitPast(t, tp, end.Offset) // bounded: stuck at a1's first offset while its end was not taken as its own
 	_ = w.Close()
 }
+
+// rejoining is a worker's Kafka client whose group member, once rejoin is
+// closed, leaves the group and joins it again at its next poll, as a
+// member does that was fenced or restarted its consumer: its partitions
+// are revoked, then assigned to it again and read from their committed
+// offsets. assigned is told of every non-empty assignment after that.
+type rejoining struct {
+	kafkaclient.Client
+	rejoin   chan struct{}
+	assigned chan struct{}
+}
+
+func (r *rejoining) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	gr, err := r.Client.NewGroupReader(cfg)
+	if err != nil {
+		return nil, err
+	}
+	g := &rejoiningGroup{r: r, cfg: cfg}
+	g.inner.Store(&gr)
+	return g, nil
+}
+
+type rejoiningGroup struct {
+	r        *rejoining
+	cfg      kafkaclient.GroupConfig
+	inner    atomic.Pointer[kafkaclient.GroupReader] // Commit may run on another goroutine
+	rejoined bool                                    // Poll's goroutine only
+}
+
+func (g *rejoiningGroup) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	if !g.rejoined {
+		select {
+		case <-g.r.rejoin:
+			g.rejoined = true
+			if err := (*g.inner.Load()).Close(); err != nil {
+				return nil, err
+			}
+			cfg := g.cfg
+			cfg.OnAssigned = func(parts []kafkaclient.TopicPartition) {
+				g.cfg.OnAssigned(parts)
+				if len(parts) > 0 {
+					g.r.assigned <- struct{}{}
+				}
+			}
+			gr, err := g.r.Client.NewGroupReader(cfg)
+			if err != nil {
+				return nil, err
+			}
+			g.inner.Store(&gr)
+		default:
+		}
+	}
+	return (*g.inner.Load()).Poll(ctx)
+}
+
+func (g *rejoiningGroup) Commit(ctx context.Context, offs []kafkaclient.TopicPartitionOffset) error {
+	return (*g.inner.Load()).Commit(ctx, offs)
+}
+
+func (g *rejoiningGroup) Close() error { return (*g.inner.Load()).Close() }
+
+// tellsStart is echoserver.Server whose EchoClientStream tells started
+// once it read its first request message.
+type tellsStart struct {
+	echoserver.Server
+	started chan struct{}
+}
+
+func (h tellsStart) EchoClientStream(s echov1.EchoService_EchoClientStreamServer) error {
+	var msgs []string
+	for {
+		m, err := s.Recv()
+		if err == io.EOF {
+			return s.SendAndClose(&echov1.EchoResponse{Message: strings.Join(msgs, ","), Index: int32(len(msgs))})
+		}
+		if err != nil {
+			return err
+		}
+		if msgs = append(msgs, m.GetMessage()); len(msgs) == 1 {
+			select {
+			case h.started <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// TestCallGivenUpAtRevokeIsServedWhenItsPartitionComesBack: a client
+// stream runs, waiting for more of its request, when its partition is
+// revoked; the worker gives it up without a reply, leaving its offset
+// uncommitted so that the partition's next owner serves it from its first
+// record. When that next owner is the same worker (its member rejoined the
+// group, as after being fenced), the call must be served; the worker had
+// noted the given-up call's id as the rest of a call that is over
+// (trailing, in call.release), so it skipped every record of the call read
+// again, and its caller got no answer.
+func TestCallGivenUpAtRevokeIsServedWhenItsPartitionComesBack(t *testing.T) {
+	impl := tellsStart{started: make(chan struct{}, 1)}
+	var rj *rejoining
+	e := setupWrapped(t, func(_ string, kc kafkaclient.Client) kafkaclient.Client {
+		rj = &rejoining{Client: kc, rejoin: make(chan struct{}), assigned: make(chan struct{}, 8)}
+		return rj
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) })
+	ctx := ctxFor(t, 90*time.Second)
+	s, err := e.echo.EchoClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&echov1.EchoRequest{Message: "m0"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-impl.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler did not start within 30 s")
+	}
+	close(rj.rejoin)
+	// A record without a correlation id wakes the worker's poll, in which
+	// its member leaves the group and joins it again.
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte("wake"), Value: []byte("wake")})
+	select {
+	case <-rj.assigned:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the worker's member was not assigned partitions again within 60 s")
+	}
+	if err := s.Send(&echov1.EchoRequest{Message: "m1"}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.CloseAndRecv()
+	if err != nil {
+		t.Fatalf("the call ended with %v: the worker that got its partition back did not serve it", err)
+	}
+	if resp.GetMessage() != "m0,m1" {
+		t.Fatalf("the call was answered %q, want %q", resp.GetMessage(), "m0,m1")
+	}
+}
