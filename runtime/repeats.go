@@ -64,22 +64,31 @@ func sameAttempt(a, b []byte) bool { return a == nil || b == nil || bytes.Equal(
 // record (end) ends the skipping. A record of another attempt (a later
 // retry, once the skipped one's end never came) is not skipped.
 func (r *repeats) skipDuplicate(id []byte, attempt []byte, end bool) bool {
-	list := r.dupes[string(id)]
-	i := slices.IndexFunc(list, func(a []byte) bool { return sameAttempt(a, attempt) })
-	if i < 0 {
+	if !r.skipping(string(id), attempt) {
 		return false
 	}
 	if end {
-		if list = slices.Delete(list, i, i+1); len(list) == 0 {
-			delete(r.dupes, string(id))
-		} else {
-			r.dupes[string(id)] = list
-		}
+		r.dropDupe(string(id), attempt)
 		if h := r.attempts.find(string(id), attempt); h != nil {
 			r.release(h)
 		}
 	}
 	return true
+}
+
+// dropDupe ends the skipping of the records of attempt attempt with
+// correlation id id.
+func (r *repeats) dropDupe(id string, attempt []byte) {
+	list := r.dupes[id]
+	i := slices.IndexFunc(list, func(a []byte) bool { return sameAttempt(a, attempt) })
+	if i < 0 {
+		return
+	}
+	if list = slices.Delete(list, i, i+1); len(list) == 0 {
+		delete(r.dupes, id)
+	} else {
+		r.dupes[id] = list
+	}
 }
 
 // skipping reports whether the records of attempt attempt with correlation
@@ -253,16 +262,25 @@ func (r *repeats) expireHeld(h *heldCall) bool {
 // dropHeld forgets the held offsets of parts (all when nil), without
 // finishing them: the partitions left this worker (a rebalance, or
 // shutdown), so nothing more of them is committed here, and their next
-// owner reads the held calls again from their first record.
+// owner reads the held calls again from their first record. So does this
+// worker when a partition comes back to it: the ids of the held calls and
+// attempts are no longer skipped (trailing, dupes), so that what it reads
+// again is served, and held, as a next owner's would be.
 func (r *repeats) dropHeld(parts map[kafkaclient.TopicPartition]bool) {
-	for _, table := range []heldTable{r.held, r.attempts} {
+	for i, table := range []heldTable{r.held, r.attempts} {
 		for _, list := range table {
 			for _, h := range slices.Clone(list) { // remove changes list
-				if parts == nil || parts[h.tp] {
-					table.remove(h)
-					if h.timer != nil {
-						h.timer.Stop()
-					}
+				if parts != nil && !parts[h.tp] {
+					continue
+				}
+				table.remove(h)
+				if h.timer != nil {
+					h.timer.Stop()
+				}
+				if i == 0 {
+					r.trailing.remove(h.id, h.attempt)
+				} else {
+					r.dropDupe(h.id, h.attempt)
 				}
 			}
 		}

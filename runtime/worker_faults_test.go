@@ -624,3 +624,51 @@ func TestCallGivenUpAtRevokeIsServedWhenItsPartitionComesBack(t *testing.T) {
 		t.Fatalf("the call was answered %q, want %q", resp.GetMessage(), "m0,m1")
 	}
 }
+
+// TestHeldCallReadAgainAfterRejoinHoldsCommit: a client stream is answered
+// after its first message, its end still to come, so its first offset is
+// held. Its partition is revoked and comes back to the same worker (its
+// member rejoined the group), which reads the call again from its first
+// record, as any next owner does. The worker still had the call's id as
+// trailing (the rest of a call that is over), so it skipped the records
+// read again without holding anything: its commit passed the call's first
+// record with its end unread, and an owner after it would run the handler
+// on that end alone, as an empty stream.
+func TestHeldCallReadAgainAfterRejoinHoldsCommit(t *testing.T) {
+	impl := &firstOnly{}
+	var rj *rejoining
+	var commits *commitLog
+	e := setupWrapped(t, func(_ string, kc kafkaclient.Client) kafkaclient.Client {
+		commits = newCommitLog(kc)
+		rj = &rejoining{Client: commits, rejoin: make(chan struct{}), assigned: make(chan struct{}, 8)}
+		return rj
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) })
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	record := func(id, method string, msg *string) *kafkaclient.Record {
+		var v []byte
+		if msg != nil {
+			v, _ = proto.Marshal(&echov1.EchoRequest{Message: *msg})
+		}
+		return &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte("one-partition"), Value: v,
+			Headers: requestHeaders(e, echoService, method, id).headers()}
+	}
+	const id = "held-rejoin"
+	first := produce(t, e.kc, record(id, "EchoClientStream", ptr("m0")))
+	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
+	produce(t, e.kc, record(id, "EchoClientStream", ptr("m1")))
+	replies.await(t, id)
+	close(rj.rejoin)
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte("wake"), Value: []byte("wake")})
+	select {
+	case <-rj.assigned:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the worker's member was not assigned partitions again within 60 s")
+	}
+	produce(t, e.kc, record("later-held-rejoin", "EchoUnary", ptr("later")))
+	produce(t, e.kc, record("later-held-rejoin", "EchoUnary", nil))
+	replies.await(t, "later-held-rejoin")
+	_ = e.worker.Close() // commits what it may, synchronously
+	if h := commits.highest(tp); h > first.Offset {
+		t.Fatalf("the worker committed offset %d, past the first record (%d) of a call whose end it never read", h, first.Offset)
+	}
+}
