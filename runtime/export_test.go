@@ -39,3 +39,13 @@ func SetFeedHook(f func(id string, end bool, done <-chan struct{})) (restore fun
 // parts, as the group reader calls it in a cooperative rebalance that takes
 // only those partitions away. Tests only.
 func RevokeForTest(w *Worker, parts ...kafkaclient.TopicPartition) { w.onRevoked(parts, false) }
+
+// SetReplyPartitionsRefresh sets how often reply routers look for
+// partitions added to their topics, for routers started afterwards, and
+// returns a function that restores the default. Tests only; no test of this
+// package runs in parallel.
+func SetReplyPartitionsRefresh(d time.Duration) (restore func()) {
+	old := replyPartitionsRefresh
+	replyPartitionsRefresh = d
+	return func() { replyPartitionsRefresh = old }
+}

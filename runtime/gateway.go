@@ -28,7 +28,8 @@ import (
 //
 // A Gateway is safe for concurrent use. It reads each reply topic with one
 // reader, shared by every call, started by AddService before any request is
-// produced.
+// produced. Partitions added to a reply topic later are read too, from
+// their start, once the gateway notices them: it looks every 10 seconds.
 type Gateway struct {
 	client kafkaclient.Client
 	cfg    gatewayConfig
@@ -198,10 +199,14 @@ func (g *Gateway) routerLocked(ctx context.Context, topic string) (*replyRouter,
 		return nil, err
 	}
 	g.routers[topic] = r
-	g.wg.Add(1) // under g.mu, after prepare saw the gateway open: ordered with Close as count is
+	g.wg.Add(2) // under g.mu, after prepare saw the gateway open: ordered with Close as count is
 	go func() {
 		defer g.wg.Done()
 		r.run(g.ctx)
+	}()
+	go func() {
+		defer g.wg.Done()
+		r.watchPartitions(g.ctx)
 	}()
 	return r, nil
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -26,11 +28,19 @@ type replyRouter struct {
 	topicAttr metric.MeasurementOption // the topic, for the dropped-replies counter
 	read      atomic.Uint64
 
-	partitions int32 // of the reply topic, when the router was started
-	sharded    bool  // reads only some partitions (GatewayReplyShard)
-	ownMu      sync.Mutex
-	owned      map[int32]bool // partitions read
+	sharded bool // reads only some partitions (GatewayReplyShard)
+	ownMu   sync.Mutex
+	owned   map[int32]bool // partitions read
+	// counts are the partition counts the reply topic had since the router
+	// started, oldest first: a worker's producer hashes a reply's key over
+	// the count it learnt last, any of these (watchPartitions).
+	counts  []int32
+	refresh time.Duration // replyPartitionsRefresh when the router started
 }
+
+// replyPartitionsRefresh is how often a reply router looks for partitions
+// added to its topic (watchPartitions).
+var replyPartitionsRefresh = 10 * time.Second
 
 // startReplyRouter assigns a reader to the partitions of topic this gateway
 // reads (all, unless GatewayReplyShard), each at its current end offset looked up
@@ -41,7 +51,8 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 	if err != nil {
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
-	r := &replyRouter{g: g, topic: topic, partitions: int32(len(parts)), owned: map[int32]bool{}}
+	r := &replyRouter{g: g, topic: topic, counts: []int32{int32(len(parts))}, owned: map[int32]bool{},
+		refresh: replyPartitionsRefresh}
 	r.pending.init()
 	r.topicAttr = metric.WithAttributeSet(attribute.NewSet(attribute.String("messaging.destination.name", topic)))
 	read := parts
@@ -62,22 +73,23 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
 	r.reader = reader
-	if err := r.assign(ctx, read); err != nil {
+	if err := r.assign(ctx, read, kafkaclient.Latest); err != nil {
 		_ = reader.Close()
 		return nil, err
 	}
 	return r, nil
 }
 
-// assign starts reading parts at their current end offsets.
-func (r *replyRouter) assign(ctx context.Context, parts []int32) error {
-	ends, err := r.g.client.Offsets(ctx, r.topic, parts, kafkaclient.Latest)
+// assign starts reading parts at their current end offsets (at), or at
+// their earliest ones.
+func (r *replyRouter) assign(ctx context.Context, parts []int32, at kafkaclient.OffsetSpec) error {
+	offsets, err := r.g.client.Offsets(ctx, r.topic, parts, at)
 	if err != nil {
-		return fmt.Errorf("reply topic %q: looking up end offsets: %w", r.topic, err)
+		return fmt.Errorf("reply topic %q: looking up offsets: %w", r.topic, err)
 	}
 	assign := make([]kafkaclient.TopicPartitionOffset, 0, len(parts))
 	for _, p := range parts {
-		assign = append(assign, kafkaclient.TopicPartitionOffset{Topic: r.topic, Partition: p, Offset: ends[p]})
+		assign = append(assign, kafkaclient.TopicPartitionOffset{Topic: r.topic, Partition: p, Offset: offsets[p]})
 	}
 	if err := r.reader.Assign(assign); err != nil {
 		return fmt.Errorf("reply topic %q: assigning partitions: %w", r.topic, err)
@@ -90,7 +102,8 @@ func (r *replyRouter) assign(ctx context.Context, parts []int32) error {
 
 // correlationID returns a correlation id for a call on this reply topic:
 // base + hash when the caller fixed base, else a fresh UUID + hash, redrawn
-// until the reply lands on a partition this gateway reads.
+// until the reply lands on a partition this gateway reads, whichever
+// partition count the worker's producer hashes it over.
 func (r *replyRouter) correlationID(base, hash string) string {
 	if base != "" || !r.sharded {
 		if base == "" {
@@ -101,27 +114,88 @@ func (r *replyRouter) correlationID(base, hash string) string {
 	for {
 		id := wire.NewUUID() + hash
 		r.ownMu.Lock()
-		ok := r.owned[kafkaclient.KeyPartition([]byte(id), r.partitions)]
+		missing := r.unread(id)
 		r.ownMu.Unlock()
-		if ok {
+		if len(missing) == 0 {
 			return id
 		}
 	}
 }
 
-// ensureReading makes sure the reply partition of id is read, starting it
-// at its end offset before the request goes out.
+// unread returns the partitions not read yet that a reply keyed id may go
+// to: one per partition count the topic had. Called with ownMu held.
+func (r *replyRouter) unread(id string) []int32 {
+	var ps []int32
+	for _, n := range r.counts {
+		if p := kafkaclient.KeyPartition([]byte(id), n); !r.owned[p] && !slices.Contains(ps, p) {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// ensureReading makes sure the reply partitions of id are read, starting
+// them at their end offsets before the request goes out.
 func (r *replyRouter) ensureReading(ctx context.Context, id string) error {
 	if !r.sharded {
 		return nil
 	}
-	p := kafkaclient.KeyPartition([]byte(id), r.partitions)
 	r.ownMu.Lock()
 	defer r.ownMu.Unlock()
-	if r.owned[p] {
+	if ps := r.unread(id); len(ps) > 0 {
+		return r.assign(ctx, ps, kafkaclient.Latest)
+	}
+	return nil
+}
+
+// watchPartitions looks for partitions added to the reply topic every
+// replyPartitionsRefresh until ctx ends (addPartitions).
+func (r *replyRouter) watchPartitions(ctx context.Context) {
+	t := time.NewTicker(r.refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.addPartitions(ctx); err != nil && ctx.Err() == nil {
+			r.g.cfg.logger.Warn("kafkarpc: looking for partitions added to a reply topic", "topic", r.topic, "error", err)
+		}
+	}
+}
+
+// addPartitions reads the partitions added to the reply topic since the
+// router last looked (those of this gateway's share when sharded), from
+// their earliest offsets: a worker whose producer knows them writes there
+// the replies of the calls whose correlation id hashes to them, maybe
+// before this router learnt of them.
+func (r *replyRouter) addPartitions(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.g.cfg.setupTimeout)
+	defer cancel()
+	parts, err := r.g.client.Partitions(ctx, r.topic)
+	if err != nil {
+		return err
+	}
+	r.ownMu.Lock()
+	defer r.ownMu.Unlock()
+	n := int32(len(parts))
+	if n <= r.counts[len(r.counts)-1] {
 		return nil
 	}
-	return r.assign(ctx, []int32{p})
+	var added []int32
+	for _, p := range parts {
+		if !r.owned[p] && (!r.sharded || int(p)%r.g.cfg.shardCount == r.g.cfg.shardIndex) {
+			added = append(added, p)
+		}
+	}
+	if len(added) > 0 {
+		if err := r.assign(ctx, added, kafkaclient.Earliest); err != nil {
+			return err
+		}
+	}
+	r.counts = append(r.counts, n)
+	return nil
 }
 
 // add registers c; false if a live call with the same id is already in

@@ -1,0 +1,76 @@
+package runtime_test
+
+// Faults of the caller's side of a call (gateway.go, gwcall.go, router.go),
+// shared by the gateway and ClientConn, found by review. Each test compares
+// a behaviour with what a gRPC caller gets from a gRPC server.
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+)
+
+// TestRepliesOnPartitionsAddedToReplyTopicArrive: an operator adds
+// partitions to a reply topic while gateways and ClientConns run. A worker
+// that knows the new partition count (one started afterwards, or any once
+// its producer refreshed its metadata) writes the replies of the calls whose
+// correlation id hashes to a new partition there. The reply router read
+// only the partitions the topic had when it started: those calls waited
+// for their deadline (without one, for ever), every time, until the
+// process restarted.
+func TestRepliesOnPartitionsAddedToReplyTopicArrive(t *testing.T) {
+	defer runtime.SetReplyPartitionsRefresh(100 * time.Millisecond)()
+	brokers := kafkatest.Brokers(t)
+	kc := kafkatest.NewClient(t, brokers)
+	prefix := kafkatest.Unique("p") + "."
+	requests, replies := prefix+"echo-requests", prefix+"echo-responses"
+	kafkatest.CreateTopics(t, kc, 1, requests, replies)
+	_, echo := connTo(t, kc, prefix)
+
+	const grown = 4
+	ctx := ctxFor(t, 60*time.Second)
+	if _, err := kadm.NewClient(newKgo(t, brokers)).CreatePartitions(ctx, grown-1, replies); err != nil {
+		t.Fatal(err)
+	}
+	// A worker whose client learns the topic as it is now.
+	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+	w := runtime.NewWorker(kafkatest.NewClient(t, brokers), mapper, runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(prefix+"workers"))
+	if err := echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	select {
+	case <-w.Ready():
+	case <-ctx.Done():
+		t.Fatal("worker got no partitions")
+	}
+
+	// An idempotency key whose reply goes to one of the new partitions.
+	key := ""
+	for i := 0; key == ""; i++ {
+		k := "key-" + string(rune('a'+i))
+		id := wire.CorrelationID(wire.DefaultNames(), k, "example.echo.v1.EchoService", "EchoUnary", replies)
+		if kafkaclient.KeyPartition([]byte(id), grown) != 0 {
+			key = k
+		}
+	}
+	callCtx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "idempotency-key", key), 20*time.Second)
+	defer cancel()
+	r, err := echo.EchoUnary(callCtx, &echov1.EchoRequest{Message: "grown"})
+	if err != nil || r.GetMessage() != "grown" {
+		t.Fatalf("call whose reply goes to a partition added to the reply topic: %v, %v; want its answer", r, err)
+	}
+}
