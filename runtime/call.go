@@ -461,7 +461,7 @@ func (c *call) finish(st *status.Status) {
 // it ended with: the stored replies of a replayed call; else the held
 // response of a single-response call and the end-of-stream record, with
 // UNAVAILABLE for an aborted call or one a reply of which Kafka already
-// refused (lost), rather than an outcome with a gap in it. A oneway call
+// refused (lost; lostStatus), rather than an outcome with a gap in it. A oneway call
 // writes nothing.
 func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Status {
 	switch {

@@ -60,7 +60,8 @@ func (hugeMiddle) EchoServerStream(_ *echov1.EchoRequest, s grpc.ServerStreaming
 // TestExactlyOnceRefusedStreamReplyIsNoOKEnd: a server stream one of whose
 // responses Kafka can never take (larger than the record limit) must not
 // end OK over the gap, with or without WorkerExactlyOnce. Without it the
-// stream's end waits for its responses and says UNAVAILABLE; with it, the
+// stream's end waits for its responses and says RESOURCE_EXHAUSTED (a
+// retry cannot get the response through; lostStatus); with it, the
 // records were kept for the transaction and produced all at once at the
 // end, so the OK end went into the transaction, was committed with the
 // request's offset, and the caller got "a", "c" and a clean end.
@@ -76,11 +77,11 @@ func TestExactlyOnceRefusedStreamReplyIsNoOKEnd(t *testing.T) {
 			for {
 				r, err := stream.Recv()
 				if err == io.EOF {
-					t.Fatalf("the stream ended OK after %q, with its second response missing: want UNAVAILABLE", got)
+					t.Fatalf("the stream ended OK after %q, with its second response missing: want RESOURCE_EXHAUSTED", got)
 				}
 				if err != nil {
-					if status.Code(err) != codes.Unavailable {
-						t.Fatalf("after %q: %v, want UNAVAILABLE saying Kafka did not take a reply", got, err)
+					if status.Code(err) != codes.ResourceExhausted {
+						t.Fatalf("after %q: %v, want RESOURCE_EXHAUSTED saying a reply is larger than Kafka takes", got, err)
 					}
 					return
 				}

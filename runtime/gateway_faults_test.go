@@ -6,11 +6,14 @@ package runtime_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
@@ -72,5 +75,38 @@ func TestRepliesOnPartitionsAddedToReplyTopicArrive(t *testing.T) {
 	r, err := echo.EchoUnary(callCtx, &echov1.EchoRequest{Message: "grown"})
 	if err != nil || r.GetMessage() != "grown" {
 		t.Fatalf("call whose reply goes to a partition added to the reply topic: %v, %v; want its answer", r, err)
+	}
+}
+
+// oversizedStream answers EchoServerStream with one response and then one
+// larger than a reply record can be (kafkaclient.MaxMessageBytes, the
+// topics' max.message.bytes).
+type oversizedStream struct{ echoserver.Server }
+
+func (oversizedStream) EchoServerStream(_ *echov1.EchoRequest, stream echov1.EchoService_EchoServerStreamServer) error {
+	if err := stream.Send(&echov1.EchoResponse{Message: "first"}); err != nil {
+		return err
+	}
+	return stream.Send(&echov1.EchoResponse{Message: strings.Repeat("y", kafkaclient.MaxMessageBytes+1)})
+}
+
+// TestTooLargeReplyIsResourceExhausted: a response Kafka refuses as larger
+// than the reply topic takes ends the call with RESOURCE_EXHAUSTED, as gRPC
+// ends a call whose message is over a size limit, and as the gateway ends
+// one whose request record is too large. The end said UNAVAILABLE, "retry
+// it; it may run again": a caller retrying on UNAVAILABLE ran the handler
+// again for an answer Kafka refused again, every time.
+func TestTooLargeReplyIsResourceExhausted(t *testing.T) {
+	e := setup(t, oversizedStream{})
+	s, err := e.echo.EchoServerStream(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Recv(); err != nil || r.GetMessage() != "first" {
+		t.Fatalf("first response = %v, %v", r, err)
+	}
+	_, err = s.Recv()
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || strings.Contains(st.Message(), "retry it") {
+		t.Fatalf("after a response larger than the reply topic takes: %v; want RESOURCE_EXHAUSTED, without inviting a retry", err)
 	}
 }

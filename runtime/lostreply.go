@@ -13,14 +13,20 @@ import (
 // lostStatus is the status a caller gets when Kafka did not take every reply
 // of its call: the call ran, and what it answered did not all arrive.
 // stored says whether a retry with the same idempotency key gets the
-// outcome from the worker's memory.
+// outcome from the worker's memory. A reply refused as too large is
+// RESOURCE_EXHAUSTED, as gRPC ends a call whose message is over a size
+// limit: a retry would get the same answer refused again.
 func lostStatus(method string, err error, stored bool) *status.Status {
+	if method != "" {
+		method += ": "
+	}
+	if tooLarge(err) {
+		return status.Newf(codes.ResourceExhausted, "%sthe worker answered the call but a reply is larger than Kafka takes (%v); a retry cannot succeed",
+			method, err)
+	}
 	retry := "retry it; it may run again"
 	if stored {
 		retry = "retry it with the same idempotency-key to get its outcome without running it again"
-	}
-	if method != "" {
-		method += ": "
 	}
 	return status.Newf(codes.Unavailable, "%sthe worker answered the call but Kafka did not take every reply (%v); %s",
 		method, err, retry)

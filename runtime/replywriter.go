@@ -131,8 +131,8 @@ func (directWriter) close() {}
 // the open transaction, which the committer commits with the offsets of
 // the calls whose records it holds (WorkerExactlyOnce). A record Kafka
 // refuses for good (too large, no such topic) is reported as a directWriter
-// reports it (flush returns it; a stream's end says UNAVAILABLE rather than
-// OK over the gap); one that leaves the transaction unable to commit makes
+// reports it (flush returns it; a stream's end says so, lostStatus, rather
+// than OK over the gap); one that leaves the transaction unable to commit makes
 // the commit fail, and the worker with it.
 //
 // A call enters the open transaction at its first flush and leaves it at

@@ -34,7 +34,7 @@ func newWorkerTelemetry(cfg telemetryConfig, lag metric.Int64Callback) workerTel
 	t.duplicates, _ = meter.Int64Counter("kafkarpc.worker.duplicates",
 		metric.WithDescription("Requests answered from the stored replies of an earlier call."))
 	t.lost, _ = meter.Int64Counter("kafkarpc.worker.replies.lost",
-		metric.WithDescription("Calls some of whose replies Kafka did not take; their callers were told UNAVAILABLE."))
+		metric.WithDescription("Calls some of whose replies Kafka did not take; their callers were told UNAVAILABLE (RESOURCE_EXHAUSTED for a reply too large)."))
 	_, _ = meter.Int64ObservableGauge("kafkarpc.worker.lag",
 		metric.WithDescription("Records not yet read from the partitions this worker holds, by topic and partition."),
 		metric.WithInt64Callback(lag))
@@ -116,7 +116,8 @@ type WorkerStats struct {
 	ProxyRetries uint64
 	// LostReplies counts calls some of whose replies Kafka did not take
 	// (after the client's own retries); each such caller was sent an
-	// UNAVAILABLE end-of-stream record saying so.
+	// UNAVAILABLE end-of-stream record saying so (RESOURCE_EXHAUSTED for a
+	// reply too large).
 	LostReplies uint64
 	// OutcomesLoaded counts stored outcomes read from the outcome topic
 	// (WorkerOutcomeTopic) into memory on partition assignments.
