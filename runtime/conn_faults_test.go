@@ -22,6 +22,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
@@ -384,5 +385,39 @@ func TestConnUndecodableStreamReplyIsTheCallsStatus(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("OnFinish not called within 30 s of the call's end")
+	}
+}
+
+// TestConnCloseEndsOnewayClientStream: Close ends every call in flight on
+// the connection with UNAVAILABLE, oneway client streams included, as
+// grpc-go's Close ends its streams. A oneway stream waits for its caller's
+// CloseSend and then for Kafka's acknowledgements, and neither wait looked
+// at Close: the caller kept sending, its messages still went to Kafka after
+// Close, and CloseAndRecv answered OK.
+func TestConnCloseEndsOnewayClientStream(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("o") + "."
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-requests", prefix+"echo-responses")
+	spec := echov1.EchoServiceKafkaSpec.Clone()
+	r := &spec.Method("EchoClientStream").Routes[0]
+	r.Oneway, r.ReplyTopic = true, ""
+	cc := runtime.NewClientConn(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = cc.Close() })
+	if err := cc.Register(spec); err != nil {
+		t.Fatal(err)
+	}
+	s, err := echov1.NewEchoServiceClient(cc).EchoClientStream(ctxFor(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&echov1.EchoRequest{Message: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.CloseAndRecv()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "ClientConn is closed") {
+		t.Fatalf("oneway client stream after Close: %v; want UNAVAILABLE saying the ClientConn is closed", err)
 	}
 }

@@ -565,7 +565,7 @@ func (c *gwCall) openReply(ctx context.Context, rec *kafkaclient.Record, env *wi
 }
 
 // awaitRequestEnd waits until the request stream ended (the caller
-// half-closed).
+// half-closed); UNAVAILABLE once the gateway is closing, as awaitReplies.
 func (c *gwCall) awaitRequestEnd(ctx context.Context) error {
 	c.reqMu.Lock()
 	if c.reqEnded {
@@ -579,14 +579,19 @@ func (c *gwCall) awaitRequestEnd(ctx context.Context) error {
 	c.reqMu.Unlock()
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
+	case <-c.g.ctx.Done():
 	}
+	if c.g.ctx.Err() != nil { // also when the caller half-closed as Close began
+		return status.Error(codes.Unavailable, c.g.closingMessage())
+	}
+	return nil
 }
 
 // awaitAcks waits until Kafka acknowledged every request record produced so
-// far, and reports the first produce error.
+// far, and reports the first produce error; UNAVAILABLE once the gateway
+// is closing, as awaitReplies.
 func (c *gwCall) awaitAcks(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
@@ -597,6 +602,8 @@ func (c *gwCall) awaitAcks(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
+	case <-c.g.ctx.Done():
+		return status.Error(codes.Unavailable, c.g.closingMessage())
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
