@@ -421,3 +421,51 @@ func TestConnCloseEndsOnewayClientStream(t *testing.T) {
 		t.Fatalf("oneway client stream after Close: %v; want UNAVAILABLE saying the ClientConn is closed", err)
 	}
 }
+
+// TestConnReplyBufferBoundsEmptyMessages: GatewayReplyBufferBytes bounds
+// what is buffered for a caller that reads more slowly than its replies
+// arrive; past it the call ends RESOURCE_EXHAUSTED. Only the replies'
+// values counted, so a stream of empty messages (or of tiny ones, whose
+// records are mostly key and headers) was buffered without bound: the
+// memory the option promises to bound grew with every reply.
+func TestConnReplyBufferBoundsEmptyMessages(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("rb") + "."
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-requests", prefix+"echo-responses")
+	const n = 1000
+	scriptedWorker(t, kc, prefix, func(rec *kafkaclient.Record, _ *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		for range n {
+			reply([]byte{}, nil) // an empty EchoResponse
+		}
+		reply(nil, hdrs{"zilla:status", "0"})
+		// A record no call waits for, after those on their partition: once
+		// the connection dropped it, it has handled them all.
+		kc.Produce(&kafkaclient.Record{Topic: header(rec, "zilla:reply-to"), Partition: kafkaclient.AnyPartition,
+			Key: []byte(header(rec, "zilla:correlation-id")), Value: []byte{}, Headers: hdrs{"zilla:correlation-id", "nobody"}.headers()},
+			kafkaclient.AcksAll, func(*kafkaclient.Record, error) {})
+	})
+	cc, echo := connTo(t, kc, prefix, runtime.GatewayReplyBufferBytes(16<<10))
+	ctx := ctxFor(t, 30*time.Second)
+	s, err := echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cc.Stats().RepliesDropped == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the replies did not all arrive within 30 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for got := 0; ; got++ {
+		_, err := s.Recv()
+		if err == io.EOF {
+			t.Fatalf("%d empty messages were all buffered for a caller that read none, and the stream ended OK: want RESOURCE_EXHAUSTED past 16 KiB", got)
+		}
+		if err != nil {
+			if status.Code(err) != codes.ResourceExhausted {
+				t.Fatalf("after %d messages: %v, want RESOURCE_EXHAUSTED", got, err)
+			}
+			return
+		}
+	}
+}

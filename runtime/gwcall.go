@@ -52,7 +52,7 @@ type gwCall struct {
 	// reply side, filled by the router
 	mu       sync.Mutex
 	queue    []reply
-	queued   int // bytes in queue
+	queued   int // replyBytes of the records in queue
 	err      error
 	signal   chan struct{} // capacity 1: something was queued or failed
 	finished bool
@@ -452,7 +452,7 @@ type reply struct {
 func (c *gwCall) deliver(rec *kafkaclient.Record, env *wire.Envelope) {
 	c.mu.Lock()
 	if c.err == nil && !c.endQueued {
-		c.queued += len(rec.Value)
+		c.queued += replyBytes(rec)
 		if c.queued > c.g.cfg.replyBufferBytes {
 			c.err = status.Errorf(codes.ResourceExhausted, "%s: caller reads replies too slowly: more than %d bytes buffered", c.m.FullMethod(), c.g.cfg.replyBufferBytes)
 			c.queue = nil
@@ -470,6 +470,18 @@ func (c *gwCall) deliver(rec *kafkaclient.Record, env *wire.Envelope) {
 	}
 	c.mu.Unlock()
 	c.wake()
+}
+
+// replyBytes is what a queued reply record counts against
+// GatewayReplyBufferBytes: its value, key and headers, and the record and
+// queue entry holding them, so that a stream of empty messages is bounded
+// too.
+func replyBytes(rec *kafkaclient.Record) int {
+	n := len(rec.Value) + len(rec.Key) + int(unsafe.Sizeof(*rec)+unsafe.Sizeof(reply{}))
+	for i := range rec.Headers {
+		n += len(rec.Headers[i].Key) + len(rec.Headers[i].Value) + int(unsafe.Sizeof(rec.Headers[i]))
+	}
+	return n
 }
 
 // awaitReplies consumes reply records until the end-of-stream record, an
@@ -494,7 +506,7 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 			batch = batch[:0]
 		}
 		for i := range batch {
-			c.queued -= len(batch[i].rec.Value)
+			c.queued -= replyBytes(batch[i].rec)
 		}
 		err := c.err
 		c.mu.Unlock()

@@ -155,9 +155,10 @@ func GatewaySetupTimeout(d time.Duration) GatewayOption {
 }
 
 // GatewayReplyBufferBytes bounds the reply bytes buffered for one call whose
-// caller reads more slowly than the replies arrive; past it the call ends with
-// RESOURCE_EXHAUSTED instead of growing memory or stalling other calls.
-// Default 64 MiB.
+// caller reads more slowly than the replies arrive (each record's value,
+// key and headers, and the memory holding them); past it the call ends
+// with RESOURCE_EXHAUSTED instead of growing memory or stalling other
+// calls. Default 64 MiB.
 func GatewayReplyBufferBytes(n int) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.replyBufferBytes = n })
 }
