@@ -49,3 +49,11 @@ func SetReplyPartitionsRefresh(d time.Duration) (restore func()) {
 	replyPartitionsRefresh = d
 	return func() { replyPartitionsRefresh = old }
 }
+
+// SetRelayedHook makes every gateway call f when the goroutine relaying a
+// caller's request stream (relayRequests) returns, and returns a function
+// that removes it. Tests only; no test of this package runs in parallel.
+func SetRelayedHook(f func()) (restore func()) {
+	testHookRelayed = f
+	return func() { testHookRelayed = nil }
+}

@@ -300,12 +300,15 @@ func (g *Gateway) Unary(ctx context.Context, m *MethodSpec, in, out proto.Messag
 
 // relayRequests produces the request messages of a client stream as the
 // caller sends them, and ends the request stream when the caller half-closes
-// (or with a cancel when the stream fails). It runs on a goroutine of its
-// own, beside the one relaying the replies.
+// (or with a cancel when the stream fails before the replies ended). It runs
+// on a goroutine of its own, beside the one relaying the replies.
 func relayRequests[Req any, PReq interface {
 	*Req
 	proto.Message
 }](c *gwCall, stream grpc.ServerStream) {
+	if testHookRelayed != nil {
+		defer testHookRelayed()
+	}
 	for {
 		req := PReq(new(Req))
 		err := stream.RecvMsg(req)
@@ -314,7 +317,10 @@ func relayRequests[Req any, PReq interface {
 			return
 		}
 		if err != nil {
-			c.sendEnd(true)
+			// The stream also fails once the call returned because its
+			// replies ended (a bidi or client stream the worker finished
+			// first): that is no cancel, and the end already went out.
+			c.sendEnd(!c.over())
 			return
 		}
 		b, err := proto.Marshal(req)
@@ -326,6 +332,9 @@ func relayRequests[Req any, PReq interface {
 		c.sendData(b)
 	}
 }
+
+// testHookRelayed, when set (tests only), runs when relayRequests returns.
+var testHookRelayed func()
 
 // GatewayStream relays a streaming call on stream. in is the request of a
 // server-streaming call; for client-streaming and bidi calls it is nil and

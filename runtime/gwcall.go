@@ -287,14 +287,20 @@ func (c *gwCall) abandon(err error) error {
 // it: with a cancel status when the call did not finish normally. err is the
 // call's outcome.
 func (c *gwCall) end(err error) {
-	c.mu.Lock()
-	finished := c.finished
-	c.mu.Unlock()
-	c.sendEnd(!finished)
+	c.sendEnd(!c.over())
 	if c.rp.router != nil {
 		c.rp.router.remove(c)
 	}
 	c.tel.end(c.ctx, c.start, err)
+}
+
+// over reports whether the call finished: its reply stream ended (or, for
+// a oneway call, Kafka acknowledged its requests). A request stream ending
+// after that is no cancel.
+func (c *gwCall) over() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.finished
 }
 
 // produce produces one request record. Called with reqMu held.
