@@ -26,6 +26,26 @@ func transportMetadata(name string) bool {
 	return false
 }
 
+// withoutTransport returns md without its transport metadata: the
+// response headers and trailers a handler sets, or a proxy's target sent
+// (grpc-go reports the target's content-type and grpc-status-details-bin
+// among them), are written to Kafka as reply headers, where transport
+// metadata never goes. md itself is left as it is.
+func withoutTransport(md metadata.MD) metadata.MD {
+	for k := range md {
+		if transportMetadata(k) {
+			out := make(metadata.MD, len(md))
+			for k, v := range md {
+				if !transportMetadata(k) {
+					out[k] = v
+				}
+			}
+			return out
+		}
+	}
+	return md
+}
+
 // metadataFilter decides which request metadata names are written to Kafka:
 // never transport metadata; with an allow list only the names on it; else
 // every name not denied.

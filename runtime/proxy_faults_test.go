@@ -3,8 +3,10 @@ package runtime_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // scriptedTarget is a proxy target whose answers the tests choose.
@@ -197,5 +200,68 @@ func TestProxyBidiCancelReachesTargetBlockedInRecv(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the caller's cancel did not reach the target blocked in Recv within 30 s")
+	}
+}
+
+// TestProxyRepliesCarryNoTransportMetadata: WIRE.md, "Metadata that must
+// never be copied into Kafka: HTTP/2 pseudo-headers, content-type, te,
+// user-agent, grpc-* transport headers." A proxying worker hands its
+// target's response headers and trailers on as meta:/trailer: headers, but
+// grpc-go's client reports the target's content-type among them, and its
+// grpc-status-details-bin among the trailers: neither may reach the reply
+// records (the status and its details travel in zilla:status,
+// zilla:message and zilla:status-details-bin). The application's own
+// metadata still does.
+func TestProxyRepliesCarryNoTransportMetadata(t *testing.T) {
+	st, err := status.New(codes.FailedPrecondition, "no such order").WithDetails(&errdetails.ResourceInfo{ResourceName: "o-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := listenTarget(t, &scriptedTarget{
+		unary: func(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+			_ = grpc.SetHeader(ctx, metadata.Pairs("x-header", "h"))
+			_ = grpc.SetTrailer(ctx, metadata.Pairs("x-trailer", "t"))
+			if req.GetFailCode() != 0 {
+				return nil, st.Err()
+			}
+			return &echov1.EchoResponse{Message: req.GetMessage()}, nil
+		},
+	})
+	e := setupProxy(t, addr)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	ctx := ctxFor(t, 60*time.Second)
+	for _, fail := range []bool{false, true} {
+		key := fmt.Sprintf("transport-%v", fail)
+		req := &echov1.EchoRequest{Message: "x"}
+		if fail {
+			req.FailCode = int32(codes.FailedPrecondition)
+		}
+		_, err := e.echo.EchoUnary(metadata.AppendToOutgoingContext(ctx, "idempotency-key", key), req)
+		switch {
+		case fail && status.Code(err) != codes.FailedPrecondition:
+			t.Fatalf("failing call: %v, want FAILED_PRECONDITION", err)
+		case !fail && err != nil:
+			t.Fatalf("call: %v", err)
+		}
+		id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoUnary", e.topic("echo-responses"))
+		own := map[string]bool{}
+		for _, rec := range replies.await(t, id) {
+			for _, h := range rec.Headers {
+				name, ok := strings.CutPrefix(h.Key, "meta:")
+				if !ok {
+					name, ok = strings.CutPrefix(h.Key, "trailer:")
+				}
+				if !ok {
+					continue
+				}
+				if name == "content-type" || name == "te" || name == "user-agent" || strings.HasPrefix(name, ":") || strings.HasPrefix(name, "grpc-") {
+					t.Errorf("call failing=%v: reply record carries transport metadata %s=%q", fail, h.Key, h.Value)
+				}
+				own[h.Key] = true
+			}
+		}
+		if !own["meta:x-header"] || !own["trailer:x-trailer"] {
+			t.Errorf("call failing=%v: the target's own header and trailer are missing from the replies (got %v)", fail, own)
+		}
 	}
 }

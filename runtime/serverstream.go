@@ -277,7 +277,7 @@ func (c *call) setHeader(md metadata.MD, send bool) error {
 	if o.frozen {
 		return status.Error(codes.Internal, "transport: the stream is done or SendHeader was already called")
 	}
-	o.header = metadata.Join(o.header, md)
+	o.header = metadata.Join(o.header, withoutTransport(md))
 	if send {
 		c.freezeHeaders()
 	}
@@ -286,7 +286,7 @@ func (c *call) setHeader(md metadata.MD, send bool) error {
 
 func (c *call) setTrailer(md metadata.MD) {
 	c.out.mu.Lock()
-	c.out.trailer = metadata.Join(c.out.trailer, md)
+	c.out.trailer = metadata.Join(c.out.trailer, withoutTransport(md))
 	c.out.mu.Unlock()
 }
 
