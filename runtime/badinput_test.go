@@ -233,6 +233,26 @@ func TestBadRequests(t *testing.T) {
 		}
 	})
 
+	// WIRE.md: "No correlation id: the record is skipped (and counted)".
+	// An empty one is no id: the worker ran the record as a oneway call
+	// (no reply, on a topic that is no oneway route), and for a stream
+	// every record would start a call of its own.
+	t.Run("empty correlation id is skipped as none", func(t *testing.T) {
+		before, calls := e.worker.Stats().SkippedNoCorrelationID, e.worker.Stats().Calls
+		h := append(requestHeaders(e, echoService, "EchoUnary", ""), "zilla:correlation-id", "")
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: h.headers()})
+		ok := requestHeaders(e, echoService, "EchoUnary", "after-empty-id")
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: ok.headers()})
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: ok.headers()})
+		replies.await(t, "after-empty-id")
+		if n := e.worker.Stats().SkippedNoCorrelationID - before; n != 1 {
+			t.Fatalf("SkippedNoCorrelationID grew by %d, want 1", n)
+		}
+		if n := e.worker.Stats().Calls - calls; n != 1 {
+			t.Fatalf("the worker started %d calls, want 1: the record with an empty correlation id ran too", n)
+		}
+	})
+
 	t.Run("no correlation id is skipped and the next request served", func(t *testing.T) {
 		before := e.worker.Stats().SkippedNoCorrelationID
 		h := requestHeaders(e, echoService, "EchoUnary", "")

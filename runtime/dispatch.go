@@ -34,6 +34,9 @@ import (
 // a new call, or answers or skips it when it cannot be served.
 func (w *Worker) handle(rec *kafkaclient.Record) {
 	env := wire.Decode(&w.cfg.names, rec.Headers, rec.Value)
+	if len(env.CorrelationID) == 0 {
+		env.CorrelationID = nil // an empty id is none (WIRE.md: skipped, and counted)
+	}
 	w.mu.Lock()
 	pt := w.track(rec)
 	var (
