@@ -103,7 +103,7 @@ func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpe
 		// NOT_LEADER_OR_FOLLOWER or UNKNOWN_TOPIC_OR_PARTITION. Wait until
 		// the metadata shows a leader for every partition.
 		for _, t := range topics {
-			if err := waitLeaders(ctx, p, t.Name); err != nil {
+			if err := waitLeaders(ctx, p, t.Name, 1); err != nil {
 				return err
 			}
 		}
@@ -111,9 +111,10 @@ func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpe
 	})
 }
 
-// waitLeaders polls the metadata of topic until every partition has a
-// leader that answers ListOffsets, or ctx ends.
-func waitLeaders(ctx context.Context, p *producer, topic string) error {
+// waitLeaders polls the metadata of topic until it shows at least atLeast
+// partitions (and at least one), each with a leader that answers
+// ListOffsets, or ctx ends.
+func waitLeaders(ctx context.Context, p *producer, topic string, atLeast int) error {
 	backoff := 10 * time.Millisecond
 	var last string
 	for {
@@ -125,8 +126,8 @@ func waitLeaders(ctx context.Context, p *producer, topic string) error {
 				last = "topic not in metadata"
 			case tm.Error.Code() != kafka.ErrNoError:
 				last = tm.Error.String()
-			case len(tm.Partitions) == 0:
-				last = "no partitions"
+			case len(tm.Partitions) == 0 || len(tm.Partitions) < atLeast:
+				last = fmt.Sprintf("%d partitions, not %d yet", len(tm.Partitions), max(atLeast, 1))
 			default:
 				ready := true
 				for _, pm := range tm.Partitions {
@@ -169,6 +170,49 @@ func waitLeaders(ctx context.Context, p *producer, topic string) error {
 		}
 		backoff = min(backoff*2, 250*time.Millisecond)
 	}
+}
+
+// CreatePartitions raises the partition count of topic to total with the
+// AdminClient's CreatePartitions: a topic that has total partitions or more
+// already is left as it is, and that is not an error (nor is losing a race
+// with another client raising it as far). A topic that does not exist is an
+// error wrapping kafkaclient.ErrUnknownTopic. It returns once the metadata
+// shows total partitions, each with a leader that answers ListOffsets.
+// Without a deadline in ctx the call is bounded by 30s. Safe for concurrent
+// use.
+func (c *Client) CreatePartitions(ctx context.Context, topic string, total int32) error {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	have, err := c.Partitions(ctx, topic)
+	if err != nil {
+		return err
+	}
+	if int32(len(have)) >= total {
+		return nil
+	}
+	return c.withAdmin(func(p *producer) error {
+		adm, err := p.adminClient()
+		if err != nil {
+			return fmt.Errorf("confluent: admin client: %w", err)
+		}
+		dl, _ := ctx.Deadline()
+		res, err := adm.CreatePartitions(ctx, []kafka.PartitionsSpecification{{Topic: topic, IncreaseTo: int(total)}},
+			kafka.SetAdminOperationTimeout(time.Until(dl)))
+		if err == nil {
+			for _, r := range res {
+				if r.Error.Code() != kafka.ErrNoError {
+					err = r.Error
+				}
+			}
+		}
+		if err != nil {
+			// Another client raised it meanwhile: fine when far enough.
+			if have, perr := c.Partitions(ctx, topic); perr != nil || int32(len(have)) < total {
+				return fmt.Errorf("confluent: create partitions of %s (to %d): %w", topic, total, err)
+			}
+		}
+		return waitLeaders(ctx, p, topic, int(total))
+	})
 }
 
 // Partitions lists the partition ids of topic, in increasing order, from

@@ -114,7 +114,7 @@ func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpe
 		// metadata asynchronously), and until then they report the
 		// topics unknown. Return once they are usable.
 		for _, t := range topics {
-			if err := waitTopic(ctx, kc, t.Name); err != nil {
+			if err := waitTopic(ctx, kc, t.Name, 1); err != nil {
 				return err
 			}
 		}
@@ -122,11 +122,12 @@ func (c *Client) CreateTopics(ctx context.Context, topics []kafkaclient.TopicSpe
 	})
 }
 
-// waitTopic waits until the metadata of every broker shows topic with a
-// leader for every partition, or ctx ends: a metadata request may go to any
-// broker, and each learns of a new topic on its own time. A broker listed
-// but not answering (down, not yet fenced) is not waited for.
-func waitTopic(ctx context.Context, kc *kgo.Client, topic string) error {
+// waitTopic waits until the metadata of every broker shows topic with at
+// least atLeast partitions and a leader for every partition, or ctx ends: a
+// metadata request may go to any broker, and each learns of a new topic (or
+// partition) on its own time. A broker listed but not answering (down, not
+// yet fenced) is not waited for.
+func waitTopic(ctx context.Context, kc *kgo.Client, topic string, atLeast int) error {
 	req := kmsg.NewPtrMetadataRequest()
 	rt := kmsg.NewMetadataRequestTopic()
 	rt.Topic = kmsg.StringPtr(topic)
@@ -136,16 +137,17 @@ func waitTopic(ctx context.Context, kc *kgo.Client, topic string) error {
 		return fmt.Errorf("franz: metadata of %s: %w", topic, err)
 	}
 	for _, b := range resp.Brokers {
-		if err := waitTopicOn(ctx, kc.Broker(int(b.NodeID)), topic); err != nil {
+		if err := waitTopicOn(ctx, kc.Broker(int(b.NodeID)), topic, atLeast); err != nil {
 			return fmt.Errorf("%w (broker %d)", err, b.NodeID)
 		}
 	}
 	return nil
 }
 
-// waitTopicOn waits until the metadata of broker b shows topic with a
-// leader for every partition, or ctx ends.
-func waitTopicOn(ctx context.Context, b *kgo.Broker, topic string) error {
+// waitTopicOn waits until the metadata of broker b shows topic with at
+// least atLeast partitions (and at least one) and a leader for every
+// partition, or ctx ends.
+func waitTopicOn(ctx context.Context, b *kgo.Broker, topic string, atLeast int) error {
 	backoff := 5 * time.Millisecond
 	for {
 		req := kmsg.NewPtrMetadataRequest()
@@ -166,8 +168,8 @@ func waitTopicOn(ctx context.Context, b *kgo.Broker, topic string) error {
 				continue
 			}
 			if why = kerr.ErrorForCode(t.ErrorCode); why == nil {
-				if len(t.Partitions) == 0 {
-					why = errors.New("no partitions yet")
+				if len(t.Partitions) == 0 || len(t.Partitions) < atLeast {
+					why = fmt.Errorf("%d partitions, not %d yet", len(t.Partitions), max(atLeast, 1))
 				}
 				for _, p := range t.Partitions {
 					if why = kerr.ErrorForCode(p.ErrorCode); why == nil && p.Leader < 0 {
@@ -187,6 +189,72 @@ func waitTopicOn(ctx context.Context, b *kgo.Broker, topic string) error {
 		}
 		backoff = min(backoff*2, 250*time.Millisecond)
 	}
+}
+
+// CreatePartitions raises the partition count of topic to total with one
+// kadm UpdatePartitions request (Kafka's CreatePartitions): a topic that has
+// total partitions or more already is left as it is, and that is not an
+// error (nor is losing a race with another client raising it as far). A
+// topic that does not exist is an error wrapping kafkaclient.ErrUnknownTopic.
+// It returns once the metadata of every broker shows total partitions, each
+// with a leader, and the client's producers know of them (a record to a
+// chosen new partition is taken at once). Without a deadline in ctx the call is bounded by 30s. Safe
+// for concurrent use.
+func (c *Client) CreatePartitions(ctx context.Context, topic string, total int32) error {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	return c.withAdmin(ctx, func(kc *kgo.Client, adm *kadm.Client) error {
+		have, err := fetchPartitions(ctx, kc, topic)
+		if err != nil {
+			return err
+		}
+		if int32(len(have)) >= total {
+			return nil
+		}
+		res, err := adm.UpdatePartitions(ctx, int(total), topic)
+		if err == nil {
+			if r, ok := res[topic]; ok && r.Err != nil {
+				err = r.Err
+				if r.ErrMessage != "" {
+					err = fmt.Errorf("%w (%s)", err, r.ErrMessage)
+				}
+			}
+		}
+		if err != nil {
+			// Another client raised it meanwhile: fine when far enough.
+			if have, perr := fetchPartitions(ctx, kc, topic); perr != nil || int32(len(have)) < total {
+				return fmt.Errorf("franz: create partitions of %s (to %d): %w", topic, total, err)
+			}
+		}
+		if err := waitTopic(ctx, kc, topic, int(total)); err != nil {
+			return err
+		}
+		return c.refreshProducers(ctx, topic, total)
+	})
+}
+
+// refreshProducers makes every producer of c that knows topic learn that it
+// has total partitions: kgo fails a record to a partition it has not
+// learnt of, and would learn of one only when its metadata ages
+// (MetadataMaxAge). c.mu must be held (shared).
+func (c *Client) refreshProducers(ctx context.Context, topic string, total int32) error {
+	for _, kc := range c.liveProducers() {
+		if leader, _, _ := kc.PartitionLeader(topic, 0); leader < 0 {
+			continue // not known: its first record loads the topic afresh
+		}
+		backoff := 5 * time.Millisecond
+		for {
+			if leader, _, _ := kc.PartitionLeader(topic, total-1); leader >= 0 {
+				break
+			}
+			kc.ForceMetadataRefresh()
+			if err := sleep(ctx, backoff); err != nil {
+				return fmt.Errorf("franz: topic %s grew to %d partitions, but a producer has not learnt of them: %w", topic, total, err)
+			}
+			backoff = min(backoff*2, 250*time.Millisecond)
+		}
+	}
+	return nil
 }
 
 // Partitions lists the partition ids of topic, in increasing order, from a

@@ -131,6 +131,13 @@ type Client interface {
 	// CreateTopics creates the topics that do not exist yet; a topic that
 	// already exists is not an error.
 	CreateTopics(ctx context.Context, topics []TopicSpec) error
+	// CreatePartitions raises the partition count of topic to total (Kafka
+	// never lowers one): a topic that has total partitions or more already
+	// is left as it is, and that is not an error. A topic that does not
+	// exist is an error wrapping ErrUnknownTopic. It returns once the
+	// metadata shows every partition with a leader, so that the new ones can
+	// be used at once.
+	CreatePartitions(ctx context.Context, topic string, total int32) error
 	// Partitions lists the partition ids of topic. A topic that does not exist
 	// is an error wrapping ErrUnknownTopic.
 	Partitions(ctx context.Context, topic string) ([]int32, error)

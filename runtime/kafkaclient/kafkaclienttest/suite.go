@@ -25,6 +25,7 @@ func Run(t *testing.T, f Factory) {
 		fn   func(*testing.T, Factory)
 	}{
 		{"CreateTopicsAndPartitions", testCreateTopicsAndPartitions},
+		{"CreatePartitions", testCreatePartitions},
 		{"Brokers", testBrokers},
 		{"OffsetsEarliestLatest", testOffsetsEarliestLatest},
 		{"KeyPartitioningMatchesJava", testKeyPartitioningMatchesJava},
@@ -108,6 +109,53 @@ func testCreateTopicsAndPartitions(t *testing.T, f Factory) {
 	}
 	if err := e.client.CreateTopics(ctx, nil); err != nil {
 		t.Fatalf("CreateTopics(nil) = %v", err)
+	}
+}
+
+// testCreatePartitions grows a topic, produces to a new partition at once
+// and reads the record back; raising a topic to fewer partitions than it has
+// changes nothing and is no error; an unknown topic is ErrUnknownTopic.
+func testCreatePartitions(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{})
+	ctx := ctxT(t, 60*time.Second)
+	topic := e.createTopic(t, "grow", 1)
+	// Known to the client's metadata as it was, before it grows.
+	e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("before")}, kafkaclient.AcksAll)
+	if err := e.client.CreatePartitions(ctx, topic, 3); err != nil {
+		t.Fatalf("CreatePartitions(3): %v", err)
+	}
+	if parts, err := e.client.Partitions(ctx, topic); err != nil || !slices.Equal(parts, []int32{0, 1, 2}) {
+		t.Fatalf("partitions after CreatePartitions(3) = %v, %v; want [0 1 2]", parts, err)
+	}
+	got := e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 2, Value: []byte("new")}, kafkaclient.AcksAll)
+	if got.Partition != 2 || got.Offset != 0 {
+		t.Fatalf("record produced to the new partition 2 delivered at %d/%d", got.Partition, got.Offset)
+	}
+	offs, err := e.client.Offsets(ctx, topic, []int32{1, 2}, kafkaclient.Latest)
+	if err != nil || offs[1] != 0 || offs[2] != 1 {
+		t.Fatalf("end offsets of the new partitions = %v, %v; want 1: 0, 2: 1", offs, err)
+	}
+	rd := e.readerFrom(t, topic, kafkaclient.Earliest)
+	recs := readN(t, rd, 2, 30*time.Second)
+	var newRec *kafkaclient.Record
+	for _, r := range recs {
+		if r.Partition == 2 {
+			newRec = r
+		}
+	}
+	if newRec == nil || string(newRec.Value) != "new" {
+		t.Fatalf("read back %d records, none on partition 2 with value \"new\"", len(recs))
+	}
+	for _, total := range []int32{3, 2} {
+		if err := e.client.CreatePartitions(ctx, topic, total); err != nil {
+			t.Fatalf("CreatePartitions(%d) on a topic of 3: %v; want no error", total, err)
+		}
+	}
+	if parts, err := e.client.Partitions(ctx, topic); err != nil || len(parts) != 3 {
+		t.Fatalf("partitions = %v, %v; want 3 still", parts, err)
+	}
+	if err := e.client.CreatePartitions(ctx, e.name("missing"), 2); !errors.Is(err, kafkaclient.ErrUnknownTopic) {
+		t.Fatalf("CreatePartitions(missing) = %v, want ErrUnknownTopic", err)
 	}
 }
 
