@@ -57,3 +57,13 @@ func SetRelayedHook(f func()) (restore func()) {
 	testHookRelayed = f
 	return func() { testHookRelayed = nil }
 }
+
+// SetFetchPartitionsRefresh sets how often fetch hubs look for partitions
+// added to their topics, for hubs started afterwards, and returns a
+// function that restores the default. Tests only; no test of this package
+// runs in parallel.
+func SetFetchPartitionsRefresh(d time.Duration) (restore func()) {
+	old := fetchPartitionsRefresh
+	fetchPartitionsRefresh = d
+	return func() { fetchPartitionsRefresh = old }
+}

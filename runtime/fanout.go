@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,9 +20,19 @@ import (
 //
 //   - One hub per fetched topic per gateway, started by the topic's first
 //     caller and read until the gateway closes: one Kafka reader over every
-//     partition the topic has when the hub starts (partitions added later
-//     are not read until the gateway restarts), starting GatewayFetchPreload
-//     records before the end of each partition.
+//     partition the topic has when the hub starts, starting
+//     GatewayFetchPreload records before the end of each partition. The hub
+//     looks for partitions added to its topic every 10 seconds
+//     (watchPartitions) and reads each new one from its earliest offset, so
+//     that the records written there before it noticed are not lost.
+//   - An event id that does not name a partition means "from its earliest
+//     record" (WIRE.md): so an id taken before the topic grew resumes the
+//     new partitions from their start, and a caller following the hub when
+//     it notices new partitions gets their records from the first one, in
+//     the window like any other. Its ids name them from then on. An id
+//     naming a partition the hub does not read yet (another gateway noticed
+//     it first) carries it on unchanged until the hub reads it, then resumes
+//     it from there (fetchCall.syncPartsLocked).
 //   - The hub keeps a window of the records it read last, bounded in bytes
 //     (GatewayFetchWindow). A record is kept once, however many callers read
 //     it; each caller has a cursor into the window and its own progress (the
@@ -180,15 +191,28 @@ func (f *fanout) hub(ctx context.Context, topic string) (*fanoutHub, error) {
 
 // fanoutHub reads one fetched topic for every caller of this gateway: one
 // Kafka reader over all the topic's partitions (those it had when the hub
-// started) and a window of the most recent records, bounded in bytes.
+// started, and those added since as it notices them: watchPartitions) and a
+// window of the most recent records, bounded in bytes.
 type fanoutHub struct {
-	f      *fanout
-	topic  string
-	parts  []int32       // sorted
-	index  map[int32]int // partition -> position in parts
-	reader kafkaclient.Reader
+	f       *fanout
+	topic   string
+	reader  kafkaclient.Reader
+	refresh time.Duration // fetchPartitionsRefresh when the hub started
+	watched chan struct{} // closed when watchPartitions returned
+	// unassigned are partitions added to parts whose Assign to the reader
+	// failed, assigned again at the next look (watchPartitions' own).
+	unassigned []kafkaclient.TopicPartitionOffset
 
-	mu      sync.RWMutex
+	mu sync.RWMutex
+	// parts are the partitions read, sorted: only ever appended to (Kafka
+	// numbers a topic's partitions from 0 and adds new ones after the
+	// last), so that a copy of the slice taken under mu stays valid. index
+	// maps a partition to its position in parts; it is replaced, never
+	// changed, so that a copy taken under mu may be read without it. Every
+	// per-partition slice below is indexed by that position.
+	parts   []int32
+	index   map[int32]int
+	from    []int64    // per partition: the offset the hub started reading at
 	entries []hubEntry // entries[head:] is the window, oldest first
 	head    int
 	nextSeq uint64        // sequence number of the next record read
@@ -196,7 +220,7 @@ type fanoutHub struct {
 	bytes   int64         // bytes in the window
 	lo      []int64       // per partition: the window holds every record from lo
 	hi      []int64       // per partition: up to hi, the next offset the hub reads
-	whole   []bool        // per partition: the window starts at the earliest record retained when the hub started
+	whole   []bool        // per partition: the window starts at the earliest record retained when the hub started reading it
 	wake    chan struct{} // closed (and replaced) when records arrive or the hub ends
 	closed  bool
 	// ended says why the hub ended before the gateway closed (its topic's
@@ -230,6 +254,10 @@ const (
 	skipInvalid
 )
 
+// fetchPartitionsRefresh is how often a fetch hub looks for partitions
+// added to its topic (watchPartitions).
+var fetchPartitionsRefresh = 10 * time.Second
+
 // entryOverhead approximates the bookkeeping bytes of one window entry.
 const entryOverhead = 96
 
@@ -260,8 +288,8 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: looking up end offsets: %v", topic, err)
 	}
 	h := &fanoutHub{f: f, topic: topic, parts: parts, index: make(map[int32]int, len(parts)),
-		lo: make([]int64, len(parts)), hi: make([]int64, len(parts)), whole: make([]bool, len(parts)),
-		wake: make(chan struct{})}
+		from: make([]int64, len(parts)), lo: make([]int64, len(parts)), hi: make([]int64, len(parts)), whole: make([]bool, len(parts)),
+		wake: make(chan struct{}), refresh: fetchPartitionsRefresh, watched: make(chan struct{})}
 	preload := f.cfg.preloadOf(len(parts))
 	assign := make([]kafkaclient.TopicPartitionOffset, len(parts))
 	for i, p := range parts {
@@ -270,7 +298,7 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 		if end[p]-start > preload {
 			start = end[p] - preload
 		}
-		h.lo[i], h.hi[i], h.whole[i] = start, start, start == first[p]
+		h.from[i], h.lo[i], h.hi[i], h.whole[i] = start, start, start, start == first[p]
 		assign[i] = kafkaclient.TopicPartitionOffset{Topic: topic, Partition: p, Offset: start}
 	}
 	reader, err := g.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: g.cfg.readCommitted})
@@ -288,6 +316,7 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 	}
 	var hctx context.Context
 	hctx, h.cancel = context.WithCancel(g.ctx)
+	go h.watchPartitions(hctx)
 	go h.run(hctx)
 	g.cfg.logger.Info("kafkarpc: fetch hub started", "topic", topic, "partitions", len(parts), "from", assign)
 	return h, nil
@@ -319,6 +348,7 @@ func (h *fanoutHub) run(ctx context.Context) {
 		h.closed = true
 		close(h.wake)
 		h.mu.Unlock()
+		<-h.watched // its last Assign returned: ctx ended for it too
 		_ = h.reader.Close()
 	}()
 	pollUntilDone(ctx, h.reader.Poll, func(err error) {
@@ -328,6 +358,85 @@ func (h *fanoutHub) run(ctx context.Context) {
 			h.checkRestart(ctx, back)
 		}
 	})
+}
+
+// watchPartitions looks for partitions added to the hub's topic every
+// fetchPartitionsRefresh (as it was when the hub started) until ctx ends
+// (addPartitions).
+func (h *fanoutHub) watchPartitions(ctx context.Context) {
+	defer close(h.watched)
+	t := time.NewTicker(h.refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := h.addPartitions(ctx); err != nil && ctx.Err() == nil {
+			h.f.g.cfg.logger.Warn("kafkarpc: looking for partitions added to a fetch topic", "topic", h.topic, "error", err)
+		}
+	}
+}
+
+// addPartitions reads the partitions added to the hub's topic since it
+// last looked, from their earliest offsets: records written there before
+// the hub noticed them are not lost. The hub's state takes them first, then
+// the reader, so that their first records find them; a caller learns of
+// them at its next look at the hub (fetchCall.syncPartsLocked). Run by
+// watchPartitions only, the one writer of parts and index.
+func (h *fanoutHub) addPartitions(ctx context.Context) error {
+	g := h.f.g
+	if len(h.unassigned) > 0 {
+		if err := h.reader.Assign(h.unassigned); err != nil {
+			return fmt.Errorf("assigning partitions %v again: %w", h.unassigned, err)
+		}
+		h.unassigned = nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.setupTimeout)
+	defer cancel()
+	parts, err := g.client.Partitions(ctx, h.topic)
+	if err != nil {
+		return err
+	}
+	var added []int32
+	for _, p := range parts {
+		if _, ok := h.index[p]; !ok { // the writer's own: no lock needed
+			added = append(added, p)
+		}
+	}
+	if len(added) == 0 {
+		return nil
+	}
+	slices.Sort(added)
+	if last := h.parts[len(h.parts)-1]; added[0] < last {
+		// Not Kafka: it numbers partitions from 0 with no gap.
+		return fmt.Errorf("new partitions %v number below partition %d read already; not read", added, last)
+	}
+	first, err := g.client.Offsets(ctx, h.topic, added, kafkaclient.Earliest)
+	if err != nil {
+		return fmt.Errorf("looking up the earliest offsets of new partitions %v: %w", added, err)
+	}
+	assign := make([]kafkaclient.TopicPartitionOffset, len(added))
+	index := maps.Clone(h.index)
+	h.mu.Lock()
+	for i, p := range added {
+		index[p] = len(h.parts)
+		h.parts = append(h.parts, p)
+		h.from = append(h.from, first[p])
+		h.lo = append(h.lo, first[p])
+		h.hi = append(h.hi, first[p])
+		h.whole = append(h.whole, true)
+		assign[i] = kafkaclient.TopicPartitionOffset{Topic: h.topic, Partition: p, Offset: first[p]}
+	}
+	h.index = index
+	h.mu.Unlock()
+	g.cfg.logger.Info("kafkarpc: fetch hub reads partitions added to its topic", "topic", h.topic, "from", assign)
+	if err := h.reader.Assign(assign); err != nil {
+		h.unassigned = assign
+		return fmt.Errorf("assigning new partitions %v: %w", added, err)
+	}
+	return nil
 }
 
 // restartRecheck is how often, at most, a hub that reads records from

@@ -1,9 +1,11 @@
 package runtime
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -47,8 +49,13 @@ type fetchCall struct {
 	field   protowire.Number
 	resume  string // metadata name quoted in errors
 
+	// parts and index are the hub's partitions (and their positions) as the
+	// caller last looked (syncPartsLocked): copies it reads without the
+	// hub's lock. next has one offset per partition of parts.
+	parts   []int32
+	index   map[int32]int
 	next    []int64      // per hub partition index: the next offset to deliver
-	foreign wire.EventID // partitions of the caller's id the hub does not read
+	foreign wire.EventID // partitions of the caller's id the hub does not read (yet), sorted
 	cursor  uint64       // next window record, once on the hub
 	minLag  int64        // least lag seen on the hub, -1 before the first look
 	idbuf   []byte
@@ -104,18 +111,26 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 	}
 	c := &fetchCall{f: f, m: m, hub: hub, ctx: ctx, stream: stream, carrier: carrier,
 		filter: filter, field: protowire.Number(field), resume: names[0],
-		next: make([]int64, len(hub.parts)), minLag: -1, direct: zeroCopy(stream)}
-	for i, p := range hub.parts {
+		minLag: -1, direct: zeroCopy(stream)}
+	hub.mu.RLock()
+	c.parts, c.index = hub.parts, hub.index
+	hub.mu.RUnlock()
+	// A partition the id does not name starts at its earliest record
+	// (WIRE.md), also one added to the topic after the id was handed out:
+	// the caller has seen none of its records.
+	c.next = make([]int64, len(c.parts))
+	for i, p := range c.parts {
 		c.next[i] = earliest
 		if off, ok := id.Offset(p); ok {
 			c.next[i] = off
 		}
 	}
 	for _, po := range id {
-		if _, ok := hub.index[po.Partition]; !ok {
+		if _, ok := c.index[po.Partition]; !ok {
 			c.foreign = append(c.foreign, po)
 		}
 	}
+	slices.SortFunc(c.foreign, func(a, b wire.PartitionOffset) int { return cmp.Compare(a.Partition, b.Partition) })
 	if err := c.checkForeign(); err != nil {
 		return err
 	}
@@ -138,8 +153,9 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 }
 
 // checkForeign checks the partitions of the caller's resume id that the
-// hub does not read: a partition added to the topic since the hub started
-// is carried on in the caller's ids as it is; one the topic does not have
+// hub does not read: a partition added to the topic that the hub has not
+// noticed yet is carried on in the caller's ids as it is, until the hub
+// reads it (syncPartsLocked); one the topic does not have
 // (an id of another topic, or a forged one) is refused with
 // INVALID_ARGUMENT, as is an offset beyond its partition's end.
 func (c *fetchCall) checkForeign() error {
@@ -187,6 +203,7 @@ func (c *fetchCall) checkForeign() error {
 func (c *fetchCall) position() (bool, error) {
 	h := c.hub
 	h.mu.RLock()
+	c.syncPartsLocked()
 	needEarliest, ahead := false, false
 	for i := range c.next {
 		switch {
@@ -208,11 +225,11 @@ func (c *fetchCall) position() (bool, error) {
 	defer cancel()
 	client := c.f.g.client
 	if ahead {
-		end, err := client.Offsets(ctx, h.topic, h.parts, kafkaclient.Latest)
+		end, err := client.Offsets(ctx, h.topic, c.parts, kafkaclient.Latest)
 		if err != nil {
 			return false, status.Errorf(codes.Unavailable, "%s: looking up the end offsets of %q: %v", c.m.FullMethod(), h.topic, err)
 		}
-		for i, p := range h.parts {
+		for i, p := range c.parts {
 			if c.next[i] > end[p] {
 				return false, status.Errorf(codes.InvalidArgument, "%s: cannot resume: event id gives offset %d for partition %d of %q, whose end is %d",
 					c.m.FullMethod(), c.next[i], p, h.topic, end[p])
@@ -220,11 +237,11 @@ func (c *fetchCall) position() (bool, error) {
 		}
 	}
 	if needEarliest {
-		first, err := client.Offsets(ctx, h.topic, h.parts, kafkaclient.Earliest)
+		first, err := client.Offsets(ctx, h.topic, c.parts, kafkaclient.Earliest)
 		if err != nil {
 			return false, status.Errorf(codes.Unavailable, "%s: looking up the earliest offsets of %q: %v", c.m.FullMethod(), h.topic, err)
 		}
-		for i, p := range h.parts {
+		for i, p := range c.parts {
 			switch {
 			case c.next[i] == earliest:
 				c.next[i] = first[p]
@@ -237,6 +254,7 @@ func (c *fetchCall) position() (bool, error) {
 	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	c.syncPartsLocked()
 	if h.coversLocked(c.next, false) {
 		c.cursor = h.cursorLocked(c.next)
 		return true, nil
@@ -339,22 +357,31 @@ func (c *fetchCall) catchUpWith() (again bool, err error) {
 	r := &catchUpReader{reader: reader, done: make(chan struct{})}
 	go f.catchUpWatch(r)
 	defer close(r.done)
-	assign := make([]kafkaclient.TopicPartitionOffset, len(h.parts))
-	for i, p := range h.parts {
-		assign[i] = kafkaclient.TopicPartitionOffset{Topic: h.topic, Partition: p, Offset: c.next[i]}
-	}
-	r.mu.Lock()
-	if !r.closed {
-		err = reader.Assign(assign)
-	}
-	r.mu.Unlock()
-	if err != nil {
-		return false, c.unavailable("assigning the catch-up reader: " + err.Error())
-	}
-	g.cfg.logger.Debug("kafkarpc: fetch catching up", "method", c.m.FullMethod(), "topic", h.topic, "from", assign)
+	assigned := 0 // c.parts[:assigned] are assigned to the reader
 	for {
+		// The hub may have added partitions (handOver took them on):
+		// the reader reads them too, from the caller's position.
+		if n := len(c.parts); n > assigned {
+			assign := make([]kafkaclient.TopicPartitionOffset, 0, n-assigned)
+			for i := assigned; i < n; i++ {
+				assign = append(assign, kafkaclient.TopicPartitionOffset{Topic: h.topic, Partition: c.parts[i], Offset: c.next[i]})
+			}
+			r.mu.Lock()
+			if !r.closed {
+				err = reader.Assign(assign)
+			}
+			r.mu.Unlock()
+			if err != nil {
+				return false, c.unavailable("assigning the catch-up reader: " + err.Error())
+			}
+			assigned = n
+			g.cfg.logger.Debug("kafkarpc: fetch catching up", "method", c.m.FullMethod(), "topic", h.topic, "from", assign)
+		}
 		if done, err := c.handOver(); done || err != nil {
 			return false, err
+		}
+		if len(c.parts) > assigned {
+			continue
 		}
 		r.mu.Lock()
 		if r.closed {
@@ -377,8 +404,8 @@ func (c *fetchCall) catchUpWith() (again bool, err error) {
 			return false, c.unavailable("reading " + h.topic + ": " + err.Error())
 		}
 		for _, rec := range recs {
-			pi, ok := h.index[rec.Partition]
-			if !ok || rec.Topic != h.topic {
+			pi, ok := c.index[rec.Partition]
+			if !ok || pi >= assigned || rec.Topic != h.topic {
 				continue
 			}
 			skip := deliverable
@@ -398,6 +425,32 @@ func (c *fetchCall) catchUpWith() (again bool, err error) {
 	}
 }
 
+// syncPartsLocked takes on the partitions the hub added since the caller
+// last looked (addPartitions), with the hub's lock held (shared). The caller
+// has received none of their records: the hub reads a new partition from
+// its earliest offset and adds it before its first record, and a caller
+// takes it on before it takes any record from the window (follow) or sets
+// its cursor (position, handOver). So the caller starts each at the offset
+// the hub started reading it at, its earliest record then, as an id not
+// naming it says (a record the window dropped since makes the caller a
+// laggard, as any); or, when the caller's resume id names it (it was read
+// elsewhere), at the id's offset, and it is no longer carried as foreign.
+func (c *fetchCall) syncPartsLocked() {
+	h := c.hub
+	if len(h.parts) == len(c.parts) {
+		return
+	}
+	for i := len(c.parts); i < len(h.parts); i++ {
+		next := h.from[i]
+		if j := slices.IndexFunc(c.foreign, func(po wire.PartitionOffset) bool { return po.Partition == h.parts[i] }); j >= 0 {
+			next = c.foreign[j].Offset
+			c.foreign = slices.Delete(c.foreign, j, j+1)
+		}
+		c.next = append(c.next, next)
+	}
+	c.parts, c.index = h.parts, h.index
+}
+
 // handOver sets the caller's cursor in the window and reports true when
 // the window covers it (handOverLocked); an error once the hub closed.
 func (c *fetchCall) handOver() (bool, error) {
@@ -408,6 +461,7 @@ func (c *fetchCall) handOver() (bool, error) {
 		h.mu.RUnlock()
 		return false, err
 	}
+	c.syncPartsLocked()
 	cur, ok := c.handOverLocked()
 	if ok {
 		c.cursor = cur
@@ -448,6 +502,9 @@ func (c *fetchCall) follow() error {
 			err := c.hubClosedLocked()
 			h.mu.RUnlock()
 			return err
+		}
+		if len(h.parts) != len(c.next) {
+			c.syncPartsLocked() // before the batch: its records may be on new partitions
 		}
 		first := h.firstSeqLocked()
 		if c.cursor < first {
@@ -529,12 +586,12 @@ func (c *fetchCall) deliver(pi int, offset int64, key, value []byte, hs []kafkac
 	return nil
 }
 
-// appendID appends the caller's event id: every partition of the hub with
-// its next offset, and the partitions of the resume id the hub does not
-// read, unchanged, in partition order.
+// appendID appends the caller's event id: every partition of the hub (as
+// the caller last looked) with its next offset, and the partitions of the
+// resume id the hub does not read, unchanged, in partition order.
 func (c *fetchCall) appendID(dst []byte) []byte {
 	dst = wire.AppendEventIDStart(dst, len(c.next)+len(c.foreign))
-	parts := c.hub.parts
+	parts := c.parts
 	i, j := 0, 0
 	for i < len(parts) || j < len(c.foreign) {
 		var p int32

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -22,11 +23,11 @@ var (
 // with the hub's partitions and partitions carried from a resume id merged
 // in partition order.
 func TestFetchCallEventID(t *testing.T) {
-	c := &fetchCall{hub: &fanoutHub{parts: []int32{0, 1}}, next: []int64{2, 1}}
+	c := &fetchCall{parts: []int32{0, 1}, next: []int64{2, 1}}
 	if got := c.appendID(nil); !bytes.Equal(got, wireID) {
 		t.Fatalf("appendID = % x, want % x", got, wireID)
 	}
-	c = &fetchCall{hub: &fanoutHub{parts: []int32{1, 3}}, next: []int64{10, 30},
+	c = &fetchCall{parts: []int32{1, 3}, next: []int64{10, 30},
 		foreign: wire.EventID{{Partition: 0, Offset: 5}, {Partition: 2, Offset: 20}, {Partition: 7, Offset: 70}}}
 	id, err := wire.DecodeEventID(c.appendID(nil))
 	if err != nil {
@@ -40,6 +41,29 @@ func TestFetchCallEventID(t *testing.T) {
 		if id[i] != want[i] {
 			t.Fatalf("id = %v, want %v", id, want)
 		}
+	}
+}
+
+// TestFetchCallTakesOnAddedPartitions checks how a caller takes on the
+// partitions its hub added: from the offset the hub started reading each at
+// (its earliest record then) when the caller's resume id does not name it,
+// from the id's offset when it does (the partition was carried on as
+// foreign until then), and its ids name them from then on.
+func TestFetchCallTakesOnAddedPartitions(t *testing.T) {
+	h := &fanoutHub{parts: []int32{0, 1, 2, 3}, index: map[int32]int{0: 0, 1: 1, 2: 2, 3: 3}, from: []int64{40, 50, 3, 0}}
+	c := &fetchCall{hub: h, parts: h.parts[:2], index: map[int32]int{0: 0, 1: 1}, next: []int64{41, 52},
+		foreign: wire.EventID{{Partition: 3, Offset: 7}, {Partition: 4, Offset: 9}}}
+	c.syncPartsLocked()
+	if want := []int64{41, 52, 3, 7}; !slices.Equal(c.next, want) || len(c.parts) != 4 || c.index[3] != 3 {
+		t.Fatalf("after taking on partitions 2 and 3: next %v, parts %v; want next %v", c.next, c.parts, want)
+	}
+	id, err := wire.DecodeEventID(c.appendID(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := wire.EventID{{Partition: 0, Offset: 41}, {Partition: 1, Offset: 52}, {Partition: 2, Offset: 3}, {Partition: 3, Offset: 7}, {Partition: 4, Offset: 9}}
+	if !slices.Equal(id, want) {
+		t.Fatalf("id = %v, want %v", id, want)
 	}
 }
 

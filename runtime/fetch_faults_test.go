@@ -6,7 +6,9 @@ package runtime_test
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -229,6 +231,220 @@ func produceUntilTaken(t *testing.T, ctx context.Context, kc kafkaclient.Client,
 			t.Logf("producing to %s: %v; again", rec.Topic, err)
 		case <-ctx.Done():
 			t.Fatalf("producing to %s: %v", rec.Topic, ctx.Err())
+		}
+	}
+}
+
+// TestFetchReadsPartitionsAddedToTopic: an operator adds partitions to a
+// fetched topic while a gateway serves it. The hub read only the partitions
+// the topic had when it started: every record written to a new partition
+// was delivered to no caller of that gateway until it restarted, and event
+// ids never named the new partitions. Now the hub reads them, from their
+// earliest offset, once it notices them: callers following the hub get
+// their records, and callers resuming with an id taken before the topic
+// grew (which does not name the new partitions: "from the earliest") get
+// them exactly once, from the window and from a catch-up reader alike.
+func TestFetchReadsPartitionsAddedToTopic(t *testing.T) {
+	defer runtime.SetFetchPartitionsRefresh(20 * time.Millisecond)()
+	// A window of about 140 of these records: a caller resuming from
+	// before 300 more needs a catch-up reader.
+	e := setupFanout(t, runtime.GatewayFetchWindow(16<<10))
+	ctx := ctxFor(t, time.Minute)
+	e.produce(t, e.topic, 6, 3, 0) // seq-0 to seq-5, on partitions 0 to 2
+	a := e.follower(t, ctx, nil, nil)
+	a.recvUpTo(t, 6)
+	before := a.tr.clone() // its id names partitions 0 to 2 only
+
+	if err := e.kc.CreatePartitions(ctx, e.topic, 5); err != nil {
+		t.Fatal(err)
+	}
+	e.produceTo(t, 3, 2, 0) // seq-6, seq-7
+	e.produceTo(t, 4, 2, 0) // seq-8, seq-9
+	a.recvUpTo(t, 10)
+
+	// Resuming from before the topic grew: from the window.
+	stats := e.gw.FetchStats()
+	b := e.follower(t, ctx, before, nil)
+	b.recvUpTo(t, 10)
+	if st := e.gw.FetchStats(); st.CatchUps != stats.CatchUps {
+		t.Fatalf("stats %+v: the window holds every record; want no catch-up", st)
+	}
+	// 300 more, over all 5 partitions, read as they come so that a and b
+	// stay in the window.
+	for range 15 {
+		for p := range int32(5) {
+			e.produceTo(t, p, 4, 0)
+		}
+		a.recvUpTo(t, e.producedCount())
+		b.recvUpTo(t, e.producedCount())
+	}
+	// Resuming from before the topic grew: with a catch-up reader.
+	stats = e.gw.FetchStats()
+	c := e.follower(t, ctx, before, nil)
+	c.recvUpTo(t, e.producedCount())
+	if st := e.gw.FetchStats(); st.CatchUps != stats.CatchUps+1 {
+		t.Fatalf("stats %+v (before %+v): want one more catch-up", st, stats)
+	}
+	// Resuming from an id that names the new partitions: nothing again.
+	d := e.follower(t, ctx, a.tr, nil)
+	n := e.producedCount()
+	e.produceTo(t, 4, 1, 0)
+	for _, f := range []*fetchFollower{a, b, c, d} {
+		f.recvUpTo(t, n+1)
+	}
+}
+
+// TestFetchCatchUpReadsPartitionsAddedMeanwhile: the topic grows while a
+// caller is in its catch-up (its first message held until the hub read the
+// new partitions, more of them than its window holds): its catch-up reader
+// reads the new partitions too, from their start, and its hand-over to the
+// window covers them, so it gets their records exactly once.
+func TestFetchCatchUpReadsPartitionsAddedMeanwhile(t *testing.T) {
+	defer runtime.SetFetchPartitionsRefresh(20 * time.Millisecond)()
+	gate := &holdGate{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	e := setupFanoutServer(t, []grpc.ServerOption{runtime.FetchServerCodec(), grpc.StreamInterceptor(gate.intercept)},
+		runtime.GatewayFetchWindow(8<<10), runtime.GatewayFetchPreload(0))
+	ctx := ctxFor(t, time.Minute)
+	e.produce(t, e.topic, 40, 5, 500) // more than the window
+	a := e.follower(t, ctx, nil, nil)
+	a.recvUpTo(t, 40)
+	stats := e.gw.FetchStats()
+	held := e.follower(t, ctx, nil, metadata.Pairs("x-hold", "1"))
+	select {
+	case <-gate.entered:
+	case <-ctx.Done():
+		t.Fatal("the held caller's first message never reached SendMsg")
+	}
+	if st := e.gw.FetchStats(); st.CatchUps != stats.CatchUps+1 || st.HandOvers != stats.HandOvers {
+		t.Fatalf("stats %+v (before %+v): want the held caller in its catch-up", st, stats)
+	}
+	if err := e.kc.CreatePartitions(ctx, e.topic, 5); err != nil {
+		t.Fatal(err)
+	}
+	// More than the window holds on the new partitions, so that the held
+	// caller's catch-up reader reads them too; a reads them as they come.
+	for range 4 {
+		e.produceTo(t, 3, 5, 500)
+		e.produceTo(t, 4, 5, 500)
+		a.recvUpTo(t, e.producedCount())
+	}
+	close(gate.release)
+	held.recvUpTo(t, 80)
+	e.produce(t, e.topic, 10, 7, 0)
+	a.recvUpTo(t, 90)
+	held.recvUpTo(t, 90)
+	if st := e.gw.FetchStats(); st.CatchUps != stats.CatchUps+1 || st.HandOvers != stats.HandOvers+1 || st.Laggards != 0 {
+		t.Fatalf("stats %+v (before %+v): want the held caller's catch-up handed over, no laggard", st, stats)
+	}
+}
+
+// holdGate is a stream interceptor that holds the first SendMsg of a call
+// whose metadata carries x-hold until release is closed; entered receives
+// when it is held.
+type holdGate struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *holdGate) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	if len(md.Get("x-hold")) == 0 {
+		return handler(srv, ss)
+	}
+	return handler(srv, &heldStream{ServerStream: ss, g: g})
+}
+
+type heldStream struct {
+	grpc.ServerStream
+	g    *holdGate
+	once bool
+}
+
+func (s *heldStream) SendMsg(m any) error {
+	if !s.once {
+		s.once = true
+		s.g.entered <- struct{}{}
+		select {
+		case <-s.g.release:
+		case <-s.Context().Done():
+			return s.Context().Err()
+		}
+	}
+	return s.ServerStream.SendMsg(m)
+}
+
+// fetchFollower is one fetch stream checked by a tracker.
+type fetchFollower struct {
+	s  grpc.ServerStreamingClient[echov1.EchoEvent]
+	tr *tracker
+	e  *fanoutEnv
+}
+
+// follower starts a fetch of the echo events, resuming after what from has
+// seen (its last id and its records; from is not changed) when from is not
+// nil.
+func (e *fanoutEnv) follower(t *testing.T, ctx context.Context, from *tracker, md metadata.MD) *fetchFollower {
+	t.Helper()
+	tr := newTracker(t)
+	md = md.Copy()
+	if from != nil {
+		tr = from.clone()
+		md.Set("last-message-id", base64.RawURLEncoding.EncodeToString(from.last))
+	}
+	s, err := e.echo.EchoEvents(metadata.NewOutgoingContext(ctx, md), &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fetchFollower{s: s, tr: tr, e: e}
+}
+
+// recvUpTo receives until the follower has n distinct records, each
+// exactly once and in order (tracker.add).
+func (f *fetchFollower) recvUpTo(t *testing.T, n int) {
+	t.Helper()
+	for len(f.tr.seen) < n {
+		ev, err := f.s.Recv()
+		if err != nil {
+			f.e.stalled(t, f.tr)
+			t.Fatalf("after %d of %d records: %v", len(f.tr.seen), n, err)
+		}
+		if err := f.tr.add(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// clone returns a copy of tr.
+func (tr *tracker) clone() *tracker {
+	c := &tracker{t: tr.t, next: maps.Clone(tr.next), seen: maps.Clone(tr.seen), last: slices.Clone(tr.last)}
+	return c
+}
+
+// produceTo writes n EchoEvent records to partition p of the echo events,
+// numbered on and padded to size as produce does, and returns once Kafka
+// took them.
+func (e *fanoutEnv) produceTo(t *testing.T, p int32, n, size int) {
+	t.Helper()
+	for range n {
+		e.mu.Lock()
+		i := e.produced
+		e.produced++
+		e.mu.Unlock()
+		msg := fmt.Sprintf("seq-%06d", i)
+		if len(msg) < size {
+			msg += "-" + strings.Repeat("x", size-len(msg)-1)
+		}
+		v, _ := proto.Marshal(&echov1.EchoEvent{Message: msg})
+		errc := make(chan error, 1)
+		e.kc.Produce(&kafkaclient.Record{Topic: e.topic, Partition: p, Key: []byte("k" + fmt.Sprint(i)), Value: v},
+			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Fatalf("producing to partition %d: %v", p, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("producing to partition %d: no acknowledgement within 30 s", p)
 		}
 	}
 }

@@ -30,6 +30,7 @@ import (
 // reader, shared by every call, started by AddService before any request is
 // produced. Partitions added to a reply topic later are read too, from
 // their start, once the gateway notices them: it looks every 10 seconds.
+// The same holds for the topics of fetch methods (fanout.go).
 type Gateway struct {
 	client kafkaclient.Client
 	cfg    gatewayConfig
