@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 
@@ -88,16 +89,17 @@ func (f publishOptionFunc) applyPublish(r *kafkaclient.Record) { f(r) }
 // PublishKey sets the record key. Records with the same key go to the same
 // partition and keep their order; a fetch method's callers may select
 // records by key (metadata idempotency-key, or a filter in the proto).
-// Default: no key, a partition chosen by the client.
+// Default: no key, a partition chosen by the client. The key is copied:
+// the caller may reuse its buffer once Publish or PublishAsync returned.
 func PublishKey(key []byte) PublishOption {
-	return publishOptionFunc(func(r *kafkaclient.Record) { r.Key = key })
+	return publishOptionFunc(func(r *kafkaclient.Record) { r.Key = bytes.Clone(key) })
 }
 
 // PublishHeader adds a record header, which fetch filters in the proto can
-// select on. Default: none.
+// select on. Default: none. The value is copied, as PublishKey's key.
 func PublishHeader(name string, value []byte) PublishOption {
 	return publishOptionFunc(func(r *kafkaclient.Record) {
-		r.Headers = append(r.Headers, kafkaclient.Header{Key: name, Value: value})
+		r.Headers = append(r.Headers, kafkaclient.Header{Key: name, Value: bytes.Clone(value)})
 	})
 }
 

@@ -92,3 +92,33 @@ func TestPublisher(t *testing.T) {
 		t.Fatalf("Publish with a cancelled context: %v", err)
 	}
 }
+
+// heldProducer keeps every record it is given, acknowledging none: as a
+// Kafka client does while a record waits in its batch.
+type heldProducer struct{ recs []*kafkaclient.Record }
+
+func (p *heldProducer) Produce(r *kafkaclient.Record, _ kafkaclient.Acks, _ func(*kafkaclient.Record, error)) {
+	p.recs = append(p.recs, r)
+}
+
+// TestPublishCopiesKeyAndHeaders: a caller reusing its key or header
+// buffer once PublishAsync returned (or once Publish returned on its
+// context's end, the record still on its way) must not change the record
+// Kafka writes. The options kept the caller's slices, so the record
+// carried whatever the buffer held when the client serialised it.
+func TestPublishCopiesKeyAndHeaders(t *testing.T) {
+	p := &heldProducer{}
+	pub := runtime.NewPublisher[*echov1.EchoEvent](p, echov1.EchoServiceKafkaSpec.Method("EchoEvents"))
+	key, value := []byte("key-1"), []byte("value-1")
+	pub.PublishAsync(&echov1.EchoEvent{Message: "m"}, func(runtime.Published, error) {},
+		runtime.PublishKey(key), runtime.PublishHeader("h", value))
+	copy(key, "key-2")
+	copy(value, "value-2")
+	if len(p.recs) != 1 {
+		t.Fatalf("%d records produced, want 1", len(p.recs))
+	}
+	rec := p.recs[0]
+	if string(rec.Key) != "key-1" || len(rec.Headers) != 1 || string(rec.Headers[0].Value) != "value-1" {
+		t.Fatalf("the record has key %q and headers %v after the caller reused its buffers, want key-1 and h=value-1", rec.Key, rec.Headers)
+	}
+}
