@@ -40,14 +40,14 @@ func SetFeedHook(f func(id string, end bool, done <-chan struct{})) (restore fun
 // only those partitions away. Tests only.
 func RevokeForTest(w *Worker, parts ...kafkaclient.TopicPartition) { w.onRevoked(parts, false) }
 
-// SetReplyPartitionsRefresh sets how often reply routers look for
-// partitions added to their topics, for routers started afterwards, and
+// SetPartitionsRefresh sets how often reply routers and fetch hubs look
+// for partitions added to their topics, for those started afterwards, and
 // returns a function that restores the default. Tests only; no test of this
 // package runs in parallel.
-func SetReplyPartitionsRefresh(d time.Duration) (restore func()) {
-	old := replyPartitionsRefresh
-	replyPartitionsRefresh = d
-	return func() { replyPartitionsRefresh = old }
+func SetPartitionsRefresh(d time.Duration) (restore func()) {
+	old := partitionsRefresh
+	partitionsRefresh = d
+	return func() { partitionsRefresh = old }
 }
 
 // SetRelayedHook makes every gateway call f when the goroutine relaying a
@@ -56,14 +56,4 @@ func SetReplyPartitionsRefresh(d time.Duration) (restore func()) {
 func SetRelayedHook(f func()) (restore func()) {
 	testHookRelayed = f
 	return func() { testHookRelayed = nil }
-}
-
-// SetFetchPartitionsRefresh sets how often fetch hubs look for partitions
-// added to their topics, for hubs started afterwards, and returns a
-// function that restores the default. Tests only; no test of this package
-// runs in parallel.
-func SetFetchPartitionsRefresh(d time.Duration) (restore func()) {
-	old := fetchPartitionsRefresh
-	fetchPartitionsRefresh = d
-	return func() { fetchPartitionsRefresh = old }
 }

@@ -197,7 +197,7 @@ type fanoutHub struct {
 	f       *fanout
 	topic   string
 	reader  kafkaclient.Reader
-	refresh time.Duration // fetchPartitionsRefresh when the hub started
+	refresh time.Duration // partitionsRefresh when the hub started
 	watched chan struct{} // closed when watchPartitions returned
 	// unassigned are partitions added to parts whose Assign to the reader
 	// failed, assigned again at the next look (watchPartitions' own).
@@ -254,10 +254,6 @@ const (
 	skipInvalid
 )
 
-// fetchPartitionsRefresh is how often a fetch hub looks for partitions
-// added to its topic (watchPartitions).
-var fetchPartitionsRefresh = 10 * time.Second
-
 // entryOverhead approximates the bookkeeping bytes of one window entry.
 const entryOverhead = 96
 
@@ -289,7 +285,7 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 	}
 	h := &fanoutHub{f: f, topic: topic, parts: parts, index: make(map[int32]int, len(parts)),
 		from: make([]int64, len(parts)), lo: make([]int64, len(parts)), hi: make([]int64, len(parts)), whole: make([]bool, len(parts)),
-		wake: make(chan struct{}), refresh: fetchPartitionsRefresh, watched: make(chan struct{})}
+		wake: make(chan struct{}), refresh: partitionsRefresh, watched: make(chan struct{})}
 	preload := f.cfg.preloadOf(len(parts))
 	assign := make([]kafkaclient.TopicPartitionOffset, len(parts))
 	for i, p := range parts {
@@ -361,22 +357,11 @@ func (h *fanoutHub) run(ctx context.Context) {
 }
 
 // watchPartitions looks for partitions added to the hub's topic every
-// fetchPartitionsRefresh (as it was when the hub started) until ctx ends
+// partitionsRefresh (as it was when the hub started) until ctx ends
 // (addPartitions).
 func (h *fanoutHub) watchPartitions(ctx context.Context) {
 	defer close(h.watched)
-	t := time.NewTicker(h.refresh)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := h.addPartitions(ctx); err != nil && ctx.Err() == nil {
-			h.f.g.cfg.logger.Warn("kafkarpc: looking for partitions added to a fetch topic", "topic", h.topic, "error", err)
-		}
-	}
+	watchPartitions(ctx, h.refresh, h.f.g.cfg.logger, "fetch", h.topic, h.addPartitions)
 }
 
 // addPartitions reads the partitions added to the hub's topic since it

@@ -28,43 +28,52 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
-// stallGate is a stream interceptor that makes every SendMsg of a call whose
-// metadata carries x-stall block until the call ends: what a caller that
-// stopped reading does to the gateway once gRPC's flow-control window is
-// full (SendMsg waits for the window and returns only when the stream ends).
-// entered receives once per call when its first SendMsg blocks.
-type stallGate struct{ entered chan struct{} }
-
-func newStallGate() *stallGate { return &stallGate{entered: make(chan struct{}, 16)} }
-
-func (g *stallGate) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	md, _ := metadata.FromIncomingContext(ss.Context())
-	if len(md.Get("x-stall")) == 0 {
-		return handler(srv, ss)
-	}
-	return handler(srv, &stalledStream{ServerStream: ss, g: g})
+// sendGate is a stream interceptor for the calls whose metadata carries
+// key: it holds their SendMsg until release is closed, or, with a nil
+// release, every SendMsg until the call ends: what a caller that stopped
+// reading does to the gateway once gRPC's flow-control window is full
+// (SendMsg waits for the window and returns only when the stream ends).
+// entered receives once per call, when its first SendMsg is held.
+type sendGate struct {
+	key     string
+	entered chan struct{}
+	release chan struct{}
 }
 
-type stalledStream struct {
+func newStallGate() *sendGate { return &sendGate{key: "x-stall", entered: make(chan struct{}, 16)} }
+
+func (g *sendGate) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	if len(md.Get(g.key)) == 0 {
+		return handler(srv, ss)
+	}
+	return handler(srv, &gatedStream{ServerStream: ss, g: g})
+}
+
+type gatedStream struct {
 	grpc.ServerStream
-	g    *stallGate
+	g    *sendGate
 	once bool
 }
 
-func (s *stalledStream) SendMsg(m any) error {
+func (s *gatedStream) SendMsg(m any) error {
 	if !s.once {
 		s.once = true
 		s.g.entered <- struct{}{}
 	}
-	<-s.Context().Done()
-	return s.Context().Err()
+	select {
+	case <-s.g.release: // never when nil
+	case <-s.Context().Done():
+		return s.Context().Err()
+	}
+	return s.ServerStream.SendMsg(m)
 }
 
 // stalledCatchUpEnv is a fanout gateway whose window is too small for the
 // topic's 40 records, so that a caller starting from the earliest record
 // gets a catch-up reader; one catch-up reader at most. A caller with
 // metadata x-stall stops reading at its first message.
-func stalledCatchUpEnv(t *testing.T) (*fanoutEnv, *stallGate) {
+func stalledCatchUpEnv(t *testing.T) (*fanoutEnv, *sendGate) {
 	gate := newStallGate()
 	e := setupFanoutServer(t, []grpc.ServerOption{runtime.FetchServerCodec(), grpc.StreamInterceptor(gate.intercept)},
 		runtime.GatewayFetchWindow(8<<10), runtime.GatewayFetchPreload(0), runtime.GatewayFetchCatchUpReaders(1))
@@ -75,7 +84,7 @@ func stalledCatchUpEnv(t *testing.T) (*fanoutEnv, *stallGate) {
 // startStalled starts a fetch from the earliest record that stops reading
 // at its first message, and returns once the gateway is blocked sending it
 // (in the catch-up reader, since the window does not hold the start).
-func startStalled(t *testing.T, e *fanoutEnv, gate *stallGate, ctx context.Context) {
+func startStalled(t *testing.T, e *fanoutEnv, gate *sendGate, ctx context.Context) {
 	t.Helper()
 	if _, err := e.echo.EchoEvents(metadata.AppendToOutgoingContext(ctx, "x-stall", "1"), &emptypb.Empty{}); err != nil {
 		t.Fatal(err)
@@ -245,7 +254,7 @@ func produceUntilTaken(t *testing.T, ctx context.Context, kc kafkaclient.Client,
 // grew (which does not name the new partitions: "from the earliest") get
 // them exactly once, from the window and from a catch-up reader alike.
 func TestFetchReadsPartitionsAddedToTopic(t *testing.T) {
-	defer runtime.SetFetchPartitionsRefresh(20 * time.Millisecond)()
+	defer runtime.SetPartitionsRefresh(20 * time.Millisecond)()
 	// A window of about 140 of these records: a caller resuming from
 	// before 300 more needs a catch-up reader.
 	e := setupFanout(t, runtime.GatewayFetchWindow(16<<10))
@@ -300,8 +309,8 @@ func TestFetchReadsPartitionsAddedToTopic(t *testing.T) {
 // reads the new partitions too, from their start, and its hand-over to the
 // window covers them, so it gets their records exactly once.
 func TestFetchCatchUpReadsPartitionsAddedMeanwhile(t *testing.T) {
-	defer runtime.SetFetchPartitionsRefresh(20 * time.Millisecond)()
-	gate := &holdGate{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	defer runtime.SetPartitionsRefresh(20 * time.Millisecond)()
+	gate := &sendGate{key: "x-hold", entered: make(chan struct{}, 1), release: make(chan struct{})}
 	e := setupFanoutServer(t, []grpc.ServerOption{runtime.FetchServerCodec(), grpc.StreamInterceptor(gate.intercept)},
 		runtime.GatewayFetchWindow(8<<10), runtime.GatewayFetchPreload(0))
 	ctx := ctxFor(t, time.Minute)
@@ -336,41 +345,6 @@ func TestFetchCatchUpReadsPartitionsAddedMeanwhile(t *testing.T) {
 	if st := e.gw.FetchStats(); st.CatchUps != stats.CatchUps+1 || st.HandOvers != stats.HandOvers+1 || st.Laggards != 0 {
 		t.Fatalf("stats %+v (before %+v): want the held caller's catch-up handed over, no laggard", st, stats)
 	}
-}
-
-// holdGate is a stream interceptor that holds the first SendMsg of a call
-// whose metadata carries x-hold until release is closed; entered receives
-// when it is held.
-type holdGate struct {
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (g *holdGate) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	md, _ := metadata.FromIncomingContext(ss.Context())
-	if len(md.Get("x-hold")) == 0 {
-		return handler(srv, ss)
-	}
-	return handler(srv, &heldStream{ServerStream: ss, g: g})
-}
-
-type heldStream struct {
-	grpc.ServerStream
-	g    *holdGate
-	once bool
-}
-
-func (s *heldStream) SendMsg(m any) error {
-	if !s.once {
-		s.once = true
-		s.g.entered <- struct{}{}
-		select {
-		case <-s.g.release:
-		case <-s.Context().Done():
-			return s.Context().Err()
-		}
-	}
-	return s.ServerStream.SendMsg(m)
 }
 
 // fetchFollower is one fetch stream checked by a tracker.

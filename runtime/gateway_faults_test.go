@@ -32,7 +32,7 @@ import (
 // for their deadline (without one, for ever), every time, until the
 // process restarted.
 func TestRepliesOnPartitionsAddedToReplyTopicArrive(t *testing.T) {
-	defer runtime.SetReplyPartitionsRefresh(100 * time.Millisecond)()
+	defer runtime.SetPartitionsRefresh(100 * time.Millisecond)()
 	brokers := kafkatest.Brokers(t)
 	kc := kafkatest.NewClient(t, brokers)
 	prefix := kafkatest.Unique("p") + "."

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -35,12 +36,30 @@ type replyRouter struct {
 	// started, oldest first: a worker's producer hashes a reply's key over
 	// the count it learnt last, any of these (watchPartitions).
 	counts  []int32
-	refresh time.Duration // replyPartitionsRefresh when the router started
+	refresh time.Duration // partitionsRefresh when the router started
 }
 
-// replyPartitionsRefresh is how often a reply router looks for partitions
-// added to its topic (watchPartitions).
-var replyPartitionsRefresh = 10 * time.Second
+// partitionsRefresh is how often reply routers and fetch hubs look for
+// partitions added to their topics (watchPartitions).
+var partitionsRefresh = 10 * time.Second
+
+// watchPartitions runs add, which reads the partitions added to topic (a
+// "reply" or "fetch" topic, says role) since it last ran, every every until
+// ctx ends, logging its failures.
+func watchPartitions(ctx context.Context, every time.Duration, logger *slog.Logger, role, topic string, add func(context.Context) error) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := add(ctx); err != nil && ctx.Err() == nil {
+			logger.Warn("kafkarpc: looking for partitions added to a "+role+" topic", "topic", topic, "error", err)
+		}
+	}
+}
 
 // startReplyRouter assigns a reader to the partitions of topic this gateway
 // reads (all, unless GatewayReplyShard), each at its current end offset looked up
@@ -52,7 +71,7 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
 	r := &replyRouter{g: g, topic: topic, counts: []int32{int32(len(parts))}, owned: map[int32]bool{},
-		refresh: replyPartitionsRefresh}
+		refresh: partitionsRefresh}
 	r.pending.init()
 	r.topicAttr = metric.WithAttributeSet(attribute.NewSet(attribute.String("messaging.destination.name", topic)))
 	read := parts
@@ -149,20 +168,10 @@ func (r *replyRouter) ensureReading(ctx context.Context, id string) error {
 }
 
 // watchPartitions looks for partitions added to the reply topic every
-// replyPartitionsRefresh until ctx ends (addPartitions).
+// partitionsRefresh (as it was when the router started) until ctx ends
+// (addPartitions).
 func (r *replyRouter) watchPartitions(ctx context.Context) {
-	t := time.NewTicker(r.refresh)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := r.addPartitions(ctx); err != nil && ctx.Err() == nil {
-			r.g.cfg.logger.Warn("kafkarpc: looking for partitions added to a reply topic", "topic", r.topic, "error", err)
-		}
-	}
+	watchPartitions(ctx, r.refresh, r.g.cfg.logger, "reply", r.topic, r.addPartitions)
 }
 
 // addPartitions reads the partitions added to the reply topic since the

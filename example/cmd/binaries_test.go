@@ -779,19 +779,7 @@ func TestEchoCallBadFlags(t *testing.T) {
 		{[]string{"--method", "EchoEvents", "--message", "m"}, "--message"},
 		{[]string{"hello"}, "hello"}, // a message without --message
 	} {
-		p := start(t, "echo-call", append([]string{"--brokers", "127.0.0.1:1", "--client", "franz"}, c.args...)...)
-		if _, exited := p.Wait(callTimeout); !exited {
-			t.Fatalf("echo-call %s did not end within %s\n%s", strings.Join(c.args, " "), callTimeout, p.output())
-		}
-		code := 0
-		var exit *exec.ExitError
-		if errors.As(p.Err(), &exit) {
-			code = exit.ExitCode()
-		}
-		if code != 2 || p.Stdout() != "" || !strings.Contains(p.Stderr(), c.flag) {
-			t.Errorf("echo-call %s: exit %d, stdout %q, stderr %q; want exit 2, no output and an error naming %s",
-				strings.Join(c.args, " "), code, p.Stdout(), lastLine(p.Stderr()), c.flag)
-		}
+		badFlags(t, "echo-call", append([]string{"--brokers", "127.0.0.1:1", "--client", "franz"}, c.args...), c.flag)
 	}
 }
 

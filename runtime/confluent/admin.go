@@ -126,7 +126,7 @@ func waitLeaders(ctx context.Context, p *producer, topic string, atLeast int) er
 				last = "topic not in metadata"
 			case tm.Error.Code() != kafka.ErrNoError:
 				last = tm.Error.String()
-			case len(tm.Partitions) == 0 || len(tm.Partitions) < atLeast:
+			case len(tm.Partitions) < max(atLeast, 1):
 				last = fmt.Sprintf("%d partitions, not %d yet", len(tm.Partitions), max(atLeast, 1))
 			default:
 				ready := true

@@ -168,7 +168,7 @@ func waitTopicOn(ctx context.Context, b *kgo.Broker, topic string, atLeast int) 
 				continue
 			}
 			if why = kerr.ErrorForCode(t.ErrorCode); why == nil {
-				if len(t.Partitions) == 0 || len(t.Partitions) < atLeast {
+				if len(t.Partitions) < max(atLeast, 1) {
 					why = fmt.Errorf("%d partitions, not %d yet", len(t.Partitions), max(atLeast, 1))
 				}
 				for _, p := range t.Partitions {

@@ -61,19 +61,12 @@ func main() {
 	timeout := flag.Duration("timeout", 10*time.Second, "deadline of the whole run, sent to the worker with each call")
 	lastEventID := flag.String("last-event-id", "", "EchoEvents: resume after the event of this id (base64url)")
 	count := flag.Int("count", 0, "EchoEvents: stop after this many events (0: at --timeout)")
-	flag.Parse()
-	if *brokers == "" {
-		fmt.Fprintln(os.Stderr, "echo-call: --brokers is required")
-		flag.Usage()
-		os.Exit(2)
-	}
 	// Every flag is checked before connecting: a bad value is a usage
 	// error (exit 2), not a Kafka error after a dial, and no value is
 	// wrapped into the requests' int32 fields.
-	if problem := checkFlags(*method, *repeat, *delay, *failCode, *timeout, *count); problem != "" {
-		fmt.Fprintln(os.Stderr, "echo-call:", problem)
-		os.Exit(2)
-	}
+	app.ParseFlags("echo-call", app.KafkaFlags(brokers, true), func() string {
+		return checkFlags(*method, *repeat, *delay, *failCode, *timeout, *count)
+	})
 	if len(messages) == 0 {
 		messages = []string{"hello"}
 	}
@@ -123,13 +116,10 @@ func main() {
 	}
 }
 
-// checkFlags returns what is wrong with the flags, or "".
+// checkFlags returns what is wrong with echo-call's own flags, or "" (the
+// check of app.ParseFlags, which checks arguments, --brokers and --client).
 func checkFlags(method string, repeat, delay, failCode int, timeout time.Duration, count int) string {
 	switch {
-	case flag.NArg() > 0:
-		return fmt.Sprintf("unexpected argument %q: give each request's message with --message", flag.Arg(0))
-	case app.ClientName() != app.ClientConfluent && app.ClientName() != app.ClientFranz:
-		return fmt.Sprintf("--client %q: want %s or %s", app.ClientName(), app.ClientConfluent, app.ClientFranz)
 	case timeout <= 0:
 		return fmt.Sprintf("--timeout %s: want a positive duration", timeout)
 	case repeat < 0 || repeat > math.MaxInt32:
@@ -141,20 +131,16 @@ func checkFlags(method string, repeat, delay, failCode int, timeout time.Duratio
 	case count < 0:
 		return fmt.Sprintf("--count %d: want 0 (until --timeout) or more", count)
 	}
-	isFlagSet := func(name string) (set bool) {
-		flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-		return set
-	}
 	switch method {
 	case "EchoUnary", "EchoServerStream", "EchoClientStream", "EchoBidiStream":
 		for _, f := range []string{"last-event-id", "count"} {
-			if isFlagSet(f) {
+			if app.IsFlagSet(f) {
 				return fmt.Sprintf("--%s applies to --method EchoEvents only, not %s", f, method)
 			}
 		}
 	case "EchoEvents":
 		for _, f := range []string{"message", "repeat", "delay-ms", "fail-code"} {
-			if isFlagSet(f) {
+			if app.IsFlagSet(f) {
 				return fmt.Sprintf("--%s does not apply to --method EchoEvents, which sends no request message", f)
 			}
 		}

@@ -86,7 +86,7 @@ func KafkaFlags(brokers *string, required bool) func() string {
 	return func() string {
 		if *client != ClientConfluent && *client != ClientFranz {
 			from := "--client"
-			if !isFlagSet("client") {
+			if !IsFlagSet("client") {
 				from = "--client (from $KAFKA_CLIENT)"
 			}
 			return fmt.Sprintf("%s %q: want %s or %s", from, *client, ClientConfluent, ClientFranz)
@@ -98,8 +98,9 @@ func KafkaFlags(brokers *string, required bool) func() string {
 	}
 }
 
-// isFlagSet reports whether the command line set the flag name.
-func isFlagSet(name string) (set bool) {
+// IsFlagSet reports whether the command line set the flag name (after
+// ParseFlags).
+func IsFlagSet(name string) (set bool) {
 	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
 	return set
 }
