@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -120,12 +121,16 @@ func defaultGatewayConfig() gatewayConfig {
 	}
 }
 
-// GatewayDeniedMetadata replaces the list of request metadata names that are
-// never written to Kafka. Default DefaultDeniedMetadata (credentials).
-// Transport metadata (pseudo-headers, content-type, te, user-agent, grpc-*)
-// is never written, whatever this list says.
+// GatewayDeniedMetadata adds names (case-insensitive) to the request metadata
+// names that are never written to Kafka; it may be given more than once.
+// Default: DefaultDeniedMetadata (credentials), which stay denied whatever is
+// added: listing the application's own secrets never lets a credential
+// through. To write a credential to Kafka anyway, make the metadata an allow
+// list that names it (GatewayAllowedMetadata). Transport metadata
+// (pseudo-headers, content-type, te, user-agent, grpc-*) is never written,
+// whatever the lists say.
 func GatewayDeniedMetadata(names ...string) GatewayOption {
-	return gatewayOptionFunc(func(c *gatewayConfig) { c.denied = names })
+	return gatewayOptionFunc(func(c *gatewayConfig) { c.denied = slices.Concat(c.denied, names) })
 }
 
 // GatewayAllowedMetadata makes the request metadata written to Kafka an allow

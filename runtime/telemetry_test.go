@@ -262,10 +262,14 @@ func TestCredentialsStayOutOfKafka(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		opts    []runtime.GatewayOption
-		present bool
+		present bool // authorization reaches Kafka
+		tenant  bool // x-tenant reaches Kafka
 	}{
-		{"denied by default", nil, false},
-		{"allowed explicitly", []runtime.GatewayOption{runtime.GatewayAllowedMetadata("authorization", "x-tenant")}, true},
+		{"denied by default", nil, false, true},
+		{"allowed explicitly", []runtime.GatewayOption{runtime.GatewayAllowedMetadata("authorization", "x-tenant")}, true, true},
+		// The operator's names add to the credentials: authorization
+		// stays out of Kafka.
+		{"operator denies more", []runtime.GatewayOption{runtime.GatewayDeniedMetadata("X-Tenant")}, false, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := setup(t, echoserver.Server{})
@@ -285,6 +289,9 @@ func TestCredentialsStayOutOfKafka(t *testing.T) {
 				}
 				if slices.Contains(keys, "meta:cookie") {
 					t.Errorf("meta:cookie reached Kafka: %q", keys)
+				}
+				if got := slices.Contains(keys, "meta:x-tenant"); got != c.tenant {
+					t.Errorf("meta:x-tenant in the record: %v, want %v (headers %q)", got, c.tenant, keys)
 				}
 				if !slices.Contains(keys, "meta:idempotency-key") {
 					t.Errorf("meta:idempotency-key did not reach Kafka, so the worker cannot remember the outcome: %q", keys)
