@@ -238,9 +238,10 @@ func TestLateCancelOfEarlierAttemptLeavesRetryAlone(t *testing.T) {
 
 // TestOtherAttemptsMessagesStayOutOfAStream writes a keyed client stream's
 // first attempt, a message of a second attempt with the same correlation id
-// (another caller with the same idempotency key, or a retry while the first
-// stream is still open) and then the first attempt's end: the first
-// attempt's handler must see its own messages only.
+// (a retry while the first stream is still open: its caller gave up on the
+// first), then the first attempt's end and the second's. The second
+// supersedes the first, which ends ABORTED; each handler run sees its own
+// attempt's messages only, and the second is answered with its own.
 func TestOtherAttemptsMessagesStayOutOfAStream(t *testing.T) {
 	e := setup(t, echoserver.Server{})
 	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
@@ -253,16 +254,22 @@ func TestOtherAttemptsMessagesStayOutOfAStream(t *testing.T) {
 	send("a1", "mine")
 	send("a2", "theirs")
 	send("a1", "")
+	send("a2", "")
 	recs := replies.await(t, id)
-	if len(recs) != 2 || header(recs[0], "meta:"+wire.AttemptMetadata) != "a1" {
-		t.Fatalf("got %d reply records (first for attempt %q), want a response and an end for a1", len(recs), header(recs[0], "meta:"+wire.AttemptMetadata))
+	if len(recs) != 1 || header(recs[0], "meta:"+wire.AttemptMetadata) != "a1" || header(recs[0], "zilla:status") != "10" {
+		t.Fatalf("got %d reply records (the last for attempt %q, status %q), want only an ABORTED end for a1, superseded by a2",
+			len(recs), header(recs[len(recs)-1], "meta:"+wire.AttemptMetadata), header(recs[len(recs)-1], "zilla:status"))
+	}
+	recs = replies.await(t, id)
+	if len(recs) != 2 || header(recs[0], "meta:"+wire.AttemptMetadata) != "a2" || header(recs[1], "zilla:status") != "0" {
+		t.Fatalf("got %d reply records (the first for attempt %q), want a response and an OK end for a2", len(recs), header(recs[0], "meta:"+wire.AttemptMetadata))
 	}
 	var resp echov1.EchoResponse
 	if err := proto.Unmarshal(recs[0].Value, &resp); err != nil {
 		t.Fatal(err)
 	}
-	if resp.Message != "mine" {
-		t.Fatalf("the first attempt's handler answered %q, want %q: it read another attempt's message", resp.Message, "mine")
+	if resp.Message != "theirs" {
+		t.Fatalf("the second attempt's handler answered %q, want %q: it read another attempt's message", resp.Message, "theirs")
 	}
 }
 

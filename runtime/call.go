@@ -31,6 +31,19 @@ var errMaxCallDuration = errors.New("kafkarpc: the call ran for the worker's max
 // errAborted is the cause of a handler context the worker gave up.
 var errAborted = errors.New("kafkarpc: the worker gave up the call (rebalance or shutdown)")
 
+// errSuperseded is the cause of a handler context that a newer attempt of
+// the same call superseded (Worker.supersede).
+var errSuperseded = errors.New("kafkarpc: superseded by a newer attempt of the same call (a retry with the same idempotency key)")
+
+// Where a call's outcome stands, against a newer attempt superseding the
+// call (call.decision, Worker.supersede).
+const (
+	outcomeOpen       int32 = iota // the handler may still run: a newer attempt supersedes the call, cancelling it
+	outcomeStored                  // the handler returned an outcome to be stored: a newer attempt is answered from it
+	outcomeNotStored               // the handler returned (or runs no more) with an outcome not stored: a newer attempt runs again
+	outcomeSuperseded              // a newer attempt superseded the call while open: it ends ABORTED
+)
+
 // call is one call being served by the worker, from its first request record
 // to the acknowledgement of its last reply. Its lifecycle: start (or answer,
 // for a call that runs no handler), run on a goroutine of its own (wait for
@@ -73,6 +86,14 @@ type call struct {
 	// this attempt's replies from another's; empty when the request had none.
 	attempt []kafkaclient.Header
 	ending  atomic.Bool // finish began: the end of the replies is on its way
+	// decision is outcomeOpen until the handler's outcome is decided
+	// (decide) or a newer attempt superseded the call (Worker.supersede),
+	// whichever comes first, and never changes after that.
+	decision atomic.Int32
+	// after are closed once the calls this one superseded are over (nil
+	// when it superseded none): its handler runs only then. Set before
+	// the call runs, read by its goroutine only.
+	after []<-chan struct{}
 	// streamsIn: its method takes a client stream, so that request records
 	// of its left unread when it ends could be taken for a new call.
 	streamsIn bool
@@ -131,8 +152,10 @@ func (c *call) ownAttempt(env *wire.Envelope) bool {
 
 // startCall registers a call starting at rec, whose headers env holds, and
 // runs it on a goroutine of its own. ended says rec is all of the call's
-// input (its other records are skipped elsewhere).
-func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, wm *workerMethod, ended bool) {
+// input (its other records are skipped elsewhere). earlier, when not nil,
+// is the call of an earlier attempt that this one supersedes: its handler
+// runs only once that call is over.
+func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, wm *workerMethod, ended bool, earlier *call) {
 	md, err := env.Metadata()
 	if err == nil {
 		err = env.TimeoutErr
@@ -161,6 +184,9 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 	c.openContext(rec, env, md, deadline, cause)
 	c.sent.retry.until = deadline
 	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
+	if earlier != nil {
+		c.after = earlier.awaitedBy()
+	}
 	if w.admit(c, rec, env, true) {
 		c.abort()
 	}
@@ -272,10 +298,18 @@ func (c *call) abort() {
 	c.cancel(errAborted)
 }
 
-// run waits for the call's turn among the calls with its key and for a
-// handler slot, runs the handler (again, as retries allow), dead-letters a
-// poison request, and finishes the call.
+// run waits for the calls it superseded to be over, for its turn among the
+// calls with its key and for a handler slot, runs the handler (again, as
+// retries allow), dead-letters a poison request, and finishes the call.
 func (c *call) run() {
+	for _, done := range c.after { // never two attempts' handlers at once, whatever their record keys
+		select {
+		case <-done:
+		case <-c.ctx.Done():
+			c.finish(contextStatus(c.ctx))
+			return
+		}
+	}
 	if c.turn.ch != nil { // calls with the same key run in the order of their records
 		select {
 		case <-c.turn.ch:
@@ -295,10 +329,40 @@ func (c *call) run() {
 		st, panicked = c.invoke()
 	}
 	<-c.w.sem
-	if st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.in.isUndecodable() || c.retryable(st, panicked)) {
+	st, superseded := c.decide(st)
+	if !superseded && st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.in.isUndecodable() || c.retryable(st, panicked)) {
 		c.deadLetter(st)
 	}
 	c.finish(st)
+}
+
+// decide fixes the call's outcome once its handler returned or will not
+// run: st, unless a newer attempt superseded the call first, which then
+// ends ABORTED saying so (superseded). It may be called again: it answers
+// the same.
+func (c *call) decide(st *status.Status) (_ *status.Status, superseded bool) {
+	next := outcomeNotStored
+	if c.keepReplies && remembered(st) {
+		next = outcomeStored // unless Kafka refuses a reply, or a rebalance aborts the call, before its end
+	}
+	if c.decision.CompareAndSwap(outcomeOpen, next) || c.decision.Load() != outcomeSuperseded {
+		return st, false
+	}
+	return status.Newf(codes.Aborted, "%s: %v; the newer attempt is served", c.method(), errSuperseded), true
+}
+
+// awaitedBy is what a call superseding c waits for before its handler
+// runs: c's end, and the ends c itself still waited for.
+func (c *call) awaitedBy() []<-chan struct{} {
+	after := []<-chan struct{}{c.done}
+	for _, done := range c.after {
+		select {
+		case <-done:
+		default:
+			after = append(after, done)
+		}
+	}
+	return after
 }
 
 // retryable reports whether st (or a panic) is a failure worth another try.
@@ -408,6 +472,7 @@ func contextStatus(ctx context.Context) *status.Status {
 // committed. An aborted call that sent nothing writes nothing and stays
 // uncommitted, so that the partition's next owner serves it again.
 func (c *call) finish(st *status.Status) {
+	st, _ = c.decide(st)
 	c.ending.Store(true)
 	aborted, sent := c.out.close()
 	if sent > 0 && c.wm != nil && c.wm.spec.Kind.serverStreams() {
@@ -510,6 +575,11 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 // and its input is not complete, then once its end-of-stream record is read
 // or its deadline passed (repeats.hold). It returns the repeats that waited
 // for it.
+//
+// A call a newer attempt superseded no longer holds its correlation id (the
+// newer attempt's call does, untouched here); its remaining request records
+// are skipped since it was superseded, and its offset is held likewise
+// until its end-of-stream record is read, unless that was read already.
 func (c *call) release(served, remember bool, at time.Time) []waiter {
 	w := c.w
 	w.mu.Lock()
@@ -519,7 +589,19 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 	}
 	w.keys.pass(c)
 	held := false
-	if c.id != "" && w.calls[c.id] == c {
+	if _, superseded := w.detached[c]; superseded {
+		delete(w.detached, c)
+		if w.repeats.trailing.has(c.id, c.attemptID()) { // its end is still to come
+			if !served {
+				// Given up unserved (rebalance or shutdown): its offset
+				// stays uncommitted, as any such call's.
+				w.repeats.trailing.remove(c.id, c.attemptID())
+			} else if w.parts[c.tp] == c.pt {
+				w.repeats.hold(c, c.sent.retry.until, w.expireHeld)
+				held = true
+			}
+		}
+	} else if c.id != "" && w.calls[c.id] == c {
 		delete(w.calls, c.id)
 		// A call given up unserved (rebalance or shutdown) is not over: its
 		// offset stays uncommitted, and whoever reads its partition next,

@@ -10,7 +10,12 @@ package runtime
 // the record of a repeated attempt being skipped, or of a call that is over,
 // is dropped (repeats); a record of a running call is fed to it, unless it
 // starts a new attempt of a call whose input is complete, which then waits
-// for that call's outcome (repeats.wait). A record of no call in flight
+// for that call's outcome (repeats.wait), or is of a newer attempt (another
+// attempt id) while the call's client stream is still open: the newer
+// attempt then supersedes the call (supersede), which leaves its correlation
+// id to the newer attempt's call, started from this record and run once the
+// superseded call is over; the superseded call is cancelled and ends
+// ABORTED when its handler still ran. A record of no call in flight
 // starts one (startCall, call.go), is answered from the stored replies of
 // an earlier call with the same idempotency key (answerCall), or is
 // rejected with a status when it cannot be served (rejectCall). A started
@@ -40,12 +45,13 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	w.mu.Lock()
 	pt := w.track(rec)
 	var (
-		skip   bool
-		feed   *call
-		stored *storedReply
+		skip    bool
+		feed    *call
+		stored  *storedReply
+		earlier *call
 	)
 	if env.CorrelationID != nil {
-		skip, feed, stored = w.routeKnown(rec, &env, pt)
+		skip, feed, stored, earlier = w.routeKnown(rec, &env, pt)
 	}
 	if skip || feed != nil {
 		pt.seen(rec.Offset) // a record of a call whose offset is held, or none to serve
@@ -62,7 +68,10 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 			w.endFed(feed)
 		}
 	default:
-		w.routeNew(rec, &env, pt, stored)
+		if earlier != nil && earlier.decision.Load() == outcomeSuperseded {
+			w.cancelSuperseded(earlier, rec, &env)
+		}
+		w.routeNew(rec, &env, pt, stored, earlier)
 		// Only now that a call it starts holds its offset may a commit pass
 		// it: marked read before, the record could be committed while its
 		// call was not yet entered, and lost in a crash.
@@ -74,28 +83,45 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 
 // routeKnown routes a record by its correlation id among what the worker
 // knows of that id: it reports whether the record is to be skipped (a
-// repeated attempt, the rest of a call that is over, or a new attempt made
-// to wait for the call in flight), or the running call to feed it to, or
-// else the stored replies to answer a new call with. Called with w.mu held.
-func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) (skip bool, feed *call, stored *storedReply) {
+// repeated attempt, the rest of a call that is over or superseded, or a new
+// attempt made to wait for the call in flight), or the running call to feed
+// it to, or else the stored replies to answer a new call with, and the
+// earlier attempt's call in flight that the new call supersedes, if any
+// (supersede). Called with w.mu held.
+func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) (skip bool, feed *call, stored *storedReply, earlier *call) {
 	id, end := env.CorrelationID, env.EndOfStream
 	c := w.calls[string(id)]
 	if c != nil && env.Cancel() && c.ownAttempt(env) {
 		// The running call's own cancel, which may come while another
 		// attempt's records are skipped: it is c's, not that attempt's.
-		return false, c, nil
+		return false, c, nil, nil
 	}
 	if w.repeats.skipDuplicate(id, env.Attempt, end) {
-		return true, nil, nil
+		return true, nil, nil, nil
 	}
 	if c != nil {
 		other, complete := c.otherAttempt(env), c.in.complete()
-		if other && w.repeats.skipTrailing(id, env.Attempt, end) {
+		if other && (w.repeats.skipTrailing(id, env.Attempt, end) || w.repeats.wasSuperseded(id, env.Attempt)) {
 			// The rest of an earlier attempt's request, whose call is over
-			// (a retry of it runs): skipped as such, and its end releases
-			// that call's held offset. It is neither c's input nor a new
-			// attempt of c's.
-			return true, nil, nil
+			// (a retry of it runs) or was superseded: skipped as such, and
+			// its end releases that call's held offset. It is neither c's
+			// input nor a new attempt of c's: an attempt once superseded
+			// never takes over from a newer one.
+			return true, nil, nil, nil
+		}
+		if other && c.streamsIn && !complete && !env.Cancel() {
+			// Another attempt while c's request still streams in: its
+			// caller gave up on c (a gateway that died midway writes
+			// neither c's end nor its cancel, and c would wait for them
+			// until its deadline). The newer attempt is the one that
+			// counts: it supersedes c and runs from this record, unless
+			// c's handler already returned an outcome to be stored,
+			// which the attempt then waits for as if c's request were
+			// complete.
+			if w.supersede(c) {
+				return false, nil, w.repeats.lookup(id), c
+			}
+			complete = true
 		}
 		if other && !c.streamsIn {
 			// Another attempt of a method without a client stream: its one
@@ -112,29 +138,66 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 				// answered (answerWaiters); its offset is held until then.
 				// The rest of the attempt's records are skipped.
 				w.repeats.wait(c, rec, env, pt)
-				return true, nil, nil
+				return true, nil, nil, nil
 			}
 			if other {
-				// Another attempt's end or cancel, or its message while c's
-				// request still streams in: c must not take it as its own
-				// input, end or cancel (a gateway writes a cancel once its
+				// Another attempt's end or cancel: c must not take it as
+				// its own end or cancel (a gateway writes a cancel once its
 				// caller's cancellation reaches it, which can be after the
-				// caller retried). Skipped: an attempt left unanswered is
-				// served on its caller's next retry once c is over.
-				return true, nil, nil
+				// caller retried). Skipped.
+				return true, nil, nil, nil
 			}
 		}
-		return false, c, nil
+		return false, c, nil, nil
 	}
-	if w.repeats.skipTrailing(id, env.Attempt, end) {
-		return true, nil, nil
+	if w.repeats.skipTrailing(id, env.Attempt, end) || w.repeats.wasSuperseded(id, env.Attempt) {
+		return true, nil, nil, nil
 	}
 	// An end-of-stream record too: the whole request of an empty client
 	// stream repeated, or the end of an attempt whose earlier records were
 	// answered and committed by the partition's previous owner (the rest of
 	// an attempt is skipped as trailing only by the worker that answered
 	// it). Either way it must not run the call again.
-	return false, nil, w.repeats.lookup(id)
+	return false, nil, w.repeats.lookup(id), nil
+}
+
+// supersede lets a newer attempt with c's correlation id take over from c,
+// a call whose request still streams in, and reports whether it did: when
+// c's handler still runs (or has yet to), c is marked superseded, and
+// handle then cancels it (cancelSuperseded): it ends ABORTED, its outcome
+// not stored; when the handler already returned an outcome not to be
+// stored, c ends with it, and the newer attempt runs again, as a retry of
+// a failed call does. It does not when c runs no handler (it is answered
+// from stored replies, or rejected) or returned an outcome to be stored:
+// the newer attempt is answered from that.
+//
+// Superseded, c leaves the calls in flight by id, for the newer attempt's
+// call to take its place, and stays among the calls drained on rebalance
+// and shutdown (detached) until it is over. The rest of c's request is
+// skipped (trailing; its end releases c's held offset), and c's attempt is
+// remembered as superseded, so that no record of it takes over again.
+// Called with w.mu held.
+func (w *Worker) supersede(c *call) bool {
+	if c.wm == nil {
+		return false
+	}
+	if !c.decision.CompareAndSwap(outcomeOpen, outcomeSuperseded) && c.decision.Load() != outcomeNotStored {
+		return false
+	}
+	delete(w.calls, c.id)
+	w.detached[c] = struct{}{}
+	w.repeats.supersede(c.id, c.attemptID())
+	return true
+}
+
+// cancelSuperseded cancels the handler of c, which the attempt of rec
+// superseded, and counts and logs it.
+func (w *Worker) cancelSuperseded(c *call, rec *kafkaclient.Record, env *wire.Envelope) {
+	c.cancel(errSuperseded)
+	w.countSuperseded()
+	w.cfg.logger.Info("kafkarpc: a newer attempt supersedes a call whose request was still streaming in", "method", c.method(),
+		"correlation_id", c.id, "attempt", string(c.attemptID()), "newer_attempt", string(env.Attempt),
+		"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "superseded_offset", c.first)
 }
 
 // testHookFeed, when set (tests only, before the worker starts), runs
@@ -170,8 +233,9 @@ func (w *Worker) emptyStream(env *wire.Envelope) bool {
 
 // routeNew serves a record of no call in flight: it starts a call, answers
 // it from stored (the replies of an earlier call with its correlation id),
-// rejects it, or skips it.
-func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, stored *storedReply) {
+// rejects it, or skips it. earlier, when not nil, is the call of an earlier
+// attempt that this record's attempt superseded (startCall).
+func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, stored *storedReply, earlier *call) {
 	names := &w.cfg.names
 	if env.CorrelationID == nil {
 		w.routeOneway(rec, env, pt)
@@ -210,7 +274,7 @@ func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partT
 		w.countDuplicate()
 		w.answerCall(rec, env, pt, id, nil, stored.records, false)
 	default:
-		w.startCall(rec, env, pt, id, wm, false)
+		w.startCall(rec, env, pt, id, wm, false, earlier)
 	}
 }
 
@@ -237,7 +301,7 @@ func (w *Worker) resolve(rec *kafkaclient.Record, env *wire.Envelope) (*workerMe
 // skipped.
 func (w *Worker) routeOneway(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) {
 	if wm := w.lookup(env.Service, env.Method); wm != nil && wm.spec.Kind == KindUnary && w.onewayRoute(wm.spec, rec.Topic) {
-		w.startCall(rec, env, pt, "", wm, false)
+		w.startCall(rec, env, pt, "", wm, false, nil)
 		return
 	}
 	w.stats.skippedNoID.Add(1)

@@ -5,7 +5,9 @@ import "slices"
 // keyOrder keeps calls that share a record key running in the order of
 // their records: a call waits for the unfinished calls before it with the
 // same key. Calls keyed by their own correlation id (the gateway's default
-// key) share no key and never wait. Guarded by Worker.mu.
+// key) share no key and never wait here (a call that supersedes an earlier
+// attempt with its correlation id waits for that attempt's call whatever
+// the key: call.after). Guarded by Worker.mu.
 type keyOrder struct {
 	queues map[string][]*call // unfinished calls by key, in record order
 }

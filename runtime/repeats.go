@@ -17,8 +17,9 @@ import (
 // request records are still to come (trailing) and, of those served, the
 // first offsets held until those records are read (held), the repeated
 // attempts of calls in flight whose records are skipped until their end (dupes), those
-// attempts waiting for their call's outcome (waiters), and the replies of
-// recent calls made with an idempotency key (stored).
+// attempts waiting for their call's outcome (waiters), the attempts that a
+// newer attempt superseded (superseded), and the replies of recent calls
+// made with an idempotency key (stored).
 //
 // A retry with the same idempotency key shares the correlation id of its
 // earlier attempts, so replies alone cannot tell the attempts apart: what
@@ -33,17 +34,24 @@ type repeats struct {
 	// attempts being skipped (nil for one without an attempt id).
 	dupes   map[string][][]byte
 	waiters map[*call][]waiter
-	stored  *replyStore
+	// superseded holds, by correlation id, the attempt ids of the calls
+	// that a newer attempt superseded (Worker.supersede): none of their
+	// records is served again, nor supersedes the newer attempt in turn.
+	// Bounded as trailing is; kept across rebalances, unlike trailing:
+	// a superseded attempt's caller gave up on it for good.
+	superseded *recentSet
+	stored     *replyStore
 }
 
 func newRepeats(window time.Duration, maxBytes int) repeats {
 	return repeats{
-		trailing: newRecentSet(1 << 16),
-		held:     heldTable{},
-		attempts: heldTable{},
-		dupes:    map[string][][]byte{},
-		waiters:  map[*call][]waiter{},
-		stored:   newReplyStore(window, maxBytes),
+		trailing:   newRecentSet(1 << 16),
+		superseded: newRecentSet(1 << 16),
+		held:       heldTable{},
+		attempts:   heldTable{},
+		dupes:      map[string][][]byte{},
+		waiters:    map[*call][]waiter{},
+		stored:     newReplyStore(window, maxBytes),
 	}
 }
 
@@ -147,6 +155,25 @@ func (r *repeats) takeWaiters(c *call) []waiter {
 // trail remembers id, of a call of attempt attempt that ended before its
 // last request record, so that its remaining records are skipped.
 func (r *repeats) trail(id string, attempt []byte) { r.trailing.add(id, attempt) }
+
+// supersede remembers attempt (not nil) of id as superseded by a newer
+// attempt while its request still streamed in: its remaining records are
+// skipped as trailing ones (its end releasing its held offset, skipTrailing)
+// and, after its end too, as superseded (wasSuperseded).
+func (r *repeats) supersede(id string, attempt []byte) {
+	r.trailing.add(id, attempt)
+	r.superseded.add(id, attempt)
+}
+
+// wasSuperseded reports whether attempt of id was superseded here. A
+// record without an attempt id (a gateway that writes none, such as
+// Zilla's) never was.
+func (r *repeats) wasSuperseded(id []byte, attempt []byte) bool {
+	if attempt == nil || len(r.superseded.set) == 0 {
+		return false
+	}
+	return r.superseded.has(string(id), attempt)
+}
 
 // lateEnd is skipTrailing's work at the end-of-stream record of c, a call
 // released before that record, which was fed to c (Worker.endFed): c's
@@ -350,7 +377,7 @@ func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 		case wm != nil:
 			// Its one request message is all its input; the rest of the
 			// attempt's records are skipped as a duplicate's.
-			w.startCall(d.rec, &d.env, d.pt, c.id, wm, true)
+			w.startCall(d.rec, &d.env, d.pt, c.id, wm, true, nil)
 			rerun = false // one re-run at most
 		default:
 			w.answerCall(d.rec, &d.env, d.pt, c.id, w.waiterStatus(d), w.storedReplay(c), true)

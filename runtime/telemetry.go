@@ -59,8 +59,9 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // kafkarpc.worker.duration, kafkarpc.worker.inflight (likewise),
 // kafkarpc.worker.records.skipped (counter, by reason: no_correlation_id,
 // malformed), kafkarpc.worker.dead_lettered, kafkarpc.worker.duplicates,
-// kafkarpc.worker.replies.lost (calls some of whose replies Kafka did not
-// take; see WorkerStats.LostReplies), and
+// kafkarpc.worker.superseded (calls given up for a newer attempt; see
+// WorkerStats.Superseded), kafkarpc.worker.replies.lost (calls some of
+// whose replies Kafka did not take; see WorkerStats.LostReplies), and
 // kafkarpc.worker.lag (gauge, by topic and partition: records not yet read
 // from the partitions the worker holds). ClientConn: the gateway's
 // instruments, named kafkarpc.client.* instead of kafkarpc.gateway.*.

@@ -54,6 +54,10 @@ type Worker struct {
 	repeats repeats
 	keys    keyOrder
 	parts   map[kafkaclient.TopicPartition]*partTrack
+	// detached holds the calls in flight that a newer attempt superseded
+	// (Worker.supersede): no longer under their correlation id, which the
+	// newer attempt's call holds, but drained like the others.
+	detached map[*call]struct{}
 	// stopped: the worker stopped (stopCalls); a call admitted now is
 	// aborted at once.
 	stopped bool
@@ -114,6 +118,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		ready:       make(chan struct{}),
 		calls:       map[string]*call{},
 		oneway:      map[*call]struct{}{},
+		detached:    map[*call]struct{}{},
 		repeats:     newRepeats(cfg.idemWindow, cfg.idemMaxBytes),
 		keys:        keyOrder{queues: map[string][]*call{}},
 		parts:       map[kafkaclient.TopicPartition]*partTrack{},
@@ -384,6 +389,11 @@ func (w *Worker) callsOf(parts map[kafkaclient.TopicPartition]bool, waiting bool
 	}
 	for c := range w.oneway { // one record, so never waiting for input
 		if parts == nil || parts[c.tp] {
+			cs = append(cs, c)
+		}
+	}
+	for c := range w.detached { // cancelled already, so not waiting for input: left to end
+		if (parts == nil || parts[c.tp]) && !waiting {
 			cs = append(cs, c)
 		}
 	}

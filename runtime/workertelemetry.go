@@ -19,6 +19,7 @@ type workerTelemetry struct {
 	skipped    metric.Int64Counter
 	deadLetter metric.Int64Counter
 	duplicates metric.Int64Counter
+	superseded metric.Int64Counter
 	lost       metric.Int64Counter
 }
 
@@ -33,6 +34,8 @@ func newWorkerTelemetry(cfg telemetryConfig, lag metric.Int64Callback) workerTel
 	t.deadLetter, _ = meter.Int64Counter("kafkarpc.worker.dead_lettered", metric.WithDescription("Calls sent to the dead-letter topic."))
 	t.duplicates, _ = meter.Int64Counter("kafkarpc.worker.duplicates",
 		metric.WithDescription("Requests answered from the stored replies of an earlier call."))
+	t.superseded, _ = meter.Int64Counter("kafkarpc.worker.superseded",
+		metric.WithDescription("Calls cancelled and answered ABORTED for a newer attempt of the same call that came while their request still streamed in."))
 	t.lost, _ = meter.Int64Counter("kafkarpc.worker.replies.lost",
 		metric.WithDescription("Calls some of whose replies Kafka did not take; their callers were told UNAVAILABLE (RESOURCE_EXHAUSTED for a reply too large)."))
 	_, _ = meter.Int64ObservableGauge("kafkarpc.worker.lag",
@@ -87,6 +90,12 @@ func (w *Worker) countDuplicate() {
 	w.tel.duplicates.Add(context.Background(), 1)
 }
 
+// countSuperseded counts a call given up for a newer attempt of it.
+func (w *Worker) countSuperseded() {
+	w.stats.superseded.Add(1)
+	w.tel.superseded.Add(context.Background(), 1)
+}
+
 // countSkipped counts a request record not served as a call.
 func (w *Worker) countSkipped(reason string) {
 	w.tel.skipped.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", reason)))
@@ -106,6 +115,12 @@ type WorkerStats struct {
 	// Duplicates counts requests answered from the replies of an earlier
 	// call with the same correlation id instead of running a handler.
 	Duplicates uint64
+	// Superseded counts calls given up for a newer attempt of the same
+	// call (a retry with the same idempotency key, another attempt id)
+	// that came while their request still streamed in and their handler
+	// still ran: each was cancelled and answered ABORTED, and the newer
+	// attempt served.
+	Superseded uint64
 	// DeadLettered counts calls whose requests went to the dead-letter
 	// topic.
 	DeadLettered uint64
@@ -131,7 +146,7 @@ type WorkerStats struct {
 }
 
 type workerCounters struct {
-	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, deadLettered, lostReplies atomic.Uint64
+	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, superseded, deadLettered, lostReplies atomic.Uint64
 
 	outcomesLoaded, outcomesMalformed, outcomesUnwritten atomic.Uint64
 }
@@ -143,6 +158,7 @@ func (w *Worker) Stats() WorkerStats {
 		Malformed:              w.stats.malformed.Load(),
 		Calls:                  w.stats.calls.Load(),
 		Duplicates:             w.stats.duplicates.Load(),
+		Superseded:             w.stats.superseded.Load(),
 		DeadLettered:           w.stats.deadLettered.Load(),
 		Panics:                 w.stats.panics.Load(),
 		ProxyRetries:           w.stats.proxyRetries.Load(),
