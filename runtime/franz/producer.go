@@ -177,24 +177,43 @@ func (c *Client) produceOn(p *kgo.Client, tr *tracker, r *kafkaclient.Record, ac
 		Value:     r.Value,
 		Timestamp: r.Timestamp,
 		Partition: r.Partition,
+		Headers:   asKgoHeaders(r.Headers),
 		Context:   ctx,
-	}
-	if len(r.Headers) > 0 {
-		hs := f.hs[:0]
-		if len(r.Headers) > len(f.hs) {
-			hs = make([]kgo.RecordHeader, 0, len(r.Headers))
-		}
-		for _, h := range r.Headers {
-			hs = append(hs, kgo.RecordHeader{Key: h.Key, Value: h.Value})
-		}
-		f.kr.Headers = hs
 	}
 	tr.add()
 	p.TryProduce(ctx, &f.kr, delivered)
 }
 
+// asKgoHeaders returns hs as kgo's headers, sharing their memory: kgo only
+// reads a produced record's headers, which belong to the client until the
+// record's done is called (Produce), and kafkaclient.Header and
+// kgo.RecordHeader have the same underlying type (checked at compile time
+// below), so the same layout. Copying them into kgo's type
+// was a loop of pointer writes per header, four records a unary call, and
+// 320 bytes of every inflight. Capacity is length: an append (a hook's) copies.
+func asKgoHeaders(hs []kafkaclient.Header) []kgo.RecordHeader {
+	if len(hs) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*kgo.RecordHeader)(unsafe.Pointer(unsafe.SliceData(hs))), len(hs))
+}
+
+// asHeaders is asKgoHeaders the other way: a consumed record's headers,
+// which kgo allocates for each record and never touches again once
+// PollRecords returned it, become the kafkaclient.Record's.
+func asHeaders(hs []kgo.RecordHeader) []kafkaclient.Header {
+	if len(hs) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*kafkaclient.Header)(unsafe.Pointer(unsafe.SliceData(hs))), len(hs))
+}
+
+// This compiles only while kafkaclient.Header and kgo.RecordHeader convert
+// into each other, that is, have the same underlying type.
+var _ = kgo.RecordHeader(kafkaclient.Header{})
+
 // inflight is one record handed to kgo, with what its promise needs, in
-// one value (the record's headers too, when there are few). kgo is given
+// one value; the kgo record's headers are the record's own (asKgoHeaders). kgo is given
 // &f.kr, and delivered, a function without captures, finds f from it
 // (inflightOf).
 //
@@ -219,8 +238,7 @@ type inflight struct {
 	tr   *tracker
 	done func(*kafkaclient.Record, error)
 	c    *Client
-	kc   *kgo.Client         // the producer it went to
-	hs   [8]kgo.RecordHeader // most records' headers: no allocation of their own
+	kc   *kgo.Client // the producer it went to
 }
 
 var inflights = sync.Pool{New: func() any { return new(inflight) }}
@@ -234,7 +252,6 @@ func inflightOf(kr *kgo.Record) *inflight {
 // release clears f, so that the pool keeps no record, key, value or
 // callback alive, and puts it back in the pool.
 func (f *inflight) release() {
-	clear(f.hs[:min(len(f.kr.Headers), len(f.hs))])
 	f.kr, f.r, f.tr, f.done = kgo.Record{}, nil, nil, nil
 	inflights.Put(f)
 }

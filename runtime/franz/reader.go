@@ -24,16 +24,13 @@ const maxBatch = 512
 // topics whose partitions failed with UNKNOWN_TOPIC_ID: a topic kgo knows by
 // an old id was deleted and created again, which kgo does not adopt until
 // the topic is purged and added again (Reader.readAnew, GroupReader.Poll).
-// Key, Value and header values are kgo's slices, not copied again; a null
-// value stays nil and an empty value stays empty non-nil.
+// Key, Value and Headers are kgo's slices, not copied again (asHeaders); a
+// null value stays nil and an empty value stays empty non-nil.
 func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool, newID []string) {
 	n := fs.NumRecords()
 	if n > 0 {
 		out = make([]*kafkaclient.Record, 0, n)
 		backing := make([]kafkaclient.Record, n)
-		headers := 0
-		fs.EachRecord(func(kr *kgo.Record) { headers += len(kr.Headers) })
-		hbacking := make([]kafkaclient.Header, headers) // every record's headers, in one allocation
 		i := 0
 		fs.EachRecord(func(kr *kgo.Record) {
 			r := &backing[i]
@@ -44,14 +41,7 @@ func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, clo
 			r.Key = kr.Key
 			r.Value = kr.Value
 			r.Timestamp = kr.Timestamp
-			if k := len(kr.Headers); k > 0 {
-				hs := hbacking[:k:k] // capped: an append by the caller copies
-				hbacking = hbacking[k:]
-				for j, h := range kr.Headers {
-					hs[j] = kafkaclient.Header{Key: h.Key, Value: h.Value}
-				}
-				r.Headers = hs
-			}
+			r.Headers = asHeaders(kr.Headers) // kgo's, as its key and value; capped: an append by the caller copies
 			out = append(out, r)
 		})
 	}
