@@ -38,6 +38,10 @@ type gwCall struct {
 	tel     *methodTelemetry
 	ctx     context.Context // the caller's
 	send    trace.Span      // producing the request stream
+	// spanless is set when, as the call began, the tracer recorded nothing
+	// (tracing.idle) and ctx carried no span context: the call's spans
+	// need not look for one in ctx again (tracing.startSpanless).
+	spanless bool
 
 	// request side
 	reqMu      sync.Mutex
@@ -105,7 +109,12 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 	c.onProduced = c.delivered
 	c.queue = c.qbuf[:0]
 	c.tel.begin(ctx)
-	sendCtx, send := g.trc.start(ctx, rp.sendName, rp.sendOpts...)
+	sendCtx, send := ctx, idleSpan
+	if g.trc.idle() && !trace.SpanContextFromContext(ctx).IsValid() {
+		c.spanless = true // as g.trc.start would have found, without looking again
+	} else {
+		sendCtx, send = g.trc.tracer.Start(ctx, rp.sendName, rp.sendOpts...)
+	}
 	c.send = send
 	if err := ctx.Err(); err != nil {
 		// The caller gave up already: nothing reaches the worker (grpc-go
@@ -115,7 +124,9 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 	if err := g.checkTopic(ctx, m, rp.route.Topic); err != nil {
 		return nil, c.abandon(err) // topics.go: NOT_FOUND at once when the topic does not exist
 	}
-	md = g.trc.inject(sendCtx, md)
+	if !c.spanless { // else sendCtx, ctx itself, carries no span context to inject
+		md = g.trc.inject(sendCtx, md)
+	}
 	req := wire.Request{Route: rp.fixed, Metadata: md, Keep: g.keep}
 	if g.cfg.identity != nil {
 		if who, ok := g.cfg.identity(ctx); ok {
@@ -570,8 +581,14 @@ func (c *gwCall) openReply(ctx context.Context, rec *kafkaclient.Record, env *wi
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "%s: reply at %s: %v", c.m.FullMethod(), recordPlace(rec), err)
 	}
-	parent := c.g.trc.extract(ctx, md)
-	_, receive := c.g.trc.start(parent, c.rp.recvName, c.rp.recvOpts...)
+	var receive trace.Span
+	if c.spanless && !c.g.trc.carries(md) {
+		// Neither the caller's context nor the worker's headers carry a
+		// span context.
+		_, receive = c.g.trc.startSpanless(ctx, c.rp.recvName, c.rp.recvOpts...)
+	} else {
+		_, receive = c.g.trc.start(c.g.trc.extract(ctx, md), c.rp.recvName, c.rp.recvOpts...)
+	}
 	if receive.IsRecording() {
 		receive.AddLink(trace.LinkFromContext(ctx))
 		receive.SetAttributes(attribute.String("messaging.message.conversation_id", c.id))

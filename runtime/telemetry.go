@@ -132,10 +132,36 @@ var idleSpan trace.Span = noop.Span{}
 // no-op span without allocating: what the global default would return, at
 // no cost per call.
 func (t tracing) start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
-	if t.global != nil && otel.GetTracerProvider() == t.global && !trace.SpanContextFromContext(ctx).IsValid() {
+	if t.idle() && !trace.SpanContextFromContext(ctx).IsValid() {
 		return ctx, idleSpan
 	}
 	return t.tracer.Start(ctx, name, opts...)
+}
+
+// idle reports whether a span started under no parent would record
+// nothing: the tracer is otel's global default, no provider installed since.
+func (t tracing) idle() bool { return t.global != nil && otel.GetTracerProvider() == t.global }
+
+// startSpanless is start for a ctx already found to carry no span context.
+// Finding none walks the whole chain of ctx's values, a dozen for a gRPC
+// server's context: a gateway call looks once (beginCall), not at each of
+// its spans.
+func (t tracing) startSpanless(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	if t.idle() {
+		return ctx, idleSpan
+	}
+	return t.tracer.Start(ctx, name, opts...)
+}
+
+// carries reports whether md has any of the fields the propagator reads:
+// without them, extract finds no span context in md.
+func (t tracing) carries(md metadata.MD) bool {
+	for _, f := range t.fields {
+		if len(md.Get(f)) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func meterOf(c telemetryConfig) metric.Meter {

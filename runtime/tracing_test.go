@@ -10,6 +10,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/metadata"
 )
 
 // TestIdleTracingCostsNothing: with otel's global default provider and no
@@ -31,6 +32,18 @@ func TestIdleTracingCostsNothing(t *testing.T) {
 		}
 	}); allocs != 0 {
 		t.Errorf("an idle span costs %v allocations", allocs)
+	}
+	if allocs := testing.AllocsPerRun(100, func() {
+		c, span := trc.startSpanless(ctx, "receive x", opts...)
+		span.End()
+		if c != ctx || span.IsRecording() {
+			t.Fatal("an idle span under a context known to carry no span context changed the context or records")
+		}
+	}); allocs != 0 {
+		t.Errorf("an idle span under a context known to carry no span context costs %v allocations", allocs)
+	}
+	if trc.carries(metadata.Pairs("user-agent", "x")) || !trc.carries(metadata.Pairs("traceparent", "00-01-02-01")) {
+		t.Error("carries does not tell metadata with a trace context from metadata without")
 	}
 
 	// A remote parent (as the worker extracts from a request) is carried
@@ -65,7 +78,9 @@ func TestInstalledProviderRecords(t *testing.T) {
 	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
 	_, span := trc.start(context.Background(), "send y")
 	span.End()
-	if ended := rec.Ended(); len(ended) != 1 || ended[0].Name() != "send y" {
-		t.Fatalf("after otel.SetTracerProvider: %d spans recorded, want send y", len(ended))
+	_, span = trc.startSpanless(context.Background(), "receive y")
+	span.End()
+	if ended := rec.Ended(); len(ended) != 2 || ended[0].Name() != "send y" || ended[1].Name() != "receive y" {
+		t.Fatalf("after otel.SetTracerProvider: %d spans recorded, want send y and receive y", len(ended))
 	}
 }
