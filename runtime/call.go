@@ -90,9 +90,10 @@ type call struct {
 	// (decide) or a newer attempt superseded the call (Worker.supersede),
 	// whichever comes first, and never changes after that.
 	decision atomic.Int32
-	// after are closed once the calls this one superseded are over (nil
-	// when it superseded none): its handler runs only then. Set before
-	// the call runs, read by its goroutine only.
+	// after are closed once the superseded calls with its correlation id
+	// in flight when it started are over (nil when none was): its handler
+	// runs only then. Set by admit, before the call runs; read by its
+	// goroutine only.
 	after []<-chan struct{}
 	// streamsIn: its method takes a client stream, so that request records
 	// of its left unread when it ends could be taken for a new call.
@@ -152,10 +153,9 @@ func (c *call) ownAttempt(env *wire.Envelope) bool {
 
 // startCall registers a call starting at rec, whose headers env holds, and
 // runs it on a goroutine of its own. ended says rec is all of the call's
-// input (its other records are skipped elsewhere). earlier, when not nil,
-// is the call of an earlier attempt that this one supersedes: its handler
-// runs only once that call is over.
-func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, wm *workerMethod, ended bool, earlier *call) {
+// input (its other records are skipped elsewhere). Its handler runs only
+// once the superseded calls with its correlation id are over (admit).
+func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, id string, wm *workerMethod, ended bool) {
 	md, err := env.Metadata()
 	if err == nil {
 		err = env.TimeoutErr
@@ -184,9 +184,6 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 	c.openContext(rec, env, md, deadline, cause)
 	c.sent.retry.until = deadline
 	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
-	if earlier != nil {
-		c.after = earlier.awaitedBy()
-	}
 	if w.admit(c, rec, env, true) {
 		c.abort()
 	}
@@ -237,7 +234,11 @@ func (c *call) cancel(cause error) {
 
 // admit enters c, a call starting at rec, in the dispatch tables: under its
 // correlation id, in its record key's queue when ordered, its first offset
-// held until it is served. It also sets c's reply topic.
+// held until it is served. It also sets c's reply topic and, for a call
+// that runs a handler, the ends of the superseded calls with its
+// correlation id still in flight (call.after): whether c supersedes one
+// or comes once the call that did is over, its handler never runs beside
+// theirs.
 //
 // It reports whether the worker already stopped: the caller then aborts c.
 func (w *Worker) admit(c *call, rec *kafkaclient.Record, env *wire.Envelope, ordered bool) (stopped bool) {
@@ -246,6 +247,11 @@ func (w *Worker) admit(c *call, rec *kafkaclient.Record, env *wire.Envelope, ord
 	c.replyTo = w.replyTopic(env.ReplyTo)
 	if c.id != "" {
 		w.calls[c.id] = c
+		if c.wm != nil {
+			for _, d := range w.detached[c.id] {
+				c.after = append(c.after, d.done)
+			}
+		}
 	} else {
 		w.oneway[c] = struct{}{}
 	}
@@ -302,6 +308,9 @@ func (c *call) abort() {
 // calls with its key and for a handler slot, runs the handler (again, as
 // retries allow), dead-letters a poison request, and finishes the call.
 func (c *call) run() {
+	if len(c.after) > 0 && testHookAwaitEarlier != nil {
+		testHookAwaitEarlier(c.id, c.attemptID())
+	}
 	for _, done := range c.after { // never two attempts' handlers at once, whatever their record keys
 		select {
 		case <-done:
@@ -336,6 +345,11 @@ func (c *call) run() {
 	c.finish(st)
 }
 
+// testHookAwaitEarlier, when set (tests only, before the worker starts),
+// runs when a call starts waiting for the superseded calls with its
+// correlation id (call.after) to be over.
+var testHookAwaitEarlier func(id string, attempt []byte)
+
 // decide fixes the call's outcome once its handler returned or will not
 // run: st, unless a newer attempt superseded the call first, which then
 // ends ABORTED saying so (superseded). It may be called again: it answers
@@ -349,20 +363,6 @@ func (c *call) decide(st *status.Status) (_ *status.Status, superseded bool) {
 		return st, false
 	}
 	return status.Newf(codes.Aborted, "%s: %v; the newer attempt is served", c.method(), errSuperseded), true
-}
-
-// awaitedBy is what a call superseding c waits for before its handler
-// runs: c's end, and the ends c itself still waited for.
-func (c *call) awaitedBy() []<-chan struct{} {
-	after := []<-chan struct{}{c.done}
-	for _, done := range c.after {
-		select {
-		case <-done:
-		default:
-			after = append(after, done)
-		}
-	}
-	return after
 }
 
 // retryable reports whether st (or a panic) is a failure worth another try.
@@ -589,8 +589,7 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 	}
 	w.keys.pass(c)
 	held := false
-	if _, superseded := w.detached[c]; superseded {
-		delete(w.detached, c)
+	if w.undetach(c) {
 		if w.repeats.trailing.has(c.id, c.attemptID()) { // its end is still to come
 			if !served {
 				// Given up unserved (rebalance or shutdown): its offset

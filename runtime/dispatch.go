@@ -28,6 +28,8 @@ package runtime
 // commit past it, and the repeats that waited for it are answered.
 
 import (
+	"slices"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -71,7 +73,7 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 		if earlier != nil && earlier.decision.Load() == outcomeSuperseded {
 			w.cancelSuperseded(earlier, rec, &env)
 		}
-		w.routeNew(rec, &env, pt, stored, earlier)
+		w.routeNew(rec, &env, pt, stored)
 		// Only now that a call it starts holds its offset may a commit pass
 		// it: marked read before, the record could be committed while its
 		// call was not yet entered, and lost in a crash.
@@ -185,8 +187,24 @@ func (w *Worker) supersede(c *call) bool {
 		return false
 	}
 	delete(w.calls, c.id)
-	w.detached[c] = struct{}{}
+	w.detached[c.id] = append(w.detached[c.id], c)
 	w.repeats.supersede(c.id, c.attemptID())
+	return true
+}
+
+// undetach takes c out of the superseded calls in flight, and reports
+// whether it was one. Called with w.mu held.
+func (w *Worker) undetach(c *call) bool {
+	list := w.detached[c.id]
+	i := slices.Index(list, c)
+	if i < 0 {
+		return false
+	}
+	if list = slices.Delete(list, i, i+1); len(list) == 0 {
+		delete(w.detached, c.id)
+	} else {
+		w.detached[c.id] = list
+	}
 	return true
 }
 
@@ -233,9 +251,8 @@ func (w *Worker) emptyStream(env *wire.Envelope) bool {
 
 // routeNew serves a record of no call in flight: it starts a call, answers
 // it from stored (the replies of an earlier call with its correlation id),
-// rejects it, or skips it. earlier, when not nil, is the call of an earlier
-// attempt that this record's attempt superseded (startCall).
-func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, stored *storedReply, earlier *call) {
+// rejects it, or skips it.
+func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack, stored *storedReply) {
 	names := &w.cfg.names
 	if env.CorrelationID == nil {
 		w.routeOneway(rec, env, pt)
@@ -274,7 +291,7 @@ func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partT
 		w.countDuplicate()
 		w.answerCall(rec, env, pt, id, nil, stored.records, false)
 	default:
-		w.startCall(rec, env, pt, id, wm, false, earlier)
+		w.startCall(rec, env, pt, id, wm, false)
 	}
 }
 
@@ -301,7 +318,7 @@ func (w *Worker) resolve(rec *kafkaclient.Record, env *wire.Envelope) (*workerMe
 // skipped.
 func (w *Worker) routeOneway(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) {
 	if wm := w.lookup(env.Service, env.Method); wm != nil && wm.spec.Kind == KindUnary && w.onewayRoute(wm.spec, rec.Topic) {
-		w.startCall(rec, env, pt, "", wm, false, nil)
+		w.startCall(rec, env, pt, "", wm, false)
 		return
 	}
 	w.stats.skippedNoID.Add(1)

@@ -57,3 +57,13 @@ func SetRelayedHook(f func()) (restore func()) {
 	testHookRelayed = f
 	return func() { testHookRelayed = nil }
 }
+
+// SetAwaitEarlierHook makes every worker call f when a call starts waiting
+// for the superseded calls with its correlation id to be over (id, and the
+// waiting call's attempt id), and returns a function that removes it. Set
+// it before the worker starts and remove it after the worker stopped.
+// Tests only; no test of this package runs in parallel.
+func SetAwaitEarlierHook(f func(id string, attempt []byte)) (restore func()) {
+	testHookAwaitEarlier = f
+	return func() { testHookAwaitEarlier = nil }
+}

@@ -377,7 +377,7 @@ func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 		case wm != nil:
 			// Its one request message is all its input; the rest of the
 			// attempt's records are skipped as a duplicate's.
-			w.startCall(d.rec, &d.env, d.pt, c.id, wm, true, nil)
+			w.startCall(d.rec, &d.env, d.pt, c.id, wm, true)
 			rerun = false // one re-run at most
 		default:
 			w.answerCall(d.rec, &d.env, d.pt, c.id, w.waiterStatus(d), w.storedReplay(c), true)

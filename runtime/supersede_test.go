@@ -411,3 +411,60 @@ func TestRetryWhileFailedAttemptEndsRunsAgain(t *testing.T) {
 		t.Fatalf("Stats().Superseded = %d, want 0: the first attempt's handler had returned, nothing was cancelled", n)
 	}
 }
+
+// TestRetryAfterEndedSupersedingAttemptWaitsForSupersededHandler: a2
+// supersedes a1, whose handler is slow to return once cancelled, and a2
+// ends while it waits for a1 (its caller cancelled it). Its caller retries
+// once more (a3): no call of the correlation id is in flight, a1 being
+// detached, and a3's handler ran at once, beside a1's, which still read
+// a1's request: two attempts' handlers at once. a3 must wait for a1 too.
+func TestRetryAfterEndedSupersedingAttemptWaitsForSupersededHandler(t *testing.T) {
+	awaiting := make(chan string, 8)
+	t.Cleanup(runtime.SetAwaitEarlierHook(func(_ string, attempt []byte) { awaiting <- string(attempt) }))
+	h := newHandoff()
+	e := setup(t, h)
+	t.Cleanup(h.letGo) // before the worker closes: a held run must not outlive the test
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	const method, key = "EchoClientStream", "superseding-ended"
+	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, method, e.topic("echo-responses"))
+	sendAttempt(t, e, method, id, key, "a1", "a1-m0")
+	h.awaitStart(t, "a1-m0")
+	sendAttempt(t, e, method, id, key, "a2", "a2-m0")
+	h.awaitSuperseded(t, ctxFor(t, 30*time.Second))
+	sendAttempt(t, e, method, id, key, "a2", "", "zilla:status", wire.CancelStatus)
+	if got := awaitEndWithin(replies, id, "a2", 30*time.Second); got == nil || header(got[len(got)-1], "zilla:status") != "1" {
+		t.Fatal("the second attempt did not end CANCELLED within 30 s")
+	}
+	sendAttempt(t, e, method, id, key, "a3", "a3-m0")
+	sendAttempt(t, e, method, id, key, "a3", "")
+	for bound := time.After(30 * time.Second); ; {
+		select {
+		case m := <-h.started:
+			t.Fatalf("a run started with %q while the superseded first attempt's handler had not returned", m)
+		case a := <-awaiting:
+			if a != "a3" {
+				continue // a2's wait
+			}
+		case <-bound:
+			t.Fatal("the third attempt neither ran nor waited for the first within 30 s")
+		}
+		break
+	}
+	h.letGo()
+	h.awaitStart(t, "a3-m0")
+	got := awaitEndWithin(replies, id, "a3", 30*time.Second)
+	if got == nil || len(got) != 2 || header(got[1], "zilla:status") != "0" {
+		t.Fatal("the third attempt was not answered with a response and an OK end within 30 s")
+	}
+	var resp echov1.EchoResponse
+	if err := proto.Unmarshal(got[0].Value, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetMessage() != "a3-m0" {
+		t.Fatalf("the third attempt was answered %q, want %q", resp.GetMessage(), "a3-m0")
+	}
+	ev := h.noted()
+	if r, s := slices.Index(ev, "return a1-m0"), slices.Index(ev, "start a3-m0"); r < 0 || s < r {
+		t.Fatalf("handler events %v: the third attempt's run must start after the first attempt's returned", ev)
+	}
+}

@@ -54,10 +54,12 @@ type Worker struct {
 	repeats repeats
 	keys    keyOrder
 	parts   map[kafkaclient.TopicPartition]*partTrack
-	// detached holds the calls in flight that a newer attempt superseded
-	// (Worker.supersede): no longer under their correlation id, which the
-	// newer attempt's call holds, but drained like the others.
-	detached map[*call]struct{}
+	// detached holds, by correlation id, the calls in flight that a newer
+	// attempt superseded (Worker.supersede): no longer under their
+	// correlation id, which the newer attempt's call holds, but drained
+	// like the others, and waited for by every call with their id that
+	// runs a handler (admit).
+	detached map[string][]*call
 	// stopped: the worker stopped (stopCalls); a call admitted now is
 	// aborted at once.
 	stopped bool
@@ -118,7 +120,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		ready:       make(chan struct{}),
 		calls:       map[string]*call{},
 		oneway:      map[*call]struct{}{},
-		detached:    map[*call]struct{}{},
+		detached:    map[string][]*call{},
 		repeats:     newRepeats(cfg.idemWindow, cfg.idemMaxBytes),
 		keys:        keyOrder{queues: map[string][]*call{}},
 		parts:       map[kafkaclient.TopicPartition]*partTrack{},
@@ -392,9 +394,11 @@ func (w *Worker) callsOf(parts map[kafkaclient.TopicPartition]bool, waiting bool
 			cs = append(cs, c)
 		}
 	}
-	for c := range w.detached { // cancelled already, so not waiting for input: left to end
-		if (parts == nil || parts[c.tp]) && !waiting {
-			cs = append(cs, c)
+	for _, list := range w.detached { // cancelled already, so not waiting for input: left to end
+		for _, c := range list {
+			if (parts == nil || parts[c.tp]) && !waiting {
+				cs = append(cs, c)
+			}
 		}
 	}
 	return cs
