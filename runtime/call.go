@@ -95,6 +95,10 @@ type call struct {
 	// runs only then. Set by admit, before the call runs; read by its
 	// goroutine only.
 	after []<-chan struct{}
+	// extra are the first offsets of superseded calls of its correlation id
+	// that it keeps unfinished until it is over (Worker.handOn), with its
+	// own. Guarded by Worker.mu.
+	extra []int64
 	// streamsIn: its method takes a client stream, so that request records
 	// of its left unread when it ends could be taken for a new call.
 	streamsIn bool
@@ -589,14 +593,15 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 	}
 	w.keys.pass(c)
 	held := false
-	if w.undetach(c) {
+	superseded := w.undetach(c)
+	if superseded {
 		if w.repeats.trailing.has(c.id, c.attemptID()) { // its end is still to come
 			if !served {
 				// Given up unserved (rebalance or shutdown): its offset
 				// stays uncommitted, as any such call's.
 				w.repeats.trailing.remove(c.id, c.attemptID())
 			} else if w.parts[c.tp] == c.pt {
-				w.repeats.hold(c, c.sent.retry.until, w.expireHeld)
+				w.repeats.hold(c, true, c.sent.retry.until, w.expireHeld)
 				held = true
 			}
 		}
@@ -614,16 +619,39 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 				// read, or its deadline passes (repeats.hold). (Of a call
 				// without a client stream only the end record can be left,
 				// and a worker that reads it alone skips it.)
-				w.repeats.hold(c, c.sent.retry.until, w.expireHeld)
+				w.repeats.hold(c, false, c.sent.retry.until, w.expireHeld)
 				held = true
 			}
 		}
 	}
 	delete(w.oneway, c)
 	if served && !held {
-		c.pt.finish(c.first)
+		offs := append([]int64{c.first}, c.extra...)
+		if !superseded || !w.handOn(c.id, c.pt, offs) {
+			for _, off := range offs {
+				c.pt.finish(off)
+			}
+		}
 	}
 	return w.repeats.takeWaiters(c)
+}
+
+// handOn makes the call in flight with correlation id id, when it reads
+// partition track pt, keep offs unfinished until it is over (call.extra):
+// the first offsets of a superseded call of that id (and of those it
+// superseded), done otherwise. Were they finished while that newer attempt
+// runs, the committed offset could pass them to stop inside the superseded
+// attempt's records, and the partition's next owner would take the rest of
+// them for an attempt that supersedes the newer one. It reports false,
+// leaving offs to the caller to finish, when no such call is in flight.
+// Called with w.mu held.
+func (w *Worker) handOn(id string, pt *partTrack, offs []int64) bool {
+	s := w.calls[id]
+	if s == nil || s.pt != pt {
+		return false
+	}
+	s.extra = append(s.extra, offs...)
+	return true
 }
 
 // method is the call's full method name, or "" for a call answered without

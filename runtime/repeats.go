@@ -41,6 +41,10 @@ type repeats struct {
 	// a superseded attempt's caller gave up on it for good.
 	superseded *recentSet
 	stored     *replyStore
+	// handOn, when not nil, takes over the offsets of a superseded call's
+	// held entry when that entry is released (Worker.handOn), and reports
+	// whether it did.
+	handOn func(id string, pt *partTrack, offs []int64) bool
 }
 
 func newRepeats(window time.Duration, maxBytes int) repeats {
@@ -201,8 +205,14 @@ type heldCall struct {
 	first int64
 	// attempt is the attempt id of the held call or attempt, nil without one.
 	attempt []byte
-	timer   *time.Timer // the bound (the call's deadline); nil without one
-	table   heldTable   // where it is kept: held, or attempts
+	// extra are first offsets of earlier attempts that the held call kept
+	// unfinished (call.extra): finished with first.
+	extra []int64
+	// superseded: the held call was superseded; its offsets go on to the
+	// call of its correlation id in flight, if any, when released.
+	superseded bool
+	timer      *time.Timer // the bound (the call's deadline); nil without one
+	table      heldTable   // where it is kept: held, or attempts
 }
 
 // heldTable holds first offsets by correlation id: one per attempt, since
@@ -242,11 +252,15 @@ func (t heldTable) remove(h *heldCall) {
 // whichever comes first: a caller that died mid-stream never sends its end,
 // and must not stop the partition's commits for longer than its call could
 // last. expire is run, without Worker.mu, once the deadline passes.
-func (r *repeats) hold(c *call, until time.Time, expire func(*heldCall)) {
+//
+// The offsets of earlier attempts that c kept unfinished (call.extra) are
+// held with its own; superseded says c was superseded (Worker.handOn).
+func (r *repeats) hold(c *call, superseded bool, until time.Time, expire func(*heldCall)) {
 	if old := r.held.find(c.id, c.attemptID()); old != nil { // not expected: its attempt is skipped while held
 		r.release(old)
 	}
-	r.keep(&heldCall{id: c.id, tp: c.tp, pt: c.pt, first: c.first, attempt: c.attemptID(), table: r.held}, until, expire)
+	r.keep(&heldCall{id: c.id, tp: c.tp, pt: c.pt, first: c.first, attempt: c.attemptID(), extra: c.extra,
+		superseded: superseded, table: r.held}, until, expire)
 }
 
 // holdAttempt is hold for an answered attempt whose records are still
@@ -267,13 +281,21 @@ func (r *repeats) keep(h *heldCall, until time.Time, expire func(*heldCall)) {
 	h.table[h.id] = append(h.table[h.id], h)
 }
 
-// release finishes the held first offset h.
+// release finishes the held first offset h (and the earlier attempts'
+// offsets it kept), unless h is of a superseded call whose offsets the
+// call in flight with its correlation id takes over (handOn).
 func (r *repeats) release(h *heldCall) {
 	h.table.remove(h)
 	if h.timer != nil {
 		h.timer.Stop()
 	}
-	h.pt.finish(h.first)
+	offs := append([]int64{h.first}, h.extra...)
+	if h.superseded && r.handOn != nil && r.handOn(h.id, h.pt, offs) {
+		return
+	}
+	for _, off := range offs {
+		h.pt.finish(off)
+	}
 }
 
 // expireHeld finishes h's offset once its call's deadline passed, unless

@@ -468,3 +468,71 @@ func TestRetryAfterEndedSupersedingAttemptWaitsForSupersededHandler(t *testing.T
 		t.Fatalf("handler events %v: the third attempt's run must start after the first attempt's returned", ev)
 	}
 }
+
+// TestSupersededAttemptHoldsCommitWhileItsRetryRuns: a2 supersedes a1, a1
+// is over and its remaining records, its end included, are read while a2
+// still waits for the rest of its request. The worker committed a2's first
+// offset, a1's being done: inside a1's records. The partition's next owner
+// (the worker crashed, or a rebalance) then read a1's late message as a new
+// attempt that superseded a2, ran a handler on that part of a1's request,
+// and answered a2 ABORTED. The commit must stay at a1's first record while
+// a2 is not over: the next owner then reads a1 whole, superseded again, and
+// serves a2.
+func TestSupersededAttemptHoldsCommitWhileItsRetryRuns(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	kcA, kcB := newCommitLog(e.kc), newCommitLog(e.kc)
+	h := newHandoff()
+	a := e.start(t, kcA, h)
+	t.Cleanup(h.letGo)
+	const id = "superseded-retry-runs"
+	attempt := func(n string) []string {
+		return []string{"meta:" + wire.AttemptMetadata, n, "meta:idempotency-key", "k-superseded-retry-runs"}
+	}
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), attempt("a1")...))
+	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
+	h.awaitStart(t, "a1-m0")
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), attempt("a2")...))
+	h.awaitSuperseded(t, ctxFor(t, 30*time.Second))
+	h.letGo()
+	if got := awaitEndWithin(replies, id, "a1", 30*time.Second); got == nil || header(got[len(got)-1], "zilla:status") != "10" {
+		t.Fatal("the first attempt did not end ABORTED within 30 s")
+	}
+	h.awaitStart(t, "a2-m0")
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-late"), attempt("a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a1")...))
+	// A record without a correlation id after them, which the worker skips
+	// (counted) once it read a1's end.
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte("one-partition"), Value: []byte("marker")})
+	for bound := time.Now().Add(30 * time.Second); a.Stats().SkippedNoCorrelationID == 0; {
+		if time.Now().After(bound) {
+			t.Fatal("worker A did not read the marker record within 30 s")
+		}
+		time.Sleep(time.Millisecond) // polling the worker's state, bounded above
+	}
+	_ = a.Close() // gives a2 up unserved; commits what it may, synchronously
+	if hi := kcA.highest(tp); hi > first.Offset {
+		t.Fatalf("worker A committed offset %d, past the first record (%d) of the superseded attempt while its retry was not over", hi, first.Offset)
+	}
+
+	hb := newHandoff()
+	hb.letGo() // the first attempt, superseded again, returns at once
+	e.start(t, kcB, hb)
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m1"), attempt("a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a2")...))
+	got := awaitEndWithin(replies, id, "a2", 30*time.Second)
+	if got == nil {
+		t.Fatal("no answer to the retry from the partition's next owner within 30 s")
+	}
+	if s := header(got[len(got)-1], "zilla:status"); s != "0" || len(got) != 2 {
+		t.Fatalf("the next owner answered the retry with %d records ending with status %s (%s), want a response and an OK end",
+			len(got), s, header(got[len(got)-1], "zilla:message"))
+	}
+	var resp echov1.EchoResponse
+	if err := proto.Unmarshal(got[0].Value, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetMessage() != "a2-m0,a2-m1" {
+		t.Fatalf("the retry was answered %q, want %q", resp.GetMessage(), "a2-m0,a2-m1")
+	}
+}

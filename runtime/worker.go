@@ -132,6 +132,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
 	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + wire.ServedByMetadata, Value: []byte(wire.NewUUID())}}
 	w.attemptKey = cfg.names.MetaPrefix + wire.AttemptMetadata
+	w.repeats.handOn = w.handOn
 	w.maxDurationErr = fmt.Errorf("%w (%v, WorkerMaxCallDuration)", errMaxCallDuration, cfg.maxCallDuration)
 	w.tel = newWorkerTelemetry(cfg.telemetryConfig, w.observeLag)
 	if cfg.outcomeTopic != "" && cfg.idemWindow > 0 {
