@@ -421,6 +421,12 @@ func TestRetryWhileFailedAttemptEndsRunsAgain(t *testing.T) {
 func TestRetryAfterEndedSupersedingAttemptWaitsForSupersededHandler(t *testing.T) {
 	awaiting := make(chan string, 8)
 	t.Cleanup(runtime.SetAwaitEarlierHook(func(_ string, attempt []byte) { awaiting <- string(attempt) }))
+	ends := make(chan (<-chan struct{}), 8) // of the calls fed an end record: a2's cancel first
+	t.Cleanup(runtime.SetFeedHook(func(_ string, end bool, done <-chan struct{}) {
+		if end {
+			ends <- done
+		}
+	}))
 	h := newHandoff()
 	e := setup(t, h)
 	t.Cleanup(h.letGo) // before the worker closes: a held run must not outlive the test
@@ -434,6 +440,18 @@ func TestRetryAfterEndedSupersedingAttemptWaitsForSupersededHandler(t *testing.T
 	sendAttempt(t, e, method, id, key, "a2", "", "zilla:status", wire.CancelStatus)
 	if got := awaitEndWithin(replies, id, "a2", 30*time.Second); got == nil || header(got[len(got)-1], "zilla:status") != "1" {
 		t.Fatal("the second attempt did not end CANCELLED within 30 s")
+	}
+	// Once a2 is over, not while it ends: a3 would then wait for its
+	// outcome, as a retry of a call still in flight does.
+	select {
+	case done := <-ends:
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the second attempt was not over within 30 s")
+		}
+	default:
+		t.Fatal("the second attempt's cancel was not fed to its call")
 	}
 	sendAttempt(t, e, method, id, key, "a3", "a3-m0")
 	sendAttempt(t, e, method, id, key, "a3", "")
