@@ -625,12 +625,10 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 		}
 	}
 	delete(w.oneway, c)
-	if served && !held {
-		offs := append([]int64{c.first}, c.extra...)
-		if !superseded || !w.handOn(c.id, c.pt, offs) {
-			for _, off := range offs {
-				c.pt.finish(off)
-			}
+	if served && !held && (!superseded || !w.handOn(c.id, c.pt, append([]int64{c.first}, c.extra...))) {
+		c.pt.finish(c.first)
+		for _, off := range c.extra {
+			c.pt.finish(off)
 		}
 	}
 	return w.repeats.takeWaiters(c)

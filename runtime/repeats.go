@@ -289,11 +289,11 @@ func (r *repeats) release(h *heldCall) {
 	if h.timer != nil {
 		h.timer.Stop()
 	}
-	offs := append([]int64{h.first}, h.extra...)
-	if h.superseded && r.handOn != nil && r.handOn(h.id, h.pt, offs) {
+	if h.superseded && r.handOn != nil && r.handOn(h.id, h.pt, append([]int64{h.first}, h.extra...)) {
 		return
 	}
-	for _, off := range offs {
+	h.pt.finish(h.first)
+	for _, off := range h.extra {
 		h.pt.finish(off)
 	}
 }
