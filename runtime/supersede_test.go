@@ -278,21 +278,7 @@ func TestSupersededAttemptsLateRecordsAreSkipped(t *testing.T) {
 	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-after-end"), attempt("a1")...))
 	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m1"), attempt("a2")...))
 	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a2")...))
-	got := awaitEndWithin(replies, id, "a2", 30*time.Second)
-	if got == nil {
-		t.Fatal("no answer to the retry within 30 s")
-	}
-	if s := header(got[len(got)-1], "zilla:status"); s != "0" || len(got) != 2 {
-		t.Fatalf("the retry got %d records ending with status %s (%s), want a response and an OK end",
-			len(got), s, header(got[len(got)-1], "zilla:message"))
-	}
-	var resp echov1.EchoResponse
-	if err := proto.Unmarshal(got[0].Value, &resp); err != nil {
-		t.Fatal(err)
-	}
-	if resp.GetMessage() != "a2-m0,a2-m1" {
-		t.Fatalf("the retry was answered %q, want %q: its own messages only", resp.GetMessage(), "a2-m0,a2-m1")
-	}
+	awaitEchoAnswer(t, replies, id, "a2", "a2-m0,a2-m1")
 	produce(t, e.kc, unaryRecord(e, "after-superseded-late", "after"))
 	last := produce(t, e.kc, endRecord(e, "after-superseded-late", "EchoUnary"))
 	replies.await(t, "after-superseded-late")
@@ -392,21 +378,7 @@ func TestRetryWhileFailedAttemptEndsRunsAgain(t *testing.T) {
 	sendAttempt(t, e, "EchoClientStream", id, key, "a2", "")
 	awaitWorkerRead(t, e, id)
 	release()
-	got := awaitEndWithin(replies, id, "a2", 30*time.Second)
-	if got == nil {
-		t.Fatal("no answer to the retry within 30 s")
-	}
-	if s := header(got[len(got)-1], "zilla:status"); s != "0" || len(got) != 2 {
-		t.Fatalf("the retry got %d records ending with status %s (%s), want a response and an OK end: it runs again",
-			len(got), s, header(got[len(got)-1], "zilla:message"))
-	}
-	var resp echov1.EchoResponse
-	if err := proto.Unmarshal(got[0].Value, &resp); err != nil {
-		t.Fatal(err)
-	}
-	if resp.GetMessage() != "m0" {
-		t.Fatalf("the retry was answered %q, want %q", resp.GetMessage(), "m0")
-	}
+	awaitEchoAnswer(t, replies, id, "a2", "m0") // it runs again
 	if n := e.worker.Stats().Superseded; n != 0 {
 		t.Fatalf("Stats().Superseded = %d, want 0: the first attempt's handler had returned, nothing was cancelled", n)
 	}
@@ -470,17 +442,7 @@ func TestRetryAfterEndedSupersedingAttemptWaitsForSupersededHandler(t *testing.T
 	}
 	h.letGo()
 	h.awaitStart(t, "a3-m0")
-	got := awaitEndWithin(replies, id, "a3", 30*time.Second)
-	if got == nil || len(got) != 2 || header(got[1], "zilla:status") != "0" {
-		t.Fatal("the third attempt was not answered with a response and an OK end within 30 s")
-	}
-	var resp echov1.EchoResponse
-	if err := proto.Unmarshal(got[0].Value, &resp); err != nil {
-		t.Fatal(err)
-	}
-	if resp.GetMessage() != "a3-m0" {
-		t.Fatalf("the third attempt was answered %q, want %q", resp.GetMessage(), "a3-m0")
-	}
+	awaitEchoAnswer(t, replies, id, "a3", "a3-m0")
 	ev := h.noted()
 	if r, s := slices.Index(ev, "return a1-m0"), slices.Index(ev, "start a3-m0"); r < 0 || s < r {
 		t.Fatalf("handler events %v: the third attempt's run must start after the first attempt's returned", ev)
@@ -538,19 +500,27 @@ func TestSupersededAttemptHoldsCommitWhileItsRetryRuns(t *testing.T) {
 	e.start(t, kcB, hb)
 	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m1"), attempt("a2")...))
 	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a2")...))
-	got := awaitEndWithin(replies, id, "a2", 30*time.Second)
+	awaitEchoAnswer(t, replies, id, "a2", "a2-m0,a2-m1") // by the partition's next owner
+}
+
+// awaitEchoAnswer waits (30 s at most) for the replies to attempt of the
+// echo call id and fails t unless they are one response whose message is
+// want and an OK end: the attempt's own answer.
+func awaitEchoAnswer(t *testing.T, replies *replyWatch, id, attempt, want string) {
+	t.Helper()
+	got := awaitEndWithin(replies, id, attempt, 30*time.Second)
 	if got == nil {
-		t.Fatal("no answer to the retry from the partition's next owner within 30 s")
+		t.Fatalf("no answer to attempt %s within 30 s", attempt)
 	}
 	if s := header(got[len(got)-1], "zilla:status"); s != "0" || len(got) != 2 {
-		t.Fatalf("the next owner answered the retry with %d records ending with status %s (%s), want a response and an OK end",
-			len(got), s, header(got[len(got)-1], "zilla:message"))
+		t.Fatalf("attempt %s got %d records ending with status %s (%s), want a response and an OK end",
+			attempt, len(got), s, header(got[len(got)-1], "zilla:message"))
 	}
 	var resp echov1.EchoResponse
 	if err := proto.Unmarshal(got[0].Value, &resp); err != nil {
 		t.Fatal(err)
 	}
-	if resp.GetMessage() != "a2-m0,a2-m1" {
-		t.Fatalf("the retry was answered %q, want %q", resp.GetMessage(), "a2-m0,a2-m1")
+	if resp.GetMessage() != want {
+		t.Fatalf("attempt %s was answered %q, want %q: its own messages only", attempt, resp.GetMessage(), want)
 	}
 }
