@@ -81,6 +81,7 @@ type call struct {
 	keepReplies bool                 // the caller sent an idempotency key: remember the replies
 	stored      []kafkaclient.Record // replies produced, when keepReplies
 	replay      []kafkaclient.Record // replies to send again instead of running a handler
+	endLost     bool                 // writeEnd found the held response refused and its end said so
 	// attempt is the request's attempt id header (wire.AttemptMetadata),
 	// repeated on every reply record so that the caller's gateway tells
 	// this attempt's replies from another's; empty when the request had none.
@@ -490,8 +491,8 @@ func (c *call) finish(st *status.Status) {
 	served := !aborted || sent > 0
 	if served {
 		st = c.writeEnd(st, aborted, lost)
-		if c.replay != nil && lost == nil {
-			lost = c.sent.failure() // a replayed response given up: its end said so
+		if (c.replay != nil || c.endLost) && lost == nil {
+			lost = c.sent.failure() // a replayed or large response given up: its end said so
 		}
 	}
 	// The replies are the call's outcome even when Kafka lost some of them
@@ -563,6 +564,20 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 	if c.out.held != nil {
 		if st.Code() == codes.OK {
 			c.produce(c.out.held, c.out.replyHdrs)
+			if len(c.out.held) >= ackBeforeEndBytes {
+				// A large response may be refused (larger than the client
+				// or the reply topic takes); its end waits for Kafka's
+				// answer, so that a refusal ends the call with its status
+				// (RESOURCE_EXHAUSTED) instead of an OK end without a
+				// response, which a gateway can only take for a broken
+				// worker (INTERNAL).
+				_ = c.w.writer.flush(c)
+				if lost := c.sent.failure(); lost != nil {
+					st = lostStatus(c.method(), lost, false)
+					c.countLost()
+					c.endLost = true
+				}
+			}
 		} else {
 			c.out.sent = 0 // the error replaces the response; headers go with it
 		}
@@ -570,6 +585,11 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 	c.produceEnd(st)
 	return st
 }
+
+// ackBeforeEndBytes is the size from which a call's single response is
+// acknowledged by Kafka before the end-of-stream record is produced
+// (writeEnd): below it, the two go out together, without the round trip.
+const ackBeforeEndBytes = 64 << 10
 
 // release takes the call out of the worker's tables: its outcome stored
 // (remember, as of at), its key's turn passed on, its correlation id freed (its

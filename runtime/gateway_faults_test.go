@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -88,6 +89,53 @@ func (oversizedStream) EchoServerStream(_ *echov1.EchoRequest, stream echov1.Ech
 		return err
 	}
 	return stream.Send(&echov1.EchoResponse{Message: strings.Repeat("y", kafkaclient.MaxMessageBytes+1)})
+}
+
+// EchoUnary and EchoClientStream answer with one response larger than a
+// reply record can be.
+func (oversizedStream) EchoUnary(context.Context, *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	return &echov1.EchoResponse{Message: strings.Repeat("y", kafkaclient.MaxMessageBytes+1)}, nil
+}
+
+func (o oversizedStream) EchoClientStream(stream grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	r, err := o.EchoUnary(stream.Context(), nil)
+	if err != nil {
+		return err
+	}
+	return stream.SendAndClose(r)
+}
+
+// TestTooLargeSingleResponseIsResourceExhausted: a unary or client-stream
+// call whose one response Kafka refuses as too large ends RESOURCE_EXHAUSTED,
+// as a server stream's does (TestTooLargeReplyIsResourceExhausted), and is
+// counted as lost once. The end went out beside the refused response and
+// said OK, so the caller got INTERNAL, "worker ended the call without a
+// response", every time.
+func TestTooLargeSingleResponseIsResourceExhausted(t *testing.T) {
+	e := setup(t, oversizedStream{})
+	check := func(kind string, err error) {
+		t.Helper()
+		if st := status.Convert(err); st.Code() != codes.ResourceExhausted || strings.Contains(st.Message(), "retry it") {
+			t.Fatalf("%s with a response larger than the reply topic takes: %v; want RESOURCE_EXHAUSTED, without inviting a retry", kind, err)
+		}
+	}
+	_, err := e.echo.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "m"})
+	check("unary call", err)
+	cs, err := e.echo.EchoClientStream(ctxFor(t, 60*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.Send(&echov1.EchoRequest{Message: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = cs.CloseAndRecv()
+	check("client stream", err)
+	if n := e.worker.Stats().LostReplies; n != 2 {
+		t.Fatalf("LostReplies = %d, want 2: each call's refused response once", n)
+	}
 }
 
 // TestTooLargeReplyIsResourceExhausted: a response Kafka refuses as larger
