@@ -332,9 +332,25 @@ func (c *call) run() {
 			return
 		}
 	}
+	// Done only when a slot has to be waited for: it makes the context's
+	// channel, which a call that gets its slot at once (and whose handler
+	// never asks for it) does without. A call ended meanwhile runs no
+	// handler either way.
+	slot := false
 	select {
 	case c.w.sem <- struct{}{}:
-	case <-c.ctx.Done():
+		slot = true
+	default:
+		select {
+		case c.w.sem <- struct{}{}:
+			slot = true
+		case <-c.ctx.Done():
+		}
+	}
+	if c.ctx.Err() != nil {
+		if slot {
+			<-c.w.sem
+		}
 		c.finish(contextStatus(c.ctx))
 		return
 	}
