@@ -61,7 +61,7 @@ type call struct {
 	pt      *partTrack
 	first   int64 // offset of the call's first request record
 	ctx     context.Context
-	done    chan struct{} // closed once the call is over
+	done    doneSignal // closed once the call is over
 	// ctxCancel and stopTimer (nil without a deadline) end ctx; see cancel.
 	ctxCancel context.CancelCauseFunc
 	stopTimer context.CancelFunc
@@ -85,8 +85,9 @@ type call struct {
 	// attempt is the request's attempt id header (wire.AttemptMetadata),
 	// repeated on every reply record so that the caller's gateway tells
 	// this attempt's replies from another's; empty when the request had none.
-	attempt []kafkaclient.Header
-	ending  atomic.Bool // finish began: the end of the replies is on its way
+	attempt    []kafkaclient.Header
+	attemptHdr [1]kafkaclient.Header // attempt's room, in the call's own memory
+	ending     atomic.Bool           // finish began: the end of the replies is on its way
 	// decision is outcomeOpen until the handler's outcome is decided
 	// (decide) or a newer attempt superseded the call (Worker.supersede),
 	// whichever comes first, and never changes after that.
@@ -119,7 +120,6 @@ func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTr
 		tp:    tpOf(rec),
 		pt:    pt,
 		first: rec.Offset,
-		done:  make(chan struct{}),
 	}
 	c.in.all = c.in.one[:0]
 	c.acked = c.delivered
@@ -128,7 +128,8 @@ func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTr
 	}
 	c.streamsIn = wm != nil && wm.spec.Kind.clientStreams()
 	if env.Attempt != nil {
-		c.attempt = []kafkaclient.Header{{Key: w.attemptKey, Value: env.Attempt}}
+		c.attemptHdr[0] = kafkaclient.Header{Key: w.attemptKey, Value: env.Attempt}
+		c.attempt = c.attemptHdr[:]
 	}
 	return c
 }
@@ -254,7 +255,7 @@ func (w *Worker) admit(c *call, rec *kafkaclient.Record, env *wire.Envelope, ord
 		w.calls[c.id] = c
 		if c.wm != nil {
 			for _, d := range w.detached[c.id] {
-				c.after = append(c.after, d.done)
+				c.after = append(c.after, d.done.wait())
 			}
 		}
 	} else {
@@ -537,7 +538,7 @@ func (c *call) finish(st *status.Status) {
 	// Waiters first, so that whoever waits for the call (a drain on
 	// rebalance or shutdown) finds a re-run among the calls in flight.
 	c.w.answerWaiters(c, waiters, remember, served && !aborted)
-	close(c.done)
+	c.done.close()
 	if served && c.w.committer != nil {
 		c.w.committer.poke()
 	}
@@ -764,5 +765,37 @@ func (w *Worker) expireHeld(h *heldCall) {
 	w.mu.Unlock()
 	if done && w.committer != nil {
 		w.committer.poke()
+	}
+}
+
+// doneSignal is a channel closed once something is over, made only when
+// somebody asks to wait for it (most calls are waited for by nobody).
+// Safe for concurrent use.
+type doneSignal struct{ ch atomic.Pointer[chan struct{}] }
+
+// closedSignal is the channel of every doneSignal closed before anybody
+// asked for one.
+var closedSignal = func() *chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return &ch
+}()
+
+// wait returns a channel closed once close is called (already, when it was).
+func (d *doneSignal) wait() <-chan struct{} {
+	if p := d.ch.Load(); p != nil {
+		return *p
+	}
+	ch := make(chan struct{})
+	if d.ch.CompareAndSwap(nil, &ch) {
+		return ch
+	}
+	return *d.ch.Load() // another waiter's, or closedSignal
+}
+
+// close closes the channel of every wait, past and future. Called once.
+func (d *doneSignal) close() {
+	if p := d.ch.Swap(closedSignal); p != nil && p != closedSignal {
+		close(*p)
 	}
 }

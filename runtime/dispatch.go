@@ -63,7 +63,7 @@ func (w *Worker) handle(rec *kafkaclient.Record) {
 	case skip:
 	case feed != nil:
 		if testHookFeed != nil {
-			testHookFeed(feed.id, rec.Value == nil, feed.done)
+			testHookFeed(feed.id, rec.Value == nil, feed.done.wait())
 		}
 		feed.feed(rec, &env)
 		if rec.Value == nil {

@@ -365,13 +365,13 @@ func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition
 		}
 		for _, c := range wait {
 			select {
-			case <-c.done:
+			case <-c.done.wait():
 			case <-ctx.Done():
 				for _, c := range wait {
 					c.abort()
 				}
 				for _, c := range wait {
-					<-c.done
+					<-c.done.wait()
 				}
 				return
 			}
