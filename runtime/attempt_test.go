@@ -344,11 +344,17 @@ func TestOwnCancelReachesCallWhileRetryWaits(t *testing.T) {
 // more header names and values.
 func sendAttempt(t *testing.T, e *env, method, id, key, attempt, msg string, extra ...string) {
 	t.Helper()
-	hs := append(requestHeaders(e, echoService, method, id), "meta:"+wire.AttemptMetadata, attempt, "meta:idempotency-key", key)
+	hs := append(requestHeaders(e, echoService, method, id), keyedAttempt(key, attempt)...)
 	hs = append(hs, extra...)
 	var value []byte
 	if msg != "" {
 		value, _ = proto.Marshal(&echov1.EchoRequest{Message: msg})
 	}
 	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: value, Headers: hs.headers()})
+}
+
+// keyedAttempt is the headers of attempt of a call made with idempotency
+// key key, as a gateway of ours writes them.
+func keyedAttempt(key, attempt string) []string {
+	return []string{"meta:" + wire.AttemptMetadata, attempt, "meta:idempotency-key", key}
 }

@@ -109,10 +109,10 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 	c.onProduced = c.delivered
 	c.queue = c.qbuf[:0]
 	c.tel.begin(ctx)
+	// What g.trc.start looks for, looked for once for all the call's spans.
+	c.spanless = g.trc.idle() && !trace.SpanContextFromContext(ctx).IsValid()
 	sendCtx, send := ctx, idleSpan
-	if g.trc.idle() && !trace.SpanContextFromContext(ctx).IsValid() {
-		c.spanless = true // as g.trc.start would have found, without looking again
-	} else {
+	if !c.spanless {
 		sendCtx, send = g.trc.tracer.Start(ctx, rp.sendName, rp.sendOpts...)
 	}
 	c.send = send

@@ -268,7 +268,7 @@ func TestRepeatedAttemptHoldsCommitUntilItsEnd(t *testing.T) {
 	a := e.start(t, kcA, implA)
 
 	const id = "retried-1"
-	attempt := func(n string) []string { return []string{"meta:kafkarpc-attempt", n, "meta:idempotency-key", "k-1"} }
+	attempt := func(n string) []string { return keyedAttempt("k-1", n) }
 	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), attempt("a1")...))
 	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
 	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a1")...))

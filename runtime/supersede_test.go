@@ -262,22 +262,20 @@ func TestSupersededAttemptsLateRecordsAreSkipped(t *testing.T) {
 	w := e.start(t, kc, h)
 	t.Cleanup(h.letGo)
 	const id = "superseded-late"
-	attempt := func(n string) []string {
-		return []string{"meta:" + wire.AttemptMetadata, n, "meta:idempotency-key", "k-superseded-late"}
-	}
-	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), attempt("a1")...))
+	const key = "k-superseded-late"
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), keyedAttempt(key, "a1")...))
 	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m1"), attempt("a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m1"), keyedAttempt(key, "a1")...))
 	h.awaitStart(t, "a1-m0")
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), attempt("a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), keyedAttempt(key, "a2")...))
 	h.awaitSuperseded(t, ctxFor(t, 30*time.Second))
 	h.letGo()
 	h.awaitStart(t, "a2-m0")
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-late"), attempt("a1")...))
-	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a1")...))
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-after-end"), attempt("a1")...))
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m1"), attempt("a2")...))
-	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-late"), keyedAttempt(key, "a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, nil, keyedAttempt(key, "a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-after-end"), keyedAttempt(key, "a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m1"), keyedAttempt(key, "a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, nil, keyedAttempt(key, "a2")...))
 	awaitEchoAnswer(t, replies, id, "a2", "a2-m0,a2-m1")
 	produce(t, e.kc, unaryRecord(e, "after-superseded-late", "after"))
 	last := produce(t, e.kc, endRecord(e, "after-superseded-late", "EchoUnary"))
@@ -307,16 +305,14 @@ func TestSupersededAttemptHoldsCommitUntilItsEnd(t *testing.T) {
 	w := e.start(t, kc, h)
 	t.Cleanup(h.letGo)
 	const id = "superseded-held"
-	attempt := func(n string) []string {
-		return []string{"meta:" + wire.AttemptMetadata, n, "meta:idempotency-key", "k-superseded-held"}
-	}
-	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), attempt("a1")...))
+	const key = "k-superseded-held"
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), keyedAttempt(key, "a1")...))
 	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
 	h.awaitStart(t, "a1-m0")
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), attempt("a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), keyedAttempt(key, "a2")...))
 	h.awaitSuperseded(t, ctxFor(t, 30*time.Second))
 	h.letGo()
-	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, nil, keyedAttempt(key, "a2")...))
 	if got := awaitEndWithin(replies, id, "a2", 30*time.Second); got == nil || header(got[len(got)-1], "zilla:status") != "0" {
 		t.Fatal("the retry was not answered OK within 30 s")
 	}
@@ -466,21 +462,19 @@ func TestSupersededAttemptHoldsCommitWhileItsRetryRuns(t *testing.T) {
 	a := e.start(t, kcA, h)
 	t.Cleanup(h.letGo)
 	const id = "superseded-retry-runs"
-	attempt := func(n string) []string {
-		return []string{"meta:" + wire.AttemptMetadata, n, "meta:idempotency-key", "k-superseded-retry-runs"}
-	}
-	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), attempt("a1")...))
+	const key = "k-superseded-retry-runs"
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), keyedAttempt(key, "a1")...))
 	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
 	h.awaitStart(t, "a1-m0")
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), attempt("a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), keyedAttempt(key, "a2")...))
 	h.awaitSuperseded(t, ctxFor(t, 30*time.Second))
 	h.letGo()
 	if got := awaitEndWithin(replies, id, "a1", 30*time.Second); got == nil || header(got[len(got)-1], "zilla:status") != "10" {
 		t.Fatal("the first attempt did not end ABORTED within 30 s")
 	}
 	h.awaitStart(t, "a2-m0")
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-late"), attempt("a1")...))
-	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-late"), keyedAttempt(key, "a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, nil, keyedAttempt(key, "a1")...))
 	// A record without a correlation id after them, which the worker skips
 	// (counted) once it read a1's end.
 	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte("one-partition"), Value: []byte("marker")})
@@ -498,8 +492,8 @@ func TestSupersededAttemptHoldsCommitWhileItsRetryRuns(t *testing.T) {
 	hb := newHandoff()
 	hb.letGo() // the first attempt, superseded again, returns at once
 	e.start(t, kcB, hb)
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m1"), attempt("a2")...))
-	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m1"), keyedAttempt(key, "a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, nil, keyedAttempt(key, "a2")...))
 	awaitEchoAnswer(t, replies, id, "a2", "a2-m0,a2-m1") // by the partition's next owner
 }
 

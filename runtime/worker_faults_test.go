@@ -408,16 +408,14 @@ func TestRetryHeldKeepsEarlierAttemptHeld(t *testing.T) {
 	kc := newCommitLog(e.kc)
 	w := e.start(t, kc, &firstOnly{})
 	const id = "held-twice"
-	attempt := func(n string) []string {
-		return []string{"meta:" + wire.AttemptMetadata, n, "meta:idempotency-key", "k-held-twice"}
-	}
-	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), attempt("a1")...))
+	const key = "k-held-twice"
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), keyedAttempt(key, "a1")...))
 	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("m1"), attempt("a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("m1"), keyedAttempt(key, "a1")...))
 	if got := replies.await(t, id); header(got[len(got)-1], "meta:"+wire.AttemptMetadata) != "a1" {
 		t.Fatal("the first answer is not a1's")
 	}
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), attempt("a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), keyedAttempt(key, "a2")...))
 	if got := replies.await(t, id); header(got[len(got)-1], "meta:"+wire.AttemptMetadata) != "a2" {
 		t.Fatal("the second answer is not a2's")
 	}
@@ -467,17 +465,15 @@ func TestEarlierAttemptsEndDuringRetryReleasesItsHold(t *testing.T) {
 	kc := newCommitLog(e.kc)
 	w := e.start(t, kc, failsFirst{})
 	const id = "end-during-retry"
-	attempt := func(n string) []string {
-		return []string{"meta:" + wire.AttemptMetadata, n, "meta:idempotency-key", "k-end-during-retry"}
-	}
-	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("fail"), attempt("a1")...))
+	const key = "k-end-during-retry"
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("fail"), keyedAttempt(key, "a1")...))
 	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
 	if got := replies.await(t, id); header(got[len(got)-1], "zilla:status") != "14" {
 		t.Fatalf("a1 ended with status %q, want 14", header(got[len(got)-1], "zilla:status"))
 	}
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), attempt("a2")...)) // a2 runs, reading its stream
-	end := produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a1")...))
-	produce(t, e.kc, clientStreamRecord(e, id, nil, attempt("a2")...))
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("m0"), keyedAttempt(key, "a2")...)) // a2 runs, reading its stream
+	end := produce(t, e.kc, clientStreamRecord(e, id, nil, keyedAttempt(key, "a1")...))
+	produce(t, e.kc, clientStreamRecord(e, id, nil, keyedAttempt(key, "a2")...))
 	got := replies.await(t, id)
 	if end := got[len(got)-1]; header(end, "zilla:status") != "0" || header(end, "meta:"+wire.AttemptMetadata) != "a2" {
 		t.Fatalf("the next end is of attempt %q with status %q, want a2's OK end", header(end, "meta:"+wire.AttemptMetadata), header(end, "zilla:status"))
