@@ -330,14 +330,30 @@ func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
 }
 
 func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
-	if err != nil {
-		code := codes.Unavailable
-		if tooLarge(err) {
-			code = codes.ResourceExhausted // a retry cannot succeed
-		} else if unknownTopic(err) {
-			c.fail(c.g.topicMissing(c.m, rec.Topic, err)) // topics.go; the first error wins
+	switch {
+	case err == nil:
+	case tooLarge(err):
+		c.fail(status.Errorf(codes.ResourceExhausted, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err)) // a retry cannot succeed
+	case unknownTopic(err):
+		c.fail(c.g.topicMissing(c.m, rec.Topic, err)) // topics.go
+	default:
+		// An error that does not say why may still mean the topic is gone:
+		// librdkafka fails a record it had queued for a broker connection it
+		// retires when the topic's metadata goes away ("Broker handle
+		// destroyed"). Look the topic up, off the client's delivery
+		// goroutine, before answering UNAVAILABLE, which invites retries.
+		topic := rec.Topic
+		unavailable := status.Errorf(codes.Unavailable, "%s: producing request to %s: %v", c.m.FullMethod(), topic, err)
+		if c.g.background(func(ctx context.Context) {
+			defer c.unacked.Done() // after fail: awaitAcks reads the error once all are done
+			if c.g.topics.confirmMissing(ctx, c.g.client, topic, c.g.cfg.setupTimeout) {
+				c.fail(c.g.topicMissing(c.m, topic, err))
+			}
+			c.fail(unavailable) // the first error wins
+		}) {
+			return
 		}
-		c.fail(status.Errorf(code, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err))
+		c.fail(unavailable)
 	}
 	c.unacked.Done()
 }

@@ -378,7 +378,10 @@ type topicGuard struct {
 type topicState struct {
 	checked  atomic.Int64 // unix nanoseconds of the last lookup
 	missing  atomic.Bool
-	checking atomic.Bool // one lookup at a time
+	checking atomic.Bool // one lookup by check at a time
+
+	confirmMu  sync.Mutex
+	confirming chan struct{} // closed when confirmMissing's lookup under way ends
 }
 
 // check returns a NOT_FOUND status naming topic when the topic is known not
@@ -451,6 +454,34 @@ func (tg *topicGuard) markMissing(topic string) {
 	st := v.(*topicState)
 	st.missing.Store(true)
 	st.checked.Store(time.Now().UnixNano())
+}
+
+// confirmMissing looks topic up after producing to it failed with an error
+// that does not say why, and reports whether Kafka says it does not exist
+// (remembered, as markMissing does). Callers that come while a lookup is
+// under way wait for it (or ctx) and go by its answer: the records of one
+// call fail together, and each must give the same answer.
+func (tg *topicGuard) confirmMissing(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration) bool {
+	v, _ := tg.states.LoadOrStore(topic, &topicState{})
+	st := v.(*topicState)
+	st.confirmMu.Lock()
+	if under := st.confirming; under != nil {
+		st.confirmMu.Unlock()
+		select {
+		case <-under:
+		case <-ctx.Done():
+		}
+		return st.missing.Load()
+	}
+	done := make(chan struct{})
+	st.confirming = done
+	st.confirmMu.Unlock()
+	st.lookup(ctx, admin, topic, timeout)
+	st.confirmMu.Lock()
+	st.confirming = nil
+	st.confirmMu.Unlock()
+	close(done)
+	return st.missing.Load()
 }
 
 // missingTopicStatus is the status of a call whose topic does not exist:

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -408,6 +409,60 @@ func TestGatewayTopicDeletedUnnoticed(t *testing.T) {
 	// Remembered: the next call ends without producing.
 	start = time.Now()
 	_, err = e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "y"})
+	requireNotFound(t, "EchoUnary after the produce error", err, req, start)
+}
+
+// vagueProduce fails every record to one topic, once told to, with an
+// error that does not say why, as librdkafka's "Broker handle destroyed"
+// for a record queued on a broker connection it retires.
+type vagueProduce struct {
+	kafkaclient.Client
+	topic string
+	fail  atomic.Bool
+}
+
+func (v *vagueProduce) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	if v.fail.Load() && r.Topic == v.topic {
+		done(r, errors.New("Local: Broker handle destroyed for termination"))
+		return
+	}
+	v.Client.Produce(r, acks, done)
+}
+
+// TestGatewayVagueProduceErrorOnDeletedTopic: a produce error that does not
+// name the cause ends the call UNAVAILABLE (retry) while the topic exists,
+// and NOT_FOUND naming it once the topic was deleted: the gateway looks the
+// topic up before answering.
+func TestGatewayVagueProduceErrorOnDeletedTopic(t *testing.T) {
+	restore := runtime.SetTopicFreshness(time.Hour, time.Hour) // no lookup but the one under test
+	t.Cleanup(restore)
+	e := setup(t, echoserver.Server{})
+	req := e.topic("echo-requests")
+	kc := &vagueProduce{Client: e.kc, topic: req}
+	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	echo := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	ctx := ctxFor(t, 60*time.Second)
+	if _, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	kc.fail.Store(true)
+	_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "Broker handle destroyed") {
+		t.Fatalf("EchoUnary failing to produce to an existing topic: %v, want UNAVAILABLE with the produce error", err)
+	}
+	deleteTopic(t, e.brokers, req)
+	start := time.Now()
+	_, err = echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"})
+	requireNotFound(t, "EchoUnary failing to produce to a deleted topic", err, req, start)
+	// Remembered: the next call ends without producing.
+	kc.fail.Store(false)
+	start = time.Now()
+	_, err = echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "y"})
 	requireNotFound(t, "EchoUnary after the produce error", err, req, start)
 }
 
