@@ -333,9 +333,9 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 	switch {
 	case err == nil:
 	case tooLarge(err):
-		c.fail(status.Errorf(codes.ResourceExhausted, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err)) // a retry cannot succeed
+		c.failProduce(status.Errorf(codes.ResourceExhausted, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err)) // a retry cannot succeed
 	case unknownTopic(err):
-		c.fail(c.g.topicMissing(c.m, rec.Topic, err)) // topics.go
+		c.failProduce(c.g.topicMissing(c.m, rec.Topic, err)) // topics.go
 	default:
 		// An error that does not say why may still mean the topic is gone:
 		// librdkafka fails a record it had queued for a broker connection it
@@ -347,13 +347,13 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 		if c.g.background(func(ctx context.Context) {
 			defer c.unacked.Done() // after fail: awaitAcks reads the error once all are done
 			if c.g.topics.confirmMissing(ctx, c.g.client, topic, c.g.cfg.setupTimeout) {
-				c.fail(c.g.topicMissing(c.m, topic, err))
+				c.failProduce(c.g.topicMissing(c.m, topic, err))
 			}
-			c.fail(unavailable) // the first error wins
+			c.failProduce(unavailable) // the first error wins
 		}) {
 			return
 		}
-		c.fail(unavailable)
+		c.failProduce(unavailable)
 	}
 	c.unacked.Done()
 }
@@ -442,6 +442,20 @@ func (c *gwCall) sendEnd(cancel bool) {
 func (c *gwCall) fail(err error) {
 	c.mu.Lock()
 	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+	c.wake()
+}
+
+// failProduce ends the call's wait with err, a request record's produce
+// error, unless the worker's end-of-stream record is queued already: the
+// worker served the call, and its answer is the call's (a retry on the
+// produce error would run it again). Once the end is read the call is over
+// and nothing is waiting; the first error wins otherwise, as in fail.
+func (c *gwCall) failProduce(err error) {
+	c.mu.Lock()
+	if c.err == nil && !c.endQueued {
 		c.err = err
 	}
 	c.mu.Unlock()
