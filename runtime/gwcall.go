@@ -346,7 +346,7 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 		unavailable := status.Errorf(codes.Unavailable, "%s: producing request to %s: %v", c.m.FullMethod(), topic, err)
 		if c.g.background(func(ctx context.Context) {
 			defer c.unacked.Done() // after fail: awaitAcks reads the error once all are done
-			if c.g.topics.confirmMissing(ctx, c.g.client, topic, c.g.cfg.setupTimeout) {
+			if c.g.topics.confirmMissing(ctx, c.g.client, topic, min(c.g.cfg.setupTimeout, confirmTimeout)) {
 				c.failProduce(c.g.topicMissing(c.m, topic, err))
 			}
 			c.failProduce(unavailable) // the first error wins

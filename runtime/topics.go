@@ -456,6 +456,12 @@ func (tg *topicGuard) markMissing(topic string) {
 	st.checked.Store(time.Now().UnixNano())
 }
 
+// confirmTimeout bounds confirmMissing's lookup: a topic deleted is told in
+// one metadata round trip, and a call whose produce failed because Kafka
+// cannot be reached should hear UNAVAILABLE soon, not after a lookup that
+// waits for the broker as long as the gateway's setup does.
+const confirmTimeout = 2 * time.Second
+
 // confirmMissing looks topic up after producing to it failed with an error
 // that does not say why, and reports whether Kafka says it does not exist
 // (remembered, as markMissing does). Callers that come while a lookup is
