@@ -313,23 +313,20 @@ func (c *Client) finish(pd *pending, err error) {
 	c.pendMu.Unlock()
 }
 
-// counter counts records whose done has not returned yet; zero is closed
-// when the count drops to 0. Guarded by the client's pendMu.
+// counter counts records whose done has not returned yet; zero, made by
+// the first waiter (not by every record that finds the count at 0), is
+// closed when the count drops to 0. Guarded by the client's pendMu.
 type counter struct {
 	n    int
 	zero chan struct{}
 }
 
-func (k *counter) add() {
-	if k.n == 0 {
-		k.zero = make(chan struct{})
-	}
-	k.n++
-}
+func (k *counter) add() { k.n++ }
 
 func (k *counter) done() {
-	if k.n--; k.n == 0 {
+	if k.n--; k.n == 0 && k.zero != nil {
 		close(k.zero)
+		k.zero = nil
 	}
 }
 
@@ -340,6 +337,9 @@ func (c *Client) wait(ctx context.Context, k *counter) error {
 	if k.n == 0 {
 		c.pendMu.Unlock()
 		return nil
+	}
+	if k.zero == nil {
+		k.zero = make(chan struct{})
 	}
 	zero := k.zero
 	c.pendMu.Unlock()
