@@ -32,7 +32,7 @@ type GroupReader struct {
 	// Touched only from the Poll/Close goroutine (rebalance callbacks run
 	// inside Poll and inside the consumer's close).
 	assigned map[kafkaclient.TopicPartition]struct{}
-	batch    *[]*kafkaclient.Record
+	batch    []*kafkaclient.Record // being collected by Poll; empty outside it
 
 	mu      sync.Mutex // guards closed
 	closed  bool
@@ -159,21 +159,21 @@ func (g *GroupReader) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 // dropFromBatch removes from the batch being collected the records of
 // partitions just revoked: the caller was told they are gone.
 func (g *GroupReader) dropFromBatch(parts []kafkaclient.TopicPartition) {
-	if g.batch == nil || len(*g.batch) == 0 {
+	if len(g.batch) == 0 {
 		return
 	}
 	gone := make(map[kafkaclient.TopicPartition]struct{}, len(parts))
 	for _, p := range parts {
 		gone[p] = struct{}{}
 	}
-	kept := (*g.batch)[:0]
-	for _, r := range *g.batch {
+	kept := g.batch[:0]
+	for _, r := range g.batch {
 		if _, drop := gone[kafkaclient.TopicPartition{Topic: r.Topic, Partition: r.Partition}]; !drop {
 			kept = append(kept, r)
 		}
 	}
-	clear((*g.batch)[len(kept):])
-	*g.batch = kept
+	clear(g.batch[len(kept):])
+	g.batch = kept
 }
 
 // Poll blocks until at least one record is available (returning it with what
@@ -181,9 +181,8 @@ func (g *GroupReader) dropFromBatch(parts []kafkaclient.TopicPartition) {
 // reader is closed (kafkaclient.ErrClosed). The first Poll joins the group.
 // OnAssigned and OnRevoked run inside Poll.
 func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
-	var batch []*kafkaclient.Record
-	g.batch = &batch
-	err := g.poll(ctx, &batch)
+	err := g.poll(ctx, &g.batch)
+	batch := g.batch
 	g.batch = nil
 	if err != nil {
 		return nil, err

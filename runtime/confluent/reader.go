@@ -32,6 +32,10 @@ type consumerBase struct {
 	name     string
 	logsDone chan struct{}
 	closing  atomic.Bool
+
+	// slab is the unused rest of the records allocated together for
+	// toRecord (touched only by the polling goroutine).
+	slab []recordWithHeaders
 }
 
 func (c *Client) newConsumer(cfg kafka.ConfigMap) (*consumerBase, error) {
@@ -102,7 +106,7 @@ func (b *consumerBase) handle(ev kafka.Event, batch *[]*kafkaclient.Record) {
 			b.c.logError(b.name+" "+e.TopicPartition.String(), kerr)
 			return
 		}
-		*batch = append(*batch, toRecord(e))
+		*batch = append(*batch, b.toRecord(e))
 	case kafka.Error:
 		b.c.logError(b.name, e)
 	}
@@ -113,8 +117,15 @@ func (b *consumerBase) handle(ev kafka.Event, batch *[]*kafkaclient.Record) {
 // toRecord converts a consumed message. Key, Value and header values are the
 // slices confluent-kafka-go already copied out of librdkafka; they are not
 // copied again. A null value stays nil; an empty value stays empty non-nil.
-func toRecord(m *kafka.Message) *kafkaclient.Record {
-	rh := &recordWithHeaders{}
+//
+// The record comes from a slab of slabSize allocated together: each record
+// is handed out once, but one kept keeps its slab from being collected.
+func (b *consumerBase) toRecord(m *kafka.Message) *kafkaclient.Record {
+	if len(b.slab) == 0 {
+		b.slab = make([]recordWithHeaders, slabSize)
+	}
+	rh := &b.slab[0]
+	b.slab = b.slab[1:]
 	r := &rh.r
 	*r = kafkaclient.Record{
 		Partition: m.TopicPartition.Partition,
@@ -141,8 +152,12 @@ func toRecord(m *kafka.Message) *kafkaclient.Record {
 	return r
 }
 
+// slabSize is how many consumed records are allocated at once: one
+// allocation of about 3.5 KiB instead of eight.
+const slabSize = 8
+
 // recordWithHeaders is a consumed record with room for most records'
-// headers: one allocation instead of two.
+// headers: no allocation of its own for them.
 type recordWithHeaders struct {
 	r  kafkaclient.Record
 	hs [8]kafkaclient.Header
