@@ -325,7 +325,7 @@ func report(w io.Writer, cfg config, broker string, unaryCs, streamCs []*contend
 		}
 	}
 
-	perfGoals(w, cfg, unaryCs, streamCs, fetch)
+	perfGoals(w, cfg, broker, unaryCs, streamCs, fetch)
 }
 
 func clientsOf(cs []*contender) []string {
