@@ -445,6 +445,22 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 	for tp := range set {
 		delete(w.parts, tp)
 	}
+	// The calls given up and still running (a lost partition's are not
+	// waited for; a handler may take its time to see its context end) are
+	// no longer this worker's calls in flight: their records, read again
+	// by the partition's next owner, which may be this worker once its
+	// member joins again, start those calls over, from their first record
+	// on the new assignment, instead of being fed to the given-up calls
+	// (marked read where no call held them, and never answered). They stay
+	// drained at shutdown, and a call started again with the same
+	// correlation id waits for them to be over, as for a superseded call
+	// (admit): never two handlers of one call at once.
+	for id, c := range w.calls {
+		if set[c.tp] {
+			delete(w.calls, id)
+			w.detached[id] = append(w.detached[id], c)
+		}
+	}
 	w.repeats.dropHeld(set) // their next owner reads those calls again
 	w.mu.Unlock()
 	w.cfg.logger.Info("kafkarpc: partitions revoked", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts), "lost", lost)

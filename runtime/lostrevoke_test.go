@@ -1,0 +1,196 @@
+package runtime_test
+
+import (
+	"context"
+	"io"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// losing is a worker's Kafka client whose group member, once lose is
+// closed, loses its partitions at its next poll (OnRevoked with lost set,
+// as after a session timeout) and joins the group again, getting them
+// back: they are then read again from their committed offsets. assigned is
+// told of every non-empty assignment after that.
+type losing struct {
+	kafkaclient.Client
+	lose     chan struct{}
+	assigned chan struct{}
+}
+
+func (l *losing) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	g := &losingGroup{l: l, cfg: cfg}
+	gr, err := l.Client.NewGroupReader(g.innerConfig())
+	if err != nil {
+		return nil, err
+	}
+	g.inner.Store(&gr)
+	return g, nil
+}
+
+type losingGroup struct {
+	l     *losing
+	cfg   kafkaclient.GroupConfig // the worker's
+	inner atomic.Pointer[kafkaclient.GroupReader]
+	mute  atomic.Bool                  // the inner reader's callbacks are not passed on
+	parts []kafkaclient.TopicPartition // assigned; Poll's goroutine only (callbacks run inside Poll)
+	lost  bool                         // Poll's goroutine only
+}
+
+// innerConfig is the worker's group config with its callbacks noted.
+func (g *losingGroup) innerConfig() kafkaclient.GroupConfig {
+	cfg := g.cfg
+	cfg.OnAssigned = func(parts []kafkaclient.TopicPartition) {
+		if g.mute.Load() {
+			return
+		}
+		g.parts = append(g.parts, parts...)
+		g.cfg.OnAssigned(parts)
+		if g.lost && len(parts) > 0 {
+			g.l.assigned <- struct{}{}
+		}
+	}
+	cfg.OnRevoked = func(parts []kafkaclient.TopicPartition, lost bool) {
+		if g.mute.Load() {
+			return
+		}
+		g.parts = slices.DeleteFunc(g.parts, func(tp kafkaclient.TopicPartition) bool { return slices.Contains(parts, tp) })
+		g.cfg.OnRevoked(parts, lost)
+	}
+	return cfg
+}
+
+func (g *losingGroup) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	if !g.lost {
+		select {
+		case <-g.l.lose:
+			g.lost = true
+			parts := g.parts
+			g.parts = nil
+			g.cfg.OnRevoked(parts, true)
+			g.mute.Store(true) // the old member's revocation was reported, as lost
+			err := (*g.inner.Load()).Close()
+			g.mute.Store(false)
+			if err != nil {
+				return nil, err
+			}
+			gr, err := g.l.Client.NewGroupReader(g.innerConfig())
+			if err != nil {
+				return nil, err
+			}
+			g.inner.Store(&gr)
+		default:
+		}
+	}
+	return (*g.inner.Load()).Poll(ctx)
+}
+
+func (g *losingGroup) Commit(ctx context.Context, offs []kafkaclient.TopicPartitionOffset) error {
+	return (*g.inner.Load()).Commit(ctx, offs)
+}
+
+func (g *losingGroup) Close() error { return (*g.inner.Load()).Close() }
+
+// stubbornStream answers EchoClientStream with its request messages joined
+// by commas. Once it read its first message it tells started and waits for
+// release, without watching its context (as a handler busy with work that
+// takes no context does); a run on a stream whose first message is "m0"
+// does so only the first time.
+type stubbornStream struct {
+	echoserver.Server
+	started chan struct{}
+	release chan struct{}
+	held    atomic.Bool
+}
+
+func (h *stubbornStream) EchoClientStream(s grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	var msgs []string
+	for {
+		m, err := s.Recv()
+		if err == io.EOF {
+			return s.SendAndClose(&echov1.EchoResponse{Message: strings.Join(msgs, ","), Index: int32(len(msgs))})
+		}
+		if err != nil {
+			return err
+		}
+		msgs = append(msgs, m.GetMessage())
+		if len(msgs) == 1 && m.GetMessage() == "m0" && h.held.CompareAndSwap(false, true) {
+			h.started <- struct{}{}
+			<-h.release
+		}
+	}
+}
+
+// TestCallAbandonedOnLostPartitionIsServedWhenItComesBack: a client
+// stream's handler is busy (not watching its context) when the worker
+// loses the stream's partition (a session timeout: nothing may be
+// committed, every call is given up), and the worker's member joins again
+// and gets the partition back, reading it again from the committed offset,
+// before the given-up handler returned. The call's first record, read
+// again, must start the call over (it is uncommitted for that reason). The
+// worker routed it to the given-up call, still in its table of calls in
+// flight: it marked the record read on the partition's new track, where no
+// call holds it (so a commit may pass it), fed it to a call that will never
+// answer, and the rest of the stream, read later, started a call of its
+// own: the handler ran on part of the request and the caller got "m1"
+// instead of "m0,m1".
+func TestCallAbandonedOnLostPartitionIsServedWhenItComesBack(t *testing.T) {
+	impl := &stubbornStream{started: make(chan struct{}, 1), release: make(chan struct{})}
+	var lo *losing
+	e := setupWrapped(t, func(_ string, kc kafkaclient.Client) kafkaclient.Client {
+		lo = &losing{Client: kc, lose: make(chan struct{}), assigned: make(chan struct{}, 8)}
+		return lo
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) })
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	const key, id = "lost-partition", "lost-partition-call"
+	record := func(msg *string) *kafkaclient.Record {
+		var v []byte
+		if msg != nil {
+			v, _ = proto.Marshal(&echov1.EchoRequest{Message: *msg})
+		}
+		return &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(key), Value: v,
+			Headers: requestHeaders(e, echoService, "EchoClientStream", id).headers()}
+	}
+	defer close(impl.release) // also on failure: the worker's Close waits for the handler
+	produce(t, e.kc, record(ptr("m0")))
+	select {
+	case <-impl.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler did not start within 30 s")
+	}
+	close(lo.lose)
+	awaitWorkerRead(t, e, key) // wakes the poll in which the partitions are lost, then read
+	select {
+	case <-lo.assigned:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the worker's member was not assigned partitions again within 60 s")
+	}
+	awaitWorkerRead(t, e, key) // the call's first record was read again
+	impl.release <- struct{}{} // the given-up handler returns
+	produce(t, e.kc, record(ptr("m1")))
+	produce(t, e.kc, record(nil))
+	got := replies.await(t, id)
+	if len(got) != 2 {
+		t.Fatalf("the call was answered with %d records (status %q, message %q), want a response and an end",
+			len(got), header(got[len(got)-1], "zilla:status"), header(got[len(got)-1], "zilla:message"))
+	}
+	var resp echov1.EchoResponse
+	if err := proto.Unmarshal(got[0].Value, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetMessage() != "m0,m1" || header(got[1], "zilla:status") != "0" {
+		t.Fatalf("the call was answered %q with status %q, want %q and 0: the handler ran on part of the request",
+			resp.GetMessage(), header(got[1], "zilla:status"), "m0,m1")
+	}
+}
