@@ -194,3 +194,57 @@ func TestCallAbandonedOnLostPartitionIsServedWhenItComesBack(t *testing.T) {
 			resp.GetMessage(), header(got[1], "zilla:status"), "m0,m1")
 	}
 }
+
+// deaf answers EchoUnary "slow" only once release is closed, without
+// watching its context; started is told when it begins.
+type deaf struct {
+	echoserver.Server
+	started chan struct{}
+	release chan struct{}
+}
+
+func (d *deaf) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	if req.GetMessage() == "slow" {
+		d.started <- struct{}{}
+		<-d.release
+	}
+	return &echov1.EchoResponse{Message: req.GetMessage()}, nil
+}
+
+// TestRevokeIsBoundedByRevokeTimeout: WorkerRevokeTimeout bounds how long
+// a worker losing partitions in a rebalance waits for their calls. A
+// handler that does not watch its context keeps the revocation (inside the
+// group's poll: the rebalance and every other partition of the worker
+// wait) until it returns: drain aborts the calls at the bound, then waits
+// for each of them to be over, without a bound.
+//
+// Not fixed: not waiting for the aborted calls would also leave uncommitted
+// the calls that answered UNAVAILABLE a moment after their abort (their
+// next owner then runs them again); which to give up is a design choice.
+// Without the skip the test fails on both clients.
+func TestRevokeIsBoundedByRevokeTimeout(t *testing.T) {
+	t.Skip("known fault, not fixed: a revocation waits without a bound for handlers that ignore their context")
+	impl := &deaf{started: make(chan struct{}, 1), release: make(chan struct{})}
+	e := setup(t, impl, runtime.WorkerRevokeTimeout(100*time.Millisecond))
+	defer close(impl.release)
+	go func() { _, _ = e.echo.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "slow"}) }()
+	select {
+	case <-impl.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler did not start within 30 s")
+	}
+	var parts []kafkaclient.TopicPartition
+	for p := range int32(3) {
+		parts = append(parts, kafkaclient.TopicPartition{Topic: e.topic("echo-requests"), Partition: p})
+	}
+	revoked := make(chan struct{})
+	go func() {
+		runtime.RevokeForTest(e.worker, parts...)
+		close(revoked)
+	}()
+	select {
+	case <-revoked:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the revocation did not return within 15 s with WorkerRevokeTimeout 100 ms: it waits for a handler that ignores its context")
+	}
+}
