@@ -392,7 +392,10 @@ func WorkerMaxCallDuration(d time.Duration) WorkerOption {
 
 // WorkerRevokeTimeout bounds how long a worker losing partitions in a rebalance
 // waits for the calls of those partitions that have all their input to
-// finish. Default 10 s.
+// finish. Default 10 s. Calls still running then are cancelled and waited
+// for at most one more second; a handler that ignores its context past
+// that is left running, uncommitted, and the rebalance goes on (the
+// partition's next owner serves the call again).
 func WorkerRevokeTimeout(d time.Duration) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.revokeTimeout = d })
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
@@ -326,7 +327,7 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	if p := w.drainCtx.Load(); p != nil {
 		ctx = *p
 	}
-	w.drain(ctx, nil)
+	w.drain(ctx, nil, 0)
 	w.committer.stop()
 	w.mu.Lock()
 	w.repeats.dropHeld(nil) // committed as held: not past them
@@ -356,12 +357,14 @@ func (w *Worker) stopCalls() {
 }
 
 // drain waits for the calls of parts (all when nil) to finish until ctx ends,
-// then aborts what is left.
-func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition]bool) {
+// then aborts what is left and waits for the aborted calls to be over: at
+// most grace when grace > 0 (a handler may ignore its context), else as
+// long as they take. It returns the calls still running.
+func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition]bool, grace time.Duration) []*call {
 	for {
 		wait := w.callsOf(parts, false)
 		if len(wait) == 0 {
-			return
+			return nil
 		}
 		for _, c := range wait {
 			select {
@@ -370,14 +373,38 @@ func (w *Worker) drain(ctx context.Context, parts map[kafkaclient.TopicPartition
 				for _, c := range wait {
 					c.abort()
 				}
-				for _, c := range wait {
-					<-c.done.wait()
+				var late <-chan time.Time
+				if grace > 0 {
+					t := time.NewTimer(grace)
+					defer t.Stop()
+					late = t.C
 				}
-				return
+				for i, c := range wait {
+					select {
+					case <-c.done.wait():
+					case <-late:
+						var left []*call
+						for _, c := range wait[i:] {
+							select {
+							case <-c.done.wait():
+							default:
+								left = append(left, c)
+							}
+						}
+						return left
+					}
+				}
+				return nil
 			}
 		}
 	}
 }
+
+// abortGrace is how long a revocation waits for the calls it aborted at
+// WorkerRevokeTimeout to be over: long enough for their UNAVAILABLE ends
+// to be acknowledged, so that they are committed; a handler that ignores
+// its context past it is left running, and the rebalance goes on.
+const abortGrace = time.Second
 
 // callsOf returns the calls in flight of parts (all when nil); only those
 // still waiting for input when waiting.
@@ -437,9 +464,13 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 	}
 	if !lost {
 		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.revokeTimeout)
-		w.drain(ctx, set)
+		for _, c := range w.drain(ctx, set, abortGrace) {
+			w.cfg.logger.Warn("kafkarpc: a handler still runs after its partition was revoked and its context cancelled: "+
+				"the partition's next owner serves the call again", "group", w.cfg.groupID, "method", c.method(),
+				"topic", c.tp.Topic, "partition", c.tp.Partition, "correlation_id", c.id)
+		}
 		cancel()
-		w.committer.commitNow(set)
+		w.committer.commitNow(set) // not past the calls left running: they hold their offsets
 	}
 	w.mu.Lock()
 	for tp := range set {
