@@ -147,6 +147,12 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 			return nil, c.abandon(status.Error(codes.DeadlineExceeded, "deadline exceeded before the request was sent"))
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		// The caller gave up while the call waited for its topic's lookup
+		// (or its reply partition's assignment): nothing reaches the
+		// worker, as above.
+		return nil, c.abandon(status.FromContextError(err).Err())
+	}
 	req.Scratch = c.tbuf[:0]
 	c.headers = wire.AppendRequest(c.hbuf[:0], &g.cfg.names, &req) // grows out of hbuf when a call has more headers
 	if rp.router != nil {

@@ -1,0 +1,57 @@
+package runtime_test
+
+// Faults of the gateway's and ClientConn's caller side found by review
+// (gateway.go, gwcall.go, connstream.go). Each test compares a behaviour
+// with what grpc-go's own server or ClientConn does in the same situation.
+
+import (
+	"context"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+)
+
+// cancelOnLookup is a Kafka client whose lookup of topic runs hook first
+// (with the caller's context), e.g. to cancel the call that looks it up.
+type cancelOnLookup struct {
+	produceLog
+	topic string
+	hook  func()
+}
+
+func (c *cancelOnLookup) Partitions(ctx context.Context, topic string) ([]int32, error) {
+	if topic == c.topic && c.hook != nil {
+		c.hook()
+	}
+	return c.produceLog.Partitions(ctx, topic)
+}
+
+// TestConnCancelDuringTopicLookupSendsNothing: the first call to a request
+// topic waits while the topic is looked up (up to GatewaySetupTimeout). A
+// caller that cancels during that wait is told CANCELLED, and nothing may
+// reach the worker, as with a context cancelled before the call (grpc-go
+// sends nothing for a call cancelled while it waits for a transport).
+// begin looked at the context before the lookup only: the request and its
+// end were produced after the cancel, so the worker could run a call whose
+// caller had been told it was cancelled.
+func TestConnCancelDuringTopicLookupSendsNothing(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("cl") + "."
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-requests", prefix+"echo-responses")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wrapped := &cancelOnLookup{produceLog: produceLog{Client: kc}, topic: prefix + "echo-requests", hook: cancel}
+	_, echo := connTo(t, wrapped, prefix)
+
+	_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "charge"})
+	if status.Code(err) != codes.Canceled {
+		t.Fatalf("unary cancelled during the topic lookup: %v, want CANCELLED", err)
+	}
+	if n := wrapped.count(prefix + "echo-requests"); n != 0 {
+		t.Errorf("a unary call cancelled during its topic lookup produced %d request records, want none", n)
+	}
+}
