@@ -45,6 +45,7 @@ type connStream struct {
 	trailer      metadata.MD
 	held         *kafkaclient.Record // the one response of a call that does not stream them
 	st           error               // the call's final status, set before done closes
+	ended        bool                // finish began: the trailer is complete
 	done         chan struct{}
 
 	// RecvMsg's own (one goroutine at a time, as grpc.ClientStream says)
@@ -147,18 +148,21 @@ func (s *connStream) setTrailer(md metadata.MD) {
 	s.co.trailer(s.trailer)
 }
 
-// finish records the call's final status and releases its waiters.
+// finish records the call's final status and releases its waiters. The
+// grpc.OnFinish callbacks run before RecvMsg can return the end, as in
+// grpc-go, which runs them inside that RecvMsg: what they record is in
+// place once the caller sees the end.
 func (s *connStream) finish(err error) {
 	s.mu.Lock()
-	s.st = err
+	s.st, s.ended = err, true
 	if !s.headerClosed {
 		s.headerClosed = true
 		close(s.headerReady)
 	}
 	s.co.after()
 	s.mu.Unlock()
-	close(s.done)
 	s.co.finish(err)
+	close(s.done)
 	s.cancel()
 }
 
@@ -185,16 +189,15 @@ func (s *connStream) Header() (metadata.MD, error) {
 	return nil, s.st
 }
 
-// Trailer returns the worker's trailing metadata once RecvMsg returned an
-// error or io.EOF; nil before.
+// Trailer returns the worker's trailing metadata once the call ended
+// (RecvMsg returned an error or io.EOF, or inside grpc.OnFinish); nil
+// before.
 func (s *connStream) Trailer() metadata.MD {
-	select {
-	case <-s.done:
-	default:
-		return nil
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.ended {
+		return nil
+	}
 	return s.trailer
 }
 
@@ -284,7 +287,8 @@ func (s *connStream) RecvMsg(m any) error {
 	return io.EOF
 }
 
-// decoded ends the call when a response could not be decoded.
+// decoded ends the call when a response could not be decoded, and returns
+// once it ended (its OnFinish callbacks ran, as in grpc-go).
 func (s *connStream) decoded(err error) error {
 	if err == nil {
 		return nil
@@ -294,6 +298,7 @@ func (s *connStream) decoded(err error) error {
 		s.c.fail(err)
 	}
 	s.cancel()
+	<-s.done
 	return err
 }
 

@@ -6,8 +6,11 @@ package runtime_test
 
 import (
 	"context"
+	"io"
 	"testing"
+	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -53,5 +56,57 @@ func TestConnCancelDuringTopicLookupSendsNothing(t *testing.T) {
 	}
 	if n := wrapped.count(prefix + "echo-requests"); n != 0 {
 		t.Errorf("a unary call cancelled during its topic lookup produced %d request records, want none", n)
+	}
+}
+
+// TestConnOnFinishBeforeStreamEnds: grpc-go runs a stream's grpc.OnFinish
+// callbacks inside the RecvMsg that ends the stream (clientStream.finish,
+// before RecvMsg returns io.EOF or the status), so that what a streaming
+// interceptor records there is in place once the caller sees the end. The
+// connection released RecvMsg first and ran OnFinish afterwards on its own
+// goroutine: a caller reading what its OnFinish recorded right after Recv
+// returned io.EOF could find nothing there yet (a data race). Here OnFinish
+// waits for the caller's Recv to return: it must not (the wait's bound is
+// what the correct order costs, and Trailer must be ready inside OnFinish,
+// as grpc-go's is).
+func TestConnOnFinishBeforeStreamEnds(t *testing.T) {
+	e := setup(t, headerStream{})
+	recvDone := make(chan struct{})
+	type finished struct {
+		err            error
+		afterRecv      bool
+		trailerPresent bool
+	}
+	var s grpc.ServerStreamingClient[echov1.EchoResponse]
+	got := make(chan finished, 1)
+	onFinish := func(err error) {
+		f := finished{err: err}
+		select {
+		case <-recvDone:
+			f.afterRecv = true
+		case <-time.After(time.Second):
+		}
+		f.trailerPresent = len(s.Trailer().Get("x-done")) == 1
+		got <- f
+	}
+	var err error
+	s, err = e.conn(t).EchoServerStream(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "m", Repeat: 1}, grpc.OnFinish(onFinish))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Recv()
+	close(recvDone)
+	if err != io.EOF {
+		t.Fatalf("end of stream: %v, want io.EOF", err)
+	}
+	f := <-got
+	if f.err != nil || f.afterRecv {
+		t.Errorf("OnFinish(%v) ran after Recv returned io.EOF: %v; want it run before (as grpc-go)", f.err, f.afterRecv)
+	}
+	if !f.trailerPresent {
+		t.Errorf("Trailer() inside OnFinish lacks the worker's trailer")
 	}
 }
