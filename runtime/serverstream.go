@@ -38,6 +38,7 @@ type replyState struct {
 	sent      int                  // messages sent
 	held      []byte               // the response of a single-response call, sent by finish
 	aborted   bool                 // nothing more goes out
+	closed    bool                 // finish took the header and trailer: later ones are refused
 	gen       int                  // the handler attempt sending (call.endAttempt)
 }
 
@@ -274,7 +275,7 @@ func (c *call) setHeader(md metadata.MD, send bool) error {
 	o := &c.out
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.frozen {
+	if o.frozen || o.closed {
 		return status.Error(codes.Internal, "transport: the stream is done or SendHeader was already called")
 	}
 	o.header = metadata.Join(o.header, withoutTransport(md))
@@ -284,10 +285,17 @@ func (c *call) setHeader(md metadata.MD, send bool) error {
 	return nil
 }
 
-func (c *call) setTrailer(md metadata.MD) {
+// setTrailer adds md to the call's trailer; once the call ended (a
+// goroutine of the handler's setting it late) it is refused, as grpc-go
+// refuses it on a stream that is done.
+func (c *call) setTrailer(md metadata.MD) error {
 	c.out.mu.Lock()
+	defer c.out.mu.Unlock()
+	if c.out.closed {
+		return status.Error(codes.Internal, "transport: the stream is done")
+	}
 	c.out.trailer = metadata.Join(c.out.trailer, withoutTransport(md))
-	c.out.mu.Unlock()
+	return nil
 }
 
 // close stops the reply stream: nothing more the handler sends goes out. It
@@ -297,7 +305,7 @@ func (o *replyState) close() (aborted bool, sent int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	aborted, sent = o.aborted, o.sent
-	o.aborted = true
+	o.aborted, o.closed = true, true
 	return aborted, sent
 }
 
@@ -325,7 +333,7 @@ type serverStream struct {
 
 func (s serverStream) SetHeader(md metadata.MD) error  { return s.c.setHeader(md, false) }
 func (s serverStream) SendHeader(md metadata.MD) error { return s.c.setHeader(md, true) }
-func (s serverStream) SetTrailer(md metadata.MD)       { s.c.setTrailer(md) }
+func (s serverStream) SetTrailer(md metadata.MD)       { _ = s.c.setTrailer(md) }
 func (s serverStream) Context() context.Context        { return s.c.ctx }
 func (s serverStream) SendMsg(m any) error             { return s.c.sendMsg(m, s.gen) }
 func (s serverStream) RecvMsg(m any) error             { return s.c.recvMsg(m, s.gen) }
@@ -337,4 +345,4 @@ type transportStream struct{ c *call }
 func (t transportStream) Method() string                  { return t.c.method() }
 func (t transportStream) SetHeader(md metadata.MD) error  { return t.c.setHeader(md, false) }
 func (t transportStream) SendHeader(md metadata.MD) error { return t.c.setHeader(md, true) }
-func (t transportStream) SetTrailer(md metadata.MD) error { t.c.setTrailer(md); return nil }
+func (t transportStream) SetTrailer(md metadata.MD) error { return t.c.setTrailer(md) }
