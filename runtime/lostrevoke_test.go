@@ -3,7 +3,6 @@ package runtime_test
 import (
 	"context"
 	"io"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,90 +16,6 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
-
-// losing is a worker's Kafka client whose group member, once lose is
-// closed, loses its partitions at its next poll (OnRevoked with lost set,
-// as after a session timeout) and joins the group again, getting them
-// back: they are then read again from their committed offsets. assigned is
-// told of every non-empty assignment after that.
-type losing struct {
-	kafkaclient.Client
-	lose     chan struct{}
-	assigned chan struct{}
-}
-
-func (l *losing) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
-	g := &losingGroup{l: l, cfg: cfg}
-	gr, err := l.Client.NewGroupReader(g.innerConfig())
-	if err != nil {
-		return nil, err
-	}
-	g.inner.Store(&gr)
-	return g, nil
-}
-
-type losingGroup struct {
-	l     *losing
-	cfg   kafkaclient.GroupConfig // the worker's
-	inner atomic.Pointer[kafkaclient.GroupReader]
-	mute  atomic.Bool                  // the inner reader's callbacks are not passed on
-	parts []kafkaclient.TopicPartition // assigned; Poll's goroutine only (callbacks run inside Poll)
-	lost  bool                         // Poll's goroutine only
-}
-
-// innerConfig is the worker's group config with its callbacks noted.
-func (g *losingGroup) innerConfig() kafkaclient.GroupConfig {
-	cfg := g.cfg
-	cfg.OnAssigned = func(parts []kafkaclient.TopicPartition) {
-		if g.mute.Load() {
-			return
-		}
-		g.parts = append(g.parts, parts...)
-		g.cfg.OnAssigned(parts)
-		if g.lost && len(parts) > 0 {
-			g.l.assigned <- struct{}{}
-		}
-	}
-	cfg.OnRevoked = func(parts []kafkaclient.TopicPartition, lost bool) {
-		if g.mute.Load() {
-			return
-		}
-		g.parts = slices.DeleteFunc(g.parts, func(tp kafkaclient.TopicPartition) bool { return slices.Contains(parts, tp) })
-		g.cfg.OnRevoked(parts, lost)
-	}
-	return cfg
-}
-
-func (g *losingGroup) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
-	if !g.lost {
-		select {
-		case <-g.l.lose:
-			g.lost = true
-			parts := g.parts
-			g.parts = nil
-			g.cfg.OnRevoked(parts, true)
-			g.mute.Store(true) // the old member's revocation was reported, as lost
-			err := (*g.inner.Load()).Close()
-			g.mute.Store(false)
-			if err != nil {
-				return nil, err
-			}
-			gr, err := g.l.Client.NewGroupReader(g.innerConfig())
-			if err != nil {
-				return nil, err
-			}
-			g.inner.Store(&gr)
-		default:
-		}
-	}
-	return (*g.inner.Load()).Poll(ctx)
-}
-
-func (g *losingGroup) Commit(ctx context.Context, offs []kafkaclient.TopicPartitionOffset) error {
-	return (*g.inner.Load()).Commit(ctx, offs)
-}
-
-func (g *losingGroup) Close() error { return (*g.inner.Load()).Close() }
 
 // stubbornStream answers EchoClientStream with its request messages joined
 // by commas. Once it read its first message it tells started and waits for
@@ -147,9 +62,9 @@ func (h *stubbornStream) EchoClientStream(s grpc.ClientStreamingServer[echov1.Ec
 // instead of "m0,m1".
 func TestCallAbandonedOnLostPartitionIsServedWhenItComesBack(t *testing.T) {
 	impl := &stubbornStream{started: make(chan struct{}, 1), release: make(chan struct{})}
-	var lo *losing
+	var lo *rejoining
 	e := setupWrapped(t, func(_ string, kc kafkaclient.Client) kafkaclient.Client {
-		lo = &losing{Client: kc, lose: make(chan struct{}), assigned: make(chan struct{}, 8)}
+		lo = &rejoining{Client: kc, rejoin: make(chan struct{}), assigned: make(chan struct{}, 8), lost: true}
 		return lo
 	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) })
 	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
@@ -169,7 +84,7 @@ func TestCallAbandonedOnLostPartitionIsServedWhenItComesBack(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the handler did not start within 30 s")
 	}
-	close(lo.lose)
+	close(lo.rejoin)
 	awaitWorkerRead(t, e, key) // wakes the poll in which the partitions are lost, then read
 	select {
 	case <-lo.assigned:

@@ -488,29 +488,58 @@ func TestEarlierAttemptsEndDuringRetryReleasesItsHold(t *testing.T) {
 // rejoining is a worker's Kafka client whose group member, once rejoin is
 // closed, leaves the group and joins it again at its next poll, as a
 // member does that was fenced or restarted its consumer: its partitions
-// are revoked, then assigned to it again and read from their committed
-// offsets. assigned is told of every non-empty assignment after that.
+// are revoked (reported lost when lost is set, as after a session timeout,
+// so that nothing is committed), then assigned to it again and read from
+// their committed offsets. assigned is told of every non-empty assignment
+// after that.
 type rejoining struct {
 	kafkaclient.Client
 	rejoin   chan struct{}
 	assigned chan struct{}
+	lost     bool
 }
 
 func (r *rejoining) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
-	gr, err := r.Client.NewGroupReader(cfg)
+	g := &rejoiningGroup{r: r, cfg: cfg}
+	gr, err := r.Client.NewGroupReader(g.innerConfig())
 	if err != nil {
 		return nil, err
 	}
-	g := &rejoiningGroup{r: r, cfg: cfg}
 	g.inner.Store(&gr)
 	return g, nil
 }
 
 type rejoiningGroup struct {
-	r        *rejoining
-	cfg      kafkaclient.GroupConfig
-	inner    atomic.Pointer[kafkaclient.GroupReader] // Commit may run on another goroutine
-	rejoined bool                                    // Poll's goroutine only
+	r     *rejoining
+	cfg   kafkaclient.GroupConfig                 // the worker's
+	inner atomic.Pointer[kafkaclient.GroupReader] // Commit may run on another goroutine
+	mute  atomic.Bool                             // the inner reader's callbacks are not passed on
+	// Poll's goroutine only (the callbacks run inside Poll and Close):
+	parts    []kafkaclient.TopicPartition // assigned
+	rejoined bool
+}
+
+// innerConfig is the worker's group config with its callbacks noted.
+func (g *rejoiningGroup) innerConfig() kafkaclient.GroupConfig {
+	cfg := g.cfg
+	cfg.OnAssigned = func(parts []kafkaclient.TopicPartition) {
+		if g.mute.Load() {
+			return
+		}
+		g.parts = append(g.parts, parts...)
+		g.cfg.OnAssigned(parts)
+		if g.rejoined && len(parts) > 0 {
+			g.r.assigned <- struct{}{}
+		}
+	}
+	cfg.OnRevoked = func(parts []kafkaclient.TopicPartition, lost bool) {
+		if g.mute.Load() {
+			return
+		}
+		g.parts = slices.DeleteFunc(g.parts, func(tp kafkaclient.TopicPartition) bool { return slices.Contains(parts, tp) })
+		g.cfg.OnRevoked(parts, lost)
+	}
+	return cfg
 }
 
 func (g *rejoiningGroup) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
@@ -518,17 +547,18 @@ func (g *rejoiningGroup) Poll(ctx context.Context) ([]*kafkaclient.Record, error
 		select {
 		case <-g.r.rejoin:
 			g.rejoined = true
-			if err := (*g.inner.Load()).Close(); err != nil {
+			if g.r.lost {
+				parts := g.parts
+				g.parts = nil
+				g.cfg.OnRevoked(parts, true)
+				g.mute.Store(true) // the old member's revocation was reported, as lost
+			}
+			err := (*g.inner.Load()).Close()
+			g.mute.Store(false)
+			if err != nil {
 				return nil, err
 			}
-			cfg := g.cfg
-			cfg.OnAssigned = func(parts []kafkaclient.TopicPartition) {
-				g.cfg.OnAssigned(parts)
-				if len(parts) > 0 {
-					g.r.assigned <- struct{}{}
-				}
-			}
-			gr, err := g.r.Client.NewGroupReader(cfg)
+			gr, err := g.r.Client.NewGroupReader(g.innerConfig())
 			if err != nil {
 				return nil, err
 			}
