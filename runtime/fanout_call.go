@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -620,11 +621,17 @@ func (c *fetchCall) unavailable(why string) error {
 
 // hubClosedLocked is how a caller ends once its hub closed: the gateway's
 // shutdown (resume from the caller's id elsewhere), or the hub ending itself
-// because its topic's log restarted (its ids are void: see checkRestart).
+// because its topic's log restarted (its ids are void: see checkRestart;
+// the status carries an ErrorInfo with wire.FetchRestartedReason, so that a
+// resuming client such as fetchclient starts again without an id).
 // Called with the hub's lock held.
 func (c *fetchCall) hubClosedLocked() error {
 	if c.hub.ended != "" {
-		return status.Errorf(codes.Unavailable, "%s: %s", c.m.FullMethod(), c.hub.ended)
+		st := status.Newf(codes.Unavailable, "%s: %s", c.m.FullMethod(), c.hub.ended)
+		if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: wire.FetchRestartedReason, Domain: wire.ErrorDomain}); err == nil {
+			st = d
+		}
+		return st.Err()
 	}
 	return c.unavailable(c.f.g.closingMessage())
 }

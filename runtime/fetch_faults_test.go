@@ -24,6 +24,7 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/fetchclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
@@ -420,5 +421,66 @@ func (e *fanoutEnv) produceTo(t *testing.T, p int32, n, size int) {
 		case <-time.After(30 * time.Second):
 			t.Fatalf("producing to partition %d: no acknowledgement within 30 s", p)
 		}
+	}
+}
+
+// TestFetchClientStartsAgainWhenTopicRecreated: the fetch topic is deleted
+// and created again while a fetchclient follows it. The gateway ends the
+// stream with UNAVAILABLE saying the caller's ids name records that no
+// longer exist and that it must start again without one; but fetchclient
+// retried UNAVAILABLE with its last id, which the new topic accepts once it
+// holds as many records: it resumed mid-way through the new topic and
+// silently skipped its first records.
+func TestFetchClientStartsAgainWhenTopicRecreated(t *testing.T) {
+	e := setupFanout(t)
+	ctx := ctxFor(t, 60*time.Second)
+	put := func(p int32, msg string) {
+		v, _ := proto.Marshal(&echov1.EchoEvent{Message: msg})
+		produceUntilTaken(t, ctx, e.kc, &kafkaclient.Record{Topic: e.topic, Partition: p, Key: []byte(msg), Value: v})
+	}
+	for p := range int32(3) { // old-0-0, old-0-1 on partition 0, and so on
+		put(p, fmt.Sprintf("old-%d-0", p))
+		put(p, fmt.Sprintf("old-%d-1", p))
+	}
+	opens := 0
+	open := func(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[echov1.EchoEvent], error) {
+		opens++
+		if opens == 2 { // resuming after the gateway ended the stream: the new topic has grown meanwhile
+			for p := range int32(3) {
+				put(p, fmt.Sprintf("new-%d-1", p))
+				put(p, fmt.Sprintf("new-%d-2", p))
+			}
+		}
+		return e.echo.EchoEvents(ctx, in, opts...)
+	}
+	sub := fetchclient.New(ctx, open, fetchclient.WithBackoff(time.Millisecond, 10*time.Millisecond))
+	defer sub.Close()
+	for range 6 {
+		if _, err := sub.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleteTopic(t, e.brokers, e.topic)
+	kafkatest.CreateTopics(t, e.kc, 3, e.topic)
+	for p := range int32(3) { // one record each: the hub sees the log restart
+		put(p, fmt.Sprintf("new-%d-0", p))
+	}
+	next := make([]int, 3) // per partition of the new topic, the next record expected
+	for range 9 {
+		ev, err := sub.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p, i int
+		if _, err := fmt.Sscanf(ev.GetMessage(), "new-%d-%d", &p, &i); err != nil || p < 0 || p > 2 {
+			t.Fatalf("after the topic was created again: got %q, want a record of the new topic", ev.GetMessage())
+		}
+		if i != next[p] {
+			t.Fatalf("after the topic was created again: got %q, want new-%d-%d: records of the new topic skipped (resumed with an id of the deleted one)", ev.GetMessage(), p, next[p])
+		}
+		next[p]++
+	}
+	if opens != 2 {
+		t.Fatalf("%d streams opened, want 2", opens)
 	}
 }

@@ -25,6 +25,16 @@ const DefaultResumeMetadata = "last-message-id"
 // method, beside the method's own name: the seed documents' spelling.
 const ResumeMetadataSynonym = "last-event-id"
 
+// FetchRestartedReason and ErrorDomain are the reason and domain of the
+// google.rpc.ErrorInfo detail of the UNAVAILABLE status that ends a fetch
+// whose topic's log restarted (deleted and created again, or its records
+// deleted): the caller's event ids name records that no longer exist, so it
+// starts again without one rather than resuming with its last id.
+const (
+	FetchRestartedReason = "FETCH_TOPIC_RESTARTED"
+	ErrorDomain          = "kafkarpc"
+)
+
 // eventIDVersion is the first byte of every event id.
 const eventIDVersion = 0x01
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -31,7 +32,10 @@ type OpenFunc[T any] func(ctx context.Context, in *emptypb.Empty, opts ...grpc.C
 // broken connections, gateway restarts and "too slow" endings: after a
 // stream ends with a retryable status it opens a new one, after a back-off,
 // resuming with the event id of the last message it returned, so that every
-// record arrives once, in order within its partition.
+// record arrives once, in order within its partition. When the gateway says
+// the topic was deleted and created again (its ids name records that no
+// longer exist), the client starts again from the new topic's earliest
+// record, and EventID returns nil until the next message.
 //
 //	sub := fetchclient.New(ctx, echoClient.EchoEvents)
 //	for {
@@ -211,6 +215,11 @@ func (c *Client[T, PT]) Recv() (PT, error) {
 		}
 		c.mu.Lock()
 		c.reconnects++
+		if restarted(err) {
+			// The ids name records of a log that no longer exists: the
+			// new log from its start, as the gateway says.
+			c.last = nil
+		}
 		c.mu.Unlock()
 		c.retrying(err)
 	}
@@ -239,6 +248,18 @@ func (c *Client[T, PT]) closeStream() {
 		c.stop()
 	}
 	c.stream, c.stop = nil, nil
+}
+
+// restarted reports whether err ends a stream because the topic's log
+// restarted (deleted and created again): its ErrorInfo detail has
+// wire.FetchRestartedReason.
+func restarted(err error) bool {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == wire.FetchRestartedReason && info.GetDomain() == wire.ErrorDomain {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Client[T, PT]) retryable(err error) bool {
