@@ -484,3 +484,37 @@ func TestFetchClientStartsAgainWhenTopicRecreated(t *testing.T) {
 		t.Fatalf("%d streams opened, want 2", opens)
 	}
 }
+
+// TestFetchClientEndsOnMessageTooLarge: a record larger than the caller's
+// gRPC receive limit (4 MiB by default; Kafka topics may take larger) fails
+// the stream with RESOURCE_EXHAUSTED ("received message larger than max").
+// fetchclient retried RESOURCE_EXHAUSTED by default, from the same id, so it
+// met the same record again and again: Recv never returned, the caller spun
+// forever instead of learning why. A fetch gateway never answers
+// RESOURCE_EXHAUSTED itself (a caller too slow gets UNAVAILABLE), so it is
+// not retried by default.
+func TestFetchClientEndsOnMessageTooLarge(t *testing.T) {
+	e := setupFanout(t)
+	ctx, cancel := context.WithCancel(ctxFor(t, 60*time.Second))
+	defer cancel()
+	e.produceTo(t, 0, 1, 10)  // fits
+	e.produceTo(t, 0, 1, 500) // does not
+	var retried []error
+	sub := fetchclient.New(ctx, e.echo.EchoEvents,
+		fetchclient.WithBackoff(time.Millisecond, time.Millisecond),
+		fetchclient.WithCallOptions(grpc.MaxCallRecvMsgSize(200)),
+		fetchclient.WithRetryHook(func(n int, err error) {
+			retried = append(retried, err)
+			if n >= 3 {
+				cancel() // the same failure again and again: it would go on for ever
+			}
+		}))
+	defer sub.Close()
+	if _, err := sub.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := sub.Recv()
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("Recv of a message larger than the receive limit = %v after retries %v; want RESOURCE_EXHAUSTED", err, retried)
+	}
+}

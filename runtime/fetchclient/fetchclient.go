@@ -117,8 +117,11 @@ func WithBackoff(first, max time.Duration) Option {
 
 // WithRetryCodes sets the status codes after which the client opens a
 // new stream. Default UNAVAILABLE (a broken connection, a gateway shutting
-// down, a caller too slow), RESOURCE_EXHAUSTED and ABORTED. A stream that
-// ends without an error (a fetch never does on its own) is always resumed.
+// down, a caller too slow) and ABORTED. Not RESOURCE_EXHAUSTED: a fetch
+// gateway never answers it, and gRPC does for a message larger than the
+// caller's receive limit, which the new stream would meet again at once. A
+// stream that ends without an error (a fetch never does on its own) is
+// always resumed.
 func WithRetryCodes(codes ...codes.Code) Option {
 	return optionFunc(func(c *config) { c.retry = slices.Clone(codes) })
 }
@@ -149,7 +152,7 @@ func New[T any, PT interface {
 		metadata:   wire.DefaultResumeMetadata,
 		minBackoff: 100 * time.Millisecond,
 		maxBackoff: 10 * time.Second,
-		retry:      []codes.Code{codes.Unavailable, codes.ResourceExhausted, codes.Aborted},
+		retry:      []codes.Code{codes.Unavailable, codes.Aborted},
 	}
 	for _, o := range opts {
 		o.apply(&cfg)
