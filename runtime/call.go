@@ -662,30 +662,27 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 		}
 	}
 	delete(w.oneway, c)
-	if served && !held && (!superseded || !w.handOn(c.id, c.pt, append([]int64{c.first}, c.extra...))) {
-		c.pt.finish(c.first)
-		for _, off := range c.extra {
-			c.pt.finish(off)
-		}
+	if served && !held && !(superseded && w.handOn(c.id, c.pt, c.first, c.extra)) {
+		c.pt.finishAll(c.first, c.extra)
 	}
 	return w.repeats.takeWaiters(c)
 }
 
 // handOn makes the call in flight with correlation id id, when it reads
-// partition track pt, keep offs unfinished until it is over (call.extra):
-// the first offsets of a superseded call of that id (and of those it
-// superseded), done otherwise. Were they finished while that newer attempt
+// partition track pt, keep first and extra unfinished until it is over
+// (call.extra): the first offsets of a superseded call of that id (first)
+// and of those it superseded (extra), done otherwise. Were they finished while that newer attempt
 // runs, the committed offset could pass them to stop inside the superseded
 // attempt's records, and the partition's next owner would take the rest of
 // them for an attempt that supersedes the newer one. It reports false,
-// leaving offs to the caller to finish, when no such call is in flight.
-// Called with w.mu held.
-func (w *Worker) handOn(id string, pt *partTrack, offs []int64) bool {
+// leaving the offsets to the caller to finish, when no such call is in
+// flight. Called with w.mu held.
+func (w *Worker) handOn(id string, pt *partTrack, first int64, extra []int64) bool {
 	s := w.calls[id]
 	if s == nil || s.pt != pt {
 		return false
 	}
-	s.extra = append(s.extra, offs...)
+	s.extra = append(append(s.extra, first), extra...)
 	return true
 }
 

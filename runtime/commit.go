@@ -30,6 +30,15 @@ func (p *partTrack) seen(off int64) {
 func (p *partTrack) begin(off int64)  { p.open.push(off) }
 func (p *partTrack) finish(off int64) { p.closed[off]++ }
 
+// finishAll finishes first and the offsets in extra (a call's own and
+// those it kept unfinished for superseded calls: call.extra).
+func (p *partTrack) finishAll(first int64, extra []int64) {
+	p.finish(first)
+	for _, off := range extra {
+		p.finish(off)
+	}
+}
+
 // point is the offset it is safe to commit: the first offset of the oldest
 // unfinished call, or the next offset to read when none is unfinished.
 func (p *partTrack) point() int64 {

@@ -44,7 +44,7 @@ type repeats struct {
 	// handOn, when not nil, takes over the offsets of a superseded call's
 	// held entry when that entry is released (Worker.handOn), and reports
 	// whether it did.
-	handOn func(id string, pt *partTrack, offs []int64) bool
+	handOn func(id string, pt *partTrack, first int64, extra []int64) bool
 }
 
 func newRepeats(window time.Duration, maxBytes int) repeats {
@@ -289,13 +289,10 @@ func (r *repeats) release(h *heldCall) {
 	if h.timer != nil {
 		h.timer.Stop()
 	}
-	if h.superseded && r.handOn != nil && r.handOn(h.id, h.pt, append([]int64{h.first}, h.extra...)) {
+	if h.superseded && r.handOn != nil && r.handOn(h.id, h.pt, h.first, h.extra) {
 		return
 	}
-	h.pt.finish(h.first)
-	for _, off := range h.extra {
-		h.pt.finish(off)
-	}
+	h.pt.finishAll(h.first, h.extra)
 }
 
 // expireHeld finishes h's offset once its call's deadline passed, unless

@@ -248,6 +248,23 @@ func retrySupersedes(t *testing.T, method string) {
 	}
 }
 
+// supersedeA1 sends attempt a1 of the client stream id, keyed by key (its
+// message "a1-m0", then more), waits until a1's handler started, sends
+// attempt a2's first message, "a2-m0", waits until a2 superseded a1, and
+// lets a1's handler go on. It returns a1's first record and its partition.
+func supersedeA1(t *testing.T, e *outcomeEnv, h *handoff, id, key string, more ...string) (*kafkaclient.Record, kafkaclient.TopicPartition) {
+	t.Helper()
+	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), keyedAttempt(key, "a1")...))
+	for _, m := range more {
+		produce(t, e.kc, clientStreamRecord(e, id, ptr(m), keyedAttempt(key, "a1")...))
+	}
+	h.awaitStart(t, "a1-m0")
+	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), keyedAttempt(key, "a2")...))
+	h.awaitSuperseded(t, ctxFor(t, 30*time.Second))
+	h.letGo()
+	return first, kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
+}
+
 // TestSupersededAttemptsLateRecordsAreSkipped: once a2 superseded a1 (as in
 // TestRetrySupersedesClientStreamLeftOpen), a1's gateway writes more of a1
 // after all: a message, its end, and one more message (a record read twice).
@@ -263,13 +280,7 @@ func TestSupersededAttemptsLateRecordsAreSkipped(t *testing.T) {
 	t.Cleanup(h.letGo)
 	const id = "superseded-late"
 	const key = "k-superseded-late"
-	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), keyedAttempt(key, "a1")...))
-	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m1"), keyedAttempt(key, "a1")...))
-	h.awaitStart(t, "a1-m0")
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), keyedAttempt(key, "a2")...))
-	h.awaitSuperseded(t, ctxFor(t, 30*time.Second))
-	h.letGo()
+	_, tp := supersedeA1(t, e, h, id, key, "a1-m1")
 	h.awaitStart(t, "a2-m0")
 	produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-late"), keyedAttempt(key, "a1")...))
 	produce(t, e.kc, clientStreamRecord(e, id, nil, keyedAttempt(key, "a1")...))
@@ -306,12 +317,7 @@ func TestSupersededAttemptHoldsCommitUntilItsEnd(t *testing.T) {
 	t.Cleanup(h.letGo)
 	const id = "superseded-held"
 	const key = "k-superseded-held"
-	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), keyedAttempt(key, "a1")...))
-	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
-	h.awaitStart(t, "a1-m0")
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), keyedAttempt(key, "a2")...))
-	h.awaitSuperseded(t, ctxFor(t, 30*time.Second))
-	h.letGo()
+	first, tp := supersedeA1(t, e, h, id, key)
 	produce(t, e.kc, clientStreamRecord(e, id, nil, keyedAttempt(key, "a2")...))
 	if got := awaitEndWithin(replies, id, "a2", 30*time.Second); got == nil || header(got[len(got)-1], "zilla:status") != "0" {
 		t.Fatal("the retry was not answered OK within 30 s")
@@ -463,12 +469,7 @@ func TestSupersededAttemptHoldsCommitWhileItsRetryRuns(t *testing.T) {
 	t.Cleanup(h.letGo)
 	const id = "superseded-retry-runs"
 	const key = "k-superseded-retry-runs"
-	first := produce(t, e.kc, clientStreamRecord(e, id, ptr("a1-m0"), keyedAttempt(key, "a1")...))
-	tp := kafkaclient.TopicPartition{Topic: first.Topic, Partition: first.Partition}
-	h.awaitStart(t, "a1-m0")
-	produce(t, e.kc, clientStreamRecord(e, id, ptr("a2-m0"), keyedAttempt(key, "a2")...))
-	h.awaitSuperseded(t, ctxFor(t, 30*time.Second))
-	h.letGo()
+	first, tp := supersedeA1(t, e, h, id, key)
 	if got := awaitEndWithin(replies, id, "a1", 30*time.Second); got == nil || header(got[len(got)-1], "zilla:status") != "10" {
 		t.Fatal("the first attempt did not end ABORTED within 30 s")
 	}
