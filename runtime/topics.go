@@ -380,8 +380,9 @@ type topicState struct {
 	missing  atomic.Bool
 	checking atomic.Bool // one lookup by check at a time
 
-	confirmMu  sync.Mutex
-	confirming chan struct{} // closed when confirmMissing's lookup under way ends
+	confirmMu   sync.Mutex
+	confirming  *confirmRound // confirmMissing's lookup under way
+	confirmNext *confirmRound // the one to start once it ended, for callers that came meanwhile
 }
 
 // check returns a NOT_FOUND status naming topic when the topic is known not
@@ -464,30 +465,64 @@ const confirmTimeout = 2 * time.Second
 
 // confirmMissing looks topic up after producing to it failed with an error
 // that does not say why, and reports whether Kafka says it does not exist
-// (remembered, as markMissing does). Callers that come while a lookup is
-// under way wait for it (or ctx) and go by its answer: the records of one
-// call fail together, and each must give the same answer.
+// (remembered, as markMissing does). Only a lookup that began after the
+// failure can tell: one under way when a caller comes may have asked
+// before the topic was deleted. Such callers wait for it to end and share
+// the next one (or give up with ctx): the records of one call fail
+// together, and each gets the same answer.
 func (tg *topicGuard) confirmMissing(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration) bool {
 	v, _ := tg.states.LoadOrStore(topic, &topicState{})
 	st := v.(*topicState)
 	st.confirmMu.Lock()
-	if under := st.confirming; under != nil {
+	prev := st.confirming
+	if prev == nil {
+		r := &confirmRound{done: make(chan struct{})}
+		st.confirming = r
 		st.confirmMu.Unlock()
-		select {
-		case <-under:
-		case <-ctx.Done():
-		}
-		return st.missing.Load()
+		return st.confirm(ctx, admin, topic, timeout, r)
 	}
-	done := make(chan struct{})
-	st.confirming = done
+	r, leads := st.confirmNext, false
+	if r == nil {
+		r, leads = &confirmRound{done: make(chan struct{})}, true
+		st.confirmNext = r
+	}
 	st.confirmMu.Unlock()
-	st.lookup(ctx, admin, topic, timeout)
+	if !leads {
+		select {
+		case <-r.done:
+			return r.missing
+		case <-ctx.Done():
+			return st.missing.Load()
+		}
+	}
+	select {
+	case <-prev.done:
+	case <-ctx.Done():
+	}
 	st.confirmMu.Lock()
-	st.confirming = nil
+	st.confirming, st.confirmNext = r, nil
 	st.confirmMu.Unlock()
-	close(done)
-	return st.missing.Load()
+	return st.confirm(ctx, admin, topic, timeout, r)
+}
+
+// confirmRound is one lookup of confirmMissing; missing is its answer,
+// set before done is closed.
+type confirmRound struct {
+	done    chan struct{}
+	missing bool
+}
+
+// confirm runs r's lookup and ends r.
+func (st *topicState) confirm(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, r *confirmRound) bool {
+	st.lookup(ctx, admin, topic, timeout)
+	r.missing = st.missing.Load()
+	st.confirmMu.Lock()
+	if st.confirming == r {
+		st.confirming = nil
+	}
+	st.confirmMu.Unlock()
+	close(r.done)
+	return r.missing
 }
 
 // missingTopicStatus is the status of a call whose topic does not exist:
