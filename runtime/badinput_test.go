@@ -253,6 +253,55 @@ func TestBadRequests(t *testing.T) {
 		}
 	})
 
+	// A reply topic that is no Kafka topic name: no reply could reach the
+	// caller, so the handler is not run, and the next request with the
+	// same key is served at once.
+	t.Run("reply topic that is no valid topic name is skipped", func(t *testing.T) {
+		before, calls := e.worker.Stats().Malformed, e.worker.Stats().Calls
+		bad := []string{"a\x00b", "bad topic", "x/y", strings.Repeat("x", 250)}
+		for i, topic := range bad {
+			h := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", topic, "zilla:correlation-id", fmt.Sprint("bad-reply-to-", i)}
+			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: h.headers()})
+			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: h.headers()})
+		}
+		ok := requestHeaders(e, echoService, "EchoUnary", "after-bad-reply-to")
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: ok.headers()})
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: ok.headers()})
+		if got := replies.await(t, "after-bad-reply-to"); header(got[len(got)-1], "zilla:status") != "0" {
+			t.Fatalf("the request after them ended with status %q", header(got[len(got)-1], "zilla:status"))
+		}
+		if n := e.worker.Stats().Malformed - before; n != uint64(len(bad)) {
+			t.Fatalf("Malformed grew by %d, want %d", n, len(bad))
+		}
+		if n := e.worker.Stats().Calls - calls; n != 1 {
+			t.Fatalf("the worker started %d calls, want 1: a handler ran for a call that could not be answered", n)
+		}
+	})
+
+	// A reply topic that does not exist: the worker cannot know that
+	// before it answers, so the call runs; its reply is lost (counted), and
+	// the next request with the same key waits for it no longer than the
+	// client takes to say the topic is missing. librdkafka says so in its
+	// produce call once it has looked the topic up, and that answer was
+	// taken for one worth retrying until the call's deadline (10 minutes).
+	t.Run("reply topic that does not exist does not hold the next request", func(t *testing.T) {
+		lost := e.worker.Stats().LostReplies
+		for i := range 2 {
+			h := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", e.topic("no-such-replies"), "zilla:correlation-id", fmt.Sprint("missing-reply-topic-", i)}
+			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: h.headers()})
+			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: h.headers()})
+		}
+		ok := requestHeaders(e, echoService, "EchoUnary", "after-missing-reply-topic")
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: ok.headers()})
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: ok.headers()})
+		if got := replies.await(t, "after-missing-reply-topic"); header(got[len(got)-1], "zilla:status") != "0" {
+			t.Fatalf("the request after them ended with status %q", header(got[len(got)-1], "zilla:status"))
+		}
+		if n := e.worker.Stats().LostReplies - lost; n != 2 {
+			t.Fatalf("LostReplies grew by %d, want 2", n)
+		}
+	})
+
 	t.Run("no correlation id is skipped and the next request served", func(t *testing.T) {
 		before := e.worker.Stats().SkippedNoCorrelationID
 		h := requestHeaders(e, echoService, "EchoUnary", "")

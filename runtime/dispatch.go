@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/topicname"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
@@ -278,6 +279,16 @@ func (w *Worker) routeNew(rec *kafkaclient.Record, env *wire.Envelope, pt *partT
 		w.stats.malformed.Add(1)
 		w.countSkipped("malformed")
 		w.cfg.logger.Warn("kafkarpc: skipping request without reply topic", "header", names.ReplyTo,
+			"correlation_id", id, "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+		return
+	}
+	if problem := topicname.Problem(env.ReplyTo); problem != "" {
+		// No reply could reach its caller: the handler is not run for
+		// it, and the record is not held while Kafka refuses the replies.
+		w.stats.malformed.Add(1)
+		w.countSkipped("malformed")
+		w.cfg.logger.Warn("kafkarpc: skipping request whose reply topic is not a valid Kafka topic name", "header", names.ReplyTo,
+			"reply_topic", string(env.ReplyTo), "problem", problem,
 			"correlation_id", id, "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
 		return
 	}

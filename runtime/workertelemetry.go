@@ -108,7 +108,8 @@ type WorkerStats struct {
 	SkippedNoCorrelationID uint64
 	// Malformed counts requests answered with an error without running a
 	// handler (missing service or method, unknown method, bad metadata) or
-	// skipped for want of a reply topic.
+	// skipped for want of a reply topic (none, or not a valid Kafka topic
+	// name).
 	Malformed uint64
 	// Calls counts calls started (handlers run, not counting retries).
 	Calls uint64

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/topicname"
 	kafkaoptions "github.com/kafkarpc/protoc-gen-go-kafka/options"
 )
 
@@ -25,7 +26,6 @@ const (
 
 // Limits of the values the options take.
 const (
-	maxTopicLen        = 249       // Kafka's limit on a topic name
 	maxFieldNumber     = 536870911 // protobuf's largest field number, 2^29-1
 	firstReservedField = 19000     // protobuf reserves 19000-19999
 	lastReservedField  = 19999
@@ -717,33 +717,13 @@ func (c *checker) topicName(el protoreflect.FullName, field, t string) {
 	if t == "" {
 		return
 	}
-	if problem := topicProblem(t); problem != "" {
-		if len(t) > maxTopicLen {
+	if problem := topicname.Problem(t); problem != "" {
+		if len(t) > topicname.MaxLen {
 			c.errorf(el, "%s is not a valid Kafka topic name: %s", field, problem)
 			return
 		}
 		c.errorf(el, "%s %q is not a valid Kafka topic name: %s", field, t, problem)
 	}
-}
-
-// topicProblem says what makes t an invalid Kafka topic name, or returns "".
-func topicProblem(t string) string {
-	switch {
-	case t == "":
-		return "it is empty"
-	case t == "." || t == "..":
-		return `"." and ".." are not allowed`
-	case len(t) > maxTopicLen:
-		return fmt.Sprintf("%d characters, at most %d allowed", len(t), maxTopicLen)
-	}
-	for _, r := range t {
-		switch {
-		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9', r == '.', r == '_', r == '-':
-		default:
-			return fmt.Sprintf("character %q is not allowed, only [a-zA-Z0-9._-]", r)
-		}
-	}
-	return ""
 }
 
 // reservedMetadata lists the metadata names gRPC or HTTP/2 handle

@@ -164,30 +164,6 @@ service BService {
 	}
 }
 
-func TestTopicProblem(t *testing.T) {
-	for topic, valid := range map[string]bool{
-		"a":                        true,
-		"echo-requests":            true,
-		"Orders.EU_v2":             true,
-		"...":                      true,
-		strings.Repeat("x", 249):   true,
-		"":                         false,
-		".":                        false,
-		"..":                       false,
-		strings.Repeat("x", 250):   false,
-		"a b":                      false,
-		"a/b":                      false,
-		"caf\u00e9":                false,
-		"tab\t":                    false,
-		"zilla:reply-to":           false,
-		"emoji\U0001F600-requests": false,
-	} {
-		if got := topicProblem(topic) == ""; got != valid {
-			t.Errorf("topicProblem(%q) = %q, want valid=%v", topic, topicProblem(topic), valid)
-		}
-	}
-}
-
 // TestKeyFieldFromService: a service's key_field is resolved against the
 // request of every method that inherits it, and a problem is reported at
 // that method, saying where the option came from; a method that sets its

@@ -132,17 +132,26 @@ func (p *producer) drain() {
 // kafkaclient.ErrUnknownOutcome.
 func deliveryError(acks kafkaclient.Acks, e *kafka.Message, topic string) error {
 	if err := e.TopicPartition.Error; err != nil {
-		var ke kafka.Error
-		if errors.As(err, &ke) && (ke.Code() == kafka.ErrUnknownTopicOrPart || ke.Code() == kafka.ErrUnknownTopic || ke.Code() == kafka.ErrUnknownPartition) {
-			return fmt.Errorf("confluent: produce to %s: %w (%w)", topic, kafkaclient.ErrUnknownTopic, err)
-		}
-		return fmt.Errorf("confluent: produce to %s: %w", topic, err)
+		return produceError(topic, err)
 	}
 	if acks == kafkaclient.AcksAll && e.TopicPartition.Offset < 0 {
 		return fmt.Errorf("confluent: produce to %s [%d]: Kafka took the record for a duplicate of one it had and gave no offset: %w",
 			topic, e.TopicPartition.Partition, kafkaclient.ErrUnknownOutcome)
 	}
 	return nil
+}
+
+// produceError is err, librdkafka's reason for failing a record to topic,
+// as Produce reports it: one that says the topic or partition does not
+// exist wraps kafkaclient.ErrUnknownTopic, whether it came in a delivery
+// report or, once librdkafka knows the topic is missing, from its produce
+// call itself.
+func produceError(topic string, err error) error {
+	var ke kafka.Error
+	if errors.As(err, &ke) && (ke.Code() == kafka.ErrUnknownTopicOrPart || ke.Code() == kafka.ErrUnknownTopic || ke.Code() == kafka.ErrUnknownPartition) {
+		return fmt.Errorf("confluent: produce to %s: %w (%w)", topic, kafkaclient.ErrUnknownTopic, err)
+	}
+	return fmt.Errorf("confluent: produce to %s: %w", topic, err)
 }
 
 // close closes the librdkafka producer and waits for its goroutines. The
@@ -285,7 +294,7 @@ func (c *Client) produceOn(p *producer, r *kafkaclient.Record, done func(*kafkac
 		if errors.As(err, &kerr) && kerr.Code() == kafka.ErrQueueFull {
 			err = fmt.Errorf("%w: %w", ErrQueueFull, kerr)
 		} else {
-			err = fmt.Errorf("confluent: produce to %s: %w", r.Topic, err)
+			err = produceError(r.Topic, err)
 		}
 		go c.finish(pd, err)
 	}
