@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -47,7 +48,15 @@ type ClientConn struct {
 	unary   grpc.UnaryClientInterceptor
 	stream  grpc.StreamClientInterceptor
 	mu      sync.Mutex // serialises Register
-	methods atomic.Pointer[map[string]*MethodSpec]
+	methods atomic.Pointer[connMethods]
+}
+
+// connMethods is what a ClientConn can call: its registered services' Kafka
+// methods by full name, and the services' names (a method not among the
+// methods of a registered service has no Kafka options).
+type connMethods struct {
+	byName   map[string]*MethodSpec
+	services map[string]bool
 }
 
 var _ grpc.ClientConnInterface = (*ClientConn)(nil)
@@ -100,8 +109,7 @@ func NewClientConn(client kafkaclient.Client, opts ...ConnOption) *ClientConn {
 		o.applyConn(&cfg)
 	}
 	cc := &ClientConn{g: newGateway(client, cfg.gw), unary: chainUnary(cfg.unary), stream: chainStream(cfg.stream)}
-	empty := map[string]*MethodSpec{}
-	cc.methods.Store(&empty)
+	cc.methods.Store(&connMethods{byName: map[string]*MethodSpec{}, services: map[string]bool{}})
 	return cc
 }
 
@@ -116,15 +124,20 @@ func (cc *ClientConn) Register(spec *ServiceSpec) error {
 	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	old := *cc.methods.Load()
-	next := make(map[string]*MethodSpec, len(old)+len(spec.Methods))
-	for k, v := range old {
-		next[k] = v
+	old := cc.methods.Load()
+	next := &connMethods{byName: make(map[string]*MethodSpec, len(old.byName)+len(spec.Methods)),
+		services: make(map[string]bool, len(old.services)+1)}
+	for k, v := range old.byName {
+		next.byName[k] = v
+	}
+	for k := range old.services {
+		next.services[k] = true
 	}
 	for _, m := range spec.Methods {
-		next[m.FullMethod()] = m
+		next.byName[m.FullMethod()] = m
 	}
-	cc.methods.Store(&next)
+	next.services[spec.Name] = true
+	cc.methods.Store(next)
 	return nil
 }
 
@@ -147,8 +160,12 @@ func (cc *ClientConn) method(name string) (*MethodSpec, error) {
 	if cc.g.ctx.Err() != nil {
 		return nil, status.Errorf(codes.Unavailable, "%s: the kafka ClientConn is closed", name)
 	}
-	if m := (*cc.methods.Load())[name]; m != nil {
+	ms := cc.methods.Load()
+	if m := ms.byName[name]; m != nil {
 		return m, nil
+	}
+	if i := strings.LastIndexByte(name, '/'); i > 0 && ms.services[name[1:i]] {
+		return nil, status.Errorf(codes.Unimplemented, "%s: not a Kafka method: its service is registered with this kafka ClientConn, but the proto gives the method no (kafkarpc.kafka.v1.method) option and its service no (kafkarpc.kafka.v1.service) option", name)
 	}
 	return nil, status.Errorf(codes.Unimplemented, "%s: no such method registered with this kafka ClientConn (register the service's KafkaSpec with ClientConn.Register)", name)
 }

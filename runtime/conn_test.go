@@ -28,6 +28,8 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	kindsv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/kinds/v1"
+	partialv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/partial/v1"
 )
 
 // connTo returns a ClientConn on kc for the echo service, its topics under
@@ -138,6 +140,41 @@ func TestConnUnregisteredMethodFailsAtOnce(t *testing.T) {
 	if _, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("a call on a closed connection: %v, want UNAVAILABLE", err)
 	}
+}
+
+// A method that does not travel over Kafka (PartialService's Local and Tail:
+// no method option, no service option), called through a connection on
+// which its service is registered, fails with UNIMPLEMENTED saying that the
+// method has no Kafka options, not that the service was never registered.
+func TestConnMethodNotOverKafkaSaysWhy(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("partial-") + "-"
+	spec := partialv1.PartialServiceKafkaSpec
+	var topics []string
+	for _, tp := range spec.Topics(nil) {
+		topics = append(topics, prefix+tp.Name)
+	}
+	kafkatest.CreateTopics(t, kc, 1, topics...)
+	cc := runtime.NewClientConn(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }),
+		runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = cc.Close() })
+	if err := cc.Register(spec); err != nil {
+		t.Fatal(err)
+	}
+	c := partialv1.NewPartialServiceClient(cc)
+	ctx := ctxFor(t, 30*time.Second)
+	check := func(what, method string, err error) {
+		t.Helper()
+		msg := status.Convert(err).Message()
+		if status.Code(err) != codes.Unimplemented || !strings.Contains(msg, method) ||
+			!strings.Contains(msg, "kafkarpc.kafka.v1.method") || strings.Contains(msg, "ClientConn.Register") {
+			t.Errorf("%s of a method without Kafka options, its service registered: %v, want UNIMPLEMENTED naming it and saying it has no Kafka options", what, err)
+		}
+	}
+	_, err := c.Local(ctx, &kindsv1.Ping{})
+	check("unary", partialv1.PartialService_Local_FullMethodName, err)
+	_, err = c.Tail(ctx, &kindsv1.Ping{})
+	check("stream", partialv1.PartialService_Tail_FullMethodName, err)
 }
 
 func TestConnDeadlineReachesHandler(t *testing.T) {
