@@ -177,6 +177,21 @@ func TestConnMethodNotOverKafkaSaysWhy(t *testing.T) {
 	check("stream", partialv1.PartialService_Tail_FullMethodName, err)
 }
 
+// Registering a service whose reply topic nobody created fails at once,
+// naming the topic and saying how to create it.
+func TestConnRegisterWithoutReplyTopicSaysSo(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("uncreated-") + "-"
+	cc := runtime.NewClientConn(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }),
+		runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = cc.Close() })
+	err := cc.Register(echov1.EchoServiceKafkaSpec)
+	if !errors.Is(err, kafkaclient.ErrUnknownTopic) || !strings.Contains(err.Error(), `"`+prefix+`echo-responses" does not exist`) ||
+		!strings.Contains(err.Error(), "runtime.EnsureTopics") {
+		t.Fatalf("Register with no reply topic: %v, want an error wrapping ErrUnknownTopic that names %secho-responses and runtime.EnsureTopics", err, prefix)
+	}
+}
+
 func TestConnDeadlineReachesHandler(t *testing.T) {
 	e := setup(t, metaEcho{})
 	resp, err := e.conn(t).EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "deadline"})

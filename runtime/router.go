@@ -67,6 +67,9 @@ func watchPartitions(ctx context.Context, every time.Duration, logger *slog.Logg
 // and lose its reply.
 func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRouter, error) {
 	parts, err := g.client.Partitions(ctx, topic)
+	if unknownTopic(err) {
+		return nil, fmt.Errorf("reply topic %q does not exist (create it, or have the program create its spec's topics with runtime.EnsureTopics): %w", topic, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
