@@ -256,20 +256,27 @@ func TestBadRequests(t *testing.T) {
 	// A reply topic that is no Kafka topic name: no reply could reach the
 	// caller, so the handler is not run, and the next request with the
 	// same key is served at once.
-	t.Run("reply topic that is no valid topic name is skipped", func(t *testing.T) {
-		before, calls := e.worker.Stats().Malformed, e.worker.Stats().Calls
-		bad := []string{"a\x00b", "bad topic", "x/y", strings.Repeat("x", 250)}
-		for i, topic := range bad {
-			h := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", topic, "zilla:correlation-id", fmt.Sprint("bad-reply-to-", i)}
+	// sendReplyingTo sends a unary request per reply topic, then one that
+	// replies to the test's topic, with the same key, and checks that the
+	// last is answered OK.
+	sendReplyingTo := func(t *testing.T, name string, replyTopics ...string) {
+		t.Helper()
+		for i, topic := range replyTopics {
+			h := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", topic, "zilla:correlation-id", fmt.Sprint(name, "-", i)}
 			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: h.headers()})
 			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: h.headers()})
 		}
-		ok := requestHeaders(e, echoService, "EchoUnary", "after-bad-reply-to")
+		ok := requestHeaders(e, echoService, "EchoUnary", "after-"+name)
 		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: ok.headers()})
 		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: ok.headers()})
-		if got := replies.await(t, "after-bad-reply-to"); header(got[len(got)-1], "zilla:status") != "0" {
+		if got := replies.await(t, "after-"+name); header(got[len(got)-1], "zilla:status") != "0" {
 			t.Fatalf("the request after them ended with status %q", header(got[len(got)-1], "zilla:status"))
 		}
+	}
+	t.Run("reply topic that is no valid topic name is skipped", func(t *testing.T) {
+		before, calls := e.worker.Stats().Malformed, e.worker.Stats().Calls
+		bad := []string{"a\x00b", "bad topic", "x/y", strings.Repeat("x", 250)}
+		sendReplyingTo(t, "bad-reply-to", bad...)
 		if n := e.worker.Stats().Malformed - before; n != uint64(len(bad)) {
 			t.Fatalf("Malformed grew by %d, want %d", n, len(bad))
 		}
@@ -286,17 +293,7 @@ func TestBadRequests(t *testing.T) {
 	// taken for one worth retrying until the call's deadline (10 minutes).
 	t.Run("reply topic that does not exist does not hold the next request", func(t *testing.T) {
 		lost := e.worker.Stats().LostReplies
-		for i := range 2 {
-			h := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", e.topic("no-such-replies"), "zilla:correlation-id", fmt.Sprint("missing-reply-topic-", i)}
-			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: h.headers()})
-			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: h.headers()})
-		}
-		ok := requestHeaders(e, echoService, "EchoUnary", "after-missing-reply-topic")
-		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: ok.headers()})
-		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: ok.headers()})
-		if got := replies.await(t, "after-missing-reply-topic"); header(got[len(got)-1], "zilla:status") != "0" {
-			t.Fatalf("the request after them ended with status %q", header(got[len(got)-1], "zilla:status"))
-		}
+		sendReplyingTo(t, "missing-reply-topic", e.topic("no-such-replies"), e.topic("no-such-replies"))
 		if n := e.worker.Stats().LostReplies - lost; n != 2 {
 			t.Fatalf("LostReplies grew by %d, want 2", n)
 		}
