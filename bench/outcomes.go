@@ -100,7 +100,7 @@ func newKeyedEnv(kc kafkaClientKind, brokers, prefix string, log *slog.Logger, o
 	topics := append(echov1.EchoServiceKafkaSpec.Topics(mapName), w.ExtraTopics()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := runtime.EnsureTopics(ctx, front, topics, runtime.EnsureTopicsOptions{}); err != nil {
+	if err := runtime.EnsureTopics(ctx, front, topics, runtime.EnsureTopicsOptions{Logger: slog.New(slog.DiscardHandler)}); err != nil {
 		return nil, closeAll, err
 	}
 	if err := echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}); err != nil {

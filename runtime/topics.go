@@ -199,7 +199,9 @@ type EnsureTopicsOptions struct {
 	// Default kafkaclient.MaxMessageBytes (8 MiB), the record size both
 	// Kafka clients are configured for.
 	MaxMessageBytes int
-	// Logger, when set, gets one Info line per topic created.
+	// Logger gets one Info line per topic created. Default slog.Default(),
+	// as the gateway's and the worker's (WithLogger); a
+	// slog.New(slog.DiscardHandler) keeps it quiet.
 	Logger *slog.Logger
 }
 
@@ -336,19 +338,21 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 	if err := admin.CreateTopics(ctx, specs); err != nil {
 		return fmt.Errorf("kafkarpc: creating topics %s: %w", strings.Join(names, ", "), err)
 	}
-	if opts.Logger != nil {
-		for i, t := range missing {
-			rf, isr := "broker default", specs[i].Config["min.insync.replicas"]
-			if f := specs[i].ReplicationFactor; f > 0 {
-				rf = strconv.Itoa(int(f))
-			}
-			if isr == "" {
-				isr = "broker default"
-			}
-			opts.Logger.Info("kafkarpc: created topic", "topic", t.Name, "role", t.Role.String(),
-				"partitions", specs[i].Partitions, "max.message.bytes", maxBytes,
-				"replication.factor", rf, "min.insync.replicas", isr)
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	for i, t := range missing {
+		rf, isr := "broker default", specs[i].Config["min.insync.replicas"]
+		if f := specs[i].ReplicationFactor; f > 0 {
+			rf = strconv.Itoa(int(f))
 		}
+		if isr == "" {
+			isr = "broker default"
+		}
+		logger.Info("kafkarpc: created topic", "topic", t.Name, "role", t.Role.String(),
+			"partitions", specs[i].Partitions, "max.message.bytes", maxBytes,
+			"replication.factor", rf, "min.insync.replicas", isr)
 	}
 	return nil
 }

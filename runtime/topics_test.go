@@ -120,33 +120,42 @@ func TestEnsureTopicsSettings(t *testing.T) {
 	}
 }
 
-// TestEnsureTopicsOutcomeTopic: a worker's ExtraTopics name its dead-letter
-// and outcome topics (mapped); EnsureTopics creates the outcome topic
-// compacted, the others not.
 // The line logged for each topic created says what the topic got, in
-// words where the broker chose: a newcomer's first run prints these.
+// words where the broker chose: a newcomer's first run prints these, with
+// no logger given (slog's default logger, as the gateway's and worker's).
 func TestEnsureTopicsLogsWhatItCreated(t *testing.T) {
 	for _, tc := range []struct {
 		opts    runtime.EnsureTopicsOptions
 		rf, isr string
+		dflt    bool // no Logger: slog.Default()
 	}{
-		{runtime.EnsureTopicsOptions{}, `replication.factor="broker default"`, `min.insync.replicas="broker default"`},
-		{runtime.EnsureTopicsOptions{ReplicationFactor: 3}, "replication.factor=3", `min.insync.replicas="broker default"`},
+		{runtime.EnsureTopicsOptions{}, `replication.factor="broker default"`, `min.insync.replicas="broker default"`, false},
+		{runtime.EnsureTopicsOptions{ReplicationFactor: 3}, "replication.factor=3", `min.insync.replicas="broker default"`, false},
+		{runtime.EnsureTopicsOptions{}, `replication.factor="broker default"`, `min.insync.replicas="broker default"`, true},
 	} {
 		var log strings.Builder
-		tc.opts.Logger = slog.New(slog.NewTextHandler(&log, nil))
+		if tc.dflt {
+			prev := slog.Default()
+			slog.SetDefault(slog.New(slog.NewTextHandler(&log, nil)))
+			t.Cleanup(func() { slog.SetDefault(prev) })
+		} else {
+			tc.opts.Logger = slog.New(slog.NewTextHandler(&log, nil))
+		}
 		if err := runtime.EnsureTopics(context.Background(), &fakeAdmin{have: map[string]bool{}}, []runtime.Topic{{Name: "x"}}, tc.opts); err != nil {
 			t.Fatal(err)
 		}
 		line := log.String()
 		for _, want := range []string{"kafkarpc: created topic", "topic=x", "partitions=3", "max.message.bytes=8388608", tc.rf, tc.isr} {
 			if !strings.Contains(line, want) {
-				t.Errorf("options %+v: logged %q, want it to say %s", tc.opts, line, want)
+				t.Errorf("options %+v (slog's default logger: %v): logged %q, want it to say %s", tc.opts, tc.dflt, line, want)
 			}
 		}
 	}
 }
 
+// TestEnsureTopicsOutcomeTopic: a worker's ExtraTopics name its dead-letter
+// and outcome topics (mapped); EnsureTopics creates the outcome topic
+// compacted, the others not.
 func TestEnsureTopicsOutcomeTopic(t *testing.T) {
 	w := runtime.NewWorker(nil, runtime.WithTopicMapper(func(s string) string { return "p." + s }),
 		runtime.WorkerDeadLetterTopic("dlq"), runtime.WorkerOutcomeTopic("outcomes"))

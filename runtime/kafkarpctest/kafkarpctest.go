@@ -202,7 +202,7 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	if w != nil {
 		topics = append(topics, w.ExtraTopics()...)
 	}
-	if err := runtime.EnsureTopics(ctx, kc, topics, runtime.EnsureTopicsOptions{Partitions: cfg.partitions}); err != nil {
+	if err := runtime.EnsureTopics(ctx, kc, topics, runtime.EnsureTopicsOptions{Partitions: cfg.partitions, Logger: logger}); err != nil {
 		tb.Fatalf("kafkarpctest: creating topics: %v", err)
 	}
 	if w != nil {
