@@ -243,6 +243,9 @@ func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, _ *grpc
 	}
 	s.c = c
 	s.recs = make(chan *kafkaclient.Record)
+	if !m.Kind.serverStreams() {
+		s.verdict = make(chan error, 1)
+	}
 	go s.run()
 	return s, nil
 }

@@ -469,3 +469,39 @@ func TestConnReplyBufferBoundsEmptyMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestConnUndecodableClientStreamReplyIsTheCallsStatus: the one response
+// of a client-streaming call that RecvMsg cannot decode ends the call
+// INTERNAL, and grpc.OnFinish gets that INTERNAL, as grpc-go's does (it
+// decodes the response, and ends the call, inside that RecvMsg). The
+// connection ran OnFinish with OK once the worker's end arrived, before
+// the caller's RecvMsg decoded the response and returned INTERNAL.
+func TestConnUndecodableClientStreamReplyIsTheCallsStatus(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("rc") + "."
+	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
+	scriptedWorker(t, kc, prefix, func(_ *kafkaclient.Record, _ *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		reply([]byte{0xff, 0xff}, nil) // not a protobuf message
+		reply(nil, hdrs{"zilla:status", "0"})
+	})
+	_, echo := connTo(t, kc, prefix)
+	finished := make(chan error, 1)
+	s, err := echo.EchoClientStream(ctxFor(t, 30*time.Second), grpc.OnFinish(func(err error) { finished <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&echov1.EchoRequest{Message: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CloseAndRecv(); status.Code(err) != codes.Internal {
+		t.Fatalf("undecodable reply: %v, want INTERNAL", err)
+	}
+	select {
+	case err := <-finished:
+		if status.Code(err) != codes.Internal {
+			t.Errorf("OnFinish got %v, want the INTERNAL that RecvMsg returned", err)
+		}
+	default:
+		t.Error("OnFinish did not run before RecvMsg returned the call's end")
+	}
+}

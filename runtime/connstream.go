@@ -27,8 +27,9 @@ type connStream struct {
 	cancel context.CancelFunc
 	co     callOptions
 
-	c    *gwCall                  // request/reply methods
-	recs chan *kafkaclient.Record // server-streamed replies
+	c       *gwCall                  // request/reply methods
+	recs    chan *kafkaclient.Record // server-streamed replies, and the one response of a call that does not stream them (handHeld)
+	verdict chan error               // RecvMsg's decoding of that one response (capacity 1)
 
 	fetchMD   metadata.MD // fetch methods: the caller's metadata
 	raw       chan []byte // fetched messages, value and event id field
@@ -63,8 +64,29 @@ func (s *connStream) run() {
 	if failed := s.c.failure(); failed != nil {
 		err = failed
 	}
+	if err == nil && s.held != nil {
+		err = s.handHeld()
+	}
 	s.c.end(err)
 	s.finish(err)
+}
+
+// handHeld gives the one response of a call that does not stream them to
+// RecvMsg and returns the call's status once RecvMsg decoded it: INTERNAL
+// when it could not, as in grpc-go, which decodes that response, and ends
+// the call, inside the RecvMsg that returns it (OnFinish gets the INTERNAL
+// RecvMsg returns). A caller that gives up before reading it ends the call
+// with its context's error, a connection closed meanwhile with UNAVAILABLE,
+// as grpc-go's streams end.
+func (s *connStream) handHeld() error {
+	select {
+	case s.recs <- s.held:
+		return <-s.verdict
+	case <-s.ctx.Done():
+		return status.FromContextError(s.ctx.Err()).Err()
+	case <-s.c.g.ctx.Done():
+		return status.Error(codes.Unavailable, s.c.g.closingMessage())
+	}
 }
 
 func (s *connStream) await() error {
@@ -266,7 +288,18 @@ func (s *connStream) RecvMsg(m any) error {
 	}
 	select {
 	case rec := <-s.recs:
-		return s.decoded(decodeReply(s.m, rec, out))
+		if s.verdict == nil {
+			return s.decoded(decodeReply(s.m, rec, out))
+		}
+		// The one response (handHeld): the call ends with its decoding.
+		s.taken = true
+		err := decodeReply(s.m, rec, out)
+		s.verdict <- err
+		<-s.done
+		if err != nil {
+			s.recvErr = err
+		}
+		return err
 	case raw := <-s.raw:
 		if err := proto.Unmarshal(raw, out); err != nil {
 			return s.decoded(status.Errorf(codes.Internal, "%s: record of %s is not a valid %s: %v",
