@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
@@ -495,6 +496,39 @@ func TestConnUndecodableClientStreamReplyIsTheCallsStatus(t *testing.T) {
 	}
 	if _, err := s.CloseAndRecv(); status.Code(err) != codes.Internal {
 		t.Fatalf("undecodable reply: %v, want INTERNAL", err)
+	}
+	select {
+	case err := <-finished:
+		if status.Code(err) != codes.Internal {
+			t.Errorf("OnFinish got %v, want the INTERNAL that RecvMsg returned", err)
+		}
+	default:
+		t.Error("OnFinish did not run before RecvMsg returned the call's end")
+	}
+}
+
+// TestConnUndecodableFetchRecordIsTheCallsStatus: a fetched record that
+// RecvMsg cannot decode ends the fetch INTERNAL, and grpc.OnFinish gets
+// that INTERNAL, as grpc-go's does, not the cancel with which the
+// connection stops the fetch.
+func TestConnUndecodableFetchRecordIsTheCallsStatus(t *testing.T) {
+	e := setupFanout(t)
+	_, echo := connTo(t, e.kc, e.prefix)
+	// A protobuf message whose string field 1 (message) is not UTF-8: a
+	// gateway relays it (it is well-formed), an EchoEvent cannot hold it.
+	errc := make(chan error, 1)
+	e.kc.Produce(&kafkaclient.Record{Topic: e.topic, Partition: 0, Value: []byte{0x0a, 0x01, 0xff}}, kafkaclient.AcksAll,
+		func(_ *kafkaclient.Record, err error) { errc <- err })
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	finished := make(chan error, 1)
+	s, err := echo.EchoEvents(ctxFor(t, 30*time.Second), &emptypb.Empty{}, grpc.OnFinish(func(err error) { finished <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); status.Code(err) != codes.Internal {
+		t.Fatalf("undecodable record: %v, want INTERNAL", err)
 	}
 	select {
 	case err := <-finished:

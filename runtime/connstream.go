@@ -32,6 +32,7 @@ type connStream struct {
 	verdict chan error               // RecvMsg's decoding of that one response (capacity 1)
 
 	fetchMD   metadata.MD // fetch methods: the caller's metadata
+	fetchErr  error       // a fetched record RecvMsg could not decode: the fetch's status (under mu)
 	raw       chan []byte // fetched messages, value and event id field
 	fetchOnce sync.Once
 
@@ -140,6 +141,11 @@ func (s *connStream) await() error {
 func (s *connStream) startFetch(in proto.Message) {
 	go func() {
 		err := s.cc.g.fanout.serveFetch(s.m, s.fetchMD, in, fetchPipe{s}, rawCarrier)
+		s.mu.Lock()
+		if s.fetchErr != nil {
+			err = s.fetchErr // not the cancel with which decoded stopped the fetch
+		}
+		s.mu.Unlock()
 		s.finish(err)
 	}()
 }
@@ -329,6 +335,10 @@ func (s *connStream) decoded(err error) error {
 	s.recvErr = err
 	if s.c != nil {
 		s.c.fail(err)
+	} else {
+		s.mu.Lock()
+		s.fetchErr = err
+		s.mu.Unlock()
 	}
 	s.cancel()
 	<-s.done
