@@ -2,11 +2,17 @@ package runtime_test
 
 import (
 	"context"
+	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
@@ -40,5 +46,64 @@ func TestHeaderAndTrailerAfterTheCallEnded(t *testing.T) {
 	}
 	if err := grpc.SetHeader(ctx, md); err == nil {
 		t.Error("grpc.SetHeader after the call ended = nil, want an error")
+	}
+}
+
+// leavesMetadata answers EchoServerStream on its second attempt; its first
+// attempt leaves a goroutine behind holding its stream, which sets a
+// header and a trailer on that stream while the second attempt runs.
+type leavesMetadata struct {
+	echoserver.Server
+	attempts atomic.Int32
+	late     chan grpc.ServerStream // the first attempt's stream
+	errs     chan [2]error          // what the left goroutine's SetHeader and SendHeader returned
+}
+
+func (l *leavesMetadata) EchoServerStream(in *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	if l.attempts.Add(1) == 1 {
+		l.late <- s
+		return status.Error(codes.Unavailable, "first attempt fails")
+	}
+	stale := <-l.late // the first attempt's goroutine, run to its end here
+	stale.SetTrailer(metadata.Pairs("x-stale", "trailer"))
+	l.errs <- [2]error{stale.SetHeader(metadata.Pairs("x-stale", "header")), stale.SendHeader(nil)}
+	if err := s.SetHeader(metadata.Pairs("x-own", "header")); err != nil {
+		return err
+	}
+	return s.Send(&echov1.EchoResponse{Message: in.GetMessage()})
+}
+
+// TestRetryEndsTheMetadataOfTheAttemptThatReturned: with WorkerRetries, a
+// goroutine a failed attempt left behind that sets a header or a trailer
+// on its stream while the retry runs is refused, as its SendMsg and
+// RecvMsg are (the attempt's stream ended with its handler): its trailer
+// went out in the retry's answer, and its SendHeader froze the headers, so
+// that the retry's own SetHeader failed.
+func TestRetryEndsTheMetadataOfTheAttemptThatReturned(t *testing.T) {
+	h := &leavesMetadata{late: make(chan grpc.ServerStream, 1), errs: make(chan [2]error, 1)}
+	e := setup(t, h, runtime.WorkerRetries(2, codes.Unavailable))
+	s, err := e.echo.EchoServerStream(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := s.Recv(); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("call ended with %v", err)
+		}
+	}
+	hd, _ := s.Header()
+	if got := hd.Get("x-own"); len(got) != 1 {
+		t.Errorf("the retry's own header is missing: %v", hd)
+	}
+	if got := hd.Get("x-stale"); len(got) != 0 {
+		t.Errorf("the answer carries the failed attempt's header %v", got)
+	}
+	if got := s.Trailer().Get("x-stale"); len(got) != 0 {
+		t.Errorf("the answer carries the failed attempt's trailer %v", got)
+	}
+	if errs := <-h.errs; errs[0] == nil || errs[1] == nil {
+		t.Errorf("the failed attempt's SetHeader, SendHeader = %v, want errors: its stream ended", errs)
 	}
 }

@@ -242,8 +242,9 @@ func defaultWorkerConfig() workerConfig {
 // are spaced by an exponential back-off from 100 ms, bounded by the call's
 // deadline. Each attempt reads the whole request stream again; the stream an
 // attempt's handler got ends when that handler returns (RecvMsg and SendMsg
-// then fail with CANCELLED, as gRPC's do), so a goroutine it left behind
-// takes nothing from the next attempt. The attempts share one context.
+// then fail with CANCELLED, as gRPC's do, and so do its SetHeader,
+// SendHeader and SetTrailer), so a goroutine it left behind takes nothing
+// from the next attempt and adds nothing to its answer. The attempts share one context.
 // Default: one attempt, no retry.
 func WorkerRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) {

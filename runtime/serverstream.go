@@ -271,10 +271,17 @@ func (c *call) freezeHeaders() {
 	o.endHdrs = all[n:n]
 }
 
-func (c *call) setHeader(md metadata.MD, send bool) error {
+// setHeader adds md to the call's response headers, and sends them when
+// send is set. gen is the handler attempt whose stream sets them
+// (currentAttempt from grpc.SetHeader): a goroutine an attempt that
+// returned left behind is refused, as its SendMsg is.
+func (c *call) setHeader(md metadata.MD, send bool, gen int) error {
 	o := &c.out
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if gen != currentAttempt && o.gen != gen {
+		return c.errAttemptOver()
+	}
 	if o.frozen || o.closed {
 		return status.Error(codes.Internal, "transport: the stream is done or SendHeader was already called")
 	}
@@ -287,10 +294,14 @@ func (c *call) setHeader(md metadata.MD, send bool) error {
 
 // setTrailer adds md to the call's trailer; once the call ended (a
 // goroutine of the handler's setting it late) it is refused, as grpc-go
-// refuses it on a stream that is done.
-func (c *call) setTrailer(md metadata.MD) error {
+// refuses it on a stream that is done; so is a goroutine that an attempt
+// that returned left behind (gen, as in setHeader).
+func (c *call) setTrailer(md metadata.MD, gen int) error {
 	c.out.mu.Lock()
 	defer c.out.mu.Unlock()
+	if gen != currentAttempt && c.out.gen != gen {
+		return c.errAttemptOver()
+	}
 	if c.out.closed {
 		return status.Error(codes.Internal, "transport: the stream is done")
 	}
@@ -331,9 +342,9 @@ type serverStream struct {
 	gen int
 }
 
-func (s serverStream) SetHeader(md metadata.MD) error  { return s.c.setHeader(md, false) }
-func (s serverStream) SendHeader(md metadata.MD) error { return s.c.setHeader(md, true) }
-func (s serverStream) SetTrailer(md metadata.MD)       { _ = s.c.setTrailer(md) }
+func (s serverStream) SetHeader(md metadata.MD) error  { return s.c.setHeader(md, false, s.gen) }
+func (s serverStream) SendHeader(md metadata.MD) error { return s.c.setHeader(md, true, s.gen) }
+func (s serverStream) SetTrailer(md metadata.MD)       { _ = s.c.setTrailer(md, s.gen) }
 func (s serverStream) Context() context.Context        { return s.c.ctx }
 func (s serverStream) SendMsg(m any) error             { return s.c.sendMsg(m, s.gen) }
 func (s serverStream) RecvMsg(m any) error             { return s.c.recvMsg(m, s.gen) }
@@ -342,7 +353,11 @@ func (s serverStream) RecvMsg(m any) error             { return s.c.recvMsg(m, s
 // grpc.Method work inside handlers.
 type transportStream struct{ c *call }
 
-func (t transportStream) Method() string                  { return t.c.method() }
-func (t transportStream) SetHeader(md metadata.MD) error  { return t.c.setHeader(md, false) }
-func (t transportStream) SendHeader(md metadata.MD) error { return t.c.setHeader(md, true) }
-func (t transportStream) SetTrailer(md metadata.MD) error { return t.c.setTrailer(md) }
+func (t transportStream) Method() string { return t.c.method() }
+func (t transportStream) SetHeader(md metadata.MD) error {
+	return t.c.setHeader(md, false, currentAttempt)
+}
+func (t transportStream) SendHeader(md metadata.MD) error {
+	return t.c.setHeader(md, true, currentAttempt)
+}
+func (t transportStream) SetTrailer(md metadata.MD) error { return t.c.setTrailer(md, currentAttempt) }
