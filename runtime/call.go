@@ -423,7 +423,9 @@ func (c *call) retry(st *status.Status, panicked bool) bool {
 // attempt's stream when it returns (endAttempt).
 func (c *call) invoke() (st *status.Status, panicked bool) {
 	wm := c.wm
-	ss := serverStream{c, c.in.gen} // gen changes only on this goroutine (endAttempt): read without the lock
+	gen := c.in.gen // changes only on this goroutine (endAttempt): read without the lock
+	ctx := c.attemptContext(gen)
+	ss := serverStream{c, gen, ctx}
 	defer c.endAttempt()
 	defer func() {
 		if p := recover(); p != nil {
@@ -436,7 +438,7 @@ func (c *call) invoke() (st *status.Status, panicked bool) {
 		}
 	}()
 	if wm.unary != nil {
-		resp, err := wm.unary.Handler(wm.impl, c.ctx, c.decodeFirst, c.w.cfg.unaryInterceptor)
+		resp, err := wm.unary.Handler(wm.impl, ctx, c.decodeFirst, c.w.cfg.unaryInterceptor)
 		if err != nil {
 			return toStatus(c.ctx, err), false
 		}

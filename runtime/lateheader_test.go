@@ -56,7 +56,27 @@ type leavesMetadata struct {
 	echoserver.Server
 	attempts atomic.Int32
 	late     chan grpc.ServerStream // the first attempt's stream
+	lateCtx  chan context.Context   // the first unary attempt's context
 	errs     chan [2]error          // what the left goroutine's SetHeader and SendHeader returned
+}
+
+// EchoUnary does as EchoServerStream through the context, as a unary
+// handler sets metadata (grpc.SetHeader and the like).
+func (l *leavesMetadata) EchoUnary(ctx context.Context, in *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	if l.attempts.Add(1) == 1 {
+		l.lateCtx <- ctx
+		return nil, status.Error(codes.Unavailable, "first attempt fails")
+	}
+	stale := <-l.lateCtx
+	_ = grpc.SetTrailer(stale, metadata.Pairs("x-stale", "trailer"))
+	l.errs <- [2]error{grpc.SetHeader(stale, metadata.Pairs("x-stale", "header")), grpc.SendHeader(stale, nil)}
+	if err := grpc.SetHeader(ctx, metadata.Pairs("x-own", "header")); err != nil {
+		return nil, err
+	}
+	if err := grpc.SetTrailer(ctx, metadata.Pairs("x-own", "trailer")); err != nil {
+		return nil, err
+	}
+	return &echov1.EchoResponse{Message: in.GetMessage()}, nil
 }
 
 func (l *leavesMetadata) EchoServerStream(in *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
@@ -70,6 +90,9 @@ func (l *leavesMetadata) EchoServerStream(in *echov1.EchoRequest, s grpc.ServerS
 	if err := s.SetHeader(metadata.Pairs("x-own", "header")); err != nil {
 		return err
 	}
+	if err := grpc.SetTrailer(s.Context(), metadata.Pairs("x-own", "trailer")); err != nil {
+		return err // the retry's own context sets its metadata
+	}
 	return s.Send(&echov1.EchoResponse{Message: in.GetMessage()})
 }
 
@@ -80,30 +103,43 @@ func (l *leavesMetadata) EchoServerStream(in *echov1.EchoRequest, s grpc.ServerS
 // went out in the retry's answer, and its SendHeader froze the headers, so
 // that the retry's own SetHeader failed.
 func TestRetryEndsTheMetadataOfTheAttemptThatReturned(t *testing.T) {
-	h := &leavesMetadata{late: make(chan grpc.ServerStream, 1), errs: make(chan [2]error, 1)}
-	e := setup(t, h, runtime.WorkerRetries(2, codes.Unavailable))
-	s, err := e.echo.EchoServerStream(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "m"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := s.Recv(); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatalf("call ended with %v", err)
+	for _, unary := range []bool{false, true} {
+		h := &leavesMetadata{late: make(chan grpc.ServerStream, 1), lateCtx: make(chan context.Context, 1), errs: make(chan [2]error, 1)}
+		e := setup(t, h, runtime.WorkerRetries(2, codes.Unavailable))
+		var hd, tr metadata.MD
+		if unary {
+			if _, err := e.echo.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "m"}, grpc.Header(&hd), grpc.Trailer(&tr)); err != nil {
+				t.Fatalf("unary call ended with %v", err)
+			}
+		} else {
+			s, err := e.echo.EchoServerStream(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "m"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for {
+				if _, err := s.Recv(); err == io.EOF {
+					break
+				} else if err != nil {
+					t.Fatalf("call ended with %v", err)
+				}
+			}
+			hd, _ = s.Header()
+			tr = s.Trailer()
 		}
-	}
-	hd, _ := s.Header()
-	if got := hd.Get("x-own"); len(got) != 1 {
-		t.Errorf("the retry's own header is missing: %v", hd)
-	}
-	if got := hd.Get("x-stale"); len(got) != 0 {
-		t.Errorf("the answer carries the failed attempt's header %v", got)
-	}
-	if got := s.Trailer().Get("x-stale"); len(got) != 0 {
-		t.Errorf("the answer carries the failed attempt's trailer %v", got)
-	}
-	if errs := <-h.errs; errs[0] == nil || errs[1] == nil {
-		t.Errorf("the failed attempt's SetHeader, SendHeader = %v, want errors: its stream ended", errs)
+		if got := hd.Get("x-own"); len(got) != 1 {
+			t.Errorf("unary %v: the retry's own header is missing: %v", unary, hd)
+		}
+		if got := tr.Get("x-own"); len(got) != 1 {
+			t.Errorf("unary %v: the retry's own trailer is missing: %v", unary, tr)
+		}
+		if got := hd.Get("x-stale"); len(got) != 0 {
+			t.Errorf("unary %v: the answer carries the failed attempt's header %v", unary, got)
+		}
+		if got := tr.Get("x-stale"); len(got) != 0 {
+			t.Errorf("unary %v: the answer carries the failed attempt's trailer %v", unary, got)
+		}
+		if errs := <-h.errs; errs[0] == nil || errs[1] == nil {
+			t.Errorf("unary %v: the failed attempt's SetHeader, SendHeader = %v, want errors: its stream ended", unary, errs)
+		}
 	}
 }

@@ -243,8 +243,10 @@ func defaultWorkerConfig() workerConfig {
 // deadline. Each attempt reads the whole request stream again; the stream an
 // attempt's handler got ends when that handler returns (RecvMsg and SendMsg
 // then fail with CANCELLED, as gRPC's do, and so do its SetHeader,
-// SendHeader and SetTrailer), so a goroutine it left behind takes nothing
-// from the next attempt and adds nothing to its answer. The attempts share one context.
+// SendHeader and SetTrailer, and grpc.SetHeader, grpc.SendHeader and
+// grpc.SetTrailer on its context), so a goroutine it left behind takes
+// nothing from the next attempt and adds nothing to its answer. The
+// attempts share the call's deadline and cancellation.
 // Default: one attempt, no retry.
 func WorkerRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) {

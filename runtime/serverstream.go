@@ -5,6 +5,7 @@ import (
 	"io"
 	"sync"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -272,14 +273,14 @@ func (c *call) freezeHeaders() {
 }
 
 // setHeader adds md to the call's response headers, and sends them when
-// send is set. gen is the handler attempt whose stream sets them
-// (currentAttempt from grpc.SetHeader): a goroutine an attempt that
-// returned left behind is refused, as its SendMsg is.
+// send is set. gen is the handler attempt whose stream or context sets
+// them: a goroutine an attempt that returned left behind is refused, as its
+// SendMsg is.
 func (c *call) setHeader(md metadata.MD, send bool, gen int) error {
 	o := &c.out
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if gen != currentAttempt && o.gen != gen {
+	if o.gen != gen {
 		return c.errAttemptOver()
 	}
 	if o.frozen || o.closed {
@@ -299,7 +300,7 @@ func (c *call) setHeader(md metadata.MD, send bool, gen int) error {
 func (c *call) setTrailer(md metadata.MD, gen int) error {
 	c.out.mu.Lock()
 	defer c.out.mu.Unlock()
-	if gen != currentAttempt && c.out.gen != gen {
+	if c.out.gen != gen {
 		return c.errAttemptOver()
 	}
 	if c.out.closed {
@@ -336,28 +337,53 @@ func (o *replyState) reset() {
 }
 
 // serverStream is the grpc.ServerStream a handler attempt gets (gen: which
-// attempt, see call.endAttempt).
+// attempt, see call.endAttempt; ctx: the attempt's context, attemptContext).
 type serverStream struct {
 	c   *call
 	gen int
+	ctx context.Context
 }
 
 func (s serverStream) SetHeader(md metadata.MD) error  { return s.c.setHeader(md, false, s.gen) }
 func (s serverStream) SendHeader(md metadata.MD) error { return s.c.setHeader(md, true, s.gen) }
 func (s serverStream) SetTrailer(md metadata.MD)       { _ = s.c.setTrailer(md, s.gen) }
-func (s serverStream) Context() context.Context        { return s.c.ctx }
+func (s serverStream) Context() context.Context        { return s.ctx }
 func (s serverStream) SendMsg(m any) error             { return s.c.sendMsg(m, s.gen) }
 func (s serverStream) RecvMsg(m any) error             { return s.c.recvMsg(m, s.gen) }
 
 // transportStream lets grpc.SetHeader, grpc.SendHeader, grpc.SetTrailer and
-// grpc.Method work inside handlers.
+// grpc.Method work inside handlers: those of the call's first attempt, whose
+// context is the call's (no allocation for the call that is not retried).
 type transportStream struct{ c *call }
 
-func (t transportStream) Method() string { return t.c.method() }
-func (t transportStream) SetHeader(md metadata.MD) error {
-	return t.c.setHeader(md, false, currentAttempt)
+func (t transportStream) Method() string                  { return t.c.method() }
+func (t transportStream) SetHeader(md metadata.MD) error  { return t.c.setHeader(md, false, 0) }
+func (t transportStream) SendHeader(md metadata.MD) error { return t.c.setHeader(md, true, 0) }
+func (t transportStream) SetTrailer(md metadata.MD) error { return t.c.setTrailer(md, 0) }
+
+// retryTransportStream is transportStream for a retry, attempt gen: a
+// goroutine an earlier attempt left behind holds that attempt's context, so
+// what it sets through it is refused, as what it sends on its stream is.
+type retryTransportStream struct {
+	c   *call
+	gen int
 }
-func (t transportStream) SendHeader(md metadata.MD) error {
-	return t.c.setHeader(md, true, currentAttempt)
+
+func (t retryTransportStream) Method() string { return t.c.method() }
+func (t retryTransportStream) SetHeader(md metadata.MD) error {
+	return t.c.setHeader(md, false, t.gen)
 }
-func (t transportStream) SetTrailer(md metadata.MD) error { return t.c.setTrailer(md, currentAttempt) }
+func (t retryTransportStream) SendHeader(md metadata.MD) error {
+	return t.c.setHeader(md, true, t.gen)
+}
+func (t retryTransportStream) SetTrailer(md metadata.MD) error { return t.c.setTrailer(md, t.gen) }
+
+// attemptContext is the context of handler attempt gen: the call's for the
+// first, below it with the attempt's transport stream for a retry. All
+// attempts end with the call's context.
+func (c *call) attemptContext(gen int) context.Context {
+	if gen == 0 {
+		return c.ctx
+	}
+	return grpc.NewContextWithServerTransportStream(c.ctx, retryTransportStream{c, gen})
+}
