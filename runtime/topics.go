@@ -426,9 +426,8 @@ func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string,
 			st.checking.Store(false)
 		}
 	default:
-		st.lookup(ctx, admin, topic, timeout)
+		missing = st.lookup(ctx, admin, topic, timeout)
 		st.checking.Store(false)
-		missing = st.missing.Load()
 	}
 	if missing {
 		return missingTopicStatus(topic, m.FullMethod()) // named on the error path only: it allocates
@@ -436,10 +435,11 @@ func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string,
 	return nil
 }
 
-// lookup asks Kafka whether topic exists, bounded by timeout, and records
-// the answer; an error other than "unknown topic" keeps what was known, to
-// be looked up again once stale. The caller holds st.checking.
-func (st *topicState) lookup(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration) {
+// lookup asks Kafka whether topic exists, bounded by timeout, records the
+// answer and returns it; an error other than "unknown topic" keeps what was
+// known, to be looked up again once stale, and returns that. The caller holds st.checking, or runs a
+// confirmRound.
+func (st *topicState) lookup(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration) (missing bool) {
 	lctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	_, err := admin.Partitions(lctx, topic)
@@ -448,8 +448,12 @@ func (st *topicState) lookup(ctx context.Context, admin TopicAdmin, topic string
 		st.missing.Store(false)
 	case errors.Is(err, kafkaclient.ErrUnknownTopic):
 		st.missing.Store(true)
+		missing = true
+	default:
+		missing = st.missing.Load()
 	}
 	st.checked.Store(time.Now().UnixNano())
+	return missing
 }
 
 // markMissing records that producing to topic failed because it does not
@@ -516,10 +520,10 @@ type confirmRound struct {
 	missing bool
 }
 
-// confirm runs r's lookup and ends r.
+// confirm runs r's lookup and ends r with its own answer (not what a
+// lookup begun earlier by check may store meanwhile).
 func (st *topicState) confirm(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, r *confirmRound) bool {
-	st.lookup(ctx, admin, topic, timeout)
-	r.missing = st.missing.Load()
+	r.missing = st.lookup(ctx, admin, topic, timeout)
 	st.confirmMu.Lock()
 	if st.confirming == r {
 		st.confirming = nil
