@@ -206,6 +206,9 @@ func (c *gwCall) correlate(ctx context.Context, md metadata.MD, req *wire.Reques
 		c.attempt = []byte(wire.NewUUID())
 		req.Attempt = c.attempt
 		if err := rp.router.ensureReading(ctx, c.id); err != nil {
+			if ctx.Err() != nil {
+				return status.FromContextError(ctx.Err()).Err() // the caller gave up, not Kafka
+			}
 			return status.Errorf(codes.Unavailable, "%s: %v", c.m.FullMethod(), err)
 		}
 	}

@@ -6,16 +6,22 @@ package runtime_test
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // cancelOnLookup is a Kafka client whose lookup of topic runs hook first
@@ -108,5 +114,51 @@ func TestConnOnFinishBeforeStreamEnds(t *testing.T) {
 	}
 	if !f.trailerPresent {
 		t.Errorf("Trailer() inside OnFinish lacks the worker's trailer")
+	}
+}
+
+// cancelOnOffsets is a Kafka client whose offset lookup of topic, once
+// armed, runs hook first (with the caller's context), e.g. to cancel the
+// call that looks them up.
+type cancelOnOffsets struct {
+	kafkaclient.Client
+	topic string
+	armed atomic.Bool
+	hook  func()
+}
+
+func (c *cancelOnOffsets) Offsets(ctx context.Context, topic string, parts []int32, which kafkaclient.OffsetSpec) (map[int32]int64, error) {
+	if topic == c.topic && c.armed.Load() {
+		c.hook()
+	}
+	return c.Client.Offsets(ctx, topic, parts, which)
+}
+
+// TestConnCancelWhileShardStartsReadingIsCancelled: a keyed call on an
+// instance sharing the reply topic (GatewayReplyShard) whose correlation
+// id hashes to another instance's partition waits while that partition's
+// end is looked up. A caller that gives up meanwhile is told its own
+// status (CANCELLED; DEADLINE_EXCEEDED for a deadline), not UNAVAILABLE,
+// which says Kafka failed and invites a retry.
+func TestConnCancelWhileShardStartsReadingIsCancelled(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("cs") + "."
+	kafkatest.CreateTopics(t, kc, 2, prefix+"echo-requests", prefix+"echo-responses")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wrapped := &cancelOnOffsets{Client: kc, topic: prefix + "echo-responses", hook: cancel}
+	_, echo := connTo(t, wrapped, prefix, runtime.GatewayReplyShard(0, 2))
+	var foreign string
+	for k := 0; foreign == ""; k++ {
+		key := fmt.Sprint("key-", k)
+		id := wire.CorrelationID(wire.DefaultNames(), key, "example.echo.v1.EchoService", "EchoUnary", prefix+"echo-responses")
+		if kafkaclient.KeyPartition([]byte(id), 2)%2 != 0 {
+			foreign = key
+		}
+	}
+	wrapped.armed.Store(true)
+	_, err := echo.EchoUnary(metadata.AppendToOutgoingContext(ctx, "idempotency-key", foreign), &echov1.EchoRequest{Message: "m"})
+	if status.Code(err) != codes.Canceled {
+		t.Fatalf("keyed call cancelled while its reply partition was being assigned: %v, want CANCELLED", err)
 	}
 }
