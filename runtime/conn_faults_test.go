@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -510,10 +512,12 @@ func TestConnUndecodableClientStreamReplyIsTheCallsStatus(t *testing.T) {
 // TestConnUndecodableFetchRecordIsTheCallsStatus: a fetched record that
 // RecvMsg cannot decode ends the fetch INTERNAL, and grpc.OnFinish gets
 // that INTERNAL, as grpc-go's does, not the cancel with which the
-// connection stops the fetch.
+// connection stops the fetch; so do the call's metrics.
 func TestConnUndecodableFetchRecordIsTheCallsStatus(t *testing.T) {
 	e := setupFanout(t)
-	_, echo := connTo(t, e.kc, e.prefix)
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	_, echo := connTo(t, e.kc, e.prefix, runtime.WithMeterProvider(mp))
 	// A protobuf message whose string field 1 (message) is not UTF-8: a
 	// gateway relays it (it is well-formed), an EchoEvent cannot hold it.
 	errc := make(chan error, 1)
@@ -537,5 +541,12 @@ func TestConnUndecodableFetchRecordIsTheCallsStatus(t *testing.T) {
 		}
 	default:
 		t.Error("OnFinish did not run before RecvMsg returned the call's end")
+	}
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	if calls := sumByCode(t, rm, "kafkarpc.client.calls"); calls[int64(codes.Internal)] != 1 || len(calls) != 1 {
+		t.Errorf("kafkarpc.client.calls by code = %v, want the one INTERNAL", calls)
 	}
 }

@@ -140,13 +140,7 @@ func (s *connStream) await() error {
 // sent none).
 func (s *connStream) startFetch(in proto.Message) {
 	go func() {
-		err := s.cc.g.fanout.serveFetch(s.m, s.fetchMD, in, fetchPipe{s}, rawCarrier)
-		s.mu.Lock()
-		if s.fetchErr != nil {
-			err = s.fetchErr // not the cancel with which decoded stopped the fetch
-		}
-		s.mu.Unlock()
-		s.finish(err)
+		s.finish(s.cc.g.fanout.serveFetch(s.m, s.fetchMD, in, fetchPipe{s}, rawCarrier))
 	}()
 }
 
@@ -354,6 +348,14 @@ func (p fetchPipe) SendHeader(md metadata.MD) error { p.s.setHeader(md); return 
 func (p fetchPipe) SetTrailer(md metadata.MD)       { p.s.setTrailer(md) }
 func (p fetchPipe) Context() context.Context        { return p.s.ctx }
 func (p fetchPipe) RecvMsg(any) error               { return io.EOF }
+
+// fetchFailure is the status of a fetch RecvMsg stopped because it could
+// not decode a record (decoded), or nil.
+func (p fetchPipe) fetchFailure() error {
+	p.s.mu.Lock()
+	defer p.s.mu.Unlock()
+	return p.s.fetchErr
+}
 
 func (p fetchPipe) SendMsg(m any) error {
 	raw := m.(proto.Message).ProtoReflect().GetUnknown()

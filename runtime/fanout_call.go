@@ -63,6 +63,11 @@ type fetchCall struct {
 	batch   []hubEntry
 }
 
+// fetchFailer is a fetch's stream that can fail the fetch on the caller's
+// side (a ClientConn's, which decodes what the fetch sends): fetchFailure
+// is then the fetch's status, once the fetch ended.
+type fetchFailer interface{ fetchFailure() error }
+
 // serveFetch runs one fetch call: it positions the caller from its resume
 // id, catches up from Kafka if it is behind the window, then follows the
 // hub until the caller goes, falls behind, or the gateway closes. md is the
@@ -76,7 +81,14 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 	method := attribute.String("rpc.method", m.FullMethod())
 	start := time.Now()
 	g.met.begin(ctx, method)
-	defer func() { g.met.end(ctx, method, start, err) }()
+	defer func() {
+		if f, ok := stream.(fetchFailer); ok {
+			if ferr := f.fetchFailure(); ferr != nil {
+				err = ferr // the caller's end, not the cancel it stopped the fetch with
+			}
+		}
+		g.met.end(ctx, method, start, err)
+	}()
 	spec := m.Fetch
 	if spec == nil {
 		return status.Errorf(codes.Unimplemented, "%s: not a fetch method", m.FullMethod())
