@@ -550,3 +550,42 @@ func TestConnUndecodableFetchRecordIsTheCallsStatus(t *testing.T) {
 		t.Errorf("kafkarpc.client.calls by code = %v, want the one INTERNAL", calls)
 	}
 }
+
+// TestConnOnewayClientStreamHeaderBeforeRecv: a oneway client stream has
+// no worker reply to carry headers; once Kafka acknowledged its requests
+// the call is answered, and Header() returns, as through the gateway,
+// without the caller reading the response first. Since the response is
+// handed to RecvMsg before the call ends, Header() called after CloseSend
+// and before RecvMsg waited for the RecvMsg its caller had not made yet,
+// until the call's context ended.
+func TestConnOnewayClientStreamHeaderBeforeRecv(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("oh") + "."
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-requests", prefix+"echo-responses")
+	spec := echov1.EchoServiceKafkaSpec.Clone()
+	r := &spec.Method("EchoClientStream").Routes[0]
+	r.Oneway, r.ReplyTopic = true, ""
+	cc := runtime.NewClientConn(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = cc.Close() })
+	if err := cc.Register(spec); err != nil {
+		t.Fatal(err)
+	}
+	// The deadline only bounds a hang: the call is answered once Kafka
+	// acknowledged one record.
+	s, err := echov1.NewEchoServiceClient(cc).EchoClientStream(ctxFor(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&echov1.EchoRequest{Message: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Header(); err != nil {
+		t.Fatalf("Header() of a oneway client stream after CloseSend: %v; want the (empty) headers once Kafka acknowledged the requests", err)
+	}
+	if _, err := s.CloseAndRecv(); err != nil {
+		t.Fatalf("CloseAndRecv: %v, want OK", err)
+	}
+}

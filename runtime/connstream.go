@@ -80,6 +80,14 @@ func (s *connStream) run() {
 // with its context's error, a connection closed meanwhile with UNAVAILABLE,
 // as grpc-go's streams end.
 func (s *connStream) handHeld() error {
+	// The replies are all in: no header comes later (a oneway call has
+	// none), and Header() does not wait for the RecvMsg.
+	s.mu.Lock()
+	if !s.headerClosed {
+		s.headerClosed = true
+		close(s.headerReady)
+	}
+	s.mu.Unlock()
 	select {
 	case s.recs <- s.held:
 		return <-s.verdict
