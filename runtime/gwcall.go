@@ -343,14 +343,16 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 	case err == nil:
 	case tooLarge(err):
 		c.failProduce(status.Errorf(codes.ResourceExhausted, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err)) // a retry cannot succeed
-	case unknownTopic(err):
-		c.failProduce(c.g.topicMissing(c.m, rec.Topic, err)) // topics.go
 	default:
 		// An error that does not say why may still mean the topic is gone:
 		// librdkafka fails a record it had queued for a broker connection it
 		// retires when the topic's metadata goes away ("Broker handle
-		// destroyed"). Look the topic up, off the client's delivery
-		// goroutine, before answering UNAVAILABLE, which invites retries.
+		// destroyed"). One that says the topic is unknown may be stale:
+		// librdkafka keeps a topic it saw missing as such for up to a second
+		// after it is created again, in each of its producers. Look the
+		// topic up, off the client's delivery goroutine, before answering:
+		// NOT_FOUND once Kafka says it is missing, else UNAVAILABLE, which
+		// invites retries.
 		topic := rec.Topic
 		unavailable := status.Errorf(codes.Unavailable, "%s: producing request to %s: %v", c.m.FullMethod(), topic, err)
 		if c.g.background(func(ctx context.Context) {

@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"reflect"
 	"slices"
@@ -427,12 +428,13 @@ func TestGatewayTopicDeletedUnnoticed(t *testing.T) {
 type vagueProduce struct {
 	kafkaclient.Client
 	topic string
+	err   error
 	fail  atomic.Bool
 }
 
 func (v *vagueProduce) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
 	if v.fail.Load() && r.Topic == v.topic {
-		done(r, errors.New("Local: Broker handle destroyed for termination"))
+		done(r, v.err)
 		return
 	}
 	v.Client.Produce(r, acks, done)
@@ -441,13 +443,29 @@ func (v *vagueProduce) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, don
 // TestGatewayVagueProduceErrorOnDeletedTopic: a produce error that does not
 // name the cause ends the call UNAVAILABLE (retry) while the topic exists,
 // and NOT_FOUND naming it once the topic was deleted: the gateway looks the
-// topic up before answering.
+// topic up before answering. So does an "unknown topic" from a producer
+// whose metadata is stale: librdkafka keeps a topic it saw missing as such
+// for up to a second after it is created again, in each of the client's
+// producers (one per acks level), while a lookup finds it.
 func TestGatewayVagueProduceErrorOnDeletedTopic(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		says string // in the UNAVAILABLE message
+	}{
+		{"vague", errors.New("Local: Broker handle destroyed for termination"), "Broker handle destroyed"},
+		{"stale unknown topic", fmt.Errorf("confluent: produce to x: %w (Local: Unknown topic)", kafkaclient.ErrUnknownTopic), "Local: Unknown topic"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testProduceErrorOnDeletedTopic(t, tc.err, tc.says) })
+	}
+}
+
+func testProduceErrorOnDeletedTopic(t *testing.T, produceErr error, says string) {
 	restore := runtime.SetTopicFreshness(time.Hour, time.Hour) // no lookup but the one under test
 	t.Cleanup(restore)
 	e := setup(t, echoserver.Server{})
 	req := e.topic("echo-requests")
-	kc := &vagueProduce{Client: e.kc, topic: req}
+	kc := &vagueProduce{Client: e.kc, topic: req, err: produceErr}
 	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
 	t.Cleanup(func() { _ = gw.Close() })
 	echo := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
@@ -461,7 +479,7 @@ func TestGatewayVagueProduceErrorOnDeletedTopic(t *testing.T) {
 	}
 	kc.fail.Store(true)
 	_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "x"})
-	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "Broker handle destroyed") {
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), says) {
 		t.Fatalf("EchoUnary failing to produce to an existing topic: %v, want UNAVAILABLE with the produce error", err)
 	}
 	deleteTopic(t, e.brokers, req)
