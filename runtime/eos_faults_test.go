@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
@@ -187,5 +188,31 @@ func TestStoredOutcomesBoundCountsHeaders(t *testing.T) {
 	call("k1") // 96 KiB of outcomes do not fit 64 KiB: k1's, the oldest, was forgotten
 	if n := impl.count("k1"); n != 2 {
 		t.Fatalf("k1 ran %d times, want 2: its outcome was still held with two more under a bound smaller than the three", n)
+	}
+}
+
+// TestExactlyOnceMissingReplyTopicKeepsWorker: with WorkerExactlyOnce, a
+// request naming a reply topic that does not exist (anyone who can write
+// the request topic can send one) loses its reply, as without it; the
+// worker goes on serving the requests after it and its transactions go on
+// committing.
+func TestExactlyOnceMissingReplyTopicKeepsWorker(t *testing.T) {
+	e, _ := eosEnv(t, echoserver.Server{}, true)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	good, _ := proto.Marshal(&echov1.EchoRequest{Message: "good"})
+	reqTopic := e.topic("echo-requests")
+	key := []byte("same-partition")
+	h := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", e.topic("no-such-replies"), "zilla:correlation-id", "missing-reply-topic"}
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: h.headers()})
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: h.headers()})
+	ok := requestHeaders(e, echoService, "EchoUnary", "after-missing-reply-topic")
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: ok.headers()})
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: ok.headers()})
+	got := replies.await(t, "after-missing-reply-topic")
+	if st := header(got[len(got)-1], "zilla:status"); st != "0" {
+		t.Fatalf("the request after it ended with status %q", st)
+	}
+	if err := e.worker.Err(); err != nil {
+		t.Fatalf("the worker stopped: %v", err)
 	}
 }

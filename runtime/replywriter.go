@@ -152,6 +152,9 @@ type txnWriter struct {
 	dirty    bool       // something was produced in the open transaction
 	closing  bool       // a commit is under way: calls not in the transaction wait for its end
 	cond     *sync.Cond // signalled when open drops to 0 and when a commit ends; uses mu
+
+	// exists holds the topics a lookup found (keys only): see missing.
+	exists sync.Map
 }
 
 func newTxnWriter(w *Worker, txn kafkaclient.TxnProducer) *txnWriter {
@@ -174,6 +177,23 @@ func (t *txnWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
 // call, and returns the first failure to deliver one. It may be called more
 // than once for a call: a stream's responses before its end, then the end.
 func (t *txnWriter) flush(c *call) error {
+	if out := c.sent.outbox; len(out) > 0 {
+		// A record to a topic that does not exist is failed here, never
+		// produced: librdkafka fails the open transaction with it, and the
+		// worker would stop, as would every member that reads the request
+		// next (its offset is not committed).
+		kept := out[:0]
+		for _, rec := range out {
+			if err := t.missing(rec.Topic); err != nil {
+				c.sent.unacked.Add(1)
+				c.acked(rec, err)
+				continue
+			}
+			kept = append(kept, rec)
+		}
+		clear(out[len(kept):])
+		c.sent.outbox = kept
+	}
 	if out := c.sent.outbox; len(out) > 0 || c.sent.outcome != nil {
 		if !c.sent.inTxn {
 			t.mu.Lock()
@@ -200,6 +220,26 @@ func (t *txnWriter) flush(c *call) error {
 	}
 	c.sent.unacked.Wait()
 	return c.sent.failure()
+}
+
+// missing returns an error wrapping kafkaclient.ErrUnknownTopic when Kafka
+// says topic does not exist. A topic found once is not looked up again
+// until a record to it fails so; a lookup that cannot tell returns nil (the
+// record is produced).
+func (t *txnWriter) missing(topic string) error {
+	if _, ok := t.exists.Load(topic); ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
+	defer cancel()
+	_, err := t.w.client.Partitions(ctx, topic)
+	switch {
+	case err == nil:
+		t.exists.Store(topic, struct{}{})
+	case errors.Is(err, kafkaclient.ErrUnknownTopic):
+		return err
+	}
+	return nil
 }
 
 func (t *txnWriter) settle(c *call) {
