@@ -11,8 +11,13 @@ import (
 // MaxLen is Kafka's limit on the length of a topic name.
 const MaxLen = 249
 
+// internal lists the topics Kafka keeps for itself: a broker refuses
+// records to them (INVALID_TOPIC_EXCEPTION), however often they are sent.
+var internal = map[string]bool{"__consumer_offsets": true, "__transaction_state": true, "__share_group_state": true}
+
 // Problem says what makes t an invalid Kafka topic name (1 to
-// MaxLen characters of [a-zA-Z0-9._-], neither "." nor ".."), or
+// MaxLen characters of [a-zA-Z0-9._-], neither "." nor ".."), or one
+// clients cannot write (an internal topic of Kafka's), or
 // returns "" for a valid one. It allocates nothing for a valid name.
 func Problem[T string | []byte](t T) string {
 	switch {
@@ -20,6 +25,8 @@ func Problem[T string | []byte](t T) string {
 		return "it is empty"
 	case string(t) == "." || string(t) == "..":
 		return `"." and ".." are not allowed`
+	case internal[string(t)]:
+		return "it is an internal topic of Kafka's, which clients cannot write"
 	case len(t) > MaxLen:
 		return fmt.Sprintf("%d characters, at most %d allowed", len(t), MaxLen)
 	}

@@ -26,6 +26,10 @@ func TestProblem(t *testing.T) {
 		"tab\t":                    false,
 		"zilla:reply-to":           false,
 		"emoji\U0001F600-requests": false,
+		"__consumer_offsets":       false,
+		"__transaction_state":      false,
+		"__share_group_state":      false,
+		"__consumer_offsets_x":     true,
 	} {
 		if got := Problem(topic) == ""; got != valid {
 			t.Errorf("Problem(%q) = %q, want valid=%v", topic, Problem(topic), valid)
