@@ -216,3 +216,37 @@ func TestExactlyOnceMissingReplyTopicKeepsWorker(t *testing.T) {
 		t.Fatalf("the worker stopped: %v", err)
 	}
 }
+
+// TestReplyOverReplyTopicLimit: a reply within the clients' record limit
+// but over the reply topic's own max.message.bytes (a reply topic created
+// with the broker's default of 1 MiB, say) is refused by the broker. The
+// caller gets RESOURCE_EXHAUSTED, with or without WorkerExactlyOnce, and
+// the worker goes on serving.
+func TestReplyOverReplyTopicLimit(t *testing.T) {
+	for _, eos := range []bool{false, true} {
+		t.Run(fmt.Sprintf("exactly-once=%v", eos), func(t *testing.T) {
+			e, client := eosEnv(t, echoserver.Server{}, eos)
+			ctx := ctxFor(t, 60*time.Second)
+			adm := kadm.NewClient(newKgo(t, e.brokers))
+			resp, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kmsgStr("100000")}}, e.topic("echo-responses"))
+			if err == nil {
+				err = resp[0].Err
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = client.EchoUnary(ctx, &echov1.EchoRequest{Message: strings.Repeat("x", 200_000)})
+			if status.Code(err) != codes.ResourceExhausted {
+				t.Fatalf("a reply over the reply topic's max.message.bytes: %v, want RESOURCE_EXHAUSTED", err)
+			}
+			if r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "small"}); err != nil || r.GetMessage() != "small" {
+				t.Fatalf("the call after it: %v, %v", r, err)
+			}
+			if err := e.worker.Err(); err != nil {
+				t.Fatalf("the worker stopped: %v", err)
+			}
+		})
+	}
+}
+
+func kmsgStr(s string) *string { return &s }

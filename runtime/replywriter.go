@@ -153,8 +153,8 @@ type txnWriter struct {
 	closing  bool       // a commit is under way: calls not in the transaction wait for its end
 	cond     *sync.Cond // signalled when open drops to 0 and when a commit ends; uses mu
 
-	// exists holds the topics a lookup found (keys only): see missing.
-	exists sync.Map
+	// topics holds what refused looked up, a *topicEntry by topic name.
+	topics sync.Map
 }
 
 func newTxnWriter(w *Worker, txn kafkaclient.TxnProducer) *txnWriter {
@@ -178,13 +178,14 @@ func (t *txnWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
 // than once for a call: a stream's responses before its end, then the end.
 func (t *txnWriter) flush(c *call) error {
 	if out := c.sent.outbox; len(out) > 0 {
-		// A record to a topic that does not exist is failed here, never
-		// produced: librdkafka fails the open transaction with it, and the
-		// worker would stop, as would every member that reads the request
-		// next (its offset is not committed).
+		// A record Kafka would refuse for good (no such topic, too large
+		// for it) is failed here, never produced: librdkafka fails the
+		// open transaction with it, and the worker would stop, as would
+		// every member that reads the request next (its offset is not
+		// committed).
 		kept := out[:0]
 		for _, rec := range out {
-			if err := t.missing(rec.Topic); err != nil {
+			if err := t.refused(rec); err != nil {
 				c.sent.unacked.Add(1)
 				c.acked(rec, err)
 				continue
@@ -222,24 +223,96 @@ func (t *txnWriter) flush(c *call) error {
 	return c.sent.failure()
 }
 
-// missing returns an error wrapping kafkaclient.ErrUnknownTopic when Kafka
-// says topic does not exist. A topic found once is not looked up again
-// until a record to it fails so; a lookup that cannot tell returns nil (the
-// record is produced).
-func (t *txnWriter) missing(topic string) error {
-	if _, ok := t.exists.Load(topic); ok {
-		return nil
+// refused returns why Kafka would refuse rec for good, or nil: its topic
+// does not exist (an error wrapping kafkaclient.ErrUnknownTopic), or rec
+// is larger than the topic's max.message.bytes (when the client can look
+// that up: kafkaclient.TopicLimiter). What is known of a topic is looked up
+// again after topicInfoTTL, or once a record to it failed as missing; a
+// lookup that cannot tell refuses nothing (the record is produced).
+//
+// The size compared is the least a record batch holding rec alone takes
+// uncompressed: with a producer compressing its batches (not the
+// project's default), a record that compresses below the limit is
+// refused all the same.
+func (t *txnWriter) refused(rec *kafkaclient.Record) error {
+	v, _ := t.topics.LoadOrStore(rec.Topic, new(topicEntry))
+	e := v.(*topicEntry)
+	info := e.info.Load()
+	if info == nil || time.Since(info.at) >= topicInfoTTL {
+		var locked bool
+		if info == nil {
+			e.lookup.Lock() // nothing known: wait for the lookup under way, if any
+			locked = true
+			info = e.info.Load()
+		} else {
+			locked = e.lookup.TryLock() // stale: the other calls go by what is known meanwhile
+		}
+		if locked {
+			var err error
+			if info == nil || time.Since(info.at) >= topicInfoTTL {
+				info, err = t.lookupTopic(rec.Topic)
+				e.info.Store(info)
+			}
+			e.lookup.Unlock()
+			if err != nil {
+				return err
+			}
+		}
 	}
+	if n := minBatchBytes(rec); info != nil && info.limit > 0 && n > info.limit {
+		return fmt.Errorf("kafkarpc: a record of at least %d bytes is too large for topic %s (max.message.bytes %d)", n, rec.Topic, info.limit)
+	}
+	return nil
+}
+
+// lookupTopic asks Kafka about topic for refused: nil and an error
+// wrapping kafkaclient.ErrUnknownTopic when it does not exist; a lookup
+// that cannot tell (Kafka unreachable) is an answer that knows no limit,
+// so that calls do not each wait for a lookup of their own meanwhile.
+func (t *txnWriter) lookupTopic(topic string) (*topicInfo, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
 	defer cancel()
 	_, err := t.w.client.Partitions(ctx, topic)
 	switch {
-	case err == nil:
-		t.exists.Store(topic, struct{}{})
 	case errors.Is(err, kafkaclient.ErrUnknownTopic):
-		return err
+		return nil, err
+	case err != nil:
+		return &topicInfo{at: time.Now()}, nil
 	}
-	return nil
+	info := &topicInfo{at: time.Now()}
+	if tl, ok := t.w.client.(kafkaclient.TopicLimiter); ok {
+		if n, err := tl.TopicMaxMessageBytes(ctx, topic); err == nil {
+			info.limit = n
+		}
+	}
+	return info, nil
+}
+
+// topicEntry is what txnWriter.refused keeps of a topic.
+type topicEntry struct {
+	info   atomic.Pointer[topicInfo] // nil: not known
+	lookup sync.Mutex                // held by the call looking the topic up
+}
+
+// topicInfo is what a lookup found of a topic.
+type topicInfo struct {
+	limit int       // max.message.bytes; 0: not known
+	at    time.Time // when it was looked up
+}
+
+// topicInfoTTL is how long txnWriter.refused trusts what it looked up.
+const topicInfoTTL = time.Minute
+
+// minBatchBytes is the least size of an uncompressed record batch holding
+// rec alone, as a broker compares it with max.message.bytes: the batch
+// header (61 bytes) and rec's key, value and headers, without the varints
+// framing them.
+func minBatchBytes(rec *kafkaclient.Record) int {
+	n := 61 + len(rec.Key) + len(rec.Value)
+	for _, h := range rec.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
 }
 
 func (t *txnWriter) settle(c *call) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -374,4 +375,45 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 		return nil, err
 	}
 	return out, nil
+}
+
+var _ kafkaclient.TopicLimiter = (*Client)(nil)
+
+// TopicMaxMessageBytes returns topic's max.message.bytes, as the cluster
+// describes the topic's configuration (kafkaclient.TopicLimiter). Without
+// a deadline in ctx the call is bounded by 30s. Safe for concurrent use.
+func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var n int
+	err := c.withAdmin(func(p *producer) error {
+		adm, err := p.adminClient()
+		if err != nil {
+			return fmt.Errorf("confluent: admin client: %w", err)
+		}
+		res, err := adm.DescribeConfigs(ctx, []kafka.ConfigResource{{Type: kafka.ResourceTopic, Name: topic}})
+		if err != nil {
+			return fmt.Errorf("confluent: configuration of %s: %w", topic, err)
+		}
+		if len(res) != 1 {
+			return fmt.Errorf("confluent: configuration of %s: %d results", topic, len(res))
+		}
+		switch code := res[0].Error.Code(); code {
+		case kafka.ErrNoError:
+		case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic:
+			return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+		default:
+			return fmt.Errorf("confluent: configuration of %s: %w", topic, res[0].Error)
+		}
+		e, ok := res[0].Config["max.message.bytes"]
+		if !ok {
+			return fmt.Errorf("confluent: configuration of %s has no max.message.bytes", topic)
+		}
+		n, err = strconv.Atoi(e.Value)
+		if err != nil {
+			return fmt.Errorf("confluent: max.message.bytes of %s: %w", topic, err)
+		}
+		return nil
+	})
+	return n, err
 }

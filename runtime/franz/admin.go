@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -416,4 +417,42 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 		return nil, err
 	}
 	return out, nil
+}
+
+var _ kafkaclient.TopicLimiter = (*Client)(nil)
+
+// TopicMaxMessageBytes returns topic's max.message.bytes, as the cluster
+// describes the topic's configuration (kafkaclient.TopicLimiter). Without
+// a deadline in ctx the call is bounded by 30s. Safe for concurrent use.
+func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var n int
+	err := c.withAdmin(ctx, func(_ *kgo.Client, adm *kadm.Client) error {
+		rcs, err := adm.DescribeTopicConfigs(ctx, topic)
+		if err != nil {
+			return fmt.Errorf("franz: configuration of %s: %w", topic, err)
+		}
+		rc, err := rcs.On(topic, nil)
+		if err == nil {
+			err = rc.Err
+		}
+		if errors.Is(err, kerr.UnknownTopicOrPartition) {
+			return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+		}
+		if err != nil {
+			return fmt.Errorf("franz: configuration of %s: %w", topic, err)
+		}
+		for _, cf := range rc.Configs {
+			if cf.Key == "max.message.bytes" && cf.Value != nil {
+				n, err = strconv.Atoi(*cf.Value)
+				if err != nil {
+					return fmt.Errorf("franz: max.message.bytes of %s: %w", topic, err)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("franz: configuration of %s has no max.message.bytes", topic)
+	})
+	return n, err
 }

@@ -289,6 +289,15 @@ type TxnProducer interface {
 	Close() error
 }
 
+// TopicLimiter is implemented by clients that can look up a topic's
+// record size limit (both of the project's clients do).
+type TopicLimiter interface {
+	// TopicMaxMessageBytes returns topic's max.message.bytes: its own
+	// setting, or the broker's message.max.bytes it falls back to. A
+	// topic that does not exist is an error wrapping ErrUnknownTopic.
+	TopicMaxMessageBytes(ctx context.Context, topic string) (int, error)
+}
+
 // MaxMessageBytes is the record size limit the clients are configured for
 // (8 MiB), so that messages of a megabyte and more travel as one record. The
 // topics the project creates set max.message.bytes to it, so that an Apache

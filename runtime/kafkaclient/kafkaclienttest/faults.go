@@ -337,3 +337,33 @@ func testGroupTopicRecreated(t *testing.T, f Factory) {
 		}
 	}
 }
+
+// testTopicMaxMessageBytes: the client looks up a topic's record size
+// limit (kafkaclient.TopicLimiter), its own setting or the broker's, and
+// says a missing topic is unknown. An exactly-once worker checks its
+// replies against it: a record the broker refuses fails the transaction.
+func testTopicMaxMessageBytes(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{})
+	tl, ok := e.client.(kafkaclient.TopicLimiter)
+	if !ok {
+		t.Fatalf("%T does not implement kafkaclient.TopicLimiter", e.client)
+	}
+	ctx := ctxT(t, 30*time.Second)
+	small := e.name("limited")
+	if err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: small, Partitions: 1, Config: map[string]string{"max.message.bytes": "100000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := tl.TopicMaxMessageBytes(ctx, small); err != nil || n != 100000 {
+		t.Errorf("TopicMaxMessageBytes of a topic with max.message.bytes 100000 = %d, %v", n, err)
+	}
+	plain := e.name("plain")
+	if err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: plain, Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := tl.TopicMaxMessageBytes(ctx, plain); err != nil || n <= 0 {
+		t.Errorf("TopicMaxMessageBytes of a topic with the broker's limit = %d, %v", n, err)
+	}
+	if _, err := tl.TopicMaxMessageBytes(ctx, e.name("never-created")); !errors.Is(err, kafkaclient.ErrUnknownTopic) {
+		t.Errorf("TopicMaxMessageBytes of a missing topic: %v, want an error wrapping ErrUnknownTopic", err)
+	}
+}

@@ -52,6 +52,7 @@ func Run(t *testing.T, f Factory) {
 		{"TxnProduceAfterClose", testTxnProduceAfterClose},
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
+		{"TopicMaxMessageBytes", testTopicMaxMessageBytes},
 		{"TopicRecreated", testTopicRecreated},
 		{"GroupTopicRecreated", testGroupTopicRecreated},
 	}
