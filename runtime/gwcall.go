@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -343,6 +344,8 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 	case err == nil:
 	case tooLarge(err):
 		c.failProduce(status.Errorf(codes.ResourceExhausted, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err)) // a retry cannot succeed
+	case errors.Is(err, kafkaclient.ErrNotAuthorized):
+		c.failProduce(status.Errorf(codes.PermissionDenied, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err)) // a retry cannot succeed
 	default:
 		// An error that does not say why may still mean the topic is gone:
 		// librdkafka fails a record it had queued for a broker connection it

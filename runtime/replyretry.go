@@ -33,9 +33,10 @@ type failedReply struct {
 }
 
 // retryable reports whether a reply record that failed with err is worth
-// another try: not one Kafka can never take (too large, no such topic).
+// another try: not one Kafka can never take (too large, no such topic, a
+// topic the worker may not write).
 func retryable(err error) bool {
-	return !tooLarge(err) && !errors.Is(err, kafkaclient.ErrUnknownTopic)
+	return !tooLarge(err) && !errors.Is(err, kafkaclient.ErrUnknownTopic) && !errors.Is(err, kafkaclient.ErrNotAuthorized)
 }
 
 // retryLater queues rec, a reply record of c that Kafka did not take, for

@@ -145,11 +145,15 @@ func deliveryError(acks kafkaclient.Acks, e *kafka.Message, topic string) error 
 // as Produce reports it: one that says the topic or partition does not
 // exist wraps kafkaclient.ErrUnknownTopic, whether it came in a delivery
 // report or, once librdkafka knows the topic is missing, from its produce
-// call itself.
+// call itself; one that says the client may not write the topic wraps
+// kafkaclient.ErrNotAuthorized.
 func produceError(topic string, err error) error {
 	var ke kafka.Error
 	if errors.As(err, &ke) && (ke.Code() == kafka.ErrUnknownTopicOrPart || ke.Code() == kafka.ErrUnknownTopic || ke.Code() == kafka.ErrUnknownPartition) {
 		return fmt.Errorf("confluent: produce to %s: %w (%w)", topic, kafkaclient.ErrUnknownTopic, err)
+	}
+	if errors.As(err, &ke) && ke.Code() == kafka.ErrTopicAuthorizationFailed {
+		return fmt.Errorf("confluent: produce to %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, err)
 	}
 	return fmt.Errorf("confluent: produce to %s: %w", topic, err)
 }

@@ -272,6 +272,8 @@ func delivered(kr *kgo.Record, err error) {
 			err = ErrQueueFull
 		} else if errors.Is(err, kerr.UnknownTopicOrPartition) {
 			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, partition, kafkaclient.ErrUnknownTopic, err)
+		} else if errors.Is(err, kerr.TopicAuthorizationFailed) {
+			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, partition, kafkaclient.ErrNotAuthorized, err)
 		} else {
 			err = fmt.Errorf("franz: produce to %s partition %d: %w", r.Topic, partition, err)
 		}

@@ -156,6 +156,12 @@ type Client interface {
 // ErrUnknownTopic reports a topic the cluster does not have.
 var ErrUnknownTopic = errors.New("kafkaclient: unknown topic")
 
+// ErrNotAuthorized reports a record the cluster refused because the
+// client's principal may not write its topic (Kafka's
+// TOPIC_AUTHORIZATION_FAILED): producing it again fails the same way
+// until someone grants the access.
+var ErrNotAuthorized = errors.New("kafkaclient: not authorized to write the topic")
+
 // ErrUnknownOutcome is reported through Produce's done for a record the
 // client cannot tell was written: it may or may not be in the log. Produce
 // it again if it must not be lost (and tolerate a duplicate).

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -365,5 +366,38 @@ func testTopicMaxMessageBytes(t *testing.T, f Factory) {
 	}
 	if _, err := tl.TopicMaxMessageBytes(ctx, e.name("never-created")); !errors.Is(err, kafkaclient.ErrUnknownTopic) {
 		t.Errorf("TopicMaxMessageBytes of a missing topic: %v, want an error wrapping ErrUnknownTopic", err)
+	}
+}
+
+// testProduceNotAuthorizedFails: a record to a topic the client's
+// principal may not write (TOPIC_AUTHORIZATION_FAILED, from the produce
+// request or already from the topic's metadata) fails with an error
+// wrapping kafkaclient.ErrNotAuthorized that names the topic: the worker
+// does not retry it until the call's deadline, and the gateway answers
+// PERMISSION_DENIED rather than UNAVAILABLE.
+func testProduceNotAuthorizedFails(t *testing.T, f Factory) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{DeliveryTimeout: time.Minute})
+	topic := e.createTopic(t, "denied", 1)
+	for _, keys := range [][]kmsg.Key{{kmsg.Produce}, {kmsg.Metadata, kmsg.Produce}} {
+		h := c.Fault(kfake.Fault{Keys: keys, Topic: topic, Err: kerr.TopicAuthorizationFailed, Count: -1})
+		for i := range 2 {
+			errc := make(chan error, 1)
+			e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: kafkaclient.AnyPartition, Value: []byte("x")},
+				kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+			select {
+			case err := <-errc:
+				if !errors.Is(err, kafkaclient.ErrNotAuthorized) || !strings.Contains(err.Error(), topic) {
+					t.Fatalf("produce %d refused by %v: %v, want an error wrapping ErrNotAuthorized naming %s", i+1, keys, err, topic)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("produce %d refused by %v did not fail within 20 s", i+1, keys)
+			}
+		}
+		h.Remove()
 	}
 }

@@ -40,6 +40,7 @@ func Run(t *testing.T, f Factory) {
 		{"FlushSendsLingeringRecords", testFlushSendsLingeringRecords},
 		{"ProduceToClosedBrokerFails", testProduceToClosedBrokerFails},
 		{"ProduceToMissingTopicFails", testProduceToMissingTopicFails},
+		{"ProduceNotAuthorizedFails", testProduceNotAuthorizedFails},
 		{"QueueFullAndCloseFailPending", testQueueFullAndCloseFailPending},
 		{"DebugLogsReachSlog", testDebugLogsReachSlog},
 		{"CallsAfterClose", testCallsAfterClose},

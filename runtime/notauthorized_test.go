@@ -1,0 +1,82 @@
+package runtime_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// deniedTopic fails every record to topic as both Kafka clients fail a
+// record to a topic their principal may not write (the conformance suite's
+// ProduceNotAuthorizedFails checks that they do).
+type deniedTopic struct {
+	kafkaclient.Client
+	topic string
+}
+
+func (d deniedTopic) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	if r.Topic == d.topic {
+		go done(r, fmt.Errorf("produce to %s: %w (TOPIC_AUTHORIZATION_FAILED)", r.Topic, kafkaclient.ErrNotAuthorized))
+		return
+	}
+	d.Client.Produce(r, acks, done)
+}
+
+// TestReplyTopicNotAuthorizedDoesNotHold: a request naming a reply topic
+// the worker may not write (anyone who can write the request topic can
+// name one) was retried until the call's deadline, 10 minutes, holding the
+// next requests with its key and its partition's commits. Its reply is
+// lost at once instead, and the next request is served.
+func TestReplyTopicNotAuthorizedDoesNotHold(t *testing.T) {
+	var denied string
+	e := setupWrapped(t, func(prefix string, kc kafkaclient.Client) kafkaclient.Client {
+		denied = prefix + "denied-replies"
+		return deniedTopic{Client: kc, topic: denied}
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}) })
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	good, _ := proto.Marshal(&echov1.EchoRequest{Message: "good"})
+	reqTopic, key := e.topic("echo-requests"), []byte("same-partition")
+	lost := e.worker.Stats().LostReplies
+	h := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", denied, "zilla:correlation-id", "denied-reply-topic"}
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: h.headers()})
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: h.headers()})
+	ok := requestHeaders(e, echoService, "EchoUnary", "after-denied-reply-topic")
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: ok.headers()})
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: ok.headers()})
+	if got := replies.await(t, "after-denied-reply-topic"); header(got[len(got)-1], "zilla:status") != "0" {
+		t.Fatalf("the request after it ended with status %q", header(got[len(got)-1], "zilla:status"))
+	}
+	if n := e.worker.Stats().LostReplies - lost; n == 0 {
+		t.Fatal("the reply to the topic the worker may not write was not counted lost")
+	}
+}
+
+// TestGatewayRequestTopicNotAuthorized: a gateway whose principal may not
+// write a method's request topic answered UNAVAILABLE, which gRPC retry
+// policies and resuming clients retry; it answers PERMISSION_DENIED.
+func TestGatewayRequestTopicNotAuthorized(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	gw := runtime.NewGateway(deniedTopic{Client: e.kc, topic: e.topic("echo-requests")},
+		runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	client := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, err := client.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "x"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a request topic the gateway may not write: %v, want PERMISSION_DENIED", err)
+	}
+}
