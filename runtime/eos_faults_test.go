@@ -250,3 +250,29 @@ func TestReplyOverReplyTopicLimit(t *testing.T) {
 }
 
 func kmsgStr(s string) *string { return &s }
+
+// TestExactlyOnceOutcomeOverTopicLimit: with WorkerExactlyOnce, a stored
+// outcome larger than its outcome topic's max.message.bytes (a topic
+// created with the broker's default of 1 MiB, say) is kept in memory only,
+// as without exactly-once; with confluent it failed the transaction and
+// stopped the worker, and the caller waited for its deadline.
+func TestExactlyOnceOutcomeOverTopicLimit(t *testing.T) {
+	e := newOutcomeEnv(t, true)
+	ctx := ctxFor(t, 60*time.Second)
+	if err := e.kc.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: e.topic("small-outcomes"), Partitions: 3,
+		Config: map[string]string{"max.message.bytes": "100000", "cleanup.policy": "compact"}}}); err != nil {
+		t.Fatal(err)
+	}
+	w := e.start(t, e.kc, echoserver.Server{}, runtime.WorkerOutcomeTopic("small-outcomes"))
+	big := strings.Repeat("x", 200_000)
+	kctx := metadata.AppendToOutgoingContext(ctx, "idempotency-key", "big")
+	if r, err := e.echo.EchoUnary(kctx, &echov1.EchoRequest{Message: big}); err != nil || r.GetMessage() != big {
+		t.Fatalf("a call whose outcome is over the outcome topic's limit: %v", err)
+	}
+	if r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "small"}); err != nil || r.GetMessage() != "small" {
+		t.Fatalf("the call after it: %v, %v", r, err)
+	}
+	if err := w.Err(); err != nil {
+		t.Fatalf("the worker stopped: %v", err)
+	}
+}

@@ -195,6 +195,13 @@ func (t *txnWriter) flush(c *call) error {
 		clear(out[len(kept):])
 		c.sent.outbox = kept
 	}
+	if rec := c.sent.outcome; rec != nil {
+		if err := t.refused(rec); err != nil {
+			c.sent.unacked.Add(1)
+			c.outcomeAcked(rec, err) // kept in memory only, as a failed outcome is
+			c.sent.outcome = nil
+		}
+	}
 	if out := c.sent.outbox; len(out) > 0 || c.sent.outcome != nil {
 		if !c.sent.inTxn {
 			t.mu.Lock()
