@@ -234,15 +234,20 @@ func (t *txnWriter) flush(c *call) error {
 // does not exist (an error wrapping kafkaclient.ErrUnknownTopic), or rec
 // is larger than the topic's max.message.bytes (when the client can look
 // that up: kafkaclient.TopicLimiter). What is known of a topic is looked up
-// again after topicInfoTTL, or once a record to it failed as missing; a
-// lookup that cannot tell refuses nothing (the record is produced).
+// again after topicInfoTTL; a topic found missing is not kept (the names
+// come from requests: the entries are the topics that exist), so the next
+// record to it looks it up again. A lookup that cannot tell refuses nothing
+// (the record is produced).
 //
 // The size compared is the least a record batch holding rec alone takes
 // uncompressed: with a producer compressing its batches (not the
 // project's default), a record that compresses below the limit is
 // refused all the same.
 func (t *txnWriter) refused(rec *kafkaclient.Record) error {
-	v, _ := t.topics.LoadOrStore(rec.Topic, new(topicEntry))
+	v, ok := t.topics.Load(rec.Topic)
+	if !ok {
+		v, _ = t.topics.LoadOrStore(rec.Topic, new(topicEntry))
+	}
 	e := v.(*topicEntry)
 	info := e.info.Load()
 	if info == nil || time.Since(info.at) >= topicInfoTTL {
@@ -259,6 +264,9 @@ func (t *txnWriter) refused(rec *kafkaclient.Record) error {
 			if info == nil || time.Since(info.at) >= topicInfoTTL {
 				info, err = t.lookupTopic(rec.Topic)
 				e.info.Store(info)
+				if err != nil {
+					t.topics.CompareAndDelete(rec.Topic, e)
+				}
 			}
 			e.lookup.Unlock()
 			if err != nil {
