@@ -391,13 +391,10 @@ func TestConnUndecodableStreamReplyIsTheCallsStatus(t *testing.T) {
 	}
 }
 
-// TestConnCloseEndsOnewayClientStream: Close ends every call in flight on
-// the connection with UNAVAILABLE, oneway client streams included, as
-// grpc-go's Close ends its streams. A oneway stream waits for its caller's
-// CloseSend and then for Kafka's acknowledgements, and neither wait looked
-// at Close: the caller kept sending, its messages still went to Kafka after
-// Close, and CloseAndRecv answered OK.
-func TestConnCloseEndsOnewayClientStream(t *testing.T) {
+// onewayClientStreamConn is a ClientConn on topics of the test's own, with
+// EchoClientStream oneway (no reply topic).
+func onewayClientStreamConn(t *testing.T) *runtime.ClientConn {
+	t.Helper()
 	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
 	prefix := kafkatest.Unique("o") + "."
 	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-requests", prefix+"echo-responses")
@@ -409,6 +406,17 @@ func TestConnCloseEndsOnewayClientStream(t *testing.T) {
 	if err := cc.Register(spec); err != nil {
 		t.Fatal(err)
 	}
+	return cc
+}
+
+// TestConnCloseEndsOnewayClientStream: Close ends every call in flight on
+// the connection with UNAVAILABLE, oneway client streams included, as
+// grpc-go's Close ends its streams. A oneway stream waits for its caller's
+// CloseSend and then for Kafka's acknowledgements, and neither wait looked
+// at Close: the caller kept sending, its messages still went to Kafka after
+// Close, and CloseAndRecv answered OK.
+func TestConnCloseEndsOnewayClientStream(t *testing.T) {
+	cc := onewayClientStreamConn(t)
 	s, err := echov1.NewEchoServiceClient(cc).EchoClientStream(ctxFor(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -559,17 +567,7 @@ func TestConnUndecodableFetchRecordIsTheCallsStatus(t *testing.T) {
 // and before RecvMsg waited for the RecvMsg its caller had not made yet,
 // until the call's context ended.
 func TestConnOnewayClientStreamHeaderBeforeRecv(t *testing.T) {
-	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
-	prefix := kafkatest.Unique("oh") + "."
-	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-requests", prefix+"echo-responses")
-	spec := echov1.EchoServiceKafkaSpec.Clone()
-	r := &spec.Method("EchoClientStream").Routes[0]
-	r.Oneway, r.ReplyTopic = true, ""
-	cc := runtime.NewClientConn(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
-	t.Cleanup(func() { _ = cc.Close() })
-	if err := cc.Register(spec); err != nil {
-		t.Fatal(err)
-	}
+	cc := onewayClientStreamConn(t)
 	// The deadline only bounds a hang: the call is answered once Kafka
 	// acknowledged one record.
 	s, err := echov1.NewEchoServiceClient(cc).EchoClientStream(ctxFor(t, 30*time.Second))
