@@ -218,7 +218,9 @@ func (c *Client) CreatePartitions(ctx context.Context, topic string, total int32
 
 // Partitions lists the partition ids of topic, in increasing order, from
 // the cluster's metadata. A topic the cluster does not have is an error
-// wrapping kafkaclient.ErrUnknownTopic. A topic whose metadata is not ready
+// wrapping kafkaclient.ErrUnknownTopic; one the client may not describe
+// (TOPIC_AUTHORIZATION_FAILED), an error wrapping kafkaclient.ErrNotAuthorized.
+// A topic whose metadata is not ready
 // yet (just created, leader election) is asked again until ctx ends
 // (default bound 30s). Safe for concurrent use.
 func (c *Client) Partitions(ctx context.Context, topic string) ([]int32, error) {
@@ -237,6 +239,8 @@ func (c *Client) Partitions(ctx context.Context, topic string) ([]int32, error) 
 			switch {
 			case !ok || code == kafka.ErrUnknownTopicOrPart || code == kafka.ErrUnknownTopic:
 				return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+			case code == kafka.ErrTopicAuthorizationFailed:
+				return fmt.Errorf("confluent: metadata of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, tm.Error)
 			case code == kafka.ErrNoError || len(tm.Partitions) > 0:
 				out = make([]int32, len(tm.Partitions))
 				for i, pm := range tm.Partitions {
@@ -283,8 +287,9 @@ func (c *Client) Brokers(ctx context.Context) (int, error) {
 // ListOffsets round trip per partition leader. Partition errors that a
 // leader election causes (a topic just created, a leader moving) are asked
 // again until ctx ends. An unknown topic or partition is an error wrapping
-// kafkaclient.ErrUnknownTopic. Without a deadline in ctx the call is bounded
-// by 30s. Safe for concurrent use.
+// kafkaclient.ErrUnknownTopic; a topic the client may not describe
+// (TOPIC_AUTHORIZATION_FAILED), an error wrapping kafkaclient.ErrNotAuthorized.
+// Without a deadline in ctx the call is bounded by 30s. Safe for concurrent use.
 // It is one loop of requests, per-partition results and retries of leader
 // elections, which librdkafka reports separately.
 func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, which kafkaclient.OffsetSpec) (map[int32]int64, error) {
@@ -319,6 +324,8 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 					tm, ok := md.Topics[topic]
 					if code := tm.Error.Code(); !ok || code == kafka.ErrUnknownTopicOrPart || code == kafka.ErrUnknownTopic {
 						return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+					} else if code == kafka.ErrTopicAuthorizationFailed {
+						return fmt.Errorf("confluent: list offsets of %s: %w (%w; %w)", topic, kafkaclient.ErrNotAuthorized, tm.Error, err)
 					}
 					// Or a partition the topic does not have.
 					for _, part := range pending {
@@ -339,6 +346,8 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 					out[tp.Partition] = int64(info.Offset)
 				case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic, kafka.ErrUnknownPartition:
 					errs = append(errs, fmt.Errorf("%w: %s partition %d", kafkaclient.ErrUnknownTopic, topic, tp.Partition))
+				case kafka.ErrTopicAuthorizationFailed:
+					errs = append(errs, fmt.Errorf("confluent: list offsets of %s partition %d: %w (%w)", topic, tp.Partition, kafkaclient.ErrNotAuthorized, info.Error))
 				case kafka.ErrNotLeaderForPartition, kafka.ErrLeaderNotAvailable, kafka.ErrUnknownLeaderEpoch,
 					kafka.ErrFencedLeaderEpoch, kafka.ErrOffsetNotAvailable, kafka.ErrNotEnoughReplicas:
 					// A topic just created or a leader moving: ask again.
@@ -402,6 +411,8 @@ func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, e
 		case kafka.ErrNoError:
 		case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic:
 			return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+		case kafka.ErrTopicAuthorizationFailed:
+			return fmt.Errorf("confluent: configuration of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, res[0].Error)
 		default:
 			return fmt.Errorf("confluent: configuration of %s: %w", topic, res[0].Error)
 		}

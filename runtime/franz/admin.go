@@ -261,8 +261,9 @@ func (c *Client) refreshProducers(ctx context.Context, topic string, total int32
 // Partitions lists the partition ids of topic, in increasing order, from a
 // fresh (uncached) metadata request, which also refreshes the client's
 // metadata cache for topic. A topic the cluster does not have is an error
-// wrapping kafkaclient.ErrUnknownTopic; the lookup never creates it. A topic
-// whose metadata is not ready yet (just created, leader election) is asked
+// wrapping kafkaclient.ErrUnknownTopic; the lookup never creates it. One
+// the client may not describe (TOPIC_AUTHORIZATION_FAILED) is an error
+// wrapping kafkaclient.ErrNotAuthorized. A topic whose metadata is not ready yet (just created, leader election) is asked
 // again until ctx ends (default bound 30s). Safe for concurrent use.
 func (c *Client) Partitions(ctx context.Context, topic string) ([]int32, error) {
 	ctx, cancel := adminCtx(ctx)
@@ -299,6 +300,8 @@ func fetchPartitions(ctx context.Context, kc *kgo.Client, topic string) ([]int32
 			switch {
 			case errors.Is(terr, kerr.UnknownTopicOrPartition):
 				return nil, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+			case errors.Is(terr, kerr.TopicAuthorizationFailed):
+				return nil, fmt.Errorf("franz: metadata of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, terr)
 			case terr == nil || len(t.Partitions) > 0:
 				out := make([]int32, 0, len(t.Partitions))
 				for _, p := range t.Partitions {
@@ -349,7 +352,9 @@ func (c *Client) Brokers(ctx context.Context) (int, error) {
 // topic or partition is an error wrapping kafkaclient.ErrUnknownTopic;
 // since kadm resolves leaders from kgo's metadata cache (up to 5s old), an
 // unknown topic is confirmed with a fresh metadata request, and looked up
-// again if it exists after all. Without a deadline in ctx the call is
+// again if it exists after all. A topic the client may not describe
+// (TOPIC_AUTHORIZATION_FAILED, from the metadata or the ListOffsets answer)
+// is an error wrapping kafkaclient.ErrNotAuthorized. Without a deadline in ctx the call is
 // bounded by 30s. Safe for concurrent use.
 // It is one loop of requests, per-partition results, retries of leader
 // elections and the confirmation of an unknown topic.
@@ -369,6 +374,9 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 				list = adm.ListStartOffsets
 			}
 			listed, err := list(ctx, topic)
+			if errors.Is(err, kerr.TopicAuthorizationFailed) {
+				return fmt.Errorf("franz: list offsets of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, err)
+			}
 			if err != nil {
 				return fmt.Errorf("franz: list offsets of %s: %w", topic, err)
 			}
@@ -385,6 +393,8 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 				case errors.Is(lo.Err, kerr.UnknownTopicOrPartition):
 					unknown = true
 					errs = append(errs, fmt.Errorf("%w: %s partition %d", kafkaclient.ErrUnknownTopic, topic, p))
+				case errors.Is(lo.Err, kerr.TopicAuthorizationFailed):
+					return fmt.Errorf("franz: list offsets of %s partition %d: %w (%w)", topic, p, kafkaclient.ErrNotAuthorized, lo.Err)
 				case kerr.IsRetriable(lo.Err):
 					retry = true
 					errs = append(errs, fmt.Errorf("franz: list offsets of %s partition %d: %w", topic, p, lo.Err))
@@ -439,6 +449,9 @@ func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, e
 		}
 		if errors.Is(err, kerr.UnknownTopicOrPartition) {
 			return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+		}
+		if errors.Is(err, kerr.TopicAuthorizationFailed) {
+			return fmt.Errorf("franz: configuration of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, err)
 		}
 		if err != nil {
 			return fmt.Errorf("franz: configuration of %s: %w", topic, err)

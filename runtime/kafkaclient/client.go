@@ -139,9 +139,13 @@ type Client interface {
 	// be used at once.
 	CreatePartitions(ctx context.Context, topic string, total int32) error
 	// Partitions lists the partition ids of topic. A topic that does not exist
-	// is an error wrapping ErrUnknownTopic.
+	// is an error wrapping ErrUnknownTopic; one the client's principal may
+	// not describe, an error wrapping ErrNotAuthorized.
 	Partitions(ctx context.Context, topic string) ([]int32, error)
 	// Offsets looks up the earliest or latest offset of each given partition.
+	// A topic that does not exist is an error wrapping ErrUnknownTopic; one
+	// the client's principal may not describe, an error wrapping
+	// ErrNotAuthorized.
 	Offsets(ctx context.Context, topic string, partitions []int32, which OffsetSpec) (map[int32]int64, error)
 	// Brokers returns how many brokers the cluster's metadata lists now (a
 	// broker that is down drops out once the cluster has noticed). The
@@ -157,10 +161,11 @@ type Client interface {
 var ErrUnknownTopic = errors.New("kafkaclient: unknown topic")
 
 // ErrNotAuthorized reports a record the cluster refused because the
-// client's principal may not write its topic (Kafka's
-// TOPIC_AUTHORIZATION_FAILED): producing it again fails the same way
-// until someone grants the access.
-var ErrNotAuthorized = errors.New("kafkaclient: not authorized to write the topic")
+// client's principal may not write its topic, or a lookup (Partitions,
+// Offsets, TopicMaxMessageBytes) refused because it may not describe the
+// topic (Kafka's TOPIC_AUTHORIZATION_FAILED): asking again fails the same
+// way until someone grants the access.
+var ErrNotAuthorized = errors.New("kafkaclient: not authorized to access the topic")
 
 // ErrUnknownOutcome is reported through Produce's done for a record the
 // client cannot tell was written: it may or may not be in the log. Produce
@@ -300,7 +305,8 @@ type TxnProducer interface {
 type TopicLimiter interface {
 	// TopicMaxMessageBytes returns topic's max.message.bytes: its own
 	// setting, or the broker's message.max.bytes it falls back to. A
-	// topic that does not exist is an error wrapping ErrUnknownTopic.
+	// topic that does not exist is an error wrapping ErrUnknownTopic; one
+	// the client may not describe, an error wrapping ErrNotAuthorized.
 	TopicMaxMessageBytes(ctx context.Context, topic string) (int, error)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -398,6 +399,50 @@ func testProduceNotAuthorizedFails(t *testing.T, f Factory) {
 				t.Fatalf("produce %d refused by %v did not fail within 20 s", i+1, keys)
 			}
 		}
+		h.Remove()
+	}
+}
+
+// testLookupNotAuthorizedFails: Partitions and Offsets of a topic the
+// client's principal may not describe (TOPIC_AUTHORIZATION_FAILED in the
+// Metadata answer, or only in the ListOffsets answer) fail with an error
+// wrapping kafkaclient.ErrNotAuthorized that names the topic, at once
+// rather than after the lookup's retries: a fetch of such a topic ends
+// PERMISSION_DENIED, not UNAVAILABLE. Another topic is looked up as usual.
+func testLookupNotAuthorizedFails(t *testing.T, f Factory) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{})
+	topic := e.createTopic(t, "undescribable", 1)
+	other := e.createTopic(t, "describable", 1)
+	check := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, kafkaclient.ErrNotAuthorized) || !strings.Contains(err.Error(), topic) {
+			t.Fatalf("%s: %v, want an error wrapping ErrNotAuthorized naming %s", what, err, topic)
+		}
+	}
+	for _, keys := range [][]kmsg.Key{{kmsg.ListOffsets}, {kmsg.Metadata, kmsg.ListOffsets}} {
+		h := c.Fault(kfake.Fault{Keys: keys, Topic: topic, Err: kerr.TopicAuthorizationFailed, Count: -1})
+		// A bound that detects a lookup retrying until its deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		if slices.Contains(keys, kmsg.Metadata) {
+			_, err := e.client.Partitions(ctx, topic)
+			check(fmt.Sprintf("Partitions refused by %v", keys), err)
+		}
+		for _, which := range []kafkaclient.OffsetSpec{kafkaclient.Earliest, kafkaclient.Latest} {
+			_, err := e.client.Offsets(ctx, topic, []int32{0}, which)
+			check(fmt.Sprintf("Offsets (%v) refused by %v", which, keys), err)
+		}
+		if _, err := e.client.Partitions(ctx, other); err != nil {
+			t.Fatalf("Partitions of another topic while %s is refused: %v", topic, err)
+		}
+		if _, err := e.client.Offsets(ctx, other, []int32{0}, kafkaclient.Latest); err != nil {
+			t.Fatalf("Offsets of another topic while %s is refused: %v", topic, err)
+		}
+		cancel()
 		h.Remove()
 	}
 }

@@ -41,6 +41,7 @@ func Run(t *testing.T, f Factory) {
 		{"ProduceToClosedBrokerFails", testProduceToClosedBrokerFails},
 		{"ProduceToMissingTopicFails", testProduceToMissingTopicFails},
 		{"ProduceNotAuthorizedFails", testProduceNotAuthorizedFails},
+		{"LookupNotAuthorizedFails", testLookupNotAuthorizedFails},
 		{"QueueFullAndCloseFailPending", testQueueFullAndCloseFailPending},
 		{"DebugLogsReachSlog", testDebugLogsReachSlog},
 		{"CallsAfterClose", testCallsAfterClose},
