@@ -268,7 +268,7 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 		return nil, status.Errorf(codes.NotFound, "fetch topic %q does not exist: %v", topic, err)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: %v", topic, err)
+		return nil, status.Errorf(lookupCode(err), "fetch topic %q: %v", topic, err)
 	}
 	if len(parts) == 0 {
 		return nil, status.Errorf(codes.Unavailable, "fetch topic %q has no partitions", topic)
@@ -277,11 +277,11 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 	slices.Sort(parts)
 	first, err := g.client.Offsets(ctx, topic, parts, kafkaclient.Earliest)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: looking up earliest offsets: %v", topic, err)
+		return nil, status.Errorf(lookupCode(err), "fetch topic %q: looking up earliest offsets: %v", topic, err)
 	}
 	end, err := g.client.Offsets(ctx, topic, parts, kafkaclient.Latest)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "fetch topic %q: looking up end offsets: %v", topic, err)
+		return nil, status.Errorf(lookupCode(err), "fetch topic %q: looking up end offsets: %v", topic, err)
 	}
 	h := &fanoutHub{f: f, topic: topic, parts: parts, index: make(map[int32]int, len(parts)),
 		from: make([]int64, len(parts)), lo: make([]int64, len(parts)), hi: make([]int64, len(parts)), whole: make([]bool, len(parts)),

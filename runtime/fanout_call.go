@@ -180,7 +180,7 @@ func (c *fetchCall) checkForeign() error {
 	defer cancel()
 	parts, err := c.f.g.client.Partitions(ctx, h.topic)
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "%s: looking up the partitions of %q: %v", c.m.FullMethod(), h.topic, err)
+		return status.Errorf(lookupCode(err), "%s: looking up the partitions of %q: %v", c.m.FullMethod(), h.topic, err)
 	}
 	have := make(map[int32]bool, len(parts))
 	for _, p := range parts {
@@ -196,7 +196,7 @@ func (c *fetchCall) checkForeign() error {
 	}
 	end, err := c.f.g.client.Offsets(ctx, h.topic, ps, kafkaclient.Latest)
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "%s: looking up the end offsets of %q: %v", c.m.FullMethod(), h.topic, err)
+		return status.Errorf(lookupCode(err), "%s: looking up the end offsets of %q: %v", c.m.FullMethod(), h.topic, err)
 	}
 	for _, po := range c.foreign {
 		if po.Offset > end[po.Partition] {
@@ -240,7 +240,7 @@ func (c *fetchCall) position() (bool, error) {
 	if ahead {
 		end, err := client.Offsets(ctx, h.topic, c.parts, kafkaclient.Latest)
 		if err != nil {
-			return false, status.Errorf(codes.Unavailable, "%s: looking up the end offsets of %q: %v", c.m.FullMethod(), h.topic, err)
+			return false, status.Errorf(lookupCode(err), "%s: looking up the end offsets of %q: %v", c.m.FullMethod(), h.topic, err)
 		}
 		for i, p := range c.parts {
 			if c.next[i] > end[p] {
@@ -252,7 +252,7 @@ func (c *fetchCall) position() (bool, error) {
 	if needEarliest {
 		first, err := client.Offsets(ctx, h.topic, c.parts, kafkaclient.Earliest)
 		if err != nil {
-			return false, status.Errorf(codes.Unavailable, "%s: looking up the earliest offsets of %q: %v", c.m.FullMethod(), h.topic, err)
+			return false, status.Errorf(lookupCode(err), "%s: looking up the earliest offsets of %q: %v", c.m.FullMethod(), h.topic, err)
 		}
 		for i, p := range c.parts {
 			switch {

@@ -1,7 +1,9 @@
 package runtime_test
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/fetchclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
@@ -78,5 +81,70 @@ func TestGatewayRequestTopicNotAuthorized(t *testing.T) {
 	_, err := client.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "x"})
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("a request topic the gateway may not write: %v, want PERMISSION_DENIED", err)
+	}
+}
+
+// undescribable fails every lookup of topic as both Kafka clients fail a
+// lookup of a topic their principal may not describe (the conformance
+// suite's LookupNotAuthorizedFails checks that they do).
+type undescribable struct {
+	kafkaclient.Client
+	topic string
+}
+
+func (u undescribable) denied(topic string) error {
+	return fmt.Errorf("metadata of %s: %w (TOPIC_AUTHORIZATION_FAILED)", topic, kafkaclient.ErrNotAuthorized)
+}
+
+func (u undescribable) Partitions(ctx context.Context, topic string) ([]int32, error) {
+	if topic == u.topic {
+		return nil, u.denied(topic)
+	}
+	return u.Client.Partitions(ctx, topic)
+}
+
+func (u undescribable) Offsets(ctx context.Context, topic string, partitions []int32, which kafkaclient.OffsetSpec) (map[int32]int64, error) {
+	if topic == u.topic {
+		return nil, u.denied(topic)
+	}
+	return u.Client.Offsets(ctx, topic, partitions, which)
+}
+
+// TestFetchTopicNotAuthorized: a fetch of a topic the gateway's (or
+// ClientConn's) principal may not describe ended UNAVAILABLE, which
+// fetchclient retries for as long as its context lives; it ends
+// PERMISSION_DENIED naming the topic, and fetchclient gives up at once.
+func TestFetchTopicNotAuthorized(t *testing.T) {
+	e := setupFanout(t)
+	denied := undescribable{Client: e.kc, topic: e.topic}
+	gw := runtime.NewGateway(denied, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, viaConn := connTo(t, denied, e.prefix)
+	for _, tc := range []struct {
+		name string
+		echo echov1.EchoServiceClient
+	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(ctxFor(t, 30*time.Second))
+			defer cancel()
+			var retried error
+			sub := fetchclient.New(ctx, tc.echo.EchoEvents, fetchclient.WithRetryHook(func(_ int, err error) {
+				retried = err
+				cancel() // it would retry until ctx ends
+			}))
+			defer sub.Close()
+			_, err := sub.Recv()
+			if retried != nil {
+				t.Fatalf("fetchclient retried after %v, want PERMISSION_DENIED", retried)
+			}
+			if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), e.topic) {
+				t.Fatalf("Recv = %v, want PERMISSION_DENIED naming %s", err, e.topic)
+			}
+		})
 	}
 }

@@ -544,6 +544,20 @@ func missingTopicStatus(topic, method string) error {
 // unknownTopic reports whether err says a topic does not exist.
 func unknownTopic(err error) bool { return errors.Is(err, kafkaclient.ErrUnknownTopic) }
 
+// notAuthorized reports whether err says the client's principal may not
+// access a topic (kafkaclient.ErrNotAuthorized): asking again cannot help.
+func notAuthorized(err error) bool { return errors.Is(err, kafkaclient.ErrNotAuthorized) }
+
+// lookupCode is the status of a call whose topic lookup failed with err:
+// PERMISSION_DENIED for a topic the client may not access (a retry cannot
+// help), else UNAVAILABLE.
+func lookupCode(err error) codes.Code {
+	if notAuthorized(err) {
+		return codes.PermissionDenied
+	}
+	return codes.Unavailable
+}
+
 // checkTopic is the gateway's check of a call's request topic; see
 // topicGuard.check.
 func (g *Gateway) checkTopic(ctx context.Context, m *MethodSpec, topic string) error {
