@@ -354,14 +354,19 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 		// librdkafka keeps a topic it saw missing as such for up to a second
 		// after it is created again, in each of its producers. Look the
 		// topic up, off the client's delivery goroutine, before answering:
-		// NOT_FOUND once Kafka says it is missing, else UNAVAILABLE, which
+		// NOT_FOUND once Kafka says it is missing, PERMISSION_DENIED when
+		// the gateway may not describe it, else UNAVAILABLE, which
 		// invites retries.
 		topic := rec.Topic
 		unavailable := status.Errorf(codes.Unavailable, "%s: producing request to %s: %v", c.m.FullMethod(), topic, err)
 		if c.g.background(func(ctx context.Context) {
 			defer c.unacked.Done() // after fail: awaitAcks reads the error once all are done
-			if c.g.topics.confirmMissing(ctx, c.g.client, topic, min(c.g.cfg.setupTimeout, confirmTimeout)) {
+			missing, denied := c.g.topics.confirmMissing(ctx, c.g.client, topic, min(c.g.cfg.setupTimeout, confirmTimeout))
+			if missing {
 				c.failProduce(c.g.topicMissing(c.m, topic, err))
+			}
+			if denied {
+				c.failProduce(status.Errorf(codes.PermissionDenied, "%s: producing request to %s: %v; the gateway may not describe the topic (%v)", c.m.FullMethod(), topic, err, kafkaclient.ErrNotAuthorized))
 			}
 			c.failProduce(unavailable) // the first error wins
 		}) {

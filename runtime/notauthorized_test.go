@@ -148,3 +148,27 @@ func TestFetchTopicNotAuthorized(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayRequestTopicNotDescribable: a gateway whose principal may not
+// describe a method's request topic let the call go on (its topic check
+// took the lookup's error for a passing fault), so a principal allowed to
+// write but not to describe the topic got through, and one allowed
+// neither got UNAVAILABLE from the produce; the call ends
+// PERMISSION_DENIED naming the topic, before anything is produced.
+func TestGatewayRequestTopicNotDescribable(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	gw := runtime.NewGateway(undescribable{Client: e.kc, topic: e.topic("echo-requests")},
+		runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	client := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	for i := range 2 { // the second call goes by what the first one's lookup found
+		_, err := client.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "x"})
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), e.topic("echo-requests")) {
+			t.Fatalf("call %d to a request topic the gateway may not describe: %v, want PERMISSION_DENIED naming it", i+1, err)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"fmt"
 	goruntime "runtime"
 	"strings"
 	"sync/atomic"
@@ -169,5 +170,32 @@ func TestGatewayCloseEndsBackgroundTopicLookup(t *testing.T) {
 	}
 	if n := admin.lookups.Load(); n != 2 {
 		t.Fatalf("%d lookups, want 2: a closed gateway starts no background lookup", n)
+	}
+}
+
+// deniedAdmin answers every Partitions as a client whose principal may not
+// describe the topic.
+type deniedAdmin struct{}
+
+func (deniedAdmin) CreateTopics(context.Context, []kafkaclient.TopicSpec) error { return nil }
+
+func (deniedAdmin) Partitions(_ context.Context, topic string) ([]int32, error) {
+	return nil, fmt.Errorf("metadata of %s: %w", topic, kafkaclient.ErrNotAuthorized)
+}
+
+// TestTopicGuardNotAuthorized: a produce failure confirmed by a lookup the
+// cluster refuses as not authorized was answered UNAVAILABLE (the lookup
+// said neither "missing" nor "present"); confirmMissing reports it denied,
+// and the next calls' check answers PERMISSION_DENIED naming the topic.
+func TestTopicGuardNotAuthorized(t *testing.T) {
+	var tg topicGuard
+	m := &MethodSpec{Service: "s.S", Method: "M"}
+	missing, denied := tg.confirmMissing(context.Background(), deniedAdmin{}, "t", time.Minute)
+	if missing || !denied {
+		t.Fatalf("confirmMissing = missing %v, denied %v; want denied only", missing, denied)
+	}
+	err := tg.check(context.Background(), deniedAdmin{}, "t", time.Minute, m, detached)
+	if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), `"t"`) {
+		t.Fatalf("check after: %v, want PERMISSION_DENIED naming the topic", err)
 	}
 }

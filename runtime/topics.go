@@ -382,6 +382,7 @@ type topicGuard struct {
 type topicState struct {
 	checked  atomic.Int64 // unix nanoseconds of the last lookup
 	missing  atomic.Bool
+	denied   atomic.Bool // the client may not describe it (kafkaclient.ErrNotAuthorized)
 	checking atomic.Bool // one lookup by check at a time
 
 	confirmMu   sync.Mutex
@@ -397,7 +398,10 @@ type topicState struct {
 // background while the call goes on (a call to a topic deleted meanwhile
 // fails on its produce, which marks the topic missing), so that no call
 // pays a metadata round trip, which every call of a service called less
-// than once a second did. A lookup that fails for another reason (a broker
+// than once a second did. A topic the client may not describe
+// (kafkaclient.ErrNotAuthorized) is answered PERMISSION_DENIED naming it,
+// and looked up again as a missing one is, so that access granted is
+// noticed. A lookup that fails for another reason (a broker
 // down) lets the call go on: producing reports such problems itself.
 //
 // background starts the background lookup: it runs f on a goroutine of its
@@ -409,16 +413,16 @@ func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string,
 		v, _ = tg.states.LoadOrStore(topic, &topicState{})
 	}
 	st := v.(*topicState)
-	checked, missing := st.checked.Load(), st.missing.Load()
+	checked, missing, denied := st.checked.Load(), st.missing.Load(), st.denied.Load()
 	fresh := topicPresentFresh
-	if missing {
+	if missing || denied {
 		fresh = topicMissingFresh
 	}
 	switch {
 	case checked != 0 && time.Duration(time.Now().UnixNano()-checked) < fresh:
 	case !st.checking.CompareAndSwap(false, true):
 		// Another call looks it up: go by what is known.
-	case checked != 0 && !missing:
+	case checked != 0 && !missing && !denied:
 		if !background(func(bctx context.Context) {
 			defer st.checking.Store(false)
 			st.lookup(bctx, admin, topic, timeout)
@@ -426,34 +430,44 @@ func (tg *topicGuard) check(ctx context.Context, admin TopicAdmin, topic string,
 			st.checking.Store(false)
 		}
 	default:
-		missing = st.lookup(ctx, admin, topic, timeout)
+		missing, denied = st.lookup(ctx, admin, topic, timeout)
 		st.checking.Store(false)
 	}
 	if missing {
 		return missingTopicStatus(topic, m.FullMethod()) // named on the error path only: it allocates
 	}
+	if denied {
+		return deniedTopicStatus(topic, m.FullMethod())
+	}
 	return nil
 }
 
-// lookup asks Kafka whether topic exists, bounded by timeout, records the
-// answer and returns it; an error other than "unknown topic" keeps what was
+// lookup asks Kafka whether topic exists and whether the client may
+// describe it, bounded by timeout, records the answer and returns it; an
+// error other than "unknown topic" or "not authorized" keeps what was
 // known, to be looked up again once stale, and returns that. The caller holds st.checking, or runs a
 // confirmRound.
-func (st *topicState) lookup(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration) (missing bool) {
+func (st *topicState) lookup(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration) (missing, denied bool) {
 	lctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	_, err := admin.Partitions(lctx, topic)
 	switch {
 	case err == nil:
 		st.missing.Store(false)
+		st.denied.Store(false)
 	case errors.Is(err, kafkaclient.ErrUnknownTopic):
 		st.missing.Store(true)
+		st.denied.Store(false)
 		missing = true
+	case notAuthorized(err):
+		st.missing.Store(false)
+		st.denied.Store(true)
+		denied = true
 	default:
-		missing = st.missing.Load()
+		missing, denied = st.missing.Load(), st.denied.Load()
 	}
 	st.checked.Store(time.Now().UnixNano())
-	return missing
+	return missing, denied
 }
 
 // markMissing records that producing to topic failed because it does not
@@ -462,6 +476,7 @@ func (tg *topicGuard) markMissing(topic string) {
 	v, _ := tg.states.LoadOrStore(topic, &topicState{})
 	st := v.(*topicState)
 	st.missing.Store(true)
+	st.denied.Store(false)
 	st.checked.Store(time.Now().UnixNano())
 }
 
@@ -473,12 +488,13 @@ const confirmTimeout = 2 * time.Second
 
 // confirmMissing looks topic up after producing to it failed with an error
 // that does not say why, and reports whether Kafka says it does not exist
-// (remembered, as markMissing does). Only a lookup that began after the
+// (remembered, as markMissing does), or that the client may not describe
+// it (denied, remembered for check). Only a lookup that began after the
 // failure can tell: one under way when a caller comes may have asked
 // before the topic was deleted. Such callers wait for it to end and share
 // the next one (or give up with ctx): the records of one call fail
 // together, and each gets the same answer.
-func (tg *topicGuard) confirmMissing(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration) bool {
+func (tg *topicGuard) confirmMissing(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration) (missing, denied bool) {
 	v, _ := tg.states.LoadOrStore(topic, &topicState{})
 	st := v.(*topicState)
 	st.confirmMu.Lock()
@@ -498,9 +514,9 @@ func (tg *topicGuard) confirmMissing(ctx context.Context, admin TopicAdmin, topi
 	if !leads {
 		select {
 		case <-r.done:
-			return r.missing
+			return r.missing, r.denied
 		case <-ctx.Done():
-			return st.missing.Load()
+			return st.missing.Load(), st.denied.Load()
 		}
 	}
 	select {
@@ -513,24 +529,25 @@ func (tg *topicGuard) confirmMissing(ctx context.Context, admin TopicAdmin, topi
 	return st.confirm(ctx, admin, topic, timeout, r)
 }
 
-// confirmRound is one lookup of confirmMissing; missing is its answer,
-// set before done is closed.
+// confirmRound is one lookup of confirmMissing; missing and denied are its
+// answer, set before done is closed.
 type confirmRound struct {
 	done    chan struct{}
 	missing bool
+	denied  bool
 }
 
 // confirm runs r's lookup and ends r with its own answer (not what a
 // lookup begun earlier by check may store meanwhile).
-func (st *topicState) confirm(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, r *confirmRound) bool {
-	r.missing = st.lookup(ctx, admin, topic, timeout)
+func (st *topicState) confirm(ctx context.Context, admin TopicAdmin, topic string, timeout time.Duration, r *confirmRound) (missing, denied bool) {
+	r.missing, r.denied = st.lookup(ctx, admin, topic, timeout)
 	st.confirmMu.Lock()
 	if st.confirming == r {
 		st.confirming = nil
 	}
 	st.confirmMu.Unlock()
 	close(r.done)
-	return r.missing
+	return r.missing, r.denied
 }
 
 // missingTopicStatus is the status of a call whose topic does not exist:
@@ -539,6 +556,14 @@ func (st *topicState) confirm(ctx context.Context, admin TopicAdmin, topic strin
 // UNAVAILABLE.
 func missingTopicStatus(topic, method string) error {
 	return status.Errorf(codes.NotFound, "%s: Kafka topic %q does not exist", method, topic)
+}
+
+// deniedTopicStatus is the status of a call whose topic the client's
+// principal may not describe: PERMISSION_DENIED naming the topic, not
+// UNAVAILABLE, because retrying does not help until someone grants the
+// access.
+func deniedTopicStatus(topic, method string) error {
+	return status.Errorf(codes.PermissionDenied, "%s: not authorized to access Kafka topic %q (%v)", method, topic, kafkaclient.ErrNotAuthorized)
 }
 
 // unknownTopic reports whether err says a topic does not exist.
