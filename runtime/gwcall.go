@@ -102,7 +102,7 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 	}
 	p, err := g.prepare(ctx, m)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "%v", err)
+		return nil, status.Errorf(lookupCode(err), "%v", err) // PERMISSION_DENIED: a reply topic the gateway may not read
 	}
 	rp := p.route(md)
 	c.g, c.m, c.rp, c.key, c.keyPending = g, m, rp, rp.key, rp.route.KeyField != nil && rp.key == nil

@@ -2,6 +2,7 @@ package runtime_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -170,5 +171,35 @@ func TestGatewayRequestTopicNotDescribable(t *testing.T) {
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), e.topic("echo-requests")) {
 			t.Fatalf("call %d to a request topic the gateway may not describe: %v, want PERMISSION_DENIED naming it", i+1, err)
 		}
+	}
+}
+
+// TestReplyTopicNotDescribable: a gateway or ClientConn whose principal may
+// not describe a reply topic could not start reading it, and said only
+// "reply topic ...: <the lookup's error>"; a call through a gateway whose
+// service was not added first ended UNAVAILABLE, which retry policies
+// retry. Registering fails with an error wrapping ErrNotAuthorized that
+// says so, and such a call ends PERMISSION_DENIED naming the topic.
+func TestReplyTopicNotDescribable(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	replies := e.topic("echo-responses")
+	denied := undescribable{Client: e.kc, topic: replies}
+	mapper := runtime.WithTopicMapper(func(s string) string { return e.prefix + s })
+	gw := runtime.NewGateway(denied, mapper, runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	cc := runtime.NewClientConn(denied, mapper, runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = cc.Close() })
+	for what, err := range map[string]error{"Gateway.AddService": gw.AddService(echov1.EchoServiceKafkaSpec),
+		"ClientConn.Register": cc.Register(echov1.EchoServiceKafkaSpec)} {
+		if !errors.Is(err, kafkaclient.ErrNotAuthorized) || !strings.Contains(err.Error(), replies) || !strings.Contains(err.Error(), "may not describe") {
+			t.Errorf("%s: %v, want an error wrapping ErrNotAuthorized naming %s and saying the principal may not describe it", what, err, replies)
+		}
+	}
+	client := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		echov1.RegisterEchoServiceServer(s, echov1.NewEchoServiceKafkaGateway(gw))
+	}))
+	_, err := client.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "x"})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), replies) {
+		t.Fatalf("a call whose reply topic the gateway may not describe: %v, want PERMISSION_DENIED naming it", err)
 	}
 }

@@ -70,6 +70,9 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 	if unknownTopic(err) {
 		return nil, fmt.Errorf("reply topic %q does not exist (create it, or have the program create its spec's topics with runtime.EnsureTopics): %w", topic, err)
 	}
+	if notAuthorized(err) {
+		return nil, fmt.Errorf("reply topic %q: not authorized: the client's principal may not describe it (it needs DESCRIBE and READ on the topic): %w", topic, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
 	}
@@ -107,6 +110,9 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 func (r *replyRouter) assign(ctx context.Context, parts []int32, at kafkaclient.OffsetSpec) error {
 	offsets, err := r.g.client.Offsets(ctx, r.topic, parts, at)
 	if err != nil {
+		if notAuthorized(err) {
+			return fmt.Errorf("reply topic %q: not authorized: the client's principal may not describe it (it needs DESCRIBE and READ on the topic): looking up offsets: %w", r.topic, err)
+		}
 		return fmt.Errorf("reply topic %q: looking up offsets: %w", r.topic, err)
 	}
 	assign := make([]kafkaclient.TopicPartitionOffset, 0, len(parts))
