@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	goruntime "runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +39,11 @@ type consumerBase struct {
 	// slab is the unused rest of the records allocated together for
 	// toRecord (touched only by the polling goroutine).
 	slab []recordWithHeaders
+	// denied is the first TOPIC_AUTHORIZATION_FAILED consume error since
+	// the last poll returned (touched only by the polling goroutine), kept
+	// when tellDenied (a Reader's; a group member only logs it).
+	denied     error
+	tellDenied bool
 }
 
 func (c *Client) newConsumer(cfg kafka.ConfigMap) (*consumerBase, error) {
@@ -80,6 +88,11 @@ func (b *consumerBase) poll(ctx context.Context, batch *[]*kafkaclient.Record) e
 		// handler, a waiting call) would wait that long: let them run first.
 		goruntime.Gosched()
 		b.handle(b.kc.Poll(ms), batch)
+		if b.denied != nil && len(*batch) == 0 {
+			err := b.denied
+			b.denied = nil
+			return err
+		}
 	}
 	for len(*batch) < maxBatch {
 		ev := b.kc.Poll(0)
@@ -88,6 +101,7 @@ func (b *consumerBase) poll(ctx context.Context, batch *[]*kafkaclient.Record) e
 		}
 		b.handle(ev, batch)
 	}
+	b.denied = nil // told again at the next refused fetch
 	return nil
 }
 
@@ -104,11 +118,23 @@ func (b *consumerBase) handle(ev kafka.Event, batch *[]*kafkaclient.Record) {
 				kerr = kafka.NewError(kafka.ErrFail, e.TopicPartition.Error.Error(), false)
 			}
 			b.c.logError(b.name+" "+e.TopicPartition.String(), kerr)
+			if b.tellDenied && kerr.Code() == kafka.ErrTopicAuthorizationFailed && b.denied == nil {
+				topic := ""
+				if e.TopicPartition.Topic != nil {
+					topic = *e.TopicPartition.Topic
+				}
+				b.denied = fmt.Errorf("confluent: consume %s partition %d: %w (%w)", topic, e.TopicPartition.Partition, kafkaclient.ErrNotAuthorized, kerr)
+			}
 			return
 		}
 		*batch = append(*batch, b.toRecord(e))
 	case kafka.Error:
 		b.c.logError(b.name, e)
+		if b.tellDenied && e.Code() == kafka.ErrTopicAuthorizationFailed && b.denied == nil {
+			// librdkafka names no topic here (a refused Fetch): the
+			// Reader's Poll names those it reads.
+			b.denied = &unnamedDenied{fmt.Errorf("%w (%w)", kafkaclient.ErrNotAuthorized, e)}
+		}
 	}
 	// Other events (stats, offset commit results, partition EOF) are not
 	// enabled or not needed.
@@ -196,6 +222,7 @@ func (c *Client) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, er
 	if err != nil {
 		return nil, err
 	}
+	base.tellDenied = true
 	return &Reader{consumerBase: base, assigned: make(map[kafkaclient.TopicPartition]struct{})}, nil
 }
 
@@ -254,15 +281,43 @@ func (r *Reader) Assign(parts []kafkaclient.TopicPartitionOffset) error {
 // Poll blocks until at least one record is available, then returns it with
 // whatever else is already buffered (up to 512 records), without waiting
 // for more. It returns ctx.Err() when ctx ends and kafkaclient.ErrClosed
-// once Close has been called. The records and slice belong to the caller.
+// once Close has been called. A consume error TOPIC_AUTHORIZATION_FAILED,
+// with no record to return, is returned as an error wrapping
+// kafkaclient.ErrNotAuthorized (librdkafka keeps asking; a later Poll
+// returns records once access is granted). The records and slice belong
+// to the caller.
 func (r *Reader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 	r.pollMu.Lock()
 	defer r.pollMu.Unlock()
 	var batch []*kafkaclient.Record
 	if err := r.poll(ctx, &batch); err != nil {
+		var u *unnamedDenied
+		if errors.As(err, &u) {
+			err = fmt.Errorf("confluent: consume %s: %w", strings.Join(r.topics(), ", "), u.error)
+		}
 		return nil, err
 	}
 	return batch, nil
+}
+
+// unnamedDenied is a TOPIC_AUTHORIZATION_FAILED consume error that does
+// not say which topic was refused.
+type unnamedDenied struct{ error }
+
+func (u *unnamedDenied) Unwrap() error { return u.error }
+
+// topics returns the topics assigned to r, sorted.
+func (r *Reader) topics() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ts []string
+	for tp := range r.assigned {
+		if !slices.Contains(ts, tp.Topic) {
+			ts = append(ts, tp.Topic)
+		}
+	}
+	slices.Sort(ts)
+	return ts
 }
 
 // Close releases the reader. A Poll in progress returns ErrClosed first.

@@ -235,7 +235,7 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		g.pollCancel = nil
 		g.mu.Unlock()
 		cancel()
-		recs, closed, newID := recordsOf(fs, g.log)
+		recs, closed, newID, _ := recordsOf(fs, g.log) // logged; the group's members carry on
 		if len(newID) > 0 && !closed {
 			// A topic deleted and created again: kgo keeps its old id
 			// until the topic is purged; subscribing to it again learns

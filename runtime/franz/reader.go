@@ -26,7 +26,7 @@ const maxBatch = 512
 // the topic is purged and added again (Reader.readAnew, GroupReader.Poll).
 // Key, Value and Headers are kgo's slices, not copied again (asHeaders); a
 // null value stays nil and an empty value stays empty non-nil.
-func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool, newID []string) {
+func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool, newID []string, denied error) {
 	n := fs.NumRecords()
 	if n > 0 {
 		out = make([]*kafkaclient.Record, 0, n)
@@ -55,13 +55,20 @@ func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, clo
 			if !slices.Contains(newID, topic) {
 				newID = append(newID, topic)
 			}
+		case errors.Is(err, kerr.TopicAuthorizationFailed):
+			if denied == nil {
+				denied = fmt.Errorf("franz: fetch %s partition %d: %w (%w)", topic, partition, kafkaclient.ErrNotAuthorized, err)
+			}
 		default:
 			// kgo retries what can be retried by itself; the partition
 			// carries on (or is reported again).
 			log.Warn("franz: fetch error", "topic", topic, "partition", partition, "error", err)
 		}
 	})
-	return out, closed, newID
+	if denied != nil {
+		log.Warn("franz: fetch error", "error", denied)
+	}
+	return out, closed, newID, denied
 }
 
 // Reader implements kafkaclient.Reader: a kgo client consuming explicitly
@@ -199,7 +206,10 @@ func (r *Reader) readAnew(topics []string) {
 // whatever else is already buffered (up to 512 records), without waiting
 // for more. It returns ctx.Err() when ctx ends and kafkaclient.ErrClosed
 // once Close has been called. Partition-level fetch errors are logged (kgo
-// retries them) and do not end Poll. The records and slice belong to the
+// retries them) and do not end Poll, but for TOPIC_AUTHORIZATION_FAILED:
+// with no record to return, Poll returns an error wrapping
+// kafkaclient.ErrNotAuthorized naming the topic (kgo keeps asking; a later
+// Poll returns records once access is granted). The records and slice belong to the
 // caller.
 func (r *Reader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 	r.pollMu.Lock()
@@ -208,7 +218,7 @@ func (r *Reader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		if r.closed.Load() {
 			return nil, kafkaclient.ErrClosed
 		}
-		recs, closed, newID := recordsOf(r.kc.PollRecords(ctx, maxBatch), r.log)
+		recs, closed, newID, denied := recordsOf(r.kc.PollRecords(ctx, maxBatch), r.log)
 		if len(newID) > 0 && !closed {
 			r.readAnew(newID)
 		}
@@ -218,6 +228,9 @@ func (r *Reader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		}
 		if closed || r.closed.Load() {
 			return nil, kafkaclient.ErrClosed
+		}
+		if denied != nil {
+			return nil, denied
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err

@@ -188,7 +188,11 @@ type Reader interface {
 	Assign(parts []TopicPartitionOffset) error
 	// Poll blocks until at least one record is available, ctx ends (returning
 	// ctx.Err()) or the reader is closed. The returned slice and records are
-	// owned by the caller.
+	// owned by the caller. When the cluster refuses to serve an assigned
+	// partition because the client's principal may not read its topic
+	// (TOPIC_AUTHORIZATION_FAILED), Poll returns an error wrapping
+	// ErrNotAuthorized naming the topic; the reader keeps asking, and a
+	// later Poll returns records once access is granted.
 	Poll(ctx context.Context) ([]*Record, error)
 	// Close releases the reader.
 	Close() error

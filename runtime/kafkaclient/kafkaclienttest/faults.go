@@ -446,3 +446,55 @@ func testLookupNotAuthorizedFails(t *testing.T, f Factory) {
 		h.Remove()
 	}
 }
+
+// testReaderNotAuthorizedFails: a Reader assigned a partition of a topic
+// the client's principal may not read (TOPIC_AUTHORIZATION_FAILED in the
+// Fetch answer) has Poll return an error wrapping
+// kafkaclient.ErrNotAuthorized naming the topic, rather than waiting for
+// records forever: a fetch hub reading such a topic ends its callers
+// PERMISSION_DENIED. Once access is granted, Poll returns the records.
+func testReaderNotAuthorizedFails(t *testing.T, f Factory) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{})
+	topic := e.createTopic(t, "unreadable", 1)
+	errc := make(chan error, 1)
+	e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("x")}, kafkaclient.AcksAll,
+		func(_ *kafkaclient.Record, err error) { errc <- err })
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: topic, Err: kerr.TopicAuthorizationFailed, Count: -1})
+	r, err := e.client.NewReader(kafkaclient.ReaderConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Assign([]kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	// A bound that detects a Poll waiting for records forever.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	recs, err := r.Poll(ctx)
+	if !errors.Is(err, kafkaclient.ErrNotAuthorized) || !strings.Contains(err.Error(), topic) {
+		t.Fatalf("Poll of a topic the client may not read: %d records, %v; want an error wrapping ErrNotAuthorized naming %s", len(recs), err, topic)
+	}
+	h.Remove()
+	for {
+		recs, err := r.Poll(ctx)
+		if errors.Is(err, kafkaclient.ErrNotAuthorized) {
+			continue // refused before the fault was removed
+		}
+		if err != nil {
+			t.Fatalf("Poll once access is granted: %v", err)
+		}
+		if len(recs) != 1 || string(recs[0].Value) != "x" {
+			t.Fatalf("Poll once access is granted: %d records, want the one produced", len(recs))
+		}
+		return
+	}
+}

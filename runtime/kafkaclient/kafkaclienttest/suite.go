@@ -42,6 +42,7 @@ func Run(t *testing.T, f Factory) {
 		{"ProduceToMissingTopicFails", testProduceToMissingTopicFails},
 		{"ProduceNotAuthorizedFails", testProduceNotAuthorizedFails},
 		{"LookupNotAuthorizedFails", testLookupNotAuthorizedFails},
+		{"ReaderNotAuthorizedFails", testReaderNotAuthorizedFails},
 		{"QueueFullAndCloseFailPending", testQueueFullAndCloseFailPending},
 		{"DebugLogsReachSlog", testDebugLogsReachSlog},
 		{"CallsAfterClose", testCallsAfterClose},
