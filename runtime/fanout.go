@@ -224,8 +224,10 @@ type fanoutHub struct {
 	wake    chan struct{} // closed (and replaced) when records arrive or the hub ends
 	closed  bool
 	// ended says why the hub ended before the gateway closed (its topic's
-	// log restarted: see checkRestart); its callers are told.
-	ended string
+	// log restarted: see checkRestart; or Kafka refused to let the
+	// gateway read it: denied); its callers are told.
+	ended  string
+	denied bool // ended because the gateway may not read the topic: PERMISSION_DENIED
 
 	cancel      context.CancelFunc // ends run
 	lastRecheck time.Time          // of checkRestart; run's own
@@ -349,6 +351,17 @@ func (h *fanoutHub) run(ctx context.Context) {
 	}()
 	pollUntilDone(ctx, h.reader.Poll, func(err error) {
 		h.f.g.cfg.logger.Warn("kafkarpc: reading fetch topic", "topic", h.topic, "error", err)
+		if notAuthorized(err) {
+			// Its callers would wait for records forever: end them
+			// PERMISSION_DENIED; the topic's next caller starts a new hub.
+			h.mu.Lock()
+			if h.ended == "" {
+				h.ended = fmt.Sprintf("fetch topic %q: the gateway may not read it: %v", h.topic, err)
+				h.denied = true
+			}
+			h.mu.Unlock()
+			h.cancel()
+		}
 	}, func(recs []*kafkaclient.Record) {
 		if back := h.append(recs); back != nil {
 			h.checkRestart(ctx, back)

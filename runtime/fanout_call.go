@@ -413,6 +413,9 @@ func (c *fetchCall) catchUpWith() (again bool, err error) {
 		if c.ctx.Err() != nil {
 			return false, status.FromContextError(c.ctx.Err()).Err()
 		}
+		if notAuthorized(err) {
+			return false, status.Errorf(codes.PermissionDenied, "%s: reading %s: %v", c.m.FullMethod(), h.topic, err)
+		}
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return false, c.unavailable("reading " + h.topic + ": " + err.Error())
 		}
@@ -638,6 +641,9 @@ func (c *fetchCall) unavailable(why string) error {
 // resuming client such as fetchclient starts again without an id).
 // Called with the hub's lock held.
 func (c *fetchCall) hubClosedLocked() error {
+	if c.hub.denied {
+		return status.Errorf(codes.PermissionDenied, "%s: %s", c.m.FullMethod(), c.hub.ended)
+	}
 	if c.hub.ended != "" {
 		st := status.Newf(codes.Unavailable, "%s: %s", c.m.FullMethod(), c.hub.ended)
 		if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: wire.FetchRestartedReason, Domain: wire.ErrorDomain}); err == nil {

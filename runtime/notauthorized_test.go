@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -201,5 +202,87 @@ func TestReplyTopicNotDescribable(t *testing.T) {
 	_, err := client.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "x"})
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), replies) {
 		t.Fatalf("a call whose reply topic the gateway may not describe: %v, want PERMISSION_DENIED naming it", err)
+	}
+}
+
+// unreadable lets the client describe topic but not read it: every Poll of
+// a reader assigned one of its partitions fails as both Kafka clients' do
+// for a topic their principal may not read (the conformance suite's
+// ReaderNotAuthorizedFails checks that they do).
+type unreadable struct {
+	kafkaclient.Client
+	topic string
+}
+
+func (u unreadable) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, error) {
+	r, err := u.Client.NewReader(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &unreadableReader{Reader: r, topic: u.topic}, nil
+}
+
+type unreadableReader struct {
+	kafkaclient.Reader
+	topic  string
+	denied atomic.Bool
+}
+
+func (r *unreadableReader) Assign(parts []kafkaclient.TopicPartitionOffset) error {
+	for _, p := range parts {
+		if p.Topic == r.topic {
+			r.denied.Store(true)
+		}
+	}
+	return r.Reader.Assign(parts)
+}
+
+func (r *unreadableReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	if r.denied.Load() {
+		return nil, fmt.Errorf("fetch %s partition 0: %w (TOPIC_AUTHORIZATION_FAILED)", r.topic, kafkaclient.ErrNotAuthorized)
+	}
+	return r.Reader.Poll(ctx)
+}
+
+// TestFetchTopicNotReadable: a fetch of a topic the gateway (or
+// ClientConn) may describe but not read waited for records forever (its
+// hub logged the refused reads and carried on); it ends PERMISSION_DENIED
+// naming the topic, which fetchclient does not retry.
+func TestFetchTopicNotReadable(t *testing.T) {
+	e := setupFanout(t)
+	e.produce(t, e.topic, 3, 3, 0)
+	denied := unreadable{Client: e.kc, topic: e.topic}
+	gw := runtime.NewGateway(denied, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, viaConn := connTo(t, denied, e.prefix)
+	for _, tc := range []struct {
+		name string
+		echo echov1.EchoServiceClient
+	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := range 2 { // the second one starts a new hub: the first one's ended
+				// A bound that detects a fetch waiting forever.
+				ctx, cancel := context.WithCancel(ctxFor(t, 20*time.Second))
+				var retried error
+				sub := fetchclient.New(ctx, tc.echo.EchoEvents, fetchclient.WithRetryHook(func(_ int, err error) {
+					retried = err
+					cancel() // it would retry until ctx ends
+				}))
+				_, err := sub.Recv()
+				sub.Close()
+				cancel()
+				if retried != nil {
+					t.Fatalf("fetch %d: fetchclient retried after %v, want PERMISSION_DENIED", i+1, retried)
+				}
+				if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), e.topic) {
+					t.Fatalf("fetch %d: Recv = %v, want PERMISSION_DENIED naming %s", i+1, err, e.topic)
+				}
+			}
+		})
 	}
 }
