@@ -112,6 +112,28 @@ func (u undescribable) Offsets(ctx context.Context, topic string, partitions []i
 	return u.Client.Offsets(ctx, topic, partitions, which)
 }
 
+// fetchCaller is a client of the echo service on e's topics, through a
+// gateway or a ClientConn.
+type fetchCaller struct {
+	name string
+	echo echov1.EchoServiceClient
+}
+
+// fetchCallers returns a caller through a gateway and one through a
+// ClientConn, both on kc.
+func fetchCallers(t *testing.T, e *fanoutEnv, kc kafkaclient.Client) []fetchCaller {
+	t.Helper()
+	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, viaConn := connTo(t, kc, e.prefix)
+	return []fetchCaller{{"gateway", viaGateway}, {"ClientConn", viaConn}}
+}
+
 // TestFetchTopicNotAuthorized: a fetch of a topic the gateway's (or
 // ClientConn's) principal may not describe ended UNAVAILABLE, which
 // fetchclient retries for as long as its context lives; it ends
@@ -119,18 +141,7 @@ func (u undescribable) Offsets(ctx context.Context, topic string, partitions []i
 func TestFetchTopicNotAuthorized(t *testing.T) {
 	e := setupFanout(t)
 	denied := undescribable{Client: e.kc, topic: e.topic}
-	gw := runtime.NewGateway(denied, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
-	t.Cleanup(func() { _ = gw.Close() })
-	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
-		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
-			t.Fatal(err)
-		}
-	}))
-	_, viaConn := connTo(t, denied, e.prefix)
-	for _, tc := range []struct {
-		name string
-		echo echov1.EchoServiceClient
-	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+	for _, tc := range fetchCallers(t, e, denied) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(ctxFor(t, 30*time.Second))
 			defer cancel()
@@ -252,18 +263,7 @@ func TestFetchTopicNotReadable(t *testing.T) {
 	e := setupFanout(t)
 	e.produce(t, e.topic, 3, 3, 0)
 	denied := unreadable{Client: e.kc, topic: e.topic}
-	gw := runtime.NewGateway(denied, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
-	t.Cleanup(func() { _ = gw.Close() })
-	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
-		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
-			t.Fatal(err)
-		}
-	}))
-	_, viaConn := connTo(t, denied, e.prefix)
-	for _, tc := range []struct {
-		name string
-		echo echov1.EchoServiceClient
-	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+	for _, tc := range fetchCallers(t, e, denied) {
 		t.Run(tc.name, func(t *testing.T) {
 			for i := range 2 { // the second one starts a new hub: the first one's ended
 				// A bound that detects a fetch waiting forever.
