@@ -337,10 +337,18 @@ func (h *fanoutHub) run(ctx context.Context) {
 		if ended { // first, so that a caller told so finds a new hub
 			f := h.f
 			f.mu.Lock()
-			if slot := f.hubs[h.topic]; slot != nil && slot.hub == h {
-				delete(f.hubs, h.topic)
-			}
+			slot := f.hubs[h.topic]
 			f.mu.Unlock()
+			if slot != nil {
+				// A hub can end before hub() stored it in its slot (Kafka
+				// refused its first read): slot.hub is read once stored.
+				<-slot.ready
+				f.mu.Lock()
+				if f.hubs[h.topic] == slot && slot.hub == h {
+					delete(f.hubs, h.topic)
+				}
+				f.mu.Unlock()
+			}
 		}
 		h.mu.Lock()
 		h.closed = true
