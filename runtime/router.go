@@ -61,6 +61,12 @@ func watchPartitions(ctx context.Context, every time.Duration, logger *slog.Logg
 	}
 }
 
+// replyTopicDenied is the error of a reply topic lookup (what: the step,
+// "" for the topic's partitions) that Kafka refused as not authorized.
+func replyTopicDenied(topic, what string, err error) error {
+	return fmt.Errorf("reply topic %q: not authorized: the client's principal may not describe it (it needs DESCRIBE and READ on the topic): %s%w", topic, what, err)
+}
+
 // startReplyRouter assigns a reader to the partitions of topic this gateway
 // reads (all, unless GatewayReplyShard), each at its current end offset looked up
 // explicitly: assigning at the logical end would race with the first request
@@ -71,7 +77,7 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 		return nil, fmt.Errorf("reply topic %q does not exist (create it, or have the program create its spec's topics with runtime.EnsureTopics): %w", topic, err)
 	}
 	if notAuthorized(err) {
-		return nil, fmt.Errorf("reply topic %q: not authorized: the client's principal may not describe it (it needs DESCRIBE and READ on the topic): %w", topic, err)
+		return nil, replyTopicDenied(topic, "", err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reply topic %q: %w", topic, err)
@@ -111,7 +117,7 @@ func (r *replyRouter) assign(ctx context.Context, parts []int32, at kafkaclient.
 	offsets, err := r.g.client.Offsets(ctx, r.topic, parts, at)
 	if err != nil {
 		if notAuthorized(err) {
-			return fmt.Errorf("reply topic %q: not authorized: the client's principal may not describe it (it needs DESCRIBE and READ on the topic): looking up offsets: %w", r.topic, err)
+			return replyTopicDenied(r.topic, "looking up offsets: ", err)
 		}
 		return fmt.Errorf("reply topic %q: looking up offsets: %w", r.topic, err)
 	}
