@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -221,32 +222,72 @@ func TestExactlyOnceMissingReplyTopicKeepsWorker(t *testing.T) {
 // but over the reply topic's own max.message.bytes (a reply topic created
 // with the broker's default of 1 MiB, say) is refused by the broker. The
 // caller gets RESOURCE_EXHAUSTED, with or without WorkerExactlyOnce, and
-// the worker goes on serving.
+// the worker goes on serving. A small reply (below the size the worker
+// flushes before its end) over a small limit too: with exactly-once its
+// end went into the transaction without it, and the caller got INTERNAL
+// ("ended the call without a response"), or OK over the gap of a stream.
 func TestReplyOverReplyTopicLimit(t *testing.T) {
-	for _, eos := range []bool{false, true} {
-		t.Run(fmt.Sprintf("exactly-once=%v", eos), func(t *testing.T) {
-			e, client := eosEnv(t, echoserver.Server{}, eos)
-			ctx := ctxFor(t, 60*time.Second)
-			adm := kadm.NewClient(newKgo(t, e.brokers))
-			resp, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kmsgStr("100000")}}, e.topic("echo-responses"))
-			if err == nil {
-				err = resp[0].Err
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = client.EchoUnary(ctx, &echov1.EchoRequest{Message: strings.Repeat("x", 200_000)})
-			if status.Code(err) != codes.ResourceExhausted {
-				t.Fatalf("a reply over the reply topic's max.message.bytes: %v, want RESOURCE_EXHAUSTED", err)
-			}
-			if r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "small"}); err != nil || r.GetMessage() != "small" {
-				t.Fatalf("the call after it: %v, %v", r, err)
-			}
-			if err := e.worker.Err(); err != nil {
-				t.Fatalf("the worker stopped: %v", err)
-			}
-		})
+	for _, size := range []struct {
+		name         string
+		limit, reply int
+	}{{"large", 100_000, 200_000}, {"small", 1000, 2000}} {
+		for _, eos := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/exactly-once=%v", size.name, eos), func(t *testing.T) {
+				big := strings.Repeat("x", size.reply)
+				e, client := eosEnv(t, overMiddle{big: big}, eos)
+				ctx := ctxFor(t, 60*time.Second)
+				adm := kadm.NewClient(newKgo(t, e.brokers))
+				resp, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kmsgStr(strconv.Itoa(size.limit))}}, e.topic("echo-responses"))
+				if err == nil {
+					err = resp[0].Err
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, err = client.EchoUnary(ctx, &echov1.EchoRequest{Message: big})
+				if status.Code(err) != codes.ResourceExhausted {
+					t.Fatalf("a reply over the reply topic's max.message.bytes: %v, want RESOURCE_EXHAUSTED", err)
+				}
+				stream, err := client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "stream"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for {
+					r, err := stream.Recv()
+					if err != nil {
+						if status.Code(err) != codes.ResourceExhausted {
+							t.Fatalf("a server stream with a response over the limit ended %v after %q, want RESOURCE_EXHAUSTED", err, got)
+						}
+						break
+					}
+					got = append(got, r.GetMessage())
+				}
+				if r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "small"}); err != nil || r.GetMessage() != "small" {
+					t.Fatalf("the call after it: %v, %v", r, err)
+				}
+				if err := e.worker.Err(); err != nil {
+					t.Fatalf("the worker stopped: %v", err)
+				}
+			})
+		}
 	}
+}
+
+// overMiddle echoes unary calls and answers a server stream with "a", big
+// and "c".
+type overMiddle struct {
+	echoserver.Server
+	big string
+}
+
+func (o overMiddle) EchoServerStream(_ *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	for i, m := range []string{"a", o.big, "c"} {
+		if err := s.Send(&echov1.EchoResponse{Message: m, Index: int32(i)}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func kmsgStr(s string) *string { return &s }

@@ -183,11 +183,20 @@ func (t *txnWriter) flush(c *call) error {
 		// open transaction with it, and the worker would stop, as would
 		// every member that reads the request next (its offset is not
 		// committed).
+		// The call's records after a refused reply are dropped: its end
+		// among them would tell the caller OK over the gap (the direct
+		// writer's batch fails with the reply). The caller gets the
+		// failure instead (lostStatus, written by the next flush).
 		kept := out[:0]
+		var gap bool
 		for _, rec := range out {
+			if gap && rec.Topic == c.replyTo {
+				continue
+			}
 			if err := t.refused(rec); err != nil {
 				c.sent.unacked.Add(1)
 				c.acked(rec, err)
+				gap = gap || rec.Topic == c.replyTo
 				continue
 			}
 			kept = append(kept, rec)
