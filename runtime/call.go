@@ -581,7 +581,16 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 		c.countLost()
 	}
 	if c.out.held != nil {
-		if st.Code() == codes.OK {
+		if st.Code() == codes.OK && c.heldRefused() {
+			// Kafka would refuse the response for good (larger than the
+			// reply topic takes); with it goes the end, which would
+			// tell the caller OK without a response (INTERNAL at the
+			// gateway).
+			st = lostStatus(c.method(), c.sent.failure(), false)
+			c.countLost()
+			c.endLost = true
+			c.out.sent = 0
+		} else if st.Code() == codes.OK {
 			c.produce(c.out.held, c.out.replyHdrs)
 			if len(c.out.held) >= ackBeforeEndBytes {
 				// A large response may be refused (larger than the client
@@ -603,6 +612,28 @@ func (c *call) writeEnd(st *status.Status, aborted bool, lost error) *status.Sta
 	}
 	c.produceEnd(st)
 	return st
+}
+
+// heldRefused reports whether the call's single response is one Kafka
+// would refuse for good, larger than the reply topic's max.message.bytes
+// (topicLimits), and then fails it as a refusal by Kafka would: logged, the
+// call's first delivery failure. Only a directWriter's response smaller
+// than ackBeforeEndBytes is checked: a larger one waits for Kafka's own
+// answer before the end, and a txnWriter checks every record before it
+// enters the transaction.
+func (c *call) heldRefused() bool {
+	if _, direct := c.w.writer.(directWriter); !direct || len(c.out.held) >= ackBeforeEndBytes {
+		return false
+	}
+	rec := kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Value: c.out.held, Headers: c.out.replyHdrs}
+	err := c.w.limits.refused(&rec)
+	if err == nil || !tooLarge(err) {
+		return false // a missing reply topic fails its produce (dead letters)
+	}
+	failed := rec // on the heap only when refused
+	c.sent.unacked.Add(1)
+	c.acked(&failed, err)
+	return true
 }
 
 // ackBeforeEndBytes is the size from which a call's single response is

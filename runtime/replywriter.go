@@ -152,9 +152,6 @@ type txnWriter struct {
 	dirty    bool       // something was produced in the open transaction
 	closing  bool       // a commit is under way: calls not in the transaction wait for its end
 	cond     *sync.Cond // signalled when open drops to 0 and when a commit ends; uses mu
-
-	// topics holds what refused looked up, a *topicEntry by topic name.
-	topics sync.Map
 }
 
 func newTxnWriter(w *Worker, txn kafkaclient.TxnProducer) *txnWriter {
@@ -193,7 +190,7 @@ func (t *txnWriter) flush(c *call) error {
 			if gap && rec.Topic == c.replyTo {
 				continue
 			}
-			if err := t.refused(rec); err != nil {
+			if err := t.w.limits.refused(rec); err != nil {
 				c.sent.unacked.Add(1)
 				c.acked(rec, err)
 				gap = gap || rec.Topic == c.replyTo
@@ -205,7 +202,7 @@ func (t *txnWriter) flush(c *call) error {
 		c.sent.outbox = kept
 	}
 	if rec := c.sent.outcome; rec != nil {
-		if err := t.refused(rec); err != nil {
+		if err := t.w.limits.refused(rec); err != nil {
 			c.sent.unacked.Add(1)
 			c.outcomeAcked(rec, err) // kept in memory only, as a failed outcome is
 			c.sent.outcome = nil
@@ -239,6 +236,16 @@ func (t *txnWriter) flush(c *call) error {
 	return c.sent.failure()
 }
 
+// topicLimits is what the worker knows of the topics it writes to: whether
+// they exist and their max.message.bytes, looked up on first use and again
+// after topicInfoTTL, so that a record Kafka would refuse for good is
+// failed before it is produced (the txnWriter's records, a directWriter's
+// single response: writeEnd). Safe for concurrent use.
+type topicLimits struct {
+	client kafkaclient.Client
+	topics sync.Map // a *topicEntry by topic name
+}
+
 // refused returns why Kafka would refuse rec for good, or nil: its topic
 // does not exist (an error wrapping kafkaclient.ErrUnknownTopic), or rec
 // is larger than the topic's max.message.bytes (when the client can look
@@ -252,10 +259,10 @@ func (t *txnWriter) flush(c *call) error {
 // uncompressed: with a producer compressing its batches (not the
 // project's default), a record that compresses below the limit is
 // refused all the same.
-func (t *txnWriter) refused(rec *kafkaclient.Record) error {
-	v, ok := t.topics.Load(rec.Topic)
+func (l *topicLimits) refused(rec *kafkaclient.Record) error {
+	v, ok := l.topics.Load(rec.Topic)
 	if !ok {
-		v, _ = t.topics.LoadOrStore(rec.Topic, new(topicEntry))
+		v, _ = l.topics.LoadOrStore(rec.Topic, new(topicEntry))
 	}
 	e := v.(*topicEntry)
 	info := e.info.Load()
@@ -271,10 +278,10 @@ func (t *txnWriter) refused(rec *kafkaclient.Record) error {
 		if locked {
 			var err error
 			if info == nil || time.Since(info.at) >= topicInfoTTL {
-				info, err = t.lookupTopic(rec.Topic)
+				info, err = l.lookupTopic(rec.Topic)
 				e.info.Store(info)
 				if err != nil {
-					t.topics.CompareAndDelete(rec.Topic, e)
+					l.topics.CompareAndDelete(rec.Topic, e)
 				}
 			}
 			e.lookup.Unlock()
@@ -293,10 +300,10 @@ func (t *txnWriter) refused(rec *kafkaclient.Record) error {
 // wrapping kafkaclient.ErrUnknownTopic when it does not exist; a lookup
 // that cannot tell (Kafka unreachable) is an answer that knows no limit,
 // so that calls do not each wait for a lookup of their own meanwhile.
-func (t *txnWriter) lookupTopic(topic string) (*topicInfo, error) {
+func (l *topicLimits) lookupTopic(topic string) (*topicInfo, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
 	defer cancel()
-	_, err := t.w.client.Partitions(ctx, topic)
+	_, err := l.client.Partitions(ctx, topic)
 	switch {
 	case errors.Is(err, kafkaclient.ErrUnknownTopic):
 		return nil, err
@@ -304,7 +311,7 @@ func (t *txnWriter) lookupTopic(topic string) (*topicInfo, error) {
 		return &topicInfo{at: time.Now()}, nil
 	}
 	info := &topicInfo{at: time.Now()}
-	if tl, ok := t.w.client.(kafkaclient.TopicLimiter); ok {
+	if tl, ok := l.client.(kafkaclient.TopicLimiter); ok {
 		if n, err := tl.TopicMaxMessageBytes(ctx, topic); err == nil {
 			info.limit = n
 		}
@@ -312,7 +319,7 @@ func (t *txnWriter) lookupTopic(topic string) (*topicInfo, error) {
 	return info, nil
 }
 
-// topicEntry is what txnWriter.refused keeps of a topic.
+// topicEntry is what topicLimits keeps of a topic.
 type topicEntry struct {
 	info   atomic.Pointer[topicInfo] // nil: not known
 	lookup sync.Mutex                // held by the call looking the topic up
@@ -324,7 +331,7 @@ type topicInfo struct {
 	at    time.Time // when it was looked up
 }
 
-// topicInfoTTL is how long txnWriter.refused trusts what it looked up.
+// topicInfoTTL is how long topicLimits trusts what it looked up.
 const topicInfoTTL = time.Minute
 
 // minBatchBytes is the least size of an uncompressed record batch holding

@@ -68,6 +68,7 @@ type Worker struct {
 	replyTopics map[string]string
 
 	writer    replyWriter // directWriter, or txnWriter with WorkerExactlyOnce
+	limits    topicLimits // the reply and outcome topics' limits, for the writers
 	outcomes  *outcomeLog // the stored outcomes' topic (WorkerOutcomeTopic), or nil
 	committer *committer
 	stats     workerCounters
@@ -127,6 +128,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		parts:       map[kafkaclient.TopicPartition]*partTrack{},
 		replyTopics: map[string]string{},
 		writer:      directWriter{client: client},
+		limits:      topicLimits{client: client},
 	}
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.runners = newRunners(w.base)
