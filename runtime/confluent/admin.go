@@ -416,7 +416,16 @@ func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, e
 		default:
 			return fmt.Errorf("confluent: configuration of %s: %w", topic, res[0].Error)
 		}
+		// Kafka answers the topic's max.message.bytes with the value in
+		// force (the topic's own, else the broker's message.max.bytes,
+		// else the default). kfake, the embedded broker, answers the
+		// default under the topic's name and a broker-level
+		// message.max.bytes under the broker's name: the broker's then is
+		// the one in force.
 		e, ok := res[0].Config["max.message.bytes"]
+		if b, set := res[0].Config["message.max.bytes"]; set && (!ok || e.Source == kafka.ConfigSourceDefault) {
+			e, ok = b, true
+		}
 		if !ok {
 			return fmt.Errorf("confluent: configuration of %s has no max.message.bytes", topic)
 		}

@@ -1,6 +1,7 @@
 package franz
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -439,33 +440,57 @@ func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, e
 	defer cancel()
 	var n int
 	err := c.withAdmin(ctx, func(_ *kgo.Client, adm *kadm.Client) error {
-		rcs, err := adm.DescribeTopicConfigs(ctx, topic)
-		if err != nil {
-			return fmt.Errorf("franz: configuration of %s: %w", topic, err)
-		}
-		rc, err := rcs.On(topic, nil)
-		if err == nil {
-			err = rc.Err
-		}
-		if errors.Is(err, kerr.UnknownTopicOrPartition) {
-			return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
-		}
-		if errors.Is(err, kerr.TopicAuthorizationFailed) {
-			return fmt.Errorf("franz: configuration of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, err)
-		}
-		if err != nil {
-			return fmt.Errorf("franz: configuration of %s: %w", topic, err)
-		}
-		for _, cf := range rc.Configs {
-			if cf.Key == "max.message.bytes" && cf.Value != nil {
-				n, err = strconv.Atoi(*cf.Value)
-				if err != nil {
-					return fmt.Errorf("franz: max.message.bytes of %s: %w", topic, err)
-				}
-				return nil
-			}
-		}
-		return fmt.Errorf("franz: configuration of %s has no max.message.bytes", topic)
+		var err error
+		n, err = topicMaxMessageBytes(ctx, adm, topic)
+		return err
 	})
 	return n, err
+}
+
+// topicMaxMessageBytes looks up topic's max.message.bytes through adm
+// (TopicMaxMessageBytes, batchLimits).
+func topicMaxMessageBytes(ctx context.Context, adm *kadm.Client, topic string) (int, error) {
+	rcs, err := adm.DescribeTopicConfigs(ctx, topic)
+	if err != nil {
+		return 0, fmt.Errorf("franz: configuration of %s: %w", topic, err)
+	}
+	rc, err := rcs.On(topic, nil)
+	if err == nil {
+		err = rc.Err
+	}
+	if errors.Is(err, kerr.UnknownTopicOrPartition) {
+		return 0, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+	}
+	if errors.Is(err, kerr.TopicAuthorizationFailed) {
+		return 0, fmt.Errorf("franz: configuration of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, err)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("franz: configuration of %s: %w", topic, err)
+	}
+	// Kafka answers the topic's max.message.bytes with the value in force
+	// (the topic's own, else the broker's message.max.bytes, else the
+	// default). kfake, the embedded broker, answers the default under the
+	// topic's name and a broker-level message.max.bytes under the broker's
+	// name: the broker's then is the one in force.
+	var own, broker, def *string
+	for _, cf := range rc.Configs {
+		switch {
+		case cf.Value == nil:
+		case cf.Key == "max.message.bytes" && cf.Source == kmsg.ConfigSourceDefaultConfig:
+			def = cf.Value
+		case cf.Key == "max.message.bytes":
+			own = cf.Value
+		case cf.Key == "message.max.bytes":
+			broker = cf.Value
+		}
+	}
+	v := cmp.Or(own, broker, def)
+	if v == nil {
+		return 0, fmt.Errorf("franz: configuration of %s has no max.message.bytes", topic)
+	}
+	n, err := strconv.Atoi(*v)
+	if err != nil {
+		return 0, fmt.Errorf("franz: max.message.bytes of %s: %w", topic, err)
+	}
+	return n, nil
 }

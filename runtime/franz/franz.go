@@ -56,9 +56,10 @@
 //   - Compression none (kgo default snappy): tiny RPC records do not
 //     compress, snappy only costs CPU (two-hop p50 0.24 ms vs 0.20 ms), and
 //     none is librdkafka's default, which every consumer reads.
-//   - ProducerBatchMaxBytes 8 MiB (kgo default 1000012): kgo refuses a
-//     1 MiB record locally otherwise. The broker's message.max.bytes (and
-//     the topic's max.message.bytes) remains the real limit.
+//   - Record batches bounded per topic by the topic's max.message.bytes,
+//     up to 8 MiB (kgo default 1000012 for all topics, which refuses a
+//     1 MiB record locally): a batch over the topic's limit is refused
+//     whole, every small record in it "too large".
 //   - Delivery timeout 2 minutes (kgo default: unbounded), as the Java
 //     client's delivery.timeout.ms, so that a record for an unreachable
 //     cluster fails through done instead of never (WithDeliveryTimeout).
@@ -108,8 +109,9 @@ const (
 	// ends the wait at once, so it adds no latency to records; it bounds
 	// how long a newly assigned partition waits behind an idle fetch.
 	DefaultFetchMaxWait = 100 * time.Millisecond
-	// DefaultMaxRecordBytes is the producers' ProducerBatchMaxBytes: the
-	// largest record batch (and so record) kgo accepts locally.
+	// DefaultMaxRecordBytes is the producers' largest ProducerBatchMaxBytes:
+	// the largest record batch (and so record) kgo accepts locally, for a
+	// topic whose max.message.bytes is at least this.
 	DefaultMaxRecordBytes = 8 << 20
 	// DefaultDeliveryTimeout is the delivery timeout of WithDeliveryTimeout.
 	DefaultDeliveryTimeout = 2 * time.Minute
@@ -230,7 +232,13 @@ func WithCloseTimeout(d time.Duration) Option {
 //     sticky: as the confluent client's murmur2_random, and so that
 //     producing goroutines do not queue on kgo's partitioning lock);
 //   - ProducerBatchCompression none;
-//   - ProducerBatchMaxBytes 8 MiB (DefaultMaxRecordBytes);
+//   - ProducerBatchMaxBytesFn: a topic's record batches (and so its
+//     records) are bounded by the topic's max.message.bytes, looked up
+//     once when a producer first writes to it, at most 8 MiB
+//     (DefaultMaxRecordBytes); FallbackMaxBatchBytes when it cannot be
+//     looked up. Kafka refuses a whole batch over the topic's limit: one
+//     bound of 8 MiB made a burst of small records to a topic with the
+//     broker's default limit fail, every record "too large";
 //   - delivery timeout 2 minutes (DefaultDeliveryTimeout, WithDeliveryTimeout);
 //   - acks=all is idempotent (kgo's default); acks=1 and acks=0 have
 //     kgo.DisableIdempotentWrite, which kgo requires for them. Acks is
@@ -257,6 +265,7 @@ func New(opts ...Option) (*Client, error) {
 		return nil, errors.New("franz: no seed brokers: use WithSeedBrokers")
 	}
 	c := &Client{opts: o, log: o.logger.With("component", "franz-go"), deadlines: newDeadlines(o.delivery)}
+	c.batchLimits.c = c
 	if err := kgo.ValidateOpts(c.producerOpts(kafkaclient.AcksAll, false)...); err != nil {
 		return nil, fmt.Errorf("franz: producer options: %w", err)
 	}
@@ -284,10 +293,11 @@ type Client struct {
 	pending   tracker    // records of Produce whose done has not returned yet
 	deadlines *deadlines // delivery timeout contexts
 
-	seq        atomic.Uint64 // numbers readers and group readers, for logs
-	forgetting sync.Map      // forgetKey: a topic being purged from a producer (forgetTopic)
-	closeOnce  sync.Once
-	closeErr   error
+	seq         atomic.Uint64 // numbers readers and group readers, for logs
+	forgetting  sync.Map      // forgetKey: a topic being purged from a producer (forgetTopic)
+	batchLimits batchLimits   // each topic's record batch bound, for every producer
+	closeOnce   sync.Once
+	closeErr    error
 }
 
 var _ kafkaclient.Client = (*Client)(nil)
@@ -311,7 +321,7 @@ func (c *Client) producerOpts(acks kafkaclient.Acks, txn bool) []kgo.Opt {
 		kgo.ProducerLinger(DefaultLinger),
 		kgo.RecordPartitioner(javaPartitioner{}),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
-		kgo.ProducerBatchMaxBytes(DefaultMaxRecordBytes),
+		kgo.ProducerBatchMaxBytesFn(c.batchLimits.forTopic),
 		// A record for a topic that was deleted fails after about a second
 		// instead of 15 s: each UNKNOWN_TOPIC_OR_PARTITION answer asks for
 		// metadata, at most this often (kgo's default 5 s).
@@ -382,6 +392,7 @@ func (c *Client) close() error {
 	for _, p := range prods {
 		p.Close() // fails what is still buffered, calling its promises
 	}
+	c.batchLimits.close()
 	// kgo calls every promise before its Close returns; this only guards
 	// against a done callback that is still running.
 	wctx, wcancel := context.WithTimeout(context.Background(), time.Second)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -209,6 +210,52 @@ func testRecordTooLargeFails(t *testing.T, f Factory) {
 	}
 }
 
+// testSmallRecordsToLimitedTopic: a burst of small records to a topic
+// whose max.message.bytes is the broker's default (1 MiB), such as a topic
+// created by other tools, is delivered whole. Kafka refuses a whole record
+// batch larger than the topic's limit: franz-go built batches up to its
+// 8 MiB bound and a burst of 20 kB records failed, every one
+// MESSAGE_TOO_LARGE. A record over the limit still fails.
+func testSmallRecordsToLimitedTopic(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{DeliveryTimeout: time.Minute})
+	topic := e.name("default-limit")
+	ctx := ctxT(t, 60*time.Second)
+	if err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: topic, Partitions: 1, Config: map[string]string{"max.message.bytes": "1048588"}}}); err != nil {
+		t.Fatal(err)
+	}
+	const n, size = 300, 20_000 // 6 MB in all, over the limit many times
+	for _, acks := range []kafkaclient.Acks{kafkaclient.AcksAll, kafkaclient.AcksLeader} {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		failed := map[string]int{}
+		wg.Add(n)
+		for range n {
+			e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: make([]byte, size)}, acks, func(_ *kafkaclient.Record, err error) {
+				if err != nil {
+					mu.Lock()
+					failed[err.Error()]++
+					mu.Unlock()
+				}
+				wg.Done()
+			})
+		}
+		wg.Wait()
+		if len(failed) > 0 {
+			t.Errorf("acks=%s: %d records of %d bytes to a topic with max.message.bytes 1048588 failed: %v", acks, n, size, failed)
+		}
+	}
+	errc := make(chan error, 1)
+	e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: make([]byte, 2<<20)}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Error("a 2 MiB record to a topic with max.message.bytes 1048588 was delivered")
+		}
+	case <-ctx.Done():
+		t.Fatal("no delivery report for a record over the topic's limit")
+	}
+}
+
 // testTopicRecreated: a topic deleted and created again while the client
 // produces to it and a reader reads it (what a developer resetting a topic
 // does). Records produced meanwhile may fail; then the client produces to
@@ -362,8 +409,27 @@ func testTopicMaxMessageBytes(t *testing.T, f Factory) {
 	if err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: plain, Partitions: 1}}); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := tl.TopicMaxMessageBytes(ctx, plain); err != nil || n <= 0 {
-		t.Errorf("TopicMaxMessageBytes of a topic with the broker's limit = %d, %v", n, err)
+	n, err := tl.TopicMaxMessageBytes(ctx, plain)
+	if err != nil || n <= 0 {
+		t.Fatalf("TopicMaxMessageBytes of a topic with the broker's limit = %d, %v", n, err)
+	}
+	// The limit in force: a record a little below it is taken, one a
+	// little above it refused (the embedded broker's 8 MiB was answered
+	// as kfake's default, 1 MiB).
+	for _, c := range []struct {
+		size int
+		ok   bool
+	}{{n - 1000, true}, {n + 1000, false}} {
+		errc := make(chan error, 1)
+		e.client.Produce(&kafkaclient.Record{Topic: plain, Partition: 0, Value: make([]byte, c.size)}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+		select {
+		case err := <-errc:
+			if (err == nil) != c.ok {
+				t.Errorf("TopicMaxMessageBytes %d: a %d-byte record to the topic: %v, want delivered %v", n, c.size, err, c.ok)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no delivery report for a %d-byte record", c.size)
+		}
 	}
 	if _, err := tl.TopicMaxMessageBytes(ctx, e.name("never-created")); !errors.Is(err, kafkaclient.ErrUnknownTopic) {
 		t.Errorf("TopicMaxMessageBytes of a missing topic: %v, want an error wrapping ErrUnknownTopic", err)

@@ -56,6 +56,7 @@ func Run(t *testing.T, f Factory) {
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
 		{"TopicMaxMessageBytes", testTopicMaxMessageBytes},
+		{"SmallRecordsToLimitedTopic", testSmallRecordsToLimitedTopic},
 		{"TopicRecreated", testTopicRecreated},
 		{"GroupTopicRecreated", testGroupTopicRecreated},
 	}

@@ -1,0 +1,108 @@
+package franz
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+const (
+	// FallbackMaxBatchBytes is the largest record batch a producer builds
+	// for a topic whose max.message.bytes it could not look up (the
+	// principal may not describe the topic's configuration, or Kafka did
+	// not answer): kgo's own default, which fits the broker's default
+	// limit (1048588). A record larger than this is then refused locally,
+	// as too large.
+	FallbackMaxBatchBytes = 1000012
+	// batchLimitLookupTimeout bounds a lookup of a topic's
+	// max.message.bytes, done once when a producer first writes to one of
+	// the topic's partitions (it holds that producer's metadata update).
+	batchLimitLookupTimeout = 5 * time.Second
+	// batchLimitTTL is how long a looked up limit serves other producers
+	// and partitions learnt later (a topic created again may have another).
+	batchLimitTTL = time.Minute
+)
+
+// batchLimits gives each producer's record batches for a topic the topic's
+// own max.message.bytes as their upper bound (kgo.ProducerBatchMaxBytesFn),
+// capped at DefaultMaxRecordBytes. Kafka refuses a whole batch larger than
+// the topic's limit, so with one bound for all topics (8 MiB, for the
+// topics that take large records) a burst of small records to a topic with
+// the broker's default limit (1 MiB) was refused, every record of it
+// "too large". kgo asks once per partition, when a producer first learns
+// it, from the producer's metadata update; the lookup goes through a kgo
+// client of its own, so that it never waits for the producer it serves.
+// Safe for concurrent use.
+type batchLimits struct {
+	c *Client
+
+	mu     sync.Mutex // guards known, admin and closed; held during a lookup, so one lookup at a time
+	known  map[string]batchLimit
+	admin  *kgo.Client // created on first lookup
+	closed bool
+}
+
+type batchLimit struct {
+	bytes int32
+	at    time.Time
+}
+
+// forTopic returns the batch bound of topic (kgo.ProducerBatchMaxBytesFn).
+func (b *batchLimits) forTopic(topic string) int32 {
+	if topic == "" {
+		return DefaultMaxRecordBytes // kgo's check of the option at client creation
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if l, ok := b.known[topic]; ok && time.Since(l.at) < batchLimitTTL {
+		return l.bytes
+	}
+	n, err := b.lookup(topic)
+	if err != nil {
+		b.c.log.Warn("franz: could not look up the topic's max.message.bytes: its record batches are bounded at the fallback; "+
+			"allow DescribeConfigs on the topic, or set kgo.ProducerBatchMaxBytes with WithProducerOpts",
+			"topic", topic, "fallback_bytes", FallbackMaxBatchBytes, "error", err)
+		return FallbackMaxBatchBytes
+	}
+	bytes := int32(min(n, DefaultMaxRecordBytes))
+	if b.known == nil {
+		b.known = map[string]batchLimit{}
+	}
+	b.known[topic] = batchLimit{bytes: bytes, at: time.Now()}
+	return bytes
+}
+
+// lookup asks Kafka for topic's max.message.bytes. Called with b.mu held.
+func (b *batchLimits) lookup(topic string) (int, error) {
+	if b.closed {
+		return 0, kafkaclient.ErrClosed
+	}
+	if b.admin == nil {
+		kc, err := kgo.NewClient(b.c.opts.clientOpts(b.c.log.With("client", "batch-limits"))...)
+		if err != nil {
+			return 0, err
+		}
+		b.admin = kc
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), batchLimitLookupTimeout)
+	defer cancel()
+	adm := kadm.NewClient(b.admin)
+	adm.SetTimeoutMillis(int32(batchLimitLookupTimeout.Milliseconds()))
+	return topicMaxMessageBytes(ctx, adm, topic)
+}
+
+// close releases the lookup client; later lookups fail (the fallback).
+func (b *batchLimits) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.admin != nil {
+		b.admin.Close()
+		b.admin = nil
+	}
+}
