@@ -67,3 +67,23 @@ func SetAwaitEarlierHook(f func(id string, attempt []byte)) (restore func()) {
 	testHookAwaitEarlier = f
 	return func() { testHookAwaitEarlier = nil }
 }
+
+// SetReplyRecheck sets how long a reply router refused its topic's records
+// waits before reading it again with a fresh reader, and how long that
+// reader must read without a refusal (replyRecheck, replySettle), and
+// returns a function that restores the defaults. Tests only; no test of
+// this package runs in parallel.
+func SetReplyRecheck(recheck, settle time.Duration) (restore func()) {
+	r, s := replyRecheck, replySettle
+	replyRecheck, replySettle = recheck, settle
+	return func() { replyRecheck, replySettle = r, s }
+}
+
+// SetReplyReadHook makes every reply router call f when it finds it may not
+// read its topic (readable false) or may again (true), and returns a
+// function that removes it. Tests only; no test of this package runs in
+// parallel.
+func SetReplyReadHook(f func(topic string, readable bool)) (restore func()) {
+	testHookReplyRead = f
+	return func() { testHookReplyRead = nil }
+}

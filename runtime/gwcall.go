@@ -160,6 +160,12 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 		if !rp.router.add(c) {
 			return nil, c.abandon(status.Errorf(codes.AlreadyExists, "%s: a call with correlation id %q is already in flight", m.FullMethod(), c.id))
 		}
+		// Asked once the call is registered: a refusal the router sees
+		// after this either finds the call or was seen here.
+		if err := rp.router.refusal(); err != nil {
+			rp.router.remove(c)
+			return nil, c.abandon(status.Errorf(codes.PermissionDenied, "%s: %v", m.FullMethod(), err))
+		}
 	}
 	if c.id != "" && send.IsRecording() {
 		send.SetAttributes(attribute.String("messaging.message.conversation_id", c.id))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -284,5 +285,218 @@ func TestFetchTopicNotReadable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// readGate stands for Kafka's ACLs on one topic for the readers of a
+// client (gatedReads): held, a reader's Poll waits (a fetch not answered
+// yet); refusing, it fails as both clients' Poll fails for a topic their
+// principal may not read, at every Poll (franz) or once per reader, then
+// waiting (librdkafka, which reports a refusal once); open, it reads.
+type readGate struct {
+	topic string
+	once  bool
+
+	mu      sync.Mutex
+	state   int // gateHeld, gateRefusing or gateOpen
+	changed chan struct{}
+}
+
+const (
+	gateHeld = iota
+	gateRefusing
+	gateOpen
+)
+
+func newReadGate(topic string, once bool) *readGate {
+	return &readGate{topic: topic, once: once, changed: make(chan struct{})}
+}
+
+func (g *readGate) set(state int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.state = state
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+func (g *readGate) get() (int, <-chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.state, g.changed
+}
+
+// gatedReads is a client whose readers of gate's topic read as the gate
+// says; records produced to watch are announced on produced.
+type gatedReads struct {
+	kafkaclient.Client
+	gate     *readGate
+	watch    string
+	produced chan struct{}
+}
+
+func (g gatedReads) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, error) {
+	r, err := g.Client.NewReader(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &gatedReader{Reader: r, gate: g.gate}, nil
+}
+
+func (g gatedReads) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	if r.Topic == g.watch {
+		select {
+		case g.produced <- struct{}{}:
+		default: // counted enough
+		}
+	}
+	g.Client.Produce(r, acks, done)
+}
+
+type gatedReader struct {
+	kafkaclient.Reader
+	gate  *readGate
+	gated atomic.Bool // assigned a partition of the gate's topic
+	told  bool        // refused once (Poll's own)
+}
+
+func (r *gatedReader) Assign(parts []kafkaclient.TopicPartitionOffset) error {
+	for _, p := range parts {
+		if p.Topic == r.gate.topic {
+			r.gated.Store(true)
+		}
+	}
+	return r.Reader.Assign(parts)
+}
+
+func (r *gatedReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	for r.gated.Load() {
+		state, changed := r.gate.get()
+		if state == gateOpen {
+			break
+		}
+		if state == gateRefusing && (!r.told || !r.gate.once) {
+			r.told = true
+			return nil, fmt.Errorf("fetch %s partition 0: %w (TOPIC_AUTHORIZATION_FAILED)", r.gate.topic, kafkaclient.ErrNotAuthorized)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-changed:
+		}
+	}
+	return r.Reader.Poll(ctx)
+}
+
+// TestReplyTopicNotReadable: calls through a reply topic the gateway (or
+// ClientConn) may describe but not read produced their requests, which
+// the workers served, and waited for their deadline (or forever) while
+// the reply router logged the refused reads. A call waiting when Kafka
+// refuses ends PERMISSION_DENIED naming the topic and the missing READ;
+// calls after it end so before anything is produced, whatever their kind;
+// and once Kafka lets the router read the topic again, calls work again.
+func TestReplyTopicNotReadable(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	replies, requests := e.topic("echo-responses"), e.topic("echo-requests")
+	defer runtime.SetReplyRecheck(10*time.Millisecond, 100*time.Millisecond)()
+	readable := make(chan bool, 16)
+	defer runtime.SetReplyReadHook(func(topic string, ok bool) {
+		if topic == replies {
+			readable <- ok
+		}
+	})()
+	mapper := runtime.WithTopicMapper(func(s string) string { return e.prefix + s })
+	for _, refusal := range []struct {
+		name string
+		once bool
+	}{{"refused at every poll", false}, {"refused once per reader", true}} {
+		for _, via := range []string{"gateway", "gateway sharded", "ClientConn"} {
+			t.Run(refusal.name+"/"+via, func(t *testing.T) {
+				gate := newReadGate(replies, refusal.once)
+				kc := gatedReads{Client: e.kc, gate: gate, watch: requests, produced: make(chan struct{}, 16)}
+				var echo echov1.EchoServiceClient
+				var finished atomic.Value // the ClientConn's OnFinish
+				opts := []grpc.CallOption{}
+				switch via {
+				case "ClientConn":
+					_, echo = connTo(t, kc, e.prefix)
+					opts = append(opts, grpc.OnFinish(func(err error) { finished.Store(status.Code(err)) }))
+				default:
+					gopts := []runtime.GatewayOption{mapper, runtime.WithLogger(kafkatest.Logger(t))}
+					if via == "gateway sharded" {
+						gopts = append(gopts, runtime.GatewayReplyShard(0, 2))
+					}
+					gw := runtime.NewGateway(kc, gopts...)
+					t.Cleanup(func() { _ = gw.Close() })
+					echo = echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+						if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+							t.Fatal(err)
+						}
+					}))
+				}
+				denied := func(what string, err error) {
+					t.Helper()
+					msg := status.Convert(err).Message()
+					if status.Code(err) != codes.PermissionDenied || !strings.Contains(msg, replies) || !strings.Contains(msg, "READ") {
+						t.Fatalf("%s: %v, want PERMISSION_DENIED naming %s and the READ it needs", what, err, replies)
+					}
+				}
+
+				// A call waiting for its reply when Kafka refuses the
+				// router's reads.
+				errc := make(chan error, 1)
+				go func() {
+					// A bound that detects a call waiting forever.
+					_, err := echo.EchoUnary(ctxFor(t, 20*time.Second), &echov1.EchoRequest{Message: "waiting"})
+					errc <- err
+				}()
+				<-kc.produced // its request
+				gate.set(gateRefusing)
+				denied("the call waiting when the refusal came", <-errc)
+				if ok := <-readable; ok {
+					t.Fatal("the router said it may read its topic again before it found it may not")
+				}
+				for len(kc.produced) > 0 { // the waiting call's end and cancel
+					<-kc.produced
+				}
+
+				// Calls after it, of every kind: nothing is produced.
+				ctx := ctxFor(t, 20*time.Second)
+				_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"}, opts...)
+				denied("a unary call", err)
+				if via == "ClientConn" && finished.Load() != codes.PermissionDenied {
+					t.Fatalf("OnFinish saw %v, want PERMISSION_DENIED", finished.Load())
+				}
+				ss, err := echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "after", Repeat: 2})
+				if err == nil {
+					_, err = ss.Recv()
+				}
+				denied("a server stream", err)
+				bs, err := echo.EchoBidiStream(ctx)
+				if err == nil {
+					_ = bs.Send(&echov1.EchoRequest{Message: "after"}) // io.EOF once the call ended: Recv says why
+					_, err = bs.Recv()
+				}
+				denied("a bidi stream", err)
+				cs, err := echo.EchoClientStream(ctx)
+				if err == nil {
+					_, err = cs.CloseAndRecv()
+				}
+				denied("a client stream", err)
+				if n := len(kc.produced); n > 0 {
+					t.Fatalf("%d request records produced for calls whose replies cannot be read", n)
+				}
+
+				// Access granted: calls work again.
+				gate.set(gateOpen)
+				if ok := <-readable; !ok {
+					t.Fatal("the router found again it may not read its topic once it may")
+				}
+				resp, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "granted"})
+				if err != nil || resp.GetMessage() != "granted" {
+					t.Fatalf("a call once the router may read its topic again: %v, %v", resp, err)
+				}
+			})
+		}
 	}
 }

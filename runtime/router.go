@@ -12,6 +12,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
@@ -37,7 +39,26 @@ type replyRouter struct {
 	// the count it learnt last, any of these (watchPartitions).
 	counts  []int32
 	refresh time.Duration // partitionsRefresh when the router started
+
+	// denied is Kafka's last refusal to let the router read its topic
+	// (an error wrapping kafkaclient.ErrNotAuthorized), nil while it may:
+	// calls through the router end PERMISSION_DENIED before anything is
+	// produced while it is set (refusal). Set and cleared by run.
+	denied atomic.Pointer[error]
 }
+
+// replyRecheck is how long a reply router refused its topic's records
+// waits before it reads the topic again with a fresh reader, and
+// replySettle how long that reader must read without a refusal for the
+// router to take the topic as readable again (records read say so at
+// once). A fresh reader because librdkafka reports a refusal once per
+// reader, not at each refused fetch: the router's own reader, still
+// refused, would say nothing more.
+var replyRecheck, replySettle = 5 * time.Second, 5 * time.Second
+
+// testHookReplyRead, when set, is called each time a reply router finds
+// it may not read its topic (readable false) or may again (true).
+var testHookReplyRead func(topic string, readable bool)
 
 // partitionsRefresh is how often reply routers and fetch hubs look for
 // partitions added to their topics (watchPartitions).
@@ -278,6 +299,20 @@ func (t *callTable) init() {
 
 func (t *callTable) shard(h uint64) *callShard { return &t.shards[h%callShards] }
 
+// all returns the calls in flight.
+func (t *callTable) all() []*gwCall {
+	var cs []*gwCall
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for _, c := range sh.calls {
+			cs = append(cs, c)
+		}
+		sh.mu.Unlock()
+	}
+	return cs
+}
+
 // lookup returns the call in flight with correlation id id, or nil.
 func (t *callTable) lookup(id []byte) *gwCall {
 	sh := t.shard(maphash.Bytes(t.seed, id))
@@ -290,9 +325,16 @@ func (t *callTable) lookup(id []byte) *gwCall {
 // run dispatches records until ctx ends.
 func (r *replyRouter) run(ctx context.Context) {
 	names := &r.g.cfg.names
-	pollUntilDone(ctx, r.reader.Poll, func(err error) {
+	pollUntilDone(ctx, r.poll, func(err error) {
+		if notAuthorized(err) {
+			r.refused(err)
+			return
+		}
 		r.g.cfg.logger.Warn("kafkarpc: reading replies", "topic", r.topic, "error", err)
 	}, func(recs []*kafkaclient.Record) {
+		if r.denied.Load() != nil {
+			r.readable()
+		}
 		r.read.Add(uint64(len(recs)))
 		for _, rec := range recs {
 			env := wire.Decode(names, rec.Headers, rec.Value)
@@ -307,3 +349,103 @@ func (r *replyRouter) run(ctx context.Context) {
 }
 
 func (r *replyRouter) close() error { return r.reader.Close() }
+
+// refusal returns the error a call through the router ends with while
+// Kafka refuses to let the router read its topic, or nil. One atomic load:
+// every call asks, once it is registered (Gateway.beginCall).
+func (r *replyRouter) refusal() error {
+	if p := r.denied.Load(); p != nil {
+		return r.deniedError(*p)
+	}
+	return nil
+}
+
+// deniedError is what a call through the router is told when reading its
+// topic was refused with err.
+func (r *replyRouter) deniedError(err error) error {
+	return fmt.Errorf("reply topic %q: not authorized: the client's principal may not read it "+
+		"(it needs READ on the topic; calls whose replies cannot be read are not sent): %w", r.topic, err)
+}
+
+// refused records that Kafka refused to let the router read its topic
+// (err): it says so at error level once until the topic is readable again,
+// and ends the calls waiting for replies PERMISSION_DENIED; calls to come
+// end so before their request is produced (refusal).
+func (r *replyRouter) refused(err error) {
+	if r.denied.Swap(&err) == nil {
+		r.g.cfg.logger.Error("kafkarpc: Kafka refuses to let this client read a reply topic: calls through it end PERMISSION_DENIED until it may "+
+			"(grant its principal READ on the topic)", "topic", r.topic, "error", err)
+		if testHookReplyRead != nil {
+			testHookReplyRead(r.topic, false)
+		}
+	}
+	denied := r.deniedError(err)
+	for _, c := range r.pending.all() {
+		c.fail(status.Errorf(codes.PermissionDenied, "%s: %v", c.m.FullMethod(), denied))
+	}
+}
+
+// readable records that the router read its topic again after a refusal.
+func (r *replyRouter) readable() {
+	if r.denied.Swap(nil) != nil {
+		r.g.cfg.logger.Info("kafkarpc: reading a reply topic again after Kafka refused it", "topic", r.topic)
+		if testHookReplyRead != nil {
+			testHookReplyRead(r.topic, true)
+		}
+	}
+}
+
+// poll reads the next records of the topic. After a refusal it waits
+// replyRecheck, starts a fresh reader (see replyRecheck) and reads with it:
+// records, or replySettle without a refusal, mean the topic is readable
+// again (nil records and error then).
+func (r *replyRouter) poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	if r.denied.Load() == nil {
+		return r.reader.Poll(ctx)
+	}
+	t := time.NewTimer(replyRecheck)
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return nil, ctx.Err()
+	case <-t.C:
+	}
+	if err := r.renew(ctx); err != nil {
+		return nil, err
+	}
+	settle, cancel := context.WithTimeout(ctx, replySettle)
+	recs, err := r.reader.Poll(settle)
+	cancel()
+	if err != nil && ctx.Err() == nil && settle.Err() != nil && !notAuthorized(err) {
+		return nil, nil // read replySettle without a refusal
+	}
+	return recs, err
+}
+
+// renew replaces the router's reader with a fresh one reading the same
+// partitions from their current end offsets: the calls that waited for
+// replies before were ended by the refusal. Called by run only (the one
+// reader of r.reader outside ownMu).
+func (r *replyRouter) renew(ctx context.Context) error {
+	reader, err := r.g.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: r.g.cfg.readCommitted})
+	if err != nil {
+		return fmt.Errorf("reply topic %q: %w", r.topic, err)
+	}
+	r.ownMu.Lock()
+	defer r.ownMu.Unlock()
+	parts := make([]int32, 0, len(r.owned))
+	for p := range r.owned {
+		parts = append(parts, p)
+	}
+	old := r.reader
+	r.reader = reader
+	if err := r.assign(ctx, parts, kafkaclient.Latest); err != nil {
+		r.reader = old
+		_ = reader.Close()
+		return err
+	}
+	if err := old.Close(); err != nil {
+		r.g.cfg.logger.Warn("kafkarpc: closing a reply topic's reader", "topic", r.topic, "error", err)
+	}
+	return nil
+}
