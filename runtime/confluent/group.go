@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,6 +83,7 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 	if err != nil {
 		return nil, err
 	}
+	base.tellDenied = true
 	g := &GroupReader{
 		consumerBase: base,
 		cfg:          cfg,
@@ -179,12 +181,20 @@ func (g *GroupReader) dropFromBatch(parts []kafkaclient.TopicPartition) {
 // Poll blocks until at least one record is available (returning it with what
 // else is already buffered, up to 512 records), ctx ends (ctx.Err()) or the
 // reader is closed (kafkaclient.ErrClosed). The first Poll joins the group.
-// OnAssigned and OnRevoked run inside Poll.
+// OnAssigned and OnRevoked run inside Poll. A consume error
+// TOPIC_AUTHORIZATION_FAILED, with no record to return, is returned as an
+// error wrapping kafkaclient.ErrNotAuthorized naming the topic (or the
+// group's topics, when librdkafka does not say which); the member carries
+// on, and a later Poll returns records once access is granted.
 func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 	err := g.poll(ctx, &g.batch)
 	batch := g.batch
 	g.batch = nil
 	if err != nil {
+		var u *unnamedDenied
+		if errors.As(err, &u) {
+			err = fmt.Errorf("confluent: consume %s: %w", strings.Join(g.cfg.Topics, ", "), u.error)
+		}
 		return nil, err
 	}
 	return batch, nil

@@ -207,7 +207,11 @@ func (g *GroupReader) run(ev *rebalanceEvent) {
 // else is already buffered, up to 512 records), ctx ends (ctx.Err()) or the
 // reader is closed (kafkaclient.ErrClosed). OnAssigned and OnRevoked run
 // inside Poll, before it waits for records. Partition-level fetch errors are
-// logged and do not end Poll.
+// logged and do not end Poll, but for TOPIC_AUTHORIZATION_FAILED: with no
+// record to return, Poll returns an error wrapping
+// kafkaclient.ErrNotAuthorized naming the topic (the member stays in the
+// group and kgo keeps asking; a later Poll returns records once access is
+// granted).
 func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 	for {
 		if err := ctx.Err(); err != nil {
@@ -235,7 +239,7 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		g.pollCancel = nil
 		g.mu.Unlock()
 		cancel()
-		recs, closed, newID, _ := recordsOf(fs, g.log) // logged; the group's members carry on
+		recs, closed, newID, denied := recordsOf(fs, g.log)
 		if len(newID) > 0 && !closed {
 			// A topic deleted and created again: kgo keeps its old id
 			// until the topic is purged; subscribing to it again learns
@@ -250,6 +254,9 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		}
 		if closed {
 			return nil, kafkaclient.ErrClosed
+		}
+		if denied != nil {
+			return nil, denied // the member carries on: kgo asks again
 		}
 		// Interrupted by a callback (run at the top of the loop) or
 		// by ctx (returned there).

@@ -24,6 +24,10 @@ const maxBatch = 512
 // topics whose partitions failed with UNKNOWN_TOPIC_ID: a topic kgo knows by
 // an old id was deleted and created again, which kgo does not adopt until
 // the topic is purged and added again (Reader.readAnew, GroupReader.Poll).
+// A refusal to read a topic (TOPIC_AUTHORIZATION_FAILED) is not logged but
+// returned as denied, which Poll returns to its caller when it has no
+// record to return (kgo asks again at each fetch, so a refusal beside
+// records is returned by a later Poll).
 // Key, Value and Headers are kgo's slices, not copied again (asHeaders); a
 // null value stays nil and an empty value stays empty non-nil.
 func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool, newID []string, denied error) {
@@ -65,9 +69,6 @@ func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, clo
 			log.Warn("franz: fetch error", "topic", topic, "partition", partition, "error", err)
 		}
 	})
-	if denied != nil {
-		log.Warn("franz: fetch error", "error", denied)
-	}
 	return out, closed, newID, denied
 }
 

@@ -262,7 +262,12 @@ func (p GroupProtocol) Check() error {
 // Offsets are never committed automatically.
 type GroupReader interface {
 	// Poll blocks until at least one record is available, ctx ends or the
-	// reader is closed. Rebalance callbacks run inside Poll.
+	// reader is closed. Rebalance callbacks run inside Poll. As with
+	// Reader.Poll, a fetch refused because the client's principal may not
+	// read a topic of the group (TOPIC_AUTHORIZATION_FAILED) makes Poll
+	// return an error wrapping ErrNotAuthorized naming the topic; the
+	// member stays in the group and keeps asking, and a later Poll returns
+	// records once access is granted.
 	Poll(ctx context.Context) ([]*Record, error)
 	// Commit commits the given offsets (each the next offset to read)
 	// synchronously.

@@ -564,3 +564,52 @@ func testReaderNotAuthorizedFails(t *testing.T, f Factory) {
 		return
 	}
 }
+
+// testGroupReaderNotAuthorizedFails: a group member assigned a partition of
+// a topic the client's principal may not read (every Fetch refused with
+// TOPIC_AUTHORIZATION_FAILED) logged the refusal and waited for records
+// (franz logged it at each fetch, a hot loop); its Poll returns an error
+// wrapping ErrNotAuthorized naming the topic, the member stays in the
+// group, and a later Poll returns the records once access is granted.
+func testGroupReaderNotAuthorizedFails(t *testing.T, f Factory) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{})
+	topic := e.createTopic(t, "unreadable-group", 1)
+	errc := make(chan error, 1)
+	e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("x")}, kafkaclient.AcksAll,
+		func(_ *kafkaclient.Record, err error) { errc <- err })
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: topic, Err: kerr.TopicAuthorizationFailed, Count: -1})
+	g, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: e.name("g"), Topics: []string{topic}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	// A bound that detects a Poll waiting for records forever.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	recs, err := g.Poll(ctx)
+	if !errors.Is(err, kafkaclient.ErrNotAuthorized) || !strings.Contains(err.Error(), topic) {
+		t.Fatalf("Poll of a topic the client may not read: %d records, %v; want an error wrapping ErrNotAuthorized naming %s", len(recs), err, topic)
+	}
+	h.Remove()
+	for {
+		recs, err := g.Poll(ctx)
+		if errors.Is(err, kafkaclient.ErrNotAuthorized) {
+			continue // refused before the fault was removed
+		}
+		if err != nil {
+			t.Fatalf("Poll once access is granted: %v", err)
+		}
+		if len(recs) != 1 || string(recs[0].Value) != "x" {
+			t.Fatalf("Poll once access is granted: %d records, want the one produced", len(recs))
+		}
+		return
+	}
+}

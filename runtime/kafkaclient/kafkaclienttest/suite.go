@@ -43,6 +43,7 @@ func Run(t *testing.T, f Factory) {
 		{"ProduceNotAuthorizedFails", testProduceNotAuthorizedFails},
 		{"LookupNotAuthorizedFails", testLookupNotAuthorizedFails},
 		{"ReaderNotAuthorizedFails", testReaderNotAuthorizedFails},
+		{"GroupReaderNotAuthorizedFails", testGroupReaderNotAuthorizedFails},
 		{"QueueFullAndCloseFailPending", testQueueFullAndCloseFailPending},
 		{"DebugLogsReachSlog", testDebugLogsReachSlog},
 		{"CallsAfterClose", testCallsAfterClose},
