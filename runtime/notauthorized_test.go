@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -498,5 +499,140 @@ func TestReplyTopicNotReadable(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// refusedGroup is a client whose group readers' Polls fail, while refusing
+// is set, as both clients' fail when the group's principal may not read
+// topic; each refusal is announced on refusals.
+type refusedGroup struct {
+	kafkaclient.Client
+	topic    string
+	gate     *readGate // gateOpen or gateRefusing
+	refusals chan struct{}
+}
+
+func (g refusedGroup) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	r, err := g.Client.NewGroupReader(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &refusedGroupReader{GroupReader: r, g: g}, nil
+}
+
+type refusedGroupReader struct {
+	kafkaclient.GroupReader
+	g refusedGroup
+}
+
+func (r *refusedGroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	for {
+		state, changed := r.g.gate.get()
+		if state == gateRefusing {
+			select {
+			case r.g.refusals <- struct{}{}:
+			default:
+			}
+			return nil, fmt.Errorf("fetch %s partition 0: %w (TOPIC_AUTHORIZATION_FAILED)", r.g.topic, kafkaclient.ErrNotAuthorized)
+		}
+		// Open: read until the gate changes.
+		pctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-changed:
+				cancel()
+			case <-pctx.Done():
+			}
+		}()
+		recs, err := r.GroupReader.Poll(pctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && pctx.Err() != nil {
+			continue // the gate changed
+		}
+		return recs, err
+	}
+}
+
+// logRecords is a slog handler keeping every record.
+type logRecords struct {
+	mu  sync.Mutex
+	all []slog.Record
+}
+
+func (h *logRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logRecords) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.all = append(h.all, r.Clone())
+	h.mu.Unlock()
+	return nil
+}
+func (h *logRecords) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *logRecords) WithGroup(string) slog.Handler      { return h }
+
+// matching returns the records at level whose message, or one of whose
+// attributes, contains each of words.
+func (h *logRecords) matching(level slog.Level, words ...string) []slog.Record {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []slog.Record
+	for _, r := range h.all {
+		if r.Level != level {
+			continue
+		}
+		text := r.Message
+		r.Attrs(func(a slog.Attr) bool {
+			text += " " + a.Value.String()
+			return true
+		})
+		all := true
+		for _, w := range words {
+			all = all && strings.Contains(text, w)
+		}
+		if all {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestWorkerRequestTopicNotReadable: a worker whose principal may not
+// read its request topic logged each refused read at warn level, as any
+// read error (franz's group reader did not even return them: it logged
+// them itself at every fetch, in a hot loop), and nothing said at error
+// level why the calls on its partitions waited. The first refusal is
+// logged at error level naming the topic and the missing READ, the next
+// ones are not (RequestReadsRefused counts them), and once the worker
+// reads requests again it says so, and serves them.
+func TestWorkerRequestTopicNotReadable(t *testing.T) {
+	logs := &logRecords{}
+	gate := newReadGate("", false)
+	gate.set(gateOpen)
+	var requests string
+	refusals := make(chan struct{}, 16)
+	e := setupWrapped(t, func(prefix string, kc kafkaclient.Client) kafkaclient.Client {
+		requests = prefix + "echo-requests"
+		return refusedGroup{Client: kc, topic: requests, gate: gate, refusals: refusals}
+	}, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}) },
+		runtime.WithLogger(slog.New(logs)))
+	gate.set(gateRefusing)
+	for range 3 { // the worker asks again after each
+		<-refusals
+	}
+	gate.set(gateOpen)
+	resp, err := e.echo.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "granted"})
+	if err != nil || resp.GetMessage() != "granted" {
+		t.Fatalf("a call once the worker may read its request topic again: %v, %v", resp, err)
+	}
+	if n := len(logs.matching(slog.LevelError, requests, "READ")); n != 1 {
+		for _, r := range logs.matching(slog.LevelWarn, requests) {
+			t.Logf("warn: %s", r.Message)
+		}
+		t.Fatalf("%d error-level logs naming %s and the READ the worker needs, for 3 refusals or more; want 1", n, requests)
+	}
+	if len(logs.matching(slog.LevelInfo, "reading requests again")) != 1 {
+		t.Fatal("the worker did not say it reads requests again")
+	}
+	if n := e.worker.Stats().RequestReadsRefused; n < 3 {
+		t.Fatalf("RequestReadsRefused = %d after 3 refusals or more", n)
 	}
 }

@@ -318,9 +318,21 @@ func (w *Worker) Close() error {
 // loop polls requests until shutdown, then drains and leaves the group.
 func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	defer close(w.loopDone)
+	var refusals refusalLog
 	pollUntilDone(w.pollCtx, gr.Poll, func(err error) {
+		if notAuthorized(err) {
+			w.stats.readsRefused.Add(1)
+			if refusals.refused(time.Now()) {
+				w.cfg.logger.Error("kafkarpc: Kafka refuses to let the worker read a request topic: the calls on its partitions wait until it may "+
+					"(grant the worker's principal READ on the topic; the worker keeps asking)", "group", w.cfg.groupID, "error", err)
+			}
+			return
+		}
 		w.cfg.logger.Warn("kafkarpc: reading requests", "group", w.cfg.groupID, "error", err)
 	}, func(recs []*kafkaclient.Record) {
+		if refusals.read() {
+			w.cfg.logger.Info("kafkarpc: reading requests again after Kafka refused it", "group", w.cfg.groupID)
+		}
 		for _, rec := range recs {
 			w.handle(rec)
 		}
@@ -516,3 +528,35 @@ func (w *Worker) lookup(service, method []byte) *workerMethod {
 // reply records of every call, that names the worker process instance that
 // served it (wire.ServedByMetadata, kept here for existing callers).
 const ServedByMetadata = wire.ServedByMetadata
+
+// refusalLog decides when a worker says that Kafka refuses to let it read
+// a request topic: at the first refusal, then at most once per
+// refusalLogEvery while refusals keep coming (franz reports one at every
+// refused fetch; and a worker reading several topics may read records of
+// one while another is refused), and when it reads records again after a
+// refusal it said so for. Used by the polling goroutine alone.
+type refusalLog struct {
+	logged  time.Time // when a refusal was last logged
+	pending bool      // a refusal was logged and no record read since
+}
+
+// refusalLogEvery is the least time between two logged refusals.
+const refusalLogEvery = time.Minute
+
+// refused reports whether a refusal seen at now is to be logged.
+func (l *refusalLog) refused(now time.Time) bool {
+	if !l.logged.IsZero() && now.Sub(l.logged) < refusalLogEvery {
+		return false
+	}
+	l.logged, l.pending = now, true
+	return true
+}
+
+// read reports whether records read now are to be logged as reading again.
+func (l *refusalLog) read() bool {
+	if !l.pending {
+		return false
+	}
+	l.pending = false
+	return true
+}

@@ -144,12 +144,23 @@ type WorkerStats struct {
 	// OutcomesUnwritten counts outcomes Kafka did not take into the
 	// outcome topic (each logged; kept in memory only).
 	OutcomesUnwritten uint64
+	// RequestReadsRefused counts Kafka's refusals, as the client reported
+	// them, to let the worker read its request topics (the worker's
+	// principal lacks READ on one: TOPIC_AUTHORIZATION_FAILED); the calls on
+	// the partitions the worker holds wait meanwhile. The worker stays in
+	// its group and keeps asking; the first refusal is logged at error
+	// level (then at most once a minute while they keep coming). An
+	// increase is what to alert on: librdkafka reports a refusal once,
+	// kgo at every refused fetch.
+	RequestReadsRefused uint64
 }
 
 type workerCounters struct {
 	skippedNoID, malformed, calls, panics, proxyRetries, duplicates, superseded, deadLettered, lostReplies atomic.Uint64
 
 	outcomesLoaded, outcomesMalformed, outcomesUnwritten atomic.Uint64
+
+	readsRefused atomic.Uint64
 }
 
 // Stats returns the worker's counters. Safe for concurrent use.
@@ -167,5 +178,6 @@ func (w *Worker) Stats() WorkerStats {
 		OutcomesLoaded:         w.stats.outcomesLoaded.Load(),
 		OutcomesMalformed:      w.stats.outcomesMalformed.Load(),
 		OutcomesUnwritten:      w.stats.outcomesUnwritten.Load(),
+		RequestReadsRefused:    w.stats.readsRefused.Load(),
 	}
 }
