@@ -83,7 +83,6 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 	if err != nil {
 		return nil, err
 	}
-	base.tellDenied = true
 	g := &GroupReader{
 		consumerBase: base,
 		cfg:          cfg,

@@ -40,10 +40,9 @@ type consumerBase struct {
 	// toRecord (touched only by the polling goroutine).
 	slab []recordWithHeaders
 	// denied is the first TOPIC_AUTHORIZATION_FAILED consume error since
-	// the last poll returned (touched only by the polling goroutine), kept
-	// when tellDenied (a Reader's; a group member only logs it).
-	denied     error
-	tellDenied bool
+	// the last poll returned (touched only by the polling goroutine), which
+	// Poll returns when it has no record to return.
+	denied error
 }
 
 func (c *Client) newConsumer(cfg kafka.ConfigMap) (*consumerBase, error) {
@@ -118,7 +117,7 @@ func (b *consumerBase) handle(ev kafka.Event, batch *[]*kafkaclient.Record) {
 				kerr = kafka.NewError(kafka.ErrFail, e.TopicPartition.Error.Error(), false)
 			}
 			b.c.logError(b.name+" "+e.TopicPartition.String(), kerr)
-			if b.tellDenied && kerr.Code() == kafka.ErrTopicAuthorizationFailed && b.denied == nil {
+			if kerr.Code() == kafka.ErrTopicAuthorizationFailed && b.denied == nil {
 				topic := ""
 				if e.TopicPartition.Topic != nil {
 					topic = *e.TopicPartition.Topic
@@ -130,7 +129,7 @@ func (b *consumerBase) handle(ev kafka.Event, batch *[]*kafkaclient.Record) {
 		*batch = append(*batch, b.toRecord(e))
 	case kafka.Error:
 		b.c.logError(b.name, e)
-		if b.tellDenied && e.Code() == kafka.ErrTopicAuthorizationFailed && b.denied == nil {
+		if e.Code() == kafka.ErrTopicAuthorizationFailed && b.denied == nil {
 			// librdkafka names no topic here (a refused Fetch): the
 			// Reader's Poll names those it reads.
 			b.denied = &unnamedDenied{fmt.Errorf("%w (%w)", kafkaclient.ErrNotAuthorized, e)}
@@ -222,7 +221,6 @@ func (c *Client) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, er
 	if err != nil {
 		return nil, err
 	}
-	base.tellDenied = true
 	return &Reader{consumerBase: base, assigned: make(map[kafkaclient.TopicPartition]struct{})}, nil
 }
 
