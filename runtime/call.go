@@ -172,7 +172,8 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 		return
 	}
 	deadline, hasDeadline := env.Deadline(rec.Timestamp)
-	if hasDeadline && !time.Now().Before(deadline) {
+	now := time.Now() // one reading for the checks below and the call's start
+	if hasDeadline && !now.Before(deadline) {
 		w.rejectCall(rec, env, pt, id, status.Newf(codes.DeadlineExceeded,
 			"%s: deadline passed before the worker read the request at %s", wm.spec.FullMethod(), recordPlace(rec)), ended)
 		return
@@ -183,11 +184,11 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 	c := w.newCall(rec, env, pt, id, wm)
 	var cause error // why the deadline ends the call, when it is the worker's bound
 	if m := w.cfg.maxCallDuration; m > 0 {
-		if limit := time.Now().Add(m); !hasDeadline || limit.Before(deadline) {
+		if limit := now.Add(m); !hasDeadline || limit.Before(deadline) {
 			deadline, cause = limit, w.maxDurationErr
 		}
 	}
-	c.openContext(rec, env, md, deadline, cause)
+	c.openContext(rec, env, md, now, deadline, cause)
 	c.sent.retry.until = deadline
 	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
 	if w.admit(c, rec, env, true) {
@@ -205,8 +206,9 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 // caller's trace and identity, the "handle" span, the deadline, and the
 // transport stream that grpc.SetHeader and friends use.
 //
-// cause, when not nil, is the context's cause once the deadline passes.
-func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metadata.MD, deadline time.Time, cause error) {
+// now is when the call starts; cause, when not nil, is the context's cause
+// once the deadline passes.
+func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metadata.MD, now, deadline time.Time, cause error) {
 	w, wm := c.w, c.wm
 	// Not below a context of the worker's: it aborts its calls itself
 	// when it stops (Worker.stopCalls).
@@ -214,7 +216,7 @@ func (c *call) openContext(rec *kafkaclient.Record, env *wire.Envelope, md metad
 	if env.Identity != nil {
 		ctx = context.WithValue(ctx, identityKey{}, string(env.Identity))
 	}
-	c.start = time.Now()
+	c.start = now
 	ctx, c.span = w.tel.trc.start(ctx, wm.handleName, wm.handleOpts...)
 	if c.span.IsRecording() {
 		c.span.SetAttributes(attribute.String("messaging.destination.name", rec.Topic),
