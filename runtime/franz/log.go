@@ -45,6 +45,12 @@ func (s slogLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 		return
 	}
 	lvl := slogLevel(level)
+	if msg == "flushing" && lvl == slog.LevelInfo {
+		// kgo logs every Flush at Info; a producer with a load linger
+		// flushes after most records it produces at low load
+		// (WithLoadLinger): at Info that would be a line per record.
+		lvl = slog.LevelDebug
+	}
 	ctx := context.Background()
 	if !s.l.Enabled(ctx, lvl) {
 		return

@@ -50,6 +50,10 @@ func (c *Client) useProducer(acks kafkaclient.Acks) (*kgo.Client, error) {
 			return nil, fmt.Errorf("franz: new producer (acks=%s): %w", acks, err)
 		}
 		c.producers[acks] = p
+		// Unless a kgo.ProducerLinger of the caller's replaced the load
+		// linger, the producer lingers only under load.
+		d := c.lingerOf(false)
+		c.loadLinger[acks] = d > 0 && p.OptValue(kgo.ProducerLinger) == d
 	}
 	p := c.producers[acks]
 	c.mu.Unlock()
@@ -182,6 +186,9 @@ func (c *Client) produceOn(p *kgo.Client, tr *tracker, r *kafkaclient.Record, ac
 	}
 	tr.add()
 	p.TryProduce(ctx, &f.kr, delivered)
+	if tr == &c.pending && c.loadLinger[acks] {
+		c.unlinger[acks].keep(p, tr.outstanding.Load())
+	}
 }
 
 // asKgoHeaders returns hs as kgo's headers, sharing their memory: kgo only
@@ -429,4 +436,59 @@ func (c *Client) forgetTopic(kc *kgo.Client, topic string) {
 type forgetKey struct {
 	kc    *kgo.Client
 	topic string
+}
+
+// loadLingerRecords is the count of records produced and not yet answered
+// (the client's outstanding records) from which a producer with a load
+// linger lingers (WithLoadLinger).
+const loadLingerRecords = 32
+
+// unlinger keeps a producer configured with a linger from lingering while
+// few records are on their way: kgo lingers on no record while a Flush of
+// the client runs. Started by a record produced below loadLingerRecords,
+// the flush runs until nothing is buffered, or until a record is produced
+// at or above it: the producer then lingers, so that the records of many
+// calls share produce requests. A record produced alone starts a flush
+// and goes out at once.
+type unlinger struct {
+	on     atomic.Bool // a flush runs
+	mu     sync.Mutex
+	cancel context.CancelFunc // ends the flush that runs
+}
+
+// keep is called after each record produced on p, with the client's
+// outstanding records.
+func (u *unlinger) keep(p *kgo.Client, outstanding int64) {
+	if outstanding >= loadLingerRecords {
+		if u.on.Load() {
+			u.mu.Lock()
+			if u.cancel != nil {
+				u.cancel()
+			}
+			u.mu.Unlock()
+		}
+		return
+	}
+	if !u.on.CompareAndSwap(false, true) {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	u.mu.Lock()
+	u.cancel = cancel
+	u.mu.Unlock()
+	go u.flush(ctx, cancel, p)
+}
+
+// flush flushes p until nothing is buffered or ctx ends. A record produced
+// after kgo's Flush found nothing buffered but before on was cleared found
+// a flush running and started none: flush then goes on for it.
+func (u *unlinger) flush(ctx context.Context, cancel context.CancelFunc, p *kgo.Client) {
+	defer cancel()
+	for {
+		_ = p.Flush(ctx) // returns once nothing is buffered, when p is closed, or when ctx ends
+		u.on.Store(false)
+		if ctx.Err() != nil || p.BufferedProduceRecords() == 0 || !u.on.CompareAndSwap(false, true) {
+			return
+		}
+	}
 }
