@@ -20,11 +20,13 @@ const (
 	// as too large.
 	FallbackMaxBatchBytes = 1000012
 	// batchLimitLookupTimeout bounds a lookup of a topic's
-	// max.message.bytes, done once when a producer first writes to one of
-	// the topic's partitions (it holds that producer's metadata update).
+	// max.message.bytes, done in a producer's metadata update (which it
+	// holds) when the topic's limit is not known or older than
+	// batchLimitTTL.
 	batchLimitLookupTimeout = 5 * time.Second
-	// batchLimitTTL is how long a looked up limit serves other producers
-	// and partitions learnt later (a topic created again may have another).
+	// batchLimitTTL is how long a looked up limit (or the fallback, when
+	// the lookup failed) serves other producers and partitions learnt
+	// later (a topic created again may have another).
 	batchLimitTTL = time.Minute
 )
 
@@ -34,8 +36,11 @@ const (
 // the topic's limit, so with one bound for all topics (8 MiB, for the
 // topics that take large records) a burst of small records to a topic with
 // the broker's default limit (1 MiB) was refused, every record of it
-// "too large". kgo asks once per partition, when a producer first learns
-// it, from the producer's metadata update; the lookup goes through a kgo
+// "too large". kgo asks for every partition of the topics a producer
+// writes to at each of the producer's metadata updates, from the update,
+// and keeps the answer only for a partition new to it (a partition's bound
+// never changes afterwards); the answer, or the fallback when the lookup
+// failed, is remembered for batchLimitTTL. The lookup goes through a kgo
 // client of its own, so that it never waits for the producer it serves.
 // Safe for concurrent use.
 type batchLimits struct {
@@ -62,14 +67,18 @@ func (b *batchLimits) forTopic(topic string) int32 {
 	if l, ok := b.known[topic]; ok && time.Since(l.at) < batchLimitTTL {
 		return l.bytes
 	}
-	n, err := b.lookup(topic)
-	if err != nil {
+	var bytes int32
+	if n, err := b.lookup(topic); err != nil {
+		// Remembered as the answer: kgo asks for every partition of the
+		// topic at each metadata update, and a refusal (no DescribeConfigs
+		// ACL) or a timeout would be asked, and logged, again for each.
 		b.c.log.Warn("franz: could not look up the topic's max.message.bytes: its record batches are bounded at the fallback; "+
 			"allow DescribeConfigs on the topic, or set kgo.ProducerBatchMaxBytes with WithProducerOpts",
 			"topic", topic, "fallback_bytes", FallbackMaxBatchBytes, "error", err)
-		return FallbackMaxBatchBytes
+		bytes = FallbackMaxBatchBytes
+	} else {
+		bytes = int32(min(n, DefaultMaxRecordBytes))
 	}
-	bytes := int32(min(n, DefaultMaxRecordBytes))
 	if b.known == nil {
 		b.known = map[string]batchLimit{}
 	}

@@ -260,8 +260,9 @@ func WithCloseTimeout(d time.Duration) Option {
 //     producing goroutines do not queue on kgo's partitioning lock);
 //   - ProducerBatchCompression none;
 //   - ProducerBatchMaxBytesFn: a topic's record batches (and so its
-//     records) are bounded by the topic's max.message.bytes, looked up
-//     once when a producer first writes to it, at most 8 MiB
+//     records) are bounded by the topic's max.message.bytes, as it was
+//     when the producer learnt the partition (looked up again at most once
+//     a minute), at most 8 MiB
 //     (DefaultMaxRecordBytes); FallbackMaxBatchBytes when it cannot be
 //     looked up. Kafka refuses a whole batch over the topic's limit: one
 //     bound of 8 MiB made a burst of small records to a topic with the

@@ -87,7 +87,7 @@ func TestOptionDefaults(t *testing.T) {
 	}
 	all := c.producerOpts(kafkaclient.AcksAll, false)
 	check(all, kgo.ProducerLinger, 3*time.Millisecond)                  // the caller's
-	check(all, kgo.ProducerBatchMaxBytes, int32(DefaultMaxRecordBytes)) // for the empty topic: the per-topic bound is TestBatchBoundIsTheTopics
+	check(all, kgo.ProducerBatchMaxBytes, int32(DefaultMaxRecordBytes)) // for the empty topic: the per-topic bound is the conformance suite's SmallRecordsToLimitedTopic
 	check(all, kgo.RequiredAcks, kgo.AllISRAcks())
 	check(all, kgo.AllowIdempotentProduceCancellation, true)
 	check(all, kgo.DisableIdempotentWrite, false)
