@@ -43,6 +43,8 @@ type GroupReader struct {
 
 	// Touched only from the Poll/Close goroutine.
 	assigned map[kafkaclient.TopicPartition]struct{}
+	denied   error     // a refusal that came beside the records Poll returned: the next Poll returns it
+	toldAt   time.Time // when Poll last returned a refusal
 
 	mu         sync.Mutex // guards events, pollCancel, closing and closed
 	events     []*rebalanceEvent
@@ -56,6 +58,10 @@ type GroupReader struct {
 }
 
 var _ kafkaclient.GroupReader = (*GroupReader)(nil)
+
+// refusalBesideEvery is the least time between two refusals a
+// GroupReader's Poll returns when they came beside records (Poll).
+const refusalBesideEvery = time.Second
 
 type eventKind int8
 
@@ -209,10 +215,16 @@ func (g *GroupReader) run(ev *rebalanceEvent) {
 // inside Poll, before it waits for records. Partition-level fetch errors are
 // logged and do not end Poll, but for TOPIC_AUTHORIZATION_FAILED: with no
 // record to return, Poll returns an error wrapping
-// kafkaclient.ErrNotAuthorized naming the topic (the member stays in the
-// group and kgo keeps asking; a later Poll returns records once access is
-// granted).
+// kafkaclient.ErrNotAuthorized naming the topic, and one that came beside
+// records (of the group's other topics) is returned by the next Poll,
+// before it waits, unless Poll returned one less than refusalBesideEvery
+// ago (the member stays in the group and kgo keeps asking; a later Poll
+// returns records once access is granted).
 func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	if err := g.denied; err != nil {
+		g.denied, g.toldAt = nil, time.Now()
+		return nil, err
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -250,12 +262,21 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 			g.kc.AddConsumeTopics(newID...)
 		}
 		if len(recs) > 0 {
+			// Each fetch may carry records of the group's other topics:
+			// the next Poll tells of a refusal beside them, at most once
+			// per refusalBesideEvery (a caller's poll loop may pause
+			// after an error; the records of the other topics do not wait
+			// at each fetch).
+			if denied != nil && time.Since(g.toldAt) >= refusalBesideEvery {
+				g.denied = denied
+			}
 			return recs, nil
 		}
 		if closed {
 			return nil, kafkaclient.ErrClosed
 		}
 		if denied != nil {
+			g.toldAt = time.Now()
 			return nil, denied // the member carries on: kgo asks again
 		}
 		// Interrupted by a callback (run at the top of the loop) or

@@ -26,8 +26,9 @@ const maxBatch = 512
 // the topic is purged and added again (Reader.readAnew, GroupReader.Poll).
 // A refusal to read a topic (TOPIC_AUTHORIZATION_FAILED) is not logged but
 // returned as denied, which Poll returns to its caller when it has no
-// record to return (kgo asks again at each fetch, so a refusal beside
-// records is returned by a later Poll).
+// record to return (kgo asks again at each fetch: a Reader's refusal
+// beside records is returned by a later Poll without records; a
+// GroupReader's, whose topics may be busy, by the next Poll).
 // Key, Value and Headers are kgo's slices, not copied again (asHeaders); a
 // null value stays nil and an empty value stays empty non-nil.
 func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool, newID []string, denied error) {
