@@ -255,7 +255,7 @@ type topicLimits struct {
 // record to it looks it up again. A lookup that cannot tell refuses nothing
 // (the record is produced).
 //
-// The size compared is the least a record batch holding rec alone takes
+// The size compared is that of a record batch holding rec alone,
 // uncompressed: with a producer compressing its batches (not the
 // project's default), a record that compresses below the limit is
 // refused all the same.
@@ -334,16 +334,40 @@ type topicInfo struct {
 // topicInfoTTL is how long topicLimits trusts what it looked up.
 const topicInfoTTL = time.Minute
 
-// minBatchBytes is the least size of an uncompressed record batch holding
+// minBatchBytes is the size of an uncompressed record batch (v2) holding
 // rec alone, as a broker compares it with max.message.bytes: the batch
-// header (61 bytes) and rec's key, value and headers, without the varints
-// framing them.
+// header (61 bytes) and the record, its key, value and headers with the
+// varints framing them (a timestamp and offset delta of 0, one byte each).
+// Without the varints, a record a few bytes over the limit passed, and
+// Kafka refused it.
 func minBatchBytes(rec *kafkaclient.Record) int {
-	n := 61 + len(rec.Key) + len(rec.Value)
+	body := 1 + 1 + 1 + // attributes, timestamp delta, offset delta
+		varBytes(rec.Key) + varintLen(len(rec.Headers))
+	body += varBytes(rec.Value)
 	for _, h := range rec.Headers {
-		n += len(h.Key) + len(h.Value)
+		body += varintLen(len(h.Key)) + len(h.Key) + varBytes(h.Value)
 	}
-	return n
+	return 61 + varintLen(body) + body
+}
+
+// varBytes is the size of b in a record: its length as a varint (-1 for
+// nil) and its bytes.
+func varBytes(b []byte) int {
+	if b == nil {
+		return varintLen(-1)
+	}
+	return varintLen(len(b)) + len(b)
+}
+
+// varintLen is the size of n as a zigzag varint.
+func varintLen(n int) int {
+	u := uint64(n<<1) ^ uint64(n>>63)
+	size := 1
+	for u >= 0x80 {
+		u >>= 7
+		size++
+	}
+	return size
 }
 
 func (t *txnWriter) settle(c *call) {

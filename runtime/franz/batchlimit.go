@@ -30,6 +30,13 @@ const (
 	batchLimitTTL = time.Minute
 )
 
+// kgoBatchExtraBytes is what kgo counts in a record batch's size beyond
+// what Kafka compares with max.message.bytes: the 4-byte length of the
+// produce request's records field. Without it, kgo refused locally a record
+// a few bytes below the topic's limit, which the worker (topicLimits) let
+// through as one Kafka takes.
+const kgoBatchExtraBytes = 4
+
 // batchLimits gives each producer's record batches for a topic the topic's
 // own max.message.bytes as their upper bound (kgo.ProducerBatchMaxBytesFn),
 // capped at DefaultMaxRecordBytes. Kafka refuses a whole batch larger than
@@ -77,7 +84,7 @@ func (b *batchLimits) forTopic(topic string) int32 {
 			"topic", topic, "fallback_bytes", FallbackMaxBatchBytes, "error", err)
 		bytes = FallbackMaxBatchBytes
 	} else {
-		bytes = int32(min(n, DefaultMaxRecordBytes))
+		bytes = int32(min(n+kgoBatchExtraBytes, DefaultMaxRecordBytes))
 	}
 	if b.known == nil {
 		b.known = map[string]batchLimit{}
