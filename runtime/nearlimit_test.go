@@ -13,7 +13,6 @@ import (
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
-	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 )
 
 // TestReplyAtReplyTopicLimit: unary responses of every size around the
@@ -27,13 +26,6 @@ func TestReplyAtReplyTopicLimit(t *testing.T) {
 	const limit = 1000
 	for _, eos := range []bool{false, true} {
 		t.Run(fmt.Sprintf("exactly-once=%v", eos), func(t *testing.T) {
-			if eos && kafkatest.ClientName() == kafkatest.Confluent {
-				// librdkafka batches a response with its end (and with other
-				// calls' replies) up to batch.size, past a reply topic's
-				// smaller limit: Kafka refuses the batch, the transaction
-				// fails and the worker stops. Not fixed here.
-				t.Skip("confluent: record batches are not bounded by the reply topic's max.message.bytes")
-			}
 			e, client := eosEnv(t, echoserver.Server{}, eos)
 			ctx := ctxFor(t, 120*time.Second)
 			adm := kadm.NewClient(newKgo(t, e.brokers))
@@ -61,5 +53,45 @@ func TestReplyAtReplyTopicLimit(t *testing.T) {
 				t.Fatalf("the worker stopped: %v", err)
 			}
 		})
+	}
+}
+
+// TestExactlyOnceBurstToSmallLimitTopic: concurrent calls whose replies go
+// to a reply topic with a max.message.bytes below the size up to which the
+// client batches records (librdkafka's batch.size, 1000000 bytes) are all
+// answered, and the worker goes on. librdkafka batched the replies of
+// several calls past the topic's limit; Kafka refused the batch, the
+// transaction failed, and the worker stopped.
+func TestExactlyOnceBurstToSmallLimitTopic(t *testing.T) {
+	e, client := eosEnv(t, echoserver.Server{}, true)
+	ctx := ctxFor(t, 120*time.Second)
+	adm := kadm.NewClient(newKgo(t, e.brokers))
+	resp, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kmsgStr("20000")}}, e.topic("echo-responses"))
+	if err == nil {
+		err = resp[0].Err
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := strings.Repeat("x", 3000) // seven fit in the limit, not eight
+	const calls = 48
+	errs := make(chan error, calls)
+	for i := range calls {
+		go func() {
+			m := fmt.Sprintf("%d:%s", i, msg)
+			r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: m})
+			if err == nil && r.GetMessage() != m {
+				err = fmt.Errorf("answered %d bytes", len(r.GetMessage()))
+			}
+			errs <- err
+		}()
+	}
+	for range calls {
+		if err := <-errs; err != nil {
+			t.Errorf("a call among %d at once to a reply topic with max.message.bytes 20000: %v", calls, err)
+		}
+	}
+	if err := e.worker.Err(); err != nil {
+		t.Fatalf("the worker stopped: %v", err)
 	}
 }

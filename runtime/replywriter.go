@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,19 +222,38 @@ func (t *txnWriter) flush(c *call) error {
 		}
 		for _, rec := range out {
 			c.sent.unacked.Add(1)
-			t.txn.Produce(rec, c.acked)
+			t.produce(rec, c.acked)
 		}
 		if rec := c.sent.outcome; rec != nil {
 			// In the transaction of the replies and the offset: the
 			// outcome is stored if and only if the call is answered.
 			c.sent.unacked.Add(1)
-			t.txn.Produce(rec, c.outcomeAcked)
+			t.produce(rec, c.outcomeAcked)
 		}
 		c.sent.outbox = nil
 		c.sent.outcome = nil
 	}
 	c.sent.unacked.Wait()
 	return c.sent.failure()
+}
+
+// produce produces rec into the open transaction. A record for a topic
+// whose max.message.bytes is below the size up to which the client batches
+// records (kafkaclient.BatchBounder: librdkafka's batch.size) waits until
+// the topic's record before it was acknowledged: Kafka refuses a whole
+// batch over the topic's limit, which fails the transaction, and the
+// worker with it; one record at a time, no batch holds two.
+func (t *txnWriter) produce(rec *kafkaclient.Record, done func(*kafkaclient.Record, error)) {
+	one := t.w.limits.oneAtATime(rec.Topic)
+	if one == nil {
+		t.txn.Produce(rec, done)
+		return
+	}
+	one <- struct{}{}
+	t.txn.Produce(rec, func(r *kafkaclient.Record, err error) {
+		<-one
+		done(r, err)
+	})
 }
 
 // topicLimits is what the worker knows of the topics it writes to: whether
@@ -243,6 +263,7 @@ func (t *txnWriter) flush(c *call) error {
 // single response: writeEnd). Safe for concurrent use.
 type topicLimits struct {
 	client kafkaclient.Client
+	logger *slog.Logger
 	topics sync.Map // a *topicEntry by topic name
 }
 
@@ -316,19 +337,52 @@ func (l *topicLimits) lookupTopic(topic string) (*topicInfo, error) {
 			info.limit = n
 		}
 	}
+	if bb, ok := l.client.(kafkaclient.BatchBounder); ok && info.limit > 0 && info.limit < bb.MaxBatchBytes() {
+		info.oneAtATime = true
+	}
 	return info, nil
+}
+
+// oneAtATime returns the channel that lets one record at a time be on its
+// way to topic, when the client may batch records past the topic's
+// max.message.bytes (lookupTopic), else nil. The topic is one a record was
+// checked for (refused) before. It warns, once per topic, that the
+// client's batch size should be lowered.
+func (l *topicLimits) oneAtATime(topic string) chan struct{} {
+	v, ok := l.topics.Load(topic)
+	if !ok {
+		return nil
+	}
+	e := v.(*topicEntry)
+	if info := e.info.Load(); info == nil || !info.oneAtATime {
+		return nil
+	}
+	e.oneOnce.Do(func() {
+		e.one = make(chan struct{}, 1)
+		if l.logger != nil {
+			l.logger.Warn("kafkarpc: the topic's max.message.bytes is below the size up to which the Kafka client batches records: "+
+				"the exactly-once worker writes to it one record at a time; lower the client's batch size to at most the topic's limit "+
+				"(batch.size in confluent.Config)", "topic", topic, "max.message.bytes", e.info.Load().limit,
+				"batch_bytes", l.client.(kafkaclient.BatchBounder).MaxBatchBytes())
+		}
+	})
+	return e.one
 }
 
 // topicEntry is what topicLimits keeps of a topic.
 type topicEntry struct {
 	info   atomic.Pointer[topicInfo] // nil: not known
 	lookup sync.Mutex                // held by the call looking the topic up
+
+	oneOnce sync.Once
+	one     chan struct{} // oneAtATime's, made once
 }
 
 // topicInfo is what a lookup found of a topic.
 type topicInfo struct {
-	limit int       // max.message.bytes; 0: not known
-	at    time.Time // when it was looked up
+	limit      int       // max.message.bytes; 0: not known
+	at         time.Time // when it was looked up
+	oneAtATime bool      // the client batches past limit (kafkaclient.BatchBounder)
 }
 
 // topicInfoTTL is how long topicLimits trusts what it looked up.

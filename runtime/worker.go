@@ -128,7 +128,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		parts:       map[kafkaclient.TopicPartition]*partTrack{},
 		replyTopics: map[string]string{},
 		writer:      directWriter{client: client},
-		limits:      topicLimits{client: client},
+		limits:      topicLimits{client: client, logger: cfg.logger},
 	}
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.runners = newRunners(w.base)

@@ -388,6 +388,29 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 
 var _ kafkaclient.TopicLimiter = (*Client)(nil)
 
+var _ kafkaclient.BatchBounder = (*Client)(nil)
+
+// DefaultBatchSize is librdkafka's batch.size, the size up to which a
+// producer batches the records of one partition when Config does not set
+// it.
+const DefaultBatchSize = 1000000
+
+// MaxBatchBytes returns the producers' batch.size (Config's, or
+// DefaultBatchSize): librdkafka batches the records of a partition up to
+// it whatever the topic's max.message.bytes (kafkaclient.BatchBounder).
+// Safe for concurrent use.
+func (c *Client) MaxBatchBytes() int {
+	switch v := c.prodCfg["batch.size"].(type) {
+	case int:
+		return v
+	case string:
+		if n, err := strconv.Atoi(v); err == nil {
+			return n
+		}
+	}
+	return DefaultBatchSize
+}
+
 // TopicMaxMessageBytes returns topic's max.message.bytes, as the cluster
 // describes the topic's configuration (kafkaclient.TopicLimiter). Without
 // a deadline in ctx the call is bounded by 30s. Safe for concurrent use.
