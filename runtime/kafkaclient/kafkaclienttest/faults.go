@@ -542,27 +542,7 @@ func testReaderNotAuthorizedFails(t *testing.T, f Factory) {
 	if err := r.Assign([]kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: 0}}); err != nil {
 		t.Fatal(err)
 	}
-	// A bound that detects a Poll waiting for records forever.
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	recs, err := r.Poll(ctx)
-	if !errors.Is(err, kafkaclient.ErrNotAuthorized) || !strings.Contains(err.Error(), topic) {
-		t.Fatalf("Poll of a topic the client may not read: %d records, %v; want an error wrapping ErrNotAuthorized naming %s", len(recs), err, topic)
-	}
-	h.Remove()
-	for {
-		recs, err := r.Poll(ctx)
-		if errors.Is(err, kafkaclient.ErrNotAuthorized) {
-			continue // refused before the fault was removed
-		}
-		if err != nil {
-			t.Fatalf("Poll once access is granted: %v", err)
-		}
-		if len(recs) != 1 || string(recs[0].Value) != "x" {
-			t.Fatalf("Poll once access is granted: %d records, want the one produced", len(recs))
-		}
-		return
-	}
+	refusedThenGranted(t, r.Poll, topic, h.Remove, 20*time.Second)
 }
 
 // testGroupReaderNotAuthorizedFails: a group member assigned a partition of
@@ -591,16 +571,24 @@ func testGroupReaderNotAuthorizedFails(t *testing.T, f Factory) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	// A bound that detects a Poll waiting for records forever.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	refusedThenGranted(t, g.Poll, topic, h.Remove, 30*time.Second)
+}
+
+// refusedThenGranted checks that poll, reading topic whose one record "x"
+// Kafka refuses to let the client read, returns an error wrapping
+// ErrNotAuthorized naming topic, and the record once grant has lifted the
+// refusal; bound detects a Poll waiting forever.
+func refusedThenGranted(t *testing.T, poll func(context.Context) ([]*kafkaclient.Record, error), topic string, grant func(), bound time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
-	recs, err := g.Poll(ctx)
+	recs, err := poll(ctx)
 	if !errors.Is(err, kafkaclient.ErrNotAuthorized) || !strings.Contains(err.Error(), topic) {
 		t.Fatalf("Poll of a topic the client may not read: %d records, %v; want an error wrapping ErrNotAuthorized naming %s", len(recs), err, topic)
 	}
-	h.Remove()
+	grant()
 	for {
-		recs, err := g.Poll(ctx)
+		recs, err := poll(ctx)
 		if errors.Is(err, kafkaclient.ErrNotAuthorized) {
 			continue // refused before the fault was removed
 		}
