@@ -174,14 +174,16 @@ func WithLogger(l *slog.Logger) Option {
 // while it has many records on their way: from loadLingerRecords (32)
 // records produced and not yet answered by Kafka, records wait up to d for
 // others to join their produce request; below that, a producer does not
-// linger (a Flush runs on it, which stops kgo's lingering). A call alone
-// is not delayed, and a loaded process sends fewer, fuller produce
-// requests: on the embedded broker, the runtime's gateway at 16 calls in
-// flight did 31% more calls/s at a 28% lower p50 and used 15% less CPU per
-// call at 256, a ClientConn 21% more calls/s at 256 (BENCHMARKS.md, "What
-// bounds the ClientConn at 256 in flight"). Default DefaultLoadLinger
-// (200 µs); 0
-// never lingers, as kgo.ProducerLinger(0). A kgo.ProducerLinger given to
+// linger (a Flush runs on it, which stops kgo's lingering). A loaded
+// process sends fewer, fuller produce requests: on the embedded broker,
+// the runtime's gateway at 16 calls in flight did 31% more calls/s at a 28%
+// lower p50 and used 15% less CPU per call at 256, a ClientConn 21% more
+// calls/s at 256; on Apache Kafka a ClientConn 20% more at 256. A call
+// alone waits for the flush's goroutine to be scheduled: on Apache Kafka
+// its p50 was 5.5% higher (ClientConn), 13% for the two-hop floor; within
+// noise on the embedded broker (BENCHMARKS.md, "What bounds the ClientConn
+// at 256 in flight"). Default DefaultLoadLinger (200 µs); 0 never lingers,
+// as kgo.ProducerLinger(0), for the lowest latency at one call in flight. A kgo.ProducerLinger given to
 // WithOpts or WithProducerOpts replaces it: the producers then linger as
 // that says, loaded or not. Transactional producers never linger.
 func WithLoadLinger(d time.Duration) Option {
