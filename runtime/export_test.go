@@ -87,3 +87,12 @@ func SetReplyReadHook(f func(topic string, readable bool)) (restore func()) {
 	testHookReplyRead = f
 	return func() { testHookReplyRead = nil }
 }
+
+// SetMissingTopicTTL sets how long a worker takes a reply topic it found
+// missing for missing (missingTTL), and returns a function that restores
+// the default. Tests only; no test of this package runs in parallel.
+func SetMissingTopicTTL(d time.Duration) (restore func()) {
+	old := missingTTL
+	missingTTL = d
+	return func() { missingTTL = old }
+}

@@ -262,19 +262,21 @@ func (t *txnWriter) produce(rec *kafkaclient.Record, done func(*kafkaclient.Reco
 // failed before it is produced (the txnWriter's records, a directWriter's
 // single response: writeEnd). Safe for concurrent use.
 type topicLimits struct {
-	client kafkaclient.Client
-	logger *slog.Logger
-	topics sync.Map // a *topicEntry by topic name
+	client  kafkaclient.Client
+	logger  *slog.Logger
+	topics  sync.Map     // a *topicEntry by topic name
+	entries atomic.Int64 // about how many topics holds
 }
 
 // refused returns why Kafka would refuse rec for good, or nil: its topic
 // does not exist (an error wrapping kafkaclient.ErrUnknownTopic), or rec
 // is larger than the topic's max.message.bytes (when the client can look
-// that up: kafkaclient.TopicLimiter). What is known of a topic is looked up
-// again after topicInfoTTL; a topic found missing is not kept (the names
-// come from requests: the entries are the topics that exist), so the next
-// record to it looks it up again. A lookup that cannot tell refuses nothing
-// (the record is produced).
+// that up: kafkaclient.TopicLimiter). The first record to a topic waits for
+// its lookup; what is known is looked up again after topicInfoTTL (a topic
+// found missing after missingTTL), off the record's call, which goes by
+// what was known. At most about maxTopicEntries topics are kept (the names
+// come from requests). A lookup that cannot tell refuses nothing (the
+// record is produced).
 //
 // The size compared is that of a record batch holding rec alone,
 // uncompressed: with a producer compressing its batches (not the
@@ -283,55 +285,61 @@ type topicLimits struct {
 func (l *topicLimits) refused(rec *kafkaclient.Record) error {
 	v, ok := l.topics.Load(rec.Topic)
 	if !ok {
-		v, _ = l.topics.LoadOrStore(rec.Topic, new(topicEntry))
+		if l.entries.Add(1) > maxTopicEntries {
+			// The names come from requests: past the bound, what is
+			// known is forgotten rather than kept without end.
+			l.topics.Clear()
+			l.entries.Store(1)
+		}
+		var loaded bool
+		if v, loaded = l.topics.LoadOrStore(rec.Topic, new(topicEntry)); loaded {
+			l.entries.Add(-1)
+		}
 	}
 	e := v.(*topicEntry)
 	info := e.info.Load()
-	if info == nil || time.Since(info.at) >= topicInfoTTL {
-		var locked bool
-		if info == nil {
-			e.lookup.Lock() // nothing known: wait for the lookup under way, if any
-			locked = true
-			info = e.info.Load()
-		} else {
-			locked = e.lookup.TryLock() // stale: the other calls go by what is known meanwhile
+	switch {
+	case info == nil:
+		e.lookup.Lock() // nothing known: wait for the lookup under way, if any
+		if info = e.info.Load(); info == nil {
+			info = l.lookupTopic(rec.Topic)
+			e.info.Store(info)
 		}
-		if locked {
-			var err error
-			if info == nil || time.Since(info.at) >= topicInfoTTL {
-				info, err = l.lookupTopic(rec.Topic)
-				e.info.Store(info)
-				if err != nil {
-					l.topics.CompareAndDelete(rec.Topic, e)
-				}
-			}
-			e.lookup.Unlock()
-			if err != nil {
-				return err
-			}
-		}
+		e.lookup.Unlock()
+	case info.stale() && e.lookup.TryLock():
+		// Looked up again off the call: it, and the calls until the
+		// answer, go by what is known.
+		go func() {
+			defer e.lookup.Unlock()
+			e.info.Store(l.lookupTopic(rec.Topic))
+		}()
 	}
-	if n := minBatchBytes(rec); info != nil && info.limit > 0 && n > info.limit {
+	if info.missing != nil {
+		return info.missing
+	}
+	if n := minBatchBytes(rec); info.limit > 0 && n > info.limit {
 		return fmt.Errorf("kafkarpc: a record of at least %d bytes is too large for topic %s (max.message.bytes %d)", n, rec.Topic, info.limit)
 	}
 	return nil
 }
 
-// lookupTopic asks Kafka about topic for refused: nil and an error
-// wrapping kafkaclient.ErrUnknownTopic when it does not exist; a lookup
-// that cannot tell (Kafka unreachable) is an answer that knows no limit,
-// so that calls do not each wait for a lookup of their own meanwhile.
-func (l *topicLimits) lookupTopic(topic string) (*topicInfo, error) {
+// lookupTopic asks Kafka about topic for refused: whether it exists
+// (missing, an error wrapping kafkaclient.ErrUnknownTopic, when it does not),
+// its max.message.bytes, and whether the client batches past it. A lookup
+// that cannot tell (Kafka unreachable) is an answer that knows no limit, so
+// that calls do not each wait for a lookup of their own meanwhile.
+func (l *topicLimits) lookupTopic(topic string) *topicInfo {
 	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
 	defer cancel()
+	info := &topicInfo{at: time.Now()}
 	_, err := l.client.Partitions(ctx, topic)
 	switch {
 	case errors.Is(err, kafkaclient.ErrUnknownTopic):
-		return nil, err
+		info.missing = err
+		return info
 	case err != nil:
-		return &topicInfo{at: time.Now()}, nil
+		return info
 	}
-	info := &topicInfo{at: time.Now()}
 	if tl, ok := l.client.(kafkaclient.TopicLimiter); ok {
 		if n, err := tl.TopicMaxMessageBytes(ctx, topic); err == nil {
 			info.limit = n
@@ -340,7 +348,7 @@ func (l *topicLimits) lookupTopic(topic string) (*topicInfo, error) {
 	if bb, ok := l.client.(kafkaclient.BatchBounder); ok && info.limit > 0 && info.limit < bb.MaxBatchBytes() {
 		info.oneAtATime = true
 	}
-	return info, nil
+	return info
 }
 
 // oneAtATime returns the channel that lets one record at a time be on its
@@ -383,7 +391,27 @@ type topicInfo struct {
 	limit      int       // max.message.bytes; 0: not known
 	at         time.Time // when it was looked up
 	oneAtATime bool      // the client batches past limit (kafkaclient.BatchBounder)
+	missing    error     // the topic does not exist: why (kafkaclient.ErrUnknownTopic)
 }
+
+// stale reports whether info is to be looked up again: after topicInfoTTL,
+// or missingTTL for a topic found missing (it may be created any time).
+func (info *topicInfo) stale() bool {
+	ttl := topicInfoTTL
+	if info.missing != nil {
+		ttl = missingTTL
+	}
+	return time.Since(info.at) >= ttl
+}
+
+// missingTTL is how long topicLimits takes a topic it found missing for
+// missing: calls to it meanwhile do not each look it up. A variable for
+// tests.
+var missingTTL = time.Second
+
+// maxTopicEntries bounds what topicLimits keeps: the names come from
+// requests.
+const maxTopicEntries = 4096
 
 // topicInfoTTL is how long topicLimits trusts what it looked up.
 const topicInfoTTL = time.Minute
