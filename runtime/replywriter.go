@@ -309,10 +309,7 @@ func (l *topicLimits) refused(rec *kafkaclient.Record) error {
 	case info.stale() && e.lookup.TryLock():
 		// Looked up again off the call: it, and the calls until the
 		// answer, go by what is known.
-		go func() {
-			defer e.lookup.Unlock()
-			e.info.Store(l.lookupTopic(rec.Topic))
-		}()
+		go l.refresh(e, rec.Topic)
 	}
 	if info.missing != nil {
 		return info.missing
@@ -321,6 +318,12 @@ func (l *topicLimits) refused(rec *kafkaclient.Record) error {
 		return fmt.Errorf("kafkarpc: a record of at least %d bytes is too large for topic %s (max.message.bytes %d)", n, rec.Topic, info.limit)
 	}
 	return nil
+}
+
+// refresh looks topic up again into e, whose lookup lock the caller holds.
+func (l *topicLimits) refresh(e *topicEntry, topic string) {
+	defer e.lookup.Unlock()
+	e.info.Store(l.lookupTopic(topic))
 }
 
 // lookupTopic asks Kafka about topic for refused: whether it exists
