@@ -26,12 +26,7 @@ import (
 // calls that record's done, once, with an error, by the time Close has
 // returned, as Client.Close does for its records.
 func testTxnCloseFailsPendingRecords(t *testing.T, f Factory) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{CloseTimeout: 500 * time.Millisecond, DeliveryTimeout: time.Minute})
+	e, c := newFaultEnv(t, f, Config{CloseTimeout: 500 * time.Millisecond, DeliveryTimeout: time.Minute})
 	tc, ok := e.client.(kafkaclient.TxnClient)
 	if !ok {
 		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
@@ -443,12 +438,7 @@ func testTopicMaxMessageBytes(t *testing.T, f Factory) {
 // does not retry it until the call's deadline, and the gateway answers
 // PERMISSION_DENIED rather than UNAVAILABLE.
 func testProduceNotAuthorizedFails(t *testing.T, f Factory) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{DeliveryTimeout: time.Minute})
+	e, c := newFaultEnv(t, f, Config{DeliveryTimeout: time.Minute})
 	topic := e.createTopic(t, "denied", 1)
 	for _, keys := range [][]kmsg.Key{{kmsg.Produce}, {kmsg.Metadata, kmsg.Produce}} {
 		h := c.Fault(kfake.Fault{Keys: keys, Topic: topic, Err: kerr.TopicAuthorizationFailed, Count: -1})
@@ -476,12 +466,7 @@ func testProduceNotAuthorizedFails(t *testing.T, f Factory) {
 // rather than after the lookup's retries: a fetch of such a topic ends
 // PERMISSION_DENIED, not UNAVAILABLE. Another topic is looked up as usual.
 func testLookupNotAuthorizedFails(t *testing.T, f Factory) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{})
+	e, c := newFaultEnv(t, f, Config{})
 	topic := e.createTopic(t, "undescribable", 1)
 	other := e.createTopic(t, "describable", 1)
 	check := func(what string, err error) {
@@ -520,20 +505,8 @@ func testLookupNotAuthorizedFails(t *testing.T, f Factory) {
 // records forever: a fetch hub reading such a topic ends its callers
 // PERMISSION_DENIED. Once access is granted, Poll returns the records.
 func testReaderNotAuthorizedFails(t *testing.T, f Factory) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{})
-	topic := e.createTopic(t, "unreadable", 1)
-	errc := make(chan error, 1)
-	e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("x")}, kafkaclient.AcksAll,
-		func(_ *kafkaclient.Record, err error) { errc <- err })
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: topic, Err: kerr.TopicAuthorizationFailed, Count: -1})
+	e, c := newFaultEnv(t, f, Config{})
+	topic, grant := unreadableTopic(t, e, c, "unreadable")
 	r, err := e.client.NewReader(kafkaclient.ReaderConfig{})
 	if err != nil {
 		t.Fatal(err)
@@ -542,7 +515,7 @@ func testReaderNotAuthorizedFails(t *testing.T, f Factory) {
 	if err := r.Assign([]kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: 0}}); err != nil {
 		t.Fatal(err)
 	}
-	refusedThenGranted(t, r.Poll, topic, h.Remove, 20*time.Second)
+	refusedThenGranted(t, r.Poll, topic, grant, 20*time.Second)
 }
 
 // testGroupReaderNotAuthorizedFails: a group member assigned a partition of
@@ -552,13 +525,34 @@ func testReaderNotAuthorizedFails(t *testing.T, f Factory) {
 // wrapping ErrNotAuthorized naming the topic, the member stays in the
 // group, and a later Poll returns the records once access is granted.
 func testGroupReaderNotAuthorizedFails(t *testing.T, f Factory) {
+	e, c := newFaultEnv(t, f, Config{})
+	topic, grant := unreadableTopic(t, e, c, "unreadable-group")
+	g, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: e.name("g"), Topics: []string{topic}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	refusedThenGranted(t, g.Poll, topic, grant, 30*time.Second)
+}
+
+// newFaultEnv is newEnvOn a kfake cluster of one broker of the test's own,
+// whose requests the test may fail (kfake.Cluster.Fault).
+func newFaultEnv(t *testing.T, f Factory, cfg Config) (*env, *kfake.Cluster) {
+	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	e := newEnvOn(t, f, c.ListenAddrs()[0], Config{})
-	topic := e.createTopic(t, "unreadable-group", 1)
+	return newEnvOn(t, f, c.ListenAddrs()[0], cfg), c
+}
+
+// unreadableTopic creates topic name on c, of one partition holding one
+// record "x", and refuses every Fetch of it (TOPIC_AUTHORIZATION_FAILED)
+// until grant is called.
+func unreadableTopic(t *testing.T, e *env, c *kfake.Cluster, name string) (topic string, grant func()) {
+	t.Helper()
+	topic = e.createTopic(t, name, 1)
 	errc := make(chan error, 1)
 	e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("x")}, kafkaclient.AcksAll,
 		func(_ *kafkaclient.Record, err error) { errc <- err })
@@ -566,12 +560,7 @@ func testGroupReaderNotAuthorizedFails(t *testing.T, f Factory) {
 		t.Fatal(err)
 	}
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: topic, Err: kerr.TopicAuthorizationFailed, Count: -1})
-	g, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: e.name("g"), Topics: []string{topic}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	refusedThenGranted(t, g.Poll, topic, h.Remove, 30*time.Second)
+	return topic, h.Remove
 }
 
 // refusedThenGranted checks that poll, reading topic whose one record "x"
