@@ -30,8 +30,19 @@ func TestRunnersIdleExitOnSweep(t *testing.T) {
 		}()
 	}
 	waitParked(t, r, 3)
-	r.sweepOnce()
-	wg.Wait() // all three exited
+	// A runner counts itself parked just before it waits, so a sweep can
+	// come by between the two and miss it (it then goes at the next
+	// sweep): sweep until all three have exited.
+	exited := make(chan struct{})
+	go func() { wg.Wait(); close(exited) }()
+	for sweeping := true; sweeping; {
+		r.sweepOnce()
+		select {
+		case <-exited:
+			sweeping = false
+		case <-time.After(time.Millisecond):
+		}
+	}
 	if n := r.parked.Load(); n != 0 {
 		t.Fatalf("parked = %d after the idle runners exited, want 0", n)
 	}
