@@ -1,6 +1,7 @@
 package runtime_test
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -56,42 +57,49 @@ func TestReplyAtReplyTopicLimit(t *testing.T) {
 	}
 }
 
-// TestExactlyOnceBurstToSmallLimitTopic: concurrent calls whose replies go
-// to a reply topic with a max.message.bytes below the size up to which the
-// client batches records (librdkafka's batch.size, 1000000 bytes) are all
-// answered, and the worker goes on. librdkafka batched the replies of
-// several calls past the topic's limit; Kafka refused the batch, the
-// transaction failed, and the worker stopped.
-func TestExactlyOnceBurstToSmallLimitTopic(t *testing.T) {
-	e, client := eosEnv(t, echoserver.Server{}, true)
-	ctx := ctxFor(t, 120*time.Second)
-	adm := kadm.NewClient(newKgo(t, e.brokers))
-	resp, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kmsgStr("20000")}}, e.topic("echo-responses"))
-	if err == nil {
-		err = resp[0].Err
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := strings.Repeat("x", 3000) // seven fit in the limit, not eight
-	const calls = 48
-	errs := make(chan error, calls)
-	for i := range calls {
-		go func() {
-			m := fmt.Sprintf("%d:%s", i, msg)
-			r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: m})
-			if err == nil && r.GetMessage() != m {
-				err = fmt.Errorf("answered %d bytes", len(r.GetMessage()))
+// TestBurstToSmallLimitTopics: concurrent calls whose requests and
+// replies go to topics with a max.message.bytes below the size up to which
+// the client batches records (librdkafka's batch.size, 1000000 bytes) are
+// all answered, and the worker goes on, with or without WorkerExactlyOnce.
+// librdkafka batched the records of several calls past the topic's limit
+// and Kafka refused the batch: without exactly-once every call of the
+// burst failed (RESOURCE_EXHAUSTED at the worker, INTERNAL at the
+// gateway), with it the transaction failed and the worker stopped.
+func TestBurstToSmallLimitTopics(t *testing.T) {
+	for _, eos := range []bool{false, true} {
+		t.Run(fmt.Sprintf("exactly-once=%v", eos), func(t *testing.T) {
+			e, client := eosEnv(t, echoserver.Server{}, eos)
+			ctx := ctxFor(t, 120*time.Second)
+			adm := kadm.NewClient(newKgo(t, e.brokers))
+			resp, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kmsgStr("20000")}},
+				e.topic("echo-requests"), e.topic("echo-responses"))
+			for _, r := range resp {
+				err = errors.Join(err, r.Err)
 			}
-			errs <- err
-		}()
-	}
-	for range calls {
-		if err := <-errs; err != nil {
-			t.Errorf("a call among %d at once to a reply topic with max.message.bytes 20000: %v", calls, err)
-		}
-	}
-	if err := e.worker.Err(); err != nil {
-		t.Fatalf("the worker stopped: %v", err)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := strings.Repeat("x", 3000) // seven fit in the limit, not eight
+			const calls = 48
+			errs := make(chan error, calls)
+			for i := range calls {
+				go func() {
+					m := fmt.Sprintf("%d:%s", i, msg)
+					r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: m})
+					if err == nil && r.GetMessage() != m {
+						err = fmt.Errorf("answered %d bytes", len(r.GetMessage()))
+					}
+					errs <- err
+				}()
+			}
+			for range calls {
+				if err := <-errs; err != nil {
+					t.Errorf("a call among %d at once through request and reply topics with max.message.bytes 20000: %v", calls, err)
+				}
+			}
+			if err := e.worker.Err(); err != nil {
+				t.Fatalf("the worker stopped: %v", err)
+			}
+		})
 	}
 }

@@ -20,7 +20,7 @@ const defaultAdminTimeout = 30 * time.Second
 // withAdmin runs fn with the acks=all producer (created if needed), whose
 // connections the admin and metadata requests share.
 func (c *Client) withAdmin(fn func(p *producer) error) error {
-	p, err := c.useProducer(kafkaclient.AcksAll)
+	p, err := c.useProducer(kafkaclient.AcksAll, 0)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -231,17 +232,27 @@ type Client struct {
 	prodCfg kafka.ConfigMap
 	consCfg kafka.ConfigMap
 
-	// mu guards closed, producers and retired. Produce holds it shared
-	// while it enqueues, so that Close cannot destroy a producer under it.
+	// mu guards closed, producers, sized and retired. Produce holds it
+	// shared while it enqueues, so that Close cannot destroy a producer
+	// under it.
 	mu        sync.RWMutex
 	closed    bool
-	producers [3]*producer // indexed by kafkaclient.Acks
-	retired   []*producer  // producers replaced after a fatal error
+	producers [3]*producer           // indexed by kafkaclient.Acks
+	sized     map[sizedKey]*producer // the producers for topics with a small max.message.bytes (topicBatch)
+	retired   []*producer            // producers replaced after a fatal error
 
-	// pendMu guards pending and outstanding (and each producer's).
+	// batches is what the client knows of the topics it produced to: a
+	// *topicBatch by name (batchFor).
+	batches    sync.Map
+	batchCount atomic.Int64   // about how many topics batches holds
+	lookups    sync.WaitGroup // batch lookups under way, waited for by Close
+	noLookups  bool           // guarded by mu: Close started, no lookup starts
+
+	// pendMu guards pending, outstanding (and each producer's) and queued.
 	pendMu      sync.Mutex
 	pending     map[*pending]struct{}
 	outstanding counter // the records of every producer
+	queued      counter // the records waiting for their topic's lookup (batchFor)
 
 	downMu     sync.Mutex
 	downLogged map[string]time.Time // when "all brokers down" was last logged, per librdkafka client
@@ -470,15 +481,16 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) close() error {
+	// The records waiting for their topic's first lookup are produced
+	// (or fail) before the producers are flushed.
+	c.mu.Lock()
+	c.noLookups = true
+	c.mu.Unlock()
+	c.lookups.Wait()
+
 	c.mu.Lock()
 	c.closed = true
-	var prods []*producer
-	for _, p := range c.producers {
-		if p != nil {
-			prods = append(prods, p)
-		}
-	}
-	prods = append(prods, c.retired...)
+	prods := c.allProducers()
 	c.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.flushTimeout)

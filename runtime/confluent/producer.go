@@ -59,8 +59,13 @@ type pending struct {
 	hs    [8]kafka.Header // most records' headers, likewise
 }
 
-func (c *Client) newProducer(acks kafkaclient.Acks) (*producer, error) {
+// newProducer makes a producer for acks whose batches are bounded by
+// batchSize (0: the client's batch.size).
+func (c *Client) newProducer(acks kafkaclient.Acks, batchSize int) (*producer, error) {
 	cfg := c.producerConfig(acks)
+	if batchSize > 0 {
+		cfg["batch.size"] = batchSize
+	}
 	kp, err := kafka.NewProducer(&cfg)
 	if err != nil {
 		return nil, fmt.Errorf("confluent: new producer (acks=%s): %w", acks, err)
@@ -179,20 +184,22 @@ func (p *producer) adminClient() (*kafka.AdminClient, error) {
 	return p.admin, p.adminErr
 }
 
-// useProducer returns the live producer for acks, creating it on first use
-// (or after a fatal error), registered as a user: the caller must call
-// p.users.Done() when done with it.
-func (c *Client) useProducer(acks kafkaclient.Acks) (*producer, error) {
+// useProducer returns the live producer for acks whose batches are bounded
+// by batchSize (0: the client's batch.size; see topicBatch), creating it on
+// first use (or after a fatal error), registered as a user: the caller must
+// call p.users.Done() when done with it.
+func (c *Client) useProducer(acks kafkaclient.Acks, batchSize int) (*producer, error) {
 	idx, err := acksIndex(acks)
 	if err != nil {
 		return nil, err
 	}
+	key := sizedKey{acks: idx, batchSize: batchSize}
 	c.mu.RLock()
 	if c.closed {
 		c.mu.RUnlock()
 		return nil, kafkaclient.ErrClosed
 	}
-	if p := c.producers[idx]; p != nil && !p.fatal.Load() {
+	if p := c.producerAt(key); p != nil && !p.fatal.Load() {
 		p.users.Add(1)
 		c.mu.RUnlock()
 		return p, nil
@@ -204,20 +211,57 @@ func (c *Client) useProducer(acks kafkaclient.Acks) (*producer, error) {
 	if c.closed {
 		return nil, kafkaclient.ErrClosed
 	}
-	p := c.producers[idx]
+	p := c.producerAt(key)
 	if p == nil || p.fatal.Load() {
-		np, err := c.newProducer(acks)
+		np, err := c.newProducer(acks, batchSize)
 		if err != nil {
 			return nil, err
 		}
 		if p != nil {
 			c.retired = append(c.retired, p) // closed by Close
 		}
-		c.producers[idx] = np
+		if batchSize == 0 {
+			c.producers[idx] = np
+		} else {
+			if c.sized == nil {
+				c.sized = make(map[sizedKey]*producer)
+			}
+			c.sized[key] = np
+		}
 		p = np
 	}
 	p.users.Add(1)
 	return p, nil
+}
+
+// sizedKey names a producer: its acks level (acksIndex) and the bound of
+// its batches (0: the client's batch.size).
+type sizedKey struct {
+	acks      int
+	batchSize int
+}
+
+// producerAt returns the producer named key, or nil. The caller holds c.mu.
+func (c *Client) producerAt(key sizedKey) *producer {
+	if key.batchSize == 0 {
+		return c.producers[key.acks]
+	}
+	return c.sized[key]
+}
+
+// allProducers returns every producer made, live or retired. The caller
+// holds c.mu.
+func (c *Client) allProducers() []*producer {
+	var prods []*producer
+	for _, p := range c.producers {
+		if p != nil {
+			prods = append(prods, p)
+		}
+	}
+	for _, p := range c.sized {
+		prods = append(prods, p)
+	}
+	return append(prods, c.retired...)
 }
 
 func acksIndex(a kafkaclient.Acks) (int, error) {
@@ -232,9 +276,16 @@ func acksIndex(a kafkaclient.Acks) (int, error) {
 // once; done is called exactly once, from the producer's delivery goroutine
 // (or, for a record refused before it was queued, from a goroutine of its
 // own), with r (Partition and Offset filled in; Offset -1 with AcksNone) or
-// the error that failed it. r belongs to the client until done is called;
-// its Key, Value and Headers are copied into librdkafka before Produce
-// returns.
+// the error that failed it. r, its Key, Value and Headers belong to the
+// client until done is called.
+//
+// The first records to a topic wait (in order, outside librdkafka's
+// queue, counted against queue.buffering.max.messages) until the client
+// looked up the topic's max.message.bytes, for at most 5 s; records to a
+// topic whose limit is below batch.size go through a producer whose
+// batch.size fits the limit (see topicBatch). The lookup is made once per
+// topic; a lookup that found no limit (topic missing, no DescribeConfigs,
+// Kafka unreachable) is made again a second or a minute later.
 //
 // A zero r.Timestamp is set to time.Now(). A nil r.Value is produced as a
 // tombstone (null value); an empty non-nil Value as an empty value.
@@ -252,7 +303,17 @@ func (c *Client) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func
 		go done(nil, errors.New("confluent: Produce of a nil record"))
 		return
 	}
-	p, err := c.useProducer(acks)
+	batchSize, now := c.batchFor(r, acks, done)
+	if !now {
+		return // queued until the topic's lookup answers
+	}
+	c.produceSized(r, acks, batchSize, done)
+}
+
+// produceSized enqueues r on the producer for acks whose batches are
+// bounded by batchSize (0: the client's batch.size).
+func (c *Client) produceSized(r *kafkaclient.Record, acks kafkaclient.Acks, batchSize int, done func(*kafkaclient.Record, error)) {
+	p, err := c.useProducer(acks, batchSize)
 	if err != nil {
 		go done(r, err)
 		return
@@ -371,18 +432,18 @@ func (c *Client) wait(ctx context.Context, k *counter) error {
 // to send queued records at once, whatever linger.ms is. Safe for concurrent
 // use.
 func (c *Client) Flush(ctx context.Context) error {
+	// The records waiting for their topic's lookup first reach
+	// librdkafka (on producers perhaps made for them), so that flush
+	// nudges them too.
+	if err := c.wait(ctx, &c.queued); err != nil {
+		return err
+	}
 	c.mu.RLock()
 	if c.closed {
 		c.mu.RUnlock()
 		return kafkaclient.ErrClosed
 	}
-	var prods []*producer
-	for _, p := range c.producers {
-		if p != nil {
-			prods = append(prods, p)
-		}
-	}
-	prods = append(prods, c.retired...)
+	prods := c.allProducers()
 	for _, p := range prods {
 		p.users.Add(1)
 	}

@@ -319,12 +319,12 @@ type TopicLimiter interface {
 	TopicMaxMessageBytes(ctx context.Context, topic string) (int, error)
 }
 
-// BatchBounder is implemented by clients whose producers batch records up
-// to one size for every topic (librdkafka's batch.size), not up to each
-// topic's max.message.bytes. Kafka refuses a whole batch larger than the
-// topic's limit: the exactly-once worker then writes to a topic whose
-// limit is below MaxBatchBytes one record at a time, since a refused batch
-// fails its transaction.
+// BatchBounder is implemented by clients whose transactional producers
+// batch records up to one size for every topic (librdkafka's batch.size),
+// not up to each topic's max.message.bytes. Kafka refuses a whole batch
+// larger than the topic's limit: the exactly-once worker then writes to a
+// topic whose limit is below MaxBatchBytes one record at a time, since a
+// refused batch fails its transaction.
 type BatchBounder interface {
 	// MaxBatchBytes returns the size up to which the client's producers
 	// batch the records of one partition.

@@ -213,41 +213,49 @@ func testRecordTooLargeFails(t *testing.T, f Factory) {
 // MESSAGE_TOO_LARGE. A record over the limit still fails.
 func testSmallRecordsToLimitedTopic(t *testing.T, f Factory) {
 	e := newEnv(t, f, Config{DeliveryTimeout: time.Minute})
-	topic := e.name("default-limit")
-	ctx := ctxT(t, 60*time.Second)
-	if err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: topic, Partitions: 1, Config: map[string]string{"max.message.bytes": "1048588"}}}); err != nil {
-		t.Fatal(err)
-	}
-	const n, size = 300, 20_000 // 6 MB in all, over the limit many times
-	for _, acks := range []kafkaclient.Acks{kafkaclient.AcksAll, kafkaclient.AcksLeader} {
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		failed := map[string]int{}
-		wg.Add(n)
-		for range n {
-			e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: make([]byte, size)}, acks, func(_ *kafkaclient.Record, err error) {
-				if err != nil {
-					mu.Lock()
-					failed[err.Error()]++
-					mu.Unlock()
+	for _, tc := range []struct {
+		limit, n, size int
+	}{
+		{1048588, 300, 20_000}, // 6 MB in all, over the limit many times
+		{20_000, 300, 2_000},   // a limit below librdkafka's batch.size (1000000)
+	} {
+		t.Run(fmt.Sprint("limit=", tc.limit), func(t *testing.T) {
+			topic := e.name(fmt.Sprint("limit-", tc.limit))
+			ctx := ctxT(t, 60*time.Second)
+			if err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: topic, Partitions: 1, Config: map[string]string{"max.message.bytes": fmt.Sprint(tc.limit)}}}); err != nil {
+				t.Fatal(err)
+			}
+			for _, acks := range []kafkaclient.Acks{kafkaclient.AcksAll, kafkaclient.AcksLeader} {
+				var wg sync.WaitGroup
+				var mu sync.Mutex
+				failed := map[string]int{}
+				wg.Add(tc.n)
+				for range tc.n {
+					e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: make([]byte, tc.size)}, acks, func(_ *kafkaclient.Record, err error) {
+						if err != nil {
+							mu.Lock()
+							failed[err.Error()]++
+							mu.Unlock()
+						}
+						wg.Done()
+					})
 				}
-				wg.Done()
-			})
-		}
-		wg.Wait()
-		if len(failed) > 0 {
-			t.Errorf("acks=%s: %d records of %d bytes to a topic with max.message.bytes 1048588 failed: %v", acks, n, size, failed)
-		}
-	}
-	errc := make(chan error, 1)
-	e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: make([]byte, 2<<20)}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
-	select {
-	case err := <-errc:
-		if err == nil {
-			t.Error("a 2 MiB record to a topic with max.message.bytes 1048588 was delivered")
-		}
-	case <-ctx.Done():
-		t.Fatal("no delivery report for a record over the topic's limit")
+				wg.Wait()
+				if len(failed) > 0 {
+					t.Errorf("acks=%s: %d records of %d bytes to a topic with max.message.bytes %d failed: %v", acks, tc.n, tc.size, tc.limit, failed)
+				}
+			}
+			errc := make(chan error, 1)
+			e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: make([]byte, 2*tc.limit)}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { errc <- err })
+			select {
+			case err := <-errc:
+				if err == nil {
+					t.Errorf("a %d-byte record to a topic with max.message.bytes %d was delivered", 2*tc.limit, tc.limit)
+				}
+			case <-ctx.Done():
+				t.Fatal("no delivery report for a record over the topic's limit")
+			}
+		})
 	}
 }
 

@@ -38,6 +38,7 @@ func Run(t *testing.T, f Factory) {
 		{"LargeRecord", testLargeRecord},
 		{"AcksLevels", testAcksLevels},
 		{"FlushSendsLingeringRecords", testFlushSendsLingeringRecords},
+		{"CloseDeliversFirstRecords", testCloseDeliversFirstRecords},
 		{"ProduceToClosedBrokerFails", testProduceToClosedBrokerFails},
 		{"ProduceToMissingTopicFails", testProduceToMissingTopicFails},
 		{"ProduceNotAuthorizedFails", testProduceNotAuthorizedFails},
@@ -727,6 +728,36 @@ func manyHeaders(n int) []kafkaclient.Header {
 // with a producer that would hold records back for 50 seconds, Flush
 // returns once they are delivered (their done called, without error), as
 // does a transaction's Flush.
+// testCloseDeliversFirstRecords: records produced to a topic the client
+// never produced to, right before Close, are delivered by Close (the
+// confluent client holds a topic's first records until it looked up the
+// topic's max.message.bytes).
+func testCloseDeliversFirstRecords(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{})
+	topic := e.createTopic(t, "first", 1)
+	c, err := f.New(e.brokers, Config{Logger: slog.New(NewLogCapture())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var delivered atomic.Int32
+	for i := range 3 {
+		c.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Key: key(i), Value: []byte("v")}, kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) {
+			if err != nil {
+				t.Errorf("produce: %v", err)
+			}
+			delivered.Add(1)
+		})
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if n := delivered.Load(); n != 3 {
+		t.Fatalf("Close returned with %d of 3 records reported", n)
+	}
+	rd := e.readerFrom(t, topic, kafkaclient.Earliest)
+	readN(t, rd, 3, 15*time.Second)
+}
+
 func testFlushSendsLingeringRecords(t *testing.T, f Factory) {
 	e := newEnv(t, f, Config{Linger: 50 * time.Second, FastGroups: true})
 	topic := e.createTopic(t, "linger", 1)

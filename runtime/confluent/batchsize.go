@@ -1,0 +1,239 @@
+package confluent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// Kafka refuses a whole record batch larger than the topic's
+// max.message.bytes, and librdkafka batches the records of a partition up
+// to batch.size (DefaultBatchSize, 1000000 bytes) whatever the topic's
+// limit: a burst of small records to a topic whose limit is below
+// batch.size failed, every record "Message size too large", though each
+// fitted. The client looks up the limit of each topic it produces to, and
+// produces to a topic whose limit is below batch.size through a producer of
+// its own whose batch.size is at most that limit (the largest power of two
+// not above it, so that a few producers serve every limit).
+
+// batchLookupTimeout bounds the lookup of a topic's max.message.bytes.
+const batchLookupTimeout = 5 * time.Second
+
+// Retry intervals of a lookup that found no limit.
+const (
+	batchMissingTTL = time.Second // the topic does not exist (yet)
+	batchFailedTTL  = time.Minute // the lookup failed (no DESCRIBE_CONFIGS, Kafka unreachable)
+)
+
+// maxBatchTopics bounds how many topics the client keeps the batch bound
+// of: record topics can come from requests (reply topics).
+const maxBatchTopics = 4096
+
+// topicBatch is what the client knows of the batches of one topic.
+type topicBatch struct {
+	bound atomic.Pointer[batchBound] // nil until the first lookup answered
+
+	mu      sync.Mutex
+	queue   []queuedRecord // produced before the first lookup answered, in order
+	looking bool           // a lookup runs
+}
+
+// batchBound is the answer of a lookup.
+type batchBound struct {
+	size int       // the producers' batch bound; 0: the client's batch.size
+	next time.Time // when to look up again; zero: never (the limit is known)
+}
+
+// queuedRecord is a record waiting for its topic's first lookup.
+type queuedRecord struct {
+	r    *kafkaclient.Record
+	acks kafkaclient.Acks
+	done func(*kafkaclient.Record, error)
+}
+
+// batchFor returns the batch bound of r's topic and true, or false when r
+// was queued until the topic's first lookup answers (then produced by the
+// lookup, in order), or failed (ErrQueueFull: more records wait for
+// lookups than librdkafka's queue.buffering.max.messages). A known bound
+// costs a map load; a bound to be looked up again is looked up off the
+// record, which goes by the bound known.
+func (c *Client) batchFor(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) (int, bool) {
+	v, ok := c.batches.Load(r.Topic)
+	if ok {
+		tb := v.(*topicBatch)
+		if b := tb.bound.Load(); b != nil {
+			if !b.next.IsZero() && time.Now().After(b.next) {
+				c.relookup(r.Topic, tb)
+			}
+			return b.size, true
+		}
+	} else {
+		if c.batchCount.Add(1) > maxBatchTopics {
+			c.forgetBatches()
+		}
+		if v, ok = c.batches.LoadOrStore(r.Topic, new(topicBatch)); ok {
+			c.batchCount.Add(-1)
+		}
+	}
+	tb := v.(*topicBatch)
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	if b := tb.bound.Load(); b != nil {
+		return b.size, true // answered meanwhile
+	}
+	if !tb.looking {
+		if !c.startLookup() {
+			return 0, true // closing: no lookup starts
+		}
+		tb.looking = true
+		go c.lookupBatch(r.Topic, tb)
+	}
+	c.pendMu.Lock()
+	if int64(c.queued.n) >= c.maxQueued() {
+		c.pendMu.Unlock()
+		go done(r, fmt.Errorf("%w: %d records wait for their topic's max.message.bytes", ErrQueueFull, c.maxQueued()))
+		return 0, false
+	}
+	// Counted as outstanding too, so that Flush and Close wait for it.
+	c.queued.add()
+	c.outstanding.add()
+	c.pendMu.Unlock()
+	tb.queue = append(tb.queue, queuedRecord{r: r, acks: acks, done: done})
+	return 0, false
+}
+
+// maxQueued returns how many records may wait for lookups: librdkafka's
+// queue.buffering.max.messages (the producers' own bound).
+func (c *Client) maxQueued() int64 {
+	switch v := c.prodCfg["queue.buffering.max.messages"].(type) {
+	case int:
+		return int64(v)
+	case string:
+		if n, err := strconv.Atoi(v); err == nil {
+			return int64(n)
+		}
+	}
+	return defaultQueueBufferingMaxMessages
+}
+
+// defaultQueueBufferingMaxMessages is librdkafka's default of
+// queue.buffering.max.messages.
+const defaultQueueBufferingMaxMessages = 100000
+
+// startLookup registers a lookup with Close, unless Close has begun.
+func (c *Client) startLookup() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.noLookups || c.closed {
+		return false
+	}
+	c.lookups.Add(1)
+	return true
+}
+
+// lookupBatch looks topic's bound up for tb, whose first lookup this is,
+// then produces the records queued meanwhile, in their order, before later
+// records can go by the bound.
+func (c *Client) lookupBatch(topic string, tb *topicBatch) {
+	defer c.lookups.Done()
+	b := c.lookupBound(topic)
+	tb.mu.Lock()
+	q := tb.queue
+	tb.queue = nil
+	for _, x := range q {
+		c.produceSized(x.r, x.acks, b.size, x.done)
+	}
+	tb.bound.Store(b)
+	tb.looking = false
+	tb.mu.Unlock()
+	c.pendMu.Lock()
+	for range q {
+		c.outstanding.done() // each is counted again as produced
+		c.queued.done()
+	}
+	c.pendMu.Unlock()
+}
+
+// relookup looks topic's bound up again off the record that found it
+// stale, unless a lookup runs.
+func (c *Client) relookup(topic string, tb *topicBatch) {
+	if !tb.mu.TryLock() {
+		return
+	}
+	start := !tb.looking && c.startLookup()
+	if start {
+		tb.looking = true
+	}
+	tb.mu.Unlock()
+	if !start {
+		return
+	}
+	go func() {
+		defer c.lookups.Done()
+		b := c.lookupBound(topic)
+		tb.mu.Lock()
+		tb.bound.Store(b)
+		tb.looking = false
+		tb.mu.Unlock()
+	}()
+}
+
+// lookupBound asks Kafka for topic's max.message.bytes and returns the
+// batch bound of its producers: 0 (the client's batch.size) when the limit
+// is not below batch.size, or not known.
+func (c *Client) lookupBound(topic string) *batchBound {
+	ctx, cancel := context.WithTimeout(context.Background(), batchLookupTimeout)
+	defer cancel()
+	limit, err := c.TopicMaxMessageBytes(ctx, topic)
+	switch {
+	case errors.Is(err, kafkaclient.ErrUnknownTopic):
+		return &batchBound{next: time.Now().Add(batchMissingTTL)}
+	case err != nil:
+		c.log.Warn("confluent: could not look up the topic's max.message.bytes; its records are batched up to batch.size, "+
+			"and a batch over the topic's limit fails whole", "topic", topic, "batch.size", c.MaxBatchBytes(), "error", err)
+		return &batchBound{next: time.Now().Add(batchFailedTTL)}
+	}
+	size := boundFor(limit, c.MaxBatchBytes())
+	if size > 0 {
+		c.log.Info("confluent: the topic's max.message.bytes is below batch.size: its records are batched up to a smaller size",
+			"topic", topic, "max.message.bytes", limit, "batch.size", c.MaxBatchBytes(), "topic_batch_size", size)
+	}
+	return &batchBound{size: size}
+}
+
+// boundFor returns the batch bound for a topic whose max.message.bytes is
+// limit, with producers batching up to batchSize: 0 when batchSize fits
+// the limit, else the largest power of two not above limit.
+func boundFor(limit, batchSize int) int {
+	if limit <= 0 || batchSize <= limit {
+		return 0
+	}
+	return 1 << (bits.Len(uint(limit)) - 1)
+}
+
+// forgetBatches forgets the topics whose bound is known, past
+// maxBatchTopics; topics still looked up keep their queued records.
+func (c *Client) forgetBatches() {
+	n := int64(0)
+	c.batches.Range(func(k, v any) bool {
+		tb := v.(*topicBatch)
+		if tb.bound.Load() != nil && tb.mu.TryLock() {
+			if !tb.looking {
+				c.batches.Delete(k)
+				tb.mu.Unlock()
+				return true
+			}
+			tb.mu.Unlock()
+		}
+		n++
+		return true
+	})
+	c.batchCount.Store(n + 1)
+}
