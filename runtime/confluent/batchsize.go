@@ -59,19 +59,18 @@ type queuedRecord struct {
 }
 
 // batchFor returns the batch bound of r's topic and true, or false when r
-// was queued until the topic's first lookup answers (then produced by the
-// lookup, in order), or failed (ErrQueueFull: more records wait for
+// was queued until a lookup of the topic's limit answers (then produced by
+// the lookup, in order), or failed (ErrQueueFull: more records wait for
 // lookups than librdkafka's queue.buffering.max.messages). A known bound
-// costs a map load; a bound to be looked up again is looked up off the
-// record, which goes by the bound known.
+// costs a map load. A bound to be looked up again (the topic was missing,
+// or the lookup failed) is stale: the records wait for the new lookup as
+// for the first, since the topic, created meanwhile, may need a producer of
+// its own.
 func (c *Client) batchFor(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) (int, bool) {
 	v, ok := c.batches.Load(r.Topic)
 	if ok {
 		tb := v.(*topicBatch)
-		if b := tb.bound.Load(); b != nil {
-			if !b.next.IsZero() && time.Now().After(b.next) {
-				c.relookup(r.Topic, tb)
-			}
+		if b := tb.bound.Load(); b.fresh() {
 			return b.size, true
 		}
 	} else {
@@ -85,12 +84,16 @@ func (c *Client) batchFor(r *kafkaclient.Record, acks kafkaclient.Acks, done fun
 	tb := v.(*topicBatch)
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
-	if b := tb.bound.Load(); b != nil {
+	b := tb.bound.Load()
+	if b.fresh() {
 		return b.size, true // answered meanwhile
 	}
 	if !tb.looking {
 		if !c.startLookup() {
-			return 0, true // closing: no lookup starts
+			if b != nil {
+				return b.size, true // closing: no lookup starts
+			}
+			return 0, true
 		}
 		tb.looking = true
 		go c.lookupBatch(r.Topic, tb)
@@ -107,6 +110,11 @@ func (c *Client) batchFor(r *kafkaclient.Record, acks kafkaclient.Acks, done fun
 	c.pendMu.Unlock()
 	tb.queue = append(tb.queue, queuedRecord{r: r, acks: acks, done: done})
 	return 0, false
+}
+
+// fresh reports whether b is known and need not be looked up again yet.
+func (b *batchBound) fresh() bool {
+	return b != nil && (b.next.IsZero() || time.Now().Before(b.next))
 }
 
 // maxQueued returns how many records may wait for lookups: librdkafka's
@@ -138,9 +146,9 @@ func (c *Client) startLookup() bool {
 	return true
 }
 
-// lookupBatch looks topic's bound up for tb, whose first lookup this is,
-// then produces the records queued meanwhile, in their order, before later
-// records can go by the bound.
+// lookupBatch looks topic's bound up for tb (first, or again once the
+// bound went stale), then produces the records queued meanwhile, in their
+// order, before later records can go by the bound.
 func (c *Client) lookupBatch(topic string, tb *topicBatch) {
 	defer c.lookups.Done()
 	b := c.lookupBound(topic)
@@ -159,30 +167,6 @@ func (c *Client) lookupBatch(topic string, tb *topicBatch) {
 		c.queued.done()
 	}
 	c.pendMu.Unlock()
-}
-
-// relookup looks topic's bound up again off the record that found it
-// stale, unless a lookup runs.
-func (c *Client) relookup(topic string, tb *topicBatch) {
-	if !tb.mu.TryLock() {
-		return
-	}
-	start := !tb.looking && c.startLookup()
-	if start {
-		tb.looking = true
-	}
-	tb.mu.Unlock()
-	if !start {
-		return
-	}
-	go func() {
-		defer c.lookups.Done()
-		b := c.lookupBound(topic)
-		tb.mu.Lock()
-		tb.bound.Store(b)
-		tb.looking = false
-		tb.mu.Unlock()
-	}()
 }
 
 // lookupBound asks Kafka for topic's max.message.bytes and returns the

@@ -285,7 +285,8 @@ func acksIndex(a kafkaclient.Acks) (int, error) {
 // topic whose limit is below batch.size go through a producer whose
 // batch.size fits the limit (see topicBatch). The lookup is made once per
 // topic; a lookup that found no limit (topic missing, no DescribeConfigs,
-// Kafka unreachable) is made again a second or a minute later.
+// Kafka unreachable) is made again a second or a minute later, and the
+// records then wait for it as for the first.
 //
 // A zero r.Timestamp is set to time.Now(). A nil r.Value is produced as a
 // tombstone (null value); an empty non-nil Value as an empty value.
