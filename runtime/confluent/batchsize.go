@@ -40,9 +40,47 @@ const maxBatchTopics = 4096
 type topicBatch struct {
 	bound atomic.Pointer[batchBound] // nil until the first lookup answered
 
-	mu      sync.Mutex
-	queue   []queuedRecord // produced before the first lookup answered, in order
-	looking bool           // a lookup runs
+	// inflight counts the records produced on a producer (or about to be)
+	// by the bound known, whose done has not returned yet: a lookup that
+	// changes the topic's producer waits for them, so that the records
+	// of a key keep their order.
+	inflight atomic.Int64
+	drained  atomic.Pointer[chan struct{}] // closed when inflight drops to 0
+
+	mu        sync.Mutex
+	queue     []queuedRecord // produced while a lookup runs, in order
+	looking   bool           // a lookup runs
+	forgotten bool           // dropped from the client's batches (forgetBatches)
+}
+
+// staleTime marks a bound that is being looked up again: records then
+// wait for the lookup.
+var staleTime = time.Unix(0, 1)
+
+// release marks one of tb's records done.
+func (tb *topicBatch) release() {
+	if tb.inflight.Add(-1) == 0 {
+		if ch := tb.drained.Swap(nil); ch != nil {
+			close(*ch)
+		}
+	}
+}
+
+// waitInflight waits until none of tb's records is in flight, or closing
+// is closed.
+func (tb *topicBatch) waitInflight(closing <-chan struct{}) {
+	for tb.inflight.Load() != 0 {
+		ch := make(chan struct{})
+		tb.drained.Store(&ch)
+		if tb.inflight.Load() == 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-closing:
+			return
+		}
+	}
 }
 
 // batchBound is the answer of a lookup.
@@ -66,13 +104,18 @@ type queuedRecord struct {
 // or the lookup failed) is stale: the records wait for the new lookup as
 // for the first, since the topic, created meanwhile, may need a producer of
 // its own.
-func (c *Client) batchFor(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) (int, bool) {
+func (c *Client) batchFor(r *kafkaclient.Record, acks kafkaclient.Acks, done func(*kafkaclient.Record, error)) (int, *topicBatch, bool) {
 	v, ok := c.batches.Load(r.Topic)
 	if ok {
 		tb := v.(*topicBatch)
+		// Counted before the bound is read, so that a lookup that
+		// marks the bound stale and then waits for tb's records sees
+		// this one unless it saw the mark.
+		tb.inflight.Add(1)
 		if b := tb.bound.Load(); b.fresh() {
-			return b.size, true
+			return b.size, tb, true
 		}
+		tb.release()
 	} else {
 		if c.batchCount.Add(1) > maxBatchTopics {
 			c.forgetBatches()
@@ -83,33 +126,44 @@ func (c *Client) batchFor(r *kafkaclient.Record, acks kafkaclient.Acks, done fun
 	}
 	tb := v.(*topicBatch)
 	tb.mu.Lock()
+	if tb.forgotten {
+		tb.mu.Unlock()
+		return c.batchFor(r, acks, done) // dropped meanwhile: the topic's new entry
+	}
 	defer tb.mu.Unlock()
 	b := tb.bound.Load()
 	if b.fresh() {
-		return b.size, true // answered meanwhile
+		tb.inflight.Add(1)
+		return b.size, tb, true // answered meanwhile
 	}
 	if !tb.looking {
 		if !c.startLookup() {
+			tb.inflight.Add(1)
 			if b != nil {
-				return b.size, true // closing: no lookup starts
+				return b.size, tb, true // closing: no lookup starts
 			}
-			return 0, true
+			return 0, tb, true
 		}
 		tb.looking = true
-		go c.lookupBatch(r.Topic, tb)
+		if b != nil {
+			// The records that read the bound before this mark are
+			// counted in inflight; the later ones wait for the lookup.
+			tb.bound.Store(&batchBound{size: b.size, next: staleTime})
+		}
+		go c.lookupBatch(r.Topic, tb, b)
 	}
 	c.pendMu.Lock()
 	if int64(c.queued.n) >= c.maxQueued() {
 		c.pendMu.Unlock()
 		go done(r, fmt.Errorf("%w: %d records wait for their topic's max.message.bytes", ErrQueueFull, c.maxQueued()))
-		return 0, false
+		return 0, nil, false
 	}
 	// Counted as outstanding too, so that Flush and Close wait for it.
 	c.queued.add()
 	c.outstanding.add()
 	c.pendMu.Unlock()
 	tb.queue = append(tb.queue, queuedRecord{r: r, acks: acks, done: done})
-	return 0, false
+	return 0, nil, false
 }
 
 // fresh reports whether b is known and need not be looked up again yet.
@@ -149,14 +203,22 @@ func (c *Client) startLookup() bool {
 // lookupBatch looks topic's bound up for tb (first, or again once the
 // bound went stale), then produces the records queued meanwhile, in their
 // order, before later records can go by the bound.
-func (c *Client) lookupBatch(topic string, tb *topicBatch) {
+//
+// old is the bound known before (nil: none). When the new bound names
+// another producer, the records produced by the old one are waited for
+// first: two producers do not keep the order of the records of a key.
+func (c *Client) lookupBatch(topic string, tb *topicBatch, old *batchBound) {
 	defer c.lookups.Done()
 	b := c.lookupBound(topic)
+	if old != nil && old.size != b.size {
+		tb.waitInflight(c.closing)
+	}
 	tb.mu.Lock()
 	q := tb.queue
 	tb.queue = nil
 	for _, x := range q {
-		c.produceSized(x.r, x.acks, b.size, x.done)
+		tb.inflight.Add(1)
+		c.produceSized(x.r, x.acks, b.size, tb, x.done)
 	}
 	tb.bound.Store(b)
 	tb.looking = false
@@ -202,17 +264,26 @@ func boundFor(limit, batchSize int) int {
 	return 1 << (bits.Len(uint(limit)) - 1)
 }
 
-// forgetBatches forgets the topics whose bound is known, past
-// maxBatchTopics; topics still looked up keep their queued records.
+// forgetBatches forgets the topics whose bound is known and none of whose
+// records is in flight, past maxBatchTopics; topics still looked up keep
+// their queued records.
 func (c *Client) forgetBatches() {
 	n := int64(0)
 	c.batches.Range(func(k, v any) bool {
 		tb := v.(*topicBatch)
-		if tb.bound.Load() != nil && tb.mu.TryLock() {
+		if b := tb.bound.Load(); b != nil && tb.mu.TryLock() {
 			if !tb.looking {
-				c.batches.Delete(k)
-				tb.mu.Unlock()
-				return true
+				// Marked stale first: a record that read the bound
+				// before is counted in inflight; a later one finds
+				// tb forgotten and goes to the topic's new entry.
+				tb.bound.Store(&batchBound{size: b.size, next: staleTime})
+				if tb.inflight.Load() == 0 {
+					tb.forgotten = true
+					c.batches.Delete(k)
+					tb.mu.Unlock()
+					return true
+				}
+				tb.bound.Store(b)
 			}
 			tb.mu.Unlock()
 		}

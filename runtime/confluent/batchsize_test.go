@@ -2,11 +2,18 @@ package confluent
 
 import (
 	"errors"
+	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient/kafkaclienttest"
 )
 
 // produceBurst produces n records of size bytes to topic's partition 0 and
@@ -52,5 +59,112 @@ func TestBurstToTopicCreatedLater(t *testing.T) {
 	}
 	if failed := e.produceBurst(t, topic, 300, 2000); len(failed) > 0 {
 		t.Errorf("300 records of 2000 bytes to a topic with max.message.bytes 20000, created after a first record failed: %v", failed)
+	}
+}
+
+// TestOrderKeptWhenTopicGetsSizedProducer: records of one key keep their
+// order when their topic's batch bound changes, from "missing" to a
+// max.message.bytes below batch.size, while a record produced before, on
+// the client's main producer, is still undelivered: the records produced
+// through the topic's own producer must not overtake it. The broker holds
+// the first record's produce request until a later record was delivered
+// (or, when none overtakes it, for 3 s).
+func TestOrderKeptWhenTopicGetsSizedProducer(t *testing.T) {
+	const topic = "sized-later"
+	kc, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	held, release := make(chan struct{}), make(chan struct{})
+	var holding atomic.Bool
+	kc.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		kc.KeepControl()
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			if tp.Topic == topic && holding.CompareAndSwap(false, true) {
+				close(held)
+				kc.SleepControl(func() {
+					select {
+					case <-release:
+					case <-time.After(3 * time.Second):
+					}
+				})
+			}
+		}
+		return nil, nil, false
+	})
+	logs := kafkaclienttest.NewLogCapture()
+	// librdkafka holds a record to a missing topic up to 30 s for the
+	// topic to appear.
+	c, err := New(Config{"bootstrap.servers": kc.ListenAddrs()[0], "topic.metadata.propagation.max.ms": 30000}, WithLogger(slog.New(logs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := ctxT(t, 30*time.Second)
+	var wg sync.WaitGroup
+	var releaseOnce sync.Once
+	produce := func(v string) {
+		wg.Add(1)
+		c.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Key: []byte("k"), Value: []byte(v)}, kafkaclient.AcksLeader,
+			func(_ *kafkaclient.Record, err error) {
+				if err != nil {
+					t.Errorf("record %s: %v", v, err)
+				}
+				if v != "0" {
+					releaseOnce.Do(func() { close(release) })
+				}
+				wg.Done()
+			})
+	}
+	produce("0")
+	// The lookup found the topic missing, and the record is in librdkafka.
+	if err := c.wait(ctx, &c.queued); err != nil {
+		t.Fatal(err)
+	}
+	// Another client creates the topic (this one's metadata requests
+	// would show it to librdkafka at once).
+	admin, err := New(Config{"bootstrap.servers": kc.ListenAddrs()[0]}, WithLogger(slog.New(kafkaclienttest.NewLogCapture())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := admin.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: topic, Partitions: 1,
+		Config: map[string]string{"max.message.bytes": "20000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("the first record never reached the broker")
+	}
+	// The second that a missing topic's bound holds passes.
+	v, _ := c.batches.Load(topic)
+	v.(*topicBatch).bound.Store(&batchBound{next: time.Now().Add(-time.Millisecond)})
+	produce("1") // looks the topic up again
+	c.lookups.Wait()
+	produce("2")
+	wg.Wait()
+
+	rd, err := c.NewReader(kafkaclient.ReaderConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	if err := rd.Assign([]kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) < 3 {
+		recs, err := rd.Poll(ctx)
+		if err != nil {
+			t.Fatalf("poll after %v: %v", got, err)
+		}
+		for _, r := range recs {
+			got = append(got, string(r.Value))
+		}
+	}
+	if want := []string{"0", "1", "2"}; !slices.Equal(got, want) {
+		t.Fatalf("records of one key read in the order %v, want %v", got, want)
 	}
 }

@@ -212,6 +212,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		prodCfg: merge(base, pover),
 		consCfg: merge(base, cover),
 		pending: make(map[*pending]struct{}),
+		closing: make(chan struct{}),
 	}
 	if _, ok := c.prodCfg["bootstrap.servers"]; !ok {
 		if _, ok := c.prodCfg["metadata.broker.list"]; !ok {
@@ -247,6 +248,7 @@ type Client struct {
 	batchCount atomic.Int64   // about how many topics batches holds
 	lookups    sync.WaitGroup // batch lookups under way, waited for by Close
 	noLookups  bool           // guarded by mu: Close started, no lookup starts
+	closing    chan struct{}  // closed when Close starts
 
 	// pendMu guards pending, outstanding (and each producer's) and queued.
 	pendMu      sync.Mutex
@@ -486,6 +488,7 @@ func (c *Client) close() error {
 	c.mu.Lock()
 	c.noLookups = true
 	c.mu.Unlock()
+	close(c.closing) // a lookup waiting for a topic's records stops waiting
 	c.lookups.Wait()
 
 	c.mu.Lock()

@@ -54,6 +54,7 @@ type pending struct {
 	p     *producer
 	rec   *kafkaclient.Record
 	done  func(*kafkaclient.Record, error)
+	tb    *topicBatch // counts the record in flight (Produce's records)
 	fired atomic.Bool
 	msg   kafka.Message   // what Produce is given: in the same allocation
 	hs    [8]kafka.Header // most records' headers, likewise
@@ -304,34 +305,37 @@ func (c *Client) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func
 		go done(nil, errors.New("confluent: Produce of a nil record"))
 		return
 	}
-	batchSize, now := c.batchFor(r, acks, done)
+	batchSize, tb, now := c.batchFor(r, acks, done)
 	if !now {
 		return // queued until the topic's lookup answers
 	}
-	c.produceSized(r, acks, batchSize, done)
+	c.produceSized(r, acks, batchSize, tb, done)
 }
 
 // produceSized enqueues r on the producer for acks whose batches are
-// bounded by batchSize (0: the client's batch.size).
-func (c *Client) produceSized(r *kafkaclient.Record, acks kafkaclient.Acks, batchSize int, done func(*kafkaclient.Record, error)) {
+// bounded by batchSize (0: the client's batch.size). r is counted in tb's
+// inflight, released when its done returns.
+func (c *Client) produceSized(r *kafkaclient.Record, acks kafkaclient.Acks, batchSize int, tb *topicBatch, done func(*kafkaclient.Record, error)) {
 	p, err := c.useProducer(acks, batchSize)
 	if err != nil {
+		tb.release()
 		go done(r, err)
 		return
 	}
 	defer p.users.Done()
-	c.produceOn(p, r, done)
+	c.produceOn(p, r, tb, done)
 }
 
-// produceOn enqueues r on p; see Produce.
-func (c *Client) produceOn(p *producer, r *kafkaclient.Record, done func(*kafkaclient.Record, error)) {
+// produceOn enqueues r on p; see Produce. tb, if not nil, counts r in
+// flight until its done returns.
+func (c *Client) produceOn(p *producer, r *kafkaclient.Record, tb *topicBatch, done func(*kafkaclient.Record, error)) {
 	if done == nil {
 		done = func(*kafkaclient.Record, error) {}
 	}
 	if r.Timestamp.IsZero() {
 		r.Timestamp = time.Now()
 	}
-	pd := &pending{p: p, rec: r, done: done}
+	pd := &pending{p: p, rec: r, done: done, tb: tb}
 	msg := &pd.msg
 	*msg = kafka.Message{
 		TopicPartition: kafka.TopicPartition{Topic: &r.Topic, Partition: r.Partition},
@@ -381,6 +385,9 @@ func (c *Client) finish(pd *pending, err error) {
 		return
 	}
 	pd.done(pd.rec, err)
+	if pd.tb != nil {
+		pd.tb.release()
+	}
 	c.pendMu.Lock()
 	delete(c.pending, pd)
 	c.outstanding.done()

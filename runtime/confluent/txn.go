@@ -70,7 +70,7 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 		go done(r, kafkaclient.ErrClosed)
 		return
 	}
-	t.c.produceOn(t.p, r, done)
+	t.c.produceOn(t.p, r, nil, done)
 }
 
 // Flush waits until every record produced so far was acknowledged or
