@@ -168,3 +168,45 @@ func TestOrderKeptWhenTopicGetsSizedProducer(t *testing.T) {
 		t.Fatalf("records of one key read in the order %v, want %v", got, want)
 	}
 }
+
+// TestTimestampIsProduceTime: a record produced without a timestamp is
+// stamped when Produce is called, also when it waits for the lookup of its
+// topic's max.message.bytes (the broker holds the lookup here until
+// Produce has returned).
+func TestTimestampIsProduceTime(t *testing.T) {
+	kc, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	c, err := New(Config{"bootstrap.servers": kc.ListenAddrs()[0]}, WithLogger(slog.New(kafkaclienttest.NewLogCapture())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := ctxT(t, 30*time.Second)
+	if err := c.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: "stamped", Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	kc.ControlKey(int16(kmsg.DescribeConfigs), func(kmsg.Request) (kmsg.Response, error, bool) {
+		kc.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	type result struct {
+		r   *kafkaclient.Record
+		err error
+	}
+	res := make(chan result, 1)
+	c.Produce(&kafkaclient.Record{Topic: "stamped", Partition: 0, Value: []byte("v")}, kafkaclient.AcksAll,
+		func(r *kafkaclient.Record, err error) { res <- result{r, err} })
+	returned := time.Now()
+	close(release)
+	got := <-res
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	if got.r.Timestamp.After(returned) {
+		t.Fatalf("record stamped %v after Produce returned", got.r.Timestamp.Sub(returned))
+	}
+}

@@ -305,6 +305,9 @@ func (c *Client) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func
 		go done(nil, errors.New("confluent: Produce of a nil record"))
 		return
 	}
+	if r.Timestamp.IsZero() {
+		r.Timestamp = time.Now() // now, not when a lookup of its topic lets it go
+	}
 	batchSize, tb, now := c.batchFor(r, acks, done)
 	if !now {
 		return // queued until the topic's lookup answers
