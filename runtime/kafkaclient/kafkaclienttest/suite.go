@@ -724,10 +724,6 @@ func manyHeaders(n int) []kafkaclient.Header {
 	return hs
 }
 
-// testFlushSendsLingeringRecords checks that Flush does not wait for linger:
-// with a producer that would hold records back for 50 seconds, Flush
-// returns once they are delivered (their done called, without error), as
-// does a transaction's Flush.
 // testCloseDeliversFirstRecords: records produced to a topic the client
 // never produced to, right before Close, are delivered by Close (the
 // confluent client holds a topic's first records until it looked up the
@@ -758,6 +754,10 @@ func testCloseDeliversFirstRecords(t *testing.T, f Factory) {
 	readN(t, rd, 3, 15*time.Second)
 }
 
+// testFlushSendsLingeringRecords checks that Flush does not wait for linger:
+// with a producer that would hold records back for 50 seconds, Flush
+// returns once they are delivered (their done called, without error), as
+// does a transaction's Flush.
 func testFlushSendsLingeringRecords(t *testing.T, f Factory) {
 	e := newEnv(t, f, Config{Linger: 50 * time.Second, FastGroups: true})
 	topic := e.createTopic(t, "linger", 1)
