@@ -237,10 +237,22 @@ func (c *Client) lookupBatch(topic string, tb *topicBatch, old *batchBound) {
 func (c *Client) lookupBound(topic string) *batchBound {
 	ctx, cancel := context.WithTimeout(context.Background(), batchLookupTimeout)
 	defer cancel()
+	// Close does not wait for the lookup (a broker that does not answer
+	// would hold it for the whole timeout before Close's own): its
+	// records go by the client's batch.size.
+	go func() {
+		select {
+		case <-c.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	limit, err := c.TopicMaxMessageBytes(ctx, topic)
 	switch {
 	case errors.Is(err, kafkaclient.ErrUnknownTopic):
 		return &batchBound{next: time.Now().Add(batchMissingTTL)}
+	case err != nil && isClosing(c.closing):
+		return &batchBound{next: time.Now().Add(batchFailedTTL)}
 	case err != nil:
 		c.log.Warn("confluent: could not look up the topic's max.message.bytes; its records are batched up to batch.size, "+
 			"and a batch over the topic's limit fails whole", "topic", topic, "batch.size", c.MaxBatchBytes(), "error", err)
@@ -291,4 +303,14 @@ func (c *Client) forgetBatches() {
 		return true
 	})
 	c.batchCount.Store(n + 1)
+}
+
+// isClosing reports whether closing is closed.
+func isClosing(closing <-chan struct{}) bool {
+	select {
+	case <-closing:
+		return true
+	default:
+		return false
+	}
 }
