@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/bits"
 	"strconv"
 	"sync"
@@ -27,10 +28,11 @@ import (
 const batchLookupTimeout = 5 * time.Second
 
 // Retry intervals of a lookup that found no limit.
-const (
-	batchMissingTTL = time.Second // the topic does not exist (yet)
-	batchFailedTTL  = time.Minute // the lookup failed (no DESCRIBE_CONFIGS, Kafka unreachable)
-)
+const batchMissingTTL = time.Second // the topic does not exist (yet)
+
+// batchFailedTTL is the retry interval of a lookup that failed (no
+// DescribeConfigs, Kafka unreachable). A variable for tests.
+var batchFailedTTL = time.Minute
 
 // maxBatchTopics bounds how many topics the client keeps the batch bound
 // of: record topics can come from requests (reply topics).
@@ -51,6 +53,7 @@ type topicBatch struct {
 	queue     []queuedRecord // produced while a lookup runs, in order
 	looking   bool           // a lookup runs
 	forgotten bool           // dropped from the client's batches (forgetBatches)
+	warned    atomic.Bool    // a failed lookup was logged at Warn (later ones at Debug)
 }
 
 // staleTime marks a bound that is being looked up again: records then
@@ -209,7 +212,7 @@ func (c *Client) startLookup() bool {
 // first: two producers do not keep the order of the records of a key.
 func (c *Client) lookupBatch(topic string, tb *topicBatch, old *batchBound) {
 	defer c.lookups.Done()
-	b := c.lookupBound(topic)
+	b := c.lookupBound(topic, tb)
 	if old != nil && old.size != b.size {
 		tb.waitInflight(c.closing)
 	}
@@ -234,7 +237,7 @@ func (c *Client) lookupBatch(topic string, tb *topicBatch, old *batchBound) {
 // lookupBound asks Kafka for topic's max.message.bytes and returns the
 // batch bound of its producers: 0 (the client's batch.size) when the limit
 // is not below batch.size, or not known.
-func (c *Client) lookupBound(topic string) *batchBound {
+func (c *Client) lookupBound(topic string, tb *topicBatch) *batchBound {
 	ctx, cancel := context.WithTimeout(context.Background(), batchLookupTimeout)
 	defer cancel()
 	// Close does not wait for the lookup (a broker that does not answer
@@ -254,7 +257,13 @@ func (c *Client) lookupBound(topic string) *batchBound {
 	case err != nil && isClosing(c.closing):
 		return &batchBound{next: time.Now().Add(batchFailedTTL)}
 	case err != nil:
-		c.log.Warn("confluent: could not look up the topic's max.message.bytes; its records are batched up to batch.size, "+
+		// Once per topic at Warn: a principal without DescribeConfigs
+		// fails every lookup, one a minute.
+		lvl := slog.LevelWarn
+		if tb.warned.Swap(true) {
+			lvl = slog.LevelDebug
+		}
+		c.log.Log(context.Background(), lvl, "confluent: could not look up the topic's max.message.bytes; its records are batched up to batch.size, "+
 			"and a batch over the topic's limit fails whole", "topic", topic, "batch.size", c.MaxBatchBytes(), "error", err)
 		return &batchBound{next: time.Now().Add(batchFailedTTL)}
 	}

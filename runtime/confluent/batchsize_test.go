@@ -1,14 +1,17 @@
 package confluent
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -208,5 +211,77 @@ func TestTimestampIsProduceTime(t *testing.T) {
 	}
 	if got.r.Timestamp.After(returned) {
 		t.Fatalf("record stamped %v after Produce returned", got.r.Timestamp.Sub(returned))
+	}
+}
+
+// levelCounter counts the records logged with a message, by level.
+type levelCounter struct {
+	msg string
+	mu  sync.Mutex
+	n   map[slog.Level]int
+}
+
+func (h *levelCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *levelCounter) Handle(_ context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, h.msg) {
+		h.mu.Lock()
+		h.n[r.Level]++
+		h.mu.Unlock()
+	}
+	return nil
+}
+func (h *levelCounter) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *levelCounter) WithGroup(string) slog.Handler      { return h }
+
+// TestRefusedLookupWarnsOnce: a principal that may not describe a topic's
+// configuration fails every lookup of its max.message.bytes (one a
+// minute); the records are still delivered, and the failure is logged at
+// Warn once for the topic, not at every lookup.
+func TestRefusedLookupWarnsOnce(t *testing.T) {
+	defer func(d time.Duration) { batchFailedTTL = d }(batchFailedTTL)
+	batchFailedTTL = 0 // every record looks the topic up again
+	kc, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	var lookups atomic.Int32
+	kc.ControlKey(int16(kmsg.DescribeConfigs), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		kc.KeepControl()
+		lookups.Add(1)
+		resp := req.(*kmsg.DescribeConfigsRequest).ResponseKind().(*kmsg.DescribeConfigsResponse)
+		for _, r := range req.(*kmsg.DescribeConfigsRequest).Resources {
+			rr := kmsg.NewDescribeConfigsResponseResource()
+			rr.ResourceType, rr.ResourceName = r.ResourceType, r.ResourceName
+			rr.ErrorCode = kerr.TopicAuthorizationFailed.Code
+			resp.Resources = append(resp.Resources, rr)
+		}
+		return resp, nil, true
+	})
+	logs := &levelCounter{msg: "confluent: could not look up the topic's max.message.bytes", n: map[slog.Level]int{}}
+	c, err := New(Config{"bootstrap.servers": kc.ListenAddrs()[0]}, WithLogger(slog.New(logs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.CreateTopics(ctxT(t, 10*time.Second), []kafkaclient.TopicSpec{{Name: "undescribed", Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		errc := make(chan error, 1)
+		c.Produce(&kafkaclient.Record{Topic: "undescribed", Partition: 0, Value: []byte("v")}, kafkaclient.AcksAll,
+			func(_ *kafkaclient.Record, err error) { errc <- err })
+		if err := <-errc; err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+	}
+	if n := lookups.Load(); n < 3 {
+		t.Fatalf("%d lookups for 3 records with the retry interval at 0, want 3", n)
+	}
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	if logs.n[slog.LevelWarn] != 1 {
+		t.Errorf("the refused lookup was logged at Warn %d times over %d lookups, want once (the rest at Debug: %d)",
+			logs.n[slog.LevelWarn], lookups.Load(), logs.n[slog.LevelDebug])
 	}
 }
