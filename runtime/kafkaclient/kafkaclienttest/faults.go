@@ -226,22 +226,7 @@ func testSmallRecordsToLimitedTopic(t *testing.T, f Factory) {
 				t.Fatal(err)
 			}
 			for _, acks := range []kafkaclient.Acks{kafkaclient.AcksAll, kafkaclient.AcksLeader} {
-				var wg sync.WaitGroup
-				var mu sync.Mutex
-				failed := map[string]int{}
-				wg.Add(tc.n)
-				for range tc.n {
-					e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: make([]byte, tc.size)}, acks, func(_ *kafkaclient.Record, err error) {
-						if err != nil {
-							mu.Lock()
-							failed[err.Error()]++
-							mu.Unlock()
-						}
-						wg.Done()
-					})
-				}
-				wg.Wait()
-				if len(failed) > 0 {
+				if failed := ProduceBurst(e.client, topic, acks, tc.n, tc.size); len(failed) > 0 {
 					t.Errorf("acks=%s: %d records of %d bytes to a topic with max.message.bytes %d failed: %v", acks, tc.n, tc.size, tc.limit, failed)
 				}
 			}
@@ -597,4 +582,27 @@ func refusedThenGranted(t *testing.T, poll func(context.Context) ([]*kafkaclient
 		}
 		return
 	}
+}
+
+// ProduceBurst produces n records of size bytes to topic's partition 0 at
+// once, all with one key, and waits for every done; it returns the
+// errors, counted by message.
+func ProduceBurst(c kafkaclient.Client, topic string, acks kafkaclient.Acks, n, size int) map[string]int {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	failed := map[string]int{}
+	wg.Add(n)
+	for range n {
+		c.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Key: []byte("k"), Value: make([]byte, size)}, acks,
+			func(_ *kafkaclient.Record, err error) {
+				if err != nil {
+					mu.Lock()
+					failed[err.Error()]++
+					mu.Unlock()
+				}
+				wg.Done()
+			})
+	}
+	wg.Wait()
+	return failed
 }
