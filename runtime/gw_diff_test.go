@@ -1,0 +1,707 @@
+package runtime_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// diffServer is echoserver.Server plus what the differential test needs and
+// echoserver does not do (it sets no response metadata, and always sends at
+// least one server-stream response). What it does is chosen by the request
+// message (the first one, for client and bidi streams):
+//
+//   - every call echoes the caller's metadata whose name starts with "x-"
+//     as response headers (grpc.SetHeader, in two calls) and as trailers
+//     with "t-" in front (grpc.SetTrailer);
+//   - "details": the call fails NOT_FOUND with a message needing
+//     percent-encoding and two status details;
+//   - "plain-error": the handler returns a non-status error;
+//   - "none": a server stream sends no response;
+//   - "fail-after-2": a server or bidi stream sends two responses and fails
+//     ABORTED with a detail;
+//   - "stall-after-1": a server stream sends one response and waits for its
+//     context to end;
+//   - "close-early": a client stream answers at once, without reading the
+//     rest of the stream;
+//   - "send-header": the stream handler sends its headers with
+//     grpc.SendHeader before its first response.
+type diffServer struct{ echoserver.Server }
+
+func diffMetadata(ctx context.Context) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	hdr, trl := metadata.MD{}, metadata.MD{}
+	for k, vs := range md {
+		if strings.HasPrefix(k, "x-") {
+			hdr[k] = append(hdr[k], vs...)
+			trl["t-"+k] = append(trl["t-"+k], vs...)
+		}
+	}
+	if len(hdr) == 0 {
+		return
+	}
+	var seen []string
+	for k := range md {
+		switch k {
+		case ":authority", "content-type", "user-agent":
+			// Transport metadata never goes to Kafka (README, WIRE
+			// section), so the worker's handler does not see it.
+		default:
+			seen = append(seen, k)
+		}
+	}
+	sort.Strings(seen)
+	dl, hasDeadline := ctx.Deadline()
+	trl.Set("seen-keys", strings.Join(seen, " "))
+	trl.Set("seen-deadline", fmt.Sprint(hasDeadline))
+	if v := md.Get("caller-deadline"); hasDeadline && len(v) == 1 {
+		// gRPC gives a server at least the time its caller allowed: the
+		// timeout rounded up, from when the server received the call.
+		var callers int64
+		fmt.Sscan(v[0], &callers)
+		trl.Set("handler-deadline-before-caller's", fmt.Sprint(dl.Before(time.Unix(0, callers))))
+	}
+	_ = grpc.SetHeader(ctx, hdr)
+	_ = grpc.SetHeader(ctx, metadata.Pairs("x-second", "2"))
+	_ = grpc.SetTrailer(ctx, trl)
+}
+
+func diffFailure(msg string) error {
+	switch msg {
+	case "details":
+		st, err := status.New(codes.NotFound, "no such thing: ünïcode %41 \n done").WithDetails(
+			&errdetails.ResourceInfo{ResourceType: "thing", ResourceName: "t-1"},
+			&errdetails.ErrorInfo{Reason: "MISSING", Domain: "example", Metadata: map[string]string{"k": "v"}})
+		if err != nil {
+			panic(err)
+		}
+		return st.Err()
+	case "plain-error":
+		return errors.New("a plain error")
+	}
+	return nil
+}
+
+func (s diffServer) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	diffMetadata(ctx)
+	if err := diffFailure(req.GetMessage()); err != nil {
+		return nil, err
+	}
+	return s.Server.EchoUnary(ctx, req)
+}
+
+func (s diffServer) EchoServerStream(req *echov1.EchoRequest, stream grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	diffMetadata(stream.Context())
+	if err := diffFailure(req.GetMessage()); err != nil {
+		return err
+	}
+	switch req.GetMessage() {
+	case "none":
+		return nil
+	case "late-header":
+		if err := stream.Send(&echov1.EchoResponse{Message: "before"}); err != nil {
+			return err
+		}
+		err := stream.SetHeader(metadata.Pairs("x-late", "1"))
+		stream.SetTrailer(metadata.Pairs("set-header-after-send-failed", fmt.Sprint(err != nil)))
+		return stream.Send(&echov1.EchoResponse{Message: "after", Index: 1})
+	case "send-header":
+		if err := stream.SendHeader(metadata.Pairs("x-sent", "yes")); err != nil {
+			return err
+		}
+	case "fail-after-2":
+		for i := range int32(2) {
+			if err := stream.Send(&echov1.EchoResponse{Message: "r", Index: i}); err != nil {
+				return err
+			}
+		}
+		st, _ := status.New(codes.Aborted, "failed after 2").WithDetails(&errdetails.ErrorInfo{Reason: "AFTER_TWO"})
+		return st.Err()
+	case "stall-after-1":
+		if err := stream.Send(&echov1.EchoResponse{Message: "first"}); err != nil {
+			return err
+		}
+		<-stream.Context().Done()
+		return status.FromContextError(stream.Context().Err()).Err()
+	}
+	return s.Server.EchoServerStream(req, stream)
+}
+
+// peeked is a client stream whose first request was read already.
+type peeked[T any] struct {
+	grpc.ServerStream
+	first *T
+}
+
+func (p *peeked[T]) Recv() (*T, error) {
+	if f := p.first; f != nil {
+		p.first = nil
+		return f, nil
+	}
+	m := new(T)
+	if err := p.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+type peekedClient struct {
+	*peeked[echov1.EchoRequest]
+	grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]
+}
+
+func (p peekedClient) Recv() (*echov1.EchoRequest, error) { return p.peeked.Recv() }
+
+type peekedBidi struct {
+	*peeked[echov1.EchoRequest]
+	grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]
+}
+
+func (p peekedBidi) Recv() (*echov1.EchoRequest, error) { return p.peeked.Recv() }
+
+func (s diffServer) EchoClientStream(stream grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	diffMetadata(stream.Context())
+	first, err := stream.Recv()
+	if err == io.EOF {
+		return stream.SendAndClose(&echov1.EchoResponse{Message: "no requests"})
+	}
+	if err != nil {
+		return err
+	}
+	if err := diffFailure(first.GetMessage()); err != nil {
+		return err
+	}
+	if first.GetMessage() == "close-early" {
+		return stream.SendAndClose(&echov1.EchoResponse{Message: "closed early", Index: 1})
+	}
+	return s.Server.EchoClientStream(peekedClient{&peeked[echov1.EchoRequest]{stream, first}, stream})
+}
+
+func (s diffServer) EchoBidiStream(stream grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	diffMetadata(stream.Context())
+	first, err := stream.Recv()
+	if err == io.EOF {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := diffFailure(first.GetMessage()); err != nil {
+		return err
+	}
+	switch first.GetMessage() {
+	case "end-now":
+		return nil
+	case "send-header":
+		if err := stream.SendHeader(metadata.Pairs("x-sent", "yes")); err != nil {
+			return err
+		}
+	case "fail-after-2":
+		for i := range int32(2) {
+			if err := stream.Send(&echov1.EchoResponse{Message: "r", Index: i}); err != nil {
+				return err
+			}
+		}
+		st, _ := status.New(codes.Aborted, "failed after 2").WithDetails(&errdetails.ErrorInfo{Reason: "AFTER_TWO"})
+		return st.Err()
+	}
+	return s.Server.EchoBidiStream(peekedBidi{&peeked[echov1.EchoRequest]{stream, first}, stream})
+}
+
+// observer records what a gRPC caller sees, as lines to compare.
+type observer struct{ lines []string }
+
+func (o *observer) add(format string, args ...any) { o.lines = append(o.lines, fmt.Sprintf(format, args...)) }
+
+// err records an error: io.EOF, nil, or a status with its details.
+func (o *observer) err(label string, err error) {
+	switch {
+	case err == nil:
+		o.add("%s: ok", label)
+	case err == io.EOF:
+		o.add("%s: EOF", label)
+	default:
+		st, ok := status.FromError(err)
+		if !ok {
+			o.add("%s: non-status error %T %v", label, err, err)
+			return
+		}
+		var ds []string
+		for _, d := range st.Proto().GetDetails() {
+			ds = append(ds, d.GetTypeUrl()+"{"+string(d.GetValue())+"}")
+		}
+		o.add("%s: %s %q details %q", label, st.Code(), st.Message(), ds)
+	}
+}
+
+// deadline records the end of a call whose deadline dl expired during it:
+// its code, and whether the call ended no earlier than dl. The message is
+// left out: gRPC's own varies with who noticed first (the client's "context
+// deadline exceeded", or the server's reset: "stream terminated by
+// RST_STREAM"). gRPC never ends a call for its deadline before the caller's
+// deadline: the server's deadline is the caller's timeout rounded up,
+// counted from when it received the call.
+func (o *observer) deadline(label string, err error, dl time.Time) {
+	ended := time.Now()
+	o.add("%s: %s; ended before the caller's deadline: %v", label, status.Code(err), ended.Before(dl))
+}
+
+func (o *observer) resp(label string, r *echov1.EchoResponse, err error) {
+	o.err(label, err)
+	if err == nil {
+		m := r.GetMessage()
+		if len(m) > 64 {
+			m = fmt.Sprintf("%d bytes %q...", len(m), m[:16])
+		}
+		o.add("%s: message %q index %d", label, m, r.GetIndex())
+	}
+}
+
+// md records metadata sorted, leaving out names a transport adds.
+func (o *observer) md(label string, md metadata.MD) {
+	var ks []string
+	for k, vs := range md {
+		if k == "content-type" {
+			continue
+		}
+		ks = append(ks, fmt.Sprintf("%s=%q", k, vs))
+	}
+	sort.Strings(ks)
+	o.add("%s: %v", label, ks)
+}
+
+// drain receives until an error, recording each response and the end, then
+// receives once more: gRPC answers again with the same end.
+func drain(o *observer, label string, recv func() (*echov1.EchoResponse, error)) {
+	for i := 0; ; i++ {
+		r, err := recv()
+		o.resp(fmt.Sprintf("%s %d", label, i), r, err)
+		if err != nil {
+			_, err = recv()
+			o.err(label+" again", err)
+			return
+		}
+	}
+}
+
+type diffTarget struct {
+	name   string
+	cc     *grpc.ClientConn
+	client echov1.EchoServiceClient
+}
+
+type diffScenario struct {
+	name string
+	run  func(t *testing.T, tg diffTarget, o *observer)
+}
+
+var diffCallMD = metadata.Pairs(
+	"x-multi", "one", "x-multi", "two", "x-multi", "three",
+	"x-data-bin", "\x00\xff\x01binary",
+	"x-data-bin", "second \xfe value",
+	"x-plain", "plain value")
+
+// diffCtx is a call's context: a deadline 60 s away, told to the handler
+// in metadata "caller-deadline" too, and diffCallMD.
+func diffCtx(t *testing.T) context.Context {
+	ctx := ctxFor(t, 60*time.Second)
+	dl, _ := ctx.Deadline()
+	return metadata.NewOutgoingContext(ctx, metadata.Join(diffCallMD, metadata.Pairs("caller-deadline", fmt.Sprint(dl.UnixNano()))))
+}
+
+func diffScenarios() []diffScenario {
+	big := strings.Repeat("0123456789abcdef", 3<<20/16)
+	unary := func(msg string, req *echov1.EchoRequest) diffScenario {
+		return diffScenario{"unary " + msg, func(t *testing.T, tg diffTarget, o *observer) {
+			var hdr, trl metadata.MD
+			r, err := tg.client.EchoUnary(diffCtx(t), req, grpc.Header(&hdr), grpc.Trailer(&trl))
+			o.resp("unary", r, err)
+			o.md("header", hdr)
+			o.md("trailer", trl)
+		}}
+	}
+	serverStream := func(name string, req *echov1.EchoRequest) diffScenario {
+		return diffScenario{"server stream " + name, func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoServerStream(diffCtx(t), req)
+			o.err("open", err)
+			if err != nil {
+				return
+			}
+			h, err := s.Header()
+			o.err("Header()", err)
+			o.md("header", h)
+			drain(o, "recv", s.Recv)
+			o.md("trailer", s.Trailer())
+		}}
+	}
+	return []diffScenario{
+		unary("ok", &echov1.EchoRequest{Message: "hello"}),
+		unary("fail code", &echov1.EchoRequest{Message: "failed here", FailCode: int32(codes.FailedPrecondition)}),
+		unary("details", &echov1.EchoRequest{Message: "details"}),
+		unary("plain error", &echov1.EchoRequest{Message: "plain-error"}),
+		unary("large", &echov1.EchoRequest{Message: big}),
+		{"unary deadline passed", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithDeadline(diffCtx(t), time.Now().Add(-time.Second))
+			defer cancel()
+			r, err := tg.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "late"})
+			o.resp("unary", r, err)
+		}},
+		{"unary deadline expires during call", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithTimeout(diffCtx(t), 300*time.Millisecond)
+			defer cancel()
+			dl, _ := ctx.Deadline()
+			_, err := tg.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "slow", DelayMs: 600000})
+			o.deadline("unary", err, dl)
+		}},
+		{"unknown method", func(t *testing.T, tg diffTarget, o *observer) {
+			var out echov1.EchoResponse
+			err := tg.cc.Invoke(diffCtx(t), "/example.echo.v1.EchoService/NoSuchMethod", &echov1.EchoRequest{}, &out)
+			o.err("unknown method", err)
+			err = tg.cc.Invoke(diffCtx(t), "/no.such.Service/Method", &echov1.EchoRequest{}, &out)
+			o.err("unknown service", err)
+			s, err := tg.cc.NewStream(diffCtx(t), &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/example.echo.v1.EchoService/NoSuchStream")
+			o.err("unknown stream open", err)
+			if err == nil {
+				o.err("send", s.SendMsg(&echov1.EchoRequest{}))
+				o.err("recv", s.RecvMsg(&out))
+			}
+		}},
+
+		serverStream("three", &echov1.EchoRequest{Message: "m", Repeat: 3}),
+		serverStream("none", &echov1.EchoRequest{Message: "none"}),
+		serverStream("fail code", &echov1.EchoRequest{Message: "nope", FailCode: int32(codes.PermissionDenied)}),
+		serverStream("details", &echov1.EchoRequest{Message: "details"}),
+		serverStream("fail after 2", &echov1.EchoRequest{Message: "fail-after-2"}),
+		serverStream("send header", &echov1.EchoRequest{Message: "send-header", Repeat: 2}),
+		serverStream("large", &echov1.EchoRequest{Message: big, Repeat: 2}),
+		{"server stream deadline expires mid-stream", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithTimeout(diffCtx(t), 500*time.Millisecond)
+			defer cancel()
+			dl, _ := ctx.Deadline()
+			s, err := tg.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "stall-after-1"})
+			o.err("open", err)
+			if err != nil {
+				return
+			}
+			o.at("recv first")(s.Recv())
+			_, err = s.Recv()
+			o.deadline("recv", err, dl)
+		}},
+		{"server stream deadline passed", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithDeadline(diffCtx(t), time.Now().Add(-time.Second))
+			defer cancel()
+			s, err := tg.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "late"})
+			o.err("open", err)
+			if err == nil {
+				drain(o, "recv", s.Recv)
+			}
+		}},
+		{"server stream cancelled", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithCancel(diffCtx(t))
+			defer cancel()
+			s, err := tg.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "stall-after-1"})
+			o.err("open", err)
+			if err != nil {
+				return
+			}
+			o.at("recv first")(s.Recv())
+			cancel()
+			drain(o, "recv", s.Recv)
+		}},
+
+		unary("empty", &echov1.EchoRequest{}),
+		unary("code 20", &echov1.EchoRequest{Message: "beyond the codes", FailCode: 20}),
+		{"unary large metadata", func(t *testing.T, tg diffTarget, o *observer) {
+			var hdr, trl metadata.MD
+			ctx := metadata.AppendToOutgoingContext(diffCtx(t), "x-big", strings.Repeat("v", 8<<10), "x-big-bin", strings.Repeat("\x01", 8<<10),
+				"x-spaced", " a, b ", "x-empty", "", "x-empty-bin", "")
+			r, err := tg.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "big md"}, grpc.Header(&hdr), grpc.Trailer(&trl))
+			o.resp("unary", r, err)
+			o.md("header", hdr)
+			o.md("trailer", trl)
+		}},
+		serverStream("empty messages", &echov1.EchoRequest{Repeat: 3}),
+		serverStream("late header", &echov1.EchoRequest{Message: "late-header"}),
+		{"client stream empty messages", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoClientStream(diffCtx(t))
+			o.err("open", err)
+			for range 3 {
+				o.err("send", s.Send(&echov1.EchoRequest{}))
+			}
+			o.at("close and recv")(s.CloseAndRecv())
+		}},
+		{"bidi empty messages", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoBidiStream(diffCtx(t))
+			o.err("open", err)
+			for range 3 {
+				o.err("send", s.Send(&echov1.EchoRequest{}))
+				o.at("recv")(s.Recv())
+			}
+			o.err("close send", s.CloseSend())
+			drain(o, "recv", s.Recv)
+		}},
+		{"bidi server ends early", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoBidiStream(diffCtx(t))
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "end-now"}))
+			drain(o, "recv", s.Recv)
+			sendUntilEOF(o, s)
+			o.md("trailer", s.Trailer())
+		}},
+		{"client stream three", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoClientStream(diffCtx(t))
+			o.err("open", err)
+			for _, m := range []string{"a", "b", "c"} {
+				o.err("send "+m, s.Send(&echov1.EchoRequest{Message: m}))
+			}
+			o.at("close and recv")(s.CloseAndRecv())
+			h, err := s.Header()
+			o.err("Header()", err)
+			o.md("header", h)
+			var out echov1.EchoResponse
+			o.err("recv again", s.RecvMsg(&out))
+			o.md("trailer", s.Trailer())
+		}},
+		{"client stream zero requests", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoClientStream(diffCtx(t))
+			o.err("open", err)
+			o.at("close and recv")(s.CloseAndRecv())
+			var out echov1.EchoResponse
+			o.err("recv again", s.RecvMsg(&out))
+			o.md("trailer", s.Trailer())
+		}},
+		{"client stream large", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoClientStream(diffCtx(t))
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: big}))
+			o.at("close and recv")(s.CloseAndRecv())
+		}},
+		{"client stream server fails: send until EOF", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoClientStream(diffCtx(t))
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "details"}))
+			sendUntilEOF(o, s)
+			var out echov1.EchoResponse
+			o.err("recv", s.RecvMsg(&out))
+			o.err("recv again", s.RecvMsg(&out))
+			h, err := s.Header()
+			o.err("Header()", err)
+			o.md("header", h)
+			o.md("trailer", s.Trailer())
+		}},
+		{"client stream server answers early: send until EOF", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoClientStream(diffCtx(t))
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "close-early"}))
+			sendUntilEOF(o, s)
+			o.at("close and recv")(s.CloseAndRecv())
+			o.md("trailer", s.Trailer())
+		}},
+		{"client stream cancelled", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithCancel(diffCtx(t))
+			defer cancel()
+			s, err := tg.client.EchoClientStream(ctx)
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "a"}))
+			cancel()
+			sendUntilEOF(o, s)
+			o.at("close and recv")(s.CloseAndRecv())
+		}},
+		{"client stream deadline expires mid-stream", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithTimeout(diffCtx(t), 300*time.Millisecond)
+			defer cancel()
+			dl, _ := ctx.Deadline()
+			s, err := tg.client.EchoClientStream(ctx)
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "a", DelayMs: 600000}))
+			var out echov1.EchoResponse
+			o.deadline("recv", s.RecvMsg(&out), dl)
+			sendUntilEOF(o, s)
+		}},
+
+		{"bidi three", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoBidiStream(diffCtx(t))
+			o.err("open", err)
+			for i, m := range []string{"a", "b", "c"} {
+				o.err("send "+m, s.Send(&echov1.EchoRequest{Message: m}))
+				if i == 0 {
+					h, err := s.Header()
+					o.err("Header()", err)
+					o.md("header", h)
+				}
+				o.at("recv "+m)(s.Recv())
+			}
+			o.err("close send", s.CloseSend())
+			drain(o, "recv", s.Recv)
+			o.err("send after end", s.Send(&echov1.EchoRequest{Message: "late"}))
+			o.md("trailer", s.Trailer())
+		}},
+		{"bidi zero requests", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoBidiStream(diffCtx(t))
+			o.err("open", err)
+			o.err("close send", s.CloseSend())
+			h, err := s.Header()
+			o.err("Header()", err)
+			o.md("header", h)
+			drain(o, "recv", s.Recv)
+			o.md("trailer", s.Trailer())
+		}},
+		{"bidi send header", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoBidiStream(diffCtx(t))
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "send-header"}))
+			o.at("recv")(s.Recv())
+			h, err := s.Header()
+			o.err("Header()", err)
+			o.md("header", h)
+			o.err("close send", s.CloseSend())
+			drain(o, "recv", s.Recv)
+			o.md("trailer", s.Trailer())
+		}},
+		{"bidi fail after 2", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoBidiStream(diffCtx(t))
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "fail-after-2"}))
+			drain(o, "recv", s.Recv)
+			sendUntilEOF(o, s)
+			o.md("trailer", s.Trailer())
+		}},
+		{"bidi fails at once: send until EOF", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoBidiStream(diffCtx(t))
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "details"}))
+			sendUntilEOF(o, s)
+			drain(o, "recv", s.Recv)
+			h, err := s.Header()
+			o.err("Header()", err)
+			o.md("header", h)
+			o.md("trailer", s.Trailer())
+		}},
+		{"bidi large", func(t *testing.T, tg diffTarget, o *observer) {
+			s, err := tg.client.EchoBidiStream(diffCtx(t))
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: big}))
+			o.at("recv")(s.Recv())
+			o.err("close send", s.CloseSend())
+			drain(o, "recv", s.Recv)
+		}},
+		{"bidi cancelled", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithCancel(diffCtx(t))
+			defer cancel()
+			s, err := tg.client.EchoBidiStream(ctx)
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "a"}))
+			o.at("recv")(s.Recv())
+			cancel()
+			drain(o, "recv", s.Recv)
+			sendUntilEOF(o, s)
+		}},
+		{"bidi deadline expires mid-stream", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithTimeout(diffCtx(t), 500*time.Millisecond)
+			defer cancel()
+			dl, _ := ctx.Deadline()
+			s, err := tg.client.EchoBidiStream(ctx)
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "a"}))
+			o.at("recv")(s.Recv())
+			_, err = s.Recv()
+			o.deadline("recv", err, dl)
+			sendUntilEOF(o, s)
+		}},
+		{"bidi deadline passed", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx, cancel := context.WithDeadline(diffCtx(t), time.Now().Add(-time.Second))
+			defer cancel()
+			s, err := tg.client.EchoBidiStream(ctx)
+			o.err("open", err)
+			if err == nil {
+				drain(o, "recv", s.Recv)
+			}
+		}},
+	}
+}
+
+// sendUntilEOF sends until the stream refuses with io.EOF, as gRPC's does
+// once the server ended the call; it records the end only, since how many
+// sends succeed first depends on flow control.
+func sendUntilEOF(o *observer, s grpc.ClientStream) {
+	for {
+		if err := s.SendMsg(&echov1.EchoRequest{Message: "more"}); err != nil {
+			o.err("send until refused", err)
+			return
+		}
+		if err := s.Context().Err(); err != nil {
+			// gRPC's client refuses sends once its context ended; keep
+			// going until it does.
+			continue
+		}
+	}
+}
+
+// TestGatewayDiff runs each scenario through a gRPC client against echo
+// served by a plain gRPC server and against a gateway relaying to a worker
+// serving it, and compares what the caller sees.
+func TestGatewayDiff(t *testing.T) {
+	e := setup(t, diffServer{})
+	plainCC := serveWith(t, []grpc.ServerOption{grpc.MaxRecvMsgSize(kafkaclient.MaxMessageBytes)}, func(s *grpc.Server) {
+		echov1.RegisterEchoServiceServer(s, diffServer{})
+	})
+	gwCC := serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, e.gw); err != nil {
+			t.Fatal(err)
+		}
+	})
+	targets := []diffTarget{
+		{"grpc", plainCC, echov1.NewEchoServiceClient(plainCC)},
+		{"gateway", gwCC, echov1.NewEchoServiceClient(gwCC)},
+	}
+	for _, sc := range diffScenarios() {
+		t.Run(sc.name, func(t *testing.T) {
+			var got [2]observer
+			for i, tg := range targets {
+				sc.run(t, tg, &got[i])
+			}
+			t.Logf("grpc sees:\n%s", strings.Join(got[0].lines, "\n"))
+			if d := diffLines(got[0].lines, got[1].lines); d != "" {
+				t.Errorf("the gateway's caller sees otherwise than gRPC's:\n%s", d)
+			}
+		})
+	}
+}
+
+func diffLines(want, got []string) string {
+	var b strings.Builder
+	for i := range max(len(want), len(got)) {
+		var w, g string
+		if i < len(want) {
+			w = want[i]
+		}
+		if i < len(got) {
+			g = got[i]
+		}
+		if w != g {
+			fmt.Fprintf(&b, "  grpc:    %s\n  gateway: %s\n", w, g)
+		}
+	}
+	return b.String()
+}
+
+
+// at returns o.resp for label, to take a call's two results.
+func (o *observer) at(label string) func(*echov1.EchoResponse, error) {
+	return func(r *echov1.EchoResponse, err error) { o.resp(label, r, err) }
+}
