@@ -142,11 +142,18 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 		c.key = []byte(wire.NewUUID()) // keeps a oneway stream's records in order on one partition
 	}
 	if dl, ok := ctx.Deadline(); ok {
-		c.stamp = time.Now()
-		req.Timeout, req.HasTimeout = dl.Sub(c.stamp), true
-		if req.Timeout <= 0 {
+		now := time.Now()
+		if !now.Before(dl) {
 			return nil, c.abandon(status.Error(codes.DeadlineExceeded, "deadline exceeded before the request was sent"))
 		}
+		// The worker counts the timeout from the record's timestamp, which
+		// Kafka keeps in milliseconds, and reads it as written, in whole
+		// units rounded down: stamp the record with the millisecond Kafka
+		// keeps and round the timeout up, as gRPC does, so that the
+		// worker's deadline is never before the caller's (it is at most a
+		// unit after it).
+		c.stamp = now.Truncate(time.Millisecond)
+		req.Timeout, req.HasTimeout = ceilTimeout(dl.Sub(c.stamp)), true
 	}
 	if err := ctx.Err(); err != nil {
 		// The caller gave up while the call waited for its topic's lookup
@@ -301,6 +308,19 @@ var signals = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
 // releaseSignal gives the call's wake-up channel to calls to come. Called
 // once, after end, by the goroutine that awaited the replies, when nothing
 // will await them again.
+// ceilTimeout rounds d > 0 up to the unit wire.AppendTimeout writes it in
+// (milliseconds up to 99999999 of them, else seconds, minutes, hours), so
+// that the timeout written is not shorter than d.
+func ceilTimeout(d time.Duration) time.Duration {
+	const most = 99999999
+	for _, u := range [...]time.Duration{time.Millisecond, time.Second, time.Minute, time.Hour} {
+		if n := (d + u - 1) / u; n <= most || u == time.Hour {
+			return n * u
+		}
+	}
+	return d
+}
+
 func (c *gwCall) releaseSignal() { signals.Put(c.signal) }
 
 // abandon ends the telemetry of a call that begin could not start.
