@@ -475,7 +475,12 @@ func toStatus(ctx context.Context, err error) *status.Status {
 		return st
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return contextStatus(ctx)
+		if ctx.Err() != nil {
+			return contextStatus(ctx)
+		}
+		// The handler's own context error (a backend's deadline, say),
+		// not its call's end: as grpc-go, its code and its text.
+		return status.FromContextError(err)
 	}
 	return status.New(codes.Unknown, err.Error())
 }
