@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -147,7 +148,12 @@ func (r *rawRequest) set(data mem.BufferSlice) error {
 		b = data.Materialize()
 	}
 	if !wire.ValidWire(b) {
-		return errors.New("the request is not well-formed protobuf: cannot parse invalid wire-format data")
+		// Say it as gRPC's decoding of the typed request would: in
+		// protobuf's own words (whose spacing varies from build to build).
+		if err := proto.Unmarshal(b, new(emptypb.Empty)); err != nil {
+			return err
+		}
+		return errors.New("the request is not well-formed protobuf")
 	}
 	r.e.ProtoReflect().SetUnknown(b)
 	return nil
