@@ -167,6 +167,19 @@ func (s diffServer) EchoServerStream(req *echov1.EchoRequest, stream grpc.Server
 		return waitEnd(stream.Context())
 	case "none":
 		return nil
+	case "reserved-names":
+		// Response metadata named as the runtime's own.
+		md := metadata.Pairs("kafkarpc-served-by", "handler", "kafkarpc-attempt", "handler", "traceparent", "00-handler")
+		if err := stream.SendHeader(md); err != nil {
+			return err
+		}
+		stream.SetTrailer(metadata.Pairs("kafkarpc-served-by", "handler-trailer"))
+		for i := range int32(3) {
+			if err := stream.Send(&echov1.EchoResponse{Message: "r", Index: i}); err != nil {
+				return err
+			}
+		}
+		return nil
 	case "late-header":
 		if err := stream.Send(&echov1.EchoResponse{Message: "before"}); err != nil {
 			return err
@@ -384,6 +397,10 @@ var diffKnown = map[string]string{
 	"unary upper-case response header": "a handler's response header with an upper-case name (set with a " +
 		"metadata.MD literal) fails a gRPC call INTERNAL at the caller (\"invalid header field name\"); through the " +
 		"gateway it arrives lower-cased and the call succeeds (not fixed: the gateway is the more lenient)",
+	"server stream runtime's metadata names in the response": "documented (README, metadata names the runtime " +
+		"keeps for itself): response headers kafkarpc-served-by, kafkarpc-attempt, traceparent set by a handler do not reach the caller",
+	"runtime's metadata names in the request": "documented (README, metadata names the runtime keeps for " +
+		"itself): a caller's kafkarpc-served-by and kafkarpc-attempt do not reach the handler",
 	"invalid UTF-8 requests": "documented (README, what the worker answers without running a handler): a unary " +
 		"request is relayed as bytes checked to be well-formed protobuf only, and the worker, decoding it, answers " +
 		"INTERNAL naming topic, partition and offset; gRPC says \"grpc: failed to unmarshal the received message\"",
@@ -666,6 +683,14 @@ func diffScenarios() []diffScenario {
 		}},
 		serverStream("empty messages", &echov1.EchoRequest{Repeat: 3}),
 		serverStream("late header", &echov1.EchoRequest{Message: "late-header"}),
+		serverStream("runtime's metadata names in the response", &echov1.EchoRequest{Message: "reserved-names"}),
+		{"runtime's metadata names in the request", func(t *testing.T, tg diffTarget, o *observer) {
+			ctx := metadata.AppendToOutgoingContext(diffCtx(t), "x-probe", "1", "kafkarpc-served-by", "caller", "kafkarpc-attempt", "caller", "traceparent", "00-caller")
+			var trl metadata.MD
+			r, err := tg.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "names"}, grpc.Trailer(&trl))
+			o.resp("unary", r, err)
+			o.md("trailer", trl)
+		}},
 		{"client stream empty messages", func(t *testing.T, tg diffTarget, o *observer) {
 			s, err := tg.client.EchoClientStream(diffCtx(t))
 			o.err("open", err)
