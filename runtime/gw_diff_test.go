@@ -126,6 +126,10 @@ func diffFailure(msg string) error {
 		return fmt.Errorf("backend: %w", context.DeadlineExceeded)
 	case "wrapped-status":
 		return fmt.Errorf("lookup: %w", status.Error(codes.NotFound, "gone"))
+	case "odd-message":
+		return status.Error(codes.Aborted, "  \xff\xfe not UTF-8, %zz, %, \r\n\t trailing  ")
+	case "empty-message":
+		return status.Error(codes.Aborted, "")
 	case "long-message":
 		return status.Error(codes.Internal, strings.Repeat("long message ", 2000))
 	}
@@ -142,6 +146,12 @@ func (s diffServer) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*ec
 		return nil, waitEnd(ctx)
 	case "nil-response":
 		return nil, nil
+	case "header-twice":
+		err1 := grpc.SendHeader(ctx, metadata.Pairs("x-first", "1"))
+		err2 := grpc.SendHeader(ctx, metadata.Pairs("x-again", "2"))
+		err3 := grpc.SetHeader(ctx, metadata.Pairs("x-set-after", "3"))
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("header-errors", fmt.Sprint(status.Code(err1), status.Code(err2), status.Code(err3))))
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("header-errors", "again"))
 	case "upper-header":
 		// An upper-case name, which gRPC's metadata package never makes.
 		_ = grpc.SetHeader(ctx, metadata.MD{"X-Resp-Upper": {"v"}})
@@ -167,6 +177,12 @@ func (s diffServer) EchoServerStream(req *echov1.EchoRequest, stream grpc.Server
 		return waitEnd(stream.Context())
 	case "none":
 		return nil
+	case "header-twice":
+		err1 := stream.SendHeader(metadata.Pairs("x-first", "1"))
+		err2 := stream.SendHeader(metadata.Pairs("x-again", "2"))
+		err3 := stream.SetHeader(metadata.Pairs("x-set-after", "3"))
+		stream.SetTrailer(metadata.Pairs("header-errors", fmt.Sprint(status.Code(err1), status.Code(err2), status.Code(err3))))
+		return stream.Send(&echov1.EchoResponse{Message: "after headers"})
 	case "reserved-names":
 		// Response metadata named as the runtime's own.
 		md := metadata.Pairs("kafkarpc-served-by", "handler", "kafkarpc-attempt", "handler", "traceparent", "00-handler")
@@ -660,6 +676,9 @@ func diffScenarios() []diffScenario {
 		unary("wrapped deadline error", &echov1.EchoRequest{Message: "wrapped-deadline-error"}),
 		unary("wrapped status", &echov1.EchoRequest{Message: "wrapped-status"}),
 		unary("long message", &echov1.EchoRequest{Message: "long-message"}),
+		unary("odd status message", &echov1.EchoRequest{Message: "odd-message"}),
+		unary("empty status message", &echov1.EchoRequest{Message: "empty-message"}),
+		serverStream("odd status message", &echov1.EchoRequest{Message: "odd-message"}),
 		serverStream("deadline error", &echov1.EchoRequest{Message: "deadline-error"}),
 		serverStream("two hundred", &echov1.EchoRequest{Message: "many", Repeat: 200}),
 		{"bidi send all then close", func(t *testing.T, tg diffTarget, o *observer) {
@@ -683,6 +702,8 @@ func diffScenarios() []diffScenario {
 		}},
 		serverStream("empty messages", &echov1.EchoRequest{Repeat: 3}),
 		serverStream("late header", &echov1.EchoRequest{Message: "late-header"}),
+		serverStream("headers sent twice", &echov1.EchoRequest{Message: "header-twice"}),
+		unary("headers sent twice", &echov1.EchoRequest{Message: "header-twice"}),
 		serverStream("runtime's metadata names in the response", &echov1.EchoRequest{Message: "reserved-names"}),
 		{"runtime's metadata names in the request", func(t *testing.T, tg diffTarget, o *observer) {
 			ctx := metadata.AppendToOutgoingContext(diffCtx(t), "x-probe", "1", "kafkarpc-served-by", "caller", "kafkarpc-attempt", "caller", "traceparent", "00-caller")
