@@ -280,6 +280,11 @@ func (s diffServer) EchoClientStream(stream grpc.ClientStreamingServer[echov1.Ec
 
 func (s diffServer) EchoBidiStream(stream grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
 	diffMetadata(stream.Context())
+	if md, _ := metadata.FromIncomingContext(stream.Context()); strings.Join(md.Get("diff-mode"), "") == "speak-first" {
+		if err := stream.Send(&echov1.EchoResponse{Message: "hello before any request"}); err != nil {
+			return err
+		}
+	}
 	first, err := stream.Recv()
 	if err == io.EOF {
 		return nil
@@ -417,6 +422,9 @@ var diffKnown = map[string]string{
 		"keeps for itself): response headers kafkarpc-served-by, kafkarpc-attempt, traceparent set by a handler do not reach the caller",
 	"runtime's metadata names in the request": "documented (README, metadata names the runtime keeps for " +
 		"itself): a caller's kafkarpc-served-by and kafkarpc-attempt do not reach the handler",
+	"bidi server speaks first": "documented (README, WIRE section): a call reaches the worker with its first " +
+		"request record only, so a bidi handler that sends before reading runs once the caller sends; a caller " +
+		"waiting for the greeting first waits until its deadline",
 	"invalid UTF-8 requests": "documented (README, what the worker answers without running a handler): a unary " +
 		"request is relayed as bytes checked to be well-formed protobuf only, and the worker, decoding it, answers " +
 		"INTERNAL naming topic, partition and offset; gRPC says \"grpc: failed to unmarshal the received message\"",
@@ -825,6 +833,19 @@ func diffScenarios() []diffScenario {
 			drain(o, "recv", s.Recv)
 			o.err("send after end", s.Send(&echov1.EchoRequest{Message: "late"}))
 			o.md("trailer", s.Trailer())
+		}},
+		{"bidi server speaks first", func(t *testing.T, tg diffTarget, o *observer) {
+			// 10 s bounds the wait of a caller that would never get the
+			// greeting; it asserts no timing.
+			ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(diffCtx(t), "diff-mode", "speak-first"), 10*time.Second)
+			defer cancel()
+			s, err := tg.client.EchoBidiStream(ctx)
+			o.err("open", err)
+			o.at("recv greeting")(s.Recv())
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "a"}))
+			o.at("recv")(s.Recv())
+			o.err("close send", s.CloseSend())
+			drain(o, "recv", s.Recv)
 		}},
 		{"bidi zero requests", func(t *testing.T, tg diffTarget, o *observer) {
 			s, err := tg.client.EchoBidiStream(diffCtx(t))
