@@ -319,7 +319,9 @@ func (s diffServer) EchoBidiStream(stream grpc.BidiStreamingServer[echov1.EchoRe
 // observer records what a gRPC caller sees, as lines to compare.
 type observer struct{ lines []string }
 
-func (o *observer) add(format string, args ...any) { o.lines = append(o.lines, fmt.Sprintf(format, args...)) }
+func (o *observer) add(format string, args ...any) {
+	o.lines = append(o.lines, fmt.Sprintf(format, args...))
+}
 
 // err records an error: io.EOF, nil, or a status with its details.
 func (o *observer) err(label string, err error) {
@@ -632,7 +634,7 @@ func diffScenarios() []diffScenario {
 			o.md("trailer none", s2.Trailer())
 		}},
 		{"upper-case metadata names", func(t *testing.T, tg diffTarget, o *observer) {
-			ctx := metadata.NewOutgoingContext(ctxFor(t, 60*time.Second), metadata.MD{"X-Upper": {"v"}, "X-Upper-Bin": {"\x00"}})
+			ctx := metadata.NewOutgoingContext(ctxFor(t, 60*time.Second), metadata.MD{"X-Upper": {"v"}}) // one: grpc-go names the first bad key of a map it walks
 			var hdr metadata.MD
 			r, err := tg.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "up"}, grpc.Header(&hdr))
 			o.resp("unary", r, err)
@@ -827,7 +829,7 @@ func diffScenarios() []diffScenario {
 					o.err("Header()", err)
 					o.md("header", h)
 				}
-				o.at("recv "+m)(s.Recv())
+				o.at("recv " + m)(s.Recv())
 			}
 			o.err("close send", s.CloseSend())
 			drain(o, "recv", s.Recv)
@@ -1001,7 +1003,6 @@ func diffLines(want, got []string) string {
 	}
 	return b.String()
 }
-
 
 // at returns o.resp for label, to take a call's two results.
 func (o *observer) at(label string) func(*echov1.EchoResponse, error) {
