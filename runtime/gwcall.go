@@ -305,9 +305,6 @@ func (c *gwCall) exchange(ctx context.Context, b []byte, onHeader, onTrailer fun
 // a reason to look at the queue again and nothing more.
 var signals = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
 
-// releaseSignal gives the call's wake-up channel to calls to come. Called
-// once, after end, by the goroutine that awaited the replies, when nothing
-// will await them again.
 // ceilTimeout rounds d > 0 up to the unit wire.AppendTimeout writes it in
 // (milliseconds up to 99999999 of them, else seconds, minutes, hours), so
 // that the timeout written is not shorter than d.
@@ -321,6 +318,9 @@ func ceilTimeout(d time.Duration) time.Duration {
 	return d
 }
 
+// releaseSignal gives the call's wake-up channel to calls to come. Called
+// once, after end, by the goroutine that awaited the replies, when nothing
+// will await them again.
 func (c *gwCall) releaseSignal() { signals.Put(c.signal) }
 
 // abandon ends the telemetry of a call that begin could not start.
