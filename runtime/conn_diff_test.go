@@ -1,0 +1,584 @@
+package runtime_test
+
+// Differential tests of runtime.ClientConn: every scenario runs the same
+// client-side code against (a) a plain grpc-go server serving the echo
+// implementation on loopback, through grpc.NewClient, and (b) a ClientConn
+// calling a worker over Kafka, and compares what the caller observed
+// (codes, messages, details, messages received and their order, io.EOF,
+// Header() and Trailer(), grpc.Header and grpc.Trailer). A difference fails
+// the test, unless the scenario says why it is inherent to Kafka.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	_ "google.golang.org/grpc/encoding/gzip" // grpc.UseCompressor("gzip")
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+)
+
+// diffImpl is the echo implementation both sides serve: echoserver's, with
+// a few behaviours picked by the request's message.
+type diffImpl struct {
+	echoserver.Server
+	started chan string // a blocking handler started (capacity 1, one side at a time)
+}
+
+func (d *diffImpl) signal(what string) {
+	select {
+	case d.started <- what:
+	default:
+	}
+}
+
+func (d *diffImpl) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	switch req.GetMessage() {
+	case "metadata":
+		md, _ := metadata.FromIncomingContext(ctx)
+		_ = grpc.SetHeader(ctx, metadata.Pairs("x-header", "h1", "x-bin", "\x00\x01\xff"))
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("x-trailer", "t1", "x-tbin", "\xfe"))
+		return &echov1.EchoResponse{Message: fmt.Sprintf("tenant=%q bin=%q", md.Get("x-tenant"), md.Get("x-raw-bin"))}, nil
+	case "details":
+		_ = grpc.SetHeader(ctx, metadata.Pairs("x-header", "h1"))
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("x-trailer", "t1"))
+		st, _ := status.New(codes.NotFound, "no such order").WithDetails(&errdetails.ResourceInfo{ResourceType: "order", ResourceName: "o-7"})
+		return nil, st.Err()
+	case "block":
+		d.signal("block")
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	return d.Server.EchoUnary(ctx, req)
+}
+
+func (d *diffImpl) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	switch req.GetMessage() {
+	case "zero":
+		return nil
+	case "header":
+		if err := s.SendHeader(metadata.Pairs("x-stream", "open")); err != nil {
+			return err
+		}
+		s.SetTrailer(metadata.Pairs("x-done", "yes"))
+	case "header-then-fail":
+		if err := s.SendHeader(metadata.Pairs("x-stream", "open")); err != nil {
+			return err
+		}
+		s.SetTrailer(metadata.Pairs("x-done", "no"))
+		return status.Error(codes.Aborted, "gave up")
+	case "block":
+		d.signal("block")
+		<-s.Context().Done()
+		return s.Context().Err()
+	case "one-then-block":
+		if err := s.Send(&echov1.EchoResponse{Message: "first"}); err != nil {
+			return err
+		}
+		<-s.Context().Done()
+		return s.Context().Err()
+	}
+	return d.Server.EchoServerStream(req, s)
+}
+
+// diffSide is one way of calling the echo service.
+type diffSide struct {
+	name string
+	cc   grpc.ClientConnInterface
+	echo echov1.EchoServiceClient
+}
+
+// diffEnv is both sides, serving one diffImpl.
+type diffEnv struct {
+	impl  *diffImpl
+	sides [2]diffSide
+}
+
+func newDiffEnv(t *testing.T) *diffEnv {
+	t.Helper()
+	impl := &diffImpl{started: make(chan string, 1)}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	echov1.RegisterEchoServiceServer(srv, impl)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	gc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gc.Close() })
+
+	e := setup(t, impl)
+	kcc, kecho := connTo(t, e.kc, e.prefix)
+	return &diffEnv{impl: impl, sides: [2]diffSide{
+		{"grpc", gc, echov1.NewEchoServiceClient(gc)},
+		{"ClientConn", kcc, kecho},
+	}}
+}
+
+// obs is what a caller observed, one line per step.
+type obs struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (o *obs) add(format string, args ...any) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.lines = append(o.lines, fmt.Sprintf(format, args...))
+}
+
+// errString describes an error as a gRPC caller sees it.
+func errString(err error) string {
+	switch {
+	case err == nil:
+		return "nil"
+	case err == io.EOF:
+		return "io.EOF"
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Sprintf("non-status error %T %v", err, err)
+	}
+	var ds []string
+	for _, d := range st.Details() {
+		ds = append(ds, fmt.Sprint(d))
+	}
+	return fmt.Sprintf("%s %q details=%v", st.Code(), st.Message(), ds)
+}
+
+// codeString is errString with the code only, for errors whose message is
+// the transport's own wording.
+func codeString(err error) string {
+	switch err {
+	case nil:
+		return "nil"
+	case io.EOF:
+		return "io.EOF"
+	}
+	return status.Code(err).String()
+}
+
+// mdString describes metadata without grpc-go's transport header
+// content-type; nil and empty alike.
+func mdString(md metadata.MD) string {
+	var ks []string
+	for k, v := range md {
+		if k == "content-type" {
+			continue
+		}
+		ks = append(ks, fmt.Sprintf("%s=%q", k, v))
+	}
+	sort.Strings(ks)
+	return "{" + strings.Join(ks, " ") + "}"
+}
+
+func (o *obs) err(what string, err error)  { o.add("%s: %s", what, errString(err)) }
+func (o *obs) code(what string, err error) { o.add("%s: %s", what, codeString(err)) }
+func (o *obs) md(what string, md metadata.MD) {
+	o.add("%s: %s", what, mdString(md))
+}
+func (o *obs) resp(what string, r *echov1.EchoResponse, err error) {
+	if err != nil {
+		o.err(what, err)
+		return
+	}
+	o.add("%s: %q #%d", what, r.GetMessage(), r.GetIndex())
+}
+
+// header records what Header() returned.
+func (o *obs) header(what string, s grpc.ClientStream) {
+	md, err := s.Header()
+	o.add("%s: %s, %s", what, mdString(md), errString(err))
+}
+
+// drain records every message until RecvMsg fails, then RecvMsg once more.
+func drain[T any](o *obs, recv func() (*T, error)) {
+	for {
+		r, err := recv()
+		if err != nil {
+			o.err("Recv end", err)
+			_, err = recv()
+			o.err("Recv again", err)
+			return
+		}
+		o.add("Recv: %v", r)
+	}
+}
+
+// cancelled returns a context cancelled already.
+func cancelled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
+
+// waitStarted waits for a blocking handler of the side under test.
+func (e *diffEnv) waitStarted(t *testing.T) {
+	t.Helper()
+	select {
+	case <-e.impl.started:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the handler did not start within 60 s")
+	}
+}
+
+// run runs scenario against both sides and fails when they observed
+// different things.
+func (e *diffEnv) run(t *testing.T, name string, scenario func(t *testing.T, s diffSide, o *obs)) {
+	t.Run(name, func(t *testing.T) {
+		var got [2]*obs
+		for i, s := range e.sides {
+			got[i] = &obs{}
+			scenario(t, s, got[i])
+		}
+		if !slices.Equal(got[0].lines, got[1].lines) {
+			t.Errorf("grpc-go and the ClientConn differ:\ngrpc-go:\n\t%s\nClientConn:\n\t%s",
+				strings.Join(got[0].lines, "\n\t"), strings.Join(got[1].lines, "\n\t"))
+		}
+	})
+}
+
+func TestConnDiff(t *testing.T) {
+	e := newDiffEnv(t)
+	ctx := ctxFor(t, 120*time.Second)
+
+	// Unary calls.
+	e.run(t, "UnaryOK", func(t *testing.T, s diffSide, o *obs) {
+		h, tr := metadata.Pairs("x-stale", "1"), metadata.Pairs("x-stale", "1")
+		r, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "hello"}, grpc.Header(&h), grpc.Trailer(&tr))
+		o.resp("EchoUnary", r, err)
+		o.md("grpc.Header", h)
+		o.md("grpc.Trailer", tr)
+	})
+	e.run(t, "UnaryMetadataBin", func(t *testing.T, s diffSide, o *obs) {
+		octx := metadata.AppendToOutgoingContext(ctx, "x-tenant", "acme", "x-raw-bin", "\xff\x00")
+		var h, tr metadata.MD
+		r, err := s.echo.EchoUnary(octx, &echov1.EchoRequest{Message: "metadata"}, grpc.Header(&h), grpc.Trailer(&tr))
+		o.resp("EchoUnary", r, err)
+		o.md("grpc.Header", h)
+		o.md("grpc.Trailer", tr)
+	})
+	e.run(t, "UnaryFailWithDetails", func(t *testing.T, s diffSide, o *obs) {
+		var h, tr metadata.MD
+		r, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "details"}, grpc.Header(&h), grpc.Trailer(&tr))
+		o.resp("EchoUnary", r, err)
+		o.md("grpc.Header", h)
+		o.md("grpc.Trailer", tr)
+	})
+	e.run(t, "UnaryFailCode", func(t *testing.T, s diffSide, o *obs) {
+		r, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "nope", FailCode: int32(codes.PermissionDenied)})
+		o.resp("EchoUnary", r, err)
+	})
+	e.run(t, "UnaryDeadlinePast", func(t *testing.T, s diffSide, o *obs) {
+		dctx, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+		defer cancel()
+		r, err := s.echo.EchoUnary(dctx, &echov1.EchoRequest{Message: "late"})
+		o.resp("EchoUnary", r, err)
+	})
+	e.run(t, "UnaryDeadlineAtWorker", func(t *testing.T, s diffSide, o *obs) {
+		// The handler blocks until its context ends: only the deadline ends it.
+		dctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		_, err := s.echo.EchoUnary(dctx, &echov1.EchoRequest{Message: "block"})
+		o.code("EchoUnary", err)
+		select { // the handler may or may not have started
+		case <-e.impl.started:
+		default:
+		}
+	})
+	e.run(t, "UnaryCancelledBefore", func(t *testing.T, s diffSide, o *obs) {
+		r, err := s.echo.EchoUnary(cancelled(), &echov1.EchoRequest{Message: "x"})
+		o.resp("EchoUnary", r, err)
+	})
+	e.run(t, "UnaryCancelDuring", func(t *testing.T, s diffSide, o *obs) {
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.echo.EchoUnary(cctx, &echov1.EchoRequest{Message: "block"})
+			done <- err
+		}()
+		e.waitStarted(t)
+		cancel()
+		o.err("EchoUnary", <-done)
+	})
+
+	// Server streams.
+	e.run(t, "ServerStream", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "m", Repeat: 5})
+		o.err("NewStream", err)
+		o.header("Header", st)
+		drain(o, st.Recv)
+		o.md("Trailer", st.Trailer())
+		o.header("Header after end", st)
+	})
+	e.run(t, "ServerStreamHeaderAndTrailer", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "header", Repeat: 2})
+		o.err("NewStream", err)
+		o.header("Header before any message", st)
+		drain(o, st.Recv)
+		o.md("Trailer", st.Trailer())
+	})
+	e.run(t, "ServerStreamZeroMessages", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "zero"})
+		o.err("NewStream", err)
+		o.header("Header", st)
+		drain(o, st.Recv)
+		o.md("Trailer", st.Trailer())
+	})
+	e.run(t, "ServerStreamFails", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "gone", FailCode: int32(codes.FailedPrecondition)})
+		o.err("NewStream", err)
+		o.header("Header", st)
+		drain(o, st.Recv)
+		o.md("Trailer", st.Trailer())
+	})
+	e.run(t, "ServerStreamHeaderThenFail", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "header-then-fail"})
+		o.err("NewStream", err)
+		o.header("Header", st)
+		drain(o, st.Recv)
+		o.md("Trailer", st.Trailer())
+	})
+	e.run(t, "ServerStreamCancelledBefore", func(t *testing.T, s diffSide, o *obs) {
+		_, err := s.echo.EchoServerStream(cancelled(), &echov1.EchoRequest{Message: "x"})
+		o.err("NewStream", err)
+	})
+	e.run(t, "ServerStreamDeadlinePast", func(t *testing.T, s diffSide, o *obs) {
+		dctx, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+		defer cancel()
+		_, err := s.echo.EchoServerStream(dctx, &echov1.EchoRequest{Message: "x"})
+		o.err("NewStream", err)
+	})
+	e.run(t, "ServerStreamCancelDuring", func(t *testing.T, s diffSide, o *obs) {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		st, err := s.echo.EchoServerStream(cctx, &echov1.EchoRequest{Message: "one-then-block"})
+		o.err("NewStream", err)
+		r, err := st.Recv()
+		o.resp("Recv", r, err)
+		cancel()
+		drain(o, st.Recv)
+		o.md("Trailer", st.Trailer())
+	})
+	e.run(t, "HeaderWaitCancelled", func(t *testing.T, s diffSide, o *obs) {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		st, err := s.echo.EchoServerStream(cctx, &echov1.EchoRequest{Message: "block"})
+		o.err("NewStream", err)
+		e.waitStarted(t)
+		type result struct {
+			md  metadata.MD
+			err error
+		}
+		hc := make(chan result, 1)
+		go func() {
+			md, err := st.Header()
+			hc <- result{md, err}
+		}()
+		cancel() // before or while Header() waits: the same either way
+		h := <-hc
+		o.add("Header: %s, %s", mdString(h.md), errString(h.err))
+		drain(o, st.Recv)
+	})
+
+	// Client streams.
+	e.run(t, "ClientStream", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoClientStream(ctx)
+		o.err("NewStream", err)
+		for i := range 3 {
+			o.err("Send", st.Send(&echov1.EchoRequest{Message: fmt.Sprint(i)}))
+		}
+		r, err := st.CloseAndRecv()
+		o.resp("CloseAndRecv", r, err)
+		o.err("CloseSend again", st.CloseSend())
+		o.code("Send after CloseSend", st.Send(&echov1.EchoRequest{Message: "late"}))
+		o.err("RecvMsg after the end", st.RecvMsg(new(echov1.EchoResponse)))
+		o.md("Trailer", st.Trailer())
+		o.header("Header after end", st)
+	})
+	e.run(t, "ClientStreamZeroRequests", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoClientStream(ctx)
+		o.err("NewStream", err)
+		r, err := st.CloseAndRecv()
+		o.resp("CloseAndRecv", r, err)
+	})
+	e.run(t, "ClientStreamFails", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoClientStream(ctx)
+		o.err("NewStream", err)
+		o.err("Send", st.Send(&echov1.EchoRequest{Message: "bad", FailCode: int32(codes.InvalidArgument)}))
+		r, err := st.CloseAndRecv()
+		o.resp("CloseAndRecv", r, err)
+		o.err("Send after the end", st.Send(&echov1.EchoRequest{Message: "late"}))
+	})
+	e.run(t, "ClientStreamCancelledBefore", func(t *testing.T, s diffSide, o *obs) {
+		_, err := s.echo.EchoClientStream(cancelled())
+		o.err("NewStream", err)
+	})
+	e.run(t, "ClientStreamCancelDuring", func(t *testing.T, s diffSide, o *obs) {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		st, err := s.echo.EchoClientStream(cctx)
+		o.err("NewStream", err)
+		o.err("Send", st.Send(&echov1.EchoRequest{Message: "a"}))
+		cancel()
+		r, err := st.CloseAndRecv()
+		o.resp("CloseAndRecv", r, err)
+		o.err("Send after the end", st.Send(&echov1.EchoRequest{Message: "late"}))
+		o.err("RecvMsg again", st.RecvMsg(new(echov1.EchoResponse)))
+	})
+
+	// Bidi streams.
+	e.run(t, "Bidi", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoBidiStream(ctx)
+		o.err("NewStream", err)
+		for i := range 3 {
+			o.err("Send", st.Send(&echov1.EchoRequest{Message: fmt.Sprint("b", i)}))
+			r, err := st.Recv()
+			o.resp("Recv", r, err)
+		}
+		o.header("Header", st)
+		o.err("CloseSend", st.CloseSend())
+		o.err("CloseSend again", st.CloseSend())
+		o.code("Send after CloseSend", st.Send(&echov1.EchoRequest{Message: "late"}))
+		drain(o, st.Recv)
+		o.md("Trailer", st.Trailer())
+	})
+	e.run(t, "BidiConcurrentSendRecv", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoBidiStream(ctx)
+		o.err("NewStream", err)
+		const n = 50
+		sent := make(chan error, 1)
+		go func() {
+			for i := range n {
+				if err := st.Send(&echov1.EchoRequest{Message: fmt.Sprint(i)}); err != nil {
+					sent <- err
+					return
+				}
+			}
+			sent <- st.CloseSend()
+		}()
+		var got []string
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				o.err("Recv end", err)
+				break
+			}
+			got = append(got, fmt.Sprintf("%s#%d", r.GetMessage(), r.GetIndex()))
+		}
+		o.err("sender", <-sent)
+		o.add("received %d: %v", len(got), got)
+	})
+	e.run(t, "BidiServerEndsFirst", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoBidiStream(ctx)
+		o.err("NewStream", err)
+		o.err("Send", st.Send(&echov1.EchoRequest{Message: "ok"}))
+		r, err := st.Recv()
+		o.resp("Recv", r, err)
+		o.err("Send", st.Send(&echov1.EchoRequest{Message: "stop", FailCode: int32(codes.Aborted)}))
+		r, err = st.Recv()
+		o.resp("Recv", r, err)
+		o.err("Send after the server ended", st.Send(&echov1.EchoRequest{Message: "late"}))
+		o.err("Recv again", st.RecvMsg(new(echov1.EchoResponse)))
+		o.md("Trailer", st.Trailer())
+	})
+	e.run(t, "BidiCancelledBefore", func(t *testing.T, s diffSide, o *obs) {
+		_, err := s.echo.EchoBidiStream(cancelled())
+		o.err("NewStream", err)
+	})
+	e.run(t, "BidiCancelDuring", func(t *testing.T, s diffSide, o *obs) {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		st, err := s.echo.EchoBidiStream(cctx)
+		o.err("NewStream", err)
+		o.err("Send", st.Send(&echov1.EchoRequest{Message: "a"}))
+		r, err := st.Recv()
+		o.resp("Recv", r, err)
+		cancel()
+		drain(o, st.Recv)
+		o.err("Send after the end", st.Send(&echov1.EchoRequest{Message: "late"}))
+	})
+
+	// Big messages, under both gRPC's default 4 MiB and Kafka's 8 MiB.
+	e.run(t, "BigMessage", func(t *testing.T, s diffSide, o *obs) {
+		big := strings.Repeat("x", 3<<20)
+		r, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: big})
+		o.add("EchoUnary: %s, %d bytes", errString(err), len(r.GetMessage()))
+		st, err := s.echo.EchoBidiStream(ctx)
+		o.err("NewStream", err)
+		o.err("Send", st.Send(&echov1.EchoRequest{Message: big}))
+		r, err = st.Recv()
+		o.add("Recv: %s, %d bytes", errString(err), len(r.GetMessage()))
+		o.err("CloseSend", st.CloseSend())
+		drain(o, st.Recv)
+	})
+
+	// A method the connection has no spec for: UNIMPLEMENTED, whose message
+	// is the server's (or the connection's) own wording. grpc-go reports it
+	// on the stream's first RecvMsg, the connection on NewStream: either
+	// way the caller gets UNIMPLEMENTED from the call.
+	e.run(t, "UnknownMethod", func(t *testing.T, s diffSide, o *obs) {
+		err := s.cc.Invoke(ctx, "/example.echo.v1.EchoService/Nope", &echov1.EchoRequest{}, new(echov1.EchoResponse))
+		o.code("Invoke unknown method", err)
+		err = s.cc.Invoke(ctx, "/example.nope.v1.Nope/Nope", &echov1.EchoRequest{}, new(echov1.EchoResponse))
+		o.code("Invoke unknown service", err)
+		st, err := s.cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/example.echo.v1.EchoService/NopeStream")
+		if err == nil {
+			_ = st.CloseSend()
+			err = st.RecvMsg(new(echov1.EchoResponse))
+		}
+		o.code("stream of an unknown method", err)
+	})
+
+	// Call options.
+	e.run(t, "WaitForReady", func(t *testing.T, s diffSide, o *obs) {
+		r, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "ready"}, grpc.WaitForReady(true))
+		o.resp("EchoUnary", r, err)
+	})
+	e.run(t, "UseCompressorGzip", func(t *testing.T, s diffSide, o *obs) {
+		r, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "zip"}, grpc.UseCompressor("gzip"))
+		o.resp("EchoUnary", r, err)
+	})
+	e.run(t, "MaxCallRecvMsgSize", func(t *testing.T, s diffSide, o *obs) {
+		long := strings.Repeat("r", 200)
+		_, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: long}, grpc.MaxCallRecvMsgSize(100))
+		o.code("EchoUnary reply over the limit", err)
+		r, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "short"}, grpc.MaxCallRecvMsgSize(100))
+		o.resp("EchoUnary reply under the limit", r, err)
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: long, Repeat: 2}, grpc.MaxCallRecvMsgSize(100))
+		o.err("NewStream", err)
+		_, err = st.Recv()
+		o.code("server stream reply over the limit", err)
+	})
+	e.run(t, "MaxCallSendMsgSize", func(t *testing.T, s diffSide, o *obs) {
+		long := strings.Repeat("s", 200)
+		_, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: long}, grpc.MaxCallSendMsgSize(100))
+		o.code("EchoUnary request over the limit", err)
+		st, err := s.echo.EchoBidiStream(ctx, grpc.MaxCallSendMsgSize(100))
+		o.err("NewStream", err)
+		o.err("Send under the limit", st.Send(&echov1.EchoRequest{Message: "short"}))
+		r, err := st.Recv()
+		o.resp("Recv", r, err)
+		o.code("Send over the limit", st.Send(&echov1.EchoRequest{Message: long}))
+		_, err = st.Recv()
+		o.code("Recv after", err)
+	})
+}
