@@ -197,18 +197,19 @@ func (s *connStream) finish(err error) {
 }
 
 // Header returns the response metadata of the worker's first reply, waiting
-// for it; nil when the call ended without one (with the call's error when it
-// failed).
+// for it; nil, nil when the call ended without one, failed or cancelled, as
+// grpc.ClientStream says and grpc-go does: the caller learns the call's
+// status from RecvMsg.
 func (s *connStream) Header() (metadata.MD, error) {
 	select {
 	case <-s.headerReady:
 	case <-s.ctx.Done():
 		// finish cancels ctx once headerReady is closed: when both are
-		// ready, the headers (or the call's status) are the answer.
+		// ready, the headers are the answer.
 		select {
 		case <-s.headerReady:
 		default:
-			return nil, status.FromContextError(s.ctx.Err()).Err()
+			return nil, nil
 		}
 	}
 	s.mu.Lock()
@@ -216,7 +217,7 @@ func (s *connStream) Header() (metadata.MD, error) {
 	if s.headerSet {
 		return s.header, nil
 	}
-	return nil, s.st
+	return nil, nil
 }
 
 // Trailer returns the worker's trailing metadata once the call ended
