@@ -157,11 +157,19 @@ func errString(err error) string {
 	if !ok {
 		return fmt.Sprintf("non-status error %T %v", err, err)
 	}
+	msg := st.Message()
+	// The connection names the method in its own errors (grpc-go does not):
+	// the same message otherwise.
+	if strings.HasPrefix(msg, "/"+echov1.EchoService_ServiceDesc.ServiceName+"/") {
+		if _, rest, ok := strings.Cut(msg, ": "); ok {
+			msg = rest
+		}
+	}
 	var ds []string
 	for _, d := range st.Details() {
 		ds = append(ds, fmt.Sprint(d))
 	}
-	return fmt.Sprintf("%s %q details=%v", st.Code(), st.Message(), ds)
+	return fmt.Sprintf("%s %q details=%v", st.Code(), msg, ds)
 }
 
 // codeString is errString with the code only, for errors whose message is

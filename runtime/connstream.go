@@ -67,6 +67,9 @@ func (s *connStream) run() {
 	}
 	if err == nil && s.held != nil {
 		err = s.handHeld()
+		if failed := s.c.failure(); failed != nil {
+			err = failed // SendMsg failed (sendFailed) while the response waited for RecvMsg
+		}
 	}
 	s.c.end(err)
 	s.finish(err)
@@ -249,7 +252,8 @@ func (s *connStream) CloseSend() error {
 func (s *connStream) Context() context.Context { return s.ctx }
 
 // SendMsg produces one request message. Once the call ended it returns
-// io.EOF, and RecvMsg the call's status.
+// io.EOF, and RecvMsg the call's status. After CloseSend it returns
+// INTERNAL and, as in grpc-go, ends the call with it (sendFailed).
 func (s *connStream) SendMsg(m any) error {
 	in, ok := m.(proto.Message)
 	if !ok {
@@ -263,23 +267,42 @@ func (s *connStream) SendMsg(m any) error {
 		}
 		return nil
 	}
+	s.sendMu.Lock()
+	closed := s.closed
+	s.sendMu.Unlock()
+	if closed {
+		// Before looking at the call's end, as grpc-go does: after
+		// CloseSend (CloseAndRecv) this is the caller's mistake, not the end.
+		return s.sendFailed(status.Errorf(codes.Internal, "%s: SendMsg called after CloseSend", s.m.FullMethod()))
+	}
 	select {
 	case <-s.done:
 		return io.EOF
 	default:
 	}
-	s.sendMu.Lock()
-	closed := s.closed
-	s.sendMu.Unlock()
-	if closed {
-		return status.Errorf(codes.Internal, "%s: SendMsg called after CloseSend", s.m.FullMethod())
-	}
 	b, err := proto.Marshal(in)
 	if err != nil {
-		return status.Errorf(codes.Internal, "%s: encoding request: %v", s.m.FullMethod(), err)
+		return s.sendFailed(status.Errorf(codes.Internal, "%s: encoding request: %v", s.m.FullMethod(), err))
 	}
 	s.c.sendData(b)
 	return nil
+}
+
+// sendFailed ends the call with err, the error SendMsg returns, and returns
+// err once the call ended: grpc-go ends a stream whose SendMsg fails other
+// than with io.EOF (the caller's next RecvMsg returns err, the worker's
+// handler is cancelled, grpc.OnFinish gets err). A call that ended already
+// keeps its status.
+func (s *connStream) sendFailed(err error) error {
+	select {
+	case <-s.done:
+		return err
+	default:
+	}
+	s.c.fail(err)
+	s.cancel()
+	<-s.done
+	return err
 }
 
 // RecvMsg receives the next response into m: io.EOF after the last one of
