@@ -37,8 +37,11 @@ import (
 // other method fails at once with UNIMPLEMENTED. Requests are marshalled with
 // proto and replies unmarshalled into the generated response types: call
 // options that pick a codec (grpc.CallContentSubtype, grpc.ForceCodec) and
-// the transport's (grpc.WaitForReady, grpc.MaxCallRecvMsgSize, ...) are
-// ignored; grpc.Header, grpc.Trailer and grpc.OnFinish are honoured.
+// the transport's (grpc.WaitForReady, grpc.UseCompressor, ...) are
+// ignored; grpc.Header, grpc.Trailer, grpc.OnFinish, grpc.MaxCallRecvMsgSize
+// and grpc.MaxCallSendMsgSize are honoured (a message over the limit is
+// RESOURCE_EXHAUSTED, as in grpc-go; without them the topics'
+// max.message.bytes is the only limit).
 //
 // A ClientConn is safe for concurrent use: many goroutines may call through
 // one connection, which reads each reply topic with one reader shared by all
@@ -190,6 +193,13 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	if err != nil {
 		return err
 	}
+	b, err := proto.Marshal(in)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err)
+	}
+	if err := co.checkSend(len(b)); err != nil {
+		return err // nothing sent, as grpc-go sends no message over the limit
+	}
 	md, _ := metadata.FromOutgoingContext(ctx)
 	c, err := cc.g.begin(ctx, m, md)
 	if err != nil {
@@ -200,7 +210,11 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 		c.releaseSignal()
 		co.after()
 	}()
-	return c.unary(ctx, in, out, co.header, co.trailer)
+	oneway, err := c.exchange(ctx, b, co.header, co.trailer, func(rec *kafkaclient.Record) error { return co.decode(m, rec, out) })
+	if oneway && err == nil {
+		proto.Reset(out)
+	}
+	return err
 }
 
 // NewStream starts a streaming call over Kafka: it implements
@@ -268,12 +282,14 @@ type callOptions struct {
 	headers  []*metadata.MD
 	trailers []*metadata.MD
 	onFinish []func(error)
+	maxRecv  int // grpc.MaxCallRecvMsgSize, or -1
+	maxSend  int // grpc.MaxCallSendMsgSize, or -1
 
 	gotHeader, gotTrailer bool // header or trailer wrote them
 }
 
 func callOptionsOf(opts []grpc.CallOption) callOptions {
-	var co callOptions
+	co := callOptions{maxRecv: -1, maxSend: -1}
 	for _, o := range opts {
 		switch o := o.(type) {
 		case grpc.HeaderCallOption:
@@ -282,9 +298,40 @@ func callOptionsOf(opts []grpc.CallOption) callOptions {
 			co.trailers = append(co.trailers, o.TrailerAddr)
 		case grpc.OnFinishCallOption:
 			co.onFinish = append(co.onFinish, o.OnFinish)
+		case grpc.MaxRecvMsgSizeCallOption: // the last one given wins, as in grpc-go
+			co.maxRecv = o.MaxRecvMsgSize
+		case grpc.MaxSendMsgSizeCallOption:
+			co.maxSend = o.MaxSendMsgSize
 		}
 	}
 	return co
+}
+
+// checkSend refuses a request message of n bytes over grpc.MaxCallSendMsgSize,
+// with grpc-go's status.
+func (co *callOptions) checkSend(n int) error {
+	if co.maxSend >= 0 && n > co.maxSend {
+		return status.Errorf(codes.ResourceExhausted, "trying to send message larger than max (%d vs. %d)", n, co.maxSend)
+	}
+	return nil
+}
+
+// checkRecv refuses a response message of n bytes over
+// grpc.MaxCallRecvMsgSize, with grpc-go's status.
+func (co *callOptions) checkRecv(n int) error {
+	if co.maxRecv >= 0 && n > co.maxRecv {
+		return status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", n, co.maxRecv)
+	}
+	return nil
+}
+
+// decode decodes a reply record into out, unless it is over
+// grpc.MaxCallRecvMsgSize.
+func (co *callOptions) decode(m *MethodSpec, rec *kafkaclient.Record, out proto.Message) error {
+	if err := co.checkRecv(len(rec.Value)); err != nil {
+		return err
+	}
+	return decodeReply(m, rec, out)
 }
 
 func (co *callOptions) header(md metadata.MD) {

@@ -284,6 +284,9 @@ func (s *connStream) SendMsg(m any) error {
 	if err != nil {
 		return s.sendFailed(status.Errorf(codes.Internal, "%s: encoding request: %v", s.m.FullMethod(), err))
 	}
+	if err := s.co.checkSend(len(b)); err != nil {
+		return s.sendFailed(err)
+	}
 	s.c.sendData(b)
 	return nil
 }
@@ -321,11 +324,11 @@ func (s *connStream) RecvMsg(m any) error {
 	select {
 	case rec := <-s.recs:
 		if s.verdict == nil {
-			return s.decoded(decodeReply(s.m, rec, out))
+			return s.decoded(s.co.decode(s.m, rec, out))
 		}
 		// The one response (handHeld): the call ends with its decoding.
 		s.taken = true
-		err := decodeReply(s.m, rec, out)
+		err := s.co.decode(s.m, rec, out)
 		s.verdict <- err
 		<-s.done
 		if err != nil {
@@ -333,6 +336,9 @@ func (s *connStream) RecvMsg(m any) error {
 		}
 		return err
 	case raw := <-s.raw:
+		if err := s.co.checkRecv(len(raw)); err != nil {
+			return s.decoded(err)
+		}
 		if err := proto.Unmarshal(raw, out); err != nil {
 			return s.decoded(status.Errorf(codes.Internal, "%s: record of %s is not a valid %s: %v",
 				s.m.FullMethod(), s.m.Fetch.Topic, out.ProtoReflect().Descriptor().FullName(), err))
@@ -346,7 +352,7 @@ func (s *connStream) RecvMsg(m any) error {
 	}
 	if s.held != nil && !s.taken {
 		s.taken = true
-		return s.decoded(decodeReply(s.m, s.held, out))
+		return s.decoded(s.co.decode(s.m, s.held, out))
 	}
 	s.recvErr = io.EOF
 	return io.EOF
