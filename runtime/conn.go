@@ -208,6 +208,9 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	defer func() {
 		c.end(err)
 		c.releaseSignal()
+		if d := statusDetailsTrailer(err); d != nil {
+			co.trailer(metadata.Join(co.lastTrailer, d))
+		}
 		co.after()
 	}()
 	oneway, err := c.exchange(ctx, b, co.header, co.trailer, func(rec *kafkaclient.Record) error { return co.decode(m, rec, out) })
@@ -285,7 +288,8 @@ type callOptions struct {
 	maxRecv  int // grpc.MaxCallRecvMsgSize, or -1
 	maxSend  int // grpc.MaxCallSendMsgSize, or -1
 
-	gotHeader, gotTrailer bool // header or trailer wrote them
+	gotHeader, gotTrailer bool        // header or trailer wrote them
+	lastTrailer           metadata.MD // what trailer wrote
 }
 
 func callOptionsOf(opts []grpc.CallOption) callOptions {
@@ -342,7 +346,7 @@ func (co *callOptions) header(md metadata.MD) {
 }
 
 func (co *callOptions) trailer(md metadata.MD) {
-	co.gotTrailer = true
+	co.gotTrailer, co.lastTrailer = true, md
 	for _, p := range co.trailers {
 		*p = md
 	}
@@ -362,6 +366,21 @@ func (co *callOptions) after() {
 			*p = nil
 		}
 	}
+}
+
+// statusDetailsTrailer is the trailer grpc-status-details-bin of a call
+// that ended with err, as a grpc-go caller finds it in its trailer when the
+// status has details (the encoded google.rpc.Status); nil when it has none.
+func statusDetailsTrailer(err error) metadata.MD {
+	st, ok := status.FromError(err)
+	if !ok || len(st.Proto().GetDetails()) == 0 {
+		return nil
+	}
+	b, perr := proto.Marshal(st.Proto())
+	if perr != nil {
+		return nil
+	}
+	return metadata.Pairs("grpc-status-details-bin", string(b))
 }
 
 func (co *callOptions) finish(err error) {

@@ -188,6 +188,10 @@ func (s *connStream) setTrailer(md metadata.MD) {
 func (s *connStream) finish(err error) {
 	s.mu.Lock()
 	s.st, s.ended = err, true
+	if d := statusDetailsTrailer(err); d != nil {
+		s.trailer = metadata.Join(s.trailer, d)
+		s.co.trailer(s.trailer)
+	}
 	if !s.headerClosed {
 		s.headerClosed = true
 		close(s.headerReady)
