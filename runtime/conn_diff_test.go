@@ -30,6 +30,7 @@ import (
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 )
 
 // diffImpl is the echo implementation both sides serve: echoserver's, with
@@ -62,6 +63,14 @@ func (d *diffImpl) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*ech
 		d.signal("block")
 		<-ctx.Done()
 		return nil, status.FromContextError(ctx.Err()).Err()
+	case "deadline?":
+		// Whether there is one only: grpc-go's server counts the timeout
+		// from when it read the call (a little after the caller's
+		// deadline), the worker from the request record's timestamp.
+		_, ok := ctx.Deadline()
+		caller, _ := metadata.FromIncomingContext(ctx)
+		return &echov1.EchoResponse{Message: fmt.Sprintf("deadline %v, multi=%q upper=%q",
+			ok, caller.Get("x-multi"), caller.Get("x-upper"))}, nil
 	}
 	return d.Server.EchoUnary(ctx, req)
 }
@@ -75,6 +84,10 @@ func (d *diffImpl) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStream
 			return err
 		}
 		s.SetTrailer(metadata.Pairs("x-done", "yes"))
+	case "details":
+		s.SetTrailer(metadata.Pairs("x-trailer", "t1"))
+		st, _ := status.New(codes.NotFound, "no such order").WithDetails(&errdetails.ResourceInfo{ResourceType: "order", ResourceName: "o-7"})
+		return st.Err()
 	case "header-then-fail":
 		if err := s.SendHeader(metadata.Pairs("x-stream", "open")); err != nil {
 			return err
@@ -102,10 +115,63 @@ type diffSide struct {
 	echo echov1.EchoServiceClient
 }
 
-// diffEnv is both sides, serving one diffImpl.
+// diffEnv is both sides, serving one diffImpl; icpt are both sides again,
+// with client interceptors that note what they see in the context's obs.
 type diffEnv struct {
 	impl  *diffImpl
 	sides [2]diffSide
+	icpt  [2]diffSide
+}
+
+type obsKey struct{}
+
+func obsOf(ctx context.Context) *obs {
+	o, _ := ctx.Value(obsKey{}).(*obs)
+	if o == nil {
+		o = &obs{}
+	}
+	return o
+}
+
+func unaryNoting(name string) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		o := obsOf(ctx)
+		o.add("unary %s before %s (request %v)", name, method, req)
+		err := invoker(metadata.AppendToOutgoingContext(ctx, "x-added-by-"+name, "1"), method, req, reply, cc, opts...)
+		o.add("unary %s after: %s (reply %v)", name, errString(err), reply)
+		return err
+	}
+}
+
+func streamNoting(name string) grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		o := obsOf(ctx)
+		o.add("stream %s before %s (server streams %v, client streams %v)", name, method, desc.ServerStreams, desc.ClientStreams)
+		s, err := streamer(ctx, desc, cc, method, opts...)
+		o.add("stream %s NewStream: %s", name, errString(err))
+		if err != nil {
+			return nil, err
+		}
+		return notingStream{s, name, o}, nil
+	}
+}
+
+type notingStream struct {
+	grpc.ClientStream
+	name string
+	o    *obs
+}
+
+func (n notingStream) SendMsg(m any) error {
+	err := n.ClientStream.SendMsg(m)
+	n.o.add("stream %s SendMsg %v: %s", n.name, m, errString(err))
+	return err
+}
+
+func (n notingStream) RecvMsg(m any) error {
+	err := n.ClientStream.RecvMsg(m)
+	n.o.add("stream %s RecvMsg: %s", n.name, errString(err))
+	return err
 }
 
 func newDiffEnv(t *testing.T) *diffEnv {
@@ -125,11 +191,25 @@ func newDiffEnv(t *testing.T) *diffEnv {
 	}
 	t.Cleanup(func() { _ = gc.Close() })
 
+	gi, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainUnaryInterceptor(unaryNoting("A"), unaryNoting("B")),
+		grpc.WithChainStreamInterceptor(streamNoting("A"), streamNoting("B")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gi.Close() })
+
 	e := setup(t, impl)
 	kcc, kecho := connTo(t, e.kc, e.prefix)
+	kci, kechoi := connTo(t, e.kc, e.prefix,
+		runtime.ConnUnaryInterceptor(unaryNoting("A")), runtime.ConnUnaryInterceptor(unaryNoting("B")),
+		runtime.ConnStreamInterceptor(streamNoting("A"), streamNoting("B")))
 	return &diffEnv{impl: impl, sides: [2]diffSide{
 		{"grpc", gc, echov1.NewEchoServiceClient(gc)},
 		{"ClientConn", kcc, kecho},
+	}, icpt: [2]diffSide{
+		{"grpc", gi, echov1.NewEchoServiceClient(gi)},
+		{"ClientConn", kci, kechoi},
 	}}
 }
 
@@ -251,12 +331,17 @@ func (e *diffEnv) waitStarted(t *testing.T) {
 // run runs scenario against both sides and fails when they observed
 // different things.
 func (e *diffEnv) run(t *testing.T, name string, scenario func(t *testing.T, s diffSide, o *obs)) {
+	e.runOn(t, name, e.sides, scenario)
+}
+
+func (e *diffEnv) runOn(t *testing.T, name string, sides [2]diffSide, scenario func(t *testing.T, s diffSide, o *obs)) {
 	t.Run(name, func(t *testing.T) {
 		var got [2]*obs
-		for i, s := range e.sides {
+		for i, s := range sides {
 			got[i] = &obs{}
 			scenario(t, s, got[i])
 		}
+		t.Logf("grpc-go observed:\n\t%s", strings.Join(got[0].lines, "\n\t"))
 		if !slices.Equal(got[0].lines, got[1].lines) {
 			t.Errorf("grpc-go and the ClientConn differ:\ngrpc-go:\n\t%s\nClientConn:\n\t%s",
 				strings.Join(got[0].lines, "\n\t"), strings.Join(got[1].lines, "\n\t"))
@@ -294,6 +379,35 @@ func TestConnDiff(t *testing.T) {
 	e.run(t, "UnaryFailCode", func(t *testing.T, s diffSide, o *obs) {
 		r, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "nope", FailCode: int32(codes.PermissionDenied)})
 		o.resp("EchoUnary", r, err)
+	})
+	e.run(t, "UnaryOddStatus", func(t *testing.T, s diffSide, o *obs) {
+		for _, c := range []codes.Code{codes.Unknown, codes.Unauthenticated, 42} {
+			_, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "héllo wörld 100% %20 \n\t ✓ \x00", FailCode: int32(c)})
+			o.err("EchoUnary", err)
+		}
+	})
+	e.run(t, "DeadlineAndMetadataReachHandler", func(t *testing.T, s diffSide, o *obs) {
+		// A caller without a deadline: the worker bounds the call with
+		// WorkerMaxCallDuration (README, "a call without a deadline ... is
+		// bounded by WorkerMaxCallDuration"): there the handler has a
+		// deadline that grpc-go's does not. Documented, inherent (a call
+		// holds its partition's committed offset): not compared.
+		mctx := metadata.AppendToOutgoingContext(ctx, "x-multi", "a", "x-multi", "b", "X-Upper", "U")
+		r, err := s.echo.EchoUnary(mctx, &echov1.EchoRequest{Message: "deadline?"})
+		o.resp("EchoUnary", r, err)
+	})
+	e.run(t, "ContextAfterEnd", func(t *testing.T, s diffSide, o *obs) {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		st, err := s.echo.EchoServerStream(cctx, &echov1.EchoRequest{Message: "m"})
+		o.err("NewStream", err)
+		o.add("Context().Err() before the end: %v", st.Context().Err())
+		drain(o, st.Recv)
+		o.add("Context().Err() after the end: %v", st.Context().Err())
+		cancel()
+		_, err = st.Recv()
+		o.err("Recv after the end and a cancel", err)
+		o.header("Header after the end and a cancel", st)
 	})
 	e.run(t, "UnaryDeadlinePast", func(t *testing.T, s diffSide, o *obs) {
 		dctx, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
@@ -405,6 +519,70 @@ func TestConnDiff(t *testing.T) {
 		h := <-hc
 		o.add("Header: %s, %s", mdString(h.md), errString(h.err))
 		drain(o, st.Recv)
+	})
+
+	e.run(t, "ServerStreamFailWithDetails", func(t *testing.T, s diffSide, o *obs) {
+		var h, tr metadata.MD
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "details"}, grpc.Header(&h), grpc.Trailer(&tr))
+		o.err("NewStream", err)
+		drain(o, st.Recv)
+		o.md("Trailer", st.Trailer())
+		o.md("grpc.Header", h)
+		o.md("grpc.Trailer", tr)
+	})
+	e.run(t, "ServerStreamCallOptionsHeaderTrailer", func(t *testing.T, s diffSide, o *obs) {
+		var h, tr metadata.MD
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "header", Repeat: 2}, grpc.Header(&h), grpc.Trailer(&tr))
+		o.err("NewStream", err)
+		drain(o, st.Recv)
+		o.md("grpc.Header", h)
+		o.md("grpc.Trailer", tr)
+	})
+	e.run(t, "ServerStreamDeadlineAtWorker", func(t *testing.T, s diffSide, o *obs) {
+		dctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		st, err := s.echo.EchoServerStream(dctx, &echov1.EchoRequest{Message: "block"})
+		if err == nil {
+			_, err = st.Recv()
+		}
+		o.code("Recv", err)
+		select { // the handler may or may not have started
+		case <-e.impl.started:
+		default:
+		}
+	})
+	e.run(t, "OnFinish", func(t *testing.T, s diffSide, o *obs) {
+		note := func(what string) grpc.CallOption {
+			return grpc.OnFinish(func(err error) { o.err("OnFinish "+what, err) })
+		}
+		_, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "ok"}, note("unary OK"))
+		o.err("EchoUnary", err)
+		_, err = s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "no", FailCode: int32(codes.NotFound)}, note("unary NOT_FOUND"))
+		o.err("EchoUnary", err)
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "m", Repeat: 2}, note("server stream"))
+		o.err("NewStream", err)
+		drain(o, st.Recv)
+		bs, err := s.echo.EchoBidiStream(ctx, note("bidi"))
+		o.err("NewStream", err)
+		o.err("CloseSend", bs.CloseSend())
+		drain(o, bs.Recv)
+	})
+	e.runOn(t, "Interceptors", e.icpt, func(t *testing.T, s diffSide, o *obs) {
+		ictx := context.WithValue(ctx, obsKey{}, o)
+		r, err := s.echo.EchoUnary(ictx, &echov1.EchoRequest{Message: "via interceptors"})
+		o.resp("EchoUnary", r, err)
+		_, err = s.echo.EchoUnary(ictx, &echov1.EchoRequest{Message: "no", FailCode: int32(codes.NotFound)})
+		o.err("EchoUnary", err)
+		st, err := s.echo.EchoServerStream(ictx, &echov1.EchoRequest{Message: "m", Repeat: 2})
+		o.err("NewStream", err)
+		drain(o, st.Recv)
+		bs, err := s.echo.EchoBidiStream(ictx)
+		o.err("NewStream", err)
+		o.err("Send", bs.Send(&echov1.EchoRequest{Message: "b"}))
+		r, err = bs.Recv()
+		o.resp("Recv", r, err)
+		o.err("CloseSend", bs.CloseSend())
+		drain(o, bs.Recv)
 	})
 
 	// Client streams.
