@@ -260,6 +260,7 @@ func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, _ *grpc
 	}
 	s.c = c
 	s.recs = make(chan *kafkaclient.Record)
+	s.over, s.ask = make(chan struct{}), make(chan struct{})
 	if !m.Kind.serverStreams() {
 		s.verdict = make(chan error, 1)
 	}

@@ -13,10 +13,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	goruntime "runtime"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -767,4 +769,48 @@ func TestConnDiff(t *testing.T) {
 		_, err = st.Recv()
 		o.code("Recv after", err)
 	})
+}
+
+// TestConnDiffOnFinishAfterLastMessage: grpc-go ends a stream, and runs its
+// grpc.OnFinish callbacks, inside the RecvMsg that returns the end, so that
+// a callback never runs while the caller still handles the last message
+// (the two are ordered, without a data race between them). The connection
+// ended the call once the worker's end arrived: OnFinish ran concurrently
+// with the caller's handling of the last message (seen at once, in the
+// first calls, with either Kafka client). Each side makes many calls, each
+// checking the order; the flaky TestConnDiff/OnFinish found it. A check
+// that can only fail when the order is wrong: with the fix, OnFinish
+// cannot run before that RecvMsg, whatever the scheduling.
+func TestConnDiffOnFinishAfterLastMessage(t *testing.T) {
+	e := newDiffEnv(t)
+	ctx := ctxFor(t, 120*time.Second)
+	for _, s := range e.sides {
+		for i := range 100 {
+			var finished atomic.Bool
+			onFinish := grpc.OnFinish(func(error) { finished.Store(true) })
+			st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "m", Repeat: 2}, onFinish)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for j := range 2 {
+				if _, err := st.Recv(); err != nil {
+					t.Fatalf("%s: call %d, message %d: %v", s.name, i, j, err)
+				}
+				// Let other goroutines run, as a caller handling the
+				// message would: OnFinish must not, whatever they do.
+				for range 100 {
+					goruntime.Gosched()
+				}
+				if finished.Load() {
+					t.Fatalf("%s: call %d: OnFinish ran before the RecvMsg that returns the end (message %d just received)", s.name, i, j)
+				}
+			}
+			if _, err := st.Recv(); err != io.EOF {
+				t.Fatalf("%s: call %d end: %v", s.name, i, err)
+			}
+			if !finished.Load() {
+				t.Fatalf("%s: call %d: OnFinish had not run when RecvMsg returned io.EOF", s.name, i)
+			}
+		}
+	}
 }

@@ -49,6 +49,8 @@ type connStream struct {
 	st           error               // the call's final status, set before done closes
 	ended        bool                // finish began: the trailer is complete
 	done         chan struct{}
+	over         chan struct{} // closed when the worker's end (or the call's failure) is in, before done (request/reply methods)
+	ask          chan struct{} // RecvMsg asks run to end the call once its replies are all taken (request/reply methods)
 
 	// RecvMsg's own (one goroutine at a time, as grpc.ClientStream says)
 	taken   bool
@@ -60,6 +62,12 @@ var _ grpc.ClientStream = (*connStream)(nil)
 // run waits for the call's replies and ends it. A reply RecvMsg could not
 // decode (decoded) is the call's status, as in grpc-go, rather than the
 // cancel with which decoded stops the wait.
+//
+// As in grpc-go, the call ends (grpc.OnFinish runs, Trailer() is complete,
+// the call's metrics and span end) inside the RecvMsg that returns its end,
+// not as soon as the worker's end arrived: run waits for that RecvMsg
+// (awaitRecvEnd), so that OnFinish never runs while the caller still
+// handles the last message.
 func (s *connStream) run() {
 	err := s.await()
 	if failed := s.c.failure(); failed != nil {
@@ -67,12 +75,37 @@ func (s *connStream) run() {
 	}
 	if err == nil && s.held != nil {
 		err = s.handHeld()
-		if failed := s.c.failure(); failed != nil {
-			err = failed // SendMsg failed (sendFailed) while the response waited for RecvMsg
-		}
+	} else {
+		err = s.awaitRecvEnd(err)
+	}
+	if failed := s.c.failure(); failed != nil {
+		err = failed // RecvMsg could not decode a reply (decoded), or SendMsg failed (sendFailed)
 	}
 	s.c.end(err)
 	s.finish(err)
+}
+
+// awaitRecvEnd waits, once the call's replies are all in (err its status),
+// for the RecvMsg that returns the end. Header() returns meanwhile, and
+// SendMsg returns io.EOF. A caller that gives up first ends the call with
+// its context's error, a connection closed meanwhile with UNAVAILABLE, as
+// grpc-go's streams end.
+func (s *connStream) awaitRecvEnd(err error) error {
+	s.mu.Lock()
+	if !s.headerClosed {
+		s.headerClosed = true
+		close(s.headerReady)
+	}
+	s.mu.Unlock()
+	close(s.over)
+	select {
+	case <-s.ask:
+		return err
+	case <-s.ctx.Done():
+		return status.FromContextError(s.ctx.Err()).Err()
+	case <-s.c.g.ctx.Done():
+		return status.Error(codes.Unavailable, s.c.g.closingMessage())
+	}
 }
 
 // handHeld gives the one response of a call that does not stream them to
@@ -91,6 +124,7 @@ func (s *connStream) handHeld() error {
 		close(s.headerReady)
 	}
 	s.mu.Unlock()
+	close(s.over)
 	select {
 	case s.recs <- s.held:
 		return <-s.verdict
@@ -280,7 +314,7 @@ func (s *connStream) SendMsg(m any) error {
 		return s.sendFailed(status.Errorf(codes.Internal, "%s: SendMsg called after CloseSend", s.m.FullMethod()))
 	}
 	select {
-	case <-s.done:
+	case <-s.over: // the call ended, or ends once RecvMsg takes its end
 		return io.EOF
 	default:
 	}
@@ -299,7 +333,8 @@ func (s *connStream) SendMsg(m any) error {
 // err once the call ended: grpc-go ends a stream whose SendMsg fails other
 // than with io.EOF (the caller's next RecvMsg returns err, the worker's
 // handler is cancelled, grpc.OnFinish gets err). A call that ended already
-// keeps its status.
+// keeps its status; one whose worker ended but whose end RecvMsg has not
+// returned yet ends with err, as in grpc-go.
 func (s *connStream) sendFailed(err error) error {
 	select {
 	case <-s.done:
@@ -348,6 +383,8 @@ func (s *connStream) RecvMsg(m any) error {
 				s.m.FullMethod(), s.m.Fetch.Topic, out.ProtoReflect().Descriptor().FullName(), err))
 		}
 		return nil
+	case s.ask <- struct{}{}: // the replies are all taken: run ends the call
+		<-s.done
 	case <-s.done:
 	}
 	if s.st != nil {
