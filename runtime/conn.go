@@ -145,7 +145,7 @@ func (cc *ClientConn) Register(spec *ServiceSpec) error {
 }
 
 // Close stops the connection's reply and fetch readers; calls still waiting
-// end with UNAVAILABLE, and later calls fail with UNAVAILABLE. It does not
+// end with CANCELLED, and later calls fail with CANCELLED, as with grpc-go. It does not
 // close the Kafka client. Call it once, after which the connection is done.
 func (cc *ClientConn) Close() error { return cc.g.Close() }
 
@@ -158,10 +158,10 @@ func (cc *ClientConn) Stats() GatewayStats { return cc.g.Stats() }
 func (cc *ClientConn) FetchStats() FetchStats { return cc.g.FetchStats() }
 
 // method returns the spec of a full method name, or UNIMPLEMENTED, or
-// UNAVAILABLE once the connection is closed.
+// CANCELLED once the connection is closed.
 func (cc *ClientConn) method(name string) (*MethodSpec, error) {
 	if cc.g.ctx.Err() != nil {
-		return nil, status.Errorf(codes.Unavailable, "%s: the kafka ClientConn is closed", name)
+		return nil, status.Errorf(codes.Canceled, "%s: the kafka ClientConn is closed", name)
 	}
 	ms := cc.methods.Load()
 	if m := ms.byName[name]; m != nil {

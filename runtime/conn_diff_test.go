@@ -814,3 +814,42 @@ func TestConnDiffOnFinishAfterLastMessage(t *testing.T) {
 		}
 	}
 }
+
+// TestConnDiffClose closes the connection with a unary call and a stream
+// in flight, then calls again.
+func TestConnDiffClose(t *testing.T) {
+	e := newDiffEnv(t)
+	ctx := ctxFor(t, 120*time.Second)
+	closers := [2]func() error{
+		e.sides[0].cc.(*grpc.ClientConn).Close,
+		e.sides[1].cc.(*runtime.ClientConn).Close,
+	}
+	var got [2]*obs
+	for i, s := range e.sides {
+		o := &obs{}
+		got[i] = o
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "block"})
+			done <- err
+		}()
+		e.waitStarted(t)
+		st, err := s.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "one-then-block"})
+		o.err("NewStream", err)
+		r, err := st.Recv()
+		o.resp("Recv", r, err)
+		o.err("Close", closers[i]())
+		o.code("unary in flight", <-done)
+		_, err = st.Recv()
+		o.code("stream in flight", err)
+		_, err = s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"})
+		o.code("unary after Close", err) // the message is each connection's own wording
+		_, err = s.echo.EchoBidiStream(ctx)
+		o.code("stream after Close", err)
+	}
+	t.Logf("grpc-go observed:\n\t%s", strings.Join(got[0].lines, "\n\t"))
+	if !slices.Equal(got[0].lines, got[1].lines) {
+		t.Errorf("grpc-go and the ClientConn differ:\ngrpc-go:\n\t%s\nClientConn:\n\t%s",
+			strings.Join(got[0].lines, "\n\t"), strings.Join(got[1].lines, "\n\t"))
+	}
+}

@@ -322,8 +322,9 @@ func TestConnStreamDeadlineNotExtended(t *testing.T) {
 }
 
 // TestConnCloseEndsCallsInFlight: Close ends the calls in flight on the
-// connection at once with UNAVAILABLE, saying the ClientConn is closed (not
-// a gateway's shutdown), and a call after Close fails the same way.
+// connection at once with CANCELLED (as grpc-go's ClientConn.Close does,
+// TestConnDiffClose), saying the ClientConn is closed (not a gateway's
+// shutdown), and a call after Close fails the same way.
 func TestConnCloseEndsCallsInFlight(t *testing.T) {
 	impl := metaEcho{started: make(chan struct{}, 1), cancelled: make(chan error, 1)}
 	e := setup(t, impl)
@@ -345,8 +346,8 @@ func TestConnCloseEndsCallsInFlight(t *testing.T) {
 		_, err := echo.EchoUnary(ctxFor(t, 10*time.Second), &echov1.EchoRequest{Message: "after"})
 		return err
 	}()} {
-		if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "ClientConn is closed") {
-			t.Errorf("got %v, want UNAVAILABLE saying the ClientConn is closed", err)
+		if status.Code(err) != codes.Canceled || !strings.Contains(status.Convert(err).Message(), "ClientConn is closed") {
+			t.Errorf("got %v, want CANCELLED saying the ClientConn is closed", err)
 		}
 	}
 }
@@ -410,7 +411,7 @@ func onewayClientStreamConn(t *testing.T) *runtime.ClientConn {
 }
 
 // TestConnCloseEndsOnewayClientStream: Close ends every call in flight on
-// the connection with UNAVAILABLE, oneway client streams included, as
+// the connection with CANCELLED, oneway client streams included, as
 // grpc-go's Close ends its streams. A oneway stream waits for its caller's
 // CloseSend and then for Kafka's acknowledgements, and neither wait looked
 // at Close: the caller kept sending, its messages still went to Kafka after
@@ -428,8 +429,8 @@ func TestConnCloseEndsOnewayClientStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = s.CloseAndRecv()
-	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "ClientConn is closed") {
-		t.Fatalf("oneway client stream after Close: %v; want UNAVAILABLE saying the ClientConn is closed", err)
+	if status.Code(err) != codes.Canceled || !strings.Contains(status.Convert(err).Message(), "ClientConn is closed") {
+		t.Fatalf("oneway client stream after Close: %v; want CANCELLED saying the ClientConn is closed", err)
 	}
 }
 

@@ -88,7 +88,7 @@ func (s *connStream) run() {
 // awaitRecvEnd waits, once the call's replies are all in (err its status),
 // for the RecvMsg that returns the end. Header() returns meanwhile, and
 // SendMsg returns io.EOF. A caller that gives up first ends the call with
-// its context's error, a connection closed meanwhile with UNAVAILABLE, as
+// its context's error, a connection closed meanwhile with CANCELLED, as
 // grpc-go's streams end.
 func (s *connStream) awaitRecvEnd(err error) error {
 	s.mu.Lock()
@@ -104,7 +104,7 @@ func (s *connStream) awaitRecvEnd(err error) error {
 	case <-s.ctx.Done():
 		return status.FromContextError(s.ctx.Err()).Err()
 	case <-s.c.g.ctx.Done():
-		return status.Error(codes.Unavailable, s.c.g.closingMessage())
+		return status.Error(s.c.g.closedCode(), s.c.g.closingMessage())
 	}
 }
 
@@ -113,7 +113,7 @@ func (s *connStream) awaitRecvEnd(err error) error {
 // when it could not, as in grpc-go, which decodes that response, and ends
 // the call, inside the RecvMsg that returns it (OnFinish gets the INTERNAL
 // RecvMsg returns). A caller that gives up before reading it ends the call
-// with its context's error, a connection closed meanwhile with UNAVAILABLE,
+// with its context's error, a connection closed meanwhile with CANCELLED,
 // as grpc-go's streams end.
 func (s *connStream) handHeld() error {
 	// The replies are all in: no header comes later (a oneway call has
@@ -131,7 +131,7 @@ func (s *connStream) handHeld() error {
 	case <-s.ctx.Done():
 		return status.FromContextError(s.ctx.Err()).Err()
 	case <-s.c.g.ctx.Done():
-		return status.Error(codes.Unavailable, s.c.g.closingMessage())
+		return status.Error(s.c.g.closedCode(), s.c.g.closingMessage())
 	}
 }
 

@@ -163,7 +163,7 @@ func (f *fanout) hub(ctx context.Context, topic string) (*fanoutHub, error) {
 	if slot == nil {
 		if f.g.ctx.Err() != nil {
 			f.mu.Unlock()
-			return nil, status.Error(codes.Unavailable, f.g.closingMessage())
+			return nil, status.Error(f.g.closedCode(), f.g.closingMessage())
 		}
 		slot = &hubSlot{ready: make(chan struct{})}
 		f.hubs[topic] = slot
@@ -310,7 +310,7 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 	h.reader = reader
 	if !f.track() {
 		_ = reader.Close()
-		return nil, status.Error(codes.Unavailable, f.g.closingMessage())
+		return nil, status.Error(f.g.closedCode(), f.g.closingMessage())
 	}
 	var hctx context.Context
 	hctx, h.cancel = context.WithCancel(g.ctx)

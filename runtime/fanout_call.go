@@ -355,7 +355,7 @@ func (c *fetchCall) catchUpWith() (again bool, err error) {
 	case <-c.ctx.Done():
 		return false, status.FromContextError(c.ctx.Err()).Err()
 	case <-g.ctx.Done():
-		return false, c.unavailable(c.f.g.closingMessage())
+		return false, c.closed()
 	}
 	reader, err := g.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: g.cfg.readCommitted})
 	if err != nil {
@@ -365,7 +365,7 @@ func (c *fetchCall) catchUpWith() (again bool, err error) {
 	if !f.track() {
 		_ = reader.Close()
 		<-f.catchUp
-		return false, c.unavailable(c.f.g.closingMessage())
+		return false, c.closed()
 	}
 	r := &catchUpReader{reader: reader, done: make(chan struct{})}
 	go f.catchUpWatch(r)
@@ -400,7 +400,7 @@ func (c *fetchCall) catchUpWith() (again bool, err error) {
 		if r.closed {
 			r.mu.Unlock()
 			if g.ctx.Err() != nil {
-				return false, c.unavailable(c.f.g.closingMessage())
+				return false, c.closed()
 			}
 			g.cfg.logger.Info("kafkarpc: fetch caller stalled in its catch-up; its reader is given to others until it reads again",
 				"method", c.m.FullMethod(), "topic", h.topic)
@@ -634,6 +634,12 @@ func (c *fetchCall) unavailable(why string) error {
 	return status.Errorf(codes.Unavailable, "%s: %s; %s", c.m.FullMethod(), why, c.resumeHint())
 }
 
+// closed is how a fetch ends once Close began: UNAVAILABLE for the
+// gateway's shutdown, CANCELLED for the ClientConn's Close (closedCode).
+func (c *fetchCall) closed() error {
+	return status.Errorf(c.f.g.closedCode(), "%s: %s; %s", c.m.FullMethod(), c.f.g.closingMessage(), c.resumeHint())
+}
+
 // hubClosedLocked is how a caller ends once its hub closed: the gateway's
 // shutdown (resume from the caller's id elsewhere), or the hub ending itself
 // because its topic's log restarted (its ids are void: see checkRestart;
@@ -651,7 +657,7 @@ func (c *fetchCall) hubClosedLocked() error {
 		}
 		return st.Err()
 	}
-	return c.unavailable(c.f.g.closingMessage())
+	return c.closed()
 }
 
 // laggard ends a caller that fell too far behind.

@@ -469,7 +469,18 @@ func overrideValues(hs []Header) []string {
 	return vs
 }
 
-// closingMessage says why a call ends UNAVAILABLE once Close began: the
+// closedCode is the code of a call that ends because Close began:
+// UNAVAILABLE for a gateway's shutdown (its callers may retry elsewhere),
+// CANCELLED for a ClientConn's Close, as grpc-go's ClientConn.Close ends
+// its calls (grpc.ErrClientConnClosing).
+func (g *Gateway) closedCode() codes.Code {
+	if g.cfg.side == "client" {
+		return codes.Canceled
+	}
+	return codes.Unavailable
+}
+
+// closingMessage says why a call ends once Close began (closedCode): the
 // gateway's shutdown, or the ClientConn's Close.
 func (g *Gateway) closingMessage() string {
 	if g.cfg.side == "client" {

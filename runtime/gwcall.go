@@ -643,7 +643,7 @@ func (c *gwCall) awaitReplies(ctx context.Context, onHeader func(metadata.MD), o
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-c.g.ctx.Done():
-			return status.Error(codes.Unavailable, c.g.closingMessage())
+			return status.Error(c.g.closedCode(), c.g.closingMessage())
 		}
 	}
 }
@@ -694,7 +694,7 @@ func (c *gwCall) awaitRequestEnd(ctx context.Context) error {
 	case <-c.g.ctx.Done():
 	}
 	if c.g.ctx.Err() != nil { // also when the caller half-closed as Close began
-		return status.Error(codes.Unavailable, c.g.closingMessage())
+		return status.Error(c.g.closedCode(), c.g.closingMessage())
 	}
 	return nil
 }
@@ -713,7 +713,7 @@ func (c *gwCall) awaitAcks(ctx context.Context) error {
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
 	case <-c.g.ctx.Done():
-		return status.Error(codes.Unavailable, c.g.closingMessage())
+		return status.Error(c.g.closedCode(), c.g.closingMessage())
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
