@@ -110,6 +110,16 @@ func (d *diffImpl) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStream
 	return d.Server.EchoServerStream(req, s)
 }
 
+func (d *diffImpl) EchoBidiStream(s grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	md, _ := metadata.FromIncomingContext(s.Context())
+	if len(md.Get("x-echo-metadata")) > 0 {
+		if err := s.Send(&echov1.EchoResponse{Message: fmt.Sprintf("tenant=%q bin=%q", md.Get("x-tenant"), md.Get("x-raw-bin"))}); err != nil {
+			return err
+		}
+	}
+	return d.Server.EchoBidiStream(s)
+}
+
 // diffSide is one way of calling the echo service.
 type diffSide struct {
 	name string
@@ -687,6 +697,53 @@ func TestConnDiff(t *testing.T) {
 		o.err("Send after the server ended", st.Send(&echov1.EchoRequest{Message: "late"}))
 		o.err("Recv again", st.RecvMsg(new(echov1.EchoResponse)))
 		o.md("Trailer", st.Trailer())
+	})
+	e.run(t, "BidiMetadata", func(t *testing.T, s diffSide, o *obs) {
+		mctx := metadata.AppendToOutgoingContext(ctx, "x-echo-metadata", "1", "x-tenant", "acme", "x-raw-bin", "\xff\x00")
+		st, err := s.echo.EchoBidiStream(mctx)
+		o.err("NewStream", err)
+		o.err("Send", st.Send(&echov1.EchoRequest{Message: "a"}))
+		o.err("CloseSend", st.CloseSend())
+		drain(o, st.Recv)
+	})
+	e.run(t, "BidiDeadlineDuring", func(t *testing.T, s diffSide, o *obs) {
+		dctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		st, err := s.echo.EchoBidiStream(dctx)
+		if err == nil {
+			if err = st.Send(&echov1.EchoRequest{Message: "a"}); err == nil {
+				if _, err = st.Recv(); err == nil {
+					_, err = st.Recv() // the handler waits for the next request
+				}
+			}
+		}
+		o.code("until the deadline", err)
+	})
+	e.run(t, "ClientStreamHeaderBeforeRecv", func(t *testing.T, s diffSide, o *obs) {
+		st, err := s.echo.EchoClientStream(ctx)
+		o.err("NewStream", err)
+		o.err("Send", st.Send(&echov1.EchoRequest{Message: "a"}))
+		o.err("CloseSend", st.CloseSend())
+		o.header("Header", st)
+		r := new(echov1.EchoResponse)
+		err = st.RecvMsg(r)
+		o.resp("RecvMsg", r, err)
+		o.err("RecvMsg again", st.RecvMsg(r))
+	})
+	e.run(t, "NotProtoMessages", func(t *testing.T, s diffSide, o *obs) {
+		err := s.cc.Invoke(ctx, echov1.EchoService_EchoUnary_FullMethodName, "not a message", new(echov1.EchoResponse))
+		o.code("Invoke with a string request", err)
+		st, err := s.cc.NewStream(ctx, &echov1.EchoService_ServiceDesc.Streams[2], echov1.EchoService_EchoBidiStream_FullMethodName)
+		o.err("NewStream", err)
+		o.code("SendMsg of a string", st.SendMsg("not a message"))
+		o.code("RecvMsg", st.RecvMsg(new(echov1.EchoResponse)))
+		st, err = s.cc.NewStream(ctx, &echov1.EchoService_ServiceDesc.Streams[2], echov1.EchoService_EchoBidiStream_FullMethodName)
+		o.err("NewStream", err)
+		o.err("SendMsg", st.SendMsg(&echov1.EchoRequest{Message: "a"}))
+		var str string
+		o.code("RecvMsg into a string", st.RecvMsg(&str))
+		o.code("RecvMsg", st.RecvMsg(new(echov1.EchoResponse)))
+		o.code("SendMsg", st.SendMsg(&echov1.EchoRequest{Message: "b"}))
 	})
 	e.run(t, "BidiCancelledBefore", func(t *testing.T, s diffSide, o *obs) {
 		_, err := s.echo.EchoBidiStream(cancelled())

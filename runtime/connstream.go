@@ -295,7 +295,11 @@ func (s *connStream) Context() context.Context { return s.ctx }
 func (s *connStream) SendMsg(m any) error {
 	in, ok := m.(proto.Message)
 	if !ok {
-		return status.Errorf(codes.Internal, "%s: request is a %T, not a proto message", s.m.FullMethod(), m)
+		err := status.Errorf(codes.Internal, "%s: request is a %T, not a proto message", s.m.FullMethod(), m)
+		if s.c == nil {
+			return err // a fetch: its request is the first SendMsg's
+		}
+		return s.sendFailed(err)
 	}
 	if s.m.Fetch != nil {
 		first := false
@@ -355,7 +359,11 @@ func (s *connStream) RecvMsg(m any) error {
 	}
 	out, ok := m.(proto.Message)
 	if !ok {
-		return status.Errorf(codes.Internal, "%s: reply is a %T, not a proto message", s.m.FullMethod(), m)
+		err := status.Errorf(codes.Internal, "%s: reply is a %T, not a proto message", s.m.FullMethod(), m)
+		if s.c == nil {
+			return err // a fetch, which may not have started
+		}
+		return s.decoded(err) // the call ends with it, as in grpc-go
 	}
 	if s.m.Fetch != nil {
 		s.fetchOnce.Do(func() { s.startFetch(nil) })
