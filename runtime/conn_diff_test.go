@@ -424,8 +424,11 @@ func TestConnDiff(t *testing.T) {
 	e.run(t, "UnaryDeadlinePast", func(t *testing.T, s diffSide, o *obs) {
 		dctx, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
 		defer cancel()
-		r, err := s.echo.EchoUnary(dctx, &echov1.EchoRequest{Message: "late"})
+		h, tr := metadata.Pairs("x-stale", "1"), metadata.Pairs("x-stale", "1")
+		r, err := s.echo.EchoUnary(dctx, &echov1.EchoRequest{Message: "late"}, grpc.Header(&h), grpc.Trailer(&tr))
 		o.resp("EchoUnary", r, err)
+		o.md("grpc.Header", h)
+		o.md("grpc.Trailer", tr)
 	})
 	e.run(t, "UnaryDeadlineAtWorker", func(t *testing.T, s diffSide, o *obs) {
 		// The handler blocks until its context ends: only the deadline ends it.
@@ -439,8 +442,11 @@ func TestConnDiff(t *testing.T) {
 		}
 	})
 	e.run(t, "UnaryCancelledBefore", func(t *testing.T, s diffSide, o *obs) {
-		r, err := s.echo.EchoUnary(cancelled(), &echov1.EchoRequest{Message: "x"})
+		h, tr := metadata.Pairs("x-stale", "1"), metadata.Pairs("x-stale", "1")
+		r, err := s.echo.EchoUnary(cancelled(), &echov1.EchoRequest{Message: "x"}, grpc.Header(&h), grpc.Trailer(&tr))
 		o.resp("EchoUnary", r, err)
+		o.md("grpc.Header", h)
+		o.md("grpc.Trailer", tr)
 	})
 	e.run(t, "UnaryCancelDuring", func(t *testing.T, s diffSide, o *obs) {
 		cctx, cancel := context.WithCancel(ctx)
@@ -452,6 +458,20 @@ func TestConnDiff(t *testing.T) {
 		e.waitStarted(t)
 		cancel()
 		o.err("EchoUnary", <-done)
+	})
+	e.run(t, "UnaryCancelDuringHeaderTrailer", func(t *testing.T, s diffSide, o *obs) {
+		cctx, cancel := context.WithCancel(ctx)
+		h, tr := metadata.Pairs("x-stale", "1"), metadata.Pairs("x-stale", "1")
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.echo.EchoUnary(cctx, &echov1.EchoRequest{Message: "block"}, grpc.Header(&h), grpc.Trailer(&tr))
+			done <- err
+		}()
+		e.waitStarted(t)
+		cancel()
+		o.err("EchoUnary", <-done)
+		o.md("grpc.Header", h)
+		o.md("grpc.Trailer", tr)
 	})
 
 	// Server streams.
