@@ -91,13 +91,7 @@ func (s *connStream) run() {
 // its context's error, a connection closed meanwhile with CANCELLED, as
 // grpc-go's streams end.
 func (s *connStream) awaitRecvEnd(err error) error {
-	s.mu.Lock()
-	if !s.headerClosed {
-		s.headerClosed = true
-		close(s.headerReady)
-	}
-	s.mu.Unlock()
-	close(s.over)
+	s.repliesIn()
 	select {
 	case <-s.ask:
 		return err
@@ -108,6 +102,19 @@ func (s *connStream) awaitRecvEnd(err error) error {
 	}
 }
 
+// repliesIn tells Header() and SendMsg that the call's replies are all
+// in: no header comes later (a oneway call has none), so Header() does not
+// wait for the RecvMsg that takes the end, and SendMsg returns io.EOF.
+func (s *connStream) repliesIn() {
+	s.mu.Lock()
+	if !s.headerClosed {
+		s.headerClosed = true
+		close(s.headerReady)
+	}
+	s.mu.Unlock()
+	close(s.over)
+}
+
 // handHeld gives the one response of a call that does not stream them to
 // RecvMsg and returns the call's status once RecvMsg decoded it: INTERNAL
 // when it could not, as in grpc-go, which decodes that response, and ends
@@ -116,15 +123,7 @@ func (s *connStream) awaitRecvEnd(err error) error {
 // with its context's error, a connection closed meanwhile with CANCELLED,
 // as grpc-go's streams end.
 func (s *connStream) handHeld() error {
-	// The replies are all in: no header comes later (a oneway call has
-	// none), and Header() does not wait for the RecvMsg.
-	s.mu.Lock()
-	if !s.headerClosed {
-		s.headerClosed = true
-		close(s.headerReady)
-	}
-	s.mu.Unlock()
-	close(s.over)
+	s.repliesIn()
 	select {
 	case s.recs <- s.held:
 		return <-s.verdict

@@ -386,9 +386,9 @@ func (o *observer) md(label string, md metadata.MD) {
 	o.add("%s: %v", label, ks)
 }
 
-// drain receives until an error, recording each response and the end, then
+// drainObserved receives until an error, recording each response and the end, then
 // receives once more: gRPC answers again with the same end.
-func drain(o *observer, label string, recv func() (*echov1.EchoResponse, error)) {
+func drainObserved(o *observer, label string, recv func() (*echov1.EchoResponse, error)) {
 	for i := 0; ; i++ {
 		r, err := recv()
 		o.resp(fmt.Sprintf("%s %d", label, i), r, err)
@@ -467,7 +467,7 @@ func diffScenarios() []diffScenario {
 			h, err := s.Header()
 			o.err("Header()", err)
 			o.md("header", h)
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			o.md("trailer", s.Trailer())
 		}}
 	}
@@ -531,7 +531,7 @@ func diffScenarios() []diffScenario {
 			s, err := tg.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "late"})
 			o.err("open", err)
 			if err == nil {
-				drain(o, "recv", s.Recv)
+				drainObserved(o, "recv", s.Recv)
 			}
 		}},
 		{"server stream cancelled", func(t *testing.T, tg diffTarget, o *observer) {
@@ -544,7 +544,7 @@ func diffScenarios() []diffScenario {
 			}
 			o.at("recv first")(s.Recv())
 			cancel()
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			h, err := s.Header()
 			o.err("Header()", err)
 			o.md("header", h)
@@ -609,7 +609,7 @@ func diffScenarios() []diffScenario {
 			o.err("send", s.Send(&echov1.EchoRequest{Message: strings.Repeat("y", 10000)}))
 			o.at("recv")(s.Recv())
 			o.err("close send", s.CloseSend())
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 		}},
 		{"no metadata: errors' headers and trailers", func(t *testing.T, tg diffTarget, o *observer) {
 			ctx := ctxFor(t, 60*time.Second)
@@ -623,11 +623,11 @@ func diffScenarios() []diffScenario {
 			h, err := s.Header()
 			o.err("Header()", err)
 			o.md("header", h)
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			o.md("trailer", s.Trailer())
 			s2, err := tg.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "none"})
 			o.err("open none", err)
-			drain(o, "recv none", s2.Recv)
+			drainObserved(o, "recv none", s2.Recv)
 			h, err = s2.Header()
 			o.err("Header() none", err)
 			o.md("header none", h)
@@ -698,7 +698,7 @@ func diffScenarios() []diffScenario {
 				o.err("send", s.Send(&echov1.EchoRequest{Message: fmt.Sprint(i)}))
 			}
 			o.err("close send", s.CloseSend())
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 		}},
 		unary("code 20", &echov1.EchoRequest{Message: "beyond the codes", FailCode: 20}),
 		{"unary large metadata", func(t *testing.T, tg diffTarget, o *observer) {
@@ -738,13 +738,13 @@ func diffScenarios() []diffScenario {
 				o.at("recv")(s.Recv())
 			}
 			o.err("close send", s.CloseSend())
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 		}},
 		{"bidi server ends early", func(t *testing.T, tg diffTarget, o *observer) {
 			s, err := tg.client.EchoBidiStream(diffCtx(t))
 			o.err("open", err)
 			o.err("send", s.Send(&echov1.EchoRequest{Message: "end-now"}))
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			sendUntilEOF(o, s)
 			o.md("trailer", s.Trailer())
 		}},
@@ -832,7 +832,7 @@ func diffScenarios() []diffScenario {
 				o.at("recv " + m)(s.Recv())
 			}
 			o.err("close send", s.CloseSend())
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			o.err("send after end", s.Send(&echov1.EchoRequest{Message: "late"}))
 			o.md("trailer", s.Trailer())
 		}},
@@ -847,7 +847,7 @@ func diffScenarios() []diffScenario {
 			o.err("send", s.Send(&echov1.EchoRequest{Message: "a"}))
 			o.at("recv")(s.Recv())
 			o.err("close send", s.CloseSend())
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 		}},
 		{"bidi zero requests", func(t *testing.T, tg diffTarget, o *observer) {
 			s, err := tg.client.EchoBidiStream(diffCtx(t))
@@ -856,7 +856,7 @@ func diffScenarios() []diffScenario {
 			h, err := s.Header()
 			o.err("Header()", err)
 			o.md("header", h)
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			o.md("trailer", s.Trailer())
 		}},
 		{"bidi send header", func(t *testing.T, tg diffTarget, o *observer) {
@@ -868,14 +868,14 @@ func diffScenarios() []diffScenario {
 			o.err("Header()", err)
 			o.md("header", h)
 			o.err("close send", s.CloseSend())
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			o.md("trailer", s.Trailer())
 		}},
 		{"bidi fail after 2", func(t *testing.T, tg diffTarget, o *observer) {
 			s, err := tg.client.EchoBidiStream(diffCtx(t))
 			o.err("open", err)
 			o.err("send", s.Send(&echov1.EchoRequest{Message: "fail-after-2"}))
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			sendUntilEOF(o, s)
 			o.md("trailer", s.Trailer())
 		}},
@@ -884,7 +884,7 @@ func diffScenarios() []diffScenario {
 			o.err("open", err)
 			o.err("send", s.Send(&echov1.EchoRequest{Message: "details"}))
 			sendUntilEOF(o, s)
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			h, err := s.Header()
 			o.err("Header()", err)
 			o.md("header", h)
@@ -896,7 +896,7 @@ func diffScenarios() []diffScenario {
 			o.err("send", s.Send(&echov1.EchoRequest{Message: big}))
 			o.at("recv")(s.Recv())
 			o.err("close send", s.CloseSend())
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 		}},
 		{"bidi cancelled", func(t *testing.T, tg diffTarget, o *observer) {
 			ctx, cancel := context.WithCancel(diffCtx(t))
@@ -906,7 +906,7 @@ func diffScenarios() []diffScenario {
 			o.err("send", s.Send(&echov1.EchoRequest{Message: "a"}))
 			o.at("recv")(s.Recv())
 			cancel()
-			drain(o, "recv", s.Recv)
+			drainObserved(o, "recv", s.Recv)
 			sendUntilEOF(o, s)
 			h, err := s.Header()
 			o.err("Header()", err)
@@ -931,7 +931,7 @@ func diffScenarios() []diffScenario {
 			s, err := tg.client.EchoBidiStream(ctx)
 			o.err("open", err)
 			if err == nil {
-				drain(o, "recv", s.Recv)
+				drainObserved(o, "recv", s.Recv)
 			}
 		}},
 	}
