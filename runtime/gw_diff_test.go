@@ -501,6 +501,8 @@ func diffScenarios() []diffScenario {
 		unary("details", &echov1.EchoRequest{Message: "details"}),
 		unary("plain error", &echov1.EchoRequest{Message: "plain-error"}),
 		unary("large", &echov1.EchoRequest{Message: big}),
+		unary("larger than gRPC's default limit", &echov1.EchoRequest{Message: strings.Repeat("x", 5<<20)}),
+		serverStream("larger than gRPC's default limit", &echov1.EchoRequest{Message: strings.Repeat("x", 5<<20)}),
 		{"unary deadline passed", func(t *testing.T, tg diffTarget, o *observer) {
 			ctx, cancel := context.WithDeadline(diffCtx(t), time.Now().Add(-time.Second))
 			defer cancel()

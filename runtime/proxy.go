@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
 // rawMessage is a message carried as its encoded bytes: the worker's proxy
@@ -69,7 +71,9 @@ func ProxyRetry(d, first, max time.Duration) ProxyOption {
 // implementation for, as raw bytes, to the gRPC server behind cc: the worker
 // then needs no generated code. topics are the request topics to consume (in
 // addition to those of registered services). Request metadata, response
-// headers, trailers and status map as they do for an implementation. A target
+// headers, trailers and status map as they do for an implementation, and
+// messages are relayed up to a record's limit (kafkaclient.MaxMessageBytes)
+// whatever cc's default call options. A target
 // that answers UNAVAILABLE before it accepted the call is retried (see
 // ProxyRetry); once it accepted the call, its status is final. Must be
 // called before Start.
@@ -197,7 +201,11 @@ func newRequestPump(ss grpc.ServerStream) *requestPump {
 func (p *proxy) attempt(ctx context.Context, fullMethod string, ss grpc.ServerStream, in *requestPump) (answered bool, trailer metadata.MD, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cs, err := p.cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, fullMethod, grpc.ForceCodecV2(rawCodec{}))
+	// The messages' limit is what a record carries, as for an
+	// implementation, not gRPC's default 4 MiB receive limit of a cc dialed
+	// without CallerDialOptions.
+	cs, err := p.cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, fullMethod, grpc.ForceCodecV2(rawCodec{}),
+		grpc.MaxCallRecvMsgSize(kafkaclient.MaxMessageBytes), grpc.MaxCallSendMsgSize(kafkaclient.MaxMessageBytes))
 	if err != nil {
 		return false, nil, err
 	}
