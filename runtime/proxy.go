@@ -61,8 +61,10 @@ type proxyConfig struct {
 // ProxyRetry bounds the retries of a call the target refused with
 // UNAVAILABLE before accepting it: attempts go on with exponential back-off
 // (first, doubling up to max, with full jitter) until the call's deadline, or
-// for d when the caller set no deadline. Defaults: d 30 s, first 50 ms, max
-// 2 s.
+// for d when the caller set no deadline. d <= 0 turns the retries off: the
+// proxy cannot tell a refused call from a handler that ran and returned
+// UNAVAILABLE before sending anything, which a retry runs again. Defaults:
+// d 30 s, first 50 ms, max 2 s.
 func ProxyRetry(d, first, max time.Duration) ProxyOption {
 	return proxyOptionFunc(func(c *proxyConfig) { c.retryFor, c.firstBackoff, c.maxBackoff = d, first, max })
 }
@@ -136,7 +138,7 @@ func (p *proxy) forward(fullMethod string, ss grpc.ServerStream) error {
 	in := newRequestPump(ss)
 	backoff := p.cfg.firstBackoff
 	giveUp := time.Now().Add(p.cfg.retryFor)
-	if dl, ok := ctx.Deadline(); ok {
+	if dl, ok := ctx.Deadline(); ok && p.cfg.retryFor > 0 {
 		giveUp = dl
 	}
 	for {
@@ -148,7 +150,7 @@ func (p *proxy) forward(fullMethod string, ss grpc.ServerStream) error {
 			return err
 		}
 		wait := time.Duration(rand.Int64N(int64(backoff) + 1)) // full jitter
-		if time.Now().Add(wait).After(giveUp) {
+		if p.cfg.retryFor <= 0 || time.Now().Add(wait).After(giveUp) {
 			ss.SetTrailer(trailer)
 			return err
 		}

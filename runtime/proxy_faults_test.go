@@ -14,11 +14,13 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
@@ -139,6 +141,35 @@ func TestProxyRetryKeepsOnlyTheServingAttemptsTrailers(t *testing.T) {
 	}
 	if got := trailer.Get("x-attempt"); !slices.Equal(got, []string{"served"}) {
 		t.Fatalf("trailer x-attempt = %q, want [served]: the refused attempt's trailers leaked into the answer", got)
+	}
+}
+
+// ProxyRetry with d 0 turns the retries off: a target handler that returns
+// UNAVAILABLE at once (which the proxy cannot tell from a refused call)
+// runs once, and the caller gets its status, even with a deadline of its
+// own (which bounds the retries otherwise).
+func TestProxyRetryOff(t *testing.T) {
+	var attempts atomic.Int32
+	addr := listenTarget(t, &scriptedTarget{
+		unary: func(context.Context, *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+			attempts.Add(1)
+			return nil, status.Error(codes.Unavailable, "side effect done, then unavailable")
+		},
+	})
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	e := setupWith(t, func(w *runtime.Worker) error {
+		return w.RegisterProxy(cc, []string{"echo-requests"}, runtime.ProxyRetry(0, 10*time.Millisecond, 200*time.Millisecond))
+	})
+	_, err = e.echo.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "once"})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("call = %v, want the target's UNAVAILABLE", err)
+	}
+	if n := attempts.Load(); n != 1 {
+		t.Fatalf("target ran the handler %d times with ProxyRetry(0, ...), want once", n)
 	}
 }
 
