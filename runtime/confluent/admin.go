@@ -399,8 +399,13 @@ const DefaultBatchSize = 1000000
 // DefaultBatchSize): librdkafka batches the records of a partition up to
 // it whatever the topic's max.message.bytes (kafkaclient.BatchBounder).
 // Safe for concurrent use.
-func (c *Client) MaxBatchBytes() int {
-	switch v := c.prodCfg["batch.size"].(type) {
+func (c *Client) MaxBatchBytes() int { return c.prodInt("batch.size", DefaultBatchSize) }
+
+// prodInt returns the producers' integer setting key (normalize leaves
+// ints as they are and turns other numbers into strings), or def when it
+// is not set or not a number.
+func (c *Client) prodInt(key string, def int) int {
+	switch v := c.prodCfg[key].(type) {
 	case int:
 		return v
 	case string:
@@ -408,7 +413,7 @@ func (c *Client) MaxBatchBytes() int {
 			return n
 		}
 	}
-	return DefaultBatchSize
+	return def
 }
 
 // TopicMaxMessageBytes returns topic's max.message.bytes, as the cluster

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/bits"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,7 +69,7 @@ func (tb *topicBatch) release() {
 }
 
 // waitInflight waits until none of tb's records is in flight, or closing
-// is closed.
+// is done.
 func (tb *topicBatch) waitInflight(closing <-chan struct{}) {
 	for tb.inflight.Load() != 0 {
 		ch := make(chan struct{})
@@ -177,15 +176,7 @@ func (b *batchBound) fresh() bool {
 // maxQueued returns how many records may wait for lookups: librdkafka's
 // queue.buffering.max.messages (the producers' own bound).
 func (c *Client) maxQueued() int64 {
-	switch v := c.prodCfg["queue.buffering.max.messages"].(type) {
-	case int:
-		return int64(v)
-	case string:
-		if n, err := strconv.Atoi(v); err == nil {
-			return int64(n)
-		}
-	}
-	return defaultQueueBufferingMaxMessages
+	return int64(c.prodInt("queue.buffering.max.messages", defaultQueueBufferingMaxMessages))
 }
 
 // defaultQueueBufferingMaxMessages is librdkafka's default of
@@ -214,7 +205,7 @@ func (c *Client) lookupBatch(topic string, tb *topicBatch, old *batchBound) {
 	defer c.lookups.Done()
 	b := c.lookupBound(topic, tb)
 	if old != nil && old.size != b.size {
-		tb.waitInflight(c.closing)
+		tb.waitInflight(c.closeCtx.Done())
 	}
 	tb.mu.Lock()
 	q := tb.queue
@@ -238,23 +229,16 @@ func (c *Client) lookupBatch(topic string, tb *topicBatch, old *batchBound) {
 // batch bound of its producers: 0 (the client's batch.size) when the limit
 // is not below batch.size, or not known.
 func (c *Client) lookupBound(topic string, tb *topicBatch) *batchBound {
-	ctx, cancel := context.WithTimeout(context.Background(), batchLookupTimeout)
-	defer cancel()
 	// Close does not wait for the lookup (a broker that does not answer
 	// would hold it for the whole timeout before Close's own): its
 	// records go by the client's batch.size.
-	go func() {
-		select {
-		case <-c.closing:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx, cancel := context.WithTimeout(c.closeCtx, batchLookupTimeout)
+	defer cancel()
 	limit, err := c.TopicMaxMessageBytes(ctx, topic)
 	switch {
 	case errors.Is(err, kafkaclient.ErrUnknownTopic):
 		return &batchBound{next: time.Now().Add(batchMissingTTL)}
-	case err != nil && isClosing(c.closing):
+	case err != nil && c.closeCtx.Err() != nil:
 		return &batchBound{next: time.Now().Add(batchFailedTTL)}
 	case err != nil:
 		// Once per topic at Warn: a principal without DescribeConfigs
@@ -312,14 +296,4 @@ func (c *Client) forgetBatches() {
 		return true
 	})
 	c.batchCount.Store(n + 1)
-}
-
-// isClosing reports whether closing is closed.
-func isClosing(closing <-chan struct{}) bool {
-	select {
-	case <-closing:
-		return true
-	default:
-		return false
-	}
 }

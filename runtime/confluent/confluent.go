@@ -212,8 +212,8 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		prodCfg: merge(base, pover),
 		consCfg: merge(base, cover),
 		pending: make(map[*pending]struct{}),
-		closing: make(chan struct{}),
 	}
+	c.closeCtx, c.closeStarted = context.WithCancel(context.Background())
 	if _, ok := c.prodCfg["bootstrap.servers"]; !ok {
 		if _, ok := c.prodCfg["metadata.broker.list"]; !ok {
 			return nil, errors.New("confluent: bootstrap.servers is not set")
@@ -248,7 +248,9 @@ type Client struct {
 	batchCount atomic.Int64   // about how many topics batches holds
 	lookups    sync.WaitGroup // batch lookups under way, waited for by Close
 	noLookups  bool           // guarded by mu: Close started, no lookup starts
-	closing    chan struct{}  // closed when Close starts
+	// closeCtx ends when Close starts: lookups under way end with it.
+	closeCtx     context.Context
+	closeStarted context.CancelFunc
 
 	// pendMu guards pending, outstanding (and each producer's) and queued.
 	pendMu      sync.Mutex
@@ -488,7 +490,7 @@ func (c *Client) close() error {
 	c.mu.Lock()
 	c.noLookups = true
 	c.mu.Unlock()
-	close(c.closing) // a lookup waiting for a topic's records stops waiting
+	c.closeStarted() // a lookup, or one waiting for a topic's records, stops
 	c.lookups.Wait()
 
 	c.mu.Lock()
