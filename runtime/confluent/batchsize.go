@@ -157,7 +157,7 @@ func (c *Client) batchFor(r *kafkaclient.Record, acks kafkaclient.Acks, done fun
 	c.pendMu.Lock()
 	if int64(c.queued.n) >= c.maxQueued() {
 		c.pendMu.Unlock()
-		go done(r, fmt.Errorf("%w: %d records wait for their topic's max.message.bytes", ErrQueueFull, c.maxQueued()))
+		c.failLocal(r, fmt.Errorf("%w: %d records wait for their topic's max.message.bytes", ErrQueueFull, c.maxQueued()), done)
 		return 0, nil, false
 	}
 	// Counted as outstanding too, so that Flush and Close wait for it.

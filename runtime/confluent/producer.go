@@ -276,7 +276,7 @@ func acksIndex(a kafkaclient.Acks) (int, error) {
 // Produce enqueues r on the producer of the given acks level and returns at
 // once; done is called exactly once, from the producer's delivery goroutine
 // (or, for a record refused before it was queued, from a goroutine of its
-// own), with r (Partition and Offset filled in; Offset -1 with AcksNone) or
+// own, which Flush waits for too), with r (Partition and Offset filled in; Offset -1 with AcksNone) or
 // the error that failed it. r, its Key, Value and Headers belong to the
 // client until done is called.
 //
@@ -302,7 +302,7 @@ func (c *Client) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func
 		done = func(*kafkaclient.Record, error) {}
 	}
 	if r == nil {
-		go done(nil, errors.New("confluent: Produce of a nil record"))
+		c.failLocal(nil, errors.New("confluent: Produce of a nil record"), done)
 		return
 	}
 	if r.Timestamp.IsZero() {
@@ -322,7 +322,7 @@ func (c *Client) produceSized(r *kafkaclient.Record, acks kafkaclient.Acks, batc
 	p, err := c.useProducer(acks, batchSize)
 	if err != nil {
 		tb.release()
-		go done(r, err)
+		c.failLocal(r, err, done)
 		return
 	}
 	defer p.users.Done()
@@ -371,6 +371,21 @@ func (c *Client) produceOn(p *producer, r *kafkaclient.Record, tb *topicBatch, d
 		}
 		go c.finish(pd, err)
 	}
+}
+
+// failLocal calls done with r and err on a goroutine of its own, counted
+// as outstanding until done returns, so that Flush and Close wait for a
+// record refused before it reached librdkafka as for any other.
+func (c *Client) failLocal(r *kafkaclient.Record, err error, done func(*kafkaclient.Record, error)) {
+	c.pendMu.Lock()
+	c.outstanding.add()
+	c.pendMu.Unlock()
+	go func() {
+		done(r, err)
+		c.pendMu.Lock()
+		c.outstanding.done()
+		c.pendMu.Unlock()
+	}()
 }
 
 // track registers pd as outstanding.

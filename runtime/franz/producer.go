@@ -129,7 +129,8 @@ func (d *deadlines) next(now time.Time) *deadlineSlice {
 
 // Produce hands r to the kgo client of the given acks level and returns at
 // once; done is called exactly once, from kgo's promise goroutine (or, for a
-// record refused before it reached kgo, from a goroutine of its own), with r
+// record refused before it reached kgo, from a goroutine of its own, which
+// Flush waits for too), with r
 // (Partition and Offset filled in; Offset -1 with AcksNone) or the error
 // that failed it. r and its slices belong to the client until done is
 // called: kgo encodes Key, Value and header values from them without
@@ -153,12 +154,12 @@ func (c *Client) Produce(r *kafkaclient.Record, acks kafkaclient.Acks, done func
 		done = func(*kafkaclient.Record, error) {}
 	}
 	if r == nil {
-		go done(nil, errors.New("franz: Produce of a nil record"))
+		c.pending.failLocal(nil, errors.New("franz: Produce of a nil record"), done)
 		return
 	}
 	p, err := c.useProducer(acks)
 	if err != nil {
-		go done(r, err)
+		c.pending.failLocal(r, err, done)
 		return
 	}
 	defer c.mu.RUnlock()
@@ -305,6 +306,17 @@ type tracker struct {
 }
 
 func (t *tracker) add() { t.outstanding.Add(1) }
+
+// failLocal calls done with r and err on a goroutine of its own, counted
+// in t until done returns, so that Flush waits for a record refused before
+// it reached kgo as for any other.
+func (t *tracker) failLocal(r *kafkaclient.Record, err error, done func(*kafkaclient.Record, error)) {
+	t.add()
+	go func() {
+		done(r, err)
+		t.finish()
+	}()
+}
 
 // finish counts a done callback that returned.
 func (t *tracker) finish() {

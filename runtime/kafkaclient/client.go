@@ -119,7 +119,8 @@ type Client interface {
 	// full it reports the error through done.
 	Produce(r *Record, acks Acks, done func(*Record, error))
 	// Flush waits until every record produced before the call was delivered
-	// or failed, or until ctx ends.
+	// or failed and its done returned (a record refused before it was sent
+	// included), or until ctx ends.
 	Flush(ctx context.Context) error
 
 	// NewReader returns a reader of explicitly assigned partitions, with no

@@ -38,6 +38,7 @@ func Run(t *testing.T, f Factory) {
 		{"LargeRecord", testLargeRecord},
 		{"AcksLevels", testAcksLevels},
 		{"FlushSendsLingeringRecords", testFlushSendsLingeringRecords},
+		{"FlushWaitsForRefusedRecords", testFlushWaitsForRefusedRecords},
 		{"CloseDeliversFirstRecords", testCloseDeliversFirstRecords},
 		{"ProduceToClosedBrokerFails", testProduceToClosedBrokerFails},
 		{"ProduceToMissingTopicFails", testProduceToMissingTopicFails},
@@ -758,6 +759,32 @@ func testCloseDeliversFirstRecords(t *testing.T, f Factory) {
 // with a producer that would hold records back for 50 seconds, Flush
 // returns once they are delivered (their done called, without error), as
 // does a transaction's Flush.
+// testFlushWaitsForRefusedRecords: a record the client refuses before
+// it reaches the Kafka library (nil, an unknown acks level) has its done
+// called on a goroutine of the client's; Flush returns only after that
+// done returned, as for a record that was sent.
+func testFlushWaitsForRefusedRecords(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{FastGroups: true})
+	topic := e.createTopic(t, "refused", 1)
+	var refused atomic.Int32
+	count := func(_ *kafkaclient.Record, err error) {
+		if err == nil {
+			t.Errorf("a refused record was reported delivered")
+		}
+		refused.Add(1)
+	}
+	for range 3 {
+		e.client.Produce(nil, kafkaclient.AcksAll, count)
+		e.client.Produce(&kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("v")}, kafkaclient.Acks(99), count)
+	}
+	if err := e.client.Flush(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	if n := refused.Load(); n != 6 {
+		t.Fatalf("Flush returned with %d of 6 refused records reported", n)
+	}
+}
+
 func testFlushSendsLingeringRecords(t *testing.T, f Factory) {
 	e := newEnv(t, f, Config{Linger: 50 * time.Second, FastGroups: true})
 	topic := e.createTopic(t, "linger", 1)
