@@ -223,6 +223,7 @@ func (c *checker) locate(el protoreflect.FullName, file protoreflect.FileDescrip
 func buildModel(gen *protogen.Plugin) ([]*kafkaFile, error) {
 	c := &checker{}
 	var files []*kafkaFile
+	declared := map[protogen.GoImportPath]map[string]string{}
 	for _, f := range gen.Files {
 		if !f.Generate {
 			continue
@@ -235,6 +236,10 @@ func buildModel(gen *protogen.Plugin) ([]*kafkaFile, error) {
 			}
 		}
 		if len(kf.services) > 0 {
+			if declared[f.GoImportPath] == nil {
+				declared[f.GoImportPath] = protocGenGoNames(gen, f.GoImportPath)
+			}
+			c.goNames(kf, declared[f.GoImportPath])
 			files = append(files, kf)
 		}
 	}
@@ -242,6 +247,99 @@ func buildModel(gen *protogen.Plugin) ([]*kafkaFile, error) {
 		return nil, errors.Join(c.errs...)
 	}
 	return files, nil
+}
+
+// protocGenGoNames lists the package-level Go names that protoc-gen-go
+// declares for the files of the request in Go package pkg (messages, enums
+// and their name maps, enum values, oneof wrappers, extensions), each with
+// what declares it, e.g. "message pkg.v1.Foo".
+func protocGenGoNames(gen *protogen.Plugin, pkg protogen.GoImportPath) map[string]string {
+	names := map[string]string{}
+	enum := func(e *protogen.Enum) {
+		what := "enum " + string(e.Desc.FullName())
+		names[e.GoIdent.GoName] = what
+		names[e.GoIdent.GoName+"_name"] = what
+		names[e.GoIdent.GoName+"_value"] = what
+		for _, v := range e.Values {
+			names[v.GoIdent.GoName] = "enum value " + string(v.Desc.FullName())
+		}
+	}
+	var message func(m *protogen.Message)
+	message = func(m *protogen.Message) {
+		if m.Desc.IsMapEntry() {
+			return
+		}
+		names[m.GoIdent.GoName] = "message " + string(m.Desc.FullName())
+		for _, o := range m.Oneofs {
+			for _, f := range o.Fields {
+				names[f.GoIdent.GoName] = "the oneof wrapper of field " + string(f.Desc.FullName())
+			}
+		}
+		for _, e := range m.Enums {
+			enum(e)
+		}
+		for _, n := range m.Messages {
+			message(n)
+		}
+		for _, x := range m.Extensions {
+			names[x.GoIdent.GoName] = "extension " + string(x.Desc.FullName())
+		}
+	}
+	for _, f := range gen.Files {
+		if f.GoImportPath != pkg {
+			continue
+		}
+		for _, e := range f.Enums {
+			enum(e)
+		}
+		for _, m := range f.Messages {
+			message(m)
+		}
+		for _, x := range f.Extensions {
+			names[x.GoIdent.GoName] = "extension " + string(x.Desc.FullName())
+		}
+	}
+	return names
+}
+
+// goNames reports every package-level Go name the generated code of kf would
+// declare that is already declared in its Go package: by protoc-gen-go, or
+// by this plugin for another service or method (as for services A and A_B
+// with methods B_C and C, or methods get_thing and GetThing, whose
+// protoc-gen-go-grpc names collide too). declared holds the names so far,
+// each with what declares it, and gets kf's. Each service or method is
+// reported once, at its first colliding name: the generated code would not
+// compile.
+func (c *checker) goNames(kf *kafkaFile, declared map[string]string) {
+	for _, ks := range kf.services {
+		n := ks.names
+		el := ks.service.Desc.FullName()
+		c.declare(declared, el, "service "+string(el),
+			n.Spec, n.spec, n.Gateway, n.NewGateway, n.RegisterGateway, n.RegisterWorker)
+		for _, km := range ks.methods {
+			m := km.method
+			mel := m.Desc.FullName()
+			names := []string{n.FullMethodName(m), n.MethodSpec(m)}
+			if km.fetch != nil {
+				names = append(names, n.Publisher(m))
+			}
+			c.declare(declared, mel, "method "+string(mel), names...)
+		}
+	}
+}
+
+// declare adds names, declared for el (described as what), to declared,
+// reporting the first one already there.
+func (c *checker) declare(declared map[string]string, el protoreflect.FullName, what string, names ...string) {
+	reported := false
+	for _, name := range names {
+		if prev, ok := declared[name]; ok && !reported {
+			reported = true
+			c.errorf(el, "the generated Go name %s is also that of %s, in the same Go package: rename one of them", name, prev)
+			continue
+		}
+		declared[name] = what
+	}
 }
 
 // serviceRule returns the service's rule, or nil when it has none.

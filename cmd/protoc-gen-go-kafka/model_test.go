@@ -297,3 +297,90 @@ service S {
 		t.Errorf("error:\n got: %s\nwant: %s", got, want)
 	}
 }
+
+// TestGoNameCollisions: a service or method whose generated Go names are
+// already declared in its Go package, by protoc-gen-go (a message, an enum
+// value, a oneof wrapper) or by this plugin for another service or method
+// (services A and A_B with methods B_C and C; methods get_thing and
+// GetThing), would give code that does not compile, with "redeclared in
+// this block" pointing into generated files. The plugin must refuse it,
+// naming the service or method, the name and what else declares it, and
+// generate nothing; the same names in different Go packages stay allowed.
+func TestGoNameCollisions(t *testing.T) {
+	const header = `syntax = "proto3";
+package names.v1;
+import "google/protobuf/empty.proto";
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/names/v1;namesv1";
+message Ping { string id = 1; }
+`
+	const rule = `option (kafkarpc.kafka.v1.service) = {request_topic: "q" reply_topic: "r"};`
+	for name, c := range map[string]struct{ src, want string }{
+		"message": {`message SKafkaGateway { string id = 1; }
+service S { ` + rule + ` rpc M(Ping) returns (Ping); }`,
+			`:8:13: names.v1.S: the generated Go name SKafkaGateway is also that of message names.v1.SKafkaGateway, in the same Go package: rename one of them`},
+		"nested message": {`message S { message M_KafkaMethod { string id = 1; } }
+service T { ` + rule + ` rpc M(Ping) returns (Ping); }
+service S_M { option (kafkarpc.kafka.v1.service) = {request_topic: "q2" reply_topic: "r2"}; rpc X(Ping) returns (Ping); }`,
+			// S.M_KafkaMethod is Go type S_M_KafkaMethod; service S_M declares
+			// none of that shape, but _S_M_KafkaSpec is free: no collision.
+			``},
+		"enum value": {`enum E { E_UNSPECIFIED = 0; }
+enum S_M { S_M_UNSPECIFIED = 0; KafkaFullMethodName = 1; }
+service S { ` + rule + ` rpc M(Ping) returns (Ping); }`,
+			`:9:89: names.v1.S.M: the generated Go name S_M_KafkaFullMethodName is also that of enum value names.v1.KafkaFullMethodName, in the same Go package: rename one of them`},
+		"oneof wrapper": {`message NewS { oneof o { string E_KafkaPublisher = 1; } }
+service S { ` + rule + ` rpc E(google.protobuf.Empty) returns (stream Ping) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "f"}}; } }`,
+			`:8:142: names.v1.S.E: the generated Go name NewS_E_KafkaPublisher is also that of the oneof wrapper of field names.v1.NewS.E_KafkaPublisher, in the same Go package: rename one of them`},
+		"services A and A_B": {`service A { ` + rule + ` rpc B_C(Ping) returns (Ping); }
+service A_B { ` + rule + ` rpc C(Ping) returns (Ping); }`,
+			`:8:91: names.v1.A_B.C: the generated Go name A_B_C_KafkaFullMethodName is also that of method names.v1.A.B_C, in the same Go package: rename one of them`},
+		"methods get_thing and GetThing": {`service S { ` + rule + `
+  rpc get_thing(Ping) returns (Ping);
+  rpc GetThing(Ping) returns (Ping);
+}`,
+			`:9:3: names.v1.S.GetThing: the generated Go name S_GetThing_KafkaFullMethodName is also that of method names.v1.S.get_thing, in the same Go package: rename one of them`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			file := "names/v1/" + strings.ReplaceAll(name, " ", "_") + ".proto"
+			resp := runPlugin(t, compileRequest(t, map[string]string{file: header + c.src}, file))
+			if c.want == "" {
+				if resp.Error != nil {
+					t.Errorf("refused: %s", resp.GetError())
+				}
+				return
+			}
+			if got, want := resp.GetError(), file+c.want; got != want {
+				t.Errorf("error:\n got: %s\nwant: %s", got, want)
+			}
+			if len(resp.File) != 0 {
+				t.Errorf("%d files generated despite the error", len(resp.File))
+			}
+		})
+	}
+
+	// Two files of one Go package: the second service's names collide with
+	// the first's; in two Go packages they do not.
+	const other = `syntax = "proto3";
+package names.v2;
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "GOPKG";
+message Ping { string id = 1; }
+service S { ` + rule + ` rpc M(Ping) returns (Ping); }
+`
+	same := strings.ReplaceAll(header+"service S { "+rule+" rpc M(Ping) returns (Ping); }\n", "package names.v1;", "package names.v3;")
+	sources := map[string]string{
+		"names/v1/one.proto": same,
+		"names/v1/two.proto": strings.ReplaceAll(other, "GOPKG", "github.com/kafkarpc/protoc-gen-go-kafka/names/v1;namesv1"),
+	}
+	resp := runPlugin(t, compileRequest(t, sources, "names/v1/one.proto", "names/v1/two.proto"))
+	want := `names/v1/two.proto:6:13: names.v2.S: the generated Go name SKafkaSpec is also that of service names.v3.S, in the same Go package: rename one of them` + "\n" +
+		`names/v1/two.proto:6:89: names.v2.S.M: the generated Go name S_M_KafkaFullMethodName is also that of method names.v3.S.M, in the same Go package: rename one of them`
+	if got := resp.GetError(); got != want {
+		t.Errorf("two files, one Go package: error:\n got: %s\nwant: %s", got, want)
+	}
+	sources["names/v1/two.proto"] = strings.ReplaceAll(other, "GOPKG", "github.com/kafkarpc/protoc-gen-go-kafka/names/v2;namesv2")
+	if resp := runPlugin(t, compileRequest(t, sources, "names/v1/one.proto", "names/v1/two.proto")); resp.Error != nil {
+		t.Errorf("two Go packages: refused: %s", resp.GetError())
+	}
+}
