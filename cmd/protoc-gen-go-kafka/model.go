@@ -700,6 +700,8 @@ func (c *checker) fetch(m *protogen.Method, kind methodKind, mrule *kafkaoptions
 	default:
 		if fd := m.Output.Desc.Fields().ByNumber(protoreflect.FieldNumber(n)); fd != nil {
 			c.errorf(el, "%s %d%s is already field %s of %s", field, n, defaulted, fd.Name(), m.Output.Desc.FullName())
+		} else if m.Output.Desc.ExtensionRanges().Has(protoreflect.FieldNumber(n)) {
+			c.errorf(el, "%s %d%s is in an extension range of %s: an extension may declare it", field, n, defaulted, m.Output.Desc.FullName())
 		}
 	}
 
@@ -794,6 +796,16 @@ func (c *checker) resolveKey(el protoreflect.FullName, m *protogen.Method, k key
 			return "", nil
 		}
 		if i < len(steps)-1 {
+			if fd.Kind() == protoreflect.GroupKind {
+				// The key is read from the encoded request, through
+				// length-prefixed messages only.
+				how := "a group"
+				if fd.ParentFile().Syntax() == protoreflect.Editions {
+					how = "delimited-encoded (features.message_encoding = DELIMITED)"
+				}
+				c.errorf(el, "%s %q: %s is %s, which a key_field path cannot go through: only length-prefixed message fields", k.option, k.path, fd.FullName(), how)
+				return "", nil
+			}
 			if fd.Kind() != protoreflect.MessageKind {
 				c.errorf(el, "%s %q: %s is a %s, not a message, so it has no field %q", k.option, k.path, fd.FullName(), fd.Kind(), steps[i+1])
 				return "", nil

@@ -31,6 +31,8 @@ var badOptions = map[string]string{
 	"key_field_double.proto":                      `testdata.bad.v1.BadService.Call: key_field "score": testdata.bad.v1.Ping.score is a double; the key field must be a string, bytes, integer or enum`,
 	"key_field_bool.proto":                        `testdata.bad.v1.BadService.Call: key_field "inner.flag": testdata.bad.v1.Inner.flag is a bool; the key field must be a string, bytes, integer or enum`,
 	"key_field_message.proto":                     `testdata.bad.v1.BadService.Call: key_field "inner": testdata.bad.v1.Ping.inner is a message; the key field must be a string, bytes, integer or enum`,
+	"key_field_delimited.proto":                   `testdata.bad.v1.BadService.Call: key_field "inner.id": testdata.bad.v1.Ping.inner is delimited-encoded (features.message_encoding = DELIMITED), which a key_field path cannot go through: only length-prefixed message fields`,
+	"fetch_event_id_extension_range.proto":        `testdata.bad.v1.BadService.Call: fetch.event_id_field 32767 (the default) is in an extension range of testdata.bad.v1.Event: an extension may declare it`,
 	"key_field_through_scalar.proto":              `testdata.bad.v1.BadService.Call: key_field "text.id": testdata.bad.v1.Ping.text is a string, not a message, so it has no field "id"`,
 	"key_field_empty_step.proto":                  `testdata.bad.v1.BadService.Call: key_field "inner..id" is not a field path: names separated by ".", as in "order.id"`,
 	"key_field_required_alone.proto":              `testdata.bad.v1.BadService.Call: key_field_required needs key_field`,
