@@ -182,6 +182,9 @@ type checker struct {
 	// pos holds the source position of each element checked: its Kafka
 	// option when it has one, else its declaration.
 	pos map[protoreflect.FullName]protoreflect.SourceLocation
+	// topics holds the first use of each topic by the services checked so
+	// far, in every file of the request.
+	topics map[string]topicUse
 }
 
 func (c *checker) errorf(el protoreflect.FullName, format string, args ...any) {
@@ -416,9 +419,16 @@ type topicUse struct {
 // workers consume the replies as requests; a fetch topic that is also a
 // request or reply topic streams requests or replies to the fetch's callers
 // and has workers consume the published events. Each method and route is
-// checked, the method's own settings first, against the uses before it.
+// checked, the method's own settings first, against the uses before it, in
+// this service and in the services checked before it: service A's request
+// topic as service B's reply topic is as wrong as within one service.
+// (Services sharing a request topic stay allowed: one worker may serve
+// them together.)
 func (c *checker) topicRoles(ks *kafkaService) {
-	first := map[string]topicUse{}
+	if c.topics == nil {
+		c.topics = map[string]topicUse{}
+	}
+	first := c.topics
 	for _, km := range ks.methods {
 		el := km.method.Desc.FullName()
 		var uses []struct {
@@ -462,8 +472,13 @@ func (c *checker) topicRoles(ks *kafkaService) {
 			case compatibleRoles(prev.role, u.use.role), reported[u.topic]:
 			default:
 				reported[u.topic] = true
-				c.errorf(el, "%s %q is also the %s topic of %s (%s): a topic carries one kind of record, requests, replies or fetched events",
-					u.use.option, u.topic, prev.role, prev.method, prev.option)
+				// "reply_topic, from the service" reads `reply_topic "x" (from the service)`.
+				opt, from, _ := strings.Cut(u.use.option, ", ")
+				if from != "" {
+					from = " (" + from + ")"
+				}
+				c.errorf(el, "%s %q%s is also the %s topic of %s (%s): a topic carries one kind of record, requests, replies or fetched events",
+					opt, u.topic, from, prev.role, prev.method, prev.option)
 			}
 		}
 	}

@@ -237,9 +237,17 @@ message Ping { string id = 1; }
   rpc A(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "x" reply_topic: "y"}; }
   rpc N(Ping) returns (google.protobuf.Empty) { option (kafkarpc.kafka.v1.method) = {request_topic: "y" oneway: true}; }
 }`, `:9:49: roles.v1.S.N: request_topic "y" is also the reply topic of roles.v1.S.A (reply_topic): a topic carries one kind of record, requests, replies or fetched events`},
+		"across services": {`service A {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "x" reply_topic: "a-r"};
+  rpc M(Ping) returns (Ping);
+}
+service B {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "b-q" reply_topic: "x"};
+  rpc M(Ping) returns (Ping);
+}`, `:13:3: roles.v1.B.M: reply_topic "x" (from the service) is also the request topic of roles.v1.A.M (request_topic, from the service): a topic carries one kind of record, requests, replies or fetched events`},
 	} {
 		t.Run(name, func(t *testing.T) {
-			file := "roles/v1/" + name + ".proto"
+			file := "roles/v1/" + strings.ReplaceAll(name, " ", "_") + ".proto"
 			resp := runPlugin(t, compileRequest(t, map[string]string{file: header + c.src}, file))
 			if got, want := resp.GetError(), file+c.want; got != want {
 				t.Errorf("error:\n got: %s\nwant: %s", got, want)
@@ -249,6 +257,16 @@ message Ping { string id = 1; }
 			}
 		})
 	}
+	// Across files of one run too: the second file's service is refused.
+	sources := map[string]string{
+		"roles/v1/one.proto": header + `service A { rpc M(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "x" reply_topic: "y"}; } }`,
+		"roles/v2/two.proto": strings.ReplaceAll(header, "roles.v1", "roles.v2") + `service B { rpc M(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "y" reply_topic: "z"}; } }`,
+	}
+	resp := runPlugin(t, compileRequest(t, sources, "roles/v1/one.proto", "roles/v2/two.proto"))
+	if got, want := resp.GetError(), `roles/v2/two.proto:7:42: roles.v2.B.M: request_topic "y" is also the reply topic of roles.v1.A.M (reply_topic): a topic carries one kind of record, requests, replies or fetched events`; got != want {
+		t.Errorf("two files: error:\n got: %s\nwant: %s", got, want)
+	}
+
 	// Shared topics of one role stay allowed: several methods on one
 	// request topic and one reply topic, a route on the default's topics;
 	// so do a oneway method publishing to a topic that a fetch method
