@@ -185,6 +185,9 @@ type checker struct {
 	// topics holds the first use of each topic by the services checked so
 	// far, in every file of the request.
 	topics map[string]topicUse
+	// collisions maps each topic of topics, with '.' replaced by '_', to
+	// the topic.
+	collisions map[string]string
 }
 
 func (c *checker) errorf(el protoreflect.FullName, format string, args ...any) {
@@ -427,6 +430,7 @@ type topicUse struct {
 func (c *checker) topicRoles(ks *kafkaService) {
 	if c.topics == nil {
 		c.topics = map[string]topicUse{}
+		c.collisions = map[string]string{}
 	}
 	first := c.topics
 	for _, km := range ks.methods {
@@ -465,18 +469,31 @@ func (c *checker) topicRoles(ks *kafkaService) {
 			}
 		}
 		for _, u := range uses {
+			// "reply_topic, from the service" reads `reply_topic "x" (from the service)`.
+			opt, from, _ := strings.Cut(u.use.option, ", ")
+			if from != "" {
+				from = " (" + from + ")"
+			}
 			prev, ok := first[u.topic]
 			switch {
 			case !ok:
 				first[u.topic] = u.use
+				// Kafka refuses to create a topic whose name differs from an
+				// existing one's only in '.' against '_' (both become '_' in
+				// its metric names): "Topic 'a_b' collides with existing
+				// topics: a.b"; the embedded broker answers INVALID_TOPIC_EXCEPTION.
+				norm := strings.ReplaceAll(u.topic, ".", "_")
+				if other, ok := c.collisions[norm]; ok && !reported[u.topic] {
+					reported[u.topic] = true
+					o := first[other]
+					c.errorf(el, "%s %q%s differs from %q, the %s topic of %s (%s), only in '.' against '_': Kafka refuses to create both, as their metric names collide",
+						opt, u.topic, from, other, o.role, o.method, o.option)
+				} else if !ok {
+					c.collisions[norm] = u.topic
+				}
 			case compatibleRoles(prev.role, u.use.role), reported[u.topic]:
 			default:
 				reported[u.topic] = true
-				// "reply_topic, from the service" reads `reply_topic "x" (from the service)`.
-				opt, from, _ := strings.Cut(u.use.option, ", ")
-				if from != "" {
-					from = " (" + from + ")"
-				}
 				c.errorf(el, "%s %q%s is also the %s topic of %s (%s): a topic carries one kind of record, requests, replies or fetched events",
 					opt, u.topic, from, prev.role, prev.method, prev.option)
 			}

@@ -245,6 +245,11 @@ service B {
   option (kafkarpc.kafka.v1.service) = {request_topic: "b-q" reply_topic: "x"};
   rpc M(Ping) returns (Ping);
 }`, `:13:3: roles.v1.B.M: reply_topic "x" (from the service) is also the request topic of roles.v1.A.M (request_topic, from the service): a topic carries one kind of record, requests, replies or fetched events`},
+		"dot and underscore": {`service S {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "orders.requests" reply_topic: "orders.replies"};
+  rpc A(Ping) returns (Ping);
+  rpc B(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "orders_requests"}; }
+}`, `:10:32: roles.v1.S.B: request_topic "orders_requests" differs from "orders.requests", the request topic of roles.v1.S.A (request_topic, from the service), only in '.' against '_': Kafka refuses to create both, as their metric names collide`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			file := "roles/v1/" + strings.ReplaceAll(name, " ", "_") + ".proto"
