@@ -122,10 +122,12 @@ type ServiceRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Topic that receives the request records of every method. Default: none;
 	// then every method must set its own. Must be a valid Kafka topic name:
-	// 1 to 249 characters of [a-zA-Z0-9._-], neither "." nor "..". Within a
-	// service a topic carries one kind of record: a request topic is no
-	// method's or route's reply topic, and a fetch topic is no request or
-	// reply topic (a oneway method may publish to a fetch topic).
+	// 1 to 249 characters of [a-zA-Z0-9._-], neither "." nor "..". A topic
+	// carries one kind of record, in every service generated together: a
+	// request topic is no method's or route's reply topic, and a fetch topic
+	// is no request or reply topic (a oneway method may publish to a fetch
+	// topic). No two topics may differ only in '.' against '_', which Kafka
+	// refuses to create side by side.
 	//
 	//	request_topic: "echo-requests"
 	RequestTopic string `protobuf:"bytes,1,opt,name=request_topic,json=requestTopic,proto3" json:"request_topic,omitempty"`
