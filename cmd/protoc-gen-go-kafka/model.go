@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"google.golang.org/protobuf/compiler/protogen"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -382,6 +383,14 @@ func (c *checker) service(s *protogen.Service) *kafkaService {
 	for _, m := range s.Methods {
 		c.locate(m.Desc.FullName(), m.Desc.ParentFile(), m.Location.Path, methodOptionsField, kafkaoptions.E_Method.TypeDescriptor().Number())
 	}
+	if srule != nil {
+		c.unknownOptions(el, "", srule.ProtoReflect())
+	}
+	for _, m := range s.Methods {
+		if mrule := methodRule(m); mrule != nil {
+			c.unknownOptions(m.Desc.FullName(), "", mrule.ProtoReflect())
+		}
+	}
 	if srule != nil && len(s.Methods) == 0 {
 		// Its spec would carry no method, and a worker registering it alone
 		// would fail only at Start, saying it has no request topics.
@@ -407,6 +416,42 @@ func (c *checker) service(s *protogen.Service) *kafkaService {
 	}
 	c.topicRoles(ks)
 	return ks
+}
+
+// unknownOptions reports every field of rule m (an option message, at
+// option path p, e.g. "routes[0].") that this plugin does not know: set in an
+// options.proto newer than the plugin, it would be silently ignored.
+func (c *checker) unknownOptions(el protoreflect.FullName, p string, m protoreflect.Message) {
+	for b := m.GetUnknown(); len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			break
+		}
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			break
+		}
+		b = b[n:]
+		where := ""
+		if p != "" {
+			where = "in " + strings.TrimSuffix(p, ".") + ", "
+		}
+		c.errorf(el, "%sfield number %d of %s is unknown to protoc-gen-go-kafka v%s, which would ignore it: the options.proto compiled is newer than the plugin; use the plugin and the options.proto of one version",
+			where, num, m.Descriptor().FullName(), version)
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.Message() == nil:
+		case fd.IsList():
+			for i := range v.List().Len() {
+				c.unknownOptions(el, fmt.Sprintf("%s%s[%d].", p, fd.Name(), i), v.List().Get(i).Message())
+			}
+		case !fd.IsMap():
+			c.unknownOptions(el, p+string(fd.Name())+".", v.Message())
+		}
+		return true
+	})
 }
 
 // topicUse is one use of a topic by a method: as its request topic, its

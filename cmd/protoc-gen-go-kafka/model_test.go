@@ -409,3 +409,49 @@ service S { ` + rule + ` rpc M(Ping) returns (Ping); }
 		t.Errorf("two Go packages: refused: %s", resp.GetError())
 	}
 }
+
+// TestUnknownOptionFields: options set in an options.proto newer than the
+// plugin reach it as fields it does not know. Ignored, they would change
+// nothing in the generated code without a word (a route's topic, a key
+// field): the plugin must refuse them, naming the option's path, the field
+// number and the version mismatch, and generate nothing.
+func TestUnknownOptionFields(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot, "options/kafkarpc/kafka/v1/options.proto"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := string(b)
+	for _, m := range []struct{ message, field string }{
+		{"message ServiceRule {", "string future_service = 99;"},
+		{"message MetadataMatch {", "string future_match = 98;"},
+	} {
+		if !strings.Contains(newer, m.message) {
+			t.Fatalf("options.proto has no %q", m.message)
+		}
+		newer = strings.Replace(newer, m.message, m.message+"\n  "+m.field, 1)
+	}
+	const file = "future/v1/future.proto"
+	src := `syntax = "proto3";
+package future.v1;
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/future/v1;futurev1";
+message Ping { string id = 1; }
+service S {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "q" reply_topic: "r" future_service: "x"};
+  rpc A(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {
+    routes: {when: {name: "t"} when: {name: "u" future_match: "y"} request_topic: "q2"}
+  }; }
+}
+`
+	resp := runPlugin(t, compileRequest(t, map[string]string{"kafkarpc/kafka/v1/options.proto": newer, file: src}, file))
+	want := strings.Join([]string{
+		file + `:7:3: future.v1.S: field number 99 of kafkarpc.kafka.v1.ServiceRule is unknown to protoc-gen-go-kafka v` + version + `, which would ignore it: the options.proto compiled is newer than the plugin; use the plugin and the options.proto of one version`,
+		file + `:8:32: future.v1.S.A: in routes[0].when[1], field number 98 of kafkarpc.kafka.v1.MetadataMatch is unknown to protoc-gen-go-kafka v` + version + `, which would ignore it: the options.proto compiled is newer than the plugin; use the plugin and the options.proto of one version`,
+	}, "\n")
+	if got := resp.GetError(); got != want {
+		t.Errorf("error:\n got: %s\nwant: %s", got, want)
+	}
+	if len(resp.File) != 0 {
+		t.Errorf("%d files generated despite the error", len(resp.File))
+	}
+}
