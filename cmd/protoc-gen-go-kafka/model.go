@@ -629,7 +629,16 @@ func (c *checker) method(m *protogen.Method, srule *kafkaoptions.ServiceRule, mr
 		}
 		var when []header
 		for j, w := range r.GetWhen() {
-			c.metadataName(el, fmt.Sprintf("%swhen[%d].name", p, j), w.GetName())
+			if c.metadataName(el, fmt.Sprintf("%swhen[%d].name", p, j), w.GetName()) && !strings.HasSuffix(w.GetName(), "-bin") {
+				// gRPC carries a text metadata value as printable ASCII
+				// only: a condition on any other never holds.
+				for _, ch := range w.GetValue() {
+					if ch < 0x20 || ch > 0x7e {
+						c.errorf(el, "%swhen[%d].value %q never matches a gRPC caller: a value of text metadata such as %q is printable ASCII, and character %q is not (grpc-go refuses to send it); only a name ending in \"-bin\" carries other bytes", p, j, w.GetValue(), w.GetName(), ch)
+						break
+					}
+				}
+			}
 			when = append(when, header{name: w.GetName(), value: w.GetValue()})
 		}
 		c.topicName(el, p+"request_topic", r.GetRequestTopic())

@@ -56,6 +56,7 @@ var badOptions = map[string]string{
 	"route_metadata_no_name.proto":                `testdata.bad.v1.BadService.Call: routes[0].when[0].name is required`,
 	"route_metadata_pseudo.proto":                 `testdata.bad.v1.BadService.Call: routes[0].when[0].name ":authority" is an HTTP/2 pseudo-header, not request metadata`,
 	"route_metadata_reserved.proto":               `testdata.bad.v1.BadService.Call: routes[0].when[0].name "grpc-timeout" is reserved by gRPC`,
+	"route_metadata_value_not_ascii.proto":        `testdata.bad.v1.BadService.Call: routes[0].when[0].value "zürich" never matches a gRPC caller: a value of text metadata such as "region" is printable ASCII, and character 'ü' is not (grpc-go refuses to send it); only a name ending in "-bin" carries other bytes`,
 	"route_metadata_upper_case.proto":             `testdata.bad.v1.BadService.Call: routes[0].when[0].name "X-Tenant" is not a valid metadata name: character 'X' is not allowed, only lower case [0-9a-z_.-]`,
 	"route_not_oneway_without_reply.proto":        `testdata.bad.v1.BadService.Call: routes[0].reply_topic is required unless oneway is set`,
 	"route_oneway_with_reply_topic.proto":         `testdata.bad.v1.BadService.Call: routes[0].reply_topic must be empty when oneway is set`,
