@@ -340,9 +340,11 @@ func (c *checker) goNames(kf *kafkaFile, declared map[string]string) {
 func (c *checker) declare(declared map[string]string, el protoreflect.FullName, what string, names ...string) {
 	reported := false
 	for _, name := range names {
-		if prev, ok := declared[name]; ok && !reported {
-			reported = true
-			c.errorf(el, "the generated Go name %s is also that of %s, in the same Go package: rename one of them", name, prev)
+		if prev, ok := declared[name]; ok {
+			if !reported {
+				reported = true
+				c.errorf(el, "the generated Go name %s is also that of %s, in the same Go package: rename one of them", name, prev)
+			}
 			continue
 		}
 		declared[name] = what
