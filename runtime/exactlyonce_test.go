@@ -2,6 +2,7 @@ package runtime_test
 
 import (
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,6 +67,23 @@ func TestExactlyOnce(t *testing.T) {
 	}
 	if n := impl.count("x"); n != 1 {
 		t.Fatalf("the handler ran %d times for x, want 1: the committed offset did not cover it", n)
+	}
+}
+
+// TestRegisterRefusesBadImplementation: a nil implementation, or one of
+// another service's handler type, is refused when registered, not answered
+// INTERNAL "handler panicked" at every call.
+func TestRegisterRefusesBadImplementation(t *testing.T) {
+	w := runtime.NewWorker(noTxnClient{})
+	if err := echov1.RegisterEchoServiceKafkaWorker(w, nil); err == nil || !strings.Contains(err.Error(), "nil implementation") {
+		t.Errorf("nil implementation: %v, want an error saying so", err)
+	}
+	err := w.RegisterService(echov1.EchoServiceKafkaSpec, &echov1.EchoService_ServiceDesc, struct{}{})
+	if err == nil || !strings.Contains(err.Error(), "does not implement echov1.EchoServiceServer") {
+		t.Errorf("struct{}{} as implementation: %v, want an error naming the handler type", err)
+	}
+	if err := echov1.RegisterEchoServiceKafkaWorker(w, &counting{}); err != nil {
+		t.Errorf("a good implementation after refused ones: %v", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -173,10 +174,19 @@ func (w *Worker) fail(err error) {
 // the Kafka methods listed in spec. Methods of desc that spec does not list
 // are not served (a request for one is answered UNIMPLEMENTED). Generated
 // Register...KafkaWorker functions call it. It must be called before Start;
-// registrations may run concurrently with each other.
+// registrations may run concurrently with each other. A nil impl, or one
+// that does not implement desc's handler type, is an error.
 func (w *Worker) RegisterService(spec *ServiceSpec, desc *grpc.ServiceDesc, impl any) error {
 	if spec.Name != desc.ServiceName {
 		return fmt.Errorf("kafkarpc: spec of %s registered with the descriptor of %s", spec.Name, desc.ServiceName)
+	}
+	if impl == nil {
+		return fmt.Errorf("kafkarpc: %s registered with a nil implementation", spec.Name)
+	}
+	if desc.HandlerType != nil {
+		if ht := reflect.TypeOf(desc.HandlerType).Elem(); !reflect.TypeOf(impl).Implements(ht) {
+			return fmt.Errorf("kafkarpc: %s registered with %T, which does not implement %v", spec.Name, impl, ht)
+		}
 	}
 	w.regMu.Lock()
 	defer w.regMu.Unlock()
