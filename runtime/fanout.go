@@ -202,6 +202,9 @@ type fanoutHub struct {
 	// unassigned are partitions added to parts whose Assign to the reader
 	// failed, assigned again at the next look (watchPartitions' own).
 	unassigned []kafkaclient.TopicPartitionOffset
+	// missingLooks counts the consecutive looks that found the topic
+	// missing (watchPartitions' own): at two the hub ends (addPartitions).
+	missingLooks int
 
 	mu sync.RWMutex
 	// parts are the partitions read, sorted: only ever appended to (Kafka
@@ -226,8 +229,9 @@ type fanoutHub struct {
 	// ended says why the hub ended before the gateway closed (its topic's
 	// log restarted: see checkRestart; or Kafka refused to let the
 	// gateway read it: denied); its callers are told.
-	ended  string
-	denied bool // ended because the gateway may not read the topic: PERMISSION_DENIED
+	ended   string
+	denied  bool // ended because the gateway may not read the topic: PERMISSION_DENIED
+	deleted bool // ended because the topic no longer exists: NOT_FOUND
 
 	cancel      context.CancelFunc // ends run
 	lastRecheck time.Time          // of checkRestart; run's own
@@ -402,9 +406,28 @@ func (h *fanoutHub) addPartitions(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.setupTimeout)
 	defer cancel()
 	parts, err := g.client.Partitions(ctx, h.topic)
+	if unknownTopic(err) {
+		// The topic was deleted: its callers would wait for records
+		// forever. Two looks in a row, so that one broker's stale answer
+		// does not end them; one deleted and created again meanwhile is
+		// checkRestart's.
+		h.missingLooks++
+		if h.missingLooks >= 2 {
+			h.mu.Lock()
+			if h.ended == "" {
+				h.ended = fmt.Sprintf("fetch topic %q was deleted: %v", h.topic, err)
+				h.deleted = true
+			}
+			h.mu.Unlock()
+			g.cfg.logger.Warn("kafkarpc: fetch hub ends: its topic was deleted", "topic", h.topic)
+			h.cancel()
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}
+	h.missingLooks = 0
 	var added []int32
 	for _, p := range parts {
 		if _, ok := h.index[p]; !ok { // the writer's own: no lock needed

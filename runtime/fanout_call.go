@@ -645,10 +645,15 @@ func (c *fetchCall) closed() error {
 // because its topic's log restarted (its ids are void: see checkRestart;
 // the status carries an ErrorInfo with wire.FetchRestartedReason, so that a
 // resuming client such as fetchclient starts again without an id).
+// A hub whose topic was deleted (addPartitions) ends its callers with
+// NOT_FOUND, as a fetch of a missing topic starts.
 // Called with the hub's lock held.
 func (c *fetchCall) hubClosedLocked() error {
 	if c.hub.denied {
 		return status.Errorf(codes.PermissionDenied, "%s: %s", c.m.FullMethod(), c.hub.ended)
+	}
+	if c.hub.deleted {
+		return status.Errorf(codes.NotFound, "%s: %s", c.m.FullMethod(), c.hub.ended)
 	}
 	if c.hub.ended != "" {
 		st := status.Newf(codes.Unavailable, "%s: %s", c.m.FullMethod(), c.hub.ended)
