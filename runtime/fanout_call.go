@@ -26,8 +26,14 @@ import (
 )
 
 // fetchBatch is how many window records a caller takes per look at the
-// hub.
-const fetchBatch = 32
+// hub, and fetchBatchBytes how many bytes of records at most (but always
+// one): what a caller holds of the window's records while its send waits
+// (it stopped reading), so that a stalled caller keeps at most that much
+// alive after the window dropped it.
+const (
+	fetchBatch      = 32
+	fetchBatchBytes = 64 << 10
+)
 
 // catchUpCheck bounds how long a catch-up reader waits for records before
 // it looks again whether its caller reached the window.
@@ -547,7 +553,15 @@ func (c *fetchCall) follow() error {
 			return c.laggard("it fell " + formatBytes(lag-c.minLag) + " further behind (more than " + formatBytes(maxLag) + ")")
 		}
 		i := h.head + int(c.cursor-first)
-		n := copy(c.batch, h.entries[i:])
+		n, bytes := 0, int64(0)
+		for _, e := range h.entries[i:min(i+fetchBatch, len(h.entries))] {
+			if n > 0 && bytes+e.size > fetchBatchBytes {
+				break
+			}
+			c.batch[n] = e
+			n++
+			bytes += e.size
+		}
 		h.mu.RUnlock()
 		for k := range n {
 			e := &c.batch[k]
