@@ -67,6 +67,9 @@ type fetchCall struct {
 	minLag  int64        // least lag seen on the hub, -1 before the first look
 	idbuf   []byte
 	batch   []hubEntry
+	// deleted names the records the caller resumes after that no longer
+	// exist (position): FetchRecordsDeletedMetadata values.
+	deleted []string
 }
 
 // fetchFailer is a fetch's stream that can fail the fetch on the caller's
@@ -159,8 +162,13 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 	if err != nil {
 		return err
 	}
-	// The headers tell the caller its stream is positioned.
-	if err := stream.SendHeader(metadata.MD{}); err != nil {
+	// The headers tell the caller its stream is positioned, and what it
+	// lost to retention.
+	header := metadata.MD{}
+	if len(c.deleted) > 0 {
+		header.Set(FetchRecordsDeletedMetadata, c.deleted...)
+	}
+	if err := stream.SendHeader(header); err != nil {
 		return err
 	}
 	if !onHub {
@@ -217,7 +225,8 @@ func (c *fetchCall) checkForeign() error {
 // serves it (else it needs a catch-up reader). Partitions to read from the
 // earliest record start in the window when the window still holds the
 // partition from there; otherwise at the earliest offset Kafka retains,
-// which also raises a resume offset whose records retention has deleted.
+// which also raises a resume offset whose records retention has deleted
+// (the caller is told in its headers: FetchRecordsDeletedMetadata).
 // An offset beyond the end of its partition is refused.
 func (c *fetchCall) position() (bool, error) {
 	h := c.hub
@@ -267,6 +276,8 @@ func (c *fetchCall) position() (bool, error) {
 			case c.next[i] < first[p]:
 				c.f.g.cfg.logger.Info("kafkarpc: fetch resumes after records retention deleted",
 					"method", c.m.FullMethod(), "topic", h.topic, "partition", p, "offset", c.next[i], "earliest", first[p])
+				c.deleted = append(c.deleted, "partition "+strconv.Itoa(int(p))+" offsets "+
+					strconv.FormatInt(c.next[i], 10)+" to "+strconv.FormatInt(first[p]-1, 10))
 				c.next[i] = first[p]
 			}
 		}

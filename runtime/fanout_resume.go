@@ -70,3 +70,10 @@ func resumeFromMetadata(md metadata.MD, names []string) (wire.EventID, error) {
 	}
 	return id, nil
 }
+
+// FetchRecordsDeletedMetadata is the response header by which a fetch
+// tells its caller that records it resumes after no longer exist (retention
+// or a deletion removed them): one value per partition, "partition P
+// offsets A to B", naming the records the stream skips. The stream goes on
+// from the earliest record Kafka retains.
+const FetchRecordsDeletedMetadata = "fetch-records-deleted"

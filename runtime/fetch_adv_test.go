@@ -4,6 +4,8 @@ package runtime_test
 // its fix, for the reason its comment gives.
 
 import (
+	"encoding/base64"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 )
@@ -90,4 +97,69 @@ func TestFetchAdvStalledCallerHoldsOneBatchOfBytes(t *testing.T) {
 	}
 	r := e.follower(t, ctx, stalled.tr, nil)
 	r.recvUpTo(t, 90)
+}
+
+// deleteRecordsBefore deletes the records of partition p of topic before
+// offset, as retention does.
+func deleteRecordsBefore(t *testing.T, brokers, topic string, p int32, offset int64) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var os kadm.Offsets
+	os.Add(kadm.Offset{Topic: topic, Partition: p, At: offset})
+	resp, err := kadm.NewClient(cl).DeleteRecords(ctxFor(t, 30*time.Second), os)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		t.Fatalf("deleting the records of %s[%d] before %d: %v", topic, p, offset, err)
+	}
+}
+
+// TestFetchAdvResumeAfterRetentionDeleted: a caller resumes with an id
+// whose records retention deleted since (its offset is before the
+// partition's log start). The stream went on from the earliest retained
+// record without a word to the caller: it lost the deleted records and could
+// not know (only the gateway's log said so). Now the response headers name
+// each partition and the offsets it skipped, through the gateway and a
+// ClientConn alike.
+func TestFetchAdvResumeAfterRetentionDeleted(t *testing.T) {
+	// No preload, a small window: the id's position is not in memory.
+	e := setupFanout(t, runtime.GatewayFetchPreload(0), runtime.GatewayFetchWindow(8<<10))
+	ctx := ctxFor(t, time.Minute)
+	e.produceTo(t, 0, 10, 0) // seq-0 to seq-9 at offsets 0 to 9 of partition 0
+	a := e.follower(t, ctx, nil, nil)
+	a.recvUpTo(t, 3) // its id: partition 0 next 3
+	deleteRecordsBefore(t, e.brokers, e.topic, 0, 6)
+	_, conn := connTo(t, e.kc, e.prefix, runtime.GatewayFetchPreload(0), runtime.GatewayFetchWindow(8<<10))
+	for _, path := range []struct {
+		name string
+		echo echov1.EchoServiceClient
+	}{{"gateway", e.echo}, {"clientconn", conn}} {
+		t.Run(path.name, func(t *testing.T) {
+			md := metadata.Pairs("last-message-id", base64.RawURLEncoding.EncodeToString(a.tr.last))
+			s, err := path.echo.EchoEvents(metadata.NewOutgoingContext(ctx, md), &emptypb.Empty{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev, err := s.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.GetMessage() != "seq-000006" {
+				t.Fatalf("first message %q, want seq-000006, the earliest retained", ev.GetMessage())
+			}
+			h, err := s.Header()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := h.Get(runtime.FetchRecordsDeletedMetadata)
+			if want := []string{"partition 0 offsets 3 to 5"}; !slices.Equal(got, want) {
+				t.Fatalf("header %s = %q, want %q: the caller is not told it lost seq-000003 to seq-000005", runtime.FetchRecordsDeletedMetadata, got, want)
+			}
+		})
+	}
 }
