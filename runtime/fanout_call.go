@@ -112,13 +112,15 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "%s: cannot resume: %v", m.FullMethod(), err)
 	}
-	var callerKey *string
+	var callerKeys []string // several: any of them, as a filter's metadata values
 	if k := f.cfg.keyMetadata; k != "" {
-		if v := md.Get(k); len(v) > 0 && v[0] != "" {
-			callerKey = &v[0]
+		for _, v := range md.Get(k) {
+			if v != "" {
+				callerKeys = append(callerKeys, v)
+			}
 		}
 	}
-	filter, err := newRecordFilter(spec.Filters, md, callerKey)
+	filter, err := newRecordFilter(spec.Filters, md, callerKeys)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "%s: %v", m.FullMethod(), err)
 	}

@@ -11,11 +11,10 @@ import (
 // recordFilter decides which records of a fetched topic one caller
 // receives: the method's filters (any of them, each all of its conditions),
 // with the values of metadata conditions taken from the caller's metadata,
-// and, when the caller sent the gateway's key metadata, that key.
+// and, when the caller sent the gateway's key metadata, one of its values.
 type recordFilter struct {
-	anyOf  []compiledFilter // empty: every record
-	key    []byte
-	hasKey bool
+	anyOf []compiledFilter // empty: every record
+	keys  [][]byte         // nil: any key
 }
 
 // compiledFilter is one FetchFilter for one caller: each condition is met
@@ -31,10 +30,11 @@ type headerCondition struct {
 }
 
 // newRecordFilter compiles the method's filters for a caller with metadata
-// md and the caller's key (the gateway's key metadata). A filter condition
+// md and the caller's keys (the values of the gateway's key metadata: a
+// record must have one of them, when there are any). A filter condition
 // that names metadata md lacks is an error naming it, unless the filter's
 // MetadataOptional drops the condition.
-func newRecordFilter(filters []FetchFilter, md metadata.MD, callerKey *string) (recordFilter, error) {
+func newRecordFilter(filters []FetchFilter, md metadata.MD, callerKeys []string) (recordFilter, error) {
 	var f recordFilter
 	for i, ff := range filters {
 		var c compiledFilter
@@ -62,8 +62,8 @@ func newRecordFilter(filters []FetchFilter, md metadata.MD, callerKey *string) (
 		}
 		f.anyOf = append(f.anyOf, c)
 	}
-	if callerKey != nil {
-		f.key, f.hasKey = []byte(*callerKey), true
+	for _, k := range callerKeys {
+		f.keys = append(f.keys, []byte(k))
 	}
 	return f, nil
 }
@@ -90,7 +90,7 @@ func metadataValues(md metadata.MD, name string, filter int, optional bool) ([][
 // a header condition matches when one of the record's headers of that name
 // has one of the condition's values.
 func (f *recordFilter) match(key []byte, hs []kafkaclient.Header) bool {
-	if f.hasKey && !bytes.Equal(key, f.key) {
+	if f.keys != nil && !anyEqual(f.keys, key) {
 		return false
 	}
 	if len(f.anyOf) == 0 {
@@ -133,4 +133,4 @@ func anyEqual(vs [][]byte, b []byte) bool {
 }
 
 // passAll reports whether the filter lets every record through.
-func (f *recordFilter) passAll() bool { return !f.hasKey && len(f.anyOf) == 0 }
+func (f *recordFilter) passAll() bool { return f.keys == nil && len(f.anyOf) == 0 }

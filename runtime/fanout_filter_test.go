@@ -52,7 +52,11 @@ func TestRecordFilter(t *testing.T) {
 		{"caller key narrows the method filter", feed, s("other"), []byte("k"), h("type", "created", "zilla:service", "orders"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f, err := newRecordFilter(tc.filters, nil, tc.caller)
+			var keys []string
+			if tc.caller != nil {
+				keys = []string{*tc.caller}
+			}
+			f, err := newRecordFilter(tc.filters, nil, keys)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -78,6 +78,7 @@ func GatewayFetchCatchUpReaders(n int) GatewayOption {
 
 // GatewayFetchKeyMetadata sets the request metadata whose value, when a fetch
 // caller sends it, limits the caller's stream to the records with that key
+// (with several values, any of them)
 // (on top of the method's filters). Default wire.IdempotencyKeyMetadata
 // ("idempotency-key"), as Zilla does; an empty name turns the per-caller
 // filter off.

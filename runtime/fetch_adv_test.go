@@ -163,3 +163,38 @@ func TestFetchAdvResumeAfterRetentionDeleted(t *testing.T) {
 		})
 	}
 }
+
+// TestFetchAdvKeyMetadataSeveralValues: a caller sends the key metadata
+// (idempotency-key) twice, to follow two keys, as it may name several
+// values of a filter's metadata (README: "matches any of them"). The
+// gateway took the first value and dropped the others without a word: the
+// caller missed every record of the second key. Now it receives the
+// records of any of them, through the gateway and a ClientConn alike.
+func TestFetchAdvKeyMetadataSeveralValues(t *testing.T) {
+	e := setupFanout(t)
+	ctx := ctxFor(t, time.Minute)
+	e.produceTo(t, 0, 6, 0) // seq-00000i keyed ki, in order on partition 0
+	_, conn := connTo(t, e.kc, e.prefix)
+	for _, path := range []struct {
+		name string
+		echo echov1.EchoServiceClient
+	}{{"gateway", e.echo}, {"clientconn", conn}} {
+		t.Run(path.name, func(t *testing.T) {
+			md := metadata.Pairs("idempotency-key", "k5", "idempotency-key", "k2")
+			s, err := path.echo.EchoEvents(metadata.NewOutgoingContext(ctx, md), &emptypb.Empty{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"seq-000002", "seq-000005"}
+			for i := range want {
+				ev, err := s.Recv()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ev.GetMessage() != want[i] {
+					t.Fatalf("a caller following keys k5 and k2 got %q as message %d, want %q (all: %q)", ev.GetMessage(), i+1, want[i], want)
+				}
+			}
+		})
+	}
+}
