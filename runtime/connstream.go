@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync"
 
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // connStream is a streaming call of a ClientConn, as the caller's
@@ -34,6 +36,7 @@ type connStream struct {
 	fetchMD   metadata.MD // fetch methods: the caller's metadata
 	fetchErr  error       // a fetched record RecvMsg could not decode: the fetch's status (under mu)
 	raw       chan []byte // fetched messages, value and event id field
+	prevRaw   []byte      // the last fetched message RecvMsg decoded, to name the next one that fails (RecvMsg's own)
 	fetchOnce sync.Once
 
 	sendMu sync.Mutex
@@ -386,9 +389,10 @@ func (s *connStream) RecvMsg(m any) error {
 			return s.decoded(err)
 		}
 		if err := proto.Unmarshal(raw, out); err != nil {
-			return s.decoded(status.Errorf(codes.Internal, "%s: record of %s is not a valid %s: %v",
-				s.m.FullMethod(), s.m.Fetch.Topic, out.ProtoReflect().Descriptor().FullName(), err))
+			return s.decoded(status.Errorf(codes.Internal, "%s: record %sof %s is not a valid %s: %v%s",
+				s.m.FullMethod(), s.fetchedPlace(raw), s.cc.g.cfg.topic(s.m.Fetch.Topic), out.ProtoReflect().Descriptor().FullName(), err, s.skipHint(raw)))
 		}
+		s.prevRaw = raw
 		return nil
 	case s.ask <- struct{}{}: // the replies are all taken: run ends the call
 		<-s.done
@@ -451,4 +455,54 @@ func (p fetchPipe) SendMsg(m any) error {
 	case <-p.s.ctx.Done():
 		return p.s.ctx.Err()
 	}
+}
+
+// fetchedID returns the event id a fetched message carries, or nil.
+func (s *connStream) fetchedID(raw []byte) wire.EventID {
+	field := s.m.Fetch.EventIDField
+	if field == 0 {
+		field = wire.DefaultEventIDField
+	}
+	b, ok := wire.EventIDFromMessage(rawCarrier(raw), field)
+	if !ok {
+		return nil
+	}
+	id, err := wire.DecodeEventID(b)
+	if err != nil {
+		return nil
+	}
+	return id
+}
+
+// fetchedPlace names the partition and offset of the record of fetched
+// message raw ("at partition P offset O "), found from how its event id
+// moved on from the previous message's; "" for the stream's first message
+// (the caller's resume id is not at hand) or when no single partition moved.
+func (s *connStream) fetchedPlace(raw []byte) string {
+	if s.prevRaw == nil {
+		return ""
+	}
+	prev, cur := s.fetchedID(s.prevRaw), s.fetchedID(raw)
+	place := ""
+	for _, po := range cur {
+		was, ok := prev.Offset(po.Partition)
+		if ok && was == po.Offset {
+			continue
+		}
+		if place != "" {
+			return ""
+		}
+		place = fmt.Sprintf("at partition %d offset %d ", po.Partition, po.Offset-1)
+	}
+	return place
+}
+
+// skipHint tells the caller of a fetched message it cannot decode how to
+// resume after it: with its event id.
+func (s *connStream) skipHint(raw []byte) string {
+	id := s.fetchedID(raw)
+	if id == nil {
+		return ""
+	}
+	return "; to skip it, resume with metadata " + resumeNames(s.m.Fetch.ResumeMetadata)[0] + "=" + id.String()
 }

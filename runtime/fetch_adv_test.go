@@ -22,6 +22,7 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
 // TestFetchAdvTopicDeleted: the fetched topic is deleted (and not created
@@ -196,5 +197,54 @@ func TestFetchAdvKeyMetadataSeveralValues(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFetchAdvUndecodableRecordNamed: amid good records, one whose value is
+// well-formed protobuf that the method's type cannot hold (a string field
+// that is not UTF-8). The gateway relays it (it never decodes), and a
+// ClientConn's RecvMsg fails the call with INTERNAL, as a gRPC client does:
+// but its message named only the topic, so the caller could neither tell
+// which record it was nor get past it, each resume meeting it again. Now
+// the message names the partition and offset and gives the id that resumes
+// after it; resuming with it delivers the next record.
+func TestFetchAdvUndecodableRecordNamed(t *testing.T) {
+	e := setupFanout(t)
+	ctx := ctxFor(t, time.Minute)
+	e.produceTo(t, 0, 1, 0) // seq-000000 at offset 0
+	errc := make(chan error, 1)
+	e.kc.Produce(&kafkaclient.Record{Topic: e.topic, Partition: 0, Value: []byte{0x0a, 0x01, 0xff}}, kafkaclient.AcksAll,
+		func(_ *kafkaclient.Record, err error) { errc <- err })
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	e.produced++ // offset 1: no seq-000001
+	e.mu.Unlock()
+	e.produceTo(t, 0, 1, 0) // seq-000002 at offset 2
+	_, conn := connTo(t, e.kc, e.prefix)
+	s, err := conn.EchoEvents(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := s.Recv(); err != nil || ev.GetMessage() != "seq-000000" {
+		t.Fatalf("first message %v, %v; want seq-000000", ev, err)
+	}
+	_, err = s.Recv()
+	msg := status.Convert(err).Message()
+	if status.Code(err) != codes.Internal || !strings.Contains(msg, "partition 0 offset 1 ") {
+		t.Fatalf("the undecodable record: %v; want INTERNAL naming partition 0 offset 1", err)
+	}
+	i := strings.Index(msg, "last-message-id=")
+	if i < 0 {
+		t.Fatalf("the undecodable record: %v; want the id that resumes after it", err)
+	}
+	id := msg[i+len("last-message-id="):]
+	s, err = conn.EchoEvents(metadata.AppendToOutgoingContext(ctx, "last-message-id", id), &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := s.Recv(); err != nil || ev.GetMessage() != "seq-000002" {
+		t.Fatalf("resuming with the id the error gave: %v, %v; want seq-000002", ev, err)
 	}
 }
