@@ -386,7 +386,8 @@ func (s *connStream) RecvMsg(m any) error {
 		return err
 	case raw := <-s.raw:
 		if err := s.co.checkRecv(len(raw)); err != nil {
-			return s.decoded(err)
+			return s.decoded(status.Errorf(codes.ResourceExhausted, "%s: record %sof %s: %s%s",
+				s.m.FullMethod(), s.fetchedPlace(raw), s.cc.g.cfg.topic(s.m.Fetch.Topic), status.Convert(err).Message(), s.skipHint(raw)))
 		}
 		if err := proto.Unmarshal(raw, out); err != nil {
 			return s.decoded(status.Errorf(codes.Internal, "%s: record %sof %s is not a valid %s: %v%s",

@@ -248,3 +248,43 @@ func TestFetchAdvUndecodableRecordNamed(t *testing.T) {
 		t.Fatalf("resuming with the id the error gave: %v, %v; want seq-000002", ev, err)
 	}
 }
+
+// TestFetchAdvRecordLargerThanRecvLimitNamed: through a ClientConn, a
+// record larger than the caller's grpc.MaxCallRecvMsgSize ended the call
+// with RESOURCE_EXHAUSTED "received message larger than max", naming
+// neither the record nor the topic, so the caller could not get past it
+// (fetchclient does not retry it: the same record would come again). Now
+// the status names the record and gives the id that resumes after it. (A
+// gRPC client of the gateway gets gRPC's own message: the gateway cannot
+// know the caller's limit.)
+func TestFetchAdvRecordLargerThanRecvLimitNamed(t *testing.T) {
+	e := setupFanout(t)
+	ctx := ctxFor(t, time.Minute)
+	e.produceTo(t, 0, 1, 10)  // seq-000000 at offset 0: fits
+	e.produceTo(t, 0, 1, 500) // seq-000001 at offset 1: does not
+	e.produceTo(t, 0, 1, 10)  // seq-000002 at offset 2
+	_, conn := connTo(t, e.kc, e.prefix)
+	s, err := conn.EchoEvents(ctx, &emptypb.Empty{}, grpc.MaxCallRecvMsgSize(200))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := s.Recv(); err != nil || ev.GetMessage() != "seq-000000" {
+		t.Fatalf("first message %v, %v; want seq-000000", ev, err)
+	}
+	_, err = s.Recv()
+	msg := status.Convert(err).Message()
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(msg, "partition 0 offset 1 of "+e.topic) {
+		t.Fatalf("a record larger than the receive limit: %v; want RESOURCE_EXHAUSTED naming partition 0 offset 1 of %s", err, e.topic)
+	}
+	i := strings.Index(msg, "last-message-id=")
+	if i < 0 {
+		t.Fatalf("a record larger than the receive limit: %v; want the id that resumes after it", err)
+	}
+	s, err = conn.EchoEvents(metadata.AppendToOutgoingContext(ctx, "last-message-id", msg[i+len("last-message-id="):]), &emptypb.Empty{}, grpc.MaxCallRecvMsgSize(200))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := s.Recv(); err != nil || !strings.HasPrefix(ev.GetMessage(), "seq-000002") {
+		t.Fatalf("resuming with the id the error gave: %v, %v; want seq-000002", ev, err)
+	}
+}
