@@ -428,6 +428,9 @@ func (h *fanoutHub) addPartitions(ctx context.Context) error {
 		return err
 	}
 	h.missingLooks = 0
+	if ended, err := h.checkEnds(ctx); ended || err != nil {
+		return err
+	}
 	var added []int32
 	for _, p := range parts {
 		if _, ok := h.index[p]; !ok { // the writer's own: no lock needed
@@ -500,11 +503,43 @@ func (h *fanoutHub) checkRestart(ctx context.Context, back *kafkaclient.Record) 
 		h.mu.Unlock()
 		return
 	}
-	h.ended = fmt.Sprintf("fetch topic %q was deleted and created again, or its records deleted: partition %d now ends at offset %d, before offset %d this gateway had read; "+
-		"event ids from before name records that no longer exist: start again without one", h.topic, back.Partition, end[back.Partition], read)
+	h.restartedLocked(back.Partition, end[back.Partition], read)
 	h.mu.Unlock()
-	g.cfg.logger.Warn("kafkarpc: fetch hub ends: its topic's log restarted", "topic", h.topic, "partition", back.Partition, "end", end[back.Partition], "read", read)
 	h.cancel()
+}
+
+// restartedLocked records that the hub ends because partition p of its
+// topic now ends at end, before offset read the hub had read (see
+// checkRestart), with the hub's lock held; the caller then cancels the hub.
+func (h *fanoutHub) restartedLocked(p int32, end, read int64) {
+	if h.ended == "" {
+		h.ended = fmt.Sprintf("fetch topic %q was deleted and created again, or its records deleted: partition %d now ends at offset %d, before offset %d this gateway had read; "+
+			"event ids from before name records that no longer exist: start again without one", h.topic, p, end, read)
+	}
+	h.f.g.cfg.logger.Warn("kafkarpc: fetch hub ends: its topic's log restarted", "topic", h.topic, "partition", p, "end", end, "read", read)
+}
+
+// checkEnds ends the hub when a partition of its topic now ends before
+// where the hub read (the topic was deleted and created again): checkRestart
+// sees that only once a record of the new log arrives, and until then the
+// window served the old log's records to new callers. Run by
+// watchPartitions at each look; it reports whether the hub ended.
+func (h *fanoutHub) checkEnds(ctx context.Context) (bool, error) {
+	end, err := h.f.g.client.Offsets(ctx, h.topic, h.parts, kafkaclient.Latest) // parts: the watcher's own
+	if err != nil {
+		return false, fmt.Errorf("looking up end offsets: %w", err)
+	}
+	h.mu.Lock()
+	for i, p := range h.parts {
+		if e, ok := end[p]; ok && e < h.hi[i] {
+			h.restartedLocked(p, e, h.hi[i])
+			h.mu.Unlock()
+			h.cancel()
+			return true, nil
+		}
+	}
+	h.mu.Unlock()
+	return false, nil
 }
 
 // append adds records to the window, evicts the oldest beyond its size,

@@ -14,12 +14,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -286,5 +288,40 @@ func TestFetchAdvRecordLargerThanRecvLimitNamed(t *testing.T) {
 	}
 	if ev, err := s.Recv(); err != nil || !strings.HasPrefix(ev.GetMessage(), "seq-000002") {
 		t.Fatalf("resuming with the id the error gave: %v, %v; want seq-000002", ev, err)
+	}
+}
+
+// TestFetchAdvTopicRecreatedEmpty: the fetched topic is deleted and created
+// again, and nothing is written to the new one yet. The hub noticed a
+// restarted log only when a record of the new log arrived at an offset it
+// had passed (checkRestart): until then a caller following it waited with
+// ids naming records that no longer exist, and a new caller was served the
+// deleted topic's records from the window. Now the hub also compares its
+// partitions' end offsets with where it read at each look for new
+// partitions, and ends as for a restarted log: the follower is told, and
+// the next caller reads the new topic only.
+func TestFetchAdvTopicRecreatedEmpty(t *testing.T) {
+	// Longer than deleting and creating the topic takes: the hub's looks
+	// find it there before and after.
+	defer runtime.SetPartitionsRefresh(time.Second)()
+	e := setupFanout(t)
+	ctx := ctxFor(t, time.Minute)
+	e.produce(t, e.topic, 6, 3, 0) // seq-000000 to seq-000005
+	a := e.follower(t, ctx, nil, nil)
+	a.recvUpTo(t, 6)
+	deleteTopic(t, e.brokers, e.topic)
+	kafkatest.CreateTopics(t, e.kc, 3, e.topic)
+	ev, err := a.s.Recv()
+	st := status.Convert(err)
+	restartedEnd := st.Code() == codes.Unavailable && strings.Contains(st.Message(), "deleted and created again")
+	deletedEnd := st.Code() == codes.NotFound // had the hub found it missing on two looks in a row
+	if !restartedEnd && !deletedEnd {
+		t.Fatalf("the caller following the topic deleted and created again got %v, %v; want UNAVAILABLE saying so", ev, err)
+	}
+	b := e.follower(t, ctx, nil, nil)
+	v, _ := proto.Marshal(&echov1.EchoEvent{Message: "fresh"})
+	produceUntilTaken(t, ctx, e.kc, &kafkaclient.Record{Topic: e.topic, Partition: 0, Value: v})
+	if ev, err := b.s.Recv(); err != nil || ev.GetMessage() != "fresh" {
+		t.Fatalf("a new caller after the topic was created again got %v, %v; want only the new topic's record", ev, err)
 	}
 }
