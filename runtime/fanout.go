@@ -205,6 +205,9 @@ type fanoutHub struct {
 	// missingLooks counts the consecutive looks that found the topic
 	// missing (watchPartitions' own): at two the hub ends (addPartitions).
 	missingLooks int
+	// shortLooks counts the consecutive looks that found a partition ending
+	// before where the hub read (checkEnds; watchPartitions' own).
+	shortLooks int
 
 	mu sync.RWMutex
 	// parts are the partitions read, sorted: only ever appended to (Kafka
@@ -523,22 +526,33 @@ func (h *fanoutHub) restartedLocked(p int32, end, read int64) {
 // where the hub read (the topic was deleted and created again): checkRestart
 // sees that only once a record of the new log arrives, and until then the
 // window served the old log's records to new callers. Run by
-// watchPartitions at each look; it reports whether the hub ended.
+// watchPartitions at each look; it ends the hub at the second look in a
+// row that finds it so, and reports whether the hub ended.
 func (h *fanoutHub) checkEnds(ctx context.Context) (bool, error) {
+	// Where the hub read before the lookup: the hub reads on meanwhile, and
+	// an end looked up before it read a record is not a log that restarted.
+	h.mu.RLock()
+	read := slices.Clone(h.hi)
+	h.mu.RUnlock()
 	end, err := h.f.g.client.Offsets(ctx, h.topic, h.parts, kafkaclient.Latest) // parts: the watcher's own
 	if err != nil {
 		return false, fmt.Errorf("looking up end offsets: %w", err)
 	}
-	h.mu.Lock()
 	for i, p := range h.parts {
-		if e, ok := end[p]; ok && e < h.hi[i] {
-			h.restartedLocked(p, e, h.hi[i])
+		if e, ok := end[p]; ok && e < read[i] {
+			// Two looks in a row, as for a missing topic: a broker's
+			// passing answer must not end every caller.
+			if h.shortLooks++; h.shortLooks < 2 {
+				return false, nil
+			}
+			h.mu.Lock()
+			h.restartedLocked(p, e, read[i])
 			h.mu.Unlock()
 			h.cancel()
 			return true, nil
 		}
 	}
-	h.mu.Unlock()
+	h.shortLooks = 0
 	return false, nil
 }
 

@@ -298,7 +298,8 @@ func TestFetchAdvRecordLargerThanRecvLimitNamed(t *testing.T) {
 // ids naming records that no longer exist, and a new caller was served the
 // deleted topic's records from the window. Now the hub also compares its
 // partitions' end offsets with where it read at each look for new
-// partitions, and ends as for a restarted log: the follower is told, and
+// partitions, and ends as for a restarted log at the second look in a row
+// that finds one ending before: the follower is told, and
 // the next caller reads the new topic only.
 func TestFetchAdvTopicRecreatedEmpty(t *testing.T) {
 	// Longer than deleting and creating the topic takes: the hub's looks
