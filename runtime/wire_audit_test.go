@@ -1,0 +1,464 @@
+package runtime_test
+
+// The tests of this file check the records of WIRE.md byte for byte: what
+// our gateway, ClientConn and worker write, read back from Kafka, and what
+// they make of records written by hand the way WIRE.md says a Zilla peer
+// writes them.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+)
+
+// auditPartitions is the partition count of the audit's topics.
+const auditPartitions = 3
+
+// next returns the next record of w, failing after 30 s.
+func (w *replyWatch) next(t *testing.T) *kafkaclient.Record {
+	t.Helper()
+	select {
+	case rec := <-w.recs:
+		return rec
+	case <-time.After(30 * time.Second):
+		t.Fatal("no record within 30 s")
+		return nil
+	}
+}
+
+func headerList(rec *kafkaclient.Record) []string {
+	var out []string
+	for _, h := range rec.Headers {
+		out = append(out, h.Key+"="+string(h.Value))
+	}
+	return out
+}
+
+// headerValues returns every value of the header name, in record order.
+func headerValues(rec *kafkaclient.Record, name string) []string {
+	var out []string
+	for _, h := range rec.Headers {
+		if h.Key == name {
+			out = append(out, string(h.Value))
+		}
+	}
+	return out
+}
+
+var (
+	uuidRE    = `[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`
+	timeoutRE = regexp.MustCompile(`^[0-9]{1,8}[HMSmun]$`)
+)
+
+// TestWireAuditGatewayRequestRecords reads back the request records of a
+// unary call and of a cancelled bidi call, through a gateway and through a
+// ClientConn, and checks them against WIRE.md: a data record whose value is
+// the bare protobuf encoding, then a null (tombstone) end-of-stream record
+// with the same key and the same headers; headers zilla:service,
+// zilla:method, zilla:reply-to, zilla:correlation-id in that order, then
+// only meta:* headers, binary values in standard base64, no transport or
+// credential metadata; the key is the correlation id (uuid "-" md5 of the
+// route), on the partition Kafka's Java partitioner gives it.
+func TestWireAuditGatewayRequestRecords(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("wa") + "."
+	kafkatest.CreateTopics(t, kc, auditPartitions, prefix+"echo-requests", prefix+"echo-responses")
+	scriptedWorker(t, kc, prefix, func(rec *kafkaclient.Record, req *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		v, _ := proto.Marshal(&echov1.EchoResponse{Message: req.GetMessage()})
+		reply(v, nil)
+		if header(rec, "zilla:method") == "EchoUnary" {
+			reply(nil, hdrs{"zilla:status", "0"})
+		}
+	})
+	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, viaConn := connTo(t, kc, prefix)
+	requests := watchReplies(t, kc, prefix+"echo-requests")
+	replyTopic := prefix + "echo-responses"
+
+	// checkCall checks the records of one call, data records first, and
+	// returns the end-of-stream record.
+	checkCall := func(t *testing.T, method string, values [][]byte) *kafkaclient.Record {
+		t.Helper()
+		var recs []*kafkaclient.Record
+		for range len(values) + 1 {
+			recs = append(recs, requests.next(t))
+		}
+		id := header(recs[0], "zilla:correlation-id")
+		hash := wire.RouteHash(wire.DefaultNames(), echoService, method, replyTopic)
+		if !regexp.MustCompile("^" + uuidRE + regexp.QuoteMeta(hash) + "$").MatchString(id) {
+			t.Errorf("correlation id %q, want a lower-case UUID and %q", id, hash)
+		}
+		for i, rec := range recs {
+			if i < len(values) {
+				if rec.Value == nil || !bytes.Equal(rec.Value, values[i]) {
+					t.Errorf("record %d: value % x, want the bare protobuf encoding % x", i, rec.Value, values[i])
+				}
+			} else if rec.Value != nil {
+				t.Errorf("last record: value % x, want null (a tombstone)", rec.Value)
+			}
+			if string(rec.Key) != id {
+				t.Errorf("record %d: key %q, want the correlation id %q", i, rec.Key, id)
+			}
+			if want := kafkaclient.KeyPartition(rec.Key, auditPartitions); rec.Partition != want {
+				t.Errorf("record %d: partition %d, want %d (murmur2 of the key)", i, rec.Partition, want)
+			}
+			hs := rec.Headers
+			wantFirst := []string{"zilla:service=" + echoService, "zilla:method=" + method, "zilla:reply-to=" + replyTopic, "zilla:correlation-id=" + id}
+			if got := headerList(rec); len(got) < 4 || !slices.Equal(got[:4], wantFirst) {
+				t.Fatalf("record %d: headers %q, want %q first", i, got, wantFirst)
+			}
+			for _, h := range hs[4:] {
+				if h.Key == "zilla:status" && i == len(values) {
+					continue // a cancel, checked by the caller
+				}
+				if !strings.HasPrefix(h.Key, "meta:") {
+					t.Errorf("record %d: header %q after the correlation id, want only meta:*", i, h.Key)
+					continue
+				}
+				name := strings.TrimPrefix(h.Key, "meta:")
+				if name == "grpc-timeout" {
+					if !timeoutRE.Match(h.Value) {
+						t.Errorf("record %d: meta:grpc-timeout %q, not gRPC's timeout syntax", i, h.Value)
+					}
+					continue
+				}
+				switch {
+				case strings.HasPrefix(name, "grpc-"), strings.HasPrefix(name, ":"),
+					name == "content-type", name == "te", name == "user-agent", name == "authorization", name == "cookie":
+					t.Errorf("record %d: header %q must never be written", i, h.Key)
+				}
+			}
+		}
+		if got, want := headerList(recs[len(values)]), headerList(recs[0]); !slices.Equal(got[:min(len(got), len(want))], want) {
+			t.Errorf("end-of-stream headers %q, want the data records' %q repeated", got, want)
+		}
+		return recs[len(values)]
+	}
+
+	for _, c := range []struct {
+		name   string
+		client echov1.EchoServiceClient
+	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := ctxFor(t, 30*time.Second)
+			md := metadata.AppendToOutgoingContext(ctx, "x-tenant", "acme", "x-raw-bin", "\xfb\xff",
+				"authorization", "Bearer secret", "cookie", "s=1", "x-multi", "a", "x-multi", "b")
+			req := &echov1.EchoRequest{Message: "audit"}
+			if _, err := c.client.EchoUnary(md, req); err != nil {
+				t.Fatal(err)
+			}
+			value, _ := proto.MarshalOptions{Deterministic: true}.Marshal(req)
+			end := checkCall(t, "EchoUnary", [][]byte{value})
+			if got := headerValues(end, "meta:x-raw-bin"); !slices.Equal(got, []string{"+/8="}) {
+				t.Errorf("meta:x-raw-bin = %q, want the standard base64 [+/8=]", got)
+			}
+			if got := headerValues(end, "meta:x-tenant"); !slices.Equal(got, []string{"acme"}) {
+				t.Errorf("meta:x-tenant = %q, want [acme]", got)
+			}
+			if got := headerValues(end, "meta:x-multi"); !slices.Equal(got, []string{"a", "b"}) {
+				t.Errorf("meta:x-multi = %q, want [a b]: one header per value, in order", got)
+			}
+			if got := headerValues(end, "zilla:status"); len(got) != 0 {
+				t.Errorf("end of a call not cancelled carries zilla:status %q", got)
+			}
+
+			// Cancel: the request's end-of-stream record, with the
+			// data records' headers and zilla:status 1 (extension).
+			cctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			s, err := c.client.EchoBidiStream(cctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := &echov1.EchoRequest{Message: "first"}
+			if err := s.Send(first); err != nil {
+				t.Fatal(err)
+			}
+			if r, err := s.Recv(); err != nil || r.GetMessage() != "first" {
+				t.Fatalf("first reply = %v, %v", r, err)
+			}
+			cancel()
+			value, _ = proto.MarshalOptions{Deterministic: true}.Marshal(first)
+			end = checkCall(t, "EchoBidiStream", [][]byte{value})
+			if got := headerValues(end, "zilla:status"); !slices.Equal(got, []string{"1"}) {
+				t.Errorf("cancel's end-of-stream zilla:status = %q, want [1]", got)
+			}
+		})
+	}
+}
+
+// auditServer answers as the echo server, and besides: EchoUnary with
+// message "md" answers with its request metadata, sorted, and EchoServerStream
+// sets response headers (one binary) and a trailer.
+type auditServer struct{ echoserver.Server }
+
+func (auditServer) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	if req.GetMessage() != "md" {
+		return echoserver.Server{}.EchoUnary(ctx, req)
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	var parts []string
+	for k, vs := range md {
+		if strings.HasPrefix(k, "x-") {
+			parts = append(parts, fmt.Sprintf("%s=%q", k, vs))
+		}
+	}
+	sort.Strings(parts)
+	return &echov1.EchoResponse{Message: strings.Join(parts, " ")}, nil
+}
+
+func (auditServer) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	if err := s.SetHeader(metadata.Pairs("x-h", "v", "x-hb-bin", "\xfb\xff")); err != nil {
+		return err
+	}
+	s.SetTrailer(metadata.Pairs("x-t", "t"))
+	for i := range req.GetRepeat() {
+		if err := s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: i}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestWireAuditWorkerReplyRecords writes requests by hand as a Zilla
+// grpc-kafka gateway does (WIRE.md), keyed by something other than the
+// correlation id, and checks the worker's reply records byte for byte: on
+// the zilla:reply-to topic, keyed by the correlation id on its murmur2
+// partition; every data record starts with zilla:correlation-id, then the
+// response headers as meta:* (repeated on each); the end-of-stream record is
+// null and carries zilla:correlation-id, zilla:status in decimal and, only
+// when there is one, zilla:message.
+func TestWireAuditWorkerReplyRecords(t *testing.T) {
+	e := setup(t, auditServer{})
+	replyTopic := e.topic("echo-responses")
+	replies := watchReplies(t, e.kc, replyTopic)
+	reqTopic := e.topic("echo-requests")
+	request := func(t *testing.T, method, id string, value []byte, extra ...string) {
+		t.Helper()
+		h := append(hdrs{"route", "static", "zilla:service", echoService, "zilla:method", method,
+			"zilla:reply-to", replyTopic, "zilla:correlation-id", id}, extra...)
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: []byte("configured-key"), Value: value, Headers: h.headers()})
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: []byte("configured-key"), Value: nil, Headers: h.headers()})
+	}
+	checkRecord := func(t *testing.T, rec *kafkaclient.Record, id string) {
+		t.Helper()
+		if rec.Topic != replyTopic || string(rec.Key) != id {
+			t.Errorf("reply on %s keyed %q, want %s keyed by the correlation id %q", rec.Topic, rec.Key, replyTopic, id)
+		}
+		if want := kafkaclient.KeyPartition(rec.Key, auditPartitions); rec.Partition != want {
+			t.Errorf("reply on partition %d, want %d (murmur2 of the key)", rec.Partition, want)
+		}
+		if len(rec.Headers) == 0 || rec.Headers[0].Key != "zilla:correlation-id" || string(rec.Headers[0].Value) != id {
+			t.Errorf("reply headers %q, want zilla:correlation-id=%s first", headerList(rec), id)
+		}
+	}
+
+	t.Run("server stream", func(t *testing.T) {
+		id := "wa-" + wire.NewUUID()
+		in, _ := proto.Marshal(&echov1.EchoRequest{Message: "s", Repeat: 3})
+		request(t, "EchoServerStream", id, in)
+		recs := replies.await(t, id)
+		if len(recs) != 4 {
+			t.Fatalf("%d reply records, want 3 data and the end-of-stream", len(recs))
+		}
+		for i, rec := range recs[:3] {
+			checkRecord(t, rec, id)
+			want, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&echov1.EchoResponse{Message: "s", Index: int32(i)})
+			if !bytes.Equal(rec.Value, want) {
+				t.Errorf("data record %d: value % x, want the bare protobuf encoding % x", i, rec.Value, want)
+			}
+			for _, h := range rec.Headers[1:] {
+				if !strings.HasPrefix(h.Key, "meta:") {
+					t.Errorf("data record %d: header %q after the correlation id, want only meta:*", i, h.Key)
+				}
+			}
+			if got := headerValues(rec, "meta:x-h"); !slices.Equal(got, []string{"v"}) {
+				t.Errorf("data record %d: meta:x-h = %q, want [v] on every data record", i, got)
+			}
+			if got := headerValues(rec, "meta:x-hb-bin"); !slices.Equal(got, []string{"+/8="}) {
+				t.Errorf("data record %d: meta:x-hb-bin = %q, want the standard base64 [+/8=]", i, got)
+			}
+		}
+		end := recs[3]
+		checkRecord(t, end, id)
+		if end.Value != nil {
+			t.Errorf("end-of-stream value % x, want null", end.Value)
+		}
+		if got := headerValues(end, "zilla:status"); !slices.Equal(got, []string{"0"}) {
+			t.Errorf("end-of-stream zilla:status = %q, want [0]", got)
+		}
+		if got := headerValues(end, "zilla:message"); len(got) != 0 {
+			t.Errorf("end-of-stream of an OK call carries zilla:message %q", got)
+		}
+	})
+
+	t.Run("error", func(t *testing.T) {
+		id := "wa-" + wire.NewUUID()
+		in, _ := proto.Marshal(&echov1.EchoRequest{Message: "no such thing", FailCode: int32(codes.NotFound)})
+		request(t, "EchoUnary", id, in)
+		recs := replies.await(t, id)
+		end := recs[len(recs)-1]
+		checkRecord(t, end, id)
+		if len(recs) != 1 {
+			t.Errorf("%d reply records, want only the end-of-stream", len(recs))
+		}
+		if got := headerValues(end, "zilla:status"); !slices.Equal(got, []string{"5"}) {
+			t.Errorf("zilla:status = %q, want [5]", got)
+		}
+		if got := headerValues(end, "zilla:message"); !slices.Equal(got, []string{"no such thing"}) {
+			t.Errorf("zilla:message = %q, want [no such thing]", got)
+		}
+	})
+}
+
+// TestWireAuditWorkerAcceptsZillaRequests: what a Zilla gateway may write,
+// the worker must take (WIRE.md): unknown headers (a route's overrides)
+// ignored and not handed to the handler; a metadata entry with several
+// values as several meta:* headers, in order; an empty value; a binary
+// entry in standard padded base64; meta:* headers not contiguous; a client
+// stream with no message (the end-of-stream record alone).
+func TestWireAuditWorkerAcceptsZillaRequests(t *testing.T) {
+	e := setup(t, auditServer{})
+	replyTopic := e.topic("echo-responses")
+	replies := watchReplies(t, e.kc, replyTopic)
+	reqTopic := e.topic("echo-requests")
+	send := func(t *testing.T, h hdrs, values ...[]byte) {
+		t.Helper()
+		for _, v := range values {
+			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: []byte("k"), Value: v, Headers: h.headers()})
+		}
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: []byte("k"), Value: nil, Headers: h.headers()})
+	}
+
+	t.Run("metadata", func(t *testing.T) {
+		id := "wa-" + wire.NewUUID()
+		in, _ := proto.Marshal(&echov1.EchoRequest{Message: "md"})
+		send(t, hdrs{"x-override", "static", "zilla:service", echoService, "zilla:method", "EchoUnary",
+			"meta:x-multi", "a", "zilla:reply-to", replyTopic, "zilla:correlation-id", id,
+			"meta:x-multi", "b", "meta:x-empty", "", "meta:x-raw-bin", "+/8=", "x-unknown", "u"}, in)
+		recs := replies.await(t, id)
+		if st := header(recs[len(recs)-1], "zilla:status"); st != "0" || len(recs) != 2 {
+			t.Fatalf("%d replies, status %q (%s), want an answer and OK", len(recs), st, header(recs[len(recs)-1], "zilla:message"))
+		}
+		var out echov1.EchoResponse
+		if err := proto.Unmarshal(recs[0].Value, &out); err != nil {
+			t.Fatal(err)
+		}
+		want := `x-empty=[""] x-multi=["a" "b"] x-raw-bin=["\xfb\xff"]`
+		if out.GetMessage() != want {
+			t.Errorf("handler's metadata %s, want %s", out.GetMessage(), want)
+		}
+	})
+
+	t.Run("empty client stream", func(t *testing.T) {
+		id := "wa-" + wire.NewUUID()
+		send(t, hdrs{"zilla:service", echoService, "zilla:method", "EchoClientStream", "zilla:reply-to", replyTopic, "zilla:correlation-id", id})
+		recs := replies.await(t, id)
+		if st := header(recs[len(recs)-1], "zilla:status"); st != "0" || len(recs) != 2 {
+			t.Fatalf("%d replies, status %q (%s), want an answer and OK", len(recs), st, header(recs[len(recs)-1], "zilla:message"))
+		}
+	})
+}
+
+// TestWireAuditAcceptsZillaReplies answers a gateway's and a ClientConn's
+// calls as a Zilla kafka-grpc worker may (WIRE.md): the response headers
+// repeated on every data record (the caller gets them once: the first
+// record's), unknown headers ignored, an end-of-stream record without
+// zilla:status (OK), or with zilla:status 0 and a message (OK), or with an
+// error code above gRPC's own (that code).
+func TestWireAuditAcceptsZillaReplies(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("wz") + "."
+	kafkatest.CreateTopics(t, kc, auditPartitions, prefix+"echo-requests", prefix+"echo-responses")
+	scriptedWorker(t, kc, prefix, func(rec *kafkaclient.Record, req *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		switch req.GetMessage() {
+		case "stream":
+			for i := range req.GetRepeat() {
+				v, _ := proto.Marshal(&echov1.EchoResponse{Message: "z", Index: i})
+				reply(v, hdrs{"meta:x-answer", "42", "x-unknown", "u", "meta:x-bin", "+/8="})
+			}
+			reply(nil, hdrs{"x-unknown", "u"})
+		case "ok with message":
+			v, _ := proto.Marshal(&echov1.EchoResponse{Message: "z"})
+			reply(v, nil)
+			reply(nil, hdrs{"zilla:status", "0", "zilla:message", "fine"})
+		case "code 99":
+			reply(nil, hdrs{"zilla:status", "99", "zilla:message", "custom"})
+		}
+	})
+	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, viaConn := connTo(t, kc, prefix)
+	for _, c := range []struct {
+		name   string
+		client echov1.EchoServiceClient
+	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := ctxFor(t, 30*time.Second)
+			s, err := c.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "stream", Repeat: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range int32(3) {
+				if r, err := s.Recv(); err != nil || r.GetIndex() != i {
+					t.Fatalf("response %d = %v, %v", i, r, err)
+				}
+			}
+			if _, err := s.Recv(); err != io.EOF {
+				t.Fatalf("end without zilla:status: %v, want OK", err)
+			}
+			h, err := s.Header()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := h.Get("x-answer"); !slices.Equal(got, []string{"42"}) {
+				t.Errorf("response header x-answer = %q, want [42] (the first record's)", got)
+			}
+			if got := h.Get("x-bin"); !slices.Equal(got, []string{"\xfb\xff"}) {
+				t.Errorf("response header x-bin = %q, want [fb ff]", got)
+			}
+			if got := h.Get("x-unknown"); len(got) != 0 {
+				t.Errorf("an unknown reply header became response header x-unknown %q", got)
+			}
+
+			if r, err := c.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "ok with message"}); err != nil || r.GetMessage() != "z" {
+				t.Errorf("zilla:status 0 with a message: %v, %v; want the answer and OK", r, err)
+			}
+			_, err = c.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "code 99"})
+			if st := status.Convert(err); st.Code() != codes.Code(99) || st.Message() != "custom" {
+				t.Errorf("zilla:status 99: %v, want code 99 'custom'", err)
+			}
+		})
+	}
+}
