@@ -318,6 +318,16 @@ func TestWireAuditWorkerReplyRecords(t *testing.T) {
 		}
 	})
 
+	t.Run("empty message", func(t *testing.T) {
+		id := "wa-" + wire.NewUUID()
+		request(t, "EchoUnary", id, []byte{}) // an empty request: an empty value, not null
+		recs := replies.await(t, id)
+		if len(recs) != 2 || recs[0].Value == nil || len(recs[0].Value) != 0 || header(recs[1], "zilla:status") != "0" {
+			t.Fatalf("%d reply records, first value %#v, status %q; want an empty (not null) data record and OK",
+				len(recs), recs[0].Value, header(recs[len(recs)-1], "zilla:status"))
+		}
+	})
+
 	t.Run("error", func(t *testing.T) {
 		id := "wa-" + wire.NewUUID()
 		in, _ := proto.Marshal(&echov1.EchoRequest{Message: "no such thing", FailCode: int32(codes.NotFound)})
@@ -408,6 +418,9 @@ func TestWireAuditAcceptsZillaReplies(t *testing.T) {
 			v, _ := proto.Marshal(&echov1.EchoResponse{Message: "z"})
 			reply(v, nil)
 			reply(nil, hdrs{"zilla:status", "0", "zilla:message", "fine"})
+		case "empty":
+			reply([]byte{}, nil) // an empty message: an empty value, not null
+			reply(nil, nil)
 		case "code 99":
 			reply(nil, hdrs{"zilla:status", "99", "zilla:message", "custom"})
 		}
@@ -455,10 +468,49 @@ func TestWireAuditAcceptsZillaReplies(t *testing.T) {
 			if r, err := c.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "ok with message"}); err != nil || r.GetMessage() != "z" {
 				t.Errorf("zilla:status 0 with a message: %v, %v; want the answer and OK", r, err)
 			}
+			if r, err := c.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "empty"}); err != nil || !proto.Equal(r, &echov1.EchoResponse{}) {
+				t.Errorf("an empty (not null) reply value: %v, %v; want an empty message and OK", r, err)
+			}
 			_, err = c.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "code 99"})
 			if st := status.Convert(err); st.Code() != codes.Code(99) || st.Message() != "custom" {
 				t.Errorf("zilla:status 99: %v, want code 99 'custom'", err)
 			}
 		})
+	}
+}
+
+// TestWireAuditWorkerAfterReplyEnded: in a bidi call "the reply may finish
+// before the request stream does" (WIRE.md). A Zilla gateway goes on
+// writing the call's request records after the worker's end-of-stream
+// reply; the worker must take them for the rest of the call that is over,
+// not start another call with them (which would answer the caller twice).
+func TestWireAuditWorkerAfterReplyEnded(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	replyTopic := e.topic("echo-responses")
+	replies := watchReplies(t, e.kc, replyTopic)
+	reqTopic := e.topic("echo-requests")
+	id := "wa-" + wire.NewUUID()
+	h := hdrs{"zilla:service", echoService, "zilla:method", "EchoBidiStream", "zilla:reply-to", replyTopic, "zilla:correlation-id", id}
+	key := []byte("bidi-key")
+	stop, _ := proto.Marshal(&echov1.EchoRequest{Message: "stop", FailCode: int32(codes.FailedPrecondition)})
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: stop, Headers: h.headers()})
+	recs := replies.await(t, id)
+	if got := header(recs[len(recs)-1], "zilla:status"); got != "9" {
+		t.Fatalf("the call ended with status %q, want 9", got)
+	}
+	before := e.worker.Stats().Calls
+	more, _ := proto.Marshal(&echov1.EchoRequest{Message: "more"})
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: more, Headers: h.headers()})
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: h.headers()})
+	// A call after them on the same partition: once it is answered, the
+	// records before it were read.
+	marker := "wa-" + wire.NewUUID()
+	good, _ := proto.Marshal(&echov1.EchoRequest{Message: "marker"})
+	mh := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", replyTopic, "zilla:correlation-id", marker}
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: mh.headers()})
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: mh.headers()})
+	replies.await(t, marker)
+	if n := e.worker.Stats().Calls - before; n != 1 {
+		t.Fatalf("the worker started %d calls, want 1 (the marker): the records after the call's end started another", n)
 	}
 }
