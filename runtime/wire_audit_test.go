@@ -8,6 +8,7 @@ package runtime_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"regexp"
@@ -22,12 +23,14 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	routingv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/routing/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
@@ -512,5 +515,194 @@ func TestWireAuditWorkerAfterReplyEnded(t *testing.T) {
 	replies.await(t, marker)
 	if n := e.worker.Stats().Calls - before; n != 1 {
 		t.Fatalf("the worker started %d calls, want 1 (the marker): the records after the call's end started another", n)
+	}
+}
+
+// TestWireAuditFetchEventIDBytes runs WIRE.md's worked example on a topic:
+// partition 0 holds two records and partition 1 one, each the bytes
+// 0a 0b "Hello World"; the message delivered last, through a gateway and
+// through a ClientConn, is those bytes followed by FA FF 0F 06 01 04 00 04
+// 02 02. A caller resuming with the first message's id, in each form WIRE.md
+// allows, gets the two other records.
+func TestWireAuditFetchEventIDBytes(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("we") + "."
+	kafkatest.CreateTopics(t, kc, 2, prefix+"echo-events", prefix+"echo-requests", prefix+"echo-responses")
+	hello := append([]byte{0x0a, 0x0b}, "Hello World"...)
+	for _, p := range []int32{0, 0, 1} {
+		done := make(chan error, 1)
+		kc.Produce(&kafkaclient.Record{Topic: prefix + "echo-events", Partition: p, Value: hello}, kafkaclient.AcksAll,
+			func(_ *kafkaclient.Record, err error) { done <- err })
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+	gw := runtime.NewGateway(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, viaConn := connTo(t, kc, prefix)
+	want := append(append(slices.Clone(hello), 0xFA, 0xFF, 0x0F, 0x06), 0x01, 0x04, 0x00, 0x04, 0x02, 0x02)
+	for _, c := range []struct {
+		name   string
+		client echov1.EchoServiceClient
+	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := ctxFor(t, 30*time.Second)
+			read := func(t *testing.T, ctx context.Context, n int) [][]byte {
+				t.Helper()
+				s, err := c.client.EchoEvents(ctx, &emptypb.Empty{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got [][]byte
+				for range n {
+					ev, err := s.Recv()
+					if err != nil {
+						t.Fatalf("after %d events: %v", len(got), err)
+					}
+					b, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got = append(got, b)
+				}
+				return got
+			}
+			all := read(t, ctx, 3)
+			if !bytes.Equal(all[2], want) {
+				t.Fatalf("last message delivered\n % x\nwant\n % x", all[2], want)
+			}
+			first, ok := wire.EventIDFromMessage(mustEvent(t, all[0]), wire.DefaultEventIDField)
+			if !ok {
+				t.Fatal("first message has no event id")
+			}
+			for _, r := range []struct{ name, key, value string }{
+				{"base64url unpadded", "last-message-id", base64.RawURLEncoding.EncodeToString(first)},
+				{"base64url padded", "last-message-id", base64.URLEncoding.EncodeToString(first)},
+				{"standard base64", "last-message-id", base64.StdEncoding.EncodeToString(first)},
+				{"raw bytes", "last-message-id-bin", string(first)},
+				{"seed name", "last-event-id", base64.RawURLEncoding.EncodeToString(first)},
+			} {
+				t.Run(r.name, func(t *testing.T) {
+					got := read(t, metadata.AppendToOutgoingContext(ctx, r.key, r.value), 2)
+					if !bytes.Equal(got[1], want) {
+						t.Fatalf("resumed: last message\n % x\nwant\n % x", got[1], want)
+					}
+				})
+			}
+		})
+	}
+}
+
+func mustEvent(t *testing.T, b []byte) *echov1.EchoEvent {
+	t.Helper()
+	var ev echov1.EchoEvent
+	if err := proto.Unmarshal(b, &ev); err != nil {
+		t.Fatal(err)
+	}
+	return &ev
+}
+
+// TestWireAuditOnewayRecords: a oneway client stream (no reply topic)
+// writes its data records with no zilla:reply-to or zilla:correlation-id
+// and no end-of-stream record on a normal end (WIRE.md), through a gateway
+// and through a ClientConn: once the call is answered (the records are
+// acknowledged) the topic holds the data records and nothing else.
+func TestWireAuditOnewayRecords(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("wo") + "."
+	topics := []string{"routing-requests", "routing-responses", "acme-requests", "acme-responses",
+		"notifications", "uploads", "upload-receipts", "watch.requests", "watch.responses", "watch_traced-responses"}
+	for i := range topics {
+		topics[i] = prefix + topics[i]
+	}
+	kafkatest.CreateTopics(t, kc, auditPartitions, topics...)
+	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+	gw := runtime.NewGateway(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := routingv1.NewRoutingServiceClient(serve(t, func(s *grpc.Server) {
+		if err := routingv1.RegisterRoutingServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	cc := runtime.NewClientConn(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = cc.Close() })
+	if err := cc.Register(routingv1.RoutingServiceKafkaSpec); err != nil {
+		t.Fatal(err)
+	}
+	uploads := watchReplies(t, kc, prefix+"uploads")
+	total := int64(0)
+	for _, c := range []struct {
+		name   string
+		client routingv1.RoutingServiceClient
+	}{{"gateway", viaGateway}, {"ClientConn", routingv1.NewRoutingServiceClient(cc)}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := ctxFor(t, 30*time.Second)
+			s, err := c.client.Upload(metadata.AppendToOutgoingContext(ctx, "x-tenant", "acme"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var values [][]byte
+			for _, id := range []string{"u1", "u2", "u3"} {
+				o := &routingv1.Order{Id: id}
+				if err := s.Send(o); err != nil {
+					t.Fatal(err)
+				}
+				v, _ := proto.MarshalOptions{Deterministic: true}.Marshal(o)
+				values = append(values, v)
+			}
+			if _, err := s.CloseAndRecv(); err != nil {
+				t.Fatal(err)
+			}
+			total += 3
+			parts, err := kc.Partitions(ctx, prefix+"uploads")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ends, err := kc.Offsets(ctx, prefix+"uploads", parts, kafkaclient.Latest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := int64(0)
+			for _, p := range parts {
+				sum += ends[p]
+			}
+			if sum != total {
+				t.Errorf("the uploads topic holds %d records after %d oneway data records: want no end-of-stream record", sum, total)
+			}
+			var got [][]byte
+			var keys []string
+			for range 3 {
+				rec := uploads.next(t)
+				got = append(got, rec.Value)
+				want := []string{"zilla:service=testdata.routing.v1.RoutingService", "zilla:method=Upload"}
+				if hs := headerList(rec); len(hs) < 2 || !slices.Equal(hs[:2], want) {
+					t.Errorf("oneway record headers %q, want %q first", hs, want)
+				}
+				for _, h := range rec.Headers[2:] {
+					if !strings.HasPrefix(h.Key, "meta:") {
+						t.Errorf("oneway record header %q, want only meta:* after zilla:method", h.Key)
+					}
+				}
+				// WIRE.md names no key for a call without a correlation
+				// id: the code keys a call's records alike, on their
+				// murmur2 partition, so that the stream stays in order.
+				if keys = append(keys, string(rec.Key)); rec.Key == nil || string(rec.Key) != keys[0] {
+					t.Errorf("oneway record keys %q, want one key for the call's records", keys)
+				}
+				if want := kafkaclient.KeyPartition(rec.Key, auditPartitions); rec.Partition != want {
+					t.Errorf("oneway record on partition %d, want %d (murmur2 of the key)", rec.Partition, want)
+				}
+			}
+			sort.Slice(got, func(i, j int) bool { return bytes.Compare(got[i], got[j]) < 0 })
+			if !slices.EqualFunc(got, values, bytes.Equal) {
+				t.Errorf("oneway values % x, want % x", got, values)
+			}
+		})
 	}
 }
