@@ -706,3 +706,161 @@ func TestWireAuditOnewayRecords(t *testing.T) {
 		})
 	}
 }
+
+// idOnPartition returns a fresh correlation id starting with prefix whose
+// records go to partition p of a topic of auditPartitions partitions.
+func idOnPartition(prefix string, p int32) string {
+	for {
+		if id := prefix + wire.NewUUID(); kafkaclient.KeyPartition([]byte(id), auditPartitions) == p {
+			return id
+		}
+	}
+}
+
+// TestWireAuditWorkerRejectsOnce: a request the worker answers without
+// running it (no zilla:service, no zilla:method, an unknown method, an
+// undecodable payload) is answered with one end-of-stream record (WIRE.md),
+// though a Zilla gateway writes the call's end-of-stream record after its
+// data record, with the same headers. The replies are counted up to those
+// of a call made after it whose replies share its partition.
+func TestWireAuditWorkerRejectsOnce(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	replyTopic := e.topic("echo-responses")
+	replies := watchReplies(t, e.kc, replyTopic)
+	reqTopic := e.topic("echo-requests")
+	good, _ := proto.Marshal(&echov1.EchoRequest{Message: "good"})
+	key := []byte("reject-key")
+	for _, c := range []struct {
+		name, service, method, code string
+		value                       []byte
+	}{
+		{"no service", "", "EchoUnary", "13", good},
+		{"no method", echoService, "", "13", good},
+		{"unknown method", echoService, "EchoNothing", "12", good},
+		{"undecodable payload", echoService, "EchoUnary", "13", []byte{0x0a, 0xff, 0xff, 0xff}},
+		{"unknown client-stream method", echoService, "EchoNothingStream", "12", good},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			id := idOnPartition("wr-", 1)
+			h := hdrs{}
+			if c.service != "" {
+				h = append(h, "zilla:service", c.service)
+			}
+			if c.method != "" {
+				h = append(h, "zilla:method", c.method)
+			}
+			h = append(h, "zilla:reply-to", replyTopic, "zilla:correlation-id", id)
+			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: c.value, Headers: h.headers()})
+			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: h.headers()})
+			marker := idOnPartition("wm-", 1)
+			mh := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", replyTopic, "zilla:correlation-id", marker}
+			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: mh.headers()})
+			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: mh.headers()})
+			var ours []*kafkaclient.Record
+			for {
+				rec := replies.next(t)
+				if v := header(rec, "zilla:correlation-id"); v == id {
+					ours = append(ours, rec)
+				} else if v == marker && rec.Value == nil {
+					break
+				}
+			}
+			if len(ours) != 1 || ours[0].Value != nil || header(ours[0], "zilla:status") != c.code {
+				var st []string
+				for _, r := range ours {
+					st = append(st, fmt.Sprintf("value %v status %q message %q", r.Value != nil, header(r, "zilla:status"), header(r, "zilla:message")))
+				}
+				t.Fatalf("replies %q, want one end-of-stream record with zilla:status %s", st, c.code)
+			}
+		})
+	}
+}
+
+// TestWireAuditConfiguredNames: "every header name below is the default;
+// all of them must be configurable" (WIRE.md). A gateway, a ClientConn and
+// a worker configured with other names write only those, the correlation
+// id hashes them, and the calls work, errors and cancels included.
+func TestWireAuditConfiguredNames(t *testing.T) {
+	names := wire.Names{Service: "x-svc", Method: "x-mth", ReplyTo: "x-rto", CorrelationID: "x-cid", Status: "x-st",
+		Message: "x-msg", StatusDetails: "x-det-bin", MetaPrefix: "md.", TrailerPrefix: "tr.", Identity: "x-id"}
+	e := setup(t, auditServer{}, runtime.WithHeaderNames(names))
+	gw := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
+		runtime.WithLogger(kafkatest.Logger(t)), runtime.WithHeaderNames(names))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, viaConn := connTo(t, e.kc, e.prefix, runtime.WithHeaderNames(names))
+	requests := watchReplies(t, e.kc, e.topic("echo-requests"))
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	for _, c := range []struct {
+		name   string
+		client echov1.EchoServiceClient
+	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "x-tenant", "acme")
+			s, err := c.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "n", Repeat: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range int32(2) {
+				if r, err := s.Recv(); err != nil || r.GetIndex() != i {
+					t.Fatalf("response %d = %v, %v", i, r, err)
+				}
+			}
+			if _, err := s.Recv(); err != io.EOF {
+				t.Fatalf("end: %v, want OK", err)
+			}
+			h, _ := s.Header()
+			if got := h.Get("x-h"); !slices.Equal(got, []string{"v"}) {
+				t.Errorf("response header x-h = %q, want [v]", got)
+			}
+			tr := s.Trailer()
+			if got := tr.Get("x-t"); !slices.Equal(got, []string{"t"}) {
+				t.Errorf("trailer x-t = %q, want [t]", got)
+			}
+			_, err = c.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "gone", FailCode: int32(codes.NotFound)})
+			if st := status.Convert(err); st.Code() != codes.NotFound || st.Message() != "gone" {
+				t.Errorf("failed call: %v, want NOT_FOUND gone", err)
+			}
+
+			req := requests.next(t)
+			id := header(req, "x-cid")
+			hash := wire.RouteHash(names.WithDefaults(), echoService, "EchoServerStream", e.topic("echo-responses"))
+			if !strings.HasSuffix(id, hash) {
+				t.Errorf("correlation id %q, want the hash of the configured names %q", id, hash)
+			}
+			want := []string{"x-svc=" + echoService, "x-mth=EchoServerStream", "x-rto=" + e.topic("echo-responses"), "x-cid=" + id}
+			if got := headerList(req); len(got) < 4 || !slices.Equal(got[:4], want) {
+				t.Errorf("request headers %q, want %q first", got, want)
+			}
+			if got := headerValues(req, "md.x-tenant"); !slices.Equal(got, []string{"acme"}) {
+				t.Errorf("request md.x-tenant = %q (headers %q)", got, headerList(req))
+			}
+			for range 3 { // the rest of both calls' requests
+				req = requests.next(t)
+				for _, h := range req.Headers {
+					if strings.HasPrefix(h.Key, "zilla:") || strings.HasPrefix(h.Key, "meta:") {
+						t.Errorf("request header %q: a default name where another is configured", h.Key)
+					}
+				}
+			}
+			for { // 2 data and the end of the stream, then the end of the failed call
+				rec := replies.next(t)
+				for _, h := range rec.Headers {
+					if strings.HasPrefix(h.Key, "zilla:") || strings.HasPrefix(h.Key, "meta:") || strings.HasPrefix(h.Key, "trailer:") {
+						t.Errorf("reply header %q: a default name where another is configured", h.Key)
+					}
+				}
+				if rec.Value == nil && header(rec, "x-st") != "0" {
+					if header(rec, "x-st") != "5" || header(rec, "x-msg") != "gone" {
+						t.Errorf("failed call's end: headers %q, want x-st=5 and x-msg=gone", headerList(rec))
+					}
+					break
+				}
+			}
+		})
+	}
+}
