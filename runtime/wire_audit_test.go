@@ -864,3 +864,51 @@ func TestWireAuditConfiguredNames(t *testing.T) {
 		})
 	}
 }
+
+// TestWireAuditCancelAfterRequestEnd documents a departure from "exactly
+// one end-of-stream record" per direction (WIRE.md): when a caller cancels
+// a call whose request stream had ended (every unary and server-streaming
+// call), the gateway writes by default (GatewayCancelRecord) a second null
+// record, with the key and headers of the first and zilla:status=1, so that
+// a worker built here cancels the handler. WIRE.md puts zilla:status=1 on
+// "the request EOS record", which for those calls is already written.
+func TestWireAuditCancelAfterRequestEnd(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("wc") + "."
+	kafkatest.CreateTopics(t, kc, auditPartitions, prefix+"echo-requests", prefix+"echo-responses")
+	scriptedWorker(t, kc, prefix, func(_ *kafkaclient.Record, req *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		v, _ := proto.Marshal(&echov1.EchoResponse{Message: req.GetMessage()})
+		reply(v, nil) // and never an end: the caller cancels
+	})
+	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	echo := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	requests := watchReplies(t, kc, prefix+"echo-requests")
+	ctx, cancel := context.WithCancel(ctxFor(t, 30*time.Second))
+	defer cancel()
+	s, err := echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "x", Repeat: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	data, end, extra := requests.next(t), requests.next(t), requests.next(t)
+	if data.Value == nil || end.Value != nil || extra.Value != nil {
+		t.Fatalf("request records: values %v, %v, %v; want data, null, null", data.Value != nil, end.Value != nil, extra.Value != nil)
+	}
+	if got := headerValues(end, "zilla:status"); len(got) != 0 {
+		t.Errorf("the request's end carries zilla:status %q", got)
+	}
+	if !bytes.Equal(extra.Key, data.Key) || extra.Partition != data.Partition {
+		t.Errorf("cancel record keyed %q on %d, want the call's key %q on %d", extra.Key, extra.Partition, data.Key, data.Partition)
+	}
+	if got, want := headerList(extra), append(headerList(data), "zilla:status=1"); !slices.Equal(got, want) {
+		t.Errorf("cancel record headers %q, want %q", got, want)
+	}
+}
