@@ -191,6 +191,14 @@ func TestWireAuditGatewayRequestRecords(t *testing.T) {
 				t.Errorf("end of a call not cancelled carries zilla:status %q", got)
 			}
 
+			// A large message (100 KiB and more) is still one record.
+			large := &echov1.EchoRequest{Message: strings.Repeat("x", 150<<10)}
+			if r, err := c.client.EchoUnary(ctx, large); err != nil || r.GetMessage() != large.GetMessage() {
+				t.Fatalf("150 KiB unary: %d bytes, %v", len(r.GetMessage()), err)
+			}
+			value, _ = proto.MarshalOptions{Deterministic: true}.Marshal(large)
+			checkCall(t, "EchoUnary", [][]byte{value})
+
 			// Cancel: the request's end-of-stream record, with the
 			// data records' headers and zilla:status 1 (extension).
 			cctx, cancel := context.WithCancel(ctx)
@@ -328,6 +336,17 @@ func TestWireAuditWorkerReplyRecords(t *testing.T) {
 		if len(recs) != 2 || recs[0].Value == nil || len(recs[0].Value) != 0 || header(recs[1], "zilla:status") != "0" {
 			t.Fatalf("%d reply records, first value %#v, status %q; want an empty (not null) data record and OK",
 				len(recs), recs[0].Value, header(recs[len(recs)-1], "zilla:status"))
+		}
+	})
+
+	t.Run("large message", func(t *testing.T) {
+		id := "wa-" + wire.NewUUID()
+		in, _ := proto.Marshal(&echov1.EchoRequest{Message: strings.Repeat("y", 150<<10)})
+		request(t, "EchoUnary", id, in)
+		recs := replies.await(t, id)
+		want, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&echov1.EchoResponse{Message: strings.Repeat("y", 150<<10)})
+		if len(recs) != 2 || !bytes.Equal(recs[0].Value, want) {
+			t.Fatalf("%d reply records, first %d bytes; want one data record of %d bytes and the end", len(recs), len(recs[0].Value), len(want))
 		}
 	})
 
