@@ -931,3 +931,44 @@ func TestWireAuditCancelAfterRequestEnd(t *testing.T) {
 		t.Errorf("cancel record headers %q, want %q", got, want)
 	}
 }
+
+// TestWireAuditUnaryCardinality: a unary call is "1 data + EOS each way"
+// (WIRE.md); the typed code enforces the kind at the edges. A worker that
+// ends a unary call OK without a data record, or with two, cannot be
+// relayed as it is: the caller gets an error, as from a gRPC server that
+// did so, not an empty or arbitrary answer.
+func TestWireAuditUnaryCardinality(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("wu") + "."
+	kafkatest.CreateTopics(t, kc, auditPartitions, prefix+"echo-requests", prefix+"echo-responses")
+	scriptedWorker(t, kc, prefix, func(_ *kafkaclient.Record, req *echov1.EchoRequest, reply func([]byte, hdrs)) {
+		n := int(req.GetRepeat())
+		for i := range n {
+			v, _ := proto.Marshal(&echov1.EchoResponse{Message: "r", Index: int32(i)})
+			reply(v, nil)
+		}
+		reply(nil, hdrs{"zilla:status", "0"})
+	})
+	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, viaConn := connTo(t, kc, prefix)
+	for _, c := range []struct {
+		name   string
+		client echov1.EchoServiceClient
+	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := ctxFor(t, 30*time.Second)
+			for _, n := range []int32{0, 2} {
+				r, err := c.client.EchoUnary(ctx, &echov1.EchoRequest{Repeat: n})
+				if status.Code(err) != codes.Internal {
+					t.Errorf("a unary reply of %d data records and OK: answer %v, %v; want INTERNAL", n, r, err)
+				}
+			}
+		})
+	}
+}
