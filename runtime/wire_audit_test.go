@@ -352,7 +352,7 @@ func TestWireAuditWorkerReplyRecords(t *testing.T) {
 
 	t.Run("error", func(t *testing.T) {
 		id := "wa-" + wire.NewUUID()
-		in, _ := proto.Marshal(&echov1.EchoRequest{Message: "no such thing", FailCode: int32(codes.NotFound)})
+		in, _ := proto.Marshal(&echov1.EchoRequest{Message: "no such thing: 100% ü", FailCode: int32(codes.NotFound)})
 		request(t, "EchoUnary", id, in)
 		recs := replies.await(t, id)
 		end := recs[len(recs)-1]
@@ -363,8 +363,8 @@ func TestWireAuditWorkerReplyRecords(t *testing.T) {
 		if got := headerValues(end, "zilla:status"); !slices.Equal(got, []string{"5"}) {
 			t.Errorf("zilla:status = %q, want [5]", got)
 		}
-		if got := headerValues(end, "zilla:message"); !slices.Equal(got, []string{"no such thing"}) {
-			t.Errorf("zilla:message = %q, want [no such thing]", got)
+		if got := headerValues(end, "zilla:message"); !slices.Equal(got, []string{"no such thing: 100% ü"}) {
+			t.Errorf("zilla:message = %q, want the status message as it is (UTF-8, not percent-encoded)", got)
 		}
 	})
 }
@@ -444,7 +444,7 @@ func TestWireAuditAcceptsZillaReplies(t *testing.T) {
 			reply([]byte{}, nil) // an empty message: an empty value, not null
 			reply(nil, nil)
 		case "code 99":
-			reply(nil, hdrs{"zilla:status", "99", "zilla:message", "custom"})
+			reply(nil, hdrs{"zilla:status", "99", "zilla:message", "custom 100% ü\n"})
 		}
 	})
 	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
@@ -494,8 +494,8 @@ func TestWireAuditAcceptsZillaReplies(t *testing.T) {
 				t.Errorf("an empty (not null) reply value: %v, %v; want an empty message and OK", r, err)
 			}
 			_, err = c.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "code 99"})
-			if st := status.Convert(err); st.Code() != codes.Code(99) || st.Message() != "custom" {
-				t.Errorf("zilla:status 99: %v, want code 99 'custom'", err)
+			if st := status.Convert(err); st.Code() != codes.Code(99) || st.Message() != "custom 100% ü\n" {
+				t.Errorf("zilla:status 99: %v, want code 99 %q", err, "custom 100% ü\n")
 			}
 		})
 	}
