@@ -163,13 +163,22 @@ func TestMetrics(t *testing.T) {
 	// worker once Kafka acknowledged the replies, which may be later, and it
 	// may not have read the last request's end-of-stream record yet: wait
 	// (bounded) until the worker recorded the three calls and has no lag.
+	// A collection may come by while the worker records a call's end: it
+	// reads the instruments one after the other, and a counter's new data
+	// point before the add, so that it can see the end in the duration and
+	// not in the calls (worker calls map[0:2 5:0] beside three durations):
+	// wait until both counted all three.
 	var rm metricdata.ResourceMetrics
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		rm = metricdata.ResourceMetrics{}
 		if err := reader.Collect(context.Background(), &rm); err != nil {
 			t.Fatal(err)
 		}
-		if (histogramCount(rm, "kafkarpc.worker.duration") >= 3 && gaugeMax(rm, "kafkarpc.worker.lag") == 0) || time.Now().After(deadline) {
+		var ended int64
+		for _, n := range sumByCode(t, rm, "kafkarpc.worker.calls") {
+			ended += n
+		}
+		if (ended >= 3 && histogramCount(rm, "kafkarpc.worker.duration") >= 3 && gaugeMax(rm, "kafkarpc.worker.lag") == 0) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(time.Millisecond)
