@@ -93,14 +93,7 @@ func TestWireAuditGatewayRequestRecords(t *testing.T) {
 			reply(nil, hdrs{"zilla:status", "0"})
 		}
 	})
-	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
-	t.Cleanup(func() { _ = gw.Close() })
-	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
-		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
-			t.Fatal(err)
-		}
-	}))
-	_, viaConn := connTo(t, kc, prefix)
+	callers := auditCallers(t, kc, prefix, nil, nil)
 	requests := watchReplies(t, kc, prefix+"echo-requests")
 	replyTopic := prefix + "echo-responses"
 
@@ -164,10 +157,7 @@ func TestWireAuditGatewayRequestRecords(t *testing.T) {
 		return recs[len(values)]
 	}
 
-	for _, c := range []struct {
-		name   string
-		client echov1.EchoServiceClient
-	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+	for _, c := range callers {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := ctxFor(t, 30*time.Second)
 			md := metadata.AppendToOutgoingContext(ctx, "x-tenant", "acme", "x-raw-bin", "\xfb\xff",
@@ -447,18 +437,8 @@ func TestWireAuditAcceptsZillaReplies(t *testing.T) {
 			reply(nil, hdrs{"zilla:status", "99", "zilla:message", "custom 100% ü\n"})
 		}
 	})
-	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
-	t.Cleanup(func() { _ = gw.Close() })
-	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
-		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
-			t.Fatal(err)
-		}
-	}))
-	_, viaConn := connTo(t, kc, prefix)
-	for _, c := range []struct {
-		name   string
-		client echov1.EchoServiceClient
-	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+	callers := auditCallers(t, kc, prefix, nil, nil)
+	for _, c := range callers {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := ctxFor(t, 30*time.Second)
 			s, err := c.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "stream", Repeat: 3})
@@ -556,20 +536,9 @@ func TestWireAuditFetchEventIDBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
-	gw := runtime.NewGateway(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)))
-	t.Cleanup(func() { _ = gw.Close() })
-	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
-		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
-			t.Fatal(err)
-		}
-	}))
-	_, viaConn := connTo(t, kc, prefix)
+	callers := auditCallers(t, kc, prefix, nil, nil)
 	want := append(append(slices.Clone(hello), 0xFA, 0xFF, 0x0F, 0x06), 0x01, 0x04, 0x00, 0x04, 0x02, 0x02)
-	for _, c := range []struct {
-		name   string
-		client echov1.EchoServiceClient
-	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+	for _, c := range callers {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := ctxFor(t, 30*time.Second)
 			read := func(t *testing.T, ctx context.Context, n int) [][]byte {
@@ -803,21 +772,10 @@ func TestWireAuditConfiguredNames(t *testing.T) {
 	names := wire.Names{Service: "x-svc", Method: "x-mth", ReplyTo: "x-rto", CorrelationID: "x-cid", Status: "x-st",
 		Message: "x-msg", StatusDetails: "x-det-bin", MetaPrefix: "md.", TrailerPrefix: "tr.", Identity: "x-id"}
 	e := setup(t, auditServer{}, runtime.WithHeaderNames(names))
-	gw := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
-		runtime.WithLogger(kafkatest.Logger(t)), runtime.WithHeaderNames(names))
-	t.Cleanup(func() { _ = gw.Close() })
-	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
-		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
-			t.Fatal(err)
-		}
-	}))
-	_, viaConn := connTo(t, e.kc, e.prefix, runtime.WithHeaderNames(names))
+	callers := auditCallers(t, e.kc, e.prefix, []runtime.GatewayOption{runtime.WithHeaderNames(names)}, []runtime.ConnOption{runtime.WithHeaderNames(names)})
 	requests := watchReplies(t, e.kc, e.topic("echo-requests"))
 	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
-	for _, c := range []struct {
-		name   string
-		client echov1.EchoServiceClient
-	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+	for _, c := range callers {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "x-tenant", "acme")
 			s, err := c.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "n", Repeat: 2})
@@ -949,18 +907,8 @@ func TestWireAuditUnaryCardinality(t *testing.T) {
 		}
 		reply(nil, hdrs{"zilla:status", "0"})
 	})
-	gw := runtime.NewGateway(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WithLogger(kafkatest.Logger(t)))
-	t.Cleanup(func() { _ = gw.Close() })
-	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
-		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
-			t.Fatal(err)
-		}
-	}))
-	_, viaConn := connTo(t, kc, prefix)
-	for _, c := range []struct {
-		name   string
-		client echov1.EchoServiceClient
-	}{{"gateway", viaGateway}, {"ClientConn", viaConn}} {
+	callers := auditCallers(t, kc, prefix, nil, nil)
+	for _, c := range callers {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := ctxFor(t, 30*time.Second)
 			for _, n := range []int32{0, 2} {
@@ -971,4 +919,27 @@ func TestWireAuditUnaryCardinality(t *testing.T) {
 			}
 		})
 	}
+}
+
+// auditCaller is an echo client through one of the two calling paths.
+type auditCaller struct {
+	name   string
+	client echov1.EchoServiceClient
+}
+
+// auditCallers returns an echo client through a gateway (behind a gRPC
+// server) and one through a ClientConn, both on kc with the topics of
+// prefix, the gateway made with gwOpts too and the ClientConn with
+// connOpts.
+func auditCallers(t *testing.T, kc kafkaclient.Client, prefix string, gwOpts []runtime.GatewayOption, connOpts []runtime.ConnOption) []auditCaller {
+	gw := runtime.NewGateway(kc, append([]runtime.GatewayOption{runtime.WithTopicMapper(func(s string) string { return prefix + s }),
+		runtime.WithLogger(kafkatest.Logger(t))}, gwOpts...)...)
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	_, viaConn := connTo(t, kc, prefix, connOpts...)
+	return []auditCaller{{"gateway", viaGateway}, {"ClientConn", viaConn}}
 }
