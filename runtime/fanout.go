@@ -208,6 +208,10 @@ type fanoutHub struct {
 	// shortLooks counts the consecutive looks that found a partition ending
 	// before where the hub read (checkEnds; watchPartitions' own).
 	shortLooks int
+	// id is the topic's id when the hub started (or first found it), zero
+	// while unknown (checkID; set before watchPartitions starts, then its
+	// own).
+	id [16]byte
 
 	mu sync.RWMutex
 	// parts are the partitions read, sorted: only ever appended to (Kafka
@@ -282,6 +286,9 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 	if len(parts) == 0 {
 		return nil, status.Errorf(codes.Unavailable, "fetch topic %q has no partitions", topic)
 	}
+	// The id before the offsets, so that every record read is of this
+	// topic or of one created after it, which checkID then tells apart.
+	id := f.topicID(ctx, topic)
 	parts = slices.Clone(parts)
 	slices.Sort(parts)
 	first, err := g.client.Offsets(ctx, topic, parts, kafkaclient.Earliest)
@@ -292,7 +299,7 @@ func (f *fanout) startHub(topic string) (*fanoutHub, error) {
 	if err != nil {
 		return nil, status.Errorf(lookupCode(err), "fetch topic %q: looking up end offsets: %v", topic, err)
 	}
-	h := &fanoutHub{f: f, topic: topic, parts: parts, index: make(map[int32]int, len(parts)),
+	h := &fanoutHub{f: f, topic: topic, id: id, parts: parts, index: make(map[int32]int, len(parts)),
 		from: make([]int64, len(parts)), lo: make([]int64, len(parts)), hi: make([]int64, len(parts)), whole: make([]bool, len(parts)),
 		wake: make(chan struct{}), refresh: partitionsRefresh, watched: make(chan struct{})}
 	preload := f.cfg.preloadOf(len(parts))
@@ -431,6 +438,9 @@ func (h *fanoutHub) addPartitions(ctx context.Context) error {
 		return err
 	}
 	h.missingLooks = 0
+	if h.checkID(ctx) {
+		return nil
+	}
 	if ended, err := h.checkEnds(ctx); ended || err != nil {
 		return err
 	}
@@ -520,6 +530,50 @@ func (h *fanoutHub) restartedLocked(p int32, end, read int64) {
 			"event ids from before name records that no longer exist: start again without one", h.topic, p, end, read)
 	}
 	h.f.g.cfg.logger.Warn("kafkarpc: fetch hub ends: its topic's log restarted", "topic", h.topic, "partition", p, "end", end, "read", read)
+}
+
+// topicID returns topic's id, or the zero id when the client does not
+// look ids up (kafkaclient.TopicIdentifier) or the lookup failed.
+func (f *fanout) topicID(ctx context.Context, topic string) [16]byte {
+	ti, ok := f.g.client.(kafkaclient.TopicIdentifier)
+	if !ok {
+		return [16]byte{}
+	}
+	id, err := ti.TopicID(ctx, topic)
+	if err != nil {
+		f.g.cfg.logger.Debug("kafkarpc: fetch hub: looking up its topic's id", "topic", topic, "error", err)
+		return [16]byte{}
+	}
+	return id
+}
+
+// checkID ends the hub when its topic's id is no longer the one it
+// started with: the topic was deleted and created again. Neither
+// checkRestart nor checkEnds sees that when the new topic was written past
+// where the hub had read before its reader noticed: the reader then goes on
+// at the same offsets of the new log, and the callers would miss its first
+// records and keep ids that name records that no longer exist. Run by
+// watchPartitions at each look; reports whether the hub ended. A hub that
+// does not know its topic's id takes the first it finds.
+func (h *fanoutHub) checkID(ctx context.Context) bool {
+	id := h.f.topicID(ctx, h.topic)
+	switch {
+	case id == [16]byte{} || id == h.id:
+		return false
+	case h.id == [16]byte{}:
+		h.id = id
+		return false
+	}
+	h.mu.Lock()
+	if h.ended == "" {
+		h.ended = fmt.Sprintf("fetch topic %q was deleted and created again (its topic id changed); "+
+			"event ids from before name records that no longer exist: start again without one", h.topic)
+	}
+	h.mu.Unlock()
+	h.f.g.cfg.logger.Warn("kafkarpc: fetch hub ends: its topic was deleted and created again", "topic", h.topic,
+		"id", fmt.Sprintf("%x", id), "was", fmt.Sprintf("%x", h.id))
+	h.cancel()
+	return true
 }
 
 // checkEnds ends the hub when a partition of its topic now ends before

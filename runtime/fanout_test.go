@@ -67,13 +67,24 @@ var zeroCopyServer = []grpc.ServerOption{runtime.FetchServerCodec()}
 // setupFanoutServer is setupFanout with options for the gRPC server.
 func setupFanoutServer(t testing.TB, srvOpts []grpc.ServerOption, opts ...runtime.GatewayOption) *fanoutEnv {
 	t.Helper()
+	return setupFanoutClient(t, srvOpts, nil, opts...)
+}
+
+// setupFanoutClient is setupFanoutServer whose gateway uses wrap(the
+// client) when wrap is not nil (e.kc stays the client itself).
+func setupFanoutClient(t testing.TB, srvOpts []grpc.ServerOption, wrap func(kafkaclient.Client) kafkaclient.Client, opts ...runtime.GatewayOption) *fanoutEnv {
+	t.Helper()
 	brokers := kafkatest.Brokers(t)
 	kc := kafkatest.NewClient(t, brokers)
 	prefix := kafkatest.Unique("f") + "."
 	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses", prefix+"echo-events")
 	opts = append([]runtime.GatewayOption{runtime.WithTopicMapper(func(s string) string { return prefix + s }),
 		runtime.WithLogger(kafkatest.Logger(t))}, opts...)
-	gw := runtime.NewGateway(kc, opts...)
+	gwc := kc
+	if wrap != nil {
+		gwc = wrap(kc)
+	}
+	gw := runtime.NewGateway(gwc, opts...)
 	t.Cleanup(func() { _ = gw.Close() })
 	e := &fanoutEnv{kc: kc, gw: gw, prefix: prefix, topic: prefix + "echo-events", brokers: brokers, srvOpts: srvOpts}
 	e.serve(t, "127.0.0.1:0")

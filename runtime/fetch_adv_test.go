@@ -4,12 +4,16 @@ package runtime_test
 // its fix, for the reason its comment gives.
 
 import (
+	"context"
 	"encoding/base64"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -25,6 +29,7 @@ import (
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // TestFetchAdvTopicDeleted: the fetched topic is deleted (and not created
@@ -324,5 +329,104 @@ func TestFetchAdvTopicRecreatedEmpty(t *testing.T) {
 	produceUntilTaken(t, ctx, e.kc, &kafkaclient.Record{Topic: e.topic, Partition: 0, Value: v})
 	if ev, err := b.s.Recv(); err != nil || ev.GetMessage() != "fresh" {
 		t.Fatalf("a new caller after the topic was created again got %v, %v; want only the new topic's record", ev, err)
+	}
+}
+
+// idSwitchClient is a client whose TopicID answers another id once
+// switched: a fetched topic deleted and created again whose new log the
+// gateway's reader did not tell from the old one (written past where the
+// reader had read before it noticed, its offsets go on as the old log's).
+type idSwitchClient struct {
+	kafkaclient.Client
+	switched atomic.Bool
+}
+
+func (c *idSwitchClient) TopicID(ctx context.Context, topic string) ([16]byte, error) {
+	id, err := c.Client.(kafkaclient.TopicIdentifier).TopicID(ctx, topic)
+	if c.switched.Load() {
+		id[0] ^= 0xff
+	}
+	return id, err
+}
+
+// TestFetchTopicIDChangeEndsCallers: a fetch hub compares its topic's id
+// at each look; when it changed (the topic was deleted and created again),
+// its callers end with UNAVAILABLE and the restarted reason, on which
+// fetchclient starts again from the new topic's earliest record, though
+// the reader itself saw nothing amiss. Before, they went on reading the
+// new log from where the old one had been read, missing its first records.
+func TestFetchTopicIDChangeEndsCallers(t *testing.T) {
+	defer runtime.SetPartitionsRefresh(20 * time.Millisecond)()
+	idc := &idSwitchClient{}
+	e := setupFanoutClient(t, zeroCopyServer, func(kc kafkaclient.Client) kafkaclient.Client {
+		idc.Client = kc
+		return idc
+	})
+	ctx := ctxFor(t, time.Minute)
+	e.produce(t, e.topic, 6, 3, 0)
+	a := e.follower(t, ctx, nil, nil)
+	a.recvUpTo(t, 6)
+	idc.switched.Store(true)
+	ev, err := a.s.Recv()
+	st := status.Convert(err)
+	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "topic id changed") {
+		t.Fatalf("the caller following a topic whose id changed got %v, %v; want UNAVAILABLE saying it was created again", ev, err)
+	}
+	restarted := false
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == wire.FetchRestartedReason {
+			restarted = true
+		}
+	}
+	if !restarted {
+		t.Fatalf("the status %v has no ErrorInfo with reason %s", st, wire.FetchRestartedReason)
+	}
+}
+
+// TestFetchTopicRecreatedAndRefilled: the fetched topic is deleted, created
+// again and written past where the gateway had read, as fast as the test
+// can. However the gateway's reader meets the new log, the caller that
+// followed the old one ends (told the topic restarted, or that it was
+// missing) instead of reading on from the old log's offsets, and a new
+// caller reads every record of the new topic. Before the topic id check,
+// a reader that met the new log only once it was past the old offsets
+// went on there: the follower got the new topic's later records only and
+// then waited (timing decides whether a run shows it).
+func TestFetchTopicRecreatedAndRefilled(t *testing.T) {
+	defer runtime.SetPartitionsRefresh(time.Second)()
+	e := setupFanout(t)
+	ctx := ctxFor(t, time.Minute)
+	e.produce(t, e.topic, 6, 3, 0)
+	a := e.follower(t, ctx, nil, nil)
+	a.recvUpTo(t, 6)
+	deleteTopic(t, e.brokers, e.topic)
+	kafkatest.CreateTopics(t, e.kc, 3, e.topic)
+	const fresh = 12 // 4 a partition, past the 2 the gateway had read of each
+	for i := range fresh {
+		v, _ := proto.Marshal(&echov1.EchoEvent{Message: "new-" + strconv.Itoa(i)})
+		produceUntilTaken(t, ctx, e.kc, &kafkaclient.Record{Topic: e.topic, Partition: int32(i % 3), Value: v})
+	}
+	for {
+		ev, err := a.s.Recv()
+		if err == nil {
+			continue // the new log's records, read before the gateway noticed
+		}
+		st := status.Convert(err)
+		if st.Code() != codes.NotFound && !(st.Code() == codes.Unavailable && strings.Contains(st.Message(), "created again")) {
+			t.Fatalf("the caller following the topic deleted, created again and refilled got %v, %v; want UNAVAILABLE saying it was created again, or NOT_FOUND", ev, err)
+		}
+		break
+	}
+	b := e.follower(t, ctx, nil, nil)
+	got := map[string]bool{}
+	for len(got) < fresh {
+		ev, err := b.s.Recv()
+		if err != nil {
+			t.Fatalf("a new caller got %d of the new topic's %d records, then %v", len(got), fresh, err)
+		}
+		if !strings.HasPrefix(ev.GetMessage(), "new-") {
+			t.Fatalf("a new caller got %q, a record of the deleted topic", ev.GetMessage())
+		}
+		got[ev.GetMessage()] = true
 	}
 }

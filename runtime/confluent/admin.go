@@ -2,6 +2,7 @@ package confluent
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -414,6 +415,44 @@ func (c *Client) prodInt(key string, def int) int {
 		}
 	}
 	return def
+}
+
+var _ kafkaclient.TopicIdentifier = (*Client)(nil)
+
+// TopicID returns topic's id (kafkaclient.TopicIdentifier), from the
+// cluster's description of the topic (librdkafka's DescribeTopics). Without
+// a deadline in ctx the call is bounded by 30s. Safe for concurrent use.
+func (c *Client) TopicID(ctx context.Context, topic string) ([16]byte, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var id [16]byte
+	err := c.withAdmin(func(p *producer) error {
+		adm, err := p.adminClient()
+		if err != nil {
+			return fmt.Errorf("confluent: admin client: %w", err)
+		}
+		res, err := adm.DescribeTopics(ctx, kafka.NewTopicCollectionOfTopicNames([]string{topic}))
+		if err != nil {
+			return fmt.Errorf("confluent: description of %s: %w", topic, err)
+		}
+		if len(res.TopicDescriptions) != 1 {
+			return fmt.Errorf("confluent: description of %s: %d results", topic, len(res.TopicDescriptions))
+		}
+		d := res.TopicDescriptions[0]
+		switch code := d.Error.Code(); code {
+		case kafka.ErrNoError:
+		case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic:
+			return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+		case kafka.ErrTopicAuthorizationFailed:
+			return fmt.Errorf("confluent: description of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, d.Error)
+		default:
+			return fmt.Errorf("confluent: description of %s: %w", topic, d.Error)
+		}
+		binary.BigEndian.PutUint64(id[:8], uint64(d.TopicID.GetMostSignificantBits()))
+		binary.BigEndian.PutUint64(id[8:], uint64(d.TopicID.GetLeastSignificantBits()))
+		return nil
+	})
+	return id, err
 }
 
 // TopicMaxMessageBytes returns topic's max.message.bytes, as the cluster

@@ -206,7 +206,7 @@ func (c *Client) CreatePartitions(ctx context.Context, topic string, total int32
 	ctx, cancel := adminCtx(ctx)
 	defer cancel()
 	return c.withAdmin(ctx, func(kc *kgo.Client, adm *kadm.Client) error {
-		have, err := fetchPartitions(ctx, kc, topic)
+		have, _, err := fetchPartitions(ctx, kc, topic)
 		if err != nil {
 			return err
 		}
@@ -224,7 +224,7 @@ func (c *Client) CreatePartitions(ctx context.Context, topic string, total int32
 		}
 		if err != nil {
 			// Another client raised it meanwhile: fine when far enough.
-			if have, perr := fetchPartitions(ctx, kc, topic); perr != nil || int32(len(have)) < total {
+			if have, _, perr := fetchPartitions(ctx, kc, topic); perr != nil || int32(len(have)) < total {
 				return fmt.Errorf("franz: create partitions of %s (to %d): %w", topic, total, err)
 			}
 		}
@@ -272,13 +272,33 @@ func (c *Client) Partitions(ctx context.Context, topic string) ([]int32, error) 
 	var out []int32
 	err := c.withAdmin(ctx, func(kc *kgo.Client, _ *kadm.Client) error {
 		var err error
-		out, err = fetchPartitions(ctx, kc, topic)
+		out, _, err = fetchPartitions(ctx, kc, topic)
 		return err
 	})
 	return out, err
 }
 
-func fetchPartitions(ctx context.Context, kc *kgo.Client, topic string) ([]int32, error) {
+var _ kafkaclient.TopicIdentifier = (*Client)(nil)
+
+// TopicID returns topic's id (kafkaclient.TopicIdentifier), from a fresh
+// metadata request, with the errors and retries of Partitions. Safe for
+// concurrent use.
+func (c *Client) TopicID(ctx context.Context, topic string) ([16]byte, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var id [16]byte
+	err := c.withAdmin(ctx, func(kc *kgo.Client, _ *kadm.Client) error {
+		var err error
+		_, id, err = fetchPartitions(ctx, kc, topic)
+		return err
+	})
+	return id, err
+}
+
+// fetchPartitions returns topic's partitions, sorted, and its topic id
+// (zero from a broker older than metadata v10), from a fresh metadata
+// request.
+func fetchPartitions(ctx context.Context, kc *kgo.Client, topic string) ([]int32, [16]byte, error) {
 	backoff := 10 * time.Millisecond
 	for {
 		req := kmsg.NewPtrMetadataRequest()
@@ -288,7 +308,7 @@ func fetchPartitions(ctx context.Context, kc *kgo.Client, topic string) ([]int32
 		req.AllowAutoTopicCreation = false
 		resp, err := req.RequestWith(ctx, kc)
 		if err != nil {
-			return nil, fmt.Errorf("franz: metadata of %s: %w", topic, err)
+			return nil, [16]byte{}, fmt.Errorf("franz: metadata of %s: %w", topic, err)
 		}
 		var lastErr error
 		found := false
@@ -300,26 +320,26 @@ func fetchPartitions(ctx context.Context, kc *kgo.Client, topic string) ([]int32
 			terr := kerr.ErrorForCode(t.ErrorCode)
 			switch {
 			case errors.Is(terr, kerr.UnknownTopicOrPartition):
-				return nil, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+				return nil, [16]byte{}, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
 			case errors.Is(terr, kerr.TopicAuthorizationFailed):
-				return nil, fmt.Errorf("franz: metadata of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, terr)
+				return nil, [16]byte{}, fmt.Errorf("franz: metadata of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, terr)
 			case terr == nil || len(t.Partitions) > 0:
 				out := make([]int32, 0, len(t.Partitions))
 				for _, p := range t.Partitions {
 					out = append(out, p.Partition)
 				}
 				slices.Sort(out)
-				return out, nil
+				return out, t.TopicID, nil
 			case !kerr.IsRetriable(terr):
-				return nil, fmt.Errorf("franz: metadata of %s: %w", topic, terr)
+				return nil, [16]byte{}, fmt.Errorf("franz: metadata of %s: %w", topic, terr)
 			}
 			lastErr = terr
 		}
 		if !found {
-			return nil, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+			return nil, [16]byte{}, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
 		}
 		if err := sleep(ctx, backoff); err != nil {
-			return nil, fmt.Errorf("franz: metadata of %s: %w (last error: %v)", topic, err, lastErr)
+			return nil, [16]byte{}, fmt.Errorf("franz: metadata of %s: %w (last error: %v)", topic, err, lastErr)
 		}
 		backoff = min(backoff*2, 500*time.Millisecond)
 	}
@@ -410,7 +430,7 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 				// The cache may predate the topic: ask the cluster
 				// (which refreshes the cache) and try once more.
 				confirmed = true
-				if _, err := fetchPartitions(ctx, kc, topic); err != nil {
+				if _, _, err := fetchPartitions(ctx, kc, topic); err != nil {
 					return err
 				}
 				retry = true

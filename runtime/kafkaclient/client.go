@@ -320,6 +320,19 @@ type TopicLimiter interface {
 	TopicMaxMessageBytes(ctx context.Context, topic string) (int, error)
 }
 
+// TopicIdentifier is implemented by clients that can look up a topic's id
+// (both of the project's clients do): the UUID Kafka gives a topic when it
+// creates it, so that a topic deleted and created again under the same
+// name has another, though its name, partitions and offsets may all look
+// the same.
+type TopicIdentifier interface {
+	// TopicID returns topic's id; a cluster that keeps no topic ids (Kafka
+	// before 2.8) gives the zero id. A topic that does not exist is an error
+	// wrapping ErrUnknownTopic; one the client may not describe, an error
+	// wrapping ErrNotAuthorized.
+	TopicID(ctx context.Context, topic string) ([16]byte, error)
+}
+
 // BatchBounder is implemented by clients whose transactional producers
 // batch records up to one size for every topic (librdkafka's batch.size),
 // not up to each topic's max.message.bytes. Kafka refuses a whole batch

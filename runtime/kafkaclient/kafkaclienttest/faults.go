@@ -289,6 +289,34 @@ func testTopicRecreated(t *testing.T, f Factory) {
 	}
 }
 
+// testTopicIDChangesWhenRecreated: a client that looks up topic ids
+// (kafkaclient.TopicIdentifier) gives a topic the same non-zero id at each
+// look, another once the topic was deleted and created again, and
+// ErrUnknownTopic for a topic that does not exist.
+func testTopicIDChangesWhenRecreated(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{})
+	ti, ok := e.client.(kafkaclient.TopicIdentifier)
+	if !ok {
+		t.Fatalf("%T does not look up topic ids (kafkaclient.TopicIdentifier)", e.client)
+	}
+	topic := e.createTopic(t, "topicid", 1)
+	ctx := ctxT(t, 60*time.Second)
+	first, err := ti.TopicID(ctx, topic)
+	if err != nil || first == ([16]byte{}) {
+		t.Fatalf("TopicID of a topic just created: %x, %v; want a non-zero id", first, err)
+	}
+	if again, err := ti.TopicID(ctx, topic); err != nil || again != first {
+		t.Fatalf("TopicID again: %x, %v; want %x", again, err, first)
+	}
+	e.recreateTopic(t, ctx, topic)
+	if next, err := ti.TopicID(ctx, topic); err != nil || next == first || next == ([16]byte{}) {
+		t.Fatalf("TopicID after the topic was deleted and created again: %x, %v; want a non-zero id other than %x", next, err, first)
+	}
+	if _, err := ti.TopicID(ctx, unique("missing-")); !errors.Is(err, kafkaclient.ErrUnknownTopic) {
+		t.Fatalf("TopicID of a missing topic: %v; want ErrUnknownTopic", err)
+	}
+}
+
 // recreateTopic deletes topic and creates it again (one partition).
 func (e *env) recreateTopic(t *testing.T, ctx context.Context, topic string) {
 	t.Helper()

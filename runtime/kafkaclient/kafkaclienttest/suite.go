@@ -61,6 +61,7 @@ func Run(t *testing.T, f Factory) {
 		{"TopicMaxMessageBytes", testTopicMaxMessageBytes},
 		{"SmallRecordsToLimitedTopic", testSmallRecordsToLimitedTopic},
 		{"TopicRecreated", testTopicRecreated},
+		{"TopicIDChangesWhenRecreated", testTopicIDChangesWhenRecreated},
 		{"GroupTopicRecreated", testGroupTopicRecreated},
 	}
 	for _, tc := range tests {
