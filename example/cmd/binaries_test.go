@@ -756,7 +756,9 @@ func TestEchoCall(t *testing.T) {
 // it connects to Kafka, with exit status 2 (as its doc says of bad flags), a
 // message naming the flag and nothing on stdout: not a Kafka error after a
 // dial, not a silent exit 0 (--count -1 printed nothing), and not a value
-// wrapped into int32 (--fail-code 4294967301 failed the call NOT_FOUND).
+// wrapped into int32 (--fail-code 4294967301 failed the call NOT_FOUND),
+// not a bad --last-event-id sent to the worker (it connected, then failed
+// "error INVALID_ARGUMENT: ... cannot resume", exit 1).
 // Nothing listens on the brokers' address: no case may need a broker.
 func TestEchoCallBadFlags(t *testing.T) {
 	for _, c := range []struct {
@@ -777,7 +779,9 @@ func TestEchoCallBadFlags(t *testing.T) {
 		{[]string{"--count", "2"}, "--count"},                  // EchoUnary has no events
 		{[]string{"--last-event-id", "AQ"}, "--last-event-id"}, // nor a resume
 		{[]string{"--method", "EchoEvents", "--message", "m"}, "--message"},
-		{[]string{"hello"}, "hello"}, // a message without --message
+		{[]string{"--method", "EchoEvents", "--last-event-id", "!!!"}, "--last-event-id"},  // not base64
+		{[]string{"--method", "EchoEvents", "--last-event-id", "AAAA"}, "--last-event-id"}, // no event id
+		{[]string{"hello"}, "hello"},                                                       // a message without --message
 	} {
 		badFlags(t, "echo-call", append([]string{"--brokers", "127.0.0.1:1", "--client", "franz"}, c.args...), c.flag)
 	}

@@ -20,7 +20,7 @@
 // after --count events (0: at --timeout or an interrupt, which then is no
 // error). A failed call prints "error CODE_NAME: MESSAGE" (for example
 // "error NOT_FOUND: x") and exits 1; bad flags exit 2, before connecting:
-// a value out of range, or a flag of EchoEvents (--last-event-id, --count)
+// a value out of range, an --last-event-id that is no event id, or a flag of EchoEvents (--last-event-id, --count)
 // with another method, or of the requests (--message, --repeat,
 // --delay-ms, --fail-code) with EchoEvents.
 package main
@@ -65,7 +65,7 @@ func main() {
 	// error (exit 2), not a Kafka error after a dial, and no value is
 	// wrapped into the requests' int32 fields.
 	app.ParseFlags("echo-call", app.KafkaFlags(brokers, true), func() string {
-		return checkFlags(*method, *repeat, *delay, *failCode, *timeout, *count)
+		return checkFlags(*method, *repeat, *delay, *failCode, *timeout, *count, *lastEventID)
 	})
 	if len(messages) == 0 {
 		messages = []string{"hello"}
@@ -118,7 +118,7 @@ func main() {
 
 // checkFlags returns what is wrong with echo-call's own flags, or "" (the
 // check of app.ParseFlags, which checks arguments, --brokers and --client).
-func checkFlags(method string, repeat, delay, failCode int, timeout time.Duration, count int) string {
+func checkFlags(method string, repeat, delay, failCode int, timeout time.Duration, count int, lastEventID string) string {
 	switch {
 	case timeout <= 0:
 		return fmt.Sprintf("--timeout %s: want a positive duration", timeout)
@@ -142,6 +142,11 @@ func checkFlags(method string, repeat, delay, failCode int, timeout time.Duratio
 		for _, f := range []string{"message", "repeat", "delay-ms", "fail-code"} {
 			if app.IsFlagSet(f) {
 				return fmt.Sprintf("--%s does not apply to --method EchoEvents, which sends no request message", f)
+			}
+		}
+		if lastEventID != "" { // empty: no resume, as if unset
+			if _, err := wire.ParseEventID(lastEventID); err != nil {
+				return fmt.Sprintf("--last-event-id %q: want an event id echo-call printed: %v", lastEventID, err)
 			}
 		}
 	default:
