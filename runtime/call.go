@@ -190,7 +190,11 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 	}
 	c.openContext(rec, env, md, now, deadline, cause)
 	c.sent.retry.until = deadline
-	c.keepReplies = id != "" && len(md.Get(wire.IdempotencyKeyMetadata)) > 0
+	// An empty key is none: the gateway gave the call a fresh correlation
+	// id, so no retry can find its outcome, which would only take room
+	// from the outcomes of real keys.
+	keys := md.Get(wire.IdempotencyKeyMetadata)
+	c.keepReplies = id != "" && len(keys) > 0 && keys[0] != ""
 	if w.admit(c, rec, env, true) {
 		c.abort()
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 )
 
 // advStream is a server-streaming handler whose behaviour depends on the
@@ -345,5 +346,30 @@ func TestKeyedAdvCancelThenRetrySameConn(t *testing.T) {
 		if got, err := advDrain(s); err != nil || len(got) != 2 || got[0] != 10 || got[1] != 11 {
 			t.Fatalf("%s: retry right after the cancel got %v, %v; want the second run's [10 11] and OK", m, got, err)
 		}
+	}
+}
+
+// A call whose idempotency-key metadata is empty has no key: the gateway
+// gives it a fresh correlation id, so no retry can ever find its outcome,
+// and the worker must not store it. Stored, such outcomes (a client that
+// always sends the header, empty when it has no key) fill the byte bound
+// and push out the outcomes of real keys, whose retries then run again.
+func TestKeyedAdvEmptyKeyOutcomesNotStored(t *testing.T) {
+	impl := &advStream{}
+	e := setup(t, impl, runtime.WorkerIdempotencyWindow(10*time.Minute, 4<<10))
+	c := e.conn(t)
+	if r, err := c.EchoUnary(advKeyed(t, "adv-real"), &echov1.EchoRequest{Message: "real"}); err != nil || r.GetIndex() != 1 {
+		t.Fatalf("keyed call: %v, %v", r, err)
+	}
+	for i := range 100 {
+		if _, err := c.EchoUnary(advKeyed(t, ""), &echov1.EchoRequest{Message: strings.Repeat("e", 64)}); err != nil {
+			t.Fatalf("call %d with an empty key: %v", i, err)
+		}
+	}
+	if r, err := c.EchoUnary(advKeyed(t, "adv-real"), &echov1.EchoRequest{Message: "real"}); err != nil || r.GetIndex() != 1 {
+		t.Fatalf("retry of the keyed call: %v, %v; want the stored response (index 1)", r, err)
+	}
+	if n := impl.count("real"); n != 1 {
+		t.Fatalf("handler ran %d times for key adv-real, want 1: calls with an empty key pushed its outcome out", n)
 	}
 }

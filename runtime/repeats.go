@@ -485,13 +485,13 @@ func (w *Worker) joinRerun(id string, rest []waiter) bool {
 }
 
 // rerunMethod returns the method to run a waiter's request again with, or
-// nil when it is not to run again: it carries no idempotency key (a
-// repeated record, not a retry), or is not one message (a client stream's
+// nil when it is not to run again: it carries no idempotency key, or an
+// empty one (a repeated record, not a retry), or is not one message (a client stream's
 // other records were skipped), or arrived before the call was ending and
 // carries no attempt id: its gateway, which cannot tell attempts apart,
 // already took the call's own end for it.
 func (w *Worker) rerunMethod(d *waiter) *workerMethod {
-	if (!d.late && d.env.Attempt == nil) || d.env.IdempotencyKey == nil {
+	if (!d.late && d.env.Attempt == nil) || len(d.env.IdempotencyKey) == 0 {
 		return nil
 	}
 	wm := w.lookup(d.env.Service, d.env.Method)
