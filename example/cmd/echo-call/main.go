@@ -20,7 +20,8 @@
 // after --count events (0: at --timeout or an interrupt, which then is no
 // error). A failed call prints "error CODE_NAME: MESSAGE" (for example
 // "error NOT_FOUND: x") and exits 1; bad flags exit 2, before connecting:
-// a value out of range, an --last-event-id that is no event id, or a flag of EchoEvents (--last-event-id, --count)
+// a value out of range, a --last-event-id that is no event id, or a flag
+// of EchoEvents (--last-event-id, --count)
 // with another method, or of the requests (--message, --repeat,
 // --delay-ms, --fail-code) with EchoEvents.
 package main
