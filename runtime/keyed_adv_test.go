@@ -183,7 +183,6 @@ func TestKeyedAdvOddKeys(t *testing.T) {
 // release, then sends index 1; it counts its runs.
 type advRunning struct {
 	counting
-	started chan struct{}
 	release chan struct{}
 }
 
