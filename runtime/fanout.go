@@ -233,12 +233,10 @@ type fanoutHub struct {
 	whole   []bool        // per partition: the window starts at the earliest record retained when the hub started reading it
 	wake    chan struct{} // closed (and replaced) when records arrive or the hub ends
 	closed  bool
-	// ended says why the hub ended before the gateway closed (its topic's
-	// log restarted: see checkRestart; or Kafka refused to let the
-	// gateway read it: denied); its callers are told.
+	// ended says why the hub ended before the gateway closed, and endCode
+	// the code its callers are told it with (endHub).
 	ended   string
-	denied  bool // ended because the gateway may not read the topic: PERMISSION_DENIED
-	deleted bool // ended because the topic no longer exists: NOT_FOUND
+	endCode codes.Code
 
 	cancel      context.CancelFunc // ends run
 	lastRecheck time.Time          // of checkRestart; run's own
@@ -376,13 +374,7 @@ func (h *fanoutHub) run(ctx context.Context) {
 		if notAuthorized(err) {
 			// Its callers would wait for records forever: end them
 			// PERMISSION_DENIED; the topic's next caller starts a new hub.
-			h.mu.Lock()
-			if h.ended == "" {
-				h.ended = fmt.Sprintf("fetch topic %q: the gateway may not read it: %v", h.topic, err)
-				h.denied = true
-			}
-			h.mu.Unlock()
-			h.cancel()
+			h.endHub(codes.PermissionDenied, fmt.Sprintf("fetch topic %q: the gateway may not read it: %v", h.topic, err), "")
 		}
 	}, func(recs []*kafkaclient.Record) {
 		if back := h.append(recs); back != nil {
@@ -423,14 +415,7 @@ func (h *fanoutHub) addPartitions(ctx context.Context) error {
 		// checkRestart's.
 		h.missingLooks++
 		if h.missingLooks >= 2 {
-			h.mu.Lock()
-			if h.ended == "" {
-				h.ended = fmt.Sprintf("fetch topic %q was deleted: %v", h.topic, err)
-				h.deleted = true
-			}
-			h.mu.Unlock()
-			g.cfg.logger.Warn("kafkarpc: fetch hub ends: its topic was deleted", "topic", h.topic)
-			h.cancel()
+			h.endHub(codes.NotFound, fmt.Sprintf("fetch topic %q was deleted: %v", h.topic, err), "kafkarpc: fetch hub ends: its topic was deleted")
 		}
 		return err
 	}
@@ -510,26 +495,35 @@ func (h *fanoutHub) checkRestart(ctx context.Context, back *kafkaclient.Record) 
 		g.cfg.logger.Warn("kafkarpc: fetch topic: looking up an end offset", "topic", h.topic, "partition", back.Partition, "error", err)
 		return
 	}
-	h.mu.Lock()
+	h.mu.RLock()
 	read := h.hi[h.index[back.Partition]]
-	if end[back.Partition] >= read {
-		h.mu.Unlock()
-		return
+	h.mu.RUnlock()
+	if end[back.Partition] < read {
+		h.restarted(back.Partition, end[back.Partition], read)
 	}
-	h.restartedLocked(back.Partition, end[back.Partition], read)
-	h.mu.Unlock()
-	h.cancel()
 }
 
-// restartedLocked records that the hub ends because partition p of its
-// topic now ends at end, before offset read the hub had read (see
-// checkRestart), with the hub's lock held; the caller then cancels the hub.
-func (h *fanoutHub) restartedLocked(p int32, end, read int64) {
+// restarted ends the hub because partition p of its topic now ends at end,
+// before offset read the hub had read (see checkRestart).
+func (h *fanoutHub) restarted(p int32, end, read int64) {
+	h.endHub(codes.Unavailable, fmt.Sprintf("fetch topic %q was deleted and created again, or its records deleted: partition %d now ends at offset %d, before offset %d this gateway had read; "+
+		"event ids from before name records that no longer exist: start again without one", h.topic, p, end, read),
+		"kafkarpc: fetch hub ends: its topic's log restarted", "partition", p, "end", end, "read", read)
+}
+
+// endHub ends the hub, unless it ended already, its callers told code and
+// why (fetchCall.hubClosedLocked: UNAVAILABLE is a restarted log), logs msg
+// (if not empty) with args, and cancels the hub.
+func (h *fanoutHub) endHub(code codes.Code, why, msg string, args ...any) {
+	h.mu.Lock()
 	if h.ended == "" {
-		h.ended = fmt.Sprintf("fetch topic %q was deleted and created again, or its records deleted: partition %d now ends at offset %d, before offset %d this gateway had read; "+
-			"event ids from before name records that no longer exist: start again without one", h.topic, p, end, read)
+		h.ended, h.endCode = why, code
 	}
-	h.f.g.cfg.logger.Warn("kafkarpc: fetch hub ends: its topic's log restarted", "topic", h.topic, "partition", p, "end", end, "read", read)
+	h.mu.Unlock()
+	if msg != "" {
+		h.f.g.cfg.logger.Warn(msg, append([]any{"topic", h.topic}, args...)...)
+	}
+	h.cancel()
 }
 
 // topicID returns topic's id, or the zero id when the client does not
@@ -564,15 +558,9 @@ func (h *fanoutHub) checkID(ctx context.Context) bool {
 		h.id = id
 		return false
 	}
-	h.mu.Lock()
-	if h.ended == "" {
-		h.ended = fmt.Sprintf("fetch topic %q was deleted and created again (its topic id changed); "+
-			"event ids from before name records that no longer exist: start again without one", h.topic)
-	}
-	h.mu.Unlock()
-	h.f.g.cfg.logger.Warn("kafkarpc: fetch hub ends: its topic was deleted and created again", "topic", h.topic,
-		"id", fmt.Sprintf("%x", id), "was", fmt.Sprintf("%x", h.id))
-	h.cancel()
+	h.endHub(codes.Unavailable, fmt.Sprintf("fetch topic %q was deleted and created again (its topic id changed); "+
+		"event ids from before name records that no longer exist: start again without one", h.topic),
+		"kafkarpc: fetch hub ends: its topic was deleted and created again", "id", fmt.Sprintf("%x", id), "was", fmt.Sprintf("%x", h.id))
 	return true
 }
 
@@ -599,10 +587,7 @@ func (h *fanoutHub) checkEnds(ctx context.Context) (bool, error) {
 			if h.shortLooks++; h.shortLooks < 2 {
 				return false, nil
 			}
-			h.mu.Lock()
-			h.restartedLocked(p, e, read[i])
-			h.mu.Unlock()
-			h.cancel()
+			h.restarted(p, e, read[i])
 			return true, nil
 		}
 	}

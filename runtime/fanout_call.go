@@ -672,24 +672,22 @@ func (c *fetchCall) closed() error {
 // because its topic's log restarted (its ids are void: see checkRestart;
 // the status carries an ErrorInfo with wire.FetchRestartedReason, so that a
 // resuming client such as fetchclient starts again without an id).
-// A hub whose topic was deleted (addPartitions) ends its callers with
-// NOT_FOUND, as a fetch of a missing topic starts.
+// A hub that ended for another reason (endHub: its topic deleted,
+// NOT_FOUND as a fetch of a missing topic starts; or unreadable,
+// PERMISSION_DENIED) ends its callers with that code.
 // Called with the hub's lock held.
 func (c *fetchCall) hubClosedLocked() error {
-	if c.hub.denied {
-		return status.Errorf(codes.PermissionDenied, "%s: %s", c.m.FullMethod(), c.hub.ended)
+	switch {
+	case c.hub.ended == "":
+		return c.closed()
+	case c.hub.endCode != codes.Unavailable:
+		return status.Errorf(c.hub.endCode, "%s: %s", c.m.FullMethod(), c.hub.ended)
 	}
-	if c.hub.deleted {
-		return status.Errorf(codes.NotFound, "%s: %s", c.m.FullMethod(), c.hub.ended)
+	st := status.Newf(codes.Unavailable, "%s: %s", c.m.FullMethod(), c.hub.ended)
+	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: wire.FetchRestartedReason, Domain: wire.ErrorDomain}); err == nil {
+		st = d
 	}
-	if c.hub.ended != "" {
-		st := status.Newf(codes.Unavailable, "%s: %s", c.m.FullMethod(), c.hub.ended)
-		if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: wire.FetchRestartedReason, Domain: wire.ErrorDomain}); err == nil {
-			st = d
-		}
-		return st.Err()
-	}
-	return c.closed()
+	return st.Err()
 }
 
 // laggard ends a caller that fell too far behind.

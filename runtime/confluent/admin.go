@@ -439,20 +439,30 @@ func (c *Client) TopicID(ctx context.Context, topic string) ([16]byte, error) {
 			return fmt.Errorf("confluent: description of %s: %d results", topic, len(res.TopicDescriptions))
 		}
 		d := res.TopicDescriptions[0]
-		switch code := d.Error.Code(); code {
-		case kafka.ErrNoError:
-		case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic:
-			return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
-		case kafka.ErrTopicAuthorizationFailed:
-			return fmt.Errorf("confluent: description of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, d.Error)
-		default:
-			return fmt.Errorf("confluent: description of %s: %w", topic, d.Error)
+		if err := topicResultErr("description", topic, d.Error); err != nil {
+			return err
 		}
 		binary.BigEndian.PutUint64(id[:8], uint64(d.TopicID.GetMostSignificantBits()))
 		binary.BigEndian.PutUint64(id[8:], uint64(d.TopicID.GetLeastSignificantBits()))
 		return nil
 	})
 	return id, err
+}
+
+// topicResultErr returns the error of an admin result e about topic (what
+// names the result: "description", "configuration"), or nil: a missing
+// topic wraps kafkaclient.ErrUnknownTopic, a refused one
+// kafkaclient.ErrNotAuthorized.
+func topicResultErr(what, topic string, e kafka.Error) error {
+	switch e.Code() {
+	case kafka.ErrNoError:
+		return nil
+	case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic:
+		return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+	case kafka.ErrTopicAuthorizationFailed:
+		return fmt.Errorf("confluent: %s of %s: %w (%w)", what, topic, kafkaclient.ErrNotAuthorized, e)
+	}
+	return fmt.Errorf("confluent: %s of %s: %w", what, topic, e)
 }
 
 // TopicMaxMessageBytes returns topic's max.message.bytes, as the cluster
@@ -474,14 +484,8 @@ func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, e
 		if len(res) != 1 {
 			return fmt.Errorf("confluent: configuration of %s: %d results", topic, len(res))
 		}
-		switch code := res[0].Error.Code(); code {
-		case kafka.ErrNoError:
-		case kafka.ErrUnknownTopicOrPart, kafka.ErrUnknownTopic:
-			return fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
-		case kafka.ErrTopicAuthorizationFailed:
-			return fmt.Errorf("confluent: configuration of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, res[0].Error)
-		default:
-			return fmt.Errorf("confluent: configuration of %s: %w", topic, res[0].Error)
+		if err := topicResultErr("configuration", topic, res[0].Error); err != nil {
+			return err
 		}
 		// Kafka answers the topic's max.message.bytes with the value in
 		// force (the topic's own, else the broker's message.max.bytes,
