@@ -63,8 +63,10 @@ type proxyConfig struct {
 // (first, doubling up to max, with full jitter) until the call's deadline, or
 // for d when the caller set no deadline. d <= 0 turns the retries off: the
 // proxy cannot tell a refused call from a handler that ran and returned
-// UNAVAILABLE before sending anything, which a retry runs again. Defaults:
-// d 30 s, first 50 ms, max 2 s.
+// UNAVAILABLE before sending anything, which a retry runs again. With
+// d > 0, first and max must be positive (RegisterProxy refuses them
+// otherwise: a back-off of zero would retry without pause). Defaults: d
+// 30 s, first 50 ms, max 2 s.
 func ProxyRetry(d, first, max time.Duration) ProxyOption {
 	return proxyOptionFunc(func(c *proxyConfig) { c.retryFor, c.firstBackoff, c.maxBackoff = d, first, max })
 }
@@ -86,6 +88,10 @@ func (w *Worker) RegisterProxy(cc grpc.ClientConnInterface, topics []string, opt
 	cfg := proxyConfig{retryFor: 30 * time.Second, firstBackoff: 50 * time.Millisecond, maxBackoff: 2 * time.Second}
 	for _, o := range opts {
 		o.applyProxy(&cfg)
+	}
+	if cfg.retryFor > 0 && (cfg.firstBackoff <= 0 || cfg.maxBackoff <= 0) {
+		return fmt.Errorf("kafkarpc: ProxyRetry(%v, %v, %v): with retries on, the first and the longest back-off must be positive",
+			cfg.retryFor, cfg.firstBackoff, cfg.maxBackoff)
 	}
 	w.regMu.Lock()
 	defer w.regMu.Unlock()

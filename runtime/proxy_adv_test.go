@@ -1,0 +1,131 @@
+package runtime_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
+)
+
+// heldUnaryTarget is a proxy target whose unary handler, for the request
+// message "hold", says it started and waits for release, then fails
+// ABORTED (an outcome the worker does not store for the key); any other
+// request is echoed. runs counts the handler's runs by request message.
+type heldUnaryTarget struct {
+	started chan struct{}
+	release chan struct{}
+	mu      sync.Mutex
+	runs    map[string]int
+}
+
+func newHeldUnaryTarget() *heldUnaryTarget {
+	return &heldUnaryTarget{started: make(chan struct{}, 1), release: make(chan struct{}), runs: map[string]int{}}
+}
+
+func (h *heldUnaryTarget) unary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	h.mu.Lock()
+	h.runs[req.GetMessage()]++
+	h.mu.Unlock()
+	if req.GetMessage() != "hold" {
+		return &echov1.EchoResponse{Message: req.GetMessage()}, nil
+	}
+	h.started <- struct{}{}
+	select {
+	case <-h.release:
+		return nil, status.Error(codes.Aborted, "held call given up")
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+func (h *heldUnaryTarget) count(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.runs[msg]
+}
+
+// TestProxyAdvKeyedRetryOfFailedCallRunsAgain: a keyed unary call through
+// the proxy (attempt a1) runs at the target, and a retry with the same
+// idempotency key (attempt a2, from a second gateway or a caller that gave
+// up on a1) arrives while a1 runs, so it waits for a1's outcome. a1 ends
+// ABORTED, an outcome the worker does not store: a2 must run again at the
+// target and get its answer, as it does with a generated worker
+// (TestRetriesWaitingForFailedAttemptShareOneRerun). The proxy's methods
+// are all relayed as bidi streams, and the worker re-ran no waiter of a
+// method with a client stream: a2 was answered ABORTED "retry it" without
+// reaching the target.
+func TestProxyAdvKeyedRetryOfFailedCallRunsAgain(t *testing.T) {
+	h := newHeldUnaryTarget()
+	addr := listenTarget(t, &scriptedTarget{unary: h.unary})
+	e := setupProxy(t, addr)
+	t.Cleanup(func() {
+		select {
+		case <-h.release:
+		default:
+			close(h.release)
+		}
+	})
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	const key = "proxy-keyed-rerun"
+	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoUnary", e.topic("echo-responses"))
+	sendAttempt(t, e, "EchoUnary", id, key, "a1", "hold")
+	sendAttempt(t, e, "EchoUnary", id, key, "a1", "")
+	select {
+	case <-h.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the target did not get the first attempt within 30 s")
+	}
+	sendAttempt(t, e, "EchoUnary", id, key, "a2", "again")
+	sendAttempt(t, e, "EchoUnary", id, key, "a2", "")
+	awaitWorkerRead(t, e, id) // a2 waits for a1's outcome
+	close(h.release)
+	got := awaitEndWithin(replies, id, "a1", 30*time.Second)
+	if got == nil || header(got[len(got)-1], "zilla:status") != "10" {
+		t.Fatalf("the first attempt did not end ABORTED within 30 s (%d records)", len(got))
+	}
+	awaitEchoAnswer(t, replies, id, "a2", "again")
+	if n := h.count("again"); n != 1 {
+		t.Fatalf("the target ran the retry %d times, want once", n)
+	}
+}
+
+// TestProxyAdvRetryBackOffMustBePositive: ProxyRetry with retries on (d >
+// 0) and a back-off that is not positive is refused by RegisterProxy. A
+// negative first back-off made every retry panic in rand.Int64N (the
+// caller got INTERNAL "handler panicked"); a zero first or max back-off
+// retried in a busy loop, without any pause, for up to d.
+func TestProxyAdvRetryBackOffMustBePositive(t *testing.T) {
+	cc, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	for _, c := range []struct {
+		name        string
+		first, max  time.Duration
+		d           time.Duration
+		wantRefused bool
+	}{
+		{"negative first", -time.Millisecond, time.Second, 30 * time.Second, true},
+		{"zero first", 0, time.Second, 30 * time.Second, true},
+		{"zero max", 50 * time.Millisecond, 0, 30 * time.Second, true},
+		{"max below first", 100 * time.Millisecond, 10 * time.Millisecond, 30 * time.Second, false},
+		{"retries off", 0, 0, 0, false},
+		{"defaults-like", 50 * time.Millisecond, 2 * time.Second, 30 * time.Second, false},
+	} {
+		w := runtime.NewWorker(nil)
+		err := w.RegisterProxy(cc, []string{"echo-requests"}, runtime.ProxyRetry(c.d, c.first, c.max))
+		if refused := err != nil; refused != c.wantRefused {
+			t.Errorf("%s: RegisterProxy with ProxyRetry(%v, %v, %v) = %v, want refused: %v", c.name, c.d, c.first, c.max, err, c.wantRefused)
+		}
+	}
+}
