@@ -100,6 +100,9 @@ func (w *Worker) routeKnown(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 		return false, c, nil, nil
 	}
 	if w.repeats.skipDuplicate(id, env.Attempt, end) {
+		if c != nil {
+			w.repeats.noteSkipped(c, env)
+		}
 		return true, nil, nil, nil
 	}
 	if c != nil {

@@ -125,7 +125,8 @@ type proxy struct {
 func (p *proxy) method(service, method string) *workerMethod {
 	spec := &MethodSpec{Service: service, Method: method, Kind: KindBidiStream}
 	return &workerMethod{
-		spec: spec,
+		spec:    spec,
+		proxied: true,
 		stream: &grpc.StreamDesc{
 			StreamName:    method,
 			ServerStreams: true,

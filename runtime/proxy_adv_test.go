@@ -2,6 +2,8 @@ package runtime_test
 
 import (
 	"context"
+	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -127,5 +129,84 @@ func TestProxyAdvRetryBackOffMustBePositive(t *testing.T) {
 		if refused := err != nil; refused != c.wantRefused {
 			t.Errorf("%s: RegisterProxy with ProxyRetry(%v, %v, %v) = %v, want refused: %v", c.name, c.d, c.first, c.max, err, c.wantRefused)
 		}
+	}
+}
+
+// TestProxyAdvKeyedRetryOfStreamIsNotTruncated: as
+// TestProxyAdvKeyedRetryOfFailedCallRunsAgain, but the retry is a stream of
+// two messages. The worker skips a waiting attempt's records after its
+// first and cannot tell a proxied method's kind, so it must not run the
+// retry again with its first message alone (the target would take a
+// truncated stream for the whole request): it answers ABORTED, for the
+// caller to retry once more, as it does for a generated worker's client
+// stream.
+func TestProxyAdvKeyedRetryOfStreamIsNotTruncated(t *testing.T) {
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	var mu sync.Mutex
+	var served [][]string // the requests of every call served to its end
+	addr := listenTarget(t, &scriptedTarget{bidi: func(s grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+		var got []string
+		for {
+			req, err := s.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if req.GetMessage() == "hold" {
+				started <- struct{}{}
+				select {
+				case <-release:
+					return status.Error(codes.Aborted, "held call given up")
+				case <-s.Context().Done():
+					return s.Context().Err()
+				}
+			}
+			got = append(got, req.GetMessage())
+		}
+		mu.Lock()
+		served = append(served, got)
+		mu.Unlock()
+		return s.Send(&echov1.EchoResponse{Message: strings.Join(got, ",")})
+	}})
+	e := setupProxy(t, addr)
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	const key = "proxy-keyed-stream"
+	id := wire.CorrelationID(wire.DefaultNames(), key, echoService, "EchoBidiStream", e.topic("echo-responses"))
+	sendAttempt(t, e, "EchoBidiStream", id, key, "a1", "hold")
+	sendAttempt(t, e, "EchoBidiStream", id, key, "a1", "")
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the target did not get the first attempt within 30 s")
+	}
+	sendAttempt(t, e, "EchoBidiStream", id, key, "a2", "m0")
+	sendAttempt(t, e, "EchoBidiStream", id, key, "a2", "m1")
+	sendAttempt(t, e, "EchoBidiStream", id, key, "a2", "")
+	awaitWorkerRead(t, e, id)
+	close(release)
+	got := awaitEndWithin(replies, id, "a2", 30*time.Second)
+	if got == nil {
+		t.Fatal("no answer to the retry within 30 s")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, s := range served {
+		if len(s) == 1 && s[0] == "m0" {
+			t.Fatalf("the target served the retry with its first message alone (%q): a truncated stream", s)
+		}
+	}
+	if st := header(got[len(got)-1], "zilla:status"); st != "10" && (st != "0" || len(served) != 1 || strings.Join(served[0], ",") != "m0,m1") {
+		t.Fatalf("the retry ended with status %s (%s), served %q; want ABORTED, or the whole stream served",
+			st, header(got[len(got)-1], "zilla:message"), served)
 	}
 }

@@ -65,6 +65,12 @@ type waiter struct {
 	env  wire.Envelope // rec's headers, decoded once by the dispatcher
 	pt   *partTrack
 	late bool // arrived once the call was ending: after its caller could have seen the outcome
+	// ended: the attempt's end-of-stream record was read (rec itself, for
+	// an empty client stream); more: a data record after rec was, or the
+	// end was a cancel. Of a proxied method, whose kind the worker does
+	// not know, a waiter is run again only when its request was rec alone
+	// and complete (ended, not more): see rerunMethod.
+	ended, more bool
 }
 
 // sameAttempt reports whether attempt ids a and b may name the same attempt:
@@ -136,10 +142,26 @@ func (r *repeats) skipTrailing(id []byte, attempt []byte, end bool) bool {
 // rest of its records are skipped (none follow an end-of-stream record: the
 // whole request of an empty client stream).
 func (r *repeats) wait(c *call, rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) {
-	r.waiters[c] = append(r.waiters[c], waiter{rec: rec, env: *env, pt: pt, late: c.ending.Load()})
+	r.waiters[c] = append(r.waiters[c], waiter{rec: rec, env: *env, pt: pt, late: c.ending.Load(), ended: env.EndOfStream})
 	pt.begin(rec.Offset)
 	if !env.EndOfStream && !r.skipping(c.id, env.Attempt) {
 		r.dupes[c.id] = append(r.dupes[c.id], env.Attempt)
+	}
+}
+
+// noteSkipped notes, on the attempt's waiter for c, a record of that
+// attempt skipped as a duplicate's: its end (end, a cancel counting as
+// more) or another data record.
+func (r *repeats) noteSkipped(c *call, env *wire.Envelope) {
+	ws := r.waiters[c]
+	for i := range ws {
+		if d := &ws[i]; !d.ended && sameAttempt(d.env.Attempt, env.Attempt) {
+			if !env.EndOfStream || env.Cancel() {
+				d.more = true
+			}
+			d.ended = d.ended || env.EndOfStream
+			return
+		}
 	}
 }
 
@@ -487,7 +509,8 @@ func (w *Worker) joinRerun(id string, rest []waiter) bool {
 // rerunMethod returns the method to run a waiter's request again with, or
 // nil when it is not to run again: it carries no idempotency key, or an
 // empty one (a repeated record, not a retry), or is not one message (a client stream's
-// other records were skipped), or arrived before the call was ending and
+// other records were skipped; of a proxied method, one not known to be a
+// single complete message), or arrived before the call was ending and
 // carries no attempt id: its gateway, which cannot tell attempts apart,
 // already took the call's own end for it.
 func (w *Worker) rerunMethod(d *waiter) *workerMethod {
@@ -495,7 +518,17 @@ func (w *Worker) rerunMethod(d *waiter) *workerMethod {
 		return nil
 	}
 	wm := w.lookup(d.env.Service, d.env.Method)
-	if wm == nil || wm.spec.Kind.clientStreams() {
+	switch {
+	case wm == nil:
+		return nil
+	case wm.proxied:
+		// Its kind is not known: run again only a request that is one
+		// message (or none) and complete, which any kind takes as its
+		// whole input.
+		if !d.ended || d.more {
+			return nil
+		}
+	case wm.spec.Kind.clientStreams():
 		return nil
 	}
 	return wm

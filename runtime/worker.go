@@ -100,6 +100,9 @@ type workerMethod struct {
 	impl   any
 	unary  *grpc.MethodDesc
 	stream *grpc.StreamDesc
+	// proxied: a method RegisterProxy forwards, whose kind the worker
+	// does not know (spec.Kind says bidi, which carries all four kinds).
+	proxied bool
 
 	tel        *methodTelemetry // nil for proxied methods until their first call
 	handleName string           // "handle /service/method"
