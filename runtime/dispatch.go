@@ -329,9 +329,17 @@ func (w *Worker) resolve(rec *kafkaclient.Record, env *wire.Envelope) (*workerMe
 // request is a whole call in one record. The records of a oneway client
 // stream carry nothing to group them by: they are for other consumers of
 // the topic, not for a worker; they and anything else without an id are
-// skipped.
+// skipped. A proxied method's kind is not known, nor its routes: the proxy
+// forwards each of its records that carries a message as a call of that
+// one message (a oneway unary call whole; of a oneway client stream, each
+// message a call of its own).
 func (w *Worker) routeOneway(rec *kafkaclient.Record, env *wire.Envelope, pt *partTrack) {
-	if wm := w.lookup(env.Service, env.Method); wm != nil && wm.spec.Kind == KindUnary && w.onewayRoute(wm.spec, rec.Topic) {
+	switch wm := w.lookup(env.Service, env.Method); {
+	case wm == nil:
+	case wm.proxied && rec.Value != nil:
+		w.startCall(rec, env, pt, "", wm, true)
+		return
+	case wm.spec.Kind == KindUnary && w.onewayRoute(wm.spec, rec.Topic):
 		w.startCall(rec, env, pt, "", wm, false)
 		return
 	}

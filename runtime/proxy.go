@@ -79,8 +79,12 @@ func ProxyRetry(d, first, max time.Duration) ProxyOption {
 // messages are relayed up to a record's limit (kafkaclient.MaxMessageBytes)
 // whatever cc's default call options. A target
 // that answers UNAVAILABLE before it accepted the call is retried (see
-// ProxyRetry); once it accepted the call, its status is final. Must be
-// called before Start.
+// ProxyRetry); once it accepted the call, its status is final. A oneway
+// request record (no correlation id) is forwarded as a call of its one
+// message, whose answer goes nowhere: the proxy cannot tell a oneway unary
+// call from one message of a oneway client stream, so each message of the
+// latter reaches the target as a call of its own. Must be called before
+// Start.
 func (w *Worker) RegisterProxy(cc grpc.ClientConnInterface, topics []string, opts ...ProxyOption) error {
 	if len(topics) == 0 {
 		return fmt.Errorf("kafkarpc: a proxy needs at least one request topic")

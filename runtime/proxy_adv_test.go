@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -12,9 +13,15 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient/kafkaclienttest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkarpctest"
+	keyedv1 "github.com/kafkarpc/protoc-gen-go-kafka/testdata/keyed/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
@@ -209,4 +216,64 @@ func TestProxyAdvKeyedRetryOfStreamIsNotTruncated(t *testing.T) {
 		t.Fatalf("the retry ended with status %s (%s), served %q; want ABORTED, or the whole stream served",
 			st, header(got[len(got)-1], "zilla:message"), served)
 	}
+}
+
+// recordTarget is a LedgerService target whose Record says it ran.
+type recordTarget struct {
+	keyedv1.UnimplementedLedgerServiceServer
+	got chan string
+}
+
+func (r *recordTarget) Record(_ context.Context, e *keyedv1.Entry) (*emptypb.Empty, error) {
+	r.got <- e.GetAccount().GetId()
+	return &emptypb.Empty{}, nil
+}
+
+// TestProxyAdvOnewayReachesTarget: a oneway call (a route without a reply
+// topic: the gateway answers the caller once Kafka has the request) to a
+// proxying worker reaches the target, as it reaches a generated worker's
+// implementation. The proxy skipped it as a record "without correlation
+// id": the caller was told OK and the target never got the call.
+func TestProxyAdvOnewayReachesTarget(t *testing.T) {
+	rt := &recordTarget{got: make(chan string, 4)}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	keyedv1.RegisterLedgerServiceServer(s, rt)
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	env := startLedgerWith(t, func(w *runtime.Worker) error {
+		return w.RegisterProxy(cc, []string{"ledger-records", "ledger-requests"})
+	})
+	ctx := ctxFor(t, 60*time.Second)
+	if _, err := keyedv1.NewLedgerServiceClient(env.Conn).Record(ctx, &keyedv1.Entry{Account: &keyedv1.Account{Id: "acct-1"}}); err != nil {
+		t.Fatalf("oneway call through the gateway: %v", err)
+	}
+	select {
+	case id := <-rt.got:
+		if id != "acct-1" {
+			t.Fatalf("target got %q", id)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the oneway call did not reach the proxy's target within 30 s (worker stats %+v)", env.Worker.Stats())
+	}
+}
+
+// startLedgerWith is startLedger with the worker registered by register.
+func startLedgerWith(t *testing.T, register func(*runtime.Worker) error) *kafkarpctest.Env {
+	t.Helper()
+	return kafkarpctest.Start(t, kafkarpctest.Service{
+		Spec:            keyedv1.LedgerServiceKafkaSpec,
+		RegisterGateway: keyedv1.RegisterLedgerServiceKafkaGateway,
+		RegisterWorker:  register,
+	}, kafkarpctest.WithClient(func(brokers string) (kafkaclient.Client, error) {
+		return kafkatest.Factory(kafkatest.ClientName()).New(brokers, kafkaclienttest.Config{Logger: kafkatest.Logger(t)})
+	}))
 }
