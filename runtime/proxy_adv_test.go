@@ -2,10 +2,12 @@ package runtime_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
@@ -276,4 +279,124 @@ func startLedgerWith(t *testing.T, register func(*runtime.Worker) error) *kafkar
 	}, kafkarpctest.WithClient(func(brokers string) (kafkaclient.Client, error) {
 		return kafkatest.Factory(kafkatest.ClientName()).New(brokers, kafkaclienttest.Config{Logger: kafkatest.Logger(t)})
 	}))
+}
+
+// TestProxyAdvManyConcurrentCalls runs 64 unary calls and 16 bidi streams
+// at once through the proxy: every caller gets its own answers, in order,
+// and nothing else.
+func TestProxyAdvManyConcurrentCalls(t *testing.T) {
+	e := setupProxy(t, listenTarget(t, &scriptedTarget{}))
+	ctx := ctxFor(t, 60*time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, 80)
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := fmt.Sprintf("unary-%d", i)
+			resp, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: msg})
+			if err != nil || resp.GetMessage() != msg {
+				errs <- fmt.Errorf("unary call %d = %v, %v; want its own message back", i, resp, err)
+			}
+		}()
+	}
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bs, err := e.echo.EchoBidiStream(ctx)
+			if err != nil {
+				errs <- fmt.Errorf("bidi %d: %v", i, err)
+				return
+			}
+			for j := range int32(5) {
+				msg := fmt.Sprintf("bidi-%d-%d", i, j)
+				if err := bs.Send(&echov1.EchoRequest{Message: msg}); err != nil {
+					errs <- fmt.Errorf("bidi %d send %d: %v", i, j, err)
+					return
+				}
+				r, err := bs.Recv()
+				if err != nil || r.GetMessage() != msg || r.GetIndex() != j {
+					errs <- fmt.Errorf("bidi %d reply %d = %v, %v; want %q index %d", i, j, r, err, msg, j)
+					return
+				}
+			}
+			_ = bs.CloseSend()
+			if _, err := bs.Recv(); err != io.EOF {
+				errs <- fmt.Errorf("bidi %d end = %v, want EOF", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestProxyAdvTargetGoesAwayMidStream: the target stops (its process
+// dies) once the caller received the first two messages of a server
+// stream. The caller then gets UNAVAILABLE, as it does calling the target
+// directly; the proxy does not run the call again, the target having taken
+// it.
+func TestProxyAdvTargetGoesAwayMidStream(t *testing.T) {
+	for _, via := range []string{"direct", "proxy"} {
+		t.Run(via, func(t *testing.T) {
+			var runs atomic.Int32
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := grpc.NewServer()
+			echov1.RegisterEchoServiceServer(s, &serverStreamTarget{fn: func(req *echov1.EchoRequest, ss grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+				runs.Add(1)
+				for i := range int32(2) {
+					if err := ss.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: i}); err != nil {
+						return err
+					}
+				}
+				<-ss.Context().Done()
+				return ss.Context().Err()
+			}})
+			go func() { _ = s.Serve(lis) }()
+			t.Cleanup(s.Stop)
+			var client echov1.EchoServiceClient
+			if via == "direct" {
+				cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = cc.Close() })
+				client = echov1.NewEchoServiceClient(cc)
+			} else {
+				client = setupProxy(t, lis.Addr().String()).echo
+			}
+			stream, err := client.EchoServerStream(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "m"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range int32(2) {
+				if r, err := stream.Recv(); err != nil || r.GetIndex() != i {
+					t.Fatalf("%s: message %d = %v, %v", via, i, r, err)
+				}
+			}
+			s.Stop() // closes the connections: the target is gone
+			if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+				t.Fatalf("%s: after the target went away the caller got %v, want UNAVAILABLE", via, err)
+			}
+			if n := runs.Load(); n != 1 {
+				t.Fatalf("%s: the target ran the call %d times, want once", via, n)
+			}
+		})
+	}
+}
+
+// serverStreamTarget serves EchoServerStream with fn.
+type serverStreamTarget struct {
+	echoserver.Server
+	fn func(*echov1.EchoRequest, grpc.ServerStreamingServer[echov1.EchoResponse]) error
+}
+
+func (s *serverStreamTarget) EchoServerStream(req *echov1.EchoRequest, ss grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	return s.fn(req, ss)
 }
