@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -399,4 +400,57 @@ type serverStreamTarget struct {
 
 func (s *serverStreamTarget) EchoServerStream(req *echov1.EchoRequest, ss grpc.ServerStreamingServer[echov1.EchoResponse]) error {
 	return s.fn(req, ss)
+}
+
+// TestProxyAdvKeyedRepeatRunsTargetOnce: a keyed call through the proxy
+// repeated with the same idempotency key after it ended is answered from
+// the worker's stored outcome, response headers and trailers included:
+// the target runs it once. A failure the worker does not store
+// (UNAVAILABLE after the target sent its headers, which the proxy does not
+// retry) is not replayed: the repeat runs at the target again.
+func TestProxyAdvKeyedRepeatRunsTargetOnce(t *testing.T) {
+	var mu sync.Mutex
+	runs := map[string]int{}
+	addr := listenTarget(t, &scriptedTarget{unary: func(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+		mu.Lock()
+		runs[req.GetMessage()]++
+		n := runs[req.GetMessage()]
+		mu.Unlock()
+		if err := grpc.SendHeader(ctx, metadata.Pairs("x-run", fmt.Sprint(n))); err != nil {
+			return nil, err
+		}
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("x-trailer-run", fmt.Sprint(n)))
+		if req.GetMessage() == "flaky" && n == 1 {
+			return nil, status.Error(codes.Unavailable, "try again")
+		}
+		return &echov1.EchoResponse{Message: req.GetMessage()}, nil
+	}})
+	e := setupProxy(t, addr)
+	ctx := ctxFor(t, 60*time.Second)
+	call := func(key, msg string) (string, string, error) {
+		var hdr, trl metadata.MD
+		resp, err := e.echo.EchoUnary(metadata.AppendToOutgoingContext(ctx, "idempotency-key", key), &echov1.EchoRequest{Message: msg},
+			grpc.Header(&hdr), grpc.Trailer(&trl))
+		if err == nil && resp.GetMessage() != msg {
+			err = fmt.Errorf("response %q, want %q", resp.GetMessage(), msg)
+		}
+		return strings.Join(hdr.Get("x-run"), ","), strings.Join(trl.Get("x-trailer-run"), ","), err
+	}
+	for i := range 2 {
+		h, tr, err := call("stored-key", "stored")
+		if err != nil || h != "1" || tr != "1" {
+			t.Fatalf("keyed call %d: header x-run %q, trailer x-trailer-run %q, %v; want the first run's 1 and 1, OK", i, h, tr, err)
+		}
+	}
+	if _, _, err := call("flaky-key", "flaky"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("first flaky call = %v, want UNAVAILABLE", err)
+	}
+	if h, _, err := call("flaky-key", "flaky"); err != nil || h != "2" {
+		t.Fatalf("repeated flaky call: header x-run %q, %v; want a second run, OK", h, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if runs["stored"] != 1 || runs["flaky"] != 2 {
+		t.Fatalf("target runs %v, want stored once and flaky twice", runs)
+	}
 }
