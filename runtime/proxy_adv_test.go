@@ -2,6 +2,7 @@ package runtime_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -452,5 +453,49 @@ func TestProxyAdvKeyedRepeatRunsTargetOnce(t *testing.T) {
 	defer mu.Unlock()
 	if runs["stored"] != 1 || runs["flaky"] != 2 {
 		t.Fatalf("target runs %v, want stored once and flaky twice", runs)
+	}
+}
+
+// TestProxyAdvShutdownCancelsHungTargetCall: a proxied call whose target
+// handler never returns on its own does not hold Worker.Shutdown past its
+// context: Shutdown returns, and the target's handler sees its call
+// cancelled.
+func TestProxyAdvShutdownCancelsHungTargetCall(t *testing.T) {
+	started := make(chan struct{}, 1)
+	ended := make(chan error, 1)
+	addr := listenTarget(t, &scriptedTarget{unary: func(ctx context.Context, _ *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+		started <- struct{}{}
+		<-ctx.Done()
+		ended <- ctx.Err()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}})
+	e := setupProxy(t, addr)
+	callCtx, cancelCall := context.WithCancel(ctxFor(t, 60*time.Second))
+	defer cancelCall()
+	go func() { _, _ = e.echo.EchoUnary(callCtx, &echov1.EchoRequest{Message: "hang"}) }()
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the target did not get the call within 30 s")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- e.worker.Shutdown(ctx) }()
+	select {
+	case err := <-shutdown:
+		if err != nil {
+			t.Fatalf("Shutdown = %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Shutdown did not return within 30 s with a proxied call hung at the target")
+	}
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the target's handler ended with %v, want its call cancelled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the target's handler was not cancelled within 30 s of Shutdown")
 	}
 }
