@@ -499,3 +499,60 @@ func TestProxyAdvShutdownCancelsHungTargetCall(t *testing.T) {
 		t.Fatal("the target's handler was not cancelled within 30 s of Shutdown")
 	}
 }
+
+// TestProxyAdvRetriedStreamReplaysEveryRequest: a bidi target that reads a
+// caller's whole request stream and then refuses it with UNAVAILABLE
+// before sending anything (trailers only) is retried by the proxy, which
+// sends the retry every request again, in order, none lost or doubled,
+// though the caller sent them while the first attempt ran.
+func TestProxyAdvRetriedStreamReplaysEveryRequest(t *testing.T) {
+	const n = 50
+	var mu sync.Mutex
+	var attempts [][]string
+	addr := listenTarget(t, &scriptedTarget{bidi: func(s grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+		var got []string
+		for {
+			req, err := s.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			got = append(got, req.GetMessage())
+		}
+		mu.Lock()
+		attempts = append(attempts, got)
+		first := len(attempts) == 1
+		mu.Unlock()
+		if first {
+			return status.Error(codes.Unavailable, "refused after reading")
+		}
+		return s.Send(&echov1.EchoResponse{Message: strings.Join(got, ",")})
+	}})
+	e := setupProxy(t, addr)
+	bs, err := e.echo.EchoBidiStream(ctxFor(t, 60*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range n {
+		m := fmt.Sprint(i)
+		want = append(want, m)
+		if err := bs.Send(&echov1.EchoRequest{Message: m}); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	if err := bs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := bs.Recv()
+	if err != nil || r.GetMessage() != strings.Join(want, ",") {
+		t.Fatalf("the retried stream answered %v, %v; want every request once, in order", r, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) != 2 {
+		t.Fatalf("the target saw %d attempts, want 2", len(attempts))
+	}
+}
