@@ -556,3 +556,61 @@ func TestProxyAdvRetriedStreamReplaysEveryRequest(t *testing.T) {
 		t.Fatalf("the target saw %d attempts, want 2", len(attempts))
 	}
 }
+
+// TestProxyAdvRetryMidStreamKeepsOrder: as
+// TestProxyAdvRetriedStreamReplaysEveryRequest, but the first attempt is
+// refused after its first request, while the caller goes on sending: the
+// retry gets the requests the first attempt took, then the rest, each
+// once, in order.
+func TestProxyAdvRetryMidStreamKeepsOrder(t *testing.T) {
+	const n = 200
+	var mu sync.Mutex
+	var attempts [][]string
+	addr := listenTarget(t, &scriptedTarget{bidi: func(s grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+		mu.Lock()
+		attempts = append(attempts, nil)
+		i := len(attempts) - 1
+		mu.Unlock()
+		for {
+			req, err := s.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			attempts[i] = append(attempts[i], req.GetMessage())
+			mu.Unlock()
+			if i == 0 {
+				return status.Error(codes.Unavailable, "refused after one request")
+			}
+		}
+		mu.Lock()
+		got := strings.Join(attempts[i], ",")
+		mu.Unlock()
+		return s.Send(&echov1.EchoResponse{Message: got})
+	}})
+	e := setupProxy(t, addr)
+	bs, err := e.echo.EchoBidiStream(ctxFor(t, 60*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range n {
+		m := fmt.Sprint(i)
+		want = append(want, m)
+		if err := bs.Send(&echov1.EchoRequest{Message: m}); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	if err := bs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := bs.Recv()
+	if err != nil || r.GetMessage() != strings.Join(want, ",") {
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("the retried stream answered %v, %v; want every request once, in order (attempts: %d)", r, err, len(attempts))
+	}
+}
