@@ -614,3 +614,56 @@ func TestProxyAdvRetryMidStreamKeepsOrder(t *testing.T) {
 		t.Fatalf("the retried stream answered %v, %v; want every request once, in order (attempts: %d)", r, err, len(attempts))
 	}
 }
+
+// TestProxyAdvLargeBinaryResponseMetadata: a target's response header and
+// trailer of 100 KiB of binary bytes each (-bin), on a unary call and on a
+// server stream of three messages, reach the caller byte for byte.
+func TestProxyAdvLargeBinaryResponseMetadata(t *testing.T) {
+	big := make([]byte, 100<<10)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	setMD := func(ctx context.Context) {
+		_ = grpc.SetHeader(ctx, metadata.Pairs("x-big-bin", string(big)))
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("x-big-trailer-bin", string(big)))
+	}
+	unaryAddr := listenTarget(t, &scriptedTarget{unary: func(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+		setMD(ctx)
+		return &echov1.EchoResponse{Message: req.GetMessage()}, nil
+	}})
+	streamAddr := listenTarget(t, &serverStreamTarget{fn: func(req *echov1.EchoRequest, ss grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+		setMD(ss.Context())
+		for i := range int32(3) {
+			if err := ss.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: i}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}})
+	check := func(kind string, hdr, trl metadata.MD) {
+		t.Helper()
+		if h, tr := hdr.Get("x-big-bin"), trl.Get("x-big-trailer-bin"); len(h) != 1 || h[0] != string(big) || len(tr) != 1 || tr[0] != string(big) {
+			t.Fatalf("%s: header x-big-bin has %d values, trailer x-big-trailer-bin %d, or their bytes differ from the target's", kind, len(h), len(tr))
+		}
+	}
+	ctx := ctxFor(t, 60*time.Second)
+
+	var hdr, trl metadata.MD
+	if _, err := setupProxy(t, unaryAddr).echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "m"}, grpc.Header(&hdr), grpc.Trailer(&trl)); err != nil {
+		t.Fatal(err)
+	}
+	check("unary", hdr, trl)
+
+	stream, err := setupProxy(t, streamAddr).echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := indexes(stream); err != nil || len(got) != 3 {
+		t.Fatalf("server stream: indexes %v, %v; want 3 messages, OK", got, err)
+	}
+	hdr, err = stream.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("server stream", hdr, stream.Trailer())
+}
