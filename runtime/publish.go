@@ -115,10 +115,16 @@ type Published struct {
 func (p Published) String() string { return fmt.Sprintf("%s/%d@%d", p.Topic, p.Partition, p.Offset) }
 
 // Publish produces msg and waits until Kafka acknowledged it (per the
-// publisher's acks) or ctx ends. On ctx's end the record may still be
-// written. Errors name the method and the topic; a missing topic is an
-// error wrapping kafkaclient.ErrUnknownTopic.
+// publisher's acks) or ctx ends. A ctx that ended before the call
+// publishes nothing; one that ends while Publish waits leaves the record
+// on its way (it may still be written), unless Kafka's answer is in
+// already: then that answer is returned. Errors name the method and the
+// topic; a missing topic is an error wrapping kafkaclient.ErrUnknownTopic,
+// an ended ctx one wrapping ctx.Err().
 func (p *Publisher[M]) Publish(ctx context.Context, msg M, opts ...PublishOption) (Published, error) {
+	if err := ctx.Err(); err != nil {
+		return Published{Topic: p.topic, Partition: -1, Offset: -1}, fmt.Errorf("kafkarpc: %s: not publishing to %s: %w", p.method, p.topic, err)
+	}
 	type result struct {
 		pub Published
 		err error
@@ -129,7 +135,12 @@ func (p *Publisher[M]) Publish(ctx context.Context, msg M, opts ...PublishOption
 	case r := <-done:
 		return r.pub, r.err
 	case <-ctx.Done():
-		return Published{Topic: p.topic, Partition: -1, Offset: -1}, fmt.Errorf("kafkarpc: publishing to %s: %w", p.topic, ctx.Err())
+		select {
+		case r := <-done: // answered as ctx ended: the answer is what happened
+			return r.pub, r.err
+		default:
+		}
+		return Published{Topic: p.topic, Partition: -1, Offset: -1}, fmt.Errorf("kafkarpc: %s: publishing to %s: %w (the record may still be written)", p.method, p.topic, ctx.Err())
 	}
 }
 

@@ -1,0 +1,440 @@
+package runtime_test
+
+// Adversarial faults of telemetry, topics and publishing: each test
+// failed on the code before its fix, for the reason its comment gives,
+// or pins down a behaviour probed and found right.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// miscAdvPanicky panics in EchoUnary when the message says so.
+type miscAdvPanicky struct{ echoserver.Server }
+
+func (p miscAdvPanicky) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	if req.GetMessage() == "panic" {
+		panic("miscadv: asked to")
+	}
+	return p.Server.EchoUnary(ctx, req)
+}
+
+// collect reads mp's reader once.
+func collect(t *testing.T, reader *sdkmetric.ManualReader) metricdata.ResourceMetrics {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	return rm
+}
+
+// waitMetric collects until ok holds for the data, or 30 s pass; it
+// returns the last collection and whether ok held.
+func waitMetric(t *testing.T, reader *sdkmetric.ManualReader, ok func(metricdata.ResourceMetrics) bool) (metricdata.ResourceMetrics, bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		rm := collect(t, reader)
+		if ok(rm) {
+			return rm, true
+		}
+		if time.Now().After(deadline) {
+			return rm, false
+		}
+		time.Sleep(2 * time.Millisecond) // polling a condition, bounded above
+	}
+}
+
+// gaveUp counts DEADLINE_EXCEEDED as CANCELLED: a deadline ends a call
+// with either, on the server side of gRPC too (see miscAdvCallEnds).
+func gaveUp(c codes.Code) codes.Code {
+	if c == codes.DeadlineExceeded {
+		return codes.Canceled
+	}
+	return c
+}
+
+// byGaveUp is m, a metric's sums by code, with gaveUp applied.
+func byGaveUp(m map[int64]int64) map[int64]int64 {
+	out := map[int64]int64{}
+	for c, n := range m {
+		out[int64(gaveUp(codes.Code(c)))] += n
+	}
+	return out
+}
+
+func total(m map[int64]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// miscAdvCallEnds ends calls of every kind in every way through client
+// and returns the codes each way should be counted with, in order.
+func miscAdvCallEnds(t *testing.T, client echov1.EchoServiceClient, workerInflight func() int64, check func(what string, code codes.Code)) map[codes.Code]int64 {
+	t.Helper()
+	want := map[codes.Code]int64{}
+	ctx := ctxFor(t, 60*time.Second)
+	expect := func(what string, err error, code codes.Code) {
+		t.Helper()
+		if status.Code(err) != code {
+			t.Fatalf("%s: %v, want %s", what, err, code)
+		}
+		want[gaveUp(code)]++
+		check(what, code)
+	}
+	// waitRunning waits until the worker runs n calls.
+	waitRunning := func(what string, n int64) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); workerInflight() < n; time.Sleep(2 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the worker runs %d calls after 30 s, want %d", what, workerInflight(), n)
+			}
+		}
+	}
+
+	_, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "ok"})
+	expect("unary OK", err, codes.OK)
+	_, err = client.EchoUnary(ctx, &echov1.EchoRequest{Message: "nf", FailCode: int32(codes.NotFound)})
+	expect("unary NOT_FOUND", err, codes.NotFound)
+	_, err = client.EchoUnary(ctx, &echov1.EchoRequest{Message: "panic"})
+	expect("unary whose handler panics", err, codes.Internal)
+
+	// Past its deadline: the caller's deadline passes a moment before
+	// the gateway's and the worker's, each counted from the caller's, so
+	// that the caller's cancel (grpc-go's RST_STREAM, then the gateway's
+	// cancel record) can reach them first, as it reaches a gRPC server.
+	// Either code, once.
+	dctx, dcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	_, err = client.EchoUnary(dctx, &echov1.EchoRequest{Message: "slow", DelayMs: 60000})
+	dcancel()
+	expect("unary past its deadline", err, codes.DeadlineExceeded)
+
+	// Cancelled while the handler runs.
+	cctx, ccancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := client.EchoUnary(cctx, &echov1.EchoRequest{Message: "slow", DelayMs: 60000})
+		errc <- err
+	}()
+	waitRunning("unary cancelled while running", 1)
+	ccancel()
+	expect("unary cancelled while running", <-errc, codes.Canceled)
+
+	// A server stream whose caller goes after one response.
+	sctx, scancel := context.WithCancel(ctx)
+	ss, err := client.EchoServerStream(sctx, &echov1.EchoRequest{Message: "s", Repeat: 100000, DelayMs: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ss.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	scancel()
+	for range 100000 {
+		if _, err = ss.Recv(); err != nil {
+			break
+		}
+	}
+	expect("server stream cancelled", err, codes.Canceled)
+
+	// A client stream abandoned before its end.
+	actx, acancel := context.WithCancel(ctx)
+	cs, err := client.EchoClientStream(actx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.Send(&echov1.EchoRequest{Message: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning("client stream", 1)
+	acancel()
+	// Not CloseAndRecv: a half-close after the cancel races with it, in
+	// grpc-go too, and may reach the handler as the stream's end.
+	err = cs.RecvMsg(new(echov1.EchoResponse))
+	expect("client stream abandoned", err, codes.Canceled)
+
+	// A bidi stream to its end.
+	bs, err := client.EchoBidiStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bs.Send(&echov1.EchoRequest{Message: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bs.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if err := bs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = bs.Recv()
+	if err.Error() != "EOF" {
+		t.Fatalf("bidi end: %v", err)
+	}
+	want[codes.OK]++
+	return want
+}
+
+// TestMiscAdvCallMetricsEveryEnd: calls that end every way (OK, an error,
+// a panic, a deadline, a cancel while running, a server stream whose
+// caller goes, a client stream abandoned, a bidi stream) are each counted
+// once with their code, have one duration each, and leave no call in
+// flight, at the gateway, at a ClientConn and at the worker.
+func TestMiscAdvCallMetricsEveryEnd(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	e := setup(t, miscAdvPanicky{}, runtime.WithMeterProvider(mp))
+	gw := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
+		runtime.WithLogger(kafkatest.Logger(t)), runtime.WithMeterProvider(mp))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	viaConn := e.conn(t, runtime.WithMeterProvider(mp))
+	workerInflight := func() int64 { return sumByCode(t, collect(t, reader), "kafkarpc.worker.inflight")[-1] }
+
+	for _, side := range []struct {
+		name   string
+		client echov1.EchoServiceClient
+	}{{"gateway", viaGateway}, {"client", viaConn}} {
+		t.Run(side.name, func(t *testing.T) {
+			before := collect(t, reader)
+			workerBefore := sumByCode(t, before, "kafkarpc.worker.calls")
+			workerDurBefore := histogramCount(before, "kafkarpc.worker.duration")
+			// After each call, the worker has ended it with its code and
+			// runs nothing.
+			seen := workerBefore
+			check := func(what string, code codes.Code) {
+				rm, ok := waitMetric(t, reader, func(rm metricdata.ResourceMetrics) bool {
+					return total(sumByCode(t, rm, "kafkarpc.worker.calls")) > total(seen) && sumByCode(t, rm, "kafkarpc.worker.inflight")[-1] == 0
+				})
+				now := sumByCode(t, rm, "kafkarpc.worker.calls")
+				if c := int64(gaveUp(code)); !ok || byGaveUp(now)[c] != byGaveUp(seen)[c]+1 {
+					t.Errorf("%s: worker calls went from %v to %v, in flight %d; want one more %s", what, seen, now, sumByCode(t, rm, "kafkarpc.worker.inflight")[-1], code)
+				}
+				seen = now
+			}
+			want := miscAdvCallEnds(t, side.client, workerInflight, check)
+			var n int64
+			for _, v := range want {
+				n += v
+			}
+			done := func(rm metricdata.ResourceMetrics) bool {
+				return total(sumByCode(t, rm, "kafkarpc."+side.name+".calls")) >= n &&
+					total(sumByCode(t, rm, "kafkarpc.worker.calls"))-total(workerBefore) >= n &&
+					sumByCode(t, rm, "kafkarpc.worker.inflight")[-1] == 0 &&
+					sumByCode(t, rm, "kafkarpc."+side.name+".inflight")[-1] == 0
+			}
+			rm, ok := waitMetric(t, reader, done)
+			if !ok {
+				t.Errorf("30 s after the calls: %s calls %v in flight %d; worker calls %v in flight %d",
+					side.name, sumByCode(t, rm, "kafkarpc."+side.name+".calls"), sumByCode(t, rm, "kafkarpc."+side.name+".inflight")[-1],
+					sumByCode(t, rm, "kafkarpc.worker.calls"), sumByCode(t, rm, "kafkarpc.worker.inflight")[-1])
+			}
+			got := byGaveUp(sumByCode(t, rm, "kafkarpc."+side.name+".calls"))
+			for code, w := range want {
+				if got[int64(code)] != w {
+					t.Errorf("kafkarpc.%s.calls{%s} = %d, want %d (all: %v)", side.name, code, got[int64(code)], w, got)
+				}
+			}
+			if total(got) != n {
+				t.Errorf("kafkarpc.%s.calls counts %d calls, want %d: %v", side.name, total(got), n, got)
+			}
+			if d := histogramCount(rm, "kafkarpc."+side.name+".duration"); d != uint64(n) {
+				t.Errorf("kafkarpc.%s.duration has %d observations, want %d", side.name, d, n)
+			}
+			wk := byGaveUp(sumByCode(t, rm, "kafkarpc.worker.calls"))
+			for code, w := range want {
+				if d := wk[int64(code)] - byGaveUp(workerBefore)[int64(code)]; d != w {
+					t.Errorf("kafkarpc.worker.calls{%s} grew by %d, want %d (before %v, after %v)", code, d, w, workerBefore, wk)
+				}
+			}
+			if d := histogramCount(rm, "kafkarpc.worker.duration") - workerDurBefore; d != uint64(n) {
+				t.Errorf("kafkarpc.worker.duration got %d observations, want %d", d, n)
+			}
+		})
+	}
+}
+
+// TestMiscAdvCallMetricsClosesAndFetches: calls in flight when their
+// gateway, ClientConn or worker closes, fetches whose callers go, and a
+// ClientConn call whose context ended before it began each leave no call in
+// flight and are counted once, with the code their caller got.
+func TestMiscAdvCallMetricsClosesAndFetches(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	e := setup(t, echoserver.Server{}, runtime.WithMeterProvider(mp))
+	kafkatest.CreateTopics(t, e.kc, 3, e.topic("echo-events"))
+	gw := runtime.NewGateway(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
+		runtime.WithLogger(kafkatest.Logger(t)), runtime.WithMeterProvider(mp))
+	t.Cleanup(func() { _ = gw.Close() })
+	viaGateway := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	cc, viaConn := connTo(t, e.kc, e.prefix, runtime.WithMeterProvider(mp))
+	ctx := ctxFor(t, 60*time.Second)
+	inflight := func(name string) int64 { return sumByCode(t, collect(t, reader), name)[-1] }
+	waitInflight := func(what, name string, n int64) {
+		t.Helper()
+		if _, ok := waitMetric(t, reader, func(rm metricdata.ResourceMetrics) bool { return sumByCode(t, rm, name)[-1] == n }); !ok {
+			t.Fatalf("%s: %s = %d after 30 s, want %d", what, name, inflight(name), n)
+		}
+	}
+	// calls returns side's calls by code.
+	calls := func(side string) map[int64]int64 { return sumByCode(t, collect(t, reader), "kafkarpc."+side+".calls") }
+	wantCalls := func(what, side string, want map[int64]int64) {
+		t.Helper()
+		if got := calls(side); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: kafkarpc.%s.calls = %v, want %v", what, side, got, want)
+		}
+	}
+
+	// A fetch whose caller goes, through the gateway and a ClientConn.
+	for _, f := range []struct {
+		side   string
+		client echov1.EchoServiceClient
+	}{{"gateway", viaGateway}, {"client", viaConn}} {
+		fctx, fcancel := context.WithCancel(ctx)
+		s, err := f.client.EchoEvents(fctx, &emptypb.Empty{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitInflight("fetch", "kafkarpc."+f.side+".inflight", 1)
+		fcancel()
+		_, err = s.Recv()
+		if status.Code(err) != codes.Canceled {
+			t.Fatalf("%s fetch after its caller's cancel: %v", f.side, err)
+		}
+		waitInflight("fetch whose caller went", "kafkarpc."+f.side+".inflight", 0)
+		wantCalls("fetch whose caller went", f.side, map[int64]int64{int64(codes.Canceled): 1})
+	}
+
+	// A ClientConn call whose context ended before it began.
+	dead, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := viaConn.EchoUnary(dead, &echov1.EchoRequest{Message: "never"}); status.Code(err) != codes.Canceled {
+		t.Fatalf("a ClientConn call on a cancelled context: %v", err)
+	}
+	waitInflight("a call cancelled before it began", "kafkarpc.client.inflight", 0)
+	wantCalls("a call cancelled before it began", "client", map[int64]int64{int64(codes.Canceled): 2})
+
+	// Calls in flight when their gateway and their ClientConn close.
+	for _, c := range []struct {
+		side   string
+		client echov1.EchoServiceClient
+		close  func() error
+	}{{"gateway", viaGateway, gw.Close}, {"client", viaConn, cc.Close}} {
+		errc := make(chan error, 1)
+		before := calls(c.side)
+		go func() {
+			_, err := c.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "slow", DelayMs: 60000})
+			errc <- err
+		}()
+		waitInflight(c.side+" closing", "kafkarpc."+c.side+".inflight", 1)
+		if err := c.close(); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		select {
+		case err = <-errc:
+		case <-ctx.Done():
+			t.Fatalf("a call in flight when its %s closed did not end", c.side)
+		}
+		waitInflight(c.side+" closed", "kafkarpc."+c.side+".inflight", 0)
+		got := calls(c.side)
+		if code := int64(status.Code(err)); code == int64(codes.OK) || got[code] != before[code]+1 || total(got) != total(before)+1 {
+			t.Errorf("a call in flight when its %s closed ended %v; kafkarpc.%s.calls = %v", c.side, err, c.side, got)
+		}
+	}
+
+	// A call in flight when the worker closes.
+	errc := make(chan error, 1)
+	viaConn2 := e.conn(t)
+	before := calls("worker")
+	go func() {
+		_, err := viaConn2.EchoUnary(ctx, &echov1.EchoRequest{Message: "slow", DelayMs: 60000})
+		errc <- err
+	}()
+	waitInflight("worker closing", "kafkarpc.worker.inflight", 1)
+	if err := e.worker.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitInflight("worker closed", "kafkarpc.worker.inflight", 0)
+	if got := calls("worker"); total(got) != total(before)+1 {
+		t.Errorf("a call in flight when the worker closed: kafkarpc.worker.calls went from %v to %v, want one more", before, got)
+	}
+}
+
+// ackingProducer acknowledges every record at once, on the caller's
+// goroutine, after running before (when set).
+type ackingProducer struct {
+	recs   []*kafkaclient.Record
+	before func()
+}
+
+func (p *ackingProducer) Produce(r *kafkaclient.Record, _ kafkaclient.Acks, done func(*kafkaclient.Record, error)) {
+	p.recs = append(p.recs, r)
+	if p.before != nil {
+		p.before()
+	}
+	r.Partition, r.Offset = 0, int64(len(p.recs)-1)
+	done(r, nil)
+}
+
+// TestMiscAdvPublishEndedContext: Publish with a context that already
+// ended wrote the record and then (at random) reported the context's
+// error, so that a caller retrying on that error published the event
+// twice. It now publishes nothing and says why.
+func TestMiscAdvPublishEndedContext(t *testing.T) {
+	p := &ackingProducer{}
+	pub := runtime.NewPublisher[*echov1.EchoEvent](p, echov1.EchoServiceKafkaSpec.Method("EchoEvents"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 50 {
+		at, err := pub.Publish(ctx, &echov1.EchoEvent{Message: "late"})
+		if !errors.Is(err, context.Canceled) || at.Offset != -1 {
+			t.Fatalf("Publish with a context that ended = %v, %v; want no record and an error wrapping context.Canceled", at, err)
+		}
+	}
+	if len(p.recs) != 0 {
+		t.Fatalf("Publish with a context that ended produced %d records, want none", len(p.recs))
+	}
+}
+
+// TestMiscAdvPublishAckedWins: a record Kafka acknowledged as the
+// context ended is published: Publish returned the context's error at
+// random, and a caller that retried on it published the event twice.
+func TestMiscAdvPublishAckedWins(t *testing.T) {
+	for i := range 50 {
+		ctx, cancel := context.WithCancel(context.Background())
+		p := &ackingProducer{before: cancel}
+		pub := runtime.NewPublisher[*echov1.EchoEvent](p, echov1.EchoServiceKafkaSpec.Method("EchoEvents"))
+		at, err := pub.Publish(ctx, &echov1.EchoEvent{Message: "m"})
+		if err != nil || at.Offset != 0 {
+			t.Fatalf("publish %d, acknowledged as its context ended: %v, %v; want it published at offset 0", i, at, err)
+		}
+	}
+}
