@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -305,10 +306,16 @@ func TestMiscAdvCallMetricsClosesAndFetches(t *testing.T) {
 	}
 	// calls returns side's calls by code.
 	calls := func(side string) map[int64]int64 { return sumByCode(t, collect(t, reader), "kafkarpc."+side+".calls") }
+	// wantCalls waits until side's calls are want: a collection reads
+	// the instruments one after the other, and can come by between a
+	// call's end in the in-flight count and in the calls.
 	wantCalls := func(what, side string, want map[int64]int64) {
 		t.Helper()
-		if got := calls(side); fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Errorf("%s: kafkarpc.%s.calls = %v, want %v", what, side, got, want)
+		rm, ok := waitMetric(t, reader, func(rm metricdata.ResourceMetrics) bool {
+			return fmt.Sprint(sumByCode(t, rm, "kafkarpc."+side+".calls")) == fmt.Sprint(want)
+		})
+		if !ok {
+			t.Errorf("%s: kafkarpc.%s.calls = %v after 30 s, want %v", what, side, sumByCode(t, rm, "kafkarpc."+side+".calls"), want)
 		}
 	}
 
@@ -364,10 +371,15 @@ func TestMiscAdvCallMetricsClosesAndFetches(t *testing.T) {
 			t.Fatalf("a call in flight when its %s closed did not end", c.side)
 		}
 		waitInflight(c.side+" closed", "kafkarpc."+c.side+".inflight", 0)
-		got := calls(c.side)
-		if code := int64(status.Code(err)); code == int64(codes.OK) || got[code] != before[code]+1 || total(got) != total(before)+1 {
-			t.Errorf("a call in flight when its %s closed ended %v; kafkarpc.%s.calls = %v", c.side, err, c.side, got)
+		if status.Code(err) == codes.OK {
+			t.Fatalf("a call in flight when its %s closed ended OK", c.side)
 		}
+		want := map[int64]int64{}
+		for k, v := range before {
+			want[k] = v
+		}
+		want[int64(status.Code(err))]++
+		wantCalls(fmt.Sprintf("a call in flight when its %s closed, ended %v", c.side, err), c.side, want)
 	}
 
 	// A call in flight when the worker closes.
@@ -383,8 +395,10 @@ func TestMiscAdvCallMetricsClosesAndFetches(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitInflight("worker closed", "kafkarpc.worker.inflight", 0)
-	if got := calls("worker"); total(got) != total(before)+1 {
-		t.Errorf("a call in flight when the worker closed: kafkarpc.worker.calls went from %v to %v, want one more", before, got)
+	if rm, ok := waitMetric(t, reader, func(rm metricdata.ResourceMetrics) bool {
+		return total(sumByCode(t, rm, "kafkarpc.worker.calls")) == total(before)+1
+	}); !ok {
+		t.Errorf("a call in flight when the worker closed: kafkarpc.worker.calls went from %v to %v, want one more", before, sumByCode(t, rm, "kafkarpc.worker.calls"))
 	}
 }
 
@@ -436,5 +450,93 @@ func TestMiscAdvPublishAckedWins(t *testing.T) {
 		if err != nil || at.Offset != 0 {
 			t.Fatalf("publish %d, acknowledged as its context ended: %v, %v; want it published at offset 0", i, at, err)
 		}
+	}
+}
+
+// TestMiscAdvEnsureTopicsRace: two processes (two clients) creating the
+// same topics at once both succeed: whoever loses the race to create a
+// topic finds it exists (TOPIC_ALREADY_EXISTS is no error).
+func TestMiscAdvEnsureTopicsRace(t *testing.T) {
+	brokers := kafkatest.Brokers(t)
+	a, b := kafkatest.NewClient(t, brokers), kafkatest.NewClient(t, brokers)
+	prefix := kafkatest.Unique("race") + "."
+	for round := range 3 {
+		var topics []runtime.Topic
+		for i := range 6 {
+			topics = append(topics, runtime.Topic{Name: fmt.Sprintf("%s%d-%d", prefix, round, i), Role: runtime.TopicRequest})
+		}
+		errc := make(chan error, 2)
+		for _, kc := range []kafkaclient.Client{a, b} {
+			go func() {
+				errc <- runtime.EnsureTopics(ctxFor(t, 60*time.Second), kc, topics, runtime.EnsureTopicsOptions{Logger: kafkatest.Logger(t)})
+			}()
+		}
+		for range 2 {
+			if err := <-errc; err != nil {
+				t.Fatalf("round %d: EnsureTopics racing another process: %v", round, err)
+			}
+		}
+		if err := runtime.EnsureTopics(ctxFor(t, 60*time.Second), a, topics, runtime.EnsureTopicsOptions{VerifyOnly: true}); err != nil {
+			t.Fatalf("round %d: after the race: %v", round, err)
+		}
+	}
+}
+
+// TestMiscAdvEnsureTopicsBadName: a topic name Kafka refuses (a space,
+// 250 characters) fails EnsureTopics, and VerifyOnly, with an error naming
+// it and saying why. The embedded broker created such topics, so that a
+// program tested on it failed on Apache Kafka only, and VerifyOnly called
+// the topic missing.
+func TestMiscAdvEnsureTopicsBadName(t *testing.T) {
+	brokers := kafkatest.Brokers(t)
+	kc := kafkatest.NewClient(t, brokers)
+	prefix := kafkatest.Unique("bad") + "."
+	for _, bad := range []string{prefix + "has space", prefix + strings.Repeat("x", 250)} {
+		topics := []runtime.Topic{{Name: prefix + "good", Role: runtime.TopicReply}, {Name: bad, Role: runtime.TopicRequest, Methods: []string{"/s.S/M"}}}
+		for _, verify := range []bool{true, false} {
+			err := runtime.EnsureTopics(ctxFor(t, 60*time.Second), kc, topics, runtime.EnsureTopicsOptions{VerifyOnly: verify, Logger: kafkatest.Logger(t)})
+			if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "not a valid Kafka topic name") {
+				t.Errorf("EnsureTopics (VerifyOnly %v) with topic %q, a name Kafka refuses: %v; want an error naming it as not valid", verify, bad, err)
+			}
+		}
+	}
+}
+
+// TestMiscAdvEnsureTopicsOutcomeTooFewPartitions: an outcome topic that
+// exists with fewer partitions than a request topic given with it
+// (existing, or about to be created) passed EnsureTopics, with VerifyOnly
+// too; the worker then logged at run time that it could not load the
+// outcomes of the last partitions, and repeats there ran again. It now
+// fails, naming the topic and both counts.
+func TestMiscAdvEnsureTopicsOutcomeTooFewPartitions(t *testing.T) {
+	brokers := kafkatest.Brokers(t)
+	kc := kafkatest.NewClient(t, brokers)
+	prefix := kafkatest.Unique("oc") + "."
+	kafkatest.CreateTopics(t, kc, 1, prefix+"outcomes")
+	kafkatest.CreateTopics(t, kc, 3, prefix+"requests")
+	w := runtime.NewWorker(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WorkerOutcomeTopic("outcomes"))
+	for _, c := range []struct {
+		name     string
+		request  string
+		opts     runtime.EnsureTopicsOptions
+		requests int
+	}{
+		{"existing request topic", "requests", runtime.EnsureTopicsOptions{}, 3},
+		{"existing request topic, VerifyOnly", "requests", runtime.EnsureTopicsOptions{VerifyOnly: true}, 3},
+		{"request topic to create", "new-requests", runtime.EnsureTopicsOptions{Partitions: 4}, 4},
+	} {
+		topics := append([]runtime.Topic{{Name: prefix + c.request, Role: runtime.TopicRequest}}, w.ExtraTopics()...)
+		c.opts.Logger = kafkatest.Logger(t)
+		err := runtime.EnsureTopics(ctxFor(t, 60*time.Second), kc, topics, c.opts)
+		if err == nil || !strings.Contains(err.Error(), prefix+"outcomes has 1 partitions") || !strings.Contains(err.Error(), fmt.Sprint(c.requests)) {
+			t.Errorf("%s: EnsureTopics = %v; want an error naming the outcome topic, its 1 partition and the request topic's %d", c.name, err, c.requests)
+		}
+	}
+	// As many is right.
+	kafkatest.CreateTopics(t, kc, 3, prefix+"outcomes3")
+	w = runtime.NewWorker(kc, runtime.WithTopicMapper(func(s string) string { return prefix + s }), runtime.WorkerOutcomeTopic("outcomes3"))
+	topics := append([]runtime.Topic{{Name: prefix + "requests", Role: runtime.TopicRequest}}, w.ExtraTopics()...)
+	if err := runtime.EnsureTopics(ctxFor(t, 60*time.Second), kc, topics, runtime.EnsureTopicsOptions{VerifyOnly: true}); err != nil {
+		t.Errorf("an outcome topic with as many partitions as the request topic: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/topicname"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
@@ -284,22 +285,54 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 			l.add(t.Name, t.Role, m)
 		}
 	}
+	// Names Kafka refuses, before asking it: a broker that does not
+	// check (the embedded one) would create them, and a real one refuses
+	// them with a message that names no role or method.
+	var invalid []string
+	for _, t := range l.topics {
+		if problem := topicname.Problem(t.Name); problem != "" {
+			invalid = append(invalid, fmt.Sprintf("%s: %s", describeTopic(t), problem))
+		}
+	}
+	if len(invalid) > 0 {
+		return fmt.Errorf("kafkarpc: not a valid Kafka topic name (1 to %d characters of [a-zA-Z0-9._-]): %s", topicname.MaxLen, strings.Join(invalid, "; "))
+	}
+	partitions := opts.Partitions
+	if partitions <= 0 {
+		partitions = DefaultTopicPartitions
+	}
 	var missing []Topic
 	// The most partitions of an existing request topic: an outcome topic
 	// needs at least as many (an outcome goes to the partition with its
 	// request's number).
 	var requestParts int32
+	have := map[string]int32{} // partitions of the topics that exist
 	for _, t := range l.topics {
 		ps, err := admin.Partitions(ctx, t.Name)
 		switch {
 		case err == nil:
+			have[t.Name] = int32(len(ps))
 			if t.Role&(TopicRequest|TopicRouteRequest) != 0 {
 				requestParts = max(requestParts, int32(len(ps)))
 			}
 		case errors.Is(err, kafkaclient.ErrUnknownTopic):
 			missing = append(missing, t)
+			if t.Role&(TopicRequest|TopicRouteRequest) != 0 && !opts.VerifyOnly {
+				requestParts = max(requestParts, partitions) // created below with as many
+			}
 		default:
 			return fmt.Errorf("kafkarpc: looking up topic %s: %w", t.Name, err)
+		}
+	}
+	// An outcome topic that exists with fewer partitions than a request
+	// topic given with it cannot keep the outcomes of that topic's last
+	// partitions (the worker logs it at run time, and those repeats run
+	// again): said here, before anything runs.
+	for _, t := range l.topics {
+		if n, ok := have[t.Name]; ok && t.Role&TopicOutcome != 0 && n < requestParts {
+			return fmt.Errorf("kafkarpc: outcome topic %s has %d partitions, fewer than the %d of the largest request topic given with it: "+
+				"an outcome goes to the partition with its request's number (add partitions to it: kafka-topics.sh --alter --partitions %d)",
+				t.Name, n, requestParts, requestParts)
 		}
 	}
 	if len(missing) == 0 {
@@ -307,10 +340,6 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 	}
 	if opts.VerifyOnly {
 		return &MissingTopicsError{Topics: missing}
-	}
-	partitions := opts.Partitions
-	if partitions <= 0 {
-		partitions = DefaultTopicPartitions
 	}
 	maxBytes := opts.MaxMessageBytes
 	if maxBytes <= 0 {
