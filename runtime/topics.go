@@ -262,7 +262,12 @@ func describeTopic(t Topic) string {
 // and admin can count brokers, with replication factor 3 and
 // min.insync.replicas 2. With
 // opts.VerifyOnly it creates nothing and returns a *MissingTopicsError
-// naming every missing topic. Topics named twice are looked up once. It is
+// naming every missing topic. Either way it fails, before creating
+// anything, for a name Kafka refuses (1 to 249 characters of
+// [a-zA-Z0-9._-], not "." or ".."), naming every such topic, and for an
+// outcome topic that exists with fewer partitions than a request topic
+// given with it (existing, or about to be created), naming both counts.
+// Topics named twice are looked up once. It is
 // bounded by ctx, or by 30 s when ctx has no deadline, and safe to call
 // concurrently (several processes creating the same topics is not an
 // error). Typical use, before
