@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -39,6 +40,13 @@ type gwCall struct {
 	tel     *methodTelemetry
 	ctx     context.Context // the caller's
 	send    trace.Span      // producing the request stream
+	// sendOpen counts what keeps a recording send span open: the request
+	// side until it ends, and each request record until Kafka answered
+	// it, so that the span ends with a record Kafka refused (sendErr, the
+	// first error) rather than before Kafka answered. Unused (zero) when
+	// the span records nothing.
+	sendOpen atomic.Int32
+	sendErr  error // guarded by mu
 	// spanless is set when, as the call began, the tracer recorded nothing
 	// (tracing.idle) and ctx carried no span context: the call's spans
 	// need not look for one in ctx again (tracing.startSpanless).
@@ -117,6 +125,9 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 		sendCtx, send = g.trc.tracer.Start(ctx, rp.sendName, rp.sendOpts...)
 	}
 	c.send = send
+	if send.IsRecording() {
+		c.sendOpen.Store(1) // the request side
+	}
 	if err := ctx.Err(); err != nil {
 		// The caller gave up already: nothing reaches the worker (grpc-go
 		// creates no stream for a context that is done).
@@ -362,16 +373,42 @@ func (c *gwCall) produce(value []byte, headers []kafkaclient.Header) {
 		Timestamp: c.stamp,
 	}
 	c.unacked.Add(1)
+	for { // counted only while the span is open: once closed it stays so
+		if n := c.sendOpen.Load(); n == 0 || c.sendOpen.CompareAndSwap(n, n+1) {
+			break
+		}
+	}
 	c.g.client.Produce(rec, c.rp.route.Acks, c.onProduced)
 }
 
+// sendDone lets go of one thing that keeps the send span open (see
+// sendOpen), with its error, if any; the last one ends the span with the
+// first error.
+func (c *gwCall) sendDone(err error) {
+	if c.sendOpen.Load() == 0 {
+		return // the span records nothing
+	}
+	c.mu.Lock()
+	if c.sendErr == nil {
+		c.sendErr = err
+	}
+	err = c.sendErr
+	c.mu.Unlock()
+	if c.sendOpen.Add(-1) == 0 {
+		spanEnd(c.send, err)
+	}
+}
+
 func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
+	var failed error
 	switch {
 	case err == nil:
 	case tooLarge(err):
-		c.failProduce(status.Errorf(codes.ResourceExhausted, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err)) // a retry cannot succeed
+		failed = status.Errorf(codes.ResourceExhausted, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err) // a retry cannot succeed
+		c.failProduce(failed)
 	case errors.Is(err, kafkaclient.ErrNotAuthorized):
-		c.failProduce(status.Errorf(codes.PermissionDenied, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err)) // a retry cannot succeed
+		failed = status.Errorf(codes.PermissionDenied, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err) // a retry cannot succeed
+		c.failProduce(failed)
 	default:
 		// An error that does not say why may still mean the topic is gone:
 		// librdkafka fails a record it had queued for a broker connection it
@@ -387,19 +424,22 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 		unavailable := status.Errorf(codes.Unavailable, "%s: producing request to %s: %v", c.m.FullMethod(), topic, err)
 		if c.g.background(func(ctx context.Context) {
 			defer c.unacked.Done() // after fail: awaitAcks reads the error once all are done
+			failed := unavailable
 			missing, denied := c.g.topics.confirmMissing(ctx, c.g.client, topic, min(c.g.cfg.setupTimeout, confirmTimeout))
 			if missing {
-				c.failProduce(c.g.topicMissing(c.m, topic, err))
+				failed = c.g.topicMissing(c.m, topic, err)
+			} else if denied {
+				failed = status.Errorf(codes.PermissionDenied, "%s: producing request to %s: %v; the gateway may not describe the topic (%v)", c.m.FullMethod(), topic, err, kafkaclient.ErrNotAuthorized)
 			}
-			if denied {
-				c.failProduce(status.Errorf(codes.PermissionDenied, "%s: producing request to %s: %v; the gateway may not describe the topic (%v)", c.m.FullMethod(), topic, err, kafkaclient.ErrNotAuthorized))
-			}
-			c.failProduce(unavailable) // the first error wins
+			c.failProduce(failed) // the first error wins
+			c.sendDone(failed)
 		}) {
 			return
 		}
+		failed = unavailable
 		c.failProduce(unavailable)
 	}
+	c.sendDone(failed)
 	c.unacked.Done()
 }
 
@@ -443,7 +483,11 @@ func (c *gwCall) endRequest(err error) {
 		if c.reqDone != nil {
 			close(c.reqDone)
 		}
-		spanEnd(c.send, err)
+		if c.sendOpen.Load() == 0 {
+			spanEnd(c.send, err) // records nothing: no need to wait for Kafka's answers
+		} else {
+			c.sendDone(err)
+		}
 	}
 }
 
@@ -471,7 +515,6 @@ func (c *gwCall) sendEnd(cancel bool) {
 	if c.reqEnded && (!cancel || c.cancelSent || !c.g.cfg.cancelAfterEnd || c.rp.route.Oneway) {
 		return
 	}
-	c.endRequest(nil)
 	switch {
 	case c.rp.route.Oneway:
 		// a oneway stream has no reader that could act on an end or a cancel
@@ -481,6 +524,7 @@ func (c *gwCall) sendEnd(cancel bool) {
 	default:
 		c.produce(nil, c.headers)
 	}
+	c.endRequest(nil) // after the record: the send span waits for Kafka's answer to it
 }
 
 // fail ends the call's wait with err (the first error wins).

@@ -12,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	otelcodes "go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -538,5 +541,172 @@ func TestMiscAdvEnsureTopicsOutcomeTooFewPartitions(t *testing.T) {
 	topics := append([]runtime.Topic{{Name: prefix + "requests", Role: runtime.TopicRequest}}, w.ExtraTopics()...)
 	if err := runtime.EnsureTopics(ctxFor(t, 60*time.Second), kc, topics, runtime.EnsureTopicsOptions{VerifyOnly: true}); err != nil {
 		t.Errorf("an outcome topic with as many partitions as the request topic: %v", err)
+	}
+}
+
+// spanTree is the spans an exporter has, by name, each name's spans in
+// the order they ended.
+func spanTree(e *tracetest.InMemoryExporter) map[string][]sdktrace.ReadOnlySpan {
+	out := map[string][]sdktrace.ReadOnlySpan{}
+	for _, s := range e.GetSpans().Snapshots() {
+		out[s.Name()] = append(out[s.Name()], s)
+	}
+	return out
+}
+
+// TestMiscAdvStreamSpans: every kind of call through a ClientConn, each
+// under a span of the caller's, makes one send span (the caller's span's
+// child), one handle span (send's child, in the worker) and one receive
+// span (handle's child), all in the caller's trace, ended once, with the
+// call's status on handle and receive.
+func TestMiscAdvStreamSpans(t *testing.T) {
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	e := setup(t, echoserver.Server{}, runtime.WithTracerProvider(tp))
+	echo := e.conn(t, runtime.WithTracerProvider(tp))
+	ctx := ctxFor(t, 60*time.Second)
+	calls := []struct {
+		method string
+		code   codes.Code
+		run    func(ctx context.Context) error
+	}{
+		{"EchoUnary", codes.NotFound, func(ctx context.Context) error {
+			_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "x", FailCode: int32(codes.NotFound)})
+			return err
+		}},
+		{"EchoServerStream", codes.OK, func(ctx context.Context) error {
+			s, err := echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "s", Repeat: 3})
+			if err != nil {
+				return err
+			}
+			for {
+				if _, err := s.Recv(); err != nil {
+					if err.Error() == "EOF" {
+						return nil
+					}
+					return err
+				}
+			}
+		}},
+		{"EchoClientStream", codes.OK, func(ctx context.Context) error {
+			s, err := echo.EchoClientStream(ctx)
+			if err != nil {
+				return err
+			}
+			for range 3 {
+				if err := s.Send(&echov1.EchoRequest{Message: "c"}); err != nil {
+					return err
+				}
+			}
+			_, err = s.CloseAndRecv()
+			return err
+		}},
+		{"EchoBidiStream", codes.OK, func(ctx context.Context) error {
+			s, err := echo.EchoBidiStream(ctx)
+			if err != nil {
+				return err
+			}
+			for range 3 {
+				if err := s.Send(&echov1.EchoRequest{Message: "b"}); err != nil {
+					return err
+				}
+				if _, err := s.Recv(); err != nil {
+					return err
+				}
+			}
+			if err := s.CloseSend(); err != nil {
+				return err
+			}
+			if _, err := s.Recv(); err.Error() != "EOF" {
+				return err
+			}
+			return nil
+		}},
+	}
+	for _, c := range calls {
+		t.Run(c.method, func(t *testing.T) {
+			spans.Reset()
+			cctx, caller := tp.Tracer("test").Start(ctx, "caller")
+			if err := c.run(cctx); status.Code(err) != c.code {
+				t.Fatalf("call: %v, want %s", err, c.code)
+			}
+			caller.End()
+			handleName := "handle /example.echo.v1.EchoService/" + c.method
+			// The worker ends its span once Kafka acknowledged the
+			// replies, which may be after the caller got them.
+			var tree map[string][]sdktrace.ReadOnlySpan
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+				if tree = spanTree(spans); len(tree[handleName]) > 0 || time.Now().After(deadline) {
+					break
+				}
+			}
+			send, handle, receive := tree["send "+e.topic("echo-requests")], tree[handleName], tree["receive "+e.topic("echo-responses")]
+			if len(send) != 1 || len(handle) != 1 || len(receive) != 1 || len(tree["caller"]) != 1 {
+				t.Fatalf("spans %v; want one caller, send, handle and receive span", names(spans))
+			}
+			root := tree["caller"][0]
+			for _, s := range []sdktrace.ReadOnlySpan{send[0], handle[0], receive[0]} {
+				if s.SpanContext().TraceID() != root.SpanContext().TraceID() {
+					t.Errorf("span %q is not in the caller's trace", s.Name())
+				}
+			}
+			if send[0].Parent().SpanID() != root.SpanContext().SpanID() {
+				t.Errorf("send is not the caller's span's child")
+			}
+			if handle[0].Parent().SpanID() != send[0].SpanContext().SpanID() {
+				t.Errorf("handle is not send's child")
+			}
+			if receive[0].Parent().SpanID() != handle[0].SpanContext().SpanID() {
+				t.Errorf("receive is not handle's child")
+			}
+			wantStatus := otelcodes.Unset
+			if c.code != codes.OK {
+				wantStatus = otelcodes.Error
+			}
+			for _, s := range []sdktrace.ReadOnlySpan{handle[0], receive[0]} {
+				if s.Status().Code != wantStatus {
+					t.Errorf("span %q has status %v, want %v for a call that ended %s", s.Name(), s.Status(), wantStatus, c.code)
+				}
+			}
+		})
+	}
+}
+
+// TestMiscAdvSendSpanOfRefusedRequest: a request Kafka refused (larger
+// than its topic's max.message.bytes) ended its send span OK, before
+// Kafka answered, so that no span of the call said what failed. The send
+// span now ends once Kafka answered the request's records, with the
+// first refusal.
+func TestMiscAdvSendSpanOfRefusedRequest(t *testing.T) {
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("sp") + "."
+	if err := kc.CreateTopics(ctxFor(t, 30*time.Second), []kafkaclient.TopicSpec{
+		{Name: prefix + "echo-requests", Partitions: 1, Config: map[string]string{"max.message.bytes": "2000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-responses")
+	_, echo := connTo(t, kc, prefix, runtime.WithTracerProvider(tp))
+	ctx, caller := tp.Tracer("test").Start(ctxFor(t, 30*time.Second), "caller")
+	_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: strings.Repeat("x", 10000)})
+	caller.End()
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a request over its topic's limit: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	sendName := "send " + prefix + "echo-requests"
+	var send []sdktrace.ReadOnlySpan
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if send = spanTree(spans)[sendName]; len(send) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(send) != 1 {
+		t.Fatalf("spans %v; want one %q", names(spans), sendName)
+	}
+	if st := send[0].Status(); st.Code != otelcodes.Error || !strings.Contains(st.Description, "producing request") {
+		t.Errorf("the send span of a request Kafka refused has status %v; want an error saying so", st)
 	}
 }
