@@ -710,3 +710,20 @@ func TestMiscAdvSendSpanOfRefusedRequest(t *testing.T) {
 		t.Errorf("the send span of a request Kafka refused has status %v; want an error saying so", st)
 	}
 }
+
+// TestMiscAdvPublishBadTopicName: a publisher whose topic (after its
+// mapper) is a name Kafka refuses fails each publish naming the topic
+// and why, producing nothing: the embedded broker took such records, so
+// that a program tested on it failed on Apache Kafka only.
+func TestMiscAdvPublishBadTopicName(t *testing.T) {
+	p := &ackingProducer{}
+	pub := runtime.NewPublisher[*echov1.EchoEvent](p, echov1.EchoServiceKafkaSpec.Method("EchoEvents"),
+		runtime.PublisherTopicMapper(func(s string) string { return "staging/" + s }))
+	at, err := pub.Publish(ctxFor(t, 10*time.Second), &echov1.EchoEvent{Message: "m"})
+	if err == nil || !strings.Contains(err.Error(), `"staging/echo-events"`) || !strings.Contains(err.Error(), "not a valid Kafka topic name") || at.Offset != -1 {
+		t.Errorf("Publish to topic staging/echo-events = %v, %v; want an error naming it as not a valid topic name", at, err)
+	}
+	if len(p.recs) != 0 {
+		t.Errorf("%d records produced to a topic Kafka refuses, want none", len(p.recs))
+	}
+}

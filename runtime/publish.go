@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/topicname"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
@@ -31,6 +32,8 @@ type Publisher[M proto.Message] struct {
 	method   string
 	topic    string
 	acks     Acks
+	// badTopic says what makes topic a name Kafka refuses, or is "".
+	badTopic string
 }
 
 // PublisherOption configures a Publisher.
@@ -73,7 +76,7 @@ func NewPublisher[M proto.Message](p Producer, m *MethodSpec, opts ...PublisherO
 	if cfg.topic != nil {
 		topic = cfg.topic(topic)
 	}
-	return &Publisher[M]{producer: p, method: m.FullMethod(), topic: topic, acks: cfg.acks}
+	return &Publisher[M]{producer: p, method: m.FullMethod(), topic: topic, acks: cfg.acks, badTopic: topicname.Problem(topic)}
 }
 
 // Topic returns the topic the publisher produces to, after the topic mapper.
@@ -146,8 +149,17 @@ func (p *Publisher[M]) Publish(ctx context.Context, msg M, opts ...PublishOption
 
 // PublishAsync produces msg and returns at once; done is called once, on a
 // goroutine of the Kafka client, with where the record was written or the
-// error that failed it. done must not block for long.
+// error that failed it. done must not block for long. A message that cannot
+// be encoded, or a topic name Kafka refuses (1 to 249 characters of
+// [a-zA-Z0-9._-], not "." or ".."), fails without producing anything.
 func (p *Publisher[M]) PublishAsync(msg M, done func(Published, error), opts ...PublishOption) {
+	if p.badTopic != "" {
+		// Said here, the same with every broker: the embedded one
+		// takes records to such a topic, Apache Kafka refuses them.
+		go done(Published{Topic: p.topic, Partition: -1, Offset: -1},
+			fmt.Errorf("kafkarpc: %s: publishing to %q: not a valid Kafka topic name: %s", p.method, p.topic, p.badTopic))
+		return
+	}
 	v, err := proto.Marshal(msg)
 	if err != nil {
 		go done(Published{Topic: p.topic, Partition: -1, Offset: -1}, fmt.Errorf("kafkarpc: %s: encoding the message: %w", p.method, err))
