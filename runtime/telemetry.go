@@ -30,7 +30,9 @@ const instrumentationName = "github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 //
 // The gateway writes a "send <request topic>" producer span as a child of
 // the call's context (the otelgrpc server span, when the gateway's grpc.Server
-// has the otelgrpc stats handler) and sends its context in the request records
+// has the otelgrpc stats handler), ended once the request stream ended and
+// Kafka answered each of its records (with the first one Kafka refused as
+// its error), and sends its context in the request records
 // as meta:traceparent and meta:tracestate (WIRE.md). The worker continues it
 // with a "handle <method>" consumer span around the handler, whose context the
 // handler gets, and sends that span's context back on the replies; the gateway
