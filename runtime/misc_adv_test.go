@@ -351,7 +351,8 @@ func TestMiscAdvCallMetricsClosesAndFetches(t *testing.T) {
 	waitInflight("a call cancelled before it began", "kafkarpc.client.inflight", 0)
 	wantCalls("a call cancelled before it began", "client", map[int64]int64{int64(codes.Canceled): 2})
 
-	// Calls in flight when their gateway and their ClientConn close.
+	// A call and a fetch in flight when their gateway and their
+	// ClientConn close.
 	for _, c := range []struct {
 		side   string
 		client echov1.EchoServiceClient
@@ -363,25 +364,30 @@ func TestMiscAdvCallMetricsClosesAndFetches(t *testing.T) {
 			_, err := c.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "slow", DelayMs: 60000})
 			errc <- err
 		}()
-		waitInflight(c.side+" closing", "kafkarpc."+c.side+".inflight", 1)
+		fetch, err := c.client.EchoEvents(ctx, &emptypb.Empty{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitInflight(c.side+" closing", "kafkarpc."+c.side+".inflight", 2)
 		if err := c.close(); err != nil {
 			t.Fatal(err)
 		}
-		var err error
 		select {
 		case err = <-errc:
 		case <-ctx.Done():
 			t.Fatalf("a call in flight when its %s closed did not end", c.side)
 		}
+		_, ferr := fetch.Recv()
 		waitInflight(c.side+" closed", "kafkarpc."+c.side+".inflight", 0)
-		if status.Code(err) == codes.OK {
-			t.Fatalf("a call in flight when its %s closed ended OK", c.side)
+		if status.Code(err) == codes.OK || ferr == nil {
+			t.Fatalf("a call and a fetch in flight when their %s closed ended %v and %v", c.side, err, ferr)
 		}
 		want := map[int64]int64{}
 		for k, v := range before {
 			want[k] = v
 		}
 		want[int64(status.Code(err))]++
+		want[int64(status.Code(ferr))]++
 		wantCalls(fmt.Sprintf("a call in flight when its %s closed, ended %v", c.side, err), c.side, want)
 	}
 
