@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -731,5 +732,63 @@ func TestMiscAdvPublishBadTopicName(t *testing.T) {
 	}
 	if len(p.recs) != 0 {
 		t.Errorf("%d records produced to a topic Kafka refuses, want none", len(p.recs))
+	}
+}
+
+// miscAdvFlaky fails each call's first two attempts UNAVAILABLE (the
+// second by panicking), then answers.
+type miscAdvFlaky struct {
+	echoserver.Server
+	mu       sync.Mutex
+	attempts map[string]int
+}
+
+func (f *miscAdvFlaky) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	f.mu.Lock()
+	f.attempts[req.GetMessage()]++
+	n := f.attempts[req.GetMessage()]
+	f.mu.Unlock()
+	switch n {
+	case 1:
+		return nil, status.Error(codes.Unavailable, "not yet")
+	case 2:
+		panic("miscadv: flaky")
+	}
+	return f.Server.EchoUnary(ctx, req)
+}
+
+// TestMiscAdvRetriedCallCountedOnce: a call the worker ran three times
+// (WorkerRetries) is one call in the worker's metrics (its final code,
+// one duration, nothing left in flight) and one handle span.
+func TestMiscAdvRetriedCallCountedOnce(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	e := setup(t, &miscAdvFlaky{attempts: map[string]int{}}, runtime.WithMeterProvider(mp), runtime.WithTracerProvider(tp), runtime.WorkerRetries(3))
+	if r, err := e.conn(t).EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "flaky"}); err != nil || r.GetMessage() != "flaky" {
+		t.Fatalf("a call answered on its third attempt: %v, %v", r, err)
+	}
+	rm, ok := waitMetric(t, reader, func(rm metricdata.ResourceMetrics) bool {
+		return total(sumByCode(t, rm, "kafkarpc.worker.calls")) >= 1 && histogramCount(rm, "kafkarpc.worker.duration") >= 1
+	})
+	if calls := sumByCode(t, rm, "kafkarpc.worker.calls"); !ok || fmt.Sprint(calls) != "map[0:1]" {
+		t.Errorf("kafkarpc.worker.calls = %v, want one OK call", calls)
+	}
+	if n := histogramCount(rm, "kafkarpc.worker.duration"); n != 1 {
+		t.Errorf("kafkarpc.worker.duration has %d observations, want 1", n)
+	}
+	if n := sumByCode(t, rm, "kafkarpc.worker.inflight")[-1]; n != 0 {
+		t.Errorf("kafkarpc.worker.inflight = %d, want 0", n)
+	}
+	var handles []sdktrace.ReadOnlySpan
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if handles = spanTree(spans)["handle /example.echo.v1.EchoService/EchoUnary"]; len(handles) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(handles) != 1 || handles[0].Status().Code != otelcodes.Unset {
+		t.Errorf("handle spans %d, want one, OK: %v", len(handles), names(spans))
 	}
 }
