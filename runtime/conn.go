@@ -191,14 +191,14 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	}
 	in, out, err := messages(m, args, reply)
 	if err != nil {
-		return err
+		return cc.g.refused(ctx, m, err)
 	}
 	b, err := proto.Marshal(in)
 	if err != nil {
-		return status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err)
+		return cc.g.refused(ctx, m, status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err))
 	}
 	if err := co.checkSend(len(b)); err != nil {
-		return err // nothing sent, as grpc-go sends no message over the limit
+		return cc.g.refused(ctx, m, err) // nothing sent, as grpc-go sends no message over the limit
 	}
 	md, _ := metadata.FromOutgoingContext(ctx)
 	c, err := cc.g.begin(ctx, m, md)

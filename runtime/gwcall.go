@@ -106,11 +106,11 @@ func (g *Gateway) begin(ctx context.Context, m *MethodSpec, md metadata.MD) (*gw
 // own memory before the call begins).
 func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md metadata.MD) (*gwCall, error) {
 	if m.Fetch != nil || len(m.Routes) == 0 {
-		return nil, status.Errorf(codes.Unimplemented, "%s: not a request/reply method", m.FullMethod())
+		return nil, g.refused(ctx, m, status.Errorf(codes.Unimplemented, "%s: not a request/reply method", m.FullMethod()))
 	}
 	p, err := g.prepare(ctx, m)
 	if err != nil {
-		return nil, status.Errorf(lookupCode(err), "%v", err) // PERMISSION_DENIED: a reply topic the gateway may not read
+		return nil, g.refused(ctx, m, status.Errorf(lookupCode(err), "%v", err)) // PERMISSION_DENIED: a reply topic the gateway may not read
 	}
 	rp := p.route(md)
 	c.g, c.m, c.rp, c.key, c.keyPending = g, m, rp, rp.key, rp.route.KeyField != nil && rp.key == nil
@@ -333,6 +333,17 @@ func ceilTimeout(d time.Duration) time.Duration {
 // once, after end, by the goroutine that awaited the replies, when nothing
 // will await them again.
 func (c *gwCall) releaseSignal() { signals.Put(c.signal) }
+
+// refused counts a call of m that failed with err before it could begin
+// (its method's telemetry is not made yet, or it is no call of this
+// gateway's kind): as a call that began and ended at once, so that the
+// calls by code include it. Returns err.
+func (g *Gateway) refused(ctx context.Context, m *MethodSpec, err error) error {
+	method := attribute.String("rpc.method", m.FullMethod())
+	g.met.begin(ctx, method)
+	g.met.end(ctx, method, time.Now(), err)
+	return err
+}
 
 // abandon ends the telemetry of a call that begin could not start.
 func (c *gwCall) abandon(err error) error {

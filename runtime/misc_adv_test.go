@@ -792,3 +792,36 @@ func TestMiscAdvRetriedCallCountedOnce(t *testing.T) {
 		t.Errorf("handle spans %d, want one, OK: %v", len(handles), names(spans))
 	}
 }
+
+// TestMiscAdvRefusedCallCounted: a ClientConn call refused before it
+// began (its request over grpc.MaxCallSendMsgSize, or a fetch method
+// called as a unary one) was in no metric: the calls by code, which a
+// dashboard of failures reads, missed it. It is now counted once, with the
+// code its caller got.
+func TestMiscAdvRefusedCallCounted(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("rf") + "."
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-requests", prefix+"echo-responses")
+	cc, echo := connTo(t, kc, prefix, runtime.WithMeterProvider(mp))
+	ctx := ctxFor(t, 30*time.Second)
+	_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: strings.Repeat("x", 100)}, grpc.MaxCallSendMsgSize(10))
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a request over MaxCallSendMsgSize: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	err = cc.Invoke(ctx, echov1.EchoService_EchoEvents_FullMethodName, &emptypb.Empty{}, &echov1.EchoEvent{})
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("a fetch method invoked as unary: %v, want UNIMPLEMENTED", err)
+	}
+	rm := collect(t, reader)
+	if got := sumByCode(t, rm, "kafkarpc.client.calls"); len(got) != 2 || got[int64(codes.Unimplemented)] != 1 || got[int64(codes.ResourceExhausted)] != 1 {
+		t.Errorf("kafkarpc.client.calls = %v, want one RESOURCE_EXHAUSTED and one UNIMPLEMENTED", got)
+	}
+	if n := histogramCount(rm, "kafkarpc.client.duration"); n != 2 {
+		t.Errorf("kafkarpc.client.duration has %d observations, want 2", n)
+	}
+	if n := sumByCode(t, rm, "kafkarpc.client.inflight")[-1]; n != 0 {
+		t.Errorf("kafkarpc.client.inflight = %d, want 0", n)
+	}
+}
