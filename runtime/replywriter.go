@@ -476,6 +476,15 @@ func (t *txnWriter) commit(cm *committer, _ map[kafkaclient.TopicPartition]bool)
 	w := t.w
 	t.commitMu.Lock()
 	defer t.commitMu.Unlock()
+	if w.Err() != nil {
+		// A transaction failed and was aborted (or could not be flushed),
+		// and the worker stops: nothing more is committed. The offsets of
+		// the calls whose replies that transaction held are marked done,
+		// and a later commit, even of an empty transaction, would take
+		// them past requests whose answers nobody will ever read; left
+		// uncommitted, the partitions' next owners serve them again.
+		return
+	}
 	t.mu.Lock()
 	t.closing = true
 	for t.open > 0 {
