@@ -23,6 +23,7 @@ type requestQueue struct {
 	one         [1]*kafkaclient.Record // all's first backing array: a unary call's request needs no other
 	next        int                    // index in all of the next record to hand out
 	ended       bool                   // the request stream is complete
+	cancelled   bool                   // it ended with the caller's cancel, not the whole stream: no io.EOF
 	undecodable bool                   // a request message could not be decoded
 	signal      chan struct{}          // wakes a waiting recv; capacity 1, made by the first recv that waits
 	gen         int                    // the handler attempt reading (call.endAttempt)
@@ -58,6 +59,7 @@ func (c *call) feed(rec *kafkaclient.Record, env *wire.Envelope) {
 	}
 	if rec.Value == nil {
 		q.ended = true
+		q.cancelled = env.Cancel()
 	} else {
 		q.all = append(q.all, rec)
 	}
@@ -154,13 +156,20 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 			q.mu.Unlock()
 			return rec, nil
 		}
-		ended, n := q.ended, q.next
+		ended, n, cancelled := q.ended, q.next, q.cancelled
 		if !ended && q.signal == nil {
 			q.signal = make(chan struct{}, 1)
 		}
 		signal := q.signal
 		q.mu.Unlock()
 		if ended {
+			if cancelled {
+				// The caller gave up midway (its cancel ended the stream,
+				// after cancelling c.ctx): io.EOF would tell the handler
+				// that it has the whole stream. As gRPC's server, the
+				// messages read before it and then CANCELLED.
+				return nil, contextStatus(c.ctx).Err()
+			}
 			if n == 0 && !c.wm.spec.Kind.clientStreams() {
 				return nil, status.Errorf(codes.Internal, "%s: request stream ended without a message", c.wm.spec.FullMethod())
 			}

@@ -7,11 +7,15 @@ package runtime_test
 import (
 	"context"
 	"errors"
+	"io"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
@@ -119,5 +123,90 @@ func TestWorkerAdvFailedTransactionCommitsNothingMore(t *testing.T) {
 	}
 	if n := impl.count("aborted-reply"); n != 2 {
 		t.Fatalf("the handler ran %d times, want 2 (once per member)", n)
+	}
+}
+
+// advUpload is a client-streaming and bidi handler that, once started,
+// waits for the test's go-ahead without watching its context (it is busy,
+// as a handler writing each message somewhere is), then reads its request
+// stream to the end and reports how that read ended: nil for io.EOF, the
+// caller's whole stream, on which a real handler commits what it read.
+type advUpload struct {
+	echov1.UnimplementedEchoServiceServer
+	started chan struct{}
+	proceed chan struct{}
+	ended   chan error // how the reads ended, with the messages read
+	read    atomic.Int32
+}
+
+func (u *advUpload) readAll(recv func() (*echov1.EchoRequest, error)) error {
+	u.started <- struct{}{}
+	<-u.proceed
+	for {
+		_, err := recv()
+		if errors.Is(err, io.EOF) {
+			u.ended <- nil
+			return nil
+		}
+		if err != nil {
+			u.ended <- err
+			return err
+		}
+		u.read.Add(1)
+	}
+}
+
+func (u *advUpload) EchoClientStream(s grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	if err := u.readAll(s.Recv); err != nil {
+		return err
+	}
+	return s.SendAndClose(&echov1.EchoResponse{Message: "committed", Index: u.read.Load()})
+}
+
+func (u *advUpload) EchoBidiStream(s grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	return u.readAll(s.Recv)
+}
+
+// TestWorkerAdvCancelledClientStreamIsNoEOF: a caller cancels its client
+// stream (or bidi call) midway; its gateway writes the request's end with
+// zilla:status=1 (WIRE.md). A handler that was busy when the cancel came
+// and reads its stream afterwards got io.EOF, the sign that the caller sent
+// its whole stream, on which it commits what it read (an upload kept
+// half-done); gRPC's own server gives such a Recv CANCELLED.
+func TestWorkerAdvCancelledClientStreamIsNoEOF(t *testing.T) {
+	for _, method := range []string{"EchoClientStream", "EchoBidiStream"} {
+		t.Run(method, func(t *testing.T) {
+			impl := &advUpload{started: make(chan struct{}, 1), proceed: make(chan struct{}), ended: make(chan error, 1)}
+			e := setup(t, impl)
+			id := "cancelled-" + method
+			send := func(msg string, extra ...string) {
+				t.Helper()
+				hs := append(requestHeaders(e, echoService, method, id), extra...)
+				var value []byte
+				if msg != "" {
+					value, _ = proto.Marshal(&echov1.EchoRequest{Message: msg})
+				}
+				produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("echo-requests"), Key: []byte(id), Value: value, Headers: hs.headers()})
+			}
+			send("part 1")
+			select {
+			case <-impl.started:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the handler did not start within 30 s of the first request record")
+			}
+			send("part 2")
+			send("", "zilla:status", "1") // the caller cancelled
+			awaitWorkerRead(t, e, id)
+			close(impl.proceed)
+			select {
+			case err := <-impl.ended:
+				if status.Code(err) != codes.Canceled {
+					t.Fatalf("after the caller's cancel, the handler's read of its request stream ended with %v after %d messages; "+
+						"want CANCELLED (io.EOF says the caller sent its whole stream)", err, impl.read.Load())
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the handler's reads did not end within 30 s")
+			}
+		})
 	}
 }
