@@ -462,6 +462,12 @@ func (c *call) invoke() (st *status.Status, panicked bool) {
 	} else {
 		err = sd.Handler(wm.impl, ss)
 	}
+	if err == nil && c.out.wasRefused() {
+		// The handler returned nil after a Send of its was refused (past
+		// the deadline, cancelled, given up): an OK end would tell the
+		// caller that the stream it got is whole.
+		return contextStatus(c.ctx), false
+	}
 	return toStatus(c.ctx, err), false
 }
 

@@ -40,6 +40,7 @@ type replyState struct {
 	sent      int                  // messages sent
 	held      []byte               // the response of a single-response call, sent by finish
 	aborted   bool                 // nothing more goes out
+	refused   bool                 // a message the handler sent was refused: the call's context had ended
 	closed    bool                 // finish took the header and trailer: later ones are refused
 	gen       int                  // the handler attempt sending (call.endAttempt)
 }
@@ -244,7 +245,9 @@ func (c *call) sendMsg(m any, gen int) error {
 	if o.aborted || c.ctx.Err() != nil {
 		// Given up, cancelled by the caller, or past the deadline: as
 		// gRPC's SendMsg does once the stream's context is done, nothing
-		// more goes out and the handler learns why.
+		// more goes out and the handler learns why. Should it return nil
+		// all the same, its stream does not end OK over the gap (invoke).
+		o.refused = true
 		return contextStatus(c.ctx).Err()
 	}
 	if c.id == "" {
@@ -341,8 +344,16 @@ func (o *replyState) untouched() bool {
 // reset forgets what a failed attempt set, for a retry.
 func (o *replyState) reset() {
 	o.mu.Lock()
-	o.header, o.trailer, o.frozen, o.held, o.sent = nil, nil, false, nil, 0
+	o.header, o.trailer, o.frozen, o.held, o.sent, o.refused = nil, nil, false, nil, 0, false
 	o.mu.Unlock()
+}
+
+// wasRefused reports whether a message the handler sent was refused
+// because the call's context had ended.
+func (o *replyState) wasRefused() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.refused
 }
 
 // serverStream is the grpc.ServerStream a handler attempt gets (gen: which

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -209,4 +210,57 @@ func TestWorkerAdvCancelledClientStreamIsNoEOF(t *testing.T) {
 			}
 		})
 	}
+}
+
+// advCareless is a server-streaming handler that sends index 0, works on
+// past its call's end (it does not watch its context), sends index 1
+// without looking at Send's error, as careless handlers do, and returns
+// nil.
+type advCareless struct {
+	echov1.UnimplementedEchoServiceServer
+}
+
+func (advCareless) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	if err := s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: 0}); err != nil {
+		return err
+	}
+	<-s.Context().Done() // the work outlasts the call
+	_ = s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: 1})
+	return nil
+}
+
+// TestWorkerAdvStreamPastItsEndIsNoOK: a server stream outlives its
+// deadline (here the worker's WorkerMaxCallDuration; the caller set none);
+// its next Send is refused, and the handler, ignoring that, returns nil.
+// The worker ended the call OK: its caller got index 0 and a normal end,
+// a stream with its second message missing that looks whole. gRPC's own
+// server ends such a call DEADLINE_EXCEEDED whatever the handler returns.
+func TestWorkerAdvStreamPastItsEndIsNoOK(t *testing.T) {
+	e := setup(t, advCareless{}, runtime.WorkerMaxCallDuration(500*time.Millisecond))
+	ctx, cancel := context.WithCancel(context.Background()) // no deadline of the caller's
+	defer cancel()
+	s, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "careless"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int32
+	for range 3 { // two responses and the end at most
+		r, err := s.Recv()
+		if err == nil {
+			got = append(got, r.GetIndex())
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			t.Fatalf("the stream ended OK after %v: a response the handler sent past the call's deadline is missing; "+
+				"want DEADLINE_EXCEEDED naming WorkerMaxCallDuration", got)
+		}
+		if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(status.Convert(err).Message(), "WorkerMaxCallDuration") {
+			t.Fatalf("the stream ended %v after %v, want DEADLINE_EXCEEDED naming WorkerMaxCallDuration", err, got)
+		}
+		if len(got) != 1 || got[0] != 0 {
+			t.Fatalf("responses %v before DEADLINE_EXCEEDED, want [0]", got)
+		}
+		return
+	}
+	t.Fatalf("responses %v and no end", got)
 }
