@@ -7,6 +7,7 @@ package runtime_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
@@ -263,4 +265,309 @@ func TestWorkerAdvStreamPastItsEndIsNoOK(t *testing.T) {
 		return
 	}
 	t.Fatalf("responses %v and no end", got)
+}
+
+// TestWorkerAdvMalformedRecordsInterleaved: malformed request records
+// interleaved, on the same partition, with the records of good calls of
+// every kind whose requests are still streaming in. Every good call is
+// answered whole and right; every bad record with a correlation id and a
+// usable reply topic is answered with a status naming its problem, and
+// none takes a good call's records or replies.
+func TestWorkerAdvMalformedRecordsInterleaved(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	reqTopic := e.topic("echo-requests")
+	key := []byte("one-partition")
+	msg := func(m string) []byte {
+		b, _ := proto.Marshal(&echov1.EchoRequest{Message: m})
+		return b
+	}
+	send := func(value []byte, hs ...kafkaclient.Header) {
+		t.Helper()
+		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: value, Headers: hs})
+	}
+	good := func(method, id string) []kafkaclient.Header { return requestHeaders(e, echoService, method, id).headers() }
+	h := func(kv ...string) []kafkaclient.Header { return hdrs(kv).headers() }
+
+	// Bad records, each with what its answer must be ("" for none).
+	type bad struct {
+		id, code, names string
+		hs              []kafkaclient.Header
+		value           []byte
+	}
+	bads := []bad{
+		{id: "nil-service", code: "13", names: "zilla:service", value: msg("x"),
+			hs: append([]kafkaclient.Header{{Key: "zilla:service", Value: nil}}, h("zilla:method", "EchoUnary", "zilla:reply-to", e.topic("echo-responses"), "zilla:correlation-id", "nil-service")...)},
+		{id: "empty-method", code: "13", names: "zilla:method", value: msg("x"),
+			hs: h("zilla:service", echoService, "zilla:method", "", "zilla:reply-to", e.topic("echo-responses"), "zilla:correlation-id", "empty-method")},
+		{id: "wrong-service", code: "12", names: "no.such.Service", value: msg("x"),
+			hs: h("zilla:service", "no.such.Service", "zilla:method", "EchoUnary", "zilla:reply-to", e.topic("echo-responses"), "zilla:correlation-id", "wrong-service")},
+		{id: "bad-timeout", code: "3", names: "grpc-timeout", value: msg("x"),
+			hs: append(good("EchoUnary", "bad-timeout"), h("meta:grpc-timeout", "soon")...)},
+		{id: "not-a-request", code: "13", names: "EchoRequest", value: []byte{0xff, 0xff, 0xff},
+			hs: good("EchoUnary", "not-a-request")},
+		{id: "\xff\xfe", code: "13", names: "zilla:method", value: msg("x"),
+			hs: h("zilla:service", echoService, "zilla:reply-to", e.topic("echo-responses"), "zilla:correlation-id", "\xff\xfe")},
+		{id: "no-reply-topic", value: msg("x"), hs: h("zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:correlation-id", "no-reply-topic")},
+		{id: "bad-reply-topic", value: msg("x"), hs: append(h("zilla:reply-to", "no/such topic"), good("EchoUnary", "bad-reply-topic")...)},
+		{value: msg("x"), hs: h("zilla:service", echoService, "zilla:method", "EchoBidiStream", "zilla:reply-to", e.topic("echo-responses"))},
+		{id: "stray-cancel", value: nil, hs: append(good("EchoUnary", "stray-cancel"), h("zilla:status", "1")...)},
+		{id: "stray-end", value: nil, hs: good("EchoServerStream", "stray-end")},
+	}
+	// Good calls whose requests stream in around the bad records.
+	send(msg("a"), good("EchoClientStream", "good-client")...)
+	send(msg("b1"), good("EchoBidiStream", "good-bidi")...)
+	for i, b := range bads {
+		send(b.value, b.hs...)
+		switch i {
+		case 2:
+			send(msg("u"), good("EchoUnary", "good-unary")...)
+			send(nil, good("EchoUnary", "good-unary")...)
+		case 4:
+			send(msg("b"), good("EchoClientStream", "good-client")...)
+		case 6:
+			send(msg("b2"), good("EchoBidiStream", "good-bidi")...)
+		case 8:
+			send(msg("s"), good("EchoServerStream", "good-server")...)
+			send(nil, good("EchoServerStream", "good-server")...)
+		}
+		if b.value != nil && b.id != "" && b.code != "" {
+			send(nil, b.hs...) // its end, as a gateway writes it
+		}
+	}
+	send(msg("c"), good("EchoClientStream", "good-client")...)
+	send(nil, good("EchoClientStream", "good-client")...)
+	send(nil, good("EchoBidiStream", "good-bidi")...)
+
+	want := map[string]func(recs []*kafkaclient.Record) string{
+		"good-client": func(recs []*kafkaclient.Record) string {
+			return advOneResponse(recs, "a,b,c", 3)
+		},
+		"good-unary": func(recs []*kafkaclient.Record) string { return advOneResponse(recs, "u", 0) },
+		"good-server": func(recs []*kafkaclient.Record) string {
+			return advOneResponse(recs, "s", 0)
+		},
+		"good-bidi": func(recs []*kafkaclient.Record) string {
+			if len(recs) != 3 || header(recs[2], "zilla:status") != "0" {
+				return fmt.Sprintf("%d records ending with status %q, want two responses and an OK end", len(recs), header(recs[len(recs)-1], "zilla:status"))
+			}
+			for i, m := range []string{"b1", "b2"} {
+				var r echov1.EchoResponse
+				if err := proto.Unmarshal(recs[i].Value, &r); err != nil || r.GetMessage() != m || r.GetIndex() != int32(i) {
+					return fmt.Sprintf("response %d is %v (%v), want %q index %d", i, &r, err, m, i)
+				}
+			}
+			return ""
+		},
+	}
+	for _, b := range bads {
+		if b.code == "" {
+			continue
+		}
+		want[b.id] = func(recs []*kafkaclient.Record) string {
+			end := recs[len(recs)-1]
+			if len(recs) != 1 || header(end, "zilla:status") != b.code || !strings.Contains(header(end, "zilla:message"), b.names) {
+				return fmt.Sprintf("%d records ending with status %q message %q, want one end with status %s naming %q",
+					len(recs), header(end, "zilla:status"), header(end, "zilla:message"), b.code, b.names)
+			}
+			return ""
+		}
+	}
+	got := map[string][]*kafkaclient.Record{}
+	ended := 0
+	for bound := time.After(60 * time.Second); ended < len(want); {
+		select {
+		case rec := <-replies.recs:
+			id := header(rec, "zilla:correlation-id")
+			if want[id] == nil {
+				t.Errorf("a reply for correlation id %q, which has no answer coming: %d headers, value %q", id, len(rec.Headers), rec.Value)
+				continue
+			}
+			got[id] = append(got[id], rec)
+			if rec.Value == nil {
+				ended++
+			}
+		case <-bound:
+			for id := range want {
+				if n := len(got[id]); n == 0 || got[id][n-1].Value != nil {
+					t.Errorf("call %q: no end within 60 s (%d records)", id, n)
+				}
+			}
+			t.FailNow()
+		}
+	}
+	for id, check := range want {
+		if problem := check(got[id]); problem != "" {
+			t.Errorf("call %q: %s", id, problem)
+		}
+	}
+	// The worker keeps serving that partition.
+	awaitWorkerRead(t, e, string(key))
+	if r, err := e.echo.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "after"}); err != nil || r.GetMessage() != "after" {
+		t.Fatalf("a call after the malformed records: %v, %v", r, err)
+	}
+}
+
+// advOneResponse checks recs, a call's reply records, for one response
+// with message m and index i and an OK end; it returns what is wrong, or "".
+func advOneResponse(recs []*kafkaclient.Record, m string, i int32) string {
+	if len(recs) != 2 || header(recs[1], "zilla:status") != "0" {
+		return fmt.Sprintf("%d records ending with status %q (%s), want a response and an OK end",
+			len(recs), header(recs[len(recs)-1], "zilla:status"), header(recs[len(recs)-1], "zilla:message"))
+	}
+	var r echov1.EchoResponse
+	if err := proto.Unmarshal(recs[0].Value, &r); err != nil || r.GetMessage() != m || r.GetIndex() != i {
+		return fmt.Sprintf("response %v (%v), want %q index %d", &r, err, m, i)
+	}
+	return ""
+}
+
+// advInFlight serves every echo method; on its first run of each it
+// tells started once it is midway (unary: running; server stream: one
+// response sent; client stream: one message read; bidi: one message
+// answered), and the unary and server-stream runs then wait for their
+// context's end.
+type advInFlight struct {
+	echov1.UnimplementedEchoServiceServer
+	counting
+	started chan string
+}
+
+func (a *advInFlight) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	if a.run("unary") == 1 {
+		a.started <- "unary"
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &echov1.EchoResponse{Message: req.GetMessage()}, nil
+}
+
+func (a *advInFlight) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	n := a.run("server")
+	if err := s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: 0}); err != nil {
+		return err
+	}
+	if n == 1 {
+		a.started <- "server"
+		<-s.Context().Done()
+		return s.Context().Err()
+	}
+	return s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: 1})
+}
+
+func (a *advInFlight) EchoClientStream(s grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	n := a.run("client")
+	var msgs []string
+	for {
+		req, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return s.SendAndClose(&echov1.EchoResponse{Message: strings.Join(msgs, ","), Index: int32(len(msgs))})
+		}
+		if err != nil {
+			return err
+		}
+		if msgs = append(msgs, req.GetMessage()); n == 1 && len(msgs) == 1 {
+			a.started <- "client"
+		}
+	}
+}
+
+func (a *advInFlight) EchoBidiStream(s grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	n := a.run("bidi")
+	for i := int32(0); ; i++ {
+		req, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: i}); err != nil {
+			return err
+		}
+		if n == 1 && i == 0 {
+			a.started <- "bidi"
+		}
+	}
+}
+
+// TestWorkerAdvCloseWithCallsInFlight closes the only worker while a call
+// of each kind runs on it, then starts another member of its group. What
+// the callers get: a call that sent nothing yet (unary, a client stream
+// still streaming in) is served whole by the next member; a call that
+// sent replies (a server stream, a bidi call) ends UNAVAILABLE after
+// them, never OK and never with another run's replies mixed in.
+func TestWorkerAdvCloseWithCallsInFlight(t *testing.T) {
+	impl := &advInFlight{started: make(chan string, 8)}
+	e := setup(t, impl)
+	ctx := ctxFor(t, 60*time.Second)
+	unary := goUnary(ctx, e.echo, "u")
+	server, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := server.Recv(); err != nil || r.GetIndex() != 0 {
+		t.Fatalf("server stream's first response: %v, %v", r, err)
+	}
+	client, err := e.echo.EchoClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Send(&echov1.EchoRequest{Message: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	bidi, err := e.echo.EchoBidiStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bidi.Send(&echov1.EchoRequest{Message: "b1"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := bidi.Recv(); err != nil || r.GetMessage() != "b1" {
+		t.Fatalf("bidi's first response: %v, %v", r, err)
+	}
+	for range 4 {
+		select {
+		case <-impl.started:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the four calls were not all midway within 30 s")
+		}
+	}
+	if err := e.worker.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("server stream after its worker closed: %v, want UNAVAILABLE after its first response", err)
+	}
+	if _, err := bidi.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("bidi call after its worker closed: %v, want UNAVAILABLE after its first response", err)
+	}
+	for _, m := range []string{"b", "c"} {
+		if err := client.Send(&echov1.EchoRequest{Message: m}); err != nil {
+			t.Fatalf("client stream, sending %q after the worker closed: %v", m, err)
+		}
+	}
+	clientRes := make(chan unaryResult, 1)
+	go func() {
+		r, err := client.CloseAndRecv()
+		clientRes <- unaryResult{r, err}
+	}()
+	next := runtime.NewWorker(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
+		runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(e.worker.GroupID()))
+	if err := echov1.RegisterEchoServiceKafkaWorker(next, impl); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = next.Close() })
+	if r := <-unary; r.err != nil || r.r.GetMessage() != "u" {
+		t.Errorf("unary call in flight when its worker closed: %v, %v; want its response from the next member", r.r, r.err)
+	}
+	if r := <-clientRes; r.err != nil || r.r.GetMessage() != "a,b,c" || r.r.GetIndex() != 3 {
+		t.Errorf("client stream in flight when its worker closed: %v, %v; want the next member's answer to all of it (a,b,c)", r.r, r.err)
+	}
+	// (The next member may run the server stream and the bidi call again:
+	// a partition's commit stops below its oldest call not over, here the
+	// unary call given up unserved. Their callers have their answers.)
 }
