@@ -286,7 +286,9 @@ func TestWorkerAdvMalformedRecordsInterleaved(t *testing.T) {
 		t.Helper()
 		produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: value, Headers: hs})
 	}
-	good := func(method, id string) []kafkaclient.Header { return requestHeaders(e, echoService, method, id).headers() }
+	good := func(method, id string) []kafkaclient.Header {
+		return requestHeaders(e, echoService, method, id).headers()
+	}
 	h := func(kv ...string) []kafkaclient.Header { return hdrs(kv).headers() }
 
 	// Bad records, each with what its answer must be ("" for none).
