@@ -214,57 +214,86 @@ func TestWorkerAdvCancelledClientStreamIsNoEOF(t *testing.T) {
 	}
 }
 
-// advCareless is a server-streaming handler that sends index 0, works on
-// past its call's end (it does not watch its context), sends index 1
-// without looking at Send's error, as careless handlers do, and returns
-// nil.
+// advCareless is a server-streaming and bidi handler that sends index 0,
+// works on past its call's end (it does not watch its context), sends
+// index 1 without looking at Send's error, as careless handlers do, and
+// returns nil.
 type advCareless struct {
 	echov1.UnimplementedEchoServiceServer
 }
 
-func (advCareless) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
-	if err := s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: 0}); err != nil {
+func (advCareless) carry(ctx context.Context, send func(*echov1.EchoResponse) error) error {
+	if err := send(&echov1.EchoResponse{Message: "careless", Index: 0}); err != nil {
 		return err
 	}
-	<-s.Context().Done() // the work outlasts the call
-	_ = s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: 1})
+	<-ctx.Done() // the work outlasts the call
+	_ = send(&echov1.EchoResponse{Message: "careless", Index: 1})
 	return nil
 }
 
-// TestWorkerAdvStreamPastItsEndIsNoOK: a server stream outlives its
-// deadline (here the worker's WorkerMaxCallDuration; the caller set none);
-// its next Send is refused, and the handler, ignoring that, returns nil.
-// The worker ended the call OK: its caller got index 0 and a normal end,
-// a stream with its second message missing that looks whole. gRPC's own
-// server ends such a call DEADLINE_EXCEEDED whatever the handler returns.
+func (a advCareless) EchoServerStream(_ *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	return a.carry(s.Context(), s.Send)
+}
+
+func (a advCareless) EchoBidiStream(s grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	if _, err := s.Recv(); err != nil {
+		return err
+	}
+	return a.carry(s.Context(), s.Send)
+}
+
+// TestWorkerAdvStreamPastItsEndIsNoOK: a server stream (or bidi call)
+// outlives its deadline (here the worker's WorkerMaxCallDuration; the
+// caller set none); its next Send is refused, and the handler, ignoring
+// that, returns nil. The worker ended the call OK: its caller got index 0
+// and a normal end, a stream with its second message missing that looks
+// whole. gRPC's own server ends such a call DEADLINE_EXCEEDED whatever the
+// handler returns.
 func TestWorkerAdvStreamPastItsEndIsNoOK(t *testing.T) {
 	e := setup(t, advCareless{}, runtime.WorkerMaxCallDuration(500*time.Millisecond))
-	ctx, cancel := context.WithCancel(context.Background()) // no deadline of the caller's
-	defer cancel()
-	s, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "careless"})
-	if err != nil {
-		t.Fatal(err)
+	for _, method := range []string{"EchoServerStream", "EchoBidiStream"} {
+		t.Run(method, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background()) // no deadline of the caller's
+			defer cancel()
+			var recv func() (*echov1.EchoResponse, error)
+			if method == "EchoServerStream" {
+				s, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "careless"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				recv = s.Recv
+			} else {
+				s, err := e.echo.EchoBidiStream(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Send(&echov1.EchoRequest{Message: "careless"}); err != nil {
+					t.Fatal(err)
+				}
+				recv = s.Recv
+			}
+			var got []int32
+			for range 3 { // two responses and the end at most
+				r, err := recv()
+				if err == nil {
+					got = append(got, r.GetIndex())
+					continue
+				}
+				if errors.Is(err, io.EOF) {
+					t.Fatalf("the stream ended OK after %v: a response the handler sent past the call's deadline is missing; "+
+						"want DEADLINE_EXCEEDED naming WorkerMaxCallDuration", got)
+				}
+				if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(status.Convert(err).Message(), "WorkerMaxCallDuration") {
+					t.Fatalf("the stream ended %v after %v, want DEADLINE_EXCEEDED naming WorkerMaxCallDuration", err, got)
+				}
+				if len(got) != 1 || got[0] != 0 {
+					t.Fatalf("responses %v before DEADLINE_EXCEEDED, want [0]", got)
+				}
+				return
+			}
+			t.Fatalf("responses %v and no end", got)
+		})
 	}
-	var got []int32
-	for range 3 { // two responses and the end at most
-		r, err := s.Recv()
-		if err == nil {
-			got = append(got, r.GetIndex())
-			continue
-		}
-		if errors.Is(err, io.EOF) {
-			t.Fatalf("the stream ended OK after %v: a response the handler sent past the call's deadline is missing; "+
-				"want DEADLINE_EXCEEDED naming WorkerMaxCallDuration", got)
-		}
-		if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(status.Convert(err).Message(), "WorkerMaxCallDuration") {
-			t.Fatalf("the stream ended %v after %v, want DEADLINE_EXCEEDED naming WorkerMaxCallDuration", err, got)
-		}
-		if len(got) != 1 || got[0] != 0 {
-			t.Fatalf("responses %v before DEADLINE_EXCEEDED, want [0]", got)
-		}
-		return
-	}
-	t.Fatalf("responses %v and no end", got)
 }
 
 // TestWorkerAdvMalformedRecordsInterleaved: malformed request records
