@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -40,11 +39,15 @@ type Worker struct {
 	runners    *runners // the goroutines calls run on
 	pollCtx    context.Context
 	pollCancel context.CancelFunc
-	drainCtx   atomic.Pointer[context.Context]
-	loopDone   chan struct{}
-	sem        chan struct{}
-	ready      chan struct{}
-	readyOnce  sync.Once
+	// hurry ends once the calls in flight at shutdown are to be given up:
+	// when the context of any Shutdown (Close's included) ends, or the
+	// worker fails (fail).
+	hurry     context.Context
+	hurryNow  context.CancelFunc
+	loopDone  chan struct{}
+	sem       chan struct{}
+	ready     chan struct{}
+	readyOnce sync.Once
 
 	// mu guards the dispatch tables: the calls in flight by correlation id,
 	// what is known of repeated requests, the key queues and the partition
@@ -137,6 +140,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.runners = newRunners(w.base)
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
+	w.hurry, w.hurryNow = context.WithCancel(context.Background())
 	w.incarnation = []kafkaclient.Header{{Key: cfg.names.MetaPrefix + wire.ServedByMetadata, Value: []byte(wire.NewUUID())}}
 	w.attemptKey = cfg.names.MetaPrefix + wire.AttemptMetadata
 	w.repeats.handOn = w.handOn
@@ -167,9 +171,7 @@ func (w *Worker) fail(err error) {
 	}
 	w.errMu.Unlock()
 	w.cfg.logger.Error("kafkarpc: worker stopping", "group", w.cfg.groupID, "error", err)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	w.drainCtx.CompareAndSwap(nil, &ctx)
+	w.hurryNow()
 	w.pollCancel()
 }
 
@@ -305,7 +307,8 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 // cancelled: those that sent no reply yet are left uncommitted, so that
 // another member serves them again; the others end with UNAVAILABLE. It may
 // be called more than once, and concurrently; every call returns once the
-// worker stopped.
+// worker stopped, and the calls in flight are cancelled when the context of
+// any of them ends (a Close during a graceful Shutdown stops at once).
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.regMu.Lock()
 	started := w.started
@@ -314,7 +317,8 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 		w.baseCancel()
 		return nil
 	}
-	w.drainCtx.CompareAndSwap(nil, &ctx)
+	stop := context.AfterFunc(ctx, w.hurryNow)
+	defer stop()
 	w.pollCancel()
 	<-w.loopDone
 	return nil
@@ -350,11 +354,7 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 			w.handle(rec)
 		}
 	})
-	ctx := context.Background()
-	if p := w.drainCtx.Load(); p != nil {
-		ctx = *p
-	}
-	w.drain(ctx, nil, 0)
+	w.drain(w.hurry, nil, 0)
 	w.committer.stop()
 	w.mu.Lock()
 	w.repeats.dropHeld(nil) // committed as held: not past them

@@ -602,3 +602,57 @@ func TestWorkerAdvCloseWithCallsInFlight(t *testing.T) {
 	// a partition's commit stops below its oldest call not over, here the
 	// unary call given up unserved. Their callers have their answers.)
 }
+
+// advWaits is a unary handler that tells started it runs, then waits for
+// its context's end and returns its error.
+type advWaits struct {
+	echov1.UnimplementedEchoServiceServer
+	started chan struct{}
+}
+
+func (a advWaits) EchoUnary(ctx context.Context, _ *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	a.started <- struct{}{}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestWorkerAdvCloseDuringShutdown: an operator shuts the worker down
+// gracefully (Shutdown with a generous context), a call in flight keeps
+// it waiting, and Close is called to stop it at once ("calls in flight are
+// cancelled as by a Shutdown whose context already ended"). Close waited
+// for the first Shutdown's context instead: only the first context given
+// counted, and the call's handler ran on until that context ended.
+func TestWorkerAdvCloseDuringShutdown(t *testing.T) {
+	impl := advWaits{started: make(chan struct{}, 1)}
+	e := setup(t, impl)
+	ctx := ctxFor(t, 90*time.Second)
+	go func() { _, _ = e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "long"}) }() // its outcome is not the point
+	select {
+	case <-impl.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler did not start within 30 s")
+	}
+	graceful, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	shutdown := make(chan struct{})
+	go func() {
+		defer close(shutdown)
+		_ = e.worker.Shutdown(graceful)
+	}()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		_ = e.worker.Close()
+	}()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return within 30 s while a graceful Shutdown waited for a call in flight: " +
+			"it waits for the Shutdown's context (60 s) instead of cancelling the call at once")
+	}
+	select {
+	case <-shutdown:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the graceful Shutdown did not return within 30 s of Close stopping the worker")
+	}
+}
