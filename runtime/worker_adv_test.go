@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -654,5 +655,124 @@ func TestWorkerAdvCloseDuringShutdown(t *testing.T) {
 	case <-shutdown:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the graceful Shutdown did not return within 30 s of Close stopping the worker")
+	}
+}
+
+// advPanics panics midway on its first run of a message: a server stream
+// after its first response; a bidi call whose first message is "late"
+// after answering it, at its second message; one whose first message is
+// "early" at once, before answering anything. Later runs answer in full.
+type advPanics struct {
+	counting
+}
+
+func (a *advPanics) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	n := a.run(req.GetMessage())
+	for i := range int32(3) {
+		if err := s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: i}); err != nil {
+			return err
+		}
+		if n == 1 {
+			panic("server stream midway")
+		}
+	}
+	return nil
+}
+
+func (a *advPanics) EchoBidiStream(s grpc.BidiStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	var first string
+	n := 0
+	for i := int32(0); ; i++ {
+		req, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			first = req.GetMessage()
+			n = a.run(first)
+		}
+		if n == 1 && (first == "early" || i == 1) {
+			panic("bidi midway")
+		}
+		if err := s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: i}); err != nil {
+			return err
+		}
+	}
+}
+
+// TestWorkerAdvPanicMidStream: a handler panics midway through a stream,
+// with retries on. One that sent responses already is not run again (its
+// caller has them): the caller gets them and INTERNAL, never a second
+// run's responses after them nor an OK end. One that sent nothing is run
+// again from the first request message, and its caller gets that run's
+// whole answer. The worker serves on.
+func TestWorkerAdvPanicMidStream(t *testing.T) {
+	impl := &advPanics{}
+	e := setup(t, impl, runtime.WorkerRetries(3, codes.Unavailable))
+	ctx := ctxFor(t, 60*time.Second)
+
+	s, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "server"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int32
+	for {
+		r, err := s.Recv()
+		if err == nil {
+			got = append(got, r.GetIndex())
+			continue
+		}
+		if status.Code(err) != codes.Internal || len(got) != 1 || got[0] != 0 {
+			t.Errorf("server stream that panicked after its first response: %v, then %v; want [0], then INTERNAL", got, err)
+		}
+		break
+	}
+
+	bidi := func(msgs ...string) ([]string, error) {
+		b, err := e.echo.EchoBidiStream(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var got []string
+		for _, m := range msgs {
+			if err := b.Send(&echov1.EchoRequest{Message: m}); err != nil {
+				break // the call ended: Recv says how
+			}
+			r, err := b.Recv()
+			if err != nil {
+				return got, err
+			}
+			got = append(got, r.GetMessage())
+		}
+		if err := b.CloseSend(); err != nil {
+			return got, err
+		}
+		for {
+			r, err := b.Recv()
+			if errors.Is(err, io.EOF) {
+				return got, nil
+			}
+			if err != nil {
+				return got, err
+			}
+			got = append(got, r.GetMessage())
+		}
+	}
+	if got, err := bidi("late", "second", "third"); status.Code(err) != codes.Internal || !slices.Equal(got, []string{"late"}) {
+		t.Errorf("bidi call that panicked after its first response: %v, then %v; want [late], then INTERNAL", got, err)
+	}
+	if got, err := bidi("early", "second"); err != nil || !slices.Equal(got, []string{"early", "second"}) {
+		t.Errorf("bidi call that panicked before any response, with retries: %v, then %v; want the retry's [early second] and OK", got, err)
+	}
+	for m, want := range map[string]int{"server": 1, "late": 1, "early": 2} {
+		if n := impl.count(m); n != want {
+			t.Errorf("handler runs for %q: %d, want %d", m, n, want)
+		}
+	}
+	if r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"}); err != nil || r.GetMessage() != "after" {
+		t.Fatalf("a call after the panics: %v, %v", r, err)
 	}
 }
