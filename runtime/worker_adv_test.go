@@ -11,6 +11,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -775,4 +776,126 @@ func TestWorkerAdvPanicMidStream(t *testing.T) {
 	if r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"}); err != nil || r.GetMessage() != "after" {
 		t.Fatalf("a call after the panics: %v, %v", r, err)
 	}
+}
+
+// TestWorkerAdvRebalanceMidStream: bidi calls and server streams run while
+// a second worker joins the group (partitions move to it) and then the
+// first leaves (all move to the second). Whichever partition each call is
+// on, its caller gets a correct prefix of its answer, in order, without
+// duplicates or another run's replies, ending OK only when the answer is
+// whole, else UNAVAILABLE.
+func TestWorkerAdvRebalanceMidStream(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	ctx := ctxFor(t, 120*time.Second)
+	const (
+		bidis, steps   = 8, 30
+		joinAt, quitAt = 5, 15
+		streams, total = 6, 40
+	)
+	var joined, quit sync.WaitGroup // the bidi calls that reached the join and the quit
+	joined.Add(bidis)
+	quit.Add(bidis)
+	joinGate, quitGate := make(chan struct{}), make(chan struct{})
+	problems := make(chan string, bidis+streams)
+	var cut atomic.Int32 // calls that ended UNAVAILABLE
+	var wg sync.WaitGroup
+	for c := range bidis {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reached := map[int]func(){joinAt: joined.Done, quitAt: quit.Done}
+			defer func() { // a call that ended early passes the remaining gates
+				for _, done := range reached {
+					done()
+				}
+			}()
+			b, err := e.echo.EchoBidiStream(ctx)
+			if err != nil {
+				problems <- fmt.Sprintf("bidi %d: %v", c, err)
+				return
+			}
+			for i := range steps {
+				if done, ok := reached[i]; ok {
+					delete(reached, i)
+					done()
+					if i == joinAt {
+						<-joinGate
+					} else {
+						<-quitGate
+					}
+				}
+				m := fmt.Sprintf("c%d-m%d", c, i)
+				if err := b.Send(&echov1.EchoRequest{Message: m}); err != nil {
+					_, err = b.Recv()
+					if status.Code(err) != codes.Unavailable {
+						problems <- fmt.Sprintf("bidi %d ended at message %d with %v, want UNAVAILABLE if not OK", c, i, err)
+					}
+					cut.Add(1)
+					return
+				}
+				r, err := b.Recv()
+				if err != nil {
+					if status.Code(err) != codes.Unavailable {
+						problems <- fmt.Sprintf("bidi %d ended at message %d with %v, want UNAVAILABLE if not OK", c, i, err)
+					}
+					cut.Add(1)
+					return
+				}
+				if r.GetMessage() != m || r.GetIndex() != int32(i) {
+					problems <- fmt.Sprintf("bidi %d: answer %d is %q index %d, want %q index %d", c, i, r.GetMessage(), r.GetIndex(), m, i)
+					return
+				}
+			}
+			if err := b.CloseSend(); err != nil {
+				problems <- fmt.Sprintf("bidi %d: CloseSend: %v", c, err)
+				return
+			}
+			if r, err := b.Recv(); !errors.Is(err, io.EOF) && status.Code(err) != codes.Unavailable {
+				problems <- fmt.Sprintf("bidi %d after all %d answers: %v, %v; want the end (OK, or UNAVAILABLE)", c, steps, r, err)
+			}
+		}()
+	}
+	joined.Wait()
+	for c := range streams {
+		s, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: fmt.Sprint("s", c), Repeat: total, DelayMs: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int32(0); ; i++ {
+				r, err := s.Recv()
+				switch {
+				case errors.Is(err, io.EOF) && i == total:
+					return
+				case errors.Is(err, io.EOF):
+					problems <- fmt.Sprintf("server stream %d ended OK after %d of its %d responses", c, i, total)
+					return
+				case err != nil:
+					if status.Code(err) != codes.Unavailable {
+						problems <- fmt.Sprintf("server stream %d ended at response %d with %v, want UNAVAILABLE if not OK", c, i, err)
+					}
+					cut.Add(1)
+					return
+				case r.GetIndex() != i || r.GetMessage() != fmt.Sprint("s", c):
+					problems <- fmt.Sprintf("server stream %d: response %d is %q index %d", c, i, r.GetMessage(), r.GetIndex())
+					return
+				}
+			}
+		}()
+	}
+	startWorker(t, e, echoserver.Server{}) // partitions spread over two members
+	close(joinGate)
+	quit.Wait()
+	if err := e.worker.Close(); err != nil { // the first member leaves: all move to the second
+		t.Fatal(err)
+	}
+	close(quitGate)
+	wg.Wait()
+	close(problems)
+	for p := range problems {
+		t.Error(p)
+	}
+	t.Logf("%d of %d calls ended UNAVAILABLE midway, the others whole", cut.Load(), bidis+streams)
 }
