@@ -439,6 +439,23 @@ func TestWorkerAdvMalformedRecordsInterleaved(t *testing.T) {
 	if r, err := e.echo.EchoUnary(ctxFor(t, 30*time.Second), &echov1.EchoRequest{Message: "after"}); err != nil || r.GetMessage() != "after" {
 		t.Fatalf("a call after the malformed records: %v, %v", r, err)
 	}
+	// Nothing holds its commits: the group's next member, once this one
+	// left, reads none of those records again (only a marker written now).
+	if err := e.worker.Close(); err != nil {
+		t.Fatal(err)
+	}
+	next := startWorker(t, e, echoserver.Server{})
+	produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: []byte("marker")})
+	for deadline := time.Now().Add(30 * time.Second); next.Stats().SkippedNoCorrelationID == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the next member did not read the marker record within 30 s")
+		}
+		time.Sleep(time.Millisecond) // polling the worker's state, bounded above
+	}
+	if st := next.Stats(); st.Calls != 0 || st.SkippedNoCorrelationID != 1 {
+		t.Fatalf("the next member started %d calls and skipped %d records without correlation id, want 0 and 1 (the marker): "+
+			"the first member's commit stopped short of records it had answered or skipped", st.Calls, st.SkippedNoCorrelationID)
+	}
 }
 
 // advOneResponse checks recs, a call's reply records, for one response
