@@ -367,7 +367,12 @@ func (c *call) run() {
 	}
 	<-c.w.sem
 	st, superseded := c.decide(st)
-	if !superseded && st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.in.isUndecodable() || c.retryable(st, panicked)) {
+	// A call the worker gave up (rebalance, shutdown) failed because it
+	// was cancelled, not for its request: no poison. Left uncommitted
+	// unless it sent replies, it is served again by the partition's next
+	// owner, and a dead letter of it would be replayed a second time.
+	givenUp := errors.Is(context.Cause(c.ctx), errAborted)
+	if !superseded && !givenUp && st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.in.isUndecodable() || c.retryable(st, panicked)) {
 		c.deadLetter(st)
 	}
 	c.finish(st)

@@ -261,8 +261,11 @@ func WorkerRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 // cannot be decoded (at once), or whose handler failed or panicked on every
 // one of its WorkerRetries attempts, has its request records copied there with
 // headers saying where they came from and why (see DeadLetterHeaders); the
-// caller still gets the final status. The topic goes through the topic mapper
-// (WithTopicMapper) and must exist. Default: none.
+// caller still gets the final status. A call the worker gave up in a
+// rebalance or shutdown is no poison, whatever its handler returned once
+// cancelled: it is not copied (the partition's next owner serves it again).
+// The topic goes through the topic mapper (WithTopicMapper) and must exist.
+// Default: none.
 func WorkerDeadLetterTopic(topic string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.deadLetterTopic = topic })
 }

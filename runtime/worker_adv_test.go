@@ -26,6 +26,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // advCommittedClient returns an echo client of a new gateway on e's topics
@@ -915,4 +916,58 @@ func TestWorkerAdvRebalanceMidStream(t *testing.T) {
 		t.Error(p)
 	}
 	t.Logf("%d of %d calls ended UNAVAILABLE midway, the others whole", cut.Load(), bidis+streams)
+}
+
+// advBackend is a unary handler that, on its first run of a message, tells
+// started and waits for its context's end, then fails UNAVAILABLE as a
+// handler does whose backend call was cut off; later runs answer.
+type advBackend struct {
+	counting
+	started chan struct{}
+}
+
+func (a *advBackend) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	if a.run(req.GetMessage()) == 1 {
+		a.started <- struct{}{}
+		<-ctx.Done()
+		return nil, status.Error(codes.Unavailable, "backend call cut off")
+	}
+	return &echov1.EchoResponse{Message: req.GetMessage()}, nil
+}
+
+// TestWorkerAdvGivenUpCallIsNoDeadLetter: with a dead-letter topic, a call
+// in flight when its worker closes is given up (its handler cancelled, its
+// offset left uncommitted) and served again by the group's next member.
+// Its handler failed UNAVAILABLE once cancelled, a code worth a retry, so
+// the worker copied the request to the dead-letter topic as a poison
+// request, although it was served: whoever replays the dead letters runs
+// it a second time.
+func TestWorkerAdvGivenUpCallIsNoDeadLetter(t *testing.T) {
+	impl := &advBackend{started: make(chan struct{}, 1)}
+	e := setup(t, impl, runtime.WorkerDeadLetterTopic("dlq"))
+	kafkatest.CreateTopics(t, e.kc, 1, e.topic("dlq"))
+	dead := watchReplies(t, e.kc, e.topic("dlq"))
+	res := goUnary(ctxFor(t, 60*time.Second), e.echo, "given-up")
+	select {
+	case <-impl.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler did not start within 30 s")
+	}
+	if err := e.worker.Close(); err != nil { // a dead letter it writes is acknowledged before Close returns
+		t.Fatal(err)
+	}
+	startWorker(t, e, impl)
+	if r := <-res; r.err != nil || r.r.GetMessage() != "given-up" {
+		t.Fatalf("the call given up at close ended %v, %v; want its response from the next member", r.r, r.err)
+	}
+	produce(t, e.kc, &kafkaclient.Record{Topic: e.topic("dlq"), Value: []byte("marker")})
+	select {
+	case rec := <-dead.recs:
+		if string(rec.Value) != "marker" {
+			t.Fatalf("a dead letter (status %s, %q) for a request given up at close and served by the next member",
+				header(rec, wire.DeadLetterStatus), header(rec, wire.DeadLetterMessage))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the marker written to the dead-letter topic was not read within 30 s")
+	}
 }
