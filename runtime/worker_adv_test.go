@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -969,5 +970,64 @@ func TestWorkerAdvGivenUpCallIsNoDeadLetter(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the marker written to the dead-letter topic was not read within 30 s")
+	}
+}
+
+// advCarelessOnce is advCareless on its first run of a message; later runs
+// send both responses in time.
+type advCarelessOnce struct {
+	counting
+}
+
+func (a *advCarelessOnce) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	if a.run(req.GetMessage()) == 1 {
+		return advCareless{}.carry(s.Context(), s.Send)
+	}
+	for i := range int32(2) {
+		if err := s.Send(&echov1.EchoResponse{Message: req.GetMessage(), Index: i}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestWorkerAdvKeyedStreamPastItsEndNotStored is
+// TestWorkerAdvStreamPastItsEndIsNoOK with an idempotency key: the stream
+// missing its second response ended OK, so the worker stored it as the
+// call's outcome, and the caller's retry with the same key got that
+// partial stream again, OK, without the handler running again.
+func TestWorkerAdvKeyedStreamPastItsEndNotStored(t *testing.T) {
+	impl := &advCarelessOnce{}
+	e := setup(t, impl, runtime.WorkerMaxCallDuration(500*time.Millisecond))
+	call := func() ([]int32, error) {
+		ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "idempotency-key", "careless-key"))
+		defer cancel()
+		s, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "careless"})
+		if err != nil {
+			return nil, err
+		}
+		var got []int32
+		for range 3 { // two responses and the end at most
+			r, err := s.Recv()
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				return got, err
+			}
+			got = append(got, r.GetIndex())
+		}
+		return got, errors.New("no end after two responses")
+	}
+	if got, err := call(); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("first call: %v, then %v; want [0], then DEADLINE_EXCEEDED", got, err)
+	}
+	got, err := call()
+	if err != nil || !slices.Equal(got, []int32{0, 1}) {
+		t.Fatalf("the retry with the same key got %v, then %v; want a second run's whole stream [0 1] and OK "+
+			"(the first run's stream missed a response: no outcome to store)", got, err)
+	}
+	if n := impl.count("careless"); n != 2 {
+		t.Fatalf("the handler ran %d times, want 2", n)
 	}
 }
