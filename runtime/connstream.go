@@ -284,7 +284,11 @@ func (s *connStream) CloseSend() error {
 	s.sendMu.Lock()
 	s.closed = true
 	s.sendMu.Unlock()
-	s.c.sendEnd(false)
+	// A caller that cancelled before it half-closed ends the stream with a
+	// cancel, not a normal end that could reach the worker before the
+	// cancel does: its handler must not take the messages it read for the
+	// whole stream. Not once the replies ended: the call is over.
+	s.c.sendEnd(s.ctx.Err() != nil && !s.c.over())
 	return nil
 }
 

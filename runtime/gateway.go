@@ -314,7 +314,12 @@ func relayRequests[Req any, PReq interface {
 		req := PReq(new(Req))
 		err := stream.RecvMsg(req)
 		if err == io.EOF {
-			c.sendEnd(false)
+			// A half-close read after the caller's cancel or deadline (both
+			// reached the gateway; gRPC reads them in either order) ends
+			// the stream with a cancel, as the cancel alone would: the
+			// worker's handler must not take what it read for the whole
+			// stream. Not once the replies ended: the call is over.
+			c.sendEnd(stream.Context().Err() != nil && !c.over())
 			return
 		}
 		if err != nil {
