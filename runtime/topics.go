@@ -266,8 +266,11 @@ func describeTopic(t Topic) string {
 // anything, for a name Kafka refuses (1 to 249 characters of
 // [a-zA-Z0-9._-], not "." or ".."), naming every such topic, and for an
 // outcome topic that exists with fewer partitions than a request topic
-// given with it (existing, or about to be created), naming both counts.
-// Topics named twice are looked up once. It is
+// given with it (existing, or about to be created), naming both counts,
+// and for a request or reply topic that exists with a cleanup.policy that
+// compacts it (when admin implements kafkaclient.TopicConfigReader, as
+// both of the project's clients do, and may describe the topic's
+// configuration). Topics named twice are looked up once. It is
 // bounded by ctx, or by 30 s when ctx has no deadline, and safe to call
 // concurrently (several processes creating the same topics is not an
 // error). Typical use, before
@@ -339,6 +342,9 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 				"an outcome goes to the partition with its request's number (add partitions to it: kafka-topics.sh --alter --partitions %d)",
 				t.Name, n, requestParts, requestParts)
 		}
+	}
+	if err := checkNotCompacted(ctx, admin, l.topics, have); err != nil {
+		return err
 	}
 	if len(missing) == 0 {
 		return nil
@@ -693,4 +699,40 @@ func watchRequestTopics(ctx context.Context, admin TopicAdmin, topics []string, 
 // until the worker stops polling. The caller holds w.regMu (Start does).
 func (w *Worker) watchTopics() {
 	go watchRequestTopics(w.pollCtx, w.client, slices.Clone(w.topics), w.cfg.groupID, w.cfg.logger)
+}
+
+// checkNotCompacted refuses an existing request or reply topic (of those
+// in have) whose cleanup.policy compacts it, when admin can look the
+// policy up (kafkaclient.TopicConfigReader): every record of a call shares
+// its key (the correlation id, or the key field's value, shared by other
+// calls too), and compaction keeps only the last record of a key, a call's
+// end-of-stream record (a tombstone, itself deleted later), so a worker or
+// gateway reading behind the log cleaner would lose calls. A principal
+// that may not describe the topic's configuration skips the check.
+func checkNotCompacted(ctx context.Context, admin TopicAdmin, topics []Topic, have map[string]int32) error {
+	cr, ok := admin.(kafkaclient.TopicConfigReader)
+	if !ok {
+		return nil
+	}
+	var compacted []string
+	for _, t := range topics {
+		if _, ok := have[t.Name]; !ok || t.Role&(TopicRequest|TopicRouteRequest|TopicReply) == 0 {
+			continue
+		}
+		v, err := cr.TopicConfig(ctx, t.Name, "cleanup.policy")
+		switch {
+		case errors.Is(err, kafkaclient.ErrNotAuthorized):
+			continue
+		case err != nil:
+			return fmt.Errorf("kafkarpc: looking up the cleanup.policy of topic %s: %w", t.Name, err)
+		case strings.Contains(v, "compact"):
+			compacted = append(compacted, fmt.Sprintf("%s: cleanup.policy=%s", describeTopic(t), v))
+		}
+	}
+	if len(compacted) > 0 {
+		return fmt.Errorf("kafkarpc: a request or reply topic must not be compacted: every record of a call shares its key, and compaction keeps only "+
+			"a key's last record (the call's end), so calls read behind the log cleaner lose their messages; set cleanup.policy=delete "+
+			"(kafka-configs.sh --alter --entity-type topics --entity-name NAME --add-config cleanup.policy=delete): %s", strings.Join(compacted, "; "))
+	}
+	return nil
 }

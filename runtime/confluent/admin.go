@@ -387,7 +387,10 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 	return out, nil
 }
 
-var _ kafkaclient.TopicLimiter = (*Client)(nil)
+var (
+	_ kafkaclient.TopicLimiter      = (*Client)(nil)
+	_ kafkaclient.TopicConfigReader = (*Client)(nil)
+)
 
 var _ kafkaclient.BatchBounder = (*Client)(nil)
 
@@ -469,9 +472,49 @@ func topicResultErr(what, topic string, e kafka.Error) error {
 // describes the topic's configuration (kafkaclient.TopicLimiter). Without
 // a deadline in ctx the call is bounded by 30s. Safe for concurrent use.
 func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, error) {
+	cfg, err := c.topicConfig(ctx, topic)
+	if err != nil {
+		return 0, err
+	}
+	// Kafka answers the topic's max.message.bytes with the value in
+	// force (the topic's own, else the broker's message.max.bytes, else
+	// the default). kfake, the embedded broker, answers the default under
+	// the topic's name and a broker-level message.max.bytes under the
+	// broker's name: the broker's then is the one in force.
+	e, ok := cfg["max.message.bytes"]
+	if b, set := cfg["message.max.bytes"]; set && (!ok || e.Source == kafka.ConfigSourceDefault) {
+		e, ok = b, true
+	}
+	if !ok {
+		return 0, fmt.Errorf("confluent: configuration of %s has no max.message.bytes", topic)
+	}
+	n, err := strconv.Atoi(e.Value)
+	if err != nil {
+		return 0, fmt.Errorf("confluent: max.message.bytes of %s: %w", topic, err)
+	}
+	return n, nil
+}
+
+// TopicConfig returns the value in force of topic's configuration entry
+// name (kafkaclient.TopicConfigReader). Without a deadline in ctx the call
+// is bounded by 30s. Safe for concurrent use.
+func (c *Client) TopicConfig(ctx context.Context, topic, name string) (string, error) {
+	cfg, err := c.topicConfig(ctx, topic)
+	if err != nil {
+		return "", err
+	}
+	e, ok := cfg[name]
+	if !ok {
+		return "", fmt.Errorf("confluent: configuration of %s has no %s", topic, name)
+	}
+	return e.Value, nil
+}
+
+// topicConfig describes topic's configuration.
+func (c *Client) topicConfig(ctx context.Context, topic string) (map[string]kafka.ConfigEntryResult, error) {
 	ctx, cancel := adminCtx(ctx)
 	defer cancel()
-	var n int
+	var cfg map[string]kafka.ConfigEntryResult
 	err := c.withAdmin(func(p *producer) error {
 		adm, err := p.adminClient()
 		if err != nil {
@@ -487,24 +530,8 @@ func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, e
 		if err := topicResultErr("configuration", topic, res[0].Error); err != nil {
 			return err
 		}
-		// Kafka answers the topic's max.message.bytes with the value in
-		// force (the topic's own, else the broker's message.max.bytes,
-		// else the default). kfake, the embedded broker, answers the
-		// default under the topic's name and a broker-level
-		// message.max.bytes under the broker's name: the broker's then is
-		// the one in force.
-		e, ok := res[0].Config["max.message.bytes"]
-		if b, set := res[0].Config["message.max.bytes"]; set && (!ok || e.Source == kafka.ConfigSourceDefault) {
-			e, ok = b, true
-		}
-		if !ok {
-			return fmt.Errorf("confluent: configuration of %s has no max.message.bytes", topic)
-		}
-		n, err = strconv.Atoi(e.Value)
-		if err != nil {
-			return fmt.Errorf("confluent: max.message.bytes of %s: %w", topic, err)
-		}
+		cfg = res[0].Config
 		return nil
 	})
-	return n, err
+	return cfg, err
 }

@@ -450,7 +450,10 @@ func (c *Client) Offsets(ctx context.Context, topic string, partitions []int32, 
 	return out, nil
 }
 
-var _ kafkaclient.TopicLimiter = (*Client)(nil)
+var (
+	_ kafkaclient.TopicLimiter      = (*Client)(nil)
+	_ kafkaclient.TopicConfigReader = (*Client)(nil)
+)
 
 // TopicMaxMessageBytes returns topic's max.message.bytes, as the cluster
 // describes the topic's configuration (kafkaclient.TopicLimiter). Without
@@ -467,25 +470,57 @@ func (c *Client) TopicMaxMessageBytes(ctx context.Context, topic string) (int, e
 	return n, err
 }
 
-// topicMaxMessageBytes looks up topic's max.message.bytes through adm
-// (TopicMaxMessageBytes, batchLimits).
-func topicMaxMessageBytes(ctx context.Context, adm *kadm.Client, topic string) (int, error) {
+// TopicConfig returns the value in force of topic's configuration entry
+// name (kafkaclient.TopicConfigReader). Without a deadline in ctx the call
+// is bounded by 30s. Safe for concurrent use.
+func (c *Client) TopicConfig(ctx context.Context, topic, name string) (string, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	var v string
+	err := c.withAdmin(ctx, func(_ *kgo.Client, adm *kadm.Client) error {
+		rc, err := describeTopicConfig(ctx, adm, topic)
+		if err != nil {
+			return err
+		}
+		for _, cf := range rc.Configs {
+			if cf.Key == name && cf.Value != nil {
+				v = *cf.Value
+				return nil
+			}
+		}
+		return fmt.Errorf("franz: configuration of %s has no %s", topic, name)
+	})
+	return v, err
+}
+
+// describeTopicConfig describes topic's configuration through adm.
+func describeTopicConfig(ctx context.Context, adm *kadm.Client, topic string) (kadm.ResourceConfig, error) {
 	rcs, err := adm.DescribeTopicConfigs(ctx, topic)
 	if err != nil {
-		return 0, fmt.Errorf("franz: configuration of %s: %w", topic, err)
+		return kadm.ResourceConfig{}, fmt.Errorf("franz: configuration of %s: %w", topic, err)
 	}
 	rc, err := rcs.On(topic, nil)
 	if err == nil {
 		err = rc.Err
 	}
 	if errors.Is(err, kerr.UnknownTopicOrPartition) {
-		return 0, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
+		return rc, fmt.Errorf("%w: %s", kafkaclient.ErrUnknownTopic, topic)
 	}
 	if errors.Is(err, kerr.TopicAuthorizationFailed) {
-		return 0, fmt.Errorf("franz: configuration of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, err)
+		return rc, fmt.Errorf("franz: configuration of %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, err)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("franz: configuration of %s: %w", topic, err)
+		return rc, fmt.Errorf("franz: configuration of %s: %w", topic, err)
+	}
+	return rc, nil
+}
+
+// topicMaxMessageBytes looks up topic's max.message.bytes through adm
+// (TopicMaxMessageBytes, batchLimits).
+func topicMaxMessageBytes(ctx context.Context, adm *kadm.Client, topic string) (int, error) {
+	rc, err := describeTopicConfig(ctx, adm, topic)
+	if err != nil {
+		return 0, err
 	}
 	// Kafka answers the topic's max.message.bytes with the value in force
 	// (the topic's own, else the broker's message.max.bytes, else the

@@ -320,6 +320,17 @@ type TopicLimiter interface {
 	TopicMaxMessageBytes(ctx context.Context, topic string) (int, error)
 }
 
+// TopicConfigReader is implemented by clients that can look up a topic's
+// configuration (both of the project's clients do).
+type TopicConfigReader interface {
+	// TopicConfig returns the value in force of topic's configuration
+	// entry name (cleanup.policy, retention.ms, ...): the topic's own, or
+	// the default it falls back to. A topic that does not exist is an
+	// error wrapping ErrUnknownTopic; one the client may not describe, an
+	// error wrapping ErrNotAuthorized.
+	TopicConfig(ctx context.Context, topic, name string) (string, error)
+}
+
 // TopicIdentifier is implemented by clients that can look up a topic's id
 // (both of the project's clients do): the UUID Kafka gives a topic when it
 // creates it, so that a topic deleted and created again under the same

@@ -403,6 +403,32 @@ func testGroupTopicRecreated(t *testing.T, f Factory) {
 	}
 }
 
+// testTopicConfigInForce: TopicConfig answers a topic's own setting, and
+// the default for one it does not set.
+func testTopicConfigInForce(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{})
+	tc, ok := e.client.(kafkaclient.TopicConfigReader)
+	if !ok {
+		t.Fatalf("%T does not implement kafkaclient.TopicConfigReader", e.client)
+	}
+	ctx := ctxT(t, 30*time.Second)
+	compacted, plain := e.name("compacted"), e.name("plain")
+	if err := e.client.CreateTopics(ctx, []kafkaclient.TopicSpec{
+		{Name: compacted, Partitions: 1, Config: map[string]string{"cleanup.policy": "compact"}},
+		{Name: plain, Partitions: 1},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]string{compacted: "compact", plain: "delete"} {
+		if v, err := tc.TopicConfig(ctx, topic, "cleanup.policy"); err != nil || v != want {
+			t.Errorf("TopicConfig(%s, cleanup.policy) = %q, %v; want %q", topic, v, err, want)
+		}
+	}
+	if _, err := tc.TopicConfig(ctx, e.name("missing"), "cleanup.policy"); !errors.Is(err, kafkaclient.ErrUnknownTopic) {
+		t.Errorf("TopicConfig of a missing topic: %v; want ErrUnknownTopic", err)
+	}
+}
+
 // testTopicMaxMessageBytes: the client looks up a topic's record size
 // limit (kafkaclient.TopicLimiter), its own setting or the broker's, and
 // says a missing topic is unknown. An exactly-once worker checks its

@@ -59,6 +59,7 @@ func Run(t *testing.T, f Factory) {
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
 		{"TopicMaxMessageBytes", testTopicMaxMessageBytes},
+		{"TopicConfigInForce", testTopicConfigInForce},
 		{"SmallRecordsToLimitedTopic", testSmallRecordsToLimitedTopic},
 		{"TopicRecreated", testTopicRecreated},
 		{"TopicIDChangesWhenRecreated", testTopicIDChangesWhenRecreated},
