@@ -709,8 +709,9 @@ func idOnPartition(prefix string, p int32) string {
 // running it (no zilla:service, no zilla:method, an unknown method, an
 // undecodable payload) is answered with one end-of-stream record (WIRE.md),
 // though a Zilla gateway writes the call's end-of-stream record after its
-// data record, with the same headers. The replies are counted up to those
-// of a call made after it whose replies share its partition.
+// data record, with the same headers. The replies are counted up to the
+// end of a call made after the reject's answer was read, whose replies
+// share its partition.
 func TestWireAuditWorkerRejectsOnce(t *testing.T) {
 	e := setup(t, echoserver.Server{})
 	replyTopic := e.topic("echo-responses")
@@ -740,17 +741,26 @@ func TestWireAuditWorkerRejectsOnce(t *testing.T) {
 			h = append(h, "zilla:reply-to", replyTopic, "zilla:correlation-id", id)
 			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: c.value, Headers: h.headers()})
 			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: h.headers()})
-			marker := idOnPartition("wm-", 1)
-			mh := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", replyTopic, "zilla:correlation-id", marker}
-			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: mh.headers()})
-			produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: mh.headers()})
+			// The worker answers the reject and the marker calls from
+			// different goroutines, so a marker's end may overtake the
+			// reject's: read until the reject's answer and the end of a
+			// marker call made after it came, then once more until the
+			// end of a second marker call, made once the reject's answer
+			// was read, so that a second answer has the same chance to
+			// show.
 			var ours []*kafkaclient.Record
-			for {
-				rec := replies.next(t)
-				if v := header(rec, "zilla:correlation-id"); v == id {
-					ours = append(ours, rec)
-				} else if v == marker && rec.Value == nil {
-					break
+			for round := range 2 {
+				marker := idOnPartition(fmt.Sprintf("wm%d-", round), 1)
+				mh := hdrs{"zilla:service", echoService, "zilla:method", "EchoUnary", "zilla:reply-to", replyTopic, "zilla:correlation-id", marker}
+				produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: good, Headers: mh.headers()})
+				produce(t, e.kc, &kafkaclient.Record{Topic: reqTopic, Key: key, Value: nil, Headers: mh.headers()})
+				for markerEnded := false; !markerEnded || len(ours) == 0; {
+					rec := replies.next(t)
+					if v := header(rec, "zilla:correlation-id"); v == id {
+						ours = append(ours, rec)
+					} else if v == marker && rec.Value == nil {
+						markerEnded = true
+					}
 				}
 			}
 			if len(ours) != 1 || ours[0].Value != nil || header(ours[0], "zilla:status") != c.code {
