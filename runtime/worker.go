@@ -308,7 +308,11 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 // another member serves them again; the others end with UNAVAILABLE. It may
 // be called more than once, and concurrently; every call returns once the
 // worker stopped, and the calls in flight are cancelled when the context of
-// any of them ends (a Close during a graceful Shutdown stops at once).
+// any of them ends (a Close during a graceful Shutdown stops at once). A
+// handler that ignores its cancelled context gets a second (abortGrace)
+// to return; then the worker stops without it: its call is left
+// uncommitted for another member to serve again, and what the handler
+// sends or returns later goes nowhere.
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.regMu.Lock()
 	started := w.started
@@ -354,7 +358,11 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 			w.handle(rec)
 		}
 	})
-	w.drain(w.hurry, nil, 0)
+	for _, c := range w.drain(w.hurry, nil, abortGrace) {
+		w.cfg.logger.Warn("kafkarpc: a handler still runs after the worker stopped and its context was cancelled: "+
+			"its call is left uncommitted, and the partition's next owner serves it again", "group", w.cfg.groupID, "method", c.method(),
+			"topic", c.tp.Topic, "partition", c.tp.Partition, "correlation_id", c.id)
+	}
 	w.committer.stop()
 	w.mu.Lock()
 	w.repeats.dropHeld(nil) // committed as held: not past them
@@ -490,7 +498,9 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 		c.abort()
 	}
 	if !lost {
-		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.revokeTimeout)
+		// At a shutdown past its context (w.hurry), the calls were given
+		// their grace already: no revoke timeout on top.
+		ctx, cancel := context.WithTimeout(w.hurry, w.cfg.revokeTimeout)
 		for _, c := range w.drain(ctx, set, abortGrace) {
 			w.cfg.logger.Warn("kafkarpc: a handler still runs after its partition was revoked and its context cancelled: "+
 				"the partition's next owner serves the call again", "group", w.cfg.groupID, "method", c.method(),
