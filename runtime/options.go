@@ -178,7 +178,9 @@ func GatewayReplyBufferBytes(n int) GatewayOption {
 // A call whose id is fixed by the caller's idempotency-key may hash to a
 // partition of another instance: the gateway then starts reading that
 // partition too (from its end offset, looked up before the request is sent)
-// and keeps reading it. A reply topic needs at least count partitions.
+// and keeps reading it. A reply topic needs at least count partitions, and
+// an index outside 0 to count-1 is refused when a method's reply topic is
+// first prepared (AddService, or a ClientConn's first call).
 // Default: one instance reading every reply partition.
 func GatewayReplyShard(index, count int) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.shardIndex, c.shardCount = index, count })

@@ -93,6 +93,11 @@ func replyTopicDenied(topic, what string, err error) error {
 // explicitly: assigning at the logical end would race with the first request
 // and lose its reply.
 func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRouter, error) {
+	if n, i := g.cfg.shardCount, g.cfg.shardIndex; n > 1 && (i < 0 || i >= n) {
+		// No partition p has p % n == i: no correlation id drawn would
+		// land on a partition read, and calls would wait forever.
+		return nil, fmt.Errorf("reply topic %q: GatewayReplyShard(%d, %d): the index must be 0 to %d", topic, i, n, n-1)
+	}
 	parts, err := g.client.Partitions(ctx, topic)
 	if unknownTopic(err) {
 		return nil, fmt.Errorf("reply topic %q does not exist (create it, or have the program create its spec's topics with runtime.EnsureTopics): %w", topic, err)
