@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"time"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -95,4 +96,22 @@ func SetMissingTopicTTL(d time.Duration) (restore func()) {
 	old := missingTTL
 	missingTTL = d
 	return func() { missingTTL = old }
+}
+
+// RefreshReplyPartitionsForTest makes each reply router of g look for
+// partitions added to its topic now, as its periodic refresh does.
+// Tests only.
+func RefreshReplyPartitionsForTest(ctx context.Context, g *Gateway) error {
+	g.mu.Lock()
+	rs := make([]*replyRouter, 0, len(g.routers))
+	for _, r := range g.routers {
+		rs = append(rs, r)
+	}
+	g.mu.Unlock()
+	for _, r := range rs {
+		if err := r.addPartitions(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -178,6 +178,19 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 		if !rp.router.add(c) {
 			return nil, c.abandon(status.Errorf(codes.AlreadyExists, "%s: a call with correlation id %q is already in flight", m.FullMethod(), c.id))
 		}
+		if rp.router.sharded && c.id != "" {
+			// The reply topic may have grown since the id was drawn (or
+			// its partition read): the router reads, for the calls it
+			// holds, the partitions of the counts it learns, and this call
+			// is held from now on, so look once more before sending.
+			if err := rp.router.ensureReading(ctx, c.id); err != nil {
+				rp.router.remove(c)
+				if ctx.Err() != nil {
+					return nil, c.abandon(status.FromContextError(ctx.Err()).Err())
+				}
+				return nil, c.abandon(status.Errorf(codes.Unavailable, "%s: %v", m.FullMethod(), err))
+			}
+		}
 		// Asked once the call is registered: a refusal the router sees
 		// after this either finds the call or was seen here.
 		if err := rp.router.refusal(); err != nil {

@@ -13,6 +13,7 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
 // TestRouteAdvShardIndexOutOfRange configures a gateway as instance index of
@@ -56,5 +57,122 @@ func TestRouteAdvShardIndexOutOfRange(t *testing.T) {
 				t.Fatalf("GatewayReplyShard(%d, %d) accepted; a call with a 5 s deadline through it had not returned 30 s later", tc.index, tc.count)
 			}
 		})
+	}
+}
+
+// TestRouteAdvShardRepliesOnAddedPartitions: a reply topic of 3 partitions
+// shared by 3 gateway instances grows to 4 while they run. A worker whose
+// producer knows the 4 partitions before a gateway noticed them (its
+// refresh runs every 10 s) writes each reply where murmur2 over 4 puts it;
+// the gateway drew the call's id for 3. Half of those land on a partition
+// of another instance's share (1 or 2 for instance 0), which this instance
+// never read even once it noticed the growth: the calls waited for their
+// deadline. An unsharded gateway reads the added partitions from their
+// start when it notices them (TestRepliesOnPartitionsAddedToReplyTopicArrive).
+func TestRouteAdvShardRepliesOnAddedPartitions(t *testing.T) {
+	defer runtime.SetPartitionsRefresh(time.Hour)() // the test says when the gateway notices
+	brokers := kafkatest.Brokers(t)
+	kc := kafkatest.NewClient(t, brokers)
+	prefix := kafkatest.Unique("rs") + "."
+	requests, replies := prefix+"echo-requests", prefix+"echo-responses"
+	kafkatest.CreateTopics(t, kc, 3, requests, replies)
+	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+	gw := runtime.NewGateway(kafkatest.NewClient(t, brokers), mapper, runtime.WithLogger(kafkatest.Logger(t)), runtime.GatewayReplyShard(0, 3))
+	t.Cleanup(func() { _ = gw.Close() })
+	client := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+
+	ctx := ctxFor(t, 90*time.Second)
+	const grown = 4
+	if err := kc.CreatePartitions(ctx, replies, grown); err != nil {
+		t.Fatal(err)
+	}
+	// A worker whose client learns the reply topic as it is now.
+	w := runtime.NewWorker(kafkatest.NewClient(t, brokers), mapper, runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(prefix+"workers"))
+	if err := echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	select {
+	case <-w.Ready():
+	case <-ctx.Done():
+		t.Fatal("worker got no partitions")
+	}
+
+	// Each call's id is random: 24 calls put some replies on partition 1
+	// or 2 (each one does with odds 1/2).
+	const calls = 24
+	type result struct {
+		msg string
+		err error
+	}
+	results := make(chan result, calls)
+	callCtx, cancel := context.WithTimeout(ctx, 40*time.Second)
+	defer cancel()
+	for i := range calls {
+		go func() {
+			msg := fmt.Sprint("call-", i)
+			r, err := client.EchoUnary(callCtx, &echov1.EchoRequest{Message: msg})
+			if err == nil && r.GetMessage() != msg {
+				err = fmt.Errorf("answered %q", r.GetMessage())
+			}
+			results <- result{msg, err}
+		}()
+	}
+
+	// Wait until the worker answered every call, then let the gateway notice.
+	reader, err := kc.NewReader(kafkaclient.ReaderConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	parts := []int32{0, 1, 2, 3}
+	offs, err := kc.Offsets(ctx, replies, parts, kafkaclient.Earliest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var assign []kafkaclient.TopicPartitionOffset
+	for _, p := range parts {
+		assign = append(assign, kafkaclient.TopicPartitionOffset{Topic: replies, Partition: p, Offset: offs[p]})
+	}
+	if err := reader.Assign(assign); err != nil {
+		t.Fatal(err)
+	}
+	ends, foreign := 0, 0
+	for ends < calls {
+		recs, err := reader.Poll(callCtx)
+		if err != nil {
+			t.Fatalf("reading the reply topic: %d of %d calls answered: %v", ends, calls, err)
+		}
+		for _, r := range recs {
+			if r.Value == nil {
+				ends++
+				if r.Partition%3 != 0 {
+					foreign++
+				}
+			}
+		}
+	}
+	if foreign == 0 {
+		t.Fatalf("no reply of %d went to partition 1 or 2: the test shows nothing", calls)
+	}
+	if err := runtime.RefreshReplyPartitionsForTest(ctx, gw); err != nil {
+		t.Fatal(err)
+	}
+	var failed []string
+	for range calls {
+		if r := <-results; r.err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", r.msg, r.err))
+		}
+	}
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d calls (%d answered on another instance's partition) failed after the gateway noticed the added partition:\n%s",
+			len(failed), calls, foreign, strings.Join(failed, "\n"))
 	}
 }

@@ -239,12 +239,26 @@ func (r *replyRouter) addPartitions(ctx context.Context) error {
 			added = append(added, p)
 		}
 	}
+	r.counts = append(r.counts, n)
+	if r.sharded {
+		// The calls in flight drew their ids for the counts known before:
+		// a worker's producer that knew n already hashed their replies
+		// over n, maybe to a partition of another instance's share. Read
+		// those too, from their start, as the added ones of the share.
+		for _, c := range r.pending.all() {
+			for _, p := range r.unread(c.id) {
+				if !slices.Contains(added, p) {
+					added = append(added, p)
+				}
+			}
+		}
+	}
 	if len(added) > 0 {
 		if err := r.assign(ctx, added, kafkaclient.Earliest); err != nil {
+			r.counts = r.counts[:len(r.counts)-1] // look again next time
 			return err
 		}
 	}
-	r.counts = append(r.counts, n)
 	return nil
 }
 
