@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
@@ -175,4 +176,61 @@ func TestRouteAdvShardRepliesOnAddedPartitions(t *testing.T) {
 		t.Fatalf("%d of %d calls (%d answered on another instance's partition) failed after the gateway noticed the added partition:\n%s",
 			len(failed), calls, foreign, strings.Join(failed, "\n"))
 	}
+}
+
+// TestRouteAdvShardsMismatchedAndRestarted runs gateway instances on one
+// reply topic whose shard settings disagree (0 of 3, 1 of 2, and one
+// unsharded), with calls keyed by the caller's idempotency key and not, and
+// then restarts the first instance: every call gets its own answer, none
+// another's, whichever instances read its reply partition.
+func TestRouteAdvShardsMismatchedAndRestarted(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	newInstance := func(opts ...runtime.GatewayOption) (*runtime.Gateway, echov1.EchoServiceClient) {
+		kc := kafkatest.NewClient(t, e.brokers)
+		gw := runtime.NewGateway(kc, append([]runtime.GatewayOption{runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
+			runtime.WithLogger(kafkatest.Logger(t))}, opts...)...)
+		t.Cleanup(func() { _ = gw.Close() })
+		return gw, echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+			if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+				t.Fatal(err)
+			}
+		}))
+	}
+	first, c0 := newInstance(runtime.GatewayReplyShard(0, 3))
+	_, c1 := newInstance(runtime.GatewayReplyShard(1, 2))
+	_, c2 := newInstance()
+	ctx := ctxFor(t, 120*time.Second)
+	round := func(name string, clients []echov1.EchoServiceClient) {
+		t.Helper()
+		const calls = 30
+		errs := make(chan error, calls)
+		for i := range calls {
+			go func() {
+				msg := fmt.Sprintf("%s-%d", name, i)
+				cctx := ctx
+				if i%3 == 0 {
+					cctx = metadata.AppendToOutgoingContext(ctx, "idempotency-key", msg)
+				}
+				r, err := clients[i%len(clients)].EchoUnary(cctx, &echov1.EchoRequest{Message: msg})
+				if err == nil && r.GetMessage() != msg {
+					err = fmt.Errorf("answered %q", r.GetMessage())
+				}
+				if err != nil {
+					err = fmt.Errorf("%s call %d through instance %d: %w", name, i, i%len(clients), err)
+				}
+				errs <- err
+			}()
+		}
+		for range calls {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	round("mismatched", []echov1.EchoServiceClient{c0, c1, c2})
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, c0 = newInstance(runtime.GatewayReplyShard(0, 3))
+	round("restarted", []echov1.EchoServiceClient{c0, c1, c2})
 }
