@@ -87,6 +87,24 @@ func TestRouteAdvShardRepliesOnAddedPartitions(t *testing.T) {
 	}))
 
 	ctx := ctxFor(t, 90*time.Second)
+	// Other instances' replies of the past on their partitions, then a
+	// look at the topic as the periodic refresh takes: none of those is
+	// read again once the topic grew.
+	const history = 50
+	produced := make(chan error, 2*history)
+	for i := range 2 * history {
+		kc.Produce(&kafkaclient.Record{Topic: replies, Partition: int32(1 + i%2), Key: []byte("past"), Value: []byte("x"),
+			Headers: []kafkaclient.Header{{Key: "zilla:correlation-id", Value: []byte(fmt.Sprint("past-", i))}}},
+			kafkaclient.AcksAll, func(_ *kafkaclient.Record, err error) { produced <- err })
+	}
+	for range 2 * history {
+		if err := <-produced; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := runtime.RefreshReplyPartitionsForTest(ctx, gw); err != nil {
+		t.Fatal(err)
+	}
 	const grown = 4
 	if err := kc.CreatePartitions(ctx, replies, grown); err != nil {
 		t.Fatal(err)
@@ -175,6 +193,9 @@ func TestRouteAdvShardRepliesOnAddedPartitions(t *testing.T) {
 	if len(failed) > 0 {
 		t.Fatalf("%d of %d calls (%d answered on another instance's partition) failed after the gateway noticed the added partition:\n%s",
 			len(failed), calls, foreign, strings.Join(failed, "\n"))
+	}
+	if d := gw.Stats().RepliesDropped; d >= history {
+		t.Fatalf("the gateway dropped %d reply records: it read the %d records other instances had on their partitions before the topic grew", d, 2*history)
 	}
 }
 

@@ -39,6 +39,11 @@ type replyRouter struct {
 	// the count it learnt last, any of these (watchPartitions).
 	counts  []int32
 	refresh time.Duration // partitionsRefresh when the router started
+	// marks are, when sharded, the end offsets of every partition the topic
+	// had, looked up just before a look at its partition count that found
+	// no growth (nil before the first such look, and after a growth):
+	// replies hashed over a larger count come after them.
+	marks map[int32]int64
 
 	// denied is Kafka's last refusal to let the router read its topic
 	// (an error wrapping kafkaclient.ErrNotAuthorized), nil while it may:
@@ -140,12 +145,23 @@ func startReplyRouter(ctx context.Context, g *Gateway, topic string) (*replyRout
 // assign starts reading parts at their current end offsets (at), or at
 // their earliest ones.
 func (r *replyRouter) assign(ctx context.Context, parts []int32, at kafkaclient.OffsetSpec) error {
+	return r.assignFrom(ctx, parts, at, nil)
+}
+
+// assignFrom is assign, but a partition of parts with an offset in from
+// past the one at gives starts there.
+func (r *replyRouter) assignFrom(ctx context.Context, parts []int32, at kafkaclient.OffsetSpec, from map[int32]int64) error {
 	offsets, err := r.g.client.Offsets(ctx, r.topic, parts, at)
 	if err != nil {
 		if notAuthorized(err) {
 			return replyTopicDenied(r.topic, "looking up offsets: ", err)
 		}
 		return fmt.Errorf("reply topic %q: looking up offsets: %w", r.topic, err)
+	}
+	for p, o := range from {
+		if cur, ok := offsets[p]; ok && o > cur {
+			offsets[p] = o
+		}
 	}
 	assign := make([]kafkaclient.TopicPartitionOffset, 0, len(parts))
 	for _, p := range parts {
@@ -223,6 +239,23 @@ func (r *replyRouter) watchPartitions(ctx context.Context) {
 func (r *replyRouter) addPartitions(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.g.cfg.setupTimeout)
 	defer cancel()
+	var marks map[int32]int64
+	if r.sharded {
+		// The end offsets of every partition, looked up before the count:
+		// if that count is the last known, nothing was written for a
+		// larger one before these offsets (see marks).
+		r.ownMu.Lock()
+		known := r.counts[len(r.counts)-1]
+		r.ownMu.Unlock()
+		all := make([]int32, known)
+		for i := range all {
+			all[i] = int32(i)
+		}
+		var err error
+		if marks, err = r.g.client.Offsets(ctx, r.topic, all, kafkaclient.Latest); err != nil {
+			return err
+		}
+	}
 	parts, err := r.g.client.Partitions(ctx, r.topic)
 	if err != nil {
 		return err
@@ -231,6 +264,9 @@ func (r *replyRouter) addPartitions(ctx context.Context) error {
 	defer r.ownMu.Unlock()
 	n := int32(len(parts))
 	if n <= r.counts[len(r.counts)-1] {
+		if r.sharded {
+			r.marks = marks
+		}
 		return nil
 	}
 	var added []int32
@@ -244,7 +280,9 @@ func (r *replyRouter) addPartitions(ctx context.Context) error {
 		// The calls in flight drew their ids for the counts known before:
 		// a worker's producer that knew n already hashed their replies
 		// over n, maybe to a partition of another instance's share. Read
-		// those too, from their start, as the added ones of the share.
+		// those too: an added one from its start, one the topic had
+		// from its end offset at the last look that saw no growth (marks),
+		// before which no reply was hashed over n.
 		for _, c := range r.pending.all() {
 			for _, p := range r.unread(c.id) {
 				if !slices.Contains(added, p) {
@@ -254,11 +292,12 @@ func (r *replyRouter) addPartitions(ctx context.Context) error {
 		}
 	}
 	if len(added) > 0 {
-		if err := r.assign(ctx, added, kafkaclient.Earliest); err != nil {
+		if err := r.assignFrom(ctx, added, kafkaclient.Earliest, r.marks); err != nil {
 			r.counts = r.counts[:len(r.counts)-1] // look again next time
 			return err
 		}
 	}
+	r.marks = nil
 	return nil
 }
 
