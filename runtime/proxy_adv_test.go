@@ -531,23 +531,8 @@ func TestProxyAdvRetriedStreamReplaysEveryRequest(t *testing.T) {
 		return s.Send(&echov1.EchoResponse{Message: strings.Join(got, ",")})
 	}})
 	e := setupProxy(t, addr)
-	bs, err := e.echo.EchoBidiStream(ctxFor(t, 60*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want []string
-	for i := range n {
-		m := fmt.Sprint(i)
-		want = append(want, m)
-		if err := bs.Send(&echov1.EchoRequest{Message: m}); err != nil {
-			t.Fatalf("send %d: %v", i, err)
-		}
-	}
-	if err := bs.CloseSend(); err != nil {
-		t.Fatal(err)
-	}
-	r, err := bs.Recv()
-	if err != nil || r.GetMessage() != strings.Join(want, ",") {
+	want, r, err := sendNumbered(t, e, n)
+	if err != nil || r.GetMessage() != want {
 		t.Fatalf("the retried stream answered %v, %v; want every request once, in order", r, err)
 	}
 	mu.Lock()
@@ -592,23 +577,8 @@ func TestProxyAdvRetryMidStreamKeepsOrder(t *testing.T) {
 		return s.Send(&echov1.EchoResponse{Message: got})
 	}})
 	e := setupProxy(t, addr)
-	bs, err := e.echo.EchoBidiStream(ctxFor(t, 60*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want []string
-	for i := range n {
-		m := fmt.Sprint(i)
-		want = append(want, m)
-		if err := bs.Send(&echov1.EchoRequest{Message: m}); err != nil {
-			t.Fatalf("send %d: %v", i, err)
-		}
-	}
-	if err := bs.CloseSend(); err != nil {
-		t.Fatal(err)
-	}
-	r, err := bs.Recv()
-	if err != nil || r.GetMessage() != strings.Join(want, ",") {
+	want, r, err := sendNumbered(t, e, n)
+	if err != nil || r.GetMessage() != want {
 		mu.Lock()
 		defer mu.Unlock()
 		t.Fatalf("the retried stream answered %v, %v; want every request once, in order (attempts: %d)", r, err, len(attempts))
@@ -666,4 +636,27 @@ func TestProxyAdvLargeBinaryResponseMetadata(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("server stream", hdr, stream.Trailer())
+}
+
+// sendNumbered sends requests "0" to n-1 on a bidi call through e's
+// gateway, half-closes, and returns what an answer listing every request
+// once, in order, is, and the first answer.
+func sendNumbered(t *testing.T, e *env, n int) (string, *echov1.EchoResponse, error) {
+	t.Helper()
+	bs, err := e.echo.EchoBidiStream(ctxFor(t, 60*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]string, n)
+	for i := range n {
+		want[i] = fmt.Sprint(i)
+		if err := bs.Send(&echov1.EchoRequest{Message: want[i]}); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	if err := bs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := bs.Recv()
+	return strings.Join(want, ","), r, err
 }
