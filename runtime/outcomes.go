@@ -182,6 +182,17 @@ func decodeOutcome(v []byte) (*storedOutcome, error) {
 	if d.err == nil && len(o.records) == 0 {
 		d.err = errors.New("no reply record")
 	}
+	if d.err == nil {
+		// A call's replies end with one end-of-stream record (null value)
+		// and have no other: replayed without it, a caller would wait for
+		// an end that never comes; with one earlier, it would take that
+		// for the call's end.
+		if last := len(o.records) - 1; o.records[last].Value != nil {
+			d.err = fmt.Errorf("the last of %d reply records is no end-of-stream record (null value)", len(o.records))
+		} else if i := slices.IndexFunc(o.records[:last], func(r kafkaclient.Record) bool { return r.Value == nil }); i >= 0 {
+			d.err = fmt.Errorf("reply record %d of %d is an end-of-stream record (null value) before the last", i+1, len(o.records))
+		}
+	}
 	if d.err != nil {
 		return nil, d.err
 	}
