@@ -4,9 +4,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -70,13 +75,31 @@ func advProduce(t *testing.T, kc kafkaclient.Client, rec *kafkaclient.Record) {
 // comes, or take a stray end for the call's): it is counted as malformed,
 // and the retry gets a whole, correct answer.
 func TestOutcomeAdvDecodableButBrokenOutcome(t *testing.T) {
+	rec := func(id string, v []byte, hs ...string) kafkaclient.Record {
+		r := kafkaclient.Record{Value: v, Headers: []kafkaclient.Header{{Key: "zilla:correlation-id", Value: []byte(id)}}}
+		for i := 0; i+1 < len(hs); i += 2 {
+			r.Headers = append(r.Headers, kafkaclient.Header{Key: hs[i], Value: []byte(hs[i+1])})
+		}
+		return r
+	}
+	forged, _ := proto.Marshal(&echov1.EchoResponse{Message: "forged"})
 	for _, tc := range []struct {
 		name string
-		recs func(data, end kafkaclient.Record) []kafkaclient.Record
+		recs func(id string) []kafkaclient.Record
 	}{
-		{"no end", func(data, _ kafkaclient.Record) []kafkaclient.Record { return []kafkaclient.Record{data} }},
-		{"end before data", func(data, end kafkaclient.Record) []kafkaclient.Record { return []kafkaclient.Record{end, data} }},
-		{"two ends", func(data, end kafkaclient.Record) []kafkaclient.Record { return []kafkaclient.Record{data, end, end} }},
+		{"no end", func(id string) []kafkaclient.Record { return []kafkaclient.Record{rec(id, forged)} }},
+		{"end before data", func(id string) []kafkaclient.Record {
+			return []kafkaclient.Record{rec(id, nil, "zilla:status", "0"), rec(id, forged)}
+		}},
+		{"two ends", func(id string) []kafkaclient.Record {
+			return []kafkaclient.Record{rec(id, forged), rec(id, nil, "zilla:status", "0"), rec(id, nil, "zilla:status", "0")}
+		}},
+		{"another call's correlation id", func(id string) []kafkaclient.Record {
+			return []kafkaclient.Record{rec("other"+id, forged), rec("other"+id, nil, "zilla:status", "0")}
+		}},
+		{"no correlation id", func(string) []kafkaclient.Record {
+			return []kafkaclient.Record{{Value: forged}, {Headers: []kafkaclient.Header{{Key: "zilla:status", Value: []byte("0")}}}}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newOutcomeEnv(t, false)
@@ -94,11 +117,8 @@ func TestOutcomeAdvDecodableButBrokenOutcome(t *testing.T) {
 			_ = a.Close()
 
 			// A newer record of the same id, written by another program.
-			v, _ := proto.Marshal(&echov1.EchoResponse{Message: "forged"})
-			data := kafkaclient.Record{Value: v, Headers: []kafkaclient.Header{{Key: "zilla:correlation-id", Value: []byte(id)}}}
-			end := kafkaclient.Record{Headers: []kafkaclient.Header{{Key: "zilla:correlation-id", Value: []byte(id)}, {Key: "zilla:status", Value: []byte("0")}}}
 			advProduce(t, e.kc, &kafkaclient.Record{Topic: e.topic(outcomeTopic), Partition: req.Partition, Key: []byte(id),
-				Value: advOutcomeRecord(time.Now(), e.topic("echo-requests"), codes.OK, tc.recs(data, end))})
+				Value: advOutcomeRecord(time.Now(), e.topic("echo-requests"), codes.OK, tc.recs(id))})
 
 			b := e.start(t, e.kc, implB, opt)
 			rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -185,5 +205,96 @@ func TestOutcomeAdvOutcomeWrittenOffsetNotCommitted(t *testing.T) {
 	}
 	if n := implB.count("charge"); n != 0 {
 		t.Fatalf("worker B ran the call %d times, want 0: its outcome was stored", n)
+	}
+}
+
+// advBigStream is a server-streaming handler that counts its runs and sends
+// req.Repeat responses, each its message followed by a block of bytes
+// naming the response's index (so that every response differs).
+type advBigStream struct {
+	echov1.UnimplementedEchoServiceServer
+	runs atomic.Int32
+	size int
+}
+
+func (a *advBigStream) EchoServerStream(req *echov1.EchoRequest, s grpc.ServerStreamingServer[echov1.EchoResponse]) error {
+	a.runs.Add(1)
+	for i := range req.GetRepeat() {
+		body := strings.Repeat(fmt.Sprintf("%08d", i), a.size/8)
+		if err := s.Send(&echov1.EchoResponse{Message: req.GetMessage() + body, Index: i}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// advStreamAll reads a server stream to its end.
+func advStreamAll(t *testing.T, open func() (grpc.ServerStreamingClient[echov1.EchoResponse], error)) []*echov1.EchoResponse {
+	t.Helper()
+	s, err := open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*echov1.EchoResponse
+	for range 100_000 {
+		r, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return got
+		}
+		if err != nil {
+			t.Fatalf("after %d responses: %v", len(got), err)
+		}
+		got = append(got, r)
+	}
+	t.Fatal("a stream of over 100,000 responses")
+	return nil
+}
+
+// TestOutcomeAdvLargeStreamAfterRestart: a keyed server stream whose
+// responses add up to a little below the outcome record's limit (7.5 MiB in
+// 125 responses of 60 KiB) is stored in the outcome topic whole; after its
+// worker is killed, the next member answers the retry with every response,
+// in order, without running the handler.
+func TestOutcomeAdvLargeStreamAfterRestart(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	opt := runtime.WorkerOutcomeTopic(outcomeTopic)
+	implA, implB := &advBigStream{size: 60 << 10}, &advBigStream{size: 60 << 10}
+	requests := watchReplies(t, e.kc, e.topic("echo-requests"))
+	stored := watchReplies(t, e.kc, e.topic(outcomeTopic))
+	kcA := &killable{Client: e.kc}
+	a := e.start(t, kcA, implA, opt)
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 120*time.Second), "idempotency-key", "adv-big-stream")
+	req := &echov1.EchoRequest{Message: "big", Repeat: 125}
+	first := advStreamAll(t, func() (grpc.ServerStreamingClient[echov1.EchoResponse], error) {
+		return e.echo.EchoServerStream(ctx, req)
+	})
+	if len(first) != 125 {
+		t.Fatalf("the call got %d responses, want 125", len(first))
+	}
+	// The outcome record in the topic (so A wrote it; the request's offset
+	// may be committed or not: B answers either from the outcome).
+	rec := awaitKey(t, stored, header(<-requests.recs, "zilla:correlation-id"))
+	if n := a.Stats().OutcomesUnwritten; n != 0 || len(rec.Value) < 125*(60<<10) {
+		t.Fatalf("worker A: %d outcomes unwritten, outcome record of %d bytes; want 0 and the whole stream", n, len(rec.Value))
+	}
+	kcA.dead.Store(true)
+	_ = a.Close()
+	b := e.start(t, e.kc, implB, opt)
+	again := advStreamAll(t, func() (grpc.ServerStreamingClient[echov1.EchoResponse], error) {
+		return e.echo.EchoServerStream(ctx, req)
+	})
+	if n := implB.runs.Load(); n != 0 {
+		t.Fatalf("worker B ran the retry %d times, want 0: its outcome was stored", n)
+	}
+	if len(again) != len(first) {
+		t.Fatalf("the retry got %d responses, want the %d stored", len(again), len(first))
+	}
+	for i := range first {
+		if !proto.Equal(first[i], again[i]) {
+			t.Fatalf("response %d of the retry differs from the call's", i)
+		}
+	}
+	if st := b.Stats(); st.OutcomesLoaded != 1 || st.OutcomesMalformed != 0 {
+		t.Fatalf("worker B: OutcomesLoaded %d, OutcomesMalformed %d; want 1 and 0", st.OutcomesLoaded, st.OutcomesMalformed)
 	}
 }

@@ -462,6 +462,8 @@ func (o *outcomeLog) apply(rec *kafkaclient.Record, topics []string, byID map[st
 		err = errors.New("no key (correlation id)")
 	case errors.Is(err, errOutcomeMarker):
 		err = errors.New("a load marker under another key")
+	case err == nil:
+		err = o.checkIDs(rec.Key, so.records)
 	}
 	if err != nil {
 		o.w.stats.outcomesMalformed.Add(1)
@@ -474,6 +476,23 @@ func (o *outcomeLog) apply(rec *kafkaclient.Record, topics []string, byID map[st
 	}
 	byID[string(rec.Key)] = so // the latest, as compaction keeps it
 
+}
+
+// checkIDs reports an outcome whose reply records do not each carry the
+// correlation id id, the record's key: replayed, a gateway routes a reply
+// by that header, so the retry's caller would never see them.
+func (o *outcomeLog) checkIDs(id []byte, records []kafkaclient.Record) error {
+	name := o.w.cfg.names.CorrelationID
+	for i, r := range records {
+		j := slices.IndexFunc(r.Headers, func(h kafkaclient.Header) bool { return h.Key == name })
+		switch {
+		case j < 0:
+			return fmt.Errorf("reply record %d of %d has no %s header", i+1, len(records), name)
+		case string(r.Headers[j].Value) != string(id):
+			return fmt.Errorf("reply record %d of %d carries %s %q, not the record's key", i+1, len(records), name, r.Headers[j].Value)
+		}
+	}
+	return nil
 }
 
 // mark writes a load marker to each of ps and returns their offsets.
