@@ -80,6 +80,9 @@ type call struct {
 	attempts    int                  // handler runs; the run goroutine's
 	keepReplies bool                 // the caller sent an idempotency key: remember the replies
 	stored      []kafkaclient.Record // replies produced, when keepReplies
+	// outcomeSent: the outcome was handed to the outcome topic
+	// (WorkerOutcomeTopic), not kept in memory only.
+	outcomeSent bool
 	replay      []kafkaclient.Record // replies to send again instead of running a handler
 	endLost     bool                 // writeEnd found the held response refused and its end said so
 	// attempt is the request's attempt id header (wire.AttemptMetadata),
@@ -681,7 +684,7 @@ func (c *call) release(served, remember bool, at time.Time) []waiter {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if remember {
-		w.repeats.remember(c.id, c.tp, c.stored, at)
+		w.repeats.remember(c.id, c.tp, c.stored, at, c.outcomeSent)
 	}
 	w.keys.pass(c)
 	held := false

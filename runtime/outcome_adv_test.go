@@ -20,6 +20,7 @@ import (
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
 
 // Adversarial tests of stored outcomes (WorkerOutcomeTopic) and keyed
@@ -297,4 +298,118 @@ func TestOutcomeAdvLargeStreamAfterRestart(t *testing.T) {
 	if st := b.Stats(); st.OutcomesLoaded != 1 || st.OutcomesMalformed != 0 {
 		t.Fatalf("worker B: OutcomesLoaded %d, OutcomesMalformed %d; want 1 and 0", st.OutcomesLoaded, st.OutcomesMalformed)
 	}
+}
+
+// revokeWatch is a worker's Kafka client that reports the partitions its
+// group member has revoked.
+type revokeWatch struct {
+	kafkaclient.Client
+	revoked chan []kafkaclient.TopicPartition
+}
+
+func (r *revokeWatch) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	inner := cfg.OnRevoked
+	cfg.OnRevoked = func(parts []kafkaclient.TopicPartition, lost bool) {
+		if inner != nil {
+			inner(parts, lost)
+		}
+		if len(parts) > 0 {
+			select {
+			case r.revoked <- parts:
+			default:
+			}
+		}
+	}
+	return r.Client.NewGroupReader(cfg)
+}
+
+// advID is the correlation id of an EchoUnary call with idempotency key k.
+func advID(e *outcomeEnv, k string) string {
+	return wire.CorrelationID(wire.Names{}, k, "example.echo.v1.EchoService", "EchoUnary", e.topic("echo-responses"))
+}
+
+// advKeyOn returns the first of base-0, base-1, ... whose EchoUnary request
+// goes to partition p of n.
+func advKeyOn(e *outcomeEnv, base string, p, n int32) string {
+	for i := range 10_000 {
+		k := fmt.Sprintf("%s-%d", base, i)
+		if kafkaclient.KeyPartition([]byte(advID(e, k)), n) == p {
+			return k
+		}
+	}
+	panic("no key found for partition")
+}
+
+// TestOutcomeAdvRevokedOutcomesTakeNoRoom: the outcomes a worker kept of a
+// partition that a rebalance moved to another member (which loaded them
+// from the outcome topic) must not take the memory room of the outcomes of
+// the partitions it still serves. Worker A, alone, stores two outcomes of
+// each of the 3 partitions (its bound holds 6); B joins and takes one
+// partition; A then stores two more outcomes of its own partitions. A's own
+// partitions' 6 outcomes fit its bound: every retry must be answered from
+// them, none run again (before, A evicted, and deleted from the topic, its
+// own oldest outcomes to keep B's).
+func TestOutcomeAdvRevokedOutcomesTakeNoRoom(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	const body = 10 << 10 // each outcome counts for about 10.5 KiB
+	opts := []runtime.WorkerOption{runtime.WorkerOutcomeTopic(outcomeTopic),
+		runtime.WorkerIdempotencyWindow(10*time.Minute, 6*body+6*(1<<10))}
+	impl := &counting{}
+	kcA := &revokeWatch{Client: e.kc, revoked: make(chan []kafkaclient.TopicPartition, 4)}
+	a := e.start(t, kcA, impl, opts...)
+	ctx := ctxFor(t, 120*time.Second)
+	requests := watchReplies(t, e.kc, e.topic("echo-requests"))
+	call := func(key string, p int32) {
+		t.Helper()
+		kctx := metadata.AppendToOutgoingContext(ctx, "idempotency-key", key)
+		if _, err := e.echo.EchoUnary(kctx, &echov1.EchoRequest{Message: key + strings.Repeat("x", body)}); err != nil {
+			t.Fatalf("call %s: %v", key, err)
+		}
+		if rec := awaitKey(t, requests, advID(e, key)); rec.Partition != p {
+			t.Fatalf("call %s went to partition %d, want %d (the test's key choice is wrong)", key, rec.Partition, p)
+		}
+	}
+	var keys [3][]string // by partition
+	for round := range 2 {
+		for p := range int32(3) {
+			k := advKeyOn(e, fmt.Sprintf("old%d-p%d", round, p), p, 3)
+			call(k, p)
+			keys[p] = append(keys[p], k)
+		}
+	}
+	implB := &counting{}
+	e.start(t, e.kc, implB, opts...)
+	var moved []kafkaclient.TopicPartition
+	select {
+	case moved = <-kcA.revoked:
+	case <-ctx.Done():
+		t.Fatal("worker A revoked nothing once B joined")
+	}
+	if len(moved) != 1 {
+		t.Fatalf("B took %v from A, want one partition", moved)
+	}
+	var own []int32
+	for p := range int32(3) {
+		if p != moved[0].Partition {
+			own = append(own, p)
+		}
+	}
+	for _, p := range own {
+		k := advKeyOn(e, "new-p", p, 3)
+		call(k, p)
+		keys[p] = append(keys[p], k)
+	}
+	for _, p := range own {
+		for _, k := range keys[p] {
+			kctx := metadata.AppendToOutgoingContext(ctx, "idempotency-key", k)
+			if _, err := e.echo.EchoUnary(kctx, &echov1.EchoRequest{Message: k + strings.Repeat("x", body)}); err != nil {
+				t.Fatalf("retry %s: %v", k, err)
+			}
+			if n := impl.count(k+strings.Repeat("x", body)) + implB.count(k+strings.Repeat("x", body)); n != 1 {
+				t.Errorf("the call with key %s (partition %d, A's throughout) ran %d times, want 1: its outcome was stored within A's bound",
+					k, p, n)
+			}
+		}
+	}
+	_ = a
 }

@@ -274,6 +274,7 @@ func (o *outcomeLog) write(c *call, st *status.Status, at time.Time) {
 	}
 	v := appendOutcome(make([]byte, 0, outcomeSize(c.stored)), &storedOutcome{at: at, topic: c.tp.Topic, code: st.Code(), records: c.stored})
 	w.writer.sendOutcome(c, &kafkaclient.Record{Topic: o.topic, Partition: c.tp.Partition, Key: c.idb, Value: v})
+	c.outcomeSent = true
 }
 
 // outcomeAcked is the delivery callback of an outcome record: a failure is
@@ -345,7 +346,7 @@ func (o *outcomeLog) load(parts []kafkaclient.TopicPartition) {
 				continue
 			}
 			if w.repeats.stored.load(&storedReply{id: id, at: so.at, records: so.records,
-				size: replySize(so.records), tp: kafkaclient.TopicPartition{Topic: so.topic, Partition: p}}) {
+				size: replySize(so.records), tp: kafkaclient.TopicPartition{Topic: so.topic, Partition: p}, inTopic: true}) {
 				loaded++
 			}
 		}

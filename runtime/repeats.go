@@ -359,9 +359,10 @@ func (r *repeats) dropHeld(parts map[kafkaclient.TopicPartition]bool) {
 func (r *repeats) lookup(id []byte) *storedReply { return r.stored.get(id, time.Now()) }
 
 // remember stores the replies of the call with correlation id id, served
-// from request partition tp, stored at at.
-func (r *repeats) remember(id string, tp kafkaclient.TopicPartition, records []kafkaclient.Record, at time.Time) {
-	r.stored.put(&storedReply{id: id, at: at, records: records, size: replySize(records), tp: tp}, time.Now())
+// from request partition tp, stored at at; inTopic says they were handed to
+// the outcome topic too.
+func (r *repeats) remember(id string, tp kafkaclient.TopicPartition, records []kafkaclient.Record, at time.Time, inTopic bool) {
+	r.stored.put(&storedReply{id: id, at: at, records: records, size: replySize(records), tp: tp, inTopic: inTopic}, time.Now())
 }
 
 // replySize is what a stored outcome counts for against the byte bound:
@@ -543,6 +544,9 @@ type storedReply struct {
 	records []kafkaclient.Record // values and headers; topic and key are the duplicate's
 	size    int
 	tp      kafkaclient.TopicPartition // the request partition of the call
+	// inTopic: written to (or read from) the outcome topic, so that a
+	// partition's next owner has it (WorkerOutcomeTopic).
+	inTopic bool
 }
 
 // replyStore holds the replies of recent calls, bounded by age and bytes.
@@ -607,6 +611,27 @@ func (s *replyStore) load(r *storedReply) bool {
 	s.order = append(s.order, r)
 	s.bytes += r.size
 	return true
+}
+
+// forget drops, without telling evicted, the replies of the request
+// partitions parts that are in the outcome topic (WorkerOutcomeTopic): the
+// partitions moved to another member, which loaded those outcomes and
+// answers their repeats, and this worker loads them again if they come
+// back. Kept, they would take the room of the outcomes of the partitions it
+// still serves, whose oldest it would then forget, and delete from the
+// topic, early. Replies kept in memory only stay.
+func (s *replyStore) forget(parts map[kafkaclient.TopicPartition]bool) {
+	kept := s.order[:0]
+	for _, r := range s.order {
+		if r.inTopic && parts[r.tp] {
+			delete(s.byID, r.id)
+			s.bytes -= r.size
+			continue
+		}
+		kept = append(kept, r)
+	}
+	clear(s.order[len(kept):])
+	s.order = kept
 }
 
 // sortLoaded puts the order back to oldest first after loads, and forgets

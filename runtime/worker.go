@@ -530,6 +530,11 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 		}
 	}
 	w.repeats.dropHeld(set) // their next owner reads those calls again
+	if w.outcomes != nil {
+		// Their next owner has their outcomes from the topic; so will
+		// this worker if they come back.
+		w.repeats.stored.forget(set)
+	}
 	w.mu.Unlock()
 	w.cfg.logger.Info("kafkarpc: partitions revoked", "group", w.cfg.groupID, "partitions", fmt.Sprint(parts), "lost", lost)
 }
