@@ -413,3 +413,62 @@ func TestOutcomeAdvRevokedOutcomesTakeNoRoom(t *testing.T) {
 	}
 	_ = a
 }
+
+// TestOutcomeAdvEvictedKeyAfterRestart: worker A's memory bound holds two
+// outcomes; of three keyed calls, the oldest leaves A's memory and is
+// deleted from the outcome topic. After A is killed, worker B answers the
+// retries of the two kept from the topic, without running them, and runs
+// the evicted one's retry again (README: an outcome that left its owner's
+// memory is gone), giving it a fresh, whole answer, not a stale one.
+func TestOutcomeAdvEvictedKeyAfterRestart(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	const body = 10 << 10
+	opts := []runtime.WorkerOption{runtime.WorkerOutcomeTopic(outcomeTopic),
+		runtime.WorkerIdempotencyWindow(10*time.Minute, 2*body+2*(1<<10))}
+	implA, implB := &counting{}, &counting{}
+	kcA := &killable{Client: e.kc}
+	a := e.start(t, kcA, implA, opts...)
+	stored := watchReplies(t, e.kc, e.topic(outcomeTopic))
+	ctx := ctxFor(t, 120*time.Second)
+	msg := func(k string) string { return k + strings.Repeat("x", body) }
+	keys := []string{"evict-1", "evict-2", "evict-3"}
+	for _, k := range keys {
+		kctx := metadata.AppendToOutgoingContext(ctx, "idempotency-key", k)
+		if _, err := e.echo.EchoUnary(kctx, &echov1.EchoRequest{Message: msg(k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first outcome's tombstone, written once the third was stored.
+	for {
+		rec := awaitKey(t, stored, advID(e, keys[0]))
+		if rec.Value == nil {
+			break
+		}
+	}
+	kcA.dead.Store(true)
+	_ = a.Close()
+	b := e.start(t, e.kc, implB, opts...)
+	if n := b.Stats().OutcomesLoaded; n != 2 {
+		t.Fatalf("worker B loaded %d outcomes, want the 2 A kept", n)
+	}
+	// Newest first: the evicted one's re-run, stored, pushes the oldest
+	// out of B's memory in turn.
+	for i := len(keys) - 1; i >= 0; i-- {
+		k := keys[i]
+		kctx := metadata.AppendToOutgoingContext(ctx, "idempotency-key", k)
+		r, err := e.echo.EchoUnary(kctx, &echov1.EchoRequest{Message: msg(k)})
+		if err != nil {
+			t.Fatalf("retry %s: %v", k, err)
+		}
+		want := 0
+		if i == 0 {
+			want = 1
+		}
+		if n := implB.count(msg(k)); n != want {
+			t.Errorf("worker B ran the retry of %s %d times, want %d", k, n, want)
+		}
+		if r.GetMessage() != msg(k) || r.GetIndex() != 1 {
+			t.Errorf("the retry of %s got index %d and a message of %d bytes, want index 1 and its own message", k, r.GetIndex(), len(r.GetMessage()))
+		}
+	}
+}
