@@ -282,6 +282,7 @@ func (o *outcomeLog) write(c *call, st *status.Status, at time.Time) {
 func (c *call) outcomeAcked(rec *kafkaclient.Record, err error) {
 	defer c.sent.unacked.Done()
 	if err != nil {
+		c.outcomeSent = false // in memory only (read once flush is over)
 		c.w.stats.outcomesUnwritten.Add(1)
 		c.w.cfg.logger.Error("kafkarpc: writing a stored outcome; a repeat served by another worker runs again",
 			"correlation_id", c.id, "outcome_topic", rec.Topic, "error", err,
