@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
@@ -469,6 +470,157 @@ func TestOutcomeAdvEvictedKeyAfterRestart(t *testing.T) {
 		}
 		if r.GetMessage() != msg(k) || r.GetIndex() != 1 {
 			t.Errorf("the retry of %s got index %d and a message of %d bytes, want index 1 and its own message", k, r.GetIndex(), len(r.GetMessage()))
+		}
+	}
+}
+
+// advGate is a unary handler that counts its runs by message, reports each
+// start, and answers only once released.
+type advGate struct {
+	counting
+	started chan string
+	release chan struct{}
+}
+
+func (g *advGate) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	n := g.run(req.GetMessage())
+	g.started <- req.GetMessage()
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	return &echov1.EchoResponse{Message: req.GetMessage(), Index: int32(n)}, nil
+}
+
+// revokeStart is a worker's Kafka client that reports when its group
+// member starts revoking partitions.
+type revokeStart struct {
+	kafkaclient.Client
+	starting chan []kafkaclient.TopicPartition
+}
+
+func (r *revokeStart) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	inner := cfg.OnRevoked
+	cfg.OnRevoked = func(parts []kafkaclient.TopicPartition, lost bool) {
+		if len(parts) > 0 {
+			select {
+			case r.starting <- parts:
+			default:
+			}
+		}
+		if inner != nil {
+			inner(parts, lost)
+		}
+	}
+	return r.Client.NewGroupReader(cfg)
+}
+
+// TestOutcomeAdvRetryDuringRebalance: three keyed calls, one per
+// partition, run on worker A; their callers' retries come through a
+// second gateway while they run; worker B joins, and one partition moves to
+// it while its call is still running (released once A starts revoking).
+// Every attempt of a key gets the answer of its one run; a third attempt of
+// each, after the rebalance, is answered from the stored outcome, whichever
+// member owns its partition then.
+func TestOutcomeAdvRetryDuringRebalance(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	opt := runtime.WorkerOutcomeTopic(outcomeTopic)
+	gw2 := runtime.NewGateway(e.kc, e.mapper())
+	t.Cleanup(func() { _ = gw2.Close() })
+	echo2 := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw2); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	implA := &advGate{started: make(chan string, 16), release: make(chan struct{})}
+	implB := &advGate{started: make(chan string, 16), release: make(chan struct{})}
+	close(implB.release)
+	kcA := &revokeStart{Client: e.kc, starting: make(chan []kafkaclient.TopicPartition, 4)}
+	e.start(t, kcA, implA, opt)
+	ctx := ctxFor(t, 120*time.Second)
+
+	type answer struct {
+		key string
+		r   *echov1.EchoResponse
+		err error
+	}
+	answers := make(chan answer, 6)
+	var keys []string
+	for p := range int32(3) {
+		keys = append(keys, advKeyOn(e, "rebalance-p", p, 3))
+	}
+	callOn := func(c echov1.EchoServiceClient, k string) {
+		kctx := metadata.AppendToOutgoingContext(ctx, "idempotency-key", k)
+		r, err := c.EchoUnary(kctx, &echov1.EchoRequest{Message: k})
+		answers <- answer{k, r, err}
+	}
+	for _, k := range keys {
+		go callOn(e.echo, k)
+	}
+	for range keys {
+		select {
+		case <-implA.started:
+		case <-ctx.Done():
+			t.Fatal("the three calls did not all start on worker A")
+		}
+	}
+	for _, k := range keys {
+		go callOn(echo2, k)
+	}
+	wb := runtime.NewWorker(e.kc, e.mapper(), runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(e.group), opt)
+	if err := echov1.RegisterEchoServiceKafkaWorker(wb, implB); err != nil {
+		t.Fatal(err)
+	}
+	if err := wb.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = wb.Close() })
+	select {
+	case <-kcA.starting:
+	case <-ctx.Done():
+		t.Fatal("worker A revoked nothing once B joined")
+	}
+	close(implA.release)
+	got := map[string][]*echov1.EchoResponse{}
+	for range 6 {
+		select {
+		case a := <-answers:
+			if a.err != nil {
+				t.Fatalf("an attempt of %s: %v", a.key, a.err)
+			}
+			got[a.key] = append(got[a.key], a.r)
+		case <-ctx.Done():
+			t.Fatal("not every attempt answered within the test's bound")
+		}
+	}
+	select {
+	case <-wb.Ready():
+	case <-ctx.Done():
+		t.Fatal("worker B never got its partitions")
+	}
+	for _, k := range keys {
+		go callOn(e.echo, k)
+	}
+	for range keys {
+		select {
+		case a := <-answers:
+			if a.err != nil {
+				t.Fatalf("the third attempt of %s: %v", a.key, a.err)
+			}
+			got[a.key] = append(got[a.key], a.r)
+		case <-ctx.Done():
+			t.Fatal("not every third attempt answered within the test's bound")
+		}
+	}
+	for _, k := range keys {
+		if n := implA.count(k) + implB.count(k); n != 1 {
+			t.Errorf("the call with key %s ran %d times (A %d, B %d), want 1", k, n, implA.count(k), implB.count(k))
+		}
+		for i, r := range got[k] {
+			if r.GetMessage() != k || r.GetIndex() != 1 {
+				t.Errorf("attempt %d of %s got %v, want its one run's answer (index 1)", i+1, k, r)
+			}
 		}
 	}
 }
