@@ -624,3 +624,56 @@ func TestOutcomeAdvRetryDuringRebalance(t *testing.T) {
 		}
 	}
 }
+
+// TestOutcomeAdvClientStreamAfterRestart: a keyed client stream answered
+// by worker A, which then dies; worker B answers two retries (each sending
+// its whole stream again) from the stored outcome without running the
+// handler, and serves a new stream after them as usual.
+func TestOutcomeAdvClientStreamAfterRestart(t *testing.T) {
+	e := newOutcomeEnv(t, false)
+	opt := runtime.WorkerOutcomeTopic(outcomeTopic)
+	implA, implB := &clientStreamCounter{}, &clientStreamCounter{}
+	stored := watchReplies(t, e.kc, e.topic(outcomeTopic))
+	kcA := &killable{Client: e.kc}
+	a := e.start(t, kcA, implA, opt)
+	ctx := ctxFor(t, 120*time.Second)
+	upload := func(key string, msgs ...string) *echov1.EchoResponse {
+		t.Helper()
+		c := ctx
+		if key != "" {
+			c = metadata.AppendToOutgoingContext(ctx, "idempotency-key", key)
+		}
+		s, err := e.echo.EchoClientStream(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if err := s.Send(&echov1.EchoRequest{Message: m}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r, err := s.CloseAndRecv()
+		if err != nil {
+			t.Fatalf("client stream (key %q): %v", key, err)
+		}
+		return r
+	}
+	first := upload("adv-upload", "a", "b", "c")
+	awaitKey(t, stored, wire.CorrelationID(wire.Names{}, "adv-upload", "example.echo.v1.EchoService", "EchoClientStream", e.topic("echo-responses")))
+	kcA.dead.Store(true)
+	_ = a.Close()
+	e.start(t, e.kc, implB, opt)
+	for i := range 2 {
+		if r := upload("adv-upload", "a", "b", "c"); !proto.Equal(r, first) {
+			t.Fatalf("retry %d got %v, want the stored %v", i+1, r, first)
+		}
+	}
+	if r := upload("", "x", "y"); r.GetMessage() != "x,y" {
+		t.Fatalf("a new stream after the retries got %v, want x,y", r)
+	}
+	implB.mu.Lock()
+	defer implB.mu.Unlock()
+	if implB.runs != 1 {
+		t.Fatalf("worker B ran %d client streams, want 1 (the new one): the retries had a stored outcome", implB.runs)
+	}
+}
