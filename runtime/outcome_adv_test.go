@@ -677,3 +677,36 @@ func TestOutcomeAdvClientStreamAfterRestart(t *testing.T) {
 		t.Fatalf("worker B ran %d client streams, want 1 (the new one): the retries had a stored outcome", implB.runs)
 	}
 }
+
+// TestOutcomeAdvOutcomeTopicIsCallTopic: an outcome topic named as one of
+// the spec's request or reply topics would make EnsureTopics create that
+// topic compacted (the outcome topic's configuration), and compaction
+// drops all but a call's last record. EnsureTopics refuses it before
+// creating anything, naming the topic and both roles; a worker whose
+// outcome topic is one of its request topics refuses to start.
+func TestOutcomeAdvOutcomeTopicIsCallTopic(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	for _, name := range []string{"echo-requests", "echo-responses"} {
+		t.Run(name, func(t *testing.T) {
+			prefix := kafkatest.Unique("t") + "."
+			mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+			w := runtime.NewWorker(kc, mapper, runtime.WorkerOutcomeTopic(name))
+			if err := echov1.RegisterEchoServiceKafkaWorker(w, &counting{}); err != nil {
+				t.Fatal(err)
+			}
+			topics := append(echov1.EchoServiceKafkaSpec.Topics(func(s string) string { return prefix + s }), w.ExtraTopics()...)
+			err := runtime.EnsureTopics(ctxFor(t, 30*time.Second), kc, topics, runtime.EnsureTopicsOptions{})
+			if err == nil || !strings.Contains(err.Error(), prefix+name) || !strings.Contains(err.Error(), "outcome") {
+				t.Fatalf("EnsureTopics with the outcome topic named %s: %v; want an error naming the topic and its outcome role", prefix+name, err)
+			}
+			if _, err := kc.Partitions(ctxFor(t, 30*time.Second), prefix+"echo-requests"); !errors.Is(err, kafkaclient.ErrUnknownTopic) {
+				t.Fatalf("EnsureTopics created topics before refusing (looking up the request topic: %v)", err)
+			}
+			err = w.Start()
+			defer func() { _ = w.Close() }()
+			if name == "echo-requests" && (err == nil || !strings.Contains(err.Error(), prefix+name)) {
+				t.Fatalf("Start with the outcome topic %s, its request topic: %v; want an error naming it", prefix+name, err)
+			}
+		})
+	}
+}

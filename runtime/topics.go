@@ -302,6 +302,19 @@ func EnsureTopics(ctx context.Context, admin TopicAdmin, topics []Topic, opts En
 			invalid = append(invalid, fmt.Sprintf("%s: %s", describeTopic(t), problem))
 		}
 	}
+	// An outcome topic that is also a topic of calls would be created
+	// compacted (outcomeTopicConfig), and compaction keeps only a key's
+	// last record, which loses all but the end of each call; the outcome
+	// loader would take the calls' records for malformed outcomes.
+	var shared []string
+	for _, t := range l.topics {
+		if t.Role&TopicOutcome != 0 && t.Role&^TopicOutcome != 0 {
+			shared = append(shared, describeTopic(t))
+		}
+	}
+	if len(shared) > 0 {
+		return fmt.Errorf("kafkarpc: an outcome topic (WorkerOutcomeTopic) must be a topic of its own, not one of calls or dead letters: %s", strings.Join(shared, "; "))
+	}
 	if len(invalid) > 0 {
 		return fmt.Errorf("kafkarpc: not a valid Kafka topic name (1 to %d characters of [a-zA-Z0-9._-]): %s", topicname.MaxLen, strings.Join(invalid, "; "))
 	}

@@ -264,6 +264,9 @@ func (w *Worker) Start() error {
 	if len(w.topics) == 0 {
 		return errors.New("kafkarpc: worker has no request topics: register a service first")
 	}
+	if o := w.outcomes; o != nil && slices.Contains(w.topics, o.topic) {
+		return fmt.Errorf("kafkarpc: WorkerOutcomeTopic %q is one of the worker's request topics; give the stored outcomes a topic of their own", o.topic)
+	}
 	if err := w.cfg.groupProtocol.Check(); err != nil {
 		return fmt.Errorf("kafkarpc: WorkerGroupProtocol: %w", err)
 	}
