@@ -629,13 +629,25 @@ func TestOutcomeAdvRetryDuringRebalance(t *testing.T) {
 // by worker A, which then dies; worker B answers two retries (each sending
 // its whole stream again) from the stored outcome without running the
 // handler, and serves a new stream after them as usual.
+//
+// "uncommitted": A never commits an offset, so B reads the answered stream
+// again too, and answers it from the outcome as well.
 func TestOutcomeAdvClientStreamAfterRestart(t *testing.T) {
+	t.Run("killed", func(t *testing.T) { advClientStreamAfterRestart(t, false) })
+	t.Run("uncommitted", func(t *testing.T) { advClientStreamAfterRestart(t, true) })
+}
+
+func advClientStreamAfterRestart(t *testing.T, uncommitted bool) {
 	e := newOutcomeEnv(t, false)
 	opt := runtime.WorkerOutcomeTopic(outcomeTopic)
 	implA, implB := &clientStreamCounter{}, &clientStreamCounter{}
 	stored := watchReplies(t, e.kc, e.topic(outcomeTopic))
 	kcA := &killable{Client: e.kc}
-	a := e.start(t, kcA, implA, opt)
+	var clientA kafkaclient.Client = kcA
+	if uncommitted {
+		clientA = &noCommit{kcA}
+	}
+	a := e.start(t, clientA, implA, opt)
 	ctx := ctxFor(t, 120*time.Second)
 	upload := func(key string, msgs ...string) *echov1.EchoResponse {
 		t.Helper()
@@ -662,11 +674,14 @@ func TestOutcomeAdvClientStreamAfterRestart(t *testing.T) {
 	awaitKey(t, stored, wire.CorrelationID(wire.Names{}, "adv-upload", "example.echo.v1.EchoService", "EchoClientStream", e.topic("echo-responses")))
 	kcA.dead.Store(true)
 	_ = a.Close()
-	e.start(t, e.kc, implB, opt)
+	b := e.start(t, e.kc, implB, opt)
 	for i := range 2 {
 		if r := upload("adv-upload", "a", "b", "c"); !proto.Equal(r, first) {
 			t.Fatalf("retry %d got %v, want the stored %v", i+1, r, first)
 		}
+	}
+	if want := map[bool]uint64{false: 2, true: 3}[uncommitted]; b.Stats().Duplicates < want {
+		t.Fatalf("worker B answered %d requests from the stored outcome, want at least %d", b.Stats().Duplicates, want)
 	}
 	if r := upload("", "x", "y"); r.GetMessage() != "x,y" {
 		t.Fatalf("a new stream after the retries got %v, want x,y", r)
