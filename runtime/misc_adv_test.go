@@ -392,7 +392,9 @@ func TestMiscAdvCallMetricsClosesAndFetches(t *testing.T) {
 		wantCalls(fmt.Sprintf("a call in flight when its %s closed, ended %v", c.side, err), c.side, want)
 	}
 
-	// A call in flight when the worker closes.
+	// A call in flight when the worker closes. The worker's side of the
+	// two calls above ends once their cancels reach it: counted first.
+	waitInflight("worker, before its close", "kafkarpc.worker.inflight", 0)
 	errc := make(chan error, 1)
 	viaConn2 := e.conn(t)
 	before := calls("worker")

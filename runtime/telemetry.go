@@ -241,9 +241,9 @@ func (cm callMetrics) begin(ctx context.Context, method attribute.KeyValue) {
 func (cm callMetrics) end(ctx context.Context, method attribute.KeyValue, start time.Time, err error) {
 	code := status.Code(err)
 	attrs := metric.WithAttributes(method, attribute.Int("rpc.grpc.status_code", int(code)))
-	cm.inflight.Add(ctx, -1, metric.WithAttributes(method))
 	cm.calls.Add(ctx, 1, attrs)
 	cm.duration.Record(ctx, time.Since(start).Seconds(), attrs)
+	cm.inflight.Add(ctx, -1, metric.WithAttributes(method)) // last, as in methodTelemetry.end
 }
 
 // spanStatus ends span with the call's status.
@@ -307,9 +307,11 @@ func (mt *methodTelemetry) end(ctx context.Context, start time.Time, err error) 
 		mt.cm.end(ctx, mt.method, start, err)
 		return
 	}
-	mt.cm.inflight.Add(ctx, -1, mt.inflight...)
+	// Counted before it leaves the in-flight gauge: a reader that sees
+	// the gauge at 0 sees every call that was in it counted.
 	mt.cm.calls.Add(ctx, 1, mt.endAdd[code]...)
 	mt.cm.duration.Record(ctx, time.Since(start).Seconds(), mt.endRec[code]...)
+	mt.cm.inflight.Add(ctx, -1, mt.inflight...)
 }
 
 // registerFetchMetrics reports the fanout hub's state: callers and the bytes
