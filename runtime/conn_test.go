@@ -670,14 +670,23 @@ func TestConnTelemetry(t *testing.T) {
 	if n := histogramCount(rm, "kafkarpc.client.duration"); n != 3 {
 		t.Errorf("kafkarpc.client.duration has %d observations, want 3", n)
 	}
+	// A send span ends once Kafka answered the request's records, which
+	// can come after the reply (the worker reads the request as soon as
+	// the broker has it): wait for them, bounded.
 	trace := parent.SpanContext().TraceID()
-	names := map[string]int{}
-	for _, s := range spans.GetSpans() {
-		if s.SpanContext.TraceID() == trace {
-			names[s.Name]++
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		names := map[string]int{}
+		for _, s := range spans.GetSpans() {
+			if s.SpanContext.TraceID() == trace {
+				names[s.Name]++
+			}
 		}
-	}
-	if names["send "+e.topic("echo-requests")] != 3 || names["receive "+e.topic("echo-responses")] != 3 {
-		t.Fatalf("spans of the caller's trace: %v, want 3 send and 3 receive", names)
+		if names["send "+e.topic("echo-requests")] == 3 && names["receive "+e.topic("echo-responses")] == 3 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("spans of the caller's trace 30 s after the calls: %v, want 3 send and 3 receive", names)
+		}
+		time.Sleep(2 * time.Millisecond) // polling a condition, bounded above
 	}
 }

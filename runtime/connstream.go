@@ -235,8 +235,11 @@ func (s *connStream) finish(err error) {
 	s.co.after()
 	s.mu.Unlock()
 	s.co.finish(err)
-	close(s.done)
+	// Cancelled before done is closed: a RecvMsg that returns the end
+	// finds the stream's context done, as grpc-go's (it returned before
+	// the cancel at times).
 	s.cancel()
+	close(s.done)
 }
 
 // Header returns the response metadata of the worker's first reply, waiting

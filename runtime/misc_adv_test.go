@@ -643,14 +643,17 @@ func TestMiscAdvStreamSpans(t *testing.T) {
 			caller.End()
 			handleName := "handle /example.echo.v1.EchoService/" + c.method
 			// The worker ends its span once Kafka acknowledged the
-			// replies, which may be after the caller got them.
+			// replies, and the connection its send span once Kafka
+			// answered the requests: either may be after the caller got
+			// its answer.
+			sendName := "send " + e.topic("echo-requests")
 			var tree map[string][]sdktrace.ReadOnlySpan
 			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
-				if tree = spanTree(spans); len(tree[handleName]) > 0 || time.Now().After(deadline) {
+				if tree = spanTree(spans); len(tree[handleName]) > 0 && len(tree[sendName]) > 0 || time.Now().After(deadline) {
 					break
 				}
 			}
-			send, handle, receive := tree["send "+e.topic("echo-requests")], tree[handleName], tree["receive "+e.topic("echo-responses")]
+			send, handle, receive := tree[sendName], tree[handleName], tree["receive "+e.topic("echo-responses")]
 			if len(send) != 1 || len(handle) != 1 || len(receive) != 1 || len(tree["caller"]) != 1 {
 				t.Fatalf("spans %v; want one caller, send, handle and receive span", names(spans))
 			}

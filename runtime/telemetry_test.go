@@ -78,10 +78,12 @@ func TestTraceSpansBothKafkaHops(t *testing.T) {
 	// may be just after the caller got them; so may the gateway's gRPC
 	// server span, which grpc-go's server ends (stats.End) after it wrote
 	// the call's status.
-	handleName := "handle /example.echo.v1.EchoService/EchoUnary"
+	// (The send span ends once Kafka answered the request's records,
+	// which can come after the reply.)
+	handleName, sendName := "handle /example.echo.v1.EchoService/EchoUnary", "send "+prefix+"echo-requests"
 	byName := map[string]sdktrace.ReadOnlySpan{}
 	serverEnded := false
-	for deadline := time.Now().Add(30 * time.Second); (byName[handleName] == nil || !serverEnded) && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); (byName[handleName] == nil || byName[sendName] == nil || !serverEnded) && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		for _, s := range spans.GetSpans().Snapshots() {
 			byName[s.Name()] = s
 			serverEnded = serverEnded || s.SpanKind().String() == "server"
