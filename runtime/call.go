@@ -374,7 +374,11 @@ func (c *call) run() {
 	// was cancelled, not for its request: no poison. Left uncommitted
 	// unless it sent replies, it is served again by the partition's next
 	// owner, and a dead letter of it would be replayed a second time.
-	givenUp := errors.Is(context.Cause(c.ctx), errAborted)
+	// A call its caller cancelled is withdrawn, not poison either: no
+	// retry ran after the cancel, and a replay would serve a call nobody
+	// waits for.
+	cause := context.Cause(c.ctx)
+	givenUp := errors.Is(cause, errAborted) || errors.Is(cause, errCallerCancelled)
 	if !superseded && !givenUp && st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.in.isUndecodable() || c.retryable(st, panicked)) {
 		c.deadLetter(st)
 	}

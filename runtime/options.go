@@ -265,7 +265,9 @@ func WorkerRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 // headers saying where they came from and why (see DeadLetterHeaders); the
 // caller still gets the final status. A call the worker gave up in a
 // rebalance or shutdown is no poison, whatever its handler returned once
-// cancelled: it is not copied (the partition's next owner serves it again).
+// cancelled: it is not copied (the partition's next owner serves it again);
+// nor is a call its caller cancelled. A call past its deadline is copied
+// when it failed with a retry code (no attempt after the deadline runs).
 // The topic goes through the topic mapper (WithTopicMapper) and must exist.
 // Default: none.
 func WorkerDeadLetterTopic(topic string) WorkerOption {
