@@ -523,11 +523,16 @@ func contextStatus(ctx context.Context) *status.Status {
 // finish writes the end-of-stream reply with st, waits until Kafka
 // acknowledged every reply, and releases the call so that its offset can be
 // committed. An aborted call that sent nothing writes nothing and stays
-// uncommitted, so that the partition's next owner serves it again.
+// uncommitted, so that the partition's next owner serves it again; so does
+// one whose replies are all still kept by the writer (WorkerExactlyOnce):
+// they are dropped, and the next owner serves the call whole.
 func (c *call) finish(st *status.Status) {
 	st, _ = c.decide(st)
 	c.ending.Store(true)
 	aborted, sent := c.out.close()
+	if aborted && sent > 0 && c.w.writer.discard(c) {
+		sent = 0
+	}
 	if sent > 0 && c.wm != nil && c.wm.spec.Kind.serverStreams() {
 		// A stream's end waits for its responses, retries included, so
 		// that no end overtakes a response Kafka takes on a second try,

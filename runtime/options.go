@@ -282,7 +282,9 @@ func WorkerDeadLetterTopic(topic string) WorkerOption {
 // they never see the replies of a transaction that was aborted (a worker that
 // crashed): the request is served again and answered once. A call's replies
 // are produced together when it ends, so a server stream arrives as one
-// burst. What it does not cover: the handler's own side effects (a database
+// burst, and a call the worker gives up (rebalance, shutdown) writes
+// nothing, whatever its handler sent: the next member serves it whole.
+// What it does not cover: the handler's own side effects (a database
 // write, a call to another service) happen again when a request is served
 // again; make them idempotent (the idempotency-key metadata helps).
 // transactionalID must be unique per worker instance and stable across its

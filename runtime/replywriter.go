@@ -30,6 +30,11 @@ type replyWriter interface {
 	// caller has to be told about, or nil. It may be called again for
 	// records c sends later (a stream's end after its responses).
 	flush(c *call) error
+	// discard drops what send kept for c and reports whether none of c's
+	// records went to Kafka, so that c may end as if it had sent nothing
+	// (a call the worker gave up). A directWriter hands records over at
+	// once: it reports false.
+	discard(c *call) bool
 	// settle is called once c is released (its offset marked done), after
 	// flush.
 	settle(c *call)
@@ -128,6 +133,8 @@ func (directWriter) commit(cm *committer, only map[kafkaclient.TopicPartition]bo
 
 func (directWriter) close() {}
 
+func (directWriter) discard(*call) bool { return false }
+
 // txnWriter keeps a call's records until it ends and produces them into
 // the open transaction, which the committer commits with the offsets of
 // the calls whose records it holds (WorkerExactlyOnce). A record Kafka
@@ -167,6 +174,17 @@ func (t *txnWriter) send(c *call, rec *kafkaclient.Record) {
 
 func (t *txnWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
 	c.sent.outcome = rec
+}
+
+// discard drops c's records unless a flush already put some in the open
+// transaction.
+func (t *txnWriter) discard(c *call) bool {
+	if c.sent.inTxn {
+		return false
+	}
+	clear(c.sent.outbox)
+	c.sent.outbox, c.sent.outcome = nil, nil
+	return true
 }
 
 // flush sends the call's outbox into the open transaction (the call enters
