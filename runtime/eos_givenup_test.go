@@ -80,16 +80,7 @@ func TestExactlyOnceGivenUpStreamServedWholeByNext(t *testing.T) {
 	if err := e.worker.Close(); err != nil {
 		t.Fatal(err)
 	}
-	next := runtime.NewWorker(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
-		runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(e.worker.GroupID()),
-		runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
-	if err := echov1.RegisterEchoServiceKafkaWorker(next, impl); err != nil {
-		t.Fatal(err)
-	}
-	if err := next.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = next.Close() })
+	startWorker(t, e, impl, runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
 	r := <-res // bounded by the call's deadline
 	if r.err != nil || !slices.Equal(r.got, []int32{0, 1}) {
 		t.Fatalf("the stream given up at close got %v, then %v; want [0 1] and OK from the next member "+

@@ -52,16 +52,7 @@ func TestExactlyOnce(t *testing.T) {
 	if err := e.worker.Close(); err != nil {
 		t.Fatal(err)
 	}
-	next := runtime.NewWorker(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
-		runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(e.worker.GroupID()),
-		runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
-	if err := echov1.RegisterEchoServiceKafkaWorker(next, impl); err != nil {
-		t.Fatal(err)
-	}
-	if err := next.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = next.Close() })
+	startWorker(t, e, impl, runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
 	if r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "y"}); err != nil || r.GetMessage() != "y" {
 		t.Fatalf("unary after the hand-over: %v, %v", r, err)
 	}

@@ -19,11 +19,13 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 )
 
-// startWorker starts one more member of e's worker group serving impl.
-func startWorker(t *testing.T, e *env, impl echov1.EchoServiceServer) *runtime.Worker {
+// startWorker starts one more member of e's worker group serving impl,
+// with opts, and waits until it joined.
+func startWorker(t *testing.T, e *env, impl echov1.EchoServiceServer, opts ...runtime.WorkerOption) *runtime.Worker {
 	t.Helper()
-	w := runtime.NewWorker(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
-		runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(e.worker.GroupID()))
+	opts = append([]runtime.WorkerOption{runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
+		runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(e.worker.GroupID())}, opts...)
+	w := runtime.NewWorker(e.kc, opts...)
 	if err := echov1.RegisterEchoServiceKafkaWorker(w, impl); err != nil {
 		t.Fatal(err)
 	}

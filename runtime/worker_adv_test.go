@@ -113,16 +113,7 @@ func TestWorkerAdvFailedTransactionCommitsNothingMore(t *testing.T) {
 	}
 	// Another member of the group serves the request whose reply was
 	// aborted: its offset was not committed.
-	next := runtime.NewWorker(e.kc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }),
-		runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(e.worker.GroupID()),
-		runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
-	if err := echov1.RegisterEchoServiceKafkaWorker(next, impl); err != nil {
-		t.Fatal(err)
-	}
-	if err := next.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = next.Close() })
+	startWorker(t, e, impl, runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
 	r := <-res // bounded by the call's deadline
 	if r.err != nil || r.r.GetMessage() != "aborted-reply" {
 		t.Fatalf("the call whose reply was in the aborted transaction ended %v, %v; want its response from the next member "+
