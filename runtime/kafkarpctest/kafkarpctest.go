@@ -20,22 +20,33 @@
 //
 // # Kafka client
 //
-// Without WithClient, the Kafka client depends on the build (DefaultClient
-// names it): with cgo, the project's default, confluent (confluent-kafka-go,
-// librdkafka); without cgo (CGO_ENABLED=0, or no C compiler), franz
-// (franz-go, pure Go). A test of the kit thus builds and runs without a C
-// toolchain, and the kit built without cgo links no confluent package.
-// WithClient picks one explicitly, for example franz in a build with cgo:
+// Without WithClient, the environment variable KAFKA_CLIENT (confluent or
+// franz) names the Kafka client, as it does for this project's own tests,
+// so one test suite runs on either; unset, the client depends on the build
+// (DefaultClient names it): with cgo, the project's default, confluent
+// (confluent-kafka-go, librdkafka); without cgo (CGO_ENABLED=0, or no C
+// compiler), franz (franz-go, pure Go). A test of the kit thus builds and
+// runs without a C toolchain, and the kit built without cgo links no
+// confluent package (KAFKA_CLIENT=confluent then fails the test, saying
+// so). WithClient picks one in code, for example franz in a build with cgo:
 //
 //	kafkarpctest.Start(t, svc, kafkarpctest.WithClient(func(brokers string) (kafkaclient.Client, error) {
 //		return franz.New(franz.WithSeedBrokers(brokers))
 //	}))
+//
+// # Several services
+//
+// Service describes one generated service. For a test of several (one
+// calling another, or two served by one worker), give the others with
+// WithServices: one worker, one ClientConn and one gateway then serve and
+// call them all, and Start creates every one's topics.
 package kafkarpctest
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -59,12 +70,14 @@ type Service struct {
 	// Spec is the generated <Service>KafkaSpec.
 	Spec *runtime.ServiceSpec
 	// RegisterGateway is the generated Register<Service>KafkaGateway. Nil
-	// starts no gateway and no gRPC server (Env.Conn and Env.Gateway are
-	// nil): calls go through Env.ClientConn.
+	// (in every service, with WithServices) starts no gateway and no gRPC
+	// server (Env.Conn and Env.Gateway are nil): calls go through
+	// Env.ClientConn.
 	RegisterGateway func(grpc.ServiceRegistrar, *runtime.Gateway) error
 	// RegisterWorker registers your implementation, typically by calling
-	// the generated Register<Service>KafkaWorker. Nil starts no worker (to
-	// test against a worker of your own).
+	// the generated Register<Service>KafkaWorker. Nil (in every service,
+	// with WithServices) starts no worker (to test against a worker of
+	// your own).
 	RegisterWorker func(*runtime.Worker) error
 }
 
@@ -72,7 +85,7 @@ type Service struct {
 // gateway. Its fields are safe for concurrent use.
 type Env struct {
 	// ClientConn calls the service over Kafka, with no gRPC server: pass it
-	// to the generated New<Service>Client. The Spec is registered.
+	// to the generated New<Service>Client. Every service's Spec is registered.
 	ClientConn *runtime.ClientConn
 	// Conn is a gRPC connection to the gateway; nil without
 	// RegisterGateway.
@@ -104,6 +117,17 @@ type config struct {
 	wkOpts     []runtime.WorkerOption
 	connOpts   []runtime.ConnOption
 	client     func(brokers string) (kafkaclient.Client, error)
+	more       []Service
+}
+
+// WithServices adds services to the one given to Start: their topics are
+// created, their RegisterWorker and RegisterGateway are called on the same
+// worker and gateway (in the order given, after Start's own service's),
+// and their specs are registered with Env.ClientConn, so that one test
+// calls them all. A gateway runs when any of them has RegisterGateway, a
+// worker when any has RegisterWorker. Default: none.
+func WithServices(more ...Service) Option {
+	return func(c *config) { c.more = append(c.more, more...) }
 }
 
 // WithBrokers uses the cluster at brokers instead of an embedded broker.
@@ -134,35 +158,55 @@ func WithWorkerOptions(opts ...runtime.WorkerOption) Option {
 
 // WithClient sets how the Kafka client is made from the bootstrap address
 // (comma-separated host:port). Start calls f once and closes the client
-// when the test ends. Default: DefaultClient with its default settings and
-// the test's logger (see the package doc).
+// when the test ends. Default: the client KAFKA_CLIENT names (confluent or
+// franz), else DefaultClient, with its default settings and the test's
+// logger (see the package doc).
 func WithClient(f func(brokers string) (kafkaclient.Client, error)) Option {
 	return func(c *config) { c.client = f }
 }
 
-// Start starts everything for svc and returns once the worker holds its
-// partitions. Failures end the test with tb.Fatal, so call it from the
-// test's own goroutine; tests calling it in parallel get topics and groups
-// of their own.
-// The topics it creates (with runtime.EnsureTopics) are the spec's and
+// Start starts everything for svc (and the services of WithServices) and
+// returns once the worker holds its partitions. Failures end the test with
+// tb.Fatal, naming the brokers and where their address came from, so call
+// it from the test's own goroutine; tests calling it in parallel get topics
+// and groups of their own.
+// The topics it creates (with runtime.EnsureTopics) are the specs' and
 // those the worker's options name (Worker.ExtraTopics: a dead-letter or
 // outcome topic), each with the test's prefix.
 // It reads top to bottom: broker, client, worker, topics, gateway, server
 // and connection, each with its cleanup.
 func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	tb.Helper()
-	if svc.Spec == nil {
-		tb.Fatal("kafkarpctest: Service.Spec is nil: give it the generated <Service>KafkaSpec")
-	}
 	cfg := config{brokers: os.Getenv("KAFKA_BROKERS"), partitions: 3}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	services := append([]Service{svc}, cfg.more...)
+	for i, s := range services {
+		if s.Spec == nil {
+			which := "Service.Spec"
+			if i > 0 {
+				which = fmt.Sprintf("the Spec of service %d of WithServices", i-1)
+			}
+			tb.Fatalf("kafkarpctest: %s is nil: give it the generated <Service>KafkaSpec", which)
+		}
+	}
+	where := "from KAFKA_BROKERS"
+	if os.Getenv("KAFKA_BROKERS") != cfg.brokers {
+		where = "from WithBrokers"
 	}
 	logw := &tbWriter{tb: tb}
 	tb.Cleanup(logw.stop) // registered first, so it runs last: the client may log while it closes
 	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if cfg.client == nil {
-		cfg.client = func(brokers string) (kafkaclient.Client, error) { return defaultClient(brokers, logger) }
+		name := DefaultClient
+		if v := os.Getenv("KAFKA_CLIENT"); v != "" {
+			if problem := clientProblem(v); problem != "" {
+				tb.Fatalf("kafkarpctest: KAFKA_CLIENT=%q: %s", v, problem)
+			}
+			name = v
+		}
+		cfg.client = func(brokers string) (kafkaclient.Client, error) { return newClient(name, brokers, logger) }
 	}
 	if cfg.brokers == "" {
 		b, err := embedded.Start()
@@ -171,10 +215,12 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 		}
 		tb.Cleanup(func() { _ = b.Close() })
 		cfg.brokers = b.Addr()
+		where = "the embedded broker"
 	}
+	at := fmt.Sprintf("Kafka at %s (%s)", cfg.brokers, where)
 	kc, err := cfg.client(cfg.brokers)
 	if err != nil {
-		tb.Fatalf("kafkarpctest: Kafka client: %v", err)
+		tb.Fatalf("kafkarpctest: Kafka client of %s: %v", at, err)
 	}
 	tb.Cleanup(func() { _ = kc.Close() })
 	env := &Env{Client: kc, Brokers: cfg.brokers, Prefix: "t" + randomHex() + "."}
@@ -187,32 +233,40 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	// name topics of their own (a dead-letter topic, an outcome topic),
 	// which get the test's prefix and so only the kit can create in time.
 	var w *runtime.Worker
-	if svc.RegisterWorker != nil {
-		wopts := []runtime.WorkerOption{runtime.WorkerGroupID(env.Prefix + "worker")}
-		for _, o := range common {
-			wopts = append(wopts, o)
+	for _, s := range services {
+		if s.RegisterWorker == nil {
+			continue
 		}
-		w = runtime.NewWorker(kc, append(wopts, cfg.wkOpts...)...)
-		tb.Cleanup(func() { _ = w.Close() })
-		if err := svc.RegisterWorker(w); err != nil {
-			tb.Fatalf("kafkarpctest: registering the worker: %v", err)
+		if w == nil {
+			wopts := []runtime.WorkerOption{runtime.WorkerGroupID(env.Prefix + "worker")}
+			for _, o := range common {
+				wopts = append(wopts, o)
+			}
+			w = runtime.NewWorker(kc, append(wopts, cfg.wkOpts...)...)
+			tb.Cleanup(func() { _ = w.Close() })
+		}
+		if err := s.RegisterWorker(w); err != nil {
+			tb.Fatalf("kafkarpctest: registering %s with the worker: %v", s.Spec.Name, err)
 		}
 	}
-	topics := svc.Spec.Topics(env.Topic)
+	var topics []runtime.Topic
+	for _, s := range services {
+		topics = append(topics, s.Spec.Topics(env.Topic)...)
+	}
 	if w != nil {
 		topics = append(topics, w.ExtraTopics()...)
 	}
 	if err := runtime.EnsureTopics(ctx, kc, topics, runtime.EnsureTopicsOptions{Partitions: cfg.partitions, Logger: logger}); err != nil {
-		tb.Fatalf("kafkarpctest: creating topics: %v", err)
+		tb.Fatalf("kafkarpctest: creating topics on %s: %v", at, err)
 	}
 	if w != nil {
 		if err := w.Start(); err != nil {
-			tb.Fatalf("kafkarpctest: starting the worker: %v", err)
+			tb.Fatalf("kafkarpctest: starting the worker on %s: %v", at, err)
 		}
 		select {
 		case <-w.Ready():
 		case <-ctx.Done():
-			tb.Fatal("kafkarpctest: the worker got no partitions within 30 s")
+			tb.Fatalf("kafkarpctest: the worker got no partitions within 30 s from %s", at)
 		}
 		env.Worker = w
 	}
@@ -226,10 +280,16 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	}
 	env.ClientConn = runtime.NewClientConn(kc, append(copts, cfg.connOpts...)...)
 	tb.Cleanup(func() { _ = env.ClientConn.Close() })
-	if err := env.ClientConn.Register(svc.Spec); err != nil {
-		tb.Fatalf("kafkarpctest: registering the service with the ClientConn: %v", err)
+	for _, s := range services {
+		if err := env.ClientConn.Register(s.Spec); err != nil {
+			tb.Fatalf("kafkarpctest: registering %s with the ClientConn: %v", s.Spec.Name, err)
+		}
 	}
-	if svc.RegisterGateway == nil {
+	gateway := false
+	for _, s := range services {
+		gateway = gateway || s.RegisterGateway != nil
+	}
+	if !gateway {
 		return env
 	}
 
@@ -241,8 +301,13 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	tb.Cleanup(func() { _ = env.Gateway.Close() })
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer(runtime.GatewayServerOptions()...)
-	if err := svc.RegisterGateway(srv, env.Gateway); err != nil {
-		tb.Fatalf("kafkarpctest: registering the gateway: %v", err)
+	for _, s := range services {
+		if s.RegisterGateway == nil {
+			continue
+		}
+		if err := s.RegisterGateway(srv, env.Gateway); err != nil {
+			tb.Fatalf("kafkarpctest: registering %s with the gateway: %v", s.Spec.Name, err)
+		}
 	}
 	go func() { _ = srv.Serve(lis) }()
 	tb.Cleanup(srv.Stop)

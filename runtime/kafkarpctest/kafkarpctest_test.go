@@ -27,10 +27,12 @@ import (
 )
 
 // TestStartEcho starts the kit with its default client (DefaultClient of
-// this build: CGO_ENABLED=0 runs it on franz) and the example's echo
-// service: a unary call through Kafka, and a fetch of records produced to
-// the test's topic, sent uncopied by the kit's gateway server.
+// this build: CGO_ENABLED=0 runs it on franz; KAFKA_CLIENT unset) and the
+// example's echo service: a unary call through Kafka, and a fetch of
+// records produced to the test's topic, sent uncopied by the kit's gateway
+// server.
 func TestStartEcho(t *testing.T) {
+	t.Setenv("KAFKA_CLIENT", "")
 	env := kafkarpctest.Start(t, kafkarpctest.Service{
 		Spec:            echov1.EchoServiceKafkaSpec,
 		RegisterGateway: echov1.RegisterEchoServiceKafkaGateway,
