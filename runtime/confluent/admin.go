@@ -535,3 +535,33 @@ func (c *Client) topicConfig(ctx context.Context, topic string) (map[string]kafk
 	})
 	return cfg, err
 }
+
+// DeleteTopics deletes the named topics; one that does not exist is not an
+// error. Without a deadline in ctx the call is bounded by 30s. It is not
+// part of kafkaclient.Client: the test kit (runtime/kafkarpctest) deletes
+// the topics it created with it. Safe for concurrent use.
+func (c *Client) DeleteTopics(ctx context.Context, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	return c.withAdmin(func(p *producer) error {
+		adm, err := p.adminClient()
+		if err != nil {
+			return fmt.Errorf("confluent: admin client: %w", err)
+		}
+		dl, _ := ctx.Deadline()
+		res, err := adm.DeleteTopics(ctx, names, kafka.SetAdminOperationTimeout(time.Until(dl)))
+		if err != nil {
+			return fmt.Errorf("confluent: delete topics: %w", err)
+		}
+		var errs []error
+		for _, r := range res {
+			if code := r.Error.Code(); code != kafka.ErrNoError && code != kafka.ErrUnknownTopicOrPart && code != kafka.ErrUnknownTopic {
+				errs = append(errs, fmt.Errorf("confluent: delete topic %s: %w", r.Topic, r.Error))
+			}
+		}
+		return errors.Join(errs...)
+	})
+}

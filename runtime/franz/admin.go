@@ -549,3 +549,28 @@ func topicMaxMessageBytes(ctx context.Context, adm *kadm.Client, topic string) (
 	}
 	return n, nil
 }
+
+// DeleteTopics deletes the named topics; one that does not exist is not an
+// error. Without a deadline in ctx the call is bounded by 30s. It is not
+// part of kafkaclient.Client: the test kit (runtime/kafkarpctest) deletes
+// the topics it created with it. Safe for concurrent use.
+func (c *Client) DeleteTopics(ctx context.Context, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	return c.withAdmin(ctx, func(_ *kgo.Client, adm *kadm.Client) error {
+		resps, err := adm.DeleteTopics(ctx, names...)
+		if err != nil {
+			return fmt.Errorf("franz: delete topics: %w", err)
+		}
+		var errs []error
+		for _, r := range resps.Sorted() {
+			if r.Err != nil && !errors.Is(r.Err, kerr.UnknownTopicOrPartition) {
+				errs = append(errs, fmt.Errorf("franz: delete topic %s: %w", r.Topic, r.Err))
+			}
+		}
+		return errors.Join(errs...)
+	})
+}

@@ -172,7 +172,10 @@ func WithClient(f func(brokers string) (kafkaclient.Client, error)) Option {
 // and groups of their own.
 // The topics it creates (with runtime.EnsureTopics) are the specs' and
 // those the worker's options name (Worker.ExtraTopics: a dead-letter or
-// outcome topic), each with the test's prefix.
+// outcome topic), each with the test's prefix. On a cluster of
+// KAFKA_BROKERS or WithBrokers they are deleted when the test ends (with
+// the clients of runtime/confluent and runtime/franz, not a WithClient
+// client of another type), so that a shared cluster does not collect them.
 // It reads top to bottom: broker, client, worker, topics, gateway, server
 // and connection, each with its cleanup.
 func Start(tb testing.TB, svc Service, opts ...Option) *Env {
@@ -224,6 +227,19 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	}
 	tb.Cleanup(func() { _ = kc.Close() })
 	env := &Env{Client: kc, Brokers: cfg.brokers, Prefix: "t" + randomHex() + "."}
+	// On a cluster that outlives the test, the topics Start creates (all
+	// new: their names have the test's prefix) are deleted when it ends,
+	// after everything else of the kit stopped, before the client closes.
+	var created []string
+	if d, ok := kc.(topicDeleter); ok && where != "the embedded broker" {
+		tb.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := d.DeleteTopics(ctx, created); err != nil {
+				logger.Warn("kafkarpctest: deleting the test's topics", "error", err)
+			}
+		})
+	}
 
 	common := []runtime.Option{runtime.WithTopicMapper(env.Topic), runtime.WithLogger(logger)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -258,6 +274,9 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	}
 	if err := runtime.EnsureTopics(ctx, kc, topics, runtime.EnsureTopicsOptions{Partitions: cfg.partitions, Logger: logger}); err != nil {
 		tb.Fatalf("kafkarpctest: creating topics on %s: %v", at, err)
+	}
+	for _, t := range topics {
+		created = append(created, t.Name)
 	}
 	if w != nil {
 		if err := w.Start(); err != nil {
@@ -320,6 +339,12 @@ func Start(tb testing.TB, svc Service, opts ...Option) *Env {
 	tb.Cleanup(func() { _ = conn.Close() })
 	env.Conn = conn
 	return env
+}
+
+// topicDeleter is the DeleteTopics of the clients of runtime/confluent and
+// runtime/franz.
+type topicDeleter interface {
+	DeleteTopics(ctx context.Context, names []string) error
 }
 
 func randomHex() string {

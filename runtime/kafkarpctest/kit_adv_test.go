@@ -2,8 +2,10 @@ package kafkarpctest_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/embedded"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/franz"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkarpctest"
@@ -222,6 +225,59 @@ func TestKitAdvCallsInFlightAtEnd(t *testing.T) {
 	for name, c := range map[string]echov1.EchoServiceClient{"ClientConn": echov1.NewEchoServiceClient(env.ClientConn), "gateway": echov1.NewEchoServiceClient(env.Conn)} {
 		if _, err := c.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"}); status.Code(err) != codes.Canceled || ctx.Err() != nil {
 			t.Errorf("%s used after its test ended: %v (context: %v), want CANCELLED at once", name, err, ctx.Err())
+		}
+	}
+}
+
+// TestKitAdvDeletesTopicsOnACluster: on a cluster the kit did not start
+// (KAFKA_BROKERS, WithBrokers), the topics Start created are deleted when
+// the test ends. They were left behind: every run of a test suite on a
+// shared cluster added each kit's topics (600 of them on this project's
+// test broker after a day).
+func TestKitAdvDeletesTopicsOnACluster(t *testing.T) {
+	brokers := os.Getenv("KAFKA_BROKERS")
+	if brokers == "" {
+		b, err := embedded.Start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		brokers = b.Addr()
+	}
+	var topics []string
+	t.Run("kit", func(t *testing.T) {
+		env := kafkarpctest.Start(t, echoKitService(), kafkarpctest.WithBrokers(brokers),
+			kafkarpctest.WithWorkerOptions(runtime.WorkerDeadLetterTopic("dlq")))
+		for _, tp := range echov1.EchoServiceKafkaSpec.Topics(env.Topic) {
+			topics = append(topics, tp.Name)
+		}
+		topics = append(topics, env.Topic("dlq"))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if r, err := echov1.NewEchoServiceClient(env.ClientConn).EchoUnary(ctx, &echov1.EchoRequest{Message: "m"}); err != nil || r.GetMessage() != "m" {
+			t.Fatalf("EchoUnary = %v, %v", r, err)
+		}
+	})
+	kc, err := franz.New(franz.WithSeedBrokers(brokers), franz.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, name := range topics {
+		for { // a deletion reaches every broker's metadata shortly after Kafka answered it
+			ps, err := kc.Partitions(ctx, name)
+			if errors.Is(err, kafkaclient.ErrUnknownTopic) {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("topic %s 30 s after the kit's test ended: still there (last answer: %d partitions, %v); want it deleted", name, len(ps), err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 	}
 }
