@@ -3,6 +3,8 @@ package kafkarpctest_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -279,5 +281,47 @@ func TestKitAdvDeletesTopicsOnACluster(t *testing.T) {
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
+	}
+}
+
+// TestKitAdvParallelSubtestsShareAKit: one kit, started by the parent
+// test, serves parallel subtests (named with '/' and spaces), each calling
+// through both paths with every kind it needs; the parent's cleanup runs
+// after them all.
+func TestKitAdvParallelSubtestsShareAKit(t *testing.T) {
+	env := kafkarpctest.Start(t, echoKitService())
+	for i := range 6 {
+		t.Run(fmt.Sprintf("caller %d/of six", i), func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			for _, c := range []echov1.EchoServiceClient{echov1.NewEchoServiceClient(env.ClientConn), echov1.NewEchoServiceClient(env.Conn)} {
+				for j := range 5 {
+					msg := fmt.Sprintf("%d-%d", i, j)
+					if r, err := c.EchoUnary(ctx, &echov1.EchoRequest{Message: msg}); err != nil || r.GetMessage() != msg {
+						t.Fatalf("EchoUnary(%s) = %v, %v", msg, r, err)
+					}
+				}
+				bs, err := c.EchoBidiStream(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for j := range 3 {
+					msg := fmt.Sprintf("b%d-%d", i, j)
+					if err := bs.Send(&echov1.EchoRequest{Message: msg}); err != nil {
+						t.Fatal(err)
+					}
+					if r, err := bs.Recv(); err != nil || r.GetMessage() != msg {
+						t.Fatalf("bidi %s: %v, %v", msg, r, err)
+					}
+				}
+				if err := bs.CloseSend(); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := bs.Recv(); err != io.EOF {
+					t.Fatalf("bidi end: %v, want io.EOF", err)
+				}
+			}
+		})
 	}
 }
