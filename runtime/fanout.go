@@ -77,6 +77,7 @@ type hubSlot struct {
 
 type fanoutCounters struct {
 	callers   atomic.Int64
+	waiting   atomic.Int64
 	delivered atomic.Uint64
 	uncopied  atomic.Uint64
 	catchUps  atomic.Uint64
@@ -97,6 +98,9 @@ type FetchStats struct {
 	Topics int
 	// Callers is the number of fetch calls in progress.
 	Callers int64
+	// Waiting is the number of those that delivered every record the
+	// gateway has read of their topic and wait for more.
+	Waiting int64
 	// WindowRecords and WindowBytes are what the topics' windows hold now.
 	WindowRecords int
 	WindowBytes   int64
@@ -125,6 +129,7 @@ func (g *Gateway) FetchStats() FetchStats {
 	f := g.fanout
 	s := FetchStats{
 		Callers:   f.stats.callers.Load(),
+		Waiting:   f.stats.waiting.Load(),
 		Delivered: f.stats.delivered.Load(),
 		Uncopied:  f.stats.uncopied.Load(),
 		CatchUps:  f.stats.catchUps.Load(),

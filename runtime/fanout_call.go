@@ -65,8 +65,11 @@ type fetchCall struct {
 	foreign wire.EventID // partitions of the caller's id the hub does not read (yet), sorted
 	cursor  uint64       // next window record, once on the hub
 	minLag  int64        // least lag seen on the hub, -1 before the first look
-	idbuf   []byte
-	batch   []hubEntry
+	// waited: the caller waited at the window's end for records (it had
+	// delivered every one) since its last look.
+	waited bool
+	idbuf  []byte
+	batch  []hubEntry
 	// deleted names the records the caller resumes after that no longer
 	// exist (position): FetchRecordsDeletedMetadata values.
 	deleted []string
@@ -548,19 +551,27 @@ func (c *fetchCall) follow() error {
 		}
 		if c.cursor >= h.nextSeq {
 			wake := h.wake
+			c.waited = true
 			h.mu.RUnlock()
-			c.minLag = 0
+			c.f.stats.waiting.Add(1)
 			select {
 			case <-wake:
+				c.f.stats.waiting.Add(-1)
 				continue
 			case <-c.ctx.Done():
+				c.f.stats.waiting.Add(-1)
 				return status.FromContextError(c.ctx.Err()).Err()
 			}
 		}
 		lag := h.lagLocked(c.cursor)
-		if c.minLag < 0 || lag < c.minLag {
+		// A caller that waited at the window's end lost no ground to what
+		// arrived meanwhile, however much came at once (one record larger
+		// than the bound, a burst, records its filters skip): its lag
+		// counts from here.
+		if c.minLag < 0 || lag < c.minLag || c.waited {
 			c.minLag = lag
 		}
+		c.waited = false
 		if lag-c.minLag > maxLag {
 			h.mu.RUnlock()
 			return c.laggard("it fell " + formatBytes(lag-c.minLag) + " further behind (more than " + formatBytes(maxLag) + ")")

@@ -55,12 +55,14 @@ func GatewayFetchWindow(bytes int) GatewayOption {
 
 // GatewayFetchMaxLag bounds how much further a fetch caller may fall behind
 // the newest record the gateway read than it ever was since it joined the
-// shared reader, in window bytes (records the caller's filters skip count
-// too): a caller that stops reading, or reads more slowly than records
-// arrive, is ended with UNAVAILABLE once it lost that much ground, with a
-// message giving the event id to resume from. A caller working through a
-// backlog faster than records arrive is never ended, however far behind it
-// started. Either way a caller whose next record left the window is ended
+// shared reader, or since it last waited at the end of the topic, in window
+// bytes (records the caller's filters skip count too): a caller that stops
+// reading, or reads more slowly than records arrive, is ended with
+// UNAVAILABLE once it lost that much ground, with a message giving the
+// event id to resume from. A caller working through a backlog faster than
+// records arrive is never ended, however far behind it started; nor is one
+// that waited at the end when more than the bound arrived at once (one
+// large record, a burst). Either way a caller whose next record left the window is ended
 // too. Laggards never delay the others, and hold no records of their own:
 // the gateway's memory does not grow with them. Values above the window size
 // are capped to it. Default: the window size.

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkarpctest"
@@ -294,5 +295,61 @@ func filterCallers(t *testing.T, opts ...kafkarpctest.Option) {
 				}
 			}
 		}
+	}
+}
+
+// TestFilterAdvBigRecordEndsCaughtUpCallers: with GatewayFetchMaxLag
+// below the size of one record, every caller that had read everything was
+// ended UNAVAILABLE ("reads more slowly than records arrive: it fell 200
+// KiB further behind") when such a record arrived: it measured the lag from
+// the caller's cursor to the newest record against the least lag it ever
+// had (0, waiting at the end), so one append larger than the bound made a
+// laggard of a caller that had lost no ground, among them one whose filter
+// skips that record. README: a caller is ended when it "stops reading, or
+// reads more slowly than records arrive". Now what arrives while a caller
+// waits at the end counts from its next look.
+func TestFilterAdvBigRecordEndsCaughtUpCallers(t *testing.T) {
+	e := setupFanout(t, runtime.GatewayFetchMaxLag(64<<10))
+	ctx := ctxFor(t, 60*time.Second)
+	e.produce(t, e.topic, 7, 7, 0) // seq 0..6, keys k0..k6
+	all, err := e.echo.EchoEvents(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k3, err := e.echo.EchoEvents(metadata.AppendToOutgoingContext(ctx, "idempotency-key", "k3"), &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv := func(name string, s echov1.EchoService_EchoEventsClient, want ...int) {
+		t.Helper()
+		var got []int
+		for len(got) < len(want) {
+			ev, err := s.Recv()
+			if err != nil {
+				t.Fatalf("%s: after %v: %v; want %v (stats %+v)", name, got, err, want, e.gw.FetchStats())
+			}
+			got = append(got, seqOf(t, ev.GetMessage()))
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: got %v, want %v", name, got, want)
+		}
+	}
+	recv("unfiltered", all, 0, 1, 2, 3, 4, 5, 6)
+	recv("idempotency-key k3", k3, 3)
+	// Both wait for records at the end of the topic.
+	for e.gw.FetchStats().Waiting != 2 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("stats %+v: want both callers waiting for records", e.gw.FetchStats())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	e.produce(t, e.topic, 1, 7, 200<<10) // seq 7, key k0: 200 KiB
+	e.produce(t, e.topic, 7, 7, 0)       // seq 8..14; 10 has key k3
+	recv("unfiltered", all, 7, 8, 9, 10, 11, 12, 13, 14)
+	recv("idempotency-key k3", k3, 10)
+	if st := e.gw.FetchStats(); st.Laggards != 0 {
+		t.Fatalf("stats %+v: want no laggard", st)
 	}
 }
