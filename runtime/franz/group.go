@@ -287,7 +287,10 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 // Commit synchronously commits offsets (each the next offset to read) for
 // the group with kgo's CommitOffsetsSync: it waits for commits in flight,
 // is not cancelled by rebalances, and returns when the coordinator answered
-// (an error names each partition that failed) or when ctx ends. An empty
+// (an error names each partition that failed) or when ctx ends. A
+// partition the coordinator answered REQUEST_TIMED_OUT or a coordinator
+// error for is committed again, with a backoff, until it is answered
+// otherwise or ctx ends (as the confluent client does). An empty
 // list commits nothing. Safe to call from any goroutine, including from
 // OnRevoked; after Close it returns kafkaclient.ErrClosed.
 func (g *GroupReader) Commit(ctx context.Context, offsets []kafkaclient.TopicPartitionOffset) error {
@@ -314,21 +317,62 @@ func (g *GroupReader) Commit(ctx context.Context, offsets []kafkaclient.TopicPar
 		m[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: -1, Offset: o.Offset}
 	}
 	var errs []error
-	g.kc.CommitOffsetsSync(ctx, m, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
-		if err != nil {
-			errs = append(errs, fmt.Errorf("franz: commit (group %s): %w", g.cfg.GroupID, err))
-			return
-		}
-		for _, t := range resp.Topics {
-			for _, p := range t.Partitions {
-				if err := kerr.ErrorForCode(p.ErrorCode); err != nil {
-					errs = append(errs, fmt.Errorf("franz: commit %s[%d]@%d (group %s): %w",
-						t.Topic, p.Partition, m[t.Topic][p.Partition].Offset, g.cfg.GroupID, err))
+	backoff := 50 * time.Millisecond
+	for len(m) > 0 {
+		retry := make(map[string]map[int32]kgo.EpochOffset)
+		var retryErrs []error
+		g.kc.CommitOffsetsSync(ctx, m, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("franz: commit (group %s): %w", g.cfg.GroupID, err))
+				return
+			}
+			for _, t := range resp.Topics {
+				for _, p := range t.Partitions {
+					err := kerr.ErrorForCode(p.ErrorCode)
+					if err == nil {
+						continue
+					}
+					off := m[t.Topic][p.Partition]
+					err = fmt.Errorf("franz: commit %s[%d]@%d (group %s): %w", t.Topic, p.Partition, off.Offset, g.cfg.GroupID, err)
+					if !commitRetriable(p.ErrorCode) {
+						errs = append(errs, err)
+						continue
+					}
+					if retry[t.Topic] == nil {
+						retry[t.Topic] = make(map[int32]kgo.EpochOffset)
+					}
+					retry[t.Topic][p.Partition] = off
+					retryErrs = append(retryErrs, err)
 				}
 			}
+		})
+		if len(retry) == 0 {
+			break
 		}
-	})
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(append(errs, retryErrs...)...)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, time.Second)
+		m = retry
+	}
 	return errors.Join(errs...)
+}
+
+// commitRetriable reports whether an OffsetCommit partition error is one
+// that committing again may cure (the coordinator was busy, moving, or its
+// write of the offsets timed out), as librdkafka and the Java client retry
+// it within a synchronous commit. kgo already retries the coordinator
+// errors of the request itself, not these per-partition answers.
+func commitRetriable(code int16) bool {
+	switch code {
+	case kerr.RequestTimedOut.Code, kerr.CoordinatorLoadInProgress.Code, kerr.CoordinatorNotAvailable.Code, kerr.NotCoordinator.Code:
+		return true
+	}
+	return false
 }
 
 // Close runs the rebalance callbacks still queued, calls OnRevoked for the

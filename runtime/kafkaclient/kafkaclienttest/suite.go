@@ -64,6 +64,8 @@ func Run(t *testing.T, f Factory) {
 		{"TopicRecreated", testTopicRecreated},
 		{"TopicIDChangesWhenRecreated", testTopicIDChangesWhenRecreated},
 		{"GroupTopicRecreated", testGroupTopicRecreated},
+		{"KcAdvProduceFaults", testKcAdvProduceFaults},
+		{"KcAdvCommitRetriesTimedOut", testKcAdvCommitRetriesTimedOut},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })

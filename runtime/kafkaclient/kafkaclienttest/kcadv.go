@@ -1,0 +1,140 @@
+package kafkaclienttest
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// produceWait produces r and returns its delivery error, or fails the test
+// when no report came within bound.
+func (e *env) produceWait(t *testing.T, r *kafkaclient.Record, acks kafkaclient.Acks, bound time.Duration) (*kafkaclient.Record, error) {
+	t.Helper()
+	ch := make(chan result, 1)
+	e.client.Produce(r, acks, func(r *kafkaclient.Record, err error) { ch <- result{r, err} })
+	select {
+	case res := <-ch:
+		return res.rec, res.err
+	case <-time.After(bound):
+		t.Fatalf("no delivery report within %v", bound)
+	}
+	return nil, nil
+}
+
+// allValues reads partition 0 of topic from its start to its high
+// watermark and returns the values.
+func (e *env) allValues(t *testing.T, topic string) []string {
+	t.Helper()
+	ctx := ctxT(t, 30*time.Second)
+	hw, err := e.client.Offsets(ctx, topic, []int32{0}, kafkaclient.Latest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, err := e.client.Offsets(ctx, topic, []int32{0}, kafkaclient.Earliest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := int(hw[0] - lo[0])
+	if n == 0 {
+		return nil
+	}
+	rd, err := e.client.NewReader(kafkaclient.ReaderConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	if err := rd.Assign([]kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: lo[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range readN(t, rd, n, 20*time.Second) {
+		out = append(out, string(r.Value))
+	}
+	return out
+}
+
+// testKcAdvProduceFaults: a record whose produce the broker answers with
+// a retriable error (NOT_LEADER_OR_FOLLOWER, or REQUEST_TIMED_OUT after it
+// wrote the record) is delivered once, not failed nor duplicated; one
+// answered with an error that producing again cannot cure
+// (MESSAGE_TOO_LARGE, INVALID_RECORD) fails at once, not at the delivery
+// timeout, with an error naming the topic that does not claim the outcome
+// unknown, and is not written. The next record is delivered either way.
+func testKcAdvProduceFaults(t *testing.T, f Factory) {
+	cases := []struct {
+		err       *kerr.Error
+		delivered bool
+	}{
+		{kerr.NotLeaderForPartition, true},
+		{kerr.RequestTimedOut, true},
+		{kerr.MessageTooLarge, false},
+		{kerr.InvalidRecord, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.err.Message, func(t *testing.T) {
+			e, c := newFaultEnv(t, f, Config{DeliveryTimeout: 2 * time.Minute})
+			topic := e.createTopic(t, "faulted", 1)
+			e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("before")}, kafkaclient.AcksAll)
+			h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: tc.err, Count: 2})
+			// A bound well below the delivery timeout: a record retried
+			// until that timeout fails it.
+			_, err := e.produceWait(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("during")}, kafkaclient.AcksAll, 60*time.Second)
+			h.Remove()
+			want := []string{"before", "after"}
+			if tc.delivered {
+				want = []string{"before", "during", "after"}
+				if err != nil {
+					t.Fatalf("produce answered %s: %v, want it delivered", tc.err.Message, err)
+				}
+			} else if err == nil || errors.Is(err, kafkaclient.ErrUnknownOutcome) || !strings.Contains(err.Error(), topic) {
+				t.Fatalf("produce answered %s: %v, want an error naming %s that is not ErrUnknownOutcome", tc.err.Message, err, topic)
+			}
+			e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("after")}, kafkaclient.AcksAll)
+			if got := e.allValues(t, topic); !slices.Equal(got, want) {
+				t.Fatalf("the partition holds %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// testKcAdvCommitRetriesTimedOut: a group commit the coordinator answers
+// REQUEST_TIMED_OUT (its write of the offsets timed out) or
+// COORDINATOR_LOAD_IN_PROGRESS is committed again within Commit's
+// context, as librdkafka and the Java client do. franz-go's Commit
+// returned the first REQUEST_TIMED_OUT: the worker logged a failed commit,
+// and one at a revocation left the partition's next owner to serve the
+// calls again.
+func testKcAdvCommitRetriesTimedOut(t *testing.T, f Factory) {
+	for _, ke := range []*kerr.Error{kerr.RequestTimedOut, kerr.CoordinatorLoadInProgress} {
+		t.Run(ke.Message, func(t *testing.T) {
+			e, c := newFaultEnv(t, f, Config{})
+			topic := e.createTopic(t, "commit", 1)
+			e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("x")}, kafkaclient.AcksAll)
+			group := e.name("g")
+			g, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: group, Topics: []string{topic}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Close()
+			if recs, err := g.Poll(ctxT(t, 30*time.Second)); err != nil || len(recs) != 1 {
+				t.Fatalf("poll: %d records, %v", len(recs), err)
+			}
+			h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.OffsetCommit}, Group: group, Err: ke, Count: 2})
+			defer h.Remove()
+			if err := g.Commit(ctxT(t, 20*time.Second), []kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: 1}}); err != nil {
+				t.Fatalf("commit answered %s twice: %v, want it committed", ke.Message, err)
+			}
+			if n := h.Hits(); n != 2 {
+				t.Fatalf("the fault answered %d commits, want 2", n)
+			}
+		})
+	}
+}
