@@ -53,7 +53,9 @@ const txnInitTimeout = 60 * time.Second
 // NewTxnProducer creates a kgo client with the producer defaults of New,
 // acks=all and kgo.TransactionalID(transactionalID), initialises its
 // producer id (fencing an earlier instance with the same id: its open
-// transaction is aborted) and opens its first transaction.
+// transaction is aborted) and opens its first transaction. It waits up to a
+// minute for a broker that is not reachable yet or a coordinator that is
+// not ready, as the confluent client does.
 func (c *Client) NewTxnProducer(transactionalID string) (kafkaclient.TxnProducer, error) {
 	if transactionalID == "" {
 		return nil, errors.New("franz: a transactional producer needs a transactional id")
@@ -71,7 +73,7 @@ func (c *Client) NewTxnProducer(transactionalID string) (kafkaclient.TxnProducer
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), txnInitTimeout)
 	defer cancel()
-	if _, _, err := kc.ProducerID(ctx); err != nil {
+	if err := initProducerID(ctx, kc); err != nil {
 		kc.Close()
 		return nil, fmt.Errorf("franz: init transactions (transactional id %s): %w", transactionalID, err)
 	}
@@ -80,6 +82,34 @@ func (c *Client) NewTxnProducer(transactionalID string) (kafkaclient.TxnProducer
 		return nil, fmt.Errorf("franz: begin transaction: %w", err)
 	}
 	return &TxnProducer{c: c, kc: kc, id: transactionalID}, nil
+}
+
+// initProducerID initialises kc's producer id, asking again, with a
+// backoff, after a failure that may pass (a broker not reachable yet, a
+// coordinator not ready) until ctx ends; kgo gives up at the first refused
+// dial, while librdkafka keeps trying. An error Kafka says asking again
+// cannot cure (TRANSACTIONAL_ID_AUTHORIZATION_FAILED...) is returned at
+// once.
+func initProducerID(ctx context.Context, kc *kgo.Client) error {
+	backoff := 100 * time.Millisecond
+	for {
+		_, _, err := kc.ProducerID(ctx)
+		if err == nil {
+			return nil
+		}
+		var ke *kerr.Error
+		if errors.As(err, &ke) && !ke.Retriable {
+			return err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		backoff = min(2*backoff, time.Second)
+	}
 }
 
 // Produce enqueues r in the open transaction; done is called once with the

@@ -2,6 +2,9 @@ package kafkaclienttest
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -136,5 +139,80 @@ func testKcAdvCommitRetriesTimedOut(t *testing.T, f Factory) {
 				t.Fatalf("the fault answered %d commits, want 2", n)
 			}
 		})
+	}
+}
+
+// testKcAdvTxnProducerWaitsForBroker: NewTxnProducer, which is documented
+// to wait (up to a minute) for the transaction coordinator, waits for a
+// broker that is not up yet (a worker with exactly-once started with its
+// broker, as a compose file does) and returns a working producer once the
+// broker listens. franz-go failed it at once with the refused dial, while
+// the confluent client waited: Worker.Start failed on one client only.
+func testKcAdvTxnProducerWaitsForBroker(t *testing.T, f Factory) {
+	// A port nothing listens on until the broker starts there.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_ = l.Close()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	logs := NewLogCapture()
+	c, err := f.New(addr, Config{Logger: slog.New(logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc, ok := c.(kafkaclient.TxnClient)
+	if !ok {
+		t.Skipf("%T has no transactions", c)
+	}
+	type res struct {
+		p   kafkaclient.TxnProducer
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		p, err := tc.NewTxnProducer(unique("waits-"))
+		done <- res{p, err}
+	}()
+	// The client logs its refused connection before the broker starts;
+	// NewTxnProducer has not given up by then.
+	logs.WaitFor(t, 30*time.Second, func(r LogRecord) bool {
+		return strings.Contains(strings.ToLower(r.Msg+fmt.Sprint(r.Attrs)), "refused")
+	})
+	select {
+	case r := <-done:
+		if r.p != nil {
+			_ = r.p.Close()
+		}
+		t.Fatalf("NewTxnProducer with no broker up yet returned: %v; want it to wait for the broker", r.err)
+	default:
+	}
+	cl, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port))
+	if err != nil {
+		t.Fatalf("starting the broker on %s: %v", addr, err)
+	}
+	defer cl.Close()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("NewTxnProducer once the broker is up: %v", r.err)
+		}
+		defer r.p.Close()
+		ctx := ctxT(t, 30*time.Second)
+		if err := c.CreateTopics(ctx, []kafkaclient.TopicSpec{{Name: "t", Partitions: 1}}); err != nil {
+			t.Fatal(err)
+		}
+		errc := make(chan error, 1)
+		r.p.Produce(&kafkaclient.Record{Topic: "t", Partition: 0, Value: []byte("x")}, func(_ *kafkaclient.Record, err error) { errc <- err })
+		if err := r.p.Flush(ctx); err != nil {
+			t.Fatalf("flush: %v", err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("produce: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("NewTxnProducer did not return within 90 s of the broker starting")
 	}
 }

@@ -66,6 +66,7 @@ func Run(t *testing.T, f Factory) {
 		{"GroupTopicRecreated", testGroupTopicRecreated},
 		{"KcAdvProduceFaults", testKcAdvProduceFaults},
 		{"KcAdvCommitRetriesTimedOut", testKcAdvCommitRetriesTimedOut},
+		{"KcAdvTxnProducerWaitsForBroker", testKcAdvTxnProducerWaitsForBroker},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
