@@ -795,6 +795,9 @@ func (c *gwCall) awaitAcks(ctx context.Context) error {
 // size limit of the client, the broker or the topic (message.max.bytes,
 // max.message.bytes), whichever client reported it.
 func tooLarge(err error) bool {
+	if errors.Is(err, kafkaclient.ErrRecordTooLarge) {
+		return true
+	}
 	msg := strings.ToLower(err.Error())
 	return strings.Contains(msg, "too large") || strings.Contains(msg, "too_large")
 }

@@ -152,7 +152,9 @@ func deliveryError(acks kafkaclient.Acks, e *kafka.Message, topic string) error 
 // exist wraps kafkaclient.ErrUnknownTopic, whether it came in a delivery
 // report or, once librdkafka knows the topic is missing, from its produce
 // call itself; one that says the client may not write the topic wraps
-// kafkaclient.ErrNotAuthorized.
+// kafkaclient.ErrNotAuthorized; one that says the record or its batch is
+// too large (the broker's MESSAGE_TOO_LARGE or RECORD_LIST_TOO_LARGE, or
+// librdkafka's own limit) wraps kafkaclient.ErrRecordTooLarge.
 func produceError(topic string, err error) error {
 	var ke kafka.Error
 	if errors.As(err, &ke) && (ke.Code() == kafka.ErrUnknownTopicOrPart || ke.Code() == kafka.ErrUnknownTopic || ke.Code() == kafka.ErrUnknownPartition) {
@@ -160,6 +162,9 @@ func produceError(topic string, err error) error {
 	}
 	if errors.As(err, &ke) && ke.Code() == kafka.ErrTopicAuthorizationFailed {
 		return fmt.Errorf("confluent: produce to %s: %w (%w)", topic, kafkaclient.ErrNotAuthorized, err)
+	}
+	if errors.As(err, &ke) && (ke.Code() == kafka.ErrMsgSizeTooLarge || ke.Code() == kafka.ErrRecordListTooLarge) {
+		return fmt.Errorf("confluent: produce to %s: %w (%w)", topic, kafkaclient.ErrRecordTooLarge, err)
 	}
 	return fmt.Errorf("confluent: produce to %s: %w", topic, err)
 }

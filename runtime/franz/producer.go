@@ -282,6 +282,8 @@ func delivered(kr *kgo.Record, err error) {
 			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, partition, kafkaclient.ErrUnknownTopic, err)
 		} else if errors.Is(err, kerr.TopicAuthorizationFailed) {
 			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, partition, kafkaclient.ErrNotAuthorized, err)
+		} else if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
+			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, partition, kafkaclient.ErrRecordTooLarge, err)
 		} else {
 			err = fmt.Errorf("franz: produce to %s partition %d: %w", r.Topic, partition, err)
 		}

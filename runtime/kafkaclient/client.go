@@ -168,6 +168,13 @@ var ErrUnknownTopic = errors.New("kafkaclient: unknown topic")
 // way until someone grants the access.
 var ErrNotAuthorized = errors.New("kafkaclient: not authorized to access the topic")
 
+// ErrRecordTooLarge is reported through Produce's done for a record the
+// cluster refused as larger than it takes (Kafka's MESSAGE_TOO_LARGE, or
+// RECORD_LIST_TOO_LARGE for a batch larger than the topic's segment), or
+// that the client refused for its own size limit: producing it again fails
+// the same way.
+var ErrRecordTooLarge = errors.New("kafkaclient: record too large")
+
 // ErrUnknownOutcome is reported through Produce's done for a record the
 // client cannot tell was written: it may or may not be in the log. Produce
 // it again if it must not be lost (and tolerate a duplicate).

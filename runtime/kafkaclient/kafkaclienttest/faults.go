@@ -192,6 +192,8 @@ func testRecordTooLargeFails(t *testing.T, f Factory) {
 		case err := <-errc:
 			if err == nil {
 				t.Errorf("%s: a %d-byte record was delivered", c.name, c.size)
+			} else if !errors.Is(err, kafkaclient.ErrRecordTooLarge) {
+				t.Errorf("%s: %v, want an error wrapping kafkaclient.ErrRecordTooLarge", c.name, err)
 			} else {
 				t.Logf("%s: failed after %v: %v", c.name, time.Since(start).Round(time.Millisecond), err)
 			}

@@ -68,18 +68,24 @@ func (e *env) allValues(t *testing.T, topic string) []string {
 // a retriable error (NOT_LEADER_OR_FOLLOWER, or REQUEST_TIMED_OUT after it
 // wrote the record) is delivered once, not failed nor duplicated; one
 // answered with an error that producing again cannot cure
-// (MESSAGE_TOO_LARGE, INVALID_RECORD) fails at once, not at the delivery
-// timeout, with an error naming the topic that does not claim the outcome
-// unknown, and is not written. The next record is delivered either way.
+// (MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE, INVALID_RECORD) fails at once,
+// not at the delivery timeout, with an error naming the topic that does not
+// claim the outcome unknown, and is not written; one too large wraps
+// kafkaclient.ErrRecordTooLarge (the confluent client's
+// RECORD_LIST_TOO_LARGE said "Message batch larger than configured server
+// segment size", which the gateway took for a passing failure:
+// UNAVAILABLE, where franz's was RESOURCE_EXHAUSTED). The next record is delivered either way.
 func testKcAdvProduceFaults(t *testing.T, f Factory) {
 	cases := []struct {
 		err       *kerr.Error
 		delivered bool
+		is        error // what the failure wraps
 	}{
-		{kerr.NotLeaderForPartition, true},
-		{kerr.RequestTimedOut, true},
-		{kerr.MessageTooLarge, false},
-		{kerr.InvalidRecord, false},
+		{kerr.NotLeaderForPartition, true, nil},
+		{kerr.RequestTimedOut, true, nil},
+		{kerr.MessageTooLarge, false, kafkaclient.ErrRecordTooLarge},
+		{kerr.RecordListTooLarge, false, kafkaclient.ErrRecordTooLarge},
+		{kerr.InvalidRecord, false, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.err.Message, func(t *testing.T) {
@@ -99,6 +105,8 @@ func testKcAdvProduceFaults(t *testing.T, f Factory) {
 				}
 			} else if err == nil || errors.Is(err, kafkaclient.ErrUnknownOutcome) || !strings.Contains(err.Error(), topic) {
 				t.Fatalf("produce answered %s: %v, want an error naming %s that is not ErrUnknownOutcome", tc.err.Message, err, topic)
+			} else if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Fatalf("produce answered %s: %v, want an error wrapping %v", tc.err.Message, err, tc.is)
 			}
 			e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("after")}, kafkaclient.AcksAll)
 			if got := e.allValues(t, topic); !slices.Equal(got, want) {
