@@ -3,6 +3,7 @@ package franz
 import (
 	"context"
 	"log/slog"
+	"strings"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -27,11 +28,15 @@ func slogLevel(l kgo.LogLevel) slog.Level {
 }
 
 // Level reports the most verbose kgo level the handler accepts, so that kgo
-// does not even format lines that would be dropped.
+// does not even format lines that would be dropped; Info where the handler
+// takes Warn, since Log raises a few of kgo's Info lines to Warn.
 func (s slogLogger) Level() kgo.LogLevel {
 	ctx := context.Background()
 	for _, l := range []kgo.LogLevel{kgo.LogLevelDebug, kgo.LogLevelInfo, kgo.LogLevelWarn, kgo.LogLevelError} {
 		if s.l.Enabled(ctx, slogLevel(l)) {
+			if l == kgo.LogLevelWarn {
+				return kgo.LogLevelInfo
+			}
 			return l
 		}
 	}
@@ -50,6 +55,13 @@ func (s slogLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 		// flushes after most records it produces at low load
 		// (WithLoadLinger): at Info that would be a line per record.
 		lvl = slog.LevelDebug
+	}
+	if strings.HasPrefix(msg, "received OFFSET_OUT_OF_RANGE") && lvl < slog.LevelWarn {
+		// kgo logs at Info the reset of a partition whose first fetch
+		// was out of range: a committed or assigned offset whose records
+		// were deleted (never read: a worker's unserved calls) or one past
+		// the end. librdkafka warns of the same reset.
+		lvl = slog.LevelWarn
 	}
 	ctx := context.Background()
 	if !s.l.Enabled(ctx, lvl) {

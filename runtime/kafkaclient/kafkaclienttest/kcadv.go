@@ -1,6 +1,7 @@
 package kafkaclienttest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -224,3 +227,87 @@ func testKcAdvTxnProducerWaitsForBroker(t *testing.T, f Factory) {
 		t.Fatal("NewTxnProducer did not return within 90 s of the broker starting")
 	}
 }
+
+// testKcAdvCommittedOffsetDeletedIsWarned: a group member whose committed
+// offset is below the partition's log start (the records after it were
+// deleted, by retention or DeleteRecords, while no member ran: calls a
+// worker never served) resumes at the log start and says so at warn level,
+// naming the topic. librdkafka warned ("offset reset"); franz-go logged it
+// at info only, which a service logging at warn does not show.
+func testKcAdvCommittedOffsetDeletedIsWarned(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{})
+	topic := e.createTopic(t, "deleted-below", 1)
+	for i := range 5 {
+		e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte(fmt.Sprint("v", i))}, kafkaclient.AcksAll)
+	}
+	group := e.name("g")
+	g, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: group, Topics: []string{topic}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Commit(ctxT(t, 30*time.Second), []kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: 1}}); err != nil {
+		// A member may commit before it joined; if this client cannot,
+		// join first.
+		if recs, perr := g.Poll(ctxT(t, 30*time.Second)); perr != nil || len(recs) == 0 {
+			t.Fatalf("commit: %v; poll: %v", err, perr)
+		}
+		if err := g.Commit(ctxT(t, 30*time.Second), []kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.brokers, ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	o := kadm.Offsets{}
+	o.Add(kadm.Offset{Topic: topic, Partition: 0, At: 3})
+	if resp, err := kadm.NewClient(admin).DeleteRecords(ctxT(t, 30*time.Second), o); err != nil || resp.Error() != nil {
+		t.Fatalf("deleting records: %v %v", err, resp.Error())
+	}
+
+	// The service logs at warn level, as many do in production.
+	logs := NewLogCapture()
+	c2, err := f.New(e.brokers, Config{Logger: slog.New(warnOnly{logs})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	g2, err := c2.NewGroupReader(kafkaclient.GroupConfig{GroupID: group, Topics: []string{topic}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g2.Close()
+	ctx := ctxT(t, 30*time.Second)
+	var got []string
+	for len(got) < 2 {
+		recs, err := g2.Poll(ctx)
+		if err != nil {
+			t.Fatalf("poll after %q: %v", got, err)
+		}
+		for _, r := range recs {
+			got = append(got, string(r.Value))
+		}
+	}
+	if !slices.Equal(got, []string{"v3", "v4"}) {
+		t.Fatalf("the member read %q, want the records from the log start on: [v3 v4]", got)
+	}
+	logs.WaitFor(t, 10*time.Second, func(r LogRecord) bool {
+		return r.Level >= slog.LevelWarn && r.Attrs["component"] == f.LogComponent &&
+			strings.Contains(r.Msg+fmt.Sprint(r.Attrs), topic)
+	})
+}
+
+// warnOnly is a LogCapture that takes records of warn level and above only,
+// as a handler at that level does.
+type warnOnly struct{ h slog.Handler }
+
+func (w warnOnly) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (w warnOnly) Handle(ctx context.Context, r slog.Record) error {
+	return w.h.Handle(ctx, r)
+}
+func (w warnOnly) WithAttrs(as []slog.Attr) slog.Handler { return warnOnly{w.h.WithAttrs(as)} }
+func (w warnOnly) WithGroup(n string) slog.Handler       { return warnOnly{w.h.WithGroup(n)} }

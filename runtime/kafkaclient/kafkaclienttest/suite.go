@@ -67,6 +67,7 @@ func Run(t *testing.T, f Factory) {
 		{"KcAdvProduceFaults", testKcAdvProduceFaults},
 		{"KcAdvCommitRetriesTimedOut", testKcAdvCommitRetriesTimedOut},
 		{"KcAdvTxnProducerWaitsForBroker", testKcAdvTxnProducerWaitsForBroker},
+		{"KcAdvCommittedOffsetDeletedIsWarned", testKcAdvCommittedOffsetDeletedIsWarned},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
