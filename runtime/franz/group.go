@@ -251,7 +251,7 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		g.pollCancel = nil
 		g.mu.Unlock()
 		cancel()
-		recs, closed, newID, denied := recordsOf(fs, g.log)
+		recs, closed, newID, denied, failed := recordsOf(fs, g.log)
 		if len(newID) > 0 && !closed {
 			// A topic deleted and created again: kgo keeps its old id
 			// until the topic is purged; subscribing to it again learns
@@ -278,6 +278,9 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		if denied != nil {
 			g.toldAt = time.Now()
 			return nil, denied // the member carries on: kgo asks again
+		}
+		if failed {
+			backOff(ctx) // not a hot loop of fetches of a failing partition
 		}
 		// Interrupted by a callback (run at the top of the loop) or
 		// by ctx (returned there).

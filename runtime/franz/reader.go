@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -31,7 +32,7 @@ const maxBatch = 512
 // GroupReader's, whose topics may be busy, by the next Poll).
 // Key, Value and Headers are kgo's slices, not copied again (asHeaders); a
 // null value stays nil and an empty value stays empty non-nil.
-func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool, newID []string, denied error) {
+func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, closed bool, newID []string, denied error, failed bool) {
 	n := fs.NumRecords()
 	if n > 0 {
 		out = make([]*kafkaclient.Record, 0, n)
@@ -68,9 +69,28 @@ func recordsOf(fs kgo.Fetches, log *slog.Logger) (out []*kafkaclient.Record, clo
 			// kgo retries what can be retried by itself; the partition
 			// carries on (or is reported again).
 			log.Warn("franz: fetch error", "topic", topic, "partition", partition, "error", err)
+			failed = true
 		}
 	})
-	return out, closed, newID, denied
+	return out, closed, newID, denied, failed
+}
+
+// fetchErrorBackoff is how long Poll waits, after a fetch that brought
+// only logged partition errors, before it polls again: kgo fetches a
+// failing partition again as soon as its error was polled, so a partition
+// the broker keeps failing (UNKNOWN_SERVER_ERROR...) made Poll a hot loop,
+// tens of thousands of fetches and warnings a second. librdkafka waits
+// fetch.error.backoff.ms (the confluent client's 50 ms) likewise.
+const fetchErrorBackoff = 50 * time.Millisecond
+
+// backOff waits fetchErrorBackoff or until ctx ends.
+func backOff(ctx context.Context) {
+	t := time.NewTimer(fetchErrorBackoff)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 // Reader implements kafkaclient.Reader: a kgo client consuming explicitly
@@ -208,7 +228,8 @@ func (r *Reader) readAnew(topics []string) {
 // whatever else is already buffered (up to 512 records), without waiting
 // for more. It returns ctx.Err() when ctx ends and kafkaclient.ErrClosed
 // once Close has been called. Partition-level fetch errors are logged (kgo
-// retries them) and do not end Poll, but for TOPIC_AUTHORIZATION_FAILED:
+// retries them, Poll after a pause of fetchErrorBackoff when they came
+// without records) and do not end Poll, but for TOPIC_AUTHORIZATION_FAILED:
 // with no record to return, Poll returns an error wrapping
 // kafkaclient.ErrNotAuthorized naming the topic (kgo keeps asking; a later
 // Poll returns records once access is granted). The records and slice belong to the
@@ -220,7 +241,7 @@ func (r *Reader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		if r.closed.Load() {
 			return nil, kafkaclient.ErrClosed
 		}
-		recs, closed, newID, denied := recordsOf(r.kc.PollRecords(ctx, maxBatch), r.log)
+		recs, closed, newID, denied, failed := recordsOf(r.kc.PollRecords(ctx, maxBatch), r.log)
 		if len(newID) > 0 && !closed {
 			r.readAnew(newID)
 		}
@@ -236,6 +257,9 @@ func (r *Reader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		if failed {
+			backOff(ctx)
 		}
 	}
 }

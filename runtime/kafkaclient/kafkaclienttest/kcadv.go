@@ -311,3 +311,58 @@ func (w warnOnly) Handle(ctx context.Context, r slog.Record) error {
 }
 func (w warnOnly) WithAttrs(as []slog.Attr) slog.Handler { return warnOnly{w.h.WithAttrs(as)} }
 func (w warnOnly) WithGroup(n string) slog.Handler       { return warnOnly{w.h.WithGroup(n)} }
+
+// testKcAdvFetchErrorNoHotLoop: a partition the broker keeps failing with
+// an error the client retries (UNKNOWN_SERVER_ERROR at every fetch) is
+// asked for again after a backoff, by a Reader and by a group member, and
+// its records are returned once the broker serves it. franz-go fetched it
+// again as soon as Poll had seen the error: over 40,000 fetches, and as many
+// warnings, in 3 s; librdkafka waits fetch.error.backoff.ms (50 ms).
+func testKcAdvFetchErrorNoHotLoop(t *testing.T, f Factory) {
+	for _, group := range []bool{false, true} {
+		t.Run(fmt.Sprint("group=", group), func(t *testing.T) {
+			e, c := newFaultEnv(t, f, Config{})
+			topic := e.createTopic(t, "failing", 1)
+			e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("x")}, kafkaclient.AcksAll)
+			h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: topic, Err: kerr.UnknownServerError, Count: -1})
+			defer h.Remove()
+			var poll func(context.Context) ([]*kafkaclient.Record, error)
+			if group {
+				g, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: e.name("g"), Topics: []string{topic}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer g.Close()
+				poll = g.Poll
+			} else {
+				rd, err := e.client.NewReader(kafkaclient.ReaderConfig{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rd.Close()
+				if err := rd.Assign([]kafkaclient.TopicPartitionOffset{{Topic: topic, Partition: 0, Offset: 0}}); err != nil {
+					t.Fatal(err)
+				}
+				poll = rd.Poll
+			}
+			// Poll for 3 s while every fetch of the partition fails.
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			for ctx.Err() == nil {
+				if recs, err := poll(ctx); len(recs) > 0 {
+					t.Fatalf("poll of a partition whose every fetch fails: %d records, %v", len(recs), err)
+				}
+			}
+			cancel()
+			// librdkafka's backoff makes it about 60; a hot loop, tens of
+			// thousands.
+			if n := h.Hits(); n == 0 || n > 1000 {
+				t.Errorf("the partition was fetched %d times in 3 s of errors, want a fetch after a backoff", n)
+			}
+			h.Remove()
+			recs, err := poll(ctxT(t, 30*time.Second))
+			if err != nil || len(recs) != 1 || string(recs[0].Value) != "x" {
+				t.Fatalf("poll once the broker serves the partition: %d records, %v", len(recs), err)
+			}
+		})
+	}
+}

@@ -68,6 +68,7 @@ func Run(t *testing.T, f Factory) {
 		{"KcAdvCommitRetriesTimedOut", testKcAdvCommitRetriesTimedOut},
 		{"KcAdvTxnProducerWaitsForBroker", testKcAdvTxnProducerWaitsForBroker},
 		{"KcAdvCommittedOffsetDeletedIsWarned", testKcAdvCommittedOffsetDeletedIsWarned},
+		{"KcAdvFetchErrorNoHotLoop", testKcAdvFetchErrorNoHotLoop},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
