@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -331,11 +332,20 @@ var signals = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
 
 // ceilTimeout rounds d > 0 up to the unit wire.AppendTimeout writes it in
 // (milliseconds up to 99999999 of them, else seconds, minutes, hours), so
-// that the timeout written is not shorter than d.
+// that the timeout written is not shorter than d. A d within an hour of the
+// longest time.Duration (a deadline in the year 9999, say) stays as it is:
+// rounded up it would not fit, and it is as long as a timeout gets.
 func ceilTimeout(d time.Duration) time.Duration {
 	const most = 99999999
 	for _, u := range [...]time.Duration{time.Millisecond, time.Second, time.Minute, time.Hour} {
-		if n := (d + u - 1) / u; n <= most || u == time.Hour {
+		n := d / u
+		if d%u != 0 {
+			n++
+		}
+		if n <= most || u == time.Hour {
+			if n > math.MaxInt64/u {
+				return d
+			}
 			return n * u
 		}
 	}
