@@ -113,6 +113,12 @@ func (g *Gateway) beginCall(c *gwCall, ctx context.Context, m *MethodSpec, md me
 	if err != nil {
 		return nil, g.refused(ctx, m, status.Errorf(lookupCode(err), "%v", err)) // PERMISSION_DENIED: a reply topic the gateway may not read
 	}
+	if g.ctx.Err() != nil {
+		// Close began: the call would end UNAVAILABLE (CANCELLED for a
+		// ClientConn) before its reply, so nothing of it goes to Kafka,
+		// where a worker would run it while its caller retries elsewhere.
+		return nil, g.refused(ctx, m, status.Errorf(g.closedCode(), "%s: %s", m.FullMethod(), g.closingMessage()))
+	}
 	rp := p.route(md)
 	c.g, c.m, c.rp, c.key, c.keyPending = g, m, rp, rp.key, rp.route.KeyField != nil && rp.key == nil
 	c.signal, c.start, c.tel, c.ctx = signals.Get().(chan struct{}), time.Now(), p.tel, ctx
