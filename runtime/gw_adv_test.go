@@ -2,13 +2,18 @@ package runtime_test
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
@@ -95,5 +100,159 @@ func TestGwAdvCallAfterCloseProducesNothing(t *testing.T) {
 	}
 	if n := cc.n.Load() - before; n != 0 {
 		t.Errorf("calls after Close produced %d request records", n)
+	}
+}
+
+// gwAdvDiff runs scenarios against a plain gRPC server of diffServer and a
+// gateway in front of a worker of it, and compares what their callers see.
+func gwAdvDiff(t *testing.T, scenarios []diffScenario) {
+	e := setup(t, diffServer{})
+	plainCC := serveWith(t, []grpc.ServerOption{grpc.MaxRecvMsgSize(kafkaclient.MaxMessageBytes)}, func(s *grpc.Server) {
+		echov1.RegisterEchoServiceServer(s, diffServer{})
+	})
+	gwCC := serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, e.gw); err != nil {
+			t.Fatal(err)
+		}
+	})
+	targets := []diffTarget{{"grpc", plainCC, echov1.NewEchoServiceClient(plainCC)}, {"gateway", gwCC, echov1.NewEchoServiceClient(gwCC)}}
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			var got [2]observer
+			for i, tg := range targets {
+				sc.run(t, tg, &got[i])
+			}
+			t.Logf("grpc sees:\n%s", strings.Join(got[0].lines, "\n"))
+			if d := diffLines(got[0].lines, got[1].lines, "gateway"); d != "" {
+				t.Errorf("the gateway's caller sees otherwise than gRPC's:\n%s", d)
+			}
+		})
+	}
+}
+
+func TestGwAdvDiffMetadata(t *testing.T) {
+	unary := func(name string, md metadata.MD) diffScenario {
+		return diffScenario{name, func(t *testing.T, tg diffTarget, o *observer) {
+			ctx := metadata.NewOutgoingContext(ctxFor(t, 60*time.Second), md)
+			var hdr, trl metadata.MD
+			r, err := tg.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "md"}, grpc.Header(&hdr), grpc.Trailer(&trl))
+			o.resp("unary", r, err)
+			o.md("header", hdr)
+			o.md("trailer", trl)
+			s, err := tg.client.EchoBidiStream(ctx)
+			o.err("open", err)
+			o.err("send", s.Send(&echov1.EchoRequest{Message: "md"}))
+			o.err("close send", s.CloseSend())
+			h, err := s.Header()
+			o.err("Header()", err)
+			o.md("stream header", h)
+			drainObserved(o, "recv", s.Recv)
+			o.md("stream trailer", s.Trailer())
+		}}
+	}
+	many := metadata.MD{}
+	for i := range 300 {
+		many.Append("x-many", fmt.Sprint(i))
+		many.Append("x-many-bin", string([]byte{byte(i), 0, byte(i >> 8)}))
+	}
+	gwAdvDiff(t, []diffScenario{
+		unary("empty values", metadata.Pairs("x-empty", "", "x-empty-bin", "", "x-two-empty", "", "x-two-empty", "")),
+		unary("empty and non-empty values", metadata.Pairs("x-mixed", "", "x-mixed", "a", "x-mixed", "", "x-mixed-bin", "", "x-mixed-bin", "\x00")),
+		unary("many values", many),
+		unary("odd ASCII values", metadata.Pairs("x-odd", " leading and trailing ", "x-punct", "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")),
+		unary("names with digits, dots and underscores", metadata.Pairs("x-a.b_c-1", "v", "x-9", "nine")),
+	})
+}
+
+// A caller whose connection goes away mid-call (its ClientConn closed, or
+// the TCP connection dropped) ends the handler's call as gRPC's server does:
+// its context ends CANCELLED, whatever the call's kind.
+func TestGwAdvDiffConnectionGone(t *testing.T) {
+	gone := func(name string, drop func(cc *grpc.ClientConn, conns *connList)) diffScenario {
+		return diffScenario{name, func(t *testing.T, tg diffTarget, o *observer) {
+			wait := &echov1.EchoRequest{Message: "wait-end"}
+			for _, kind := range []string{"unary", "server", "client", "bidi"} {
+				conns := &connList{}
+				cc, err := grpc.NewClient(tg.cc.Target(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(conns.dial))
+				if err != nil {
+					t.Fatal(err)
+				}
+				client := echov1.NewEchoServiceClient(cc)
+				p := &diffProbe{make(chan string, 1), make(chan string, 1)}
+				probe := tg.name + "/" + name + "/" + kind
+				diffProbes.Store(probe, p)
+				ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "diff-probe", probe)
+				errc := make(chan error, 1)
+				go func() {
+					var err error
+					switch kind {
+					case "unary":
+						_, err = client.EchoUnary(ctx, wait)
+					case "server":
+						var s grpc.ServerStreamingClient[echov1.EchoResponse]
+						if s, err = client.EchoServerStream(ctx, wait); err == nil {
+							_, err = s.Recv()
+						}
+					case "client":
+						var s grpc.ClientStreamingClient[echov1.EchoRequest, echov1.EchoResponse]
+						if s, err = client.EchoClientStream(ctx); err == nil {
+							if err = s.Send(wait); err == nil {
+								_, err = s.CloseAndRecv()
+							}
+						}
+					case "bidi":
+						var s grpc.BidiStreamingClient[echov1.EchoRequest, echov1.EchoResponse]
+						if s, err = client.EchoBidiStream(ctx); err == nil {
+							if err = s.Send(wait); err == nil {
+								_, err = s.Recv()
+							}
+						}
+					}
+					errc <- err
+				}()
+				select {
+				case <-p.started:
+				case <-ctx.Done():
+					t.Fatalf("%s: the handler did not start", kind)
+				}
+				drop(cc, conns)
+				select {
+				case ended := <-p.ended:
+					o.add("%s: the handler's context ended %s", kind, ended)
+				case <-ctx.Done():
+					o.add("%s: the handler's context did not end", kind)
+				}
+				o.add("%s: caller's code %s", kind, status.Code(<-errc))
+				_ = cc.Close()
+			}
+		}}
+	}
+	gwAdvDiff(t, []diffScenario{
+		gone("ClientConn closed", func(cc *grpc.ClientConn, _ *connList) { _ = cc.Close() }),
+		gone("TCP connection dropped", func(_ *grpc.ClientConn, conns *connList) { conns.closeAll() }),
+	})
+}
+
+// connList dials TCP and remembers the connections, to drop them.
+type connList struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *connList) dial(ctx context.Context, addr string) (net.Conn, error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+func (l *connList) closeAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		_ = c.Close()
 	}
 }
