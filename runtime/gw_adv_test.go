@@ -106,11 +106,16 @@ func TestGwAdvCallAfterCloseProducesNothing(t *testing.T) {
 // gwAdvDiff runs scenarios against a plain gRPC server of diffServer and a
 // gateway in front of a worker of it, and compares what their callers see.
 func gwAdvDiff(t *testing.T, scenarios []diffScenario) {
+	gwAdvDiffWith(t, nil, scenarios)
+}
+
+// gwAdvDiffWith is gwAdvDiff with opts added to both servers' options.
+func gwAdvDiffWith(t *testing.T, opts []grpc.ServerOption, scenarios []diffScenario) {
 	e := setup(t, diffServer{})
-	plainCC := serveWith(t, []grpc.ServerOption{grpc.MaxRecvMsgSize(kafkaclient.MaxMessageBytes)}, func(s *grpc.Server) {
+	plainCC := serveWith(t, append([]grpc.ServerOption{grpc.MaxRecvMsgSize(kafkaclient.MaxMessageBytes)}, opts...), func(s *grpc.Server) {
 		echov1.RegisterEchoServiceServer(s, diffServer{})
 	})
-	gwCC := serve(t, func(s *grpc.Server) {
+	gwCC := serveWith(t, append(runtime.GatewayServerOptions(), opts...), func(s *grpc.Server) {
 		if err := echov1.RegisterEchoServiceKafkaGateway(s, e.gw); err != nil {
 			t.Fatal(err)
 		}
@@ -255,4 +260,84 @@ func (l *connList) closeAll() {
 	for _, c := range l.conns {
 		_ = c.Close()
 	}
+}
+
+// A gateway whose server limits the messages it sends and receives
+// (grpc.MaxSendMsgSize, grpc.MaxRecvMsgSize) fails a call whose message is
+// over the limit as gRPC's server does, whichever way the message goes and
+// whatever the call's kind.
+func TestGwAdvDiffServerMessageLimits(t *testing.T) {
+	const limit = 1000
+	small, big := strings.Repeat("s", 100), strings.Repeat("b", 2*limit)
+	scenario := func(name, msg string, repeat int32) diffScenario {
+		return diffScenario{name, func(t *testing.T, tg diffTarget, o *observer) {
+			ctx := ctxFor(t, 60*time.Second)
+			r, err := tg.client.EchoUnary(ctx, &echov1.EchoRequest{Message: msg, Repeat: repeat})
+			o.resp("unary", r, err)
+			s, err := tg.client.EchoServerStream(ctx, &echov1.EchoRequest{Message: msg, Repeat: repeat})
+			o.err("server open", err)
+			drainObserved(o, "server recv", s.Recv)
+			c, err := tg.client.EchoClientStream(ctx)
+			o.err("client open", err)
+			_ = c.Send(&echov1.EchoRequest{Message: msg, Repeat: repeat})
+			r, err = c.CloseAndRecv()
+			o.resp("client", r, err)
+			b, err := tg.client.EchoBidiStream(ctx)
+			o.err("bidi open", err)
+			_ = b.Send(&echov1.EchoRequest{Message: msg, Repeat: repeat})
+			_ = b.CloseSend()
+			drainObserved(o, "bidi recv", b.Recv)
+		}}
+	}
+	t.Run("send", func(t *testing.T) {
+		gwAdvDiffWith(t, []grpc.ServerOption{grpc.MaxSendMsgSize(limit)}, []diffScenario{
+			scenario("under", small, 2),
+			scenario("over", big, 2),
+		})
+	})
+	t.Run("receive", func(t *testing.T) {
+		gwAdvDiffWith(t, []grpc.ServerOption{grpc.MaxRecvMsgSize(limit)}, []diffScenario{
+			scenario("under", small, 2),
+			scenario("over", big, 2),
+		})
+	})
+}
+
+// Metadata of a few MiB (under gRPC's 16 MiB header list limit, and under
+// the 8 MiB records of a topic the project creates) travels as with gRPC.
+func TestGwAdvDiffLargeMetadata(t *testing.T) {
+	scenario := func(name string, size int) diffScenario {
+		return diffScenario{name, func(t *testing.T, tg diffTarget, o *observer) {
+			ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "x-big", strings.Repeat("v", size), "x-big-bin", strings.Repeat("\x01", size/4))
+			var hdr, trl metadata.MD
+			r, err := tg.client.EchoUnary(ctx, &echov1.EchoRequest{Message: "big md"}, grpc.Header(&hdr), grpc.Trailer(&trl))
+			o.resp("unary", r, err)
+			o.add("header bytes %d, trailer bytes %d", mdBytes(hdr), mdBytes(trl))
+			s, err := tg.client.EchoBidiStream(ctx)
+			o.err("open", err)
+			for i := range 3 {
+				o.err("send", s.Send(&echov1.EchoRequest{Message: fmt.Sprint(i)}))
+			}
+			o.err("close send", s.CloseSend())
+			drainObserved(o, "recv", s.Recv)
+			h, _ := s.Header()
+			o.add("stream header bytes %d, trailer bytes %d", mdBytes(h), mdBytes(s.Trailer()))
+		}}
+	}
+	gwAdvDiff(t, []diffScenario{scenario("256 KiB", 256<<10), scenario("1 MiB", 1<<20), scenario("2 MiB", 2<<20)})
+}
+
+// mdBytes is the size of md's names and values, leaving out grpc-* names
+// and content-type (transport metadata).
+func mdBytes(md metadata.MD) int {
+	n := 0
+	for k, vs := range md {
+		if strings.HasPrefix(k, "grpc-") || k == "content-type" {
+			continue
+		}
+		for _, v := range vs {
+			n += len(k) + len(v)
+		}
+	}
+	return n
 }
