@@ -341,3 +341,37 @@ func mdBytes(md metadata.MD) int {
 	}
 	return n
 }
+
+// The differential scenarios of TestGatewayDiff once more on the gateway's
+// typed paths: a server with interceptors (a unary interceptor makes the
+// gateway relay unary calls typed, a stream interceptor wraps the stream,
+// so that the zero-copy reply path is not taken) and one without
+// GatewayServerOptions (no FetchServerCodec).
+func TestGwAdvDiffTypedPaths(t *testing.T) {
+	e := setup(t, diffServer{})
+	plainCC := serveWith(t, []grpc.ServerOption{grpc.MaxRecvMsgSize(kafkaclient.MaxMessageBytes)}, func(s *grpc.Server) {
+		echov1.RegisterEchoServiceServer(s, diffServer{})
+	})
+	register := func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, e.gw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unary := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) { return h(ctx, req) }
+	stream := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		return h(srv, wrappedStream{ss})
+	}
+	intercepted := serveWith(t, append(runtime.GatewayServerOptions(), grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream)), register)
+	plainOpts := serveWith(t, []grpc.ServerOption{grpc.MaxRecvMsgSize(kafkaclient.MaxMessageBytes)}, register)
+	t.Run("interceptors", func(t *testing.T) {
+		runDiff(t, diffTarget{"grpc", plainCC, echov1.NewEchoServiceClient(plainCC)},
+			diffTarget{"gateway", intercepted, echov1.NewEchoServiceClient(intercepted)}, diffKnown)
+	})
+	t.Run("no FetchServerCodec", func(t *testing.T) {
+		runDiff(t, diffTarget{"grpc", plainCC, echov1.NewEchoServiceClient(plainCC)},
+			diffTarget{"gateway", plainOpts, echov1.NewEchoServiceClient(plainOpts)}, diffKnown)
+	})
+}
+
+// wrappedStream hides the gRPC stream's type from the gateway.
+type wrappedStream struct{ grpc.ServerStream }
