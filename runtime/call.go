@@ -527,6 +527,7 @@ func contextStatus(ctx context.Context) *status.Status {
 // one whose replies are all still kept by the writer (WorkerExactlyOnce):
 // they are dropped, and the next owner serves the call whole.
 func (c *call) finish(st *status.Status) {
+	st = c.cardinality(st)
 	st, _ = c.decide(st)
 	c.ending.Store(true)
 	aborted, sent := c.out.close()
@@ -760,6 +761,24 @@ func (c *call) method() string {
 		return ""
 	}
 	return c.wm.spec.FullMethod()
+}
+
+// cardinality returns st, or INTERNAL when the handler of a unary or
+// client-streaming call sent more than one response (SendMsg twice): a
+// gRPC caller gets that whatever the handler returned (grpc-go's client
+// checks that such a call has one response), never one of the responses
+// as the call's answer.
+func (c *call) cardinality(st *status.Status) *status.Status {
+	if c.wm == nil || c.wm.spec.Kind.serverStreams() {
+		return st
+	}
+	c.out.mu.Lock()
+	n := c.out.sent
+	c.out.mu.Unlock()
+	if n <= 1 {
+		return st
+	}
+	return status.Newf(codes.Internal, "%s: cardinality violation: the handler sent %d responses to a %s call, which has one", c.method(), n, c.wm.spec.Kind)
 }
 
 // endHeaders is the room an end record's headers take besides the attempt

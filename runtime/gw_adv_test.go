@@ -111,9 +111,14 @@ func gwAdvDiff(t *testing.T, scenarios []diffScenario) {
 
 // gwAdvDiffWith is gwAdvDiff with opts added to both servers' options.
 func gwAdvDiffWith(t *testing.T, opts []grpc.ServerOption, scenarios []diffScenario) {
-	e := setup(t, diffServer{})
+	gwAdvDiffOf(t, gwAdvServer{}, opts, scenarios)
+}
+
+// gwAdvDiffOf is gwAdvDiffWith serving impl.
+func gwAdvDiffOf(t *testing.T, impl echov1.EchoServiceServer, opts []grpc.ServerOption, scenarios []diffScenario) {
+	e := setup(t, impl)
 	plainCC := serveWith(t, append([]grpc.ServerOption{grpc.MaxRecvMsgSize(kafkaclient.MaxMessageBytes)}, opts...), func(s *grpc.Server) {
-		echov1.RegisterEchoServiceServer(s, diffServer{})
+		echov1.RegisterEchoServiceServer(s, impl)
 	})
 	gwCC := serveWith(t, append(runtime.GatewayServerOptions(), opts...), func(s *grpc.Server) {
 		if err := echov1.RegisterEchoServiceKafkaGateway(s, e.gw); err != nil {
@@ -375,3 +380,48 @@ func TestGwAdvDiffTypedPaths(t *testing.T) {
 
 // wrappedStream hides the gRPC stream's type from the gateway.
 type wrappedStream struct{ grpc.ServerStream }
+
+// gwAdvServer is diffServer plus handlers chosen by the call's metadata
+// "adv-mode":
+//
+//   - "send-twice": a client stream's handler reads the stream and sends
+//     two responses (SendMsg twice) before it returns nil.
+type gwAdvServer struct{ diffServer }
+
+func advMode(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return strings.Join(md.Get("adv-mode"), "")
+}
+
+func (s gwAdvServer) EchoClientStream(stream grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	switch advMode(stream.Context()) {
+	case "send-twice":
+		for {
+			if _, err := stream.Recv(); err != nil {
+				break
+			}
+		}
+		if err := stream.SendMsg(&echov1.EchoResponse{Message: "first"}); err != nil {
+			return err
+		}
+		return stream.SendMsg(&echov1.EchoResponse{Message: "second", Index: 1})
+	}
+	return s.diffServer.EchoClientStream(stream)
+}
+
+// A client-streaming handler that sends two responses breaks the call's
+// cardinality: a gRPC caller gets INTERNAL, never one of the two responses
+// as if the call had gone right.
+func TestGwAdvDiffClientStreamTwoResponses(t *testing.T) {
+	gwAdvDiff(t, []diffScenario{{"two responses", func(t *testing.T, tg diffTarget, o *observer) {
+		ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "adv-mode", "send-twice")
+		s, err := tg.client.EchoClientStream(ctx)
+		o.err("open", err)
+		o.err("send", s.Send(&echov1.EchoRequest{Message: "a"}))
+		r, err := s.CloseAndRecv()
+		o.add("code %s", status.Code(err))
+		if err == nil {
+			o.add("response %q", r.GetMessage())
+		}
+	}}})
+}
