@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -424,4 +425,103 @@ func TestGwAdvDiffClientStreamTwoResponses(t *testing.T) {
 			o.add("response %q", r.GetMessage())
 		}
 	}}})
+}
+
+// GracefulStop of the gateway's gRPC server lets its calls in flight end
+// as they would have (every response, then OK), refuses new ones, and
+// returns once they ended; Stop ends them at once and the worker's
+// handler learns it. As with a plain gRPC server.
+func TestGwAdvDiffServerStop(t *testing.T) {
+	e := setup(t, gwAdvServer{})
+	start := func(t *testing.T, gateway bool) (*grpc.Server, echov1.EchoServiceClient) {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := grpc.NewServer(runtime.GatewayServerOptions()...)
+		if gateway {
+			if err := echov1.RegisterEchoServiceKafkaGateway(s, e.gw); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			echov1.RegisterEchoServiceServer(s, gwAdvServer{})
+		}
+		go func() { _ = s.Serve(lis) }()
+		t.Cleanup(s.Stop)
+		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cc.Close() })
+		return s, echov1.NewEchoServiceClient(cc)
+	}
+	for _, gateway := range []bool{false, true} {
+		name := map[bool]string{false: "grpc", true: "gateway"}[gateway]
+		t.Run(name+"/GracefulStop", func(t *testing.T) {
+			s, client := start(t, gateway)
+			ctx := ctxFor(t, 60*time.Second)
+			st, err := client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "slow", Repeat: 3, DelayMs: 200})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.Recv(); err != nil {
+				t.Fatal(err)
+			}
+			stopped := make(chan struct{})
+			go func() {
+				s.GracefulStop()
+				close(stopped)
+			}()
+			n := 1
+			for {
+				_, err := st.Recv()
+				if err != nil {
+					if err != io.EOF {
+						t.Errorf("stream ended with %v after %d responses, want EOF after 3", err, n)
+					}
+					break
+				}
+				n++
+			}
+			if n != 3 {
+				t.Errorf("got %d responses, want 3", n)
+			}
+			select {
+			case <-stopped:
+			case <-ctx.Done():
+				t.Fatal("GracefulStop did not return")
+			}
+		})
+		t.Run(name+"/Stop", func(t *testing.T) {
+			s, client := start(t, gateway)
+			p := &diffProbe{make(chan string, 1), make(chan string, 1)}
+			probe := "stop/" + name
+			diffProbes.Store(probe, p)
+			ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "diff-probe", probe)
+			b, err := client.EchoBidiStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Send(&echov1.EchoRequest{Message: "wait-end"}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-p.started:
+			case <-ctx.Done():
+				t.Fatal("the handler did not start")
+			}
+			s.Stop()
+			if _, err := b.Recv(); status.Code(err) != codes.Unavailable {
+				t.Errorf("Recv after Stop: %v, want UNAVAILABLE", err)
+			}
+			select {
+			case ended := <-p.ended:
+				if ended != codes.Canceled.String() {
+					t.Errorf("the handler's context ended %s, want Canceled", ended)
+				}
+			case <-ctx.Done():
+				t.Error("the handler's context did not end")
+			}
+		})
+	}
 }
