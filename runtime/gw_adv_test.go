@@ -525,3 +525,62 @@ func TestGwAdvDiffServerStop(t *testing.T) {
 		})
 	}
 }
+
+// Many bidi streams at once on one gRPC connection to the gateway, some
+// cancelled midway: each stream that runs to its end gets its own
+// responses, in order, and then io.EOF; each cancelled one ends CANCELLED.
+func TestGwAdvManyStreamsOneConnection(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	const streams, msgs = 64, 5
+	ctx := ctxFor(t, 120*time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	for i := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			s, err := e.echo.EchoBidiStream(sctx)
+			if err != nil {
+				errs <- err
+				return
+			}
+			cancelAt := -1
+			if i%2 == 1 {
+				cancelAt = i % msgs
+			}
+			for j := range msgs {
+				if j == cancelAt {
+					cancel()
+					if _, err := s.Recv(); status.Code(err) != codes.Canceled {
+						errs <- fmt.Errorf("stream %d: Recv after cancel: %v, want CANCELLED", i, err)
+					}
+					return
+				}
+				want := fmt.Sprintf("%d/%d", i, j)
+				if err := s.Send(&echov1.EchoRequest{Message: want}); err != nil {
+					errs <- fmt.Errorf("stream %d: Send %d: %v", i, j, err)
+					return
+				}
+				r, err := s.Recv()
+				if err != nil || r.GetMessage() != want || r.GetIndex() != int32(j) {
+					errs <- fmt.Errorf("stream %d: Recv %d: %q %d %v, want %q %d", i, j, r.GetMessage(), r.GetIndex(), err, want, j)
+					return
+				}
+			}
+			if err := s.CloseSend(); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := s.Recv(); err != io.EOF {
+				errs <- fmt.Errorf("stream %d: Recv after CloseSend: %v, want EOF", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
