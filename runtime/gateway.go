@@ -214,7 +214,8 @@ func (g *Gateway) routerLocked(ctx context.Context, topic string) (*replyRouter,
 
 // Close stops the reply readers, fetch readers and background topic
 // lookups, and returns once they ended; calls still waiting end with
-// UNAVAILABLE. It does not close the Kafka client.
+// UNAVAILABLE, and calls that arrive later are refused UNAVAILABLE before
+// anything of them reaches Kafka. It does not close the Kafka client.
 func (g *Gateway) Close() error {
 	g.mu.Lock() // ordered with background: no goroutine is counted after Wait began
 	g.cancel()
