@@ -449,6 +449,11 @@ func (c *gwCall) delivered(rec *kafkaclient.Record, err error) {
 	case errors.Is(err, kafkaclient.ErrNotAuthorized):
 		failed = status.Errorf(codes.PermissionDenied, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err) // a retry cannot succeed
 		c.failProduce(failed)
+	case errors.Is(err, kafkaclient.ErrRecordRefused):
+		// INVALID_RECORD, POLICY_VIOLATION, ...: the topic takes no such
+		// record until someone changes it; UNAVAILABLE would invite retries.
+		failed = status.Errorf(codes.FailedPrecondition, "%s: producing request to %s: %v", c.m.FullMethod(), rec.Topic, err)
+		c.failProduce(failed)
 	default:
 		// An error that does not say why may still mean the topic is gone:
 		// librdkafka fails a record it had queued for a broker connection it

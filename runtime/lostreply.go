@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -15,13 +16,19 @@ import (
 // stored says whether a retry with the same idempotency key gets the
 // outcome from the worker's memory. A reply refused as too large is
 // RESOURCE_EXHAUSTED, as gRPC ends a call whose message is over a size
-// limit: a retry would get the same answer refused again.
+// limit: a retry would get the same answer refused again. One Kafka refused
+// for another reason no retry cures (kafkaclient.ErrRecordRefused) is
+// FAILED_PRECONDITION.
 func lostStatus(method string, err error, stored bool) *status.Status {
 	if method != "" {
 		method += ": "
 	}
 	if tooLarge(err) {
 		return status.Newf(codes.ResourceExhausted, "%sthe worker answered the call but a reply is larger than Kafka takes (%v); a retry cannot succeed",
+			method, err)
+	}
+	if errors.Is(err, kafkaclient.ErrRecordRefused) {
+		return status.Newf(codes.FailedPrecondition, "%sthe worker answered the call but Kafka refused a reply (%v); a retry cannot succeed until the reply topic takes it",
 			method, err)
 	}
 	retry := "retry it; it may run again"

@@ -34,9 +34,11 @@ type failedReply struct {
 
 // retryable reports whether a reply record that failed with err is worth
 // another try: not one Kafka can never take (too large, no such topic, a
-// topic the worker may not write).
+// topic the worker may not write, one the cluster refused for another
+// reason Kafka says no retry cures).
 func retryable(err error) bool {
-	return !tooLarge(err) && !errors.Is(err, kafkaclient.ErrUnknownTopic) && !errors.Is(err, kafkaclient.ErrNotAuthorized)
+	return !tooLarge(err) && !errors.Is(err, kafkaclient.ErrUnknownTopic) && !errors.Is(err, kafkaclient.ErrNotAuthorized) &&
+		!errors.Is(err, kafkaclient.ErrRecordRefused)
 }
 
 // retryLater queues rec, a reply record of c that Kafka did not take, for

@@ -154,7 +154,9 @@ func deliveryError(acks kafkaclient.Acks, e *kafka.Message, topic string) error 
 // call itself; one that says the client may not write the topic wraps
 // kafkaclient.ErrNotAuthorized; one that says the record or its batch is
 // too large (the broker's MESSAGE_TOO_LARGE or RECORD_LIST_TOO_LARGE, or
-// librdkafka's own limit) wraps kafkaclient.ErrRecordTooLarge.
+// librdkafka's own limit) wraps kafkaclient.ErrRecordTooLarge; one the
+// broker refused for another reason producing it again does not cure wraps
+// kafkaclient.ErrRecordRefused.
 func produceError(topic string, err error) error {
 	var ke kafka.Error
 	if errors.As(err, &ke) && (ke.Code() == kafka.ErrUnknownTopicOrPart || ke.Code() == kafka.ErrUnknownTopic || ke.Code() == kafka.ErrUnknownPartition) {
@@ -165,6 +167,9 @@ func produceError(topic string, err error) error {
 	}
 	if errors.As(err, &ke) && (ke.Code() == kafka.ErrMsgSizeTooLarge || ke.Code() == kafka.ErrRecordListTooLarge) {
 		return fmt.Errorf("confluent: produce to %s: %w (%w)", topic, kafkaclient.ErrRecordTooLarge, err)
+	}
+	if errors.As(err, &ke) && refusals[ke.Code()] != "" {
+		return fmt.Errorf("confluent: produce to %s: %w (%s: %w)", topic, kafkaclient.ErrRecordRefused, refusals[ke.Code()], err)
 	}
 	return fmt.Errorf("confluent: produce to %s: %w", topic, err)
 }
@@ -530,4 +535,21 @@ func (p *producer) nudge(stop <-chan struct{}) {
 			}
 		}
 	}()
+}
+
+// refusals are the broker's answers to a produce that producing the record
+// again cannot change, the ones kafkaclient.ErrRecordRefused stands for, by
+// Kafka's name for them (librdkafka's text does not say it).
+// kafka.Error.IsRetriable cannot tell them: it is false for every delivery
+// report's error. The list is the same as the franz client's; librdkafka's
+// local errors (negative codes, such as _MSG_TIMED_OUT or _TRANSPORT) are
+// not on it. Read only.
+var refusals = map[kafka.ErrorCode]string{
+	kafka.ErrInvalidRecord:               "INVALID_RECORD",
+	kafka.ErrInvalidTimestamp:            "INVALID_TIMESTAMP",
+	kafka.ErrPolicyViolation:             "POLICY_VIOLATION",
+	kafka.ErrUnsupportedForMessageFormat: "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+	kafka.ErrUnsupportedCompressionType:  "UNSUPPORTED_COMPRESSION_TYPE",
+	kafka.ErrTopicException:              "INVALID_TOPIC_EXCEPTION",
+	kafka.ErrInvalidRequiredAcks:         "INVALID_REQUIRED_ACKS",
 }

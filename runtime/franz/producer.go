@@ -284,6 +284,8 @@ func delivered(kr *kgo.Record, err error) {
 			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, partition, kafkaclient.ErrNotAuthorized, err)
 		} else if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
 			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, partition, kafkaclient.ErrRecordTooLarge, err)
+		} else if refused(err) {
+			err = fmt.Errorf("franz: produce to %s partition %d: %w (%w)", r.Topic, partition, kafkaclient.ErrRecordRefused, err)
 		} else {
 			err = fmt.Errorf("franz: produce to %s partition %d: %w", r.Topic, partition, err)
 		}
@@ -505,4 +507,18 @@ func (u *unlinger) flush(ctx context.Context, cancel context.CancelFunc, p *kgo.
 			return
 		}
 	}
+}
+
+// refused reports whether err is a broker's answer to a produce that
+// producing the record again cannot change, one kafkaclient.ErrRecordRefused
+// stands for. The list is the same as the confluent client's; franz-go's
+// own errors (timeouts, lost connections) are not on it.
+func refused(err error) bool {
+	for _, ke := range []*kerr.Error{kerr.InvalidRecord, kerr.InvalidTimestamp, kerr.PolicyViolation,
+		kerr.UnsupportedForMessageFormat, kerr.UnsupportedCompressionType, kerr.InvalidTopicException, kerr.InvalidRequiredAcks} {
+		if errors.Is(err, ke) {
+			return true
+		}
+	}
+	return false
 }

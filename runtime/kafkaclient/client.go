@@ -175,6 +175,19 @@ var ErrNotAuthorized = errors.New("kafkaclient: not authorized to access the top
 // the same way.
 var ErrRecordTooLarge = errors.New("kafkaclient: record too large")
 
+// ErrRecordRefused is reported through Produce's done for a record the
+// cluster refused for a reason producing it again does not cure, one Kafka
+// marks not retriable and that none of the sentinels above names:
+// INVALID_RECORD (a record the topic's configuration rejects, such as one
+// without a key on a compacted topic), INVALID_TIMESTAMP, POLICY_VIOLATION,
+// UNSUPPORTED_FOR_MESSAGE_FORMAT, UNSUPPORTED_COMPRESSION_TYPE,
+// INVALID_TOPIC_EXCEPTION or INVALID_REQUIRED_ACKS. The error also names
+// the Kafka error. A record refused as too large, for an unknown topic or
+// as not authorized wraps ErrRecordTooLarge, ErrUnknownTopic or
+// ErrNotAuthorized instead, not this; errors of the client itself
+// (timeouts, lost connections) and UNKNOWN_SERVER_ERROR are not refusals.
+var ErrRecordRefused = errors.New("kafkaclient: the cluster refused the record")
+
 // ErrUnknownOutcome is reported through Produce's done for a record the
 // client cannot tell was written: it may or may not be in the log. Produce
 // it again if it must not be lost (and tolerate a duplicate).

@@ -71,10 +71,14 @@ func (e *env) allValues(t *testing.T, topic string) []string {
 // a retriable error (NOT_LEADER_OR_FOLLOWER, or REQUEST_TIMED_OUT after it
 // wrote the record) is delivered once, not failed nor duplicated; one
 // answered with an error that producing again cannot cure
-// (MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE, INVALID_RECORD) fails at once,
-// not at the delivery timeout, with an error naming the topic that does not
-// claim the outcome unknown, and is not written; one too large wraps
-// kafkaclient.ErrRecordTooLarge (the confluent client's
+// (MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE, INVALID_RECORD,
+// POLICY_VIOLATION) fails at once, not at the delivery timeout, with an
+// error naming the topic that does not claim the outcome unknown, and is
+// not written; INVALID_RECORD and POLICY_VIOLATION wrap
+// kafkaclient.ErrRecordRefused and name Kafka's error (both clients
+// reported them as passing failures, and the gateway answered UNAVAILABLE);
+// one too large wraps kafkaclient.ErrRecordTooLarge, not ErrRecordRefused
+// (the confluent client's
 // RECORD_LIST_TOO_LARGE said "Message batch larger than configured server
 // segment size", which the gateway took for a passing failure:
 // UNAVAILABLE, where franz's was RESOURCE_EXHAUSTED). The next record is delivered either way.
@@ -88,7 +92,8 @@ func testKcAdvProduceFaults(t *testing.T, f Factory) {
 		{kerr.RequestTimedOut, true, nil},
 		{kerr.MessageTooLarge, false, kafkaclient.ErrRecordTooLarge},
 		{kerr.RecordListTooLarge, false, kafkaclient.ErrRecordTooLarge},
-		{kerr.InvalidRecord, false, nil},
+		{kerr.InvalidRecord, false, kafkaclient.ErrRecordRefused},
+		{kerr.PolicyViolation, false, kafkaclient.ErrRecordRefused},
 	}
 	for _, tc := range cases {
 		t.Run(tc.err.Message, func(t *testing.T) {
@@ -110,6 +115,10 @@ func testKcAdvProduceFaults(t *testing.T, f Factory) {
 				t.Fatalf("produce answered %s: %v, want an error naming %s that is not ErrUnknownOutcome", tc.err.Message, err, topic)
 			} else if tc.is != nil && !errors.Is(err, tc.is) {
 				t.Fatalf("produce answered %s: %v, want an error wrapping %v", tc.err.Message, err, tc.is)
+			} else if tc.is != kafkaclient.ErrRecordRefused && errors.Is(err, kafkaclient.ErrRecordRefused) {
+				t.Fatalf("produce answered %s: %v, want an error not wrapping %v (a more specific sentinel)", tc.err.Message, err, kafkaclient.ErrRecordRefused)
+			} else if tc.is == kafkaclient.ErrRecordRefused && !strings.Contains(err.Error(), tc.err.Message) {
+				t.Fatalf("produce answered %s: %v, want an error naming %s", tc.err.Message, err, tc.err.Message)
 			}
 			e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: 0, Value: []byte("after")}, kafkaclient.AcksAll)
 			if got := e.allValues(t, topic); !slices.Equal(got, want) {
