@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -829,6 +831,47 @@ func TestBinariesRefuseArguments(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) { badFlags(t, name, args, `"hello"`) })
 	}
+}
+
+// TestBinariesListOnlyFlagsTheyUse: each binary's -h lists the flags
+// that do something in it, and a flag it does not list is refused. All of
+// them accepted and listed every shared flag: echo-server (no Kafka) took
+// --client, --create-topics and --metrics and ignored them; echo-call,
+// echo-worker and echo-publish, which serve no gRPC, took --tls-cert and
+// --tls-key; echo-publish took --metrics and exported nothing.
+func TestBinariesListOnlyFlagsTheyUse(t *testing.T) {
+	kafka := []string{"brokers", "client", "create-topics"}
+	want := map[string][]string{
+		"echo":         append([]string{"demo", "listen", "metrics", "tls-cert", "tls-key"}, kafka...),
+		"echo-gateway": append([]string{"listen", "metrics", "tls-cert", "tls-key"}, kafka...),
+		"echo-worker":  append([]string{"group", "group-protocol", "metrics", "outcome-topic", "target"}, kafka...),
+		"echo-call": append([]string{"count", "delay-ms", "fail-code", "last-event-id", "message", "method",
+			"metrics", "repeat", "timeout"}, kafka...),
+		"echo-publish": append([]string{"count", "key", "message", "topic"}, kafka...),
+		"echo-server":  {"listen", "tls-cert", "tls-key"},
+	}
+	flagLine := regexp.MustCompile(`(?m)^  -([a-z-]+)`)
+	for _, name := range binaries {
+		t.Run(name, func(t *testing.T) {
+			p := start(t, name, "-h")
+			if _, exited := p.Wait(callTimeout); !exited {
+				t.Fatalf("%s -h did not end within %s", name, callTimeout)
+			}
+			var got []string
+			for _, m := range flagLine.FindAllStringSubmatch(p.Stderr(), -1) {
+				got = append(got, m[1])
+			}
+			sort.Strings(got)
+			w := append([]string(nil), want[name]...)
+			sort.Strings(w)
+			if !slices.Equal(got, w) {
+				t.Errorf("%s -h lists %v; want %v", name, got, w)
+			}
+		})
+	}
+	badFlags(t, "echo-server", []string{"--listen", "127.0.0.1:0", "--client", "franz"}, "-client")
+	badFlags(t, "echo-publish", []string{"--brokers", "127.0.0.1:1", "--metrics", "127.0.0.1:0"}, "-metrics")
+	badFlags(t, "echo-call", []string{"--brokers", "127.0.0.1:1", "--tls-cert", "c.pem"}, "-tls-cert")
 }
 
 // TestBinariesBadFlagValues: a flag value no run can use is a usage error

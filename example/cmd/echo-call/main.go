@@ -65,6 +65,8 @@ func main() {
 	// Every flag is checked before connecting: a bad value is a usage
 	// error (exit 2), not a Kafka error after a dial, and no value is
 	// wrapped into the requests' int32 fields.
+	app.RegisterKafkaFlags()
+	app.RegisterMetricsFlag()
 	app.ParseFlags("echo-call", app.KafkaFlags(brokers, true), func() string {
 		return checkFlags(*method, *repeat, *delay, *failCode, *timeout, *count, *lastEventID)
 	})

@@ -19,6 +19,9 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:7151", "gRPC listen address")
 	brokers := flag.String("brokers", "127.0.0.1:9092", "Kafka bootstrap servers")
+	app.RegisterKafkaFlags()
+	app.RegisterServerFlags()
+	app.RegisterMetricsFlag()
 	app.ParseFlags("echo-gateway", app.KafkaFlags(brokers, true))
 	logger := app.Logger()
 	ctx, stop := app.Signals()

@@ -27,6 +27,7 @@ func main() {
 	count := flag.Int("count", 1, "number of records to produce")
 	message := flag.String("message", "event", "text of each event, followed by its number")
 	key := flag.String("key", "", "record key (empty: no key, spread over the partitions)")
+	app.RegisterKafkaFlags()
 	app.ParseFlags("echo-publish", app.KafkaFlags(brokers, true), func() string {
 		switch {
 		case *count < 1:

@@ -17,6 +17,7 @@ import (
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:7152", "gRPC listen address")
+	app.RegisterServerFlags()
 	app.ParseFlags("echo-server")
 	logger := app.Logger()
 	ctx, stop := app.Signals()

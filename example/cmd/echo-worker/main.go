@@ -30,6 +30,8 @@ func main() {
 	target := flag.String("target", "", "forward every call to the gRPC server at this address instead of serving it here")
 	outcomes := flag.String("outcome-topic", "", "also keep the stored outcomes of keyed calls in this compacted topic (runtime.WorkerOutcomeTopic, created with the others), so that a repeat served after a restart or by another worker does not run again; empty: in this process's memory only")
 	protocol := flag.String("group-protocol", "", "consumer group protocol: classic or consumer (KIP-848, Kafka 4.0+); default: the client's, classic")
+	app.RegisterKafkaFlags()
+	app.RegisterMetricsFlag()
 	app.ParseFlags("echo-worker", app.KafkaFlags(brokers, true), func() string {
 		if err := kafkaclient.GroupProtocol(*protocol).Check(); err != nil {
 			return fmt.Sprintf("--group-protocol %q: want classic or consumer (KIP-848, Kafka 4.0+), or empty for the client's", *protocol)

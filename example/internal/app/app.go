@@ -118,12 +118,9 @@ const (
 	ClientFranz     = "franz"     // franz-go (pure Go)
 )
 
-// client is the --client flag, registered on the default flag set by every
-// binary that imports this package, so that the binaries need no code of
-// their own for it. Its default is the KAFKA_CLIENT environment variable
-// (which the tests set), else confluent.
-var client = flag.String("client", defaultClient(),
-	"Kafka client library: "+ClientConfluent+" (confluent-kafka-go, librdkafka) or "+ClientFranz+" (franz-go, pure Go); default $KAFKA_CLIENT, else "+ClientConfluent)
+// client is the --client flag (RegisterKafkaFlags). Its default is the
+// KAFKA_CLIENT environment variable (which the tests set), else confluent.
+var client = new(string)
 
 func defaultClient() string {
 	if v := os.Getenv("KAFKA_CLIENT"); v != "" {
@@ -149,10 +146,9 @@ func NewClient(brokers string, logger *slog.Logger) (kafkaclient.Client, error) 
 	}
 }
 
-// createTopics is the --create-topics flag of every binary that connects to
-// Kafka.
-var createTopics = flag.Bool("create-topics", true,
-	"create the Kafka topics the echo service uses when missing (3 partitions, max.message.bytes 8 MiB); false: only check that they exist, and exit naming the missing ones")
+// createTopics is the --create-topics flag (RegisterKafkaFlags); true
+// when not registered.
+var createTopics = func() *bool { b := true; return &b }()
 
 // Connect returns a Kafka client of brokers (the --client flag's library)
 // with the echo service's topics created, or with --create-topics=false
@@ -258,12 +254,39 @@ func Fatal(logger *slog.Logger, msg string, err error) {
 	os.Exit(1)
 }
 
-// The flags every binary shares besides --client.
+// The flags of RegisterServerFlags and RegisterMetricsFlag; empty when not
+// registered.
 var (
-	metricsAddr = flag.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); empty: off")
-	tlsCert     = flag.String("tls-cert", "", "serve gRPC over TLS with this certificate (PEM), with --tls-key")
-	tlsKey      = flag.String("tls-key", "", "the private key (PEM) of --tls-cert")
+	metricsAddr = new(string)
+	tlsCert     = new(string)
+	tlsKey      = new(string)
 )
+
+// RegisterKafkaFlags registers --client and --create-topics on the default
+// flag set, for a binary that connects to Kafka (NewClient, Connect). Call
+// it before ParseFlags. Each binary registers only the groups of flags
+// that do something in it, so that -h lists no flag it ignores.
+func RegisterKafkaFlags() {
+	flag.StringVar(client, "client", defaultClient(),
+		"Kafka client library: "+ClientConfluent+" (confluent-kafka-go, librdkafka) or "+ClientFranz+" (franz-go, pure Go); default $KAFKA_CLIENT, else "+ClientConfluent)
+	flag.BoolVar(createTopics, "create-topics", true,
+		"create the Kafka topics the echo service uses when missing (3 partitions, max.message.bytes 8 MiB); false: only check that they exist, and exit naming the missing ones")
+}
+
+// RegisterServerFlags registers --tls-cert and --tls-key on the default
+// flag set, for a binary that serves gRPC (NewServer). Call it before
+// ParseFlags.
+func RegisterServerFlags() {
+	flag.StringVar(tlsCert, "tls-cert", "", "serve gRPC over TLS with this certificate (PEM), with --tls-key")
+	flag.StringVar(tlsKey, "tls-key", "", "the private key (PEM) of --tls-cert")
+}
+
+// RegisterMetricsFlag registers --metrics on the default flag set, for a
+// binary that runs a worker, a gateway or a ClientConn (WorkerOptions,
+// GatewayOptions). Call it before ParseFlags.
+func RegisterMetricsFlag() {
+	flag.StringVar(metricsAddr, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); empty: off")
+}
 
 var (
 	meterOnce sync.Once
