@@ -178,8 +178,15 @@ func emitService(g *protogen.GeneratedFile, ks *kafkaService) {
 	g.P("}")
 	g.P()
 
+	// One receiver name for every gateway method, hiding none of the
+	// packages their code names.
+	var types []string
 	for _, km := range ks.methods {
-		emitGatewayMethod(g, ks, km)
+		types = append(types, g.QualifiedGoIdent(km.method.Input.GoIdent), g.QualifiedGoIdent(km.method.Output.GoIdent))
+	}
+	recv := localNames(types, "x")[0]
+	for _, km := range ks.methods {
+		emitGatewayMethod(g, ks, km, recv)
 	}
 	for _, km := range ks.methods {
 		if km.fetch != nil {
@@ -201,8 +208,10 @@ func emitPublisher(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod)
 	opts, _ := m.Desc.Options().(*descriptorpb.MethodOptions)
 	sopts, _ := ks.service.Desc.Options().(*descriptorpb.ServiceOptions)
 	deprecation(g, opts.GetDeprecated() || sopts.GetDeprecated())
-	g.P("func ", n.Publisher(m), "(p ", runtimePackage.Ident("Producer"), ", opts ...", runtimePackage.Ident("PublisherOption"), ") *", runtimePackage.Ident("Publisher"), "[*", out, "] {")
-	g.P("return ", runtimePackage.Ident("NewPublisher"), "[*", out, "](p, ", n.MethodSpec(m), ", opts...)")
+	v := localNames([]string{out}, "p", "opts")
+	p, o := v[0], v[1]
+	g.P("func ", n.Publisher(m), "(", p, " ", runtimePackage.Ident("Producer"), ", ", o, " ...", runtimePackage.Ident("PublisherOption"), ") *", runtimePackage.Ident("Publisher"), "[*", out, "] {")
+	g.P("return ", runtimePackage.Ident("NewPublisher"), "[*", out, "](", p, ", ", n.MethodSpec(m), ", ", o, "...)")
 	g.P("}")
 	g.P()
 }
@@ -318,7 +327,9 @@ func emitHeaders(g *protogen.GeneratedFile, field string, hs []header) {
 	g.P("},")
 }
 
-func emitGatewayMethod(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod) {
+// emitGatewayMethod writes the gateway's method relaying m; x is the
+// receiver's name.
+func emitGatewayMethod(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod, x string) {
 	m, n := km.method, ks.names
 	spec := n.MethodSpec(m)
 	in, out := g.QualifiedGoIdent(m.Input.GoIdent), g.QualifiedGoIdent(m.Output.GoIdent)
@@ -331,27 +342,54 @@ func emitGatewayMethod(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMet
 	opts, _ := m.Desc.Options().(*descriptorpb.MethodOptions)
 	deprecation(g, opts.GetDeprecated())
 
-	recv := "func (x *" + n.Gateway + ") " + m.GoName
+	v := localNames([]string{in, out, x + ".gw"}, "ctx", "in", "out", "stream", "err")
+	ctx, inV, outV, stream, errV := v[0], v[1], v[2], v[3], v[4]
+	recv := "func (" + x + " *" + n.Gateway + ") " + m.GoName
 	switch {
 	case km.fetch != nil:
-		g.P(recv, "(in *", in, ", stream ", n.StreamServer(m), ") error {")
-		g.P("return ", runtimePackage.Ident("GatewayFetch"), "[", out, "](x.gw, ", spec, ", in, stream)")
+		g.P(recv, "(", inV, " *", in, ", ", stream, " ", n.StreamServer(m), ") error {")
+		g.P("return ", runtimePackage.Ident("GatewayFetch"), "[", out, "](", x, ".gw, ", spec, ", ", inV, ", ", stream, ")")
 	case km.kind == kindUnary:
-		g.P(recv, "(ctx ", contextPackage.Ident("Context"), ", in *", in, ") (*", out, ", error) {")
-		g.P("out := new(", out, ")")
-		g.P("if err := x.gw.Unary(ctx, ", spec, ", in, out); err != nil {")
-		g.P("return nil, err")
+		g.P(recv, "(", ctx, " ", contextPackage.Ident("Context"), ", ", inV, " *", in, ") (*", out, ", error) {")
+		g.P(outV, " := new(", out, ")")
+		g.P("if ", errV, " := ", x, ".gw.Unary(", ctx, ", ", spec, ", ", inV, ", ", outV, "); ", errV, " != nil {")
+		g.P("return nil, ", errV)
 		g.P("}")
-		g.P("return out, nil")
+		g.P("return ", outV, ", nil")
 	case km.kind == kindServerStream:
-		g.P(recv, "(in *", in, ", stream ", n.StreamServer(m), ") error {")
-		g.P("return ", runtimePackage.Ident("GatewayStream"), "[", in, ", ", out, "](x.gw, ", spec, ", in, stream)")
+		g.P(recv, "(", inV, " *", in, ", ", stream, " ", n.StreamServer(m), ") error {")
+		g.P("return ", runtimePackage.Ident("GatewayStream"), "[", in, ", ", out, "](", x, ".gw, ", spec, ", ", inV, ", ", stream, ")")
 	default: // client and bidi streaming: the requests come from the stream
-		g.P(recv, "(stream ", n.StreamServer(m), ") error {")
-		g.P("return ", runtimePackage.Ident("GatewayStream"), "[", in, ", ", out, "](x.gw, ", spec, ", nil, stream)")
+		g.P(recv, "(", stream, " ", n.StreamServer(m), ") error {")
+		g.P("return ", runtimePackage.Ident("GatewayStream"), "[", in, ", ", out, "](", x, ".gw, ", spec, ", nil, ", stream, ")")
 	}
 	g.P("}")
 	g.P()
+}
+
+// localNames returns the names of a generated function's receiver,
+// parameters and locals: each wanted name, unless one of types (Go types as
+// the function's code writes them, e.g. "xpb.Resp") is qualified with it.
+// protogen names an imported package after the last element of its import
+// path, so a message of package ".../x" is written x.Resp, which a receiver
+// x would hide. Such a name gets the first number that frees it (x1).
+func localNames(types []string, want ...string) []string {
+	taken := map[string]bool{}
+	for _, t := range types {
+		if pkg, _, ok := strings.Cut(t, "."); ok {
+			taken[pkg] = true
+		}
+	}
+	names := make([]string, len(want))
+	for i, w := range want {
+		name := w
+		for n := 1; taken[name]; n++ {
+			name = w + strconv.Itoa(n)
+		}
+		taken[name] = true
+		names[i] = name
+	}
+	return names
 }
 
 // methodSummary says in a sentence where the calls of a gateway method go.
