@@ -771,8 +771,9 @@ type FetchRule struct {
 	Filters []*FetchFilter `protobuf:"bytes,2,rep,name=filters,proto3" json:"filters,omitempty"`
 	// Field number of the unknown field (wire type 2) that carries the event id
 	// in every delivered message. Default: 0, which means 32767. Must be in
-	// 1..536870911, outside the reserved range 19000-19999, and not a field the
-	// response message declares.
+	// 1..536870911, outside the reserved range 19000-19999, and neither a
+	// field the response message declares nor in its extension ranges or
+	// reserved numbers.
 	//
 	//	event_id_field: 9999
 	EventIdField int32 `protobuf:"varint,3,opt,name=event_id_field,json=eventIdField,proto3" json:"event_id_field,omitempty"`

@@ -138,3 +138,45 @@ service S {
 		t.Errorf("the generated code does not compile:\n%s", out)
 	}
 }
+
+// TestPlugAdvEventIDReserved: a fetch's event id travels as a field of the
+// streamed message, so its number must be free in it. A number the message
+// reserves was a field once, which callers built from an older proto still
+// decode with that field's meaning: the plugin must refuse it, as it
+// refuses a declared field or an extension range.
+func TestPlugAdvEventIDReserved(t *testing.T) {
+	const header = `syntax = "proto3";
+package adv.v1;
+import "google/protobuf/empty.proto";
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/adv/v1;advv1";
+message Ev { reserved 5, 32767; reserved "old"; string id = 1; }
+message Late { reserved 100 to max; string id = 1; }
+`
+	for name, c := range map[string]struct{ src, want string }{
+		"default": {`service S { rpc E(google.protobuf.Empty) returns (stream Ev) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "f"}}; } }`,
+			`:8:64: adv.v1.S.E: fetch.event_id_field 32767 (the default) is a reserved number of adv.v1.Ev: a field that had it may still be read by callers with its old meaning`},
+		"explicit": {`service S { rpc E(google.protobuf.Empty) returns (stream Ev) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "f" event_id_field: 5}}; } }`,
+			`:8:64: adv.v1.S.E: fetch.event_id_field 5 is a reserved number of adv.v1.Ev: a field that had it may still be read by callers with its old meaning`},
+		"range to max": {`service S { rpc E(google.protobuf.Empty) returns (stream Late) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "f"}}; } }`,
+			`:8:66: adv.v1.S.E: fetch.event_id_field 32767 (the default) is a reserved number of adv.v1.Late: a field that had it may still be read by callers with its old meaning`},
+		"free": {`service S { rpc E(google.protobuf.Empty) returns (stream Late) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "f" event_id_field: 99}}; } }`, ``},
+	} {
+		t.Run(name, func(t *testing.T) {
+			file := "adv/v1/" + strings.ReplaceAll(name, " ", "_") + ".proto"
+			resp := runPlugin(t, compileRequest(t, map[string]string{file: header + c.src}, file))
+			if c.want == "" {
+				if resp.Error != nil || len(resp.File) != 1 {
+					t.Errorf("got error %q and %d files, want 1 file", resp.GetError(), len(resp.File))
+				}
+				return
+			}
+			if got, want := resp.GetError(), file+c.want; got != want {
+				t.Errorf("error:\n got: %s\nwant: %s", got, want)
+			}
+			if len(resp.File) != 0 {
+				t.Errorf("%d files generated despite the error", len(resp.File))
+			}
+		})
+	}
+}

@@ -790,6 +790,8 @@ func (c *checker) fetch(m *protogen.Method, kind methodKind, mrule *kafkaoptions
 			c.errorf(el, "%s %d%s is already field %s of %s", field, n, defaulted, fd.Name(), m.Output.Desc.FullName())
 		} else if m.Output.Desc.ExtensionRanges().Has(protoreflect.FieldNumber(n)) {
 			c.errorf(el, "%s %d%s is in an extension range of %s: an extension may declare it", field, n, defaulted, m.Output.Desc.FullName())
+		} else if m.Output.Desc.ReservedRanges().Has(protoreflect.FieldNumber(n)) {
+			c.errorf(el, "%s %d%s is a reserved number of %s: a field that had it may still be read by callers with its old meaning", field, n, defaulted, m.Output.Desc.FullName())
 		}
 	}
 
