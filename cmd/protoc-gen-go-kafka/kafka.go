@@ -200,16 +200,16 @@ func emitService(g *protogen.GeneratedFile, ks *kafkaService) {
 func emitPublisher(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod) {
 	m, n := km.method, ks.names
 	out := g.QualifiedGoIdent(m.Output.GoIdent)
+	v := localNames([]string{out}, "p", "opts")
+	p, o := v[0], v[1]
 	comment(g, fmt.Sprintf("%s returns a publisher of %s messages to topic %q, which %s streams to its callers: "+
 		"Publish produces one record (PublishKey and PublishHeader set its key and headers) and returns where Kafka wrote it. "+
-		"p is usually a Kafka client (runtime/franz or runtime/confluent) and stays owned by the caller; "+
+		"%s is usually a Kafka client (runtime/franz or runtime/confluent) and stays owned by the caller; "+
 		"rename the topic with runtime.PublisherTopicMapper. The publisher is safe for concurrent use.",
-		n.Publisher(m), m.Output.GoIdent.GoName, km.fetch.topic, m.GoName))
+		n.Publisher(m), m.Output.GoIdent.GoName, km.fetch.topic, m.GoName, p))
 	opts, _ := m.Desc.Options().(*descriptorpb.MethodOptions)
 	sopts, _ := ks.service.Desc.Options().(*descriptorpb.ServiceOptions)
 	deprecation(g, opts.GetDeprecated() || sopts.GetDeprecated())
-	v := localNames([]string{out}, "p", "opts")
-	p, o := v[0], v[1]
 	g.P("func ", n.Publisher(m), "(", p, " ", runtimePackage.Ident("Producer"), ", ", o, " ...", runtimePackage.Ident("PublisherOption"), ") *", runtimePackage.Ident("Publisher"), "[*", out, "] {")
 	g.P("return ", runtimePackage.Ident("NewPublisher"), "[*", out, "](", p, ", ", n.MethodSpec(m), ", ", o, "...)")
 	g.P("}")
