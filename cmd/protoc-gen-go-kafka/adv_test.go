@@ -1,27 +1,27 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/pluginpb"
 )
 
-// compileGenerated generates the Go code of sources (by file name) with
-// protoc-gen-go, protoc-gen-go-grpc and this plugin, as buf generate does,
-// into a fresh directory under this package's testdata (inside the module,
-// so that the runtime import resolves), and runs go vet on it. Every
-// "GOPKG" in a source is replaced by that directory's import path. It
-// returns go vet's output and whether it passed.
+// compileGenerated runs buf generate on sources (.proto files by name), as
+// a user's buf.gen.yaml would, with protoc-gen-go, protoc-gen-go-grpc and
+// this plugin (the test binary, run as main), writing the Go code into a
+// fresh directory under this package's testdata (inside the module, so
+// that the runtime import resolves), and runs go vet on it. Every "GOPKG"
+// in a source is replaced by that directory's import path. buf, not the
+// in-process compiler, because only buf knows edition 2024. It returns go
+// vet's output and whether it passed.
 func compileGenerated(t *testing.T, sources map[string]string) (string, bool) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("runs go vet")
+		t.Skip("runs buf and go vet")
 	}
 	goTool, err := exec.LookPath("go")
 	if err != nil {
@@ -40,57 +40,66 @@ func compileGenerated(t *testing.T, sources map[string]string) (string, bool) {
 	})
 	pkg := "github.com/kafkarpc/protoc-gen-go-kafka/cmd/protoc-gen-go-kafka/" + filepath.ToSlash(dir)
 
-	srcs := map[string]string{}
-	for name, src := range sources {
-		srcs[name] = strings.ReplaceAll(src, "GOPKG", pkg)
+	// A buf workspace of two modules: the options, which are not generated,
+	// and the sources.
+	ws := t.TempDir()
+	write := func(name, content string) {
+		t.Helper()
+		path := filepath.Join(ws, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	req := compileRequest(t, srcs, sortedKeys(srcs)...)
-
-	var resps []*pluginpb.CodeGeneratorResponse
-	in, err := proto.Marshal(req)
+	options, err := os.ReadFile(filepath.Join(repoRoot, "options/kafkarpc/kafka/v1/options.proto"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tool := range []string{"protoc-gen-go", "protoc-gen-go-grpc"} {
-		cmd := exec.Command(goTool, "tool", tool)
+	write("opts/kafkarpc/kafka/v1/options.proto", string(options))
+	write("buf.yaml", "version: v2\nmodules:\n  - path: opts\n  - path: src\n")
+	for name, src := range sources {
+		write("src/"+name, strings.ReplaceAll(src, "GOPKG", pkg))
+	}
+
+	// The binaries go tool would run, so that buf runs them from ws.
+	toolPath := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(goTool, append([]string{"tool", "-n"}, args...)...)
 		cmd.Dir = repoRoot
-		cmd.Stdin = bytes.NewReader(in)
-		var out, errOut bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errOut
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("go tool %s: %v\n%s", tool, err, errOut.String())
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("go tool -n %v: %v", args, err)
 		}
-		resp := &pluginpb.CodeGeneratorResponse{}
-		if err := proto.Unmarshal(out.Bytes(), resp); err != nil {
-			t.Fatal(err)
-		}
-		resps = append(resps, resp)
+		return strings.TrimSpace(string(out))
 	}
-	resps = append(resps, runPlugin(t, req))
-	kafkaFiles := 0
-	for _, resp := range resps {
-		if resp.Error != nil {
-			t.Fatalf("generation failed: %s", resp.GetError())
-		}
-		for _, f := range resp.File {
-			if strings.HasSuffix(f.GetName(), "_kafka.pb.go") {
-				kafkaFiles++
-			}
-			path := filepath.Join(repoRoot, filepath.FromSlash(f.GetName()))
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(path, []byte(f.GetContent()), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+	out, err := filepath.Abs(repoRoot)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if kafkaFiles == 0 {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const opt = `"opt":"module=github.com/kafkarpc/protoc-gen-go-kafka"`
+	template := `{"version":"v2","plugins":[` +
+		`{"local":` + strconv.Quote(toolPath("protoc-gen-go")) + `,"out":` + strconv.Quote(out) + `,` + opt + `},` +
+		`{"local":` + strconv.Quote(toolPath("protoc-gen-go-grpc")) + `,"out":` + strconv.Quote(out) + `,` + opt + `},` +
+		`{"local":` + strconv.Quote(self) + `,"out":` + strconv.Quote(out) + `,` + opt + `}]}`
+	buf := exec.Command(toolPath("-modfile="+filepath.Join(out, "tools/go.mod"), "buf"), "generate", "src", "--template", template)
+	buf.Dir = ws
+	buf.Env = append(os.Environ(), runMainEnv+"=1")
+	if b, err := buf.CombinedOutput(); err != nil {
+		t.Fatalf("buf generate: %v\n%s", err, b)
+	}
+	kafkaFiles, _ := filepath.Glob(filepath.Join(dir, "*", "*_kafka.pb.go"))
+	if len(kafkaFiles) == 0 {
 		t.Fatal("no _kafka.pb.go generated")
 	}
-	cmd := exec.Command(goTool, "vet", "./"+filepath.ToSlash(dir)+"/...")
-	out, err := cmd.CombinedOutput()
-	return string(out), err == nil
+	vet := exec.Command(goTool, "vet", "./"+filepath.ToSlash(dir)+"/...")
+	b, err := vet.CombinedOutput()
+	return string(b), err == nil
 }
 
 // TestPlugAdvImportNamedLikeLocals: messages from a Go package whose import
@@ -178,5 +187,129 @@ message Late { reserved 100 to max; string id = 1; }
 				t.Errorf("%d files generated despite the error", len(resp.File))
 			}
 		})
+	}
+}
+
+// TestPlugAdvOddProtosCompile generates, with protoc-gen-go and
+// protoc-gen-go-grpc beside it, protos none of the checked-in goldens is:
+// editions 2023 (implicit presence by default, a delimited message field,
+// a legacy-required key) and 2024 (symbol visibility, the opaque API),
+// proto2 (required, defaults, groups, extensions), well-known types as
+// requests and responses, key fields in a oneof and through an imported
+// message, and names that look like the generated ones (snake_case, a
+// leading underscore, Go keywords, services named Kafka and KafkaSpec,
+// methods named Spec, Register and NewGateway, a service without options
+// beside ones with). Every generated package must pass go vet.
+func TestPlugAdvOddProtosCompile(t *testing.T) {
+	sources := map[string]string{
+		"adv/common/common.proto": `syntax = "proto3";
+package adv.common;
+option go_package = "GOPKG/common";
+message Ref { string id = 1; int64 n = 2; }
+`,
+		"adv/ed23/ed23.proto": `edition = "2023";
+package adv.ed23;
+import "google/protobuf/empty.proto";
+import "kafkarpc/kafka/v1/options.proto";
+import "adv/common/common.proto";
+option go_package = "GOPKG/ed23;ed23";
+option features.field_presence = IMPLICIT;
+message Inner { string id = 1 [features.field_presence = EXPLICIT]; int64 n = 2; }
+enum E { option features.enum_type = CLOSED; E_ZERO = 0; E_ONE = 1; }
+message Req {
+  string id = 1;
+  Inner inner = 2;
+  Inner grp = 3 [features.message_encoding = DELIMITED];
+  int32 req = 4 [features.field_presence = LEGACY_REQUIRED];
+  E e = 5 [features.field_presence = EXPLICIT];
+  oneof o { string oid = 6; Inner oinner = 7; }
+  bytes b = 8;
+  map<string, string> m = 9;
+  adv.common.Ref ref = 10;
+}
+message Resp { string id = 1; }
+service S {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "adv-ed23-q" reply_topic: "adv-ed23-r"};
+  rpc A(Req) returns (Resp) { option (kafkarpc.kafka.v1.method) = {key_field: "inner.id"}; }
+  rpc B(Req) returns (Resp) { option (kafkarpc.kafka.v1.method) = {key_field: "req" key_field_required: true}; }
+  rpc C(stream Req) returns (Resp) { option (kafkarpc.kafka.v1.method) = {key_field: "e"}; }
+  rpc D(Req) returns (stream Resp) { option (kafkarpc.kafka.v1.method) = {key_field: "oid"}; }
+  rpc F(stream Req) returns (stream Resp) { option (kafkarpc.kafka.v1.method) = {key_field: "oinner.n"}; }
+  rpc G(Req) returns (Resp) { option (kafkarpc.kafka.v1.method) = {key_field: "ref.n"}; }
+  rpc Ev(google.protobuf.Empty) returns (stream Resp) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "adv-ed23-f"}}; }
+}
+`,
+		"adv/ed24/ed24.proto": `edition = "2024";
+package adv.ed24;
+import "google/protobuf/empty.proto";
+import "google/protobuf/timestamp.proto";
+import "google/protobuf/any.proto";
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "GOPKG/ed24";
+option features.default_symbol_visibility = LOCAL_ALL;
+export message Req { string id = 1; Inner inner = 2; oneof o { string a = 3; int32 b = 4; } }
+local message Inner { string id = 1; }
+message Resp { string id = 1; }
+service S {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "adv-ed24-q" reply_topic: "adv-ed24-r" key_field: "inner.id"};
+  rpc A(Req) returns (Resp);
+  rpc T(Req) returns (stream google.protobuf.Timestamp);
+  rpc Ev(google.protobuf.Empty) returns (stream Resp) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "adv-ed24-f"}}; }
+}
+service W {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "adv-ed24-q2" reply_topic: "adv-ed24-r2"};
+  rpc E(google.protobuf.Empty) returns (google.protobuf.Empty);
+  rpc X(stream google.protobuf.Any) returns (stream google.protobuf.Timestamp);
+}
+`,
+		"adv/p2/p2.proto": `syntax = "proto2";
+package adv.p2;
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "GOPKG/p2";
+message Req {
+  required string id = 1;
+  optional int32 n = 2 [default = 7];
+  optional group G = 3 { optional string gid = 4; }
+  optional Sub sub = 5;
+  extensions 100 to 200;
+}
+message Sub { optional sint64 v = 1; }
+extend Req { optional string ext = 100; }
+message Resp { optional string id = 1; }
+service S {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "adv-p2-q" reply_topic: "adv-p2-r"};
+  rpc A(Req) returns (Resp) { option (kafkarpc.kafka.v1.method) = {key_field: "id"}; }
+  rpc B(Req) returns (Resp) { option (kafkarpc.kafka.v1.method) = {key_field: "n"}; }
+  rpc C(Req) returns (Resp) { option (kafkarpc.kafka.v1.method) = {key_field: "sub.v" oneway: true}; }
+}
+`,
+		"adv/odd/odd.proto": `syntax = "proto3";
+package adv.odd;
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "GOPKG/odd";
+message Req { string id = 1; message Nested { string id = 1; } }
+// echo_service is snake_case.
+service echo_service {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "adv-odd-q" reply_topic: "adv-odd-r"};
+  // get_thing2 is deprecated.
+  rpc get_thing2(Req) returns (Req.Nested) { option deprecated = true; }
+  rpc _lead(Req.Nested) returns (Req);
+  rpc type(Req) returns (stream Req);
+  rpc Spec(stream Req) returns (Req);
+  rpc Register(Req) returns (Req);
+  rpc NewGateway(Req) returns (Req);
+  rpc String(Req) returns (Req);
+}
+service Kafka { option (kafkarpc.kafka.v1.service) = {request_topic: "adv-odd-q" reply_topic: "adv-odd-r"}; rpc Kafka(Req) returns (Req); }
+service KafkaSpec { option (kafkarpc.kafka.v1.service) = {request_topic: "adv-odd-q" reply_topic: "adv-odd-r"}; rpc Spec(Req) returns (Req); }
+service Plain { rpc P(Req) returns (Req); }
+service Part {
+  rpc P(Req) returns (Req);
+  rpc Q(Req) returns (Req) { option (kafkarpc.kafka.v1.method) = {request_topic: "adv-odd-q" reply_topic: "adv-odd-r"}; }
+}
+`,
+	}
+	if out, ok := compileGenerated(t, sources); !ok {
+		t.Errorf("the generated code does not compile:\n%s", out)
 	}
 }
