@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
 )
 
 // compileGenerated runs buf generate on sources (.proto files by name), as
