@@ -312,3 +312,30 @@ service Part {
 		t.Errorf("the generated code does not compile:\n%s", out)
 	}
 }
+
+// TestPlugAdvKeyFieldMap: a key_field naming a map field, or a path
+// through one (as if to pick an entry by its key), is refused as a map,
+// which is what the user declared, not as a "repeated" field.
+func TestPlugAdvKeyFieldMap(t *testing.T) {
+	const src = `syntax = "proto3";
+package adv.v1;
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/adv/v1;advv1";
+message Ping { map<string, string> labels = 1; }
+service S {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "q" reply_topic: "r"};
+  rpc A(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {key_field: "labels"}; }
+  rpc B(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {key_field: "labels.value"}; }
+}
+`
+	const file = "adv/v1/map.proto"
+	resp := runPlugin(t, compileRequest(t, map[string]string{file: src}, file))
+	want := file + `:8:32: adv.v1.S.A: key_field "labels": adv.v1.Ping.labels is a map; every field on the path must be singular` + "\n" +
+		file + `:9:32: adv.v1.S.B: key_field "labels.value": adv.v1.Ping.labels is a map; every field on the path must be singular`
+	if got := resp.GetError(); got != want {
+		t.Errorf("error:\n got: %s\nwant: %s", got, want)
+	}
+	if len(resp.File) != 0 {
+		t.Errorf("%d files generated despite the error", len(resp.File))
+	}
+}

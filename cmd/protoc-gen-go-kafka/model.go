@@ -881,6 +881,10 @@ func (c *checker) resolveKey(el protoreflect.FullName, m *protogen.Method, k key
 			return "", nil
 		}
 		kf.numbers = append(kf.numbers, int32(fd.Number()))
+		if fd.IsMap() {
+			c.errorf(el, "%s %q: %s is a map; every field on the path must be singular", k.option, k.path, fd.FullName())
+			return "", nil
+		}
 		if fd.Cardinality() == protoreflect.Repeated {
 			c.errorf(el, "%s %q: %s is repeated; every field on the path must be singular", k.option, k.path, fd.FullName())
 			return "", nil
