@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -262,7 +264,13 @@ func (w *Worker) Start() error {
 		return errors.New("kafkarpc: worker started twice")
 	}
 	if len(w.topics) == 0 {
-		return errors.New("kafkarpc: worker has no request topics: register a service first")
+		if len(w.services) == 0 {
+			return errors.New("kafkarpc: worker has no request topics: register a service first")
+		}
+		// Every service registered has only fetch methods, which a
+		// gateway serves from their topics.
+		names := slices.Sorted(maps.Keys(w.services))
+		return fmt.Errorf("kafkarpc: worker has no request topics: the methods of %s are all fetch methods, which a gateway serves from their topics, not a worker; register a service with other methods", strings.Join(names, ", "))
 	}
 	if o := w.outcomes; o != nil && slices.Contains(w.topics, o.topic) {
 		return fmt.Errorf("kafkarpc: WorkerOutcomeTopic %q is one of the worker's request topics; give the stored outcomes a topic of their own", o.topic)

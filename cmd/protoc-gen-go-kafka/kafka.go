@@ -171,7 +171,11 @@ func emitService(g *protogen.GeneratedFile, ks *kafkaService) {
 	g.P("}")
 	g.P()
 
-	comment(g, n.RegisterWorker+" serves impl from the service's request topics: w consumes them and runs each call on impl, writing the replies to the topic each request names.")
+	workerDoc := n.RegisterWorker + " serves impl from the service's request topics: w consumes them and runs each call on impl, writing the replies to the topic each request names."
+	if fetchOnly(ks) {
+		workerDoc += " The methods of " + fullName + " are all fetch methods, which a gateway serves from their topics: the service gives w no request topic, and w.Start fails if no other service does."
+	}
+	comment(g, workerDoc)
 	deprecation(g, deprecated)
 	g.P("func ", n.RegisterWorker, "(w *", runtimePackage.Ident("Worker"), ", impl ", n.Server, ") error {")
 	g.P("return w.RegisterService(", n.spec, ", &", n.ServiceDesc, ", impl)")
@@ -214,6 +218,17 @@ func emitPublisher(g *protogen.GeneratedFile, ks *kafkaService, km *kafkaMethod)
 	g.P("return ", runtimePackage.Ident("NewPublisher"), "[*", out, "](", p, ", ", n.MethodSpec(m), ", ", o, "...)")
 	g.P("}")
 	g.P()
+}
+
+// fetchOnly reports whether every method of ks that travels over Kafka is a
+// fetch.
+func fetchOnly(ks *kafkaService) bool {
+	for _, km := range ks.methods {
+		if km.fetch == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // method returns the model of m, or nil when m does not travel over Kafka.

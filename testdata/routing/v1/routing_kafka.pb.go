@@ -432,7 +432,10 @@ func RegisterFetchOnlyServiceKafkaGateway(s grpc.ServiceRegistrar, gw *runtime.G
 
 // RegisterFetchOnlyServiceKafkaWorker serves impl from the service's request
 // topics: w consumes them and runs each call on impl, writing the replies to
-// the topic each request names.
+// the topic each request names. The methods of
+// testdata.routing.v1.FetchOnlyService are all fetch methods, which a gateway
+// serves from their topics: the service gives w no request topic, and w.Start
+// fails if no other service does.
 func RegisterFetchOnlyServiceKafkaWorker(w *runtime.Worker, impl FetchOnlyServiceServer) error {
 	return w.RegisterService(_FetchOnlyService_KafkaSpec, &FetchOnlyService_ServiceDesc, impl)
 }
