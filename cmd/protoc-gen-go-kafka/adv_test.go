@@ -339,3 +339,36 @@ service S {
 		t.Errorf("%d files generated despite the error", len(resp.File))
 	}
 }
+
+// TestPlugAdvMethodNamedLikeEmbedded: the gateway type embeds
+// protoc-gen-go-grpc's Unimplemented<Service>Server, so a method of that
+// name gave "field and method with the same name" in the _kafka.pb.go
+// (protoc-gen-go-grpc's own output compiles), or, for a method that does
+// not travel over Kafka, a gateway whose promoted method the field hides,
+// which gRPC refuses when it is registered. The plugin must refuse it.
+func TestPlugAdvMethodNamedLikeEmbedded(t *testing.T) {
+	const src = `syntax = "proto3";
+package adv.v1;
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/adv/v1;advv1";
+message Ping { string id = 1; }
+service S {
+  option (kafkarpc.kafka.v1.service) = {request_topic: "q" reply_topic: "r"};
+  rpc UnimplementedSServer(Ping) returns (Ping);
+}
+service T {
+  rpc UnimplementedTServer(Ping) returns (Ping);
+  rpc M(Ping) returns (Ping) { option (kafkarpc.kafka.v1.method) = {request_topic: "q" reply_topic: "r"}; }
+}
+`
+	const file = "adv/v1/embedded.proto"
+	resp := runPlugin(t, compileRequest(t, map[string]string{file: src}, file))
+	want := file + `:8:3: adv.v1.S.UnimplementedSServer: the generated gateway SKafkaGateway embeds UnimplementedSServer, protoc-gen-go-grpc's type, so a method of that Go name cannot be one of its methods: rename the method` + "\n" +
+		file + `:11:3: adv.v1.T.UnimplementedTServer: the generated gateway TKafkaGateway embeds UnimplementedTServer, protoc-gen-go-grpc's type, so a method of that Go name cannot be one of its methods: rename the method`
+	if got := resp.GetError(); got != want {
+		t.Errorf("error:\n got: %s\nwant: %s", got, want)
+	}
+	if len(resp.File) != 0 {
+		t.Errorf("%d files generated despite the error", len(resp.File))
+	}
+}

@@ -323,6 +323,15 @@ func (c *checker) goNames(kf *kafkaFile, declared map[string]string) {
 		el := ks.service.Desc.FullName()
 		c.declare(declared, el, "service "+string(el),
 			n.Spec, n.spec, n.Gateway, n.NewGateway, n.RegisterGateway, n.RegisterWorker)
+		// The gateway embeds protoc-gen-go-grpc's Unimplemented<Service>Server:
+		// a method of that name would be a method and a field of one type
+		// (a Kafka method) or hidden by the field, leaving the gateway short
+		// of a method of the server interface (any other).
+		for _, m := range ks.service.Methods {
+			if m.GoName == n.Unimplemented {
+				c.errorf(m.Desc.FullName(), "the generated gateway %s embeds %s, protoc-gen-go-grpc's type, so a method of that Go name cannot be one of its methods: rename the method", n.Gateway, n.Unimplemented)
+			}
+		}
 		for _, km := range ks.methods {
 			m := km.method
 			mel := m.Desc.FullName()
