@@ -877,7 +877,9 @@ type FetchFilter struct {
 	// can follow several keys). A name ending in "-bin" takes the binary value.
 	// A caller without it is refused with INVALID_ARGUMENT naming it, unless
 	// metadata_optional. Default: empty, no such condition. Excludes key. A
-	// lower-case metadata name, as in MetadataMatch.
+	// lower-case metadata name, as in MetadataMatch, and none that carries a
+	// resume id: not resume_metadata, "last-message-id" or "last-event-id",
+	// nor these with "-bin".
 	//
 	//	key_metadata: "x-customer"
 	KeyMetadata string `protobuf:"bytes,3,opt,name=key_metadata,json=keyMetadata,proto3" json:"key_metadata,omitempty"`
@@ -973,7 +975,8 @@ type HeaderFromMetadata struct {
 	//	name: "tenant"
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Request metadata whose value the header must have. Required; a
-	// lower-case metadata name, as in MetadataMatch.
+	// lower-case metadata name, as in MetadataMatch, and none that carries a
+	// resume id (see FetchFilter.key_metadata).
 	//
 	//	metadata: "x-tenant"
 	Metadata      string `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`

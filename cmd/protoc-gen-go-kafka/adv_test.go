@@ -372,3 +372,48 @@ service T {
 		t.Errorf("%d files generated despite the error", len(resp.File))
 	}
 }
+
+// TestPlugAdvFetchFilterResumeMetadata: the gateway reads a resuming fetch
+// caller's event id from the method's resume_metadata and, on every fetch
+// method, from "last-message-id" and "last-event-id", each also with
+// "-bin". A filter whose key or header value comes from one of those names
+// was accepted: a caller that does not resume was refused for lacking the
+// metadata (INVALID_ARGUMENT), and one that resumes had its event id taken
+// for the record key or header value, so it received nothing. The plugin
+// must refuse the combination, naming the filter option.
+func TestPlugAdvFetchFilterResumeMetadata(t *testing.T) {
+	const header = `syntax = "proto3";
+package adv.v1;
+import "google/protobuf/empty.proto";
+import "kafkarpc/kafka/v1/options.proto";
+option go_package = "github.com/kafkarpc/protoc-gen-go-kafka/adv/v1;advv1";
+message Ev { string id = 1; }
+`
+	const rpc = `service S { rpc E(google.protobuf.Empty) returns (stream Ev) { option (kafkarpc.kafka.v1.method) = {fetch: {topic: "f" `
+	for name, c := range map[string]struct{ src, want string }{
+		"default key": {rpc + `filters: {key_metadata: "last-message-id"}}}; } }`,
+			`:7:64: adv.v1.S.E: fetch.filters[0].key_metadata "last-message-id" carries a resuming caller's event id: the gateway reads it from "last-message-id" and "last-event-id", each also with "-bin"; name other metadata`},
+		"synonym bin key": {rpc + `filters: {key_metadata: "last-event-id-bin"}}}; } }`,
+			`:7:64: adv.v1.S.E: fetch.filters[0].key_metadata "last-event-id-bin" carries a resuming caller's event id: the gateway reads it from "last-message-id" and "last-event-id", each also with "-bin"; name other metadata`},
+		"own header": {rpc + `resume_metadata: "x-last" filters: {key: "k"} filters: {header_metadata: {name: "h" metadata: "x-last"}}}}; } }`,
+			`:7:64: adv.v1.S.E: fetch.filters[1].header_metadata[0].metadata "x-last" carries a resuming caller's event id: the gateway reads it from "x-last" (resume_metadata), "last-message-id" and "last-event-id", each also with "-bin"; name other metadata`},
+		"others": {rpc + `resume_metadata: "x-last" filters: {key_metadata: "x-customer" header_metadata: {name: "h" metadata: "x-tenant"}}}}; } }`, ``},
+	} {
+		t.Run(name, func(t *testing.T) {
+			file := "adv/v1/" + strings.ReplaceAll(name, " ", "_") + ".proto"
+			resp := runPlugin(t, compileRequest(t, map[string]string{file: header + c.src}, file))
+			if c.want == "" {
+				if resp.Error != nil || len(resp.File) != 1 {
+					t.Errorf("got error %q and %d files, want 1 file", resp.GetError(), len(resp.File))
+				}
+				return
+			}
+			if got, want := resp.GetError(), file+c.want; got != want {
+				t.Errorf("error:\n got: %s\nwant: %s", got, want)
+			}
+			if len(resp.File) != 0 {
+				t.Errorf("%d files generated despite the error", len(resp.File))
+			}
+		})
+	}
+}

@@ -23,6 +23,9 @@ import (
 const (
 	defaultEventIDField   = 32767
 	defaultResumeMetadata = "last-message-id"
+	// resumeMetadataSynonym is read for a resume id on every fetch
+	// method, as wire.ResumeMetadataSynonym says.
+	resumeMetadataSynonym = "last-event-id"
 )
 
 // Limits of the values the options take.
@@ -808,6 +811,32 @@ func (c *checker) fetch(m *protogen.Method, kind methodKind, mrule *kafkaoptions
 		ft.resumeMetadata = defaultResumeMetadata
 	} else if c.metadataName(el, "fetch.resume_metadata", ft.resumeMetadata) && strings.HasSuffix(ft.resumeMetadata, "-bin") {
 		c.errorf(el, "fetch.resume_metadata %q must not end in \"-bin\": name the base64 variant, the binary one adds \"-bin\"", ft.resumeMetadata)
+	}
+
+	// The gateway reads a resuming caller's event id from these names: a
+	// filter taking its value from one of them would take the event id for
+	// a record key or header value, and refuse every caller that does not
+	// resume.
+	resume := map[string]bool{}
+	for _, n := range []string{ft.resumeMetadata, defaultResumeMetadata, resumeMetadataSynonym} {
+		resume[n], resume[n+"-bin"] = true, true
+	}
+	resumeNames := fmt.Sprintf("%q and %q", defaultResumeMetadata, resumeMetadataSynonym)
+	if ft.resumeMetadata != defaultResumeMetadata && ft.resumeMetadata != resumeMetadataSynonym {
+		resumeNames = fmt.Sprintf("%q (resume_metadata), %s", ft.resumeMetadata, resumeNames)
+	}
+	clash := func(option, name string) {
+		if resume[name] {
+			c.errorf(el, "%s %q carries a resuming caller's event id: the gateway reads it from %s, each also with \"-bin\"; name other metadata", option, name, resumeNames)
+		}
+	}
+	for i, f := range ft.filters {
+		if f.keyMetadata != "" {
+			clash(fmt.Sprintf("fetch.filters[%d].key_metadata", i), f.keyMetadata)
+		}
+		for j, h := range f.headerMetadata {
+			clash(fmt.Sprintf("fetch.filters[%d].header_metadata[%d].metadata", i, j), h.value)
+		}
 	}
 	return ft
 }
