@@ -123,6 +123,12 @@ const (
 	// readers (only with the classic group protocol): a rebalance moves
 	// only the partitions that change owner, so the others keep serving.
 	DefaultAssignmentStrategy = "cooperative-sticky"
+	// DefaultGroupMetadataRefreshMs is topic.metadata.refresh.interval.ms
+	// for group readers: how often they refresh their topics' metadata,
+	// and so how soon partitions added to a topic they consume are
+	// noticed, assigned and read (librdkafka's default: 5 minutes). One
+	// metadata request per group reader every 10 s.
+	DefaultGroupMetadataRefreshMs = 10000
 	// DefaultCloseTimeout bounds the flush done by Close.
 	DefaultCloseTimeout = 5 * time.Second
 
@@ -181,7 +187,9 @@ const (
 //     (DefaultHeartbeatIntervalMs) unless cfg sets them; under
 //     group.protocol=consumer the broker sets all three, and they are
 //     removed from the configuration. The eager strategies (range,
-//     roundrobin) work too.
+//     roundrobin) work too. topic.metadata.refresh.interval.ms = 10000
+//     (DefaultGroupMetadataRefreshMs): partitions added to a topic are
+//     read within about 10 s, not librdkafka's 5 minutes.
 //
 // Logging (always): go.logs.channel.enable = true, and the logs are
 // forwarded to the logger of WithLogger (default slog.Default()), unless

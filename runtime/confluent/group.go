@@ -60,6 +60,10 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 	if cfg.StartAtLatest {
 		kcfg["auto.offset.reset"] = "latest"
 	}
+	// Partitions added to a subscribed topic are noticed at the next
+	// metadata refresh: librdkafka's 5 minutes left the calls produced to
+	// a worker's new request partitions unserved that long.
+	setDefault(kcfg, DefaultGroupMetadataRefreshMs, "topic.metadata.refresh.interval.ms")
 	if err := cfg.Protocol.Check(); err != nil {
 		return nil, fmt.Errorf("confluent: %w", err)
 	}

@@ -283,7 +283,9 @@ func WithCloseTimeout(d time.Duration) Option {
 //     offset of a partition without a committed offset: earliest, or latest
 //     with GroupConfig.StartAtLatest (never overridable); kgo's reset policy
 //     for an offset out of range (a committed offset below the log start
-//     resumes at the log start).
+//     resumes at the log start); metadata refreshed every 10 s
+//     (DefaultGroupMetadataMaxAge, kgo's 5 minutes otherwise), so that
+//     partitions added to a topic are read within about 10 s.
 //
 // The returned *Client is safe for concurrent use.
 func New(opts ...Option) (*Client, error) {

@@ -114,7 +114,7 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 	}
 	kc, err := c.newConsumerClient(c.consumerOpts(role, cfg.ReadCommitted,
 		// WithConsumerOpts may override these.
-		[]kgo.Opt{kgo.SessionTimeout(DefaultSessionTimeout), kgo.HeartbeatInterval(DefaultHeartbeatInterval)},
+		[]kgo.Opt{kgo.SessionTimeout(DefaultSessionTimeout), kgo.HeartbeatInterval(DefaultHeartbeatInterval), kgo.MetadataMaxAge(DefaultGroupMetadataMaxAge)},
 		append(protocol,
 			kgo.ConsumerGroup(cfg.GroupID),
 			kgo.ConsumeTopics(slices.Clone(cfg.Topics)...),
@@ -423,6 +423,14 @@ func (g *GroupReader) Close() error {
 // partitions, one stalled for less does not. Under the consumer protocol
 // (KIP-848) the broker's group.consumer.session.timeout.ms applies instead.
 const DefaultSessionTimeout = 6 * time.Second
+
+// DefaultGroupMetadataMaxAge is the kgo.MetadataMaxAge of group readers
+// unless WithConsumerOpts sets it: how often a group reader refreshes the
+// metadata of its topics, and so how soon partitions added to a topic it
+// consumes are noticed, assigned and read (kgo's default is 5 minutes: the
+// calls produced to a worker's new request partitions meanwhile waited
+// that long). One metadata request per group reader every 10 s.
+const DefaultGroupMetadataMaxAge = 10 * time.Second
 
 // DefaultHeartbeatInterval is the heartbeat interval of group readers under
 // the classic protocol unless WithConsumerOpts sets kgo.HeartbeatInterval
