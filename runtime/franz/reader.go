@@ -201,9 +201,12 @@ func (r *Reader) advance(recs []*kafkaclient.Record) {
 
 // readAnew purges topics, which kgo knows by an id Kafka no longer has (they
 // were deleted and created again), and assigns their partitions again from
-// where the reader was: kgo then learns the new id, and reads on from there
-// in the new log, or, that offset being past the new log's end, from its
-// start (kgo's reset, as librdkafka's reader does).
+// the new log's start: kgo then learns the new id. An offset of the old log
+// names nothing in the new one, and every record of the new log is unread
+// (kgo could not fetch it under the old id): resuming at the old position
+// skipped the new log's first records whenever more had been written there
+// by the time the reader noticed (a gateway's reply reader lost the replies
+// of the first calls after a reply topic was created again).
 func (r *Reader) readAnew(topics []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -211,15 +214,16 @@ func (r *Reader) readAnew(topics []string) {
 		return
 	}
 	add := make(map[string]map[int32]kgo.Offset)
-	for tp, off := range r.assigned {
+	for tp := range r.assigned {
 		if slices.Contains(topics, tp.Topic) {
 			if add[tp.Topic] == nil {
 				add[tp.Topic] = make(map[int32]kgo.Offset)
 			}
-			add[tp.Topic][tp.Partition] = kgoOffset(off)
+			add[tp.Topic][tp.Partition] = kgo.NewOffset().AtStart()
+			r.assigned[tp] = -2 // the beginning
 		}
 	}
-	r.log.Warn("franz: a topic read has a new id (deleted and created again): reading it anew", "topics", topics)
+	r.log.Warn("franz: a topic read has a new id (deleted and created again): reading it anew from its start", "topics", topics)
 	r.kc.PurgeTopicsFromClient(topics...)
 	r.kc.AddConsumePartitions(add)
 }
