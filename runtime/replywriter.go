@@ -203,22 +203,20 @@ func (t *txnWriter) flush(c *call) error {
 		// among them would tell the caller OK over the gap (the direct
 		// writer's batch fails with the reply). The caller gets the
 		// failure instead (lostStatus, written by the next flush).
-		kept := out[:0]
-		var gap bool
-		for _, rec := range out {
-			if gap && rec.Topic == c.replyTo {
-				continue
-			}
-			if err := t.w.limits.refused(rec); err != nil {
-				c.sent.unacked.Add(1)
-				c.acked(rec, err)
-				gap = gap || rec.Topic == c.replyTo
-				continue
-			}
-			kept = append(kept, rec)
+		var missing error
+		c.sent.outbox, missing = t.keep(c, out)
+		cfg := &t.w.cfg
+		if missing != nil && cfg.deadLetterTopic != "" && c.wm != nil && c.sent.noReplyTopic.CompareAndSwap(false, true) {
+			// Nobody can read an answer to a topic that does not exist:
+			// the request goes to the dead-letter topic, once, in the
+			// transaction that commits its offset (as the directWriter
+			// copies it before committing).
+			n := len(c.sent.outbox)
+			c.deadLetter(status.Newf(codes.NotFound, "%s: reply topic %q does not exist", c.method(), c.replyTo))
+			var dl []*kafkaclient.Record
+			dl, _ = t.keep(c, c.sent.outbox[n:])
+			c.sent.outbox = append(c.sent.outbox[:n], dl...)
 		}
-		clear(out[len(kept):])
-		c.sent.outbox = kept
 	}
 	if rec := c.sent.outcome; rec != nil {
 		if err := t.w.limits.refused(rec); err != nil {
@@ -253,6 +251,34 @@ func (t *txnWriter) flush(c *call) error {
 	}
 	c.sent.unacked.Wait()
 	return c.sent.failure()
+}
+
+// keep returns the records of out Kafka would take (topicLimits.refused),
+// in out's memory, and fails the others as Kafka's refusal would (c.acked),
+// with the records of c's reply topic after a refused one: they would
+// leave a gap. It also returns the refusal of a reply for a reply topic
+// that does not exist, if any.
+func (t *txnWriter) keep(c *call, out []*kafkaclient.Record) ([]*kafkaclient.Record, error) {
+	kept := out[:0]
+	var gap bool
+	var missing error
+	for _, rec := range out {
+		if gap && rec.Topic == c.replyTo {
+			continue
+		}
+		if err := t.w.limits.refused(rec); err != nil {
+			if rec.Topic == c.replyTo && errors.Is(err, kafkaclient.ErrUnknownTopic) && missing == nil {
+				missing = err
+			}
+			c.sent.unacked.Add(1)
+			c.acked(rec, err)
+			gap = gap || rec.Topic == c.replyTo
+			continue
+		}
+		kept = append(kept, rec)
+	}
+	clear(out[len(kept):])
+	return kept, missing
 }
 
 // produce produces rec into the open transaction. A record for a topic
