@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,10 +16,28 @@ import (
 // TxnProducer implements kafkaclient.TxnProducer on a librdkafka
 // transactional producer (transactional.id set, idempotence on, acks=all).
 // See kafkaclient.TxnProducer for which methods may run concurrently.
+//
+// A record that fails (its done gets an error: Kafka refused it, say) is
+// left out of the transaction and the others commit, as with franz-go:
+// librdkafka makes such a transaction one that must be aborted, and fails
+// the records produced after it with ERR__STATE, so those are reported
+// acknowledged and kept, and Commit aborts the transaction, produces its
+// acknowledged and kept records into the next one, once, and commits that.
 type TxnProducer struct {
 	c      *Client
 	p      *producer
 	closed atomic.Bool // Close was called: every later call fails with kafkaclient.ErrClosed
+
+	mu     sync.Mutex
+	open   []*txnRecord // the records of the open transaction
+	failed bool         // one of them failed
+}
+
+// txnRecord is a record of the open transaction and its delivery result.
+type txnRecord struct {
+	r   *kafkaclient.Record
+	err error
+	ok  bool // acknowledged
 }
 
 var _ kafkaclient.TxnProducer = (*TxnProducer)(nil)
@@ -70,7 +89,29 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 		go done(r, kafkaclient.ErrClosed)
 		return
 	}
-	t.c.produceOn(t.p, r, nil, done)
+	tr := &txnRecord{r: r}
+	t.mu.Lock()
+	t.open = append(t.open, tr)
+	t.mu.Unlock()
+	t.c.produceOn(t.p, r, nil, func(r *kafkaclient.Record, err error) {
+		// A record librdkafka fails because another failed first (the
+		// transaction must be aborted: ERR__STATE) is kept for the
+		// transaction Commit commits, as with franz-go it would be in
+		// the open one: acknowledged, as a record of a transaction is,
+		// until its commit.
+		var ke kafka.Error
+		kept := err != nil && errors.As(err, &ke) && ke.Code() == kafka.ErrState
+		t.mu.Lock()
+		tr.ok, tr.err = err == nil || kept, err
+		if err != nil {
+			t.failed = true
+		}
+		t.mu.Unlock()
+		if kept {
+			err = nil
+		}
+		done(r, err)
+	})
 }
 
 // Flush waits until every record produced so far was acknowledged or
@@ -91,6 +132,28 @@ func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, of
 	if t.closed.Load() {
 		return kafkaclient.ErrClosed
 	}
+	err := t.commit(ctx, gr, offsets)
+	var ke kafka.Error
+	t.mu.Lock()
+	failed := t.failed
+	t.mu.Unlock()
+	if err != nil && failed && errors.As(err, &ke) && ke.TxnRequiresAbort() {
+		// A record failed, and librdkafka will not commit the others
+		// without it: they go into the next transaction.
+		err = t.commitAgain(ctx, gr, offsets, err)
+	}
+	if err != nil {
+		return err
+	}
+	t.reset()
+	if err := t.p.p.BeginTransaction(); err != nil {
+		return fmt.Errorf("confluent: begin transaction: %w", err)
+	}
+	return nil
+}
+
+// commit adds offsets to the open transaction and commits it.
+func (t *TxnProducer) commit(ctx context.Context, gr kafkaclient.GroupReader, offsets []kafkaclient.TopicPartitionOffset) error {
 	if len(offsets) > 0 {
 		g, ok := gr.(*GroupReader)
 		if !ok {
@@ -112,10 +175,55 @@ func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, of
 	if err := t.p.p.CommitTransaction(ctx); err != nil {
 		return fmt.Errorf("confluent: commit transaction: %w", err)
 	}
+	return nil
+}
+
+// commitAgain aborts the open transaction, which failed (cause) because a
+// record of it failed, produces its acknowledged records into a new one
+// and commits that with offsets. It returns cause when a record fails
+// again: the new transaction is left for the caller to abort.
+func (t *TxnProducer) commitAgain(ctx context.Context, gr kafkaclient.GroupReader, offsets []kafkaclient.TopicPartitionOffset, cause error) error {
+	t.mu.Lock()
+	var again []*kafkaclient.Record
+	for _, tr := range t.open {
+		if tr.ok {
+			again = append(again, tr.r)
+		}
+	}
+	t.mu.Unlock()
+	t.reset()
+	if err := t.p.p.AbortTransaction(ctx); err != nil {
+		return fmt.Errorf("%w (aborting it: %v)", cause, err)
+	}
 	if err := t.p.p.BeginTransaction(); err != nil {
-		return fmt.Errorf("confluent: begin transaction: %w", err)
+		return fmt.Errorf("%w (beginning the next: %v)", cause, err)
+	}
+	var refused atomic.Pointer[error]
+	for _, r := range again {
+		t.c.produceOn(t.p, r, nil, func(_ *kafkaclient.Record, err error) {
+			if err != nil {
+				refused.CompareAndSwap(nil, &err)
+			}
+		})
+	}
+	if err := t.Flush(ctx); err != nil {
+		return fmt.Errorf("%w (producing the acknowledged records again: %v)", cause, err)
+	}
+	if p := refused.Load(); p != nil {
+		return fmt.Errorf("%w (producing the acknowledged records again: %v)", cause, *p)
+	}
+	if err := t.commit(ctx, gr, offsets); err != nil {
+		return fmt.Errorf("%w (committing the acknowledged records again: %v)", cause, err)
 	}
 	return nil
+}
+
+// reset forgets the records of the open transaction.
+func (t *TxnProducer) reset() {
+	t.mu.Lock()
+	clear(t.open)
+	t.open, t.failed = t.open[:0], false
+	t.mu.Unlock()
 }
 
 // Abort aborts the open transaction and begins the next one.
@@ -123,6 +231,7 @@ func (t *TxnProducer) Abort(ctx context.Context) error {
 	if t.closed.Load() {
 		return kafkaclient.ErrClosed
 	}
+	t.reset()
 	if err := t.p.p.AbortTransaction(ctx); err != nil {
 		return fmt.Errorf("confluent: abort transaction: %w", err)
 	}

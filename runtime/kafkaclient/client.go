@@ -314,7 +314,9 @@ type TxnClient interface {
 // serialises them).
 type TxnProducer interface {
 	// Produce enqueues r in the open transaction, like Client.Produce with
-	// AcksAll.
+	// AcksAll. A record whose done gets an error is not in the transaction
+	// Commit commits; the records acknowledged are (a record refused does
+	// not make the others fail).
 	Produce(r *Record, done func(*Record, error))
 	// Flush waits until every record produced so far was acknowledged (as
 	// part of the open transaction, not yet visible to read_committed
