@@ -8,8 +8,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -276,74 +274,4 @@ func TestEosAdvDeadLetterRefused(t *testing.T) {
 	if err := e.worker.Err(); err != nil {
 		t.Fatalf("the worker stopped: %v", err)
 	}
-}
-
-// TestEosAdvRebalanceUnderLoad: exactly-once workers joining and leaving
-// the group while calls flow. Every call is answered, with its own echo,
-// and no worker stops (a rebalance is routine: a transaction's offsets for
-// a generation that moved on must not stop a worker for good).
-func TestEosAdvRebalanceUnderLoad(t *testing.T) {
-	e, client := eosEnv(t, echoserver.Server{}, true)
-	ctx := ctxFor(t, 180*time.Second)
-	const callers, perCaller = 4, 2000 // each caller stops at stop, or after perCaller calls
-	errs := make(chan error, callers*perCaller)
-	stop := make(chan struct{})
-	var answered atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var wg sync.WaitGroup
-		for c := range callers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range perCaller {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					m := fmt.Sprintf("c%d-%d", c, i)
-					cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-					r, err := client.EchoUnary(cctx, &echov1.EchoRequest{Message: m})
-					cancel()
-					if err == nil && r.GetMessage() != m {
-						err = fmt.Errorf("call %s answered %q", m, r.GetMessage())
-					}
-					if err != nil {
-						errs <- fmt.Errorf("call %s: %w", m, err)
-					}
-					answered.Add(1)
-				}
-			}()
-		}
-		wg.Wait()
-	}()
-	var others []*runtime.Worker
-	for range 2 {
-		w := startWorker(t, e, echoserver.Server{}, runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
-		others = append(others, w)
-	}
-	for _, w := range others {
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_ = w.Shutdown(sctx)
-		cancel()
-		if err := w.Err(); err != nil {
-			t.Errorf("a worker that left stopped by itself: %v", err)
-		}
-	}
-	close(stop)
-	select {
-	case <-done:
-	case <-ctx.Done():
-		t.Fatal("calls not over within 180 s")
-	}
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if err := e.worker.Err(); err != nil {
-		t.Fatalf("the first worker stopped: %v", err)
-	}
-	t.Logf("%d calls answered", answered.Load())
 }
