@@ -7,6 +7,7 @@ package runtime_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -273,5 +274,39 @@ func TestEosAdvDeadLetterRefused(t *testing.T) {
 	}
 	if err := e.worker.Err(); err != nil {
 		t.Fatalf("the worker stopped: %v", err)
+	}
+}
+
+// TestEosAdvBidiPingPong: a bidi stream whose caller waits for each
+// response before it sends the next message, the usual way to use one.
+// With WorkerExactlyOnce the caller must get the response to its first
+// message while the stream is open, or be told at once that the worker
+// cannot serve it so; it must not wait for its deadline.
+func TestEosAdvBidiPingPong(t *testing.T) {
+	_, client := eosEnv(t, echoserver.Server{}, true)
+	ctx := ctxFor(t, 30*time.Second)
+	bs, err := client.EchoBidiStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range int32(3) {
+		if err := bs.Send(&echov1.EchoRequest{Message: fmt.Sprint(i)}); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+		r, err := bs.Recv()
+		if status.Code(err) == codes.DeadlineExceeded {
+			t.Fatalf("Recv %d: %v: the caller waited for its deadline", i, err)
+		}
+		if err != nil {
+			t.Logf("Recv %d: %v", i, err)
+			return
+		}
+		if r.GetIndex() != i || r.GetMessage() != fmt.Sprint(i) {
+			t.Fatalf("Recv %d: %v", i, r)
+		}
+	}
+	_ = bs.CloseSend()
+	if _, err := bs.Recv(); err != io.EOF {
+		t.Fatalf("bidi end: %v", err)
 	}
 }

@@ -284,6 +284,9 @@ func WorkerDeadLetterTopic(topic string) WorkerOption {
 // are produced together when it ends, so a server stream arrives as one
 // burst, and a call the worker gives up (rebalance, shutdown) writes
 // nothing, whatever its handler sent: the next member serves it whole.
+// Except a bidi stream's responses sent while its caller's stream is still
+// open, which its caller may wait for: they go out at the next commit, and
+// for them it is as without the option (at least once).
 // What it does not cover: the handler's own side effects (a database
 // write, a call to another service) happen again when a request is served
 // again; make them idempotent (the idempotency-key metadata helps).

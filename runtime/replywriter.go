@@ -52,6 +52,7 @@ type delivery struct {
 	outbox  []*kafkaclient.Record // txnWriter: what flush produces; the call's own
 	outcome *kafkaclient.Record   // txnWriter: the stored outcome flush produces after the outbox
 	inTxn   bool                  // txnWriter: flush put records in the open transaction
+	early   bool                  // txnWriter: records went out before the call's end (txnWriter.early)
 	// noReplyTopic is set once Kafka said the call's reply topic does not
 	// exist (its request then goes to the dead-letter topic, once).
 	noReplyTopic atomic.Bool
@@ -144,7 +145,8 @@ func (directWriter) discard(*call) bool { return false }
 // the commit fail, and the worker with it.
 //
 // A call enters the open transaction at its first flush and leaves it at
-// settle; a commit closes the transaction to calls not yet in it, waits
+// settle (a bidi call's responses sent while its caller's stream is open
+// go into the transaction at once, without holding its commit: early); a commit closes the transaction to calls not yet in it, waits
 // until those in it settled, and commits it with the safe offsets of every
 // partition: so a call's records, all produced between its first flush and
 // its settle, are in the transaction that commits its offset, and no record
@@ -170,6 +172,44 @@ func newTxnWriter(w *Worker, txn kafkaclient.TxnProducer) *txnWriter {
 
 func (t *txnWriter) send(c *call, rec *kafkaclient.Record) {
 	c.sent.outbox = append(c.sent.outbox, rec)
+	if rec.Value != nil && rec.Topic == c.replyTo && c.wm != nil && c.wm.spec.Kind == KindBidiStream && !c.in.complete() {
+		// A bidi caller whose stream is still open may wait for this
+		// response before it sends more: kept until the call's end, it
+		// would wait for its deadline.
+		t.early(c)
+	}
+}
+
+// early produces c's outbox into the open transaction at once, without
+// keeping the call in it, and asks for a commit: the records become
+// visible then, whether or not c has ended. The
+// records refused for good fail as flush fails them.
+func (t *txnWriter) early(c *call) {
+	kept, _ := t.keep(c, c.sent.outbox)
+	c.sent.outbox = nil
+	if len(kept) == 0 {
+		return
+	}
+	t.mu.Lock()
+	for t.closing {
+		t.cond.Wait()
+	}
+	t.open++
+	t.dirty = true
+	t.mu.Unlock()
+	c.sent.early = true
+	for _, rec := range kept {
+		c.sent.unacked.Add(1)
+		t.produce(rec, c.acked)
+	}
+	t.mu.Lock()
+	if t.open--; t.open == 0 {
+		t.cond.Broadcast()
+	}
+	t.mu.Unlock()
+	if cm := t.w.committer; cm != nil {
+		cm.poke() // visible at the next commit, not at some other call's end
+	}
 }
 
 func (t *txnWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
@@ -179,7 +219,7 @@ func (t *txnWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
 // discard drops c's records unless a flush already put some in the open
 // transaction.
 func (t *txnWriter) discard(c *call) bool {
-	if c.sent.inTxn {
+	if c.sent.inTxn || c.sent.early {
 		return false
 	}
 	clear(c.sent.outbox)
