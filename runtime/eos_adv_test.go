@@ -147,6 +147,20 @@ func TestEosAdvZombieFenced(t *testing.T) {
 	if w2.Err() != nil {
 		t.Fatalf("the new instance stopped: %v", w2.Err())
 	}
+	// The fenced instance stopped by itself, and says why.
+	select {
+	case <-e.worker.Done():
+	case <-ctx.Done():
+		t.Fatal("the fenced worker's Done was not closed within 120 s")
+	}
+	if e.worker.Err() == nil {
+		t.Fatal("the fenced worker stopped with Err() nil")
+	}
+	select {
+	case <-w2.Done():
+		t.Fatalf("the new instance's Done is closed: %v", w2.Err())
+	default:
+	}
 }
 
 // TestEosAdvReplyRefused: README says a reply Kafka refuses with an error it

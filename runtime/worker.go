@@ -313,6 +313,15 @@ func (w *Worker) Start() error {
 // than partitions).
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
+// Done is closed once a started worker stopped: after Shutdown or Close,
+// or by itself after an error it cannot recover from (a failed transaction
+// with WorkerExactlyOnce: fenced by another instance of its transactional
+// id, or a commit that raced a rebalance), which Err then returns. A
+// service supervises a worker by waiting on it and exiting, or starting a
+// new worker, when Err is not nil. Never closed for a worker that was not
+// started. Safe for concurrent use.
+func (w *Worker) Done() <-chan struct{} { return w.loopDone }
+
 // Shutdown stops fetching requests, lets the calls in flight finish until ctx
 // ends, commits, and leaves the group. Calls still running when ctx ends are
 // cancelled: those that sent no reply yet are left uncommitted, so that

@@ -81,7 +81,13 @@ func main() {
 		fmt.Printf("echo-worker: ready: serving %v from Kafka at %s, group %s\n", worker.Topics(), *brokers, worker.GroupID())
 	case <-ctx.Done():
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-worker.Done():
+		// It stopped by itself (a failed transaction): exit, so that the
+		// supervisor starts it again.
+		app.Fatal(logger, "the worker stopped", worker.Err())
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := worker.Shutdown(sctx); err != nil {
