@@ -115,3 +115,42 @@ func RefreshReplyPartitionsForTest(ctx context.Context, g *Gateway) error {
 	}
 	return nil
 }
+
+// PendingForTest returns the number of calls registered in the reply
+// routers of g (calls in flight waiting for replies). Tests only.
+func PendingForTest(g *Gateway) int {
+	g.mu.Lock()
+	rs := make([]*replyRouter, 0, len(g.routers))
+	for _, r := range g.routers {
+		rs = append(rs, r)
+	}
+	g.mu.Unlock()
+	n := 0
+	for _, r := range rs {
+		n += len(r.pending.all())
+	}
+	return n
+}
+
+// ConnGatewayForTest returns the gateway a ClientConn calls through.
+// Tests only.
+func ConnGatewayForTest(cc *ClientConn) *Gateway { return cc.g }
+
+// WorkerTablesForTest returns the sizes of the worker's per-call tables:
+// calls in flight, oneway calls, detached calls, key queues, repeated
+// attempts skipped, waiters, held first offsets and skipped attempts'
+// offsets. Tests only.
+func WorkerTablesForTest(w *Worker) map[string]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return map[string]int{
+		"calls":    len(w.calls),
+		"oneway":   len(w.oneway),
+		"detached": len(w.detached),
+		"keys":     len(w.keys.queues),
+		"dupes":    len(w.repeats.dupes),
+		"waiters":  len(w.repeats.waiters),
+		"held":     len(w.repeats.held),
+		"attempts": len(w.repeats.attempts),
+	}
+}

@@ -50,6 +50,9 @@ type Gateway struct {
 	dropped metric.Int64Counter
 
 	fanout *fanout // fetch methods (fanout.go)
+	// fetchMetrics is the registration of the fetch metrics' callback,
+	// unregistered by Close; nil when the meter provider refused it.
+	fetchMetrics metric.Registration
 
 	topics topicGuard // which request topics exist (topics.go)
 }
@@ -82,7 +85,7 @@ func newGateway(client kafkaclient.Client, cfg gatewayConfig) *Gateway {
 	empty := map[*MethodSpec]*methodPrep{}
 	g.preps.Store(&empty)
 	g.fanout = newFanout(g)
-	registerFetchMetrics(meter, g)
+	g.fetchMetrics = registerFetchMetrics(meter, g)
 	return g
 }
 
@@ -221,6 +224,9 @@ func (g *Gateway) Close() error {
 	g.cancel()
 	g.mu.Unlock()
 	g.wg.Wait()
+	if g.fetchMetrics != nil {
+		_ = g.fetchMetrics.Unregister()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var errs []error

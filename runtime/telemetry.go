@@ -316,8 +316,10 @@ func (mt *methodTelemetry) end(ctx context.Context, start time.Time, err error) 
 
 // registerFetchMetrics reports the fanout hub's state: callers and the bytes
 // and records of the windows (gauges), and deliveries, catch-ups and
-// laggards (counters).
-func registerFetchMetrics(m metric.Meter, g *Gateway) {
+// laggards (counters). Gateway.Close unregisters the callback it returns
+// (nil when the provider refused it), so that the meter provider neither
+// observes a closed gateway nor keeps it in memory.
+func registerFetchMetrics(m metric.Meter, g *Gateway) metric.Registration {
 	side := g.cfg.side
 	callers, _ := m.Int64ObservableGauge("kafkarpc."+side+".fetch.callers", metric.WithDescription("Fetch calls in progress."))
 	windowBytes, _ := m.Int64ObservableGauge("kafkarpc."+side+".fetch.window.bytes", metric.WithUnit("By"),
@@ -327,7 +329,7 @@ func registerFetchMetrics(m metric.Meter, g *Gateway) {
 		metric.WithDescription("Fetch callers that started behind the window and read Kafka with a reader of their own."))
 	laggards, _ := m.Int64ObservableCounter("kafkarpc."+side+".fetch.laggards",
 		metric.WithDescription("Fetch callers ended with UNAVAILABLE because they fell too far behind."))
-	_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	reg, _ := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := g.FetchStats()
 		o.ObserveInt64(callers, s.Callers)
 		o.ObserveInt64(windowBytes, s.WindowBytes)
@@ -336,4 +338,5 @@ func registerFetchMetrics(m metric.Meter, g *Gateway) {
 		o.ObserveInt64(laggards, int64(s.Laggards))
 		return nil
 	}, callers, windowBytes, delivered, catchUps, laggards)
+	return reg
 }

@@ -339,6 +339,7 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	w.regMu.Unlock()
 	if !started {
 		w.baseCancel()
+		w.tel.stopMetrics()
 		return nil
 	}
 	stop := context.AfterFunc(ctx, w.hurryNow)
@@ -392,6 +393,7 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	}
 	w.writer.close()
 	w.stopCalls()
+	w.tel.stopMetrics()
 }
 
 // stopCalls aborts what is still in flight once the worker stopped (a call

@@ -21,11 +21,16 @@ type workerTelemetry struct {
 	duplicates metric.Int64Counter
 	superseded metric.Int64Counter
 	lost       metric.Int64Counter
+	// lagReg is the registration of the lag gauge's callback, unregistered
+	// once the worker stopped (stopMetrics), so that the meter provider
+	// neither observes the worker nor keeps it, and its Kafka client, in
+	// memory after that; nil when the provider refused it.
+	lagReg metric.Registration
 }
 
 // newWorkerTelemetry makes the worker's instruments; lag reports the
 // consumer lag gauge.
-func newWorkerTelemetry(cfg telemetryConfig, lag metric.Int64Callback) workerTelemetry {
+func newWorkerTelemetry(cfg telemetryConfig, lag func(context.Context, func(int64, ...metric.ObserveOption)) error) workerTelemetry {
 	t := workerTelemetry{trc: newTracing(cfg)}
 	meter := meterOf(cfg)
 	t.calls = newCallMetrics(meter, "worker")
@@ -38,10 +43,22 @@ func newWorkerTelemetry(cfg telemetryConfig, lag metric.Int64Callback) workerTel
 		metric.WithDescription("Calls cancelled and answered ABORTED for a newer attempt of the same call that came while their request still streamed in."))
 	t.lost, _ = meter.Int64Counter("kafkarpc.worker.replies.lost",
 		metric.WithDescription("Calls some of whose replies Kafka did not take; their callers were told UNAVAILABLE (RESOURCE_EXHAUSTED for a reply too large)."))
-	_, _ = meter.Int64ObservableGauge("kafkarpc.worker.lag",
-		metric.WithDescription("Records not yet read from the partitions this worker holds, by topic and partition."),
-		metric.WithInt64Callback(lag))
+	lagGauge, err := meter.Int64ObservableGauge("kafkarpc.worker.lag",
+		metric.WithDescription("Records not yet read from the partitions this worker holds, by topic and partition."))
+	if err == nil {
+		t.lagReg, _ = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+			return lag(ctx, func(v int64, opts ...metric.ObserveOption) { o.ObserveInt64(lagGauge, v, opts...) })
+		}, lagGauge)
+	}
 	return t
+}
+
+// stopMetrics unregisters the worker's observed instruments' callbacks.
+// Called once the worker stopped; safe to call more than once.
+func (t *workerTelemetry) stopMetrics() {
+	if t.lagReg != nil {
+		_ = t.lagReg.Unregister()
+	}
 }
 
 // prepareTelemetry precomputes wm's metric options, span name and span
@@ -56,7 +73,7 @@ func (w *Worker) prepareTelemetry(wm *workerMethod) {
 
 // observeLag reports, for every partition the worker holds, the records
 // between its end and the worker's position.
-func (w *Worker) observeLag(ctx context.Context, o metric.Int64Observer) error {
+func (w *Worker) observeLag(ctx context.Context, observe func(int64, ...metric.ObserveOption)) error {
 	w.mu.Lock()
 	next := map[kafkaclient.TopicPartition]int64{}
 	byTopic := map[string][]int32{}
@@ -77,7 +94,7 @@ func (w *Worker) observeLag(ctx context.Context, o metric.Int64Observer) error {
 			if pos < 0 {
 				continue // nothing read yet: the position is not known here
 			}
-			o.Observe(max(ends[p]-pos, 0), metric.WithAttributes(
+			observe(max(ends[p]-pos, 0), metric.WithAttributes(
 				attribute.String("messaging.destination.name", topic), attribute.Int("messaging.destination.partition.id", int(p))))
 		}
 	}
