@@ -679,3 +679,46 @@ func leakAdvPoints(rm metricdata.ResourceMetrics, name string) int {
 	}
 	return n
 }
+
+// leakAdvNoGroup is a Kafka client whose group readers cannot be made.
+type leakAdvNoGroup struct {
+	kafkaclient.Client
+	kafkaclient.TxnClient
+}
+
+func (leakAdvNoGroup) NewGroupReader(kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	return nil, errors.New("leak test: no group reader")
+}
+
+// A worker with WorkerExactlyOnce whose Start fails (its group reader
+// cannot be made) and is then closed leaves nothing running: the
+// transactional producer Start made before it failed is closed, not left
+// with its connections and goroutines (nor left to hold its transactional
+// id open while a retried Start fences it).
+func TestLeakAdvFailedStartClosesTxnProducer(t *testing.T) {
+	brokers := kafkatest.Brokers(t)
+	kc := kafkatest.NewClient(t, brokers)
+	prefix := kafkatest.Unique("l") + "."
+	kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
+	tc, ok := kc.(kafkaclient.TxnClient)
+	if !ok {
+		t.Skipf("%T has no transactions", kc)
+	}
+	failing := leakAdvNoGroup{Client: kc, TxnClient: tc}
+	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+	base := leakAdvGoroutines()
+	for i := range 3 {
+		w := runtime.NewWorker(failing, mapper, runtime.WithLogger(kafkatest.Logger(t)), runtime.WorkerGroupID(prefix+"workers"),
+			runtime.WorkerExactlyOnce(prefix+"txn"))
+		if err := echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Start(); err == nil {
+			t.Fatalf("round %d: Start succeeded without a group reader", i)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatalf("round %d: Close: %v", i, err)
+		}
+	}
+	leakAdvWait(t, base, "after three failed Starts and Closes")
+}

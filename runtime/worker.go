@@ -298,6 +298,11 @@ func (w *Worker) Start() error {
 		Protocol:      w.cfg.groupProtocol,
 	})
 	if err != nil {
+		// The transactional producer made above goes with the failed
+		// Start: nothing else would close it, and a later Start makes its
+		// own.
+		w.writer.close()
+		w.writer = directWriter{client: w.client}
 		return fmt.Errorf("kafkarpc: joining group %q: %w", w.cfg.groupID, err)
 	}
 	w.started = true
