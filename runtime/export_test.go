@@ -154,3 +154,11 @@ func WorkerTablesForTest(w *Worker) map[string]int {
 		"attempts": len(w.repeats.attempts),
 	}
 }
+
+// StoredRepliesForTest returns how many calls' replies the worker keeps
+// for repeats of their idempotency keys, and their bytes. Tests only.
+func StoredRepliesForTest(w *Worker) (n, bytes int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.repeats.stored.byID), w.repeats.stored.bytes
+}

@@ -10,6 +10,7 @@ import (
 	goruntime "runtime"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -721,4 +722,301 @@ func TestLeakAdvFailedStartClosesTxnProducer(t *testing.T) {
 		}
 	}
 	leakAdvWait(t, base, "after three failed Starts and Closes")
+}
+
+// Keyed calls (idempotency-key), repeated once answered, retried after
+// their caller cancelled them, and repeated while the first attempt still
+// runs: once over, the worker's per-call tables are empty, what it keeps
+// of replies for repeats stays within WorkerIdempotencyWindow's byte
+// bound, and no goroutine started for the calls is left.
+func TestLeakAdvKeyedCalls(t *testing.T) {
+	const maxStored = 16 << 10
+	run := func(t *testing.T, keys int, checkCalls bool) {
+		e := setup(t, echoserver.Server{}, runtime.WorkerIdempotencyWindow(time.Minute, maxStored))
+		// Concurrent attempts of one key come through two callers: one
+		// caller refuses a second call with a key in flight.
+		callers := []echov1.EchoServiceClient{e.echo, e.conn(t)}
+		ctx := ctxFor(t, 3*time.Minute)
+		var base map[string]string
+		for i := range keys {
+			if i == 3 {
+				leakAdvQuiet(t, "after the warm-up", func() string { return leakAdvTables(e.gw, e.worker) })
+				base = leakAdvGoroutines()
+			}
+			key := fmt.Sprintf("%s-k%d", e.prefix, i)
+			kctx := metadata.AppendToOutgoingContext(ctx, "idempotency-key", key)
+			msg := strings.Repeat("x", 100) + fmt.Sprint(i)
+			switch i % 3 {
+			case 0: // answered, then repeated
+				for range 2 {
+					r, err := e.echo.EchoUnary(kctx, &echov1.EchoRequest{Message: msg})
+					if err != nil || r.GetMessage() != msg {
+						t.Fatalf("key %d: %v, %v", i, r, err)
+					}
+				}
+			case 1: // cancelled while running, then retried
+				cctx, cancel := context.WithCancel(kctx)
+				s, err := e.echo.EchoServerStream(cctx, &echov1.EchoRequest{Message: msg, Repeat: 100, DelayMs: 20})
+				if err == nil {
+					_, err = s.Recv()
+				}
+				if err != nil {
+					t.Fatalf("key %d: %v", i, err)
+				}
+				cancel()
+				for err == nil {
+					_, err = s.Recv()
+				}
+				s, err = e.echo.EchoServerStream(kctx, &echov1.EchoRequest{Message: msg, Repeat: 2})
+				if err != nil {
+					t.Fatalf("key %d retried: %v", i, err)
+				}
+				n := 0
+				for {
+					if _, err = s.Recv(); err != nil {
+						break
+					}
+					n++
+				}
+				if err != io.EOF || n != 2 {
+					t.Fatalf("key %d retried: %d responses, then %v", i, n, err)
+				}
+			case 2: // repeated while the first attempt runs
+				var wg sync.WaitGroup
+				errs := make([]error, 2)
+				for j := range 2 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						_, errs[j] = callers[j].EchoUnary(kctx, &echov1.EchoRequest{Message: msg, DelayMs: 50})
+					}()
+				}
+				wg.Wait()
+				for j, err := range errs {
+					if err != nil {
+						t.Fatalf("key %d, concurrent attempt %d: %v", i, j, err)
+					}
+				}
+			}
+		}
+		leakAdvQuiet(t, "after the keyed calls", func() string { return leakAdvTables(e.gw, e.worker) })
+		n, b := runtime.StoredRepliesForTest(e.worker)
+		t.Logf("%d calls' replies stored, %d bytes", n, b)
+		if b > maxStored {
+			t.Errorf("stored replies: %d bytes, over the bound of %d", b, maxStored)
+		}
+		if checkCalls {
+			leakAdvWait(t, base, "after the keyed calls")
+		}
+	}
+	t.Run("warm", func(t *testing.T) { run(t, 6, false) })
+	base := leakAdvGoroutines()
+	t.Run("calls", func(t *testing.T) { run(t, 150, true) })
+	leakAdvWait(t, base, "after everything closed")
+}
+
+// Calls whose replies never come (no worker serves the topic) end at
+// their deadline, and calls still waiting when the gateway or ClientConn
+// closes end then: either way nothing of them is left in the reply
+// router, and no goroutine started for them outlives them.
+func TestLeakAdvNoReplyAndClose(t *testing.T) {
+	run := func(t *testing.T, n int, checkCalls bool) {
+		brokers := kafkatest.Brokers(t)
+		kc := kafkatest.NewClient(t, brokers)
+		prefix := kafkatest.Unique("l") + "."
+		kafkatest.CreateTopics(t, kc, 3, prefix+"echo-requests", prefix+"echo-responses")
+		mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+		logger := runtime.WithLogger(kafkatest.Logger(t))
+		gw := runtime.NewGateway(kc, mapper, logger)
+		t.Cleanup(func() { _ = gw.Close() })
+		gwEcho := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+			if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+				t.Fatal(err)
+			}
+		}))
+		cc, connEcho := connTo(t, kc, prefix)
+		ctx := ctxFor(t, 3*time.Minute)
+		deadlined := func(echo echov1.EchoServiceClient, i int) {
+			dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+			defer cancel()
+			var err error
+			switch i % 3 {
+			case 0:
+				_, err = echo.EchoUnary(dctx, &echov1.EchoRequest{Message: "x"})
+			case 1:
+				var s grpc.ServerStreamingClient[echov1.EchoResponse]
+				if s, err = echo.EchoServerStream(dctx, &echov1.EchoRequest{Message: "x"}); err == nil {
+					_, err = s.Recv()
+				}
+			case 2:
+				var s grpc.BidiStreamingClient[echov1.EchoRequest, echov1.EchoResponse]
+				if s, err = echo.EchoBidiStream(dctx); err == nil {
+					_ = s.Send(&echov1.EchoRequest{Message: "x"})
+					_ = s.CloseSend()
+					_, err = s.Recv()
+				}
+			}
+			if status.Code(err) != codes.DeadlineExceeded {
+				t.Fatalf("call %d without a reply: %v, want DEADLINE_EXCEEDED", i, err)
+			}
+		}
+		var base map[string]string
+		for i := range n {
+			if i == 3 {
+				leakAdvQuiet(t, "after the warm-up", func() string {
+					if p := runtime.PendingForTest(gw) + runtime.PendingForTest(runtime.ConnGatewayForTest(cc)); p != 0 {
+						return fmt.Sprintf("%d calls pending", p)
+					}
+					return ""
+				})
+				base = leakAdvGoroutines()
+			}
+			deadlined(gwEcho, i)
+			deadlined(connEcho, i)
+		}
+		leakAdvQuiet(t, "after the calls", func() string {
+			if p := runtime.PendingForTest(gw) + runtime.PendingForTest(runtime.ConnGatewayForTest(cc)); p != 0 {
+				return fmt.Sprintf("%d calls pending", p)
+			}
+			return ""
+		})
+		if checkCalls {
+			leakAdvWait(t, base, "after the calls without a reply")
+		}
+		// Calls waiting without a deadline when their gateway closes.
+		const waiting = 20
+		errc := make(chan error, 2*waiting)
+		for i := range waiting {
+			go func() {
+				_, err := gwEcho.EchoUnary(ctx, &echov1.EchoRequest{Message: fmt.Sprint(i)})
+				errc <- err
+			}()
+			go func() {
+				_, err := connEcho.EchoUnary(ctx, &echov1.EchoRequest{Message: fmt.Sprint(i)})
+				errc <- err
+			}()
+		}
+		leakAdvQuiet(t, "calls waiting", func() string {
+			if p := runtime.PendingForTest(gw) + runtime.PendingForTest(runtime.ConnGatewayForTest(cc)); p != 2*waiting {
+				return fmt.Sprintf("%d calls pending, want %d", p, 2*waiting)
+			}
+			return ""
+		})
+		if err := gw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cc.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 * waiting {
+			select {
+			case err := <-errc:
+				if c := status.Code(err); c != codes.Unavailable && c != codes.Canceled {
+					t.Errorf("call waiting when its gateway closed: %v", err)
+				}
+			case <-ctx.Done():
+				t.Fatal("calls waiting when their gateway closed did not end")
+			}
+		}
+		if p := runtime.PendingForTest(gw) + runtime.PendingForTest(runtime.ConnGatewayForTest(cc)); p != 0 {
+			t.Errorf("%d calls pending once closed", p)
+		}
+	}
+	t.Run("warm", func(t *testing.T) { run(t, 6, false) })
+	base := leakAdvGoroutines()
+	t.Run("calls", func(t *testing.T) { run(t, 90, true) })
+	leakAdvWait(t, base, "after everything closed")
+}
+
+// A worker with stored outcomes (WorkerOutcomeTopic) and a maximum call
+// duration serves keyed calls (their outcomes stored, the oldest evicted
+// past the byte bound), calls ended by the maximum duration, client
+// streams left open by callers that went away (ended by the maximum
+// duration too), and is closed with calls in flight: the worker's tables
+// are empty, its stored outcomes within their bound, and no goroutine is
+// left once the calls are over and everything is closed.
+func TestLeakAdvWorkerEndings(t *testing.T) {
+	const maxStored = 8 << 10
+	run := func(t *testing.T, n int, checkCalls bool) {
+		e := newOutcomeEnv(t, false)
+		w := e.start(t, e.kc, echoserver.Server{}, runtime.WorkerOutcomeTopic(outcomeTopic),
+			runtime.WorkerMaxCallDuration(300*time.Millisecond), runtime.WorkerIdempotencyWindow(time.Minute, maxStored))
+		ctx := ctxFor(t, 3*time.Minute)
+		var base map[string]string
+		for i := range n {
+			if i == 3 {
+				leakAdvQuiet(t, "after the warm-up", func() string { return leakAdvEmpty(w) })
+				base = leakAdvGoroutines()
+			}
+			msg := strings.Repeat("y", 200) + fmt.Sprint(i)
+			kctx := metadata.AppendToOutgoingContext(ctx, "idempotency-key", fmt.Sprintf("k%d", i))
+			switch i % 3 {
+			case 0:
+				for range 2 {
+					if r, err := e.echo.EchoUnary(kctx, &echov1.EchoRequest{Message: msg}); err != nil || r.GetMessage() != msg {
+						t.Fatalf("call %d: %v, %v", i, r, err)
+					}
+				}
+			case 1:
+				_, err := e.echo.EchoUnary(kctx, &echov1.EchoRequest{Message: msg, DelayMs: 60_000})
+				if status.Code(err) != codes.DeadlineExceeded {
+					t.Fatalf("call %d past the worker's maximum: %v", i, err)
+				}
+			case 2:
+				// A client stream whose caller gives up without closing it
+				// (its deadline ends before the worker's maximum).
+				dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+				s, err := e.echo.EchoClientStream(dctx)
+				if err == nil {
+					_ = s.Send(&echov1.EchoRequest{Message: msg})
+					<-dctx.Done()
+					_, err = s.CloseAndRecv()
+				}
+				cancel()
+				if status.Code(err) != codes.DeadlineExceeded {
+					t.Fatalf("call %d: client stream left open: %v", i, err)
+				}
+			}
+		}
+		leakAdvQuiet(t, "after the calls", func() string { return leakAdvEmpty(w) })
+		if k, b := runtime.StoredRepliesForTest(w); b > maxStored {
+			t.Errorf("%d stored outcomes of %d bytes, over the bound of %d", k, b, maxStored)
+		}
+		if checkCalls {
+			leakAdvWait(t, base, "after the calls")
+		}
+		// Closed with calls in flight: they end at their deadline (the
+		// worker gave them up for the partition's next owner).
+		const inFlight = 10
+		errc := make(chan error, inFlight)
+		for i := range inFlight {
+			go func() {
+				dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				defer cancel()
+				_, err := e.echo.EchoUnary(dctx, &echov1.EchoRequest{Message: fmt.Sprint(i), DelayMs: 60_000})
+				errc <- err
+			}()
+		}
+		leakAdvQuiet(t, "calls in flight", func() string {
+			if k := runtime.WorkerTablesForTest(w)["calls"]; k != inFlight {
+				return fmt.Sprintf("%d calls in flight at the worker, want %d", k, inFlight)
+			}
+			return ""
+		})
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for range inFlight {
+			if err := <-errc; status.Code(err) == codes.OK {
+				t.Errorf("a call in flight when its worker closed succeeded")
+			}
+		}
+		if s := leakAdvEmpty(w); s != "" {
+			t.Errorf("closed worker's tables: %s", s)
+		}
+	}
+	t.Run("warm", func(t *testing.T) { run(t, 6, false) })
+	base := leakAdvGoroutines()
+	t.Run("calls", func(t *testing.T) { run(t, 60, true) })
+	leakAdvWait(t, base, "after everything closed")
 }
