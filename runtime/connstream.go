@@ -455,6 +455,10 @@ func (p fetchPipe) fetchFailure() error {
 	return p.s.fetchErr
 }
 
+// SendMsg hands a fetched message to the caller's RecvMsg, waiting for it;
+// errFetchClosed once the ClientConn closes, so that a caller that stopped
+// reading does not keep the fetch (its goroutine, its place in the hub)
+// past Close.
 func (p fetchPipe) SendMsg(m any) error {
 	raw := m.(proto.Message).ProtoReflect().GetUnknown()
 	select {
@@ -462,6 +466,8 @@ func (p fetchPipe) SendMsg(m any) error {
 		return nil
 	case <-p.s.ctx.Done():
 		return p.s.ctx.Err()
+	case <-p.s.cc.g.ctx.Done():
+		return errFetchClosed
 	}
 }
 

@@ -606,6 +606,7 @@ func (c *fetchCall) deliver(pi int, offset int64, key, value []byte, hs []kafkac
 	if offset < c.next[pi] {
 		return nil // already delivered: the window and a catch-up reader overlap
 	}
+	prev := c.next[pi]
 	c.next[pi] = offset + 1
 	switch skip {
 	case skipTombstone:
@@ -630,6 +631,10 @@ func (c *fetchCall) deliver(pi int, offset int64, key, value []byte, hs []kafkac
 	if err := c.stream.SendMsg(msg); err != nil {
 		if c.ctx.Err() != nil {
 			return status.FromContextError(c.ctx.Err()).Err()
+		}
+		if errors.Is(err, errFetchClosed) {
+			c.next[pi] = prev // not delivered: the resume hint names it
+			return c.closed()
 		}
 		return err
 	}
@@ -671,6 +676,10 @@ func (c *fetchCall) resumeHint() string {
 func (c *fetchCall) unavailable(why string) error {
 	return status.Errorf(codes.Unavailable, "%s: %s; %s", c.m.FullMethod(), why, c.resumeHint())
 }
+
+// errFetchClosed is what a ClientConn's fetch stream (fetchPipe) returns
+// from SendMsg once the connection closes while the caller is not reading.
+var errFetchClosed = errors.New("kafkarpc: the fetch's connection closed")
 
 // closed is how a fetch ends once Close began: UNAVAILABLE for the
 // gateway's shutdown, CANCELLED for the ClientConn's Close (closedCode).

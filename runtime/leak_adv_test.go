@@ -1020,3 +1020,60 @@ func TestLeakAdvWorkerEndings(t *testing.T) {
 	t.Run("calls", func(t *testing.T) { run(t, 60, true) })
 	leakAdvWait(t, base, "after everything closed")
 }
+
+// Fetch streams of a ClientConn whose callers stopped reading end
+// CANCELLED when the connection closes, as grpc-go's streams end when
+// their connection closes: the connection counts no fetch caller
+// afterwards, and no goroutine started for them is left.
+func TestLeakAdvConnCloseEndsStuckFetches(t *testing.T) {
+	run := func(t *testing.T, stuck int, checkCalls bool) {
+		e := setupFanout(t)
+		ctx := ctxFor(t, 3*time.Minute)
+		e.produce(t, e.topic, 10, 5, 100)
+		cc, connEcho := connTo(t, e.kc, e.prefix)
+		base := leakAdvGoroutines()
+		var streams []grpc.ServerStreamingClient[echov1.EchoEvent]
+		for range stuck {
+			st, err := connEcho.EchoEvents(ctx, &emptypb.Empty{})
+			if err == nil {
+				_, err = st.Recv() // one record of ten: the fetch waits to hand over the next
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			streams = append(streams, st)
+		}
+		leakAdvQuiet(t, "stuck fetches", func() string {
+			if st := cc.FetchStats(); st.Callers != int64(stuck) || st.Delivered < uint64(stuck) {
+				return fmt.Sprintf("ClientConn stats %+v, want %d callers", st, stuck)
+			}
+			return ""
+		})
+		if err := cc.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// The caller reads nothing more; the fetch ends of itself.
+		leakAdvQuiet(t, "after the ClientConn closed", func() string {
+			if st := cc.FetchStats(); st.Callers != 0 {
+				return fmt.Sprintf("closed ClientConn stats %+v", st)
+			}
+			return ""
+		})
+		if checkCalls {
+			leakAdvWait(t, base, "after the ClientConn closed")
+		}
+		for i, st := range streams {
+			var err error
+			for err == nil {
+				_, err = st.Recv()
+			}
+			if status.Code(err) != codes.Canceled {
+				t.Errorf("stuck fetch %d once the ClientConn closed: %v, want CANCELLED", i, err)
+			}
+		}
+	}
+	t.Run("warm", func(t *testing.T) { run(t, 1, false) })
+	base := leakAdvGoroutines()
+	t.Run("calls", func(t *testing.T) { run(t, 20, true) })
+	leakAdvWait(t, base, "after everything closed")
+}
