@@ -24,7 +24,7 @@ run: ## run the all-in-one echo example on an embedded Kafka broker (gRPC on 127
 KAFKA_CLIENTS ?= confluent franz
 
 test: ## run every test under the race detector, on the embedded broker, once per Kafka client
-	@for c in $(KAFKA_CLIENTS); do echo "== KAFKA_CLIENT=$$c"; KAFKA_CLIENT=$$c $(GO) test -race -count=1 ./... || exit 1; done
+	@for c in $(KAFKA_CLIENTS); do echo "== KAFKA_CLIENT=$$c"; KAFKA_CLIENT=$$c $(GO) test -race -count=1 -timeout 20m ./... || exit 1; done
 	@# The heap bound of an idle fetch caller: the race detector's shadow
 	@# memory distorts heap figures, so it runs once more without it.
 	@for c in $(KAFKA_CLIENTS); do echo "== KAFKA_CLIENT=$$c, without the race detector: heap bounds"; \
@@ -67,7 +67,7 @@ integration: ## run every test, then the fault tests of integration/, on Apache 
 	  if [ "$$(echo "$$brokers" | tr ',' '\n' | wc -l)" -ge 3 ]; then skip='$(INTEGRATION_SKIP_ALWAYS)'; fi; \
 	  for c in $(KAFKA_CLIENTS); do \
 	    echo "== KAFKA_CLIENT=$$c: go test on Apache Kafka at $$brokers"; \
-	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 ./... || exit 1; \
+	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 -timeout 20m ./... || exit 1; \
 	    echo "== KAFKA_CLIENT=$$c: fault tests (integration/) on Apache Kafka at $$brokers"; \
 	    KAFKA_CLIENT=$$c KAFKA_BROKERS="$$brokers" $(GO) test -race -count=1 -tags integration -timeout $(INTEGRATION_TIMEOUT) -skip "$$skip" -v ./integration/ || exit 1; \
 	  done
