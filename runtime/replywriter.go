@@ -190,23 +190,13 @@ func (t *txnWriter) early(c *call) {
 	if len(kept) == 0 {
 		return
 	}
-	t.mu.Lock()
-	for t.closing {
-		t.cond.Wait()
-	}
-	t.open++
-	t.dirty = true
-	t.mu.Unlock()
+	t.enter()
 	c.sent.early = true
 	for _, rec := range kept {
 		c.sent.unacked.Add(1)
 		t.produce(rec, c.acked)
 	}
-	t.mu.Lock()
-	if t.open--; t.open == 0 {
-		t.cond.Broadcast()
-	}
-	t.mu.Unlock()
+	t.leave()
 	if cm := t.w.committer; cm != nil {
 		cm.poke() // visible at the next commit, not at some other call's end
 	}
@@ -267,13 +257,7 @@ func (t *txnWriter) flush(c *call) error {
 	}
 	if out := c.sent.outbox; len(out) > 0 || c.sent.outcome != nil {
 		if !c.sent.inTxn {
-			t.mu.Lock()
-			for t.closing {
-				t.cond.Wait()
-			}
-			t.open++
-			t.dirty = true
-			t.mu.Unlock()
+			t.enter() // left at settle
 			c.sent.inTxn = true
 		}
 		for _, rec := range out {
@@ -543,6 +527,25 @@ func (t *txnWriter) settle(c *call) {
 	if !c.sent.inTxn {
 		return
 	}
+	t.leave()
+}
+
+// enter waits until no commit is closing the open transaction, then counts
+// one more producer of records into it (which the next commit waits for
+// until leave) and marks it as holding records.
+func (t *txnWriter) enter() {
+	t.mu.Lock()
+	for t.closing {
+		t.cond.Wait()
+	}
+	t.open++
+	t.dirty = true
+	t.mu.Unlock()
+}
+
+// leave counts out a producer counted in by enter, waking a commit waiting
+// for the last one.
+func (t *txnWriter) leave() {
 	t.mu.Lock()
 	if t.open--; t.open == 0 {
 		t.cond.Broadcast()
