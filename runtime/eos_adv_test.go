@@ -25,7 +25,6 @@ import (
 	"github.com/kafkarpc/protoc-gen-go-kafka/internal/kafkatest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
-	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient/kafkaclienttest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkarpctest"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
 )
@@ -168,26 +167,14 @@ func TestEosAdvZombieFenced(t *testing.T) {
 // once, FAILED_PRECONDITION, and the next call is served. With
 // WorkerExactlyOnce as well.
 func TestEosAdvReplyRefused(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	env := kafkarpctest.Start(t, kafkarpctest.Service{
-		Spec:            echov1.EchoServiceKafkaSpec,
-		RegisterGateway: echov1.RegisterEchoServiceKafkaGateway,
-		RegisterWorker:  func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}) },
-	}, kafkarpctest.WithBrokers(c.ListenAddrs()[0]), kafkarpctest.WithPartitions(1),
+	env, c := startEchoOnFaults(t,
 		kafkarpctest.WithWorkerOptions(runtime.WorkerExactlyOnce(kafkatest.Unique("txn-"))),
-		kafkarpctest.WithGatewayOptions(runtime.GatewayReadCommitted()),
-		kafkarpctest.WithClient(func(brokers string) (kafkaclient.Client, error) {
-			return kafkatest.Factory(kafkatest.ClientName()).New(brokers, kafkaclienttest.Config{Logger: kafkatest.Logger(t)})
-		}))
+		kafkarpctest.WithGatewayOptions(runtime.GatewayReadCommitted()))
 	echo := echov1.NewEchoServiceClient(env.Conn)
 	ke := kerr.InvalidRecord
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: env.Topic("echo-responses"), Err: ke, Count: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	_, err = echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "refused"})
+	_, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "refused"})
 	cancel()
 	h.Remove()
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), ke.Message) {

@@ -22,8 +22,8 @@ import (
 
 // startEchoOnFaults starts an echo gateway and worker, with the client
 // KAFKA_CLIENT names, on a kfake cluster of the test's own whose requests
-// the test may fail.
-func startEchoOnFaults(t *testing.T) (*kafkarpctest.Env, *kfake.Cluster) {
+// the test may fail; opts are added to the kit's.
+func startEchoOnFaults(t *testing.T, opts ...kafkarpctest.Option) (*kafkarpctest.Env, *kfake.Cluster) {
 	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
 	if err != nil {
@@ -34,10 +34,10 @@ func startEchoOnFaults(t *testing.T) (*kafkarpctest.Env, *kfake.Cluster) {
 		Spec:            echov1.EchoServiceKafkaSpec,
 		RegisterGateway: echov1.RegisterEchoServiceKafkaGateway,
 		RegisterWorker:  func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}) },
-	}, kafkarpctest.WithBrokers(c.ListenAddrs()[0]), kafkarpctest.WithPartitions(1),
+	}, append([]kafkarpctest.Option{kafkarpctest.WithBrokers(c.ListenAddrs()[0]), kafkarpctest.WithPartitions(1),
 		kafkarpctest.WithClient(func(brokers string) (kafkaclient.Client, error) {
 			return kafkatest.Factory(kafkatest.ClientName()).New(brokers, kafkaclienttest.Config{Logger: kafkatest.Logger(t)})
-		}))
+		})}, opts...)...)
 	return env, c
 }
 
