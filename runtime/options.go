@@ -291,9 +291,15 @@ func WorkerDeadLetterTopic(topic string) WorkerOption {
 // write, a call to another service) happen again when a request is served
 // again; make them idempotent (the idempotency-key metadata helps).
 // transactionalID must be unique per worker instance and stable across its
-// restarts, e.g. "orders-worker-" + the pod's ordinal. A failed transaction
-// stops the worker (Err reports why); its partitions move to the other
-// members, which serve the uncommitted requests again. Default: off.
+// restarts, e.g. "orders-worker-" + the pod's ordinal. A commit that raced a
+// rebalance (the group coordinator says the group moved to a new
+// generation) is aborted, and the worker gives up every call it holds and
+// rejoins its group: their requests are served again from the committed
+// offsets, each answered once (WorkerStats.Rejoins counts these). Any
+// other failed transaction stops the worker (Err reports why, Done is
+// closed): fenced by a newer instance with the same transactional id, a
+// transaction that timed out; its partitions move to the other members,
+// which serve the uncommitted requests again. Default: off.
 func WorkerExactlyOnce(transactionalID string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.transactionalID = transactionalID; c.readCommitted = true })
 }

@@ -399,11 +399,20 @@ func remembered(st *status.Status) bool {
 // took the call's own end for it. Each answer carries its repeat's own
 // attempt id. A waiter's offset, held since it arrived, is released once its own
 // call holds it, or, while the rest of its attempt's request is still to be
-// read, once that is read or its deadline passes (holdAttempt). Called
-// without Worker.mu.
+// read, once that is read or its deadline passes (holdAttempt). A waiter
+// whose partition was revoked or lost since it arrived is not answered:
+// its offset was held, so the partition's next owner reads it again and
+// answers it (answered here too, its caller could get an answer meant for
+// an attempt given up, or two). Called without Worker.mu.
 func (w *Worker) answerWaiters(c *call, ws []waiter, remember, rerun bool) {
 	for i := range ws {
 		d := &ws[i]
+		w.mu.Lock()
+		moved := w.parts[tpOf(d.rec)] != d.pt
+		w.mu.Unlock()
+		if moved {
+			continue
+		}
 		var wm *workerMethod
 		if rerun && !remember && c.replay == nil && !d.expired() {
 			wm = w.rerunMethod(d)

@@ -53,6 +53,10 @@ type delivery struct {
 	outcome *kafkaclient.Record   // txnWriter: the stored outcome flush produces after the outbox
 	inTxn   bool                  // txnWriter: flush put records in the open transaction
 	early   bool                  // txnWriter: records went out before the call's end (txnWriter.early)
+	// void is set when the worker gave the call up at a rejoin
+	// (txnWriter.rejoin): none of its records may go into a transaction
+	// after that, since its request is read and served again.
+	void atomic.Bool
 	// noReplyTopic is set once Kafka said the call's reply topic does not
 	// exist (its request then goes to the dead-letter topic, once).
 	noReplyTopic atomic.Bool
@@ -156,12 +160,16 @@ type txnWriter struct {
 	w   *Worker
 	txn kafkaclient.TxnProducer
 
-	commitMu sync.Mutex // one commit at a time
-	mu       sync.Mutex // guards open, dirty and closing
-	open     int        // calls whose records are in the open transaction but not yet settled
-	dirty    bool       // something was produced in the open transaction
-	closing  bool       // a commit is under way: calls not in the transaction wait for its end
-	cond     *sync.Cond // signalled when open drops to 0 and when a commit ends; uses mu
+	commitMu sync.Mutex // one commit at a time; guards moved
+	// moved is set when a commit found the group moved to a new
+	// generation (kafkaclient.ErrGroupMoved): nothing is committed until
+	// the worker rejoined its group (rejoin).
+	moved   bool
+	mu      sync.Mutex // guards open, dirty and closing
+	open    int        // calls whose records are in the open transaction but not yet settled
+	dirty   bool       // something was produced in the open transaction
+	closing bool       // a commit is under way: calls not in the transaction wait for its end
+	cond    *sync.Cond // signalled when open drops to 0 and when a commit ends; uses mu
 }
 
 func newTxnWriter(w *Worker, txn kafkaclient.TxnProducer) *txnWriter {
@@ -190,7 +198,10 @@ func (t *txnWriter) early(c *call) {
 	if len(kept) == 0 {
 		return
 	}
-	t.enter()
+	if !t.enter(c) {
+		clear(kept)
+		return
+	}
 	c.sent.early = true
 	for _, rec := range kept {
 		c.sent.unacked.Add(1)
@@ -256,19 +267,20 @@ func (t *txnWriter) flush(c *call) error {
 		}
 	}
 	if out := c.sent.outbox; len(out) > 0 || c.sent.outcome != nil {
-		if !c.sent.inTxn {
-			t.enter() // left at settle
+		if c.sent.inTxn || t.enter(c) { // left at settle
 			c.sent.inTxn = true
-		}
-		for _, rec := range out {
-			c.sent.unacked.Add(1)
-			t.produce(rec, c.acked)
-		}
-		if rec := c.sent.outcome; rec != nil {
-			// In the transaction of the replies and the offset: the
-			// outcome is stored if and only if the call is answered.
-			c.sent.unacked.Add(1)
-			t.produce(rec, c.outcomeAcked)
+			for _, rec := range out {
+				c.sent.unacked.Add(1)
+				t.produce(rec, c.acked)
+			}
+			if rec := c.sent.outcome; rec != nil {
+				// In the transaction of the replies and the offset: the
+				// outcome is stored if and only if the call is answered.
+				c.sent.unacked.Add(1)
+				t.produce(rec, c.outcomeAcked)
+			}
+		} else {
+			clear(out) // given up at a rejoin: its request is served again
 		}
 		c.sent.outbox = nil
 		c.sent.outcome = nil
@@ -531,16 +543,22 @@ func (t *txnWriter) settle(c *call) {
 }
 
 // enter waits until no commit is closing the open transaction, then counts
-// one more producer of records into it (which the next commit waits for
-// until leave) and marks it as holding records.
-func (t *txnWriter) enter() {
+// c in as one more producer of records into it (which the next commit
+// waits for until leave) and marks it as holding records. It reports false,
+// counting nothing in, for a call given up at a rejoin (delivery.void).
+func (t *txnWriter) enter(c *call) bool {
 	t.mu.Lock()
 	for t.closing {
 		t.cond.Wait()
 	}
+	if c.sent.void.Load() {
+		t.mu.Unlock()
+		return false
+	}
 	t.open++
 	t.dirty = true
 	t.mu.Unlock()
+	return true
 }
 
 // leave counts out a producer counted in by enter, waking a commit waiting
@@ -563,13 +581,14 @@ func (t *txnWriter) commit(cm *committer, _ map[kafkaclient.TopicPartition]bool)
 	w := t.w
 	t.commitMu.Lock()
 	defer t.commitMu.Unlock()
-	if w.Err() != nil {
+	if w.Err() != nil || t.moved {
 		// A transaction failed and was aborted (or could not be flushed),
-		// and the worker stops: nothing more is committed. The offsets of
-		// the calls whose replies that transaction held are marked done,
-		// and a later commit, even of an empty transaction, would take
-		// them past requests whose answers nobody will ever read; left
-		// uncommitted, the partitions' next owners serve them again.
+		// and the worker stops, or rejoins its group: nothing more is
+		// committed until then. The offsets of the calls whose replies
+		// that transaction held are marked done, and a later commit, even
+		// of an empty transaction, would take them past requests whose
+		// answers nobody will ever read; left uncommitted, the
+		// partitions' next owners serve them again.
 		return
 	}
 	t.mu.Lock()
@@ -599,11 +618,60 @@ func (t *txnWriter) commit(cm *committer, _ map[kafkaclient.TopicPartition]bool)
 		return
 	}
 	if err := t.txn.Commit(ctx, cm.gr, offs); err != nil {
-		_ = t.txn.Abort(ctx)
+		aerr := t.txn.Abort(ctx)
+		if aerr == nil && errors.Is(err, kafkaclient.ErrGroupMoved) {
+			// The commit raced a rebalance: the member's generation is
+			// past, and which partitions it still holds is not known
+			// here. Committing again with the new generation could commit
+			// offsets of partitions another member now reads; so, as
+			// Kafka Streams does on a task migration, the worker gives up
+			// every call it holds and rejoins its group (rejoin), and the
+			// requests whose replies were aborted are read and served
+			// again from the committed offsets, by whichever member gets
+			// their partitions.
+			t.moved = true
+			w.cfg.logger.Warn("kafkarpc: exactly-once: a transaction's commit raced a rebalance and was aborted; "+
+				"the worker gives up its calls and rejoins its group, and their requests are served again", "group", w.cfg.groupID, "error", err)
+			w.requestRejoin()
+			return
+		}
 		w.fail(fmt.Errorf("exactly-once: committing the transaction: %w", err))
 		return
 	}
 	w.markCommitted(offs, tracks)
+}
+
+// rejoin makes the open transaction hold nothing of the calls given up at
+// a rejoin (every call the worker had, each marked void) and lets commits
+// go on for the member's next generation, with gr, its new group reader.
+// The worker's loop calls it once the old group reader is closed: the
+// calls already in the open transaction are waited for (their flush and
+// settle do not need the loop), the transaction is aborted, and a call
+// given up produces nothing into a later one (enter).
+func (t *txnWriter) rejoin(cm *committer, gr kafkaclient.GroupReader) error {
+	t.commitMu.Lock()
+	defer t.commitMu.Unlock()
+	t.mu.Lock()
+	t.closing = true
+	for t.open > 0 {
+		t.cond.Wait()
+	}
+	t.dirty = false
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.closing = false
+		t.cond.Broadcast()
+		t.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := t.txn.Abort(ctx); err != nil {
+		return fmt.Errorf("exactly-once: aborting the transaction of the calls given up: %w", err)
+	}
+	cm.gr = gr
+	t.moved = false
+	return nil
 }
 
 func (t *txnWriter) close() {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -44,9 +45,16 @@ type Worker struct {
 	// hurry ends once the calls in flight at shutdown are to be given up:
 	// when the context of any Shutdown (Close's included) ends, or the
 	// worker fails (fail).
-	hurry     context.Context
-	hurryNow  context.CancelFunc
-	loopDone  chan struct{}
+	hurry    context.Context
+	hurryNow context.CancelFunc
+	loopDone chan struct{}
+	// rejoinReq asks the poll loop to give up every call and rejoin the
+	// group (requestRejoin); losing is set while it does, so that the
+	// revocation of the old group reader's partitions gives up their
+	// calls as lost, committing nothing.
+	rejoinReq chan struct{}
+	losing    atomic.Bool
+	groupCfg  kafkaclient.GroupConfig // what Start joined the group with
 	sem       chan struct{}
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -127,6 +135,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		cfg:         cfg,
 		services:    map[string]*workerService{},
 		loopDone:    make(chan struct{}),
+		rejoinReq:   make(chan struct{}, 1),
 		sem:         make(chan struct{}, cfg.maxConcurrent),
 		ready:       make(chan struct{}),
 		calls:       map[string]*call{},
@@ -289,14 +298,15 @@ func (w *Worker) Start() error {
 		}
 		w.writer = newTxnWriter(w, txn)
 	}
-	gr, err := w.client.NewGroupReader(kafkaclient.GroupConfig{
+	w.groupCfg = kafkaclient.GroupConfig{
 		GroupID:       w.cfg.groupID,
 		Topics:        w.topics,
 		OnAssigned:    w.onAssigned,
 		OnRevoked:     w.onRevoked,
 		ReadCommitted: w.cfg.readCommitted,
 		Protocol:      w.cfg.groupProtocol,
-	})
+	}
+	gr, err := w.client.NewGroupReader(w.groupCfg)
 	if err != nil {
 		// The transactional producer made above goes with the failed
 		// Start: nothing else would close it, and a later Start makes its
@@ -320,8 +330,9 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // Done is closed once a started worker stopped: after Shutdown or Close,
 // or by itself after an error it cannot recover from (a failed transaction
-// with WorkerExactlyOnce: fenced by another instance of its transactional
-// id, or a commit that raced a rebalance), which Err then returns. A
+// with WorkerExactlyOnce, such as one fenced by another instance of its
+// transactional id; not a commit that raced a rebalance, after which the
+// worker rejoins its group and goes on), which Err then returns. A
 // service supervises a worker by waiting on it and exiting, or starting a
 // new worker, when Err is not nil. Never closed for a worker that was not
 // started. Safe for concurrent use.
@@ -362,28 +373,50 @@ func (w *Worker) Close() error {
 	return w.Shutdown(ctx)
 }
 
-// loop polls requests until shutdown, then drains and leaves the group.
+// loop polls requests until shutdown, then drains and leaves the group. A
+// rejoin asked for (requestRejoin) ends the polling of one group reader
+// and starts the next (rejoin).
 func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	defer close(w.loopDone)
 	var refusals refusalLog
-	pollUntilDone(w.pollCtx, gr.Poll, func(err error) {
-		if notAuthorized(err) {
-			w.stats.readsRefused.Add(1)
-			if refusals.refused(time.Now()) {
-				w.cfg.logger.Error("kafkarpc: Kafka refuses to let the worker read a request topic: the calls on its partitions wait until it may "+
-					"(grant the worker's principal READ on the topic; the worker keeps asking)", "group", w.cfg.groupID, "error", err)
+	for gr != nil {
+		ctx, cancel := context.WithCancel(w.pollCtx)
+		stop := make(chan struct{})
+		go func() {
+			select {
+			case <-w.rejoinReq:
+				cancel()
+			case <-stop:
 			}
-			return
+		}()
+		pollUntilDone(ctx, gr.Poll, func(err error) {
+			if notAuthorized(err) {
+				w.stats.readsRefused.Add(1)
+				if refusals.refused(time.Now()) {
+					w.cfg.logger.Error("kafkarpc: Kafka refuses to let the worker read a request topic: the calls on its partitions wait until it may "+
+						"(grant the worker's principal READ on the topic; the worker keeps asking)", "group", w.cfg.groupID, "error", err)
+				}
+				return
+			}
+			w.cfg.logger.Warn("kafkarpc: reading requests", "group", w.cfg.groupID, "error", err)
+		}, func(recs []*kafkaclient.Record) {
+			if refusals.read() {
+				w.cfg.logger.Info("kafkarpc: reading requests again after Kafka refused it", "group", w.cfg.groupID)
+			}
+			for _, rec := range recs {
+				if ctx.Err() != nil {
+					return // a rejoin: read again from the committed offsets
+				}
+				w.handle(rec)
+			}
+		})
+		close(stop)
+		cancel()
+		if w.pollCtx.Err() != nil {
+			break
 		}
-		w.cfg.logger.Warn("kafkarpc: reading requests", "group", w.cfg.groupID, "error", err)
-	}, func(recs []*kafkaclient.Record) {
-		if refusals.read() {
-			w.cfg.logger.Info("kafkarpc: reading requests again after Kafka refused it", "group", w.cfg.groupID)
-		}
-		for _, rec := range recs {
-			w.handle(rec)
-		}
-	})
+		gr = w.rejoin(gr)
+	}
 	for _, c := range w.drain(w.hurry, nil, abortGrace) {
 		w.cfg.logger.Warn("kafkarpc: a handler still runs after the worker stopped and its context was cancelled: "+
 			"its call is left uncommitted, and the partition's next owner serves it again", "group", w.cfg.groupID, "method", c.method(),
@@ -393,12 +426,61 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	w.mu.Lock()
 	w.repeats.dropHeld(nil) // committed as held: not past them
 	w.mu.Unlock()
-	if err := gr.Close(); err != nil {
-		w.cfg.logger.Warn("kafkarpc: leaving group", "group", w.cfg.groupID, "error", err)
+	if gr != nil {
+		if err := gr.Close(); err != nil {
+			w.cfg.logger.Warn("kafkarpc: leaving group", "group", w.cfg.groupID, "error", err)
+		}
 	}
 	w.writer.close()
 	w.stopCalls()
 	w.tel.stopMetrics()
+}
+
+// requestRejoin asks the poll loop to rejoin the group (rejoin). Never
+// blocks; safe for concurrent use.
+func (w *Worker) requestRejoin() {
+	select {
+	case w.rejoinReq <- struct{}{}:
+	default:
+	}
+}
+
+// rejoin leaves the group as a member that lost its partitions and joins
+// it again with a new group reader, which it returns (nil when the worker
+// could not, and stops): every call in flight is given up, none of its
+// records goes into a committed transaction, and the partitions' requests
+// are read again from their committed offsets by whichever member gets
+// them. The exactly-once worker does this when a commit found the group
+// moved to a new generation (txnWriter.commit). Run on the poll loop.
+func (w *Worker) rejoin(old kafkaclient.GroupReader) kafkaclient.GroupReader {
+	w.stats.rejoins.Add(1)
+	w.losing.Store(true)
+	if err := old.Close(); err != nil { // revokes its partitions (onRevoked), as lost
+		w.cfg.logger.Warn("kafkarpc: leaving group to rejoin it", "group", w.cfg.groupID, "error", err)
+	}
+	w.mu.Lock()
+	left := slices.Collect(maps.Keys(w.parts)) // read but never assigned
+	w.mu.Unlock()
+	if len(left) > 0 {
+		w.onRevoked(left, true)
+	}
+	w.losing.Store(false)
+	for _, c := range w.callsOf(nil, false) {
+		c.sent.void.Store(true)
+	}
+	gr, err := w.client.NewGroupReader(w.groupCfg)
+	if err != nil {
+		w.fail(fmt.Errorf("kafkarpc: joining group %q again: %w", w.cfg.groupID, err))
+		return nil
+	}
+	t := w.writer.(*txnWriter) // the only writer that asks for a rejoin
+	if err := t.rejoin(w.committer, gr); err != nil {
+		_ = gr.Close()
+		w.fail(err)
+		return nil
+	}
+	w.cfg.logger.Info("kafkarpc: rejoining group", "group", w.cfg.groupID)
+	return gr
 }
 
 // stopCalls aborts what is still in flight once the worker stopped (a call
@@ -514,6 +596,7 @@ func (w *Worker) onAssigned(parts []kafkaclient.TopicPartition) {
 // onRevoked finishes or abandons the calls of the revoked partitions and
 // commits what is done, before the partitions move to another member.
 func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
+	lost = lost || w.losing.Load()
 	set := make(map[kafkaclient.TopicPartition]bool, len(parts))
 	for _, tp := range parts {
 		set[tp] = true

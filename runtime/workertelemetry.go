@@ -170,6 +170,12 @@ type WorkerStats struct {
 	// increase is what to alert on: librdkafka reports a refusal once,
 	// kgo at every refused fetch.
 	RequestReadsRefused uint64
+	// Rejoins counts the times an exactly-once worker (WorkerExactlyOnce)
+	// gave up its calls and rejoined its group because a transaction's
+	// commit raced a rebalance (each logged at warning level): the
+	// requests of those calls were served again, and their handlers ran
+	// again. A steady increase says the group rebalances too often.
+	Rejoins uint64
 }
 
 type workerCounters struct {
@@ -177,7 +183,7 @@ type workerCounters struct {
 
 	outcomesLoaded, outcomesMalformed, outcomesUnwritten atomic.Uint64
 
-	readsRefused atomic.Uint64
+	readsRefused, rejoins atomic.Uint64
 }
 
 // Stats returns the worker's counters. Safe for concurrent use.
@@ -196,5 +202,6 @@ func (w *Worker) Stats() WorkerStats {
 		OutcomesMalformed:      w.stats.outcomesMalformed.Load(),
 		OutcomesUnwritten:      w.stats.outcomesUnwritten.Load(),
 		RequestReadsRefused:    w.stats.readsRefused.Load(),
+		Rejoins:                w.stats.rejoins.Load(),
 	}
 }

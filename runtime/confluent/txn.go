@@ -143,13 +143,30 @@ func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, of
 		err = t.commitAgain(ctx, gr, offsets, err)
 	}
 	if err != nil {
-		return err
+		return groupMovedErr(err)
 	}
 	t.reset()
 	if err := t.p.p.BeginTransaction(); err != nil {
 		return fmt.Errorf("confluent: begin transaction: %w", err)
 	}
 	return nil
+}
+
+// groupMovedErr returns err, wrapping kafkaclient.ErrGroupMoved too when
+// the group coordinator refused the commit because the group moved to a
+// new generation (or the member is no longer in it) since the consumer
+// group metadata the commit carried.
+func groupMovedErr(err error) error {
+	var ke kafka.Error
+	if !errors.As(err, &ke) {
+		return err
+	}
+	switch ke.Code() {
+	case kafka.ErrIllegalGeneration, kafka.ErrUnknownMemberID, kafka.ErrRebalanceInProgress,
+		kafka.ErrFencedMemberEpoch, kafka.ErrStaleMemberEpoch:
+		return fmt.Errorf("%w (%w)", err, kafkaclient.ErrGroupMoved)
+	}
+	return err
 }
 
 // commit adds offsets to the open transaction and commits it.

@@ -159,16 +159,30 @@ func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, of
 		}
 		if !t.produced.Load() {
 			if err := g.Commit(ctx, offsets); err != nil {
-				return fmt.Errorf("franz: commit offsets of an empty transaction: %w", err)
+				return groupMovedErr(fmt.Errorf("franz: commit offsets of an empty transaction: %w", err))
 			}
 		} else if err := t.sendOffsets(ctx, g, offsets); err != nil {
-			return err
+			return groupMovedErr(err)
 		}
 	}
 	if err := t.kc.EndTransaction(ctx, kgo.TryCommit); err != nil {
 		return fmt.Errorf("franz: commit transaction: %w", err)
 	}
 	return t.begin()
+}
+
+// groupMovedErr returns err, wrapping kafkaclient.ErrGroupMoved too when
+// the group coordinator refused the commit because the group moved to a
+// new generation (or the member is no longer in it) since the member's
+// metadata the commit carried.
+func groupMovedErr(err error) error {
+	for _, moved := range []error{kerr.IllegalGeneration, kerr.UnknownMemberID, kerr.RebalanceInProgress,
+		kerr.FencedMemberEpoch, kerr.StaleMemberEpoch} {
+		if errors.Is(err, moved) {
+			return fmt.Errorf("%w (%w)", err, kafkaclient.ErrGroupMoved)
+		}
+	}
+	return err
 }
 
 func (t *TxnProducer) begin() error {

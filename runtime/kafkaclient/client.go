@@ -188,6 +188,17 @@ var ErrRecordTooLarge = errors.New("kafkaclient: record too large")
 // (timeouts, lost connections) and UNKNOWN_SERVER_ERROR are not refusals.
 var ErrRecordRefused = errors.New("kafkaclient: the cluster refused the record")
 
+// ErrGroupMoved is wrapped by a TxnProducer.Commit (or GroupReader.Commit)
+// that the group coordinator refused because the commit named a
+// generation or member the group has moved past: a rebalance completed
+// while the commit was on its way (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID,
+// REBALANCE_IN_PROGRESS, and KIP-848's FENCED_MEMBER_EPOCH and
+// STALE_MEMBER_EPOCH). Nothing was committed. The member's view of its
+// partitions is out of date: committing again with the group's new
+// generation could commit offsets of partitions now read by another
+// member, so a transactional worker aborts and rejoins instead.
+var ErrGroupMoved = errors.New("kafkaclient: the consumer group moved to a new generation")
+
 // ErrUnknownOutcome is reported through Produce's done for a record the
 // client cannot tell was written: it may or may not be in the log. Produce
 // it again if it must not be lost (and tolerate a duplicate).
@@ -324,7 +335,10 @@ type TxnProducer interface {
 	Flush(ctx context.Context) error
 	// Commit adds offsets (the next offsets to read) as the consumer group's
 	// committed offsets of gr to the open transaction, commits it, and opens
-	// the next one. gr must come from the same client.
+	// the next one. gr must come from the same client. A commit the group
+	// coordinator refused because gr's group rebalanced meanwhile returns
+	// an error wrapping ErrGroupMoved; the transaction must then be
+	// aborted.
 	Commit(ctx context.Context, gr GroupReader, offsets []TopicPartitionOffset) error
 	// Abort aborts the open transaction and opens the next one.
 	Abort(ctx context.Context) error

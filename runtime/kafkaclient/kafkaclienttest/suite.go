@@ -56,6 +56,7 @@ func Run(t *testing.T, f Factory) {
 		{"Transactions", testTransactions},
 		{"TxnCloseFailsPendingRecords", testTxnCloseFailsPendingRecords},
 		{"TxnProduceAfterClose", testTxnProduceAfterClose},
+		{"TxnCommitGroupMoved", testTxnCommitGroupMoved},
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
 		{"TopicMaxMessageBytes", testTopicMaxMessageBytes},

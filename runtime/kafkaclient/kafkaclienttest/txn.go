@@ -6,6 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
@@ -132,5 +136,80 @@ func testTransactions(t *testing.T, f Factory) {
 	}
 	if err := txn.Close(); err != nil {
 		t.Fatalf("close: %v", err)
+	}
+}
+
+// testTxnCommitGroupMoved: a transaction's commit that the group
+// coordinator refuses because the group moved to a new generation since
+// the member's metadata the commit carries (a rebalance completed while
+// the commit was on its way) returns an error wrapping
+// kafkaclient.ErrGroupMoved, whether the transaction holds records or
+// only offsets; nothing of it is committed, Abort opens the next
+// transaction, and that one commits.
+func testTxnCommitGroupMoved(t *testing.T, f Factory) {
+	e, c := newFaultEnv(t, f, Config{})
+	tc, ok := e.client.(kafkaclient.TxnClient)
+	if !ok {
+		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
+	}
+	in := e.createTopic(t, "moved-in", 1)
+	out := e.createTopic(t, "moved-out", 1)
+	e.produceSync(t, &kafkaclient.Record{Topic: in, Partition: 0, Value: []byte("r1")}, kafkaclient.AcksAll)
+	gr, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: e.name("moved"), Topics: []string{in}, ReadCommitted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gr.Close() })
+	ctx := ctxT(t, 90*time.Second)
+	if _, err := gr.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	txn, err := tc.NewTxnProducer(unique("txn-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = txn.Close() })
+	rd, err := e.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rd.Close() })
+	if err := rd.Assign([]kafkaclient.TopicPartitionOffset{{Topic: out, Partition: 0, Offset: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	offs := []kafkaclient.TopicPartitionOffset{{Topic: in, Partition: 0, Offset: 1}}
+	for _, ke := range []*kerr.Error{kerr.IllegalGeneration, kerr.UnknownMemberID, kerr.RebalanceInProgress, kerr.FencedMemberEpoch, kerr.StaleMemberEpoch} {
+		for _, records := range []bool{true, false} {
+			if records {
+				ch := make(chan error, 1)
+				txn.Produce(&kafkaclient.Record{Topic: out, Partition: 0, Value: []byte("aborted")}, func(_ *kafkaclient.Record, err error) { ch <- err })
+				if err := txn.Flush(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if err := <-ch; err != nil {
+					t.Fatal(err)
+				}
+			}
+			h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit, kmsg.OffsetCommit}, Err: ke, Count: -1})
+			err := txn.Commit(ctx, gr, offs)
+			h.Remove()
+			if !errors.Is(err, kafkaclient.ErrGroupMoved) {
+				t.Fatalf("Commit (records: %v) refused %s: %v, want an error wrapping ErrGroupMoved", records, ke.Message, err)
+			}
+			if err := txn.Abort(ctx); err != nil {
+				t.Fatalf("Abort after a commit refused %s: %v", ke.Message, err)
+			}
+		}
+	}
+	ch := make(chan error, 1)
+	txn.Produce(&kafkaclient.Record{Topic: out, Partition: 0, Value: []byte("committed")}, func(_ *kafkaclient.Record, err error) { ch <- err })
+	if err := txn.Commit(ctx, gr, offs); err != nil {
+		t.Fatalf("the commit after the refused ones: %v", err)
+	}
+	if err := <-ch; err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, rd, 1, 30*time.Second); string(got[0].Value) != "committed" {
+		t.Fatalf("a read_committed reader read %q first, want only the record of the transaction committed", got[0].Value)
 	}
 }
