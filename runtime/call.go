@@ -44,6 +44,13 @@ const (
 	outcomeSuperseded              // a newer attempt superseded the call while open: it ends ABORTED
 )
 
+// Where a call that runs a handler stands (call.phase).
+const (
+	handlerQueued    int32 = iota + 1 // waiting for its turn, the calls it supersedes, or a handler slot
+	handlerRunning                    // took a slot: its handler runs (or ran)
+	handlerAbandoned                  // given up before its handler started: left to the partition's next owner
+)
+
 // call is one call being served by the worker, from its first request record
 // to the acknowledgement of its last reply. Its lifecycle: start (or answer,
 // for a call that runs no handler), run on a goroutine of its own (wait for
@@ -91,6 +98,12 @@ type call struct {
 	attempt    []kafkaclient.Header
 	attemptHdr [1]kafkaclient.Header // attempt's room, in the call's own memory
 	ending     atomic.Bool           // finish began: the end of the replies is on its way
+	// phase is where a call that runs a handler stands against its
+	// worker giving up the calls whose handlers have not started
+	// (Worker.abandonQueued): handlerQueued from startCall until it takes
+	// a handler slot, then handlerRunning, or handlerAbandoned when given
+	// up first. Zero for calls answered without a handler.
+	phase atomic.Int32
 	// decision is outcomeOpen until the handler's outcome is decided
 	// (decide) or a newer attempt superseded the call (Worker.supersede),
 	// whichever comes first, and never changes after that.
@@ -185,6 +198,7 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 		w.prepareTelemetry(wm)
 	}
 	c := w.newCall(rec, env, pt, id, wm)
+	c.phase.Store(handlerQueued)
 	var cause error // why the deadline ends the call, when it is the worker's bound
 	if m := w.cfg.maxCallDuration; m > 0 {
 		if limit := now.Add(m); !hasDeadline || limit.Before(deadline) {
@@ -357,10 +371,13 @@ func (c *call) run() {
 		case <-c.ctx.Done():
 		}
 	}
-	if c.ctx.Err() != nil {
+	// A call given up before it took its slot (Worker.abandonQueued) runs
+	// no handler: its abort, under way, ends its context.
+	if c.ctx.Err() != nil || !c.phase.CompareAndSwap(handlerQueued, handlerRunning) {
 		if slot {
 			<-c.w.sem
 		}
+		<-c.ctx.Done()
 		c.finish(contextStatus(c.ctx))
 		return
 	}

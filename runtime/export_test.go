@@ -162,3 +162,13 @@ func StoredRepliesForTest(w *Worker) (n, bytes int) {
 	defer w.mu.Unlock()
 	return len(w.repeats.stored.byID), w.repeats.stored.bytes
 }
+
+// SetDrainingHook makes every worker call f when, at shutdown (once it
+// stopped polling) or at a revocation, it gave up the calls whose handlers
+// had not started, before it waits for the others, and returns a function that removes it. Set it
+// before the worker starts and remove it after the worker stopped. Tests
+// only; no test of this package runs in parallel.
+func SetDrainingHook(f func()) (restore func()) {
+	testHookDraining = f
+	return func() { testHookDraining = nil }
+}

@@ -377,7 +377,10 @@ func WorkerGroupProtocol(p kafkaclient.GroupProtocol) WorkerOption {
 }
 
 // WorkerMaxConcurrentCalls bounds the handlers running at once; further calls
-// wait for a slot. Default 1024.
+// wait for a slot (until their deadline, when they end DEADLINE_EXCEEDED
+// without running). At a shutdown or a revocation, the calls still waiting
+// for a slot run no handler: they are left uncommitted for the partition's
+// next owner. Default 1024.
 func WorkerMaxConcurrentCalls(n int) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.maxConcurrent = max(n, 1) })
 }
@@ -412,8 +415,11 @@ func WorkerMaxCallDuration(d time.Duration) WorkerOption {
 }
 
 // WorkerRevokeTimeout bounds how long a worker losing partitions in a rebalance
-// waits for the calls of those partitions that have all their input to
-// finish. Default 10 s. Calls still running then are cancelled and waited
+// waits for the calls of those partitions that have all their input and
+// whose handlers started to finish (calls whose handlers have not started,
+// waiting for a slot of WorkerMaxConcurrentCalls or for their record key's
+// turn, are left uncommitted at once for the partition's next owner).
+// Default 10 s. Calls still running then are cancelled and waited
 // for at most one more second; a handler that ignores its context past
 // that is left running, uncommitted, and the rebalance goes on (the
 // partition's next owner serves the call again).

@@ -339,7 +339,10 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 func (w *Worker) Done() <-chan struct{} { return w.loopDone }
 
 // Shutdown stops fetching requests, lets the calls in flight finish until ctx
-// ends, commits, and leaves the group. Calls still running when ctx ends are
+// ends, commits, and leaves the group. Calls whose handlers have not started
+// (waiting for a slot of WorkerMaxConcurrentCalls, or for their record
+// key's turn) are given up at once, left uncommitted for the partition's
+// next owner. Calls still running when ctx ends are
 // cancelled: those that sent no reply yet are left uncommitted, so that
 // another member serves them again; the others end with UNAVAILABLE. It may
 // be called more than once, and concurrently; every call returns once the
@@ -416,6 +419,10 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 			break
 		}
 		gr = w.rejoin(gr)
+	}
+	w.abandonQueued(nil)
+	if testHookDraining != nil {
+		testHookDraining()
 	}
 	for _, c := range w.drain(w.hurry, nil, abortGrace) {
 		w.cfg.logger.Warn("kafkarpc: a handler still runs after the worker stopped and its context was cancelled: "+
@@ -498,6 +505,26 @@ func (w *Worker) stopCalls() {
 		c.abort()
 	}
 	w.baseCancel()
+}
+
+// testHookDraining, when set (tests only, before the worker starts), runs
+// when the worker, at shutdown (once it stopped polling) or at a
+// revocation, gave up the calls whose handlers had not started, before it
+// waits for the others.
+var testHookDraining func()
+
+// abandonQueued gives up the calls of parts (all when nil) whose handlers
+// have not started yet (waiting for a handler slot, their record key's
+// turn, or the calls they supersede): at a shutdown or a revocation they
+// are left uncommitted for the partition's next owner at once, instead of
+// being run (up to WorkerMaxConcurrentCalls at a time) before the worker
+// lets the partitions go. A call whose handler started is left to finish.
+func (w *Worker) abandonQueued(parts map[kafkaclient.TopicPartition]bool) {
+	for _, c := range w.callsOf(parts, false) {
+		if c.phase.CompareAndSwap(handlerQueued, handlerAbandoned) {
+			c.abort()
+		}
+	}
 }
 
 // drain waits for the calls of parts (all when nil) to finish until ctx ends,
@@ -608,6 +635,10 @@ func (w *Worker) onRevoked(parts []kafkaclient.TopicPartition, lost bool) {
 		c.abort()
 	}
 	if !lost {
+		w.abandonQueued(set)
+		if testHookDraining != nil {
+			testHookDraining()
+		}
 		// At a shutdown past its context (w.hurry), the calls were given
 		// their grace already: no revoke timeout on top.
 		ctx, cancel := context.WithTimeout(w.hurry, w.cfg.revokeTimeout)

@@ -1,0 +1,198 @@
+package runtime_test
+
+// Adversarial tests of the worker, the gateway and the connection under
+// overload: more calls than the worker's handler slots, a backlog of
+// requests, callers giving up (see each test's comment for the fault it
+// failed on before its fix).
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
+)
+
+// loadAdvGated is an echo handler that, once started, waits for the test's
+// go-ahead without watching its context (a busy handler), and counts the
+// calls it ran by message.
+type loadAdvGated struct {
+	echov1.UnimplementedEchoServiceServer
+	started chan string   // each started call's message (buffered; sends never block the handler)
+	release chan struct{} // closed by the test
+	mu      sync.Mutex
+	ran     map[string]int
+}
+
+func newLoadAdvGated(n int) *loadAdvGated {
+	return &loadAdvGated{started: make(chan string, n), release: make(chan struct{}), ran: map[string]int{}}
+}
+
+func (g *loadAdvGated) EchoUnary(_ context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	g.mu.Lock()
+	g.ran[req.GetMessage()]++
+	g.mu.Unlock()
+	select {
+	case g.started <- req.GetMessage():
+	default:
+	}
+	<-g.release
+	return &echov1.EchoResponse{Message: req.GetMessage()}, nil
+}
+
+// ranWith returns the messages with prefix whose handlers ran, with counts.
+func (g *loadAdvGated) ranWith(prefix string) map[string]int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := map[string]int{}
+	for m, n := range g.ran {
+		if strings.HasPrefix(m, prefix) {
+			out[m] = n
+		}
+	}
+	return out
+}
+
+// awaitCalls waits (bounded) until w started at least n calls.
+func awaitCalls(t *testing.T, w *runtime.Worker, n uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); w.Stats().Calls < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker read %d calls within 60 s, want %d", w.Stats().Calls, n)
+		}
+		time.Sleep(time.Millisecond) // polling the worker's state, bounded above
+	}
+}
+
+// TestLoadAdvShutdownLeavesQueuedCallsToNextMember: a worker whose handler
+// slots (WorkerMaxConcurrentCalls) are all busy reads on: every request it
+// reads waits for a slot, a backlog in the worker's memory. On a graceful
+// Shutdown, which "stops fetching, lets the calls in flight finish", the
+// worker ran that whole backlog, one slot at a time, before it let its
+// partitions go: a Shutdown meant to take as long as the running handlers
+// took as long as every queued request (or until its context ended), while
+// another member could have served them (a rebalance waited likewise, up
+// to WorkerRevokeTimeout, for the queued calls of the revoked partitions).
+// Now the calls whose handlers have not started are left uncommitted at
+// once for the partition's next owner, which serves them: none is lost.
+func TestLoadAdvShutdownLeavesQueuedCallsToNextMember(t *testing.T) {
+	const queued = 200
+	a := newLoadAdvGated(1)
+	var once sync.Once
+	restore := runtime.SetDrainingHook(func() { once.Do(func() { close(a.release) }) })
+	e := setup(t, a, runtime.WorkerMaxConcurrentCalls(1))
+	t.Cleanup(func() {
+		_ = e.worker.Close()
+		restore()
+	})
+	ctx := ctxFor(t, 3*time.Minute)
+	block := goUnary(ctx, e.echo, "block")
+	select {
+	case <-a.started:
+	case r := <-block:
+		t.Fatalf("the first call ended (%v, %v) before its handler started", r.r, r.err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the first call's handler did not start within 60 s")
+	}
+	res := make([]chan unaryResult, queued)
+	for i := range res {
+		res[i] = goUnary(ctx, e.echo, fmt.Sprintf("queued-%d", i))
+	}
+	awaitCalls(t, e.worker, queued+1) // every queued call is in the worker, waiting for the slot
+
+	// The hook lets the busy handler return once the worker stopped
+	// polling: the slot frees during the shutdown.
+	sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := e.worker.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-block; r.err != nil || r.r.GetMessage() != "block" {
+		t.Fatalf("the call running at the shutdown ended %v, %v; want its response", r.r, r.err)
+	}
+	if ran := a.ranWith("queued-"); len(ran) > 0 {
+		t.Errorf("the stopping worker ran %d queued calls' handlers after its shutdown began (e.g. %v); "+
+			"want them left to the next member", len(ran), first(ran))
+	}
+
+	b := newLoadAdvGated(1)
+	close(b.release)
+	startWorker(t, e, b)
+	for i, ch := range res {
+		r := <-ch // bounded by ctx
+		if want := fmt.Sprintf("queued-%d", i); r.err != nil || r.r.GetMessage() != want {
+			t.Fatalf("queued call %d ended %v, %v; want its response from the next member", i, r.r, r.err)
+		}
+	}
+}
+
+// TestLoadAdvRevokeLeavesQueuedCallsToNextOwner: as at a shutdown, a
+// revocation (a member joining the group to help with the load, which is
+// when a backlog is likely) waited up to WorkerRevokeTimeout for the calls
+// of the revoked partitions, those waiting for a handler slot included:
+// the worker ran its backlog of them, one slot at a time, and the group's
+// rebalance waited meanwhile. Now only the handlers already running are
+// waited for; the queued calls are left to the partitions' next owner,
+// which serves them.
+func TestLoadAdvRevokeLeavesQueuedCallsToNextOwner(t *testing.T) {
+	const queued = 200
+	a := newLoadAdvGated(1)
+	var once sync.Once
+	restore := runtime.SetDrainingHook(func() { once.Do(func() { close(a.release) }) })
+	e := setup(t, a, runtime.WorkerMaxConcurrentCalls(1), runtime.WorkerRevokeTimeout(2*time.Minute))
+	t.Cleanup(func() {
+		_ = e.worker.Close()
+		restore()
+	})
+	ctx := ctxFor(t, 3*time.Minute)
+	block := goUnary(ctx, e.echo, "block")
+	select {
+	case <-a.started:
+	case r := <-block:
+		t.Fatalf("the first call ended (%v, %v) before its handler started", r.r, r.err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the first call's handler did not start within 60 s")
+	}
+	res := make([]chan unaryResult, queued)
+	for i := range res {
+		res[i] = goUnary(ctx, e.echo, fmt.Sprintf("queued-%d", i))
+	}
+	awaitCalls(t, e.worker, queued+1)
+
+	topic := e.topic("echo-requests")
+	parts := []kafkaclient.TopicPartition{{Topic: topic, Partition: 0}, {Topic: topic, Partition: 1}, {Topic: topic, Partition: 2}}
+	runtime.RevokeForTest(e.worker, parts...) // the hook lets the busy handler return
+	if r := <-block; r.err != nil || r.r.GetMessage() != "block" {
+		t.Fatalf("the call running at the revocation ended %v, %v; want its response", r.r, r.err)
+	}
+	if ran := a.ranWith("queued-"); len(ran) > 0 {
+		t.Errorf("the worker ran %d queued calls' handlers of the partitions it was giving up (e.g. %v); "+
+			"want them left to the next owner", len(ran), first(ran))
+	}
+	// The revocation committed below the queued calls: the next owner
+	// (after this worker left) serves them.
+	if err := e.worker.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := newLoadAdvGated(1)
+	close(b.release)
+	startWorker(t, e, b)
+	for i, ch := range res {
+		r := <-ch // bounded by ctx
+		if want := fmt.Sprintf("queued-%d", i); r.err != nil || r.r.GetMessage() != want {
+			t.Fatalf("queued call %d ended %v, %v; want its response from the next owner", i, r.r, r.err)
+		}
+	}
+}
+
+func first(m map[string]int) string {
+	for k, v := range m {
+		return fmt.Sprintf("%s ran %d times", k, v)
+	}
+	return ""
+}
