@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -187,6 +190,107 @@ func TestLoadAdvRevokeLeavesQueuedCallsToNextOwner(t *testing.T) {
 		if want := fmt.Sprintf("queued-%d", i); r.err != nil || r.r.GetMessage() != want {
 			t.Fatalf("queued call %d ended %v, %v; want its response from the next owner", i, r.r, r.err)
 		}
+	}
+}
+
+// TestLoadAdvQueuedCallsEndAtTheirDeadline: calls waiting for a handler
+// slot (WorkerMaxConcurrentCalls) while a burst saturates the worker end
+// DEADLINE_EXCEEDED at their deadline, the worker answering each so, and
+// none of their handlers runs once a slot frees.
+func TestLoadAdvQueuedCallsEndAtTheirDeadline(t *testing.T) {
+	const late = 300
+	a := newLoadAdvGated(1)
+	e := setup(t, a, runtime.WorkerMaxConcurrentCalls(1))
+	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
+	ctx := ctxFor(t, 3*time.Minute)
+	block := goUnary(ctx, e.echo, "block")
+	select {
+	case <-a.started:
+	case r := <-block:
+		t.Fatalf("the first call ended (%v, %v) before its handler started", r.r, r.err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the first call's handler did not start within 60 s")
+	}
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	res := make([]chan unaryResult, late)
+	for i := range res {
+		res[i] = goUnary(lctx, e.echo, fmt.Sprintf("late-%d", i))
+	}
+	for i, ch := range res {
+		if r := <-ch; status.Code(r.err) != codes.DeadlineExceeded {
+			t.Fatalf("late call %d ended %v, %v; want DEADLINE_EXCEEDED", i, r.r, r.err)
+		}
+	}
+	// The worker ends each too (an end-of-stream record with its status):
+	// then it is done with them.
+	ended := 0
+	for timeout := time.After(60 * time.Second); ended < late; {
+		select {
+		case rec := <-replies.recs:
+			if rec.Value != nil {
+				t.Fatalf("a reply with a value (%q) to a call whose handler should not run", rec.Value)
+			}
+			// CANCELLED when the gateway's cancel record, written at the
+			// caller's deadline, came first.
+			if s := header(rec, "zilla:status"); s != "4" && s != "1" {
+				t.Fatalf("an end-of-stream with status %s (%s), want 4 (DEADLINE_EXCEEDED) or 1 (CANCELLED)", s, header(rec, "zilla:message"))
+			}
+			ended++
+		case <-timeout:
+			t.Fatalf("the worker ended %d of the %d late calls within 60 s of their deadline", ended, late)
+		}
+	}
+	close(a.release)
+	if r := <-block; r.err != nil || r.r.GetMessage() != "block" {
+		t.Fatalf("the first call ended %v, %v; want its response", r.r, r.err)
+	}
+	if r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"}); err != nil || r.GetMessage() != "after" {
+		t.Fatalf("a call after the burst ended %v, %v; want its response", r, err)
+	}
+	if ran := a.ranWith("late-"); len(ran) > 0 {
+		t.Errorf("%d handlers of calls past their deadline ran (e.g. %v)", len(ran), first(ran))
+	}
+}
+
+// loadAdvUntilCancelled is an echo handler that answers "after" at once and
+// holds every other call until its context ends.
+type loadAdvUntilCancelled struct {
+	echov1.UnimplementedEchoServiceServer
+}
+
+func (loadAdvUntilCancelled) EchoUnary(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	if req.GetMessage() == "after" {
+		return &echov1.EchoResponse{Message: "after"}, nil
+	}
+	<-ctx.Done()
+	return nil, status.FromContextError(context.Cause(ctx)).Err()
+}
+
+// TestLoadAdvManyCallersCancelAtOnce: a thousand callers waiting on a
+// saturated worker (every handler slot held until its caller goes) cancel
+// at once: each ends CANCELLED, and the worker, told by the gateway's
+// cancel records, frees its slots and serves the next call.
+func TestLoadAdvManyCallersCancelAtOnce(t *testing.T) {
+	const callers = 1000
+	e := setup(t, loadAdvUntilCancelled{}, runtime.WorkerMaxConcurrentCalls(4))
+	base := e.worker.Stats().Calls
+	ctx, cancel := context.WithCancel(ctxFor(t, 3*time.Minute))
+	defer cancel()
+	res := make([]chan unaryResult, callers)
+	for i := range res {
+		res[i] = goUnary(ctx, e.echo, fmt.Sprintf("waiting-%d", i))
+	}
+	awaitCalls(t, e.worker, base+callers)
+	cancel()
+	for i, ch := range res {
+		if r := <-ch; status.Code(r.err) != codes.Canceled {
+			t.Fatalf("caller %d ended %v, %v after it cancelled; want CANCELLED", i, r.r, r.err)
+		}
+	}
+	r, err := e.echo.EchoUnary(ctxFor(t, 60*time.Second), &echov1.EchoRequest{Message: "after"})
+	if err != nil || r.GetMessage() != "after" {
+		t.Fatalf("a call after the cancelled ones ended %v, %v; want its response (the cancelled calls still hold the worker's slots?)", r, err)
 	}
 }
 
