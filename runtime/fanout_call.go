@@ -105,6 +105,9 @@ func (f *fanout) serveFetch(m *MethodSpec, md metadata.MD, in proto.Message, str
 	if spec == nil {
 		return status.Errorf(codes.Unimplemented, "%s: not a fetch method", m.FullMethod())
 	}
+	if err := f.cfg.keyClash(m); err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
 	if in != nil {
 		if n := proto.Size(in); n > 0 {
 			return status.Errorf(codes.InvalidArgument, "%s: a fetch takes an empty request (google.protobuf.Empty); this one has %d bytes", m.FullMethod(), n)

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
@@ -83,7 +84,10 @@ func GatewayFetchCatchUpReaders(n int) GatewayOption {
 // (with several values, any of them)
 // (on top of the method's filters). Default wire.IdempotencyKeyMetadata
 // ("idempotency-key"), as Zilla does; an empty name turns the per-caller
-// filter off.
+// filter off. A name a fetch method's callers resume with (its
+// resume_metadata, wire.DefaultResumeMetadata, wire.ResumeMetadataSynonym,
+// each also with "-bin") is refused: AddService (and ClientConn.Register)
+// return an error naming both, and the method's calls end with INTERNAL.
 func GatewayFetchKeyMetadata(name string) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.fetch.keyMetadata = strings.ToLower(name) })
 }
@@ -100,6 +104,24 @@ func GatewayFetchKeyMetadata(name string) GatewayOption {
 // it.
 func GatewayFetchPreload(records int) GatewayOption {
 	return gatewayOptionFunc(func(c *gatewayConfig) { c.fetch.preload = records })
+}
+
+// keyClash returns an error when the fetch key metadata (GatewayFetchKeyMetadata)
+// is a name fetch method m's callers send their resume id under: the id would
+// be taken for a record key, and a resuming caller would get no record.
+func (c *fanoutConfig) keyClash(m *MethodSpec) error {
+	k := c.keyMetadata
+	if k == "" || m.Fetch == nil {
+		return nil
+	}
+	names := resumeNames(m.Fetch.ResumeMetadata)
+	for _, n := range names {
+		if k == n || k == n+"-bin" {
+			return fmt.Errorf("%s: GatewayFetchKeyMetadata %q is a resume metadata name of the method: the gateway reads a resuming caller's event id from %q, each also with \"-bin\", and would take it for a record key; name other metadata",
+				m.FullMethod(), k, names)
+		}
+	}
+	return nil
 }
 
 // preloadOf returns the records per partition to preload for a topic of

@@ -116,6 +116,9 @@ func (g *Gateway) AddService(spec *ServiceSpec) error {
 	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.setupTimeout)
 	defer cancel()
 	for _, m := range spec.Methods {
+		if err := g.cfg.fetch.keyClash(m); err != nil {
+			return err
+		}
 		if _, err := g.prepare(ctx, m); err != nil {
 			return err
 		}
