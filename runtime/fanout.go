@@ -374,14 +374,22 @@ func (h *fanoutHub) run(ctx context.Context) {
 		<-h.watched // its last Assign returned: ctx ended for it too
 		_ = h.reader.Close()
 	}()
+	// A topic that keeps failing is logged at its first failure, then at
+	// most once a refusalLogEvery, and once when it is read again.
+	var failures refusalLog
 	pollUntilDone(ctx, h.reader.Poll, func(err error) {
-		h.f.g.cfg.logger.Warn("kafkarpc: reading fetch topic", "topic", h.topic, "error", err)
+		if failures.refused(time.Now()) {
+			h.f.g.cfg.logger.Warn("kafkarpc: reading fetch topic", "topic", h.topic, "error", err)
+		}
 		if notAuthorized(err) {
 			// Its callers would wait for records forever: end them
 			// PERMISSION_DENIED; the topic's next caller starts a new hub.
 			h.endHub(codes.PermissionDenied, fmt.Sprintf("fetch topic %q: the gateway may not read it: %v", h.topic, err), "")
 		}
 	}, func(recs []*kafkaclient.Record) {
+		if failures.read() {
+			h.f.g.cfg.logger.Info("kafkarpc: reading fetch topic again", "topic", h.topic)
+		}
 		if back := h.append(recs); back != nil {
 			h.checkRestart(ctx, back)
 		}

@@ -4,7 +4,11 @@ package runtime_test
 // before its fix, for the reason its comment gives.
 
 import (
+	"context"
+	"errors"
+	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
+	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
 
 // TestSmallAdvFetchKeyMetadataIsResumeName: GatewayFetchKeyMetadata naming
@@ -69,5 +74,80 @@ func TestSmallAdvFetchKeyMetadataIsResumeName(t *testing.T) {
 	}
 	if ev, err := s.Recv(); err != nil || ev.GetMessage() != "seq-000001" {
 		t.Fatalf("a caller following key k1 got %v, %v; want seq-000001", ev, err)
+	}
+}
+
+// failingReaderClient is a client whose readers' Poll fails, without
+// reading, while fail is set: failed counts those failures and is signalled
+// (without blocking) at each.
+type failingReaderClient struct {
+	kafkaclient.Client
+	fail     atomic.Bool
+	failures atomic.Int64
+	failed   chan struct{}
+}
+
+var errSmallAdvInjected = errors.New("injected: broker not available")
+
+func (c *failingReaderClient) NewReader(cfg kafkaclient.ReaderConfig) (kafkaclient.Reader, error) {
+	r, err := c.Client.NewReader(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &failingReader{Reader: r, c: c}, nil
+}
+
+type failingReader struct {
+	kafkaclient.Reader
+	c *failingReaderClient
+}
+
+func (r *failingReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	if r.c.fail.Load() {
+		r.c.failures.Add(1)
+		select {
+		case r.c.failed <- struct{}{}:
+		default:
+		}
+		return nil, errSmallAdvInjected
+	}
+	return r.Reader.Poll(ctx)
+}
+
+// TestSmallAdvFetchReadFailureLogThrottled: a fetch topic whose reads keep
+// failing was logged at warn level at every failed poll (up to once a
+// second for as long as it lasts, per topic). Now it is logged at the
+// first failure, then at most once a minute, and once at info level when
+// the topic is read again; the caller following it gets the records
+// written meanwhile.
+func TestSmallAdvFetchReadFailureLogThrottled(t *testing.T) {
+	logs := &logRecords{}
+	fc := &failingReaderClient{failed: make(chan struct{}, 1)}
+	e := setupFanoutClient(t, zeroCopyServer, func(kc kafkaclient.Client) kafkaclient.Client {
+		fc.Client = kc
+		return fc
+	}, runtime.WithLogger(slog.New(logs)))
+	ctx := ctxFor(t, 30*time.Second)
+	e.produceTo(t, 0, 2, 0)
+	a := e.follower(t, ctx, nil, nil)
+	a.recvUpTo(t, 2)
+	fc.fail.Store(true)
+	e.produceTo(t, 0, 1, 0) // wakes the Poll waiting for records: the next ones fail
+	const failures = 6
+	for fc.failures.Load() < failures {
+		select {
+		case <-fc.failed:
+		case <-ctx.Done():
+			t.Fatalf("the fetch hub's reader failed %d times, want %d", fc.failures.Load(), failures)
+		}
+	}
+	fc.fail.Store(false)
+	e.produceTo(t, 0, 2, 0)
+	a.recvUpTo(t, 5)
+	if w := logs.matching(slog.LevelWarn, "reading fetch topic", e.topic); len(w) != 1 {
+		t.Errorf("%d failed reads of the fetch topic logged %d warnings, want 1", fc.failures.Load(), len(w))
+	}
+	if i := logs.matching(slog.LevelInfo, "reading fetch topic again", e.topic); len(i) != 1 {
+		t.Errorf("reading the fetch topic again after failures logged %d infos, want 1", len(i))
 	}
 }
