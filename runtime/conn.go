@@ -185,6 +185,9 @@ func (cc *ClientConn) Invoke(ctx context.Context, method string, args, reply any
 func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any, _ *grpc.ClientConn, opts ...grpc.CallOption) (err error) {
 	co := callOptionsOf(opts)
 	defer func() { co.finish(err) }()
+	if err := outgoingMetadataError(ctx, method); err != nil {
+		return err // before anything, as grpc-go does
+	}
 	m, err := cc.method(method)
 	if err != nil {
 		return err
@@ -238,6 +241,10 @@ func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, meth
 
 func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, _ *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	co := callOptionsOf(opts)
+	if err := outgoingMetadataError(ctx, method); err != nil {
+		co.finish(err) // before anything, as grpc-go does
+		return nil, err
+	}
 	m, err := cc.method(method)
 	if err != nil {
 		co.finish(err)

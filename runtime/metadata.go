@@ -1,10 +1,14 @@
 package runtime
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"strings"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // DefaultDeniedMetadata lists the request metadata names that never reach
@@ -95,4 +99,48 @@ func matchRoute(when []MetadataMatch, md metadata.MD) bool {
 		}
 	}
 	return true
+}
+
+// outgoingMetadataError returns the INTERNAL status a grpc-go client fails a
+// call of method with when ctx's outgoing metadata (with the pairs added by
+// metadata.AppendToOutgoingContext) holds a pair gRPC cannot send: an empty
+// name, a name (other than a ":" pseudo-header) outside [0-9a-z-_.], or a
+// value that is not printable ASCII under a name without "-bin"; nil
+// otherwise. Unlike grpc-go it sees the names lowercased (metadata offers
+// no other view): a metadata.MD literal with upper case passes.
+func outgoingMetadataError(ctx context.Context, method string) error {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	for k, vs := range md {
+		if err := metadataPairError(k, vs...); err != "" {
+			return status.Errorf(codes.Internal, "%s: %s", method, err)
+		}
+	}
+	return nil
+}
+
+// metadataPairError says, in grpc-go's words, what makes a metadata pair
+// unsendable, or returns "".
+func metadataPairError(key string, vals ...string) string {
+	if key == "" {
+		return "there is an empty key in the header"
+	}
+	if key[0] == ':' {
+		return ""
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return fmt.Sprintf("header key %q contains illegal characters not in [0-9a-z-_.]", key)
+		}
+	}
+	if strings.HasSuffix(key, "-bin") {
+		return ""
+	}
+	for _, v := range vals {
+		for i := 0; i < len(v); i++ {
+			if v[i] < 0x20 || v[i] > 0x7e {
+				return fmt.Sprintf("header key %q contains value with non-printable ASCII characters", key)
+			}
+		}
+	}
+	return ""
 }

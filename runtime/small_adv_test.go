@@ -151,3 +151,51 @@ func TestSmallAdvFetchReadFailureLogThrottled(t *testing.T) {
 		t.Errorf("reading the fetch topic again after failures logged %d infos, want 1", len(i))
 	}
 }
+
+// TestSmallAdvConnInvalidMetadata: outgoing metadata that grpc-go's client
+// refuses (an empty or invalid name, a value that is not printable ASCII
+// under a name without "-bin", through NewOutgoingContext or
+// AppendToOutgoingContext)
+// was sent over Kafka by the ClientConn. grpc-go fails such a call with
+// INTERNAL before anything is sent: so does the ClientConn now, on unary
+// and streaming calls alike.
+func TestSmallAdvConnInvalidMetadata(t *testing.T) {
+	e := newDiffEnv(t)
+	ctx := ctxFor(t, 60*time.Second)
+	cases := []struct {
+		name string
+		ctx  context.Context
+	}{
+		{"SpaceInName", metadata.NewOutgoingContext(ctx, metadata.MD{"x bad": {"1"}})},
+		{"NonASCIIName", metadata.NewOutgoingContext(ctx, metadata.MD{"x-é": {"1"}})},
+		{"EmptyName", metadata.NewOutgoingContext(ctx, metadata.MD{"": {"1"}})},
+		{"NewlineInValue", metadata.NewOutgoingContext(ctx, metadata.Pairs("x-val", "a\nb"))},
+		{"NonASCIIValue", metadata.NewOutgoingContext(ctx, metadata.Pairs("x-val", "héllo"))},
+		{"AppendedBadName", metadata.AppendToOutgoingContext(ctx, "x-ok", "1", "x bad", "2")},
+		{"AppendedBadValue", metadata.AppendToOutgoingContext(ctx, "x-val", "\x00")},
+	}
+	for _, c := range cases {
+		e.run(t, c.name, func(t *testing.T, s diffSide, o *obs) {
+			r, err := s.echo.EchoUnary(c.ctx, &echov1.EchoRequest{Message: "bad metadata"})
+			o.resp("EchoUnary", r, err)
+			ss, err := s.echo.EchoServerStream(c.ctx, &echov1.EchoRequest{Message: "bad metadata"})
+			o.err("EchoServerStream", err)
+			if err == nil {
+				drain(o, ss.Recv)
+			}
+			bs, err := s.echo.EchoBidiStream(c.ctx)
+			o.err("EchoBidiStream", err)
+			if err == nil {
+				_ = bs.CloseSend()
+				drain(o, bs.Recv)
+			}
+		})
+	}
+	// What grpc-go accepts still passes: binary values under "-bin", printable
+	// values, names that metadata.Pairs lowercased.
+	e.run(t, "Valid", func(t *testing.T, s diffSide, o *obs) {
+		vctx := metadata.AppendToOutgoingContext(metadata.NewOutgoingContext(ctx, metadata.Pairs("X-Mixed", "v ~!")), "x-raw-bin", "\xff\x00\n")
+		r, err := s.echo.EchoUnary(vctx, &echov1.EchoRequest{Message: "good metadata"})
+		o.resp("EchoUnary", r, err)
+	})
+}
