@@ -383,15 +383,23 @@ func (t *callTable) lookup(id []byte) *gwCall {
 // run dispatches records until ctx ends.
 func (r *replyRouter) run(ctx context.Context) {
 	names := &r.g.cfg.names
+	// Reads that keep failing are logged at the first failure, then at
+	// most once a refusalLogEvery, and once when replies are read again.
+	var failures refusalLog
 	pollUntilDone(ctx, r.poll, func(err error) {
 		if notAuthorized(err) {
 			r.refused(err)
 			return
 		}
-		r.g.cfg.logger.Warn("kafkarpc: reading replies", "topic", r.topic, "error", err)
+		if failures.refused(time.Now()) {
+			r.g.cfg.logger.Warn("kafkarpc: reading replies", "topic", r.topic, "error", err)
+		}
 	}, func(recs []*kafkaclient.Record) {
 		if r.denied.Load() != nil {
 			r.readable()
+		}
+		if failures.read() {
+			r.g.cfg.logger.Info("kafkarpc: reading replies again", "topic", r.topic)
 		}
 		r.read.Add(uint64(len(recs)))
 		for _, rec := range recs {

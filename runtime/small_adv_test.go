@@ -12,11 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime"
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
@@ -198,4 +200,49 @@ func TestSmallAdvConnInvalidMetadata(t *testing.T) {
 		r, err := s.echo.EchoUnary(vctx, &echov1.EchoRequest{Message: "good metadata"})
 		o.resp("EchoUnary", r, err)
 	})
+}
+
+// TestSmallAdvReplyReadFailureLogThrottled: a gateway whose reads of its
+// reply topic keep failing logged a warning at every failed poll (up to
+// once a second for as long as it lasts). Now it is logged at the first
+// failure, then at most once a minute, and once when replies are read
+// again; calls are answered again once reads succeed.
+func TestSmallAdvReplyReadFailureLogThrottled(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	logs := &logRecords{}
+	fc := &failingReaderClient{Client: e.kc, failed: make(chan struct{}, 1)}
+	gw := runtime.NewGateway(fc, runtime.WithTopicMapper(func(s string) string { return e.prefix + s }), runtime.WithLogger(slog.New(logs)))
+	t.Cleanup(func() { _ = gw.Close() })
+	echo := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
+		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	ctx := ctxFor(t, 60*time.Second)
+	if r, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "before"}); err != nil || r.GetMessage() != "before" {
+		t.Fatalf("first call: %v, %v", r, err)
+	}
+	fc.fail.Store(true)
+	res := goUnary(ctx, echo, "during") // its reply ends the Poll waiting for records: the next ones fail
+	const failures = 6
+	for fc.failures.Load() < failures {
+		select {
+		case <-fc.failed:
+		case <-ctx.Done():
+			t.Fatalf("the gateway's reply reader failed %d times, want %d", fc.failures.Load(), failures)
+		}
+	}
+	fc.fail.Store(false)
+	if r := <-res; r.err != nil || r.r.GetMessage() != "during" {
+		t.Fatalf("the call made as reads began to fail: %v, %v", r.r, r.err)
+	}
+	if r, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"}); err != nil || r.GetMessage() != "after" {
+		t.Fatalf("the call once replies are read again: %v, %v", r, err)
+	}
+	if w := logs.matching(slog.LevelWarn, "reading replies"); len(w) != 1 {
+		t.Errorf("%d failed reads of the reply topic logged %d warnings, want 1", fc.failures.Load(), len(w))
+	}
+	if i := logs.matching(slog.LevelInfo, "reading replies again"); len(i) != 1 {
+		t.Errorf("reading replies again after failures logged %d infos, want 1", len(i))
+	}
 }
