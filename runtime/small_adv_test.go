@@ -246,3 +246,78 @@ func TestSmallAdvReplyReadFailureLogThrottled(t *testing.T) {
 		t.Errorf("reading replies again after failures logged %d infos, want 1", len(i))
 	}
 }
+
+// failingGroupClient is a client whose group readers' Poll fails, without
+// reading, while fail is set: failed counts those failures and is
+// signalled (without blocking) at each.
+type failingGroupClient struct {
+	kafkaclient.Client
+	fail     atomic.Bool
+	failures atomic.Int64
+	failed   chan struct{}
+}
+
+func (c *failingGroupClient) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	r, err := c.Client.NewGroupReader(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &failingGroupReader{GroupReader: r, c: c}, nil
+}
+
+type failingGroupReader struct {
+	kafkaclient.GroupReader
+	c *failingGroupClient
+}
+
+func (r *failingGroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
+	if r.c.fail.Load() {
+		r.c.failures.Add(1)
+		select {
+		case r.c.failed <- struct{}{}:
+		default:
+		}
+		return nil, errSmallAdvInjected
+	}
+	return r.GroupReader.Poll(ctx)
+}
+
+// TestSmallAdvRequestReadFailureLogThrottled: a worker whose reads of its
+// request topics keep failing logged a warning at every failed poll (up to
+// once a second for as long as it lasts). Now it is logged at the first
+// failure, then at most once a minute, and once when requests are read
+// again; calls are served again once reads succeed.
+func TestSmallAdvRequestReadFailureLogThrottled(t *testing.T) {
+	logs := &logRecords{}
+	fc := &failingGroupClient{failed: make(chan struct{}, 1)}
+	e := setupWrapped(t, func(_ string, kc kafkaclient.Client) kafkaclient.Client { fc.Client = kc; return fc },
+		func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}) },
+		runtime.WithLogger(slog.New(logs)))
+	ctx := ctxFor(t, 60*time.Second)
+	if r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "before"}); err != nil || r.GetMessage() != "before" {
+		t.Fatalf("first call: %v, %v", r, err)
+	}
+	fc.fail.Store(true)
+	res := goUnary(ctx, e.echo, "during") // its request ends the Poll waiting for records: the next ones fail
+	const failures = 6
+	for fc.failures.Load() < failures {
+		select {
+		case <-fc.failed:
+		case <-ctx.Done():
+			t.Fatalf("the worker's group reader failed %d times, want %d", fc.failures.Load(), failures)
+		}
+	}
+	fc.fail.Store(false)
+	if r := <-res; r.err != nil || r.r.GetMessage() != "during" {
+		t.Fatalf("the call made as reads began to fail: %v, %v", r.r, r.err)
+	}
+	if r, err := e.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"}); err != nil || r.GetMessage() != "after" {
+		t.Fatalf("the call once requests are read again: %v, %v", r, err)
+	}
+	if w := logs.matching(slog.LevelWarn, "reading requests"); len(w) != 1 {
+		t.Errorf("%d failed reads of the request topic logged %d warnings, want 1", fc.failures.Load(), len(w))
+	}
+	if i := logs.matching(slog.LevelInfo, "reading requests again"); len(i) != 1 {
+		t.Errorf("reading requests again after failures logged %d infos, want 1", len(i))
+	}
+}

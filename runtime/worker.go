@@ -381,7 +381,10 @@ func (w *Worker) Close() error {
 // and starts the next (rejoin).
 func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	defer close(w.loopDone)
-	var refusals refusalLog
+	// Refusals (not authorized) and other failed reads that keep coming
+	// are each logged at the first, then at most once a refusalLogEvery,
+	// and once when requests are read again.
+	var refusals, failures refusalLog
 	for gr != nil {
 		ctx, cancel := context.WithCancel(w.pollCtx)
 		stop := make(chan struct{})
@@ -401,10 +404,15 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 				}
 				return
 			}
-			w.cfg.logger.Warn("kafkarpc: reading requests", "group", w.cfg.groupID, "error", err)
+			if failures.refused(time.Now()) {
+				w.cfg.logger.Warn("kafkarpc: reading requests", "group", w.cfg.groupID, "error", err)
+			}
 		}, func(recs []*kafkaclient.Record) {
 			if refusals.read() {
 				w.cfg.logger.Info("kafkarpc: reading requests again after Kafka refused it", "group", w.cfg.groupID)
+			}
+			if failures.read() {
+				w.cfg.logger.Info("kafkarpc: reading requests again", "group", w.cfg.groupID)
 			}
 			for _, rec := range recs {
 				if ctx.Err() != nil {
