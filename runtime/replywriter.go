@@ -165,11 +165,15 @@ type txnWriter struct {
 	// generation (kafkaclient.ErrGroupMoved): nothing is committed until
 	// the worker rejoined its group (rejoin).
 	moved   bool
-	mu      sync.Mutex // guards open, dirty and closing
+	mu      sync.Mutex // guards open, dirty, closing and rejoining
 	open    int        // calls whose records are in the open transaction but not yet settled
 	dirty   bool       // something was produced in the open transaction
 	closing bool       // a commit is under way: calls not in the transaction wait for its end
-	cond    *sync.Cond // signalled when open drops to 0 and when a commit ends; uses mu
+	// rejoining is set while the worker rejoins its group (Worker.rejoin):
+	// a call given up then whose caller already got some of its responses
+	// (delivery.early) waits for its end to go into the next transaction.
+	rejoining bool
+	cond      *sync.Cond // signalled when open drops to 0, when a commit ends and when a rejoin ends; uses mu
 }
 
 func newTxnWriter(w *Worker, txn kafkaclient.TxnProducer) *txnWriter {
@@ -545,13 +549,18 @@ func (t *txnWriter) settle(c *call) {
 // enter waits until no commit is closing the open transaction, then counts
 // c in as one more producer of records into it (which the next commit
 // waits for until leave) and marks it as holding records. It reports false,
-// counting nothing in, for a call given up at a rejoin (delivery.void).
+// counting nothing in, for a call given up at a rejoin (delivery.void),
+// except one whose caller already got some of its responses (early): its
+// caller reads its stream as it comes, and the request, served again,
+// would give it those responses twice; so the call's records, its
+// UNAVAILABLE end among them, wait for the rejoin to be over and go into
+// the next transaction, as a call given up in a rebalance ends.
 func (t *txnWriter) enter(c *call) bool {
 	t.mu.Lock()
-	for t.closing {
+	for t.closing || (t.rejoining && c.sent.early && c.sent.void.Load()) {
 		t.cond.Wait()
 	}
-	if c.sent.void.Load() {
+	if c.sent.void.Load() && !c.sent.early {
 		t.mu.Unlock()
 		return false
 	}
@@ -672,6 +681,15 @@ func (t *txnWriter) rejoin(cm *committer, gr kafkaclient.GroupReader) error {
 	cm.gr = gr
 	t.moved = false
 	return nil
+}
+
+// setRejoining sets or clears rejoining (Worker.rejoin), waking the calls
+// waiting for its end in enter.
+func (t *txnWriter) setRejoining(on bool) {
+	t.mu.Lock()
+	t.rejoining = on
+	t.cond.Broadcast()
+	t.mu.Unlock()
 }
 
 func (t *txnWriter) close() {

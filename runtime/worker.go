@@ -469,6 +469,21 @@ func (w *Worker) requestRejoin() {
 // moved to a new generation (txnWriter.commit). Run on the poll loop.
 func (w *Worker) rejoin(old kafkaclient.GroupReader) kafkaclient.GroupReader {
 	w.stats.rejoins.Add(1)
+	t := w.writer.(*txnWriter) // the only writer that asks for a rejoin
+	t.setRejoining(true)
+	rejoining := true
+	defer func() {
+		if rejoining {
+			t.setRejoining(false)
+		}
+	}()
+	// Void before their calls are cancelled (old.Close): a call that ends
+	// now has its records left out, or, if its caller got some of its
+	// responses already, kept for the transaction after the rejoin (enter),
+	// not put into the one to be aborted.
+	for _, c := range w.callsOf(nil, false) {
+		c.sent.void.Store(true)
+	}
 	w.losing.Store(true)
 	if err := old.Close(); err != nil { // revokes its partitions (onRevoked), as lost
 		w.cfg.logger.Warn("kafkarpc: leaving group to rejoin it", "group", w.cfg.groupID, "error", err)
@@ -480,6 +495,7 @@ func (w *Worker) rejoin(old kafkaclient.GroupReader) kafkaclient.GroupReader {
 		w.onRevoked(left, true)
 	}
 	w.losing.Store(false)
+	// And the calls a waiter's re-run started meanwhile.
 	for _, c := range w.callsOf(nil, false) {
 		c.sent.void.Store(true)
 	}
@@ -488,12 +504,22 @@ func (w *Worker) rejoin(old kafkaclient.GroupReader) kafkaclient.GroupReader {
 		w.fail(fmt.Errorf("kafkarpc: joining group %q again: %w", w.cfg.groupID, err))
 		return nil
 	}
-	t := w.writer.(*txnWriter) // the only writer that asks for a rejoin
 	if err := t.rejoin(w.committer, gr); err != nil {
 		_ = gr.Close()
 		w.fail(err)
 		return nil
 	}
+	t.setRejoining(false)
+	rejoining = false
+	// The calls given up whose callers got some of their responses write
+	// their ends now; before any request is read again, so that such a
+	// caller gets its UNAVAILABLE before a response of the call served
+	// again (a handler that ignores its context is waited for at most
+	// abortGrace).
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	w.drain(done, nil, abortGrace)
+	w.committer.poke()
 	w.cfg.logger.Info("kafkarpc: rejoining group", "group", w.cfg.groupID)
 	return gr
 }
