@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
@@ -29,8 +31,18 @@ import (
 // broker.
 type movedOnArm struct {
 	kafkaclient.Client
-	armed atomic.Bool
-	hits  chan struct{} // one value per refused commit
+	armed    atomic.Bool
+	hits     chan struct{} // one value per refused commit
+	failJoin atomic.Bool   // NewGroupReader fails
+}
+
+var errAdvJoin = errors.New("injected by the test: joining the group failed")
+
+func (f *movedOnArm) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+	if f.failJoin.Load() {
+		return nil, errAdvJoin
+	}
+	return f.Client.NewGroupReader(cfg)
 }
 
 func (f *movedOnArm) NewTxnProducer(id string) (kafkaclient.TxnProducer, error) {
@@ -117,5 +129,211 @@ func TestEosRejoinAdvBidiEarlyResponses(t *testing.T) {
 	}
 	if err := e.worker.Err(); err != nil {
 		t.Fatalf("the worker stopped: %v", err)
+	}
+}
+
+// TestEosRejoinAdvJoinFails: the group reader the worker makes to rejoin
+// its group cannot be made. The worker must stop (Done closed, Err saying
+// why), not hang; its callers are answered by the group's next member.
+func TestEosRejoinAdvJoinFails(t *testing.T) {
+	e, f, client := rejoinEnv(t, echoserver.Server{})
+	ctx := ctxFor(t, 60*time.Second)
+	if r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "before"}); err != nil || r.GetMessage() != "before" {
+		t.Fatalf("first call: %v, %v", r, err)
+	}
+	f.failJoin.Store(true)
+	f.armed.Store(true)
+	res := goUnary(ctx, client, "during")
+	select {
+	case <-e.worker.Done():
+	case <-ctx.Done():
+		t.Fatal("the worker neither rejoined nor stopped within 60 s")
+	}
+	if err := e.worker.Err(); !errors.Is(err, errAdvJoin) {
+		t.Fatalf("worker.Err() = %v, want the failure to join again", err)
+	}
+	startWorker(t, e, echoserver.Server{}, runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
+	if r := <-res; r.err != nil || r.r.GetMessage() != "during" {
+		t.Fatalf("the call in flight at the failed rejoin: %v, %v; want its answer from the next member", r.r, r.err)
+	}
+}
+
+// TestEosRejoinAdvConsumerProtocolUnderLoad: exactly-once workers of a
+// KIP-848 group (WorkerGroupProtocol(GroupProtocolConsumer)) join and
+// leave while unary calls and server streams flow: no worker stops, and
+// every call gets its whole answer once.
+func TestEosRejoinAdvConsumerProtocolUnderLoad(t *testing.T) {
+	proto := runtime.WorkerGroupProtocol(kafkaclient.GroupProtocolConsumer)
+	e, client := eosEnv(t, echoserver.Server{}, true, proto)
+	ctx := ctxFor(t, 240*time.Second)
+	const callers, perCaller = 4, 1000
+	errs := make(chan error, callers*perCaller)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var answered atomic.Int64
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for c := range callers {
+			wg.Go(func() {
+				for i := range perCaller {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					m := fmt.Sprintf("c%d-%d", c, i)
+					cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+					var err error
+					if c%2 == 0 {
+						var r *echov1.EchoResponse
+						r, err = client.EchoUnary(cctx, &echov1.EchoRequest{Message: m})
+						if err == nil && r.GetMessage() != m {
+							err = fmt.Errorf("answered %q", r.GetMessage())
+						}
+					} else {
+						err = wholeStreamOnce(cctx, client, m, 3)
+					}
+					cancel()
+					if err != nil {
+						errs <- fmt.Errorf("call %s: %w", m, err)
+					}
+					answered.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+	}()
+	// Calls flow across each change of the group's members.
+	progress := func() {
+		want := answered.Load() + 40
+		for answered.Load() < want {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Millisecond): // polling a counter, bounded by ctx
+			}
+		}
+	}
+	for range 3 {
+		progress()
+		var others []*runtime.Worker
+		for range 2 {
+			others = append(others, startWorker(t, e, echoserver.Server{}, runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")), proto))
+		}
+		progress()
+		for _, w := range others {
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			_ = w.Shutdown(sctx)
+			cancel()
+			if err := w.Err(); err != nil {
+				t.Errorf("a worker that left stopped by itself: %v", err)
+			}
+		}
+	}
+	close(stop)
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("calls not over within 240 s")
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := e.worker.Err(); err != nil {
+		t.Fatalf("the first worker stopped: %v", err)
+	}
+	t.Logf("%d calls answered; %d rejoins of the first worker", answered.Load(), e.worker.Stats().Rejoins)
+}
+
+// TestEosRejoinAdvCallsOfEveryKind: a commit races a rebalance, twice in a
+// row, while a client stream is half sent, a server stream is mid-way, a
+// keyed call (idempotency-key) and a slow unary call run. Each caller
+// gets its whole answer once; the worker goes on.
+func TestEosRejoinAdvCallsOfEveryKind(t *testing.T) {
+	e, f, client := rejoinEnv(t, echoserver.Server{})
+	ctx := ctxFor(t, 90*time.Second)
+	if r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "before"}); err != nil || r.GetMessage() != "before" {
+		t.Fatalf("first call: %v, %v", r, err)
+	}
+	before := e.worker.Stats().Rejoins
+	cs, err := client.EchoClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"x", "y"} {
+		if err := cs.Send(&echov1.EchoRequest{Message: m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	wg.Go(func() {
+		s, err := client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "s", Repeat: 4, DelayMs: 150})
+		if err != nil {
+			errs <- err
+			return
+		}
+		var got []string
+		for {
+			r, err := s.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				errs <- fmt.Errorf("server stream after %q: %w", got, err)
+				return
+			}
+			got = append(got, fmt.Sprintf("%d:%s", r.GetIndex(), r.GetMessage()))
+		}
+		if fmt.Sprint(got) != "[0:s 1:s 2:s 3:s]" {
+			errs <- fmt.Errorf("server stream: got %q, want each response once", got)
+		}
+	})
+	wg.Go(func() {
+		kctx := metadata.AppendToOutgoingContext(ctx, "idempotency-key", kafkatest.Unique("k-"))
+		r, err := client.EchoUnary(kctx, &echov1.EchoRequest{Message: "keyed", DelayMs: 400})
+		if err != nil || r.GetMessage() != "keyed" {
+			errs <- fmt.Errorf("keyed call: %v, %v", r, err)
+		}
+	})
+	wg.Go(func() {
+		r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "slow", DelayMs: 600})
+		if err != nil || r.GetMessage() != "slow" {
+			errs <- fmt.Errorf("slow call: %v, %v", r, err)
+		}
+	})
+	for i := range 2 {
+		f.armed.Store(true)
+		m := fmt.Sprintf("trigger%d", i)
+		if r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: m}); err != nil || r.GetMessage() != m {
+			t.Fatalf("call %s: %v, %v", m, r, err)
+		}
+		select {
+		case <-f.hits:
+		case <-ctx.Done():
+			t.Fatal("no commit refused")
+		}
+	}
+	if err := cs.Send(&echov1.EchoRequest{Message: "z"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := cs.CloseAndRecv()
+	if err != nil || r.GetMessage() != "x,y,z" || r.GetIndex() != 3 {
+		t.Errorf("client stream: %v, %v; want x,y,z", r, err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := e.worker.Err(); err != nil {
+		t.Fatalf("the worker stopped: %v", err)
+	}
+	if n := e.worker.Stats().Rejoins - before; n != 2 {
+		t.Errorf("Stats().Rejoins went up by %d, want 2", n)
 	}
 }

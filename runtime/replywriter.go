@@ -202,7 +202,7 @@ func (t *txnWriter) early(c *call) {
 	if len(kept) == 0 {
 		return
 	}
-	if !t.enter(c) {
+	if !t.enter(c, false) { // under c.out.mu, which a rejoin's c.abort takes: no waiting for its end
 		clear(kept)
 		return
 	}
@@ -271,7 +271,7 @@ func (t *txnWriter) flush(c *call) error {
 		}
 	}
 	if out := c.sent.outbox; len(out) > 0 || c.sent.outcome != nil {
-		if c.sent.inTxn || t.enter(c) { // left at settle
+		if c.sent.inTxn || t.enter(c, true) { // left at settle
 			c.sent.inTxn = true
 			for _, rec := range out {
 				c.sent.unacked.Add(1)
@@ -554,13 +554,15 @@ func (t *txnWriter) settle(c *call) {
 // caller reads its stream as it comes, and the request, served again,
 // would give it those responses twice; so the call's records, its
 // UNAVAILABLE end among them, wait for the rejoin to be over and go into
-// the next transaction, as a call given up in a rebalance ends.
-func (t *txnWriter) enter(c *call) bool {
+// the next transaction, as a call given up in a rebalance ends; when
+// atEnd, that is (its flush, from finish: its early sends hold c.out.mu,
+// which the rejoin takes to abort the call, and are refused instead).
+func (t *txnWriter) enter(c *call, atEnd bool) bool {
 	t.mu.Lock()
-	for t.closing || (t.rejoining && c.sent.early && c.sent.void.Load()) {
+	for t.closing || (atEnd && t.rejoining && c.sent.early && c.sent.void.Load()) {
 		t.cond.Wait()
 	}
-	if c.sent.void.Load() && !c.sent.early {
+	if c.sent.void.Load() && (!c.sent.early || !atEnd) {
 		t.mu.Unlock()
 		return false
 	}
