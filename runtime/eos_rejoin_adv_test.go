@@ -337,3 +337,111 @@ func TestEosRejoinAdvCallsOfEveryKind(t *testing.T) {
 		t.Errorf("Stats().Rejoins went up by %d, want 2", n)
 	}
 }
+
+// TestEosRejoinAdvCloseRacesRejoin: Close right as a commit that raced a
+// rebalance makes the worker rejoin its group, calls in flight. Close
+// returns (no hang, no panic), the worker ends without an error of its
+// own, its per-call tables are empty, and, round after round, no
+// goroutine is left behind.
+func TestEosRejoinAdvCloseRacesRejoin(t *testing.T) {
+	round := func(t *testing.T) {
+		e, f, client := rejoinEnv(t, echoserver.Server{})
+		ctx := ctxFor(t, 60*time.Second)
+		if r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "before"}); err != nil || r.GetMessage() != "before" {
+			t.Fatalf("first call: %v, %v", r, err)
+		}
+		f.armed.Store(true)
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		res := goUnary(cctx, client, "during")
+		select {
+		case <-f.hits:
+		case r := <-res:
+			t.Fatalf("the call ended (%v, %v) before its transaction's commit", r.r, r.err)
+		case <-ctx.Done():
+			t.Fatal("no commit refused")
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- e.worker.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+		case <-ctx.Done():
+			t.Fatal("Close did not return within 60 s of a rejoin")
+		}
+		select {
+		case <-e.worker.Done():
+		default:
+			t.Fatal("Close returned, Done not closed")
+		}
+		if err := e.worker.Err(); err != nil {
+			t.Fatalf("worker.Err() = %v after Close", err)
+		}
+		leakAdvQuiet(t, "worker tables after Close", func() string { return leakAdvEmpty(e.worker) })
+		cancel()
+		<-res
+	}
+	for i := range 2 { // what a process starts once exists before the baseline
+		t.Run(fmt.Sprint("warm", i), round)
+	}
+	base := leakAdvGoroutines()
+	for i := range 6 {
+		t.Run(fmt.Sprint("round", i), round)
+	}
+	leakAdvWait(t, base, "after 6 rounds of Close racing a rejoin")
+}
+
+// TestEosRejoinAdvBidiEndedInAbortedTxn: a bidi caller got its first
+// response while its stream was open, then closed its stream; the call's
+// end went into the transaction whose commit raced a rebalance, which was
+// aborted, and the request was served again: the caller got its first
+// response twice, and an OK end. It must get it once, and then either the
+// OK end or a status it may retry (UNAVAILABLE).
+func TestEosRejoinAdvBidiEndedInAbortedTxn(t *testing.T) {
+	e, f, client := rejoinEnv(t, echoserver.Server{})
+	ctx := ctxFor(t, 60*time.Second)
+	bs, err := client.EchoBidiStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bs.Send(&echov1.EchoRequest{Message: "0"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := bs.Recv()
+	if err != nil || r.GetMessage() != "0" {
+		t.Fatalf("first response: %v, %v", r, err)
+	}
+	got := []string{fmt.Sprintf("%d:%s", r.GetIndex(), r.GetMessage())}
+	f.armed.Store(true) // the commit of the call's end races a rebalance
+	if err := bs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	var end error
+	for {
+		r, err := bs.Recv()
+		if err != nil {
+			end = err
+			break
+		}
+		got = append(got, fmt.Sprintf("%d:%s", r.GetIndex(), r.GetMessage()))
+	}
+	if len(got) != 1 {
+		t.Fatalf("got %q, then %v; want the first response once", got, end)
+	}
+	if end != io.EOF && status.Code(end) != codes.Unavailable {
+		t.Fatalf("the call ended %v; want OK or UNAVAILABLE", end)
+	}
+	select {
+	case <-f.hits:
+	case <-ctx.Done():
+		t.Fatal("no commit was refused: the test did not probe a rejoin")
+	}
+	if r, err := client.EchoUnary(ctx, &echov1.EchoRequest{Message: "after"}); err != nil || r.GetMessage() != "after" {
+		t.Fatalf("the call after the rejoin: %v, %v", r, err)
+	}
+	if err := e.worker.Err(); err != nil {
+		t.Fatalf("the worker stopped: %v", err)
+	}
+}

@@ -74,3 +74,15 @@ func (c *call) countLost() {
 	c.w.stats.lostReplies.Add(1)
 	c.w.tel.lost.Add(context.Background(), 1)
 }
+
+// givenUpEnd returns an end-of-stream record with the UNAVAILABLE status of
+// a call the worker gave up midway, for a txnWriter to write should the
+// transaction holding the call's own end be aborted at a rejoin.
+func (c *call) givenUpEnd() *kafkaclient.Record {
+	names := &c.w.cfg.names
+	hs := make([]kafkaclient.Header, 0, 4+len(c.w.incarnation)+len(c.attempt))
+	hs = append(hs, kafkaclient.Header{Key: names.CorrelationID, Value: c.idb})
+	hs = append(append(hs, c.w.incarnation...), c.attempt...)
+	hs = wire.AppendStatus(hs, names, status.New(codes.Unavailable, "the worker gave up the call midway (rebalance or shutdown); retry it"))
+	return &kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Headers: hs}
+}

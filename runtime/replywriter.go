@@ -173,7 +173,13 @@ type txnWriter struct {
 	// a call given up then whose caller already got some of its responses
 	// (delivery.early) waits for its end to go into the next transaction.
 	rejoining bool
-	cond      *sync.Cond // signalled when open drops to 0, when a commit ends and when a rejoin ends; uses mu
+	// givenUp holds, for each call settled in the open transaction whose
+	// caller already got some of its responses (delivery.early), an
+	// UNAVAILABLE end: should the transaction be aborted at a rejoin, the
+	// request is served again, and that caller must not get those
+	// responses twice (rejoin produces these ends first).
+	givenUp []*kafkaclient.Record
+	cond    *sync.Cond // signalled when open drops to 0, when a commit ends and when a rejoin ends; uses mu
 }
 
 func newTxnWriter(w *Worker, txn kafkaclient.TxnProducer) *txnWriter {
@@ -543,6 +549,12 @@ func (t *txnWriter) settle(c *call) {
 	if !c.sent.inTxn {
 		return
 	}
+	if c.sent.early && c.id != "" {
+		end := c.givenUpEnd()
+		t.mu.Lock()
+		t.givenUp = append(t.givenUp, end)
+		t.mu.Unlock()
+	}
 	t.leave()
 }
 
@@ -649,6 +661,9 @@ func (t *txnWriter) commit(cm *committer, _ map[kafkaclient.TopicPartition]bool)
 		w.fail(fmt.Errorf("exactly-once: committing the transaction: %w", err))
 		return
 	}
+	t.mu.Lock()
+	t.givenUp = nil // their calls' ends are committed
+	t.mu.Unlock()
 	w.markCommitted(offs, tracks)
 }
 
@@ -679,6 +694,22 @@ func (t *txnWriter) rejoin(cm *committer, gr kafkaclient.GroupReader) error {
 	defer cancel()
 	if err := t.txn.Abort(ctx); err != nil {
 		return fmt.Errorf("exactly-once: aborting the transaction of the calls given up: %w", err)
+	}
+	// The calls whose ends were aborted after their callers got some of
+	// their responses end UNAVAILABLE, in the next transaction, before any
+	// request is read again.
+	t.mu.Lock()
+	ends := t.givenUp
+	t.givenUp = nil
+	t.dirty = t.dirty || len(ends) > 0
+	t.mu.Unlock()
+	for _, rec := range ends {
+		t.produce(rec, func(r *kafkaclient.Record, err error) {
+			if err != nil {
+				t.w.cfg.logger.Warn("kafkarpc: the UNAVAILABLE end of a call given up at a rejoin was not written: its caller may get its early responses twice",
+					"topic", r.Topic, "error", err)
+			}
+		})
 	}
 	cm.gr = gr
 	t.moved = false
