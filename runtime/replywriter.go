@@ -614,20 +614,8 @@ func (t *txnWriter) commit(cm *committer, _ map[kafkaclient.TopicPartition]bool)
 		// partitions' next owners serve them again.
 		return
 	}
-	t.mu.Lock()
-	t.closing = true
-	for t.open > 0 {
-		t.cond.Wait()
-	}
-	dirty := t.dirty
-	t.dirty = false
-	t.mu.Unlock()
-	defer func() {
-		t.mu.Lock()
-		t.closing = false
-		t.cond.Broadcast()
-		t.mu.Unlock()
-	}()
+	dirty := t.shut()
+	defer t.reopen()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := t.txn.Flush(ctx); err != nil {
@@ -677,19 +665,8 @@ func (t *txnWriter) commit(cm *committer, _ map[kafkaclient.TopicPartition]bool)
 func (t *txnWriter) rejoin(cm *committer, gr kafkaclient.GroupReader) error {
 	t.commitMu.Lock()
 	defer t.commitMu.Unlock()
-	t.mu.Lock()
-	t.closing = true
-	for t.open > 0 {
-		t.cond.Wait()
-	}
-	t.dirty = false
-	t.mu.Unlock()
-	defer func() {
-		t.mu.Lock()
-		t.closing = false
-		t.cond.Broadcast()
-		t.mu.Unlock()
-	}()
+	t.shut()
+	defer t.reopen()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := t.txn.Abort(ctx); err != nil {
@@ -714,6 +691,28 @@ func (t *txnWriter) rejoin(cm *committer, gr kafkaclient.GroupReader) error {
 	cm.gr = gr
 	t.moved = false
 	return nil
+}
+
+// shut closes the open transaction to calls not yet in it (enter waits
+// until reopen), waits until the calls in it settled, and reports whether
+// it holds records, clearing that. Called with commitMu held.
+func (t *txnWriter) shut() (dirty bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closing = true
+	for t.open > 0 {
+		t.cond.Wait()
+	}
+	dirty, t.dirty = t.dirty, false
+	return dirty
+}
+
+// reopen lets calls into the transaction again after shut.
+func (t *txnWriter) reopen() {
+	t.mu.Lock()
+	t.closing = false
+	t.cond.Broadcast()
+	t.mu.Unlock()
 }
 
 // setRejoining sets or clears rejoining (Worker.rejoin), waking the calls

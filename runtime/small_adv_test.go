@@ -79,7 +79,7 @@ func TestSmallAdvFetchKeyMetadataIsResumeName(t *testing.T) {
 	}
 }
 
-// failingReaderClient is a client whose readers' Poll fails, without
+// failingReaderClient is a client whose readers' and group readers' Poll fails, without
 // reading, while fail is set: failed counts those failures and is signalled
 // (without blocking) at each.
 type failingReaderClient struct {
@@ -105,15 +105,20 @@ type failingReader struct {
 }
 
 func (r *failingReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
-	if r.c.fail.Load() {
-		r.c.failures.Add(1)
+	return r.c.poll(ctx, r.Reader.Poll)
+}
+
+// poll fails, without reading, while c.fail is set; else it polls.
+func (c *failingReaderClient) poll(ctx context.Context, poll func(context.Context) ([]*kafkaclient.Record, error)) ([]*kafkaclient.Record, error) {
+	if c.fail.Load() {
+		c.failures.Add(1)
 		select {
-		case r.c.failed <- struct{}{}:
+		case c.failed <- struct{}{}:
 		default:
 		}
 		return nil, errSmallAdvInjected
 	}
-	return r.Reader.Poll(ctx)
+	return poll(ctx)
 }
 
 // TestSmallAdvFetchReadFailureLogThrottled: a fetch topic whose reads keep
@@ -247,17 +252,9 @@ func TestSmallAdvReplyReadFailureLogThrottled(t *testing.T) {
 	}
 }
 
-// failingGroupClient is a client whose group readers' Poll fails, without
-// reading, while fail is set: failed counts those failures and is
-// signalled (without blocking) at each.
-type failingGroupClient struct {
-	kafkaclient.Client
-	fail     atomic.Bool
-	failures atomic.Int64
-	failed   chan struct{}
-}
-
-func (c *failingGroupClient) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
+// NewGroupReader wraps the client's group reader as NewReader wraps its
+// readers.
+func (c *failingReaderClient) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupReader, error) {
 	r, err := c.Client.NewGroupReader(cfg)
 	if err != nil {
 		return nil, err
@@ -267,19 +264,11 @@ func (c *failingGroupClient) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkac
 
 type failingGroupReader struct {
 	kafkaclient.GroupReader
-	c *failingGroupClient
+	c *failingReaderClient
 }
 
 func (r *failingGroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
-	if r.c.fail.Load() {
-		r.c.failures.Add(1)
-		select {
-		case r.c.failed <- struct{}{}:
-		default:
-		}
-		return nil, errSmallAdvInjected
-	}
-	return r.GroupReader.Poll(ctx)
+	return r.c.poll(ctx, r.GroupReader.Poll)
 }
 
 // TestSmallAdvRequestReadFailureLogThrottled: a worker whose reads of its
@@ -289,7 +278,7 @@ func (r *failingGroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, e
 // again; calls are served again once reads succeed.
 func TestSmallAdvRequestReadFailureLogThrottled(t *testing.T) {
 	logs := &logRecords{}
-	fc := &failingGroupClient{failed: make(chan struct{}, 1)}
+	fc := &failingReaderClient{failed: make(chan struct{}, 1)}
 	e := setupWrapped(t, func(_ string, kc kafkaclient.Client) kafkaclient.Client { fc.Client = kc; return fc },
 		func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, echoserver.Server{}) },
 		runtime.WithLogger(slog.New(logs)))
