@@ -19,10 +19,11 @@ import (
 //
 // A record that fails (its done gets an error: Kafka refused it, say) is
 // left out of the transaction and the others commit, as with franz-go:
-// librdkafka makes such a transaction one that must be aborted, and fails
-// the records produced after it with ERR__STATE, so those are reported
-// acknowledged and kept, and Commit aborts the transaction, produces its
-// acknowledged and kept records into the next one, once, and commits that.
+// librdkafka makes such a transaction one that must be aborted, purges the
+// records still queued and fails those produced after it (ERR__PURGE_QUEUE,
+// ERR__STATE), so those are reported acknowledged and kept, and Commit
+// aborts the transaction, produces its acknowledged and kept records into
+// the next one, once, and commits that.
 type TxnProducer struct {
 	c      *Client
 	p      *producer
@@ -95,12 +96,13 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 	t.mu.Unlock()
 	t.c.produceOn(t.p, r, nil, func(r *kafkaclient.Record, err error) {
 		// A record librdkafka fails because another failed first (the
-		// transaction must be aborted: ERR__STATE) is kept for the
-		// transaction Commit commits, as with franz-go it would be in
-		// the open one: acknowledged, as a record of a transaction is,
-		// until its commit.
-		var ke kafka.Error
-		kept := err != nil && errors.As(err, &ke) && ke.Code() == kafka.ErrState
+		// transaction must be aborted: it purges the records still
+		// queued, ERR__PURGE_QUEUE, and fails those produced after,
+		// ERR__STATE) is kept for the transaction Commit commits, as
+		// with franz-go it would be in the open one: acknowledged, as a
+		// record of a transaction is, until its commit. Not once Close
+		// purged it.
+		kept := err != nil && !t.closed.Load() && failedForAnother(err)
 		t.mu.Lock()
 		tr.ok, tr.err = err == nil || kept, err
 		if err != nil {
@@ -112,6 +114,21 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 		}
 		done(r, err)
 	})
+}
+
+// failedForAnother reports whether err is librdkafka's failure of a
+// transactional record for another record's failure: the transaction must
+// be aborted, so it purged the record from its queue or refused it.
+func failedForAnother(err error) bool {
+	var ke kafka.Error
+	if !errors.As(err, &ke) {
+		return false
+	}
+	switch ke.Code() {
+	case kafka.ErrState, kafka.ErrPurgeQueue, kafka.ErrPurgeInflight:
+		return true
+	}
+	return false
 }
 
 // Flush waits until every record produced so far was acknowledged or

@@ -57,6 +57,7 @@ func Run(t *testing.T, f Factory) {
 		{"TxnCloseFailsPendingRecords", testTxnCloseFailsPendingRecords},
 		{"TxnProduceAfterClose", testTxnProduceAfterClose},
 		{"TxnCommitGroupMoved", testTxnCommitGroupMoved},
+		{"TxnRefusedRecordLeftOut", testTxnRefusedRecordLeftOut},
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
 		{"TopicMaxMessageBytes", testTopicMaxMessageBytes},

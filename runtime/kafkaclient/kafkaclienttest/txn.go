@@ -3,6 +3,7 @@ package kafkaclienttest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -211,5 +212,91 @@ func testTxnCommitGroupMoved(t *testing.T, f Factory) {
 	}
 	if got := readN(t, rd, 1, 30*time.Second); string(got[0].Value) != "committed" {
 		t.Fatalf("a read_committed reader read %q first, want only the record of the transaction committed", got[0].Value)
+	}
+}
+
+// testTxnRefusedRecordLeftOut: a record of a transaction that Kafka
+// refuses (INVALID_RECORD: a null key for a compacted topic, say) fails
+// with an error wrapping kafkaclient.ErrRecordRefused, and only it: the
+// records produced with it, before and after, are acknowledged, Commit
+// commits them, and a read_committed reader reads every one of them once,
+// in order. librdkafka fails the transaction for the one record and
+// purges the records still queued (ERR__PURGE_QUEUE) or fails those
+// produced after it (ERR__STATE): the exactly-once worker took those for
+// lost replies and told callers UNAVAILABLE.
+func testTxnRefusedRecordLeftOut(t *testing.T, f Factory) {
+	e, c := newFaultEnv(t, f, Config{})
+	tc, ok := e.client.(kafkaclient.TxnClient)
+	if !ok {
+		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
+	}
+	refused := e.createTopic(t, "refused", 1)
+	out := e.createTopic(t, "kept", 1)
+	ctx := ctxT(t, 90*time.Second)
+	txn, err := tc.NewTxnProducer(unique("txn-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = txn.Close() })
+	rd, err := e.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rd.Close() })
+	if err := rd.Assign([]kafkaclient.TopicPartitionOffset{{Topic: out, Partition: 0, Offset: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	const before, after = 5, 400
+	errs := make(chan error, before+after)
+	produce := func(i int) {
+		txn.Produce(&kafkaclient.Record{Topic: out, Partition: 0, Value: fmt.Appendf(nil, "%d", i)}, func(_ *kafkaclient.Record, err error) {
+			if err != nil {
+				err = fmt.Errorf("record %d: %w", i, err)
+			}
+			errs <- err
+		})
+	}
+	for i := range before {
+		produce(i)
+	}
+	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: refused, Err: kerr.InvalidRecord, Count: -1})
+	defer h.Remove()
+	refusal := make(chan error, 1)
+	txn.Produce(&kafkaclient.Record{Topic: refused, Partition: 0, Value: []byte("refused")}, func(_ *kafkaclient.Record, err error) { refusal <- err })
+	// Many, without waiting: some are still queued when the refusal
+	// comes back.
+	for i := before; i < before+after; i++ {
+		produce(i)
+	}
+	if err := txn.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-refusal; !errors.Is(err, kafkaclient.ErrRecordRefused) {
+		t.Fatalf("the refused record's delivery: %v, want an error wrapping ErrRecordRefused", err)
+	}
+	for range before + after {
+		if err := <-errs; err != nil {
+			t.Fatalf("a record produced with the refused one failed: %v", err)
+		}
+	}
+	if err := txn.Commit(ctx, nil, nil); err != nil {
+		t.Fatalf("commit of the records kept: %v", err)
+	}
+	got := readN(t, rd, before+after, 60*time.Second)
+	for i, r := range got {
+		if string(r.Value) != fmt.Sprint(i) {
+			t.Fatalf("a read_committed reader read %q at position %d, want %d: every kept record once, in order", r.Value, i, i)
+		}
+	}
+	// The next transaction commits as usual.
+	produce(before + after)
+	if err := txn.Commit(ctx, nil, nil); err != nil {
+		t.Fatalf("the next commit: %v", err)
+	}
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	if r := readN(t, rd, 1, 30*time.Second); string(r[0].Value) != fmt.Sprint(before+after) {
+		t.Fatalf("after the commit read %q, want %d", r[0].Value, before+after)
 	}
 }
