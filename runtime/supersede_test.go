@@ -27,10 +27,11 @@ import (
 
 // handoff serves EchoClientStream (the messages of a run, joined) and
 // EchoBidiStream (each message echoed), and tells the test of each run's
-// first message (started). A run whose request stream fails (its context
-// ended) sends its context's cause (cause) and holds until the test lets
-// it go (letGo) before it returns. events notes, in order, each run's start
-// and return, by its first message.
+// first message (started). A run whose request stream fails, or whose
+// response is refused (its context ended), sends its context's cause
+// (cause) and holds until the test lets it go (letGo) before it returns.
+// events notes, in order, each run's start and return, by its first
+// message.
 type handoff struct {
 	echoserver.Server
 	started chan string
@@ -60,6 +61,13 @@ func (h *handoff) noted() []string {
 	return slices.Clone(h.events)
 }
 
+// hold tells the test why the run's context ended and holds until the test
+// lets it go.
+func (h *handoff) hold(ctx context.Context) {
+	h.cause <- context.Cause(ctx)
+	<-h.release
+}
+
 // recv reads the run's next request message with next; the first one
 // starts the run (first). A failure other than the stream's end is held.
 func (h *handoff) recv(ctx context.Context, next func() (*echov1.EchoRequest, error), first *string) (*echov1.EchoRequest, error) {
@@ -67,8 +75,7 @@ func (h *handoff) recv(ctx context.Context, next func() (*echov1.EchoRequest, er
 	switch {
 	case err == io.EOF:
 	case err != nil:
-		h.cause <- context.Cause(ctx)
-		<-h.release
+		h.hold(ctx)
 	case *first == "":
 		*first = m.GetMessage()
 		h.note("start " + *first)
@@ -105,6 +112,9 @@ func (h *handoff) EchoBidiStream(s grpc.BidiStreamingServer[echov1.EchoRequest, 
 			return err
 		}
 		if err := s.Send(&echov1.EchoResponse{Message: m.GetMessage(), Index: i}); err != nil {
+			// Superseded before its response to a message went out
+			// (the retry may come as soon as the first message was read).
+			h.hold(s.Context())
 			return err
 		}
 	}
