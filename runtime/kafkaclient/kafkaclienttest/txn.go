@@ -51,19 +51,7 @@ func testTransactions(t *testing.T, f Factory) {
 		n += len(b)
 	}
 
-	txn, err := tc.NewTxnProducer(unique("txn-"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = txn.Close() })
-	rd, err := e.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rd.Close() })
-	if err := rd.Assign([]kafkaclient.TopicPartitionOffset{{Topic: out, Partition: 0, Offset: 0}}); err != nil {
-		t.Fatal(err)
-	}
+	txn, rd := txnAndReader(t, e, tc, out)
 	produce := func(v string) {
 		t.Helper()
 		ch := make(chan error, 1)
@@ -140,6 +128,27 @@ func testTransactions(t *testing.T, f Factory) {
 	}
 }
 
+// txnAndReader returns a new transactional producer of tc and a
+// read_committed reader of partition 0 of topic out from its start, both
+// closed at the test's end.
+func txnAndReader(t *testing.T, e *env, tc kafkaclient.TxnClient, out string) (kafkaclient.TxnProducer, kafkaclient.Reader) {
+	t.Helper()
+	txn, err := tc.NewTxnProducer(unique("txn-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = txn.Close() })
+	rd, err := e.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rd.Close() })
+	if err := rd.Assign([]kafkaclient.TopicPartitionOffset{{Topic: out, Partition: 0, Offset: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	return txn, rd
+}
+
 // testTxnCommitGroupMoved: a transaction's commit that the group
 // coordinator refuses because the group moved to a new generation since
 // the member's metadata the commit carries (a rebalance completed while
@@ -165,19 +174,7 @@ func testTxnCommitGroupMoved(t *testing.T, f Factory) {
 	if _, err := gr.Poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	txn, err := tc.NewTxnProducer(unique("txn-"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = txn.Close() })
-	rd, err := e.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rd.Close() })
-	if err := rd.Assign([]kafkaclient.TopicPartitionOffset{{Topic: out, Partition: 0, Offset: 0}}); err != nil {
-		t.Fatal(err)
-	}
+	txn, rd := txnAndReader(t, e, tc, out)
 	offs := []kafkaclient.TopicPartitionOffset{{Topic: in, Partition: 0, Offset: 1}}
 	for _, ke := range []*kerr.Error{kerr.IllegalGeneration, kerr.UnknownMemberID, kerr.RebalanceInProgress, kerr.FencedMemberEpoch, kerr.StaleMemberEpoch} {
 		for _, records := range []bool{true, false} {
@@ -233,19 +230,7 @@ func testTxnRefusedRecordLeftOut(t *testing.T, f Factory) {
 	refused := e.createTopic(t, "refused", 1)
 	out := e.createTopic(t, "kept", 1)
 	ctx := ctxT(t, 90*time.Second)
-	txn, err := tc.NewTxnProducer(unique("txn-"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = txn.Close() })
-	rd, err := e.client.NewReader(kafkaclient.ReaderConfig{ReadCommitted: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rd.Close() })
-	if err := rd.Assign([]kafkaclient.TopicPartitionOffset{{Topic: out, Partition: 0, Offset: 0}}); err != nil {
-		t.Fatal(err)
-	}
+	txn, rd := txnAndReader(t, e, tc, out)
 	const before, after = 5, 400
 	errs := make(chan error, before+after)
 	produce := func(i int) {
