@@ -30,10 +30,22 @@ import (
 // committing nothing; the worker aborts the transaction. Works on any
 // broker.
 type movedOnArm struct {
-	kafkaclient.Client
+	commitHooked
 	armed    atomic.Bool
 	hits     chan struct{} // one value per refused commit
 	failJoin atomic.Bool   // NewGroupReader fails
+}
+
+func newMovedOnArm() *movedOnArm {
+	f := &movedOnArm{hits: make(chan struct{}, 16)}
+	f.refuse = func([]kafkaclient.TopicPartitionOffset) error {
+		if f.armed.CompareAndSwap(true, false) {
+			f.hits <- struct{}{}
+			return fmt.Errorf("injected by the test: ILLEGAL_GENERATION (%w)", kafkaclient.ErrGroupMoved)
+		}
+		return nil
+	}
+	return f
 }
 
 var errAdvJoin = errors.New("injected by the test: joining the group failed")
@@ -45,36 +57,11 @@ func (f *movedOnArm) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.Gr
 	return f.Client.NewGroupReader(cfg)
 }
 
-func (f *movedOnArm) NewTxnProducer(id string) (kafkaclient.TxnProducer, error) {
-	tc, ok := f.Client.(kafkaclient.TxnClient)
-	if !ok {
-		return nil, errors.New("the test's client has no transactions")
-	}
-	p, err := tc.NewTxnProducer(id)
-	if err != nil {
-		return nil, err
-	}
-	return &movedOnArmTxn{TxnProducer: p, f: f}, nil
-}
-
-type movedOnArmTxn struct {
-	kafkaclient.TxnProducer
-	f *movedOnArm
-}
-
-func (t *movedOnArmTxn) Commit(ctx context.Context, gr kafkaclient.GroupReader, offs []kafkaclient.TopicPartitionOffset) error {
-	if t.f.armed.CompareAndSwap(true, false) {
-		t.f.hits <- struct{}{}
-		return fmt.Errorf("injected by the test: ILLEGAL_GENERATION (%w)", kafkaclient.ErrGroupMoved)
-	}
-	return t.TxnProducer.Commit(ctx, gr, offs)
-}
-
 // rejoinEnv starts an exactly-once echo worker on a movedOnArm client and
 // returns it with a read_committed gateway's client.
 func rejoinEnv(t *testing.T, impl echov1.EchoServiceServer, wopts ...runtime.WorkerOption) (*env, *movedOnArm, echov1.EchoServiceClient) {
 	t.Helper()
-	f := &movedOnArm{hits: make(chan struct{}, 16)}
+	f := newMovedOnArm()
 	e := setupWrapped(t, func(_ string, kc kafkaclient.Client) kafkaclient.Client { f.Client = kc; return f },
 		func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) },
 		append([]runtime.WorkerOption{runtime.WorkerExactlyOnce(kafkatest.Unique("txn-"))}, wopts...)...)

@@ -72,6 +72,60 @@ func awaitCalls(t *testing.T, w *runtime.Worker, n uint64) {
 	}
 }
 
+// blockSlot starts a call "block" whose handler holds a's one slot until
+// a.release, and waits (bounded) until that handler started.
+func blockSlot(t *testing.T, ctx context.Context, e *env, a *loadAdvGated) chan unaryResult {
+	t.Helper()
+	block := goUnary(ctx, e.echo, "block")
+	select {
+	case <-a.started:
+	case r := <-block:
+		t.Fatalf("the first call ended (%v, %v) before its handler started", r.r, r.err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the first call's handler did not start within 60 s")
+	}
+	return block
+}
+
+// queueCalls starts n calls "queued-I", which wait for a handler slot.
+func queueCalls(ctx context.Context, e *env, n int) []chan unaryResult {
+	res := make([]chan unaryResult, n)
+	for i := range res {
+		res[i] = goUnary(ctx, e.echo, fmt.Sprintf("queued-%d", i))
+	}
+	return res
+}
+
+// leftToNextOwner checks, once the worker of e let its partitions go
+// (a shutdown or a revocation), that the call "block" running then got
+// its response and that none of the queued calls' handlers ran on that
+// worker; then (after leave, if not nil) it starts the next member and
+// checks that every queued call gets its response from it.
+func leftToNextOwner(t *testing.T, e *env, a *loadAdvGated, block chan unaryResult, queued []chan unaryResult, leave func() error) {
+	t.Helper()
+	if r := <-block; r.err != nil || r.r.GetMessage() != "block" {
+		t.Fatalf("the call running when the worker let its partitions go ended %v, %v; want its response", r.r, r.err)
+	}
+	if ran := a.ranWith("queued-"); len(ran) > 0 {
+		t.Errorf("the worker ran %d queued calls' handlers after it began to let their partitions go (e.g. %v); "+
+			"want them left to the next owner", len(ran), first(ran))
+	}
+	if leave != nil {
+		if err := leave(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := newLoadAdvGated(1)
+	close(b.release)
+	startWorker(t, e, b)
+	for i, ch := range queued {
+		r := <-ch // bounded by the calls' context
+		if want := fmt.Sprintf("queued-%d", i); r.err != nil || r.r.GetMessage() != want {
+			t.Fatalf("queued call %d ended %v, %v; want its response from the next owner", i, r.r, r.err)
+		}
+	}
+}
+
 // TestLoadAdvShutdownLeavesQueuedCallsToNextMember: a worker whose handler
 // slots (WorkerMaxConcurrentCalls) are all busy reads on: every request it
 // reads waits for a slot, a backlog in the worker's memory. On a graceful
@@ -94,18 +148,8 @@ func TestLoadAdvShutdownLeavesQueuedCallsToNextMember(t *testing.T) {
 		restore()
 	})
 	ctx := ctxFor(t, 3*time.Minute)
-	block := goUnary(ctx, e.echo, "block")
-	select {
-	case <-a.started:
-	case r := <-block:
-		t.Fatalf("the first call ended (%v, %v) before its handler started", r.r, r.err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("the first call's handler did not start within 60 s")
-	}
-	res := make([]chan unaryResult, queued)
-	for i := range res {
-		res[i] = goUnary(ctx, e.echo, fmt.Sprintf("queued-%d", i))
-	}
+	block := blockSlot(t, ctx, e, a)
+	res := queueCalls(ctx, e, queued)
 	awaitCalls(t, e.worker, queued+1) // every queued call is in the worker, waiting for the slot
 
 	// The hook lets the busy handler return once the worker stopped
@@ -115,23 +159,7 @@ func TestLoadAdvShutdownLeavesQueuedCallsToNextMember(t *testing.T) {
 	if err := e.worker.Shutdown(sctx); err != nil {
 		t.Fatal(err)
 	}
-	if r := <-block; r.err != nil || r.r.GetMessage() != "block" {
-		t.Fatalf("the call running at the shutdown ended %v, %v; want its response", r.r, r.err)
-	}
-	if ran := a.ranWith("queued-"); len(ran) > 0 {
-		t.Errorf("the stopping worker ran %d queued calls' handlers after its shutdown began (e.g. %v); "+
-			"want them left to the next member", len(ran), first(ran))
-	}
-
-	b := newLoadAdvGated(1)
-	close(b.release)
-	startWorker(t, e, b)
-	for i, ch := range res {
-		r := <-ch // bounded by ctx
-		if want := fmt.Sprintf("queued-%d", i); r.err != nil || r.r.GetMessage() != want {
-			t.Fatalf("queued call %d ended %v, %v; want its response from the next member", i, r.r, r.err)
-		}
-	}
+	leftToNextOwner(t, e, a, block, res, nil)
 }
 
 // TestLoadAdvRevokeLeavesQueuedCallsToNextOwner: as at a shutdown, a
@@ -153,44 +181,16 @@ func TestLoadAdvRevokeLeavesQueuedCallsToNextOwner(t *testing.T) {
 		restore()
 	})
 	ctx := ctxFor(t, 3*time.Minute)
-	block := goUnary(ctx, e.echo, "block")
-	select {
-	case <-a.started:
-	case r := <-block:
-		t.Fatalf("the first call ended (%v, %v) before its handler started", r.r, r.err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("the first call's handler did not start within 60 s")
-	}
-	res := make([]chan unaryResult, queued)
-	for i := range res {
-		res[i] = goUnary(ctx, e.echo, fmt.Sprintf("queued-%d", i))
-	}
+	block := blockSlot(t, ctx, e, a)
+	res := queueCalls(ctx, e, queued)
 	awaitCalls(t, e.worker, queued+1)
 
 	topic := e.topic("echo-requests")
 	parts := []kafkaclient.TopicPartition{{Topic: topic, Partition: 0}, {Topic: topic, Partition: 1}, {Topic: topic, Partition: 2}}
 	runtime.RevokeForTest(e.worker, parts...) // the hook lets the busy handler return
-	if r := <-block; r.err != nil || r.r.GetMessage() != "block" {
-		t.Fatalf("the call running at the revocation ended %v, %v; want its response", r.r, r.err)
-	}
-	if ran := a.ranWith("queued-"); len(ran) > 0 {
-		t.Errorf("the worker ran %d queued calls' handlers of the partitions it was giving up (e.g. %v); "+
-			"want them left to the next owner", len(ran), first(ran))
-	}
 	// The revocation committed below the queued calls: the next owner
 	// (after this worker left) serves them.
-	if err := e.worker.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b := newLoadAdvGated(1)
-	close(b.release)
-	startWorker(t, e, b)
-	for i, ch := range res {
-		r := <-ch // bounded by ctx
-		if want := fmt.Sprintf("queued-%d", i); r.err != nil || r.r.GetMessage() != want {
-			t.Fatalf("queued call %d ended %v, %v; want its response from the next owner", i, r.r, r.err)
-		}
-	}
+	leftToNextOwner(t, e, a, block, res, e.worker.Close)
 }
 
 // TestLoadAdvQueuedCallsEndAtTheirDeadline: calls waiting for a handler
@@ -203,14 +203,7 @@ func TestLoadAdvQueuedCallsEndAtTheirDeadline(t *testing.T) {
 	e := setup(t, a, runtime.WorkerMaxConcurrentCalls(1))
 	replies := watchReplies(t, e.kc, e.topic("echo-responses"))
 	ctx := ctxFor(t, 3*time.Minute)
-	block := goUnary(ctx, e.echo, "block")
-	select {
-	case <-a.started:
-	case r := <-block:
-		t.Fatalf("the first call ended (%v, %v) before its handler started", r.r, r.err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("the first call's handler did not start within 60 s")
-	}
+	block := blockSlot(t, ctx, e, a)
 	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	res := make([]chan unaryResult, late)

@@ -46,16 +46,15 @@ func advCommittedClient(t *testing.T, e *env) echov1.EchoServiceClient {
 
 var errAdvCommit = errors.New("injected by the test: the transaction's commit failed")
 
-// failFirstCommit is a worker's Kafka client whose transactional producer
-// fails its first commit that carries offsets, as a commit that timed out
-// or lost its coordinator does; every later commit goes through.
-type failFirstCommit struct {
+// commitHooked is a worker's Kafka client whose transactional producers
+// ask refuse before each Commit: an error it returns is Commit's, and
+// nothing is committed.
+type commitHooked struct {
 	kafkaclient.Client
-	failed chan struct{} // closed once the commit failed
-	once   atomic.Bool
+	refuse func(offs []kafkaclient.TopicPartitionOffset) error
 }
 
-func (f *failFirstCommit) NewTxnProducer(id string) (kafkaclient.TxnProducer, error) {
+func (f *commitHooked) NewTxnProducer(id string) (kafkaclient.TxnProducer, error) {
 	tc, ok := f.Client.(kafkaclient.TxnClient)
 	if !ok {
 		return nil, errors.New("the test's client has no transactions")
@@ -64,20 +63,40 @@ func (f *failFirstCommit) NewTxnProducer(id string) (kafkaclient.TxnProducer, er
 	if err != nil {
 		return nil, err
 	}
-	return &failFirstCommitTxn{TxnProducer: p, f: f}, nil
+	return &commitHookedTxn{TxnProducer: p, refuse: f.refuse}, nil
 }
 
-type failFirstCommitTxn struct {
+type commitHookedTxn struct {
 	kafkaclient.TxnProducer
-	f *failFirstCommit
+	refuse func(offs []kafkaclient.TopicPartitionOffset) error
 }
 
-func (t *failFirstCommitTxn) Commit(ctx context.Context, gr kafkaclient.GroupReader, offs []kafkaclient.TopicPartitionOffset) error {
-	if len(offs) > 0 && t.f.once.CompareAndSwap(false, true) {
-		close(t.f.failed)
-		return errAdvCommit
+func (t *commitHookedTxn) Commit(ctx context.Context, gr kafkaclient.GroupReader, offs []kafkaclient.TopicPartitionOffset) error {
+	if err := t.refuse(offs); err != nil {
+		return err
 	}
 	return t.TxnProducer.Commit(ctx, gr, offs)
+}
+
+// failFirstCommit is a worker's Kafka client whose transactional producer
+// fails its first commit that carries offsets, as a commit that timed out
+// or lost its coordinator does; every later commit goes through.
+type failFirstCommit struct {
+	commitHooked
+	failed chan struct{} // closed once the commit failed
+	once   atomic.Bool
+}
+
+func newFailFirstCommit() *failFirstCommit {
+	f := &failFirstCommit{failed: make(chan struct{})}
+	f.refuse = func(offs []kafkaclient.TopicPartitionOffset) error {
+		if len(offs) > 0 && f.once.CompareAndSwap(false, true) {
+			close(f.failed)
+			return errAdvCommit
+		}
+		return nil
+	}
+	return f
 }
 
 // TestWorkerAdvFailedTransactionCommitsNothingMore: with WorkerExactlyOnce,
@@ -92,7 +111,7 @@ func (t *failFirstCommitTxn) Commit(ctx context.Context, gr kafkaclient.GroupRea
 // again, and its caller waited for its deadline.
 func TestWorkerAdvFailedTransactionCommitsNothingMore(t *testing.T) {
 	impl := &counting{}
-	f := &failFirstCommit{failed: make(chan struct{})}
+	f := newFailFirstCommit()
 	e := setupWrapped(t, func(_ string, kc kafkaclient.Client) kafkaclient.Client { f.Client = kc; return f },
 		func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) },
 		runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")))
