@@ -104,6 +104,10 @@ type call struct {
 	// a handler slot, then handlerRunning, or handlerAbandoned when given
 	// up first. Zero for calls answered without a handler.
 	phase atomic.Int32
+	// queued is set while the call counts among those whose handlers have
+	// not started (readFlow.enqueue): from startCall until it took a slot
+	// or finished.
+	queued atomic.Bool
 	// decision is outcomeOpen until the handler's outcome is decided
 	// (decide) or a newer attempt superseded the call (Worker.supersede),
 	// whichever comes first, and never changes after that.
@@ -199,6 +203,8 @@ func (w *Worker) startCall(rec *kafkaclient.Record, env *wire.Envelope, pt *part
 	}
 	c := w.newCall(rec, env, pt, id, wm)
 	c.phase.Store(handlerQueued)
+	c.queued.Store(true)
+	w.flow.enqueue()
 	var cause error // why the deadline ends the call, when it is the worker's bound
 	if m := w.cfg.maxCallDuration; m > 0 {
 		if limit := now.Add(m); !hasDeadline || limit.Before(deadline) {
@@ -324,6 +330,14 @@ func (w *Worker) answerCall(rec *kafkaclient.Record, env *wire.Envelope, pt *par
 	go c.finish(st)
 }
 
+// unqueue notes that the call no longer waits to run its handler; it may
+// be called more than once.
+func (c *call) unqueue() {
+	if c.queued.Load() && c.queued.CompareAndSwap(true, false) {
+		c.w.flow.dequeue()
+	}
+}
+
 // abort gives the call up: its handler is cancelled and nothing more it
 // sends goes out.
 func (c *call) abort() {
@@ -371,6 +385,7 @@ func (c *call) run() {
 		case <-c.ctx.Done():
 		}
 	}
+	c.unqueue()
 	// A call given up before it took its slot (Worker.abandonQueued) runs
 	// no handler: its abort, under way, ends its context.
 	if c.ctx.Err() != nil || !c.phase.CompareAndSwap(handlerQueued, handlerRunning) {
@@ -544,6 +559,7 @@ func contextStatus(ctx context.Context) *status.Status {
 // one whose replies are all still kept by the writer (WorkerExactlyOnce):
 // they are dropped, and the next owner serves the call whole.
 func (c *call) finish(st *status.Status) {
+	c.unqueue() // ended before it took a slot
 	st = c.cardinality(st)
 	st, _ = c.decide(st)
 	c.ending.Store(true)

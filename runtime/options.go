@@ -206,6 +206,7 @@ type workerConfig struct {
 	common
 	groupID           string
 	maxConcurrent     int
+	maxQueued         int // WorkerMaxQueuedCalls; 0: no bound
 	unaryInterceptor  grpc.UnaryServerInterceptor
 	streamInterceptor grpc.StreamServerInterceptor
 	revokeTimeout     time.Duration
@@ -227,6 +228,7 @@ func defaultWorkerConfig() workerConfig {
 	return workerConfig{
 		common:          defaultCommon(),
 		maxConcurrent:   1024,
+		maxQueued:       1024,
 		revokeTimeout:   10 * time.Second,
 		commitInterval:  50 * time.Millisecond,
 		maxAttempts:     1,
@@ -383,6 +385,21 @@ func WorkerGroupProtocol(p kafkaclient.GroupProtocol) WorkerOption {
 // next owner. Default 1024.
 func WorkerMaxConcurrentCalls(n int) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.maxConcurrent = max(n, 1) })
+}
+
+// WorkerMaxQueuedCalls bounds the calls read whose handlers have not
+// started (waiting for a slot of WorkerMaxConcurrentCalls, their record
+// key's turn, or an earlier attempt): at n, the worker stops fetching
+// requests (its group reader pauses, and it stays in the group) until half
+// of them took a slot or ended, so that a backlog stays in Kafka instead
+// of in the worker's memory. The reading goes on regardless while a
+// running handler waits for its next request message (a client or bidi
+// stream), which may be behind the pause. A bound, not an exact one: the
+// records of the batch read when it is reached (up to 512) are still
+// served. n ≤ 0: no bound, every request is read as it comes. Default 1024.
+// WorkerStats.ReadPauses counts the pauses.
+func WorkerMaxQueuedCalls(n int) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.maxQueued = max(n, 0) })
 }
 
 // WorkerUnaryInterceptor runs i around every unary handler, as

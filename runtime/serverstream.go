@@ -176,9 +176,12 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 			}
 			return nil, io.EOF
 		}
+		c.w.flow.awaitInput()
 		select {
 		case <-signal:
+			c.w.flow.inputCame()
 		case <-c.ctx.Done():
+			c.w.flow.inputCame()
 			return nil, contextStatus(c.ctx).Err()
 		}
 	}

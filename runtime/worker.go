@@ -56,6 +56,7 @@ type Worker struct {
 	losing    atomic.Bool
 	groupCfg  kafkaclient.GroupConfig // what Start joined the group with
 	sem       chan struct{}
+	flow      readFlow // pauses the reading while too many calls wait for sem
 	ready     chan struct{}
 	readyOnce sync.Once
 
@@ -148,6 +149,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 		writer:      directWriter{client: client},
 		limits:      topicLimits{client: client, logger: cfg.logger},
 	}
+	w.flow.max = int64(cfg.maxQueued)
 	w.base, w.baseCancel = context.WithCancel(context.Background())
 	w.runners = newRunners(w.base)
 	w.pollCtx, w.pollCancel = context.WithCancel(context.Background())
@@ -395,6 +397,7 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 			case <-stop:
 			}
 		}()
+		w.flow.reader(gr)
 		pollUntilDone(ctx, gr.Poll, func(err error) {
 			if notAuthorized(err) {
 				w.stats.readsRefused.Add(1)
@@ -420,9 +423,11 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 				}
 				w.handle(rec)
 			}
+			w.flow.check()
 		})
 		close(stop)
 		cancel()
+		w.flow.reader(nil) // no Pause or Resume of a reader being closed
 		if w.pollCtx.Err() != nil {
 			break
 		}

@@ -176,6 +176,11 @@ type WorkerStats struct {
 	// requests of those calls were served again, and their handlers ran
 	// again. A steady increase says the group rebalances too often.
 	Rejoins uint64
+	// ReadPauses counts the times the worker stopped fetching requests
+	// because WorkerMaxQueuedCalls calls waited for a handler: a steady
+	// increase says the worker (or the group) has too few handler slots
+	// for the load.
+	ReadPauses uint64
 }
 
 type workerCounters struct {
@@ -203,5 +208,6 @@ func (w *Worker) Stats() WorkerStats {
 		OutcomesUnwritten:      w.stats.outcomesUnwritten.Load(),
 		RequestReadsRefused:    w.stats.readsRefused.Load(),
 		Rejoins:                w.stats.rejoins.Load(),
+		ReadPauses:             w.flow.pauses.Load(),
 	}
 }

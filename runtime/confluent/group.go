@@ -39,11 +39,19 @@ type GroupReader struct {
 	closed  bool
 	commits sync.WaitGroup
 
+	// pauseMu orders Pause and Resume with the assignment of partitions
+	// (rebalance), which pauses those assigned while paused is set.
+	pauseMu sync.Mutex
+	paused  bool
+
 	once     sync.Once
 	closeErr error
 }
 
-var _ kafkaclient.GroupReader = (*GroupReader)(nil)
+var (
+	_ kafkaclient.GroupReader = (*GroupReader)(nil)
+	_ kafkaclient.Pauser      = (*GroupReader)(nil)
+)
 
 // NewGroupReader joins cfg.GroupID (on the first Poll) subscribed to
 // cfg.Topics. See New for the consumer defaults (auto.offset.reset=earliest,
@@ -120,11 +128,19 @@ func (g *GroupReader) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 	switch e := ev.(type) {
 	case kafka.AssignedPartitions:
 		var err error
+		g.pauseMu.Lock()
 		if cooperative {
 			err = kc.IncrementalAssign(e.Partitions)
 		} else {
 			err = kc.Assign(e.Partitions)
 		}
+		if err == nil && g.paused && len(e.Partitions) > 0 {
+			// librdkafka assigns partitions unpaused.
+			if perr := kc.Pause(e.Partitions); perr != nil {
+				g.c.log.Warn("confluent: pausing partitions assigned while paused", "client", g.name, "group", g.cfg.GroupID, "err", perr)
+			}
+		}
+		g.pauseMu.Unlock()
 		if err != nil {
 			g.c.log.Error("confluent: group assign failed", "client", g.name, "group", g.cfg.GroupID, "err", err)
 			return err
@@ -201,6 +217,34 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		return nil, err
 	}
 	return batch, nil
+}
+
+// Pause stops fetching the partitions assigned, and those assigned later,
+// until Resume (librdkafka drops what it fetched of them but did not
+// return, and fetches it again after Resume). Safe for concurrent use.
+func (g *GroupReader) Pause() { g.setPaused(true) }
+
+// Resume undoes Pause. Safe for concurrent use.
+func (g *GroupReader) Resume() { g.setPaused(false) }
+
+func (g *GroupReader) setPaused(on bool) {
+	g.pauseMu.Lock()
+	defer g.pauseMu.Unlock()
+	if g.paused == on || g.closing.Load() {
+		return
+	}
+	g.paused = on
+	parts, err := g.kc.Assignment()
+	if err == nil && len(parts) > 0 {
+		if on {
+			err = g.kc.Pause(parts)
+		} else {
+			err = g.kc.Resume(parts)
+		}
+	}
+	if err != nil {
+		g.c.log.Warn("confluent: pausing or resuming the group's partitions", "client", g.name, "group", g.cfg.GroupID, "pause", on, "err", err)
+	}
 }
 
 // Commit synchronously commits offsets (each the next offset to read) for

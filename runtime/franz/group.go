@@ -57,7 +57,10 @@ type GroupReader struct {
 	once sync.Once
 }
 
-var _ kafkaclient.GroupReader = (*GroupReader)(nil)
+var (
+	_ kafkaclient.GroupReader = (*GroupReader)(nil)
+	_ kafkaclient.Pauser      = (*GroupReader)(nil)
+)
 
 // refusalBesideEvery is the least time between two refusals a
 // GroupReader's Poll returns when they came beside records (Poll).
@@ -286,6 +289,15 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 		// by ctx (returned there).
 	}
 }
+
+// Pause stops fetching the group's topics until Resume (kgo's
+// PauseFetchTopics, which holds for partitions assigned later too, and
+// drops what it fetched of them but did not return). Safe for concurrent
+// use.
+func (g *GroupReader) Pause() { g.kc.PauseFetchTopics(g.cfg.Topics...) }
+
+// Resume undoes Pause. Safe for concurrent use.
+func (g *GroupReader) Resume() { g.kc.ResumeFetchTopics(g.cfg.Topics...) }
 
 // Commit synchronously commits offsets (each the next offset to read) for
 // the group with kgo's CommitOffsetsSync: it waits for commits in flight,

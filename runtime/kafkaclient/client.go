@@ -309,6 +309,22 @@ type GroupReader interface {
 	Close() error
 }
 
+// Pauser is implemented by a GroupReader that can stop fetching records
+// while its Poll goes on serving the group (heartbeats, rebalances): the
+// worker pauses reading requests while too many wait for a handler slot
+// (runtime.WorkerMaxQueuedCalls). Both clients of this module implement it.
+type Pauser interface {
+	// Pause stops fetching the records of every partition assigned to the
+	// member, now and later, until Resume; Poll returns no records
+	// meanwhile but those of a Poll already under way, and the reading
+	// carries on at the first record not returned. Resume starts fetching
+	// again and wakes a Poll waiting for records. Both are safe for
+	// concurrent use, with each other and with Poll; calling either twice
+	// in a row is harmless.
+	Pause()
+	Resume()
+}
+
 // TxnClient is implemented by clients that support Kafka transactions, which
 // the worker's exactly-once option needs.
 type TxnClient interface {

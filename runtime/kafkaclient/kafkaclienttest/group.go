@@ -426,3 +426,84 @@ func groupType(t *testing.T, brokers, group string) string {
 	t.Fatalf("ListGroups does not list group %s", group)
 	return ""
 }
+
+// testGroupPauseResume: a member paused (kafkaclient.Pauser) reads no
+// record, whether paused before it joined or after, and across a
+// rebalance that takes a partition from it and gives it back; it stays in
+// the group meanwhile (the other member's arrival and departure move
+// partitions to and from it); Resume reads on from the first record not
+// read, each record once.
+func testGroupPauseResume(t *testing.T, f Factory) {
+	e := newEnv(t, f, Config{FastGroups: true})
+	topic := e.createTopic(t, "paused", 2)
+	for p := range int32(2) {
+		e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: p, Value: fmt.Appendf(nil, "old-%d", p)}, kafkaclient.AcksAll)
+	}
+	obs := newGroupObs()
+	group := e.name("paused")
+	a := startMember(t, e, obs, "a", group, topic, memberOpts{})
+	defer a.stop(t)
+	pa, ok := a.g.(kafkaclient.Pauser)
+	if !ok {
+		t.Skipf("%s's group reader does not implement kafkaclient.Pauser", f.Name)
+	}
+	pa.Pause() // while it joins
+	obs.waitUntil(t, "a to own both partitions", 60*time.Second, func() bool { return a.ownedCount() == 2 })
+	expectNoRecord(t, obs, "a paused before it joined")
+	pa.Resume()
+	got := map[string]bool{}
+	for range 2 {
+		got[string(awaitRecord(t, obs).Value)] = true
+	}
+	if !got["old-0"] || !got["old-1"] {
+		t.Fatalf("after Resume read %v, want old-0 and old-1", got)
+	}
+
+	pa.Pause()
+	pa.Pause() // twice: harmless
+	for p := range int32(2) {
+		e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: p, Value: fmt.Appendf(nil, "new-%d", p)}, kafkaclient.AcksAll)
+	}
+	b := startMember(t, e, obs, "b", group, topic, memberOpts{})
+	obs.waitUntil(t, "a and b to own a partition each", 60*time.Second, func() bool { return a.ownedCount() == 1 && b.ownedCount() == 1 })
+	a.mu.Lock()
+	var kept int32
+	for p := range a.owned {
+		kept = p
+	}
+	a.mu.Unlock()
+	if r := awaitRecord(t, obs); r.Partition == kept || string(r.Value) != fmt.Sprintf("new-%d", r.Partition) {
+		t.Fatalf("read %q of partition %d while a, paused, owns partition %d; want only b's new record", r.Value, r.Partition, kept)
+	}
+	b.stop(t)
+	obs.waitUntil(t, "a to own both partitions again", 60*time.Second, func() bool { return a.ownedCount() == 2 })
+	expectNoRecord(t, obs, "a paused across a rebalance")
+	pa.Resume()
+	if r := awaitRecord(t, obs); r.Partition != kept || string(r.Value) != fmt.Sprintf("new-%d", kept) {
+		t.Fatalf("after Resume read %q of partition %d, want new-%d", r.Value, r.Partition, kept)
+	}
+	expectNoRecord(t, obs, "a read every record")
+}
+
+// awaitRecord returns the next record a member of obs read (bounded).
+func awaitRecord(t *testing.T, obs *groupObs) *kafkaclient.Record {
+	t.Helper()
+	select {
+	case r := <-obs.records:
+		return r
+	case <-time.After(30 * time.Second):
+		t.Fatal("no record read within 30 s")
+		return nil
+	}
+}
+
+// expectNoRecord checks that no member of obs reads a record for a second:
+// the most a test can show of reads that must not happen.
+func expectNoRecord(t *testing.T, obs *groupObs, why string) {
+	t.Helper()
+	select {
+	case r := <-obs.records:
+		t.Fatalf("%s: read %q of partition %d at offset %d", why, r.Value, r.Partition, r.Offset)
+	case <-time.After(time.Second):
+	}
+}

@@ -52,6 +52,7 @@ func Run(t *testing.T, f Factory) {
 		{"GroupReadersShareAndResume", testGroupReadersShareAndResume},
 		{"GroupRevokeCommitsBeforeMove", testGroupRevokeCommitsBeforeMove},
 		{"GroupStartAtLatest", testGroupStartAtLatest},
+		{"GroupPauseResume", testGroupPauseResume},
 		{"GroupMemberWithNothingLearnsItJoined", testGroupMemberWithNothingLearnsItJoined},
 		{"Transactions", testTransactions},
 		{"TxnCloseFailsPendingRecords", testTxnCloseFailsPendingRecords},
