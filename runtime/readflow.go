@@ -18,7 +18,7 @@ type readFlow struct {
 	max    int64        // WorkerMaxQueuedCalls; 0: no bound
 	queued atomic.Int64 // calls read whose handlers have not started (call.unqueue)
 	inputs atomic.Int64 // running handlers waiting for a request message
-	on     atomic.Bool // max > 0 and the group reader can pause
+	on     atomic.Bool  // max > 0 and the group reader can pause
 	paused atomic.Bool
 	pauses atomic.Uint64 // WorkerStats.ReadPauses
 
