@@ -397,7 +397,9 @@ func WorkerMaxConcurrentCalls(n int) WorkerOption {
 // stream), which may be behind the pause. A bound, not an exact one: the
 // records of the batch read when it is reached (up to 512) are still
 // served. n ≤ 0: no bound, every request is read as it comes. Default 1024.
-// WorkerStats.ReadPauses counts the pauses.
+// WorkerStats.ReadPauses counts the pauses. A kafkaclient.Client of your
+// own whose group readers do not implement kafkaclient.Pauser is read
+// without a bound.
 func WorkerMaxQueuedCalls(n int) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.maxQueued = max(n, 0) })
 }
