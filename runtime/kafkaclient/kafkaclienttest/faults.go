@@ -27,10 +27,7 @@ import (
 // returned, as Client.Close does for its records.
 func testTxnCloseFailsPendingRecords(t *testing.T, f Factory) {
 	e, c := newFaultEnv(t, f, Config{CloseTimeout: 500 * time.Millisecond, DeliveryTimeout: time.Minute})
-	tc, ok := e.client.(kafkaclient.TxnClient)
-	if !ok {
-		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
-	}
+	tc := txnClient(t, e, f)
 	topic := e.createTopic(t, "txn-close", 1)
 	txn, err := tc.NewTxnProducer(unique("txn-close-"))
 	if err != nil {
@@ -94,10 +91,7 @@ func testTxnCloseFailsPendingRecords(t *testing.T, f Factory) {
 // does), once.
 func testTxnProduceAfterClose(t *testing.T, f Factory) {
 	e := newEnv(t, f, Config{})
-	tc, ok := e.client.(kafkaclient.TxnClient)
-	if !ok {
-		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
-	}
+	tc := txnClient(t, e, f)
 	topic := e.createTopic(t, "txn-after", 1)
 	txn, err := tc.NewTxnProducer(unique("txn-after-"))
 	if err != nil {

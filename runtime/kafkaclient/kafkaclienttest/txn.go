@@ -20,10 +20,7 @@ import (
 // records, or alone) are the group's committed offsets.
 func testTransactions(t *testing.T, f Factory) {
 	e := newEnv(t, f, Config{FastGroups: true})
-	tc, ok := e.client.(kafkaclient.TxnClient)
-	if !ok {
-		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
-	}
+	tc := txnClient(t, e, f)
 	in := e.createTopic(t, "txn-in", 1)
 	out := e.createTopic(t, "txn-out", 1)
 	group := e.name("txn")
@@ -128,6 +125,17 @@ func testTransactions(t *testing.T, f Factory) {
 	}
 }
 
+// txnClient returns e's client as a kafkaclient.TxnClient, or skips the
+// test for a client without transactions.
+func txnClient(t *testing.T, e *env, f Factory) kafkaclient.TxnClient {
+	t.Helper()
+	tc, ok := e.client.(kafkaclient.TxnClient)
+	if !ok {
+		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
+	}
+	return tc
+}
+
 // txnAndReader returns a new transactional producer of tc and a
 // read_committed reader of partition 0 of topic out from its start, both
 // closed at the test's end.
@@ -158,10 +166,7 @@ func txnAndReader(t *testing.T, e *env, tc kafkaclient.TxnClient, out string) (k
 // transaction, and that one commits.
 func testTxnCommitGroupMoved(t *testing.T, f Factory) {
 	e, c := newFaultEnv(t, f, Config{})
-	tc, ok := e.client.(kafkaclient.TxnClient)
-	if !ok {
-		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
-	}
+	tc := txnClient(t, e, f)
 	in := e.createTopic(t, "moved-in", 1)
 	out := e.createTopic(t, "moved-out", 1)
 	e.produceSync(t, &kafkaclient.Record{Topic: in, Partition: 0, Value: []byte("r1")}, kafkaclient.AcksAll)
@@ -223,10 +228,7 @@ func testTxnCommitGroupMoved(t *testing.T, f Factory) {
 // lost replies and told callers UNAVAILABLE.
 func testTxnRefusedRecordLeftOut(t *testing.T, f Factory) {
 	e, c := newFaultEnv(t, f, Config{})
-	tc, ok := e.client.(kafkaclient.TxnClient)
-	if !ok {
-		t.Skipf("%s does not implement kafkaclient.TxnClient", f.Name)
-	}
+	tc := txnClient(t, e, f)
 	refused := e.createTopic(t, "refused", 1)
 	out := e.createTopic(t, "kept", 1)
 	ctx := ctxT(t, 90*time.Second)
