@@ -221,6 +221,7 @@ type workerConfig struct {
 	idemWindow        time.Duration
 	idemMaxBytes      int
 	transactionalID   string
+	eosStreamBytes    int // WorkerExactlyOnceStreamBytes; 0: no bound
 	outcomeTopic      string
 }
 
@@ -236,6 +237,7 @@ func defaultWorkerConfig() workerConfig {
 		retryBackoff:    100 * time.Millisecond,
 		idemWindow:      10 * time.Minute,
 		idemMaxBytes:    64 << 20,
+		eosStreamBytes:  4 << 20,
 		maxCallDuration: DefaultMaxCallDuration,
 	}
 }
@@ -301,9 +303,31 @@ func WorkerDeadLetterTopic(topic string) WorkerOption {
 // other failed transaction stops the worker (Err reports why, Done is
 // closed): fenced by a newer instance with the same transactional id, a
 // transaction that timed out; its partitions move to the other members,
-// which serve the uncommitted requests again. Default: off.
+// which serve the uncommitted requests again. A streaming call's responses
+// are held until its end up to WorkerExactlyOnceStreamBytes. Default: off.
 func WorkerExactlyOnce(transactionalID string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.transactionalID = transactionalID; c.readCommitted = true })
+}
+
+// WorkerExactlyOnceStreamBytes bounds, with WorkerExactlyOnce, the bytes
+// of a streaming call's responses the worker holds until the call's end
+// (each counted as the record batch Kafka would store it in, headers
+// included). Within the bound, a call's responses go into the transaction
+// that commits its request's offset, at its end: its caller gets them as
+// one burst, and a call given up in a rebalance or at shutdown writes
+// nothing (its next owner serves it whole). Past the bound, the call's
+// responses go out at each commit as the handler sends them, as a bidi
+// call's responses sent while its caller's stream is open do: memory stays
+// bounded and the caller reads the stream as it comes, but the call is no
+// longer exactly-once: given up after that point, it ends UNAVAILABLE
+// "retry it" after what was sent, and a call whose worker died is served
+// again, its caller getting those responses twice. Keep it below the
+// gateways' GatewayReplyBufferBytes: a burst larger than that fails a
+// caller that reads slower than it comes. The worker holds at most about
+// WorkerMaxConcurrentCalls times n. n ≤ 0: no bound (every response is held
+// until its call's end). Default 4 MiB.
+func WorkerExactlyOnceStreamBytes(n int) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.eosStreamBytes = max(n, 0) })
 }
 
 // WorkerIdempotencyWindow sets how long a worker remembers the replies of a

@@ -50,6 +50,7 @@ type delivery struct {
 	unacked sync.WaitGroup
 	failed  atomic.Pointer[error] // the first failure to deliver a reply
 	outbox  []*kafkaclient.Record // txnWriter: what flush produces; the call's own
+	held    int                   // txnWriter: the size of outbox's responses (WorkerExactlyOnceStreamBytes)
 	outcome *kafkaclient.Record   // txnWriter: the stored outcome flush produces after the outbox
 	inTxn   bool                  // txnWriter: flush put records in the open transaction
 	early   bool                  // txnWriter: records went out before the call's end (txnWriter.early)
@@ -149,8 +150,10 @@ func (directWriter) discard(*call) bool { return false }
 // the commit fail, and the worker with it.
 //
 // A call enters the open transaction at its first flush and leaves it at
-// settle (a bidi call's responses sent while its caller's stream is open
-// go into the transaction at once, without holding its commit: early); a commit closes the transaction to calls not yet in it, waits
+// settle (a bidi call's responses sent while its caller's stream is open,
+// and a stream's past WorkerExactlyOnceStreamBytes, go into the transaction
+// at once, without holding its commit: early); a commit closes the
+// transaction to calls not yet in it, waits
 // until those in it settled, and commits it with the safe offsets of every
 // partition: so a call's records, all produced between its first flush and
 // its settle, are in the transaction that commits its offset, and no record
@@ -190,10 +193,20 @@ func newTxnWriter(w *Worker, txn kafkaclient.TxnProducer) *txnWriter {
 
 func (t *txnWriter) send(c *call, rec *kafkaclient.Record) {
 	c.sent.outbox = append(c.sent.outbox, rec)
-	if rec.Value != nil && rec.Topic == c.replyTo && c.wm != nil && c.wm.spec.Kind == KindBidiStream && !c.in.complete() {
+	if rec.Value == nil || rec.Topic != c.replyTo || c.wm == nil || !c.wm.spec.Kind.serverStreams() {
+		return
+	}
+	c.sent.held += minBatchBytes(rec)
+	switch {
+	case c.wm.spec.Kind == KindBidiStream && !c.in.complete():
 		// A bidi caller whose stream is still open may wait for this
 		// response before it sends more: kept until the call's end, it
 		// would wait for its deadline.
+		t.early(c)
+	case c.sent.held > t.w.cfg.eosStreamBytes && t.w.cfg.eosStreamBytes > 0:
+		// A stream longer than the worker may hold
+		// (WorkerExactlyOnceStreamBytes): its responses go out as they
+		// come.
 		t.early(c)
 	}
 }
@@ -204,7 +217,7 @@ func (t *txnWriter) send(c *call, rec *kafkaclient.Record) {
 // records refused for good fail as flush fails them.
 func (t *txnWriter) early(c *call) {
 	kept, _ := t.keep(c, c.sent.outbox)
-	c.sent.outbox = nil
+	c.sent.outbox, c.sent.held = nil, 0
 	if len(kept) == 0 {
 		return
 	}
@@ -234,7 +247,7 @@ func (t *txnWriter) discard(c *call) bool {
 		return false
 	}
 	clear(c.sent.outbox)
-	c.sent.outbox, c.sent.outcome = nil, nil
+	c.sent.outbox, c.sent.outcome, c.sent.held = nil, nil, 0
 	return true
 }
 
@@ -292,7 +305,7 @@ func (t *txnWriter) flush(c *call) error {
 		} else {
 			clear(out) // given up at a rejoin: its request is served again
 		}
-		c.sent.outbox = nil
+		c.sent.outbox, c.sent.held = nil, 0
 		c.sent.outcome = nil
 	}
 	c.sent.unacked.Wait()
