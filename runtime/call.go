@@ -86,7 +86,12 @@ type call struct {
 
 	attempts    int                  // handler runs; the run goroutine's
 	keepReplies bool                 // the caller sent an idempotency key: remember the replies
-	stored      []kafkaclient.Record // replies produced, when keepReplies
+	stored      []kafkaclient.Record // replies produced, when keepReplies (storeReply)
+	storedBytes int                  // replySize of the replies produced, when keepReplies
+	// storedOver: the replies grew past what the worker remembers of a
+	// call (storeReply); stored holds none, and the outcome is not
+	// remembered.
+	storedOver bool
 	// outcomeSent: the outcome was handed to the outcome topic
 	// (WorkerOutcomeTopic), not kept in memory only.
 	outcomeSent bool
@@ -428,7 +433,7 @@ var testHookAwaitEarlier func(id string, attempt []byte)
 // the same.
 func (c *call) decide(st *status.Status) (_ *status.Status, superseded bool) {
 	next := outcomeNotStored
-	if c.keepReplies && remembered(st) {
+	if c.keepReplies && !c.storedOver && remembered(st) {
 		next = outcomeStored // unless Kafka refuses a reply, or a rebalance aborts the call, before its end
 	}
 	if c.decision.CompareAndSwap(outcomeOpen, next) || c.decision.Load() != outcomeSuperseded {
@@ -585,7 +590,7 @@ func (c *call) finish(st *status.Status) {
 	// The replies are the call's outcome even when Kafka lost some of them
 	// after the end went out (then a retry with the same key gets them),
 	// unless the end already reported the loss instead of the outcome.
-	remember := c.keepReplies && served && lost == nil && remembered(st)
+	remember := c.keepReplies && !c.storedOver && served && lost == nil && remembered(st)
 	var at time.Time
 	if remember {
 		at = time.Now()
@@ -854,12 +859,29 @@ func (c *call) replayHeaders(hs []kafkaclient.Header) []kafkaclient.Header {
 // produce writes one reply record (keeping it when the call's replies are
 // to be remembered).
 func (c *call) produce(value []byte, hs []kafkaclient.Header) {
-	if c.keepReplies {
-		c.stored = append(c.stored, kafkaclient.Record{Value: value, Headers: hs})
+	if c.keepReplies && !c.storedOver {
+		c.storeReply(value, hs)
 	}
 	rec := c.recs.next()
 	*rec = kafkaclient.Record{Topic: c.replyTo, Partition: kafkaclient.AnyPartition, Key: c.idb, Value: value, Headers: hs}
 	c.w.writer.send(c, rec)
+}
+
+// storeReply keeps a reply of the call for its repeats (keepReplies),
+// unless the call's replies grew past what the worker remembers of a call
+// (WorkerIdempotencyWindow's maxBytes, measured as replySize): then none is
+// kept and its outcome is not remembered (a repeat runs again), rather than
+// every reply of a long stream being held in memory until its end only to
+// be dropped there. Called under out.mu, or from finish once the reply
+// stream is closed.
+func (c *call) storeReply(value []byte, hs []kafkaclient.Header) {
+	c.storedBytes += recordSize(value, hs)
+	if c.storedBytes > c.w.cfg.idemMaxBytes {
+		clear(c.stored)
+		c.stored, c.storedOver = nil, true
+		return
+	}
+	c.stored = append(c.stored, kafkaclient.Record{Value: value, Headers: hs})
 }
 
 type identityKey struct{}

@@ -163,6 +163,25 @@ func StoredRepliesForTest(w *Worker) (n, bytes int) {
 	return len(w.repeats.stored.byID), w.repeats.stored.bytes
 }
 
+// HeldRepliesForTest returns the bytes (replySize) of the replies the
+// calls in flight keep for repeats of their idempotency keys, not yet
+// stored. Tests only.
+func HeldRepliesForTest(w *Worker) int {
+	w.mu.Lock()
+	calls := make([]*call, 0, len(w.calls))
+	for _, c := range w.calls {
+		calls = append(calls, c)
+	}
+	w.mu.Unlock()
+	n := 0
+	for _, c := range calls {
+		c.out.mu.Lock()
+		n += replySize(c.stored)
+		c.out.mu.Unlock()
+	}
+	return n
+}
+
 // SetDrainingHook makes every worker call f when, at shutdown (once it
 // stopped polling) or at a revocation, it gave up the calls whose handlers
 // had not started, before it waits for the others, and returns a function that removes it. Set it

@@ -337,7 +337,9 @@ func WorkerExactlyOnceStreamBytes(n int) WorkerOption {
 // CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE, ABORTED or RESOURCE_EXHAUSTED
 // are not remembered, so their retries run again. maxBytes bounds the stored
 // replies (values and headers: trailers and status details count); the
-// oldest are forgotten first. Past the window, or once
+// oldest are forgotten first. A call whose replies alone pass maxBytes (a
+// long stream) is not remembered, and none of its replies is kept for it
+// once they pass it. Past the window, or once
 // forgotten, or on another worker instance (the memory is per process,
 // unless WorkerOutcomeTopic keeps it in Kafka too), a duplicate runs again. Defaults: 10 minutes, 64 MiB. d = 0 turns it off.
 func WorkerIdempotencyWindow(d time.Duration, maxBytes int) WorkerOption {

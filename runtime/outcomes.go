@@ -264,9 +264,6 @@ func (o *outcomeLog) write(c *call, st *status.Status, at time.Time) {
 	if !known {
 		return // logged at the load
 	}
-	if replySize(c.stored) > w.cfg.idemMaxBytes {
-		return // not kept in memory either
-	}
 	if size := outcomeSize(c.stored); size > outcomeRecordMax {
 		w.cfg.logger.Warn("kafkarpc: outcome too large for the outcome topic; kept in memory only",
 			"correlation_id", c.id, "bytes", size, "outcome_topic", o.topic)

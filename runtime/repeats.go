@@ -371,10 +371,16 @@ func (r *repeats) remember(id string, tp kafkaclient.TopicPartition, records []k
 func replySize(records []kafkaclient.Record) int {
 	size := 0
 	for _, rec := range records {
-		size += len(rec.Value) + 64
-		for _, h := range rec.Headers {
-			size += len(h.Key) + len(h.Value)
-		}
+		size += recordSize(rec.Value, rec.Headers)
+	}
+	return size
+}
+
+// recordSize is what one stored reply record counts in replySize.
+func recordSize(value []byte, hs []kafkaclient.Header) int {
+	size := len(value) + 64
+	for _, h := range hs {
+		size += len(h.Key) + len(h.Value)
 	}
 	return size
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
@@ -18,19 +20,21 @@ import (
 )
 
 // longStream is a server stream of n responses of size bytes each that,
-// after its first `before` responses, waits until the test lets it go on
-// (goOn closed) or its call ends.
+// in its first run, after its first `before` responses, waits until the
+// test lets it go on (goOn closed) or its call ends.
 type longStream struct {
 	echoserver.Server
 	n, size, before int
 	goOn            chan struct{}
 	waiting         chan struct{} // closed once it waits for goOn
+	runs            atomic.Int32
 }
 
 func (s *longStream) EchoServerStream(req *echov1.EchoRequest, stream grpc.ServerStreamingServer[echov1.EchoResponse]) error {
 	msg := strings.Repeat("x", s.size)
+	first := s.runs.Add(1) == 1
 	for i := range s.n {
-		if i == s.before {
+		if i == s.before && first {
 			close(s.waiting)
 			select {
 			case <-s.goOn:
@@ -130,5 +134,71 @@ func TestEosStreamPastBoundGivenUp(t *testing.T) {
 	}
 	if got != before {
 		t.Fatalf("the caller got %d responses before the end, want the %d sent before the shutdown", got, before)
+	}
+}
+
+// TestKeyedStreamPastStoreBoundNotHeld: a server stream called with an
+// idempotency key whose replies outgrow what the worker remembers of a call
+// (WorkerIdempotencyWindow's maxBytes) is not kept in the worker's memory
+// reply by reply until its end, only to be dropped there: past the bound
+// the worker keeps none of them. The call ends OK, and a repeat with the
+// same key runs the handler again, as one past the window does.
+func TestKeyedStreamPastStoreBoundNotHeld(t *testing.T) {
+	const n, size, maxStored = 41, 8 << 10, 64 << 10 // 320 KiB sent before the handler waits
+	impl := newLongStream(n, size, n-1)
+	e := setup(t, impl, runtime.WorkerIdempotencyWindow(10*time.Minute, maxStored))
+	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 60*time.Second), "idempotency-key", e.prefix+"long")
+	stream, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "long"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range int32(n - 1) {
+		if r, err := stream.Recv(); err != nil || r.GetIndex() != i {
+			t.Fatalf("Recv %d: %v, %v", i, r, err)
+		}
+	}
+	select {
+	case <-impl.waiting:
+	case <-ctx.Done():
+		t.Fatal("the handler did not reach its wait")
+	}
+	if held := runtime.HeldRepliesForTest(e.worker); held > maxStored {
+		t.Errorf("the worker holds %d bytes of the running call's replies for its repeats, more than the %d it may remember of a call", held, maxStored)
+	}
+	close(impl.goOn)
+	got := 0
+	for {
+		_, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d more responses: %v, want OK", got, err)
+		}
+		got++
+	}
+	if got != 1 {
+		t.Fatalf("got %d responses after the wait, want 1", got)
+	}
+	repeat, err := e.echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "long"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = 0
+	for {
+		r, err := repeat.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil || r.GetIndex() != int32(got) {
+			t.Fatalf("repeat, Recv %d: %v, %v", got, r, err)
+		}
+		got++
+	}
+	if got != n {
+		t.Fatalf("the repeat got %d responses, want %d", got, n)
+	}
+	if runs := impl.runs.Load(); runs != 2 {
+		t.Fatalf("the handler ran %d times, want 2 (an outcome larger than the store's bound is not remembered)", runs)
 	}
 }
