@@ -662,7 +662,8 @@ func TestLeakAdvClosedStopsObservableMetrics(t *testing.T) {
 		}
 		cancel()
 	}
-	observables := []string{"kafkarpc.gateway.fetch.delivered", "kafkarpc.client.fetch.delivered", "kafkarpc.worker.lag"}
+	observables := []string{"kafkarpc.gateway.fetch.delivered", "kafkarpc.client.fetch.delivered", "kafkarpc.worker.lag",
+		"kafkarpc.worker.calls.queued", "kafkarpc.worker.read_pauses"}
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(ctx, &rm); err != nil {
 		t.Fatal(err)

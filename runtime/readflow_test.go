@@ -1,9 +1,13 @@
 package runtime_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/example/echo/echoserver"
 	echov1 "github.com/kafkarpc/protoc-gen-go-kafka/example/echo/v1"
@@ -85,5 +89,59 @@ func TestBacklogBoundLetsStreamsFinish(t *testing.T) {
 		if want := fmt.Sprintf("queued-%d", i); r.err != nil || r.r.GetMessage() != want {
 			t.Fatalf("call %d ended %v, %v", i, r.r, r.err)
 		}
+	}
+}
+
+// TestQueuedCallsMetrics: an operator watching a worker's backlog sees the
+// calls waiting for a handler (kafkarpc.worker.calls.queued) and the
+// pauses of its reading (kafkarpc.worker.read_pauses), as WorkerStats
+// counts them, and the gauge back at 0 once every call was answered.
+func TestQueuedCallsMetrics(t *testing.T) {
+	const bound = 10
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	a := newLoadAdvGated(1)
+	e := setup(t, a, runtime.WithMeterProvider(mp), runtime.WorkerMaxConcurrentCalls(1), runtime.WorkerMaxQueuedCalls(bound))
+	ctx := ctxFor(t, 2*time.Minute)
+	collect := func() (queued, pauses int64) {
+		t.Helper()
+		var rm metricdata.ResourceMetrics
+		if err := reader.Collect(context.Background(), &rm); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range metricsNamed(rm, "kafkarpc.worker.read_pauses") {
+			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				pauses += dp.Value
+			}
+		}
+		return gaugeMax(rm, "kafkarpc.worker.calls.queued"), pauses
+	}
+	if q, p := collect(); q != 0 || p != 0 {
+		t.Fatalf("before any call: queued %d, read pauses %d; want 0 and 0", q, p)
+	}
+	block := blockSlot(t, ctx, e, a)
+	first := queueCalls(ctx, e, bound/2)
+	awaitCalls(t, e.worker, 1+bound/2)
+	if q, p := collect(); q != bound/2 || p != 0 {
+		t.Fatalf("with %d calls waiting for the busy slot: queued %d, read pauses %d; want %d and 0", bound/2, q, p, bound/2)
+	}
+	more := queueCalls(ctx, e, 3*bound)
+	for deadline := time.Now().Add(60 * time.Second); e.worker.Stats().ReadPauses == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the worker did not pause its reading within 60 s")
+		}
+		time.Sleep(time.Millisecond) // polling the worker's state, bounded above
+	}
+	if q, p := collect(); q < bound || p != int64(e.worker.Stats().ReadPauses) {
+		t.Fatalf("paused: queued %d, read pauses %d; want at least %d, and WorkerStats.ReadPauses (%d)", q, p, bound, e.worker.Stats().ReadPauses)
+	}
+	close(a.release)
+	for _, ch := range append(append([]chan unaryResult{block}, first...), more...) {
+		if r := <-ch; r.err != nil { // bounded by ctx
+			t.Fatalf("a call ended %v", r.err)
+		}
+	}
+	if q, _ := collect(); q != 0 {
+		t.Fatalf("once every call was answered: queued %d, want 0", q)
 	}
 }

@@ -65,7 +65,10 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // WorkerStats.Superseded), kafkarpc.worker.replies.lost (calls some of
 // whose replies Kafka did not take; see WorkerStats.LostReplies), and
 // kafkarpc.worker.lag (gauge, by topic and partition: records not yet read
-// from the partitions the worker holds). ClientConn: the gateway's
+// from the partitions the worker holds), kafkarpc.worker.calls.queued
+// (gauge: calls read whose handlers have not started; see
+// WorkerMaxQueuedCalls) and kafkarpc.worker.read_pauses (counter; see
+// WorkerStats.ReadPauses). ClientConn: the gateway's
 // instruments, named kafkarpc.client.* instead of kafkarpc.gateway.*.
 func WithMeterProvider(mp metric.MeterProvider) Option {
 	return bothOption{

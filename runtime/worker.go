@@ -158,7 +158,7 @@ func NewWorker(client kafkaclient.Client, opts ...WorkerOption) *Worker {
 	w.attemptKey = cfg.names.MetaPrefix + wire.AttemptMetadata
 	w.repeats.handOn = w.handOn
 	w.maxDurationErr = fmt.Errorf("%w (%v, WorkerMaxCallDuration)", errMaxCallDuration, cfg.maxCallDuration)
-	w.tel = newWorkerTelemetry(cfg.telemetryConfig, w.observeLag)
+	w.tel = newWorkerTelemetry(cfg.telemetryConfig, w.observeLag, &w.flow)
 	if cfg.outcomeTopic != "" && cfg.idemWindow > 0 {
 		w.outcomes = newOutcomeLog(w, cfg.topic(cfg.outcomeTopic))
 		w.repeats.stored.evicted = w.outcomes.evicted

@@ -26,11 +26,15 @@ type workerTelemetry struct {
 	// neither observes the worker nor keeps it, and its Kafka client, in
 	// memory after that; nil when the provider refused it.
 	lagReg metric.Registration
+	// flowReg is the registration of the callback of the queued calls
+	// gauge and the read pauses counter, unregistered as lagReg is.
+	flowReg metric.Registration
 }
 
 // newWorkerTelemetry makes the worker's instruments; lag reports the
-// consumer lag gauge.
-func newWorkerTelemetry(cfg telemetryConfig, lag func(context.Context, func(int64, ...metric.ObserveOption)) error) workerTelemetry {
+// consumer lag gauge, flow the calls waiting for a handler and the pauses
+// of the reading.
+func newWorkerTelemetry(cfg telemetryConfig, lag func(context.Context, func(int64, ...metric.ObserveOption)) error, flow *readFlow) workerTelemetry {
 	t := workerTelemetry{trc: newTracing(cfg)}
 	meter := meterOf(cfg)
 	t.calls = newCallMetrics(meter, "worker")
@@ -50,14 +54,27 @@ func newWorkerTelemetry(cfg telemetryConfig, lag func(context.Context, func(int6
 			return lag(ctx, func(v int64, opts ...metric.ObserveOption) { o.ObserveInt64(lagGauge, v, opts...) })
 		}, lagGauge)
 	}
+	queued, qerr := meter.Int64ObservableGauge("kafkarpc.worker.calls.queued",
+		metric.WithDescription("Calls read whose handlers have not started: waiting for a slot of WorkerMaxConcurrentCalls, their key's turn or an earlier attempt."))
+	pauses, perr := meter.Int64ObservableCounter("kafkarpc.worker.read_pauses",
+		metric.WithDescription("Times the worker stopped fetching requests because WorkerMaxQueuedCalls calls waited for a handler."))
+	if qerr == nil && perr == nil {
+		t.flowReg, _ = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+			o.ObserveInt64(queued, max(flow.queued.Load(), 0))
+			o.ObserveInt64(pauses, int64(flow.pauses.Load()))
+			return nil
+		}, queued, pauses)
+	}
 	return t
 }
 
 // stopMetrics unregisters the worker's observed instruments' callbacks.
 // Called once the worker stopped; safe to call more than once.
 func (t *workerTelemetry) stopMetrics() {
-	if t.lagReg != nil {
-		_ = t.lagReg.Unregister()
+	for _, r := range []metric.Registration{t.lagReg, t.flowReg} {
+		if r != nil {
+			_ = r.Unregister()
+		}
 	}
 }
 
