@@ -240,15 +240,16 @@ func (t *txnWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
 	c.sent.outcome = rec
 }
 
-// discard drops c's records unless a flush already put some in the open
-// transaction.
+// discard drops the records c holds, and reports whether none went into a
+// transaction before. Those that did (early, or a flush before the end)
+// may have reached the caller, and c ends UNAVAILABLE "retry it" after
+// them; the held ones are dropped all the same, since the ones before
+// them may be in a transaction a rejoin aborted, and would leave a gap
+// before that end.
 func (t *txnWriter) discard(c *call) bool {
-	if c.sent.inTxn || c.sent.early {
-		return false
-	}
 	clear(c.sent.outbox)
 	c.sent.outbox, c.sent.outcome, c.sent.held = nil, nil, 0
-	return true
+	return !c.sent.inTxn && !c.sent.early
 }
 
 // flush sends the call's outbox into the open transaction (the call enters
