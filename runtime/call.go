@@ -152,6 +152,7 @@ func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTr
 		wm = w.lookup(env.Service, env.Method)
 	}
 	c.streamsIn = wm != nil && wm.spec.Kind.clientStreams()
+	c.in.release = c.streamsIn && w.cfg.maxAttempts <= 1 && w.cfg.deadLetterTopic == ""
 	if env.Attempt != nil {
 		c.attemptHdr[0] = kafkaclient.Header{Key: w.attemptKey, Value: env.Attempt}
 		c.attempt = c.attemptHdr[:]

@@ -182,6 +182,28 @@ func HeldRepliesForTest(w *Worker) int {
 	return n
 }
 
+// HeldRequestsForTest returns the bytes of the request messages the calls
+// in flight keep (read by their handlers or not). Tests only.
+func HeldRequestsForTest(w *Worker) int {
+	w.mu.Lock()
+	calls := make([]*call, 0, len(w.calls))
+	for _, c := range w.calls {
+		calls = append(calls, c)
+	}
+	w.mu.Unlock()
+	n := 0
+	for _, c := range calls {
+		c.in.mu.Lock()
+		for _, rec := range c.in.all {
+			if rec != nil {
+				n += len(rec.Value)
+			}
+		}
+		c.in.mu.Unlock()
+	}
+	return n
+}
+
 // SetDrainingHook makes every worker call f when, at shutdown (once it
 // stopped polling) or at a revocation, it gave up the calls whose handlers
 // had not started, before it waits for the others, and returns a function that removes it. Set it

@@ -265,3 +265,74 @@ func TestEosStreamPastBoundRejoin(t *testing.T) {
 		t.Fatalf("the worker stopped: %v", err)
 	}
 }
+
+// readAllThenWait is a client stream whose handler reads every request
+// message, says so on read, and answers with their count once the test
+// lets it go on (goOn closed).
+type readAllThenWait struct {
+	echoserver.Server
+	read chan int
+	goOn chan struct{}
+}
+
+func (s *readAllThenWait) EchoClientStream(stream grpc.ClientStreamingServer[echov1.EchoRequest, echov1.EchoResponse]) error {
+	n := 0
+	for {
+		_, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		n++
+	}
+	s.read <- n
+	select {
+	case <-s.goOn:
+	case <-stream.Context().Done():
+		return status.FromContextError(context.Cause(stream.Context())).Err()
+	}
+	return stream.SendAndClose(&echov1.EchoResponse{Index: int32(n)})
+}
+
+// TestClientStreamReadNotHeld: a client stream's request messages were
+// kept in the worker's memory until the call's end, read or not, for
+// retries and dead letters: a long upload took its whole size in memory.
+// Without WorkerRetries or WorkerDeadLetterTopic nothing reads them again,
+// and those the handler read are let go.
+func TestClientStreamReadNotHeld(t *testing.T) {
+	const n, size = 40, 8 << 10
+	impl := &readAllThenWait{read: make(chan int, 1), goOn: make(chan struct{})}
+	e := setup(t, impl)
+	ctx := ctxFor(t, 60*time.Second)
+	cs, err := e.echo.EchoClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := strings.Repeat("u", size)
+	for i := range n {
+		if err := cs.Send(&echov1.EchoRequest{Message: msg}); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-impl.read:
+		if got != n {
+			t.Fatalf("the handler read %d messages, want %d", got, n)
+		}
+	case <-ctx.Done():
+		t.Fatal("the handler did not read the stream")
+	}
+	if held := runtime.HeldRequestsForTest(e.worker); held != 0 {
+		t.Errorf("the worker keeps %d bytes of request messages its handler read, with no retry or dead letter to read them again", held)
+	}
+	close(impl.goOn)
+	var r echov1.EchoResponse
+	if err := cs.RecvMsg(&r); err != nil || r.GetIndex() != n {
+		t.Fatalf("response: %v, %v; want %d", &r, err, n)
+	}
+}

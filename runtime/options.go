@@ -252,7 +252,9 @@ func defaultWorkerConfig() workerConfig {
 // SendHeader and SetTrailer, and grpc.SetHeader, grpc.SendHeader and
 // grpc.SetTrailer on its context), so a goroutine it left behind takes
 // nothing from the next attempt and adds nothing to its answer. The
-// attempts share the call's deadline and cancellation.
+// attempts share the call's deadline and cancellation. With more than one
+// attempt, a client stream's request messages are kept in memory until the
+// call ends, for the next attempt (with one, as the handler reads them).
 // Default: one attempt, no retry.
 func WorkerRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) {
@@ -273,6 +275,8 @@ func WorkerRetries(maxAttempts int, codes ...codes.Code) WorkerOption {
 // nor is a call its caller cancelled. A call past its deadline is copied
 // when it failed with a retry code (no attempt after the deadline runs).
 // The topic goes through the topic mapper (WithTopicMapper) and must exist.
+// A client stream's request messages are then kept in memory until the
+// call ends, for the copy (without the option, as the handler reads them).
 // Default: none.
 func WorkerDeadLetterTopic(topic string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.deadLetterTopic = topic })
@@ -289,8 +293,9 @@ func WorkerDeadLetterTopic(topic string) WorkerOption {
 // burst, and a call the worker gives up (rebalance, shutdown) writes
 // nothing, whatever its handler sent: the next member serves it whole.
 // Except a bidi stream's responses sent while its caller's stream is still
-// open, which its caller may wait for: they go out at the next commit, and
-// for them it is as without the option (at least once).
+// open, which its caller may wait for, and a stream's past
+// WorkerExactlyOnceStreamBytes: they go out at the next commit, and for
+// them it is as without the option (at least once).
 // What it does not cover: the handler's own side effects (a database
 // write, a call to another service) happen again when a request is served
 // again; make them idempotent (the idempotency-key metadata helps).
@@ -303,8 +308,7 @@ func WorkerDeadLetterTopic(topic string) WorkerOption {
 // other failed transaction stops the worker (Err reports why, Done is
 // closed): fenced by a newer instance with the same transactional id, a
 // transaction that timed out; its partitions move to the other members,
-// which serve the uncommitted requests again. A streaming call's responses
-// are held until its end up to WorkerExactlyOnceStreamBytes. Default: off.
+// which serve the uncommitted requests again. Default: off.
 func WorkerExactlyOnce(transactionalID string) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.transactionalID = transactionalID; c.readCommitted = true })
 }
