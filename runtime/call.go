@@ -570,6 +570,12 @@ func (c *call) finish(st *status.Status) {
 	st, _ = c.decide(st)
 	c.ending.Store(true)
 	aborted, sent := c.out.close()
+	if c.sent.void.Load() {
+		// Given up at a rejoin before its cancel reached it: it ends as an
+		// aborted call does, not OK over the responses the aborted
+		// transaction held.
+		aborted = true
+	}
 	if aborted && sent > 0 && c.w.writer.discard(c) {
 		sent = 0
 	}
@@ -877,7 +883,10 @@ func (c *call) produce(value []byte, hs []kafkaclient.Header) {
 // stream is closed.
 func (c *call) storeReply(value []byte, hs []kafkaclient.Header) {
 	c.storedBytes += recordSize(value, hs)
-	if c.storedBytes > c.w.cfg.idemMaxBytes {
+	if c.storedBytes > c.w.cfg.idemMaxBytes && c.decision.Load() == outcomeOpen {
+		// (Once decide took the outcome for stored, what finish writes,
+		// a single-response call's response and the end, is kept: the
+		// repeats waiting then get it, though the store may not keep it.)
 		clear(c.stored)
 		c.stored, c.storedOver = nil, true
 		return

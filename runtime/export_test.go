@@ -165,7 +165,8 @@ func StoredRepliesForTest(w *Worker) (n, bytes int) {
 
 // HeldRepliesForTest returns the bytes (replySize) of the replies the
 // calls in flight keep for repeats of their idempotency keys, not yet
-// stored. Tests only.
+// stored. Tests only: while no call finishes (finish stores its last
+// replies without the lock taken here).
 func HeldRepliesForTest(w *Worker) int {
 	w.mu.Lock()
 	calls := make([]*call, 0, len(w.calls))

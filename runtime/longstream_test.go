@@ -99,7 +99,7 @@ func TestEosStreamPastBoundGoesOut(t *testing.T) {
 
 // TestEosStreamPastBoundGivenUp: a stream past the bound whose worker
 // shuts down midway has sent responses its caller may have read: it ends
-// UNAVAILABLE "retry it" after a prefix of them, as README says, rather than being
+// UNAVAILABLE "retry it" after them, as README says, rather than being
 // left to the group's next member (its caller would get them twice). (A
 // stream within the bound is served whole by the next member:
 // TestExactlyOnceGivenUpStreamServedWholeByNext.)
@@ -140,8 +140,8 @@ func TestEosStreamPastBoundGivenUp(t *testing.T) {
 		}
 		got++
 	}
-	if got > before {
-		t.Fatalf("the caller got %d responses before the end, more than the %d sent before the shutdown", got, before)
+	if got != before {
+		t.Fatalf("the caller got %d responses before the end, want the %d sent before the shutdown (past the bound, each goes out as sent)", got, before)
 	}
 }
 
@@ -213,27 +213,27 @@ func TestKeyedStreamPastStoreBoundNotHeld(t *testing.T) {
 
 // TestEosStreamPastBoundRejoin: a commit races a rebalance while a stream
 // past WorkerExactlyOnceStreamBytes runs: the transaction aborted holds
-// responses its handler sent (those that went out as it sent them), and it
-// has sent more since (held). The worker gives the call up and rejoins its
-// group: its caller must get a prefix of the stream, each response once
-// and in order, then UNAVAILABLE "retry it"; not the held responses after
-// a gap where the aborted ones were.
+// responses its handler sent (they went out as it sent them), and it has
+// sent more since. The worker gives the call up and rejoins its group: its
+// caller must get a prefix of the stream, each response once and in
+// order, then UNAVAILABLE "retry it"; not later responses after a gap
+// where the aborted ones were.
 func TestEosStreamPastBoundRejoin(t *testing.T) {
-	const n, size = 40, 8 << 10 // with a bound of 64 KiB, responses 0-7 and 8-15 go out as sent, 16-19 are held
+	const n, size = 40, 8 << 10 // with a bound of 64 KiB, responses 0-7 go out together, then each as sent
 	impl := newLongStream(n, size, -1)
-	var f *movedOnArm
+	var f atomic.Pointer[movedOnArm]
 	impl.hook = func(ctx context.Context, i int) error {
 		switch i {
 		case 16: // 8-15 are in the open transaction, not committed (WorkerCommitInterval)
-			f.armed.Store(true)
+			f.Load().armed.Store(true)
 		case 20:
 			<-ctx.Done() // given up at the rejoin
 			return status.FromContextError(context.Cause(ctx)).Err()
 		}
 		return nil
 	}
-	e, f0, client := rejoinEnv(t, impl, runtime.WorkerExactlyOnceStreamBytes(64<<10), runtime.WorkerCommitInterval(2*time.Second))
-	f = f0
+	e, arm, client := rejoinEnv(t, impl, runtime.WorkerExactlyOnceStreamBytes(64<<10), runtime.WorkerCommitInterval(2*time.Second))
+	f.Store(arm)
 	ctx := ctxFor(t, 60*time.Second)
 	stream, err := client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "rejoin"})
 	if err != nil {
@@ -257,7 +257,7 @@ func TestEosStreamPastBoundRejoin(t *testing.T) {
 		t.Fatalf("the caller got %d responses, want at most the 16 sent before the aborted commit", got)
 	}
 	select {
-	case <-f.hits:
+	case <-arm.hits:
 	default:
 		t.Fatal("no commit was refused: the test did not probe a rejoin")
 	}

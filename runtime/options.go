@@ -324,11 +324,13 @@ func WorkerExactlyOnce(transactionalID string) WorkerOption {
 // call's responses sent while its caller's stream is open do: memory stays
 // bounded and the caller reads the stream as it comes, but the call is no
 // longer exactly-once: given up after that point, it ends UNAVAILABLE
-// "retry it" after what was sent, and a call whose worker died is served
+// "retry it" after a prefix of what was sent, and a call whose worker died is served
 // again, its caller getting those responses twice. Keep it below the
 // gateways' GatewayReplyBufferBytes: a burst larger than that fails a
 // caller that reads slower than it comes. The worker holds at most about
-// WorkerMaxConcurrentCalls times n. n ≤ 0: no bound (every response is held
+// WorkerMaxConcurrentCalls times n for its transactions (a call with an
+// idempotency key also keeps its replies for its repeats, up to
+// WorkerIdempotencyWindow's maxBytes). n ≤ 0: no bound (every response is held
 // until its call's end). Default 4 MiB.
 func WorkerExactlyOnceStreamBytes(n int) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.eosStreamBytes = max(n, 0) })

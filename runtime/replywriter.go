@@ -203,9 +203,11 @@ func (t *txnWriter) send(c *call, rec *kafkaclient.Record) {
 		// response before it sends more: kept until the call's end, it
 		// would wait for its deadline.
 		t.early(c)
-	case c.sent.held > t.w.cfg.eosStreamBytes && t.w.cfg.eosStreamBytes > 0:
+	case c.sent.early, c.sent.held > t.w.cfg.eosStreamBytes && t.w.cfg.eosStreamBytes > 0:
 		// A stream longer than the worker may hold
-		// (WorkerExactlyOnceStreamBytes): its responses go out as they
+		// (WorkerExactlyOnceStreamBytes), or one some of whose responses
+		// went out already (its call is no longer exactly-once: holding
+		// the rest would only delay them): its responses go out as they
 		// come.
 		t.early(c)
 	}

@@ -162,8 +162,13 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 			q.handed++
 			if q.release {
 				q.all[q.next-1] = nil
-				if q.next == len(q.all) {
-					q.all, q.next = q.all[:0], 0
+				if q.next == len(q.all) || (q.next >= 64 && 2*q.next >= len(q.all)) {
+					// Drained, or half read: the unread records move to the
+					// front, so that a handler always a little behind does
+					// not grow the slice without end.
+					n := copy(q.all, q.all[q.next:])
+					clear(q.all[n:])
+					q.all, q.next = q.all[:n], 0
 				}
 			}
 			q.mu.Unlock()
