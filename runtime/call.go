@@ -85,13 +85,9 @@ type call struct {
 	acked func(*kafkaclient.Record, error)
 
 	attempts    int                  // handler runs; the run goroutine's
-	keepReplies bool                 // the caller sent an idempotency key: remember the replies
+	keepReplies bool                 // the caller sent an idempotency key: remember the replies (unless they grew too large: storeReply)
 	stored      []kafkaclient.Record // replies produced, when keepReplies (storeReply)
 	storedBytes int                  // replySize of the replies produced, when keepReplies
-	// storedOver: the replies grew past what the worker remembers of a
-	// call (storeReply); stored holds none, and the outcome is not
-	// remembered.
-	storedOver bool
 	// outcomeSent: the outcome was handed to the outcome topic
 	// (WorkerOutcomeTopic), not kept in memory only.
 	outcomeSent bool
@@ -434,7 +430,7 @@ var testHookAwaitEarlier func(id string, attempt []byte)
 // the same.
 func (c *call) decide(st *status.Status) (_ *status.Status, superseded bool) {
 	next := outcomeNotStored
-	if c.keepReplies && !c.storedOver && remembered(st) {
+	if c.keepReplies && remembered(st) {
 		next = outcomeStored // unless Kafka refuses a reply, or a rebalance aborts the call, before its end
 	}
 	if c.decision.CompareAndSwap(outcomeOpen, next) || c.decision.Load() != outcomeSuperseded {
@@ -570,12 +566,6 @@ func (c *call) finish(st *status.Status) {
 	st, _ = c.decide(st)
 	c.ending.Store(true)
 	aborted, sent := c.out.close()
-	if c.sent.void.Load() {
-		// Given up at a rejoin before its cancel reached it: it ends as an
-		// aborted call does, not OK over the responses the aborted
-		// transaction held.
-		aborted = true
-	}
 	if aborted && sent > 0 && c.w.writer.discard(c) {
 		sent = 0
 	}
@@ -597,7 +587,7 @@ func (c *call) finish(st *status.Status) {
 	// The replies are the call's outcome even when Kafka lost some of them
 	// after the end went out (then a retry with the same key gets them),
 	// unless the end already reported the loss instead of the outcome.
-	remember := c.keepReplies && !c.storedOver && served && lost == nil && remembered(st)
+	remember := c.keepReplies && served && lost == nil && remembered(st)
 	var at time.Time
 	if remember {
 		at = time.Now()
@@ -866,7 +856,7 @@ func (c *call) replayHeaders(hs []kafkaclient.Header) []kafkaclient.Header {
 // produce writes one reply record (keeping it when the call's replies are
 // to be remembered).
 func (c *call) produce(value []byte, hs []kafkaclient.Header) {
-	if c.keepReplies && !c.storedOver {
+	if c.keepReplies {
 		c.storeReply(value, hs)
 	}
 	rec := c.recs.next()
@@ -877,7 +867,8 @@ func (c *call) produce(value []byte, hs []kafkaclient.Header) {
 // storeReply keeps a reply of the call for its repeats (keepReplies),
 // unless the call's replies grew past what the worker remembers of a call
 // (WorkerIdempotencyWindow's maxBytes, measured as replySize): then none is
-// kept and its outcome is not remembered (a repeat runs again), rather than
+// kept and its outcome is not remembered (keepReplies is cleared: a repeat
+// runs again), rather than
 // every reply of a long stream being held in memory until its end only to
 // be dropped there. Called under out.mu, or from finish once the reply
 // stream is closed.
@@ -888,7 +879,7 @@ func (c *call) storeReply(value []byte, hs []kafkaclient.Header) {
 		// a single-response call's response and the end, is kept: the
 		// repeats waiting then get it, though the store may not keep it.)
 		clear(c.stored)
-		c.stored, c.storedOver = nil, true
+		c.stored, c.keepReplies = nil, false
 		return
 	}
 	c.stored = append(c.stored, kafkaclient.Record{Value: value, Headers: hs})

@@ -168,14 +168,8 @@ func StoredRepliesForTest(w *Worker) (n, bytes int) {
 // stored. Tests only: while no call finishes (finish stores its last
 // replies without the lock taken here).
 func HeldRepliesForTest(w *Worker) int {
-	w.mu.Lock()
-	calls := make([]*call, 0, len(w.calls))
-	for _, c := range w.calls {
-		calls = append(calls, c)
-	}
-	w.mu.Unlock()
 	n := 0
-	for _, c := range calls {
+	for _, c := range w.callsOf(nil, false) {
 		c.out.mu.Lock()
 		n += replySize(c.stored)
 		c.out.mu.Unlock()
@@ -186,14 +180,8 @@ func HeldRepliesForTest(w *Worker) int {
 // HeldRequestsForTest returns the bytes of the request messages the calls
 // in flight keep (read by their handlers or not). Tests only.
 func HeldRequestsForTest(w *Worker) int {
-	w.mu.Lock()
-	calls := make([]*call, 0, len(w.calls))
-	for _, c := range w.calls {
-		calls = append(calls, c)
-	}
-	w.mu.Unlock()
 	n := 0
-	for _, c := range calls {
+	for _, c := range w.callsOf(nil, false) {
 		c.in.mu.Lock()
 		for _, rec := range c.in.all {
 			if rec != nil {

@@ -61,6 +61,16 @@ func newLongStream(n, size, before int) *longStream {
 	return &longStream{n: n, size: size, before: before, goOn: make(chan struct{}), waiting: make(chan struct{})}
 }
 
+// eosStreamEnv starts an exactly-once worker serving impl that holds at
+// most 64 KiB of a stream's responses, and returns it with a
+// read_committed gateway's client.
+func eosStreamEnv(t *testing.T, impl echov1.EchoServiceServer) (*env, echov1.EchoServiceClient) {
+	t.Helper()
+	e := setupWith(t, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) },
+		runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")), runtime.WorkerExactlyOnceStreamBytes(64<<10))
+	return e, advCommittedClient(t, e)
+}
+
 // TestEosStreamPastBoundGoesOut: with WorkerExactlyOnce, a server stream
 // longer than WorkerExactlyOnceStreamBytes is not held in the worker's
 // memory until its end: its caller gets its first responses while the
@@ -69,9 +79,7 @@ func newLongStream(n, size, before int) *longStream {
 func TestEosStreamPastBoundGoesOut(t *testing.T) {
 	const n, size, before = 40, 8 << 10, 20 // 160 KiB sent before the handler waits, bound 64 KiB
 	impl := newLongStream(n, size, before)
-	e := setupWith(t, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) },
-		runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")), runtime.WorkerExactlyOnceStreamBytes(64<<10))
-	client := advCommittedClient(t, e)
+	e, client := eosStreamEnv(t, impl)
 	ctx := ctxFor(t, 60*time.Second)
 	stream, err := client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "long"})
 	if err != nil {
@@ -106,9 +114,7 @@ func TestEosStreamPastBoundGoesOut(t *testing.T) {
 func TestEosStreamPastBoundGivenUp(t *testing.T) {
 	const n, size, before = 40, 8 << 10, 20
 	impl := newLongStream(n, size, before)
-	e := setupWith(t, func(w *runtime.Worker) error { return echov1.RegisterEchoServiceKafkaWorker(w, impl) },
-		runtime.WorkerExactlyOnce(kafkatest.Unique("txn-")), runtime.WorkerExactlyOnceStreamBytes(64<<10))
-	client := advCommittedClient(t, e)
+	e, client := eosStreamEnv(t, impl)
 	ctx := ctxFor(t, 60*time.Second)
 	stream, err := client.EchoServerStream(ctx, &echov1.EchoRequest{Message: "given up"})
 	if err != nil {

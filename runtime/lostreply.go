@@ -48,7 +48,7 @@ func (c *call) lostAfterEnd(outcome *status.Status) {
 	w.mu.Lock()
 	// A replay to waiters reaches this call's caller only when neither
 	// carries an attempt id to tell them apart.
-	replayed := c.keepReplies && !c.storedOver && remembered(outcome) && w.repeats.hasWaiters(c) && c.attempt == nil
+	replayed := c.keepReplies && remembered(outcome) && w.repeats.hasWaiters(c) && c.attempt == nil
 	w.mu.Unlock()
 	if !replayed {
 		c.reportLost(outcome)

@@ -32,12 +32,7 @@ func TestBacklogStaysInKafka(t *testing.T) {
 	ctx := ctxFor(t, 3*time.Minute)
 	block := blockSlot(t, ctx, e, a)
 	res := queueCalls(ctx, e, total)
-	for deadline := time.Now().Add(60 * time.Second); e.worker.Stats().ReadPauses == 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("the worker did not pause its reading within 60 s: it read %d calls with one handler slot, busy", e.worker.Stats().Calls)
-		}
-		time.Sleep(time.Millisecond) // polling the worker's state, bounded above
-	}
+	awaitReadPause(t, e.worker)
 	// Whatever the worker reads, it reads at once: a second shows whether
 	// it stopped.
 	time.Sleep(time.Second)
@@ -54,6 +49,17 @@ func TestBacklogStaysInKafka(t *testing.T) {
 		if want := fmt.Sprintf("queued-%d", i); r.err != nil || r.r.GetMessage() != want {
 			t.Fatalf("call %d ended %v, %v; want its response once the worker read on", i, r.r, r.err)
 		}
+	}
+}
+
+// awaitReadPause waits (bounded) until w paused its reading once.
+func awaitReadPause(t *testing.T, w *runtime.Worker) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); w.Stats().ReadPauses == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker did not pause its reading within 60 s: it read %d calls with one handler slot, busy", w.Stats().Calls)
+		}
+		time.Sleep(time.Millisecond) // polling the worker's state, bounded above
 	}
 }
 
@@ -126,12 +132,7 @@ func TestQueuedCallsMetrics(t *testing.T) {
 		t.Fatalf("with %d calls waiting for the busy slot: queued %d, read pauses %d; want %d and 0", bound/2, q, p, bound/2)
 	}
 	more := queueCalls(ctx, e, 3*bound)
-	for deadline := time.Now().Add(60 * time.Second); e.worker.Stats().ReadPauses == 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("the worker did not pause its reading within 60 s")
-		}
-		time.Sleep(time.Millisecond) // polling the worker's state, bounded above
-	}
+	awaitReadPause(t, e.worker)
 	if q, p := collect(); q < bound || p != int64(e.worker.Stats().ReadPauses) {
 		t.Fatalf("paused: queued %d, read pauses %d; want at least %d, and WorkerStats.ReadPauses (%d)", q, p, bound, e.worker.Stats().ReadPauses)
 	}

@@ -196,21 +196,22 @@ func (t *txnWriter) send(c *call, rec *kafkaclient.Record) {
 	if rec.Value == nil || rec.Topic != c.replyTo || c.wm == nil || !c.wm.spec.Kind.serverStreams() {
 		return
 	}
-	c.sent.held += minBatchBytes(rec)
-	switch {
-	case c.wm.spec.Kind == KindBidiStream && !c.in.complete():
-		// A bidi caller whose stream is still open may wait for this
-		// response before it sends more: kept until the call's end, it
-		// would wait for its deadline.
-		t.early(c)
-	case c.sent.early, c.sent.held > t.w.cfg.eosStreamBytes && t.w.cfg.eosStreamBytes > 0:
-		// A stream longer than the worker may hold
-		// (WorkerExactlyOnceStreamBytes), or one some of whose responses
-		// went out already (its call is no longer exactly-once: holding
-		// the rest would only delay them): its responses go out as they
-		// come.
-		t.early(c)
+	// Out at once: a response some of whose call's went out already (it
+	// is no longer exactly-once: holding the rest would only delay them);
+	// one a bidi caller whose stream is still open may wait for before it
+	// sends more (kept until the call's end, it would wait for its
+	// deadline); those of a stream longer than the worker may hold
+	// (WorkerExactlyOnceStreamBytes).
+	if !c.sent.early && (c.wm.spec.Kind != KindBidiStream || c.in.complete()) {
+		bound := t.w.cfg.eosStreamBytes
+		if bound <= 0 {
+			return
+		}
+		if c.sent.held += minBatchBytes(rec); c.sent.held <= bound {
+			return
+		}
 	}
+	t.early(c)
 }
 
 // early produces c's outbox into the open transaction at once, without
@@ -242,16 +243,16 @@ func (t *txnWriter) sendOutcome(c *call, rec *kafkaclient.Record) {
 	c.sent.outcome = rec
 }
 
-// discard drops the records c holds, and reports whether none went into a
-// transaction before. Those that did (early, or a flush before the end)
-// may have reached the caller, and c ends UNAVAILABLE "retry it" after
-// them; the held ones are dropped all the same, since the ones before
-// them may be in a transaction a rejoin aborted, and would leave a gap
-// before that end.
+// discard drops c's records unless a flush already put some in the open
+// transaction. (A call some of whose records went out early holds none:
+// the rest go out as they come, txnWriter.send.)
 func (t *txnWriter) discard(c *call) bool {
+	if c.sent.inTxn || c.sent.early {
+		return false
+	}
 	clear(c.sent.outbox)
 	c.sent.outbox, c.sent.outcome, c.sent.held = nil, nil, 0
-	return !c.sent.inTxn && !c.sent.early
+	return true
 }
 
 // flush sends the call's outbox into the open transaction (the call enters
@@ -295,6 +296,9 @@ func (t *txnWriter) flush(c *call) error {
 	if out := c.sent.outbox; len(out) > 0 || c.sent.outcome != nil {
 		if c.sent.inTxn || t.enter(c, true) { // left at settle
 			c.sent.inTxn = true
+			if c.sent.early && c.sent.void.Load() {
+				out = givenUpRecords(c, out)
+			}
 			for _, rec := range out {
 				c.sent.unacked.Add(1)
 				t.produce(rec, c.acked)
@@ -313,6 +317,26 @@ func (t *txnWriter) flush(c *call) error {
 	}
 	c.sent.unacked.Wait()
 	return c.sent.failure()
+}
+
+// givenUpRecords returns, in out's memory, what a call given up at a
+// rejoin after some of its responses went out (early) may still write:
+// none of its responses, since the ones before them may be in the
+// transaction the rejoin aborted, and they would follow a gap; and for its
+// end an UNAVAILABLE one, whatever the call ended with (the rejoin may have
+// caught it after its handler returned OK, over those aborted responses).
+func givenUpRecords(c *call, out []*kafkaclient.Record) []*kafkaclient.Record {
+	kept := out[:0]
+	for _, rec := range out {
+		switch {
+		case rec.Topic != c.replyTo:
+			kept = append(kept, rec)
+		case rec.Value == nil:
+			kept = append(kept, c.givenUpEnd())
+		}
+	}
+	clear(out[len(kept):])
+	return kept
 }
 
 // keep returns the records of out Kafka would take (topicLimits.refused),

@@ -18,14 +18,14 @@ import (
 // requestQueue is a call's request stream: the records the dispatcher fed
 // it, kept for retries and dead letters, and how far the handler read.
 type requestQueue struct {
-	mu     sync.Mutex
-	all    []*kafkaclient.Record  // every request data record (those not handed out yet, with release)
-	one    [1]*kafkaclient.Record // all's first backing array: a unary call's request needs no other
-	next   int                    // index in all of the next record to hand out
-	handed int                    // records handed out to the handler attempt reading
+	mu   sync.Mutex
+	all  []*kafkaclient.Record  // every request data record (those not handed out yet, with release)
+	one  [1]*kafkaclient.Record // all's first backing array: a unary call's request needs no other
+	next int                    // index in all of the next record to hand out
 	// release: nothing reads the records again once handed out (no retry,
 	// no dead letter), so a client stream's records are let go as the
-	// handler reads them rather than kept until the call's end.
+	// handler reads them rather than kept until the call's end (next
+	// then counts from the first record not read).
 	release     bool
 	ended       bool          // the request stream is complete
 	cancelled   bool          // it ended with the caller's cancel, not the whole stream: no io.EOF
@@ -133,7 +133,7 @@ func (c *call) errAttemptOver() error {
 // rewind starts the request stream over, for a retry.
 func (q *requestQueue) rewind() {
 	q.mu.Lock()
-	q.next, q.handed = 0, 0
+	q.next = 0
 	q.mu.Unlock()
 }
 
@@ -159,7 +159,6 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 		if q.next < len(q.all) {
 			rec := q.all[q.next]
 			q.next++
-			q.handed++
 			if q.release {
 				q.all[q.next-1] = nil
 				if q.next == len(q.all) || (q.next >= 64 && 2*q.next >= len(q.all)) {
@@ -174,7 +173,7 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 			q.mu.Unlock()
 			return rec, nil
 		}
-		ended, n, cancelled := q.ended, q.handed, q.cancelled
+		ended, n, cancelled := q.ended, q.next, q.cancelled // n: read so far, for a call without a client stream (never released)
 		if !ended && q.signal == nil {
 			q.signal = make(chan struct{}, 1)
 		}
