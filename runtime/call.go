@@ -31,6 +31,10 @@ var errMaxCallDuration = errors.New("kafkarpc: the call ran for the worker's max
 // errAborted is the cause of a handler context the worker gave up.
 var errAborted = errors.New("kafkarpc: the worker gave up the call (rebalance or shutdown)")
 
+// errRequestOverflow is wrapped by the cause of a call context whose
+// unread request messages passed WorkerRequestBufferBytes (call.feed).
+var errRequestOverflow = errors.New("kafkarpc: the call's request overflowed the worker's buffer")
+
 // errSuperseded is the cause of a handler context that a newer attempt of
 // the same call superseded (Worker.supersede).
 var errSuperseded = errors.New("kafkarpc: superseded by a newer attempt of the same call (a retry with the same idempotency key)")
@@ -410,9 +414,10 @@ func (c *call) run() {
 	// owner, and a dead letter of it would be replayed a second time.
 	// A call its caller cancelled is withdrawn, not poison either: no
 	// retry ran after the cancel, and a replay would serve a call nobody
-	// waits for.
+	// waits for. Nor is one whose request overflowed the worker's buffer:
+	// its request is no longer whole.
 	cause := context.Cause(c.ctx)
-	givenUp := errors.Is(cause, errAborted) || errors.Is(cause, errCallerCancelled)
+	givenUp := errors.Is(cause, errAborted) || errors.Is(cause, errCallerCancelled) || errors.Is(cause, errRequestOverflow)
 	if !superseded && !givenUp && st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.in.isUndecodable() || c.retryable(st, panicked)) {
 		c.deadLetter(st)
 	}
@@ -445,11 +450,12 @@ func (c *call) retryable(st *status.Status, panicked bool) bool {
 }
 
 // retry decides whether to run the handler again after st, and if so waits
-// the back-off and rewinds the request stream. A call that sent a reply, or
+// the back-off and rewinds the request stream. A call that sent a reply,
+// whose context ended, or
 // whose request cannot be decoded, is not retried.
 func (c *call) retry(st *status.Status, panicked bool) bool {
 	c.attempts++
-	if c.attempts >= c.w.cfg.maxAttempts || !c.retryable(st, panicked) || c.in.isUndecodable() {
+	if c.attempts >= c.w.cfg.maxAttempts || !c.retryable(st, panicked) || c.in.isUndecodable() || c.ctx.Err() != nil {
 		return false
 	}
 	if !c.out.untouched() {
@@ -548,7 +554,11 @@ func contextStatus(ctx context.Context) *status.Status {
 		}
 		return status.New(codes.DeadlineExceeded, "deadline exceeded")
 	}
-	if cause := context.Cause(ctx); cause != nil && cause != context.Canceled {
+	cause := context.Cause(ctx)
+	if errors.Is(cause, errRequestOverflow) {
+		return status.New(codes.ResourceExhausted, cause.Error())
+	}
+	if cause != nil && cause != context.Canceled {
 		return status.New(codes.Canceled, cause.Error())
 	}
 	return status.New(codes.Canceled, "call cancelled")

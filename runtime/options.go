@@ -223,6 +223,7 @@ type workerConfig struct {
 	transactionalID   string
 	eosStreamBytes    int // WorkerExactlyOnceStreamBytes; 0: no bound
 	outcomeTopic      string
+	requestBufBytes   int // WorkerRequestBufferBytes; 0: no bound
 }
 
 func defaultWorkerConfig() workerConfig {
@@ -238,6 +239,7 @@ func defaultWorkerConfig() workerConfig {
 		idemWindow:      10 * time.Minute,
 		idemMaxBytes:    64 << 20,
 		eosStreamBytes:  4 << 20,
+		requestBufBytes: 64 << 20,
 		maxCallDuration: DefaultMaxCallDuration,
 	}
 }
@@ -334,6 +336,25 @@ func WorkerExactlyOnce(transactionalID string) WorkerOption {
 // until its call's end). Default 4 MiB.
 func WorkerExactlyOnceStreamBytes(n int) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.eosStreamBytes = max(n, 0) })
+}
+
+// WorkerRequestBufferBytes bounds the request bytes the worker buffers for
+// one client or bidi stream call whose handler reads them more slowly than
+// its caller sends them, or has not started yet (each message's value and
+// headers, and room for its record): a caller's messages travel through
+// Kafka, so nothing slows the caller down as gRPC's flow control would.
+// Past the bound, the call ends with RESOURCE_EXHAUSTED instead of growing
+// the worker's memory: its handler's context is cancelled with that cause,
+// its stream's RecvMsg returns that error, the messages not read are let
+// go and the rest of its request is skipped. It is not retried, nor dead
+// lettered, nor remembered for an idempotency key (a retry runs again).
+// Only messages not yet read count: those read are let go as the handler
+// reads them, unless WorkerRetries or WorkerDeadLetterTopic keep them for
+// a second reading. The worker buffers at most about
+// (WorkerMaxConcurrentCalls + WorkerMaxQueuedCalls) times n. n ≤ 0: no
+// bound. Default 64 MiB.
+func WorkerRequestBufferBytes(n int) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.requestBufBytes = max(n, 0) })
 }
 
 // WorkerIdempotencyWindow sets how long a worker remembers the replies of a

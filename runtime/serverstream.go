@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync"
 
@@ -27,6 +28,8 @@ type requestQueue struct {
 	// handler reads them rather than kept until the call's end (next
 	// then counts from the first record not read).
 	release     bool
+	unread      int           // the size of the records not handed out yet (WorkerRequestBufferBytes)
+	overflow    error         // unread passed WorkerRequestBufferBytes (the call's cause): the records were let go, later ones are dropped
 	ended       bool          // the request stream is complete
 	cancelled   bool          // it ended with the caller's cancel, not the whole stream: no io.EOF
 	undecodable bool          // a request message could not be decoded
@@ -63,14 +66,36 @@ func (c *call) feed(rec *kafkaclient.Record, env *wire.Envelope) {
 		q.mu.Unlock()
 		return
 	}
-	if rec.Value == nil {
+	var overflow error
+	switch {
+	case rec.Value == nil:
 		q.ended = true
 		q.cancelled = env.Cancel()
-	} else {
+	case q.overflow != nil:
+		// Dropped: the call ends RESOURCE_EXHAUSTED. The queue does not
+		// end here, so that the rest of the request is still routed to
+		// the call (and skipped once it is over), not taken for a new
+		// attempt of it.
+	default:
 		q.all = append(q.all, rec)
+		if c.streamsIn {
+			q.unread += recordSize(rec.Value, rec.Headers)
+			if bound := c.w.cfg.requestBufBytes; bound > 0 && q.unread > bound {
+				overflow = fmt.Errorf("%w: %d bytes of request messages not read, past WorkerRequestBufferBytes (%d): its handler reads more slowly than its caller sends",
+					errRequestOverflow, q.unread, bound)
+				q.overflow = overflow
+				clear(q.all)
+				q.all, q.next, q.unread = q.all[:0], 0, 0
+			}
+		}
 	}
 	signal := q.signal
 	q.mu.Unlock()
+	if overflow != nil {
+		c.w.cfg.logger.Warn("kafkarpc: call ended: its request messages overflowed the worker's buffer", "method", c.method(),
+			"correlation_id", c.id, "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "error", overflow)
+		c.cancel(overflow)
+	}
 	wake(signal)
 }
 
@@ -133,7 +158,10 @@ func (c *call) errAttemptOver() error {
 // rewind starts the request stream over, for a retry.
 func (q *requestQueue) rewind() {
 	q.mu.Lock()
-	q.next = 0
+	q.next, q.unread = 0, 0
+	for _, rec := range q.all {
+		q.unread += recordSize(rec.Value, rec.Headers)
+	}
 	q.mu.Unlock()
 }
 
@@ -159,6 +187,9 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 		if q.next < len(q.all) {
 			rec := q.all[q.next]
 			q.next++
+			if c.streamsIn {
+				q.unread -= recordSize(rec.Value, rec.Headers)
+			}
 			if q.release {
 				q.all[q.next-1] = nil
 				if q.next == len(q.all) || (q.next >= 64 && 2*q.next >= len(q.all)) {
@@ -173,12 +204,18 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 			q.mu.Unlock()
 			return rec, nil
 		}
-		ended, n, cancelled := q.ended, q.next, q.cancelled // n: read so far, for a call without a client stream (never released)
+		ended, n, cancelled, overflow := q.ended, q.next, q.cancelled, q.overflow // n: read so far, for a call without a client stream (never released)
 		if !ended && q.signal == nil {
 			q.signal = make(chan struct{}, 1)
 		}
 		signal := q.signal
 		q.mu.Unlock()
+		if overflow != nil {
+			// The call ends with the overflow (feed, which also cancels
+			// its context): neither io.EOF nor the messages after those
+			// let go.
+			return nil, status.Error(codes.ResourceExhausted, overflow.Error())
+		}
 		if ended {
 			if cancelled {
 				// The caller gave up midway (its cancel ended the stream,
