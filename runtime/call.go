@@ -451,8 +451,7 @@ func (c *call) retryable(st *status.Status, panicked bool) bool {
 
 // retry decides whether to run the handler again after st, and if so waits
 // the back-off and rewinds the request stream. A call that sent a reply,
-// whose context ended, or
-// whose request cannot be decoded, is not retried.
+// whose context ended, or whose request cannot be decoded, is not retried.
 func (c *call) retry(st *status.Status, panicked bool) bool {
 	c.attempts++
 	if c.attempts >= c.w.cfg.maxAttempts || !c.retryable(st, panicked) || c.in.isUndecodable() || c.ctx.Err() != nil {
