@@ -59,16 +59,27 @@ func (s *stalledReader) EchoClientStream(stream grpc.ClientStreamingServer[echov
 // Kafka, and nothing slows the caller down. Past WorkerRequestBufferBytes
 // the call ends RESOURCE_EXHAUSTED, its handler's Recv says so, the rest of
 // its request is skipped (not taken for a new call), and, not remembered
-// for its idempotency key, a retry runs again.
+// for its idempotency key, a retry runs again. Through a gateway and
+// through a ClientConn.
 func TestRequestBufferOverflowEndsCall(t *testing.T) {
+	for _, via := range []string{"gateway", "conn"} {
+		t.Run(via, func(t *testing.T) { testRequestBufferOverflow(t, via) })
+	}
+}
+
+func testRequestBufferOverflow(t *testing.T, via string) {
 	const n, size, bound = 40, 8 << 10, 64 << 10
 	impl := &stalledReader{recvErr: make(chan error, 1)}
 	impl.stall.Store(true)
 	e := setup(t, impl, runtime.WorkerRequestBufferBytes(bound))
+	client := e.echo
+	if via == "conn" {
+		client = e.conn(t)
+	}
 	ctx := metadata.AppendToOutgoingContext(ctxFor(t, 30*time.Second), "idempotency-key", "upload")
 	msg := strings.Repeat("u", size)
 	upload := func(n int) (*echov1.EchoResponse, error) {
-		cs, err := e.echo.EchoClientStream(ctx)
+		cs, err := client.EchoClientStream(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
