@@ -153,6 +153,9 @@ func (w *Worker) newCall(rec *kafkaclient.Record, env *wire.Envelope, pt *partTr
 	}
 	c.streamsIn = wm != nil && wm.spec.Kind.clientStreams()
 	c.in.release = c.streamsIn && w.cfg.maxAttempts <= 1 && w.cfg.deadLetterTopic == ""
+	if c.streamsIn && c.wm != nil { // a handler reads its client stream
+		c.in.bound = w.cfg.requestBufBytes
+	}
 	if env.Attempt != nil {
 		c.attemptHdr[0] = kafkaclient.Header{Key: w.attemptKey, Value: env.Attempt}
 		c.attempt = c.attemptHdr[:]
@@ -407,6 +410,10 @@ func (c *call) run() {
 		st, panicked = c.invoke()
 	}
 	<-c.w.sem
+	overflow := c.in.settle()
+	if overflow != nil {
+		st = status.New(codes.ResourceExhausted, overflow.Error())
+	}
 	st, superseded := c.decide(st)
 	// A call the worker gave up (rebalance, shutdown) failed because it
 	// was cancelled, not for its request: no poison. Left uncommitted
@@ -417,7 +424,7 @@ func (c *call) run() {
 	// waits for. Nor is one whose request overflowed the worker's buffer:
 	// its request is no longer whole.
 	cause := context.Cause(c.ctx)
-	givenUp := errors.Is(cause, errAborted) || errors.Is(cause, errCallerCancelled) || errors.Is(cause, errRequestOverflow)
+	givenUp := errors.Is(cause, errAborted) || errors.Is(cause, errCallerCancelled) || overflow != nil
 	if !superseded && !givenUp && st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.in.isUndecodable() || c.retryable(st, panicked)) {
 		c.deadLetter(st)
 	}
@@ -454,7 +461,7 @@ func (c *call) retryable(st *status.Status, panicked bool) bool {
 // whose context ended, or whose request cannot be decoded, is not retried.
 func (c *call) retry(st *status.Status, panicked bool) bool {
 	c.attempts++
-	if c.attempts >= c.w.cfg.maxAttempts || !c.retryable(st, panicked) || c.in.isUndecodable() || c.ctx.Err() != nil {
+	if c.attempts >= c.w.cfg.maxAttempts || !c.retryable(st, panicked) || c.in.isUndecodable() || c.ctx.Err() != nil || c.in.overflowed() {
 		return false
 	}
 	if !c.out.untouched() {
@@ -571,6 +578,7 @@ func contextStatus(ctx context.Context) *status.Status {
 // they are dropped, and the next owner serves the call whole.
 func (c *call) finish(st *status.Status) {
 	c.unqueue() // ended before it took a slot
+	c.in.settle()
 	st = c.cardinality(st)
 	st, _ = c.decide(st)
 	c.ending.Store(true)

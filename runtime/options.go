@@ -346,13 +346,17 @@ func WorkerExactlyOnceStreamBytes(n int) WorkerOption {
 // Past the bound, the call ends with RESOURCE_EXHAUSTED instead of growing
 // the worker's memory: its handler's context is cancelled with that cause,
 // its stream's RecvMsg returns that error, the messages not read are let
-// go and the rest of its request is skipped. It is not retried, nor dead
-// lettered, nor remembered for an idempotency key (a retry runs again).
-// Only messages not yet read count: those read are let go as the handler
-// reads them, unless WorkerRetries or WorkerDeadLetterTopic keep them for
-// a second reading. The worker buffers at most about
-// (WorkerMaxConcurrentCalls + WorkerMaxQueuedCalls) times n. n ≤ 0: no
-// bound. Default 64 MiB.
+// go and the rest of its request is skipped. It ends so whatever its
+// handler then returns (even OK: its stream was cut short), and it is not
+// retried, nor dead lettered, nor remembered for an idempotency key (a
+// retry runs again). Only messages no attempt read yet count: those read
+// are let go as the handler reads them, unless WorkerRetries or
+// WorkerDeadLetterTopic keep them for a second reading (then without this
+// bound). A single message larger than n always overflows it: keep n
+// above the largest request message. Unread messages take at most about n
+// for each call whose handler runs or waits for a slot
+// (WorkerMaxConcurrentCalls, WorkerMaxQueuedCalls). n ≤ 0: no bound.
+// Default 64 MiB.
 func WorkerRequestBufferBytes(n int) WorkerOption {
 	return workerOptionFunc(func(c *workerConfig) { c.requestBufBytes = max(n, 0) })
 }

@@ -27,9 +27,19 @@ type requestQueue struct {
 	// no dead letter), so a client stream's records are let go as the
 	// handler reads them rather than kept until the call's end (next
 	// then counts from the first record not read).
-	release     bool
-	unread      int           // the size of the records not handed out yet (WorkerRequestBufferBytes)
-	overflow    error         // unread passed WorkerRequestBufferBytes (the call's cause): the records were let go, later ones are dropped
+	release bool
+	// bound is WorkerRequestBufferBytes for a call whose handler reads a
+	// client stream, else 0: no bound. unread is the size of the records
+	// no attempt read yet (all[read:]; a retry reads them again from 0).
+	// Past the bound, overflow is set (the call's context cause): the
+	// records are let go, later ones dropped. Once the handler's last
+	// attempt returned (settle), nothing counts any more.
+	bound       int
+	unread      int
+	read        int
+	overflow    error
+	overGen     int // gen when overflow was set: past it, no attempt read after the overflow
+	settled     bool
 	ended       bool          // the request stream is complete
 	cancelled   bool          // it ended with the caller's cancel, not the whole stream: no io.EOF
 	undecodable bool          // a request message could not be decoded
@@ -78,25 +88,49 @@ func (c *call) feed(rec *kafkaclient.Record, env *wire.Envelope) {
 		// attempt of it.
 	default:
 		q.all = append(q.all, rec)
-		if c.streamsIn {
+		if q.bound > 0 && !q.settled {
 			q.unread += recordSize(rec.Value, rec.Headers)
-			if bound := c.w.cfg.requestBufBytes; bound > 0 && q.unread > bound {
+			if q.unread > q.bound {
 				overflow = fmt.Errorf("%w: %d bytes of request messages not read, past WorkerRequestBufferBytes (%d): its handler reads more slowly than its caller sends",
-					errRequestOverflow, q.unread, bound)
-				q.overflow = overflow
+					errRequestOverflow, q.unread, q.bound)
+				q.overflow, q.overGen = overflow, q.gen
 				clear(q.all)
-				q.all, q.next, q.unread = q.all[:0], 0, 0
+				q.all, q.next, q.read, q.unread = q.all[:0], 0, 0, 0
 			}
 		}
 	}
 	signal := q.signal
 	q.mu.Unlock()
 	if overflow != nil {
-		c.w.cfg.logger.Warn("kafkarpc: call ended: its request messages overflowed the worker's buffer", "method", c.method(),
-			"correlation_id", c.id, "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "error", overflow)
 		c.cancel(overflow)
+		c.w.cfg.logger.Warn("kafkarpc: a call's request messages overflowed the worker's buffer: they are let go", "method", c.method(),
+			"correlation_id", c.id, "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "error", overflow)
 	}
 	wake(signal)
+}
+
+// settle ends the counting of unread request bytes once the handler's last
+// attempt returned (records that come after are no handler's to read), and
+// returns the overflow that came before that return, if any: the call then
+// ends RESOURCE_EXHAUSTED whatever its handler returned, since it may have
+// returned OK over the stream it got cut short. An overflow after it (in
+// the few statements until settle) leaves the handler's outcome as it is.
+// Called by run, after the last attempt's endAttempt.
+func (q *requestQueue) settle() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.settled = true
+	if q.overflow != nil && q.overGen < q.gen {
+		return q.overflow
+	}
+	return nil
+}
+
+// overflowed reports whether the call's request overflowed its bound.
+func (q *requestQueue) overflowed() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.overflow != nil
 }
 
 // endInput marks the call's input complete without an end-of-stream record
@@ -158,10 +192,7 @@ func (c *call) errAttemptOver() error {
 // rewind starts the request stream over, for a retry.
 func (q *requestQueue) rewind() {
 	q.mu.Lock()
-	q.next, q.unread = 0, 0
-	for _, rec := range q.all {
-		q.unread += recordSize(rec.Value, rec.Headers)
-	}
+	q.next = 0 // unread stays: what an attempt read does not count again
 	q.mu.Unlock()
 }
 
@@ -187,7 +218,8 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 		if q.next < len(q.all) {
 			rec := q.all[q.next]
 			q.next++
-			if c.streamsIn {
+			if q.bound > 0 && q.next > q.read { // its first reading
+				q.read = q.next
 				q.unread -= recordSize(rec.Value, rec.Headers)
 			}
 			if q.release {
@@ -198,7 +230,7 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 					// not grow the slice without end.
 					n := copy(q.all, q.all[q.next:])
 					clear(q.all[n:])
-					q.all, q.next = q.all[:n], 0
+					q.all, q.next, q.read = q.all[:n], 0, 0
 				}
 			}
 			q.mu.Unlock()
@@ -211,9 +243,10 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 		signal := q.signal
 		q.mu.Unlock()
 		if overflow != nil {
-			// The call ends with the overflow (feed, which also cancels
-			// its context): neither io.EOF nor the messages after those
-			// let go.
+			// The call ends with the overflow (feed; run forces its
+			// status): neither io.EOF nor the messages after those let
+			// go. Its context ends before the handler can return.
+			c.cancel(overflow)
 			return nil, status.Error(codes.ResourceExhausted, overflow.Error())
 		}
 		if ended {
