@@ -89,6 +89,7 @@ type call struct {
 	acked func(*kafkaclient.Record, error)
 
 	attempts    int                  // handler runs; the run goroutine's
+	cutShort    bool                 // retry refused a retry only for the request's overflow; the run goroutine's
 	keepReplies bool                 // the caller sent an idempotency key: remember the replies (unless they grew too large: storeReply)
 	stored      []kafkaclient.Record // replies produced, when keepReplies (storeReply)
 	storedBytes int                  // replySize of the replies produced, when keepReplies
@@ -410,7 +411,7 @@ func (c *call) run() {
 		st, panicked = c.invoke()
 	}
 	<-c.w.sem
-	overflow := c.in.settle()
+	overflow := c.in.settle(c.cutShort)
 	if overflow != nil {
 		st = status.New(codes.ResourceExhausted, overflow.Error())
 	}
@@ -421,10 +422,10 @@ func (c *call) run() {
 	// owner, and a dead letter of it would be replayed a second time.
 	// A call its caller cancelled is withdrawn, not poison either: no
 	// retry ran after the cancel, and a replay would serve a call nobody
-	// waits for. Nor is one whose request overflowed the worker's buffer:
-	// its request is no longer whole.
+	// waits for. Nor is one whose request overflowed the worker's buffer
+	// (however late): its request is no longer whole.
 	cause := context.Cause(c.ctx)
-	givenUp := errors.Is(cause, errAborted) || errors.Is(cause, errCallerCancelled) || overflow != nil
+	givenUp := errors.Is(cause, errAborted) || errors.Is(cause, errCallerCancelled) || c.in.overflowed()
 	if !superseded && !givenUp && st.Code() != codes.OK && c.w.cfg.deadLetterTopic != "" && (c.in.isUndecodable() || c.retryable(st, panicked)) {
 		c.deadLetter(st)
 	}
@@ -458,10 +459,13 @@ func (c *call) retryable(st *status.Status, panicked bool) bool {
 
 // retry decides whether to run the handler again after st, and if so waits
 // the back-off and rewinds the request stream. A call that sent a reply,
-// whose context ended, or whose request cannot be decoded, is not retried.
+// whose request cannot be decoded, or whose context ended (before or
+// during the back-off) is not retried. When it is not only because its
+// request overflowed (WorkerRequestBufferBytes), it notes so (cutShort):
+// st, which a retry would have replaced, is not its outcome.
 func (c *call) retry(st *status.Status, panicked bool) bool {
 	c.attempts++
-	if c.attempts >= c.w.cfg.maxAttempts || !c.retryable(st, panicked) || c.in.isUndecodable() || c.ctx.Err() != nil || c.in.overflowed() {
+	if c.attempts >= c.w.cfg.maxAttempts || !c.retryable(st, panicked) || c.in.isUndecodable() {
 		return false
 	}
 	if !c.out.untouched() {
@@ -471,11 +475,16 @@ func (c *call) retry(st *status.Status, panicked bool) bool {
 	if dl, ok := c.ctx.Deadline(); ok && time.Now().Add(wait).After(dl) {
 		return false
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-c.ctx.Done():
+	if c.ctx.Err() == nil {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+		}
+	}
+	if c.ctx.Err() != nil || c.in.overflowed() {
+		c.cutShort = c.in.overflowed()
 		return false
 	}
 	c.in.rewind()
@@ -578,7 +587,7 @@ func contextStatus(ctx context.Context) *status.Status {
 // they are dropped, and the next owner serves the call whole.
 func (c *call) finish(st *status.Status) {
 	c.unqueue() // ended before it took a slot
-	c.in.settle()
+	c.in.settle(false)
 	st = c.cardinality(st)
 	st, _ = c.decide(st)
 	c.ending.Store(true)

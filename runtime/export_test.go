@@ -202,3 +202,9 @@ func SetDrainingHook(f func()) (restore func()) {
 	testHookDraining = f
 	return func() { testHookDraining = nil }
 }
+
+// WorkerRetryBackoffForTest sets the first back-off of the worker's retries
+// (WorkerRetries; 100 ms otherwise). Tests only.
+func WorkerRetryBackoffForTest(d time.Duration) WorkerOption {
+	return workerOptionFunc(func(c *workerConfig) { c.retryBackoff = d })
+}

@@ -352,8 +352,8 @@ func WorkerExactlyOnceStreamBytes(n int) WorkerOption {
 // retry runs again). Only messages no attempt read yet count: those read
 // are let go as the handler reads them, unless WorkerRetries or
 // WorkerDeadLetterTopic keep them for a second reading (then without this
-// bound). A single message larger than n always overflows it: keep n
-// above the largest request message. Unread messages take at most about n
+// bound). A message counts its value, its headers and 64 bytes: keep n
+// well above the largest request message. Unread messages take at most about n
 // for each call whose handler runs or waits for a slot
 // (WorkerMaxConcurrentCalls, WorkerMaxQueuedCalls). n ≤ 0: no bound.
 // Default 64 MiB.

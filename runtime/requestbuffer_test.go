@@ -354,3 +354,43 @@ func TestRequestBufferOverflowProxied(t *testing.T) {
 		t.Fatalf("a proxied stream its target does not read: %v; want RESOURCE_EXHAUSTED naming WorkerRequestBufferBytes", err)
 	}
 }
+
+// TestRequestBufferOverflowInBackoff: a call whose request overflows while
+// the worker waits to retry it is not retried; it ended with its failed
+// attempt's UNAVAILABLE, telling its caller to retry what its handler never
+// got whole. It ends RESOURCE_EXHAUSTED.
+func TestRequestBufferOverflowInBackoff(t *testing.T) {
+	const size, bound = 8 << 10, 64 << 10
+	impl := &againReader{fail: 1, read: make(chan int, 1), second: make(chan struct{}), goOn: make(chan struct{})}
+	close(impl.goOn)
+	// A back-off that only the overflow cuts short within the test.
+	e := setup(t, impl, runtime.WorkerRequestBufferBytes(bound), runtime.WorkerRetries(2), runtime.WorkerRetryBackoffForTest(20*time.Second))
+	ctx := ctxFor(t, 60*time.Second)
+	cs, err := e.echo.EchoClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := strings.Repeat("w", size)
+	if err := cs.Send(&echov1.EchoRequest{Message: msg}); err != nil {
+		t.Fatal(err)
+	}
+	select { // the first attempt read it and fails: the back-off begins
+	case <-impl.read:
+	case <-ctx.Done():
+		t.Fatal("the first attempt did not read the first message")
+	}
+	for i := range 2 * bound / size {
+		if err := cs.Send(&echov1.EchoRequest{Message: msg}); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	_, err = cs.CloseAndRecv()
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "WorkerRequestBufferBytes") {
+		t.Fatalf("a stream that overflowed while its retry waited: %v; want RESOURCE_EXHAUSTED naming WorkerRequestBufferBytes", err)
+	}
+	if n := impl.attempt.Load(); n != 1 {
+		t.Fatalf("%d attempts ran, want 1: the request was cut short", n)
+	}
+}

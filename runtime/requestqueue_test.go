@@ -1,7 +1,13 @@
 package runtime
 
 import (
+	"context"
+	"errors"
+	"log/slog"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 	"github.com/kafkarpc/protoc-gen-go-kafka/wire"
@@ -45,5 +51,88 @@ func TestRequestQueueLetsReadRecordsGo(t *testing.T) {
 	}
 	if n := len(c.in.all); n > 2*behind+64 {
 		t.Fatalf("the queue's slice is %d long for %d records to read: read ones are not let go", n, behind)
+	}
+}
+
+// TestRequestQueueCountsUnread: what counts against WorkerRequestBufferBytes
+// is the size of the records no attempt read yet, whichever way the queue
+// is read: a retry's second reading (rewind) does not take them off again,
+// a released queue's compaction does not change it, and an overflow lets
+// every record go and fails the reader with RESOURCE_EXHAUSTED.
+func TestRequestQueueCountsUnread(t *testing.T) {
+	size := func(recs []*kafkaclient.Record) int {
+		n := 0
+		for _, r := range recs {
+			if r != nil {
+				n += recordSize(r.Value, r.Headers)
+			}
+		}
+		return n
+	}
+	newCall := func(release bool, bound int) *call {
+		c := &call{w: &Worker{}}
+		c.w.cfg.logger = slog.New(slog.DiscardHandler)
+		c.ctx, c.ctxCancel = context.WithCancelCause(context.Background())
+		c.in.all, c.in.release, c.in.bound = c.in.one[:0], release, bound
+		return c
+	}
+	var env wire.Envelope
+	feed := func(c *call, i int) {
+		c.feed(&kafkaclient.Record{Offset: int64(i), Value: make([]byte, 10*i+1)}, &env)
+	}
+	recv := func(c *call, n int) {
+		t.Helper()
+		for range n {
+			if _, err := c.recv(currentAttempt); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	check := func(c *call, want int, what string) {
+		t.Helper()
+		if c.in.unread != want {
+			t.Fatalf("%s: unread %d, want %d", what, c.in.unread, want)
+		}
+	}
+
+	c := newCall(false, 1<<30) // kept for a retry
+	for i := range 10 {
+		feed(c, i)
+	}
+	recv(c, 4)
+	check(c, size(c.in.all[4:]), "4 of 10 read")
+	c.in.rewind()
+	check(c, size(c.in.all[4:]), "rewound")
+	recv(c, 6)
+	check(c, size(c.in.all[6:]), "6 read again")
+	recv(c, 4)
+	check(c, 0, "all read")
+	feed(c, 10)
+	check(c, size(c.in.all[10:]), "one more")
+
+	c = newCall(true, 1<<30) // let go as read, compacted
+	fed := 0
+	for range 200 {
+		feed(c, fed)
+		fed++
+	}
+	for range 150 {
+		recv(c, 1)
+		feed(c, fed)
+		fed++
+		check(c, size(c.in.all[c.in.next:]), "released")
+	}
+
+	c = newCall(true, 100)
+	feed(c, 5) // 51 bytes and room
+	feed(c, 6) // 61 more: past 100
+	if c.in.overflow == nil || len(c.in.all) != 0 || c.in.unread != 0 {
+		t.Fatalf("past the bound: overflow %v, %d records kept, unread %d; want every record let go", c.in.overflow, len(c.in.all), c.in.unread)
+	}
+	if _, err := c.recv(currentAttempt); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("recv after the overflow: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if !errors.Is(context.Cause(c.ctx), errRequestOverflow) {
+		t.Fatalf("the call's context cause: %v, want the overflow", context.Cause(c.ctx))
 	}
 }

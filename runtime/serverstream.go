@@ -81,9 +81,10 @@ func (c *call) feed(rec *kafkaclient.Record, env *wire.Envelope) {
 	case rec.Value == nil:
 		q.ended = true
 		q.cancelled = env.Cancel()
-	case q.overflow != nil:
-		// Dropped: the call ends RESOURCE_EXHAUSTED. The queue does not
-		// end here, so that the rest of the request is still routed to
+	case q.overflow != nil, q.settled && q.release:
+		// Dropped: the call ends RESOURCE_EXHAUSTED, or no handler reads
+		// the stream any more and nothing reads it again. The queue does
+		// not end here, so that the rest of the request is still routed to
 		// the call (and skipped once it is over), not taken for a new
 		// attempt of it.
 	default:
@@ -110,17 +111,19 @@ func (c *call) feed(rec *kafkaclient.Record, env *wire.Envelope) {
 }
 
 // settle ends the counting of unread request bytes once the handler's last
-// attempt returned (records that come after are no handler's to read), and
-// returns the overflow that came before that return, if any: the call then
-// ends RESOURCE_EXHAUSTED whatever its handler returned, since it may have
-// returned OK over the stream it got cut short. An overflow after it (in
-// the few statements until settle) leaves the handler's outcome as it is.
-// Called by run, after the last attempt's endAttempt.
-func (q *requestQueue) settle() error {
+// attempt returned (records that come after are no handler's to read, and
+// are dropped when nothing reads them again), and returns the overflow
+// that came before that return, or that refused a retry (cutShort), if
+// any: the call then ends RESOURCE_EXHAUSTED whatever its handler
+// returned, since it may have returned OK over the stream it got cut
+// short. An overflow after the last return (in the few statements until
+// settle) leaves the handler's outcome as it is. Called by run, after the
+// last attempt's endAttempt and retry.
+func (q *requestQueue) settle(cutShort bool) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.settled = true
-	if q.overflow != nil && q.overGen < q.gen {
+	if q.overflow != nil && (q.overGen < q.gen || cutShort) {
 		return q.overflow
 	}
 	return nil
