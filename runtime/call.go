@@ -35,6 +35,12 @@ var errAborted = errors.New("kafkarpc: the worker gave up the call (rebalance or
 // unread request messages passed WorkerRequestBufferBytes (call.feed).
 var errRequestOverflow = errors.New("kafkarpc: the call's request overflowed the worker's buffer")
 
+// overflowStatus is how a call whose request overflowed (err wraps
+// errRequestOverflow) ends, and what its stream's RecvMsg returns.
+func overflowStatus(err error) *status.Status {
+	return status.New(codes.ResourceExhausted, err.Error())
+}
+
 // errSuperseded is the cause of a handler context that a newer attempt of
 // the same call superseded (Worker.supersede).
 var errSuperseded = errors.New("kafkarpc: superseded by a newer attempt of the same call (a retry with the same idempotency key)")
@@ -411,9 +417,8 @@ func (c *call) run() {
 		st, panicked = c.invoke()
 	}
 	<-c.w.sem
-	overflow := c.in.settle(c.cutShort)
-	if overflow != nil {
-		st = status.New(codes.ResourceExhausted, overflow.Error())
+	if overflow := c.in.settle(c.cutShort); overflow != nil {
+		st = overflowStatus(overflow)
 	}
 	st, superseded := c.decide(st)
 	// A call the worker gave up (rebalance, shutdown) failed because it
@@ -483,8 +488,8 @@ func (c *call) retry(st *status.Status, panicked bool) bool {
 		case <-c.ctx.Done():
 		}
 	}
-	if c.ctx.Err() != nil || c.in.overflowed() {
-		c.cutShort = c.in.overflowed()
+	if over := c.in.overflowed(); over || c.ctx.Err() != nil {
+		c.cutShort = over
 		return false
 	}
 	c.in.rewind()
@@ -571,7 +576,7 @@ func contextStatus(ctx context.Context) *status.Status {
 	}
 	cause := context.Cause(ctx)
 	if errors.Is(cause, errRequestOverflow) {
-		return status.New(codes.ResourceExhausted, cause.Error())
+		return overflowStatus(cause)
 	}
 	if cause != nil && cause != context.Canceled {
 		return status.New(codes.Canceled, cause.Error())

@@ -19,7 +19,7 @@ import (
 )
 
 // setupProxy runs a gateway and a proxying worker whose target is addr.
-func setupProxy(t *testing.T, addr string) *env {
+func setupProxy(t *testing.T, addr string, wopts ...runtime.WorkerOption) *env {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -28,12 +28,12 @@ func setupProxy(t *testing.T, addr string) *env {
 	t.Cleanup(func() { _ = cc.Close() })
 	return setupWith(t, func(w *runtime.Worker) error {
 		return w.RegisterProxy(cc, []string{"echo-requests"}, runtime.ProxyRetry(30*time.Second, 10*time.Millisecond, 200*time.Millisecond))
-	})
+	}, wopts...)
 }
 
-// target serves impl as a plain gRPC server on lis.
-func target(t *testing.T, lis net.Listener, impl echov1.EchoServiceServer) {
-	s := grpc.NewServer()
+// target serves impl as a plain gRPC server with opts on lis.
+func target(t *testing.T, lis net.Listener, impl echov1.EchoServiceServer, opts ...grpc.ServerOption) {
+	s := grpc.NewServer(opts...)
 	echov1.RegisterEchoServiceServer(s, impl)
 	go func() { _ = s.Serve(lis) }()
 	t.Cleanup(s.Stop)

@@ -10,7 +10,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -42,17 +41,7 @@ func (s *stalledReader) EchoClientStream(stream grpc.ClientStreamingServer[echov
 		s.recvErr <- err
 		return err
 	}
-	n := 0
-	for {
-		_, err := stream.Recv()
-		if err == io.EOF {
-			return stream.SendAndClose(&echov1.EchoResponse{Index: int32(n)})
-		}
-		if err != nil {
-			return err
-		}
-		n++
-	}
+	return s.Server.EchoClientStream(stream)
 }
 
 // TestRequestBufferOverflowEndsCall: a client stream whose handler read
@@ -85,20 +74,16 @@ func testRequestBufferOverflow(t *testing.T, via string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i := range n {
-			if i == 1 && first != nil {
-				select { // the handler runs, and waits with the rest unread
-				case <-first:
-				case <-ctx.Done():
-					t.Fatal("the handler did not read the first message")
-				}
+		if first != nil {
+			sendUntilEnd(t, cs.Send, 1, msg)
+			select { // the handler runs, and waits with the rest unread
+			case <-first:
+			case <-ctx.Done():
+				t.Fatal("the handler did not read the first message")
 			}
-			if err := cs.Send(&echov1.EchoRequest{Message: msg}); err == io.EOF {
-				break // the call ended: CloseAndRecv says how
-			} else if err != nil {
-				t.Fatalf("Send %d: %v", i, err)
-			}
+			n--
 		}
+		sendUntilEnd(t, cs.Send, n, msg)
 		return cs.CloseAndRecv()
 	}
 
@@ -217,13 +202,7 @@ func testOverflowReturning(t *testing.T, ret error) {
 	case <-ctx.Done():
 		t.Fatal("the handler did not read the first message")
 	}
-	for i := range 2 * bound / size {
-		if err := bs.Send(&echov1.EchoRequest{Message: msg}); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatalf("Send %d: %v", i, err)
-		}
-	}
+	sendUntilEnd(t, bs.Send, 2*bound/size, msg)
 	_, err = bs.Recv()
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("the end of a stream cut short: %v; want RESOURCE_EXHAUSTED", err)
@@ -259,17 +238,7 @@ func (a *againReader) EchoClientStream(stream grpc.ClientStreamingServer[echov1.
 	case <-stream.Context().Done():
 		return stream.Context().Err()
 	}
-	n := 0
-	for {
-		_, err := stream.Recv()
-		if err == io.EOF {
-			return stream.SendAndClose(&echov1.EchoResponse{Index: int32(n)})
-		}
-		if err != nil {
-			return err
-		}
-		n++
-	}
+	return a.Server.EchoClientStream(stream)
 }
 
 // TestRequestBufferRetryCountsUnreadOnly: with WorkerRetries, the messages
@@ -321,34 +290,17 @@ func TestRequestBufferOverflowProxied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	impl := &quietBidi{first: make(chan struct{})}
 	// Fixed windows (no BDP growth): the target takes at most 64 KiB it
 	// does not read, and the rest waits in the worker.
-	s := grpc.NewServer(grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
-	echov1.RegisterEchoServiceServer(s, impl)
-	go func() { _ = s.Serve(lis) }()
-	t.Cleanup(s.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	e := setupWith(t, func(w *runtime.Worker) error {
-		return w.RegisterProxy(cc, []string{"echo-requests"})
-	}, runtime.WorkerRequestBufferBytes(bound))
+	target(t, lis, &quietBidi{first: make(chan struct{})}, grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
+	e := setupProxy(t, lis.Addr().String(), runtime.WorkerRequestBufferBytes(bound))
 	ctx := ctxFor(t, 30*time.Second)
 	bs, err := e.echo.EchoBidiStream(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	msg := strings.Repeat("p", size)
-	for i := range n {
-		if err := bs.Send(&echov1.EchoRequest{Message: msg}); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatalf("Send %d: %v", i, err)
-		}
-	}
+	sendUntilEnd(t, bs.Send, n, msg)
 	_, err = bs.Recv()
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "WorkerRequestBufferBytes") {
 		t.Fatalf("a proxied stream its target does not read: %v; want RESOURCE_EXHAUSTED naming WorkerRequestBufferBytes", err)
@@ -379,18 +331,25 @@ func TestRequestBufferOverflowInBackoff(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the first attempt did not read the first message")
 	}
-	for i := range 2 * bound / size {
-		if err := cs.Send(&echov1.EchoRequest{Message: msg}); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatalf("Send %d: %v", i, err)
-		}
-	}
+	sendUntilEnd(t, cs.Send, 2*bound/size, msg)
 	_, err = cs.CloseAndRecv()
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "WorkerRequestBufferBytes") {
 		t.Fatalf("a stream that overflowed while its retry waited: %v; want RESOURCE_EXHAUSTED naming WorkerRequestBufferBytes", err)
 	}
 	if n := impl.attempt.Load(); n != 1 {
 		t.Fatalf("%d attempts ran, want 1: the request was cut short", n)
+	}
+}
+
+// sendUntilEnd sends n messages msg with send, or fewer once send reports
+// the call over (io.EOF: the caller's end of the call then says how).
+func sendUntilEnd(t *testing.T, send func(*echov1.EchoRequest) error, n int, msg string) {
+	t.Helper()
+	for i := range n {
+		if err := send(&echov1.EchoRequest{Message: msg}); err == io.EOF {
+			return
+		} else if err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
 	}
 }

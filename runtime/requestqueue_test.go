@@ -19,9 +19,7 @@ import (
 // its caller (the queue never drains): 1000 records unread while 20 000
 // more come and are read, one in, one out.
 func TestRequestQueueLetsReadRecordsGo(t *testing.T) {
-	c := &call{w: &Worker{}}
-	c.in.all = c.in.one[:0]
-	c.in.release = true
+	c := queueCall(true, 0)
 	var env wire.Envelope
 	const behind, total = 1000, 21000
 	fed, read := 0, 0
@@ -69,13 +67,6 @@ func TestRequestQueueCountsUnread(t *testing.T) {
 		}
 		return n
 	}
-	newCall := func(release bool, bound int) *call {
-		c := &call{w: &Worker{}}
-		c.w.cfg.logger = slog.New(slog.DiscardHandler)
-		c.ctx, c.ctxCancel = context.WithCancelCause(context.Background())
-		c.in.all, c.in.release, c.in.bound = c.in.one[:0], release, bound
-		return c
-	}
 	var env wire.Envelope
 	feed := func(c *call, i int) {
 		c.feed(&kafkaclient.Record{Offset: int64(i), Value: make([]byte, 10*i+1)}, &env)
@@ -95,7 +86,7 @@ func TestRequestQueueCountsUnread(t *testing.T) {
 		}
 	}
 
-	c := newCall(false, 1<<30) // kept for a retry
+	c := queueCall(false, 1<<30) // kept for a retry
 	for i := range 10 {
 		feed(c, i)
 	}
@@ -110,7 +101,7 @@ func TestRequestQueueCountsUnread(t *testing.T) {
 	feed(c, 10)
 	check(c, size(c.in.all[10:]), "one more")
 
-	c = newCall(true, 1<<30) // let go as read, compacted
+	c = queueCall(true, 1<<30) // let go as read, compacted
 	fed := 0
 	for range 200 {
 		feed(c, fed)
@@ -123,7 +114,7 @@ func TestRequestQueueCountsUnread(t *testing.T) {
 		check(c, size(c.in.all[c.in.next:]), "released")
 	}
 
-	c = newCall(true, 100)
+	c = queueCall(true, 100)
 	feed(c, 5) // 51 bytes and room
 	feed(c, 6) // 61 more: past 100
 	if c.in.overflow == nil || len(c.in.all) != 0 || c.in.unread != 0 {
@@ -135,4 +126,14 @@ func TestRequestQueueCountsUnread(t *testing.T) {
 	if !errors.Is(context.Cause(c.ctx), errRequestOverflow) {
 		t.Fatalf("the call's context cause: %v, want the overflow", context.Cause(c.ctx))
 	}
+}
+
+// queueCall is a call with only what its request queue uses: release and
+// bound as newCall sets them (bound 0: none).
+func queueCall(release bool, bound int) *call {
+	c := &call{w: &Worker{}}
+	c.w.cfg.logger = slog.New(slog.DiscardHandler)
+	c.ctx, c.ctxCancel = context.WithCancelCause(context.Background())
+	c.in.all, c.in.release, c.in.bound = c.in.one[:0], release, bound
+	return c
 }

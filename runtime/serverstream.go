@@ -250,7 +250,7 @@ func (c *call) recv(gen int) (*kafkaclient.Record, error) {
 			// status): neither io.EOF nor the messages after those let
 			// go. Its context ends before the handler can return.
 			c.cancel(overflow)
-			return nil, status.Error(codes.ResourceExhausted, overflow.Error())
+			return nil, overflowStatus(overflow).Err()
 		}
 		if ended {
 			if cancelled {
