@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -39,10 +40,14 @@ type GroupReader struct {
 	closed  bool
 	commits sync.WaitGroup
 
-	// pauseMu orders Pause and Resume with the assignment of partitions
-	// (rebalance), which pauses those assigned while paused is set.
-	pauseMu sync.Mutex
-	paused  bool
+	// Pausing (see Pause). want is what Pause and Resume asked for; the
+	// rest is touched only from the Poll/Close goroutine: the partitions
+	// this reader paused in librdkafka, the records it holds back while
+	// paused, and the partitions resumed since the last rebalance callback.
+	want    atomic.Bool
+	paused  map[kafkaclient.TopicPartition]struct{}
+	held    map[kafkaclient.TopicPartition][]*kafkaclient.Record
+	resumed map[kafkaclient.TopicPartition]struct{}
 
 	once     sync.Once
 	closeErr error
@@ -99,7 +104,11 @@ func (c *Client) NewGroupReader(cfg kafkaclient.GroupConfig) (kafkaclient.GroupR
 		consumerBase: base,
 		cfg:          cfg,
 		assigned:     make(map[kafkaclient.TopicPartition]struct{}),
+		paused:       make(map[kafkaclient.TopicPartition]struct{}),
+		held:         make(map[kafkaclient.TopicPartition][]*kafkaclient.Record),
+		resumed:      make(map[kafkaclient.TopicPartition]struct{}),
 	}
+	g.gate = g
 	if err := g.kc.SubscribeTopics(append([]string(nil), cfg.Topics...), g.rebalance); err != nil {
 		_ = g.kc.Close()
 		<-g.logsDone
@@ -127,20 +136,14 @@ func (g *GroupReader) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 	closing := g.closing.Load()
 	switch e := ev.(type) {
 	case kafka.AssignedPartitions:
+		// Not paused here even while Pause holds: see Pause.
 		var err error
-		g.pauseMu.Lock()
 		if cooperative {
 			err = kc.IncrementalAssign(e.Partitions)
 		} else {
 			err = kc.Assign(e.Partitions)
 		}
-		if err == nil && g.paused && len(e.Partitions) > 0 {
-			// librdkafka assigns partitions unpaused.
-			if perr := kc.Pause(e.Partitions); perr != nil {
-				g.c.log.Warn("confluent: pausing partitions assigned while paused", "client", g.name, "group", g.cfg.GroupID, "err", perr)
-			}
-		}
-		g.pauseMu.Unlock()
+		g.resumeAgain()
 		if err != nil {
 			g.c.log.Error("confluent: group assign failed", "client", g.name, "group", g.cfg.GroupID, "err", err)
 			return err
@@ -160,6 +163,7 @@ func (g *GroupReader) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 			g.cfg.OnRevoked(parts, lost)
 		}
 		g.dropFromBatch(parts)
+		g.release(parts)
 		var err error
 		if cooperative {
 			err = kc.IncrementalUnassign(e.Partitions)
@@ -169,6 +173,7 @@ func (g *GroupReader) rebalance(kc *kafka.Consumer, ev kafka.Event) error {
 		for _, tp := range parts {
 			delete(g.assigned, tp)
 		}
+		g.resumeAgain()
 		if err != nil {
 			g.c.log.Error("confluent: group unassign failed", "client", g.name, "group", g.cfg.GroupID, "err", err)
 			return err
@@ -220,30 +225,149 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 }
 
 // Pause stops fetching the partitions assigned, and those assigned later,
-// until Resume (librdkafka drops what it fetched of them but did not
-// return, and fetches it again after Resume). Safe for concurrent use.
+// until Resume. Safe for concurrent use.
+//
+// It takes effect on the Poll goroutine, partition by partition, at the
+// first record a partition delivers while paused: that record, and any
+// delivered with it, are held back from Poll until Resume, and the
+// partition is paused in librdkafka then. A partition that delivers nothing
+// costs nothing to leave running. The reason is librdkafka's own race: a
+// pause or resume of a partition (an operation stamped with a version)
+// made while librdkafka starts that partition's fetcher after an
+// assignment, or pauses it for a rebalance, can be dropped as outdated, or
+// can make the start outdated, so that the partition is never fetched
+// (librdkafka issues 2190 and 5591; both were seen in this module's
+// conformance suite). A partition that delivered a record has had its
+// fetcher started, so pausing it then is safe; a pause still lost shows
+// as another record, which is held too and pauses the partition again; a
+// resume made while a rebalance starts is made again after its callback.
 func (g *GroupReader) Pause() { g.setPaused(true) }
 
-// Resume undoes Pause. Safe for concurrent use.
+// Resume undoes Pause: the held records are returned first (by the next
+// Poll, within about pausedSlice), then those fetched after them. Safe for
+// concurrent use.
 func (g *GroupReader) Resume() { g.setPaused(false) }
 
 func (g *GroupReader) setPaused(on bool) {
-	g.pauseMu.Lock()
-	defer g.pauseMu.Unlock()
-	if g.paused == on || g.closing.Load() {
-		return
+	if !g.closing.Load() {
+		g.want.Store(on)
 	}
-	g.paused = on
-	parts, err := g.kc.Assignment()
-	if err == nil && len(parts) > 0 {
-		if on {
-			err = g.kc.Pause(parts)
-		} else {
-			err = g.kc.Resume(parts)
+}
+
+// pausedSlice bounds the wait inside Poll while the reader has partitions
+// to resume: how soon Resume takes effect.
+const pausedSlice = 10 * time.Millisecond
+
+// admit holds r back while paused, pausing its partition in librdkafka at
+// its first record (or again, if a record shows the pause was lost), and
+// holds the records of a partition that has records held before them, so
+// that they come out in order. Poll goroutine.
+func (g *GroupReader) admit(r *kafkaclient.Record) bool {
+	if !g.want.Load() && len(g.held) == 0 {
+		return true
+	}
+	tp := kafkaclient.TopicPartition{Topic: r.Topic, Partition: r.Partition}
+	if _, ok := g.assigned[tp]; !ok {
+		return true
+	}
+	if !g.want.Load() && len(g.held[tp]) == 0 {
+		return true
+	}
+	g.held[tp] = append(g.held[tp], r)
+	if g.want.Load() {
+		g.paused[tp] = struct{}{}
+		g.pauseResume(true, []kafka.TopicPartition{{Topic: &r.Topic, Partition: r.Partition}})
+	}
+	return false
+}
+
+// before resumes, once Resume was called, the partitions this reader
+// paused, and moves the held records into the batch (up to maxBatch; the
+// rest on the next Poll). Poll goroutine.
+func (g *GroupReader) before(batch *[]*kafkaclient.Record) time.Duration {
+	if len(g.paused) == 0 && len(g.held) == 0 {
+		return pollSlice
+	}
+	if g.want.Load() {
+		return pausedSlice
+	}
+	if len(g.paused) > 0 {
+		parts := make([]kafka.TopicPartition, 0, len(g.paused))
+		for tp := range g.paused {
+			parts = append(parts, kafka.TopicPartition{Topic: &tp.Topic, Partition: tp.Partition})
+			g.resumed[tp] = struct{}{}
+		}
+		clear(g.paused)
+		g.pauseResume(false, parts)
+	}
+	for tp, rs := range g.held {
+		n := min(len(rs), maxBatch-len(*batch))
+		*batch = append(*batch, rs[:n]...)
+		if n < len(rs) {
+			g.held[tp] = rs[n:]
+			continue
+		}
+		delete(g.held, tp)
+	}
+	return pollSlice
+}
+
+// release forgets the held records of partitions being revoked and resumes
+// those of them this reader paused, so that none leaves the assignment
+// paused (librdkafka keeps a partition's pause across its reassignment).
+// Called in the revoke, before the partitions are unassigned.
+func (g *GroupReader) release(parts []kafkaclient.TopicPartition) {
+	var resume []kafka.TopicPartition
+	for _, tp := range parts {
+		delete(g.held, tp)
+		if _, ok := g.paused[tp]; ok {
+			delete(g.paused, tp)
+			resume = append(resume, kafka.TopicPartition{Topic: &tp.Topic, Partition: tp.Partition})
 		}
 	}
+	if len(resume) > 0 {
+		g.pauseResume(false, resume)
+	}
+}
+
+// resumeAgain resumes once more, at the end of a rebalance callback, the
+// partitions resumed since the previous callback that are still assigned and
+// not paused again: librdkafka pauses the assignment for a rebalance before
+// its callback, and a resume made meanwhile can be dropped. Resuming a
+// partition not paused does nothing.
+func (g *GroupReader) resumeAgain() {
+	if len(g.resumed) == 0 {
+		return
+	}
+	var again []kafka.TopicPartition
+	for tp := range g.resumed {
+		_, assigned := g.assigned[tp]
+		_, paused := g.paused[tp]
+		if assigned && !paused {
+			again = append(again, kafka.TopicPartition{Topic: &tp.Topic, Partition: tp.Partition})
+		}
+	}
+	clear(g.resumed)
+	if len(again) > 0 {
+		g.pauseResume(false, again)
+	}
+}
+
+// pauseResume pauses or resumes parts in librdkafka (a call that waits for
+// librdkafka's main thread), not once Close began: the consumer is going
+// away, and its main thread may no longer answer.
+func (g *GroupReader) pauseResume(pause bool, parts []kafka.TopicPartition) {
+	if g.closing.Load() {
+		return
+	}
+	var err error
+	if pause {
+		err = g.kc.Pause(parts)
+	} else {
+		err = g.kc.Resume(parts)
+	}
 	if err != nil {
-		g.c.log.Warn("confluent: pausing or resuming the group's partitions", "client", g.name, "group", g.cfg.GroupID, "pause", on, "err", err)
+		g.c.log.Warn("confluent: pausing or resuming partitions", "client", g.name, "group", g.cfg.GroupID, "pause", pause, "err", err)
 	}
 }
 

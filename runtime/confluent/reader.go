@@ -43,6 +43,19 @@ type consumerBase struct {
 	// the last poll returned (touched only by the polling goroutine), which
 	// Poll returns when it has no record to return.
 	denied error
+	// gate, when set, runs before each wait of poll and sees each record
+	// it takes (the group reader's pausing; nil for the plain reader).
+	gate pollGate
+}
+
+// pollGate lets the group reader hold records back from the batch and act
+// between the waits of poll, on the polling goroutine.
+type pollGate interface {
+	// before runs before each wait for records; it may add records (held
+	// before) to the batch and returns the longest the wait may last.
+	before(batch *[]*kafkaclient.Record) time.Duration
+	// admit reports whether r joins the batch; false: the gate keeps it.
+	admit(r *kafkaclient.Record) bool
 }
 
 func (c *Client) newConsumer(cfg kafka.ConfigMap) (*consumerBase, error) {
@@ -73,6 +86,11 @@ func (b *consumerBase) poll(ctx context.Context, batch *[]*kafkaclient.Record) e
 			return kafkaclient.ErrClosed
 		}
 		wait := pollSlice
+		if b.gate != nil {
+			if wait = b.gate.before(batch); len(*batch) > 0 {
+				break
+			}
+		}
 		if dl, ok := ctx.Deadline(); ok {
 			if left := time.Until(dl); left < wait {
 				wait = left
@@ -93,7 +111,8 @@ func (b *consumerBase) poll(ctx context.Context, batch *[]*kafkaclient.Record) e
 			return err
 		}
 	}
-	for len(*batch) < maxBatch {
+	// Bounded by events too: records a gate holds do not fill the batch.
+	for n := 0; n < maxBatch && len(*batch) < maxBatch; n++ {
 		ev := b.kc.Poll(0)
 		if ev == nil {
 			break
@@ -126,7 +145,9 @@ func (b *consumerBase) handle(ev kafka.Event, batch *[]*kafkaclient.Record) {
 			}
 			return
 		}
-		*batch = append(*batch, b.toRecord(e))
+		if r := b.toRecord(e); b.gate == nil || b.gate.admit(r) {
+			*batch = append(*batch, r)
+		}
 	case kafka.Error:
 		b.c.logError(b.name, e)
 		if e.Code() == kafka.ErrTopicAuthorizationFailed && b.denied == nil {

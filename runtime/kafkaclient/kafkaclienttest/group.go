@@ -485,6 +485,59 @@ func testGroupPauseResume(t *testing.T, f Factory) {
 	expectNoRecord(t, obs, "a read every record")
 }
 
+// testGroupPauseManyPartitions: a member paused while it joins a topic of
+// many partitions, each with a record, reads none of them, and after Resume
+// reads each once; paused and resumed again while every partition gets a
+// record more, it reads nothing while paused and each record once after.
+// Many partitions starting at once is where librdkafka drops a pause, or a
+// partition's start, that races it: the confluent reader then read records
+// while paused, or never read a partition again.
+func testGroupPauseManyPartitions(t *testing.T, f Factory) {
+	const parts = 24
+	e := newEnv(t, f, Config{FastGroups: true})
+	topic := e.createTopic(t, "many", parts)
+	produceRound := func(round string) map[string]bool {
+		want := map[string]bool{}
+		for p := range int32(parts) {
+			v := fmt.Sprintf("%s-%d", round, p)
+			e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: p, Value: []byte(v)}, kafkaclient.AcksAll)
+			want[v] = true
+		}
+		return want
+	}
+	want := produceRound("old")
+	o := newGroupObs()
+	readEach := func(want map[string]bool, when string) {
+		t.Helper()
+		for range len(want) {
+			r := awaitRecord(t, o)
+			if !want[string(r.Value)] {
+				t.Fatalf("%s: read %q of partition %d at offset %d: not expected, or read twice", when, r.Value, r.Partition, r.Offset)
+			}
+			delete(want, string(r.Value))
+		}
+	}
+	a := startMember(t, e, o, "a", e.name("many"), topic, memberOpts{})
+	defer a.stop(t)
+	pa, ok := a.g.(kafkaclient.Pauser)
+	if !ok {
+		t.Skipf("%s's group reader does not implement kafkaclient.Pauser", f.Name)
+	}
+	pa.Pause() // while it joins
+	o.waitUntil(t, "a to own every partition", 60*time.Second, func() bool { return a.ownedCount() == parts })
+	expectNoRecord(t, o, "a paused before it joined")
+	for round := range 3 {
+		pa.Resume()
+		readEach(want, fmt.Sprint("after resume ", round))
+		pa.Pause()
+		want = produceRound(fmt.Sprint("r", round))
+		expectNoRecord(t, o, fmt.Sprintf("a paused again (%d)", round))
+	}
+	pa.Resume()
+	readEach(want, "after the last resume")
+	expectNoRecord(t, o, "a read every record")
+}
+
 // awaitRecord returns the next record a member of obs read (bounded).
 func awaitRecord(t *testing.T, obs *groupObs) *kafkaclient.Record {
 	t.Helper()

@@ -53,6 +53,7 @@ func Run(t *testing.T, f Factory) {
 		{"GroupRevokeCommitsBeforeMove", testGroupRevokeCommitsBeforeMove},
 		{"GroupStartAtLatest", testGroupStartAtLatest},
 		{"GroupPauseResume", testGroupPauseResume},
+		{"GroupPauseManyPartitions", testGroupPauseManyPartitions},
 		{"GroupMemberWithNothingLearnsItJoined", testGroupMemberWithNothingLearnsItJoined},
 		{"Transactions", testTransactions},
 		{"TxnCloseFailsPendingRecords", testTxnCloseFailsPendingRecords},
