@@ -240,12 +240,13 @@ func (g *GroupReader) Poll(ctx context.Context) ([]*kafkaclient.Record, error) {
 // conformance suite). A partition that delivered a record has had its
 // fetcher started, so pausing it then is safe; a pause still lost shows
 // as another record, which is held too and pauses the partition again; a
-// resume made while a rebalance starts is made again after its callback.
+// resume made while a rebalance starts is made again in its callback, for
+// the partitions it keeps and for those it revokes.
 func (g *GroupReader) Pause() { g.setPaused(true) }
 
-// Resume undoes Pause: the held records are returned first (by the next
-// Poll, within about pausedSlice), then those fetched after them. Safe for
-// concurrent use.
+// Resume undoes Pause: the partitions start fetching again, and the held
+// records are returned before those fetched after them, by a Poll under way
+// within about pausedSlice (10 ms) or by the next. Safe for concurrent use.
 func (g *GroupReader) Resume() { g.setPaused(false) }
 
 func (g *GroupReader) setPaused(on bool) {
@@ -276,7 +277,7 @@ func (g *GroupReader) admit(r *kafkaclient.Record) bool {
 	g.held[tp] = append(g.held[tp], r)
 	if g.want.Load() {
 		g.paused[tp] = struct{}{}
-		g.pauseResume(true, []kafka.TopicPartition{{Topic: &r.Topic, Partition: r.Partition}})
+		_ = g.pauseResume(true, []kafka.TopicPartition{{Topic: &r.Topic, Partition: r.Partition}})
 	}
 	return false
 }
@@ -297,8 +298,9 @@ func (g *GroupReader) before(batch *[]*kafkaclient.Record) time.Duration {
 			parts = append(parts, kafka.TopicPartition{Topic: &tp.Topic, Partition: tp.Partition})
 			g.resumed[tp] = struct{}{}
 		}
-		clear(g.paused)
-		g.pauseResume(false, parts)
+		if g.pauseResume(false, parts) == nil { // else tried again next time
+			clear(g.paused)
+		}
 	}
 	for tp, rs := range g.held {
 		n := min(len(rs), maxBatch-len(*batch))
@@ -313,28 +315,35 @@ func (g *GroupReader) before(batch *[]*kafkaclient.Record) time.Duration {
 }
 
 // release forgets the held records of partitions being revoked and resumes
-// those of them this reader paused, so that none leaves the assignment
-// paused (librdkafka keeps a partition's pause across its reassignment).
-// Called in the revoke, before the partitions are unassigned.
+// those of them this reader paused, or resumed since the previous rebalance
+// callback (a resume librdkafka may have dropped), so that none leaves the
+// assignment paused: librdkafka keeps a partition's pause across its
+// reassignment, and a partition paused and reassigned would never be read.
+// Called in the revoke callback, before the partitions are unassigned.
 func (g *GroupReader) release(parts []kafkaclient.TopicPartition) {
 	var resume []kafka.TopicPartition
 	for _, tp := range parts {
 		delete(g.held, tp)
-		if _, ok := g.paused[tp]; ok {
+		_, paused := g.paused[tp]
+		_, resumed := g.resumed[tp]
+		if paused || resumed {
 			delete(g.paused, tp)
+			delete(g.resumed, tp)
 			resume = append(resume, kafka.TopicPartition{Topic: &tp.Topic, Partition: tp.Partition})
 		}
 	}
 	if len(resume) > 0 {
-		g.pauseResume(false, resume)
+		_ = g.pauseResume(false, resume)
 	}
 }
 
 // resumeAgain resumes once more, at the end of a rebalance callback, the
 // partitions resumed since the previous callback that are still assigned and
 // not paused again: librdkafka pauses the assignment for a rebalance before
-// its callback, and a resume made meanwhile can be dropped. Resuming a
-// partition not paused does nothing.
+// its callback, and a resume made meanwhile can be dropped. A partition
+// that is not paused by this reader is left as it is by the resume (it may
+// still carry librdkafka's own rebalance pause, which librdkafka lifts);
+// these partitions' fetchers run, so no start of theirs can be outdated.
 func (g *GroupReader) resumeAgain() {
 	if len(g.resumed) == 0 {
 		return
@@ -349,16 +358,16 @@ func (g *GroupReader) resumeAgain() {
 	}
 	clear(g.resumed)
 	if len(again) > 0 {
-		g.pauseResume(false, again)
+		_ = g.pauseResume(false, again)
 	}
 }
 
 // pauseResume pauses or resumes parts in librdkafka (a call that waits for
 // librdkafka's main thread), not once Close began: the consumer is going
 // away, and its main thread may no longer answer.
-func (g *GroupReader) pauseResume(pause bool, parts []kafka.TopicPartition) {
+func (g *GroupReader) pauseResume(pause bool, parts []kafka.TopicPartition) error {
 	if g.closing.Load() {
-		return
+		return nil
 	}
 	var err error
 	if pause {
@@ -369,6 +378,7 @@ func (g *GroupReader) pauseResume(pause bool, parts []kafka.TopicPartition) {
 	if err != nil {
 		g.c.log.Warn("confluent: pausing or resuming partitions", "client", g.name, "group", g.cfg.GroupID, "pause", pause, "err", err)
 	}
+	return err
 }
 
 // Commit synchronously commits offsets (each the next offset to read) for

@@ -317,10 +317,13 @@ type Pauser interface {
 	// Pause stops fetching the records of every partition assigned to the
 	// member, now and later, until Resume; Poll returns no records
 	// meanwhile but those of a Poll already under way, and the reading
-	// carries on at the first record not returned. Resume starts fetching
-	// again and wakes a Poll waiting for records. Both are safe for
-	// concurrent use, with each other and with Poll; calling either twice
-	// in a row is harmless.
+	// carries on at the first record not returned. An implementation may
+	// stop a partition only at the first record it delivers after Pause,
+	// holding that record until Resume (the confluent client does). Resume
+	// starts fetching again; a Poll waiting for records returns them as
+	// they come (the confluent client's within 10 ms of Resume). Both are
+	// safe for concurrent use, with each other and with Poll; calling
+	// either twice in a row is harmless.
 	Pause()
 	Resume()
 }

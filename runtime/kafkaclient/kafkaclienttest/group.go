@@ -485,39 +485,61 @@ func testGroupPauseResume(t *testing.T, f Factory) {
 	expectNoRecord(t, obs, "a read every record")
 }
 
-// testGroupPauseManyPartitions: a member paused while it joins a topic of
-// many partitions, each with a record, reads none of them, and after Resume
-// reads each once; paused and resumed again while every partition gets a
-// record more, it reads nothing while paused and each record once after.
-// Many partitions starting at once is where librdkafka drops a pause, or a
-// partition's start, that races it: the confluent reader then read records
-// while paused, or never read a partition again.
+// testGroupPauseManyPartitions: with each protocol, a member paused while
+// it joins a topic of many partitions, each with records, reads none of
+// them, and after Resume reads each once, in order; paused again while
+// every partition gets records more, it reads none of them while a second
+// member joins and takes some of its partitions (which reads those
+// partitions' records) and leaves again; resumed, it reads the rest, and
+// then every record that comes, on every partition (none left paused by
+// the partitions' move away and back). Many partitions starting at once
+// is where librdkafka drops a pause, or a partition's start, that races
+// it: the confluent reader then read records while paused, or never read
+// a partition again.
 func testGroupPauseManyPartitions(t *testing.T, f Factory) {
-	const parts = 24
-	e := newEnv(t, f, Config{FastGroups: true})
+	t.Run("cooperative", func(t *testing.T) { pauseMany(t, f, false, "") })
+	t.Run("eager", func(t *testing.T) { pauseMany(t, f, true, "") })
+	t.Run("consumer protocol", func(t *testing.T) { pauseMany(t, f, false, kafkaclient.GroupProtocolConsumer) })
+}
+
+func pauseMany(t *testing.T, f Factory, eager bool, protocol kafkaclient.GroupProtocol) {
+	const parts, perRound = 24, 2
+	e := newEnv(t, f, Config{FastGroups: true, EagerGroups: eager})
 	topic := e.createTopic(t, "many", parts)
+	group := e.name("many")
+	mo := memberOpts{protocol: protocol}
 	produceRound := func(round string) map[string]bool {
 		want := map[string]bool{}
-		for p := range int32(parts) {
-			v := fmt.Sprintf("%s-%d", round, p)
-			e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: p, Value: []byte(v)}, kafkaclient.AcksAll)
-			want[v] = true
+		for i := range perRound {
+			for p := range int32(parts) {
+				v := fmt.Sprintf("%s-%d-%d", round, p, i)
+				e.produceSync(t, &kafkaclient.Record{Topic: topic, Partition: p, Value: []byte(v)}, kafkaclient.AcksAll)
+				want[v] = true
+			}
 		}
 		return want
 	}
-	want := produceRound("old")
 	o := newGroupObs()
-	readEach := func(want map[string]bool, when string) {
+	last := map[int32]int64{} // the offset last read, per partition
+	// readN reads n records, each one of want (removed from it once read)
+	// and each after the one read before it of its partition.
+	readN := func(want map[string]bool, n int, when string) {
 		t.Helper()
-		for range len(want) {
+		for range n {
 			r := awaitRecord(t, o)
 			if !want[string(r.Value)] {
 				t.Fatalf("%s: read %q of partition %d at offset %d: not expected, or read twice", when, r.Value, r.Partition, r.Offset)
 			}
+			if prev, ok := last[r.Partition]; ok && r.Offset <= prev {
+				t.Fatalf("%s: read offset %d of partition %d after offset %d", when, r.Offset, r.Partition, prev)
+			}
+			last[r.Partition] = r.Offset
 			delete(want, string(r.Value))
 		}
 	}
-	a := startMember(t, e, o, "a", e.name("many"), topic, memberOpts{})
+
+	want := produceRound("old")
+	a := startMember(t, e, o, "a", group, topic, mo)
 	defer a.stop(t)
 	pa, ok := a.g.(kafkaclient.Pauser)
 	if !ok {
@@ -526,15 +548,26 @@ func testGroupPauseManyPartitions(t *testing.T, f Factory) {
 	pa.Pause() // while it joins
 	o.waitUntil(t, "a to own every partition", 60*time.Second, func() bool { return a.ownedCount() == parts })
 	expectNoRecord(t, o, "a paused before it joined")
-	for round := range 3 {
-		pa.Resume()
-		readEach(want, fmt.Sprint("after resume ", round))
-		pa.Pause()
-		want = produceRound(fmt.Sprint("r", round))
-		expectNoRecord(t, o, fmt.Sprintf("a paused again (%d)", round))
-	}
 	pa.Resume()
-	readEach(want, "after the last resume")
+	readN(want, len(want), "after Resume")
+
+	pa.Pause()
+	want = produceRound("paused")
+	expectNoRecord(t, o, "a paused again")
+	b := startMember(t, e, o, "b", group, topic, mo)
+	o.waitUntil(t, "a and b to share the partitions", 90*time.Second, func() bool {
+		na, nb := a.ownedCount(), b.ownedCount()
+		return na > 0 && nb > 0 && na+nb == parts
+	})
+	readN(want, perRound*b.ownedCount(), "b's share, a paused")
+	b.stop(t)
+	o.waitUntil(t, "a to own every partition again", 60*time.Second, func() bool { return a.ownedCount() == parts })
+	expectNoRecord(t, o, "a paused across the rebalances")
+	pa.Resume()
+	readN(want, len(want), "a's share after Resume")
+
+	want = produceRound("resumed")
+	readN(want, len(want), "after the partitions came back")
 	expectNoRecord(t, o, "a read every record")
 }
 
