@@ -264,20 +264,21 @@ const pausedSlice = 10 * time.Millisecond
 // holds the records of a partition that has records held before them, so
 // that they come out in order. Poll goroutine.
 func (g *GroupReader) admit(r *kafkaclient.Record) bool {
-	if !g.want.Load() && len(g.held) == 0 {
+	want := g.want.Load()
+	if !want && len(g.held) == 0 {
 		return true
 	}
 	tp := kafkaclient.TopicPartition{Topic: r.Topic, Partition: r.Partition}
 	if _, ok := g.assigned[tp]; !ok {
 		return true
 	}
-	if !g.want.Load() && len(g.held[tp]) == 0 {
+	if !want && len(g.held[tp]) == 0 {
 		return true
 	}
 	g.held[tp] = append(g.held[tp], r)
-	if g.want.Load() {
+	if want {
 		g.paused[tp] = struct{}{}
-		_ = g.pauseResume(true, []kafka.TopicPartition{{Topic: &r.Topic, Partition: r.Partition}})
+		_ = g.pauseResume(true, []kafkaclient.TopicPartition{tp})
 	}
 	return false
 }
@@ -293,9 +294,9 @@ func (g *GroupReader) before(batch *[]*kafkaclient.Record) time.Duration {
 		return pausedSlice
 	}
 	if len(g.paused) > 0 {
-		parts := make([]kafka.TopicPartition, 0, len(g.paused))
+		parts := make([]kafkaclient.TopicPartition, 0, len(g.paused))
 		for tp := range g.paused {
-			parts = append(parts, kafka.TopicPartition{Topic: &tp.Topic, Partition: tp.Partition})
+			parts = append(parts, tp)
 			g.resumed[tp] = struct{}{}
 		}
 		if g.pauseResume(false, parts) == nil { // else tried again next time
@@ -321,7 +322,7 @@ func (g *GroupReader) before(batch *[]*kafkaclient.Record) time.Duration {
 // reassignment, and a partition paused and reassigned would never be read.
 // Called in the revoke callback, before the partitions are unassigned.
 func (g *GroupReader) release(parts []kafkaclient.TopicPartition) {
-	var resume []kafka.TopicPartition
+	var resume []kafkaclient.TopicPartition
 	for _, tp := range parts {
 		delete(g.held, tp)
 		_, paused := g.paused[tp]
@@ -329,7 +330,7 @@ func (g *GroupReader) release(parts []kafkaclient.TopicPartition) {
 		if paused || resumed {
 			delete(g.paused, tp)
 			delete(g.resumed, tp)
-			resume = append(resume, kafka.TopicPartition{Topic: &tp.Topic, Partition: tp.Partition})
+			resume = append(resume, tp)
 		}
 	}
 	if len(resume) > 0 {
@@ -348,12 +349,12 @@ func (g *GroupReader) resumeAgain() {
 	if len(g.resumed) == 0 {
 		return
 	}
-	var again []kafka.TopicPartition
+	var again []kafkaclient.TopicPartition
 	for tp := range g.resumed {
 		_, assigned := g.assigned[tp]
 		_, paused := g.paused[tp]
 		if assigned && !paused {
-			again = append(again, kafka.TopicPartition{Topic: &tp.Topic, Partition: tp.Partition})
+			again = append(again, tp)
 		}
 	}
 	clear(g.resumed)
@@ -365,15 +366,19 @@ func (g *GroupReader) resumeAgain() {
 // pauseResume pauses or resumes parts in librdkafka (a call that waits for
 // librdkafka's main thread), not once Close began: the consumer is going
 // away, and its main thread may no longer answer.
-func (g *GroupReader) pauseResume(pause bool, parts []kafka.TopicPartition) error {
+func (g *GroupReader) pauseResume(pause bool, parts []kafkaclient.TopicPartition) error {
 	if g.closing.Load() {
 		return nil
 	}
+	tps := make([]kafka.TopicPartition, len(parts))
+	for i, tp := range parts {
+		tps[i] = kafka.TopicPartition{Topic: &tp.Topic, Partition: tp.Partition}
+	}
 	var err error
 	if pause {
-		err = g.kc.Pause(parts)
+		err = g.kc.Pause(tps)
 	} else {
-		err = g.kc.Resume(parts)
+		err = g.kc.Resume(tps)
 	}
 	if err != nil {
 		g.c.log.Warn("confluent: pausing or resuming partitions", "client", g.name, "group", g.cfg.GroupID, "pause", pause, "err", err)
