@@ -709,9 +709,14 @@ func watchRequestTopics(ctx context.Context, admin TopicAdmin, topics []string, 
 }
 
 // watchTopics starts watchRequestTopics on the worker's request topics,
-// until the worker stops polling. The caller holds w.regMu (Start does).
+// until the worker stops polling; watchDone is closed once it returned.
+// The caller holds w.regMu (Start does), before it starts the loop.
 func (w *Worker) watchTopics() {
-	go watchRequestTopics(w.pollCtx, w.client, slices.Clone(w.topics), w.cfg.groupID, w.cfg.logger)
+	w.watchDone = make(chan struct{})
+	go func() {
+		defer close(w.watchDone)
+		watchRequestTopics(w.pollCtx, w.client, slices.Clone(w.topics), w.cfg.groupID, w.cfg.logger)
+	}()
 }
 
 // checkNotCompacted refuses an existing request or reply topic (of those

@@ -567,6 +567,74 @@ func TestWorkerMissingTopic(t *testing.T) {
 	}
 }
 
+// slowWatchClient is a Kafka client whose lookups of topic wait, once
+// block is set, until their context ends, and then take 200 ms more to
+// return (a broker slow to answer), recording that they returned.
+type slowWatchClient struct {
+	kafkaclient.Client
+	topic   string
+	block   atomic.Bool
+	waiting chan struct{} // closed at the first blocked lookup
+	once    atomic.Bool
+	ended   atomic.Bool
+}
+
+func (c *slowWatchClient) Partitions(ctx context.Context, topic string) ([]int32, error) {
+	if topic != c.topic || !c.block.Load() {
+		return c.Client.Partitions(ctx, topic)
+	}
+	if c.once.CompareAndSwap(false, true) {
+		close(c.waiting)
+	}
+	<-ctx.Done()
+	time.Sleep(200 * time.Millisecond) // slow to answer, not a synchronisation
+	c.ended.Store(true)
+	return nil, ctx.Err()
+}
+
+// TestWorkerShutdownEndsTopicWatch: the watch of a missing request topic
+// is the worker's: Shutdown ends it and waits for it, so nothing of the
+// worker looks topics up with the Kafka client, or logs, once Shutdown
+// returned (the user may close the client then, and a test's logger may
+// be gone).
+func TestWorkerShutdownEndsTopicWatch(t *testing.T) {
+	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
+	prefix := kafkatest.Unique("t") + "."
+	req := prefix + "echo-requests"
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-responses")
+	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
+	client := &slowWatchClient{Client: kc, topic: req, waiting: make(chan struct{})}
+	logs := &logCatcher{records: make(chan slog.Record, 1024)}
+	worker := runtime.NewWorker(client, mapper, runtime.WithLogger(slog.New(logs)), runtime.WorkerGroupID(prefix+"workers"))
+	if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := worker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = worker.Close() })
+	logs.waitLog(t, slog.LevelError, "request topic does not exist", req)
+	client.block.Store(true)
+	select { // the watch looks again after topicWatchRetry (1 s)
+	case <-client.waiting:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker did not look its missing request topic up again within 30 s")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := worker.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !client.ended.Load() {
+		t.Fatal("Shutdown returned while the worker's lookup of its request topic was still running")
+	}
+	select {
+	case <-worker.Done():
+	default:
+		t.Fatal("Done is not closed after Shutdown returned")
+	}
+}
+
 // TestGatewayMissingRouteTopic: the case, a route chosen by
 // metadata whose request topic was never created (and whose records are
 // produced with acks=0, so no broker error would ever tell): the call ends

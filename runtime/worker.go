@@ -48,6 +48,9 @@ type Worker struct {
 	hurry    context.Context
 	hurryNow context.CancelFunc
 	loopDone chan struct{}
+	// watchDone is closed once the watch of the request topics
+	// (watchTopics) ended; the loop waits for it before loopDone.
+	watchDone chan struct{}
 	// rejoinReq asks the poll loop to give up every call and rejoin the
 	// group (requestRejoin); losing is set while it does, so that the
 	// revocation of the old group reader's partitions gives up their
@@ -320,8 +323,8 @@ func (w *Worker) Start() error {
 	w.started = true
 	w.committer = newCommitter(w, gr)
 	go w.committer.run()
-	go w.loop(gr)
 	w.watchTopics() // topics.go: a missing request topic is logged at error level
+	go w.loop(gr)
 	return nil
 }
 
@@ -454,6 +457,10 @@ func (w *Worker) loop(gr kafkaclient.GroupReader) {
 	w.writer.close()
 	w.stopCalls()
 	w.tel.stopMetrics()
+	// The watch ends with pollCtx, cancelled by now (Shutdown or fail);
+	// waiting for it means nothing of the worker's logs or uses the
+	// Kafka client once Shutdown returned.
+	<-w.watchDone
 }
 
 // requestRejoin asks the poll loop to rejoin the group (rejoin). Never
