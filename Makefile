@@ -15,7 +15,10 @@ help: ## list the targets
 
 .PHONY: run
 run: ## run the all-in-one echo example on an embedded Kafka broker (gRPC on 127.0.0.1:7151)
-	$(GO) run ./example/cmd/echo
+	@# Built, then run: `go run` exits 1 on Ctrl-C, and make would call a
+	@# clean stop a failure.
+	$(GO) build -o $(BIN)/echo ./example/cmd/echo
+	$(BIN)/echo
 
 .PHONY: test
 # The Kafka clients every test runs on (KAFKA_CLIENT switches the runtime's
