@@ -534,28 +534,48 @@ func (h *logCatcher) waitLog(t *testing.T, level slog.Level, msg, topic string) 
 	}
 }
 
+// missingTopicWorker is an echo worker whose request topic (req) does
+// not exist, with its topic mapper and its logs.
+type missingTopicWorker struct {
+	worker *runtime.Worker
+	req    string
+	mapper runtime.Option
+	logs   *logCatcher
+}
+
+// startWorkerMissingTopic starts a missingTopicWorker on wc (kc, or a
+// wrapper of it), its reply topic created, and returns once the worker
+// logged the missing request topic at error level.
+func startWorkerMissingTopic(t *testing.T, kc, wc kafkaclient.Client) missingTopicWorker {
+	t.Helper()
+	prefix := kafkatest.Unique("t") + "."
+	m := missingTopicWorker{
+		req:    prefix + "echo-requests",
+		mapper: runtime.WithTopicMapper(func(s string) string { return prefix + s }),
+		logs:   &logCatcher{records: make(chan slog.Record, 1024)},
+	}
+	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-responses")
+	m.worker = runtime.NewWorker(wc, m.mapper, runtime.WithLogger(slog.New(m.logs)), runtime.WorkerGroupID(prefix+"workers"))
+	if err := echov1.RegisterEchoServiceKafkaWorker(m.worker, echoserver.Server{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.worker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.worker.Close() })
+	m.logs.waitLog(t, slog.LevelError, "request topic does not exist", m.req)
+	return m
+}
+
 // TestWorkerMissingTopic: a worker whose request topic does not exist says
 // so at error level, naming it, keeps trying, and serves once it exists.
 func TestWorkerMissingTopic(t *testing.T) {
 	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
-	prefix := kafkatest.Unique("t") + "."
-	req := prefix + "echo-requests"
-	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-responses")
-	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
-	logs := &logCatcher{records: make(chan slog.Record, 1024)}
-	worker := runtime.NewWorker(kc, mapper, runtime.WithLogger(slog.New(logs)), runtime.WorkerGroupID(prefix+"workers"))
-	if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := worker.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = worker.Close() })
-	logs.waitLog(t, slog.LevelError, "request topic does not exist", req)
+	m := startWorkerMissingTopic(t, kc, kc)
 
-	kafkatest.CreateTopics(t, kc, 1, req)
-	logs.waitLog(t, slog.LevelInfo, "request topic exists now", req)
-	gw := runtime.NewGateway(kc, mapper, runtime.WithLogger(kafkatest.Logger(t)))
+	kafkatest.CreateTopics(t, kc, 1, m.req)
+	m.logs.waitLog(t, slog.LevelInfo, "request topic exists now", m.req)
+	gw := runtime.NewGateway(kc, m.mapper, runtime.WithLogger(kafkatest.Logger(t)))
 	t.Cleanup(func() { _ = gw.Close() })
 	client := echov1.NewEchoServiceClient(serve(t, func(s *grpc.Server) {
 		if err := echov1.RegisterEchoServiceKafkaGateway(s, gw); err != nil {
@@ -572,7 +592,7 @@ func TestWorkerMissingTopic(t *testing.T) {
 // return (a broker slow to answer), recording that they returned.
 type slowWatchClient struct {
 	kafkaclient.Client
-	topic   string
+	topic   atomic.Pointer[string]
 	block   atomic.Bool
 	waiting chan struct{} // closed at the first blocked lookup
 	once    atomic.Bool
@@ -580,7 +600,7 @@ type slowWatchClient struct {
 }
 
 func (c *slowWatchClient) Partitions(ctx context.Context, topic string) ([]int32, error) {
-	if topic != c.topic || !c.block.Load() {
+	if !c.block.Load() || topic != *c.topic.Load() {
 		return c.Client.Partitions(ctx, topic)
 	}
 	if c.once.CompareAndSwap(false, true) {
@@ -599,21 +619,10 @@ func (c *slowWatchClient) Partitions(ctx context.Context, topic string) ([]int32
 // be gone).
 func TestWorkerShutdownEndsTopicWatch(t *testing.T) {
 	kc := kafkatest.NewClient(t, kafkatest.Brokers(t))
-	prefix := kafkatest.Unique("t") + "."
-	req := prefix + "echo-requests"
-	kafkatest.CreateTopics(t, kc, 1, prefix+"echo-responses")
-	mapper := runtime.WithTopicMapper(func(s string) string { return prefix + s })
-	client := &slowWatchClient{Client: kc, topic: req, waiting: make(chan struct{})}
-	logs := &logCatcher{records: make(chan slog.Record, 1024)}
-	worker := runtime.NewWorker(client, mapper, runtime.WithLogger(slog.New(logs)), runtime.WorkerGroupID(prefix+"workers"))
-	if err := echov1.RegisterEchoServiceKafkaWorker(worker, echoserver.Server{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := worker.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = worker.Close() })
-	logs.waitLog(t, slog.LevelError, "request topic does not exist", req)
+	client := &slowWatchClient{Client: kc, waiting: make(chan struct{})}
+	m := startWorkerMissingTopic(t, kc, client)
+	worker := m.worker
+	client.topic.Store(&m.req)
 	client.block.Store(true)
 	select { // the watch looks again after topicWatchRetry (1 s)
 	case <-client.waiting:
