@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/kafkarpc/protoc-gen-go-kafka/runtime/kafkaclient"
 )
@@ -145,8 +147,9 @@ func (cc *ClientConn) Register(spec *ServiceSpec) error {
 }
 
 // Close stops the connection's reply and fetch readers; calls still waiting
-// end with CANCELLED, and later calls fail with CANCELLED, as with grpc-go. It does not
-// close the Kafka client. Call it once, after which the connection is done.
+// end with CANCELLED (streams whose callers stopped reading, and fetches
+// never started, included: their grpc.OnFinish runs), and later calls fail
+// with CANCELLED, as with grpc-go. It does not close the Kafka client. Call it once, after which the connection is done.
 func (cc *ClientConn) Close() error { return cc.g.Close() }
 
 // Stats returns the counters of the connection's reply readers. Safe for
@@ -168,9 +171,25 @@ func (cc *ClientConn) method(name string) (*MethodSpec, error) {
 		return m, nil
 	}
 	if i := strings.LastIndexByte(name, '/'); i > 0 && ms.services[name[1:i]] {
+		if !protoHasMethod(name[1:i], name[i+1:]) {
+			// grpc-go's server says the same of a method it does not know.
+			return nil, status.Errorf(codes.Unimplemented, "unknown method %s for service %s", name[i+1:], name[1:i])
+		}
 		return nil, status.Errorf(codes.Unimplemented, "%s: not a Kafka method: its service is registered with this kafka ClientConn, but the proto gives the method no (kafkarpc.kafka.v1.method) option and its service no (kafkarpc.kafka.v1.service) option", name)
 	}
 	return nil, status.Errorf(codes.Unimplemented, "%s: no such method registered with this kafka ClientConn (register the service's KafkaSpec with ClientConn.Register)", name)
+}
+
+// protoHasMethod reports whether the proto of service, as registered in
+// protoregistry.GlobalFiles, declares method; true when the service's proto
+// is not registered there (nothing to say otherwise).
+func protoHasMethod(service, method string) bool {
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
+	if err != nil {
+		return true
+	}
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	return !ok || sd.Methods().ByName(protoreflect.Name(method)) != nil
 }
 
 // Invoke makes a unary call over Kafka: it implements
@@ -190,22 +209,27 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	}
 	m, err := cc.method(method)
 	if err != nil {
+		cc.noReply(ctx, &co)
 		return err
 	}
 	in, out, err := messages(m, args, reply)
 	if err != nil {
+		co.after()
 		return cc.g.refused(ctx, m, err)
 	}
 	b, err := proto.Marshal(in)
 	if err != nil {
+		co.after()
 		return cc.g.refused(ctx, m, status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err))
 	}
 	if err := co.checkSend(len(b)); err != nil {
+		co.after()
 		return cc.g.refused(ctx, m, err) // nothing sent, as grpc-go sends no message over the limit
 	}
 	md, _ := metadata.FromOutgoingContext(ctx)
 	c, err := cc.g.begin(ctx, m, md)
 	if err != nil {
+		cc.noReply(ctx, &co)
 		return err
 	}
 	defer func() {
@@ -228,10 +252,14 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 // (its route chosen by the context's outgoing metadata); each SendMsg
 // produces one request record, CloseSend the end-of-stream record. A fetch
 // method reads its topic once the request (an empty message) is sent.
+// As in grpc-go, a method that takes one request (or a desc without
+// ClientStreams) half-closes at the first SendMsg: a second one fails with
+// INTERNAL and ends the call. A fetch whose context already ended fails
+// here, with the context's code.
 // Safe for concurrent use; each stream is used as grpc.ClientStream says
 // (one goroutine sending and one receiving at a time). As with gRPC, a
 // caller that stops before RecvMsg returned an error or io.EOF cancels the
-// context, or the call stays open.
+// context, or the call stays open until Close.
 func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	if cc.stream != nil {
 		return cc.stream(ctx, desc, nil, method, cc.newStream, opts...)
@@ -239,7 +267,7 @@ func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, meth
 	return cc.newStream(ctx, desc, nil, method, opts...)
 }
 
-func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, _ *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	co := callOptionsOf(opts)
 	if err := outgoingMetadataError(ctx, method); err != nil {
 		co.finish(err) // before anything, as grpc-go does
@@ -247,21 +275,34 @@ func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, _ *grpc
 	}
 	m, err := cc.method(method)
 	if err != nil {
+		cc.noReply(ctx, &co)
+		co.finish(err)
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil && m.Fetch != nil {
+		// As grpc-go's NewStream, which fails at once; a fetch would
+		// only fail at its first RecvMsg (a request/reply call begins and
+		// ends CANCELLED, producing nothing: TestConnCancelledContextSendsNothing).
+		err = cc.g.refused(ctx, m, status.FromContextError(err).Err())
+		co.after()
 		co.finish(err)
 		return nil, err
 	}
 	md, _ := metadata.FromOutgoingContext(ctx)
 	ctx, cancel := context.WithCancel(ctx)
 	s := &connStream{cc: cc, m: m, ctx: ctx, cancel: cancel, co: co,
-		headerReady: make(chan struct{}), done: make(chan struct{})}
+		headerReady: make(chan struct{}), done: make(chan struct{}),
+		oneRequest: !m.Kind.clientStreams() || desc != nil && !desc.ClientStreams}
 	if m.Fetch != nil {
 		s.fetchMD = md
 		s.raw = make(chan []byte)
+		s.watchUnstarted()
 		return s, nil
 	}
 	c, err := cc.g.begin(ctx, m, md)
 	if err != nil {
 		cancel()
+		cc.noReply(ctx, &co)
 		co.finish(err)
 		return nil, err
 	}
@@ -273,6 +314,17 @@ func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, _ *grpc
 	}
 	go s.run()
 	return s, nil
+}
+
+// noReply empties the grpc.Header and grpc.Trailer targets of a call
+// refused before it reached Kafka (an unknown method, a route it may not
+// use), as grpc-go's are once its stream began: a caller reusing them must
+// not read an earlier call's. Not once Close began or ctx ended: grpc-go
+// refuses such a call before its stream begins, leaving them as they were.
+func (cc *ClientConn) noReply(ctx context.Context, co *callOptions) {
+	if cc.g.ctx.Err() == nil && ctx.Err() == nil {
+		co.after()
+	}
 }
 
 // messages returns a call's request and reply as proto messages.

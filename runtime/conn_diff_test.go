@@ -448,6 +448,57 @@ func TestConnDiff(t *testing.T) {
 		o.md("grpc.Header", h)
 		o.md("grpc.Trailer", tr)
 	})
+	e.run(t, "RefusedBeforeSendingEmptiesHeaderAndTrailer", func(t *testing.T, s diffSide, o *obs) {
+		// Refused on the caller's side: a method the service does not
+		// have, a request that is not a proto message, one over
+		// MaxCallSendMsgSize. A grpc.Header or grpc.Trailer reused from an
+		// earlier call must not keep that call's metadata. (NewStream of an
+		// unknown method is not compared: the ClientConn fails it at once,
+		// grpc-go at the first RecvMsg; TestConnUnregisteredMethodFailsAtOnce.)
+		for _, refuse := range []func(h, tr *metadata.MD) error{
+			func(h, tr *metadata.MD) error {
+				return s.cc.Invoke(ctx, "/example.echo.v1.EchoService/Nope", &echov1.EchoRequest{}, new(echov1.EchoResponse), grpc.Header(h), grpc.Trailer(tr))
+			},
+			func(h, tr *metadata.MD) error {
+				return s.cc.Invoke(ctx, echov1.EchoService_EchoUnary_FullMethodName, "not a message", new(echov1.EchoResponse), grpc.Header(h), grpc.Trailer(tr))
+			},
+			func(h, tr *metadata.MD) error {
+				_, err := s.echo.EchoUnary(ctx, &echov1.EchoRequest{Message: strings.Repeat("s", 200)}, grpc.MaxCallSendMsgSize(100), grpc.Header(h), grpc.Trailer(tr))
+				return err
+			},
+		} {
+			h, tr := metadata.Pairs("x-stale", "1"), metadata.Pairs("x-stale", "1")
+			err := refuse(&h, &tr)
+			o.code("call", err)
+			o.md("grpc.Header", h)
+			o.md("grpc.Trailer", tr)
+		}
+	})
+	e.run(t, "UnknownMethodOfService", func(t *testing.T, s diffSide, o *obs) {
+		err := s.cc.Invoke(ctx, "/example.echo.v1.EchoService/Nope", &echov1.EchoRequest{}, new(echov1.EchoResponse))
+		o.err("Invoke", err)
+	})
+	e.run(t, "OneRequestMethodSentTwice", func(t *testing.T, s diffSide, o *obs) {
+		// A hand-written caller of a server-streaming method that sends
+		// twice: the second SendMsg fails, and so does the call, rather
+		// than the second request being dropped unseen.
+		st, err := s.cc.NewStream(ctx, &echov1.EchoService_ServiceDesc.Streams[0], echov1.EchoService_EchoServerStream_FullMethodName)
+		o.err("NewStream", err)
+		o.err("SendMsg", st.SendMsg(&echov1.EchoRequest{Message: "s1"}))
+		o.code("SendMsg again", st.SendMsg(&echov1.EchoRequest{Message: "s2"}))
+		o.err("CloseSend", st.CloseSend())
+		o.code("RecvMsg", st.RecvMsg(new(echov1.EchoResponse)))
+		// A unary method called through NewStream with a StreamDesc that
+		// says it streams requests: grpc-go's server fails the call when
+		// the second request arrives, the ClientConn at the second
+		// SendMsg (not compared); the call ends INTERNAL either way.
+		st, err = s.cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, echov1.EchoService_EchoUnary_FullMethodName)
+		o.err("NewStream", err)
+		o.err("SendMsg", st.SendMsg(&echov1.EchoRequest{Message: "u1"}))
+		_ = st.SendMsg(&echov1.EchoRequest{Message: "u2"})
+		_ = st.CloseSend()
+		o.code("RecvMsg", st.RecvMsg(new(echov1.EchoResponse)))
+	})
 	e.run(t, "UnaryCancelDuring", func(t *testing.T, s diffSide, o *obs) {
 		cctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
@@ -894,6 +945,65 @@ func TestConnDiffOnFinishAfterLastMessage(t *testing.T) {
 
 // TestConnDiffClose closes the connection with a unary call and a stream
 // in flight, then calls again.
+// TestConnDiffCloseEndsUnreadStreams: a stream whose caller stopped reading
+// (replies waiting for it) and whose context never ends is ended by Close,
+// as grpc-go's: grpc.OnFinish runs with CANCELLED and RecvMsg returns it.
+// The ClientConn kept such a call, its goroutine and its place in the reply
+// router forever.
+func TestConnDiffCloseEndsUnreadStreams(t *testing.T) {
+	e := newDiffEnv(t)
+	closers := [2]func() error{
+		e.sides[0].cc.(*grpc.ClientConn).Close,
+		e.sides[1].cc.(*runtime.ClientConn).Close,
+	}
+	var got [2]*obs
+	for i, s := range e.sides {
+		o := &obs{}
+		got[i] = o
+		var finished [2]chan error
+		for j := range finished {
+			finished[j] = make(chan error, 1)
+		}
+		onFinish := func(j int) grpc.CallOption {
+			return grpc.OnFinish(func(err error) { finished[j] <- err })
+		}
+		ss, err := s.echo.EchoServerStream(context.Background(), &echov1.EchoRequest{Message: "one-then-block"}, onFinish(0))
+		o.err("server stream", err)
+		bidi, err := s.echo.EchoBidiStream(context.Background(), onFinish(1))
+		o.err("bidi stream", err)
+		o.err("Send", bidi.Send(&echov1.EchoRequest{Message: "a"}))
+		o.err("Send", bidi.Send(&echov1.EchoRequest{Message: "b"}))
+		// Header returns once the first reply is in: replies wait unread.
+		o.header("server stream Header", ss)
+		o.header("bidi Header", bidi)
+		o.err("Close", closers[i]())
+		for j, what := range []string{"server stream", "bidi"} {
+			select {
+			case err := <-finished[j]:
+				o.code(what+" OnFinish", err)
+			case <-time.After(30 * time.Second):
+				o.add("%s: OnFinish not called within 30 s of Close", what)
+			}
+		}
+		// grpc-go returns the responses its transport had read before the
+		// status; the ClientConn the status at once: the status compared.
+		for j, recv := range []func() (*echov1.EchoResponse, error){ss.Recv, bidi.Recv} {
+			what := [2]string{"server stream", "bidi"}[j]
+			for range 10 {
+				if _, err = recv(); err != nil {
+					break
+				}
+			}
+			o.add("%s Recv until it fails: %s", what, codeString(err))
+		}
+	}
+	t.Logf("grpc-go observed:\n\t%s", strings.Join(got[0].lines, "\n\t"))
+	if !slices.Equal(got[0].lines, got[1].lines) {
+		t.Errorf("grpc-go and the ClientConn differ:\ngrpc-go:\n\t%s\nClientConn:\n\t%s",
+			strings.Join(got[0].lines, "\n\t"), strings.Join(got[1].lines, "\n\t"))
+	}
+}
+
 func TestConnDiffClose(t *testing.T) {
 	e := newDiffEnv(t)
 	ctx := ctxFor(t, 120*time.Second)

@@ -500,6 +500,86 @@ func TestConnFetchResume(t *testing.T) {
 	}
 }
 
+// TestConnFetchContextEndedBefore: a fetch whose context ended before the
+// call fails at NewStream, as a grpc-go caller's does through the gateway,
+// with the context's code, and grpc.OnFinish gets it.
+func TestConnFetchContextEndedBefore(t *testing.T) {
+	e := setupFanout(t)
+	_, conn := connTo(t, e.kc, e.prefix)
+	past, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	for _, side := range []struct {
+		name string
+		echo echov1.EchoServiceClient
+	}{{"gateway", e.echo}, {"ClientConn", conn}} {
+		for _, c := range []struct {
+			ctx  context.Context
+			want codes.Code
+		}{{cancelled(), codes.Canceled}, {past, codes.DeadlineExceeded}} {
+			finished := make(chan error, 1)
+			_, err := side.echo.EchoEvents(c.ctx, &emptypb.Empty{}, grpc.OnFinish(func(err error) { finished <- err }))
+			if status.Code(err) != c.want {
+				t.Errorf("%s: EchoEvents with the context ended: %v, want %s at once", side.name, err, c.want)
+			}
+			select {
+			case err := <-finished:
+				if status.Code(err) != c.want {
+					t.Errorf("%s: OnFinish got %v, want %s", side.name, err, c.want)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("%s: OnFinish not called within 30 s", side.name)
+			}
+		}
+	}
+}
+
+// TestConnUnstartedFetchEnds: a fetch stream the caller made with NewStream
+// but never started (no SendMsg, RecvMsg or CloseSend) ends when its context
+// ends or the ClientConn closes, as any grpc-go stream: grpc.OnFinish runs,
+// Header returns, RecvMsg returns the status, SendMsg io.EOF. It waited
+// forever: for the caller's first SendMsg or RecvMsg.
+func TestConnUnstartedFetchEnds(t *testing.T) {
+	e := setupFanout(t)
+	desc := &echov1.EchoService_ServiceDesc.Streams[len(echov1.EchoService_ServiceDesc.Streams)-1]
+	if desc.StreamName != "EchoEvents" {
+		t.Fatalf("the last stream of the echo service is %s, want EchoEvents", desc.StreamName)
+	}
+	for _, how := range []string{"context cancelled", "ClientConn closed"} {
+		t.Run(how, func(t *testing.T) {
+			cc, _ := connTo(t, e.kc, e.prefix)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			finished := make(chan error, 1)
+			s, err := cc.NewStream(ctx, desc, echov1.EchoService_EchoEvents_FullMethodName, grpc.OnFinish(func(err error) { finished <- err }))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if how == "context cancelled" {
+				cancel()
+			} else if err := cc.Close(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-finished:
+				if status.Code(err) != codes.Canceled {
+					t.Errorf("OnFinish got %v, want CANCELLED", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("OnFinish not called within 30 s of the %s", how)
+			}
+			if md, err := s.Header(); len(md) != 0 || err != nil {
+				t.Errorf("Header: %v, %v; want no metadata and no error (the call ended without headers)", md, err)
+			}
+			if err := s.RecvMsg(new(echov1.EchoEvent)); status.Code(err) != codes.Canceled {
+				t.Errorf("RecvMsg: %v, want CANCELLED", err)
+			}
+			if err := s.SendMsg(&emptypb.Empty{}); err != io.EOF {
+				t.Errorf("SendMsg: %v, want io.EOF (the stream ended)", err)
+			}
+		})
+	}
+}
+
 // TestConnZillaLayoutWorker answers the connection's requests as a Zilla
 // kafka-grpc binding would (WIRE.md): replies keyed by the correlation id on
 // the zilla:reply-to topic, no attempt id, an end-of-stream record with

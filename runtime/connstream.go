@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -38,9 +39,18 @@ type connStream struct {
 	raw       chan []byte // fetched messages, value and event id field
 	prevRaw   []byte      // the last fetched message RecvMsg decoded, to name the next one that fails (RecvMsg's own)
 	fetchOnce sync.Once
+	// unwatch (under mu) ends watchUnstarted's wait for the ClientConn's
+	// Close, once the fetch ran; fetchLate: the fetch was started by the
+	// end of the caller's context or by Close, not by the caller.
+	unwatch   func() bool
+	fetchLate atomic.Bool
 
 	sendMu sync.Mutex
-	closed bool // CloseSend was called
+	closed bool // CloseSend was called, or the one request of oneRequest sent
+
+	// oneRequest: the method, or the caller's grpc.StreamDesc, takes one
+	// request: as in grpc-go, the first SendMsg also half-closes.
+	oneRequest bool
 
 	mu           sync.Mutex
 	header       metadata.MD
@@ -166,6 +176,10 @@ func (s *connStream) await() error {
 				return nil
 			case <-s.ctx.Done():
 				return status.FromContextError(s.ctx.Err()).Err()
+			case <-c.g.ctx.Done():
+				// A caller that stopped reading, whose context never ends:
+				// Close ends its call, as grpc-go's does.
+				return status.Error(c.g.closedCode(), c.g.closingMessage())
 			}
 		}
 		if s.held != nil {
@@ -187,8 +201,32 @@ func (s *connStream) await() error {
 // sent none).
 func (s *connStream) startFetch(in proto.Message) {
 	go func() {
-		s.finish(s.cc.g.fanout.serveFetch(s.m, s.fetchMD, in, fetchPipe{s}, rawCarrier))
+		err := s.cc.g.fanout.serveFetch(s.m, s.fetchMD, in, fetchPipe{s}, rawCarrier)
+		s.mu.Lock()
+		unwatch := s.unwatch
+		s.mu.Unlock()
+		unwatch()
+		s.finish(err)
 	}()
+}
+
+// watchUnstarted ends a fetch the caller has not started yet (no SendMsg,
+// RecvMsg or CloseSend) when its context ends or the ClientConn closes, as
+// grpc-go ends any stream then: Header returns, grpc.OnFinish runs, and the
+// caller's next RecvMsg returns the status. Started then, the fetch ends at
+// once (serveFetch sees the context or the Close).
+func (s *connStream) watchUnstarted() {
+	start := func() {
+		s.fetchOnce.Do(func() {
+			s.fetchLate.Store(true)
+			s.startFetch(nil)
+		})
+	}
+	context.AfterFunc(s.ctx, start) // its registration goes with s.ctx, which finish cancels
+	// Under mu: start's fetch, run at once if Close began, reads unwatch.
+	s.mu.Lock()
+	s.unwatch = context.AfterFunc(s.cc.g.ctx, start)
+	s.mu.Unlock()
 }
 
 // rawCarrier carries a fetched message's bytes to fetchPipe.SendMsg as
@@ -287,12 +325,17 @@ func (s *connStream) CloseSend() error {
 	s.sendMu.Lock()
 	s.closed = true
 	s.sendMu.Unlock()
-	// A caller that cancelled before it half-closed ends the stream with a
-	// cancel, not a normal end that could reach the worker before the
-	// cancel does: its handler must not take the messages it read for the
-	// whole stream. Not once the replies ended: the call is over.
-	s.c.sendEnd(s.ctx.Err() != nil && !s.c.over())
+	s.sendEnd()
 	return nil
+}
+
+// sendEnd produces the request's end-of-stream record (once; gwCall.sendEnd
+// makes later ones no-ops). A caller that cancelled before it half-closed
+// ends the stream with a cancel, not a normal end that could reach the
+// worker before the cancel does: its handler must not take the messages it
+// read for the whole stream. Not once the replies ended: the call is over.
+func (s *connStream) sendEnd() {
+	s.c.sendEnd(s.ctx.Err() != nil && !s.c.over())
 }
 
 // Context returns the call's context.
@@ -313,6 +356,9 @@ func (s *connStream) SendMsg(m any) error {
 	if s.m.Fetch != nil {
 		first := false
 		s.fetchOnce.Do(func() { first = true; s.startFetch(in) })
+		if !first && s.fetchLate.Load() {
+			return io.EOF // ended before its request: RecvMsg returns why
+		}
 		if !first {
 			return status.Errorf(codes.Internal, "%s: a fetch takes one request, sent before it is read", s.m.FullMethod())
 		}
@@ -320,6 +366,7 @@ func (s *connStream) SendMsg(m any) error {
 	}
 	s.sendMu.Lock()
 	closed := s.closed
+	s.closed = s.closed || s.oneRequest
 	s.sendMu.Unlock()
 	if closed {
 		// Before looking at the call's end, as grpc-go does: after
@@ -339,6 +386,9 @@ func (s *connStream) SendMsg(m any) error {
 		return s.sendFailed(err)
 	}
 	s.c.sendData(b)
+	if s.oneRequest {
+		s.sendEnd()
+	}
 	return nil
 }
 
