@@ -580,6 +580,49 @@ func TestConnUnstartedFetchEnds(t *testing.T) {
 	}
 }
 
+// TestConnFetchNotProtoEndsCall: a fetch given something that is not a
+// proto message, to send or to receive into, ends with INTERNAL, as a
+// grpc-go stream does (TestConnDiff/NotProtoMessages for the other
+// kinds): grpc.OnFinish gets it and RecvMsg returns it. The fetch went on.
+func TestConnFetchNotProtoEndsCall(t *testing.T) {
+	e := setupFanout(t)
+	cc, _ := connTo(t, e.kc, e.prefix)
+	desc := &echov1.EchoService_ServiceDesc.Streams[len(echov1.EchoService_ServiceDesc.Streams)-1]
+	ctx := ctxFor(t, 60*time.Second)
+	for _, how := range []string{"SendMsg", "RecvMsg"} {
+		t.Run(how, func(t *testing.T) {
+			finished := make(chan error, 1)
+			s, err := cc.NewStream(ctx, desc, echov1.EchoService_EchoEvents_FullMethodName, grpc.OnFinish(func(err error) { finished <- err }))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var str string
+			if how == "SendMsg" {
+				err = s.SendMsg(&str)
+			} else {
+				if err := s.SendMsg(&emptypb.Empty{}); err != nil {
+					t.Fatal(err)
+				}
+				err = s.RecvMsg(&str)
+			}
+			if status.Code(err) != codes.Internal {
+				t.Fatalf("%s of a string: %v, want INTERNAL", how, err)
+			}
+			select {
+			case err := <-finished:
+				if status.Code(err) != codes.Internal {
+					t.Errorf("OnFinish got %v, want INTERNAL", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("OnFinish not called within 30 s: the fetch goes on")
+			}
+			if err := s.RecvMsg(new(echov1.EchoEvent)); status.Code(err) != codes.Internal {
+				t.Errorf("RecvMsg after: %v, want INTERNAL", err)
+			}
+		})
+	}
+}
+
 // TestConnZillaLayoutWorker answers the connection's requests as a Zilla
 // kafka-grpc binding would (WIRE.md): replies keyed by the correlation id on
 // the zilla:reply-to topic, no attempt id, an end-of-stream record with

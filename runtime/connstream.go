@@ -349,7 +349,7 @@ func (s *connStream) SendMsg(m any) error {
 	if !ok {
 		err := status.Errorf(codes.Internal, "%s: request is a %T, not a proto message", s.m.FullMethod(), m)
 		if s.c == nil {
-			return err // a fetch: its request is the first SendMsg's
+			return s.failFetch(err) // as grpc-go, the call ends with it
 		}
 		return s.sendFailed(err)
 	}
@@ -419,9 +419,6 @@ func (s *connStream) RecvMsg(m any) error {
 	out, ok := m.(proto.Message)
 	if !ok {
 		err := status.Errorf(codes.Internal, "%s: reply is a %T, not a proto message", s.m.FullMethod(), m)
-		if s.c == nil {
-			return err // a fetch, which may not have started
-		}
 		return s.decoded(err) // the call ends with it, as in grpc-go
 	}
 	if s.m.Fetch != nil {
@@ -475,13 +472,24 @@ func (s *connStream) decoded(err error) error {
 		return nil
 	}
 	s.recvErr = err
-	if s.c != nil {
-		s.c.fail(err)
-	} else {
-		s.mu.Lock()
-		s.fetchErr = err
-		s.mu.Unlock()
+	if s.c == nil {
+		return s.failFetch(err)
 	}
+	s.c.fail(err)
+	s.cancel()
+	<-s.done
+	return err
+}
+
+// failFetch ends a fetch with err as its status (fetchFailure), unless it
+// ended already, and returns err once it ended. A fetch not started yet
+// starts on the cancel (watchUnstarted), and ends at once.
+func (s *connStream) failFetch(err error) error {
+	s.mu.Lock()
+	if s.fetchErr == nil && !s.ended {
+		s.fetchErr = err
+	}
+	s.mu.Unlock()
 	s.cancel()
 	<-s.done
 	return err
