@@ -214,16 +214,16 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	}
 	in, out, err := messages(m, args, reply)
 	if err != nil {
-		co.after()
+		cc.noReply(ctx, &co)
 		return cc.g.refused(ctx, m, err)
 	}
 	b, err := proto.Marshal(in)
 	if err != nil {
-		co.after()
+		cc.noReply(ctx, &co)
 		return cc.g.refused(ctx, m, status.Errorf(codes.Internal, "%s: encoding request: %v", m.FullMethod(), err))
 	}
 	if err := co.checkSend(len(b)); err != nil {
-		co.after()
+		cc.noReply(ctx, &co)
 		return cc.g.refused(ctx, m, err) // nothing sent, as grpc-go sends no message over the limit
 	}
 	md, _ := metadata.FromOutgoingContext(ctx)
@@ -284,8 +284,7 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 		// only fail at its first RecvMsg (a request/reply call begins and
 		// ends CANCELLED, producing nothing: TestConnCancelledContextSendsNothing).
 		err = cc.g.refused(ctx, m, status.FromContextError(err).Err())
-		co.after()
-		co.finish(err)
+		co.finish(err) // grpc.Header and grpc.Trailer left as they were, as by grpc-go
 		return nil, err
 	}
 	md, _ := metadata.FromOutgoingContext(ctx)

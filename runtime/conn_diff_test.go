@@ -474,6 +474,16 @@ func TestConnDiff(t *testing.T) {
 			o.md("grpc.Trailer", tr)
 		}
 	})
+	e.run(t, "RefusedWithContextEndedKeepsHeaderAndTrailer", func(t *testing.T, s diffSide, o *obs) {
+		// grpc-go refuses a call whose context ended before its stream
+		// begins: the targets keep what they had. (Its code, CANCELLED,
+		// against the ClientConn's INTERNAL for the request is not
+		// compared: grpc-go looks at the context first.)
+		h, tr := metadata.Pairs("x-stale", "1"), metadata.Pairs("x-stale", "1")
+		_ = s.cc.Invoke(cancelled(), echov1.EchoService_EchoUnary_FullMethodName, "not a message", new(echov1.EchoResponse), grpc.Header(&h), grpc.Trailer(&tr))
+		o.md("grpc.Header", h)
+		o.md("grpc.Trailer", tr)
+	})
 	e.run(t, "UnknownMethodOfService", func(t *testing.T, s diffSide, o *obs) {
 		err := s.cc.Invoke(ctx, "/example.echo.v1.EchoService/Nope", &echov1.EchoRequest{}, new(echov1.EchoResponse))
 		o.err("Invoke", err)
@@ -943,8 +953,6 @@ func TestConnDiffOnFinishAfterLastMessage(t *testing.T) {
 	}
 }
 
-// TestConnDiffClose closes the connection with a unary call and a stream
-// in flight, then calls again.
 // TestConnDiffCloseEndsUnreadStreams: a stream whose caller stopped reading
 // (replies waiting for it) and whose context never ends is ended by Close,
 // as grpc-go's: grpc.OnFinish runs with CANCELLED and RecvMsg returns it.
@@ -1004,6 +1012,8 @@ func TestConnDiffCloseEndsUnreadStreams(t *testing.T) {
 	}
 }
 
+// TestConnDiffClose closes the connection with a unary call and a stream
+// in flight, then calls again.
 func TestConnDiffClose(t *testing.T) {
 	e := newDiffEnv(t)
 	ctx := ctxFor(t, 120*time.Second)

@@ -517,9 +517,13 @@ func TestConnFetchContextEndedBefore(t *testing.T) {
 			want codes.Code
 		}{{cancelled(), codes.Canceled}, {past, codes.DeadlineExceeded}} {
 			finished := make(chan error, 1)
-			_, err := side.echo.EchoEvents(c.ctx, &emptypb.Empty{}, grpc.OnFinish(func(err error) { finished <- err }))
+			h := metadata.Pairs("x-stale", "1")
+			_, err := side.echo.EchoEvents(c.ctx, &emptypb.Empty{}, grpc.OnFinish(func(err error) { finished <- err }), grpc.Header(&h))
 			if status.Code(err) != c.want {
 				t.Errorf("%s: EchoEvents with the context ended: %v, want %s at once", side.name, err, c.want)
+			}
+			if len(h["x-stale"]) != 1 {
+				t.Errorf("%s: grpc.Header target %v, want it left as it was (grpc-go does not touch it)", side.name, h)
 			}
 			select {
 			case err := <-finished:
@@ -580,16 +584,17 @@ func TestConnUnstartedFetchEnds(t *testing.T) {
 	}
 }
 
-// TestConnFetchNotProtoEndsCall: a fetch given something that is not a
-// proto message, to send or to receive into, ends with INTERNAL, as a
-// grpc-go stream does (TestConnDiff/NotProtoMessages for the other
-// kinds): grpc.OnFinish gets it and RecvMsg returns it. The fetch went on.
-func TestConnFetchNotProtoEndsCall(t *testing.T) {
+// TestConnFetchMisuseEndsCall: a fetch given something that is not a
+// proto message, to send or to receive into, or a second request, ends
+// with INTERNAL, as a grpc-go stream does (TestConnDiff/NotProtoMessages
+// and OneRequestMethodSentTwice for the other kinds): grpc.OnFinish gets it
+// and RecvMsg returns it. The fetch went on.
+func TestConnFetchMisuseEndsCall(t *testing.T) {
 	e := setupFanout(t)
 	cc, _ := connTo(t, e.kc, e.prefix)
 	desc := &echov1.EchoService_ServiceDesc.Streams[len(echov1.EchoService_ServiceDesc.Streams)-1]
 	ctx := ctxFor(t, 60*time.Second)
-	for _, how := range []string{"SendMsg", "RecvMsg"} {
+	for _, how := range []string{"SendMsg", "RecvMsg", "SendMsg twice"} {
 		t.Run(how, func(t *testing.T) {
 			finished := make(chan error, 1)
 			s, err := cc.NewStream(ctx, desc, echov1.EchoService_EchoEvents_FullMethodName, grpc.OnFinish(func(err error) { finished <- err }))
@@ -597,16 +602,22 @@ func TestConnFetchNotProtoEndsCall(t *testing.T) {
 				t.Fatal(err)
 			}
 			var str string
-			if how == "SendMsg" {
+			switch how {
+			case "SendMsg":
 				err = s.SendMsg(&str)
-			} else {
+			case "RecvMsg":
 				if err := s.SendMsg(&emptypb.Empty{}); err != nil {
 					t.Fatal(err)
 				}
 				err = s.RecvMsg(&str)
+			default:
+				if err := s.SendMsg(&emptypb.Empty{}); err != nil {
+					t.Fatal(err)
+				}
+				err = s.SendMsg(&emptypb.Empty{})
 			}
 			if status.Code(err) != codes.Internal {
-				t.Fatalf("%s of a string: %v, want INTERNAL", how, err)
+				t.Fatalf("%s: %v, want INTERNAL", how, err)
 			}
 			select {
 			case err := <-finished:

@@ -222,9 +222,11 @@ func (s *connStream) watchUnstarted() {
 			s.startFetch(nil)
 		})
 	}
-	context.AfterFunc(s.ctx, start) // its registration goes with s.ctx, which finish cancels
-	// Under mu: start's fetch, run at once if Close began, reads unwatch.
+	// Both under mu: start may run at once (on a goroutine of its own), if
+	// the context ended or Close began meanwhile, and its fetch reads
+	// unwatch once it ended.
 	s.mu.Lock()
+	context.AfterFunc(s.ctx, start) // its registration goes with s.ctx, which finish cancels
 	s.unwatch = context.AfterFunc(s.cc.g.ctx, start)
 	s.mu.Unlock()
 }
@@ -360,7 +362,9 @@ func (s *connStream) SendMsg(m any) error {
 			return io.EOF // ended before its request: RecvMsg returns why
 		}
 		if !first {
-			return status.Errorf(codes.Internal, "%s: a fetch takes one request, sent before it is read", s.m.FullMethod())
+			// As grpc-go's second SendMsg of a method taking one request:
+			// the call ends with it.
+			return s.failFetch(status.Errorf(codes.Internal, "%s: a fetch takes one request, sent before it is read", s.m.FullMethod()))
 		}
 		return nil
 	}
