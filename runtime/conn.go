@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -43,7 +44,8 @@ import (
 // ignored; grpc.Header, grpc.Trailer, grpc.OnFinish, grpc.MaxCallRecvMsgSize
 // and grpc.MaxCallSendMsgSize are honoured (a message over the limit is
 // RESOURCE_EXHAUSTED, as in grpc-go; without them the topics'
-// max.message.bytes is the only limit).
+// max.message.bytes is the only limit), and grpc.Peer gets a KafkaAddr once
+// the call began: the topic its requests go to, or a fetch reads.
 //
 // A ClientConn is safe for concurrent use: many goroutines may call through
 // one connection, which reads each reply topic with one reader shared by all
@@ -232,6 +234,7 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 		cc.noReply(ctx, &co)
 		return err
 	}
+	co.peer(c.rp.route.Topic)
 	defer func() {
 		c.end(err)
 		c.releaseSignal()
@@ -293,6 +296,7 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 		headerReady: make(chan struct{}), done: make(chan struct{}),
 		oneRequest: !m.Kind.clientStreams() || desc != nil && !desc.ClientStreams}
 	if m.Fetch != nil {
+		co.peer(cc.g.cfg.topic(m.Fetch.Topic))
 		s.fetchMD = md
 		s.raw = make(chan []byte)
 		s.watchUnstarted()
@@ -306,6 +310,7 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 		return nil, err
 	}
 	s.c = c
+	co.peer(c.rp.route.Topic)
 	s.recs = make(chan *kafkaclient.Record)
 	s.over, s.ask = make(chan struct{}), make(chan struct{})
 	if !m.Kind.serverStreams() {
@@ -346,6 +351,7 @@ type callOptions struct {
 	onFinish []func(error)
 	maxRecv  int // grpc.MaxCallRecvMsgSize, or -1
 	maxSend  int // grpc.MaxCallSendMsgSize, or -1
+	peers    []*peer.Peer
 
 	gotHeader, gotTrailer bool        // header or trailer wrote them
 	lastTrailer           metadata.MD // what trailer wrote
@@ -365,9 +371,29 @@ func callOptionsOf(opts []grpc.CallOption) callOptions {
 			co.maxRecv = o.MaxRecvMsgSize
 		case grpc.MaxSendMsgSizeCallOption:
 			co.maxSend = o.MaxSendMsgSize
+		case grpc.PeerCallOption:
+			co.peers = append(co.peers, o.PeerAddr)
 		}
 	}
 	return co
+}
+
+// KafkaAddr is the address a ClientConn gives grpc.Peer: the Kafka topic a
+// call's requests go to (after the topic mapper), or the topic a fetch
+// reads. Its Network is "kafka".
+type KafkaAddr string
+
+// Network returns "kafka".
+func (KafkaAddr) Network() string { return "kafka" }
+
+// String returns the topic.
+func (a KafkaAddr) String() string { return string(a) }
+
+// peer sets the grpc.Peer targets to topic, once the call began.
+func (co *callOptions) peer(topic string) {
+	for _, p := range co.peers {
+		*p = peer.Peer{Addr: KafkaAddr(topic)}
+	}
 }
 
 // checkSend refuses a request message of n bytes over grpc.MaxCallSendMsgSize,

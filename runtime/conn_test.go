@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -632,6 +633,48 @@ func TestConnFetchMisuseEndsCall(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestConnPeerIsTheTopic: grpc.Peer gets the topic a call's requests went
+// to, or a fetch read, as a KafkaAddr ("kafka" network): a caller that logs
+// its peer's address (p.Addr.String()) finds one, not a nil Addr.
+func TestConnPeerIsTheTopic(t *testing.T) {
+	e := setup(t, echoserver.Server{})
+	echo := e.conn(t)
+	ctx := ctxFor(t, 60*time.Second)
+	check := func(what string, p *peer.Peer, topic string) {
+		t.Helper()
+		if p.Addr == nil || p.Addr.Network() != "kafka" || p.Addr.String() != topic {
+			t.Errorf("%s: grpc.Peer got %+v, want the kafka address %s", what, p, topic)
+		}
+	}
+	var p peer.Peer
+	if _, err := echo.EchoUnary(ctx, &echov1.EchoRequest{Message: "peer"}, grpc.Peer(&p)); err != nil {
+		t.Fatal(err)
+	}
+	check("EchoUnary", &p, e.prefix+"echo-requests")
+	p = peer.Peer{}
+	st, err := echo.EchoServerStream(ctx, &echov1.EchoRequest{Message: "peer"}, grpc.Peer(&p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := st.Recv(); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("EchoServerStream", &p, e.prefix+"echo-requests")
+	f := setupFanout(t)
+	_, fetch := connTo(t, f.kc, f.prefix)
+	p = peer.Peer{}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if _, err := fetch.EchoEvents(cctx, &emptypb.Empty{}, grpc.Peer(&p)); err != nil {
+		t.Fatal(err)
+	}
+	check("EchoEvents", &p, f.topic)
 }
 
 // TestConnZillaLayoutWorker answers the connection's requests as a Zilla
