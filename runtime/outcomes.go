@@ -270,8 +270,10 @@ func (o *outcomeLog) write(c *call, st *status.Status, at time.Time) {
 		return
 	}
 	v := appendOutcome(make([]byte, 0, outcomeSize(c.stored)), &storedOutcome{at: at, topic: c.tp.Topic, code: st.Code(), records: c.stored})
-	w.writer.sendOutcome(c, &kafkaclient.Record{Topic: o.topic, Partition: c.tp.Partition, Key: c.idb, Value: v})
+	// Before the record goes: its delivery callback (outcomeAcked) may run
+	// at once, on another goroutine, and must find it set to undo it.
 	c.outcomeSent = true
+	w.writer.sendOutcome(c, &kafkaclient.Record{Topic: o.topic, Partition: c.tp.Partition, Key: c.idb, Value: v})
 }
 
 // outcomeAcked is the delivery callback of an outcome record: a failure is
