@@ -151,7 +151,8 @@ func (cc *ClientConn) Register(spec *ServiceSpec) error {
 // Close stops the connection's reply and fetch readers; calls still waiting
 // end with CANCELLED (streams whose callers stopped reading, and fetches
 // never started, included: their grpc.OnFinish runs), and later calls fail
-// with CANCELLED, as with grpc-go. It does not close the Kafka client. Call it once, after which the connection is done.
+// with CANCELLED, as with grpc-go. It does not close the Kafka client.
+// Call it once, after which the connection is done.
 func (cc *ClientConn) Close() error { return cc.g.Close() }
 
 // Stats returns the counters of the connection's reply readers. Safe for
