@@ -379,8 +379,24 @@ func (c *Client) produceOn(p *producer, r *kafkaclient.Record, tb *topicBatch, d
 		} else {
 			err = produceError(r.Topic, err)
 		}
-		go c.finish(pd, err)
+		go c.finish(pd, notQueued{err})
 	}
+}
+
+// notQueued wraps the error of a record librdkafka refused at once, never
+// queued: the transactional producer tells those apart from failures
+// reported for records it queued (unwrapNotQueued).
+type notQueued struct{ error }
+
+func (e notQueued) Unwrap() error { return e.error }
+
+// unwrapNotQueued returns err without notQueued's wrapping, and whether
+// the record it is for was queued (err is not a notQueued).
+func unwrapNotQueued(err error) (_ error, queued bool) {
+	if nq, ok := err.(notQueued); ok {
+		return nq.error, false
+	}
+	return err, true
 }
 
 // failLocal calls done with r and err on a goroutine of its own, counted
@@ -443,22 +459,30 @@ func (k *counter) done() {
 // wait waits until k's count drops to zero (records counted while it
 // waits included), or ctx ends.
 func (c *Client) wait(ctx context.Context, k *counter) error {
-	c.pendMu.Lock()
-	if k.n == 0 {
-		c.pendMu.Unlock()
+	zero := c.zeroed(k)
+	if zero == nil {
 		return nil
 	}
-	if k.zero == nil {
-		k.zero = make(chan struct{})
-	}
-	zero := k.zero
-	c.pendMu.Unlock()
 	select {
 	case <-zero:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// zeroed returns a channel closed when k's count drops to zero (records
+// counted meanwhile included), or nil when it is zero now.
+func (c *Client) zeroed(k *counter) <-chan struct{} {
+	c.pendMu.Lock()
+	defer c.pendMu.Unlock()
+	if k.n == 0 {
+		return nil
+	}
+	if k.zero == nil {
+		k.zero = make(chan struct{})
+	}
+	return k.zero
 }
 
 // Flush waits until every outstanding record has been delivered or has

@@ -23,20 +23,25 @@ import (
 // records still queued and fails those produced after it (ERR__PURGE_QUEUE,
 // ERR__STATE), so those are reported acknowledged and kept, and Commit
 // aborts the transaction, produces its acknowledged and kept records into
-// the next one, once, and commits that.
+// the next one and commits that. Flush, once a record failed, purges the
+// records librdkafka would otherwise hold unsent until message.timeout.ms
+// (see Flush): they are kept too.
 type TxnProducer struct {
 	c      *Client
 	p      *producer
 	closed atomic.Bool // Close was called: every later call fails with kafkaclient.ErrClosed
 
-	mu     sync.Mutex
-	open   []*txnRecord // the records of the open transaction
-	failed bool         // one of them failed
+	mu       sync.Mutex
+	gen      uint64        // the open transaction's number: reset counts them
+	open     []*txnRecord  // the records of the open transaction
+	failed   bool          // one of them failed in librdkafka
+	failedCh chan struct{} // closed when failed is set
 }
 
 // txnRecord is a record of the open transaction and its delivery result.
 type txnRecord struct {
 	r   *kafkaclient.Record
+	gen uint64 // the transaction's number (TxnProducer.gen)
 	err error
 	ok  bool // acknowledged
 }
@@ -73,7 +78,7 @@ func (c *Client) NewTxnProducer(transactionalID string) (kafkaclient.TxnProducer
 		p.close()
 		return nil, fmt.Errorf("confluent: begin transaction: %w", err)
 	}
-	return &TxnProducer{c: c, p: p}, nil
+	return &TxnProducer{c: c, p: p, failedCh: make(chan struct{})}, nil
 }
 
 // Produce enqueues r in the open transaction; done is called once with the
@@ -90,8 +95,8 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 		go done(r, kafkaclient.ErrClosed)
 		return
 	}
-	tr := &txnRecord{r: r}
 	t.mu.Lock()
+	tr := &txnRecord{r: r, gen: t.gen}
 	t.open = append(t.open, tr)
 	t.mu.Unlock()
 	t.c.produceOn(t.p, r, nil, func(r *kafkaclient.Record, err error) {
@@ -102,11 +107,16 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 		// with franz-go it would be in the open one: acknowledged, as a
 		// record of a transaction is, until its commit. Not once Close
 		// purged it.
+		err, queued := unwrapNotQueued(err)
 		kept := err != nil && !t.closed.Load() && failedForAnother(err)
 		t.mu.Lock()
 		tr.ok, tr.err = err == nil || kept, err
-		if err != nil {
-			t.failed = true
+		if err != nil && tr.gen == t.gen && (queued || kept) {
+			// Not a record librdkafka refused at once (queue full, say),
+			// which leaves the transaction as it was; nor one of a
+			// transaction already ended, whose failure says nothing of
+			// the open one.
+			t.failLocked()
 		}
 		t.mu.Unlock()
 		if kept {
@@ -131,17 +141,89 @@ func failedForAnother(err error) bool {
 	return false
 }
 
+// failLocked records that a record of the open transaction failed. t.mu
+// must be held.
+func (t *TxnProducer) failLocked() {
+	if !t.failed {
+		t.failed = true
+		close(t.failedCh)
+	}
+}
+
 // Flush waits until every record produced so far was acknowledged or
 // failed (its done has returned), or ctx ends.
+//
+// librdkafka sends no record of a transaction that failed (it must be
+// aborted) and purges its queues then; but a record whose produce call
+// passed librdkafka's check of the transaction's state just before the
+// failure enters its queue just after that purge, and stays there unsent
+// until message.timeout.ms (seen about once in 50 runs of
+// TxnRefusedRecordLeftOut: Flush waited 60 s for it, and the exactly-once
+// worker's flush would fail). So once a record of the transaction failed
+// in librdkafka, Flush purges librdkafka's queues of records not yet sent,
+// and again every stuckPurgeInterval while it waits, should one more enter
+// a queue after that: a record purged is reported ERR__PURGE_QUEUE, kept
+// for the next transaction like the others. Flush purges only while it
+// runs and the transaction it waits for is open (the part of a purge that
+// librdkafka's broker threads do may end just after it returns), so no
+// record of the next transaction is purged: Produce does not run
+// concurrently with Flush, and a failure reported for a record of an
+// earlier transaction is not taken for one of the open transaction.
 func (t *TxnProducer) Flush(ctx context.Context) error {
 	if t.closed.Load() {
 		return kafkaclient.ErrClosed
 	}
+	zero := t.c.zeroed(&t.p.outstanding)
+	if zero == nil {
+		return nil
+	}
 	stop := make(chan struct{})
 	defer close(stop)
 	t.p.nudge(stop)
-	return t.c.wait(ctx, &t.p.outstanding)
+	t.mu.Lock()
+	failed := t.failedCh
+	t.mu.Unlock()
+	select {
+	case <-zero:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-failed:
+	}
+	tick := time.NewTicker(stuckPurgeInterval)
+	defer tick.Stop()
+	for {
+		t.purgeQueued()
+		select {
+		case <-zero:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
+
+// purgeQueued purges librdkafka's queues of the records not yet sent, as
+// librdkafka does itself when a transaction fails: they are reported
+// ERR__PURGE_QUEUE.
+func (t *TxnProducer) purgeQueued() {
+	_ = t.p.p.Purge(kafka.PurgeQueue | kafka.PurgeNonBlocking | purgeAbortTxn)
+}
+
+// purgeAbortTxn is librdkafka's RD_KAFKA_PURGE_F_ABORT_TXN (rdkafka_int.h;
+// rd_kafka_purge accepts it): the flag of its own purges of a transaction
+// that must be aborted, which moves each partition's idempotence base
+// message id past the records purged. Without it, those records' ids,
+// never sent, would leave a gap in the partition's sequence numbers, and
+// the broker would refuse the next transaction's first records
+// (OUT_OF_ORDER_SEQUENCE_NUMBER). TestTxnPurgeLeavesNoSequenceGap checks
+// it against the librdkafka this module builds with.
+const purgeAbortTxn = 0x100
+
+// stuckPurgeInterval is how often Flush purges again while it waits for
+// the records of a failed transaction.
+const stuckPurgeInterval = 100 * time.Millisecond
 
 // Commit sends offsets to the transaction as gr's group offsets, commits the
 // transaction and begins the next one.
@@ -151,10 +233,7 @@ func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, of
 	}
 	err := t.commit(ctx, gr, offsets)
 	var ke kafka.Error
-	t.mu.Lock()
-	failed := t.failed
-	t.mu.Unlock()
-	if err != nil && failed && errors.As(err, &ke) && ke.TxnRequiresAbort() {
+	if err != nil && errors.As(err, &ke) && ke.TxnRequiresAbort() && t.settled(ctx) {
 		// A record failed, and librdkafka will not commit the others
 		// without it: they go into the next transaction.
 		err = t.commitAgain(ctx, gr, offsets, err)
@@ -212,6 +291,21 @@ func (t *TxnProducer) commit(ctx context.Context, gr kafkaclient.GroupReader, of
 	return nil
 }
 
+// settled waits for the delivery reports of the open transaction's
+// records (a Commit without a Flush before it: librdkafka's commit flushes
+// its records, but their reports may not have reached done yet), so that
+// which were acknowledged is known, and reports whether one of them
+// failed. A report that came later would say a record left out of the
+// next transaction was acknowledged.
+func (t *TxnProducer) settled(ctx context.Context) bool {
+	if t.Flush(ctx) != nil {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failed
+}
+
 // commitAgain aborts the open transaction, which failed (cause) because a
 // record of it failed, produces its acknowledged records into a new one
 // and commits that with offsets. It returns cause when a record fails
@@ -260,11 +354,21 @@ func (t *TxnProducer) produceAgain(ctx context.Context, recs []*kafkaclient.Reco
 	if err := t.p.p.BeginTransaction(); err != nil {
 		return fmt.Errorf("beginning the next: %w", err)
 	}
+	t.reset()
+	t.mu.Lock()
+	gen := t.gen
+	t.mu.Unlock()
 	var refused atomic.Pointer[error]
 	for _, r := range recs {
 		t.c.produceOn(t.p, r, nil, func(_ *kafkaclient.Record, err error) {
+			err, queued := unwrapNotQueued(err)
 			if err != nil {
 				refused.CompareAndSwap(nil, &err)
+				t.mu.Lock()
+				if gen == t.gen && (queued || failedForAnother(err)) {
+					t.failLocked() // for Flush's purge of the others
+				}
+				t.mu.Unlock()
 			}
 		})
 	}
@@ -281,7 +385,11 @@ func (t *TxnProducer) produceAgain(ctx context.Context, recs []*kafkaclient.Reco
 func (t *TxnProducer) reset() {
 	t.mu.Lock()
 	clear(t.open)
-	t.open, t.failed = t.open[:0], false
+	t.open = t.open[:0]
+	t.gen++
+	if t.failed {
+		t.failed, t.failedCh = false, make(chan struct{})
+	}
 	t.mu.Unlock()
 }
 

@@ -60,6 +60,8 @@ func Run(t *testing.T, f Factory) {
 		{"TxnProduceAfterClose", testTxnProduceAfterClose},
 		{"TxnCommitGroupMoved", testTxnCommitGroupMoved},
 		{"TxnRefusedRecordLeftOut", testTxnRefusedRecordLeftOut},
+		{"TxnRefusedRecordConcurrentProducers", testTxnRefusedRecordConcurrentProducers},
+		{"TxnRefusedRecordCommitWithoutFlush", testTxnRefusedRecordCommitWithoutFlush},
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
 		{"TopicMaxMessageBytes", testTopicMaxMessageBytes},

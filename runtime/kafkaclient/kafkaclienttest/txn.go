@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -227,12 +228,8 @@ func testTxnCommitGroupMoved(t *testing.T, f Factory) {
 // produced after it (ERR__STATE): the exactly-once worker took those for
 // lost replies and told callers UNAVAILABLE.
 func testTxnRefusedRecordLeftOut(t *testing.T, f Factory) {
-	e, c := newFaultEnv(t, f, Config{})
-	tc := txnClient(t, e, f)
-	refused := e.createTopic(t, "refused", 1)
-	out := e.createTopic(t, "kept", 1)
+	txn, rd, refused, out := refusingTxnEnv(t, f)
 	ctx := ctxT(t, 90*time.Second)
-	txn, rd := txnAndReader(t, e, tc, out)
 	const before, after = 5, 400
 	errs := make(chan error, before+after)
 	produce := func(i int) {
@@ -246,8 +243,6 @@ func testTxnRefusedRecordLeftOut(t *testing.T, f Factory) {
 	for i := range before {
 		produce(i)
 	}
-	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: refused, Err: kerr.InvalidRecord, Count: -1})
-	defer h.Remove()
 	refusal := make(chan error, 1)
 	txn.Produce(&kafkaclient.Record{Topic: refused, Partition: 0, Value: []byte("refused")}, func(_ *kafkaclient.Record, err error) { refusal <- err })
 	// Many, without waiting: some are still queued when the refusal
@@ -285,5 +280,170 @@ func testTxnRefusedRecordLeftOut(t *testing.T, f Factory) {
 	}
 	if r := readN(t, rd, 1, 30*time.Second); string(r[0].Value) != fmt.Sprint(before+after) {
 		t.Fatalf("after the commit read %q, want %d", r[0].Value, before+after)
+	}
+}
+
+// testTxnRefusedRecordConcurrentProducers is testTxnRefusedRecordLeftOut
+// with the records produced by several goroutines at once while the
+// refusal comes back, as the exactly-once worker's calls produce their
+// replies: no record is held back (librdkafka let a record produced just
+// as the transaction failed sit unsent in its queue until
+// message.timeout.ms, and Flush waited for it), every kept record is
+// acknowledged, and Commit commits each once, in each producer's order.
+func testTxnRefusedRecordConcurrentProducers(t *testing.T, f Factory) {
+	txn, rd, refused, out := refusingTxnEnv(t, f)
+	ctx := ctxT(t, 90*time.Second)
+	const producers, each = 4, 250
+	errs := make(chan error, producers*each)
+	refusal := make(chan error, 1)
+	var wg sync.WaitGroup
+	for g := range producers {
+		wg.Go(func() {
+			for i := range each {
+				if g == 0 && i == each/10 {
+					txn.Produce(&kafkaclient.Record{Topic: refused, Partition: 0, Value: []byte("refused")}, func(_ *kafkaclient.Record, err error) { refusal <- err })
+				}
+				txn.Produce(&kafkaclient.Record{Topic: out, Partition: 0, Value: fmt.Appendf(nil, "%d-%d", g, i)}, func(r *kafkaclient.Record, err error) {
+					if err != nil {
+						err = fmt.Errorf("record %s: %w", r.Value, err)
+					}
+					errs <- err
+				})
+			}
+		})
+	}
+	wg.Wait()
+	if err := txn.Flush(ctx); err != nil {
+		t.Fatalf("Flush: %v (a record held back by the client?)", err)
+	}
+	if err := <-refusal; !errors.Is(err, kafkaclient.ErrRecordRefused) {
+		t.Fatalf("the refused record's delivery: %v, want an error wrapping ErrRecordRefused", err)
+	}
+	for range producers * each {
+		if err := <-errs; err != nil {
+			t.Fatalf("a record produced with the refused one failed: %v", err)
+		}
+	}
+	if err := txn.Commit(ctx, nil, nil); err != nil {
+		t.Fatalf("commit of the records kept: %v", err)
+	}
+	// A marker committed next: reading up to it reads all the first
+	// transaction committed, and nothing of it twice.
+	commitMarker(t, ctx, txn, out)
+	next := make([]int, producers)
+	got := readN(t, rd, producers*each+1, 60*time.Second)
+	if len(got) != producers*each+1 || string(got[len(got)-1].Value) != "marker" {
+		t.Fatalf("a read_committed reader read %d records, the last %q: want the %d kept, then the marker", len(got), got[len(got)-1].Value, producers*each)
+	}
+	for _, r := range got[:len(got)-1] {
+		var g, i int
+		if _, err := fmt.Sscanf(string(r.Value), "%d-%d", &g, &i); err != nil || g < 0 || g >= producers {
+			t.Fatalf("a read_committed reader read %q, not a record produced", r.Value)
+		}
+		if i != next[g] {
+			t.Fatalf("a read_committed reader read %q after %d of producer %d's records: want every kept record once, in its producer's order", r.Value, next[g], g)
+		}
+		next[g]++
+	}
+}
+
+// testTxnRefusedRecordCommitWithoutFlush: Commit called at once after the
+// records of a transaction with a refused one, with no Flush between,
+// commits every record whose done reported it acknowledged (done may run
+// before or after Commit returns) and none that failed: a record whose
+// delivery report came after the commit had begun must not be told
+// acknowledged while left out of the transaction committed.
+func testTxnRefusedRecordCommitWithoutFlush(t *testing.T, f Factory) {
+	txn, rd, refused, out := refusingTxnEnv(t, f)
+	ctx := ctxT(t, 90*time.Second)
+	const n = 300
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var wg sync.WaitGroup
+	for i := range n {
+		if i == 20 {
+			wg.Add(1)
+			txn.Produce(&kafkaclient.Record{Topic: refused, Partition: 0, Value: []byte("refused")}, func(_ *kafkaclient.Record, err error) {
+				defer wg.Done()
+				if !errors.Is(err, kafkaclient.ErrRecordRefused) {
+					t.Errorf("the refused record's delivery: %v, want an error wrapping ErrRecordRefused", err)
+				}
+			})
+		}
+		wg.Add(1)
+		txn.Produce(&kafkaclient.Record{Topic: out, Partition: 0, Value: fmt.Appendf(nil, "%d", i)}, func(r *kafkaclient.Record, err error) {
+			defer wg.Done()
+			if err == nil {
+				mu.Lock()
+				acked[string(r.Value)] = true
+				mu.Unlock()
+			}
+		})
+	}
+	if err := txn.Commit(ctx, nil, nil); err != nil {
+		t.Fatalf("commit of the records kept: %v", err)
+	}
+	wg.Wait()
+	// A marker committed next: reading up to it reads all the first
+	// transaction committed.
+	commitMarker(t, ctx, txn, out)
+	read := map[string]bool{}
+	for marked := false; !marked; {
+		for _, r := range readN(t, rd, 1, 60*time.Second) {
+			v := string(r.Value)
+			if v == "marker" {
+				marked = true
+				break
+			}
+			if read[v] {
+				t.Fatalf("a read_committed reader read %q twice", v)
+			}
+			read[v] = true
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for v := range acked {
+		if !read[v] {
+			t.Errorf("record %s was reported acknowledged, but the transaction committed does not hold it", v)
+		}
+	}
+	for v := range read {
+		if !acked[v] {
+			t.Errorf("the transaction committed holds record %s, reported failed", v)
+		}
+	}
+	if len(acked) == 0 {
+		t.Error("no record was acknowledged")
+	}
+}
+
+// refusingTxnEnv returns a transactional producer on a fault-injecting
+// embedded broker that refuses every record produced to topic refused
+// (INVALID_RECORD), and a read_committed reader of partition 0 of topic
+// out, where the records kept go.
+func refusingTxnEnv(t *testing.T, f Factory) (txn kafkaclient.TxnProducer, rd kafkaclient.Reader, refused, out string) {
+	t.Helper()
+	e, c := newFaultEnv(t, f, Config{})
+	tc := txnClient(t, e, f)
+	refused = e.createTopic(t, "refused", 1)
+	out = e.createTopic(t, "kept", 1)
+	txn, rd = txnAndReader(t, e, tc, out)
+	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: refused, Err: kerr.InvalidRecord, Count: -1})
+	t.Cleanup(h.Remove)
+	return txn, rd, refused, out
+}
+
+// commitMarker produces a record "marker" to partition 0 of topic out in
+// txn's open transaction and commits it.
+func commitMarker(t *testing.T, ctx context.Context, txn kafkaclient.TxnProducer, out string) {
+	t.Helper()
+	marker := make(chan error, 1)
+	txn.Produce(&kafkaclient.Record{Topic: out, Partition: 0, Value: []byte("marker")}, func(_ *kafkaclient.Record, err error) { marker <- err })
+	if err := txn.Commit(ctx, nil, nil); err != nil {
+		t.Fatalf("the commit of a marker: %v", err)
+	}
+	if err := <-marker; err != nil {
+		t.Fatal(err)
 	}
 }
