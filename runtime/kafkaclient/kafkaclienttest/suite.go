@@ -62,6 +62,7 @@ func Run(t *testing.T, f Factory) {
 		{"TxnRefusedRecordLeftOut", testTxnRefusedRecordLeftOut},
 		{"TxnRefusedRecordConcurrentProducers", testTxnRefusedRecordConcurrentProducers},
 		{"TxnRefusedRecordCommitWithoutFlush", testTxnRefusedRecordCommitWithoutFlush},
+		{"TxnAllRecordsRefusedCommitsOffsets", testTxnAllRecordsRefusedCommitsOffsets},
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
 		{"TopicMaxMessageBytes", testTopicMaxMessageBytes},
