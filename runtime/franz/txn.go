@@ -25,20 +25,18 @@ import (
 // Commit sends the offsets itself: AddOffsetsToTxn, then TxnOffsetCommit
 // with the group reader's member id and generation (so that a fenced member
 // cannot commit), then kgo's EndTransaction. A commit that carries offsets
-// but no record acknowledged is done as a plain synchronous group commit
-// instead, before kgo's EndTransaction: there are no records the offsets
-// must be atomic with, and kgo, which decides by the partitions records
-// reached, would end such a transaction without committing it (or abort
-// it) when every record failed, and the offsets sent to it with it.
+// but no record is done as a plain synchronous group commit instead: with
+// nothing produced, kgo has no transaction to end, and there are no records
+// the offsets must be atomic with.
 //
 // Close a TxnProducer before the Client that made it.
 type TxnProducer struct {
-	c       *Client
-	kc      *kgo.Client
-	id      string
-	pending tracker
-	acked   atomic.Bool // a record of the open transaction was acknowledged
-	closed  atomic.Bool // Close was called: every later call fails with kafkaclient.ErrClosed
+	c        *Client
+	kc       *kgo.Client
+	id       string
+	pending  tracker
+	produced atomic.Bool // a record was produced in the open transaction
+	closed   atomic.Bool // Close was called: every later call fails with kafkaclient.ErrClosed
 
 	idMu sync.Mutex
 	ids  map[string][16]byte // topic ids, for TxnOffsetCommit v6 and later
@@ -128,12 +126,8 @@ func (t *TxnProducer) Produce(r *kafkaclient.Record, done func(*kafkaclient.Reco
 		go done(r, kafkaclient.ErrClosed)
 		return
 	}
-	t.c.produceOn(t.kc, &t.pending, r, kafkaclient.AcksAll, func(r *kafkaclient.Record, err error) {
-		if err == nil {
-			t.acked.Store(true)
-		}
-		done(r, err)
-	})
+	t.produced.Store(true)
+	t.c.produceOn(t.kc, &t.pending, r, kafkaclient.AcksAll, done)
 }
 
 // Flush waits until every record produced so far was acknowledged (in the
@@ -163,7 +157,7 @@ func (t *TxnProducer) Commit(ctx context.Context, gr kafkaclient.GroupReader, of
 		if !ok {
 			return fmt.Errorf("franz: Commit needs a group reader of this client, got %T", gr)
 		}
-		if !t.acked.Load() { // Flush waited for every done
+		if !t.produced.Load() {
 			if err := g.Commit(ctx, offsets); err != nil {
 				return groupMovedErr(fmt.Errorf("franz: commit offsets of an empty transaction: %w", err))
 			}
@@ -192,7 +186,7 @@ func groupMovedErr(err error) error {
 }
 
 func (t *TxnProducer) begin() error {
-	t.acked.Store(false)
+	t.produced.Store(false)
 	if err := t.kc.BeginTransaction(); err != nil {
 		return fmt.Errorf("franz: begin transaction: %w", err)
 	}

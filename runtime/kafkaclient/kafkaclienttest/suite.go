@@ -62,7 +62,6 @@ func Run(t *testing.T, f Factory) {
 		{"TxnRefusedRecordLeftOut", testTxnRefusedRecordLeftOut},
 		{"TxnRefusedRecordConcurrentProducers", testTxnRefusedRecordConcurrentProducers},
 		{"TxnRefusedRecordCommitWithoutFlush", testTxnRefusedRecordCommitWithoutFlush},
-		{"TxnAllRecordsRefusedCommitsOffsets", testTxnAllRecordsRefusedCommitsOffsets},
 		{"CallerTimestampsAndNullHeaders", testCallerTimestampsAndNullHeaders},
 		{"RecordTooLargeFails", testRecordTooLargeFails},
 		{"TopicMaxMessageBytes", testTopicMaxMessageBytes},

@@ -30,8 +30,24 @@ func testTransactions(t *testing.T, f Factory) {
 	}
 
 	// A group member reads the three requests.
+	gr, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: group, Topics: []string{in}, ReadCommitted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			_ = gr.Close()
+		}
+	})
 	ctx := ctxT(t, 60*time.Second)
-	gr := memberReading(t, e, ctx, group, in, 3)
+	for n := 0; n < 3; {
+		b, err := gr.Poll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(b)
+	}
 
 	txn, rd := txnAndReader(t, e, tc, out)
 	produce := func(v string) {
@@ -88,7 +104,23 @@ func testTransactions(t *testing.T, f Factory) {
 	}
 
 	// A new member resumes after the offsets committed in transactions.
-	nextMemberStartsAt3(t, e, ctx, gr, group, in)
+	closed = true
+	if err := gr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.produceSync(t, &kafkaclient.Record{Topic: in, Partition: 0, Value: []byte("r4")}, kafkaclient.AcksAll)
+	gr2, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: group, Topics: []string{in}, ReadCommitted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gr2.Close() })
+	b, err := gr2.Poll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b[0].Value) != "r4" || b[0].Offset != 3 {
+		t.Fatalf("new member read %q at offset %d first, want r4 at 3", b[0].Value, b[0].Offset)
+	}
 	if err := txn.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
@@ -413,86 +445,5 @@ func commitMarker(t *testing.T, ctx context.Context, txn kafkaclient.TxnProducer
 	}
 	if err := <-marker; err != nil {
 		t.Fatal(err)
-	}
-}
-
-// testTxnAllRecordsRefusedCommitsOffsets: a transaction whose every
-// record Kafka refused (the only reply of a call, say) still commits the
-// offsets Commit is given, or fails: a Commit that returns nil leaves them
-// the group's committed offsets, and the next transaction commits as
-// usual. franz-go's EndTransaction, seeing no partition added to the
-// transaction, ended it without committing (or aborted it) and returned
-// nil: the offsets, sent to the transaction, were lost.
-func testTxnAllRecordsRefusedCommitsOffsets(t *testing.T, f Factory) {
-	e, c := newFaultEnv(t, f, Config{FastGroups: true})
-	tc := txnClient(t, e, f)
-	in := e.createTopic(t, "in", 1)
-	refused := e.createTopic(t, "refused", 1)
-	group := e.name("refused-txn")
-	for _, v := range []string{"r1", "r2", "r3"} {
-		e.produceSync(t, &kafkaclient.Record{Topic: in, Partition: 0, Value: []byte(v)}, kafkaclient.AcksAll)
-	}
-	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: refused, Err: kerr.InvalidRecord, Count: -1})
-	t.Cleanup(h.Remove)
-	ctx := ctxT(t, 60*time.Second)
-	gr := memberReading(t, e, ctx, group, in, 3)
-	txn, err := tc.NewTxnProducer(unique("txn-"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = txn.Close() })
-	refusal := make(chan error, 1)
-	txn.Produce(&kafkaclient.Record{Topic: refused, Partition: 0, Value: []byte("refused")}, func(_ *kafkaclient.Record, err error) { refusal <- err })
-	if err := txn.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-refusal; !errors.Is(err, kafkaclient.ErrRecordRefused) {
-		t.Fatalf("the refused record's delivery: %v, want an error wrapping ErrRecordRefused", err)
-	}
-	if err := txn.Commit(ctx, gr, []kafkaclient.TopicPartitionOffset{{Topic: in, Partition: 0, Offset: 3}}); err != nil {
-		t.Fatalf("the commit of the offsets of a transaction whose only record was refused: %v", err)
-	}
-	if err := txn.Commit(ctx, gr, nil); err != nil {
-		t.Fatalf("the next commit: %v", err)
-	}
-	nextMemberStartsAt3(t, e, ctx, gr, group, in)
-}
-
-// memberReading returns a read_committed member of group reading topic in,
-// once it has read n records; closed at the test's end.
-func memberReading(t *testing.T, e *env, ctx context.Context, group, in string, n int) kafkaclient.GroupReader {
-	t.Helper()
-	gr, err := e.client.NewGroupReader(kafkaclient.GroupConfig{GroupID: group, Topics: []string{in}, ReadCommitted: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = gr.Close() })
-	for read := 0; read < n; {
-		b, err := gr.Poll(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		read += len(b)
-	}
-	return gr
-}
-
-// nextMemberStartsAt3 closes gr, a member of group, produces r4 to
-// partition 0 of topic in (which holds three records before it), and
-// checks that a new member reads r4 at offset 3 first: offset 3 is the
-// group's committed offset.
-func nextMemberStartsAt3(t *testing.T, e *env, ctx context.Context, gr kafkaclient.GroupReader, group, in string) {
-	t.Helper()
-	if err := gr.Close(); err != nil {
-		t.Fatal(err)
-	}
-	e.produceSync(t, &kafkaclient.Record{Topic: in, Partition: 0, Value: []byte("r4")}, kafkaclient.AcksAll)
-	next := memberReading(t, e, ctx, group, in, 0)
-	b, err := next.Poll(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(b[0].Value) != "r4" || b[0].Offset != 3 {
-		t.Fatalf("a new member read %q at offset %d first, want r4 at 3: the offsets committed were not", b[0].Value, b[0].Offset)
 	}
 }
