@@ -186,6 +186,14 @@ var ErrRecordTooLarge = errors.New("kafkaclient: record too large")
 // as not authorized wraps ErrRecordTooLarge, ErrUnknownTopic or
 // ErrNotAuthorized instead, not this; errors of the client itself
 // (timeouts, lost connections) and UNKNOWN_SERVER_ERROR are not refusals.
+//
+// Kafka refuses a produce request's batch for a partition as a whole: the
+// records sent in one batch with a refused record are refused with it,
+// and franz-go also fails with it the records of that partition not yet
+// acknowledged behind it (to keep the partition's sequence numbers
+// right). Records of other partitions are not affected. The refusals
+// above come from a topic's configuration and are alike for every record
+// of the topic, so in practice they are all-or-nothing per topic.
 var ErrRecordRefused = errors.New("kafkaclient: the cluster refused the record")
 
 // ErrGroupMoved is wrapped by a TxnProducer.Commit (or GroupReader.Commit)
@@ -346,7 +354,7 @@ type TxnProducer interface {
 	// Produce enqueues r in the open transaction, like Client.Produce with
 	// AcksAll. A record whose done gets an error is not in the transaction
 	// Commit commits; the records acknowledged are (a record refused does
-	// not make the others fail).
+	// not make the records of other partitions fail: see ErrRecordRefused).
 	Produce(r *Record, done func(*Record, error))
 	// Flush waits until every record produced so far was acknowledged (as
 	// part of the open transaction, not yet visible to read_committed
